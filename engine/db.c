@@ -1,0 +1,473 @@
+/* engine/db.c: asynchronous libpq connection on libev (see db.h).
+ *
+ * State machine (db_drive switches on it):
+ *   DB_CONNECTING  PQconnectPoll in progress
+ *   DB_IDLE        connected, nothing in flight: reads only to collect notifications
+ *   DB_BUSY        one operation sent (maybe still flushing); reading its results
+ *   DB_BROKEN      waiting for the reconnect timer
+ * Operations are either user queries or internal set-up (PREPARE, LISTEN) that run before the
+ * queued user queries after every connection. */
+#include "engine/db.h"
+
+#include <ev.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/log.h"
+#include "engine/mem.h"
+
+enum db_state { DB_CONNECTING, DB_IDLE, DB_BUSY, DB_BROKEN };
+
+enum db_op_kind { OP_QUERY, OP_PREPARE, OP_LISTEN };
+
+typedef struct db_op {
+    struct db_op *next;
+    enum db_op_kind kind;
+    int stmt;         /* index into db->stmts for OP_QUERY on a prepared statement, OP_PREPARE; -1 */
+    char *sql;        /* OP_QUERY text or OP_LISTEN channel */
+    int nparams;
+    char **params;
+    eng_db_cb *cb;
+    void *arg;
+} db_op;
+
+typedef struct db_stmt {
+    char *name;
+    char *sql;
+    int nparams;
+    bool prepared; /* on the current connection */
+} db_stmt;
+
+struct eng_db {
+    struct ev_loop *loop;
+    ev_io io;
+    ev_timer retry;
+    PGconn *pg;
+    enum db_state st;
+    int watched;          /* events the io watcher waits for */
+    bool flushing;        /* PQflush returned 1 */
+    char *conninfo;
+    char *appname;
+    eng_db_opts opts;
+    db_op *head, *tail;   /* user queries, FIFO */
+    db_op *setup;         /* internal ops to run first on a fresh connection */
+    db_op *inflight;
+    PGresult *last;       /* last result of the operation in flight */
+    db_stmt *stmts;
+    int nstmts;
+    char **channels;
+    int nchannels;
+    double backoff;
+};
+
+static void db_drive(eng_db *db);
+
+static void db_op_free(db_op *op)
+{
+    if (!op)
+        return;
+    for (int i = 0; i < op->nparams; i++)
+        free(op->params[i]);
+    free(op->params);
+    free(op->sql);
+    free(op);
+}
+
+static void db_watch(eng_db *db, int events)
+{
+    /* libpq may hand us a new socket after a reconnect: always re-set the fd. */
+    ev_io_stop(db->loop, &db->io);
+    db->watched = events;
+    if (events && db->pg && PQsocket(db->pg) >= 0) {
+        ev_io_set(&db->io, PQsocket(db->pg), events);
+        ev_io_start(db->loop, &db->io);
+    }
+}
+
+static void db_broken(eng_db *db, const char *why)
+{
+    log_warn("database connection lost", " app=%s reason=\"%s\"", db->appname, why);
+    db_watch(db, 0);
+    if (db->pg) {
+        PQfinish(db->pg);
+        db->pg = NULL;
+    }
+    PQclear(db->last);
+    db->last = NULL;
+    db->st = DB_BROKEN;
+    db->flushing = false;
+    for (int i = 0; i < db->nstmts; i++)
+        db->stmts[i].prepared = false;
+    db_op *op = db->inflight;
+    db->inflight = NULL;
+    while (db->setup) {
+        db_op *n = db->setup->next;
+        if (db->setup != op)
+            db_op_free(db->setup);
+        db->setup = n;
+    }
+    double delay = db->backoff;
+    db->backoff = db->backoff < 2.0 ? db->backoff * 2 : 2.0;
+    ev_timer_set(&db->retry, delay, 0.);
+    ev_timer_start(db->loop, &db->retry);
+    if (op && op->kind == OP_QUERY && op->cb) {
+        eng_err err;
+        eng_err_set(&err, ENG_EDB_RETRY, "connection lost: %s", why);
+        op->cb(op->arg, &err, NULL);
+    }
+    db_op_free(op);
+}
+
+static void db_queue_setup(eng_db *db)
+{
+    for (int i = 0; i < db->nchannels; i++) {
+        db_op *op = eng_xcalloc(1, sizeof *op);
+        op->kind = OP_LISTEN;
+        op->stmt = -1;
+        op->sql = eng_xasprintf("LISTEN \"%s\"", db->channels[i]);
+        op->next = db->setup;
+        db->setup = op;
+    }
+}
+
+static void db_connect(eng_db *db)
+{
+    const char *keys[] = {"dbname", "application_name", NULL};
+    const char *vals[] = {db->conninfo, db->appname, NULL};
+    db->pg = PQconnectStartParams(keys, vals, 1);
+    if (!db->pg || PQstatus(db->pg) == CONNECTION_BAD) {
+        db_broken(db, db->pg ? PQerrorMessage(db->pg) : "out of memory");
+        return;
+    }
+    db->st = DB_CONNECTING;
+    db_watch(db, EV_WRITE);
+}
+
+static void db_retry_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    eng_db *db = ENG_CONTAINER_OF(w, eng_db, retry);
+    db_connect(db);
+}
+
+/* Sends the next operation: set-up first, then user queries (preparing their statement first when
+ * this connection has not prepared it yet). */
+static void db_send_next(eng_db *db)
+{
+    db_op *op = NULL;
+    if (db->setup) {
+        op = db->setup;
+        db->setup = op->next;
+    } else if (db->head) {
+        op = db->head;
+        if (op->stmt >= 0 && !db->stmts[op->stmt].prepared) {
+            db_op *prep = eng_xcalloc(1, sizeof *prep);
+            prep->kind = OP_PREPARE;
+            prep->stmt = op->stmt;
+            op = prep;
+        } else {
+            db->head = op->next;
+            if (!db->head)
+                db->tail = NULL;
+        }
+    }
+    if (!op) {
+        db->st = DB_IDLE;
+        db_watch(db, EV_READ);
+        return;
+    }
+    op->next = NULL;
+    int ok;
+    if (op->kind == OP_PREPARE) {
+        db_stmt *s = &db->stmts[op->stmt];
+        ok = PQsendPrepare(db->pg, s->name, s->sql, s->nparams, NULL);
+    } else if (op->kind == OP_LISTEN) {
+        ok = PQsendQuery(db->pg, op->sql);
+    } else if (op->stmt >= 0) {
+        ok = PQsendQueryPrepared(db->pg, db->stmts[op->stmt].name, op->nparams,
+                                 (const char *const *)op->params, NULL, NULL, 0);
+    } else {
+        ok = PQsendQueryParams(db->pg, op->sql, op->nparams, NULL,
+                               (const char *const *)op->params, NULL, NULL, 0);
+    }
+    db->inflight = op;
+    if (!ok) {
+        db_broken(db, PQerrorMessage(db->pg));
+        return;
+    }
+    db->st = DB_BUSY;
+    int r = PQflush(db->pg);
+    if (r < 0) {
+        db_broken(db, PQerrorMessage(db->pg));
+        return;
+    }
+    db->flushing = r == 1;
+    db_watch(db, db->flushing ? EV_READ | EV_WRITE : EV_READ);
+}
+
+static void db_deliver_notifies(eng_db *db)
+{
+    PGnotify *n;
+    while (db->pg && (n = PQnotifies(db->pg))) {
+        if (db->opts.on_notify)
+            db->opts.on_notify(db->opts.arg, n->relname, n->extra);
+        PQfreemem(n);
+    }
+}
+
+/* Completes the operation in flight. The user callback is the last thing done. */
+static void db_finish_op(eng_db *db)
+{
+    db_op *op = db->inflight;
+    PGresult *res = db->last;
+    db->inflight = NULL;
+    db->last = NULL;
+    eng_err err;
+    bool failed = res && eng_db_classify(res, &err) != ENG_OK;
+    if (op->kind == OP_PREPARE) {
+        if (failed)
+            log_error("prepare failed", " stmt=%s error=\"%s\"", db->stmts[op->stmt].name, err.msg);
+        else
+            db->stmts[op->stmt].prepared = true;
+        if (failed) {
+            /* A statement that cannot be prepared fails the query waiting for it. */
+            db_op *q = db->head;
+            db->head = q->next;
+            if (!db->head)
+                db->tail = NULL;
+            PQclear(res);
+            db_op_free(op);
+            db_send_next(db);
+            if (q->cb)
+                q->cb(q->arg, &err, NULL);
+            db_op_free(q);
+            return;
+        }
+    } else if (op->kind == OP_LISTEN && failed) {
+        log_error("listen failed", " error=\"%s\"", err.msg);
+    }
+    db_send_next(db);
+    if (op->kind == OP_QUERY && op->cb)
+        op->cb(op->arg, failed ? &err : NULL, res);
+    PQclear(res);
+    db_op_free(op);
+}
+
+static void db_read(eng_db *db)
+{
+    if (!PQconsumeInput(db->pg)) {
+        db_broken(db, PQerrorMessage(db->pg));
+        return;
+    }
+    db_deliver_notifies(db);
+    if (db->st != DB_BUSY)
+        return;
+    while (!PQisBusy(db->pg)) {
+        PGresult *res = PQgetResult(db->pg);
+        if (!res) {
+            db_finish_op(db);
+            return;
+        }
+        /* Keep the first error, else the last result (a statement may return several). */
+        if (db->last && PQresultStatus(db->last) == PGRES_FATAL_ERROR) {
+            PQclear(res);
+        } else {
+            PQclear(db->last);
+            db->last = res;
+        }
+    }
+}
+
+static void db_drive(eng_db *db)
+{
+    switch (db->st) {
+    case DB_CONNECTING:
+        switch (PQconnectPoll(db->pg)) {
+        case PGRES_POLLING_READING:
+            db_watch(db, EV_READ);
+            return;
+        case PGRES_POLLING_WRITING:
+            db_watch(db, EV_WRITE);
+            return;
+        case PGRES_POLLING_OK:
+            PQsetnonblocking(db->pg, 1);
+            db->backoff = 0.05;
+            db_queue_setup(db);
+            db_send_next(db);
+            if (db->opts.on_connect)
+                db->opts.on_connect(db->opts.arg);
+            return;
+        default:
+            db_broken(db, PQerrorMessage(db->pg));
+            return;
+        }
+    case DB_IDLE:
+    case DB_BUSY:
+        if (db->flushing) {
+            int r = PQflush(db->pg);
+            if (r < 0) {
+                db_broken(db, PQerrorMessage(db->pg));
+                return;
+            }
+            db->flushing = r == 1;
+            if (!db->flushing)
+                db_watch(db, EV_READ);
+        }
+        db_read(db);
+        return;
+    case DB_BROKEN:
+        return;
+    }
+}
+
+static void db_io_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    db_drive(ENG_CONTAINER_OF(w, eng_db, io));
+}
+
+eng_db *eng_db_new(struct ev_loop *loop, const eng_db_opts *opts)
+{
+    eng_db *db = eng_xcalloc(1, sizeof *db);
+    db->loop = loop;
+    db->opts = *opts;
+    db->conninfo = eng_xstrdup(opts->conninfo);
+    db->appname = eng_xstrdup(opts->application_name ? opts->application_name : "flowd");
+    db->opts.conninfo = db->conninfo;
+    db->opts.application_name = db->appname;
+    db->backoff = 0.05;
+    ev_io_init(&db->io, db_io_cb, -1, 0);
+    ev_timer_init(&db->retry, db_retry_cb, 0., 0.);
+    db_connect(db);
+    return db;
+}
+
+void eng_db_free(eng_db *db)
+{
+    if (!db)
+        return;
+    ev_io_stop(db->loop, &db->io);
+    ev_timer_stop(db->loop, &db->retry);
+    if (db->pg)
+        PQfinish(db->pg);
+    PQclear(db->last);
+    db_op_free(db->inflight);
+    for (db_op *op = db->head; op;) {
+        db_op *n = op->next;
+        db_op_free(op);
+        op = n;
+    }
+    for (db_op *op = db->setup; op;) {
+        db_op *n = op->next;
+        db_op_free(op);
+        op = n;
+    }
+    for (int i = 0; i < db->nstmts; i++) {
+        free(db->stmts[i].name);
+        free(db->stmts[i].sql);
+    }
+    free(db->stmts);
+    for (int i = 0; i < db->nchannels; i++)
+        free(db->channels[i]);
+    free(db->channels);
+    free(db->conninfo);
+    free(db->appname);
+    free(db);
+}
+
+void eng_db_prepare(eng_db *db, const char *name, const char *sql, int nparams)
+{
+    db->stmts = eng_xrealloc(db->stmts, sizeof *db->stmts * (size_t)(db->nstmts + 1));
+    db->stmts[db->nstmts++] = (db_stmt){.name = eng_xstrdup(name), .sql = eng_xstrdup(sql),
+                                        .nparams = nparams};
+}
+
+void eng_db_listen(eng_db *db, const char *channel)
+{
+    db->channels = eng_xrealloc(db->channels, sizeof *db->channels * (size_t)(db->nchannels + 1));
+    db->channels[db->nchannels++] = eng_xstrdup(channel);
+    if (db->st == DB_IDLE || db->st == DB_BUSY) {
+        db_op *op = eng_xcalloc(1, sizeof *op);
+        op->kind = OP_LISTEN;
+        op->stmt = -1;
+        op->sql = eng_xasprintf("LISTEN \"%s\"", channel);
+        op->next = db->setup;
+        db->setup = op;
+        if (db->st == DB_IDLE)
+            db_send_next(db);
+    }
+}
+
+void eng_db_query(eng_db *db, const char *stmt, int nparams, const char *const *params,
+                  eng_db_cb *cb, void *arg)
+{
+    db_op *op = eng_xcalloc(1, sizeof *op);
+    op->kind = OP_QUERY;
+    op->stmt = -1;
+    for (int i = 0; i < db->nstmts; i++)
+        if (strcmp(db->stmts[i].name, stmt) == 0)
+            op->stmt = i;
+    if (op->stmt < 0)
+        op->sql = eng_xstrdup(stmt);
+    op->nparams = nparams;
+    op->params = eng_xcalloc((size_t)(nparams ? nparams : 1), sizeof *op->params);
+    for (int i = 0; i < nparams; i++)
+        op->params[i] = params[i] ? eng_xstrdup(params[i]) : NULL;
+    op->cb = cb;
+    op->arg = arg;
+    if (db->tail)
+        db->tail->next = op;
+    else
+        db->head = op;
+    db->tail = op;
+    if (db->st == DB_IDLE)
+        db_send_next(db);
+}
+
+bool eng_db_idle(const eng_db *db)
+{
+    return db->st == DB_IDLE && !db->head && !db->setup;
+}
+
+bool eng_db_connected(const eng_db *db)
+{
+    return db->st == DB_IDLE || db->st == DB_BUSY;
+}
+
+int eng_db_pending(const eng_db *db)
+{
+    int n = db->inflight && db->inflight->kind == OP_QUERY ? 1 : 0;
+    for (const db_op *op = db->head; op; op = op->next)
+        n++;
+    return n;
+}
+
+eng_rc eng_db_classify(const PGresult *res, eng_err *err)
+{
+    ExecStatusType st = PQresultStatus(res);
+    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK || st == PGRES_EMPTY_QUERY)
+        return ENG_OK;
+    const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+    if (!state)
+        state = "";
+    eng_rc rc = ENG_EDB;
+    if (strncmp(state, "40", 2) == 0 || strncmp(state, "08", 2) == 0 ||
+        strcmp(state, "57P01") == 0 || strcmp(state, "53300") == 0)
+        rc = ENG_EDB_RETRY;
+    else if (strcmp(state, "23505") == 0)
+        rc = ENG_ECONFLICT;
+    else if (strcmp(state, "P0002") == 0)
+        rc = ENG_ENOTFOUND;
+    else if (strncmp(state, "22", 2) == 0 || strncmp(state, "23", 2) == 0 ||
+             strcmp(state, "P0001") == 0)
+        rc = ENG_EINVAL;
+    eng_err_set(err, rc, "%s", msg ? msg : PQresStatus(st));
+    if (err) {
+        strncpy(err->sqlstate, state, sizeof err->sqlstate - 1);
+        err->sqlstate[sizeof err->sqlstate - 1] = '\0';
+    }
+    return rc;
+}

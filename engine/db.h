@@ -1,0 +1,60 @@
+/* engine/db.h: one asynchronous PostgreSQL connection driven by a libev loop.
+ *
+ * Queries are queued and sent one at a time (FIFO); each completes with exactly one callback on the
+ * loop thread, carrying the last result of the statement. Named statements registered with
+ * eng_db_prepare are prepared lazily on every (re)connection, so callers never see a connection
+ * change. A lost connection fails the query in flight with ENG_EDB_RETRY and reconnects with
+ * backoff; queued queries wait for the new connection. LISTEN channels are re-issued after a
+ * reconnect and notifications are delivered to the notify callback.
+ *
+ * Ownership: params are copied when queued. The PGresult passed to a callback is borrowed and valid
+ * only during the call (db.c clears it). */
+#pragma once
+
+#include <libpq-fe.h>
+#include <stdbool.h>
+
+#include "engine/err.h"
+
+struct ev_loop;
+typedef struct eng_db eng_db;
+
+/* err NULL means success; res may be NULL for statements without a result. */
+typedef void eng_db_cb(void *arg, const eng_err *err, const PGresult *res);
+typedef void eng_db_notify_cb(void *arg, const char *channel, const char *payload);
+/* Called after every successful (re)connection; lets an owner re-arm work lost with a connection. */
+typedef void eng_db_connect_cb(void *arg);
+
+typedef struct eng_db_opts {
+    const char *conninfo;
+    const char *application_name;    /* shown in pg_stat_activity */
+    eng_db_notify_cb *on_notify;     /* may be NULL */
+    eng_db_connect_cb *on_connect;   /* may be NULL */
+    void *arg;                       /* passed to on_notify and on_connect */
+} eng_db_opts;
+
+/* Starts connecting at once. Never NULL. */
+eng_db *eng_db_new(struct ev_loop *loop, const eng_db_opts *opts);
+/* Closes the connection. Queued callbacks are not called. NULL-safe. */
+void eng_db_free(eng_db *db);
+
+/* Registers a named statement (before or after connecting). name must be unique per connection. */
+void eng_db_prepare(eng_db *db, const char *name, const char *sql, int nparams);
+/* Adds a channel to LISTEN on (now and after every reconnect). */
+void eng_db_listen(eng_db *db, const char *channel);
+
+/* Queues a query. stmt is the name of a prepared statement when one was registered under that name,
+ * else SQL text sent with PQsendQueryParams. params are text-format values, NULL for SQL NULL. */
+void eng_db_query(eng_db *db, const char *stmt, int nparams, const char *const *params,
+                  eng_db_cb *cb, void *arg);
+
+/* True when connected with nothing queued or in flight. */
+bool eng_db_idle(const eng_db *db);
+/* True when the connection is up. */
+bool eng_db_connected(const eng_db *db);
+/* Queries queued or in flight. */
+int eng_db_pending(const eng_db *db);
+
+/* Maps a failed result to an error: SQLSTATE classes 40 and 08, 57P01, 53300 -> ENG_EDB_RETRY;
+ * 23505 -> ENG_ECONFLICT; P0002 -> ENG_ENOTFOUND; 22xxx/23xxx/P0001 -> ENG_EINVAL; else ENG_EDB. */
+eng_rc eng_db_classify(const PGresult *res, eng_err *err);

@@ -1,0 +1,415 @@
+-- Queue transitions. Each function is one transaction's worth of work that any flowd process may
+-- run concurrently with the others. Runs are always locked in id order before their steps are
+-- changed, so concurrent cycles never deadlock on each other.
+
+CREATE FUNCTION flowd_register_workflow(p_tenant bigint, p_name text, p_digest text,
+                                        p_source jsonb, p_def jsonb,
+                                        OUT id bigint, OUT version integer, OUT created boolean)
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock(p_tenant::integer, hashtext(p_name));
+    SELECT w.id, w.version INTO id, version
+      FROM workflows w WHERE w.tenant_id = p_tenant AND w.name = p_name AND w.digest = p_digest;
+    IF FOUND THEN
+        created := false;
+        RETURN;
+    END IF;
+    SELECT coalesce(max(w.version), 0) + 1 INTO version
+      FROM workflows w WHERE w.tenant_id = p_tenant AND w.name = p_name;
+    INSERT INTO workflows (tenant_id, name, version, digest, source, def)
+    VALUES (p_tenant, p_name, version, p_digest, p_source, p_def)
+    RETURNING workflows.id INTO id;
+    created := true;
+END $$;
+
+-- Creates one run per element of p_inputs (a JSON array) with all its steps, in one transaction.
+-- With an idempotency key (single input only) an existing run is returned instead (created=false).
+CREATE FUNCTION flowd_enqueue(p_tenant bigint, p_workflow bigint, p_inputs jsonb,
+                              p_priority integer, p_idempotency_key text, p_batch bigint)
+RETURNS TABLE (run_id bigint, created boolean)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_def   jsonb;
+    v_now   timestamptz := flowd_now();
+    v_ids   bigint[];
+BEGIN
+    SELECT w.def INTO v_def FROM workflows w WHERE w.id = p_workflow AND w.tenant_id = p_tenant;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'workflow % not found', p_workflow USING ERRCODE = 'P0002';
+    END IF;
+    IF p_idempotency_key IS NOT NULL THEN
+        IF jsonb_array_length(p_inputs) <> 1 THEN
+            RAISE EXCEPTION 'an idempotency key needs exactly one input' USING ERRCODE = 'P0001';
+        END IF;
+        INSERT INTO runs (tenant_id, workflow_id, priority, steps_total, input, idempotency_key,
+                          batch_id, created_at)
+        VALUES (p_tenant, p_workflow, p_priority, jsonb_array_length(v_def->'steps'),
+                p_inputs->0, p_idempotency_key, p_batch, v_now)
+        ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+        RETURNING id INTO run_id;
+        IF run_id IS NULL THEN
+            SELECT r.id INTO run_id FROM runs r
+             WHERE r.tenant_id = p_tenant AND r.idempotency_key = p_idempotency_key;
+            created := false;
+            RETURN NEXT;
+            RETURN;
+        END IF;
+        v_ids := ARRAY[run_id];
+    ELSE
+        WITH ins AS (
+            INSERT INTO runs (tenant_id, workflow_id, priority, steps_total, input, batch_id,
+                              created_at)
+            SELECT p_tenant, p_workflow, p_priority, jsonb_array_length(v_def->'steps'), i.value,
+                   p_batch, v_now
+              FROM jsonb_array_elements(p_inputs) WITH ORDINALITY AS i(value, n)
+             ORDER BY i.n
+            RETURNING id)
+        SELECT array_agg(id ORDER BY id) INTO v_ids FROM ins;
+    END IF;
+
+    INSERT INTO steps (run_id, tenant_id, idx, priority, max_attempts, needs_left, state, key, kind,
+                       run_at, ready_at)
+    SELECT r.id, p_tenant, (s->>'idx')::integer, p_priority, (s->>'max_attempts')::integer,
+           jsonb_array_length(s->'needs'),
+           CASE WHEN jsonb_array_length(s->'needs') = 0 THEN 'ready' ELSE 'pending' END,
+           s->>'key', s->>'kind',
+           v_now + (s->>'delay_ms')::bigint * interval '1 millisecond',
+           CASE WHEN jsonb_array_length(s->'needs') = 0 THEN v_now END
+      FROM unnest(v_ids) AS r(id) CROSS JOIN jsonb_array_elements(v_def->'steps') AS s;
+
+    INSERT INTO run_events (run_id, tenant_id, at, type)
+    SELECT r.id, p_tenant, v_now, 'run.created' FROM unnest(v_ids) AS r(id);
+
+    PERFORM pg_notify('flowd_ready', '');
+    RETURN QUERY SELECT r.id, true FROM unnest(v_ids) AS r(id);
+END $$;
+
+-- Fails the given runs for good: nothing of theirs that has not started will start.
+CREATE FUNCTION flowd_fail_runs(p_runs bigint[], p_error jsonb) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_now timestamptz := flowd_now();
+BEGIN
+    WITH f AS (
+        UPDATE runs SET state = 'failed', error = p_error, finished_at = v_now
+         WHERE id = ANY (p_runs) AND state IN ('queued', 'running')
+        RETURNING id, tenant_id)
+    INSERT INTO run_events (run_id, tenant_id, at, type, data)
+    SELECT f.id, f.tenant_id, v_now, 'run.failed', p_error FROM f;
+    WITH c AS (
+        UPDATE steps SET state = 'cancelled', finished_at = v_now
+         WHERE run_id = ANY (p_runs) AND state IN ('pending', 'ready')
+        RETURNING run_id, tenant_id, key)
+    INSERT INTO run_events (run_id, tenant_id, at, type, step_key)
+    SELECT c.run_id, c.tenant_id, v_now, 'step.cancelled', c.key FROM c;
+END $$;
+
+-- Marks steps finished (succeeded or skipped) and carries the consequences: dependents whose
+-- needs are all met become ready (or skipped, when every need was skipped), and runs whose steps
+-- are all finished succeed. Loops because skipping propagates. The runs must already be locked.
+CREATE FUNCTION flowd_finish_steps(p_ids bigint[]) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_now  timestamptz := flowd_now();
+    v_ids  bigint[] := p_ids;
+BEGIN
+    WHILE v_ids IS NOT NULL AND cardinality(v_ids) > 0 LOOP
+        WITH done AS (
+            SELECT s.run_id, s.idx, s.state, w.def->'steps'->s.idx->'dependents' AS dependents,
+                   w.id AS workflow_id
+              FROM steps s JOIN runs r ON r.id = s.run_id JOIN workflows w ON w.id = r.workflow_id
+             WHERE s.id = ANY (v_ids)),
+        grouped AS (
+            SELECT d.run_id, d.workflow_id, dep::integer AS didx, count(*) AS n,
+                   count(*) FILTER (WHERE d.state = 'skipped') AS nskipped
+              FROM done d CROSS JOIN jsonb_array_elements_text(d.dependents) AS dep
+             GROUP BY d.run_id, d.workflow_id, dep),
+        deps AS (
+            SELECT g.run_id, g.didx, g.n, g.nskipped,
+                   (w.def->'steps'->g.didx->>'delay_ms')::bigint AS delay_ms,
+                   jsonb_array_length(w.def->'steps'->g.didx->'needs') AS nneeds
+              FROM grouped g JOIN workflows w ON w.id = g.workflow_id),
+        upd AS (
+            UPDATE steps s
+               SET needs_left = s.needs_left - deps.n,
+                   needs_skipped = s.needs_skipped + deps.nskipped,
+                   state = CASE WHEN s.needs_left - deps.n > 0 THEN 'pending'
+                                WHEN s.needs_skipped + deps.nskipped = deps.nneeds THEN 'skipped'
+                                ELSE 'ready' END,
+                   output = CASE WHEN s.needs_left - deps.n = 0
+                                  AND s.needs_skipped + deps.nskipped = deps.nneeds
+                                 THEN '{"reason":"needs skipped"}'::jsonb END,
+                   ready_at = CASE WHEN s.needs_left - deps.n = 0 THEN v_now END,
+                   finished_at = CASE WHEN s.needs_left - deps.n = 0
+                                       AND s.needs_skipped + deps.nskipped = deps.nneeds
+                                      THEN v_now END,
+                   run_at = v_now + deps.delay_ms * interval '1 millisecond'
+              FROM deps
+             WHERE s.run_id = deps.run_id AND s.idx = deps.didx AND s.state = 'pending'
+            RETURNING s.id, s.state, s.run_id, s.tenant_id, s.key)
+        SELECT array_agg(upd.id) FILTER (WHERE upd.state = 'skipped') INTO v_ids FROM upd;
+
+        IF v_ids IS NOT NULL THEN
+            INSERT INTO run_events (run_id, tenant_id, at, type, step_key, data)
+            SELECT s.run_id, s.tenant_id, v_now, 'step.skipped', s.key, '{"reason":"needs skipped"}'
+              FROM steps s WHERE s.id = ANY (v_ids);
+        END IF;
+    END LOOP;
+
+    -- progress and completion of the runs involved
+    WITH counts AS (
+        SELECT s.run_id,
+               count(*) FILTER (WHERE s.state IN ('succeeded', 'skipped')) AS done
+          FROM steps s
+         WHERE s.run_id IN (SELECT DISTINCT run_id FROM steps WHERE id = ANY (p_ids))
+         GROUP BY s.run_id),
+    upd AS (
+        UPDATE runs r
+           SET steps_done = c.done,
+               state = CASE WHEN c.done = r.steps_total THEN 'succeeded' ELSE r.state END,
+               finished_at = CASE WHEN c.done = r.steps_total THEN v_now ELSE r.finished_at END,
+               output = CASE WHEN c.done = r.steps_total THEN (
+                   SELECT coalesce(jsonb_object_agg(s.key, s.output), '{}')
+                     FROM steps s JOIN workflows w ON w.id = r.workflow_id
+                    WHERE s.run_id = r.id AND s.state = 'succeeded'
+                      AND jsonb_array_length(w.def->'steps'->s.idx->'dependents') = 0)
+                   ELSE r.output END
+          FROM counts c
+         WHERE r.id = c.run_id AND r.state IN ('queued', 'running')
+        RETURNING r.id, r.tenant_id, r.state)
+    INSERT INTO run_events (run_id, tenant_id, at, type)
+    SELECT upd.id, upd.tenant_id, v_now, 'run.succeeded' FROM upd WHERE upd.state = 'succeeded';
+END $$;
+
+-- Applies a batch of attempt outcomes reported by one worker. p_results is a JSON array of
+--   {"id": step, "s": "ok", "o": output}
+--   {"id": step, "s": "skip", "o": {"reason": ...}}                 (condition false, suppressed)
+--   {"id": step, "s": "fail", "e": {"code", "message"}, "permanent": bool, "after_ms": n}
+--   {"id": step, "s": "snooze", "at_ms": epoch ms, "sched": bool}  (durable timers, windows)
+-- Outcomes of steps this owner no longer holds (lease lost, run cancelled) are ignored.
+CREATE FUNCTION flowd_apply(p_owner text, p_results jsonb) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_now      timestamptz := flowd_now();
+    v_finished bigint[];
+    v_failed   bigint[];
+BEGIN
+    IF p_results IS NULL OR jsonb_array_length(p_results) = 0 THEN
+        RETURN;
+    END IF;
+    PERFORM 1 FROM runs
+      WHERE id IN (SELECT s.run_id FROM steps s
+                    WHERE s.id IN (SELECT (x->>'id')::bigint FROM jsonb_array_elements(p_results) x))
+      ORDER BY id FOR UPDATE;
+
+    WITH r AS (SELECT * FROM jsonb_to_recordset(p_results)
+                   AS x(id bigint, s text, o jsonb, e jsonb, permanent boolean, after_ms bigint,
+                        at_ms bigint, sched boolean)),
+    fin AS (
+        UPDATE steps st
+           SET state = CASE WHEN r.s = 'ok' THEN 'succeeded' ELSE 'skipped' END,
+               output = coalesce(r.o, '{}'), error = NULL, finished_at = v_now,
+               lease_owner = NULL, lease_expires_at = NULL
+          FROM r
+         WHERE r.s IN ('ok', 'skip') AND st.id = r.id AND st.state = 'running'
+           AND st.lease_owner = p_owner
+        RETURNING st.id, st.run_id, st.tenant_id, st.key, st.state, st.output),
+    ev AS (
+        INSERT INTO run_events (run_id, tenant_id, at, type, step_key, data)
+        SELECT fin.run_id, fin.tenant_id, v_now, 'step.' || fin.state, fin.key,
+               CASE WHEN fin.state = 'skipped' THEN fin.output END
+          FROM fin)
+    SELECT array_agg(fin.id) INTO v_finished FROM fin;
+
+    WITH r AS (SELECT * FROM jsonb_to_recordset(p_results)
+                   AS x(id bigint, s text, e jsonb, permanent boolean, after_ms bigint)),
+    cur AS (
+        SELECT st.id, w.def->'steps'->st.idx AS d, st.attempts, st.max_attempts,
+               r.e, coalesce(r.permanent, false) AS permanent, coalesce(r.after_ms, 0) AS after_ms
+          FROM r JOIN steps st ON st.id = r.id
+          JOIN runs ru ON ru.id = st.run_id JOIN workflows w ON w.id = ru.workflow_id
+         WHERE r.s = 'fail' AND st.state = 'running' AND st.lease_owner = p_owner),
+    upd AS (
+        UPDATE steps st
+           SET state = CASE WHEN NOT cur.permanent AND cur.attempts < cur.max_attempts
+                            THEN 'ready' ELSE 'failed' END,
+               error = cur.e || jsonb_build_object('attempt', cur.attempts),
+               run_at = v_now + greatest(
+                   cur.after_ms,
+                   least((cur.d->>'backoff_max_ms')::double precision,
+                         (cur.d->>'backoff_initial_ms')::double precision
+                         * power((cur.d->>'backoff_multiplier')::double precision, cur.attempts - 1))
+                   * (1 + (cur.d->>'jitter')::double precision * (2 * random() - 1))
+               ) * interval '1 millisecond',
+               finished_at = CASE WHEN NOT cur.permanent AND cur.attempts < cur.max_attempts
+                                  THEN NULL ELSE v_now END,
+               lease_owner = NULL, lease_expires_at = NULL
+          FROM cur WHERE st.id = cur.id
+        RETURNING st.id, st.run_id, st.tenant_id, st.key, st.state, st.error, st.run_at),
+    ev AS (
+        INSERT INTO run_events (run_id, tenant_id, at, type, step_key, data)
+        SELECT upd.run_id, upd.tenant_id, v_now,
+               CASE WHEN upd.state = 'failed' THEN 'step.failed' ELSE 'step.retrying' END,
+               upd.key,
+               CASE WHEN upd.state = 'failed' THEN upd.error
+                    ELSE upd.error || jsonb_build_object('retry_at', upd.run_at) END
+          FROM upd)
+    SELECT array_agg(DISTINCT upd.run_id) FILTER (WHERE upd.state = 'failed') INTO v_failed FROM upd;
+
+    WITH r AS (SELECT * FROM jsonb_to_recordset(p_results)
+                   AS x(id bigint, s text, at_ms bigint, sched boolean))
+    UPDATE steps st
+       SET state = 'ready', attempts = st.attempts - 1,
+           run_at = to_timestamp(r.at_ms / 1000.0), scheduled = coalesce(r.sched, st.scheduled),
+           lease_owner = NULL, lease_expires_at = NULL
+      FROM r
+     WHERE r.s = 'snooze' AND st.id = r.id AND st.state = 'running' AND st.lease_owner = p_owner;
+
+    IF v_finished IS NOT NULL THEN
+        PERFORM flowd_finish_steps(v_finished);
+    END IF;
+    IF v_failed IS NOT NULL THEN
+        PERFORM flowd_fail_runs(v_failed, jsonb_build_object('code', 'step_failed',
+                                'message', 'a step failed for good'));
+    END IF;
+END $$;
+
+CREATE TYPE flowd_claimed AS (
+    id bigint, run_id bigint, tenant_id bigint, key text, kind text, attempts integer,
+    ready_at_ms bigint, now_ms bigint, scheduled boolean, def jsonb, ctx jsonb);
+
+-- Claims up to p_want due steps for p_owner, oldest first within priority, skipping rows other
+-- claimers hold. Returns what a worker needs to run each one: the step's normalized definition
+-- and the template context (run input, run id and the outputs of the steps it depends on).
+CREATE FUNCTION flowd_claim(p_owner text, p_want integer, p_lease_ms integer)
+RETURNS SETOF flowd_claimed
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_now timestamptz := flowd_now();
+BEGIN
+    RETURN QUERY
+    WITH c AS MATERIALIZED (
+        SELECT s.id FROM steps s
+         WHERE s.state = 'ready' AND s.run_at <= v_now
+         ORDER BY s.priority DESC, s.run_at, s.id
+         LIMIT p_want
+           FOR UPDATE SKIP LOCKED),
+    u AS (
+        UPDATE steps s
+           SET state = 'running', attempts = s.attempts + 1, lease_owner = p_owner,
+               lease_expires_at = now() + p_lease_ms * interval '1 millisecond', started_at = v_now
+          FROM c WHERE s.id = c.id
+        RETURNING s.id, s.run_id, s.tenant_id, s.idx, s.key, s.kind, s.attempts, s.ready_at,
+                  s.scheduled),
+    ev AS (
+        INSERT INTO run_events (run_id, tenant_id, at, type, step_key, data)
+        SELECT u.run_id, u.tenant_id, v_now, 'step.started', u.key,
+               jsonb_build_object('attempt', u.attempts) FROM u),
+    started AS (
+        UPDATE runs r SET state = 'running', started_at = v_now
+         WHERE r.id IN (SELECT x.id FROM runs x WHERE x.id IN (SELECT u.run_id FROM u)
+                          AND x.state = 'queued' ORDER BY x.id FOR UPDATE SKIP LOCKED)
+        RETURNING r.id, r.tenant_id),
+    ev2 AS (
+        INSERT INTO run_events (run_id, tenant_id, at, type)
+        SELECT started.id, started.tenant_id, v_now, 'run.started' FROM started)
+    SELECT u.id, u.run_id, u.tenant_id, u.key, u.kind, u.attempts,
+           (extract(epoch FROM coalesce(u.ready_at, v_now)) * 1000)::bigint,
+           (extract(epoch FROM v_now) * 1000)::bigint,
+           u.scheduled, sd.d,
+           jsonb_build_object(
+               'input', ru.input,
+               'run', jsonb_build_object('id', ru.id),
+               'steps', CASE WHEN jsonb_array_length(sd.d->'deps') = 0 THEN '{}'::jsonb ELSE (
+                   SELECT coalesce(jsonb_object_agg(d.key, jsonb_build_object('output', d.output)), '{}')
+                     FROM steps d
+                    WHERE d.run_id = u.run_id AND d.state = 'succeeded'
+                      AND d.key IN (SELECT jsonb_array_elements_text(sd.d->'deps'))) END)
+      FROM u JOIN runs ru ON ru.id = u.run_id JOIN workflows w ON w.id = ru.workflow_id
+      CROSS JOIN LATERAL (SELECT w.def->'steps'->u.idx AS d) sd;
+END $$;
+
+-- One worker round trip: apply the finished attempts, then claim more.
+CREATE FUNCTION flowd_cycle(p_owner text, p_results jsonb, p_want integer, p_lease_ms integer)
+RETURNS SETOF flowd_claimed
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM flowd_apply(p_owner, p_results);
+    IF p_want > 0 THEN
+        RETURN QUERY SELECT * FROM flowd_claim(p_owner, p_want, p_lease_ms);
+    END IF;
+END $$;
+
+-- Milliseconds until the next ready step is due (0 when one is due now), NULL when none waits.
+CREATE FUNCTION flowd_next_due_ms() RETURNS bigint LANGUAGE sql STABLE AS $$
+    SELECT greatest(0, (extract(epoch FROM (min(run_at) - flowd_now())) * 1000)::bigint)
+      FROM steps WHERE state = 'ready'
+$$;
+
+-- Extends the leases of every step p_owner is running.
+CREATE FUNCTION flowd_heartbeat(p_owner text, p_lease_ms integer) RETURNS integer
+LANGUAGE sql AS $$
+    WITH u AS (
+        UPDATE steps SET lease_expires_at = now() + p_lease_ms * interval '1 millisecond'
+         WHERE state = 'running' AND lease_owner = p_owner RETURNING 1)
+    SELECT count(*)::integer FROM u
+$$;
+
+-- Leases are measured in real time (now()), not on the engine clock: they are about whether a
+-- process is alive, and moving the test clock must not expire the work in flight.
+-- Returns steps whose lease expired (their worker died or lost the database) to ready, counting
+-- the attempt they used; a step out of attempts fails, and its run with it.
+CREATE FUNCTION flowd_reap(p_limit integer) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_now    timestamptz := flowd_now();
+    v_n      integer;
+    v_failed bigint[];
+BEGIN
+    PERFORM 1 FROM runs
+      WHERE id IN (SELECT s.run_id FROM steps s
+                    WHERE s.state = 'running' AND s.lease_expires_at < now() LIMIT p_limit)
+      ORDER BY id FOR UPDATE;
+    WITH x AS (
+        SELECT s.id FROM steps s
+         WHERE s.state = 'running' AND s.lease_expires_at < now()
+         LIMIT p_limit FOR UPDATE SKIP LOCKED),
+    upd AS (
+        UPDATE steps s
+           SET state = CASE WHEN s.attempts < s.max_attempts THEN 'ready' ELSE 'failed' END,
+               run_at = v_now, lease_owner = NULL, lease_expires_at = NULL,
+               error = jsonb_build_object('code', 'lease_expired', 'attempt', s.attempts,
+                                          'message', 'the worker running this attempt stopped'),
+               finished_at = CASE WHEN s.attempts < s.max_attempts THEN NULL ELSE v_now END
+          FROM x WHERE s.id = x.id
+        RETURNING s.id, s.run_id, s.tenant_id, s.key, s.state, s.error),
+    ev AS (
+        INSERT INTO run_events (run_id, tenant_id, at, type, step_key, data)
+        SELECT upd.run_id, upd.tenant_id, v_now,
+               CASE WHEN upd.state = 'failed' THEN 'step.failed' ELSE 'step.retrying' END,
+               upd.key, upd.error FROM upd)
+    SELECT count(*), array_agg(DISTINCT upd.run_id) FILTER (WHERE upd.state = 'failed')
+      INTO v_n, v_failed FROM upd;
+    IF v_failed IS NOT NULL THEN
+        PERFORM flowd_fail_runs(v_failed, jsonb_build_object('code', 'step_failed',
+                                'message', 'a step ran out of attempts'));
+    END IF;
+    IF v_n > 0 THEN
+        PERFORM pg_notify('flowd_ready', '');
+    END IF;
+    RETURN v_n;
+END $$;
+
+-- Test mode only (the command line refuses otherwise): moves every process's clock forward.
+CREATE FUNCTION flowd_clock_advance(p_ms bigint) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_offset bigint;
+BEGIN
+    IF p_ms < 0 THEN
+        RAISE EXCEPTION 'the clock only moves forward' USING ERRCODE = 'P0001';
+    END IF;
+    UPDATE flowd_clock SET offset_ms = offset_ms + p_ms RETURNING offset_ms INTO v_offset;
+    PERFORM pg_notify('flowd_ready', 'clock');
+    RETURN v_offset;
+END $$;
