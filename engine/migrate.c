@@ -1,0 +1,221 @@
+/* engine/migrate.c: the migration runner (see migrate.h).
+ *
+ * One blocking connection for the whole run. The order of work matters for concurrent starters:
+ * take the session advisory lock first, then create the bookkeeping table and read what is recorded,
+ * so a process that waited on the lock sees everything its predecessor applied. Every recorded file
+ * is verified before any new one is applied, so a changed file stops start-up with the schema
+ * untouched by this run. */
+#include "engine/migrate.h"
+
+#include <libpq-fe.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/log.h"
+#include "engine/mem.h"
+
+/* One advisory lock key for every flowd process on a database ("flowdmig" in ASCII). */
+#define MIGRATE_LOCK_SQL "SELECT pg_advisory_lock(x'666c6f77646d6967'::bigint)"
+#define MIGRATE_UNLOCK_SQL "SELECT pg_advisory_unlock(x'666c6f77646d6967'::bigint)"
+
+#define MIGRATE_TABLE_SQL                                                                          \
+    "CREATE TABLE IF NOT EXISTS flowd_migrations ("                                                \
+    " name text PRIMARY KEY,"                                                                      \
+    " checksum text NOT NULL,"                                                                     \
+    " applied_at timestamptz NOT NULL DEFAULT now())"
+
+#define BYTEA_OID 17 /* pg_type.oid of bytea; stable across versions */
+
+/* CREATE TABLE IF NOT EXISTS and friends emit NOTICEs that would otherwise land on stderr. */
+static void migrate_notice(void *arg, const char *msg)
+{
+    (void)arg;
+    (void)msg;
+}
+
+static int migrate_cmp(const void *a, const void *b)
+{
+    const eng_migration *const *ma = a;
+    const eng_migration *const *mb = b;
+    return strcmp((*ma)->name, (*mb)->name);
+}
+
+/* Fills err from a failed statement: the server's primary message (or libpq's when there is no
+ * result), the SQLSTATE, and ENG_EDB_RETRY when the connection rather than the statement failed. */
+static eng_rc migrate_db_error(eng_err *err, PGconn *conn, const PGresult *res, const char *what)
+{
+    const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    const char *msg = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+    if (!msg)
+        msg = PQerrorMessage(conn);
+    size_t n = strlen(msg);
+    while (n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == ' '))
+        n--;
+    bool lost = PQstatus(conn) != CONNECTION_OK || !state || strncmp(state, "08", 2) == 0 ||
+                strcmp(state, "57P01") == 0;
+    eng_rc rc = eng_err_set(err, lost ? ENG_EDB_RETRY : ENG_EDB, "%s: %.*s", what, (int)n, msg);
+    if (err && state)
+        snprintf(err->sqlstate, sizeof err->sqlstate, "%s", state);
+    return rc;
+}
+
+/* Runs sql; any result status other than a success is an error described with what. On success
+ * *out (when non-NULL) receives the result, which the caller clears. */
+static eng_rc migrate_exec(PGconn *conn, const char *sql, int nparams, const char *const *params,
+                           const char *what, PGresult **out, eng_err *err)
+{
+    PGresult *res = nparams ? PQexecParams(conn, sql, nparams, NULL, params, NULL, NULL, 0)
+                            : PQexec(conn, sql);
+    ExecStatusType st = PQresultStatus(res);
+    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && st != PGRES_EMPTY_QUERY) {
+        eng_rc rc = migrate_db_error(err, conn, res, what);
+        PQclear(res);
+        return rc;
+    }
+    if (out)
+        *out = res;
+    else
+        PQclear(res);
+    return ENG_OK;
+}
+
+/* sha256 hex of the file's exact bytes, computed by the server: the text goes over as a binary
+ * bytea parameter, so no escaping or encoding conversion touches it. Caller frees *hex. */
+static eng_rc migrate_checksum(PGconn *conn, const eng_migration *m, char **hex, eng_err *err)
+{
+    const Oid types[1] = {BYTEA_OID};
+    const char *values[1] = {m->sql};
+    const int lengths[1] = {(int)strlen(m->sql)};
+    const int formats[1] = {1};
+    PGresult *res = PQexecParams(conn, "SELECT encode(sha256($1), 'hex')", 1, types, values,
+                                 lengths, formats, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
+        eng_rc rc = migrate_db_error(err, conn, res, "cannot compute migration checksum");
+        PQclear(res);
+        return rc;
+    }
+    *hex = eng_xstrdup(PQgetvalue(res, 0, 0));
+    PQclear(res);
+    return ENG_OK;
+}
+
+/* Applies one file and records it, all in one transaction. */
+static eng_rc migrate_apply(PGconn *conn, const eng_migration *m, const char *checksum,
+                            eng_err *err)
+{
+    char what[160];
+    snprintf(what, sizeof what, "migration %s failed", m->name);
+    eng_rc rc = migrate_exec(conn, "BEGIN", 0, NULL, what, NULL, err);
+    if (rc == ENG_OK)
+        rc = migrate_exec(conn, m->sql, 0, NULL, what, NULL, err);
+    /* A file that ran COMMIT or ROLLBACK itself has escaped our transaction: what it committed
+     * cannot be undone, so at least do not record it as applied. */
+    if (rc == ENG_OK && PQtransactionStatus(conn) != PQTRANS_INTRANS)
+        rc = eng_err_set(err, ENG_EDB,
+                         "migration %s failed: it ended the transaction itself (remove its "
+                         "BEGIN/COMMIT/ROLLBACK)",
+                         m->name);
+    if (rc == ENG_OK) {
+        const char *params[2] = {m->name, checksum};
+        rc = migrate_exec(conn, "INSERT INTO flowd_migrations (name, checksum) VALUES ($1, $2)", 2,
+                          params, what, NULL, err);
+    }
+    if (rc == ENG_OK)
+        rc = migrate_exec(conn, "COMMIT", 0, NULL, what, NULL, err);
+    if (rc != ENG_OK && PQstatus(conn) == CONNECTION_OK)
+        PQclear(PQexec(conn, "ROLLBACK"));
+    return rc;
+}
+
+/* The recorded checksum of name in res (name, checksum rows), or NULL when not recorded. */
+static const char *migrate_recorded(const PGresult *res, const char *name)
+{
+    for (int i = 0; i < PQntuples(res); i++)
+        if (strcmp(PQgetvalue(res, i, 0), name) == 0)
+            return PQgetvalue(res, i, 1);
+    return NULL;
+}
+
+eng_rc eng_migrate_up(const char *conninfo, const eng_migration *migs, size_t count, int *applied,
+                      eng_err *err)
+{
+    eng_rc rc = ENG_OK;
+    PGconn *conn = NULL;
+    PGresult *recorded = NULL;
+    char **sums = NULL;
+    int done = 0;
+    if (applied)
+        *applied = 0;
+
+    const eng_migration **order = eng_xcalloc(count ? count : 1, sizeof *order);
+    for (size_t i = 0; i < count; i++) {
+        if (!migs[i].name || !migs[i].sql) {
+            rc = eng_err_set(err, ENG_EINVAL, "migration %zu has no name or no sql", i);
+            goto out;
+        }
+        order[i] = &migs[i];
+    }
+    qsort(order, count, sizeof *order, migrate_cmp);
+    for (size_t i = 1; i < count; i++)
+        if (strcmp(order[i - 1]->name, order[i]->name) == 0) {
+            rc = eng_err_set(err, ENG_EINVAL, "migration %s is listed twice", order[i]->name);
+            goto out;
+        }
+
+    conn = PQconnectdb(conninfo);
+    if (PQstatus(conn) != CONNECTION_OK) {
+        rc = migrate_db_error(err, conn, NULL, "cannot connect to postgresql");
+        goto out;
+    }
+    PQsetNoticeProcessor(conn, migrate_notice, NULL);
+    rc = migrate_exec(conn, MIGRATE_LOCK_SQL, 0, NULL, "cannot take the migration lock", NULL, err);
+    if (rc == ENG_OK)
+        rc = migrate_exec(conn, MIGRATE_TABLE_SQL, 0, NULL, "cannot create flowd_migrations", NULL,
+                          err);
+    if (rc == ENG_OK)
+        rc = migrate_exec(conn, "SELECT name, checksum FROM flowd_migrations", 0, NULL,
+                          "cannot read flowd_migrations", &recorded, err);
+    if (rc != ENG_OK)
+        goto out;
+
+    sums = eng_xcalloc(count ? count : 1, sizeof *sums);
+    for (size_t i = 0; i < count; i++) {
+        rc = migrate_checksum(conn, order[i], &sums[i], err);
+        if (rc != ENG_OK)
+            goto out;
+        const char *had = migrate_recorded(recorded, order[i]->name);
+        if (had && strcmp(had, sums[i]) != 0) {
+            rc = eng_err_set(err, ENG_ECONFLICT,
+                             "migration %s was changed after it was applied (checksum %.12s, "
+                             "recorded %.12s)",
+                             order[i]->name, sums[i], had);
+            goto out;
+        }
+    }
+    for (size_t i = 0; i < count; i++) {
+        if (migrate_recorded(recorded, order[i]->name))
+            continue;
+        rc = migrate_apply(conn, order[i], sums[i], err);
+        if (rc != ENG_OK)
+            goto out;
+        done++;
+        log_info("migration applied", " name=%s", order[i]->name);
+    }
+    /* Closing the session would release the lock too; unlocking says so explicitly. */
+    rc = migrate_exec(conn, MIGRATE_UNLOCK_SQL, 0, NULL, "cannot release the migration lock", NULL,
+                      err);
+
+out:
+    if (applied)
+        *applied = done;
+    if (sums)
+        for (size_t i = 0; i < count; i++)
+            free(sums[i]);
+    free(sums);
+    PQclear(recorded);
+    PQfinish(conn);
+    free(order);
+    return rc;
+}
