@@ -1,0 +1,43 @@
+/* engine/step_registry.c: the registry half of engine/step.h (eng_step_register, eng_step_kind_find).
+ *
+ * A fixed array: there are about ten kinds, registration happens once at start-up before any worker
+ * runs, and lookups afterwards only read, so no lock is needed. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/log.h"
+#include "engine/step.h"
+
+#define STEP_KINDS_MAX 32
+
+static const eng_step_kind *step_kinds[STEP_KINDS_MAX];
+static size_t step_kinds_n;
+
+void eng_step_register(const eng_step_kind *kind)
+{
+    if (!kind || !kind->name)
+        return;
+    for (size_t i = 0; i < step_kinds_n; i++) {
+        if (strcmp(step_kinds[i]->name, kind->name) == 0) {
+            step_kinds[i] = kind;
+            return;
+        }
+    }
+    if (step_kinds_n == STEP_KINDS_MAX) {
+        /* A build-time mistake (more kinds than slots), not a runtime condition. */
+        log_error("too many step kinds", " kind=%s max=%d", kind->name, STEP_KINDS_MAX);
+        abort();
+    }
+    step_kinds[step_kinds_n++] = kind;
+}
+
+const eng_step_kind *eng_step_kind_find(const char *name)
+{
+    if (!name)
+        return NULL;
+    for (size_t i = 0; i < step_kinds_n; i++)
+        if (strcmp(step_kinds[i]->name, name) == 0)
+            return step_kinds[i];
+    return NULL;
+}

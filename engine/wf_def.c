@@ -1,0 +1,857 @@
+/* engine/wf_def.c: see wf_def.h.
+ *
+ * Compilation runs in passes so that each rule sees what it needs: (1) the workflow's own fields and
+ * each step's key and kind, (2) needs resolved to indices, (3) cycle check by depth-first search,
+ * whose post-order is also a topological order used to (4) compute every step's transitive needs as
+ * a bitset, then (5) the remaining step fields, whose templates may only name those steps. Errors
+ * are collected in a local eng_err and copied out, so a kind's validate always has one to fill. */
+#include "engine/wf_def.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/duration.h"
+#include "engine/mem.h"
+#include "engine/step.h"
+#include "engine/wf_cond.h"
+#include "engine/wf_template.h"
+
+enum { WHITE = 0, GRAY, BLACK }; /* DFS colors: unvisited, on the current path, finished */
+
+typedef struct cstep {
+    const json_t *obj; /* borrowed from the document */
+    const char *key;
+    const eng_step_kind *kind;
+    size_t *needs; /* indices, in written order */
+    size_t n_needs;
+    int color;
+} cstep;
+
+typedef struct compiler {
+    const json_t *doc;
+    cstep *steps;
+    size_t n;
+    json_t *keys;    /* key -> index (json integer), used as a hash map */
+    uint64_t *deps;  /* n rows of `words` words: bit t of row i = i transitively needs t */
+    size_t words;
+    size_t *order;   /* topological order (needs first) */
+    size_t n_order;
+    eng_err *err;
+} compiler;
+
+/* What a template reference check needs to know about where it is. */
+typedef struct ref_scope {
+    compiler *c;
+    size_t step; /* SIZE_MAX: workflow level (cancel_on), no step may be referenced */
+} ref_scope;
+
+static eng_rc bad(compiler *c, const char *ptr, const char *fmt, ...) ENG_PRINTF(3, 4);
+
+static eng_rc bad(compiler *c, const char *ptr, const char *fmt, ...)
+{
+    char msg[sizeof c->err->msg];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    return eng_err_field(c->err, ENG_EINVAL, ptr, "%s", msg);
+}
+
+static bool has_dep(const compiler *c, size_t i, size_t t)
+{
+    return (c->deps[i * c->words + t / 64] >> (t % 64)) & 1;
+}
+
+/* Refuses any member of obj not in the NULL-terminated list allowed. */
+static eng_rc check_fields(compiler *c, const json_t *obj, const char *ptr,
+                           const char *const *allowed)
+{
+    const char *k;
+    json_t *v;
+    json_object_foreach ((json_t *)obj, k, v) {
+        bool ok = false;
+        for (const char *const *a = allowed; *a && !ok; a++)
+            ok = strcmp(*a, k) == 0;
+        if (!ok) {
+            char *p = wf_ptr_join(ptr, k);
+            eng_rc rc = bad(c, p, "unknown field \"%.64s\"", k);
+            free(p);
+            return rc;
+        }
+    }
+    return ENG_OK;
+}
+
+/* A string member of at most max bytes, or NULL when absent or null; *rc set on a type error. */
+static const char *opt_string(compiler *c, const json_t *obj, const char *name, const char *ptr,
+                              size_t max, eng_rc *rc)
+{
+    *rc = ENG_OK;
+    const json_t *v = json_object_get(obj, name);
+    if (!v || json_is_null(v))
+        return NULL;
+    char *p = wf_ptr_join(ptr, name);
+    if (!json_is_string(v))
+        *rc = bad(c, p, "must be a string");
+    else if (json_string_length(v) == 0)
+        *rc = bad(c, p, "must not be empty");
+    else if (json_string_length(v) > max)
+        *rc = bad(c, p, "longer than %zu bytes", max);
+    else if (strlen(json_string_value(v)) != json_string_length(v))
+        *rc = bad(c, p, "must not contain NUL");
+    free(p);
+    return *rc == ENG_OK ? json_string_value(v) : NULL;
+}
+
+/* ---- template references ---- */
+
+static eng_rc check_ref(void *arg, const char *path, const char *ptr, eng_err *err)
+{
+    ref_scope *s = arg;
+    (void)err; /* reported through s->c->err, which is the same object */
+    size_t root = strcspn(path, ".[");
+    if ((root == 5 && memcmp(path, "input", 5) == 0) || (root == 4 && memcmp(path, "item", 4) == 0))
+        return ENG_OK;
+    if (strcmp(path, "index") == 0 || strcmp(path, "run.id") == 0)
+        return ENG_OK;
+    if (root != 5 || memcmp(path, "steps", 5) != 0)
+        return bad(s->c, ptr, "template path \"%.64s\" must start with input, steps.KEY, run.id, "
+                              "item or index", path);
+    if (path[5] != '.')
+        return bad(s->c, ptr, "template path \"%.64s\" must name a step: steps.KEY", path);
+    const char *key = path + 6;
+    size_t klen = strcspn(key, ".[");
+    if (s->step == SIZE_MAX)
+        return bad(s->c, ptr, "template path \"%.64s\": cancel_on cannot reference steps", path);
+    json_t *idx = json_object_getn(s->c->keys, key, klen);
+    if (!idx)
+        return bad(s->c, ptr, "template references unknown step \"%.*s\"",
+                   (int)(klen > 64 ? 64 : klen), key);
+    size_t t = (size_t)json_integer_value(idx);
+    if (!has_dep(s->c, s->step, t))
+        return bad(s->c, ptr, "template references step \"%s\" which is not among the needs of "
+                              "step \"%s\" (direct or transitive)",
+                   s->c->steps[t].key, s->c->steps[s->step].key);
+    return ENG_OK;
+}
+
+static eng_rc check_template(compiler *c, size_t step, const json_t *tmpl, const char *ptr)
+{
+    ref_scope s = {.c = c, .step = step};
+    return wf_template_refs(tmpl, ptr, check_ref, &s, c->err);
+}
+
+/* A templated string member (at, concurrency_key, tz, ...): NULL when absent. */
+static eng_rc template_string(compiler *c, size_t step, const json_t *obj, const char *name,
+                              const char *ptr, json_t **out)
+{
+    eng_rc rc;
+    *out = NULL;
+    const char *s = opt_string(c, obj, name, ptr, WF_DEF_MAX_TEXT, &rc);
+    if (!s)
+        return rc;
+    char *p = wf_ptr_join(ptr, name);
+    rc = check_template(c, step, json_object_get(obj, name), p);
+    free(p);
+    if (rc == ENG_OK)
+        *out = json_string(s);
+    return rc;
+}
+
+/* ---- pass 1: key and kind ---- */
+
+static bool valid_key(const char *k)
+{
+    if (!(*k >= 'a' && *k <= 'z'))
+        return false;
+    for (const char *p = k + 1; *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_'))
+            return false;
+    return true;
+}
+
+static const char *const step_fields[] = {"key",   "kind",    "needs", "input",  "when",
+                                          "phase", "retry",   "timeout", "delay", "at",
+                                          "window", "concurrency_key", NULL};
+
+static eng_rc pass_keys(compiler *c, const json_t *steps)
+{
+    char ptr[64], fp[80];
+    for (size_t i = 0; i < c->n; i++) {
+        const json_t *st = json_array_get(steps, i);
+        snprintf(ptr, sizeof ptr, "/steps/%zu", i);
+        if (!json_is_object(st))
+            return bad(c, ptr, "step must be an object");
+        eng_rc rc = check_fields(c, st, ptr, step_fields);
+        if (rc != ENG_OK)
+            return rc;
+        c->steps[i].obj = st;
+        const json_t *k = json_object_get(st, "key");
+        snprintf(fp, sizeof fp, "%s/key", ptr);
+        if (!k)
+            return bad(c, fp, "required");
+        if (!json_is_string(k))
+            return bad(c, fp, "must be a string");
+        const char *key = json_string_value(k);
+        if (json_string_length(k) > WF_DEF_MAX_KEY)
+            return bad(c, fp, "longer than %d bytes", WF_DEF_MAX_KEY);
+        if (!valid_key(key) || strlen(key) != json_string_length(k))
+            return bad(c, fp, "must match [a-z][a-z0-9_]*");
+        json_t *prev = json_object_get(c->keys, key);
+        if (prev)
+            return bad(c, fp, "duplicate key \"%s\" (also /steps/%lld)", key,
+                       (long long)json_integer_value(prev));
+        json_object_set_new(c->keys, key, json_integer((json_int_t)i));
+        c->steps[i].key = key;
+
+        const json_t *kd = json_object_get(st, "kind");
+        snprintf(fp, sizeof fp, "%s/kind", ptr);
+        if (!kd)
+            return bad(c, fp, "required");
+        if (!json_is_string(kd))
+            return bad(c, fp, "must be a string");
+        c->steps[i].kind = eng_step_kind_find(json_string_value(kd));
+        if (!c->steps[i].kind)
+            return bad(c, fp, "unknown step kind \"%.64s\"", json_string_value(kd));
+    }
+    return ENG_OK;
+}
+
+/* ---- pass 2 and 3: needs and cycles ---- */
+
+static eng_rc pass_needs(compiler *c)
+{
+    char ptr[96];
+    for (size_t i = 0; i < c->n; i++) {
+        cstep *s = &c->steps[i];
+        const json_t *needs = json_object_get(s->obj, "needs");
+        if (!needs || json_is_null(needs))
+            continue;
+        snprintf(ptr, sizeof ptr, "/steps/%zu/needs", i);
+        if (!json_is_array(needs))
+            return bad(c, ptr, "must be an array of step keys");
+        size_t m = json_array_size(needs);
+        if (m > c->n)
+            return bad(c, ptr, "more needs than steps");
+        s->needs = eng_xcalloc(m ? m : 1, sizeof *s->needs);
+        for (size_t j = 0; j < m; j++) {
+            const json_t *nk = json_array_get(needs, j);
+            snprintf(ptr, sizeof ptr, "/steps/%zu/needs/%zu", i, j);
+            if (!json_is_string(nk))
+                return bad(c, ptr, "must be a step key");
+            json_t *idx = json_object_get(c->keys, json_string_value(nk));
+            if (!idx || strlen(json_string_value(nk)) != json_string_length(nk))
+                return bad(c, ptr, "unknown step \"%.64s\"", json_string_value(nk));
+            size_t t = (size_t)json_integer_value(idx);
+            if (t == i)
+                return bad(c, ptr, "step \"%s\" cannot need itself", s->key);
+            for (size_t q = 0; q < s->n_needs; q++)
+                if (s->needs[q] == t)
+                    return bad(c, ptr, "duplicate need \"%s\"", c->steps[t].key);
+            s->needs[s->n_needs++] = t;
+        }
+    }
+    return ENG_OK;
+}
+
+/* Depth-first over needs; finished steps are appended to c->order (needs before dependents). The
+ * recursion depth is bounded by WF_DEF_MAX_STEPS. */
+static eng_rc visit(compiler *c, size_t i)
+{
+    cstep *s = &c->steps[i];
+    s->color = GRAY;
+    for (size_t j = 0; j < s->n_needs; j++) {
+        size_t t = s->needs[j];
+        if (c->steps[t].color == GRAY) {
+            char ptr[96];
+            snprintf(ptr, sizeof ptr, "/steps/%zu/needs/%zu", i, j);
+            return bad(c, ptr, "cycle: \"%s\" needs \"%s\", which leads back to \"%s\"", s->key,
+                       c->steps[t].key, s->key);
+        }
+        if (c->steps[t].color == WHITE) {
+            eng_rc rc = visit(c, t);
+            if (rc != ENG_OK)
+                return rc;
+        }
+    }
+    s->color = BLACK;
+    c->order[c->n_order++] = i;
+    return ENG_OK;
+}
+
+static eng_rc pass_graph(compiler *c)
+{
+    c->order = eng_xcalloc(c->n, sizeof *c->order);
+    for (size_t i = 0; i < c->n; i++) {
+        if (c->steps[i].color == WHITE) {
+            eng_rc rc = visit(c, i);
+            if (rc != ENG_OK)
+                return rc;
+        }
+    }
+    c->words = (c->n + 63) / 64;
+    c->deps = eng_xcalloc(c->n * c->words, sizeof *c->deps);
+    for (size_t o = 0; o < c->n; o++) {
+        size_t i = c->order[o];
+        uint64_t *row = c->deps + i * c->words;
+        for (size_t j = 0; j < c->steps[i].n_needs; j++) {
+            size_t t = c->steps[i].needs[j];
+            const uint64_t *trow = c->deps + t * c->words;
+            for (size_t w = 0; w < c->words; w++)
+                row[w] |= trow[w];
+            row[t / 64] |= UINT64_C(1) << (t % 64);
+        }
+    }
+    return ENG_OK;
+}
+
+/* ---- pass 5: the other step fields ---- */
+
+static eng_rc duration_field(compiler *c, const json_t *obj, const char *name, const char *ptr,
+                             int64_t *ms)
+{
+    const json_t *v = json_object_get(obj, name);
+    if (!v || json_is_null(v))
+        return ENG_OK;
+    char *p = wf_ptr_join(ptr, name);
+    eng_rc rc;
+    if (!json_is_string(v)) {
+        rc = bad(c, p, "must be a duration string such as \"30s\"");
+    } else {
+        eng_err e;
+        rc = eng_duration_parse(json_string_value(v), ms, &e);
+        if (rc != ENG_OK)
+            rc = bad(c, p, "%s", e.msg);
+    }
+    free(p);
+    return rc;
+}
+
+static eng_rc number_field(compiler *c, const json_t *obj, const char *name, const char *ptr,
+                           double lo, double hi, double *out)
+{
+    const json_t *v = json_object_get(obj, name);
+    if (!v || json_is_null(v))
+        return ENG_OK;
+    char *p = wf_ptr_join(ptr, name);
+    eng_rc rc = ENG_OK;
+    if (!json_is_number(v) || json_number_value(v) < lo || json_number_value(v) > hi)
+        rc = bad(c, p, "must be a number from %g to %g", lo, hi);
+    else
+        *out = json_number_value(v);
+    free(p);
+    return rc;
+}
+
+typedef struct retry_policy {
+    json_int_t max_attempts;
+    int64_t initial_ms, max_ms;
+    double multiplier, jitter;
+} retry_policy;
+
+static eng_rc step_retry(compiler *c, const json_t *st, const char *sptr, retry_policy *r)
+{
+    static const char *const retry_fields[] = {"max_attempts", "backoff", "jitter", NULL};
+    static const char *const backoff_fields[] = {"initial", "max", "multiplier", NULL};
+    const json_t *retry = json_object_get(st, "retry");
+    if (!retry || json_is_null(retry))
+        return ENG_OK;
+    char ptr[96], bptr[112];
+    snprintf(ptr, sizeof ptr, "%s/retry", sptr);
+    if (!json_is_object(retry))
+        return bad(c, ptr, "must be an object");
+    eng_rc rc = check_fields(c, retry, ptr, retry_fields);
+    if (rc != ENG_OK)
+        return rc;
+    const json_t *ma = json_object_get(retry, "max_attempts");
+    if (ma && !json_is_null(ma)) {
+        snprintf(bptr, sizeof bptr, "%s/max_attempts", ptr);
+        if (!json_is_integer(ma) || json_integer_value(ma) < 1 || json_integer_value(ma) > 100)
+            return bad(c, bptr, "must be an integer from 1 to 100");
+        r->max_attempts = json_integer_value(ma);
+    }
+    if ((rc = number_field(c, retry, "jitter", ptr, 0, 1, &r->jitter)) != ENG_OK)
+        return rc;
+    const json_t *bo = json_object_get(retry, "backoff");
+    if (!bo || json_is_null(bo))
+        return ENG_OK;
+    snprintf(bptr, sizeof bptr, "%s/backoff", ptr);
+    if (!json_is_object(bo))
+        return bad(c, bptr, "must be an object");
+    if ((rc = check_fields(c, bo, bptr, backoff_fields)) != ENG_OK)
+        return rc;
+    bool has_max = json_object_get(bo, "max") && !json_is_null(json_object_get(bo, "max"));
+    if ((rc = duration_field(c, bo, "initial", bptr, &r->initial_ms)) != ENG_OK ||
+        (rc = duration_field(c, bo, "max", bptr, &r->max_ms)) != ENG_OK ||
+        (rc = number_field(c, bo, "multiplier", bptr, 1, 100, &r->multiplier)) != ENG_OK)
+        return rc;
+    if (r->initial_ms > r->max_ms) {
+        if (has_max) {
+            char mptr[128];
+            snprintf(mptr, sizeof mptr, "%s/max", bptr);
+            return bad(c, mptr, "must not be shorter than backoff.initial");
+        }
+        r->max_ms = r->initial_ms; /* only initial given: the default cap must not undercut it */
+    }
+    return ENG_OK;
+}
+
+/* "HH:MM" (00:00..23:59, and 24:00 when end is true) -> minutes since midnight, or -1. */
+static int parse_hhmm(const json_t *v, bool end)
+{
+    if (!json_is_string(v) || json_string_length(v) != 5)
+        return -1;
+    const char *s = json_string_value(v);
+    for (int i = 0; i < 5; i++)
+        if (i == 2 ? s[i] != ':' : (s[i] < '0' || s[i] > '9'))
+            return -1;
+    int h = (s[0] - '0') * 10 + (s[1] - '0'), m = (s[3] - '0') * 10 + (s[4] - '0');
+    if (m > 59 || h > 24 || (h == 24 && (!end || m != 0)))
+        return -1;
+    return h * 60 + m;
+}
+
+/* An IANA zone name as PostgreSQL and zoneinfo spell them ("Europe/Paris", "UTC", "Etc/GMT+5"). */
+static bool plausible_tz(const char *s)
+{
+    if (*s == '/' || strstr(s, "..") || strlen(s) > 64)
+        return false;
+    for (const char *p = s; *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+              *p == '/' || *p == '_' || *p == '-' || *p == '+'))
+            return false;
+    return true;
+}
+
+static eng_rc step_window(compiler *c, size_t i, const json_t *st, const char *sptr, json_t **out)
+{
+    static const char *const window_fields[] = {"start", "end", "days", "tz", NULL};
+    static const char *const day_names[] = {"sun", "mon", "tue", "wed", "thu", "fri", "sat"};
+    *out = NULL;
+    const json_t *w = json_object_get(st, "window");
+    if (!w || json_is_null(w))
+        return ENG_OK;
+    char ptr[96], fp[128];
+    snprintf(ptr, sizeof ptr, "%s/window", sptr);
+    if (!json_is_object(w))
+        return bad(c, ptr, "must be an object");
+    eng_rc rc = check_fields(c, w, ptr, window_fields);
+    if (rc != ENG_OK)
+        return rc;
+    int start = parse_hhmm(json_object_get(w, "start"), false);
+    snprintf(fp, sizeof fp, "%s/start", ptr);
+    if (start < 0)
+        return bad(c, fp, "must be a time \"HH:MM\" from 00:00 to 23:59");
+    int end = parse_hhmm(json_object_get(w, "end"), true);
+    snprintf(fp, sizeof fp, "%s/end", ptr);
+    if (end < 0)
+        return bad(c, fp, "must be a time \"HH:MM\" from 00:01 to 24:00");
+    if (end <= start)
+        return bad(c, fp, "must be later than start");
+    bool seen[7] = {false};
+    const json_t *days = json_object_get(w, "days");
+    if (days && !json_is_null(days)) {
+        snprintf(fp, sizeof fp, "%s/days", ptr);
+        if (!json_is_array(days) || json_array_size(days) == 0)
+            return bad(c, fp, "must be a non-empty array of day names (mon..sun)");
+        for (size_t j = 0; j < json_array_size(days); j++) {
+            const char *d = json_string_value(json_array_get(days, j));
+            int found = -1;
+            for (int q = 0; d && q < 7; q++)
+                if (strcmp(d, day_names[q]) == 0)
+                    found = q;
+            snprintf(fp, sizeof fp, "%s/days/%zu", ptr, j);
+            if (found < 0)
+                return bad(c, fp, "must be one of mon, tue, wed, thu, fri, sat, sun");
+            if (seen[found])
+                return bad(c, fp, "duplicate day \"%s\"", d);
+            seen[found] = true;
+        }
+    } else {
+        for (int q = 0; q < 7; q++)
+            seen[q] = true;
+    }
+    json_t *tz;
+    if ((rc = template_string(c, i, w, "tz", ptr, &tz)) != ENG_OK)
+        return rc;
+    snprintf(fp, sizeof fp, "%s/tz", ptr);
+    if (!tz)
+        return bad(c, fp, "required: an IANA time zone name or a template");
+    if (!wf_template_is_templated(json_string_value(tz)) && !plausible_tz(json_string_value(tz))) {
+        json_decref(tz);
+        return bad(c, fp, "not a time zone name");
+    }
+    json_t *dl = json_array();
+    for (int q = 0; q < 7; q++)
+        if (seen[q])
+            json_array_append_new(dl, json_integer(q));
+    *out = json_pack("{s:i, s:i, s:o, s:o}", "start_min", start, "end_min", end, "days", dl, "tz",
+                     tz);
+    return ENG_OK;
+}
+
+/* A literal "at" must be an RFC 3339 timestamp: 2026-01-31T09:00:00(.fff)(Z|+01:00). */
+static bool plausible_rfc3339(const char *s)
+{
+    static const char pat[] = "dddd-dd-ddTdd:dd:dd";
+    size_t i = 0;
+    for (; pat[i]; i++) {
+        char ch = s[i];
+        if (pat[i] == 'd' ? !(ch >= '0' && ch <= '9')
+                          : pat[i] == 'T' ? !(ch == 'T' || ch == 't' || ch == ' ') : ch != pat[i])
+            return false;
+    }
+    if (s[i] == '.') {
+        i++;
+        if (!(s[i] >= '0' && s[i] <= '9'))
+            return false;
+        while (s[i] >= '0' && s[i] <= '9')
+            i++;
+    }
+    if ((s[i] == 'Z' || s[i] == 'z') && !s[i + 1])
+        return true;
+    if (s[i] != '+' && s[i] != '-')
+        return false;
+    const char *z = s + i + 1;
+    return strlen(z) == 5 && z[0] >= '0' && z[0] <= '9' && z[1] >= '0' && z[1] <= '9' &&
+           z[2] == ':' && z[3] >= '0' && z[3] <= '9' && z[4] >= '0' && z[4] <= '9';
+}
+
+static eng_rc step_when(compiler *c, size_t i, const json_t *st, const char *sptr, json_t **out)
+{
+    eng_rc rc;
+    *out = NULL;
+    const char *src = opt_string(c, st, "when", sptr, WF_COND_MAX_SRC, &rc);
+    if (!src)
+        return rc;
+    char ptr[96];
+    snprintf(ptr, sizeof ptr, "%s/when", sptr);
+    wf_cond *cond;
+    eng_err e;
+    if (wf_cond_parse(src, &cond, &e) != ENG_OK)
+        return bad(c, ptr, "%s", e.msg);
+    ref_scope s = {.c = c, .step = i};
+    rc = wf_cond_refs(cond, check_ref, &s, ptr, c->err);
+    wf_cond_free(cond);
+    if (rc == ENG_OK)
+        *out = json_string(src);
+    return rc;
+}
+
+/* Validates step i's remaining fields and builds its normalized object (without dependents). */
+static eng_rc compile_step(compiler *c, size_t i, json_t **out)
+{
+    const cstep *s = &c->steps[i];
+    const json_t *st = s->obj;
+    char sptr[64], ptr[96];
+    snprintf(sptr, sizeof sptr, "/steps/%zu", i);
+    eng_rc rc;
+    const char *phase = opt_string(c, st, "phase", sptr, WF_DEF_MAX_NAME, &rc);
+    if (rc != ENG_OK)
+        return rc;
+    const json_t *input = json_object_get(st, "input");
+    snprintf(ptr, sizeof ptr, "%s/input", sptr);
+    if (input && (rc = check_template(c, i, input, ptr)) != ENG_OK)
+        return rc;
+
+    retry_policy r = {.max_attempts = s->kind->default_max_attempts,
+                      .initial_ms = WF_DEF_BACKOFF_INITIAL_MS,
+                      .max_ms = WF_DEF_BACKOFF_MAX_MS,
+                      .multiplier = WF_DEF_BACKOFF_MULTIPLIER,
+                      .jitter = WF_DEF_JITTER};
+    if (r.max_attempts < 1)
+        r.max_attempts = 1;
+    if (r.max_attempts > 100)
+        r.max_attempts = 100;
+    int64_t timeout_ms = 0, delay_ms = 0;
+    if ((rc = step_retry(c, st, sptr, &r)) != ENG_OK ||
+        (rc = duration_field(c, st, "timeout", sptr, &timeout_ms)) != ENG_OK ||
+        (rc = duration_field(c, st, "delay", sptr, &delay_ms)) != ENG_OK)
+        return rc;
+
+    json_t *when = NULL, *at = NULL, *window = NULL, *ckey = NULL;
+    if ((rc = step_when(c, i, st, sptr, &when)) != ENG_OK)
+        goto fail;
+    if ((rc = template_string(c, i, st, "at", sptr, &at)) != ENG_OK)
+        goto fail;
+    if (at && !wf_template_is_templated(json_string_value(at)) &&
+        !plausible_rfc3339(json_string_value(at))) {
+        snprintf(ptr, sizeof ptr, "%s/at", sptr);
+        rc = bad(c, ptr, "must be an RFC 3339 time (2026-01-31T09:00:00Z) or a template");
+        goto fail;
+    }
+    if ((rc = step_window(c, i, st, sptr, &window)) != ENG_OK)
+        goto fail;
+    if ((rc = template_string(c, i, st, "concurrency_key", sptr, &ckey)) != ENG_OK)
+        goto fail;
+    if (s->kind->validate && (rc = s->kind->validate(st, sptr, c->err)) != ENG_OK) {
+        if (!c->err->field[0])
+            snprintf(c->err->field, sizeof c->err->field, "%s", sptr);
+        goto fail;
+    }
+
+    json_t *needs = json_array(), *deps = json_array();
+    for (size_t j = 0; j < s->n_needs; j++)
+        json_array_append_new(needs, json_integer((json_int_t)s->needs[j]));
+    for (size_t t = 0; t < c->n; t++)
+        if (has_dep(c, i, t))
+            json_array_append_new(deps, json_string(c->steps[t].key));
+    *out = json_pack("{s:s, s:s, s:I, s:o, s:o, s:o, s:s?, s:o, s:o?, s:I, s:I, s:I, s:f, s:f, "
+                     "s:I, s:I, s:o?, s:o?, s:o?}",
+                     "key", s->key, "kind", s->kind->name, "idx", (json_int_t)i, "needs", needs,
+                     "dependents", json_array(), "deps", deps, "phase", phase, "input",
+                     input ? json_deep_copy(input) : json_object(), "when", when, "max_attempts",
+                     r.max_attempts, "backoff_initial_ms", (json_int_t)r.initial_ms,
+                     "backoff_max_ms", (json_int_t)r.max_ms, "backoff_multiplier", r.multiplier,
+                     "jitter", r.jitter, "timeout_ms", (json_int_t)timeout_ms, "delay_ms",
+                     (json_int_t)delay_ms, "at", at, "window", window, "concurrency_key", ckey);
+    if (!*out)
+        return eng_err_field(c->err, ENG_EINTERNAL, sptr, "cannot build the normalized step");
+    return ENG_OK;
+fail:
+    json_decref(when);
+    json_decref(at);
+    json_decref(window);
+    json_decref(ckey);
+    return rc;
+}
+
+/* ---- the workflow ---- */
+
+static bool valid_name(const char *s, size_t len)
+{
+    if (len == 0 || len > WF_DEF_MAX_NAME || strlen(s) != len)
+        return false;
+    for (; *s; s++)
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') ||
+              *s == '_' || *s == '.' || *s == '-'))
+            return false;
+    return true;
+}
+
+static eng_rc compile_cancel_on(compiler *c, json_t **out)
+{
+    static const char *const fields[] = {"event", "key", NULL};
+    *out = json_array();
+    const json_t *co = json_object_get(c->doc, "cancel_on");
+    if (!co || json_is_null(co))
+        return ENG_OK;
+    if (!json_is_array(co))
+        return bad(c, "/cancel_on", "must be an array of {\"event\", \"key\"}");
+    if (json_array_size(co) > WF_DEF_MAX_CANCEL_ON)
+        return bad(c, "/cancel_on", "more than %d entries", WF_DEF_MAX_CANCEL_ON);
+    for (size_t j = 0; j < json_array_size(co); j++) {
+        const json_t *e = json_array_get(co, j);
+        char ptr[64], fp[80];
+        snprintf(ptr, sizeof ptr, "/cancel_on/%zu", j);
+        if (!json_is_object(e))
+            return bad(c, ptr, "must be an object {\"event\", \"key\"}");
+        eng_rc rc = check_fields(c, e, ptr, fields);
+        if (rc != ENG_OK)
+            return rc;
+        const char *ev = opt_string(c, e, "event", ptr, WF_DEF_MAX_NAME, &rc);
+        if (rc != ENG_OK)
+            return rc;
+        snprintf(fp, sizeof fp, "%s/event", ptr);
+        if (!ev)
+            return bad(c, fp, "required");
+        json_t *key;
+        if ((rc = template_string(c, SIZE_MAX, e, "key", ptr, &key)) != ENG_OK)
+            return rc;
+        json_array_append_new(*out, json_pack("{s:s, s:o?}", "event", ev, "key", key));
+    }
+    return ENG_OK;
+}
+
+static eng_rc compile_doc(compiler *c, json_t **out)
+{
+    static const char *const wf_fields[] = {"name", "description", "steps", "cancel_on", NULL};
+    const json_t *doc = c->doc;
+    if (!json_is_object(doc))
+        return bad(c, "", "workflow definition must be a JSON object");
+    eng_rc rc = check_fields(c, doc, "", wf_fields);
+    if (rc != ENG_OK)
+        return rc;
+    const json_t *name = json_object_get(doc, "name");
+    if (!name)
+        return bad(c, "/name", "required");
+    if (!json_is_string(name) || !valid_name(json_string_value(name), json_string_length(name)))
+        return bad(c, "/name", "must match [a-zA-Z0-9_.-]{1,%d}", WF_DEF_MAX_NAME);
+    const char *desc = opt_string(c, doc, "description", "", WF_DEF_MAX_TEXT, &rc);
+    if (rc != ENG_OK)
+        return rc;
+    const json_t *steps = json_object_get(doc, "steps");
+    if (!steps)
+        return bad(c, "/steps", "required");
+    if (!json_is_array(steps) || json_array_size(steps) == 0)
+        return bad(c, "/steps", "must be a non-empty array");
+    if (json_array_size(steps) > WF_DEF_MAX_STEPS)
+        return bad(c, "/steps", "more than %d steps", WF_DEF_MAX_STEPS);
+    c->n = json_array_size(steps);
+    c->steps = eng_xcalloc(c->n, sizeof *c->steps);
+    if ((rc = pass_keys(c, steps)) != ENG_OK || (rc = pass_needs(c)) != ENG_OK ||
+        (rc = pass_graph(c)) != ENG_OK)
+        return rc;
+
+    json_t *out_steps = json_array(), *phases = json_array(), *cancel_on = NULL;
+    for (size_t i = 0; i < c->n && rc == ENG_OK; i++) {
+        json_t *st;
+        if ((rc = compile_step(c, i, &st)) != ENG_OK)
+            break;
+        json_array_append_new(out_steps, st);
+        const char *ph = json_string_value(json_object_get(st, "phase"));
+        bool seen = !ph;
+        for (size_t q = 0; q < json_array_size(phases) && !seen; q++)
+            seen = strcmp(json_string_value(json_array_get(phases, q)), ph) == 0;
+        if (!seen)
+            json_array_append_new(phases, json_string(ph));
+    }
+    if (rc == ENG_OK)
+        rc = compile_cancel_on(c, &cancel_on);
+    if (rc != ENG_OK) {
+        json_decref(out_steps);
+        json_decref(phases);
+        json_decref(cancel_on);
+        return rc;
+    }
+    for (size_t i = 0; i < c->n; i++)
+        for (size_t j = 0; j < c->steps[i].n_needs; j++)
+            json_array_append_new(
+                json_object_get(json_array_get(out_steps, c->steps[i].needs[j]), "dependents"),
+                json_integer((json_int_t)i));
+    *out = json_pack("{s:s, s:s?, s:o, s:o, s:o}", "name", json_string_value(name), "description", desc, "cancel_on",
+                     cancel_on, "phases", phases, "steps", out_steps);
+    return ENG_OK;
+}
+
+eng_rc wf_def_compile(const json_t *doc, json_t **out, eng_err *err)
+{
+    eng_err local;
+    eng_err_clear(&local);
+    compiler c = {.doc = doc, .keys = json_object(), .err = &local};
+    json_t *res = NULL;
+    eng_rc rc = doc ? compile_doc(&c, &res) : bad(&c, "", "no workflow definition");
+    for (size_t i = 0; i < c.n && c.steps; i++)
+        free(c.steps[i].needs);
+    free(c.steps);
+    free(c.deps);
+    free(c.order);
+    json_decref(c.keys);
+    if (rc != ENG_OK) {
+        if (local.rc == ENG_OK)
+            eng_err_field(&local, rc, "", "invalid workflow definition");
+        if (err)
+            *err = local;
+        return rc;
+    }
+    *out = res;
+    return ENG_OK;
+}
+
+/* ---- digest: SHA-256 (FIPS 180-4) ---- */
+
+typedef struct sha256 {
+    uint32_t h[8];
+    uint64_t len; /* bytes hashed so far */
+    uint8_t buf[64];
+    size_t nbuf;
+} sha256;
+
+static const uint32_t sha256_k[64] = {
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+    0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+    0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+    0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+    0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
+
+static uint32_t rotr(uint32_t x, int n)
+{
+    return (x >> n) | (x << (32 - n));
+}
+
+static void sha256_block(sha256 *s, const uint8_t *p)
+{
+    uint32_t w[64];
+    for (int i = 0; i < 16; i++)
+        w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 |
+               (uint32_t)p[4 * i + 2] << 8 | (uint32_t)p[4 * i + 3];
+    for (int i = 16; i < 64; i++) {
+        uint32_t s0 = rotr(w[i - 15], 7) ^ rotr(w[i - 15], 18) ^ (w[i - 15] >> 3);
+        uint32_t s1 = rotr(w[i - 2], 17) ^ rotr(w[i - 2], 19) ^ (w[i - 2] >> 10);
+        w[i] = w[i - 16] + s0 + w[i - 7] + s1;
+    }
+    uint32_t a = s->h[0], b = s->h[1], c = s->h[2], d = s->h[3];
+    uint32_t e = s->h[4], f = s->h[5], g = s->h[6], h = s->h[7];
+    for (int i = 0; i < 64; i++) {
+        uint32_t t1 = h + (rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25)) + ((e & f) ^ (~e & g)) +
+                      sha256_k[i] + w[i];
+        uint32_t t2 = (rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
+        h = g;
+        g = f;
+        f = e;
+        e = d + t1;
+        d = c;
+        c = b;
+        b = a;
+        a = t1 + t2;
+    }
+    s->h[0] += a;
+    s->h[1] += b;
+    s->h[2] += c;
+    s->h[3] += d;
+    s->h[4] += e;
+    s->h[5] += f;
+    s->h[6] += g;
+    s->h[7] += h;
+}
+
+static void sha256_update(sha256 *s, const uint8_t *p, size_t n)
+{
+    s->len += n;
+    while (n) {
+        size_t take = 64 - s->nbuf < n ? 64 - s->nbuf : n;
+        memcpy(s->buf + s->nbuf, p, take);
+        s->nbuf += take;
+        p += take;
+        n -= take;
+        if (s->nbuf == 64) {
+            sha256_block(s, s->buf);
+            s->nbuf = 0;
+        }
+    }
+}
+
+char *wf_sha256_hex(const void *data, size_t len)
+{
+    sha256 s = {.h = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c,
+                      0x1f83d9ab, 0x5be0cd19}};
+    sha256_update(&s, data, len);
+    uint64_t bits = s.len * 8;
+    uint8_t pad[72] = {0x80};
+    size_t padlen = (s.nbuf < 56 ? 56 : 120) - s.nbuf;
+    for (int i = 0; i < 8; i++)
+        pad[padlen + (size_t)i] = (uint8_t)(bits >> (56 - 8 * i));
+    sha256_update(&s, pad, padlen + 8);
+    char *hex = eng_xmalloc(65);
+    for (int i = 0; i < 8; i++)
+        snprintf(hex + 8 * i, 9, "%08x", s.h[i]);
+    return hex;
+}
+
+char *wf_def_digest(const json_t *doc)
+{
+    if (!doc)
+        return NULL;
+    char *canon = json_dumps(doc, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY);
+    if (!canon)
+        return NULL;
+    char *hex = wf_sha256_hex(canon, strlen(canon));
+    free(canon);
+    return hex;
+}
