@@ -77,7 +77,7 @@ static eng_rc perr(parser *p, size_t at, const char *what)
 static bool is_path_char(char c)
 {
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
-           c == '-' || c == '.' || c == '[' || c == ']';
+           c == '-' || c == '.';
 }
 
 static bool word_is(const char *s, size_t n, const char *kw)
@@ -194,9 +194,21 @@ static bool lex(parser *p)
         return true;
     }
     if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_') {
+        /* A word runs over segment characters, dots and [digits] indices, so that a path ending
+         * a list ("in [x]") leaves the "]" alone. */
         size_t i = p->pos;
-        while (i < p->len && is_path_char(s[i]))
-            i++;
+        for (;;) {
+            while (i < p->len && is_path_char(s[i]))
+                i++;
+            size_t j = i + 1;
+            if (i >= p->len || s[i] != '[')
+                break;
+            while (j < p->len && s[j] >= '0' && s[j] <= '9')
+                j++;
+            if (j == i + 1 || j >= p->len || s[j] != ']')
+                break;
+            i = j + 1;
+        }
         const char *w = s + p->pos;
         size_t n = i - p->pos;
         p->pos = i;
@@ -341,6 +353,8 @@ static node *parse_cmp(parser *p)
 
 static node *parse_unary(parser *p)
 {
+    if (p->tok.kind != T_NOT && p->tok.kind != T_LPAREN)
+        return parse_cmp(p);
     if (++p->depth > WF_COND_MAX_DEPTH) {
         perr(p, p->tok.at, "nested too deeply");
         return NULL;
@@ -350,7 +364,7 @@ static node *parse_unary(parser *p)
         n = node_new(N_NOT);
         if (lex(p))
             n->a = parse_unary(p);
-    } else if (p->tok.kind == T_LPAREN) {
+    } else { /* T_LPAREN */
         if (!lex(p))
             return NULL;
         n = parse_or(p);
@@ -360,8 +374,6 @@ static node *parse_unary(parser *p)
             else
                 lex(p);
         }
-    } else {
-        n = parse_cmp(p);
     }
     p->depth--;
     return n;

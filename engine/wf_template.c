@@ -173,7 +173,8 @@ bool wf_template_is_templated(const char *s)
 }
 
 /* Finds the next {{ ... }} at or after `from`. Returns 1 and fills sp, 0 when there is none, -1 when
- * a "{{" is never closed. A "}}" inside a double-quoted string (a default literal) does not close. */
+ * a "{{" is never closed. A "}}" inside a double-quoted string or closing an object literal (both
+ * only occur in a default) does not close the expression. */
 static int tpl_next(const char *s, size_t len, size_t from, tpl_span *sp)
 {
     const char *open = NULL;
@@ -187,6 +188,7 @@ static int tpl_next(const char *s, size_t len, size_t from, tpl_span *sp)
         return 0;
     size_t i = (size_t)(open - s) + 2;
     bool in_str = false;
+    size_t depth = 0; /* braces opened by an object default literal */
     for (; i < len; i++) {
         char c = s[i];
         if (in_str) {
@@ -196,6 +198,10 @@ static int tpl_next(const char *s, size_t len, size_t from, tpl_span *sp)
                 in_str = false;
         } else if (c == '"') {
             in_str = true;
+        } else if (c == '{') {
+            depth++;
+        } else if (c == '}' && depth > 0) {
+            depth--;
         } else if (c == '}' && i + 1 < len && s[i + 1] == '}') {
             sp->open = (size_t)(open - s);
             sp->end = i + 2;
