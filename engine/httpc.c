@@ -1,0 +1,561 @@
+/* engine/httpc.c: libcurl multi on a libev loop (see httpc.h and STYLE.md §4.2).
+ *
+ * curl tells us which sockets to watch (on_socket) and when to wake it up (on_timer_change); we
+ * answer with curl_multi_socket_action from the ev_io and ev_timer callbacks, then drain finished
+ * transfers. Invariants:
+ * - curl_multi_* is never called from inside a curl callback (on_socket, on_timer_change,
+ *   on_write, on_header): they only record. User code runs only from httpc_drain, after
+ *   curl_multi_socket_action has returned, so it may add and remove handles freely.
+ * - A call is freed either by its own completion (after its callback returns) or by cancel, which
+ *   is a no-op while its callback runs. Nothing else keeps call pointers across user code, so a
+ *   cancelled call can be freed at once: curl_multi_remove_handle also drops its pending DONE
+ *   message, and httpc_drain reads messages one at a time.
+ * - A socket watcher may be freed inside curl_multi_socket_action (CURL_POLL_REMOVE), even the
+ *   one whose callback is running, so the ev_io callback never touches its watcher afterwards.
+ * - eng_httpc_free from inside a callback only marks the client; httpc_drain destroys it once
+ *   the callback has returned. */
+#include "engine/httpc.h"
+
+#include <assert.h>
+#include <curl/curl.h>
+#include <ev.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "engine/buf.h"
+#include "engine/log.h"
+#include "engine/mem.h"
+
+/* Connection cache floor. curl counts busy and idle connections against CURLMOPT_MAXCONNECTS and
+ * closes a connection on its return once the cache is over the cap, so the cap is raised to stay
+ * above the peak number of calls in flight (one HTTP/1.1 connection each); see httpc_grow_cache. */
+#define HTTPC_MIN_CONNECTS 64L
+/* Response headers of one call: curl caps a single header at 100 KiB; this caps their total. */
+#define HTTPC_MAX_HEADER_BYTES ((size_t)256 << 10)
+
+enum call_state {
+    CALL_RUNNING, /* added to the multi handle and linked in h->calls; counted in flight */
+    CALL_CALLING, /* removed from the multi handle; its callback is running */
+};
+
+struct eng_http_call {
+    eng_httpc *h;
+    eng_http_call *prev, *next;    /* h->calls while CALL_RUNNING */
+    enum call_state st;
+    CURL *easy;                    /* owned; CURLOPT_PRIVATE points back here */
+    struct curl_slist *req_headers; /* owned; must outlive the transfer */
+    eng_http_cb *cb;
+    void *arg;
+    size_t max_response;           /* body cap, for the error message */
+    bool too_big;                  /* on_write or on_header refused data over a cap */
+    eng_buf body;                  /* capped at max_response */
+    eng_buf headers;               /* final response's headers as "name\0value\0" pairs */
+    char errbuf[CURL_ERROR_SIZE];  /* curl's text for the failure, if any */
+};
+
+struct httpc_sock {                /* one per socket curl asked us to watch */
+    ev_io io;                      /* container_of target */
+    eng_httpc *h;
+    struct httpc_sock *prev, *next; /* h->socks, so that eng_httpc_free can release all */
+};
+
+struct eng_httpc {
+    struct ev_loop *loop;          /* borrowed */
+    CURLM *multi;
+    ev_timer timer;                /* curl's single timeout (CURLMOPT_TIMERFUNCTION) */
+    eng_http_call *calls;          /* CALL_RUNNING calls */
+    struct httpc_sock *socks;
+    size_t in_flight;              /* length of calls */
+    long max_connects;             /* current CURLMOPT_MAXCONNECTS */
+    int dispatching;               /* > 0 while httpc_drain runs user callbacks */
+    bool closing;                  /* eng_httpc_free was called; destroy when dispatching == 0 */
+};
+
+static bool httpc_have_http2;
+
+static void setopt_check(CURLcode rc, const char *opt)
+{
+    if (rc != CURLE_OK)
+        log_error("curl option refused", " option=%s error=\"%s\"", opt, curl_easy_strerror(rc));
+}
+#define EASY_SETOPT(e, opt, val) setopt_check(curl_easy_setopt((e), (opt), (val)), #opt)
+
+static void msetopt_check(CURLMcode rc, const char *opt)
+{
+    if (rc != CURLM_OK)
+        log_error("curl multi option refused", " option=%s error=\"%s\"", opt,
+                  curl_multi_strerror(rc));
+}
+#define MULTI_SETOPT(m, opt, val) msetopt_check(curl_multi_setopt((m), (opt), (val)), #opt)
+
+void eng_httpc_global_init(void)
+{
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+        log_error("curl_global_init failed", NULL);
+        abort();
+    }
+    const curl_version_info_data *v = curl_version_info(CURLVERSION_NOW);
+    httpc_have_http2 = v && (v->features & CURL_VERSION_HTTP2);
+}
+
+void eng_httpc_global_cleanup(void)
+{
+    curl_global_cleanup();
+}
+
+/* ---- curl callbacks: record only, never call curl_multi_* ---- */
+
+static void on_sock_io(struct ev_loop *loop, ev_io *w, int revents);
+
+static int on_socket(CURL *easy, curl_socket_t s, int what, void *hp, void *sp)
+{
+    (void)easy;
+    eng_httpc *h = hp;
+    struct httpc_sock *k = sp;
+    if (what == CURL_POLL_REMOVE) {
+        if (k) {
+            ev_io_stop(h->loop, &k->io);
+            if (k->prev)
+                k->prev->next = k->next;
+            else
+                h->socks = k->next;
+            if (k->next)
+                k->next->prev = k->prev;
+            free(k);
+            /* curl_multi_assign is not a multi call into the state machine: it only stores the
+             * pointer in curl's socket hash, and the docs allow it from the socket callback. */
+            curl_multi_assign(h->multi, s, NULL);
+        }
+        return 0;
+    }
+    if (!k) {
+        /* May be a socket we never saw a transfer for (resolver, happy eyeballs): watch it all
+         * the same. */
+        k = eng_xcalloc(1, sizeof *k);
+        k->h = h;
+        ev_init(&k->io, on_sock_io);
+        k->next = h->socks;
+        if (h->socks)
+            h->socks->prev = k;
+        h->socks = k;
+        curl_multi_assign(h->multi, s, k);
+    }
+    int events = ((what & CURL_POLL_IN) ? EV_READ : 0) | ((what & CURL_POLL_OUT) ? EV_WRITE : 0);
+    /* Always ev_io_set, even for the same fd number: curl may have closed and reopened it. */
+    ev_io_stop(h->loop, &k->io);
+    ev_io_set(&k->io, s, events);
+    if (events)
+        ev_io_start(h->loop, &k->io);
+    return 0;
+}
+
+static int on_timer_change(CURLM *multi, long timeout_ms, void *hp)
+{
+    (void)multi;
+    eng_httpc *h = hp;
+    ev_timer_stop(h->loop, &h->timer);
+    if (timeout_ms >= 0) {
+        /* 0 means "as soon as possible": the timer fires on the next loop iteration, never
+         * recursively from here (curl forbids calling it back from this callback). */
+        ev_timer_set(&h->timer, (double)timeout_ms / 1000.0, 0.);
+        ev_timer_start(h->loop, &h->timer);
+    }
+    return 0;
+}
+
+static size_t on_write(char *data, size_t size, size_t n, void *cp)
+{
+    eng_http_call *c = cp;
+    size_t len = size * n;
+    if (eng_buf_append(&c->body, data, len) != ENG_OK) {
+        c->too_big = true;
+        return 0; /* curl fails the transfer with CURLE_WRITE_ERROR */
+    }
+    return len;
+}
+
+static size_t trim_len(const char *s, size_t len)
+{
+    while (len && (s[len - 1] == '\r' || s[len - 1] == '\n' || s[len - 1] == ' ' ||
+                   s[len - 1] == '\t'))
+        len--;
+    return len;
+}
+
+static size_t on_header(char *line, size_t size, size_t n, void *cp)
+{
+    eng_http_call *c = cp;
+    size_t len = size * n;
+    /* A status line starts a new response (after 100 Continue or 103 Early Hints): keep only the
+     * final response's headers. */
+    if (len >= 5 && memcmp(line, "HTTP/", 5) == 0) {
+        eng_buf_reset(&c->headers);
+        return len;
+    }
+    const char *colon = memchr(line, ':', len);
+    if (!colon || colon == line)
+        return len; /* blank line ending the headers, or an obsolete folded line */
+    size_t name_len = trim_len(line, (size_t)(colon - line));
+    const char *value = colon + 1;
+    size_t value_len = len - (size_t)(value - line);
+    while (value_len && (*value == ' ' || *value == '\t')) {
+        value++;
+        value_len--;
+    }
+    value_len = trim_len(value, value_len);
+    if (eng_buf_append(&c->headers, line, name_len) != ENG_OK ||
+        eng_buf_append(&c->headers, "", 1) != ENG_OK ||
+        eng_buf_append(&c->headers, value, value_len) != ENG_OK ||
+        eng_buf_append(&c->headers, "", 1) != ENG_OK) {
+        c->too_big = true;
+        return 0;
+    }
+    return len;
+}
+
+/* ---- calls ---- */
+
+static void call_free(eng_http_call *c)
+{
+    curl_easy_cleanup(c->easy);
+    curl_slist_free_all(c->req_headers);
+    eng_buf_deinit(&c->body);
+    eng_buf_deinit(&c->headers);
+    free(c);
+}
+
+/* Takes a CALL_RUNNING call out of the multi handle and the in-flight list. */
+static void call_detach(eng_http_call *c)
+{
+    eng_httpc *h = c->h;
+    assert(c->st == CALL_RUNNING);
+    CURLMcode mc = curl_multi_remove_handle(h->multi, c->easy);
+    if (mc != CURLM_OK)
+        log_error("curl_multi_remove_handle failed", " error=\"%s\"", curl_multi_strerror(mc));
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        h->calls = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    c->prev = c->next = NULL;
+    h->in_flight--;
+}
+
+static struct curl_slist *slist_add(struct curl_slist *l, const char *s)
+{
+    struct curl_slist *r = curl_slist_append(l, s);
+    if (!r) {
+        log_error("out of memory", " where=curl_slist_append");
+        abort();
+    }
+    return r;
+}
+
+static bool header_is(const char *h, const char *name)
+{
+    size_t n = strlen(name);
+    return strncasecmp(h, name, n) == 0 && (h[n] == ':' || h[n] == ';');
+}
+
+/* Method, body and request headers. Bodies go through POSTFIELDS (curl copies them) with
+ * CUSTOMREQUEST for methods other than POST, so PUT/PATCH/DELETE bodies need no read callback. */
+static void call_set_request(eng_http_call *c, const eng_http_request *req)
+{
+    const char *method = req->method ? req->method : "GET";
+    bool has_body = req->body != NULL || strcmp(method, "POST") == 0 ||
+                    strcmp(method, "PUT") == 0 || strcmp(method, "PATCH") == 0;
+    if (has_body) {
+        EASY_SETOPT(c->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)req->body_len);
+        EASY_SETOPT(c->easy, CURLOPT_COPYPOSTFIELDS, req->body ? req->body : "");
+        if (strcmp(method, "POST") != 0)
+            EASY_SETOPT(c->easy, CURLOPT_CUSTOMREQUEST, method);
+    } else if (strcmp(method, "HEAD") == 0) {
+        EASY_SETOPT(c->easy, CURLOPT_NOBODY, 1L);
+    } else if (strcmp(method, "GET") != 0) {
+        EASY_SETOPT(c->easy, CURLOPT_CUSTOMREQUEST, method);
+    }
+
+    bool has_type = false, has_expect = false;
+    for (const char *const *p = req->headers; p && *p; p++) {
+        has_type = has_type || header_is(*p, "content-type");
+        has_expect = has_expect || header_is(*p, "expect");
+        c->req_headers = slist_add(c->req_headers, *p);
+    }
+    /* curl would wait up to a second for "100 Continue" on large bodies: send them at once. */
+    if (!has_expect)
+        c->req_headers = slist_add(c->req_headers, "Expect:");
+    /* curl would label any POSTFIELDS body as a form; send no type unless the caller gave one. */
+    if (has_body && !has_type)
+        c->req_headers = slist_add(c->req_headers, "Content-Type:");
+    EASY_SETOPT(c->easy, CURLOPT_HTTPHEADER, c->req_headers);
+}
+
+static void call_set_options(eng_http_call *c, const eng_http_request *req)
+{
+    CURL *e = c->easy;
+    EASY_SETOPT(e, CURLOPT_URL, req->url);
+    EASY_SETOPT(e, CURLOPT_PRIVATE, (void *)c);
+    EASY_SETOPT(e, CURLOPT_NOSIGNAL, 1L);
+    EASY_SETOPT(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    EASY_SETOPT(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+    EASY_SETOPT(e, CURLOPT_ERRORBUFFER, c->errbuf);
+    EASY_SETOPT(e, CURLOPT_TIMEOUT_MS,
+                req->timeout_ms > 0 ? req->timeout_ms : ENG_HTTPC_DEFAULT_TIMEOUT_MS);
+    EASY_SETOPT(e, CURLOPT_CONNECTTIMEOUT_MS, req->connect_timeout_ms > 0
+                                                  ? req->connect_timeout_ms
+                                                  : ENG_HTTPC_DEFAULT_CONNECT_TIMEOUT_MS);
+    /* Refuses an announced Content-Length over the cap before any body arrives; on_write
+     * enforces the cap for chunked or lying responses. */
+    EASY_SETOPT(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)c->max_response);
+    EASY_SETOPT(e, CURLOPT_WRITEFUNCTION, on_write);
+    EASY_SETOPT(e, CURLOPT_WRITEDATA, (void *)c);
+    EASY_SETOPT(e, CURLOPT_HEADERFUNCTION, on_header);
+    EASY_SETOPT(e, CURLOPT_HEADERDATA, (void *)c);
+    if (httpc_have_http2) {
+        EASY_SETOPT(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
+        /* Over TLS, wait for the first connection's ALPN answer rather than opening one
+         * connection per call, so a burst of calls to one host shares one HTTP/2 connection.
+         * Plain http:// never multiplexes here, and waiting would only delay the burst until the
+         * first response arrives. */
+        if (strncasecmp(req->url, "https:", 6) == 0)
+            EASY_SETOPT(e, CURLOPT_PIPEWAIT, 1L);
+    }
+    call_set_request(c, req);
+}
+
+static void httpc_grow_cache(eng_httpc *h)
+{
+    if ((long)h->in_flight < h->max_connects)
+        return;
+    h->max_connects *= 2;
+    MULTI_SETOPT(h->multi, CURLMOPT_MAXCONNECTS, h->max_connects);
+}
+
+eng_http_call *eng_httpc_start(eng_httpc *h, const eng_http_request *req, eng_http_cb *cb,
+                               void *arg)
+{
+    assert(h && !h->closing && req && req->url && cb);
+    eng_http_call *c = eng_xcalloc(1, sizeof *c);
+    c->h = h;
+    c->cb = cb;
+    c->arg = arg;
+    c->max_response = req->max_response_bytes ? req->max_response_bytes
+                                               : ENG_HTTPC_DEFAULT_MAX_RESPONSE;
+    eng_buf_init(&c->body, c->max_response);
+    eng_buf_init(&c->headers, HTTPC_MAX_HEADER_BYTES);
+    c->easy = curl_easy_init();
+    if (!c->easy) {
+        log_error("out of memory", " where=curl_easy_init");
+        abort();
+    }
+    call_set_options(c, req);
+
+    c->st = CALL_RUNNING;
+    c->next = h->calls;
+    if (h->calls)
+        h->calls->prev = c;
+    h->calls = c;
+    h->in_flight++;
+    httpc_grow_cache(h);
+    /* Fails only for misuse (a call from inside a curl callback) or out of memory. */
+    CURLMcode mc = curl_multi_add_handle(h->multi, c->easy);
+    if (mc != CURLM_OK) {
+        log_error("curl_multi_add_handle failed", " error=\"%s\"", curl_multi_strerror(mc));
+        abort();
+    }
+    return c;
+}
+
+void eng_httpc_cancel(eng_http_call *c)
+{
+    if (!c || c->st != CALL_RUNNING)
+        return;
+    call_detach(c);
+    call_free(c);
+}
+
+/* Maps a finished transfer's curl result to our error, NULL for a response. */
+static const eng_err *call_error(eng_http_call *c, CURLcode res, eng_err *err)
+{
+    const char *text = c->errbuf[0] ? c->errbuf : curl_easy_strerror(res);
+    switch (res) {
+    case CURLE_OK:
+        return NULL;
+    case CURLE_OPERATION_TIMEDOUT:
+        eng_err_set(err, ENG_ETIMEOUT, "%s", text);
+        break;
+    case CURLE_FILESIZE_EXCEEDED:
+        eng_err_set(err, ENG_ETOOBIG, "response body over %zu bytes", c->max_response);
+        break;
+    case CURLE_WRITE_ERROR:
+        if (c->too_big) {
+            eng_err_set(err, ENG_ETOOBIG, "response over %zu bytes of body or %zu of headers",
+                        c->max_response, HTTPC_MAX_HEADER_BYTES);
+            break;
+        }
+        /* fall through */
+    default:
+        eng_err_set(err, ENG_EHTTP, "%s", text);
+        break;
+    }
+    return err;
+}
+
+/* Detaches a finished call, runs its callback, then frees it: the callback may start and cancel
+ * calls (this one is CALL_CALLING, so cancelling it is a no-op) or free the client. */
+static void call_finish(eng_http_call *c, CURLcode res)
+{
+    long status = 0, version = 0;
+    curl_off_t total_us = 0;
+    curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE, &status);
+    curl_easy_getinfo(c->easy, CURLINFO_TOTAL_TIME_T, &total_us);
+    curl_easy_getinfo(c->easy, CURLINFO_HTTP_VERSION, &version);
+    call_detach(c);
+    c->st = CALL_CALLING;
+
+    eng_err errbuf;
+    const eng_err *err = call_error(c, res, &errbuf);
+    static const int versions[] = {[CURL_HTTP_VERSION_1_0] = 10, [CURL_HTTP_VERSION_1_1] = 11,
+                                   [CURL_HTTP_VERSION_2_0] = 20, [CURL_HTTP_VERSION_3] = 30};
+    eng_http_response resp = {
+        .status = status,
+        .body = c->body.ptr ? c->body.ptr : "",
+        .body_len = c->body.len,
+        .total_ms = (double)total_us / 1000.0,
+        .http_version = version >= 0 && (size_t)version < ENG_ARRAY_LEN(versions)
+                            ? versions[version]
+                            : 0,
+    };
+    log_debug("http call finished", " status=%ld ms=%.1f curl=%d", status, resp.total_ms,
+              (int)res);
+    c->cb(c->arg, err, err ? NULL : &resp, c);
+    call_free(c);
+}
+
+static void httpc_destroy(eng_httpc *h)
+{
+    assert(!h->calls && h->dispatching == 0);
+    ev_timer_stop(h->loop, &h->timer);
+    /* Closes the cached connections; it may still call on_socket and on_timer_change. */
+    curl_multi_cleanup(h->multi);
+    ev_timer_stop(h->loop, &h->timer);
+    while (h->socks) {
+        struct httpc_sock *k = h->socks;
+        h->socks = k->next;
+        ev_io_stop(h->loop, &k->io);
+        free(k);
+    }
+    free(h);
+}
+
+/* Hands every finished transfer to its callback. Messages are read one at a time because a
+ * callback may remove other handles (and with them their queued messages). */
+static void httpc_drain(eng_httpc *h)
+{
+    h->dispatching++;
+    CURLMsg *m;
+    int left;
+    while (!h->closing && (m = curl_multi_info_read(h->multi, &left))) {
+        if (m->msg != CURLMSG_DONE)
+            continue;
+        CURLcode res = m->data.result; /* m dies with curl_multi_remove_handle */
+        eng_http_call *c = NULL;
+        curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, &c);
+        call_finish(c, res);
+    }
+    h->dispatching--;
+    if (h->closing && h->dispatching == 0)
+        httpc_destroy(h);
+}
+
+static void httpc_action(eng_httpc *h, curl_socket_t s, int flags)
+{
+    int running;
+    CURLMcode mc = curl_multi_socket_action(h->multi, s, flags, &running);
+    /* BAD_SOCKET: curl already forgot a socket whose event was pending; harmless. */
+    if (mc != CURLM_OK && mc != CURLM_BAD_SOCKET)
+        log_warn("curl_multi_socket_action failed", " error=\"%s\"", curl_multi_strerror(mc));
+    httpc_drain(h);
+}
+
+/* The watcher (and even h) may be freed inside httpc_action: touch nothing afterwards. */
+static void on_sock_io(struct ev_loop *loop, ev_io *w, int revents)
+{
+    (void)loop;
+    struct httpc_sock *k = ENG_CONTAINER_OF(w, struct httpc_sock, io);
+    int flags = ((revents & EV_READ) ? CURL_CSELECT_IN : 0) |
+                ((revents & EV_WRITE) ? CURL_CSELECT_OUT : 0) |
+                ((revents & EV_ERROR) ? CURL_CSELECT_ERR : 0);
+    httpc_action(k->h, w->fd, flags);
+}
+
+static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    httpc_action(ENG_CONTAINER_OF(w, eng_httpc, timer), CURL_SOCKET_TIMEOUT, 0);
+}
+
+eng_httpc *eng_httpc_new(struct ev_loop *loop)
+{
+    eng_httpc *h = eng_xcalloc(1, sizeof *h);
+    h->loop = loop;
+    h->multi = curl_multi_init();
+    if (!h->multi) {
+        log_error("out of memory", " where=curl_multi_init");
+        abort();
+    }
+    ev_timer_init(&h->timer, on_timer, 0., 0.);
+    h->max_connects = HTTPC_MIN_CONNECTS;
+    MULTI_SETOPT(h->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+    MULTI_SETOPT(h->multi, CURLMOPT_SOCKETDATA, (void *)h);
+    MULTI_SETOPT(h->multi, CURLMOPT_TIMERFUNCTION, on_timer_change);
+    MULTI_SETOPT(h->multi, CURLMOPT_TIMERDATA, (void *)h);
+    MULTI_SETOPT(h->multi, CURLMOPT_PIPELINING, CURLPIPE_MULTIPLEX);
+    MULTI_SETOPT(h->multi, CURLMOPT_MAX_HOST_CONNECTIONS, 0L); /* unlimited */
+    MULTI_SETOPT(h->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, 0L);
+    MULTI_SETOPT(h->multi, CURLMOPT_MAXCONNECTS, h->max_connects);
+    return h;
+}
+
+void eng_httpc_free(eng_httpc *h)
+{
+    if (!h || h->closing)
+        return;
+    h->closing = true;
+    while (h->calls) {
+        eng_http_call *c = h->calls;
+        call_detach(c);
+        call_free(c);
+    }
+    if (h->dispatching == 0)
+        httpc_destroy(h);
+}
+
+size_t eng_httpc_in_flight(const eng_httpc *h)
+{
+    return h->in_flight;
+}
+
+const char *eng_http_call_header(const eng_http_call *c, const char *name)
+{
+    const char *found = NULL, *n, *v;
+    size_t pos = 0;
+    while (eng_http_call_header_next(c, &pos, &n, &v))
+        if (strcasecmp(n, name) == 0)
+            found = v;
+    return found;
+}
+
+bool eng_http_call_header_next(const eng_http_call *c, size_t *pos, const char **name,
+                               const char **value)
+{
+    if (!c->headers.ptr || *pos >= c->headers.len)
+        return false;
+    *name = c->headers.ptr + *pos;
+    *value = *name + strlen(*name) + 1;
+    *pos = (size_t)(*value - c->headers.ptr) + strlen(*value) + 1;
+    return true;
+}
