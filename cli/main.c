@@ -1,10 +1,53 @@
-/* cli/main.c: the flowd command line (placeholder until the subcommands land). */
+/* cli/main.c: the flowd binary: global set-up and the subcommand table. The only place that
+ * knows engine, steps and api together. */
 #include <stdio.h>
+#include <string.h>
+
+#include "cli/cli.h"
+#include "engine/httpc.h"
+#include "engine/log.h"
+#include "engine/mem.h"
+#include "engine/step.h"
+
+static const struct {
+    const char *name;
+    int (*run)(cli_env *env, int argc, char **argv);
+    const char *help;
+} commands[] = {
+    {"serve", cli_cmd_serve, "run the workers (embedded PostgreSQL unless --database)"},
+    {"migrate", cli_cmd_migrate, "apply pending database migrations"},
+    {"enqueue", cli_cmd_enqueue, "register a workflow file and start a run of it"},
+    {"status", cli_cmd_status, "print a run as JSON"},
+    {"clock", cli_cmd_clock, "move the engine clock (test mode only)"},
+};
+
+static int usage(void)
+{
+    fprintf(stderr, "usage: flowd [--data DIR | --database URL] COMMAND [options]\n\ncommands:\n");
+    for (size_t i = 0; i < ENG_ARRAY_LEN(commands); i++)
+        fprintf(stderr, "  %-9s %s\n", commands[i].name, commands[i].help);
+    return 2;
+}
 
 int main(int argc, char **argv)
 {
-    (void)argc;
-    (void)argv;
-    fprintf(stderr, "usage: flowd serve|migrate|enqueue|status|event|clock\n");
-    return 2;
+    eng_mem_init();
+    eng_log_init();
+    eng_httpc_global_init();
+    eng_step_register_builtins();
+    cli_env env = {0};
+    argc = cli_env_parse(&env, argc - 1, argv + 1);
+    argv++;
+    int status = 2;
+    if (argc < 1) {
+        status = usage();
+    } else {
+        size_t i = 0;
+        while (i < ENG_ARRAY_LEN(commands) && strcmp(commands[i].name, argv[0]) != 0)
+            i++;
+        status = i < ENG_ARRAY_LEN(commands) ? commands[i].run(&env, argc, argv) : usage();
+    }
+    cli_env_close(&env);
+    eng_httpc_global_cleanup();
+    return status;
 }

@@ -1,0 +1,92 @@
+/* cli/cmd_serve.c: flowd serve — the database (embedded unless one is named), the workers, and a
+ * clean stop on SIGINT/SIGTERM. */
+#include <ev.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli/cli.h"
+#include "engine/log.h"
+#include "engine/mem.h"
+#include "engine/worker.h"
+
+static void serve_signal_cb(struct ev_loop *loop, ev_signal *w, int revents)
+{
+    (void)revents;
+    log_info("stopping", " signal=%d", w->signum);
+    ev_break(loop, EVBREAK_ALL);
+}
+
+static int serve_int_opt(const char *name, const char *v, int min, int max, int *out)
+{
+    char *end;
+    long n = strtol(v, &end, 10);
+    if (*end || n < min || n > max) {
+        fprintf(stderr, "flowd: --%s: \"%s\" is not a number in %d..%d\n", name, v, min, max);
+        return -1;
+    }
+    *out = (int)n;
+    return 0;
+}
+
+int cli_cmd_serve(cli_env *env, int argc, char **argv)
+{
+    static const struct option longopts[] = {{"workers", required_argument, NULL, 'w'},
+                                             {"max-inflight", required_argument, NULL, 'm'},
+                                             {"batch", required_argument, NULL, 'b'},
+                                             {"lease-ms", required_argument, NULL, 'l'},
+                                             {NULL, 0, NULL, 0}};
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    int workers = cores > 0 ? (int)cores : 2, max_inflight = 1000, batch = 500, lease_ms = 30000;
+    int ch;
+    optind = 1;
+    while ((ch = getopt_long(argc, argv, "w:m:b:l:", longopts, NULL)) != -1) {
+        int bad = 0;
+        switch (ch) {
+        case 'w': bad = serve_int_opt("workers", optarg, 1, 256, &workers); break;
+        case 'm': bad = serve_int_opt("max-inflight", optarg, 1, 100000, &max_inflight); break;
+        case 'b': bad = serve_int_opt("batch", optarg, 1, 5000, &batch); break;
+        case 'l': bad = serve_int_opt("lease-ms", optarg, 1000, 3600000, &lease_ms); break;
+        default: return 2;
+        }
+        if (bad)
+            return 2;
+    }
+    eng_err err;
+    if (cli_env_open(env, &err) != ENG_OK) {
+        int status = cli_fail(&err);
+        cli_env_close(env);
+        return status;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    struct ev_loop *loop = EV_DEFAULT;
+    ev_signal sigint, sigterm;
+    ev_signal_init(&sigint, serve_signal_cb, SIGINT);
+    ev_signal_init(&sigterm, serve_signal_cb, SIGTERM);
+    ev_signal_start(loop, &sigint);
+    ev_signal_start(loop, &sigterm);
+
+    char host[64] = "host";
+    gethostname(host, sizeof host - 1);
+    eng_worker **pool = eng_xcalloc((size_t)workers, sizeof *pool);
+    for (int i = 0; i < workers; i++) {
+        char *owner = eng_xasprintf("%s:%d:%d", host, (int)getpid(), i);
+        eng_worker_opts wo = {.conninfo = env->conninfo, .owner = owner,
+                              .max_inflight = max_inflight, .batch = batch,
+                              .lease_ms = lease_ms, .reaper = i == 0};
+        pool[i] = eng_worker_start(&wo);
+        free(owner);
+    }
+    log_info("serving", " workers=%d database=%s", workers,
+             env->embedded ? "embedded" : "external");
+    ev_run(loop, 0);
+    for (int i = 0; i < workers; i++)
+        eng_worker_stop(pool[i], 10.0);
+    free(pool);
+    cli_env_close(env);
+    log_info("stopped", NULL);
+    return 0;
+}

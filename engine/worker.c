@@ -1,0 +1,486 @@
+/* engine/worker.c: the worker loop (see worker.h) and the step context of engine/step.h.
+ *
+ * Worker state is a handful of flags driven by worker_kick(), which the loop's prepare watcher
+ * calls before every poll so that all outcomes reported in one loop iteration travel in one trip:
+ *   cycle_inflight  a flowd_cycle() is on the wire; nothing else is sent until it returns
+ *   maybe_work      claimable steps may exist (NOTIFY, timer, full batch): claim when slots are free
+ *   stopping        no more claims; exit once in-flight steps are done or handed back */
+#include "engine/worker.h"
+
+#include <ev.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/clock.h"
+#include "engine/db.h"
+#include "engine/log.h"
+#include "engine/mem.h"
+#include "engine/step.h"
+#include "engine/wf_cond.h"
+#include "engine/wf_template.h"
+
+struct eng_step_ctx {
+    eng_worker *w;
+    eng_step_ctx *prev, *next; /* in w->inflight */
+    int64_t id, run_id, tenant_id;
+    char *key;
+    const eng_step_kind *kind;
+    int attempt;
+    int64_t ready_at_ms;
+    int64_t claim_now_ms;  /* engine clock at claim */
+    int64_t claim_wall_ms; /* wall clock at claim, to advance the engine clock locally */
+    int64_t timeout_ms;
+    json_t *def;           /* the step's normalized definition */
+    json_t *input;         /* rendered input */
+    void *data;
+    ev_timer timeout;
+    bool started;          /* kind->start was called (cancel applies) */
+};
+
+struct eng_worker {
+    eng_worker_opts opts;
+    char *owner;
+    char *conninfo;
+    pthread_t thread;
+    struct ev_loop *loop;
+    eng_db *db;
+    ev_async stop_signal;
+    ev_prepare prepare;
+    ev_timer poll;      /* next due step / lost notifications */
+    ev_timer heartbeat;
+    ev_timer reap;
+    ev_timer grace;
+    json_t *results;    /* outcomes not yet sent */
+    json_t *sent;       /* outcomes on the wire, re-queued if the trip fails */
+    eng_step_ctx *inflight;
+    int ninflight;
+    int want;           /* claim size of the trip on the wire */
+    bool cycle_inflight;
+    bool maybe_work;
+    bool due_query_inflight;
+    bool stopping;
+    bool grace_passed;
+    double stop_grace;
+};
+
+static void worker_kick(eng_worker *w);
+
+/* ---------------------------------------------------------------- step context and outcomes -- */
+
+static void ctx_free(eng_step_ctx *c)
+{
+    eng_worker *w = c->w;
+    ev_timer_stop(w->loop, &c->timeout);
+    if (c->prev)
+        c->prev->next = c->next;
+    else if (w->inflight == c)
+        w->inflight = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    w->ninflight--;
+    json_decref(c->def);
+    json_decref(c->input);
+    free(c->key);
+    free(c);
+}
+
+static void ctx_report(eng_step_ctx *c, json_t *result)
+{
+    json_object_set_new(result, "id", json_integer(c->id));
+    json_array_append_new(c->w->results, result);
+    ctx_free(c);
+}
+
+void eng_step_succeed(eng_step_ctx *c, json_t *output)
+{
+    ctx_report(c, json_pack("{s:s, s:o}", "s", "ok", "o", output ? output : json_object()));
+}
+
+void eng_step_fail(eng_step_ctx *c, bool permanent, const char *code, const char *msg,
+                   int64_t retry_after_ms)
+{
+    log_info("step attempt failed", " run=%lld step=%s attempt=%d code=%s permanent=%d msg=\"%s\"",
+             (long long)c->run_id, c->key, c->attempt, code, permanent, msg);
+    ctx_report(c, json_pack("{s:s, s:{s:s, s:s}, s:b, s:I}", "s", "fail", "e", "code", code,
+                            "message", msg, "permanent", permanent, "after_ms",
+                            (json_int_t)retry_after_ms));
+}
+
+void eng_step_snooze(eng_step_ctx *c, int64_t at_ms)
+{
+    ctx_report(c, json_pack("{s:s, s:I}", "s", "snooze", "at_ms", (json_int_t)at_ms));
+}
+
+static void ctx_skip(eng_step_ctx *c, const char *reason)
+{
+    ctx_report(c, json_pack("{s:s, s:{s:s}}", "s", "skip", "o", "reason", reason));
+}
+
+static void ctx_schedule(eng_step_ctx *c, int64_t at_ms)
+{
+    ctx_report(c, json_pack("{s:s, s:I, s:b}", "s", "snooze", "at_ms", (json_int_t)at_ms, "sched", 1));
+}
+
+int64_t eng_step_id(const eng_step_ctx *c) { return c->id; }
+int64_t eng_step_run_id(const eng_step_ctx *c) { return c->run_id; }
+int64_t eng_step_tenant_id(const eng_step_ctx *c) { return c->tenant_id; }
+const char *eng_step_key(const eng_step_ctx *c) { return c->key; }
+int eng_step_attempt(const eng_step_ctx *c) { return c->attempt; }
+const json_t *eng_step_input(const eng_step_ctx *c) { return c->input; }
+int64_t eng_step_ready_at_ms(const eng_step_ctx *c) { return c->ready_at_ms; }
+int64_t eng_step_timeout_ms(const eng_step_ctx *c) { return c->timeout_ms; }
+struct ev_loop *eng_step_loop(const eng_step_ctx *c) { return c->w->loop; }
+void eng_step_set_data(eng_step_ctx *c, void *data) { c->data = data; }
+void *eng_step_data(const eng_step_ctx *c) { return c->data; }
+
+int64_t eng_step_now_ms(const eng_step_ctx *c)
+{
+    return c->claim_now_ms + (eng_clock_wall_ms() - c->claim_wall_ms);
+}
+
+static void ctx_timeout_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    eng_step_ctx *c = ENG_CONTAINER_OF(t, eng_step_ctx, timeout);
+    if (c->kind->cancel)
+        c->kind->cancel(c);
+    eng_step_fail(c, false, "timeout", "the attempt ran longer than the step's timeout", 0);
+}
+
+/* -------------------------------------------------------------------------- dispatching -- */
+
+static int64_t row_i64(const PGresult *res, int row, int col)
+{
+    return PQgetisnull(res, row, col) ? 0 : strtoll(PQgetvalue(res, row, col), NULL, 10);
+}
+
+/* Decides what a claimed step does before its kind runs: skip on a false condition, sleep until
+ * its `at` time, render its input. Returns false when the step already has its outcome. */
+static bool ctx_prepare(eng_step_ctx *c, const json_t *tctx, bool scheduled)
+{
+    eng_err err;
+    const char *when = json_string_value(json_object_get(c->def, "when"));
+    if (when) {
+        wf_cond *cond = NULL;
+        bool yes = false;
+        eng_rc rc = wf_cond_parse(when, &cond, &err);
+        if (rc == ENG_OK)
+            rc = wf_cond_eval(cond, tctx, &yes, &err);
+        wf_cond_free(cond);
+        if (rc != ENG_OK) {
+            eng_step_fail(c, true, "condition", err.msg, 0);
+            return false;
+        }
+        if (!yes) {
+            ctx_skip(c, "condition false");
+            return false;
+        }
+    }
+    const json_t *at = json_object_get(c->def, "at");
+    if (!scheduled && json_is_string(at)) {
+        json_t *when_at = NULL;
+        int64_t at_ms = 0;
+        eng_rc rc = wf_template_render(at, tctx, &when_at, &err);
+        if (rc == ENG_OK && !json_is_string(when_at))
+            rc = eng_err_field(&err, ENG_EINVAL, "/at", "at must render to an RFC 3339 string");
+        if (rc == ENG_OK)
+            rc = eng_time_parse_rfc3339(json_string_value(when_at), &at_ms, &err);
+        json_decref(when_at);
+        if (rc != ENG_OK) {
+            eng_step_fail(c, true, "at", err.msg, 0);
+            return false;
+        }
+        if (at_ms > eng_step_now_ms(c)) {
+            ctx_schedule(c, at_ms);
+            return false;
+        }
+    }
+    const json_t *tmpl = json_object_get(c->def, "input");
+    eng_rc rc = tmpl ? wf_template_render(tmpl, tctx, &c->input, &err) : ENG_OK;
+    if (rc != ENG_OK) {
+        eng_step_fail(c, true, "template", err.msg, 0);
+        return false;
+    }
+    if (!c->input)
+        c->input = json_object();
+    return true;
+}
+
+static void worker_dispatch(eng_worker *w, const PGresult *res, int row, int64_t wall_ms)
+{
+    eng_step_ctx *c = eng_xcalloc(1, sizeof *c);
+    c->w = w;
+    c->id = row_i64(res, row, 0);
+    c->run_id = row_i64(res, row, 1);
+    c->tenant_id = row_i64(res, row, 2);
+    c->key = eng_xstrdup(PQgetvalue(res, row, 3));
+    c->attempt = (int)row_i64(res, row, 5);
+    c->ready_at_ms = row_i64(res, row, 6);
+    c->claim_now_ms = row_i64(res, row, 7);
+    c->claim_wall_ms = wall_ms;
+    bool scheduled = PQgetvalue(res, row, 8)[0] == 't';
+    c->def = json_loads(PQgetvalue(res, row, 9), 0, NULL);
+    json_t *tctx = json_loads(PQgetvalue(res, row, 10), 0, NULL);
+    ev_timer_init(&c->timeout, ctx_timeout_cb, 0., 0.);
+    c->next = w->inflight;
+    if (w->inflight)
+        w->inflight->prev = c;
+    w->inflight = c;
+    w->ninflight++;
+
+    const char *kind_name = PQgetvalue(res, row, 4);
+    c->kind = eng_step_kind_find(kind_name);
+    if (!c->def || !tctx) {
+        eng_step_fail(c, true, "internal", "claimed step has an unreadable definition", 0);
+    } else if (!c->kind) {
+        eng_step_fail(c, true, "unknown_kind", "no step kind of this name is registered here", 0);
+    } else if (ctx_prepare(c, tctx, scheduled)) {
+        c->timeout_ms = json_integer_value(json_object_get(c->def, "timeout_ms"));
+        if (c->timeout_ms > 0) {
+            ev_timer_set(&c->timeout, (double)c->timeout_ms / 1000.0, 0.);
+            ev_timer_start(w->loop, &c->timeout);
+        }
+        c->started = true;
+        c->kind->start(c); /* may report (and free c) before returning */
+    }
+    json_decref(tctx);
+}
+
+/* ------------------------------------------------------------------------- round trips -- */
+
+static void worker_requeue_sent(eng_worker *w)
+{
+    if (!w->sent)
+        return;
+    json_array_extend(w->sent, w->results);
+    json_decref(w->results);
+    w->results = w->sent;
+    w->sent = NULL;
+}
+
+static void worker_due_cb(void *arg, const eng_err *err, const PGresult *res)
+{
+    eng_worker *w = arg;
+    w->due_query_inflight = false;
+    double after = 1.0; /* backstop for lost notifications */
+    if (!err && PQntuples(res) == 1 && !PQgetisnull(res, 0, 0)) {
+        double due = (double)strtoll(PQgetvalue(res, 0, 0), NULL, 10) / 1000.0;
+        /* A step that is due but was not ours to claim (held by another claimer) must not spin us. */
+        after = due < 0.002 ? 0.002 : (due < after ? due : after);
+    }
+    ev_timer_stop(w->loop, &w->poll);
+    ev_timer_set(&w->poll, after, 0.);
+    ev_timer_start(w->loop, &w->poll);
+}
+
+static void worker_cycle_cb(void *arg, const eng_err *err, const PGresult *res)
+{
+    eng_worker *w = arg;
+    w->cycle_inflight = false;
+    if (err) {
+        log_warn("worker round trip failed", " owner=%s error=\"%s\" sqlstate=%s", w->owner,
+                 err->msg, err->sqlstate);
+        worker_requeue_sent(w);
+        w->maybe_work = true;
+        /* retry soon; a lost connection reconnects by itself and on_connect kicks us */
+        ev_timer_stop(w->loop, &w->poll);
+        ev_timer_set(&w->poll, 0.1, 0.);
+        ev_timer_start(w->loop, &w->poll);
+        return;
+    }
+    json_decref(w->sent);
+    w->sent = NULL;
+    int n = PQntuples(res);
+    int64_t wall = eng_clock_wall_ms();
+    for (int i = 0; i < n; i++)
+        worker_dispatch(w, res, i, wall);
+    if (w->want > 0 && n == w->want) {
+        w->maybe_work = true;
+    } else if (w->want > 0 && !w->due_query_inflight && !w->stopping) {
+        w->due_query_inflight = true;
+        eng_db_query(w->db, "flowd_next_due", 0, NULL, worker_due_cb, w);
+    }
+}
+
+static void worker_kick(eng_worker *w)
+{
+    if (w->cycle_inflight || !eng_db_connected(w->db))
+        return;
+    int free_slots = w->opts.max_inflight - w->ninflight;
+    /* Reported outcomes can make dependents ready, and the same trip claims them. */
+    bool claim = !w->stopping && (w->maybe_work || json_array_size(w->results) > 0);
+    int want = claim ? (free_slots < w->opts.batch ? free_slots : w->opts.batch) : 0;
+    if (want < 0)
+        want = 0;
+    if (want == 0 && json_array_size(w->results) == 0)
+        return;
+    char *results = json_dumps(w->results, JSON_COMPACT);
+    char want_s[16], lease_s[16];
+    snprintf(want_s, sizeof want_s, "%d", want);
+    snprintf(lease_s, sizeof lease_s, "%d", w->opts.lease_ms);
+    const char *params[] = {w->owner, results, want_s, lease_s};
+    w->sent = w->results;
+    w->results = json_array();
+    w->want = want;
+    w->maybe_work = false;
+    w->cycle_inflight = true;
+    eng_db_query(w->db, "flowd_cycle", 4, params, worker_cycle_cb, w);
+    free(results);
+}
+
+static void worker_prepare_cb(struct ev_loop *loop, ev_prepare *p, int revents)
+{
+    (void)revents;
+    eng_worker *w = ENG_CONTAINER_OF(p, eng_worker, prepare);
+    worker_kick(w);
+    if (w->stopping && w->ninflight == 0 && json_array_size(w->results) == 0 &&
+        !w->cycle_inflight)
+        ev_break(loop, EVBREAK_ALL);
+}
+
+static void worker_poll_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    ENG_CONTAINER_OF(t, eng_worker, poll)->maybe_work = true;
+}
+
+static void worker_notify_cb(void *arg, const char *channel, const char *payload)
+{
+    (void)channel;
+    (void)payload;
+    ((eng_worker *)arg)->maybe_work = true;
+}
+
+static void worker_connect_cb(void *arg)
+{
+    ((eng_worker *)arg)->maybe_work = true;
+}
+
+static void worker_ignore_cb(void *arg, const eng_err *err, const PGresult *res)
+{
+    (void)res;
+    if (err)
+        log_warn("worker maintenance query failed", " owner=%s error=\"%s\"", (char *)arg, err->msg);
+}
+
+static void worker_heartbeat_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    eng_worker *w = ENG_CONTAINER_OF(t, eng_worker, heartbeat);
+    if (w->ninflight == 0)
+        return;
+    char lease_s[16];
+    snprintf(lease_s, sizeof lease_s, "%d", w->opts.lease_ms);
+    const char *params[] = {w->owner, lease_s};
+    eng_db_query(w->db, "flowd_heartbeat", 2, params, worker_ignore_cb, w->owner);
+}
+
+static void worker_reap_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    eng_worker *w = ENG_CONTAINER_OF(t, eng_worker, reap);
+    eng_db_query(w->db, "flowd_reap", 0, NULL, worker_ignore_cb, w->owner);
+}
+
+/* Past the grace period: stop what still runs and hand it back without spending an attempt. */
+static void worker_grace_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)revents;
+    eng_worker *w = ENG_CONTAINER_OF(t, eng_worker, grace);
+    if (w->grace_passed) {
+        /* the database stayed unreachable: the leases will expire and the reaper re-runs them */
+        log_warn("worker stopped with outcomes unsent", " owner=%s", w->owner);
+        ev_break(loop, EVBREAK_ALL);
+        return;
+    }
+    w->grace_passed = true;
+    ev_timer_set(t, 5., 0.);
+    ev_timer_start(loop, t);
+    while (w->inflight) {
+        eng_step_ctx *c = w->inflight;
+        if (c->started && c->kind->cancel)
+            c->kind->cancel(c);
+        eng_step_snooze(c, 0);
+    }
+}
+
+static void worker_stop_cb(struct ev_loop *loop, ev_async *a, int revents)
+{
+    (void)revents;
+    eng_worker *w = ENG_CONTAINER_OF(a, eng_worker, stop_signal);
+    w->stopping = true;
+    ev_timer_stop(loop, &w->poll);
+    ev_timer_stop(loop, &w->reap);
+    ev_timer_set(&w->grace, w->stop_grace, 0.);
+    ev_timer_start(loop, &w->grace);
+}
+
+static void *worker_main(void *arg)
+{
+    eng_worker *w = arg;
+    eng_db_opts dbo = {.conninfo = w->conninfo, .application_name = w->owner,
+                       .on_notify = worker_notify_cb, .on_connect = worker_connect_cb, .arg = w};
+    w->db = eng_db_new(w->loop, &dbo);
+    eng_db_prepare(w->db, "flowd_cycle", "SELECT * FROM flowd_cycle($1, $2::jsonb, $3, $4)", 4);
+    eng_db_prepare(w->db, "flowd_next_due", "SELECT flowd_next_due_ms()", 0);
+    eng_db_prepare(w->db, "flowd_heartbeat", "SELECT flowd_heartbeat($1, $2)", 2);
+    eng_db_prepare(w->db, "flowd_reap", "SELECT flowd_reap(1000)", 0);
+    eng_db_listen(w->db, "flowd_ready");
+    ev_run(w->loop, 0);
+    eng_db_free(w->db);
+    return NULL;
+}
+
+eng_worker *eng_worker_start(const eng_worker_opts *opts)
+{
+    eng_worker *w = eng_xcalloc(1, sizeof *w);
+    w->opts = *opts;
+    if (w->opts.max_inflight <= 0)
+        w->opts.max_inflight = 1000;
+    if (w->opts.batch <= 0)
+        w->opts.batch = 500;
+    if (w->opts.lease_ms <= 0)
+        w->opts.lease_ms = 30000;
+    w->owner = eng_xstrdup(opts->owner);
+    w->conninfo = eng_xstrdup(opts->conninfo);
+    w->results = json_array();
+    w->maybe_work = true;
+    w->loop = ev_loop_new(EVFLAG_AUTO);
+    ev_async_init(&w->stop_signal, worker_stop_cb);
+    ev_async_start(w->loop, &w->stop_signal);
+    ev_prepare_init(&w->prepare, worker_prepare_cb);
+    ev_prepare_start(w->loop, &w->prepare);
+    ev_timer_init(&w->poll, worker_poll_cb, 0., 0.);
+    double hb = (double)w->opts.lease_ms / 3000.0;
+    ev_timer_init(&w->heartbeat, worker_heartbeat_cb, hb, hb);
+    ev_timer_start(w->loop, &w->heartbeat);
+    ev_timer_init(&w->reap, worker_reap_cb, 1., 1.);
+    if (w->opts.reaper)
+        ev_timer_start(w->loop, &w->reap);
+    ev_timer_init(&w->grace, worker_grace_cb, 0., 0.);
+    if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
+        log_error("cannot start worker thread", " owner=%s", w->owner);
+        abort();
+    }
+    return w;
+}
+
+void eng_worker_stop(eng_worker *w, double grace_s)
+{
+    if (!w)
+        return;
+    w->stop_grace = grace_s;
+    ev_async_send(w->loop, &w->stop_signal);
+    pthread_join(w->thread, NULL);
+    ev_loop_destroy(w->loop);
+    json_decref(w->results);
+    json_decref(w->sent);
+    free(w->owner);
+    free(w->conninfo);
+    free(w);
+}

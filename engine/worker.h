@@ -1,0 +1,30 @@
+/* engine/worker.h: one worker: a libev loop on its own thread with its own PostgreSQL connection.
+ *
+ * A worker repeatedly runs one round trip, flowd_cycle(): it reports the outcomes of the attempts
+ * that finished since the last trip and claims as many ready steps as it has free slots, so
+ * completions are batched and no step costs a round trip of its own. Claimed steps run through
+ * their kind (engine/step.h); many can be in flight at once. Idle workers wake on NOTIFY
+ * flowd_ready and on a timer set to the next due step (which also covers lost notifications). */
+#pragma once
+
+#include <stdbool.h>
+
+#include "engine/err.h"
+
+typedef struct eng_worker eng_worker;
+
+typedef struct eng_worker_opts {
+    const char *conninfo;
+    const char *owner;   /* unique among all live workers: lease owner name */
+    int max_inflight;    /* steps running at once on this worker (default 1000) */
+    int batch;           /* most steps claimed per round trip (default 500) */
+    int lease_ms;        /* lease per claim, renewed every lease_ms/3 (default 30000) */
+    bool reaper;         /* also return expired leases to ready (one worker per process) */
+} eng_worker_opts;
+
+/* Starts the worker's thread. Never NULL. */
+eng_worker *eng_worker_start(const eng_worker_opts *opts);
+/* Stops claiming, lets steps in flight finish for up to grace_s seconds, hands the rest back to the
+ * queue (they run again elsewhere without losing an attempt), flushes outcomes, joins the thread
+ * and frees the worker. NULL-safe. */
+void eng_worker_stop(eng_worker *w, double grace_s);

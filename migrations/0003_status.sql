@@ -1,0 +1,61 @@
+-- Reading runs back, and the first tenant. The JSON shapes built here are what `flowd status`
+-- prints and what the HTTP API returns, so both read one definition.
+
+CREATE FUNCTION flowd_ms(t timestamptz) RETURNS text LANGUAGE sql IMMUTABLE AS $$
+    SELECT to_char(t AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')
+$$;
+
+-- The run as a client sees it; NULL when the tenant cannot see it.
+CREATE FUNCTION flowd_run_json(p_tenant bigint, p_run bigint) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object(
+        'id', r.id,
+        'workflow', w.name,
+        'version', w.version,
+        'state', r.state,
+        'priority', r.priority,
+        'batch', r.batch_id,
+        'progress', jsonb_build_object(
+            'done', r.steps_done, 'total', r.steps_total,
+            'percent', CASE WHEN r.steps_total = 0 THEN 100
+                            ELSE floor(100.0 * r.steps_done / r.steps_total)::integer END),
+        'phase', (SELECT w.def->'steps'->s.idx->'phase' FROM steps s
+                   WHERE s.run_id = r.id AND s.state IN ('ready', 'running')
+                     AND w.def->'steps'->s.idx->>'phase' IS NOT NULL
+                   ORDER BY s.idx LIMIT 1),
+        'current_steps', coalesce((SELECT jsonb_agg(s.key ORDER BY s.idx) FROM steps s
+                                    WHERE s.run_id = r.id AND s.state = 'running'), '[]'),
+        'input', r.input,
+        'output', r.output,
+        'error', r.error,
+        'created_at', flowd_ms(r.created_at),
+        'started_at', flowd_ms(r.started_at),
+        'finished_at', flowd_ms(r.finished_at),
+        'steps', (SELECT jsonb_agg(jsonb_build_object(
+                        'key', s.key, 'kind', s.kind, 'state', s.state,
+                        'phase', w.def->'steps'->s.idx->'phase',
+                        'attempts', s.attempts, 'max_attempts', s.max_attempts,
+                        'run_at', CASE WHEN s.state IN ('ready', 'pending') THEN flowd_ms(s.run_at) END,
+                        'started_at', flowd_ms(s.started_at),
+                        'finished_at', flowd_ms(s.finished_at),
+                        'output', s.output, 'error', s.error) ORDER BY s.idx)
+                    FROM steps s WHERE s.run_id = r.id))
+      FROM runs r JOIN workflows w ON w.id = r.workflow_id
+     WHERE r.id = p_run AND r.tenant_id = p_tenant
+$$;
+
+-- Creates the default tenant with an admin key on first start. Returns false when it exists.
+CREATE FUNCTION flowd_bootstrap(p_key text) RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_tenant bigint;
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtext('flowd_bootstrap'));
+    IF EXISTS (SELECT 1 FROM tenants WHERE name = 'default') THEN
+        RETURN false;
+    END IF;
+    INSERT INTO tenants (name) VALUES ('default') RETURNING id INTO v_tenant;
+    INSERT INTO api_keys (tenant_id, key_hash, prefix, role)
+    VALUES (v_tenant, sha256(convert_to(p_key, 'UTF8')), left(p_key, 8), 'admin');
+    RETURN true;
+END $$;
