@@ -336,11 +336,15 @@ static void test_timeout(void **state)
     char *u = url(f, "/delay/3000");
     struct rec r = {0};
     long long t0 = th_now_ms();
+    unsigned it0 = ev_iteration(f->loop);
     fetch(f, &(eng_http_request){.url = u, .timeout_ms = 300}, &r);
     long long took = th_now_ms() - t0;
     assert_true(r.failed);
     assert_int_equal(r.rc, ENG_ETIMEOUT);
     assert_true(took >= 250 && took < 2000);
+    /* The loop slept until curl's deadline: about 15 ticks of run_until's 20 ms timer plus a few
+     * socket events. A timer armed with ms / 1000 (integer division) would spin instead. */
+    assert_true(ev_iteration(f->loop) - it0 < 100);
     rec_done(&r);
     free(u);
 }
@@ -513,27 +517,73 @@ static void test_cancel_from_another_completion(void **state)
     free(slow);
 }
 
-static void test_cancel_both_finished_in_one_turn(void **state)
+struct same_turn {
+    int calls;
+    unsigned iteration[2];
+    eng_rc rc[2];
+    eng_http_call **cancel; /* when set, the first completion cancels both (its own: no-op) */
+    struct fx *f;
+};
+
+static void record_turn(void *arg, const eng_err *err, const eng_http_response *resp,
+                        eng_http_call *call)
+{
+    struct same_turn *t = arg;
+    (void)resp;
+    (void)call;
+    assert_non_null(err);
+    if (t->calls < 2) {
+        t->iteration[t->calls] = ev_iteration(t->f->loop);
+        t->rc[t->calls] = err->rc;
+    }
+    t->calls++;
+    if (t->cancel) {
+        eng_httpc_cancel(t->cancel[0]);
+        eng_httpc_cancel(t->cancel[1]);
+        t->cancel = NULL;
+    }
+}
+
+/* Starts two calls that time out at 100 ms against a mock that answers after 3 s, waits until both
+ * requests reached the mock, then blocks the loop past both deadlines: the next curl action
+ * expires both transfers at once, so two DONE messages are queued before the first callback. */
+static void start_two_and_expire(struct fx *f, struct same_turn *t, eng_http_call **calls)
+{
+    char *u = url(f, "/delay/3000");
+    for (int i = 0; i < 2; i++)
+        calls[i] = eng_httpc_start(f->h, &(eng_http_request){.url = u, .timeout_ms = 100},
+                                   record_turn, t);
+    unsigned long before = th_mock_requests(f->mock);
+    long long deadline = th_now_ms() + 5000;
+    while (th_mock_requests(f->mock) < before + 2 && th_now_ms() < deadline)
+        run_for(f, 5);
+    assert_int_equal(th_mock_requests(f->mock), before + 2);
+    usleep(300 * 1000);
+    free(u);
+}
+
+static void test_cancel_call_already_finished_in_same_turn(void **state)
 {
     struct fx *f = *state;
-    /* Two calls whose answers arrive together: the first completion cancels the second, whose
-     * DONE message may already be queued in curl. */
-    char *u = url(f, "/delay/200");
-    struct rec vr = {0};
-    struct canceller k1 = {0}, k2 = {0};
-    eng_http_call *a = eng_httpc_start(f->h, &(eng_http_request){.url = u}, cancel_other, &k1);
-    eng_http_call *b = eng_httpc_start(f->h, &(eng_http_request){.url = u}, cancel_other, &k2);
-    k1.victim = b;
-    k2.victim = a;
-    int total = 0;
-    long long deadline = th_now_ms() + 5000;
-    while ((total = k1.calls + k2.calls) < 1 && th_now_ms() < deadline)
-        run_for(f, 5);
-    run_for(f, 300);
-    assert_int_equal(k1.calls + k2.calls, 1);
+    eng_http_call *calls[2];
+
+    /* Without cancelling: both callbacks run in one loop iteration, so both were queued. */
+    struct same_turn t = {.f = f};
+    start_two_and_expire(f, &t, calls);
+    assert_int_equal(run_until(f, &t.calls, 2, 5000), 2);
+    assert_int_equal(t.iteration[0], t.iteration[1]);
+    assert_int_equal(t.rc[0], ENG_ETIMEOUT);
+    assert_int_equal(t.rc[1], ENG_ETIMEOUT);
+
+    /* Same again, the first callback cancelling the other, whose DONE is already queued: it must
+     * not be called back (nor touched after being freed: ASan). */
+    t = (struct same_turn){.f = f};
+    start_two_and_expire(f, &t, calls);
+    t.cancel = calls;
+    assert_int_equal(run_until(f, &t.calls, 1, 5000), 1);
+    run_for(f, 200);
+    assert_int_equal(t.calls, 1);
     assert_int_equal(eng_httpc_in_flight(f->h), 0);
-    assert_int_equal(vr.calls, 0);
-    free(u);
 }
 
 struct chain {
@@ -706,7 +756,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_body_in_pieces, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cancel, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cancel_from_another_completion, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_cancel_both_finished_in_one_turn, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cancel_call_already_finished_in_same_turn, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_start_from_completion_reuses_connection, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_free_with_calls_in_flight, setup, teardown),
