@@ -505,6 +505,51 @@ static void test_size_caps(void **state)
     json_decref(doc);
 }
 
+/* The seed corpus doubles as realistic definitions: the good ones must keep compiling. */
+static void test_corpus_definitions(void **state)
+{
+    (void)state;
+    static const char *const good[] = {"diamond.json", "touchpoints_13.json", "map.json",
+                                       "wait_event.json"};
+    for (size_t i = 0; i < ENG_ARRAY_LEN(good); i++) {
+        char path[1024];
+        snprintf(path, sizeof path, "%s/fuzz/corpus/fuzz_wf_def/%s", FLOWD_SOURCE_DIR, good[i]);
+        json_error_t jerr;
+        json_t *doc = json_load_file(path, 0, &jerr);
+        if (!doc)
+            fail_msg("%s: %s", path, jerr.text);
+        json_t *out = NULL;
+        eng_err err;
+        if (wf_def_compile(doc, &out, &err) != ENG_OK)
+            fail_msg("%s: %s: %s", good[i], err.field, err.msg);
+        if (strcmp(good[i], "touchpoints_13.json") == 0) {
+            assert_int_equal(json_array_size(json_object_get(out, "steps")), 13);
+            json_t *last = json_array_get(json_object_get(out, "steps"), 12);
+            assert_int_equal(json_array_size(json_object_get(last, "deps")), 12);
+            assert_int_equal(json_array_size(json_object_get(out, "phases")), 3);
+        }
+        json_decref(out);
+        json_decref(doc);
+    }
+    static const char *const bad_defs[][3] = {
+        {"cycle.json", "/steps/1/needs/0", "cycle"},
+        {"bad_window.json", "/steps/0/window/end", "later than start"},
+    };
+    for (size_t i = 0; i < ENG_ARRAY_LEN(bad_defs); i++) {
+        char path[1024];
+        snprintf(path, sizeof path, "%s/fuzz/corpus/fuzz_wf_def/%s", FLOWD_SOURCE_DIR,
+                 bad_defs[i][0]);
+        json_t *doc = json_load_file(path, 0, NULL);
+        assert_non_null(doc);
+        json_t *out = NULL;
+        eng_err err;
+        assert_int_equal(wf_def_compile(doc, &out, &err), ENG_EINVAL);
+        assert_string_equal(err.field, bad_defs[i][1]);
+        assert_non_null(strstr(err.msg, bad_defs[i][2]));
+        json_decref(doc);
+    }
+}
+
 static void test_sha256_vectors(void **state)
 {
     (void)state;
@@ -586,6 +631,7 @@ int main(void)
         cmocka_unit_test(test_template_refs),
         cmocka_unit_test(test_cancel_on),
         cmocka_unit_test(test_size_caps),
+        cmocka_unit_test(test_corpus_definitions),
         cmocka_unit_test(test_sha256_vectors),
         cmocka_unit_test(test_digest),
     };
