@@ -1,0 +1,587 @@
+/* tests/integration/test_queue.c: the queue core end to end against a real PostgreSQL.
+ *
+ * Workers run in this process (engine/worker.h) and as `flowd serve` children. Every assertion reads
+ * the database, which is the only place where the engine's promises (exactly one attempt, order,
+ * backoff, cancellation) are visible. Each test gets its own fresh database.
+ *
+ * Two kinds are this binary's own: "flaky" (input {"fail_times": N} fails the first N attempts,
+ * {"permanent": true} fails for good) and a "transform" that replaces the built-in one with the same
+ * behaviour plus a counter, so a test can tell the steps run here from those run by children. */
+// clang-format off
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+// clang-format on
+#include <jansson.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "engine/log.h"
+#include "engine/mem.h"
+#include "engine/step.h"
+#include "tests/support/th.h"
+#include "tests/support/th_engine.h"
+
+static atomic_long transforms_here; /* transform attempts run by this process's workers */
+static atomic_long flaky_attempts;
+
+static void counting_transform_start(eng_step_ctx *ctx)
+{
+    atomic_fetch_add(&transforms_here, 1);
+    eng_step_succeed(ctx, json_deep_copy(eng_step_input(ctx)));
+}
+
+static const eng_step_kind counting_transform = {
+    .name = "transform",
+    .default_max_attempts = 1,
+    .start = counting_transform_start,
+};
+
+static void flaky_start(eng_step_ctx *ctx)
+{
+    atomic_fetch_add(&flaky_attempts, 1);
+    const json_t *in = eng_step_input(ctx);
+    if (json_is_true(json_object_get(in, "permanent"))) {
+        eng_step_fail(ctx, true, "broken", "this step can never succeed", 0);
+        return;
+    }
+    if (eng_step_attempt(ctx) <= json_integer_value(json_object_get(in, "fail_times"))) {
+        eng_step_fail(ctx, false, "flaky", "failing on purpose", 0);
+        return;
+    }
+    eng_step_succeed(ctx, json_pack("{s:i}", "attempt", eng_step_attempt(ctx)));
+}
+
+static const eng_step_kind flaky_kind = {
+    .name = "flaky",
+    .default_max_attempts = 3,
+    .start = flaky_start,
+};
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* th_pg_long with printf formatting. */
+static long q_long(const char *db, const char *fmt, ...) ENG_PRINTF(2, 3);
+static long q_long(const char *db, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *sql = NULL;
+    if (vasprintf(&sql, fmt, ap) < 0)
+        abort();
+    va_end(ap);
+    long v = th_pg_long(db, sql);
+    free(sql);
+    return v;
+}
+
+static char *q_text(const char *db, const char *fmt, ...) ENG_PRINTF(2, 3);
+static char *q_text(const char *db, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *sql = NULL;
+    if (vasprintf(&sql, fmt, ap) < 0)
+        abort();
+    va_end(ap);
+    char *v = th_pg_value(db, sql);
+    free(sql);
+    return v;
+}
+
+/* Asserts that the JSON texts a and b are equal as JSON values. */
+static void assert_json_equal(const char *a, const char *b)
+{
+    json_t *ja = json_loads(a, 0, NULL), *jb = json_loads(b, 0, NULL);
+    assert_non_null(ja);
+    assert_non_null(jb);
+    if (!json_equal(ja, jb))
+        fail_msg("JSON differs:\n  got      %s\n  expected %s", a, b);
+    json_decref(ja);
+    json_decref(jb);
+}
+
+/* ------------------------------------------------------------------------------ diamond -- */
+
+static const char diamond_def[] =
+    "{\"name\": \"diamond\", \"steps\": ["
+    " {\"key\": \"a\", \"kind\": \"transform\", \"input\": {\"n\": \"{{input.n}}\"}},"
+    " {\"key\": \"b\", \"kind\": \"transform\", \"needs\": [\"a\"],"
+    "  \"input\": {\"from\": \"b\", \"n\": \"{{steps.a.output.n}}\"}},"
+    " {\"key\": \"c\", \"kind\": \"transform\", \"needs\": [\"a\"], \"input\": {\"from\": \"c\"}},"
+    " {\"key\": \"d\", \"kind\": \"transform\", \"needs\": [\"b\", \"c\"],"
+    "  \"input\": {\"b\": \"{{steps.b.output}}\", \"c\": \"{{steps.c.output}}\"}}]}";
+
+static void test_diamond_order(void **state)
+{
+    (void)state;
+    enum { RUNS = 50 };
+    long long tenant;
+    char *db = th_engine_db("q_diamond", &tenant);
+    long long wf = th_engine_register(db, tenant, diamond_def);
+    th_engine_enqueue(db, tenant, wf, RUNS, "{\"n\": 7}", 0);
+    th_workers *ws = th_workers_start(db, 2, "diamond", 0, 0, 0);
+    bool done = th_engine_wait(
+        db, "SELECT count(*) = 50 FROM runs WHERE state IN ('succeeded', 'failed')", 60);
+    th_workers_stop(ws);
+    assert_true(done);
+    assert_int_equal(q_long(db, "SELECT count(*) FROM runs WHERE state = 'succeeded'"), RUNS);
+    assert_int_equal(q_long(db, "SELECT count(*) FROM steps WHERE state = 'succeeded'"), 4 * RUNS);
+
+    /* Timestamps: a dependent starts no earlier than its needs finished (equal when the trip that
+     * reported a need also claimed the dependent: one transaction, one flowd_now()). */
+    assert_int_equal(
+        q_long(db, "SELECT count(*) FROM steps a JOIN steps x ON x.run_id = a.run_id"
+                   " WHERE a.key = 'a' AND x.key IN ('b', 'c') AND x.started_at < a.finished_at"),
+        0);
+    assert_int_equal(
+        q_long(db, "SELECT count(*) FROM steps d JOIN steps x ON x.run_id = d.run_id"
+                   " WHERE d.key = 'd' AND x.key IN ('b', 'c') AND d.started_at < x.finished_at"),
+        0);
+    /* The event log orders strictly: d starts after both b and c succeeded, b and c after a. */
+    assert_int_equal(
+        q_long(db, "SELECT count(*) FROM runs r WHERE"
+                   " (SELECT min(id) FROM run_events e WHERE e.run_id = r.id AND e.type = 'step.started'"
+                   "   AND e.step_key = 'd') <"
+                   " (SELECT max(id) FROM run_events e WHERE e.run_id = r.id"
+                   "   AND e.type = 'step.succeeded' AND e.step_key IN ('b', 'c'))"
+                   " OR (SELECT min(id) FROM run_events e WHERE e.run_id = r.id"
+                   "   AND e.type = 'step.started' AND e.step_key IN ('b', 'c')) <"
+                   " (SELECT id FROM run_events e WHERE e.run_id = r.id"
+                   "   AND e.type = 'step.succeeded' AND e.step_key = 'a')"),
+        0);
+    /* d's rendered input carries b's and c's outputs, and it is the run's output (the only leaf). */
+    assert_int_equal(q_long(db, "SELECT count(DISTINCT output::text) FROM steps WHERE key = 'd'"), 1);
+    char *d_out = th_pg_value(db, "SELECT output::text FROM steps WHERE key = 'd' LIMIT 1");
+    assert_json_equal(d_out, "{\"b\": {\"from\": \"b\", \"n\": 7}, \"c\": {\"from\": \"c\"}}");
+    char *r_out = th_pg_value(db, "SELECT output::text FROM runs LIMIT 1");
+    char *want = eng_xasprintf("{\"d\": %s}", d_out);
+    assert_json_equal(r_out, want);
+    free(want);
+    free(r_out);
+    free(d_out);
+    assert_int_equal(q_long(db, "SELECT count(*) FROM runs WHERE steps_done <> 4 OR steps_total <> 4"
+                                " OR started_at IS NULL OR finished_at < started_at"),
+                     0);
+    free(db);
+}
+
+/* ----------------------------------------------------------------- exactly once, many workers -- */
+
+/* The application_name of a `flowd serve` worker is its owner, "host:pid:i". */
+static bool serve_connected(const char *db, pid_t pid, int workers)
+{
+    char *sql = eng_xasprintf("SELECT count(*) >= %d FROM pg_stat_activity"
+                              " WHERE application_name LIKE '%%:%d:%%'",
+                              workers, (int)pid);
+    bool ok = th_engine_wait(db, sql, 30);
+    free(sql);
+    return ok;
+}
+
+static void test_exactly_once_threads_and_processes(void **state)
+{
+    (void)state;
+    enum { RUNS = 20000 };
+    long long tenant;
+    char *db = th_engine_db("q_once", &tenant);
+    long long wf = th_engine_register(
+        db, tenant, "{\"name\": \"one\", \"steps\": [{\"key\": \"s\", \"kind\": \"transform\","
+                    " \"input\": {\"n\": \"{{input.n}}\"}}]}");
+    /* Everyone is connected before the work appears, so all six workers compete for it. */
+    pid_t p1 = th_serve_spawn(db, 2, 0), p2 = th_serve_spawn(db, 2, 0);
+    assert_true(serve_connected(db, p1, 2));
+    assert_true(serve_connected(db, p2, 2));
+    th_workers *ws = th_workers_start(db, 4, "once", 0, 0, 0);
+    assert_true(th_engine_wait(db, "SELECT count(*) = 4 FROM pg_stat_activity"
+                                   " WHERE application_name LIKE 'once-%'", 30));
+    long before = atomic_load(&transforms_here);
+    long long t0 = th_now_ms();
+    th_engine_enqueue(db, tenant, wf, RUNS, "{\"n\": 1}", 500);
+    bool done = th_engine_wait(db, "SELECT count(*) = 20000 FROM runs WHERE state = 'succeeded'", 120);
+    long long t1 = th_now_ms();
+    th_workers_stop(ws);
+    int s1 = th_serve_kill(p1, SIGTERM), s2 = th_serve_kill(p2, SIGTERM);
+    long here = atomic_load(&transforms_here) - before;
+    print_message("20000 runs in %lld ms; %ld ran in this process\n", t1 - t0, here);
+    assert_true(done);
+    /* Both kinds of worker took part, or this test proved nothing about competing claimers. */
+    assert_true(here > 0);
+    assert_true(here < RUNS);
+    assert_true(WIFEXITED(s1) && WEXITSTATUS(s1) == 0);
+    assert_true(WIFEXITED(s2) && WEXITSTATUS(s2) == 0);
+
+    assert_int_equal(q_long(db, "SELECT count(*) FROM steps WHERE state = 'succeeded' AND attempts = 1"),
+                     RUNS);
+    assert_int_equal(q_long(db, "SELECT count(*) FROM steps"), RUNS);
+    assert_int_equal(q_long(db, "SELECT count(*) FROM run_events WHERE type = 'step.started'"), RUNS);
+    assert_int_equal(q_long(db, "SELECT count(*) FROM (SELECT run_id FROM run_events"
+                                " WHERE type = 'step.started' GROUP BY run_id HAVING count(*) <> 1) x"),
+                     0);
+    assert_int_equal(q_long(db, "SELECT count(*) FROM run_events WHERE type = 'step.succeeded'"), RUNS);
+    assert_int_equal(q_long(db, "SELECT count(*) FROM run_events WHERE type = 'step.retrying'"), 0);
+    assert_int_equal(q_long(db, "SELECT count(*) FROM runs WHERE state = 'succeeded' AND steps_done = 1"),
+                     RUNS);
+    free(db);
+}
+
+/* ------------------------------------------------------------------------------- kill -9 -- */
+
+static const char chain_def[] =
+    "{\"name\": \"chain3\", \"steps\": ["
+    " {\"key\": \"s1\", \"kind\": \"transform\", \"input\": {\"n\": \"{{input.n}}\"},"
+    "  \"retry\": {\"max_attempts\": 3}},"
+    " {\"key\": \"s2\", \"kind\": \"transform\", \"needs\": [\"s1\"],"
+    "  \"input\": {\"n\": \"{{steps.s1.output.n}}\"}, \"retry\": {\"max_attempts\": 3}},"
+    " {\"key\": \"s3\", \"kind\": \"transform\", \"needs\": [\"s2\"],"
+    "  \"input\": {\"n\": \"{{steps.s2.output.n}}\"}, \"retry\": {\"max_attempts\": 3}}]}";
+
+static void test_kill9_loses_nothing(void **state)
+{
+    (void)state;
+    enum { RUNS = 3000 };
+    long long tenant;
+    char *db = th_engine_db("q_kill", &tenant);
+    long long wf = th_engine_register(db, tenant, chain_def);
+    th_engine_enqueue(db, tenant, wf, RUNS, "{\"n\": 5}", 1000);
+    pid_t victim = th_serve_spawn(db, 2, 2000);
+    assert_true(th_engine_wait(db, "SELECT count(*) >= 1500 FROM steps WHERE state = 'succeeded'", 60));
+    int st = th_serve_kill(victim, SIGKILL);
+    assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
+
+    long succeeded_at_kill = q_long(db, "SELECT count(*) FROM steps WHERE state = 'succeeded'");
+    long held = q_long(db, "SELECT count(*) FROM steps WHERE state = 'running' AND lease_owner LIKE '%%:%d:%%'",
+                       (int)victim);
+    print_message("killed with %ld of %d steps done, %ld held by the dead process\n",
+                  succeeded_at_kill, 3 * RUNS, held);
+    /* The kill must land mid-run, with claimed steps on the dead process, or nothing was tested. */
+    assert_true(succeeded_at_kill < 3 * RUNS);
+    assert_true(held > 0);
+    free(th_pg_value(db, "CREATE TABLE held_at_kill AS SELECT id FROM steps WHERE state = 'running'"));
+
+    pid_t second = th_serve_spawn(db, 2, 2000);
+    bool done = th_engine_wait(
+        db, "SELECT count(*) = 3000 FROM runs WHERE state IN ('succeeded', 'failed')", 90);
+    th_serve_kill(second, SIGTERM);
+    assert_true(done);
+    assert_int_equal(q_long(db, "SELECT count(*) FROM runs WHERE state = 'succeeded'"), RUNS);
+    assert_int_equal(q_long(db, "SELECT count(*) FROM steps WHERE state = 'succeeded'"), 3 * RUNS);
+    /* Steps held by the dead process came back through the reaper: one more attempt, counted. */
+    assert_int_equal(q_long(db, "SELECT count(*) FROM steps s JOIN held_at_kill h USING (id)"
+                                " WHERE s.attempts = 2"),
+                     held);
+    assert_int_equal(q_long(db, "SELECT count(*) FROM steps WHERE attempts <> 1"
+                                " AND id NOT IN (SELECT id FROM held_at_kill)"),
+                     0);
+    assert_int_equal(q_long(db, "SELECT count(*) FROM run_events WHERE type = 'step.retrying'"
+                                " AND data->>'code' = 'lease_expired'"),
+                     held);
+    assert_int_equal(q_long(db, "SELECT count(*) FROM (SELECT run_id, step_key FROM run_events"
+                                " WHERE type = 'step.succeeded' GROUP BY 1, 2 HAVING count(*) <> 1) x"),
+                     0);
+    char *out = th_pg_value(db, "SELECT DISTINCT output::text FROM runs");
+    assert_json_equal(out, "{\"s3\": {\"n\": 5}}");
+    free(out);
+    free(db);
+}
+
+/* ------------------------------------------------------------------- retries on the test clock -- */
+
+static const char *const test_clock_env[] = {"FLOWD_TEST_CLOCK=1", NULL};
+
+static void clock_advance_cli(const char *db, const char *by)
+{
+    const char *argv[] = {"flowd", "--database", db, "clock", "advance", by, NULL};
+    char *err = NULL;
+    int st = th_flowd_run(argv, test_clock_env, NULL, &err);
+    if (st != 0)
+        fail_msg("flowd clock advance %s: exit %d: %s", by, st, err);
+    free(err);
+}
+
+static void test_retry_backoff(void **state)
+{
+    (void)state;
+    long long tenant;
+    char *db = th_engine_db("q_retry", &tenant);
+    long long wf = th_engine_register(
+        db, tenant,
+        "{\"name\": \"retry\", \"steps\": [{\"key\": \"f\", \"kind\": \"flaky\","
+        " \"input\": {\"fail_times\": 2},"
+        " \"retry\": {\"max_attempts\": 5, \"jitter\": 0,"
+        "             \"backoff\": {\"initial\": \"10s\", \"multiplier\": 2, \"max\": \"1h\"}}}]}");
+    long before = atomic_load(&flaky_attempts);
+    long long run = th_engine_enqueue(db, tenant, wf, 1, NULL, 0);
+    th_workers *ws = th_workers_start(db, 1, "retry", 0, 0, 0);
+
+    assert_true(th_engine_wait(db, "SELECT attempts = 1 AND state = 'ready' FROM steps", 30));
+    /* Exactly the configured backoff after the failure, on the engine clock. */
+    assert_int_equal(q_long(db, "SELECT (extract(epoch FROM s.run_at - e.at) * 1000)::bigint"
+                                " FROM steps s, run_events e WHERE e.type = 'step.retrying'"),
+                     10000);
+    char *due = th_pg_value(db, "SELECT run_at > flowd_now() + interval '9 s' FROM steps");
+    assert_string_equal(due, "t");
+    free(due);
+    /* More than the workers' 1 s backstop poll passes: still nothing runs before the clock moves. */
+    sleep_ms(1500);
+    assert_int_equal(q_long(db, "SELECT attempts FROM steps"), 1);
+    assert_int_equal(atomic_load(&flaky_attempts) - before, 1);
+
+    clock_advance_cli(db, "10s");
+    assert_true(th_engine_wait(db, "SELECT attempts = 2 AND state = 'ready' FROM steps", 30));
+    assert_int_equal(q_long(db, "SELECT (extract(epoch FROM s.run_at - e.at) * 1000)::bigint"
+                                " FROM steps s, run_events e WHERE e.type = 'step.retrying'"
+                                " ORDER BY e.id DESC LIMIT 1"),
+                     20000);
+    char *retry_at = th_pg_value(db, "SELECT data->>'retry_at' IS NOT NULL FROM run_events"
+                                     " WHERE type = 'step.retrying' ORDER BY id DESC LIMIT 1");
+    assert_string_equal(retry_at, "t");
+    free(retry_at);
+    /* Half the second backoff is not enough. */
+    clock_advance_cli(db, "10s");
+    sleep_ms(1200);
+    assert_int_equal(q_long(db, "SELECT attempts FROM steps"), 2);
+
+    clock_advance_cli(db, "10s");
+    assert_true(th_engine_wait(db, "SELECT state = 'succeeded' FROM steps", 30));
+    th_workers_stop(ws);
+    assert_int_equal(q_long(db, "SELECT attempts FROM steps"), 3);
+    assert_int_equal(atomic_load(&flaky_attempts) - before, 3);
+    assert_int_equal(q_long(db, "SELECT count(*) FROM run_events WHERE type = 'step.retrying'"), 2);
+    assert_int_equal(q_long(db, "SELECT count(*) FROM run_events WHERE type = 'step.started'"), 3);
+    char *st = q_text(db, "SELECT state || ' ' || (output->'f'->>'attempt') FROM runs WHERE id = %lld", run);
+    assert_string_equal(st, "succeeded 3");
+    free(st);
+    free(db);
+}
+
+/* ------------------------------------------------------------------------ permanent failure -- */
+
+static void test_permanent_failure(void **state)
+{
+    (void)state;
+    long long tenant;
+    char *db = th_engine_db("q_perm", &tenant);
+    long long wf = th_engine_register(
+        db, tenant,
+        "{\"name\": \"perm\", \"steps\": ["
+        " {\"key\": \"boom\", \"kind\": \"flaky\", \"input\": {\"permanent\": true},"
+        "  \"retry\": {\"max_attempts\": 5}},"
+        " {\"key\": \"after\", \"kind\": \"transform\", \"needs\": [\"boom\"]},"
+        " {\"key\": \"last\", \"kind\": \"transform\", \"needs\": [\"after\"]},"
+        " {\"key\": \"later\", \"kind\": \"transform\", \"delay\": \"1h\"}]}");
+    long before = atomic_load(&flaky_attempts);
+    th_engine_enqueue(db, tenant, wf, 1, NULL, 0);
+    th_workers *ws = th_workers_start(db, 1, "perm", 0, 0, 0);
+    bool done = th_engine_wait(db, "SELECT state <> 'queued' AND state <> 'running' FROM runs", 30);
+    /* Give a wrongly scheduled retry the chance to happen before looking. */
+    sleep_ms(500);
+    th_workers_stop(ws);
+    assert_true(done);
+    char *run = th_pg_value(db, "SELECT state || ' ' || (error->>'code') FROM runs");
+    assert_string_equal(run, "failed step_failed");
+    free(run);
+    char *boom = th_pg_value(db, "SELECT state || ' ' || attempts || ' ' || (error->>'code')"
+                                 " FROM steps WHERE key = 'boom'");
+    assert_string_equal(boom, "failed 1 broken");
+    free(boom);
+    assert_int_equal(atomic_load(&flaky_attempts) - before, 1);
+    /* Everything that had not started is cancelled, including the delayed independent step. */
+    char *rest = th_pg_value(db, "SELECT string_agg(key || '=' || state || '/' || attempts, ','"
+                                 " ORDER BY idx) FROM steps WHERE key <> 'boom'");
+    assert_string_equal(rest, "after=cancelled/0,last=cancelled/0,later=cancelled/0");
+    free(rest);
+    assert_int_equal(q_long(db, "SELECT count(*) FROM run_events WHERE type = 'run.failed'"), 1);
+    assert_int_equal(q_long(db, "SELECT count(*) FROM run_events WHERE type = 'step.cancelled'"), 3);
+    assert_int_equal(q_long(db, "SELECT count(*) FROM run_events WHERE type = 'step.retrying'"), 0);
+    assert_int_equal(q_long(db, "SELECT count(*) FROM steps WHERE finished_at IS NULL"), 0);
+    free(db);
+}
+
+/* ---------------------------------------------------------------------------- delay step -- */
+
+static void test_delay_is_durable_timer(void **state)
+{
+    (void)state;
+    long long tenant;
+    char *db = th_engine_db("q_delay", &tenant);
+    long long wf = th_engine_register(
+        db, tenant,
+        "{\"name\": \"nap\", \"steps\": ["
+        " {\"key\": \"wait\", \"kind\": \"delay\", \"input\": {\"for\": \"2h\"}},"
+        " {\"key\": \"then\", \"kind\": \"transform\", \"needs\": [\"wait\"],"
+        "  \"input\": {\"woke\": \"{{steps.wait.output.until}}\"}}]}");
+    th_engine_enqueue(db, tenant, wf, 1, NULL, 0);
+    th_workers *ws = th_workers_start(db, 1, "delay", 0, 0, 0);
+
+    /* The delay claims once, sees its time has not come, and goes back to sleep in the queue. */
+    assert_true(th_engine_wait(db, "SELECT count(*) = 1 FROM run_events WHERE type = 'step.started'"
+                                   " AND step_key = 'wait'", 30));
+    assert_true(th_engine_wait(db, "SELECT state = 'ready' FROM steps WHERE key = 'wait'", 30));
+    /* Due 2 h after it became ready, to the millisecond the claim reports ready_at in. */
+    char *sleeping = th_pg_value(
+        db, "SELECT (abs(extract(epoch FROM run_at - ready_at) - 7200) < 0.001)::text || ' ' ||"
+            " attempts FROM steps WHERE key = 'wait'");
+    assert_string_equal(sleeping, "true 0");
+    free(sleeping);
+    sleep_ms(1200);
+    assert_int_equal(q_long(db, "SELECT count(*) FROM steps WHERE state = 'running'"), 0);
+    assert_int_equal(q_long(db, "SELECT count(*) FROM steps WHERE state = 'succeeded'"), 0);
+    assert_int_equal(q_long(db, "SELECT count(*) FROM run_events WHERE type = 'step.started'"), 1);
+
+    free(th_pg_value(db, "SELECT flowd_clock_advance(3600000)"));
+    sleep_ms(1200);
+    assert_int_equal(q_long(db, "SELECT count(*) FROM steps WHERE state IN ('running', 'succeeded')"),
+                     0);
+
+    free(th_pg_value(db, "SELECT flowd_clock_advance(3600000)"));
+    bool done = th_engine_wait(db, "SELECT state = 'succeeded' FROM runs", 30);
+    th_workers_stop(ws);
+    assert_true(done);
+    char *woke = th_pg_value(db, "SELECT abs(extract(epoch FROM (s.output->>'woke')::timestamptz"
+                                 " - w.ready_at) - 7200) < 0.001"
+                                 " FROM steps s, steps w WHERE s.key = 'then' AND w.key = 'wait'");
+    assert_string_equal(woke, "t");
+    free(woke);
+    assert_int_equal(q_long(db, "SELECT attempts FROM steps WHERE key = 'wait'"), 1);
+    free(db);
+}
+
+/* ---------------------------------------------------------------------- the command line -- */
+
+static json_t *status_json(const char *db, long long run)
+{
+    char id[24];
+    snprintf(id, sizeof id, "%lld", run);
+    const char *argv[] = {"flowd", "--database", db, "status", id, NULL};
+    char *out = NULL, *err = NULL;
+    int st = th_flowd_run(argv, NULL, &out, &err);
+    if (st != 0)
+        fail_msg("flowd status: exit %d: %s", st, err);
+    json_error_t jerr;
+    json_t *j = json_loads(out, 0, &jerr);
+    if (!j)
+        fail_msg("flowd status printed no JSON (%s): %s", jerr.text, out);
+    free(out);
+    free(err);
+    return j;
+}
+
+static void test_cli_status_and_clock(void **state)
+{
+    (void)state;
+    long long tenant;
+    char *db = th_engine_db("q_cli", &tenant);
+    char path[] = "/tmp/flowd-test-wf-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    static const char def[] =
+        "{\"name\": \"cli\", \"steps\": ["
+        " {\"key\": \"first\", \"kind\": \"transform\", \"input\": {\"n\": \"{{input.n}}\"}},"
+        " {\"key\": \"second\", \"kind\": \"transform\", \"needs\": [\"first\"]}]}";
+    assert_int_equal(write(fd, def, sizeof def - 1), (ssize_t)(sizeof def - 1));
+    close(fd);
+
+    const char *enq[] = {"flowd", "--database", db, "enqueue", "--workflow", path,
+                         "--input", "{\"n\": 3}", NULL};
+    char *out = NULL, *err = NULL;
+    assert_int_equal(th_flowd_run(enq, NULL, &out, &err), 0);
+    long long run = strtoll(out, NULL, 10);
+    assert_true(run > 0);
+    free(out);
+    free(err);
+    unlink(path);
+
+    json_t *j = status_json(db, run);
+    assert_int_equal(json_integer_value(json_object_get(j, "id")), run);
+    assert_string_equal(json_string_value(json_object_get(j, "workflow")), "cli");
+    assert_int_equal(json_integer_value(json_object_get(j, "version")), 1);
+    assert_string_equal(json_string_value(json_object_get(j, "state")), "queued");
+    json_t *p = json_object_get(j, "progress");
+    assert_int_equal(json_integer_value(json_object_get(p, "done")), 0);
+    assert_int_equal(json_integer_value(json_object_get(p, "total")), 2);
+    assert_int_equal(json_integer_value(json_object_get(p, "percent")), 0);
+    json_decref(j);
+
+    th_workers *ws = th_workers_start(db, 1, "cli", 0, 0, 0);
+    bool done = th_engine_wait(db, "SELECT state = 'succeeded' FROM runs", 30);
+    th_workers_stop(ws);
+    assert_true(done);
+    j = status_json(db, run);
+    assert_string_equal(json_string_value(json_object_get(j, "state")), "succeeded");
+    p = json_object_get(j, "progress");
+    assert_int_equal(json_integer_value(json_object_get(p, "done")), 2);
+    assert_int_equal(json_integer_value(json_object_get(p, "total")), 2);
+    assert_int_equal(json_integer_value(json_object_get(p, "percent")), 100);
+    json_t *steps = json_object_get(j, "steps");
+    assert_int_equal(json_array_size(steps), 2);
+    json_t *s0 = json_array_get(steps, 0), *s1 = json_array_get(steps, 1);
+    assert_string_equal(json_string_value(json_object_get(s0, "key")), "first");
+    assert_string_equal(json_string_value(json_object_get(s1, "key")), "second");
+    assert_string_equal(json_string_value(json_object_get(s0, "kind")), "transform");
+    assert_string_equal(json_string_value(json_object_get(s0, "state")), "succeeded");
+    assert_int_equal(json_integer_value(json_object_get(s0, "attempts")), 1);
+    assert_true(json_is_string(json_object_get(s0, "started_at")));
+    assert_true(json_is_string(json_object_get(s0, "finished_at")));
+    assert_true(json_is_null(json_object_get(s0, "error")));
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(s0, "output"), "n")), 3);
+    assert_true(json_is_object(json_object_get(s1, "output")));
+    assert_true(strcmp(json_string_value(json_object_get(s0, "finished_at")),
+                       json_string_value(json_object_get(s1, "started_at"))) <= 0);
+    json_decref(j);
+
+    /* Unknown run: an error, not an empty document. */
+    const char *missing[] = {"flowd", "--database", db, "status", "999999", NULL};
+    out = err = NULL;
+    assert_int_equal(th_flowd_run(missing, NULL, &out, &err), 1);
+    assert_string_equal(out, "");
+    assert_non_null(strstr(err, "not found"));
+    free(out);
+    free(err);
+
+    /* The clock moves only in test mode. */
+    const char *adv[] = {"flowd", "--database", db, "clock", "advance", "1h", NULL};
+    const char *no_test_clock[] = {"FLOWD_TEST_CLOCK", NULL};
+    err = NULL;
+    assert_int_not_equal(th_flowd_run(adv, no_test_clock, NULL, &err), 0);
+    assert_non_null(strstr(err, "test mode"));
+    free(err);
+    assert_int_equal(th_pg_long(db, "SELECT offset_ms FROM flowd_clock"), 0);
+    const char *wrong_value[] = {"FLOWD_TEST_CLOCK=yes", NULL};
+    assert_int_not_equal(th_flowd_run(adv, wrong_value, NULL, NULL), 0);
+    assert_int_equal(th_pg_long(db, "SELECT offset_ms FROM flowd_clock"), 0);
+    assert_int_equal(th_flowd_run(adv, test_clock_env, NULL, NULL), 0);
+    assert_int_equal(th_pg_long(db, "SELECT offset_ms FROM flowd_clock"), 3600000);
+    free(db);
+}
+
+int main(void)
+{
+    eng_mem_init();
+    eng_log_init();
+    eng_step_register_builtins();
+    eng_step_register(&counting_transform);
+    eng_step_register(&flaky_kind);
+    signal(SIGPIPE, SIG_IGN);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_diamond_order),
+        cmocka_unit_test(test_exactly_once_threads_and_processes),
+        cmocka_unit_test(test_kill9_loses_nothing),
+        cmocka_unit_test(test_retry_backoff),
+        cmocka_unit_test(test_permanent_failure),
+        cmocka_unit_test(test_delay_is_durable_timer),
+        cmocka_unit_test(test_cli_status_and_clock),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,329 @@
+/* tests/support/th_engine.c: driving the queue engine from tests (see th_engine.h). */
+#include "tests/support/th_engine.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <libpq-fe.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "engine/buf.h"
+#include "engine/mem.h"
+#include "engine/migrate.h"
+#include "engine/wf_def.h"
+#include "engine/worker.h"
+#include "tests/support/th.h"
+
+extern char **environ;
+
+static PGconn *eng_connect(const char *conninfo)
+{
+    PGconn *c = PQconnectdb(conninfo);
+    if (PQstatus(c) != CONNECTION_OK) {
+        fprintf(stderr, "th_engine: cannot connect: %s", PQerrorMessage(c));
+        abort();
+    }
+    return c;
+}
+
+/* Runs a parameterized statement that must succeed; returns its result (caller clears). */
+static PGresult *eng_exec(PGconn *c, const char *sql, int n, const char *const *params)
+{
+    PGresult *r = PQexecParams(c, sql, n, NULL, params, NULL, NULL, 0);
+    ExecStatusType st = PQresultStatus(r);
+    if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
+        fprintf(stderr, "th_engine: %s\n%s", sql, PQerrorMessage(c));
+        abort();
+    }
+    return r;
+}
+
+char *th_engine_db(const char *prefix, long long *tenant)
+{
+    char *db = th_pg_new_db(prefix);
+    size_t n;
+    const eng_migration *migs = eng_migrations_embedded(&n);
+    eng_err err = {0};
+    if (eng_migrate_up(db, migs, n, NULL, &err) != ENG_OK) {
+        fprintf(stderr, "th_engine: migrate: %s\n", err.msg);
+        abort();
+    }
+    PGconn *c = eng_connect(db);
+    const char *key[] = {"fd_test_key_not_secret"};
+    PQclear(eng_exec(c, "SELECT flowd_bootstrap($1)", 1, key));
+    PGresult *r = eng_exec(c, "SELECT id FROM tenants WHERE name = 'default'", 0, NULL);
+    if (tenant)
+        *tenant = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+    PQclear(r);
+    PQfinish(c);
+    return db;
+}
+
+long long th_engine_register(const char *conninfo, long long tenant, const char *def_json)
+{
+    json_error_t jerr;
+    json_t *doc = json_loads(def_json, JSON_REJECT_DUPLICATES, &jerr);
+    if (!doc) {
+        fprintf(stderr, "th_engine: definition is not JSON: %s\n", jerr.text);
+        abort();
+    }
+    json_t *def = NULL;
+    eng_err err = {0};
+    if (wf_def_compile(doc, &def, &err) != ENG_OK) {
+        fprintf(stderr, "th_engine: definition refused: %s: %s\n", err.field, err.msg);
+        abort();
+    }
+    char *digest = wf_def_digest(doc);
+    char *source = json_dumps(doc, JSON_COMPACT);
+    char *defs = json_dumps(def, JSON_COMPACT);
+    char tenant_s[24];
+    snprintf(tenant_s, sizeof tenant_s, "%lld", tenant);
+    const char *params[] = {tenant_s, json_string_value(json_object_get(def, "name")), digest,
+                            source, defs};
+    PGconn *c = eng_connect(conninfo);
+    PGresult *r = eng_exec(c, "SELECT id FROM flowd_register_workflow($1, $2, $3, $4, $5)", 5, params);
+    long long id = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+    PQclear(r);
+    PQfinish(c);
+    free(digest);
+    free(source);
+    free(defs);
+    json_decref(def);
+    json_decref(doc);
+    return id;
+}
+
+long long th_engine_enqueue(const char *conninfo, long long tenant, long long workflow, int n,
+                            const char *input_json, int batch)
+{
+    if (batch <= 0)
+        batch = n;
+    const char *input = input_json ? input_json : "{}";
+    size_t ilen = strlen(input);
+    char tenant_s[24], wf_s[24];
+    snprintf(tenant_s, sizeof tenant_s, "%lld", tenant);
+    snprintf(wf_s, sizeof wf_s, "%lld", workflow);
+    PGconn *c = eng_connect(conninfo);
+    long long last = 0;
+    for (int done = 0; done < n;) {
+        int k = n - done < batch ? n - done : batch;
+        char *arr = eng_xmalloc((ilen + 1) * (size_t)k + 2);
+        size_t off = 0;
+        arr[off++] = '[';
+        for (int i = 0; i < k; i++) {
+            if (i)
+                arr[off++] = ',';
+            memcpy(arr + off, input, ilen);
+            off += ilen;
+        }
+        arr[off++] = ']';
+        arr[off] = '\0';
+        const char *params[] = {tenant_s, wf_s, arr};
+        PGresult *r = eng_exec(
+            c, "SELECT max(run_id) FROM flowd_enqueue($1, $2, $3::jsonb, 0, NULL, NULL)", 3, params);
+        last = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+        PQclear(r);
+        free(arr);
+        done += k;
+    }
+    PQfinish(c);
+    return last;
+}
+
+bool th_engine_wait(const char *conninfo, const char *sql, double timeout_s)
+{
+    PGconn *c = eng_connect(conninfo);
+    long long deadline = th_now_ms() + (long long)(timeout_s * 1000);
+    bool ok = false;
+    for (;;) {
+        PGresult *r = eng_exec(c, sql, 0, NULL);
+        ok = PQntuples(r) > 0 && PQgetvalue(r, 0, 0)[0] == 't';
+        PQclear(r);
+        if (ok || th_now_ms() > deadline)
+            break;
+        struct timespec ts = {0, 20 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    PQfinish(c);
+    return ok;
+}
+
+struct th_workers {
+    int n;
+    eng_worker **w;
+};
+
+th_workers *th_workers_start(const char *conninfo, int n, const char *owner_prefix, int batch,
+                             int max_inflight, int lease_ms)
+{
+    th_workers *ws = eng_xcalloc(1, sizeof *ws);
+    ws->n = n;
+    ws->w = eng_xcalloc((size_t)n, sizeof *ws->w);
+    for (int i = 0; i < n; i++) {
+        char *owner = eng_xasprintf("%s-%d", owner_prefix, i);
+        eng_worker_opts o = {.conninfo = conninfo, .owner = owner, .batch = batch,
+                             .max_inflight = max_inflight, .lease_ms = lease_ms, .reaper = i == 0};
+        ws->w[i] = eng_worker_start(&o);
+        free(owner);
+    }
+    return ws;
+}
+
+void th_workers_stop(th_workers *ws)
+{
+    if (!ws)
+        return;
+    for (int i = 0; i < ws->n; i++)
+        eng_worker_stop(ws->w[i], 5.0);
+    free(ws->w);
+    free(ws);
+}
+
+/* environ with env's overrides applied; the strings are borrowed, the array is new. */
+static char **child_environ(const char *const *env)
+{
+    size_t n = 0, m = 0;
+    while (environ[n])
+        n++;
+    while (env && env[m])
+        m++;
+    char **out = eng_xcalloc(n + m + 1, sizeof *out);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        bool replaced = false;
+        for (size_t j = 0; j < m && !replaced; j++) {
+            size_t len = strcspn(env[j], "=");
+            replaced = strncmp(environ[i], env[j], len) == 0 && environ[i][len] == '=';
+        }
+        if (!replaced)
+            out[k++] = environ[i];
+    }
+    for (size_t j = 0; j < m; j++)
+        if (strchr(env[j], '='))
+            out[k++] = (char *)env[j];
+    out[k] = NULL;
+    return out;
+}
+
+/* fork + execve of the flowd binary. Only async-signal-safe calls happen in the child, since the
+ * parent may run worker threads. fds[0..2] become the child's stdin/stdout/stderr (-1: keep). */
+static pid_t spawn_flowd(const char *const *argv, const char *const *env, const int fds[3])
+{
+    size_t argc = 0;
+    while (argv[argc])
+        argc++;
+    char **args = eng_xcalloc(argc + 1, sizeof *args);
+    args[0] = (char *)th_flowd_bin();
+    for (size_t i = 1; i < argc; i++)
+        args[i] = (char *)argv[i];
+    char **envp = child_environ(env);
+    pid_t pid = fork();
+    if (pid < 0) {
+        perror("th_engine: fork");
+        abort();
+    }
+    if (pid == 0) {
+        for (int i = 0; i < 3; i++)
+            if (fds[i] >= 0 && dup2(fds[i], i) < 0)
+                _exit(126);
+        execve(args[0], args, envp);
+        _exit(127);
+    }
+    free(args);
+    free(envp);
+    return pid;
+}
+
+pid_t th_serve_spawn(const char *conninfo, int workers, int lease_ms)
+{
+    char workers_s[16], lease_s[16];
+    snprintf(workers_s, sizeof workers_s, "%d", workers);
+    snprintf(lease_s, sizeof lease_s, "%d", lease_ms);
+    const char *argv[] = {"flowd", "--database", conninfo, "serve", "--workers", workers_s,
+                          lease_ms > 0 ? "--lease-ms" : NULL, lease_s, NULL};
+    int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+    int fds[3] = {devnull, devnull, -1};
+    pid_t pid = spawn_flowd(argv, NULL, fds);
+    close(devnull);
+    return pid;
+}
+
+int th_serve_kill(pid_t pid, int sig)
+{
+    kill(pid, sig);
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    return status;
+}
+
+static bool drain(int fd, eng_buf *b)
+{
+    char chunk[4096];
+    ssize_t n = read(fd, chunk, sizeof chunk);
+    if (n > 0) {
+        if (eng_buf_append(b, chunk, (size_t)n) != ENG_OK) {
+            fprintf(stderr, "th_engine: flowd printed more than 16 MiB\n");
+            abort();
+        }
+        return true;
+    }
+    return n < 0 && errno == EINTR;
+}
+
+int th_flowd_run(const char *const *argv, const char *const *env, char **out, char **err)
+{
+    int po[2], pe[2];
+    if (pipe2(po, O_CLOEXEC) != 0 || pipe2(pe, O_CLOEXEC) != 0) {
+        perror("th_engine: pipe");
+        abort();
+    }
+    int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    int fds[3] = {devnull, po[1], pe[1]};
+    pid_t pid = spawn_flowd(argv, env, fds);
+    close(devnull);
+    close(po[1]);
+    close(pe[1]);
+    eng_buf bo, be;
+    eng_buf_init(&bo, 16u << 20);
+    eng_buf_init(&be, 16u << 20);
+    struct pollfd p[2] = {{.fd = po[0], .events = POLLIN}, {.fd = pe[0], .events = POLLIN}};
+    int open_fds = 2;
+    while (open_fds > 0) {
+        if (poll(p, 2, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            perror("th_engine: poll");
+            abort();
+        }
+        for (int i = 0; i < 2; i++) {
+            if (p[i].fd >= 0 && p[i].revents) {
+                if (!drain(p[i].fd, i == 0 ? &bo : &be)) {
+                    close(p[i].fd);
+                    p[i].fd = -1;
+                    open_fds--;
+                }
+            }
+        }
+    }
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    char *o = eng_buf_take(&bo, NULL), *e = eng_buf_take(&be, NULL);
+    if (out)
+        *out = o;
+    else
+        free(o);
+    if (err)
+        *err = e;
+    else
+        free(e);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
