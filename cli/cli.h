@@ -37,6 +37,8 @@ int cli_cmd_migrate(cli_env *env, int argc, char **argv);
 int cli_cmd_enqueue(cli_env *env, int argc, char **argv);
 int cli_cmd_status(cli_env *env, int argc, char **argv);
 int cli_cmd_clock(cli_env *env, int argc, char **argv);
+int cli_cmd_event(cli_env *env, int argc, char **argv);
+int cli_cmd_cancel_retry(cli_env *env, int argc, char **argv);
 
 /* Prints "flowd: <msg>" (and the field when set) to stderr and returns exit status 1. */
 int cli_fail(const eng_err *err);

@@ -1,5 +1,6 @@
 /* cli/cmd_runs.c: flowd migrate, enqueue, status and clock (direct database access). */
 #include <getopt.h>
+#include <stdbool.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -179,6 +180,92 @@ int cli_cmd_clock(cli_env *env, int argc, char **argv)
     if (!res)
         return cli_fail(&err);
     printf("flowd: clock offset is now %s ms\n", PQgetvalue(res, 0, 0));
+    PQclear(res);
+    return 0;
+}
+
+/* Parses a positive run id argument. */
+static long long runs_parse_id(const char *s, eng_err *err)
+{
+    char *end;
+    long long id = strtoll(s, &end, 10);
+    if (*end || id <= 0) {
+        eng_err_field(err, ENG_EINVAL, "RUN_ID", "\"%s\" is not a run id", s);
+        return 0;
+    }
+    return id;
+}
+
+int cli_cmd_event(cli_env *env, int argc, char **argv)
+{
+    static const struct option longopts[] = {{"data", required_argument, NULL, 'd'},
+                                             {NULL, 0, NULL, 0}};
+    const char *data = "{}";
+    int ch;
+    optind = 1;
+    while ((ch = getopt_long(argc, argv, "d:", longopts, NULL)) != -1) {
+        if (ch != 'd')
+            return 2;
+        data = optarg;
+    }
+    if (argc - optind != 2) {
+        fprintf(stderr, "usage: flowd event NAME KEY [--data JSON]\n");
+        return 2;
+    }
+    eng_err err;
+    json_t *parsed = json_loads(data, 0, NULL);
+    if (!json_is_object(parsed)) {
+        json_decref(parsed);
+        eng_err_field(&err, ENG_EINVAL, "--data", "must be a JSON object");
+        return cli_fail(&err);
+    }
+    json_decref(parsed);
+    long long tenant;
+    if (cli_env_open(env, &err) != ENG_OK || !(tenant = cli_default_tenant(env, &err)))
+        return cli_fail(&err);
+    char tenant_s[24];
+    snprintf(tenant_s, sizeof tenant_s, "%lld", tenant);
+    const char *params[] = {tenant_s, argv[optind], argv[optind + 1], data};
+    PGresult *res = cli_exec(env, "SELECT resumed, cancelled FROM flowd_event($1, $2, $3, $4::jsonb)",
+                             4, params, &err);
+    if (!res)
+        return cli_fail(&err);
+    printf("{\"resumed\": %s, \"cancelled\": %s}\n", PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1));
+    PQclear(res);
+    return 0;
+}
+
+/* flowd cancel RUN_ID / flowd retry RUN_ID */
+int cli_cmd_cancel_retry(cli_env *env, int argc, char **argv)
+{
+    bool cancel = strcmp(argv[0], "cancel") == 0;
+    if (argc != 2) {
+        fprintf(stderr, "usage: flowd %s RUN_ID\n", argv[0]);
+        return 2;
+    }
+    eng_err err;
+    long long id = runs_parse_id(argv[1], &err), tenant;
+    if (!id)
+        return cli_fail(&err);
+    if (cli_env_open(env, &err) != ENG_OK || !(tenant = cli_default_tenant(env, &err)))
+        return cli_fail(&err);
+    char tenant_s[24], id_s[24];
+    snprintf(tenant_s, sizeof tenant_s, "%lld", tenant);
+    snprintf(id_s, sizeof id_s, "%lld", id);
+    const char *params[] = {tenant_s, id_s};
+    PGresult *res = cli_exec(env,
+                             cancel ? "SELECT flowd_cancel_runs(ARRAY[r.id], '{\"code\":\"cancelled\"}') "
+                                      "FROM runs r WHERE r.tenant_id = $1 AND r.id = $2"
+                                    : "SELECT flowd_retry_run($1, $2)",
+                             2, params, &err);
+    if (!res)
+        return cli_fail(&err);
+    if (PQntuples(res) == 0) {
+        PQclear(res);
+        eng_err_set(&err, ENG_ENOTFOUND, "run %lld not found", id);
+        return cli_fail(&err);
+    }
+    printf("{\"%s\": %s}\n", cancel ? "cancelled" : "steps_reset", PQgetvalue(res, 0, 0));
     PQclear(res);
     return 0;
 }

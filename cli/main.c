@@ -18,6 +18,9 @@ static const struct {
     {"migrate", cli_cmd_migrate, "apply pending database migrations"},
     {"enqueue", cli_cmd_enqueue, "register a workflow file and start a run of it"},
     {"status", cli_cmd_status, "print a run as JSON"},
+    {"event", cli_cmd_event, "send an event NAME KEY [--data JSON]: resumes waits, cancels runs"},
+    {"cancel", cli_cmd_cancel_retry, "cancel a run"},
+    {"retry", cli_cmd_cancel_retry, "retry a failed or cancelled run"},
     {"clock", cli_cmd_clock, "move the engine clock (test mode only)"},
 };
 

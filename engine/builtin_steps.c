@@ -5,6 +5,7 @@
  *            While it waits nothing is in flight: the step sleeps in the queue (snooze). */
 #include <stdio.h>
 
+#include "engine/builtin.h"
 #include "engine/clock.h"
 #include "engine/duration.h"
 #include "engine/mem.h"
@@ -93,4 +94,5 @@ void eng_step_register_builtins(void)
 {
     eng_step_register(&transform_kind);
     eng_step_register(&delay_kind);
+    eng_step_register_flow_builtins();
 }

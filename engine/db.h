@@ -56,5 +56,5 @@ bool eng_db_connected(const eng_db *db);
 int eng_db_pending(const eng_db *db);
 
 /* Maps a failed result to an error: SQLSTATE classes 40 and 08, 57P01, 53300 -> ENG_EDB_RETRY;
- * 23505 -> ENG_ECONFLICT; P0002 -> ENG_ENOTFOUND; 22xxx/23xxx/P0001 -> ENG_EINVAL; else ENG_EDB. */
+ * 23505 and 55000 (object not in the required state) -> ENG_ECONFLICT; P0002 -> ENG_ENOTFOUND; 22xxx/23xxx/P0001 -> ENG_EINVAL; else ENG_EDB. */
 eng_rc eng_db_classify(const PGresult *res, eng_err *err);

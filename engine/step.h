@@ -28,6 +28,9 @@ typedef struct eng_step_kind {
     void (*start)(eng_step_ctx *ctx);
     /* Stops an attempt in flight; NULL when start always reports before returning. */
     void (*cancel)(eng_step_ctx *ctx);
+    /* The engine does not render this kind's input: the kind renders parts of it itself with
+     * eng_step_template_ctx (map renders its child inputs once per item). */
+    bool raw_input;
 } eng_step_kind;
 
 /* Registers a kind (the struct must outlive the process; registration is not thread-safe and
@@ -44,7 +47,10 @@ int64_t eng_step_run_id(const eng_step_ctx *ctx);
 int64_t eng_step_tenant_id(const eng_step_ctx *ctx);
 const char *eng_step_key(const eng_step_ctx *ctx);
 int eng_step_attempt(const eng_step_ctx *ctx);     /* 1 for the first attempt */
-const json_t *eng_step_input(const eng_step_ctx *ctx); /* rendered input, borrowed */
+const json_t *eng_step_input(const eng_step_ctx *ctx); /* rendered input (raw for raw_input kinds), borrowed */
+/* The template context {"input", "steps", "run"} the input was rendered against, borrowed. */
+const json_t *eng_step_template_ctx(const eng_step_ctx *ctx);
+const char *eng_step_workflow(const eng_step_ctx *ctx); /* name of the run's workflow */
 int64_t eng_step_ready_at_ms(const eng_step_ctx *ctx); /* when the step became ready (engine clock) */
 int64_t eng_step_now_ms(const eng_step_ctx *ctx);      /* engine clock (test offset applied) */
 int64_t eng_step_timeout_ms(const eng_step_ctx *ctx);  /* this attempt's budget, 0 = none */
@@ -64,3 +70,13 @@ void eng_step_fail(eng_step_ctx *ctx, bool permanent, const char *code, const ch
 /* Puts the step back to sleep until at_ms (engine clock) without counting an attempt: durable
  * timers keep nothing in flight while they wait. */
 void eng_step_snooze(eng_step_ctx *ctx, int64_t at_ms);
+
+/* Built-in outcomes, for the engine's own kinds. */
+/* Sleeps in 'waiting' until an event (name, key) arrives (or already arrived during this run), then
+ * succeeds with the event's data; at until_ms (engine clock; 0 = never) it succeeds with
+ * {"timed_out": true}. */
+void eng_step_wait_event(eng_step_ctx *ctx, const char *event, const char *key, int64_t until_ms);
+/* Fans out: spec is {"workflow": name} or {"def": normalized, "digest": d}, plus "inputs" (one child
+ * run per element), "concurrency" and "allow_failures" (stolen). The step waits for its children and
+ * succeeds with {"results": [...]} in item order. */
+void eng_step_map(eng_step_ctx *ctx, json_t *spec);

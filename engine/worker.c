@@ -32,6 +32,7 @@ struct eng_step_ctx {
     int64_t claim_wall_ms; /* wall clock at claim, to advance the engine clock locally */
     int64_t timeout_ms;
     json_t *def;           /* the step's normalized definition */
+    json_t *tctx;          /* template context */
     json_t *input;         /* rendered input */
     void *data;
     ev_timer timeout;
@@ -80,6 +81,7 @@ static void ctx_free(eng_step_ctx *c)
         c->next->prev = c->prev;
     w->ninflight--;
     json_decref(c->def);
+    json_decref(c->tctx);
     json_decref(c->input);
     free(c->key);
     free(c);
@@ -122,6 +124,25 @@ static void ctx_schedule(eng_step_ctx *c, int64_t at_ms)
     ctx_report(c, json_pack("{s:s, s:I, s:b}", "s", "snooze", "at_ms", (json_int_t)at_ms, "sched", 1));
 }
 
+void eng_step_wait_event(eng_step_ctx *c, const char *event, const char *key, int64_t until_ms)
+{
+    json_t *r = json_pack("{s:s, s:s, s:s}", "s", "wait", "event", event, "key", key);
+    if (until_ms > 0)
+        json_object_set_new(r, "until_ms", json_integer(until_ms));
+    ctx_report(c, r);
+}
+
+void eng_step_map(eng_step_ctx *c, json_t *spec)
+{
+    json_object_set_new(spec, "s", json_string("map"));
+    ctx_report(c, spec);
+}
+
+const json_t *eng_step_template_ctx(const eng_step_ctx *c) { return c->tctx; }
+const char *eng_step_workflow(const eng_step_ctx *c)
+{
+    return json_string_value(json_object_get(json_object_get(c->tctx, "run"), "workflow"));
+}
 int64_t eng_step_id(const eng_step_ctx *c) { return c->id; }
 int64_t eng_step_run_id(const eng_step_ctx *c) { return c->run_id; }
 int64_t eng_step_tenant_id(const eng_step_ctx *c) { return c->tenant_id; }
@@ -154,6 +175,26 @@ static void ctx_timeout_cb(struct ev_loop *loop, ev_timer *t, int revents)
 static int64_t row_i64(const PGresult *res, int row, int col)
 {
     return PQgetisnull(res, row, col) ? 0 : strtoll(PQgetvalue(res, row, col), NULL, 10);
+}
+
+/* Hands the step to SQL, which knows the time-zone rules, to sleep until its window opens. */
+static void ctx_window(eng_step_ctx *c, const json_t *window, const json_t *tctx)
+{
+    eng_err err;
+    json_t *tz = NULL;
+    eng_rc rc = wf_template_render(json_object_get(window, "tz"), tctx, &tz, &err);
+    if (rc == ENG_OK && (!json_is_string(tz) || json_string_length(tz) == 0))
+        rc = eng_err_field(&err, ENG_EINVAL, "/window/tz", "tz must render to a time zone name");
+    if (rc != ENG_OK) {
+        json_decref(tz);
+        eng_step_fail(c, true, "window", err.msg, 0);
+        return;
+    }
+    ctx_report(c, json_pack("{s:s, s:I, s:o, s:O, s:O, s:O}", "s", "window", "after_ms",
+                            (json_int_t)eng_step_now_ms(c), "tz", tz, "start_min",
+                            json_object_get(window, "start_min"), "end_min",
+                            json_object_get(window, "end_min"), "days",
+                            json_object_get(window, "days")));
 }
 
 /* Decides what a claimed step does before its kind runs: skip on a false condition, sleep until
@@ -197,8 +238,19 @@ static bool ctx_prepare(eng_step_ctx *c, const json_t *tctx, bool scheduled)
             return false;
         }
     }
+    const json_t *window = json_object_get(c->def, "window");
+    if (!scheduled && json_is_object(window)) {
+        ctx_window(c, window, tctx);
+        return false;
+    }
     const json_t *tmpl = json_object_get(c->def, "input");
-    eng_rc rc = tmpl ? wf_template_render(tmpl, tctx, &c->input, &err) : ENG_OK;
+    eng_rc rc;
+    if (c->kind->raw_input) {
+        c->input = json_incref((json_t *)tmpl);
+        rc = ENG_OK;
+    } else {
+        rc = tmpl ? wf_template_render(tmpl, tctx, &c->input, &err) : ENG_OK;
+    }
     if (rc != ENG_OK) {
         eng_step_fail(c, true, "template", err.msg, 0);
         return false;
@@ -223,6 +275,7 @@ static void worker_dispatch(eng_worker *w, const PGresult *res, int row, int64_t
     bool scheduled = PQgetvalue(res, row, 8)[0] == 't';
     c->def = json_loads(PQgetvalue(res, row, 9), 0, NULL);
     json_t *tctx = json_loads(PQgetvalue(res, row, 10), 0, NULL);
+    c->tctx = tctx;
     ev_timer_init(&c->timeout, ctx_timeout_cb, 0., 0.);
     c->next = w->inflight;
     if (w->inflight)
@@ -245,7 +298,6 @@ static void worker_dispatch(eng_worker *w, const PGresult *res, int row, int64_t
         c->started = true;
         c->kind->start(c); /* may report (and free c) before returning */
     }
-    json_decref(tctx);
 }
 
 /* ------------------------------------------------------------------------- round trips -- */
@@ -347,11 +399,29 @@ static void worker_poll_cb(struct ev_loop *loop, ev_timer *t, int revents)
     ENG_CONTAINER_OF(t, eng_worker, poll)->maybe_work = true;
 }
 
+/* A cancelled run's steps stop here without an outcome: the database already ended them. */
+static void worker_cancel_run(eng_worker *w, int64_t run_id)
+{
+    eng_step_ctx *c = w->inflight;
+    while (c) {
+        eng_step_ctx *next = c->next;
+        if (c->run_id == run_id) {
+            log_info("step cancelled in flight", " run=%lld step=%s", (long long)run_id, c->key);
+            if (c->started && c->kind->cancel)
+                c->kind->cancel(c);
+            ctx_free(c);
+        }
+        c = next;
+    }
+}
+
 static void worker_notify_cb(void *arg, const char *channel, const char *payload)
 {
-    (void)channel;
-    (void)payload;
-    ((eng_worker *)arg)->maybe_work = true;
+    eng_worker *w = arg;
+    if (strcmp(channel, "flowd_cancel") == 0)
+        worker_cancel_run(w, strtoll(payload, NULL, 10));
+    else
+        w->maybe_work = true;
 }
 
 static void worker_connect_cb(void *arg)
@@ -431,6 +501,7 @@ static void *worker_main(void *arg)
     eng_db_prepare(w->db, "flowd_heartbeat", "SELECT flowd_heartbeat($1, $2)", 2);
     eng_db_prepare(w->db, "flowd_reap", "SELECT flowd_reap(1000)", 0);
     eng_db_listen(w->db, "flowd_ready");
+    eng_db_listen(w->db, "flowd_cancel");
     ev_run(w->loop, 0);
     eng_db_free(w->db);
     return NULL;

@@ -60,6 +60,8 @@ CREATE TABLE runs (
     error           jsonb,
     idempotency_key text,
     batch_id        bigint,
+    parent_step_id  bigint,               -- the map step this run is an item of
+    parent_index    integer,              -- its item's position in the map
     created_at      timestamptz NOT NULL DEFAULT flowd_now(),
     started_at      timestamptz,
     finished_at     timestamptz
@@ -68,6 +70,7 @@ CREATE UNIQUE INDEX runs_idempotency ON runs (tenant_id, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
 CREATE INDEX runs_tenant_recent ON runs (tenant_id, id DESC);
 CREATE INDEX runs_batch ON runs (batch_id) WHERE batch_id IS NOT NULL;
+CREATE INDEX runs_parent ON runs (parent_step_id) WHERE parent_step_id IS NOT NULL;
 
 -- One row per step of a run. Claimable rows are found through the partial index steps_claim,
 -- which stays small because only 'ready' rows are in it.
@@ -82,10 +85,13 @@ CREATE TABLE steps (
     needs_left       integer NOT NULL,   -- needs not yet finished
     needs_skipped    integer NOT NULL DEFAULT 0,  -- finished needs that were skipped
     state            text NOT NULL
-                     CHECK (state IN ('pending', 'ready', 'running', 'succeeded', 'failed',
-                                      'skipped', 'cancelled')),
+                     CHECK (state IN ('pending', 'ready', 'running', 'waiting', 'succeeded',
+                                      'failed', 'skipped', 'cancelled')),
     key              text NOT NULL,
     kind             text NOT NULL,
+    ckey             text,               -- rendered concurrency key: one running at a time, in order
+    wait_event       text,               -- 'waiting' on an event (name, key) until run_at ...
+    wait_key         text,               -- ... or, both NULL, on the children of a map
     run_at           timestamptz NOT NULL DEFAULT flowd_now(),  -- not before (retries, delays, timers)
     ready_at         timestamptz,        -- when its needs were all met
     scheduled        boolean NOT NULL DEFAULT false,  -- run_at already honours delay/at/window
@@ -100,6 +106,10 @@ CREATE TABLE steps (
 CREATE INDEX steps_claim ON steps (priority DESC, run_at, id) WHERE state = 'ready';
 CREATE INDEX steps_due ON steps (run_at) WHERE state = 'ready';
 CREATE INDEX steps_lease ON steps (lease_expires_at) WHERE state = 'running';
+CREATE INDEX steps_waiting ON steps (tenant_id, wait_event, wait_key) WHERE state = 'waiting';
+CREATE INDEX steps_wait_due ON steps (run_at) WHERE state = 'waiting' AND wait_event IS NOT NULL;
+CREATE INDEX steps_ckey ON steps (tenant_id, ckey, id)
+    WHERE ckey IS NOT NULL AND state IN ('pending', 'ready', 'running', 'waiting');
 ALTER TABLE steps SET (fillfactor = 80, autovacuum_vacuum_scale_factor = 0.02,
                        autovacuum_vacuum_threshold = 1000);
 
@@ -114,3 +124,44 @@ CREATE TABLE run_events (
     data      jsonb
 );
 CREATE INDEX run_events_run ON run_events (run_id, id);
+
+-- Outside events ("the lead replied"). Kept for a retention window so that a wait that starts
+-- after its event arrived still receives it.
+CREATE TABLE events (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    tenant_id   bigint NOT NULL REFERENCES tenants(id),
+    name        text NOT NULL,
+    key         text NOT NULL,
+    data        jsonb NOT NULL DEFAULT '{}',
+    received_at timestamptz NOT NULL DEFAULT flowd_now()
+);
+CREATE INDEX events_lookup ON events (tenant_id, name, key, received_at);
+
+-- The rendered cancel_on entries of live runs.
+CREATE TABLE run_cancel_on (
+    run_id    bigint NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    tenant_id bigint NOT NULL,
+    event     text NOT NULL,
+    key       text NOT NULL,
+    PRIMARY KEY (tenant_id, event, key, run_id)
+);
+
+-- Fan-out: one row per map step, one per item. Children are started up to `concurrency` at once.
+CREATE TABLE maps (
+    step_id        bigint PRIMARY KEY REFERENCES steps(id) ON DELETE CASCADE,
+    tenant_id      bigint NOT NULL,
+    workflow_id    bigint NOT NULL REFERENCES workflows(id),
+    concurrency    integer NOT NULL CHECK (concurrency > 0),
+    allow_failures boolean NOT NULL
+);
+CREATE TABLE map_items (
+    step_id      bigint NOT NULL REFERENCES maps(step_id) ON DELETE CASCADE,
+    idx          integer NOT NULL,
+    state        text NOT NULL DEFAULT 'pending'
+                 CHECK (state IN ('pending', 'running', 'succeeded', 'failed', 'cancelled')),
+    input        jsonb NOT NULL,
+    child_run_id bigint,
+    result       jsonb,
+    PRIMARY KEY (step_id, idx)
+);
+CREATE INDEX map_items_child ON map_items (child_run_id) WHERE child_run_id IS NOT NULL;

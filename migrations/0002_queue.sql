@@ -22,73 +22,121 @@ BEGIN
     created := true;
 END $$;
 
--- Creates one run per element of p_inputs (a JSON array) with all its steps, in one transaction.
--- With an idempotency key (single input only) an existing run is returned instead (created=false).
-CREATE FUNCTION flowd_enqueue(p_tenant bigint, p_workflow bigint, p_inputs jsonb,
-                              p_priority integer, p_idempotency_key text, p_batch bigint)
-RETURNS TABLE (run_id bigint, created boolean)
+-- Renders the few templates that SQL itself evaluates (cancel_on keys, concurrency keys): only
+-- {{input.a.b}} and {{run.id}} may appear (the definition compiler enforces it). NULL when a path
+-- is missing, so a run without the field gets no key rather than a shared empty one.
+CREATE FUNCTION flowd_render_key(p_tmpl text, p_input jsonb, p_run bigint) RETURNS text
+LANGUAGE plpgsql IMMUTABLE STRICT AS $$
+DECLARE
+    m   text[];
+    v   text;
+    out text := p_tmpl;
+BEGIN
+    FOR m IN SELECT regexp_matches(p_tmpl, '(\{\{\s*([A-Za-z0-9_.]+)\s*\}\})', 'g') LOOP
+        IF m[2] = 'run.id' THEN
+            v := p_run::text;
+        ELSIF m[2] LIKE 'input.%' THEN
+            v := p_input #>> string_to_array(substr(m[2], 7), '.');
+        ELSE
+            v := NULL;
+        END IF;
+        IF v IS NULL THEN
+            RETURN NULL;
+        END IF;
+        out := replace(out, m[1], v);
+    END LOOP;
+    RETURN out;
+END $$;
+
+-- Creates one run per element of p_inputs with all its steps; returns their ids in input order.
+-- Map children pass their parent step and their items' positions.
+CREATE FUNCTION flowd_create_runs(p_tenant bigint, p_workflow bigint, p_inputs jsonb,
+                                  p_priority integer, p_batch bigint, p_parent_step bigint,
+                                  p_parent_indexes integer[], p_idempotency_key text)
+RETURNS bigint[]
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_def   jsonb;
-    v_now   timestamptz := flowd_now();
-    v_ids   bigint[];
+    v_def jsonb;
+    v_now timestamptz := flowd_now();
+    v_ids bigint[];
 BEGIN
     SELECT w.def INTO v_def FROM workflows w WHERE w.id = p_workflow AND w.tenant_id = p_tenant;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'workflow % not found', p_workflow USING ERRCODE = 'P0002';
     END IF;
+    WITH ins AS (
+        INSERT INTO runs (tenant_id, workflow_id, priority, steps_total, input, batch_id,
+                          parent_step_id, parent_index, idempotency_key, created_at)
+        SELECT p_tenant, p_workflow, p_priority, jsonb_array_length(v_def->'steps'), i.value,
+               p_batch, p_parent_step,
+               p_parent_indexes[i.n],
+               p_idempotency_key, v_now
+          FROM jsonb_array_elements(p_inputs) WITH ORDINALITY AS i(value, n)
+         ORDER BY i.n
+        RETURNING id)
+    SELECT array_agg(id ORDER BY id) INTO v_ids FROM ins;
+    IF v_ids IS NULL THEN
+        RETURN '{}';
+    END IF;
+
+    INSERT INTO steps (run_id, tenant_id, idx, priority, max_attempts, needs_left, state, key, kind,
+                       ckey, run_at, ready_at)
+    SELECT r.id, p_tenant, (s->>'idx')::integer, p_priority, (s->>'max_attempts')::integer,
+           jsonb_array_length(s->'needs'),
+           CASE WHEN jsonb_array_length(s->'needs') = 0 THEN 'ready' ELSE 'pending' END,
+           s->>'key', s->>'kind', flowd_render_key(s->>'concurrency_key', r.input, r.id),
+           v_now + (s->>'delay_ms')::bigint * interval '1 millisecond',
+           CASE WHEN jsonb_array_length(s->'needs') = 0 THEN v_now END
+      FROM runs r CROSS JOIN jsonb_array_elements(v_def->'steps') AS s
+     WHERE r.id = ANY (v_ids);
+
+    IF jsonb_array_length(coalesce(v_def->'cancel_on', '[]')) > 0 THEN
+        INSERT INTO run_cancel_on (run_id, tenant_id, event, key)
+        SELECT r.id, p_tenant, c->>'event', flowd_render_key(c->>'key', r.input, r.id)
+          FROM runs r CROSS JOIN jsonb_array_elements(v_def->'cancel_on') AS c
+         WHERE r.id = ANY (v_ids) AND flowd_render_key(c->>'key', r.input, r.id) IS NOT NULL
+        ON CONFLICT DO NOTHING;
+    END IF;
+
+    INSERT INTO run_events (run_id, tenant_id, at, type)
+    SELECT r.id, p_tenant, v_now, 'run.created' FROM unnest(v_ids) AS r(id);
+    PERFORM pg_notify('flowd_ready', '');
+    RETURN v_ids;
+END $$;
+
+-- Creates one run per element of p_inputs (a JSON array) in one transaction. With an idempotency
+-- key (single input only) an existing run of that key is returned instead (created = false).
+CREATE FUNCTION flowd_enqueue(p_tenant bigint, p_workflow bigint, p_inputs jsonb,
+                              p_priority integer, p_idempotency_key text, p_batch bigint)
+RETURNS TABLE (run_id bigint, created boolean)
+LANGUAGE plpgsql AS $$
+BEGIN
     IF p_idempotency_key IS NOT NULL THEN
         IF jsonb_array_length(p_inputs) <> 1 THEN
             RAISE EXCEPTION 'an idempotency key needs exactly one input' USING ERRCODE = 'P0001';
         END IF;
-        INSERT INTO runs (tenant_id, workflow_id, priority, steps_total, input, idempotency_key,
-                          batch_id, created_at)
-        VALUES (p_tenant, p_workflow, p_priority, jsonb_array_length(v_def->'steps'),
-                p_inputs->0, p_idempotency_key, p_batch, v_now)
-        ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-        RETURNING id INTO run_id;
-        IF run_id IS NULL THEN
-            SELECT r.id INTO run_id FROM runs r
-             WHERE r.tenant_id = p_tenant AND r.idempotency_key = p_idempotency_key;
+        -- serialize same-key callers so that exactly one creates the run
+        PERFORM pg_advisory_xact_lock(p_tenant::integer, hashtext(p_idempotency_key));
+        SELECT r.id INTO run_id FROM runs r
+         WHERE r.tenant_id = p_tenant AND r.idempotency_key = p_idempotency_key;
+        IF FOUND THEN
             created := false;
             RETURN NEXT;
             RETURN;
         END IF;
-        v_ids := ARRAY[run_id];
-    ELSE
-        WITH ins AS (
-            INSERT INTO runs (tenant_id, workflow_id, priority, steps_total, input, batch_id,
-                              created_at)
-            SELECT p_tenant, p_workflow, p_priority, jsonb_array_length(v_def->'steps'), i.value,
-                   p_batch, v_now
-              FROM jsonb_array_elements(p_inputs) WITH ORDINALITY AS i(value, n)
-             ORDER BY i.n
-            RETURNING id)
-        SELECT array_agg(id ORDER BY id) INTO v_ids FROM ins;
     END IF;
-
-    INSERT INTO steps (run_id, tenant_id, idx, priority, max_attempts, needs_left, state, key, kind,
-                       run_at, ready_at)
-    SELECT r.id, p_tenant, (s->>'idx')::integer, p_priority, (s->>'max_attempts')::integer,
-           jsonb_array_length(s->'needs'),
-           CASE WHEN jsonb_array_length(s->'needs') = 0 THEN 'ready' ELSE 'pending' END,
-           s->>'key', s->>'kind',
-           v_now + (s->>'delay_ms')::bigint * interval '1 millisecond',
-           CASE WHEN jsonb_array_length(s->'needs') = 0 THEN v_now END
-      FROM unnest(v_ids) AS r(id) CROSS JOIN jsonb_array_elements(v_def->'steps') AS s;
-
-    INSERT INTO run_events (run_id, tenant_id, at, type)
-    SELECT r.id, p_tenant, v_now, 'run.created' FROM unnest(v_ids) AS r(id);
-
-    PERFORM pg_notify('flowd_ready', '');
-    RETURN QUERY SELECT r.id, true FROM unnest(v_ids) AS r(id);
+    RETURN QUERY
+    SELECT x.id, true
+      FROM unnest(flowd_create_runs(p_tenant, p_workflow, p_inputs, p_priority, p_batch, NULL, NULL,
+                                    p_idempotency_key)) AS x(id);
 END $$;
 
 -- Fails the given runs for good: nothing of theirs that has not started will start.
 CREATE FUNCTION flowd_fail_runs(p_runs bigint[], p_error jsonb) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_now timestamptz := flowd_now();
+    v_now      timestamptz := flowd_now();
+    v_children bigint[];
 BEGIN
     WITH f AS (
         UPDATE runs SET state = 'failed', error = p_error, finished_at = v_now
@@ -98,10 +146,18 @@ BEGIN
     SELECT f.id, f.tenant_id, v_now, 'run.failed', p_error FROM f;
     WITH c AS (
         UPDATE steps SET state = 'cancelled', finished_at = v_now
-         WHERE run_id = ANY (p_runs) AND state IN ('pending', 'ready')
+         WHERE run_id = ANY (p_runs) AND state IN ('pending', 'ready', 'waiting')
         RETURNING run_id, tenant_id, key)
     INSERT INTO run_events (run_id, tenant_id, at, type, step_key)
     SELECT c.run_id, c.tenant_id, v_now, 'step.cancelled', c.key FROM c;
+    DELETE FROM run_cancel_on WHERE run_id = ANY (p_runs);
+    SELECT array_agg(r.id) INTO v_children FROM runs r
+     WHERE r.parent_step_id IN (SELECT s.id FROM steps s WHERE s.run_id = ANY (p_runs))
+       AND r.state IN ('queued', 'running');
+    IF v_children IS NOT NULL THEN
+        PERFORM flowd_cancel_runs(v_children, jsonb_build_object('code', 'parent_failed'));
+    END IF;
+    PERFORM flowd_map_children_done(p_runs);
 END $$;
 
 -- Marks steps finished (succeeded or skipped) and carries the consequences: dependents whose
@@ -177,15 +233,24 @@ BEGIN
           FROM counts c
          WHERE r.id = c.run_id AND r.state IN ('queued', 'running')
         RETURNING r.id, r.tenant_id, r.state)
-    INSERT INTO run_events (run_id, tenant_id, at, type)
-    SELECT upd.id, upd.tenant_id, v_now, 'run.succeeded' FROM upd WHERE upd.state = 'succeeded';
+    , ev AS (
+        INSERT INTO run_events (run_id, tenant_id, at, type)
+        SELECT upd.id, upd.tenant_id, v_now, 'run.succeeded' FROM upd WHERE upd.state = 'succeeded')
+    SELECT array_agg(upd.id) FILTER (WHERE upd.state = 'succeeded') INTO v_ids FROM upd;
+    IF v_ids IS NOT NULL THEN
+        DELETE FROM run_cancel_on WHERE run_id = ANY (v_ids);
+        PERFORM flowd_map_children_done(v_ids);
+    END IF;
 END $$;
 
 -- Applies a batch of attempt outcomes reported by one worker. p_results is a JSON array of
 --   {"id": step, "s": "ok", "o": output}
 --   {"id": step, "s": "skip", "o": {"reason": ...}}                 (condition false, suppressed)
 --   {"id": step, "s": "fail", "e": {"code", "message"}, "permanent": bool, "after_ms": n}
---   {"id": step, "s": "snooze", "at_ms": epoch ms, "sched": bool}  (durable timers, windows)
+--   {"id": step, "s": "snooze", "at_ms": epoch ms, "sched": bool}  (durable timers, `at`)
+--   {"id": step, "s": "window", "after_ms", "tz", "start_min", "end_min", "days"}  (sending hours)
+--   {"id": step, "s": "wait", "event", "key", "until_ms"}           (wait_event)
+--   {"id": step, "s": "map", "workflow" | "def"+"digest", "inputs", "concurrency", "allow_failures"}
 -- Outcomes of steps this owner no longer holds (lease lost, run cancelled) are ignored.
 CREATE FUNCTION flowd_apply(p_owner text, p_results jsonb) RETURNS void
 LANGUAGE plpgsql AS $$
@@ -265,6 +330,11 @@ BEGIN
       FROM r
      WHERE r.s = 'snooze' AND st.id = r.id AND st.state = 'running' AND st.lease_owner = p_owner;
 
+    PERFORM flowd_window_steps(p_owner, p_results);
+    PERFORM flowd_wait_steps(p_owner, p_results);
+    PERFORM flowd_map_start(p_owner, x) FROM jsonb_array_elements(p_results) AS x
+      WHERE x->>'s' = 'map';
+
     IF v_finished IS NOT NULL THEN
         PERFORM flowd_finish_steps(v_finished);
     END IF;
@@ -291,6 +361,11 @@ BEGIN
     WITH c AS MATERIALIZED (
         SELECT s.id FROM steps s
          WHERE s.state = 'ready' AND s.run_at <= v_now
+           AND (s.ckey IS NULL OR NOT EXISTS (
+                    SELECT 1 FROM steps o
+                     WHERE o.tenant_id = s.tenant_id AND o.ckey = s.ckey AND o.id <> s.id
+                       AND o.state IN ('pending', 'ready', 'running', 'waiting')
+                       AND (o.id < s.id OR o.state = 'running')))
          ORDER BY s.priority DESC, s.run_at, s.id
          LIMIT p_want
            FOR UPDATE SKIP LOCKED),
@@ -319,7 +394,7 @@ BEGIN
            u.scheduled, sd.d,
            jsonb_build_object(
                'input', ru.input,
-               'run', jsonb_build_object('id', ru.id),
+               'run', jsonb_build_object('id', ru.id, 'workflow', w.name),
                'steps', CASE WHEN jsonb_array_length(sd.d->'deps') = 0 THEN '{}'::jsonb ELSE (
                    SELECT coalesce(jsonb_object_agg(d.key, jsonb_build_object('output', d.output)), '{}')
                      FROM steps d
@@ -335,6 +410,7 @@ RETURNS SETOF flowd_claimed
 LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM flowd_apply(p_owner, p_results);
+    PERFORM flowd_expire_waits(100);
     IF p_want > 0 THEN
         RETURN QUERY SELECT * FROM flowd_claim(p_owner, p_want, p_lease_ms);
     END IF;
@@ -342,8 +418,10 @@ END $$;
 
 -- Milliseconds until the next ready step is due (0 when one is due now), NULL when none waits.
 CREATE FUNCTION flowd_next_due_ms() RETURNS bigint LANGUAGE sql STABLE AS $$
-    SELECT greatest(0, (extract(epoch FROM (min(run_at) - flowd_now())) * 1000)::bigint)
-      FROM steps WHERE state = 'ready'
+    SELECT greatest(0, (extract(epoch FROM (min(t) - flowd_now())) * 1000)::bigint)
+      FROM (SELECT min(run_at) AS t FROM steps WHERE state = 'ready'
+            UNION ALL
+            SELECT min(run_at) FROM steps WHERE state = 'waiting' AND wait_event IS NOT NULL) x
 $$;
 
 -- Extends the leases of every step p_owner is running.
