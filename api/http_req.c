@@ -229,6 +229,8 @@ static void put_head(api_req *r, int status, const char *ctype, const char *cons
     char line[96];
     int n = snprintf(line, sizeof line, "HTTP/1.1 %d %s\r\n", status, reason_phrase(status));
     out_add(c, line, (size_t)n);
+    if (ctype && strpbrk(ctype, "\r\n"))
+        ctype = "application/octet-stream";
     if (ctype) {
         out_str(c, "Content-Type: ");
         out_str(c, ctype);

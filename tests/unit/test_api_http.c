@@ -799,7 +799,36 @@ static void test_bad_listen(void **state)
     assert_int_equal(err.rc, ENG_ESYS);
     api_http_free(s);
     api_http_free(NULL);
+
+    /* bracketed IPv6 */
+    api_http *v6 = api_http_new(loop, &(api_http_opts){.listen = "[::1]:0"}, handler, NULL, &err);
+    assert_non_null(v6);
+    assert_true(api_http_port(v6) > 0);
+    api_http_free(v6);
     ev_loop_destroy(loop);
+}
+
+static void test_max_conns(void **state)
+{
+    (void)state;
+    fx *f = fx_start((api_http_opts){.max_conns = 2});
+    cli *a = cli_new(f->port);
+    cli *b = cli_new(f->port);
+    cli_sends(a, "GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    cli_sends(b, "GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_true(cli_wait(a, 1));
+    assert_true(cli_wait(b, 1));
+    cli *c = cli_new(f->port); /* completes in the kernel backlog, not accepted yet */
+    cli_sends(c, "GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    struct pollfd pfd = {.fd = c->fd, .events = POLLIN};
+    assert_int_equal(poll(&pfd, 1, 300), 0);
+    assert_int_equal(fx_conns(f), 2);
+    cli_free(a);
+    assert_true(cli_wait(c, 1));
+    assert_int_equal(c->r[0].status, 200);
+    cli_free(b);
+    cli_free(c);
+    fx_stop(f);
 }
 
 int main(void)
@@ -823,6 +852,7 @@ int main(void)
         cmocka_unit_test(test_connection_close_and_http10),
         cmocka_unit_test(test_graceful_shutdown),
         cmocka_unit_test(test_bad_listen),
+        cmocka_unit_test(test_max_conns),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
