@@ -325,6 +325,7 @@ static void call_set_options(eng_http_call *c, const eng_http_request *req)
     call_set_request(c, req);
 }
 
+/* Never lowered: idle connections beyond the peak die when their servers drop them. */
 static void httpc_grow_cache(eng_httpc *h)
 {
     if ((long)h->in_flight < h->max_connects)
@@ -525,8 +526,8 @@ void eng_httpc_free(eng_httpc *h)
     if (!h || h->closing)
         return;
     h->closing = true;
-    while (h->calls) {
-        eng_http_call *c = h->calls;
+    for (eng_http_call *c = h->calls, *next; c; c = next) {
+        next = c->next;
         call_detach(c);
         call_free(c);
     }

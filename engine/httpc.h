@@ -1,10 +1,10 @@
 /* engine/httpc.h: asynchronous outbound HTTP client, libcurl multi driven by one libev loop.
  *
  * One eng_httpc per loop (and so per worker thread; it is not thread-safe). Every call runs on the
- * loop: eng_httpc_start never blocks and never calls back before returning; the callback runs from a
- * loop watcher, exactly once, unless the call is cancelled first. curl's connection cache is shared
- * by all calls of one eng_httpc, so keep-alive connections are reused and HTTP/2 connections are
- * multiplexed (HTTPS only: HTTP/2 is negotiated by ALPN, plain http:// stays HTTP/1.1).
+ * loop: eng_httpc_start never blocks and never calls back before returning; the callback runs from
+ * a loop watcher, exactly once, unless the call is cancelled first. curl's connection cache is
+ * shared by all calls of one eng_httpc, so keep-alive connections are reused and HTTP/2 connections
+ * are multiplexed (HTTPS only: HTTP/2 is negotiated by ALPN, plain http:// stays HTTP/1.1).
  *
  * Ownership: the client owns every call in flight. A call's request (URL, headers, body) is copied
  * at start; its response and headers are borrowed by the callback and freed when it returns. The
@@ -12,7 +12,7 @@
  * eng_httpc_cancel / eng_httpc_free, whichever comes first.
  *
  * Re-entrancy: a callback may start new calls, cancel other calls (they will not be called back),
- * cancel its own call (no effect) and even free the client (deferred until the callback returns). */
+ * cancel its own call (no effect) and even free the client (finished once the callback returns). */
 #pragma once
 
 #include <stdbool.h>

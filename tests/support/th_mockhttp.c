@@ -96,7 +96,7 @@ static long long mock_now_ms(void)
 
 static void mock_die(const char *what)
 {
-    fprintf(stderr, "th_mockhttp: %s: %s\n", what, strerror(errno));
+    (void)fprintf(stderr, "th_mockhttp: %s: %s\n", what, strerror(errno));
     abort();
 }
 
@@ -353,7 +353,7 @@ static void mock_accept(th_mock *m)
         int fd = accept4(m->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
-                fprintf(stderr, "th_mockhttp: accept: %s\n", strerror(errno));
+                (void)fprintf(stderr, "th_mockhttp: accept: %s\n", strerror(errno));
             return;
         }
         struct mconn *c = eng_xcalloc(1, sizeof *c);
@@ -363,7 +363,7 @@ static void mock_accept(th_mock *m)
         llhttp_init(&c->parser, HTTP_REQUEST, &m->settings);
         if (m->nconns == m->capconns) {
             m->capconns = m->capconns ? m->capconns * 2 : 64;
-            m->conns = eng_xrealloc(m->conns, m->capconns * sizeof *m->conns);
+            m->conns = eng_xrealloc(m->conns, m->capconns * sizeof(struct mconn *));
         }
         m->conns[m->nconns++] = c;
     }
@@ -401,7 +401,8 @@ static bool conn_parse(th_mock *m, struct mconn *c)
         return true;
     }
     if (e != HPE_PAUSED) {
-        fprintf(stderr, "th_mockhttp: bad request: %s\n", llhttp_get_error_reason(&c->parser));
+        (void)fprintf(stderr, "th_mockhttp: bad request: %s\n",
+                      llhttp_get_error_reason(&c->parser));
         return false;
     }
     eng_buf_consume(&c->in, (size_t)(llhttp_get_error_pos(&c->parser) - c->in.ptr));
@@ -452,65 +453,78 @@ static bool conn_write(th_mock *m, struct mconn *c)
     return conn_parse(m, c); /* a pipelined request may be buffered already */
 }
 
+struct pollset {
+    struct pollfd *pfd;
+    struct mconn **who; /* who[k] owns pfd[k], for k >= 2 */
+    size_t n, cap;
+};
+
+/* Fills ps with the wake pipe, the listener and every connection; returns poll's timeout. */
+static int mock_pollset(th_mock *m, struct pollset *ps)
+{
+    if (ps->cap < m->nconns + 2) {
+        ps->cap = (m->nconns + 2) * 2;
+        ps->pfd = eng_xrealloc(ps->pfd, ps->cap * sizeof(struct pollfd));
+        ps->who = eng_xrealloc(ps->who, ps->cap * sizeof(struct mconn *));
+    }
+    long long now = mock_now_ms();
+    int timeout = -1;
+    ps->n = 0;
+    ps->pfd[ps->n++] = (struct pollfd){.fd = m->wake[0], .events = POLLIN};
+    ps->pfd[ps->n++] = (struct pollfd){.fd = m->lfd, .events = POLLIN};
+    for (size_t i = 0; i < m->nconns; i++) {
+        struct mconn *c = m->conns[i];
+        short ev = 0;
+        if (c->st == MC_READING) {
+            ev = POLLIN;
+        } else if (c->due_ms <= now) {
+            ev = POLLOUT;
+        } else if (timeout < 0 || c->due_ms - now < timeout) {
+            timeout = (int)(c->due_ms - now);
+        }
+        ps->who[ps->n] = c;
+        ps->pfd[ps->n++] = (struct pollfd){.fd = c->fd, .events = ev};
+    }
+    return timeout;
+}
+
+static void mock_forget(th_mock *m, struct mconn *c)
+{
+    for (size_t i = 0; i < m->nconns; i++) {
+        if (m->conns[i] == c) {
+            conn_close(m, i);
+            return;
+        }
+    }
+}
+
 static void *mock_main(void *arg)
 {
     th_mock *m = arg;
-    struct pollfd *pfd = NULL;
-    struct mconn **who = NULL;
-    size_t cap = 0;
+    struct pollset ps = {0};
     for (;;) {
-        if (cap < m->nconns + 2) {
-            cap = (m->nconns + 2) * 2;
-            pfd = eng_xrealloc(pfd, cap * sizeof *pfd);
-            who = eng_xrealloc(who, cap * sizeof *who);
-        }
-        long long now = mock_now_ms();
-        int timeout = -1;
-        size_t n = 0;
-        pfd[n++] = (struct pollfd){.fd = m->wake[0], .events = POLLIN};
-        pfd[n++] = (struct pollfd){.fd = m->lfd, .events = POLLIN};
-        for (size_t i = 0; i < m->nconns; i++) {
-            struct mconn *c = m->conns[i];
-            short ev = 0;
-            if (c->st == MC_READING) {
-                ev = POLLIN;
-            } else if (c->due_ms <= now) {
-                ev = POLLOUT;
-            } else {
-                long long wait = c->due_ms - now;
-                if (timeout < 0 || wait < timeout)
-                    timeout = (int)wait;
-            }
-            who[n] = c;
-            pfd[n++] = (struct pollfd){.fd = c->fd, .events = ev};
-        }
-        if (poll(pfd, n, timeout) < 0 && errno != EINTR)
+        int timeout = mock_pollset(m, &ps);
+        if (poll(ps.pfd, ps.n, timeout) < 0 && errno != EINTR)
             mock_die("poll");
-        if (pfd[0].revents)
+        if (ps.pfd[0].revents)
             break;
         /* Connections are handled by identity: closing one reorders m->conns. */
-        now = mock_now_ms();
-        for (size_t k = 2; k < n; k++) {
-            struct mconn *c = who[k];
+        long long now = mock_now_ms();
+        for (size_t k = 2; k < ps.n; k++) {
+            struct mconn *c = ps.who[k];
             bool keep = true;
-            if (c->st == MC_READING && (pfd[k].revents & (POLLIN | POLLHUP | POLLERR)))
+            if (c->st == MC_READING && (ps.pfd[k].revents & (POLLIN | POLLHUP | POLLERR)))
                 keep = conn_read(m, c);
             else if (c->st == MC_WRITING && c->due_ms <= now)
                 keep = conn_write(m, c);
-            if (!keep) {
-                for (size_t i = 0; i < m->nconns; i++) {
-                    if (m->conns[i] == c) {
-                        conn_close(m, i);
-                        break;
-                    }
-                }
-            }
+            if (!keep)
+                mock_forget(m, c);
         }
-        if (pfd[1].revents)
+        if (ps.pfd[1].revents)
             mock_accept(m);
     }
-    free(pfd);
-    free(who);
+    free(ps.pfd);
+    free(ps.who);
     return NULL;
 }
 

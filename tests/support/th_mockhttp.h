@@ -56,7 +56,8 @@ void th_mock_resp_header(th_mock_resp *r, const char *name, const char *fmt, ...
     __attribute__((format(printf, 3, 4)));
 /* Appends to the body. */
 void th_mock_resp_body(th_mock_resp *r, const void *data, size_t len);
-void th_mock_resp_bodyf(th_mock_resp *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void th_mock_resp_bodyf(th_mock_resp *r, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 /* Waits ms after the request arrived before sending anything. */
 void th_mock_resp_delay(th_mock_resp *r, int ms);
 /* Sends the body piece_bytes at a time with pause_ms between pieces (with chunked, one chunk per
