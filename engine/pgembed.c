@@ -142,6 +142,31 @@ static eng_rc pgembed_resolve(const char *data_dir, bool create, char **out, eng
     return ENG_OK;
 }
 
+/* Refuses a folder that holds other things than ours (say --data . in a source tree): as root we
+ * would hand it to the postgres user and close it to everyone else. */
+static eng_rc pgembed_check_ours(const char *dir, eng_err *err)
+{
+    DIR *dh = opendir(dir);
+    if (!dh)
+        return eng_err_set(err, ENG_ESYS, "cannot open %s: %s", dir, strerror(errno));
+    bool empty = true, ours = false;
+    for (struct dirent *e; (e = readdir(dh));) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        empty = false;
+        if (strcmp(e->d_name, "pg") == 0 || strcmp(e->d_name, "pg.tmp") == 0 ||
+            strcmp(e->d_name, "flowd.lock") == 0)
+            ours = true;
+    }
+    closedir(dh);
+    if (empty || ours)
+        return ENG_OK;
+    return eng_err_set(err, ENG_EINVAL,
+                       "data directory %s is not empty and holds no flowd cluster: choose a new or "
+                       "empty folder",
+                       dir);
+}
+
 /* conninfo for dbname on the socket in dir, quoting the host for libpq. */
 static char *pgembed_conninfo_for(const char *dir, const char *dbname)
 {
@@ -595,7 +620,9 @@ eng_rc eng_pgembed_start(const char *data_dir, eng_pgembed **out, eng_err *err)
     pg->logpath = eng_xasprintf("%s/postgres.log", pg->dir);
     pg->conninfo = pgembed_conninfo_for(pg->dir, "flowd");
     admin = pgembed_conninfo_for(pg->dir, "postgres");
-    rc = pgembed_find_bindir(&pg->bindir, err);
+    rc = pgembed_check_ours(pg->dir, err);
+    if (rc == ENG_OK)
+        rc = pgembed_find_bindir(&pg->bindir, err);
     if (rc == ENG_OK)
         rc = pgembed_identity(pg, err);
     if (rc != ENG_OK)
@@ -654,13 +681,20 @@ eng_rc eng_pgembed_attach(const char *data_dir, char **conninfo, eng_err *err)
     eng_rc rc = pgembed_resolve(data_dir, false, &dir, err);
     if (rc != ENG_OK)
         return rc;
+    /* A real connection, not PQping: a server that another starter has brought up but whose
+     * flowd database it has not created yet is not ready for us either (that starter still holds
+     * the start lock, so a caller that falls back to eng_pgembed_start waits for it). */
     char *ci = pgembed_conninfo_for(dir, "flowd");
-    if (PQping(ci) != PQPING_OK) {
-        rc = eng_err_set(err, ENG_ENOTFOUND, "no postgresql server is running in %s", dir);
+    char *probe = eng_xasprintf("%s connect_timeout=5", ci);
+    PGconn *c = PQconnectdb(probe);
+    if (PQstatus(c) != CONNECTION_OK) {
+        rc = eng_err_set(err, ENG_ENOTFOUND, "no flowd postgresql server is running in %s", dir);
         free(ci);
     } else {
         *conninfo = ci;
     }
+    PQfinish(c);
+    free(probe);
     free(dir);
     return rc;
 }
@@ -669,7 +703,17 @@ void eng_pgembed_stop(eng_pgembed *pg)
 {
     if (!pg)
         return;
-    if (pg->owned) {
+    char *pidfile = eng_xasprintf("%s/postmaster.pid", pg->pgdata);
+    FILE *f = pg->owned ? fopen(pidfile, "re") : NULL;
+    long pid = 0;
+    if (f && fscanf(f, "%ld", &pid) != 1)
+        pid = 0;
+    if (f)
+        fclose(f);
+    free(pidfile);
+    if (pg->owned && !pgembed_live_postgres(pid)) {
+        log_warn("postgresql was no longer running", " path=%s pid=%ld", pg->pgdata, pid);
+    } else if (pg->owned) {
         char *ctl = eng_xasprintf("%s/pg_ctl", pg->bindir);
         char timeout[16];
         snprintf(timeout, sizeof timeout, "%d", PGEMBED_TIMEOUT_S);

@@ -8,7 +8,12 @@
  * The whole socket path must fit in sockaddr_un (107 bytes), which limits DIR to about 90 bytes.
  *
  * PostgreSQL refuses to run as root: as root, initdb and pg_ctl run as the `postgres` system user and
- * DIR is chowned to it; as any other user they run as that user. Blocking: start-up only. */
+ * DIR is chowned to it; as any other user they run as that user. DIR must be new, empty, or already
+ * a flowd data folder (anything else is refused rather than taken over).
+ *
+ * Blocking: start-up and shutdown only. initdb and pg_ctl are child processes waited for with
+ * waitpid(pid): while start or stop runs, nothing else in the process may reap children it did not
+ * start (waitpid(-1), SIGCHLD set to SIG_IGN, a libev child watcher on the default loop). */
 #pragma once
 
 #include <stdbool.h>

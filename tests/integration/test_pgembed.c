@@ -88,14 +88,24 @@ static void test_start_query_stop_reuse(void **state)
     char *dir = eng_xasprintf("%s/data", tmp); /* does not exist yet */
     assert_not_running(dir);
 
+    /* Given relative, the path is made absolute (the conninfo must work from any directory). */
+    char cwd[PATH_MAX];
+    assert_non_null(getcwd(cwd, sizeof cwd));
+    assert_int_equal(chdir(tmp), 0);
     eng_err err = {0};
     eng_pgembed *pg = NULL;
     long long t0 = th_now_ms();
-    assert_int_equal(eng_pgembed_start(dir, &pg, &err), ENG_OK);
+    eng_rc rc = eng_pgembed_start("./data", &pg, &err);
+    assert_int_equal(chdir(cwd), 0);
+    if (rc != ENG_OK)
+        fprintf(stderr, "start failed: %s\n", err.msg);
+    assert_int_equal(rc, ENG_OK);
     fprintf(stderr, "first start (initdb) took %lld ms\n", th_now_ms() - t0);
     assert_true(eng_pgembed_owned(pg));
     const char *ci = eng_pgembed_conninfo(pg);
-    assert_non_null(strstr(ci, dir));
+    char *want = eng_xasprintf("host='%s'", dir);
+    assert_non_null(strstr(ci, want));
+    free(want);
     char *db = th_pg_value(ci, "SELECT current_database()");
     assert_string_equal(db, "flowd");
     free(db);
@@ -144,23 +154,74 @@ static void test_start_query_stop_reuse(void **state)
     tmpdir_free(tmp);
 }
 
-static void test_second_starter_shares(void **state)
+/* Three processes start on one fresh folder at once: one runs initdb and owns the server, the others
+ * wait for it (start lock) and share it. */
+static void test_concurrent_starters(void **state)
 {
     (void)state;
+    enum { NPROC = 3 };
     char *tmp = tmpdir_new();
+    char *dir = eng_xasprintf("%s/data", tmp);
+    int gate[2], report[2];
+    assert_int_equal(pipe(gate), 0);
+    assert_int_equal(pipe(report), 0);
+    pid_t pids[NPROC];
+    for (int i = 0; i < NPROC; i++) {
+        pids[i] = fork();
+        assert_true(pids[i] >= 0);
+        if (pids[i] != 0)
+            continue;
+        close(gate[1]);
+        close(report[0]);
+        eng_err err = {0};
+        eng_pgembed *pg = NULL;
+        eng_rc rc = eng_pgembed_start(dir, &pg, &err);
+        if (rc != ENG_OK)
+            fprintf(stderr, "child %d: %s\n", i, err.msg);
+        char ok = rc == ENG_OK && th_pg_long(eng_pgembed_conninfo(pg), "SELECT 1") == 1 ? 'y' : 'n';
+        if (write(report[1], &ok, 1) != 1)
+            _exit(3);
+        /* Everyone stays up until all have started, so the owner cannot stop the server early. */
+        char c;
+        while (read(gate[0], &c, 1) > 0) {
+        }
+        bool owned = pg && eng_pgembed_owned(pg);
+        eng_pgembed_stop(pg);
+        _exit(rc != ENG_OK ? 2 : owned ? 1 : 0);
+    }
+    close(report[1]);
+    for (int i = 0; i < NPROC; i++) {
+        char ok = 0;
+        assert_int_equal(read(report[0], &ok, 1), 1);
+        assert_int_equal(ok, 'y');
+    }
+    close(report[0]);
+    close(gate[0]);
+    close(gate[1]);
+    int owners = 0;
+    for (int i = 0; i < NPROC; i++) {
+        int st = 0;
+        assert_int_equal(waitpid(pids[i], &st, 0), pids[i]);
+        assert_true(WIFEXITED(st));
+        assert_true(WEXITSTATUS(st) <= 1);
+        owners += WEXITSTATUS(st);
+    }
+    assert_int_equal(owners, 1);
+    assert_not_running(dir);
+
+    /* In one process too: a second handle shares the server and stopping it leaves it running. */
     eng_err err = {0};
     eng_pgembed *a = NULL, *b = NULL;
-    assert_int_equal(eng_pgembed_start(tmp, &a, &err), ENG_OK);
+    assert_int_equal(eng_pgembed_start(dir, &a, &err), ENG_OK);
     assert_true(eng_pgembed_owned(a));
-    assert_int_equal(eng_pgembed_start(tmp, &b, &err), ENG_OK);
+    assert_int_equal(eng_pgembed_start(dir, &b, &err), ENG_OK);
     assert_false(eng_pgembed_owned(b));
     assert_string_equal(eng_pgembed_conninfo(a), eng_pgembed_conninfo(b));
-    assert_int_equal(th_pg_long(eng_pgembed_conninfo(b), "SELECT 7"), 7);
-    /* b did not start the server, so stopping b leaves it running for a. */
     eng_pgembed_stop(b);
     assert_int_equal(th_pg_long(eng_pgembed_conninfo(a), "SELECT 8"), 8);
     eng_pgembed_stop(a);
-    assert_not_running(tmp);
+    assert_not_running(dir);
+    free(dir);
     tmpdir_free(tmp);
 }
 
@@ -197,18 +258,6 @@ static void restart_and_check(const char *dir)
     assert_not_running(dir);
 }
 
-static void test_killed_postmaster(void **state)
-{
-    (void)state;
-    char *tmp = tmpdir_new();
-    char *pidfile = start_and_seed(tmp);
-    assert_int_equal(access(pidfile, F_OK), 0); /* the crash left it behind */
-    assert_not_running(tmp);
-    restart_and_check(tmp);
-    free(pidfile);
-    tmpdir_free(tmp);
-}
-
 static void write_pidfile(const char *path, long pid, const char *dir)
 {
     FILE *f = fopen(path, "w");
@@ -217,16 +266,16 @@ static void write_pidfile(const char *path, long pid, const char *dir)
     assert_int_equal(fclose(f), 0);
 }
 
-static void test_stale_pid_files(void **state)
+static void test_crash_and_stale_pid_files(void **state)
 {
     (void)state;
     char *tmp = tmpdir_new();
-    eng_err err = {0};
-    eng_pgembed *pg = NULL;
-    assert_int_equal(eng_pgembed_start(tmp, &pg, &err), ENG_OK);
-    th_pg_long(eng_pgembed_conninfo(pg), "CREATE TABLE crash (v int); INSERT INTO crash VALUES (1)");
-    eng_pgembed_stop(pg);
-    char *pidfile = eng_xasprintf("%s/pg/postmaster.pid", tmp);
+    /* kill -9 of the postmaster: its pid file and socket lock stay behind. */
+    char *pidfile = start_and_seed(tmp);
+    assert_int_equal(access(pidfile, F_OK), 0);
+    assert_not_running(tmp);
+    restart_and_check(tmp);
+
     char *socklock = eng_xasprintf("%s/.s.PGSQL.5432.lock", tmp);
 
     /* A pid that is certainly dead: a child we reaped. */
@@ -241,6 +290,7 @@ static void test_stale_pid_files(void **state)
 
     /* A pid reused by an unrelated live process (after a reboot): this test binary. */
     write_pidfile(pidfile, (long)getpid(), tmp);
+    write_pidfile(socklock, (long)getpid(), tmp);
     restart_and_check(tmp);
     free(socklock);
     free(pidfile);
@@ -251,19 +301,8 @@ static void test_paths(void **state)
 {
     (void)state;
     char *tmp = tmpdir_new();
-    char cwd[PATH_MAX];
-    assert_non_null(getcwd(cwd, sizeof cwd));
-    assert_int_equal(chdir(tmp), 0);
     eng_err err = {0};
     eng_pgembed *pg = NULL;
-    eng_rc rc = eng_pgembed_start("./rel", &pg, &err);
-    assert_int_equal(chdir(cwd), 0);
-    assert_int_equal(rc, ENG_OK);
-    char *want = eng_xasprintf("host='%s/rel'", tmp);
-    assert_non_null(strstr(eng_pgembed_conninfo(pg), want));
-    free(want);
-    assert_int_equal(th_pg_long(eng_pgembed_conninfo(pg), "SELECT 1"), 1);
-    eng_pgembed_stop(pg);
 
     char *longdir = eng_xasprintf("%s/%0100d", tmp, 0);
     assert_int_equal(eng_pgembed_start(longdir, &pg, &err), ENG_EINVAL);
@@ -273,6 +312,22 @@ static void test_paths(void **state)
     char *ci = NULL;
     assert_int_equal(eng_pgembed_attach(longdir, &ci, &err), ENG_EINVAL);
     free(longdir);
+
+    /* A folder with someone else's files is refused, not taken over. */
+    char *foreign = eng_xasprintf("%s/foreign", tmp);
+    assert_int_equal(mkdir(foreign, 0755), 0);
+    char *file = eng_xasprintf("%s/notes.txt", foreign);
+    FILE *f = fopen(file, "w");
+    assert_non_null(f);
+    fclose(f);
+    assert_int_equal(eng_pgembed_start(foreign, &pg, &err), ENG_EINVAL);
+    assert_non_null(strstr(err.msg, "not empty"));
+    struct stat st;
+    assert_int_equal(stat(foreign, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0755);
+    assert_int_equal(st.st_uid, geteuid());
+    free(file);
+    free(foreign);
     tmpdir_free(tmp);
 }
 
@@ -280,9 +335,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_start_query_stop_reuse),
-        cmocka_unit_test(test_second_starter_shares),
-        cmocka_unit_test(test_killed_postmaster),
-        cmocka_unit_test(test_stale_pid_files),
+        cmocka_unit_test(test_concurrent_starters),
+        cmocka_unit_test(test_crash_and_stale_pid_files),
         cmocka_unit_test(test_paths),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
