@@ -35,6 +35,8 @@
 
 /* ---- server fixture ---- */
 
+#define BIG_LEN (3 * 1024 * 1024) /* far more than a socket buffer: exercises EV_WRITE */
+
 typedef struct fx {
     struct ev_loop *loop;
     api_http *http;
@@ -126,6 +128,13 @@ static void handler(void *arg, api_req *r)
     } else if (strcmp(path, "/forever") == 0) {
         api_req_stream_begin(r, 200, "text/event-stream", NULL);
         start_pending(f, r, 0.02, true, -1);
+    } else if (strcmp(path, "/big") == 0) {
+        size_t n = BIG_LEN;
+        char *big = malloc(n);
+        for (size_t i = 0; i < n; i++)
+            big[i] = (char)(i % 251);
+        api_req_respond(r, 200, "application/octet-stream", big, n, NULL);
+        free(big);
     } else if (strcmp(path, "/") == 0) {
         api_req_respond(r, 200, "application/json", "{}", 2, NULL);
     } else {
@@ -706,6 +715,38 @@ static void test_streaming_response(void **state)
     fx_stop(f);
 }
 
+static void test_large_response_slow_reader(void **state)
+{
+    (void)state;
+    fx *f = fx_start((api_http_opts){0});
+    cli *c = cli_new(f->port);
+    cli_sends(c, "GET /big HTTP/1.1\r\nHost: t\r\n\r\n");
+    usleep(200000); /* let the server fill the socket and wait for writability */
+    char *all = malloc(BIG_LEN + 4096);
+    size_t n = 0;
+    char *body = NULL;
+    while (!body || (size_t)(all + n - body) < BIG_LEN) {
+        ssize_t got = recv(c->fd, all + n, BIG_LEN + 4096 - n, 0);
+        assert_true(got > 0);
+        n += (size_t)got;
+        if (!body && memmem(all, n, "\r\n\r\n", 4))
+            body = (char *)memmem(all, n, "\r\n\r\n", 4) + 4;
+    }
+    assert_int_equal((size_t)(all + n - body), BIG_LEN);
+    char want[64];
+    snprintf(want, sizeof want, "Content-Length: %d\r\n", BIG_LEN);
+    assert_non_null(memmem(all, (size_t)(body - all), want, strlen(want)));
+    for (size_t i = 0; i < BIG_LEN; i++)
+        if (body[i] != (char)(i % 251))
+            fail_msg("byte %zu differs", i);
+    free(all);
+    cli_sends(c, "GET / HTTP/1.1\r\nHost: t\r\n\r\n"); /* and the connection goes on */
+    assert_true(cli_wait(c, 1));
+    assert_int_equal(c->r[0].status, 200);
+    cli_free(c);
+    fx_stop(f);
+}
+
 static void test_connection_close_and_http10(void **state)
 {
     (void)state;
@@ -849,6 +890,7 @@ int main(void)
         cmocka_unit_test(test_async_response),
         cmocka_unit_test(test_client_gone_aborts),
         cmocka_unit_test(test_streaming_response),
+        cmocka_unit_test(test_large_response_slow_reader),
         cmocka_unit_test(test_connection_close_and_http10),
         cmocka_unit_test(test_graceful_shutdown),
         cmocka_unit_test(test_bad_listen),
