@@ -1,4 +1,5 @@
-/* engine/step_registry.c: the registry half of engine/step.h (eng_step_register, eng_step_kind_find).
+/* engine/step_registry.c: the registry half of engine/step.h (eng_step_register,
+ * eng_step_kind_find).
  *
  * A fixed array: there are about ten kinds, registration happens once at start-up before any worker
  * runs, and lookups afterwards only read, so no lock is needed. */

@@ -16,7 +16,7 @@ typedef enum {
     T_LBRACK,
     T_RBRACK,
     T_COMMA,
-    T_OP,      /* comparison operator: op holds which */
+    T_OP, /* comparison operator: op holds which */
     T_AND,
     T_OR,
     T_NOT,
@@ -89,8 +89,8 @@ static bool word_is(const char *s, size_t n, const char *kw)
 static bool lex(parser *p)
 {
     const char *s = p->src;
-    while (p->pos < p->len && (s[p->pos] == ' ' || s[p->pos] == '\t' || s[p->pos] == '\n' ||
-                               s[p->pos] == '\r'))
+    while (p->pos < p->len &&
+           (s[p->pos] == ' ' || s[p->pos] == '\t' || s[p->pos] == '\n' || s[p->pos] == '\r'))
         p->pos++;
     token *t = &p->tok;
     json_decref(t->lit);
@@ -103,11 +103,26 @@ static bool lex(parser *p)
     char c = s[p->pos];
     char c2 = p->pos + 1 < p->len ? s[p->pos + 1] : '\0';
     switch (c) {
-    case '(': t->kind = T_LPAREN; p->pos++; return true;
-    case ')': t->kind = T_RPAREN; p->pos++; return true;
-    case '[': t->kind = T_LBRACK; p->pos++; return true;
-    case ']': t->kind = T_RBRACK; p->pos++; return true;
-    case ',': t->kind = T_COMMA; p->pos++; return true;
+    case '(':
+        t->kind = T_LPAREN;
+        p->pos++;
+        return true;
+    case ')':
+        t->kind = T_RPAREN;
+        p->pos++;
+        return true;
+    case '[':
+        t->kind = T_LBRACK;
+        p->pos++;
+        return true;
+    case ']':
+        t->kind = T_RBRACK;
+        p->pos++;
+        return true;
+    case ',':
+        t->kind = T_COMMA;
+        p->pos++;
+        return true;
     case '=':
     case '!':
         if (c2 != '=') {

@@ -10,8 +10,7 @@
  *                        | 'in' '[' ( literal ( ',' literal )* )? ']'
  *                        | 'exists' )?
  *     operand := path | '{{' path '}}' | literal
- *     path    := as in wf_template.h: input.lead.score, steps.research.output.items[0], item, index,
- *                run.id
+ *     path    := as in wf_template.h: input.lead.score, steps.k.output.items[0], item, index
  *     literal := a JSON string (double quotes), number, true, false or null
  *
  * So `not a == 1 and b` is `(not (a == 1)) and b`. Semantics:
@@ -31,8 +30,8 @@
 #include "engine/err.h"
 #include "engine/wf_template.h"
 
-#define WF_COND_MAX_SRC 4096 /* longest condition source */
-#define WF_COND_MAX_DEPTH 64 /* deepest nesting of parentheses and 'not' */
+#define WF_COND_MAX_SRC   4096 /* longest condition source */
+#define WF_COND_MAX_DEPTH 64   /* deepest nesting of parentheses and 'not' */
 
 typedef struct wf_cond wf_cond; /* opaque, immutable after parse, shareable across threads */
 

@@ -1,10 +1,11 @@
 /* engine/wf_def.c: see wf_def.h.
  *
- * Compilation runs in passes so that each rule sees what it needs: (1) the workflow's own fields and
- * each step's key and kind, (2) needs resolved to indices, (3) cycle check by depth-first search,
- * whose post-order is also a topological order used to (4) compute every step's transitive needs as
- * a bitset, then (5) the remaining step fields, whose templates may only name those steps. Errors
- * are collected in a local eng_err and copied out, so a kind's validate always has one to fill. */
+ * Compilation runs in passes so that each rule sees what it needs: (1) the workflow's own fields
+ * and each step's key and kind, (2) needs resolved to indices, (3) cycle check by depth-first
+ * search, whose post-order is also a topological order used to (4) compute every step's transitive
+ * needs as a bitset, then (5) the remaining step fields, whose templates may only name those steps.
+ * Errors are collected in a local eng_err and copied out, so a kind's validate always has one to
+ * fill. */
 #include "engine/wf_def.h"
 
 #include <stdbool.h>
@@ -13,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "engine/clock.h"
 #include "engine/duration.h"
 #include "engine/mem.h"
 #include "engine/step.h"
@@ -34,10 +36,10 @@ typedef struct compiler {
     const json_t *doc;
     cstep *steps;
     size_t n;
-    json_t *keys;    /* key -> index (json integer), used as a hash map */
-    uint64_t *deps;  /* n rows of `words` words: bit t of row i = i transitively needs t */
+    json_t *keys;   /* key -> index (json integer), used as a hash map */
+    uint64_t *deps; /* n rows of `words` words: bit t of row i = i transitively needs t */
     size_t words;
-    size_t *order;   /* topological order (needs first) */
+    size_t *order; /* topological order (needs first) */
     size_t n_order;
     eng_err *err;
 } compiler;
@@ -118,8 +120,10 @@ static eng_rc check_ref(void *arg, const char *path, const char *ptr, eng_err *e
     if (strcmp(path, "index") == 0 || strcmp(path, "run.id") == 0)
         return ENG_OK;
     if (root != 5 || memcmp(path, "steps", 5) != 0)
-        return bad(s->c, ptr, "template path \"%.64s\" must start with input, steps.KEY, run.id, "
-                              "item or index", path);
+        return bad(s->c, ptr,
+                   "template path \"%.64s\" must start with input, steps.KEY, run.id, "
+                   "item or index",
+                   path);
     if (path[5] != '.')
         return bad(s->c, ptr, "template path \"%.64s\" must name a step: steps.KEY", path);
     const char *key = path + 6;
@@ -132,8 +136,9 @@ static eng_rc check_ref(void *arg, const char *path, const char *ptr, eng_err *e
                    (int)(klen > 64 ? 64 : klen), key);
     size_t t = (size_t)json_integer_value(idx);
     if (!has_dep(s->c, s->step, t))
-        return bad(s->c, ptr, "template references step \"%s\" which is not among the needs of "
-                              "step \"%s\" (direct or transitive)",
+        return bad(s->c, ptr,
+                   "template references step \"%s\" which is not among the needs of "
+                   "step \"%s\" (direct or transitive)",
                    s->c->steps[t].key, s->c->steps[s->step].key);
     return ENG_OK;
 }
@@ -173,9 +178,9 @@ static bool valid_key(const char *k)
     return true;
 }
 
-static const char *const step_fields[] = {"key",   "kind",    "needs", "input",  "when",
-                                          "phase", "retry",   "timeout", "delay", "at",
-                                          "window", "concurrency_key", NULL};
+static const char *const step_fields[] = {
+    "key",   "kind", "needs",  "input",           "when", "phase", "retry", "timeout",
+    "delay", "at",   "window", "concurrency_key", NULL};
 
 static eng_rc pass_keys(compiler *c, const json_t *steps)
 {
@@ -488,36 +493,9 @@ static eng_rc step_window(compiler *c, size_t i, const json_t *st, const char *s
     for (int q = 0; q < 7; q++)
         if (seen[q])
             json_array_append_new(dl, json_integer(q));
-    *out = json_pack("{s:i, s:i, s:o, s:o}", "start_min", start, "end_min", end, "days", dl, "tz",
-                     tz);
+    *out =
+        json_pack("{s:i, s:i, s:o, s:o}", "start_min", start, "end_min", end, "days", dl, "tz", tz);
     return ENG_OK;
-}
-
-/* A literal "at" must be an RFC 3339 timestamp: 2026-01-31T09:00:00(.fff)(Z|+01:00). */
-static bool plausible_rfc3339(const char *s)
-{
-    static const char pat[] = "dddd-dd-ddTdd:dd:dd";
-    size_t i = 0;
-    for (; pat[i]; i++) {
-        char ch = s[i];
-        if (pat[i] == 'd' ? !(ch >= '0' && ch <= '9')
-                          : pat[i] == 'T' ? !(ch == 'T' || ch == 't' || ch == ' ') : ch != pat[i])
-            return false;
-    }
-    if (s[i] == '.') {
-        i++;
-        if (!(s[i] >= '0' && s[i] <= '9'))
-            return false;
-        while (s[i] >= '0' && s[i] <= '9')
-            i++;
-    }
-    if ((s[i] == 'Z' || s[i] == 'z') && !s[i + 1])
-        return true;
-    if (s[i] != '+' && s[i] != '-')
-        return false;
-    const char *z = s + i + 1;
-    return strlen(z) == 5 && z[0] >= '0' && z[0] <= '9' && z[1] >= '0' && z[1] <= '9' &&
-           z[2] == ':' && z[3] >= '0' && z[3] <= '9' && z[4] >= '0' && z[4] <= '9';
 }
 
 static eng_rc step_when(compiler *c, size_t i, const json_t *st, const char *sptr, json_t **out)
@@ -566,7 +544,7 @@ static eng_rc compile_step(compiler *c, size_t i, json_t **out)
         r.max_attempts = 1;
     if (r.max_attempts > 100)
         r.max_attempts = 100;
-    int64_t timeout_ms = 0, delay_ms = 0;
+    int64_t timeout_ms = 0, delay_ms = 0, at_ms;
     if ((rc = step_retry(c, st, sptr, &r)) != ENG_OK ||
         (rc = duration_field(c, st, "timeout", sptr, &timeout_ms)) != ENG_OK ||
         (rc = duration_field(c, st, "delay", sptr, &delay_ms)) != ENG_OK)
@@ -578,7 +556,7 @@ static eng_rc compile_step(compiler *c, size_t i, json_t **out)
     if ((rc = template_string(c, i, st, "at", sptr, &at)) != ENG_OK)
         goto fail;
     if (at && !wf_template_is_templated(json_string_value(at)) &&
-        !plausible_rfc3339(json_string_value(at))) {
+        eng_time_parse_rfc3339(json_string_value(at), &at_ms, NULL) != ENG_OK) {
         snprintf(ptr, sizeof ptr, "%s/at", sptr);
         rc = bad(c, ptr, "must be an RFC 3339 time (2026-01-31T09:00:00Z) or a template");
         goto fail;
@@ -722,8 +700,8 @@ static eng_rc compile_doc(compiler *c, json_t **out)
             json_array_append_new(
                 json_object_get(json_array_get(out_steps, c->steps[i].needs[j]), "dependents"),
                 json_integer((json_int_t)i));
-    *out = json_pack("{s:s, s:s?, s:o, s:o, s:o}", "name", json_string_value(name), "description", desc, "cancel_on",
-                     cancel_on, "phases", phases, "steps", out_steps);
+    *out = json_pack("{s:s, s:s?, s:o, s:o, s:o}", "name", json_string_value(name), "description",
+                     desc, "cancel_on", cancel_on, "phases", phases, "steps", out_steps);
     return ENG_OK;
 }
 

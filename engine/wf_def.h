@@ -1,9 +1,9 @@
 /* engine/wf_def.h: workflow definitions: validation, normalization and digest.
  *
  * A definition is {"name", "description"?, "steps": [...], "cancel_on"?: [...]} (see issue 3 and
- * docs). wf_def_compile refuses anything doubtful before it can be stored and returns the normalized
- * form that the engine stores and SQL reads with jsonb functions, so its shape is fixed: every key is
- * always present (null when absent):
+ * docs). wf_def_compile refuses anything doubtful before it can be stored and returns the
+ * normalized form that the engine stores and SQL reads with jsonb functions, so its shape is fixed:
+ * every key is always present (null when absent):
  *
  *   {"name", "description", "cancel_on": [{"event", "key"}], "phases": [...],
  *    "steps": [{"key", "kind", "idx", "needs": [idx...], "dependents": [idx...], "deps": [key...],
@@ -20,22 +20,22 @@
 
 #include "engine/err.h"
 
-#define WF_DEF_MAX_STEPS 1000
-#define WF_DEF_MAX_KEY 64
-#define WF_DEF_MAX_NAME 100
-#define WF_DEF_MAX_TEXT 4096  /* description, phase, event names, template strings of scalars */
+#define WF_DEF_MAX_STEPS     1000
+#define WF_DEF_MAX_KEY       64
+#define WF_DEF_MAX_NAME      100
+#define WF_DEF_MAX_TEXT      4096 /* description, phase, event names, template strings of scalars */
 #define WF_DEF_MAX_CANCEL_ON 32
 
 /* Default retry policy of a step that does not say (max_attempts comes from its kind). */
 #define WF_DEF_BACKOFF_INITIAL_MS 1000
-#define WF_DEF_BACKOFF_MAX_MS 300000
+#define WF_DEF_BACKOFF_MAX_MS     300000
 #define WF_DEF_BACKOFF_MULTIPLIER 2.0
-#define WF_DEF_JITTER 0.2
+#define WF_DEF_JITTER             0.2
 
 /* Validates doc (borrowed) and returns the normalized definition in *out (new reference). On
- * failure returns ENG_EINVAL (or what a kind's validate returned) with err->field = the JSON pointer
- * of the bad field and a reason; *out is untouched and nothing stays allocated. Step kinds must be
- * registered (eng_step_register) before the call. */
+ * failure returns ENG_EINVAL (or what a kind's validate returned) with err->field = the JSON
+ * pointer of the bad field and a reason; *out is untouched and nothing stays allocated. Step kinds
+ * must be registered (eng_step_register) before the call. */
 eng_rc wf_def_compile(const json_t *doc, json_t **out, eng_err *err);
 
 /* Lowercase hex SHA-256 (64 characters, caller frees) of doc's canonical form: compact JSON with

@@ -2,8 +2,8 @@
  *
  * Templates are re-scanned on every render rather than compiled: they are small, rendering happens
  * once per claimed step, and keeping no compiled form means nothing to cache or invalidate. JSON
- * pointers are built only when an error (or a reference callback) needs one: the recursion carries a
- * chain of frames instead. */
+ * pointers are built only when an error (or a reference callback) needs one: the recursion carries
+ * a chain of frames instead. */
 #include "engine/wf_template.h"
 
 #include <stdio.h>
@@ -22,8 +22,8 @@ typedef struct frame {
 
 /* One {{ }} found in a string. */
 typedef struct tpl_span {
-    size_t open;   /* offset of "{{" */
-    size_t end;    /* offset just past "}}" */
+    size_t open;      /* offset of "{{" */
+    size_t end;       /* offset just past "}}" */
     const char *expr; /* between the braces */
     size_t expr_len;
 } tpl_span;
@@ -172,9 +172,9 @@ bool wf_template_is_templated(const char *s)
     return strstr(s, "{{") != NULL;
 }
 
-/* Finds the next {{ ... }} at or after `from`. Returns 1 and fills sp, 0 when there is none, -1 when
- * a "{{" is never closed. A "}}" inside a double-quoted string or closing an object literal (both
- * only occur in a default) does not close the expression. */
+/* Finds the next {{ ... }} at or after `from`. Returns 1 and fills sp, 0 when there is none, -1
+ * when a "{{" is never closed. A "}}" inside a double-quoted string or closing an object literal
+ * (both only occur in a default) does not close the expression. */
 static int tpl_next(const char *s, size_t len, size_t from, tpl_span *sp)
 {
     const char *open = NULL;
@@ -414,9 +414,7 @@ static eng_rc render_value(const json_t *t, const json_t *ctx, json_t **out, eng
         *out = a;
         return ENG_OK;
     }
-    default:
-        *out = json_deep_copy(t);
-        return ENG_OK;
+    default: *out = json_deep_copy(t); return ENG_OK;
     }
 }
 

@@ -24,7 +24,7 @@
 
 #include "engine/err.h"
 
-#define WF_PATH_MAX 1024            /* longest path inside {{ }} */
+#define WF_PATH_MAX         1024       /* longest path inside {{ }} */
 #define WF_TEMPLATE_MAX_OUT (4u << 20) /* longest string one embedded rendering may produce */
 
 /* Renders tmpl against ctx into *out (new reference). ENG_EINVAL on a syntax error or a missing
@@ -36,8 +36,8 @@ eng_rc wf_template_render(const json_t *tmpl, const json_t *ctx, json_t **out, e
 /* wf_template_render for one string: *out is the typed value or a new string. */
 eng_rc wf_template_render_string(const char *s, const json_t *ctx, json_t **out, eng_err *err);
 
-/* Called once per path referenced. path is NUL-terminated and only valid during the call; ptr is the
- * JSON pointer of the string holding it. A non-OK return stops the walk and is returned as is. */
+/* Called once per path referenced. path is NUL-terminated and only valid during the call; ptr is
+ * the JSON pointer of the string holding it. A non-OK return stops the walk and is returned. */
 typedef eng_rc wf_template_ref_cb(void *arg, const char *path, const char *ptr, eng_err *err);
 
 /* Walks tmpl (whose own pointer is ptr) and calls cb for every path in every string. ENG_EINVAL

@@ -24,11 +24,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static json_t *ctx;
     if (!ctx)
-        ctx = json_loads("{\"input\": {\"a\": {\"b\": [1, \"two\", {\"c\": null}]}, \"s\": \"x\","
-                         " \"n\": 1.5, \"t\": true, \"z\": 0}, \"steps\": {\"k\": {\"output\":"
-                         " {\"timed_out\": true}}}, \"run\": {\"id\": 7}, \"item\": \"i\", \"index\": 2}",
-                         0, NULL);
-    char *src = eng_xstrndup((const char *)data, size); /* stops at an embedded NUL, like C callers */
+        ctx = json_loads(
+            "{\"input\": {\"a\": {\"b\": [1, \"two\", {\"c\": null}]}, \"s\": \"x\","
+            " \"n\": 1.5, \"t\": true, \"z\": 0}, \"steps\": {\"k\": {\"output\":"
+            " {\"timed_out\": true}}}, \"run\": {\"id\": 7}, \"item\": \"i\", \"index\": 2}",
+            0, NULL);
+    char *src =
+        eng_xstrndup((const char *)data, size); /* stops at an embedded NUL, like C callers */
     wf_cond *c = NULL;
     eng_err err;
     eng_err_clear(&err);

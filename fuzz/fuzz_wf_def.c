@@ -12,14 +12,10 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static const eng_step_kind fuzz_kinds[] = {
-    {.name = "transform", .default_max_attempts = 1},
-    {.name = "delay", .default_max_attempts = 1},
-    {.name = "wait_event", .default_max_attempts = 1},
-    {.name = "map", .default_max_attempts = 1},
-    {.name = "llm", .default_max_attempts = 5},
-    {.name = "http", .default_max_attempts = 3},
-    {.name = "email", .default_max_attempts = 4},
-    {.name = "sms", .default_max_attempts = 4},
+    {.name = "transform", .default_max_attempts = 1},  {.name = "delay", .default_max_attempts = 1},
+    {.name = "wait_event", .default_max_attempts = 1}, {.name = "map", .default_max_attempts = 1},
+    {.name = "llm", .default_max_attempts = 5},        {.name = "http", .default_max_attempts = 3},
+    {.name = "email", .default_max_attempts = 4},      {.name = "sms", .default_max_attempts = 4},
     {.name = "whatsapp", .default_max_attempts = 4},
 };
 

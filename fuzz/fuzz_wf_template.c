@@ -37,10 +37,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static json_t *ctx;
     if (!ctx)
-        ctx = json_loads("{\"input\": {\"a\": {\"b\": [1, \"two\", {\"c\": null}]}, \"s\": \"x\","
-                         " \"n\": 1.5, \"t\": true}, \"steps\": {\"k\": {\"output\": {\"v\": [\"w\"]}}},"
-                         " \"run\": {\"id\": 7}, \"item\": {\"e\": \"i\"}, \"index\": 2}",
-                         0, NULL);
+        ctx = json_loads(
+            "{\"input\": {\"a\": {\"b\": [1, \"two\", {\"c\": null}]}, \"s\": \"x\","
+            " \"n\": 1.5, \"t\": true}, \"steps\": {\"k\": {\"output\": {\"v\": [\"w\"]}}},"
+            " \"run\": {\"id\": 7}, \"item\": {\"e\": \"i\"}, \"index\": 2}",
+            0, NULL);
     json_t *str = json_stringn((const char *)data, size);
     if (str) {
         exercise(str, ctx);

@@ -15,13 +15,14 @@ static json_t *ctx;
 static int setup(void **state)
 {
     (void)state;
-    ctx = json_loads("{\"input\": {\"score\": 42, \"ratio\": 0.5, \"name\": \"ann\", \"empty\": \"\","
-                     " \"zero\": 0, \"nil\": null, \"no\": false, \"yes\": true, \"tags\": [\"a\"],"
-                     " \"obj\": {}, \"country\": \"FR\"},"
-                     " \"steps\": {\"wait\": {\"output\": {\"timed_out\": true}},"
-                     "            \"research\": {\"output\": {\"fit\": \"high\", \"n\": 3}}},"
-                     " \"run\": {\"id\": 9}, \"item\": {\"email\": \"x@y\"}, \"index\": 0}",
-                     0, NULL);
+    ctx =
+        json_loads("{\"input\": {\"score\": 42, \"ratio\": 0.5, \"name\": \"ann\", \"empty\": \"\","
+                   " \"zero\": 0, \"nil\": null, \"no\": false, \"yes\": true, \"tags\": [\"a\"],"
+                   " \"obj\": {}, \"country\": \"FR\"},"
+                   " \"steps\": {\"wait\": {\"output\": {\"timed_out\": true}},"
+                   "            \"research\": {\"output\": {\"fit\": \"high\", \"n\": 3}}},"
+                   " \"run\": {\"id\": 9}, \"item\": {\"email\": \"x@y\"}, \"index\": 0}",
+                   0, NULL);
     assert_non_null(ctx);
     return 0;
 }

@@ -108,11 +108,13 @@ static void test_normalized_shape(void **state)
     (void)state;
     json_t *out = compile_ok(
         "{\"name\": \"lead_touchpoints\","
-        " \"cancel_on\": [{\"event\": \"lead.booked\", \"key\": \"{{input.lead.id}}\"}, {\"event\": \"x\"}],"
+        " \"cancel_on\": [{\"event\": \"lead.booked\", \"key\": \"{{input.lead.id}}\"}, "
+        "{\"event\": \"x\"}],"
         " \"steps\": ["
         "  {\"key\": \"research\", \"kind\": \"llm\", \"phase\": \"research\","
         "   \"input\": {\"q\": \"{{input.lead.email}}\"}},"
-        "  {\"key\": \"score\", \"kind\": \"transform\", \"needs\": [\"research\"], \"phase\": \"analysis\"},"
+        "  {\"key\": \"score\", \"kind\": \"transform\", \"needs\": [\"research\"], \"phase\": "
+        "\"analysis\"},"
         "  {\"key\": \"send\", \"kind\": \"email\", \"needs\": [\"score\", \"research\"],"
         "   \"phase\": \"research\","
         "   \"input\": {\"body\": \"{{steps.research.output.summary}} {{steps.score.output}}\"},"
@@ -120,7 +122,8 @@ static void test_normalized_shape(void **state)
         "   \"retry\": {\"max_attempts\": 7, \"backoff\": {\"initial\": \"2s\", \"max\": \"1m\","
         "    \"multiplier\": 3}, \"jitter\": 0.5},"
         "   \"timeout\": \"30s\", \"delay\": \"2d\", \"at\": \"{{input.send_at}}\","
-        "   \"window\": {\"start\": \"09:00\", \"end\": \"18:00\", \"days\": [\"fri\", \"mon\", \"tue\"],"
+        "   \"window\": {\"start\": \"09:00\", \"end\": \"18:00\", \"days\": [\"fri\", \"mon\", "
+        "\"tue\"],"
         "    \"tz\": \"{{input.lead.tz}}\"},"
         "   \"concurrency_key\": \"{{input.customer}}\"},"
         "  {\"key\": \"log\", \"kind\": \"transform\", \"needs\": [\"research\"]}"
@@ -131,18 +134,21 @@ static void test_normalized_shape(void **state)
         "                 {\"event\": \"x\", \"key\": null}],"
         " \"phases\": [\"research\", \"analysis\"],"
         " \"steps\": ["
-        "  {\"key\": \"research\", \"kind\": \"llm\", \"idx\": 0, \"needs\": [], \"dependents\": [1, 2, 3],"
+        "  {\"key\": \"research\", \"kind\": \"llm\", \"idx\": 0, \"needs\": [], \"dependents\": "
+        "[1, 2, 3],"
         "   \"deps\": [], \"phase\": \"research\", \"input\": {\"q\": \"{{input.lead.email}}\"},"
         "   \"when\": null, \"max_attempts\": 5, \"backoff_initial_ms\": 1000,"
         "   \"backoff_max_ms\": 300000, \"backoff_multiplier\": 2.0, \"jitter\": 0.2,"
         "   \"timeout_ms\": 0, \"delay_ms\": 0, \"at\": null, \"window\": null,"
         "   \"concurrency_key\": null},"
-        "  {\"key\": \"score\", \"kind\": \"transform\", \"idx\": 1, \"needs\": [0], \"dependents\": [2],"
+        "  {\"key\": \"score\", \"kind\": \"transform\", \"idx\": 1, \"needs\": [0], "
+        "\"dependents\": [2],"
         "   \"deps\": [\"research\"], \"phase\": \"analysis\", \"input\": {}, \"when\": null,"
         "   \"max_attempts\": 1, \"backoff_initial_ms\": 1000, \"backoff_max_ms\": 300000,"
         "   \"backoff_multiplier\": 2.0, \"jitter\": 0.2, \"timeout_ms\": 0, \"delay_ms\": 0,"
         "   \"at\": null, \"window\": null, \"concurrency_key\": null},"
-        "  {\"key\": \"send\", \"kind\": \"email\", \"idx\": 2, \"needs\": [1, 0], \"dependents\": [],"
+        "  {\"key\": \"send\", \"kind\": \"email\", \"idx\": 2, \"needs\": [1, 0], \"dependents\": "
+        "[],"
         "   \"deps\": [\"research\", \"score\"], \"phase\": \"research\","
         "   \"input\": {\"body\": \"{{steps.research.output.summary}} {{steps.score.output}}\"},"
         "   \"when\": \"steps.score.output.fit == \\\"high\\\"\", \"max_attempts\": 7,"
@@ -152,7 +158,8 @@ static void test_normalized_shape(void **state)
         "   \"window\": {\"start_min\": 540, \"end_min\": 1080, \"days\": [1, 2, 5],"
         "                \"tz\": \"{{input.lead.tz}}\"},"
         "   \"concurrency_key\": \"{{input.customer}}\"},"
-        "  {\"key\": \"log\", \"kind\": \"transform\", \"idx\": 3, \"needs\": [0], \"dependents\": [],"
+        "  {\"key\": \"log\", \"kind\": \"transform\", \"idx\": 3, \"needs\": [0], \"dependents\": "
+        "[],"
         "   \"deps\": [\"research\"], \"phase\": null, \"input\": {}, \"when\": null,"
         "   \"max_attempts\": 1, \"backoff_initial_ms\": 1000, \"backoff_max_ms\": 300000,"
         "   \"backoff_multiplier\": 2.0, \"jitter\": 0.2, \"timeout_ms\": 0, \"delay_ms\": 0,"
@@ -190,9 +197,10 @@ static void test_defaults_and_window_days(void **state)
     assert_int_equal(json_array_size(json_object_get(out, "cancel_on")), 0);
     json_decref(out);
 
-    out = compile_ok("{\"name\": \"w\", \"steps\": [{\"key\": \"a\", \"kind\": \"delay\","
-                     " \"at\": \"2026-03-29T01:30:00+01:00\"}, {\"key\": \"b\", \"kind\": \"delay\","
-                     " \"at\": \"2026-03-29T01:30:00.250Z\", \"needs\": null}]}");
+    out =
+        compile_ok("{\"name\": \"w\", \"steps\": [{\"key\": \"a\", \"kind\": \"delay\","
+                   " \"at\": \"2026-03-29T01:30:00+01:00\"}, {\"key\": \"b\", \"kind\": \"delay\","
+                   " \"at\": \"2026-03-29T01:30:00.250Z\", \"needs\": null}]}");
     json_decref(out);
 }
 
@@ -200,8 +208,9 @@ static void test_workflow_fields(void **state)
 {
     (void)state;
     expect_bad("[]", "", "must be a JSON object");
-    expect_bad("{\"name\": \"w\", \"steps\": [{\"key\": \"a\", \"kind\": \"delay\"}], \"version\": 2}",
-               "/version", "unknown field");
+    expect_bad(
+        "{\"name\": \"w\", \"steps\": [{\"key\": \"a\", \"kind\": \"delay\"}], \"version\": 2}",
+        "/version", "unknown field");
     expect_bad("{\"steps\": []}", "/name", "required");
     expect_bad("{\"name\": \"a b\", \"steps\": []}", "/name", "must match");
     expect_bad("{\"name\": \"\", \"steps\": []}", "/name", "must match");
@@ -211,8 +220,8 @@ static void test_workflow_fields(void **state)
     expect_bad("{\"name\": \"w\"}", "/steps", "required");
     expect_bad("{\"name\": \"w\", \"steps\": []}", "/steps", "non-empty array");
     expect_bad("{\"name\": \"w\", \"steps\": {}}", "/steps", "non-empty array");
-    expect_bad("{\"name\": \"w\", \"steps\": [{\"key\": \"a\", \"kind\": \"delay\"}, 3]}", "/steps/1",
-               "must be an object");
+    expect_bad("{\"name\": \"w\", \"steps\": [{\"key\": \"a\", \"kind\": \"delay\"}, 3]}",
+               "/steps/1", "must be an object");
     char name[WF_DEF_MAX_NAME + 2];
     memset(name, 'n', sizeof name - 1);
     name[sizeof name - 1] = '\0';
@@ -245,12 +254,12 @@ static void test_keys_and_kinds(void **state)
     char key[WF_DEF_MAX_KEY + 2];
     memset(key, 'k', sizeof key - 1);
     key[sizeof key - 1] = '\0';
-    snprintf(src, sizeof src, "{\"name\": \"w\", \"steps\": [{\"key\": \"%s\", \"kind\": \"delay\"}]}",
-             key);
+    snprintf(src, sizeof src,
+             "{\"name\": \"w\", \"steps\": [{\"key\": \"%s\", \"kind\": \"delay\"}]}", key);
     expect_bad(src, "/steps/0/key", "longer than 64");
     key[WF_DEF_MAX_KEY] = '\0';
-    snprintf(src, sizeof src, "{\"name\": \"w\", \"steps\": [{\"key\": \"%s\", \"kind\": \"delay\"}]}",
-             key);
+    snprintf(src, sizeof src,
+             "{\"name\": \"w\", \"steps\": [{\"key\": \"%s\", \"kind\": \"delay\"}]}", key);
     json_decref(compile_ok(src));
 
     expect_bad("{\"name\": \"w\", \"steps\": [{\"key\": \"a\"}]}", "/steps/0/kind", "required");
@@ -258,8 +267,9 @@ static void test_keys_and_kinds(void **state)
                "/steps/0/kind", "unknown step kind \"teleport\"");
     expect_bad("{\"name\": \"w\", \"steps\": [{\"key\": \"a\", \"kind\": [\"delay\"]}]}",
                "/steps/0/kind", "must be a string");
-    expect_bad("{\"name\": \"w\", \"steps\": [{\"key\": \"a\", \"kind\": \"delay\", \"retries\": 3}]}",
-               "/steps/0/retries", "unknown field \"retries\"");
+    expect_bad(
+        "{\"name\": \"w\", \"steps\": [{\"key\": \"a\", \"kind\": \"delay\", \"retries\": 3}]}",
+        "/steps/0/retries", "unknown field \"retries\"");
 }
 
 static void test_kind_validate(void **state)
@@ -276,10 +286,12 @@ static void test_needs(void **state)
     (void)state;
     expect_bad_step("delay", "\"needs\": [\"first\", \"ghost\"]", "/steps/1/needs/1",
                     "unknown step \"ghost\"");
-    expect_bad("{\"name\": \"w\", \"steps\": [{\"key\": \"a\", \"kind\": \"delay\", \"needs\": \"b\"}]}",
-               "/steps/0/needs", "must be an array");
-    expect_bad("{\"name\": \"w\", \"steps\": [{\"key\": \"a\", \"kind\": \"delay\", \"needs\": [\"a\"]}]}",
-               "/steps/0/needs/0", "cannot need itself");
+    expect_bad(
+        "{\"name\": \"w\", \"steps\": [{\"key\": \"a\", \"kind\": \"delay\", \"needs\": \"b\"}]}",
+        "/steps/0/needs", "must be an array");
+    expect_bad(
+        "{\"name\": \"w\", \"steps\": [{\"key\": \"a\", \"kind\": \"delay\", \"needs\": [\"a\"]}]}",
+        "/steps/0/needs/0", "cannot need itself");
     expect_bad_step("delay", "\"needs\": [\"first\", \"first\"]", "/steps/1/needs/1",
                     "duplicate need \"first\"");
     expect_bad_step("delay", "\"needs\": [1]", "/steps/1/needs/0", "must be a step key");
@@ -343,47 +355,58 @@ static void test_at_window_phase_ckey(void **state)
     expect_bad_step("sms", "\"window\": \"9-5\"", "/steps/1/window", "must be an object");
     expect_bad_step("sms", "\"window\": {\"start\": \"9:00\", \"end\": \"18:00\", \"tz\": \"UTC\"}",
                     "/steps/1/window/start", "HH:MM");
-    expect_bad_step("sms", "\"window\": {\"start\": \"09:60\", \"end\": \"18:00\", \"tz\": \"UTC\"}",
+    expect_bad_step("sms",
+                    "\"window\": {\"start\": \"09:60\", \"end\": \"18:00\", \"tz\": \"UTC\"}",
                     "/steps/1/window/start", "HH:MM");
-    expect_bad_step("sms", "\"window\": {\"start\": \"24:00\", \"end\": \"24:00\", \"tz\": \"UTC\"}",
+    expect_bad_step("sms",
+                    "\"window\": {\"start\": \"24:00\", \"end\": \"24:00\", \"tz\": \"UTC\"}",
                     "/steps/1/window/start", "HH:MM");
     expect_bad_step("sms", "\"window\": {\"start\": \"09:00\", \"tz\": \"UTC\"}",
                     "/steps/1/window/end", "HH:MM");
-    expect_bad_step("sms", "\"window\": {\"start\": \"09:00\", \"end\": \"24:30\", \"tz\": \"UTC\"}",
+    expect_bad_step("sms",
+                    "\"window\": {\"start\": \"09:00\", \"end\": \"24:30\", \"tz\": \"UTC\"}",
                     "/steps/1/window/end", "HH:MM");
-    expect_bad_step("sms", "\"window\": {\"start\": \"18:00\", \"end\": \"09:00\", \"tz\": \"UTC\"}",
+    expect_bad_step("sms",
+                    "\"window\": {\"start\": \"18:00\", \"end\": \"09:00\", \"tz\": \"UTC\"}",
                     "/steps/1/window/end", "later than start");
-    expect_bad_step("sms", "\"window\": {\"start\": \"09:00\", \"end\": \"09:00\", \"tz\": \"UTC\"}",
+    expect_bad_step("sms",
+                    "\"window\": {\"start\": \"09:00\", \"end\": \"09:00\", \"tz\": \"UTC\"}",
                     "/steps/1/window/end", "later than start");
-    expect_bad_step("sms",
-                    "\"window\": {\"start\": \"09:00\", \"end\": \"18:00\", \"days\": [], \"tz\": \"UTC\"}",
-                    "/steps/1/window/days", "non-empty");
-    expect_bad_step("sms",
-                    "\"window\": {\"start\": \"09:00\", \"end\": \"18:00\", \"days\": [\"mon\", \"Tue\"],"
-                    " \"tz\": \"UTC\"}",
-                    "/steps/1/window/days/1", "one of mon");
-    expect_bad_step("sms",
-                    "\"window\": {\"start\": \"09:00\", \"end\": \"18:00\", \"days\": [\"mon\", \"mon\"],"
-                    " \"tz\": \"UTC\"}",
-                    "/steps/1/window/days/1", "duplicate day");
+    expect_bad_step(
+        "sms",
+        "\"window\": {\"start\": \"09:00\", \"end\": \"18:00\", \"days\": [], \"tz\": \"UTC\"}",
+        "/steps/1/window/days", "non-empty");
+    expect_bad_step(
+        "sms",
+        "\"window\": {\"start\": \"09:00\", \"end\": \"18:00\", \"days\": [\"mon\", \"Tue\"],"
+        " \"tz\": \"UTC\"}",
+        "/steps/1/window/days/1", "one of mon");
+    expect_bad_step(
+        "sms",
+        "\"window\": {\"start\": \"09:00\", \"end\": \"18:00\", \"days\": [\"mon\", \"mon\"],"
+        " \"tz\": \"UTC\"}",
+        "/steps/1/window/days/1", "duplicate day");
     expect_bad_step("sms", "\"window\": {\"start\": \"09:00\", \"end\": \"18:00\"}",
                     "/steps/1/window/tz", "required");
     expect_bad_step("sms", "\"window\": {\"start\": \"09:00\", \"end\": \"18:00\", \"tz\": \"\"}",
                     "/steps/1/window/tz", "must not be empty");
-    expect_bad_step("sms",
-                    "\"window\": {\"start\": \"09:00\", \"end\": \"18:00\", \"tz\": \"../../etc/passwd\"}",
-                    "/steps/1/window/tz", "not a time zone");
-    expect_bad_step("sms",
-                    "\"window\": {\"start\": \"09:00\", \"end\": \"18:00\", \"tz\": \"{{input..tz}}\"}",
-                    "/steps/1/window/tz", "bad template path");
-    expect_bad_step("sms",
-                    "\"window\": {\"start\": \"09:00\", \"end\": \"18:00\", \"tz\": \"UTC\", \"from\": 1}",
-                    "/steps/1/window/from", "unknown field");
+    expect_bad_step(
+        "sms",
+        "\"window\": {\"start\": \"09:00\", \"end\": \"18:00\", \"tz\": \"../../etc/passwd\"}",
+        "/steps/1/window/tz", "not a time zone");
+    expect_bad_step(
+        "sms", "\"window\": {\"start\": \"09:00\", \"end\": \"18:00\", \"tz\": \"{{input..tz}}\"}",
+        "/steps/1/window/tz", "bad template path");
+    expect_bad_step(
+        "sms",
+        "\"window\": {\"start\": \"09:00\", \"end\": \"18:00\", \"tz\": \"UTC\", \"from\": 1}",
+        "/steps/1/window/from", "unknown field");
     expect_bad_step("sms", "\"phase\": 3", "/steps/1/phase", "must be a string");
     expect_bad_step("sms", "\"phase\": \"\"", "/steps/1/phase", "must not be empty");
     expect_bad_step("sms", "\"concurrency_key\": {\"a\": 1}", "/steps/1/concurrency_key",
                     "must be a string");
-    expect_bad_step("sms", "\"concurrency_key\": \"{{steps.s.output}}\"", "/steps/1/concurrency_key",
+    expect_bad_step("sms", "\"concurrency_key\": \"{{steps.s.output}}\"",
+                    "/steps/1/concurrency_key",
                     "step \"s\" which is not among the needs of step \"s\"");
 }
 
@@ -396,22 +419,22 @@ static void test_when(void **state)
                     "unknown step \"other\"");
     expect_bad_step("email", "\"when\": \"steps.first.output.ok and lead.x\"", "/steps/1/when",
                     "must start with input");
-    json_t *out = compile_ok("{\"name\": \"w\", \"steps\": [{\"key\": \"a\", \"kind\": \"delay\"},"
-                             " {\"key\": \"b\", \"kind\": \"email\", \"needs\": [\"a\"],"
-                             "  \"when\": \"steps.a.output.ok and input.x in [1, 2] and run.id\"}]}");
+    json_t *out =
+        compile_ok("{\"name\": \"w\", \"steps\": [{\"key\": \"a\", \"kind\": \"delay\"},"
+                   " {\"key\": \"b\", \"kind\": \"email\", \"needs\": [\"a\"],"
+                   "  \"when\": \"steps.a.output.ok and input.x in [1, 2] and run.id\"}]}");
     json_decref(out);
 }
 
 static void test_template_refs(void **state)
 {
     (void)state;
-    const char *diamond_fmt =
-        "{\"name\": \"w\", \"steps\": ["
-        "{\"key\": \"a\", \"kind\": \"transform\"},"
-        "{\"key\": \"b\", \"kind\": \"transform\", \"needs\": [\"a\"]},"
-        "{\"key\": \"c\", \"kind\": \"transform\", \"needs\": [\"a\"]},"
-        "{\"key\": \"d\", \"kind\": \"transform\", \"needs\": [\"b\", \"c\"],"
-        " \"input\": {\"x\": [1, {\"y\": \"%s\"}]}}]}";
+    const char *diamond_fmt = "{\"name\": \"w\", \"steps\": ["
+                              "{\"key\": \"a\", \"kind\": \"transform\"},"
+                              "{\"key\": \"b\", \"kind\": \"transform\", \"needs\": [\"a\"]},"
+                              "{\"key\": \"c\", \"kind\": \"transform\", \"needs\": [\"a\"]},"
+                              "{\"key\": \"d\", \"kind\": \"transform\", \"needs\": [\"b\", \"c\"],"
+                              " \"input\": {\"x\": [1, {\"y\": \"%s\"}]}}]}";
     char src[1024];
     /* Transitive needs are allowed; so are input, run.id, item and index. */
     snprintf(src, sizeof src, diamond_fmt,
@@ -461,10 +484,12 @@ static void test_cancel_on(void **state)
     snprintf(src, sizeof src, "%s\"cancel_on\": [{\"event\": \"e\", \"keys\": \"k\"}]}", pre);
     expect_bad(src, "/cancel_on/0/keys", "unknown field");
     snprintf(src, sizeof src,
-             "%s\"cancel_on\": [{\"event\": \"e\"}, {\"event\": \"f\", \"key\": \"{{steps.a.output}}\"}]}",
+             "%s\"cancel_on\": [{\"event\": \"e\"}, {\"event\": \"f\", \"key\": "
+             "\"{{steps.a.output}}\"}]}",
              pre);
     expect_bad(src, "/cancel_on/1/key", "cancel_on cannot reference steps");
-    snprintf(src, sizeof src, "%s\"cancel_on\": [{\"event\": \"e\", \"key\": \"{{input.id\"}]}", pre);
+    snprintf(src, sizeof src, "%s\"cancel_on\": [{\"event\": \"e\", \"key\": \"{{input.id\"}]}",
+             pre);
     expect_bad(src, "/cancel_on/0/key", "unclosed");
 }
 
@@ -562,7 +587,8 @@ static void test_sha256_vectors(void **state)
         {"abc", "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"},
         {"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq",
          "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1"},
-        {"abcdefghbcdefghicdefghijdefghijkefghijklfghijklmghijklmnhijklmnoijklmnopjklmnopqklmnopqrlmnopqrsmnopqrstnopqrstu",
+        {"abcdefghbcdefghicdefghijdefghijkefghijklfghijklmghijklmnhijklmnoijklmnopjklmnopqklmnopqrl"
+         "mnopqrsmnopqrstnopqrstu",
          "cf5b16a778af8380036ce59e7b0492370b249b11e8f07a51afac45037afee9d1"},
     };
     for (size_t i = 0; i < ENG_ARRAY_LEN(v); i++) {
@@ -594,8 +620,8 @@ static void test_digest(void **state)
     (void)state;
     json_t *a = json_loads("{\"name\": \"w\", \"steps\": [{\"key\": \"a\", \"kind\": \"delay\"}]}",
                            0, NULL);
-    json_t *b = json_loads("{ \"steps\" : [ { \"kind\":\"delay\",\"key\":\"a\" } ] , \"name\":\"w\" }",
-                           0, NULL);
+    json_t *b = json_loads(
+        "{ \"steps\" : [ { \"kind\":\"delay\",\"key\":\"a\" } ] , \"name\":\"w\" }", 0, NULL);
     json_t *c = json_loads("{\"name\": \"w\", \"steps\": [{\"key\": \"b\", \"kind\": \"delay\"}]}",
                            0, NULL);
     char *da = wf_def_digest(a), *db = wf_def_digest(b), *dc = wf_def_digest(c);
@@ -603,8 +629,9 @@ static void test_digest(void **state)
     assert_string_equal(da, db);
     assert_string_not_equal(da, dc);
     /* It is the SHA-256 of the canonical text. */
-    char *want = wf_sha256_hex("{\"name\":\"w\",\"steps\":[{\"key\":\"a\",\"kind\":\"delay\"}]}",
-                               strlen("{\"name\":\"w\",\"steps\":[{\"key\":\"a\",\"kind\":\"delay\"}]}"));
+    char *want =
+        wf_sha256_hex("{\"name\":\"w\",\"steps\":[{\"key\":\"a\",\"kind\":\"delay\"}]}",
+                      strlen("{\"name\":\"w\",\"steps\":[{\"key\":\"a\",\"kind\":\"delay\"}]}"));
     assert_string_equal(da, want);
     free(want);
     free(da);

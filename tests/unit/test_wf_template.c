@@ -15,13 +15,14 @@ static json_t *ctx;
 static int setup(void **state)
 {
     (void)state;
-    ctx = json_loads("{\"input\": {\"lead\": {\"email\": \"a@b.c\", \"name\": \"Ann\", \"score\": 42,"
-                     " \"vip\": true, \"tags\": [\"x\", \"y\"], \"nick\": null, \"ratio\": 0.1,"
-                     " \"odd key\": 1, \"a-b\": 2},"
-                     " \"list\": [[1, 2], [3, {\"z\": \"deep\"}]]},"
-                     " \"steps\": {\"research\": {\"output\": {\"summary\": \"S\", \"n\": 3}}},"
-                     " \"run\": {\"id\": 77}, \"item\": {\"email\": \"i@x\"}, \"index\": 4}",
-                     0, NULL);
+    ctx =
+        json_loads("{\"input\": {\"lead\": {\"email\": \"a@b.c\", \"name\": \"Ann\", \"score\": 42,"
+                   " \"vip\": true, \"tags\": [\"x\", \"y\"], \"nick\": null, \"ratio\": 0.1,"
+                   " \"odd key\": 1, \"a-b\": 2},"
+                   " \"list\": [[1, 2], [3, {\"z\": \"deep\"}]]},"
+                   " \"steps\": {\"research\": {\"output\": {\"summary\": \"S\", \"n\": 3}}},"
+                   " \"run\": {\"id\": 77}, \"item\": {\"email\": \"i@x\"}, \"index\": 4}",
+                   0, NULL);
     assert_non_null(ctx);
     return 0;
 }
@@ -91,8 +92,7 @@ static void test_embedded_as_text(void **state)
     (void)state;
     expect_render("\"Hi {{input.lead.name}}!\"", "\"Hi Ann!\"");
     expect_render("\"{{input.lead.score}} pts\"", "\"42 pts\"");
-    expect_render("\"vip={{input.lead.vip}} nick={{input.lead.nick}}\"",
-                  "\"vip=true nick=null\"");
+    expect_render("\"vip={{input.lead.vip}} nick={{input.lead.nick}}\"", "\"vip=true nick=null\"");
     expect_render("\"r={{input.lead.ratio}}\"", "\"r=0.1\"");
     expect_render("\"t={{input.lead.tags}}\"", "\"t=[\\\"x\\\",\\\"y\\\"]\"");
     expect_render("\"{{input.lead.name}}{{input.lead.name}}\"", "\"AnnAnn\"");
@@ -114,9 +114,10 @@ static void test_paths_and_indices(void **state)
 static void test_nested_and_keys_untemplated(void **state)
 {
     (void)state;
-    expect_render("{\"{{input.lead.name}}\": \"{{input.lead.name}}\","
-                  " \"a\": [1, \"{{input.lead.score}}\", {\"b\": \"x{{index}}\"}], \"n\": null}",
-                  "{\"{{input.lead.name}}\": \"Ann\", \"a\": [1, 42, {\"b\": \"x4\"}], \"n\": null}");
+    expect_render(
+        "{\"{{input.lead.name}}\": \"{{input.lead.name}}\","
+        " \"a\": [1, \"{{input.lead.score}}\", {\"b\": \"x{{index}}\"}], \"n\": null}",
+        "{\"{{input.lead.name}}\": \"Ann\", \"a\": [1, 42, {\"b\": \"x4\"}], \"n\": null}");
     expect_render("12", "12");
     expect_render("[]", "[]");
 }
@@ -140,9 +141,9 @@ static void test_missing_names_path_and_pointer(void **state)
 {
     (void)state;
     expect_fail("\"{{input.lead.phone}}\"", ENG_EINVAL, "", "missing value for input.lead.phone");
-    expect_fail("{\"to\": {\"addr\": \"x {{input.nope}}\"}}", ENG_EINVAL, "/to/addr",
-                "input.nope");
-    expect_fail("{\"a\": [0, \"{{steps.other.output}}\"]}", ENG_EINVAL, "/a/1", "steps.other.output");
+    expect_fail("{\"to\": {\"addr\": \"x {{input.nope}}\"}}", ENG_EINVAL, "/to/addr", "input.nope");
+    expect_fail("{\"a\": [0, \"{{steps.other.output}}\"]}", ENG_EINVAL, "/a/1",
+                "steps.other.output");
     expect_fail("{\"a/b~c\": \"{{input.x}}\"}", ENG_EINVAL, "/a~1b~0c", "input.x");
     expect_fail("\"{{input.lead.tags.5}}\"", ENG_EINVAL, "", "input.lead.tags.5");
     expect_fail("\"{{input.lead.name.first}}\"", ENG_EINVAL, "", "input.lead.name.first");
