@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "api/api.h"
 #include "cli/cli.h"
 #include "engine/log.h"
 #include "engine/mem.h"
@@ -38,22 +39,36 @@ int cli_cmd_serve(cli_env *env, int argc, char **argv)
                                              {"max-inflight", required_argument, NULL, 'm'},
                                              {"batch", required_argument, NULL, 'b'},
                                              {"lease-ms", required_argument, NULL, 'l'},
+                                             {"listen", required_argument, NULL, 'L'},
+                                             {"role", required_argument, NULL, 'r'},
+                                             {"api-threads", required_argument, NULL, 'a'},
                                              {NULL, 0, NULL, 0}};
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     int workers = cores > 0 ? (int)cores : 2, max_inflight = 1000, batch = 500, lease_ms = 30000;
+    int api_threads = 2;
+    const char *listen = "127.0.0.1:8080", *role = "all";
     int ch;
     optind = 1;
-    while ((ch = getopt_long(argc, argv, "w:m:b:l:", longopts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "w:m:b:l:L:r:a:", longopts, NULL)) != -1) {
         int bad = 0;
         switch (ch) {
         case 'w': bad = serve_int_opt("workers", optarg, 1, 256, &workers); break;
         case 'm': bad = serve_int_opt("max-inflight", optarg, 1, 100000, &max_inflight); break;
         case 'b': bad = serve_int_opt("batch", optarg, 1, 5000, &batch); break;
         case 'l': bad = serve_int_opt("lease-ms", optarg, 1000, 3600000, &lease_ms); break;
+        case 'L': listen = optarg; break;
+        case 'r': role = optarg; break;
+        case 'a': bad = serve_int_opt("api-threads", optarg, 1, 64, &api_threads); break;
         default: return 2;
         }
         if (bad)
             return 2;
+    }
+    bool run_api = strcmp(role, "all") == 0 || strcmp(role, "api") == 0;
+    bool run_workers = strcmp(role, "all") == 0 || strcmp(role, "worker") == 0;
+    if (!run_api && !run_workers) {
+        fprintf(stderr, "flowd: --role: \"%s\" is not one of all, api, worker\n", role);
+        return 2;
     }
     eng_err err;
     if (cli_env_open(env, &err) != ENG_OK) {
@@ -71,7 +86,21 @@ int cli_cmd_serve(cli_env *env, int argc, char **argv)
 
     char host[64] = "host";
     gethostname(host, sizeof host - 1);
-    eng_worker **pool = eng_xcalloc((size_t)workers, sizeof *pool);
+    api_service *api = NULL;
+    if (run_api) {
+        const char *test_clock = getenv("FLOWD_TEST_CLOCK");
+        api_service_opts ao = {.conninfo = env->conninfo, .listen = listen, .threads = api_threads,
+                               .test_clock = test_clock && strcmp(test_clock, "1") == 0};
+        api = api_service_start(&ao, &err);
+        if (!api) {
+            int status = cli_fail(&err);
+            cli_env_close(env);
+            return status;
+        }
+    }
+    if (!run_workers)
+        workers = 0;
+    eng_worker **pool = eng_xcalloc((size_t)(workers ? workers : 1), sizeof *pool);
     for (int i = 0; i < workers; i++) {
         char *owner = eng_xasprintf("%s:%d:%d", host, (int)getpid(), i);
         eng_worker_opts wo = {.conninfo = env->conninfo, .owner = owner,
@@ -80,9 +109,10 @@ int cli_cmd_serve(cli_env *env, int argc, char **argv)
         pool[i] = eng_worker_start(&wo);
         free(owner);
     }
-    log_info("serving", " workers=%d database=%s", workers,
+    log_info("serving", " role=%s workers=%d database=%s", role, workers,
              env->embedded ? "embedded" : "external");
     ev_run(loop, 0);
+    api_service_stop(api);
     for (int i = 0; i < workers; i++)
         eng_worker_stop(pool[i], 10.0);
     free(pool);

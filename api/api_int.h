@@ -1,0 +1,65 @@
+/* api/api_int.h: what the API's own files share (not for other folders).
+ *
+ * A request becomes an api_call: the route handler runs with the authenticated tenant and the path
+ * parameters, starts database work with api_call_db, and ends with exactly one api_call_respond*,
+ * which answers and frees the call. If the client goes away first, the call is marked detached and
+ * freed when its database work returns, without answering (STYLE.md: detach, never free in flight). */
+#pragma once
+
+#include <jansson.h>
+#include <libpq-fe.h>
+#include <stdbool.h>
+
+#include "api/http.h"
+#include "engine/err.h"
+
+typedef struct api_loop api_loop; /* one loop thread: its server, connections and caches */
+typedef struct api_call api_call;
+
+struct api_call {
+    api_req *req;            /* NULL once the client went away */
+    api_loop *lp;
+    long long tenant;        /* authenticated tenant, 0 for open routes */
+    char tenant_s[24];       /* the same as text, for statement parameters */
+    bool admin;              /* the key has the admin role */
+    const char *params[3];   /* path parameters ({name}, {id}) in route order, borrowed from route match */
+    char *param_buf;         /* storage behind params */
+    void *data;              /* handler state, freed with data_free */
+    void (*data_free)(void *data);
+};
+
+typedef void api_route_fn(api_call *call);
+typedef void api_call_db_cb(api_call *call, const eng_err *err, const PGresult *res);
+
+/* Queues a statement on one of the loop's connections; cb runs with the call still attached (a
+ * detached call is freed instead of calling cb). params are copied. */
+void api_call_db(api_call *call, const char *sql, int nparams, const char *const *params,
+                 api_call_db_cb *cb);
+/* Answer and free the call. */
+void api_call_respond_json(api_call *call, int status, json_t *body /* stolen */);
+void api_call_respond_error(api_call *call, int status, const char *code, const char *msg,
+                            const char *field);
+/* Maps err->rc to a status and code (one table for the whole API) and answers. */
+void api_call_respond_err(api_call *call, const eng_err *err);
+/* Answers with the JSON text of column 0 of row 0 (already JSON from SQL), or 404 when NULL. */
+void api_call_respond_row_json(api_call *call, int status, const PGresult *res, const char *what);
+void api_call_free(api_call *call);
+
+/* The request body parsed as a JSON object, or NULL after answering 400/415 (call freed). */
+json_t *api_call_body_object(api_call *call);
+/* Refuses unknown members: NULL-terminated allowed list. Answers 400 naming the field and returns
+ * false (call freed) on the first unknown one. */
+bool api_call_only_fields(api_call *call, const json_t *obj, const char *const *allowed);
+
+bool api_loop_test_clock(const api_loop *lp);
+
+/* Route handlers (api/routes_*.c). */
+void api_route_workflow_put(api_call *call);
+void api_route_workflow_get(api_call *call);
+void api_route_workflows_list(api_call *call);
+void api_route_run_post(api_call *call);
+void api_route_run_get(api_call *call);
+void api_route_run_cancel(api_call *call);
+void api_route_run_retry(api_call *call);
+void api_route_event_post(api_call *call);
+void api_route_test_clock(api_call *call);

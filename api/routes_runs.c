@@ -1,0 +1,299 @@
+/* api/routes_runs.c: workflows, runs, events and the test clock. Each handler validates its input
+ * completely before it touches the database, then makes one call of a flowd_* SQL function. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api/api_int.h"
+#include "engine/duration.h"
+#include "engine/mem.h"
+#include "engine/wf_def.h"
+
+/* Parses a path id; answers 404 (ids that cannot exist are simply not found) when bad. */
+static bool runs_path_id(api_call *call, const char *s)
+{
+    char *end;
+    long long id = strtoll(s, &end, 10);
+    if (*end || id <= 0) {
+        api_call_respond_error(call, 404, "not_found", "run not found", NULL);
+        return false;
+    }
+    return true;
+}
+
+static void runs_row_json_cb(api_call *call, const eng_err *err, const PGresult *res)
+{
+    if (err)
+        api_call_respond_err(call, err);
+    else
+        api_call_respond_row_json(call, 200, res, "run");
+}
+
+/* ---------------------------------------------------------------------------- workflows -- */
+
+static void workflow_put_cb(api_call *call, const eng_err *err, const PGresult *res)
+{
+    if (err) {
+        api_call_respond_err(call, err);
+        return;
+    }
+    bool created = PQgetvalue(res, 0, 2)[0] == 't';
+    api_call_respond_json(call, created ? 201 : 200,
+                          json_pack("{s:s, s:i}", "name", call->params[0], "version",
+                                    atoi(PQgetvalue(res, 0, 1))));
+}
+
+void api_route_workflow_put(api_call *call)
+{
+    json_t *doc = api_call_body_object(call);
+    if (!doc)
+        return;
+    const char *name = json_string_value(json_object_get(doc, "name"));
+    if (!name) {
+        json_object_set_new(doc, "name", json_string(call->params[0]));
+    } else if (strcmp(name, call->params[0]) != 0) {
+        json_decref(doc);
+        api_call_respond_error(call, 422, "invalid_request",
+                               "name differs from the workflow name in the path", "/name");
+        return;
+    }
+    json_t *def = NULL;
+    eng_err err;
+    if (wf_def_compile(doc, &def, &err) != ENG_OK) {
+        json_decref(doc);
+        api_call_respond_error(call, 422, "invalid_definition", err.msg, err.field);
+        return;
+    }
+    char *digest = wf_def_digest(doc);
+    char *source = json_dumps(doc, JSON_COMPACT);
+    char *defs = json_dumps(def, JSON_COMPACT);
+    const char *params[] = {call->tenant_s, call->params[0], digest, source, defs};
+    api_call_db(call, "SELECT id, version, created FROM flowd_register_workflow($1, $2, $3, $4, $5)",
+                5, params, workflow_put_cb);
+    free(digest);
+    free(source);
+    free(defs);
+    json_decref(def);
+    json_decref(doc);
+}
+
+static void workflow_get_cb(api_call *call, const eng_err *err, const PGresult *res)
+{
+    if (err)
+        api_call_respond_err(call, err);
+    else
+        api_call_respond_row_json(call, 200, res, "workflow");
+}
+
+void api_route_workflow_get(api_call *call)
+{
+    const char *version = api_req_query(call->req, "version");
+    if (version) {
+        char *end;
+        long v = strtol(version, &end, 10);
+        if (*end || v <= 0) {
+            api_call_respond_error(call, 400, "invalid_request", "version must be a positive integer",
+                                   "?version");
+            return;
+        }
+    }
+    const char *params[] = {call->tenant_s, call->params[0], version};
+    api_call_db(call, "SELECT flowd_workflow_json($1, $2, $3)", 3, params, workflow_get_cb);
+}
+
+void api_route_workflows_list(api_call *call)
+{
+    const char *params[] = {call->tenant_s};
+    api_call_db(call, "SELECT flowd_workflows_json($1)", 1, params, workflow_get_cb);
+}
+
+/* -------------------------------------------------------------------------------- runs -- */
+
+static void run_post_cb(api_call *call, const eng_err *err, const PGresult *res)
+{
+    if (err) {
+        api_call_respond_err(call, err);
+        return;
+    }
+    bool created = PQgetvalue(res, 0, 0)[0] == 't';
+    const char *run = PQgetvalue(res, 0, 1);
+    if (call->req)
+        api_req_respond(call->req, created ? 201 : 200, "application/json", run, strlen(run), NULL);
+    api_call_free(call);
+}
+
+void api_route_run_post(api_call *call)
+{
+    static const char *const allowed[] = {"workflow", "version", "input", "priority",
+                                          "idempotency_key", NULL};
+    json_t *body = api_call_body_object(call);
+    if (!body)
+        return;
+    if (!api_call_only_fields(call, body, allowed)) {
+        json_decref(body);
+        return;
+    }
+    const json_t *wf = json_object_get(body, "workflow");
+    const json_t *version = json_object_get(body, "version");
+    const json_t *input = json_object_get(body, "input");
+    const json_t *priority = json_object_get(body, "priority");
+    const json_t *idem = json_object_get(body, "idempotency_key");
+    const char *field = NULL, *msg = NULL;
+    if (!json_is_string(wf) || json_string_length(wf) == 0)
+        field = "/workflow", msg = "must be a workflow name";
+    else if (version && !json_is_null(version) &&
+             (!json_is_integer(version) || json_integer_value(version) < 1))
+        field = "/version", msg = "must be a positive integer";
+    else if (input && !json_is_object(input))
+        field = "/input", msg = "must be a JSON object";
+    else if (priority && (!json_is_integer(priority) || json_integer_value(priority) < -1000 ||
+                          json_integer_value(priority) > 1000))
+        field = "/priority", msg = "must be an integer from -1000 to 1000";
+    else if (idem && (!json_is_string(idem) || json_string_length(idem) == 0 ||
+                      json_string_length(idem) > 200))
+        field = "/idempotency_key", msg = "must be a string of 1 to 200 characters";
+    const char *header_key = api_req_header(call->req, "Idempotency-Key");
+    if (!field && header_key && idem && strcmp(header_key, json_string_value(idem)) != 0)
+        field = "/idempotency_key", msg = "differs from the Idempotency-Key header";
+    if (!field && header_key && (strlen(header_key) == 0 || strlen(header_key) > 200))
+        field = "Idempotency-Key", msg = "must be 1 to 200 characters";
+    if (field) {
+        json_decref(body);
+        api_call_respond_error(call, 422, "invalid_request", msg, field);
+        return;
+    }
+    char version_s[24], priority_s[24];
+    snprintf(version_s, sizeof version_s, "%lld", (long long)json_integer_value(version));
+    snprintf(priority_s, sizeof priority_s, "%lld", (long long)json_integer_value(priority));
+    char *input_s = input ? json_dumps(input, JSON_COMPACT) : eng_xstrdup("{}");
+    const char *params[] = {call->tenant_s, json_string_value(wf),
+                            json_is_integer(version) ? version_s : NULL, input_s, priority_s,
+                            idem ? json_string_value(idem) : header_key};
+    api_call_db(call, "SELECT created, run FROM flowd_start_run($1, $2, $3, $4::jsonb, $5, $6)", 6,
+                params, run_post_cb);
+    free(input_s);
+    json_decref(body);
+}
+
+void api_route_run_get(api_call *call)
+{
+    if (!runs_path_id(call, call->params[0]))
+        return;
+    const char *params[] = {call->tenant_s, call->params[0]};
+    api_call_db(call, "SELECT flowd_run_json($1, $2)", 2, params, runs_row_json_cb);
+}
+
+void api_route_run_cancel(api_call *call)
+{
+    if (!runs_path_id(call, call->params[0]))
+        return;
+    const char *params[] = {call->tenant_s, call->params[0]};
+    api_call_db(call, "SELECT flowd_cancel_run($1, $2)", 2, params, runs_row_json_cb);
+}
+
+static void run_retry_cb(api_call *call, const eng_err *err, const PGresult *res)
+{
+    (void)res;
+    if (err) {
+        api_call_respond_err(call, err);
+        return;
+    }
+    const char *params[] = {call->tenant_s, call->params[0]};
+    api_call_db(call, "SELECT flowd_run_json($1, $2)", 2, params, runs_row_json_cb);
+}
+
+void api_route_run_retry(api_call *call)
+{
+    if (!runs_path_id(call, call->params[0]))
+        return;
+    const char *params[] = {call->tenant_s, call->params[0]};
+    api_call_db(call, "SELECT flowd_retry_run($1, $2)", 2, params, run_retry_cb);
+}
+
+/* ------------------------------------------------------------------------------ events -- */
+
+static void event_post_cb(api_call *call, const eng_err *err, const PGresult *res)
+{
+    if (err) {
+        api_call_respond_err(call, err);
+        return;
+    }
+    api_call_respond_json(call, 202, json_pack("{s:i, s:i}", "resumed", atoi(PQgetvalue(res, 0, 0)),
+                                               "cancelled", atoi(PQgetvalue(res, 0, 1))));
+}
+
+void api_route_event_post(api_call *call)
+{
+    static const char *const allowed[] = {"name", "key", "data", NULL};
+    json_t *body = api_call_body_object(call);
+    if (!body)
+        return;
+    if (!api_call_only_fields(call, body, allowed)) {
+        json_decref(body);
+        return;
+    }
+    const json_t *name = json_object_get(body, "name");
+    const json_t *key = json_object_get(body, "key");
+    const json_t *data = json_object_get(body, "data");
+    const char *field = NULL, *msg = NULL;
+    if (!json_is_string(name) || json_string_length(name) == 0 || json_string_length(name) > 200)
+        field = "/name", msg = "must be an event name of 1 to 200 characters";
+    else if ((!json_is_string(key) && !json_is_integer(key)) ||
+             (json_is_string(key) && (json_string_length(key) == 0 || json_string_length(key) > 500)))
+        field = "/key", msg = "must be a non-empty string or an integer";
+    else if (data && !json_is_object(data) && !json_is_null(data))
+        field = "/data", msg = "must be a JSON object";
+    if (field) {
+        json_decref(body);
+        api_call_respond_error(call, 422, "invalid_request", msg, field);
+        return;
+    }
+    char key_s[32];
+    if (json_is_integer(key))
+        snprintf(key_s, sizeof key_s, "%lld", (long long)json_integer_value(key));
+    char *data_s = json_is_object(data) ? json_dumps(data, JSON_COMPACT) : eng_xstrdup("{}");
+    const char *params[] = {call->tenant_s, json_string_value(name),
+                            json_is_integer(key) ? key_s : json_string_value(key), data_s};
+    api_call_db(call, "SELECT resumed, cancelled FROM flowd_event($1, $2, $3, $4::jsonb)", 4,
+                params, event_post_cb);
+    free(data_s);
+    json_decref(body);
+}
+
+/* -------------------------------------------------------------------------- test clock -- */
+
+static void clock_cb(api_call *call, const eng_err *err, const PGresult *res)
+{
+    if (err) {
+        api_call_respond_err(call, err);
+        return;
+    }
+    api_call_respond_json(call, 200, json_pack("{s:I}", "offset_ms",
+                                               (json_int_t)strtoll(PQgetvalue(res, 0, 0), NULL, 10)));
+}
+
+void api_route_test_clock(api_call *call)
+{
+    static const char *const allowed[] = {"advance", NULL};
+    json_t *body = api_call_body_object(call);
+    if (!body)
+        return;
+    if (!api_call_only_fields(call, body, allowed)) {
+        json_decref(body);
+        return;
+    }
+    int64_t ms;
+    eng_err err;
+    const char *adv = json_string_value(json_object_get(body, "advance"));
+    if (!adv || eng_duration_parse(adv, &ms, &err) != ENG_OK) {
+        json_decref(body);
+        api_call_respond_error(call, 422, "invalid_request", "must be a duration such as \"3d\"",
+                               "/advance");
+        return;
+    }
+    json_decref(body);
+    char ms_s[24];
+    snprintf(ms_s, sizeof ms_s, "%lld", (long long)ms);
+    const char *params[] = {ms_s};
+    api_call_db(call, "SELECT flowd_clock_advance($1)", 1, params, clock_cb);
+}

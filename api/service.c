@@ -1,0 +1,476 @@
+/* api/service.c: loop threads, routing, authentication and the per-call plumbing (see api.h and
+ * api_int.h). */
+#include <ev.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api/api.h"
+#include "api/api_int.h"
+#include "engine/clock.h"
+#include "engine/db.h"
+#include "engine/log.h"
+#include "engine/mem.h"
+#include "engine/wf_def.h"
+
+#define API_AUTH_CACHE 256  /* entries per loop, direct-mapped by key digest */
+#define API_AUTH_TTL_MS 2000 /* a revoked key stops working within this */
+
+typedef struct api_auth_entry {
+    char digest[65];
+    long long tenant;
+    bool admin;
+    int64_t expires_ms;
+} api_auth_entry;
+
+struct api_loop {
+    api_service *svc;
+    pthread_t thread;
+    struct ev_loop *loop;
+    ev_async stop_signal;
+    api_http *http;
+    eng_db **db;
+    int ndb;
+    api_auth_entry auth[API_AUTH_CACHE];
+};
+
+struct api_service {
+    api_service_opts opts;
+    char *conninfo;
+    char *listen;
+    api_loop *loops;
+    int nloops;
+    int port;
+};
+
+typedef struct api_route {
+    const char *method;
+    const char *pattern; /* segments; "{}" captures one */
+    api_route_fn *fn;
+    bool open;           /* no key needed */
+} api_route;
+
+static void api_route_healthz(api_call *call);
+
+static const api_route api_routes[] = {
+    {"GET", "/healthz", api_route_healthz, true},
+    {"GET", "/v1/workflows", api_route_workflows_list, false},
+    {"PUT", "/v1/workflows/{}", api_route_workflow_put, false},
+    {"GET", "/v1/workflows/{}", api_route_workflow_get, false},
+    {"POST", "/v1/runs", api_route_run_post, false},
+    {"GET", "/v1/runs/{}", api_route_run_get, false},
+    {"POST", "/v1/runs/{}/cancel", api_route_run_cancel, false},
+    {"POST", "/v1/runs/{}/retry", api_route_run_retry, false},
+    {"POST", "/v1/events", api_route_event_post, false},
+    {"POST", "/v1/test/clock", api_route_test_clock, false},
+};
+
+/* ------------------------------------------------------------------------------- calls -- */
+
+static void call_abort_cb(void *arg)
+{
+    ((api_call *)arg)->req = NULL;
+}
+
+void api_call_free(api_call *call)
+{
+    if (!call)
+        return;
+    if (call->data_free)
+        call->data_free(call->data);
+    free(call->param_buf);
+    free(call);
+}
+
+void api_call_respond_json(api_call *call, int status, json_t *body)
+{
+    if (call->req)
+        api_req_respond_json(call->req, status, body);
+    else
+        json_decref(body);
+    api_call_free(call);
+}
+
+void api_call_respond_error(api_call *call, int status, const char *code, const char *msg,
+                            const char *field)
+{
+    if (call->req)
+        api_req_respond_error(call->req, status, code, msg, field && *field ? field : NULL);
+    api_call_free(call);
+}
+
+void api_call_respond_err(api_call *call, const eng_err *err)
+{
+    static const struct {
+        eng_rc rc;
+        int status;
+        const char *code;
+    } map[] = {
+        {ENG_EINVAL, 422, "invalid_request"}, {ENG_ENOTFOUND, 404, "not_found"},
+        {ENG_ECONFLICT, 409, "conflict"},     {ENG_ETOOBIG, 413, "too_large"},
+        {ENG_ETIMEOUT, 503, "timeout"},       {ENG_EDB_RETRY, 503, "unavailable"},
+    };
+    int status = 500;
+    const char *code = "internal";
+    for (size_t i = 0; i < ENG_ARRAY_LEN(map); i++)
+        if (map[i].rc == err->rc) {
+            status = map[i].status;
+            code = map[i].code;
+        }
+    if (status >= 500)
+        log_error("request failed", " rc=%s sqlstate=%s error=\"%s\"", eng_rc_name(err->rc),
+                  err->sqlstate, err->msg);
+    api_call_respond_error(call, status, code, status == 500 ? "internal error" : err->msg,
+                           err->field);
+}
+
+void api_call_respond_row_json(api_call *call, int status, const PGresult *res, const char *what)
+{
+    if (PQntuples(res) == 0 || PQgetisnull(res, 0, 0)) {
+        char msg[96];
+        snprintf(msg, sizeof msg, "%s not found", what);
+        api_call_respond_error(call, 404, "not_found", msg, NULL);
+        return;
+    }
+    const char *text = PQgetvalue(res, 0, 0);
+    if (call->req)
+        api_req_respond(call->req, status, "application/json", text, strlen(text), NULL);
+    api_call_free(call);
+}
+
+typedef struct call_op {
+    api_call *call;
+    api_call_db_cb *cb;
+} call_op;
+
+static void call_db_cb(void *arg, const eng_err *err, const PGresult *res)
+{
+    call_op *op = arg;
+    api_call *call = op->call;
+    api_call_db_cb *cb = op->cb;
+    free(op);
+    if (!call->req) {
+        api_call_free(call);
+        return;
+    }
+    cb(call, err, res);
+}
+
+void api_call_db(api_call *call, const char *sql, int nparams, const char *const *params,
+                 api_call_db_cb *cb)
+{
+    api_loop *lp = call->lp;
+    eng_db *best = lp->db[0];
+    for (int i = 1; i < lp->ndb; i++)
+        if (eng_db_pending(lp->db[i]) < eng_db_pending(best))
+            best = lp->db[i];
+    call_op *op = eng_xmalloc(sizeof *op);
+    *op = (call_op){.call = call, .cb = cb};
+    eng_db_query(best, sql, nparams, params, call_db_cb, op);
+}
+
+json_t *api_call_body_object(api_call *call)
+{
+    const char *ctype = api_req_header(call->req, "Content-Type");
+    if (ctype && strncmp(ctype, "application/json", 16) != 0) {
+        api_call_respond_error(call, 415, "unsupported_media_type",
+                               "request bodies must be application/json", NULL);
+        return NULL;
+    }
+    size_t len;
+    const char *body = api_req_body(call->req, &len);
+    json_error_t jerr;
+    json_t *obj = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!obj) {
+        char msg[256];
+        snprintf(msg, sizeof msg, "body is not valid JSON: %.160s at line %d column %d", jerr.text,
+                 jerr.line, jerr.column);
+        api_call_respond_error(call, 400, "invalid_json", msg, NULL);
+        return NULL;
+    }
+    if (!json_is_object(obj)) {
+        json_decref(obj);
+        api_call_respond_error(call, 400, "invalid_request", "body must be a JSON object", "");
+        return NULL;
+    }
+    return obj;
+}
+
+bool api_call_only_fields(api_call *call, const json_t *obj, const char *const *allowed)
+{
+    const char *name;
+    const json_t *v;
+    json_object_foreach((json_t *)obj, name, v) {
+        size_t i = 0;
+        while (allowed[i] && strcmp(allowed[i], name) != 0)
+            i++;
+        if (!allowed[i]) {
+            char field[128];
+            snprintf(field, sizeof field, "/%.120s", name);
+            api_call_respond_error(call, 400, "invalid_request", "unknown field", field);
+            return false;
+        }
+    }
+    return true;
+}
+
+bool api_loop_test_clock(const api_loop *lp)
+{
+    return lp->svc->opts.test_clock;
+}
+
+/* -------------------------------------------------------------------------- routing -- */
+
+static void api_route_healthz(api_call *call)
+{
+    api_call_respond_json(call, 200, json_pack("{s:s}", "status", "ok"));
+}
+
+/* Matches path against pattern, capturing "{}" segments into call->params. */
+static bool route_match(const char *pattern, const char *path, api_call *call)
+{
+    size_t plen = strlen(path);
+    char *buf = eng_xmalloc(plen + 1);
+    size_t used = 0;
+    int nparams = 0;
+    const char *p = pattern, *s = path;
+    while (*p && *s) {
+        if (p[0] == '{' && p[1] == '}') {
+            const char *end = strchr(s, '/');
+            size_t n = end ? (size_t)(end - s) : strlen(s);
+            if (n == 0 || nparams == (int)ENG_ARRAY_LEN(call->params)) {
+                free(buf);
+                return false;
+            }
+            memcpy(buf + used, s, n);
+            buf[used + n] = '\0';
+            call->params[nparams++] = buf + used;
+            used += n + 1;
+            s += n;
+            p += 2;
+        } else if (*p == *s) {
+            p++;
+            s++;
+        } else {
+            free(buf);
+            return false;
+        }
+    }
+    if (*p || *s) {
+        free(buf);
+        return false;
+    }
+    free(call->param_buf);
+    call->param_buf = buf;
+    return true;
+}
+
+typedef struct auth_state {
+    const api_route *route;
+    char digest[65];
+} auth_state;
+
+static void api_dispatch(api_call *call, const api_route *route)
+{
+    call->data_free = NULL;
+    call->data = NULL;
+    snprintf(call->tenant_s, sizeof call->tenant_s, "%lld", call->tenant);
+    route->fn(call);
+}
+
+/* The cache slot of a key digest (hex): its first byte. */
+static api_auth_entry *auth_slot(api_loop *lp, const char *digest)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t hi = (size_t)(strchr(hex, digest[0]) - hex), lo = (size_t)(strchr(hex, digest[1]) - hex);
+    return &lp->auth[(hi * 16 + lo) % API_AUTH_CACHE];
+}
+
+static void auth_done(api_call *call, const eng_err *err, const PGresult *res)
+{
+    auth_state *st = call->data;
+    const api_route *route = st->route;
+    call->data = NULL;
+    call->data_free = NULL;
+    if (err) {
+        free(st);
+        api_call_respond_err(call, err);
+        return;
+    }
+    if (PQntuples(res) == 0) {
+        free(st);
+        api_call_respond_error(call, 401, "unauthorized", "unknown or revoked API key", NULL);
+        return;
+    }
+    call->tenant = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+    call->admin = strcmp(PQgetvalue(res, 0, 1), "admin") == 0;
+    api_auth_entry *e = auth_slot(call->lp, st->digest);
+    memcpy(e->digest, st->digest, sizeof e->digest);
+    e->tenant = call->tenant;
+    e->admin = call->admin;
+    e->expires_ms = eng_clock_wall_ms() + API_AUTH_TTL_MS;
+    free(st);
+    api_dispatch(call, route);
+}
+
+static void api_authenticate(api_call *call, const api_route *route)
+{
+    const char *h = api_req_header(call->req, "Authorization");
+    if (!h || strncasecmp(h, "Bearer ", 7) != 0 || !h[7]) {
+        api_call_respond_error(call, 401, "unauthorized",
+                               "missing Authorization: Bearer <key> header", NULL);
+        return;
+    }
+    char *digest = wf_sha256_hex(h + 7, strlen(h + 7));
+    api_auth_entry *e = auth_slot(call->lp, digest);
+    if (e->expires_ms > eng_clock_wall_ms() && strcmp(e->digest, digest) == 0) {
+        free(digest);
+        call->tenant = e->tenant;
+        call->admin = e->admin;
+        api_dispatch(call, route);
+        return;
+    }
+    auth_state *st = eng_xcalloc(1, sizeof *st);
+    st->route = route;
+    snprintf(st->digest, sizeof st->digest, "%s", digest);
+    free(digest);
+    call->data = st;
+    call->data_free = free;
+    const char *params[] = {st->digest};
+    api_call_db(call,
+                "SELECT tenant_id, role FROM api_keys WHERE key_hash = decode($1, 'hex') "
+                "AND revoked_at IS NULL",
+                1, params, auth_done);
+}
+
+static void api_handle(void *arg, api_req *req)
+{
+    api_loop *lp = arg;
+    api_call *call = eng_xcalloc(1, sizeof *call);
+    call->req = req;
+    call->lp = lp;
+    api_req_on_abort(req, call_abort_cb, call);
+    const char *method = api_req_method(req), *path = api_req_path(req);
+    bool path_known = false;
+    for (size_t i = 0; i < ENG_ARRAY_LEN(api_routes); i++) {
+        const api_route *r = &api_routes[i];
+        if (!route_match(r->pattern, path, call))
+            continue;
+        if (r->fn == api_route_test_clock && !lp->svc->opts.test_clock)
+            break;
+        path_known = true;
+        if (strcmp(r->method, method) != 0)
+            continue;
+        if (r->open)
+            api_dispatch(call, r);
+        else
+            api_authenticate(call, r);
+        return;
+    }
+    if (path_known)
+        api_call_respond_error(call, 405, "method_not_allowed", "method not allowed on this route",
+                               NULL);
+    else
+        api_call_respond_error(call, 404, "not_found", "no such route", NULL);
+}
+
+/* ------------------------------------------------------------------------- threads -- */
+
+static void loop_drained(void *arg)
+{
+    api_loop *lp = arg;
+    ev_break(lp->loop, EVBREAK_ALL);
+}
+
+static void loop_stop_cb(struct ev_loop *loop, ev_async *a, int revents)
+{
+    (void)revents;
+    (void)loop;
+    api_loop *lp = ENG_CONTAINER_OF(a, api_loop, stop_signal);
+    ev_async_stop(lp->loop, &lp->stop_signal);
+    api_http_shutdown(lp->http, loop_drained, lp);
+}
+
+static void *loop_main(void *arg)
+{
+    api_loop *lp = arg;
+    ev_run(lp->loop, 0);
+    return NULL;
+}
+
+api_service *api_service_start(const api_service_opts *opts, eng_err *err)
+{
+    api_service *s = eng_xcalloc(1, sizeof *s);
+    s->opts = *opts;
+    s->conninfo = eng_xstrdup(opts->conninfo);
+    s->listen = eng_xstrdup(opts->listen ? opts->listen : "127.0.0.1:8080");
+    s->opts.conninfo = s->conninfo;
+    s->opts.listen = s->listen;
+    s->nloops = opts->threads > 0 ? opts->threads : 2;
+    int ndb = opts->db_conns > 0 ? opts->db_conns : 4;
+    s->loops = eng_xcalloc((size_t)s->nloops, sizeof *s->loops);
+    char listen_buf[128];
+    snprintf(listen_buf, sizeof listen_buf, "%s", s->listen);
+    for (int i = 0; i < s->nloops; i++) {
+        api_loop *lp = &s->loops[i];
+        lp->svc = s;
+        lp->loop = ev_loop_new(EVFLAG_AUTO);
+        api_http_opts ho = {.listen = listen_buf, .max_body = opts->max_body, .reuseport = true};
+        lp->http = api_http_new(lp->loop, &ho, api_handle, lp, err);
+        if (!lp->http) {
+            ev_loop_destroy(lp->loop);
+            lp->loop = NULL;
+            s->nloops = i;
+            api_service_stop(s);
+            return NULL;
+        }
+        if (i == 0) {
+            /* the other loops bind the port the first one got (":0" picks it once) */
+            s->port = api_http_port(lp->http);
+            char *colon = strrchr(listen_buf, ':');
+            if (colon)
+                snprintf(colon + 1, sizeof listen_buf - (size_t)(colon + 1 - listen_buf), "%d", s->port);
+        }
+        lp->ndb = ndb;
+        lp->db = eng_xcalloc((size_t)ndb, sizeof *lp->db);
+        for (int j = 0; j < ndb; j++) {
+            eng_db_opts dbo = {.conninfo = s->conninfo, .application_name = "flowd-api"};
+            lp->db[j] = eng_db_new(lp->loop, &dbo);
+        }
+        ev_async_init(&lp->stop_signal, loop_stop_cb);
+        ev_async_start(lp->loop, &lp->stop_signal);
+    }
+    for (int i = 0; i < s->nloops; i++)
+        pthread_create(&s->loops[i].thread, NULL, loop_main, &s->loops[i]);
+    log_info("api listening", " address=%s threads=%d", listen_buf, s->nloops);
+    return s;
+}
+
+int api_service_port(const api_service *s)
+{
+    return s->port;
+}
+
+void api_service_stop(api_service *s)
+{
+    if (!s)
+        return;
+    for (int i = 0; i < s->nloops; i++) {
+        api_loop *lp = &s->loops[i];
+        if (lp->thread) {
+            ev_async_send(lp->loop, &lp->stop_signal);
+            pthread_join(lp->thread, NULL);
+        }
+        api_http_free(lp->http);
+        for (int j = 0; j < lp->ndb; j++)
+            eng_db_free(lp->db[j]);
+        free(lp->db);
+        if (lp->loop)
+            ev_loop_destroy(lp->loop);
+    }
+    free(s->loops);
+    free(s->conninfo);
+    free(s->listen);
+    free(s);
+}
