@@ -16,6 +16,8 @@
 #include "engine/err.h"
 
 struct ev_loop;
+struct eng_db;
+struct eng_httpc;
 typedef struct eng_step_ctx eng_step_ctx; /* opaque, owned by the worker */
 
 typedef struct eng_step_kind {
@@ -55,6 +57,10 @@ int64_t eng_step_ready_at_ms(const eng_step_ctx *ctx); /* when the step became r
 int64_t eng_step_now_ms(const eng_step_ctx *ctx);      /* engine clock (test offset applied) */
 int64_t eng_step_timeout_ms(const eng_step_ctx *ctx);  /* this attempt's budget, 0 = none */
 struct ev_loop *eng_step_loop(const eng_step_ctx *ctx);
+/* The worker's PostgreSQL connection (engine/db.h) and outbound HTTP client (engine/httpc.h), both
+ * on this loop. Queries queue behind the worker's own; never hold a transaction open across calls. */
+struct eng_db *eng_step_db(const eng_step_ctx *ctx);
+struct eng_httpc *eng_step_httpc(const eng_step_ctx *ctx);
 /* Per-kind state for an attempt in flight (e.g. the HTTP request to cancel). */
 void eng_step_set_data(eng_step_ctx *ctx, void *data);
 void *eng_step_data(const eng_step_ctx *ctx);

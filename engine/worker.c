@@ -14,6 +14,7 @@
 
 #include "engine/clock.h"
 #include "engine/db.h"
+#include "engine/httpc.h"
 #include "engine/log.h"
 #include "engine/mem.h"
 #include "engine/step.h"
@@ -46,6 +47,7 @@ struct eng_worker {
     pthread_t thread;
     struct ev_loop *loop;
     eng_db *db;
+    eng_httpc *httpc;   /* outbound calls of the steps running here */
     ev_async stop_signal;
     ev_prepare prepare;
     ev_timer poll;      /* next due step / lost notifications */
@@ -152,6 +154,8 @@ const json_t *eng_step_input(const eng_step_ctx *c) { return c->input; }
 int64_t eng_step_ready_at_ms(const eng_step_ctx *c) { return c->ready_at_ms; }
 int64_t eng_step_timeout_ms(const eng_step_ctx *c) { return c->timeout_ms; }
 struct ev_loop *eng_step_loop(const eng_step_ctx *c) { return c->w->loop; }
+struct eng_db *eng_step_db(const eng_step_ctx *c) { return c->w->db; }
+struct eng_httpc *eng_step_httpc(const eng_step_ctx *c) { return c->w->httpc; }
 void eng_step_set_data(eng_step_ctx *c, void *data) { c->data = data; }
 void *eng_step_data(const eng_step_ctx *c) { return c->data; }
 
@@ -496,6 +500,7 @@ static void *worker_main(void *arg)
     eng_db_opts dbo = {.conninfo = w->conninfo, .application_name = w->owner,
                        .on_notify = worker_notify_cb, .on_connect = worker_connect_cb, .arg = w};
     w->db = eng_db_new(w->loop, &dbo);
+    w->httpc = eng_httpc_new(w->loop);
     eng_db_prepare(w->db, "flowd_cycle", "SELECT * FROM flowd_cycle($1, $2::jsonb, $3, $4)", 4);
     eng_db_prepare(w->db, "flowd_next_due", "SELECT flowd_next_due_ms()", 0);
     eng_db_prepare(w->db, "flowd_heartbeat", "SELECT flowd_heartbeat($1, $2)", 2);
@@ -503,6 +508,7 @@ static void *worker_main(void *arg)
     eng_db_listen(w->db, "flowd_ready");
     eng_db_listen(w->db, "flowd_cancel");
     ev_run(w->loop, 0);
+    eng_httpc_free(w->httpc);
     eng_db_free(w->db);
     return NULL;
 }
