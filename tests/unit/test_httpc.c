@@ -2,7 +2,8 @@
  *
  * Each test gets its own libev loop, client and mock server. The 2,000-call test needs about
  * 4,100 descriptors (client and server ends in one process), so it raises RLIMIT_NOFILE's soft
- * limit to the hard limit and fails with a clear message if that is still too low. */
+ * limit to the hard limit and fails with a clear message if that is still too low. Proxy
+ * variables are cleared so that curl talks to the mock directly. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -110,6 +111,10 @@ static int teardown(void **state)
 static int group_setup(void **state)
 {
     (void)state;
+    /* curl honours proxy variables; these tests talk to loopback only. */
+    const char *proxies[] = {"http_proxy", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"};
+    for (size_t i = 0; i < sizeof proxies / sizeof proxies[0]; i++)
+        unsetenv(proxies[i]);
     eng_httpc_global_init();
     return 0;
 }
