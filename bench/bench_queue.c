@@ -1,0 +1,431 @@
+/* bench/bench_queue.c: queue throughput and latency on a fresh database; prints one JSON object.
+ *
+ *   bench_queue --database CONNINFO [--runs 20000] [--workers 2] [--batch N] [--max-inflight N]
+ *               [--enqueue-batch 1000] [--latency-runs 500] [--latency-interval-ms 10]
+ *
+ * CONNINFO names any database of the server; the benchmark creates its own database next to it and
+ * drops it at the end. Phases, each on an otherwise idle engine:
+ *   enqueue_single  one run per flowd_enqueue call from 4 connections at once (then truncated)
+ *   enqueue         --runs single-step transform runs, --enqueue-batch inputs per call
+ *   steps           those runs worked by --workers in-process workers, from worker start until the
+ *                   last run finished (runs.finished_at of the last one, read from the database)
+ *   latency         fresh workers, idle; one run every --latency-interval-ms; enqueue-to-start is
+ *                   steps.started_at - runs.created_at (both the engine clock of their transaction)
+ * Logs go to stderr; stdout carries only the JSON. */
+#include <jansson.h>
+#include <libpq-fe.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "engine/log.h"
+#include "engine/mem.h"
+#include "engine/migrate.h"
+#include "engine/step.h"
+#include "engine/wf_def.h"
+#include "engine/worker.h"
+
+#define SINGLE_CONNS 4
+#define SINGLE_PER_CONN 500
+
+typedef struct bench_opts {
+    const char *conninfo;
+    int runs, workers, batch, max_inflight, enqueue_batch, latency_runs, latency_interval_ms;
+} bench_opts;
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void sleep_s(double s)
+{
+    struct timespec ts = {(time_t)s, (long)((s - (double)(time_t)s) * 1e9)};
+    nanosleep(&ts, NULL);
+}
+
+static void die(const char *what, PGconn *c)
+{
+    fprintf(stderr, "bench_queue: %s: %s\n", what, c ? PQerrorMessage(c) : "");
+    exit(1);
+}
+
+static PGconn *connect_db(const char *conninfo)
+{
+    PGconn *c = PQconnectdb(conninfo);
+    if (PQstatus(c) != CONNECTION_OK)
+        die("connect", c);
+    return c;
+}
+
+static PGresult *exec(PGconn *c, const char *sql, int n, const char *const *params)
+{
+    PGresult *r = PQexecParams(c, sql, n, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK && PQresultStatus(r) != PGRES_COMMAND_OK)
+        die(sql, c);
+    return r;
+}
+
+static char *value(PGconn *c, const char *sql)
+{
+    PGresult *r = exec(c, sql, 0, NULL);
+    char *v = eng_xstrdup(PQntuples(r) && !PQgetisnull(r, 0, 0) ? PQgetvalue(r, 0, 0) : "");
+    PQclear(r);
+    return v;
+}
+
+static double value_f(PGconn *c, const char *sql)
+{
+    char *v = value(c, sql);
+    double d = strtod(v, NULL);
+    free(v);
+    return d;
+}
+
+/* base's connection options with dbname replaced (libpq keyword/value syntax, quoted). */
+static char *conninfo_with_db(const char *base, const char *dbname)
+{
+    char *errmsg = NULL;
+    PQconninfoOption *opts = PQconninfoParse(base, &errmsg);
+    if (!opts) {
+        fprintf(stderr, "bench_queue: bad conninfo: %s\n", errmsg ? errmsg : "");
+        exit(2);
+    }
+    size_t cap = 1024, len = 0;
+    char *out = eng_xmalloc(cap);
+    out[0] = '\0';
+    for (PQconninfoOption *o = opts; o->keyword; o++) {
+        const char *v = strcmp(o->keyword, "dbname") == 0 ? dbname : o->val;
+        if (!v)
+            continue;
+        while (len + strlen(o->keyword) + 2 * strlen(v) + 8 > cap)
+            out = eng_xrealloc(out, cap *= 2);
+        len += (size_t)sprintf(out + len, "%s%s='", len ? " " : "", o->keyword);
+        for (const char *p = v; *p; p++) {
+            if (*p == '\'' || *p == '\\')
+                out[len++] = '\\';
+            out[len++] = *p;
+        }
+        out[len++] = '\'';
+        out[len] = '\0';
+    }
+    PQconninfoFree(opts);
+    return out;
+}
+
+static long long register_single_step(PGconn *c, long long *tenant)
+{
+    const char *key[] = {"fd_bench_key_not_secret"};
+    PQclear(exec(c, "SELECT flowd_bootstrap($1)", 1, key));
+    char *t = value(c, "SELECT id FROM tenants WHERE name = 'default'");
+    *tenant = strtoll(t, NULL, 10);
+    free(t);
+    json_t *doc = json_loads("{\"name\": \"bench\", \"steps\": [{\"key\": \"s\", \"kind\": \"transform\","
+                             " \"input\": {\"n\": \"{{input.n}}\"}}]}",
+                             0, NULL);
+    json_t *def = NULL;
+    eng_err err = {0};
+    if (wf_def_compile(doc, &def, &err) != ENG_OK) {
+        fprintf(stderr, "bench_queue: definition: %s\n", err.msg);
+        exit(1);
+    }
+    char *digest = wf_def_digest(doc), *src = json_dumps(doc, JSON_COMPACT),
+         *defs = json_dumps(def, JSON_COMPACT);
+    char tenant_s[24];
+    snprintf(tenant_s, sizeof tenant_s, "%lld", *tenant);
+    const char *params[] = {tenant_s, "bench", digest, src, defs};
+    PGresult *r = exec(c, "SELECT id FROM flowd_register_workflow($1, $2, $3, $4, $5)", 5, params);
+    long long id = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+    PQclear(r);
+    free(digest);
+    free(src);
+    free(defs);
+    json_decref(def);
+    json_decref(doc);
+    return id;
+}
+
+typedef struct single_arg {
+    const char *conninfo;
+    char tenant[24], workflow[24];
+} single_arg;
+
+static void *single_thread(void *p)
+{
+    single_arg *a = p;
+    PGconn *c = connect_db(a->conninfo);
+    PGresult *r = PQprepare(c, "enq", "SELECT run_id FROM flowd_enqueue($1, $2, $3::jsonb, 0, NULL, NULL)",
+                            3, NULL);
+    if (PQresultStatus(r) != PGRES_COMMAND_OK)
+        die("prepare", c);
+    PQclear(r);
+    const char *params[] = {a->tenant, a->workflow, "[{\"n\": 1}]"};
+    for (int i = 0; i < SINGLE_PER_CONN; i++) {
+        r = PQexecPrepared(c, "enq", 3, params, NULL, NULL, 0);
+        if (PQresultStatus(r) != PGRES_TUPLES_OK)
+            die("enqueue", c);
+        PQclear(r);
+    }
+    PQfinish(c);
+    return NULL;
+}
+
+static double phase_enqueue_single(const char *db, long long tenant, long long wf)
+{
+    single_arg a = {.conninfo = db};
+    snprintf(a.tenant, sizeof a.tenant, "%lld", tenant);
+    snprintf(a.workflow, sizeof a.workflow, "%lld", wf);
+    pthread_t th[SINGLE_CONNS];
+    double t0 = now_s();
+    for (int i = 0; i < SINGLE_CONNS; i++)
+        pthread_create(&th[i], NULL, single_thread, &a);
+    for (int i = 0; i < SINGLE_CONNS; i++)
+        pthread_join(th[i], NULL);
+    return SINGLE_CONNS * SINGLE_PER_CONN / (now_s() - t0);
+}
+
+static double phase_enqueue(PGconn *c, long long tenant, long long wf, int runs, int batch)
+{
+    char tenant_s[24], wf_s[24];
+    snprintf(tenant_s, sizeof tenant_s, "%lld", tenant);
+    snprintf(wf_s, sizeof wf_s, "%lld", wf);
+    double t0 = now_s();
+    for (int done = 0; done < runs;) {
+        int k = runs - done < batch ? runs - done : batch;
+        json_t *arr = json_array();
+        for (int i = 0; i < k; i++)
+            json_array_append_new(arr, json_pack("{s:i}", "n", done + i));
+        char *inputs = json_dumps(arr, JSON_COMPACT);
+        json_decref(arr);
+        const char *params[] = {tenant_s, wf_s, inputs};
+        PQclear(exec(c, "SELECT count(*) FROM flowd_enqueue($1, $2, $3::jsonb, 0, NULL, NULL)", 3,
+                     params));
+        free(inputs);
+        done += k;
+    }
+    return runs / (now_s() - t0);
+}
+
+static eng_worker **workers_start(const bench_opts *o, const char *db, const char *tag)
+{
+    eng_worker **w = eng_xcalloc((size_t)o->workers, sizeof *w);
+    for (int i = 0; i < o->workers; i++) {
+        char *owner = eng_xasprintf("bench-%s-%d", tag, i);
+        eng_worker_opts wo = {.conninfo = db, .owner = owner, .batch = o->batch,
+                              .max_inflight = o->max_inflight, .reaper = i == 0};
+        w[i] = eng_worker_start(&wo);
+        free(owner);
+    }
+    return w;
+}
+
+static void workers_stop(const bench_opts *o, eng_worker **w)
+{
+    for (int i = 0; i < o->workers; i++)
+        eng_worker_stop(w[i], 5.0);
+    free(w);
+}
+
+/* Waits (polling every 50 ms, up to timeout_s) until n runs have finished; false on timeout. */
+static bool wait_finished(PGconn *c, long n, double timeout_s)
+{
+    double deadline = now_s() + timeout_s;
+    while (now_s() < deadline) {
+        if (value_f(c, "SELECT count(*) FROM runs WHERE state IN ('succeeded', 'failed')") >= (double)n)
+            return true;
+        sleep_s(0.05);
+    }
+    return false;
+}
+
+static double phase_steps(const bench_opts *o, PGconn *c, const char *db, double *seconds)
+{
+    /* The database's clock: the end is read from runs.finished_at, so both ends use it. */
+    char *start = value(c, "SELECT clock_timestamp()");
+    eng_worker **w = workers_start(o, db, "tput");
+    bool ok = wait_finished(c, o->runs, 300);
+    workers_stop(o, w);
+    if (!ok) {
+        fprintf(stderr, "bench_queue: the runs did not finish within 300 s\n");
+        exit(1);
+    }
+    const char *params[] = {start};
+    PGresult *r = exec(c, "SELECT extract(epoch FROM max(finished_at) - $1::timestamptz) FROM runs",
+                       1, params);
+    *seconds = strtod(PQgetvalue(r, 0, 0), NULL);
+    PQclear(r);
+    free(start);
+    if (value_f(c, "SELECT count(*) FROM runs WHERE state <> 'succeeded'") > 0) {
+        fprintf(stderr, "bench_queue: some runs did not succeed\n");
+        exit(1);
+    }
+    return o->runs / *seconds;
+}
+
+static void phase_latency(const bench_opts *o, PGconn *c, const char *db, long long tenant,
+                          long long wf, json_t *out)
+{
+    eng_worker **w = workers_start(o, db, "lat");
+    sleep_s(0.5); /* connected, LISTENing and idle */
+    char tenant_s[24], wf_s[24];
+    snprintf(tenant_s, sizeof tenant_s, "%lld", tenant);
+    snprintf(wf_s, sizeof wf_s, "%lld", wf);
+    PGresult *r = PQprepare(c, "enq1", "SELECT run_id FROM flowd_enqueue($1, $2, $3::jsonb, 0, NULL, NULL)",
+                            3, NULL);
+    if (PQresultStatus(r) != PGRES_COMMAND_OK)
+        die("prepare", c);
+    PQclear(r);
+    const char *params[] = {tenant_s, wf_s, "[{\"n\": 1}]"};
+    double next = now_s();
+    for (int i = 0; i < o->latency_runs; i++) {
+        double wait = next - now_s();
+        if (wait > 0)
+            sleep_s(wait);
+        next += o->latency_interval_ms / 1000.0;
+        r = PQexecPrepared(c, "enq1", 3, params, NULL, NULL, 0);
+        if (PQresultStatus(r) != PGRES_TUPLES_OK)
+            die("enqueue", c);
+        PQclear(r);
+    }
+    bool ok = wait_finished(c, o->latency_runs, 60);
+    workers_stop(o, w);
+    if (!ok) {
+        fprintf(stderr, "bench_queue: latency runs did not finish\n");
+        exit(1);
+    }
+    r = exec(c,
+             "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), "
+             "       percentile_cont(0.99) WITHIN GROUP (ORDER BY ms), max(ms), avg(ms) "
+             "  FROM (SELECT extract(epoch FROM s.started_at - r.created_at) * 1000 AS ms "
+             "          FROM runs r JOIN steps s ON s.run_id = r.id) x",
+             0, NULL);
+    json_object_set_new(out, "latency_p50_ms", json_real(strtod(PQgetvalue(r, 0, 0), NULL)));
+    json_object_set_new(out, "latency_p99_ms", json_real(strtod(PQgetvalue(r, 0, 1), NULL)));
+    json_object_set_new(out, "latency_max_ms", json_real(strtod(PQgetvalue(r, 0, 2), NULL)));
+    json_object_set_new(out, "latency_avg_ms", json_real(strtod(PQgetvalue(r, 0, 3), NULL)));
+    PQclear(r);
+}
+
+static void truncate_runs(PGconn *c)
+{
+    PQclear(exec(c, "TRUNCATE run_events, steps, runs CASCADE", 0, NULL));
+    PQclear(exec(c, "VACUUM ANALYZE", 0, NULL));
+}
+
+static double round2(double v)
+{
+    return (double)(long long)(v * 100 + 0.5) / 100;
+}
+
+static int usage(void)
+{
+    fprintf(stderr, "usage: bench_queue --database CONNINFO [--runs N] [--workers N] [--batch N]\n"
+                    "                   [--max-inflight N] [--enqueue-batch N] [--latency-runs N]\n"
+                    "                   [--latency-interval-ms N]\n");
+    return 2;
+}
+
+int main(int argc, char **argv)
+{
+    bench_opts o = {.runs = 20000, .workers = 2, .enqueue_batch = 1000, .latency_runs = 500,
+                    .latency_interval_ms = 10};
+    for (int i = 1; i < argc; i++) {
+        if (i + 1 >= argc)
+            return usage();
+        const char *k = argv[i], *v = argv[++i];
+        int n = atoi(v);
+        if (strcmp(k, "--database") == 0)
+            o.conninfo = v;
+        else if (strcmp(k, "--runs") == 0 && n > 0)
+            o.runs = n;
+        else if (strcmp(k, "--workers") == 0 && n > 0)
+            o.workers = n;
+        else if (strcmp(k, "--batch") == 0 && n > 0)
+            o.batch = n;
+        else if (strcmp(k, "--max-inflight") == 0 && n > 0)
+            o.max_inflight = n;
+        else if (strcmp(k, "--enqueue-batch") == 0 && n > 0)
+            o.enqueue_batch = n;
+        else if (strcmp(k, "--latency-runs") == 0 && n > 0)
+            o.latency_runs = n;
+        else if (strcmp(k, "--latency-interval-ms") == 0 && n > 0)
+            o.latency_interval_ms = n;
+        else
+            return usage();
+    }
+    if (!o.conninfo)
+        return usage();
+    eng_mem_init();
+    eng_log_init();
+    eng_step_register_builtins();
+
+    PGconn *admin = connect_db(o.conninfo);
+    char dbname[64];
+    snprintf(dbname, sizeof dbname, "flowd_bench_%d_%ld", (int)getpid(), (long)time(NULL));
+    char *sql = eng_xasprintf("CREATE DATABASE %s", dbname); /* our own generated identifier */
+    PQclear(exec(admin, sql, 0, NULL));
+    free(sql);
+    char *db = conninfo_with_db(o.conninfo, dbname);
+    size_t nmig;
+    const eng_migration *migs = eng_migrations_embedded(&nmig);
+    eng_err err = {0};
+    if (eng_migrate_up(db, migs, nmig, NULL, &err) != ENG_OK) {
+        fprintf(stderr, "bench_queue: migrate: %s\n", err.msg);
+        return 1;
+    }
+    PGconn *c = connect_db(db);
+    long long tenant;
+    long long wf = register_single_step(c, &tenant);
+
+    json_t *out = json_object();
+    json_object_set_new(out, "benchmark", json_string("queue"));
+    double single = phase_enqueue_single(db, tenant, wf);
+    truncate_runs(c);
+    double enq = phase_enqueue(c, tenant, wf, o.runs, o.enqueue_batch);
+    PQclear(exec(c, "ANALYZE", 0, NULL));
+    double seconds = 0;
+    double steps = phase_steps(&o, c, db, &seconds);
+    truncate_runs(c);
+    phase_latency(&o, c, db, tenant, wf, out);
+
+    json_object_set_new(out, "runs", json_integer(o.runs));
+    json_object_set_new(out, "enqueue_per_s", json_real(round2(enq)));
+    json_object_set_new(out, "enqueue_batch", json_integer(o.enqueue_batch));
+    json_object_set_new(out, "enqueue_single_per_s", json_real(round2(single)));
+    json_object_set_new(out, "enqueue_single_connections", json_integer(SINGLE_CONNS));
+    json_object_set_new(out, "steps_per_s", json_real(round2(steps)));
+    json_object_set_new(out, "steps_seconds", json_real(round2(seconds * 1000) / 1000));
+    json_object_set_new(out, "workers", json_integer(o.workers));
+    json_object_set_new(out, "batch", o.batch ? json_integer(o.batch) : json_string("default"));
+    json_object_set_new(out, "max_inflight",
+                        o.max_inflight ? json_integer(o.max_inflight) : json_string("default"));
+    json_object_set_new(out, "latency_runs", json_integer(o.latency_runs));
+    json_object_set_new(out, "latency_interval_ms", json_integer(o.latency_interval_ms));
+    json_object_set_new(out, "cores", json_integer(sysconf(_SC_NPROCESSORS_ONLN)));
+    const char *facts[][2] = {{"postgres_version", "SHOW server_version"},
+                              {"fsync", "SHOW fsync"},
+                              {"synchronous_commit", "SHOW synchronous_commit"},
+                              {"shared_buffers", "SHOW shared_buffers"}};
+    for (size_t i = 0; i < ENG_ARRAY_LEN(facts); i++) {
+        char *v = value(c, facts[i][1]);
+        json_object_set_new(out, facts[i][0], json_string(v));
+        free(v);
+    }
+    PQfinish(c);
+    free(db);
+    sql = eng_xasprintf("DROP DATABASE %s", dbname);
+    PQclear(exec(admin, sql, 0, NULL));
+    free(sql);
+    PQfinish(admin);
+
+    char *text = json_dumps(out, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(10));
+    printf("%s\n", text);
+    free(text);
+    json_decref(out);
+    return 0;
+}
