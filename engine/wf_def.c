@@ -8,6 +8,7 @@
  * fill. */
 #include "engine/wf_def.h"
 
+#include <ctype.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -47,7 +48,8 @@ typedef struct compiler {
 /* What a template reference check needs to know about where it is. */
 typedef struct ref_scope {
     compiler *c;
-    size_t step; /* SIZE_MAX: workflow level (cancel_on), no step may be referenced */
+    size_t step; /* SIZE_MAX: rendered by SQL when the run is created (cancel_on keys,
+                    concurrency keys): only {{input.a.b}} and {{run.id}} */
 } ref_scope;
 
 static eng_rc bad(compiler *c, const char *ptr, const char *fmt, ...) ENG_PRINTF(3, 4);
@@ -115,6 +117,12 @@ static eng_rc check_ref(void *arg, const char *path, const char *ptr, eng_err *e
     ref_scope *s = arg;
     (void)err; /* reported through s->c->err, which is the same object */
     size_t root = strcspn(path, ".[");
+    if (s->step == SIZE_MAX && strcmp(path, "run.id") != 0 &&
+        !(root == 5 && memcmp(path, "input.", 6) == 0 && !strchr(path, '[')))
+        return bad(s->c, ptr,
+                   "template path \"%.64s\": this key is rendered when the run is created, from "
+                   "input.a.b paths or run.id only",
+                   path);
     if ((root == 5 && memcmp(path, "input", 5) == 0) || (root == 4 && memcmp(path, "item", 4) == 0))
         return ENG_OK;
     if (strcmp(path, "index") == 0 || strcmp(path, "run.id") == 0)
@@ -128,8 +136,6 @@ static eng_rc check_ref(void *arg, const char *path, const char *ptr, eng_err *e
         return bad(s->c, ptr, "template path \"%.64s\" must name a step: steps.KEY", path);
     const char *key = path + 6;
     size_t klen = strcspn(key, ".[");
-    if (s->step == SIZE_MAX)
-        return bad(s->c, ptr, "template path \"%.64s\": cancel_on cannot reference steps", path);
     json_t *idx = json_object_getn(s->c->keys, key, klen);
     if (!idx)
         return bad(s->c, ptr, "template references unknown step \"%.*s\"",
@@ -147,6 +153,28 @@ static eng_rc check_template(compiler *c, size_t step, const json_t *tmpl, const
 {
     ref_scope s = {.c = c, .step = step};
     return wf_template_refs(tmpl, ptr, check_ref, &s, c->err);
+}
+
+/* Keys rendered by SQL (flowd_render_key) understand only plain {{path}} expressions: no
+ * defaults, no spaces inside paths. */
+static eng_rc check_sql_key(compiler *c, const char *s, const char *ptr)
+{
+    for (const char *open = strstr(s, "{{"); open; open = strstr(open + 2, "{{")) {
+        const char *close = strstr(open + 2, "}}");
+        if (!close)
+            break; /* the template parser reports it */
+        const char *p = open + 2;
+        while (p < close && *p == ' ')
+            p++;
+        while (p < close && (isalnum((unsigned char)*p) || *p == '_' || *p == '.'))
+            p++;
+        while (p < close && *p == ' ')
+            p++;
+        if (p != close)
+            return bad(c, ptr, "this key is rendered when the run is created: write plain "
+                               "{{input.a.b}} or {{run.id}}, without defaults");
+    }
+    return ENG_OK;
 }
 
 /* A templated string member (at, concurrency_key, tz, ...): NULL when absent. */
@@ -563,8 +591,13 @@ static eng_rc compile_step(compiler *c, size_t i, json_t **out)
     }
     if ((rc = step_window(c, i, st, sptr, &window)) != ENG_OK)
         goto fail;
-    if ((rc = template_string(c, i, st, "concurrency_key", sptr, &ckey)) != ENG_OK)
+    if ((rc = template_string(c, SIZE_MAX, st, "concurrency_key", sptr, &ckey)) != ENG_OK)
         goto fail;
+    if (ckey) {
+        snprintf(ptr, sizeof ptr, "%s/concurrency_key", sptr);
+        if ((rc = check_sql_key(c, json_string_value(ckey), ptr)) != ENG_OK)
+            goto fail;
+    }
     if (s->kind->validate && (rc = s->kind->validate(st, sptr, c->err)) != ENG_OK) {
         if (!c->err->field[0])
             snprintf(c->err->field, sizeof c->err->field, "%s", sptr);
@@ -639,6 +672,13 @@ static eng_rc compile_cancel_on(compiler *c, json_t **out)
         json_t *key;
         if ((rc = template_string(c, SIZE_MAX, e, "key", ptr, &key)) != ENG_OK)
             return rc;
+        snprintf(fp, sizeof fp, "%s/key", ptr);
+        if (!key)
+            return bad(c, fp, "required");
+        if ((rc = check_sql_key(c, json_string_value(key), fp)) != ENG_OK) {
+            json_decref(key);
+            return rc;
+        }
         json_array_append_new(*out, json_pack("{s:s, s:o?}", "event", ev, "key", key));
     }
     return ENG_OK;

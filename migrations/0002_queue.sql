@@ -355,12 +355,21 @@ CREATE FUNCTION flowd_claim(p_owner text, p_want integer, p_lease_ms integer)
 RETURNS SETOF flowd_claimed
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_now timestamptz := flowd_now();
+    v_now  timestamptz := flowd_now();
+    v_caps jsonb;        -- {tenant: steps it may still start} for tenants with max_running
 BEGIN
+    -- Per-tenant caps keep one tenant's big batch from taking every slot. Tenants at their cap are
+    -- left out of the scan; the others get at most their remaining room from this claim.
+    IF EXISTS (SELECT 1 FROM tenants WHERE max_running IS NOT NULL) THEN
+        SELECT jsonb_object_agg(t.id::text, t.max_running - (
+                   SELECT count(*) FROM steps r WHERE r.tenant_id = t.id AND r.state = 'running'))
+          INTO v_caps FROM tenants t WHERE t.max_running IS NOT NULL;
+    END IF;
     RETURN QUERY
-    WITH c AS MATERIALIZED (
-        SELECT s.id FROM steps s
+    WITH c0 AS MATERIALIZED (
+        SELECT s.id, s.tenant_id, s.priority, s.run_at FROM steps s
          WHERE s.state = 'ready' AND s.run_at <= v_now
+           AND (v_caps IS NULL OR coalesce((v_caps->>(s.tenant_id::text))::integer, 1) > 0)
            AND (s.ckey IS NULL OR NOT EXISTS (
                     SELECT 1 FROM steps o
                      WHERE o.tenant_id = s.tenant_id AND o.ckey = s.ckey AND o.id <> s.id
@@ -369,6 +378,14 @@ BEGIN
          ORDER BY s.priority DESC, s.run_at, s.id
          LIMIT p_want
            FOR UPDATE SKIP LOCKED),
+    c AS (
+        SELECT x.id FROM (
+            SELECT c0.id, c0.tenant_id,
+                   row_number() OVER (PARTITION BY c0.tenant_id
+                                      ORDER BY c0.priority DESC, c0.run_at, c0.id) AS rn
+              FROM c0) x
+         WHERE v_caps IS NULL OR v_caps->(x.tenant_id::text) IS NULL
+            OR x.rn <= (v_caps->>(x.tenant_id::text))::integer),
     u AS (
         UPDATE steps s
            SET state = 'running', attempts = s.attempts + 1, lease_owner = p_owner,

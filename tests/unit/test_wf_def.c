@@ -109,7 +109,7 @@ static void test_normalized_shape(void **state)
     json_t *out = compile_ok(
         "{\"name\": \"lead_touchpoints\","
         " \"cancel_on\": [{\"event\": \"lead.booked\", \"key\": \"{{input.lead.id}}\"}, "
-        "{\"event\": \"x\"}],"
+        "{\"event\": \"x\", \"key\": \"{{run.id}}\"}],"
         " \"steps\": ["
         "  {\"key\": \"research\", \"kind\": \"llm\", \"phase\": \"research\","
         "   \"input\": {\"q\": \"{{input.lead.email}}\"}},"
@@ -131,7 +131,7 @@ static void test_normalized_shape(void **state)
     json_t *want = json_loads(
         "{\"name\": \"lead_touchpoints\", \"description\": null,"
         " \"cancel_on\": [{\"event\": \"lead.booked\", \"key\": \"{{input.lead.id}}\"},"
-        "                 {\"event\": \"x\", \"key\": null}],"
+        "                 {\"event\": \"x\", \"key\": \"{{run.id}}\"}],"
         " \"phases\": [\"research\", \"analysis\"],"
         " \"steps\": ["
         "  {\"key\": \"research\", \"kind\": \"llm\", \"idx\": 0, \"needs\": [], \"dependents\": "
@@ -406,8 +406,9 @@ static void test_at_window_phase_ckey(void **state)
     expect_bad_step("sms", "\"concurrency_key\": {\"a\": 1}", "/steps/1/concurrency_key",
                     "must be a string");
     expect_bad_step("sms", "\"concurrency_key\": \"{{steps.s.output}}\"",
-                    "/steps/1/concurrency_key",
-                    "step \"s\" which is not among the needs of step \"s\"");
+                    "/steps/1/concurrency_key", "rendered when the run is created");
+    expect_bad_step("sms", "\"concurrency_key\": \"{{input.c | default: \\\"x\\\"}}\"",
+                    "/steps/1/concurrency_key", "without defaults");
 }
 
 static void test_when(void **state)
@@ -484,10 +485,12 @@ static void test_cancel_on(void **state)
     snprintf(src, sizeof src, "%s\"cancel_on\": [{\"event\": \"e\", \"keys\": \"k\"}]}", pre);
     expect_bad(src, "/cancel_on/0/keys", "unknown field");
     snprintf(src, sizeof src,
-             "%s\"cancel_on\": [{\"event\": \"e\"}, {\"event\": \"f\", \"key\": "
+             "%s\"cancel_on\": [{\"event\": \"e\", \"key\": \"k\"}, {\"event\": \"f\", \"key\": "
              "\"{{steps.a.output}}\"}]}",
              pre);
-    expect_bad(src, "/cancel_on/1/key", "cancel_on cannot reference steps");
+    expect_bad(src, "/cancel_on/1/key", "rendered when the run is created");
+    snprintf(src, sizeof src, "%s\"cancel_on\": [{\"event\": \"e\"}]}", pre);
+    expect_bad(src, "/cancel_on/0/key", "required");
     snprintf(src, sizeof src, "%s\"cancel_on\": [{\"event\": \"e\", \"key\": \"{{input.id\"}]}",
              pre);
     expect_bad(src, "/cancel_on/0/key", "unclosed");
