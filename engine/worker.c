@@ -17,6 +17,7 @@
 #include "engine/httpc.h"
 #include "engine/log.h"
 #include "engine/mem.h"
+#include "engine/metrics.h"
 #include "engine/step.h"
 #include "engine/wf_cond.h"
 #include "engine/wf_template.h"
@@ -91,6 +92,9 @@ static void ctx_free(eng_step_ctx *c)
 
 static void ctx_report(eng_step_ctx *c, json_t *result)
 {
+    eng_metrics_step_finished(c->kind ? c->kind->name : NULL,
+                              json_string_value(json_object_get(result, "s")),
+                              eng_clock_wall_ms() - c->claim_wall_ms); /* metrics */
     json_object_set_new(result, "id", json_integer(c->id));
     json_array_append_new(c->w->results, result);
     ctx_free(c);
@@ -289,6 +293,7 @@ static void worker_dispatch(eng_worker *w, const PGresult *res, int row, int64_t
 
     const char *kind_name = PQgetvalue(res, row, 4);
     c->kind = eng_step_kind_find(kind_name);
+    eng_metrics_step_claimed(kind_name); /* metrics */
     if (!c->def || !tctx) {
         eng_step_fail(c, true, "internal", "claimed step has an unreadable definition", 0);
     } else if (!c->kind) {
@@ -413,6 +418,8 @@ static void worker_cancel_run(eng_worker *w, int64_t run_id)
             log_info("step cancelled in flight", " run=%lld step=%s", (long long)run_id, c->key);
             if (c->started && c->kind->cancel)
                 c->kind->cancel(c);
+            eng_metrics_step_finished(c->kind ? c->kind->name : NULL, "cancelled",
+                                      eng_clock_wall_ms() - c->claim_wall_ms); /* metrics */
             ctx_free(c);
         }
         c = next;

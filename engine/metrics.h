@@ -1,0 +1,36 @@
+/* engine/metrics.h: process-wide counters and histograms for /metrics (Prometheus text format).
+ *
+ * Every recording function is safe from any thread at any time and never blocks for long: values are
+ * atomics, and only the first sighting of a new label set takes a mutex. Label sets are bounded by
+ * design (step kinds, outcomes, routes, statuses, providers); past MET_SERIES_MAX per family, new
+ * label sets are counted under the label value "other" rather than dropped.
+ *
+ * Strings passed in are borrowed for the call only (copied when a series is created). NULL label
+ * values are recorded as "unknown". */
+#pragma once
+
+#include <stdint.h>
+
+#include "engine/buf.h"
+
+/* A worker claimed a step of this kind. */
+void eng_metrics_step_claimed(const char *kind);
+/* A claimed step reached an outcome ("ok", "fail", "skip", "snooze", "wait", "map", "window",
+ * "cancelled") after latency_ms from its claim; feeds flowd_steps_finished_total and the
+ * flowd_step_duration_seconds histogram. */
+void eng_metrics_step_finished(const char *kind, const char *outcome, int64_t latency_ms);
+/* An outbound provider call failed (provider: "openai", "twilio", ...; code: a short machine name
+ * such as "http_429", "timeout", "connect"). */
+void eng_metrics_provider_error(const char *provider, const char *code);
+/* The API answered a request. route is the matched pattern ("/v1/runs/{id}") or NULL when no
+ * route matched. */
+void eng_metrics_http_request(const char *method, const char *route, int status);
+
+/* Appends the text exposition of every family (HELP, TYPE, samples) to b. */
+ENG_MUST_CHECK eng_rc eng_metrics_render(eng_buf *b);
+
+/* The current value of one counter sample, for tests: family is the metric name
+ * ("flowd_step_claims_total", "flowd_steps_finished_total", "flowd_step_duration_seconds_count",
+ * "flowd_provider_errors_total", "flowd_http_requests_total") and labels the rendered label text
+ * without braces, as in the exposition: kind="transform",outcome="ok". 0 when absent. */
+uint64_t eng_metrics_value(const char *family, const char *labels);
