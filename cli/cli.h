@@ -32,6 +32,11 @@ long long cli_default_tenant(cli_env *env, eng_err *err);
  * written to DATA/api-key (mode 0600) and printed once. */
 ENG_MUST_CHECK eng_rc cli_bootstrap(cli_env *env, eng_err *err);
 
+/* Registers the definition in the JSON file path for tenant (same JSON, same version; changed JSON,
+ * the next one); *workflow_id gets its row and *version (may be NULL) its version. */
+ENG_MUST_CHECK eng_rc cli_register_file(cli_env *env, long long tenant, const char *path,
+                                        long long *workflow_id, int *version, eng_err *err);
+
 int cli_cmd_serve(cli_env *env, int argc, char **argv);
 int cli_cmd_migrate(cli_env *env, int argc, char **argv);
 int cli_cmd_enqueue(cli_env *env, int argc, char **argv);

@@ -22,42 +22,6 @@ int cli_cmd_migrate(cli_env *env, int argc, char **argv)
     return 0;
 }
 
-/* Registers the definition in path for tenant; *workflow_id gets its row. Same JSON gives the same
- * version, changed JSON the next one. */
-static eng_rc runs_register(cli_env *env, long long tenant, const char *path, long long *workflow_id,
-                            eng_err *err)
-{
-    json_error_t jerr;
-    json_t *doc = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
-    if (!doc)
-        return eng_err_set(err, ENG_EINVAL, "%s:%d:%d: %s", path, jerr.line, jerr.column, jerr.text);
-    json_t *def = NULL;
-    eng_rc rc = wf_def_compile(doc, &def, err);
-    if (rc != ENG_OK) {
-        json_decref(doc);
-        return rc;
-    }
-    char *digest = wf_def_digest(doc);
-    char *source = json_dumps(doc, JSON_COMPACT);
-    char *defs = json_dumps(def, JSON_COMPACT);
-    char tenant_s[24];
-    snprintf(tenant_s, sizeof tenant_s, "%lld", tenant);
-    const char *params[] = {tenant_s, json_string_value(json_object_get(def, "name")), digest, source,
-                            defs};
-    PGresult *res = cli_exec(env, "SELECT id, version FROM flowd_register_workflow($1, $2, $3, $4, $5)",
-                             5, params, err);
-    if (res) {
-        *workflow_id = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
-        PQclear(res);
-    }
-    free(digest);
-    free(source);
-    free(defs);
-    json_decref(def);
-    json_decref(doc);
-    return res ? ENG_OK : err->rc;
-}
-
 int cli_cmd_enqueue(cli_env *env, int argc, char **argv)
 {
     static const struct option longopts[] = {{"workflow", required_argument, NULL, 'w'},
@@ -95,7 +59,7 @@ int cli_cmd_enqueue(cli_env *env, int argc, char **argv)
     int status = 1;
     long long tenant, workflow = 0;
     if (cli_env_open(env, &err) != ENG_OK || !(tenant = cli_default_tenant(env, &err)) ||
-        runs_register(env, tenant, file, &workflow, &err) != ENG_OK) {
+        cli_register_file(env, tenant, file, &workflow, NULL, &err) != ENG_OK) {
         status = cli_fail(&err);
         goto out;
     }

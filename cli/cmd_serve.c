@@ -1,5 +1,6 @@
 /* cli/cmd_serve.c: flowd serve — the database (embedded unless one is named), the workers, and a
  * clean stop on SIGINT/SIGTERM. */
+#include <dirent.h>
 #include <ev.h>
 #include <getopt.h>
 #include <signal.h>
@@ -19,6 +20,34 @@ static void serve_signal_cb(struct ev_loop *loop, ev_signal *w, int revents)
     (void)revents;
     log_info("stopping", " signal=%d", w->signum);
     ev_break(loop, EVBREAK_ALL);
+}
+
+/* Registers every *.json definition in dir for the default tenant, in name order. */
+static eng_rc serve_register_dir(cli_env *env, const char *dir, eng_err *err)
+{
+    long long tenant = cli_default_tenant(env, err);
+    if (!tenant)
+        return err->rc;
+    struct dirent **names = NULL;
+    int n = scandir(dir, &names, NULL, alphasort);
+    if (n < 0)
+        return eng_err_set(err, ENG_ESYS, "cannot read workflows folder %s", dir);
+    eng_rc rc = ENG_OK;
+    for (int i = 0; i < n; i++) {
+        size_t len = strlen(names[i]->d_name);
+        if (rc == ENG_OK && len > 5 && strcmp(names[i]->d_name + len - 5, ".json") == 0) {
+            char *path = eng_xasprintf("%s/%s", dir, names[i]->d_name);
+            long long id;
+            int version = 0;
+            rc = cli_register_file(env, tenant, path, &id, &version, err);
+            if (rc == ENG_OK)
+                log_info("workflow registered", " file=%s version=%d", path, version);
+            free(path);
+        }
+        free(names[i]);
+    }
+    free(names);
+    return rc;
 }
 
 static int serve_int_opt(const char *name, const char *v, int min, int max, int *out)
@@ -42,14 +71,15 @@ int cli_cmd_serve(cli_env *env, int argc, char **argv)
                                              {"listen", required_argument, NULL, 'L'},
                                              {"role", required_argument, NULL, 'r'},
                                              {"api-threads", required_argument, NULL, 'a'},
+                                             {"workflows", required_argument, NULL, 'W'},
                                              {NULL, 0, NULL, 0}};
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     int workers = cores > 0 ? (int)cores : 2, max_inflight = 1000, batch = 500, lease_ms = 30000;
     int api_threads = 2;
-    const char *listen = "127.0.0.1:8080", *role = "all";
+    const char *listen = "127.0.0.1:8080", *role = "all", *workflows_dir = NULL;
     int ch;
     optind = 1;
-    while ((ch = getopt_long(argc, argv, "w:m:b:l:L:r:a:", longopts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "w:m:b:l:L:r:a:W:", longopts, NULL)) != -1) {
         int bad = 0;
         switch (ch) {
         case 'w': bad = serve_int_opt("workers", optarg, 1, 256, &workers); break;
@@ -59,6 +89,7 @@ int cli_cmd_serve(cli_env *env, int argc, char **argv)
         case 'L': listen = optarg; break;
         case 'r': role = optarg; break;
         case 'a': bad = serve_int_opt("api-threads", optarg, 1, 64, &api_threads); break;
+        case 'W': workflows_dir = optarg; break;
         default: return 2;
         }
         if (bad)
@@ -72,6 +103,11 @@ int cli_cmd_serve(cli_env *env, int argc, char **argv)
     }
     eng_err err;
     if (cli_env_open(env, &err) != ENG_OK) {
+        int status = cli_fail(&err);
+        cli_env_close(env);
+        return status;
+    }
+    if (workflows_dir && serve_register_dir(env, workflows_dir, &err) != ENG_OK) {
         int status = cli_fail(&err);
         cli_env_close(env);
         return status;

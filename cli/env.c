@@ -1,4 +1,5 @@
 /* cli/env.c: database access for the subcommands (see cli.h). */
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,6 +9,7 @@
 #include "engine/db.h"
 #include "engine/mem.h"
 #include "engine/migrate.h"
+#include "engine/wf_def.h"
 
 int cli_env_parse(cli_env *env, int argc, char **argv)
 {
@@ -154,4 +156,42 @@ eng_rc cli_bootstrap(cli_env *env, eng_err *err)
     fflush(stdout);
     free(path);
     return ENG_OK;
+}
+
+/* Registers the definition in path for tenant; *workflow_id gets its row. Same JSON gives the same
+ * version, changed JSON the next one. */
+eng_rc cli_register_file(cli_env *env, long long tenant, const char *path, long long *workflow_id,
+                         int *version, eng_err *err)
+{
+    json_error_t jerr;
+    json_t *doc = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
+    if (!doc)
+        return eng_err_set(err, ENG_EINVAL, "%s:%d:%d: %s", path, jerr.line, jerr.column, jerr.text);
+    json_t *def = NULL;
+    eng_rc rc = wf_def_compile(doc, &def, err);
+    if (rc != ENG_OK) {
+        json_decref(doc);
+        return rc;
+    }
+    char *digest = wf_def_digest(doc);
+    char *source = json_dumps(doc, JSON_COMPACT);
+    char *defs = json_dumps(def, JSON_COMPACT);
+    char tenant_s[24];
+    snprintf(tenant_s, sizeof tenant_s, "%lld", tenant);
+    const char *params[] = {tenant_s, json_string_value(json_object_get(def, "name")), digest, source,
+                            defs};
+    PGresult *res = cli_exec(env, "SELECT id, version FROM flowd_register_workflow($1, $2, $3, $4, $5)",
+                             5, params, err);
+    if (res) {
+        *workflow_id = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+        if (version)
+            *version = atoi(PQgetvalue(res, 0, 1));
+        PQclear(res);
+    }
+    free(digest);
+    free(source);
+    free(defs);
+    json_decref(def);
+    json_decref(doc);
+    return res ? ENG_OK : err->rc;
 }
