@@ -52,6 +52,22 @@ json_t *api_call_body_object(api_call *call);
 bool api_call_only_fields(api_call *call, const json_t *obj, const char *const *allowed);
 
 bool api_loop_test_clock(const api_loop *lp);
+/* The loop's libev loop, for handlers that wait (streams polling the database). */
+struct ev_loop *api_loop_ev(const api_loop *lp);
+
+/* Long responses (Server-Sent Events, exports) that span many statements and timer waits.
+ * api_stream_start makes the call a stream: call->data becomes the stream, the handler keeps its own
+ * state in user (freed with user_free when the call is freed). If the client goes away, the call is
+ * freed at once when it is waiting, or when its statement returns (the callback is then not run).
+ * The handler ends with api_req_stream_end(call->req) + api_call_free(call), or any
+ * api_call_respond_* before it began streaming. */
+void api_stream_start(api_call *call, void *user, void (*user_free)(void *user));
+void *api_stream_user(const api_call *call);
+/* Runs fn(call) after seconds on the loop, unless the client leaves first. */
+void api_stream_after(api_call *call, double seconds, void (*fn)(api_call *call));
+/* api_call_db for a stream (at most one statement in flight). */
+void api_stream_db(api_call *call, const char *sql, int nparams, const char *const *params,
+                   api_call_db_cb *cb);
 
 /* Route handlers (api/routes_*.c). */
 void api_route_workflow_put(api_call *call);
@@ -63,3 +79,11 @@ void api_route_run_cancel(api_call *call);
 void api_route_run_retry(api_call *call);
 void api_route_event_post(api_call *call);
 void api_route_test_clock(api_call *call);
+void api_route_runs_list(api_call *call);
+void api_route_run_events(api_call *call);
+void api_route_batch_post(api_call *call);
+void api_route_batch_get(api_call *call);
+void api_route_batch_results(api_call *call);
+void api_route_tenant_post(api_call *call);
+void api_route_key_post(api_call *call);
+void api_route_key_delete(api_call *call);

@@ -64,6 +64,14 @@ static const api_route api_routes[] = {
     {"POST", "/v1/runs/{}/retry", api_route_run_retry, false},
     {"POST", "/v1/events", api_route_event_post, false},
     {"POST", "/v1/test/clock", api_route_test_clock, false},
+    {"GET", "/v1/runs", api_route_runs_list, false},
+    {"GET", "/v1/runs/{}/events", api_route_run_events, false},
+    {"POST", "/v1/batches", api_route_batch_post, false},
+    {"GET", "/v1/batches/{}", api_route_batch_get, false},
+    {"GET", "/v1/batches/{}/results", api_route_batch_results, false},
+    {"POST", "/v1/tenants", api_route_tenant_post, false},
+    {"POST", "/v1/keys", api_route_key_post, false},
+    {"DELETE", "/v1/keys/{}", api_route_key_delete, false},
 };
 
 /* ------------------------------------------------------------------------------- calls -- */
@@ -218,6 +226,11 @@ bool api_call_only_fields(api_call *call, const json_t *obj, const char *const *
 bool api_loop_test_clock(const api_loop *lp)
 {
     return lp->svc->opts.test_clock;
+}
+
+struct ev_loop *api_loop_ev(const api_loop *lp)
+{
+    return lp->loop;
 }
 
 /* -------------------------------------------------------------------------- routing -- */

@@ -1,0 +1,192 @@
+/* api/routes_admin.c: tenants and API keys, for admin-role keys only. To any other key these routes
+ * do not exist (404), like everything else it cannot see.
+ *
+ * An admin key manages its own tenant and the tenants its tenant created (tenants.parent_id). A new
+ * key is made here from the kernel's generator, returned once, and stored only as its SHA-256. */
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api/api_int.h"
+#include "engine/mem.h"
+
+/* Answers 404 to keys without the admin role; true when the caller may go on. */
+static bool admin_only(api_call *call)
+{
+    if (call->admin)
+        return true;
+    api_call_respond_error(call, 404, "not_found", "no such route", NULL);
+    return false;
+}
+
+/* "fd_" and 40 hex characters (160 bits) from /dev/urandom; false when it cannot be read. */
+static bool admin_random_key(char out[44])
+{
+    unsigned char raw[20];
+    FILE *f = fopen("/dev/urandom", "rb");
+    if (!f)
+        return false;
+    size_t got = fread(raw, 1, sizeof raw, f);
+    fclose(f);
+    if (got != sizeof raw)
+        return false;
+    static const char hex[] = "0123456789abcdef";
+    memcpy(out, "fd_", 3);
+    for (size_t i = 0; i < sizeof raw; i++) {
+        out[3 + 2 * i] = hex[raw[i] >> 4];
+        out[4 + 2 * i] = hex[raw[i] & 15];
+    }
+    out[43] = '\0';
+    return true;
+}
+
+/* Tenant names: 1 to 63 of [A-Za-z0-9._-], starting with a letter or digit (they appear in CLI
+ * arguments, logs and metrics labels). */
+static bool admin_valid_name(const char *s, size_t len)
+{
+    if (len == 0 || len > 63 || !isalnum((unsigned char)s[0]))
+        return false;
+    for (size_t i = 0; i < len; i++)
+        if (!isalnum((unsigned char)s[i]) && !strchr("._-", s[i]))
+            return false;
+    return true;
+}
+
+/* ------------------------------------------------------------------------------ tenants -- */
+
+static void tenant_post_cb(api_call *call, const eng_err *err, const PGresult *res)
+{
+    if (err && err->rc == ENG_ECONFLICT) {
+        api_call_respond_error(call, 409, "conflict", "a tenant with this name exists", "/name");
+        return;
+    }
+    if (err)
+        api_call_respond_err(call, err);
+    else
+        api_call_respond_row_json(call, 201, res, "tenant");
+}
+
+void api_route_tenant_post(api_call *call)
+{
+    static const char *const allowed[] = {"name", "max_running", NULL};
+    if (!admin_only(call))
+        return;
+    json_t *body = api_call_body_object(call);
+    if (!body)
+        return;
+    if (!api_call_only_fields(call, body, allowed)) {
+        json_decref(body);
+        return;
+    }
+    const json_t *name = json_object_get(body, "name");
+    const json_t *max_running = json_object_get(body, "max_running");
+    const char *field = NULL, *msg = NULL;
+    if (!json_is_string(name) || !admin_valid_name(json_string_value(name), json_string_length(name)))
+        field = "/name", msg = "must be 1 to 63 letters, digits, '.', '_' or '-'";
+    else if (max_running && !json_is_null(max_running) &&
+             (!json_is_integer(max_running) || json_integer_value(max_running) < 1 ||
+              json_integer_value(max_running) > 1000000))
+        field = "/max_running", msg = "must be an integer from 1 to 1000000, or null";
+    if (field) {
+        json_decref(body);
+        api_call_respond_error(call, 422, "invalid_request", msg, field);
+        return;
+    }
+    char max_s[24];
+    snprintf(max_s, sizeof max_s, "%lld", (long long)json_integer_value(max_running));
+    const char *params[] = {call->tenant_s, json_string_value(name),
+                            json_is_integer(max_running) ? max_s : NULL};
+    api_call_db(call, "SELECT flowd_create_tenant($1, $2, $3)", 3, params, tenant_post_cb);
+    json_decref(body);
+}
+
+/* --------------------------------------------------------------------------------- keys -- */
+
+static void key_post_cb(api_call *call, const eng_err *err, const PGresult *res)
+{
+    if (err) {
+        api_call_respond_err(call, err);
+        return;
+    }
+    if (PQgetisnull(res, 0, 0)) {
+        api_call_respond_error(call, 404, "not_found", "tenant not found", "/tenant");
+        return;
+    }
+    api_call_respond_row_json(call, 201, res, "key");
+}
+
+void api_route_key_post(api_call *call)
+{
+    static const char *const allowed[] = {"tenant", "role", NULL};
+    if (!admin_only(call))
+        return;
+    json_t *body = api_call_body_object(call);
+    if (!body)
+        return;
+    if (!api_call_only_fields(call, body, allowed)) {
+        json_decref(body);
+        return;
+    }
+    const json_t *tenant = json_object_get(body, "tenant");
+    const json_t *role = json_object_get(body, "role");
+    const char *field = NULL, *msg = NULL;
+    if (tenant && !json_is_null(tenant) &&
+        !(json_is_integer(tenant) && json_integer_value(tenant) > 0) &&
+        !(json_is_string(tenant) && json_string_length(tenant) > 0))
+        field = "/tenant", msg = "must be a tenant name or id";
+    else if (role && !json_is_null(role) &&
+             (!json_is_string(role) || (strcmp(json_string_value(role), "admin") != 0 &&
+                                         strcmp(json_string_value(role), "member") != 0)))
+        field = "/role", msg = "must be \"admin\" or \"member\"";
+    if (field) {
+        json_decref(body);
+        api_call_respond_error(call, 422, "invalid_request", msg, field);
+        return;
+    }
+    char key[44];
+    if (!admin_random_key(key)) {
+        json_decref(body);
+        eng_err err;
+        eng_err_set(&err, ENG_ESYS, "cannot read /dev/urandom");
+        api_call_respond_err(call, &err);
+        return;
+    }
+    char id_s[24];
+    snprintf(id_s, sizeof id_s, "%lld", (long long)json_integer_value(tenant));
+    const char *params[] = {call->tenant_s, json_is_integer(tenant) ? id_s : NULL,
+                            json_string_value(tenant),
+                            json_is_string(role) ? json_string_value(role) : "member", key};
+    api_call_db(call, "SELECT flowd_create_key($1, $2, $3, $4, $5)", 5, params, key_post_cb);
+    memset(key, 0, sizeof key);
+    json_decref(body);
+}
+
+static void key_delete_cb(api_call *call, const eng_err *err, const PGresult *res)
+{
+    if (err) {
+        api_call_respond_err(call, err);
+        return;
+    }
+    if (PQgetvalue(res, 0, 0)[0] != 't') {
+        api_call_respond_error(call, 404, "not_found", "key not found", NULL);
+        return;
+    }
+    if (call->req)
+        api_req_respond(call->req, 204, NULL, NULL, 0, NULL);
+    api_call_free(call);
+}
+
+void api_route_key_delete(api_call *call)
+{
+    if (!admin_only(call))
+        return;
+    char *end;
+    long long id = strtoll(call->params[0], &end, 10);
+    if (*end || id <= 0) {
+        api_call_respond_error(call, 404, "not_found", "key not found", NULL);
+        return;
+    }
+    const char *params[] = {call->tenant_s, call->params[0]};
+    api_call_db(call, "SELECT flowd_revoke_key($1, $2)", 2, params, key_delete_cb);
+}

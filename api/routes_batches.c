@@ -1,0 +1,349 @@
+/* api/routes_batches.c: batches (many runs of one workflow in one request and one transaction),
+ * their progress and their results export, and the tenant's run listing.
+ *
+ * Exports stream one page of runs per statement and wait while the client has more than
+ * API_EXPORT_HIGH_WATER bytes unread, so a 10,000-run batch never sits in memory at once. */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api/api_int.h"
+#include "engine/buf.h"
+#include "engine/mem.h"
+
+#define API_BATCH_MAX_INPUTS 10000
+#define API_RUNS_DEFAULT_LIMIT 50
+#define API_RUNS_MAX_LIMIT 500
+#define API_EXPORT_PAGE 500
+#define API_EXPORT_HIGH_WATER (512 * 1024)
+#define API_EXPORT_WAIT_S 0.02
+
+/* Parses a positive integer of at most max; false when s is not one. */
+static bool batches_parse_pos(const char *s, long long max, long long *out)
+{
+    char *end;
+    if (!s || *s < '0' || *s > '9')
+        return false;
+    long long v = strtoll(s, &end, 10);
+    if (*end || v < 1 || v > max)
+        return false;
+    *out = v;
+    return true;
+}
+
+static void batches_row_json_cb(api_call *call, const eng_err *err, const PGresult *res)
+{
+    if (err)
+        api_call_respond_err(call, err);
+    else
+        api_call_respond_row_json(call, 200, res, "batch");
+}
+
+/* --------------------------------------------------------------------------------- runs -- */
+
+static void runs_list_cb(api_call *call, const eng_err *err, const PGresult *res)
+{
+    if (err)
+        api_call_respond_err(call, err);
+    else
+        api_call_respond_row_json(call, 200, res, "runs");
+}
+
+void api_route_runs_list(api_call *call)
+{
+    static const char *const states[] = {"queued", "running", "succeeded", "failed", "cancelled"};
+    api_req *req = call->req;
+    const char *workflow = api_req_query(req, "workflow");
+    const char *state = api_req_query(req, "state");
+    const char *batch = api_req_query(req, "batch");
+    const char *limit_q = api_req_query(req, "limit");
+    const char *cursor = api_req_query(req, "cursor");
+    long long v, limit = API_RUNS_DEFAULT_LIMIT;
+    const char *field = NULL, *msg = NULL;
+    if (workflow && (!*workflow || strlen(workflow) > 200)) {
+        field = "?workflow", msg = "must be a workflow name";
+    } else if (state) {
+        size_t i = 0;
+        while (i < ENG_ARRAY_LEN(states) && strcmp(states[i], state) != 0)
+            i++;
+        if (i == ENG_ARRAY_LEN(states))
+            field = "?state", msg = "must be queued, running, succeeded, failed or cancelled";
+    }
+    if (field) {
+        /* reported below */
+    } else if (batch && !batches_parse_pos(batch, INT64_MAX, &v)) {
+        field = "?batch", msg = "must be a batch id";
+    } else if (limit_q && !batches_parse_pos(limit_q, API_RUNS_MAX_LIMIT, &limit)) {
+        field = "?limit", msg = "must be an integer from 1 to 500";
+    } else if (cursor && !batches_parse_pos(cursor, INT64_MAX, &v)) {
+        field = "?cursor", msg = "must be a next_cursor value from an earlier page";
+    }
+    if (field) {
+        api_call_respond_error(call, 400, "invalid_request", msg, field);
+        return;
+    }
+    char limit_s[24];
+    snprintf(limit_s, sizeof limit_s, "%lld", limit);
+    const char *params[] = {call->tenant_s, workflow, state, batch, cursor, limit_s};
+    api_call_db(call, "SELECT flowd_runs_page($1, $2, $3, $4, $5, $6)", 6, params, runs_list_cb);
+}
+
+/* ------------------------------------------------------------------------------ batches -- */
+
+static void batch_post_cb(api_call *call, const eng_err *err, const PGresult *res)
+{
+    if (err) {
+        api_call_respond_err(call, err);
+        return;
+    }
+    bool created = PQgetvalue(res, 0, 0)[0] == 't';
+    api_call_respond_json(call, created ? 201 : 200,
+                          json_pack("{s:I, s:i}", "id",
+                                    (json_int_t)strtoll(PQgetvalue(res, 0, 1), NULL, 10), "total",
+                                    atoi(PQgetvalue(res, 0, 2))));
+}
+
+/* The first problem of a batch request body, or NULL; *field names it (points into fbuf). */
+static const char *batch_check(const json_t *body, const char *header_key, char *fbuf, size_t fsize,
+                               const char **field)
+{
+    const json_t *wf = json_object_get(body, "workflow");
+    const json_t *version = json_object_get(body, "version");
+    const json_t *inputs = json_object_get(body, "inputs");
+    const json_t *idem = json_object_get(body, "idempotency_key");
+    if (!json_is_string(wf) || json_string_length(wf) == 0 || json_string_length(wf) > 200)
+        return *field = "/workflow", "must be a workflow name";
+    if (version && !json_is_null(version) &&
+        (!json_is_integer(version) || json_integer_value(version) < 1))
+        return *field = "/version", "must be a positive integer";
+    if (!json_is_array(inputs) || json_array_size(inputs) == 0 ||
+        json_array_size(inputs) > API_BATCH_MAX_INPUTS)
+        return *field = "/inputs", "must be an array of 1 to 10000 input objects";
+    size_t i;
+    const json_t *in;
+    json_array_foreach(inputs, i, in) {
+        if (!json_is_object(in)) {
+            snprintf(fbuf, fsize, "/inputs/%zu", i);
+            return *field = fbuf, "must be a JSON object";
+        }
+    }
+    if (idem && (!json_is_string(idem) || json_string_length(idem) == 0 ||
+                 json_string_length(idem) > 200))
+        return *field = "/idempotency_key", "must be a string of 1 to 200 characters";
+    if (header_key && (strlen(header_key) == 0 || strlen(header_key) > 200))
+        return *field = "Idempotency-Key", "must be 1 to 200 characters";
+    if (header_key && idem && strcmp(header_key, json_string_value(idem)) != 0)
+        return *field = "/idempotency_key", "differs from the Idempotency-Key header";
+    return NULL;
+}
+
+void api_route_batch_post(api_call *call)
+{
+    static const char *const allowed[] = {"workflow", "version", "inputs", "idempotency_key", NULL};
+    json_t *body = api_call_body_object(call);
+    if (!body)
+        return;
+    if (!api_call_only_fields(call, body, allowed)) {
+        json_decref(body);
+        return;
+    }
+    const char *header_key = api_req_header(call->req, "Idempotency-Key");
+    char fbuf[32];
+    const char *field = NULL;
+    const char *msg = batch_check(body, header_key, fbuf, sizeof fbuf, &field);
+    if (msg) {
+        json_decref(body);
+        api_call_respond_error(call, 422, "invalid_request", msg, field);
+        return;
+    }
+    const json_t *version = json_object_get(body, "version");
+    const json_t *idem = json_object_get(body, "idempotency_key");
+    char version_s[24];
+    snprintf(version_s, sizeof version_s, "%lld", (long long)json_integer_value(version));
+    char *inputs = json_dumps(json_object_get(body, "inputs"), JSON_COMPACT);
+    const char *params[] = {call->tenant_s,
+                            json_string_value(json_object_get(body, "workflow")),
+                            json_is_integer(version) ? version_s : NULL, inputs,
+                            idem ? json_string_value(idem) : header_key};
+    api_call_db(call,
+                "SELECT created, id, total FROM flowd_create_batch($1, $2, $3, $4::jsonb, $5)", 5,
+                params, batch_post_cb);
+    free(inputs);
+    json_decref(body);
+}
+
+/* Parses the {id} of a batch route; answers 404 when it cannot be one. */
+static bool batches_path_id(api_call *call)
+{
+    long long id;
+    if (batches_parse_pos(call->params[0], INT64_MAX, &id))
+        return true;
+    api_call_respond_error(call, 404, "not_found", "batch not found", NULL);
+    return false;
+}
+
+void api_route_batch_get(api_call *call)
+{
+    if (!batches_path_id(call))
+        return;
+    const char *params[] = {call->tenant_s, call->params[0]};
+    api_call_db(call, "SELECT flowd_batch_json($1, $2)", 2, params, batches_row_json_cb);
+}
+
+/* ------------------------------------------------------------------------------ exports -- */
+
+typedef struct export_state {
+    char tenant[24];
+    char batch[24];
+    char after[24];  /* last run id written */
+    bool csv;
+} export_state;
+
+static void export_next(api_call *call);
+
+/* Appends s as one CSV field (RFC 4180: quoted when it holds a comma, quote or line break). */
+static void csv_field(eng_buf *out, const char *s, bool last)
+{
+    eng_rc rc;
+    if (strpbrk(s, ",\"\r\n")) {
+        rc = eng_buf_append(out, "\"", 1);
+        for (const char *p = s; *p; p++) {
+            const char *q = strchr(p, '"');
+            size_t n = q ? (size_t)(q - p) : strlen(p);
+            rc = eng_buf_append(out, p, n);
+            if (!q)
+                break;
+            rc = eng_buf_append(out, "\"\"", 2);
+            p = q;
+        }
+        rc = eng_buf_append(out, "\"", 1);
+    } else {
+        rc = eng_buf_append(out, s, strlen(s));
+    }
+    rc = eng_buf_append(out, last ? "\r\n" : ",", last ? 2 : 1);
+    (void)rc; /* uncapped */
+}
+
+static void export_page_cb(api_call *call, const eng_err *err, const PGresult *res)
+{
+    export_state *st = api_stream_user(call);
+    if (err) {
+        /* The head is out, so the status cannot say it: the last record does, in the format's own
+         * shape, and no client mistakes a cut-off export for a complete one. */
+        json_t *e = json_pack("{s:s, s:s}", "code", "unavailable", "message", err->msg);
+        char *text = json_dumps(e, JSON_COMPACT);
+        eng_buf out;
+        eng_buf_init(&out, 0);
+        if (st->csv) {
+            csv_field(&out, "", false);
+            csv_field(&out, "error", false);
+            csv_field(&out, "", false);
+            csv_field(&out, "", false);
+            csv_field(&out, text, true);
+        } else {
+            char *line = eng_xasprintf("{\"error\":%s}\n", text);
+            eng_rc rc = eng_buf_append(&out, line, strlen(line));
+            (void)rc;
+            free(line);
+        }
+        api_req_stream_write(call->req, out.ptr, out.len);
+        eng_buf_deinit(&out);
+        free(text);
+        json_decref(e);
+        api_req_stream_end(call->req);
+        api_call_free(call);
+        return;
+    }
+    int n = PQntuples(res);
+    eng_buf out;
+    eng_buf_init(&out, 0);
+    for (int i = 0; i < n; i++) {
+        const char *id = PQgetvalue(res, i, 0), *state = PQgetvalue(res, i, 1);
+        const char *input = PQgetvalue(res, i, 2);
+        const char *output = PQgetisnull(res, i, 3) ? NULL : PQgetvalue(res, i, 3);
+        const char *error = PQgetisnull(res, i, 4) ? NULL : PQgetvalue(res, i, 4);
+        if (st->csv) {
+            csv_field(&out, id, false);
+            csv_field(&out, state, false);
+            csv_field(&out, input, false);
+            csv_field(&out, output ? output : "", false);
+            csv_field(&out, error ? error : "", true);
+        } else {
+            /* every piece is JSON text already (jsonb output, a numeric id, a fixed state word) */
+            char *line = eng_xasprintf("{\"id\":%s,\"input\":%s,\"state\":\"%s\",\"output\":%s,"
+                                       "\"error\":%s}\n",
+                                       id, input, state, output ? output : "null",
+                                       error ? error : "null");
+            eng_rc rc = eng_buf_append(&out, line, strlen(line));
+            (void)rc;
+            free(line);
+        }
+        snprintf(st->after, sizeof st->after, "%s", id);
+    }
+    if (out.len)
+        api_req_stream_write(call->req, out.ptr, out.len);
+    eng_buf_deinit(&out);
+    if (n < API_EXPORT_PAGE) {
+        api_req_stream_end(call->req);
+        api_call_free(call);
+        return;
+    }
+    export_next(call);
+}
+
+static void export_next(api_call *call)
+{
+    if (api_req_pending_bytes(call->req) > API_EXPORT_HIGH_WATER) {
+        api_stream_after(call, API_EXPORT_WAIT_S, export_next);
+        return;
+    }
+    export_state *st = api_stream_user(call);
+    char limit[16];
+    snprintf(limit, sizeof limit, "%d", API_EXPORT_PAGE);
+    const char *params[] = {st->tenant, st->batch, st->after, limit};
+    api_stream_db(call, "SELECT id, state, input, output, error FROM flowd_batch_results($1, $2, $3, $4)",
+                  4, params, export_page_cb);
+}
+
+static void export_found_cb(api_call *call, const eng_err *err, const PGresult *res)
+{
+    if (err) {
+        api_call_respond_err(call, err);
+        return;
+    }
+    if (PQntuples(res) == 0) {
+        api_call_respond_error(call, 404, "not_found", "batch not found", NULL);
+        return;
+    }
+    export_state *st = api_stream_user(call);
+    if (st->csv) {
+        static const char *const headers[] = {"Content-Disposition: attachment; filename=\"results.csv\"",
+                                              NULL};
+        api_req_stream_begin(call->req, 200, "text/csv; charset=utf-8", headers);
+        api_req_stream_write(call->req, "id,state,input,output,error\r\n", 29);
+    } else {
+        api_req_stream_begin(call->req, 200, "application/x-ndjson", NULL);
+    }
+    export_next(call);
+}
+
+void api_route_batch_results(api_call *call)
+{
+    if (!batches_path_id(call))
+        return;
+    const char *format = api_req_query(call->req, "format");
+    if (format && strcmp(format, "csv") != 0 && strcmp(format, "ndjson") != 0) {
+        api_call_respond_error(call, 400, "invalid_request", "must be csv or ndjson", "?format");
+        return;
+    }
+    export_state *st = eng_xcalloc(1, sizeof *st);
+    snprintf(st->tenant, sizeof st->tenant, "%s", call->tenant_s);
+    snprintf(st->batch, sizeof st->batch, "%s", call->params[0]);
+    snprintf(st->after, sizeof st->after, "0");
+    st->csv = format && strcmp(format, "csv") == 0;
+    api_stream_start(call, st, free);
+    const char *params[] = {st->tenant, st->batch};
+    api_stream_db(call, "SELECT 1 FROM batches WHERE tenant_id = $1 AND id = $2", 2, params,
+                  export_found_cb);
+}
