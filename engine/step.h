@@ -76,6 +76,9 @@ void eng_step_fail(eng_step_ctx *ctx, bool permanent, const char *code, const ch
 /* Puts the step back to sleep until at_ms (engine clock) without counting an attempt: durable
  * timers keep nothing in flight while they wait. */
 void eng_step_snooze(eng_step_ctx *ctx, int64_t at_ms);
+/* Ends the step 'skipped' with output {"reason": reason} (dependents see it as skipped), e.g. a
+ * message to a suppressed recipient. Counts as finished, not as a failure. */
+void eng_step_skip(eng_step_ctx *ctx, const char *reason);
 
 /* Built-in outcomes, for the engine's own kinds. */
 /* Sleeps in 'waiting' until an event (name, key) arrives (or already arrived during this run), then

@@ -125,6 +125,11 @@ static void ctx_skip(eng_step_ctx *c, const char *reason)
     ctx_report(c, json_pack("{s:s, s:{s:s}}", "s", "skip", "o", "reason", reason));
 }
 
+void eng_step_skip(eng_step_ctx *c, const char *reason)
+{
+    ctx_skip(c, reason);
+}
+
 static void ctx_schedule(eng_step_ctx *c, int64_t at_ms)
 {
     ctx_report(c, json_pack("{s:s, s:I, s:b}", "s", "snooze", "at_ms", (json_int_t)at_ms, "sched", 1));
