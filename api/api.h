@@ -15,6 +15,7 @@ typedef struct api_service_opts {
     int threads;            /* loop threads (default 2) */
     int db_conns;           /* PostgreSQL connections per thread (default 4) */
     size_t max_body;        /* default 1 MiB */
+    double header_timeout_s; /* the request head must arrive within this (slowloris); default 10 */
     bool test_clock;        /* FLOWD_TEST_CLOCK=1: POST /v1/test/clock exists */
 } api_service_opts;
 

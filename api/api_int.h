@@ -22,6 +22,7 @@ struct api_call {
     long long tenant;        /* authenticated tenant, 0 for open routes */
     char tenant_s[24];       /* the same as text, for statement parameters */
     bool admin;              /* the key has the admin role */
+    const char *route;       /* the matched route pattern (metrics), NULL when none matched */
     const char *params[3];   /* path parameters ({name}, {id}) in route order, borrowed from route match */
     char *param_buf;         /* storage behind params */
     void *data;              /* handler state, freed with data_free */
@@ -69,6 +70,13 @@ void api_stream_after(api_call *call, double seconds, void (*fn)(api_call *call)
 void api_stream_db(api_call *call, const char *sql, int nparams, const char *const *params,
                    api_call_db_cb *cb);
 
+/* Answers with body as is (len bytes) and frees the call; counted in the metrics like every
+ * api_call_respond_*, which api_req_respond used directly is not. */
+void api_call_respond_raw(api_call *call, int status, const char *content_type, const char *body,
+                          size_t len, const char *const *extra_headers);
+/* Entry i of the route table (method, pattern with "{}" for a parameter); false past the end. */
+bool api_route_at(size_t i, const char **method, const char **pattern);
+
 /* Route handlers (api/routes_*.c). */
 void api_route_workflow_put(api_call *call);
 void api_route_workflow_get(api_call *call);
@@ -79,6 +87,8 @@ void api_route_run_cancel(api_call *call);
 void api_route_run_retry(api_call *call);
 void api_route_event_post(api_call *call);
 void api_route_test_clock(api_call *call);
+void api_route_metrics(api_call *call);
+void api_route_openapi(api_call *call);
 void api_route_runs_list(api_call *call);
 void api_route_run_events(api_call *call);
 void api_route_batch_post(api_call *call);

@@ -8,10 +8,12 @@
 
 #include "api/api.h"
 #include "api/api_int.h"
+#include "api/ratelimit.h"
 #include "engine/clock.h"
 #include "engine/db.h"
 #include "engine/log.h"
 #include "engine/mem.h"
+#include "engine/metrics.h"
 #include "engine/wf_def.h"
 
 #define API_AUTH_CACHE 256  /* entries per loop, direct-mapped by key digest */
@@ -42,6 +44,7 @@ struct api_service {
     api_loop *loops;
     int nloops;
     int port;
+    api_ratelimit *rl; /* shared by the loops */
 };
 
 typedef struct api_route {
@@ -55,6 +58,8 @@ static void api_route_healthz(api_call *call);
 
 static const api_route api_routes[] = {
     {"GET", "/healthz", api_route_healthz, true},
+    {"GET", "/metrics", api_route_metrics, true},
+    {"GET", "/v1/openapi.json", api_route_openapi, true},
     {"GET", "/v1/workflows", api_route_workflows_list, false},
     {"PUT", "/v1/workflows/{}", api_route_workflow_put, false},
     {"GET", "/v1/workflows/{}", api_route_workflow_get, false},
@@ -81,6 +86,14 @@ static void call_abort_cb(void *arg)
     ((api_call *)arg)->req = NULL;
 }
 
+/* Every answer a call gives is counted here; what the http layer answers by itself (400 for
+ * unparsable requests, 413, 431) and answers written with api_req_* directly are not. */
+static void call_count(const api_call *call, int status)
+{
+    if (call->req)
+        eng_metrics_http_request(api_req_method(call->req), call->route, status);
+}
+
 void api_call_free(api_call *call)
 {
     if (!call)
@@ -93,6 +106,7 @@ void api_call_free(api_call *call)
 
 void api_call_respond_json(api_call *call, int status, json_t *body)
 {
+    call_count(call, status);
     if (call->req)
         api_req_respond_json(call->req, status, body);
     else
@@ -103,6 +117,7 @@ void api_call_respond_json(api_call *call, int status, json_t *body)
 void api_call_respond_error(api_call *call, int status, const char *code, const char *msg,
                             const char *field)
 {
+    call_count(call, status);
     if (call->req)
         api_req_respond_error(call->req, status, code, msg, field && *field ? field : NULL);
     api_call_free(call);
@@ -142,8 +157,18 @@ void api_call_respond_row_json(api_call *call, int status, const PGresult *res, 
         return;
     }
     const char *text = PQgetvalue(res, 0, 0);
+    call_count(call, status);
     if (call->req)
         api_req_respond(call->req, status, "application/json", text, strlen(text), NULL);
+    api_call_free(call);
+}
+
+void api_call_respond_raw(api_call *call, int status, const char *content_type, const char *body,
+                          size_t len, const char *const *extra_headers)
+{
+    call_count(call, status);
+    if (call->req)
+        api_req_respond(call->req, status, content_type, body, len, extra_headers);
     api_call_free(call);
 }
 
@@ -233,6 +258,15 @@ struct ev_loop *api_loop_ev(const api_loop *lp)
     return lp->loop;
 }
 
+bool api_route_at(size_t i, const char **method, const char **pattern)
+{
+    if (i >= ENG_ARRAY_LEN(api_routes))
+        return false;
+    *method = api_routes[i].method;
+    *pattern = api_routes[i].pattern;
+    return true;
+}
+
 /* -------------------------------------------------------------------------- routing -- */
 
 static void api_route_healthz(api_call *call)
@@ -284,11 +318,18 @@ typedef struct auth_state {
     char digest[65];
 } auth_state;
 
+static void route_admitted(api_call *call, const void *route)
+{
+    ((const api_route *)route)->fn(call);
+}
+
 static void api_dispatch(api_call *call, const api_route *route)
 {
     call->data_free = NULL;
     call->data = NULL;
     snprintf(call->tenant_s, sizeof call->tenant_s, "%lld", call->tenant);
+    if (!route->open && !api_ratelimit_admit(call->lp->svc->rl, call, route_admitted, route))
+        return;
     route->fn(call);
 }
 
@@ -375,6 +416,7 @@ static void api_handle(void *arg, api_req *req)
         path_known = true;
         if (strcmp(r->method, method) != 0)
             continue;
+        call->route = r->pattern;
         if (r->open)
             api_dispatch(call, r);
         else
@@ -420,6 +462,7 @@ api_service *api_service_start(const api_service_opts *opts, eng_err *err)
     s->listen = eng_xstrdup(opts->listen ? opts->listen : "127.0.0.1:8080");
     s->opts.conninfo = s->conninfo;
     s->opts.listen = s->listen;
+    s->rl = api_ratelimit_new(0, 0);
     s->nloops = opts->threads > 0 ? opts->threads : 2;
     int ndb = opts->db_conns > 0 ? opts->db_conns : 4;
     s->loops = eng_xcalloc((size_t)s->nloops, sizeof *s->loops);
@@ -430,6 +473,7 @@ api_service *api_service_start(const api_service_opts *opts, eng_err *err)
         lp->svc = s;
         lp->loop = ev_loop_new(EVFLAG_AUTO);
         api_http_opts ho = {.listen = listen_buf, .max_body = opts->max_body, .reuseport = true};
+        ho.header_timeout_s = opts->header_timeout_s;
         lp->http = api_http_new(lp->loop, &ho, api_handle, lp, err);
         if (!lp->http) {
             ev_loop_destroy(lp->loop);
@@ -482,6 +526,7 @@ void api_service_stop(api_service *s)
         if (lp->loop)
             ev_loop_destroy(lp->loop);
     }
+    api_ratelimit_free(s->rl);
     free(s->loops);
     free(s->conninfo);
     free(s->listen);

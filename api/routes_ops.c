@@ -1,0 +1,93 @@
+/* api/routes_ops.c: GET /metrics (Prometheus text) and GET /v1/openapi.json. Both are open routes:
+ * they show no tenant's data (metrics count rows of all tenants together). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "api/api_int.h"
+#include "engine/buf.h"
+#include "engine/metrics.h"
+
+/* api/openapi.json, linked in as is and followed by a NUL, so that the document is edited as JSON
+ * and the binary needs no file at run time. (CMake does not know this dependency: after editing
+ * the document, touch this file.) */
+__asm__(".section .rodata\n"
+        ".global flowd_openapi_json\n"
+        ".hidden flowd_openapi_json\n"
+        "flowd_openapi_json:\n"
+        ".incbin \"" FLOWD_SOURCE_DIR "/api/openapi.json\"\n"
+        ".byte 0\n"
+        ".previous\n");
+extern const char flowd_openapi_json[];
+
+void api_route_openapi(api_call *call)
+{
+    api_call_respond_raw(call, 200, "application/json", flowd_openapi_json,
+                         strlen(flowd_openapi_json), NULL);
+}
+
+static const char *const ops_run_states[] = {"queued", "running", "succeeded", "failed",
+                                             "cancelled", NULL};
+static const char *const ops_step_states[] = {"pending", "ready",   "running", "waiting",
+                                              "succeeded", "failed", "skipped", "cancelled", NULL};
+
+/* One gauge family from the rows of res whose column 0 is table: every known state (0 when it has
+ * no rows), then any state the schema gained since this list was written. */
+static eng_rc ops_gauge(eng_buf *b, const PGresult *res, const char *table, const char *name,
+                        const char *help, const char *const *states)
+{
+    eng_rc rc = eng_buf_appendf(b, "# HELP %s %s\n# TYPE %s gauge\n", name, help, name);
+    int n = PQntuples(res);
+    for (size_t i = 0; states[i] && rc == ENG_OK; i++) {
+        const char *count = "0";
+        for (int r = 0; r < n; r++)
+            if (strcmp(PQgetvalue(res, r, 0), table) == 0 && strcmp(PQgetvalue(res, r, 1), states[i]) == 0)
+                count = PQgetvalue(res, r, 2);
+        rc = eng_buf_appendf(b, "%s{state=\"%s\"} %s\n", name, states[i], count);
+    }
+    for (int r = 0; r < n && rc == ENG_OK; r++) {
+        if (strcmp(PQgetvalue(res, r, 0), table) != 0)
+            continue;
+        size_t i = 0;
+        while (states[i] && strcmp(states[i], PQgetvalue(res, r, 1)) != 0)
+            i++;
+        if (!states[i]) /* states come from CHECK constraints: no quoting needed */
+            rc = eng_buf_appendf(b, "%s{state=\"%s\"} %s\n", name, PQgetvalue(res, r, 1),
+                                 PQgetvalue(res, r, 2));
+    }
+    return rc;
+}
+
+static void metrics_cb(api_call *call, const eng_err *err, const PGresult *res)
+{
+    if (err) {
+        api_call_respond_err(call, err);
+        return;
+    }
+    eng_buf b;
+    eng_buf_init(&b, 0);
+    eng_rc rc = ops_gauge(&b, res, "runs", "flowd_runs", "Runs of all tenants by state.",
+                          ops_run_states);
+    if (rc == ENG_OK)
+        rc = ops_gauge(&b, res, "steps", "flowd_steps", "Steps of all tenants by state.",
+                       ops_step_states);
+    if (rc == ENG_OK)
+        rc = eng_metrics_render(&b);
+    if (rc != ENG_OK) {
+        eng_buf_deinit(&b);
+        eng_err e;
+        eng_err_set(&e, rc, "cannot render metrics");
+        api_call_respond_err(call, &e);
+        return;
+    }
+    api_call_respond_raw(call, 200, "text/plain; version=0.0.4; charset=utf-8", b.ptr, b.len, NULL);
+    eng_buf_deinit(&b);
+}
+
+void api_route_metrics(api_call *call)
+{
+    /* One statement, so both families come from one snapshot. */
+    api_call_db(call,
+                "SELECT 'runs', state, count(*) FROM runs GROUP BY state "
+                "UNION ALL SELECT 'steps', state, count(*) FROM steps GROUP BY state",
+                0, NULL, metrics_cb);
+}
