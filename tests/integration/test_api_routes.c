@@ -1,0 +1,688 @@
+/* tests/integration/test_api_routes.c: the HTTP API's listing, events, batch and admin routes over
+ * real sockets, against the API service running in this process and the real PostgreSQL.
+ *
+ * One database and one service serve the whole group; tests run in order and share the tenants the
+ * first one creates (A and B, each with an admin key). Workers run in this process only while a test
+ * needs runs to finish. The client is libcurl's easy interface, one handle per thread. */
+// clang-format off
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+// clang-format on
+#include <curl/curl.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "api/api.h"
+#include "engine/log.h"
+#include "engine/mem.h"
+#include "engine/step.h"
+#include "tests/support/th.h"
+#include "tests/support/th_engine.h"
+
+#define ADMIN_KEY "fd_test_key_not_secret" /* th_engine_db's default tenant (admin) */
+
+static char *db;
+static api_service *svc;
+static char base[64];
+static char key_a[64], key_b[64]; /* admin keys of tenants A and B */
+static long long tenant_b_id;
+
+static const char one_step_def[] =
+    "{\"steps\": [{\"key\": \"only\", \"kind\": \"transform\", \"input\": {\"n\": \"{{input.n}}\"}}]}";
+static const char chain_def[] =
+    "{\"steps\": [{\"key\": \"a\", \"kind\": \"transform\", \"input\": {\"x\": 1}},"
+    " {\"key\": \"b\", \"kind\": \"transform\", \"needs\": [\"a\"], \"input\": {\"x\": 2}},"
+    " {\"key\": \"c\", \"kind\": \"transform\", \"needs\": [\"b\"], \"input\": {\"x\": 3}}]}";
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* ------------------------------------------------------------------------------ client -- */
+
+typedef struct resp {
+    long status;
+    char *body;
+    size_t len;
+} resp;
+
+static size_t collect(char *p, size_t sz, size_t n, void *arg)
+{
+    resp *r = arg;
+    r->body = realloc(r->body, r->len + sz * n + 1);
+    memcpy(r->body + r->len, p, sz * n);
+    r->len += sz * n;
+    r->body[r->len] = '\0';
+    return sz * n;
+}
+
+/* One request on handle h (NULL: a fresh one). headers: NULL-terminated extra header lines. */
+static resp call_h(CURL *h, const char *method, const char *path, const char *key, const char *body,
+                   const char *const *headers)
+{
+    bool own = !h;
+    if (own)
+        h = curl_easy_init();
+    curl_easy_reset(h);
+    resp r = {0, eng_xstrdup(""), 0};
+    char url[512], auth[128];
+    snprintf(url, sizeof url, "%s%s", base, path);
+    struct curl_slist *hl = NULL;
+    if (key) {
+        snprintf(auth, sizeof auth, "Authorization: Bearer %s", key);
+        hl = curl_slist_append(hl, auth);
+    }
+    if (body)
+        hl = curl_slist_append(hl, "Content-Type: application/json");
+    for (size_t i = 0; headers && headers[i]; i++)
+        hl = curl_slist_append(hl, headers[i]);
+    curl_easy_setopt(h, CURLOPT_URL, url);
+    curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, hl);
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT, 120L);
+    if (body) {
+        curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
+        curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
+    }
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, collect);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, &r);
+    CURLcode rc = curl_easy_perform(h);
+    if (rc != CURLE_OK)
+        fail_msg("%s %s: %s", method, path, curl_easy_strerror(rc));
+    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &r.status);
+    curl_slist_free_all(hl);
+    if (own)
+        curl_easy_cleanup(h);
+    return r;
+}
+
+static resp call(const char *method, const char *path, const char *key, const char *body)
+{
+    return call_h(NULL, method, path, key, body, NULL);
+}
+
+/* Asserts the status and parses the body as JSON (new reference; NULL for an empty body). */
+static json_t *expect(resp r, long status)
+{
+    if (r.status != status)
+        fail_msg("expected %ld, got %ld: %s", status, r.status, r.body);
+    json_t *j = r.len ? json_loads(r.body, 0, NULL) : NULL;
+    if (r.len && !j)
+        fail_msg("not JSON: %s", r.body);
+    free(r.body);
+    return j;
+}
+
+/* Asserts an error response with this status and field (NULL: no field). */
+static void expect_error(resp r, long status, const char *field)
+{
+    json_t *j = expect(r, status);
+    json_t *e = json_object_get(j, "error");
+    assert_non_null(e);
+    assert_non_null(json_string_value(json_object_get(e, "message")));
+    const char *got = json_string_value(json_object_get(e, "field"));
+    if (field && (!got || strcmp(got, field) != 0))
+        fail_msg("expected field %s, got %s", field, got ? got : "(none)");
+    json_decref(j);
+}
+
+static long long jint(const json_t *o, const char *name)
+{
+    return (long long)json_integer_value(json_object_get(o, name));
+}
+
+/* Registers def under name for the key's tenant. */
+static void put_workflow(const char *key, const char *name, const char *def)
+{
+    char path[128];
+    snprintf(path, sizeof path, "/v1/workflows/%s", name);
+    resp r = call("PUT", path, key, def);
+    assert_true(r.status == 201 || r.status == 200);
+    free(r.body);
+}
+
+static long long start_run(const char *key, const char *workflow, const char *input)
+{
+    char *body = eng_xasprintf("{\"workflow\": \"%s\", \"input\": %s}", workflow, input);
+    json_t *run = expect(call("POST", "/v1/runs", key, body), 201);
+    free(body);
+    long long id = jint(run, "id");
+    json_decref(run);
+    return id;
+}
+
+/* ------------------------------------------------------------------------------- admin -- */
+
+static void test_admin_tenants_and_keys(void **state)
+{
+    (void)state;
+    json_t *t = expect(call("POST", "/v1/tenants", ADMIN_KEY, "{\"name\": \"tenant-a\"}"), 201);
+    assert_string_equal(json_string_value(json_object_get(t, "name")), "tenant-a");
+    json_decref(t);
+    t = expect(call("POST", "/v1/tenants", ADMIN_KEY, "{\"name\": \"tenant-b\", \"max_running\": 5}"),
+               201);
+    tenant_b_id = jint(t, "id");
+    assert_int_equal(jint(t, "max_running"), 5);
+    json_decref(t);
+    expect_error(call("POST", "/v1/tenants", ADMIN_KEY, "{\"name\": \"tenant-a\"}"), 409, "/name");
+    expect_error(call("POST", "/v1/tenants", ADMIN_KEY, "{\"name\": \"a b\"}"), 422, "/name");
+    expect_error(call("POST", "/v1/tenants", ADMIN_KEY, "{\"name\": 7}"), 422, "/name");
+    expect_error(call("POST", "/v1/tenants", ADMIN_KEY, "{\"name\": \"x\", \"max_running\": \"2\"}"),
+                 422, "/max_running");
+    expect_error(call("POST", "/v1/tenants", ADMIN_KEY, "{\"name\": \"x\", \"color\": 1}"), 400,
+                 "/color");
+    expect_error(call("POST", "/v1/tenants", ADMIN_KEY, "{\"name\": "), 400, NULL);
+    expect_error(call("POST", "/v1/tenants", NULL, "{\"name\": \"x\"}"), 401, NULL);
+
+    /* keys by tenant name and by id; the key is shown once and works at once */
+    json_t *k = expect(call("POST", "/v1/keys", ADMIN_KEY, "{\"tenant\": \"tenant-a\", \"role\": \"admin\"}"),
+                       201);
+    const char *key = json_string_value(json_object_get(k, "key"));
+    assert_int_equal(strlen(key), 43);
+    assert_memory_equal(key, "fd_", 3);
+    assert_string_equal(json_string_value(json_object_get(k, "role")), "admin");
+    assert_string_equal(json_string_value(json_object_get(k, "tenant")), "tenant-a");
+    snprintf(key_a, sizeof key_a, "%s", key);
+    json_decref(k);
+    char *body = eng_xasprintf("{\"tenant\": %lld, \"role\": \"admin\"}", tenant_b_id);
+    k = expect(call("POST", "/v1/keys", ADMIN_KEY, body), 201);
+    free(body);
+    snprintf(key_b, sizeof key_b, "%s", json_string_value(json_object_get(k, "key")));
+    json_decref(k);
+    assert_int_equal(th_pg_long(db, "SELECT count(*) FROM api_keys WHERE key_hash = "
+                                    "sha256(convert_to(prefix, 'UTF8'))"), 0);
+    json_decref(expect(call("GET", "/v1/runs", key_a, NULL), 200));
+
+    /* a member key of A: the admin routes do not exist for it */
+    k = expect(call("POST", "/v1/keys", key_a, "{}"), 201);
+    assert_string_equal(json_string_value(json_object_get(k, "role")), "member");
+    char member[64];
+    snprintf(member, sizeof member, "%s", json_string_value(json_object_get(k, "key")));
+    long long member_id = jint(k, "id");
+    json_decref(k);
+    expect_error(call("POST", "/v1/tenants", member, "{\"name\": \"nope\"}"), 404, NULL);
+    expect_error(call("POST", "/v1/keys", member, "{}"), 404, NULL);
+    expect_error(call("POST", "/v1/keys", key_a, "{\"role\": \"boss\"}"), 422, "/role");
+    expect_error(call("POST", "/v1/keys", key_a, "{\"tenant\": true}"), 422, "/tenant");
+    /* A manages neither B nor the default tenant */
+    expect_error(call("POST", "/v1/keys", key_a, "{\"tenant\": \"tenant-b\"}"), 404, "/tenant");
+    expect_error(call("POST", "/v1/keys", key_a, "{\"tenant\": \"default\"}"), 404, "/tenant");
+
+    /* revoking: B cannot touch A's key; A can; a revoked key stops working within the cache TTL */
+    char path[64];
+    snprintf(path, sizeof path, "/v1/keys/%lld", member_id);
+    expect_error(call("DELETE", path, key_b, NULL), 404, NULL);
+    expect_error(call("DELETE", path, member, NULL), 404, NULL);
+    expect_error(call("DELETE", "/v1/keys/abc", key_a, NULL), 404, NULL);
+    expect_error(call("DELETE", "/v1/keys/999999", key_a, NULL), 404, NULL);
+    json_decref(expect(call("GET", "/v1/runs", member, NULL), 200));
+    assert_null(expect(call("DELETE", path, key_a, NULL), 204));
+    assert_null(expect(call("DELETE", path, key_a, NULL), 204));
+    sleep_ms(2200);
+    expect_error(call("GET", "/v1/runs", member, NULL), 401, NULL);
+}
+
+/* ------------------------------------------------------------------------ runs listing -- */
+
+static void test_runs_list_paging_and_filters(void **state)
+{
+    (void)state;
+    put_workflow(key_a, "listed", one_step_def);
+    put_workflow(key_a, "other", one_step_def);
+    long long ids[5];
+    for (int i = 0; i < 5; i++)
+        ids[i] = start_run(key_a, i < 4 ? "listed" : "other", "{\"n\": 1}");
+
+    json_t *p = expect(call("GET", "/v1/runs?limit=2&workflow=listed", key_a, NULL), 200);
+    json_t *runs = json_object_get(p, "runs");
+    assert_int_equal(json_array_size(runs), 2);
+    assert_int_equal(jint(json_array_get(runs, 0), "id"), ids[3]); /* newest first */
+    assert_int_equal(jint(json_array_get(runs, 1), "id"), ids[2]);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(runs, 0), "state")),
+                        "queued");
+    const char *cursor = json_string_value(json_object_get(p, "next_cursor"));
+    assert_non_null(cursor);
+    char path[128];
+    snprintf(path, sizeof path, "/v1/runs?limit=2&workflow=listed&cursor=%s", cursor);
+    json_decref(p);
+    p = expect(call("GET", path, key_a, NULL), 200);
+    runs = json_object_get(p, "runs");
+    assert_int_equal(json_array_size(runs), 2);
+    assert_int_equal(jint(json_array_get(runs, 0), "id"), ids[1]);
+    assert_int_equal(jint(json_array_get(runs, 1), "id"), ids[0]);
+    assert_true(json_is_null(json_object_get(p, "next_cursor")));
+    json_decref(p);
+
+    p = expect(call("GET", "/v1/runs", key_a, NULL), 200);
+    assert_int_equal(json_array_size(json_object_get(p, "runs")), 5);
+    json_decref(p);
+    p = expect(call("GET", "/v1/runs?state=succeeded", key_a, NULL), 200);
+    assert_int_equal(json_array_size(json_object_get(p, "runs")), 0);
+    json_decref(p);
+    p = expect(call("GET", "/v1/runs?state=queued&workflow=other", key_a, NULL), 200);
+    assert_int_equal(json_array_size(json_object_get(p, "runs")), 1);
+    json_decref(p);
+
+    expect_error(call("GET", "/v1/runs?limit=0", key_a, NULL), 400, "?limit");
+    expect_error(call("GET", "/v1/runs?limit=501", key_a, NULL), 400, "?limit");
+    expect_error(call("GET", "/v1/runs?limit=ten", key_a, NULL), 400, "?limit");
+    expect_error(call("GET", "/v1/runs?state=done", key_a, NULL), 400, "?state");
+    expect_error(call("GET", "/v1/runs?cursor=-4", key_a, NULL), 400, "?cursor");
+    expect_error(call("GET", "/v1/runs?batch=x", key_a, NULL), 400, "?batch");
+    expect_error(call("GET", "/v1/runs", NULL, NULL), 401, NULL);
+
+    /* B sees none of it */
+    p = expect(call("GET", "/v1/runs", key_b, NULL), 200);
+    assert_int_equal(json_array_size(json_object_get(p, "runs")), 0);
+    json_decref(p);
+    static const char *const fmts[] = {"GET /v1/runs/%lld", "GET /v1/runs/%lld/events",
+                                       "POST /v1/runs/%lld/cancel", "POST /v1/runs/%lld/retry"};
+    for (size_t i = 0; i < ENG_ARRAY_LEN(fmts); i++) {
+        char line[96], method[8];
+        snprintf(line, sizeof line, fmts[i], ids[0]);
+        sscanf(line, "%7s %95s", method, path);
+        expect_error(call(method, path, key_b, strcmp(method, "POST") ? NULL : "{}"), 404, NULL);
+    }
+    expect_error(call("GET", "/v1/workflows/listed", key_b, NULL), 404, NULL);
+    p = expect(call("GET", "/v1/workflows", key_b, NULL), 200);
+    assert_int_equal(json_array_size(json_object_get(p, "workflows")), 0);
+    json_decref(p);
+    /* a run of B's own with A's workflow name does not start */
+    expect_error(call("POST", "/v1/runs", key_b, "{\"workflow\": \"listed\"}"), 404, NULL);
+}
+
+/* ------------------------------------------------------------------ idempotent enqueue -- */
+
+typedef struct idem_arg {
+    long status;
+    long long id;
+} idem_arg;
+
+static void *idem_thread(void *arg)
+{
+    idem_arg *a = arg;
+    CURL *h = curl_easy_init();
+    static const char *const hdr[] = {"Idempotency-Key: same-key-20", NULL};
+    resp r = call_h(h, "POST", "/v1/runs", key_a, "{\"workflow\": \"listed\", \"input\": {\"n\": 2}}",
+                    hdr);
+    curl_easy_cleanup(h);
+    a->status = r.status;
+    json_t *j = json_loads(r.body, 0, NULL);
+    a->id = jint(j, "id");
+    json_decref(j);
+    free(r.body);
+    return NULL;
+}
+
+static void test_idempotent_enqueue_concurrent(void **state)
+{
+    (void)state;
+    enum { N = 20 };
+    pthread_t th[N];
+    idem_arg args[N] = {{0}};
+    for (int i = 0; i < N; i++)
+        pthread_create(&th[i], NULL, idem_thread, &args[i]);
+    for (int i = 0; i < N; i++)
+        pthread_join(th[i], NULL);
+    int created = 0;
+    for (int i = 0; i < N; i++) {
+        assert_true(args[i].status == 201 || args[i].status == 200);
+        created += args[i].status == 201;
+        assert_int_equal(args[i].id, args[0].id);
+    }
+    assert_int_equal(created, 1);
+    assert_int_equal(th_pg_long(db, "SELECT count(*) FROM runs WHERE idempotency_key = 'same-key-20'"),
+                     1);
+}
+
+/* ------------------------------------------------------------------------------ batches -- */
+
+/* Counts lines ending in sep and checks each NDJSON line. */
+static size_t count_lines(const char *s, const char *sep)
+{
+    size_t n = 0;
+    for (const char *p = strstr(s, sep); p; p = strstr(p + 1, sep))
+        n++;
+    return n;
+}
+
+static void test_batch_validation_and_isolation(void **state)
+{
+    (void)state;
+    put_workflow(key_a, "batched", one_step_def);
+    expect_error(call("POST", "/v1/batches", key_a, "{\"workflow\": \"batched\"}"), 422, "/inputs");
+    expect_error(call("POST", "/v1/batches", key_a, "{\"workflow\": \"batched\", \"inputs\": []}"),
+                 422, "/inputs");
+    expect_error(call("POST", "/v1/batches", key_a,
+                      "{\"workflow\": \"batched\", \"inputs\": [{}, 5]}"), 422, "/inputs/1");
+    expect_error(call("POST", "/v1/batches", key_a, "{\"workflow\": 3, \"inputs\": [{}]}"), 422,
+                 "/workflow");
+    expect_error(call("POST", "/v1/batches", key_a,
+                      "{\"workflow\": \"batched\", \"inputs\": [{}], \"version\": \"1\"}"), 422,
+                 "/version");
+    expect_error(call("POST", "/v1/batches", key_a,
+                      "{\"workflow\": \"batched\", \"inputs\": [{}], \"extra\": 1}"), 400, "/extra");
+    expect_error(call("POST", "/v1/batches", key_a, "[1]"), 400, NULL);
+    expect_error(call("POST", "/v1/batches", key_a, "{\"workflow\": \"nope\", \"inputs\": [{}]}"),
+                 404, NULL);
+    expect_error(call("POST", "/v1/batches", key_b, "{\"workflow\": \"batched\", \"inputs\": [{}]}"),
+                 404, NULL);
+    assert_int_equal(th_pg_long(db, "SELECT count(*) FROM batches"), 0);
+
+    json_t *b = expect(call("POST", "/v1/batches", key_a,
+                            "{\"workflow\": \"batched\", \"inputs\": [{\"n\": 1}, {\"n\": 2}]}"), 201);
+    long long id = jint(b, "id");
+    assert_int_equal(jint(b, "total"), 2);
+    json_decref(b);
+    char path[96];
+    snprintf(path, sizeof path, "/v1/batches/%lld", id);
+    b = expect(call("GET", path, key_a, NULL), 200);
+    assert_string_equal(json_string_value(json_object_get(b, "state")), "running");
+    assert_int_equal(jint(b, "queued"), 2);
+    assert_int_equal(jint(b, "percent"), 0);
+    json_decref(b);
+    expect_error(call("GET", path, key_b, NULL), 404, NULL);
+    expect_error(call("GET", "/v1/batches/999999", key_a, NULL), 404, NULL);
+    expect_error(call("GET", "/v1/batches/x", key_a, NULL), 404, NULL);
+    snprintf(path, sizeof path, "/v1/batches/%lld/results", id);
+    expect_error(call("GET", path, key_b, NULL), 404, NULL);
+    snprintf(path, sizeof path, "/v1/batches/%lld/results?format=xml", id);
+    expect_error(call("GET", path, key_a, NULL), 400, "?format");
+    snprintf(path, sizeof path, "/v1/runs?batch=%lld", id);
+    json_t *p = expect(call("GET", path, key_a, NULL), 200);
+    assert_int_equal(json_array_size(json_object_get(p, "runs")), 2);
+    json_decref(p);
+    p = expect(call("GET", path, key_b, NULL), 200);
+    assert_int_equal(json_array_size(json_object_get(p, "runs")), 0);
+    json_decref(p);
+}
+
+static void test_batch_10000(void **state)
+{
+    (void)state;
+    enum { N = 10000 };
+    json_t *inputs = json_array();
+    for (int i = 0; i < N; i++)
+        json_array_append_new(inputs, json_pack("{s:i}", "n", i));
+    json_t *req = json_pack("{s:s, s:o, s:s}", "workflow", "batched", "inputs", inputs,
+                            "idempotency_key", "big-batch");
+    char *body = json_dumps(req, JSON_COMPACT);
+    json_decref(req);
+    assert_true(strlen(body) < 1024 * 1024);
+    long long t0 = th_now_ms();
+    json_t *b = expect(call("POST", "/v1/batches", key_a, body), 201);
+    long long took = th_now_ms() - t0;
+    print_message("batch of %d created in %lld ms\n", N, took);
+    long long id = jint(b, "id");
+    assert_int_equal(jint(b, "total"), N);
+    json_decref(b);
+    /* the same key: the same batch, no new runs */
+    b = expect(call("POST", "/v1/batches", key_a, body), 200);
+    assert_int_equal(jint(b, "id"), id);
+    json_decref(b);
+    free(body);
+    char *sql = eng_xasprintf("SELECT count(*) FROM runs WHERE batch_id = %lld", id);
+    assert_int_equal(th_pg_long(db, sql), N);
+    free(sql);
+
+    th_workers *ws = th_workers_start(db, 2, "api-batch", 0, 0, 0);
+    char path[96];
+    snprintf(path, sizeof path, "/v1/batches/%lld", id);
+    json_t *last = NULL;
+    long long deadline = th_now_ms() + 180000;
+    while (th_now_ms() < deadline) {
+        json_decref(last);
+        last = expect(call("GET", path, key_a, NULL), 200);
+        if (strcmp(json_string_value(json_object_get(last, "state")), "running") != 0)
+            break;
+        sleep_ms(200);
+    }
+    th_workers_stop(ws);
+    assert_string_equal(json_string_value(json_object_get(last, "state")), "succeeded");
+    assert_int_equal(jint(last, "total"), N);
+    assert_int_equal(jint(last, "succeeded"), N);
+    assert_int_equal(jint(last, "queued") + jint(last, "running") + jint(last, "failed") +
+                         jint(last, "cancelled"), 0);
+    assert_int_equal(jint(last, "percent"), 100);
+    json_decref(last);
+
+    snprintf(path, sizeof path, "/v1/batches/%lld/results", id);
+    resp r = call("GET", path, key_a, NULL);
+    assert_int_equal(r.status, 200);
+    assert_int_equal(count_lines(r.body, "\n"), N);
+    long long prev = 0;
+    int seen_n0 = 0;
+    for (char *line = r.body, *nl; (nl = strchr(line, '\n')); line = nl + 1) {
+        *nl = '\0';
+        json_t *row = json_loads(line, 0, NULL);
+        assert_non_null(row);
+        assert_true(jint(row, "id") > prev); /* every run once, in order */
+        prev = jint(row, "id");
+        assert_string_equal(json_string_value(json_object_get(row, "state")), "succeeded");
+        assert_true(json_is_object(json_object_get(row, "output")));
+        assert_true(json_is_null(json_object_get(row, "error")));
+        seen_n0 += jint(json_object_get(row, "input"), "n") == 0;
+        json_decref(row);
+    }
+    assert_int_equal(seen_n0, 1);
+    free(r.body);
+
+    snprintf(path, sizeof path, "/v1/batches/%lld/results?format=csv", id);
+    r = call("GET", path, key_a, NULL);
+    assert_int_equal(r.status, 200);
+    assert_int_equal(count_lines(r.body, "\r\n"), N + 1);
+    assert_memory_equal(r.body, "id,state,input,output,error\r\n", 29);
+    /* input {"n": 0} quoted with doubled quotes; output present, error empty */
+    char *first = r.body + 29;
+    char *end = strstr(first, "\r\n");
+    *end = '\0';
+    assert_non_null(strstr(first, ",succeeded,\"{\"\"n\"\": "));
+    assert_true(end[-1] == ','); /* empty error column */
+    free(r.body);
+}
+
+/* ---------------------------------------------------------------------------------- SSE -- */
+
+typedef struct sse_arg {
+    long long run;
+    const char *last_event_id;  /* NULL: none */
+    bool stop_after_first;      /* the client leaves after the first event */
+    resp r;
+} sse_arg;
+
+static size_t sse_collect(char *p, size_t sz, size_t n, void *arg)
+{
+    sse_arg *a = arg;
+    collect(p, sz, n, &a->r);
+    if (a->stop_after_first && strstr(a->r.body, "\n\n") && strstr(a->r.body, "id: "))
+        return 0; /* abort the transfer */
+    return sz * n;
+}
+
+static void *sse_thread(void *arg)
+{
+    sse_arg *a = arg;
+    CURL *h = curl_easy_init();
+    char url[256], auth[128], last[96];
+    snprintf(url, sizeof url, "%s/v1/runs/%lld/events", base, a->run);
+    snprintf(auth, sizeof auth, "Authorization: Bearer %s", key_a);
+    struct curl_slist *hl = curl_slist_append(NULL, auth);
+    hl = curl_slist_append(hl, "Accept: text/event-stream");
+    if (a->last_event_id) {
+        snprintf(last, sizeof last, "Last-Event-ID: %s", a->last_event_id);
+        hl = curl_slist_append(hl, last);
+    }
+    a->r.body = eng_xstrdup("");
+    curl_easy_setopt(h, CURLOPT_URL, url);
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, hl);
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT, 60L);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, sse_collect);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, a);
+    CURLcode rc = curl_easy_perform(h);
+    if (rc != CURLE_OK && !(a->stop_after_first && rc == CURLE_WRITE_ERROR))
+        fprintf(stderr, "sse: %s\n", curl_easy_strerror(rc));
+    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &a->r.status);
+    curl_slist_free_all(hl);
+    curl_easy_cleanup(h);
+    return NULL;
+}
+
+/* The "id: N" values of an SSE body, in order; *n gets their count. */
+static long long *sse_ids(const char *body, size_t *n)
+{
+    long long *ids = eng_xcalloc(1024, sizeof *ids);
+    *n = 0;
+    for (const char *p = strstr(body, "id: "); p && *n < 1024; p = strstr(p + 1, "\nid: "))
+        ids[(*n)++] = strtoll(p + (*p == '\n' ? 5 : 4), NULL, 10);
+    return ids;
+}
+
+static void test_sse_live_and_resume(void **state)
+{
+    (void)state;
+    put_workflow(key_a, "chain", chain_def);
+    long long run = start_run(key_a, "chain", "{}");
+    /* the stream starts while nothing runs, so every later event arrives live */
+    sse_arg live = {.run = run};
+    pthread_t th;
+    pthread_create(&th, NULL, sse_thread, &live);
+    sleep_ms(400);
+    th_workers *ws = th_workers_start(db, 1, "api-sse", 0, 0, 0);
+    pthread_join(th, NULL);
+    th_workers_stop(ws);
+    assert_int_equal(live.r.status, 200);
+    assert_non_null(strstr(live.r.body, "event: run.created\n"));
+    size_t n;
+    long long *ids = sse_ids(live.r.body, &n);
+    char *sql = eng_xasprintf("SELECT count(*) FROM run_events WHERE run_id = %lld", run);
+    long total = th_pg_long(db, sql);
+    free(sql);
+    assert_true(total >= 8); /* created, started, 3 x (step started + succeeded), succeeded */
+    assert_int_equal((long)n, total);
+    for (size_t i = 0; i < n; i++) {
+        sql = eng_xasprintf("SELECT id FROM run_events WHERE run_id = %lld ORDER BY id OFFSET %zu "
+                            "LIMIT 1", run, i);
+        assert_int_equal(ids[i], th_pg_long(db, sql)); /* each once, in order */
+        free(sql);
+    }
+    /* data is the event object */
+    const char *data = strstr(live.r.body, "data: ");
+    json_t *ev = json_loadb(data + 6, strcspn(data + 6, "\n"), 0, NULL);
+    assert_non_null(ev);
+    assert_int_equal(jint(ev, "seq"), ids[0]);
+    assert_non_null(json_object_get(ev, "at"));
+    json_decref(ev);
+
+    /* resume after the third event: the rest, once each, then the stream ends */
+    char last[24];
+    snprintf(last, sizeof last, "%lld", ids[2]);
+    sse_arg again = {.run = run, .last_event_id = last};
+    sse_thread(&again);
+    size_t n2;
+    long long *ids2 = sse_ids(again.r.body, &n2);
+    assert_int_equal(n2, n - 3);
+    for (size_t i = 0; i < n2; i++)
+        assert_int_equal(ids2[i], ids[i + 3]);
+    free(ids2);
+
+    /* the JSON form with ?after */
+    char path[96];
+    snprintf(path, sizeof path, "/v1/runs/%lld/events?after=%lld", run, ids[n - 2]);
+    json_t *p = expect(call("GET", path, key_a, NULL), 200);
+    json_t *evs = json_object_get(p, "events");
+    assert_int_equal(json_array_size(evs), 1);
+    assert_int_equal(jint(json_array_get(evs, 0), "seq"), ids[n - 1]);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(evs, 0), "type")),
+                        "run.succeeded");
+    json_decref(p);
+    snprintf(path, sizeof path, "/v1/runs/%lld/events", run);
+    p = expect(call("GET", path, key_a, NULL), 200);
+    assert_int_equal(json_array_size(json_object_get(p, "events")), n);
+    json_decref(p);
+    snprintf(path, sizeof path, "/v1/runs/%lld/events?after=-1", run);
+    expect_error(call("GET", path, key_a, NULL), 400, "?after");
+    snprintf(path, sizeof path, "/v1/runs/%lld/events", run);
+    static const char *const bad_last[] = {"Accept: text/event-stream", "Last-Event-ID: x", NULL};
+    expect_error(call_h(NULL, "GET", path, key_a, NULL, bad_last), 400, "Last-Event-ID");
+    static const char *const sse_hdr[] = {"Accept: text/event-stream", NULL};
+    expect_error(call_h(NULL, "GET", path, key_b, NULL, sse_hdr), 404, NULL);
+    expect_error(call_h(NULL, "GET", "/v1/runs/999999/events", key_a, NULL, sse_hdr), 404, NULL);
+    free(ids);
+    free(live.r.body);
+    free(again.r.body);
+}
+
+static void test_sse_client_leaves(void **state)
+{
+    (void)state;
+    /* no workers: the run stays queued and the stream would wait forever */
+    long long run = start_run(key_a, "chain", "{}");
+    for (int i = 0; i < 3; i++) {
+        sse_arg a = {.run = run, .stop_after_first = true};
+        sse_thread(&a);
+        assert_non_null(strstr(a.r.body, "event: run.created"));
+        free(a.r.body);
+    }
+    sleep_ms(500); /* the server notices the closed sockets and drops the streams */
+    json_decref(expect(call("GET", "/healthz", NULL, NULL), 200));
+    char path[64];
+    snprintf(path, sizeof path, "/v1/runs/%lld/cancel", run);
+    json_decref(expect(call("POST", path, key_a, "{}"), 200));
+}
+
+/* ------------------------------------------------------------------------------- setup -- */
+
+static int group_setup(void **state)
+{
+    (void)state;
+    db = th_engine_db("api_routes", NULL);
+    api_service_opts o = {.conninfo = db, .listen = "127.0.0.1:0", .threads = 2, .db_conns = 4};
+    eng_err err;
+    svc = api_service_start(&o, &err);
+    if (!svc) {
+        fprintf(stderr, "api_service_start: %s\n", err.msg);
+        return -1;
+    }
+    snprintf(base, sizeof base, "http://127.0.0.1:%d", api_service_port(svc));
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    api_service_stop(svc);
+    free(db);
+    return 0;
+}
+
+int main(void)
+{
+    eng_mem_init();
+    eng_log_init();
+    eng_step_register_builtins();
+    signal(SIGPIPE, SIG_IGN);
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_admin_tenants_and_keys),
+        cmocka_unit_test(test_runs_list_paging_and_filters),
+        cmocka_unit_test(test_idempotent_enqueue_concurrent),
+        cmocka_unit_test(test_batch_validation_and_isolation),
+        cmocka_unit_test(test_batch_10000),
+        cmocka_unit_test(test_sse_live_and_resume),
+        cmocka_unit_test(test_sse_client_leaves),
+    };
+    int rc = cmocka_run_group_tests(tests, group_setup, group_teardown);
+    curl_global_cleanup();
+    return rc;
+}
