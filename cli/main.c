@@ -8,6 +8,7 @@
 #include "engine/log.h"
 #include "engine/mem.h"
 #include "engine/step.h"
+#include "steps/steps.h"
 
 static const struct {
     const char *name;
@@ -22,11 +23,14 @@ static const struct {
     {"cancel", cli_cmd_cancel_retry, "cancel a run"},
     {"retry", cli_cmd_cancel_retry, "retry a failed or cancelled run"},
     {"clock", cli_cmd_clock, "move the engine clock (test mode only)"},
+    {"tenant", cli_cmd_tenant, "tenant create NAME [--max-running N]: a tenant and its admin key"},
 };
 
 static int usage(void)
 {
-    fprintf(stderr, "usage: flowd [--data DIR | --database URL] COMMAND [options]\n\ncommands:\n");
+    fprintf(stderr, "usage: flowd [--data DIR | --database URL | --url API_URL] COMMAND [options]\n"
+                    "  --url: enqueue, status, event and tenant over the HTTP API (FLOWD_API_KEY)\n"
+                    "\ncommands:\n");
     for (size_t i = 0; i < ENG_ARRAY_LEN(commands); i++)
         fprintf(stderr, "  %-9s %s\n", commands[i].name, commands[i].help);
     return 2;
@@ -38,12 +42,16 @@ int main(int argc, char **argv)
     eng_log_init();
     eng_httpc_global_init();
     eng_step_register_builtins();
+    step_register_all();
     cli_env env = {0};
     argc = cli_env_parse(&env, argc - 1, argv + 1);
     argv++;
+    const char *api_url = cli_api_url_parse(&argc, argv);
     int status = 2;
     if (argc < 1) {
         status = usage();
+    } else if (api_url) {
+        status = cli_api_main(api_url, argc, argv);
     } else {
         size_t i = 0;
         while (i < ENG_ARRAY_LEN(commands) && strcmp(commands[i].name, argv[0]) != 0)
