@@ -1,0 +1,627 @@
+/* steps/sendledger.c: one attempt of a messaging step through the send ledger (see sendledger.h
+ * for the protocol). The driver is a small state machine; every database and HTTP completion
+ * comes back to it on the worker loop. */
+#include <ctype.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "engine/db.h"
+#include "engine/log.h"
+#include "engine/mem.h"
+#include "engine/wf_def.h"
+#include "steps/sendledger.h"
+
+#define SEND_DEFAULT_CHECKS 3
+#define SEND_DEFAULT_INTERVAL_MS 30000
+#define SEND_BUSY_RETRY_MS 1000
+
+enum send_state {
+    SS_CONFIG,  /* waiting for the provider settings */
+    SS_CLAIM,   /* flowd_send_claim in flight */
+    SS_CALL,    /* the provider call in flight */
+    SS_LOOKUP,  /* the provider look-up in flight (resolving an ambiguous send) */
+    SS_SANDBOX, /* flowd_sandbox_send in flight */
+    SS_RECORD,  /* flowd_send_record in flight */
+};
+
+enum send_policy { POLICY_AT_MOST_ONCE, POLICY_AT_LEAST_ONCE };
+
+/* What the attempt does once the outcome is recorded. */
+enum send_finish { FIN_SUCCEED, FIN_FAIL, FIN_SKIP, FIN_SNOOZE };
+
+struct step_send {
+    eng_step_ctx *ctx; /* NULL once cancelled: completions then only clean up */
+    const send_ops *ops;
+    enum send_state st;
+    prov_config *cfg;
+    prov_load *load;
+    eng_http_call *call;
+    send_msg msg;
+    char *send_key;
+    char *hash;
+    char tenant_s[24], run_s[24], step_s[24];
+    enum send_policy policy;
+    int max_checks;
+    int64_t interval_ms;
+    int64_t created_ms; /* when the ledger row was created (wall clock), for look-ups */
+    /* the pending finish after SS_RECORD */
+    enum send_finish fin;
+    json_t *fin_output;
+    prov_outcome fin_outcome;
+    char fin_reason[160];
+};
+
+/* ----------------------------------------------------------------------------------- helpers -- */
+
+static void ss_free(step_send *ss)
+{
+    if (ss->ctx)
+        eng_step_set_data(ss->ctx, NULL);
+    prov_config_free(ss->cfg);
+    json_decref(ss->msg.request);
+    json_decref(ss->msg.output);
+    free(ss->msg.recipient);
+    free(ss->send_key);
+    free(ss->hash);
+    json_decref(ss->fin_output);
+    free(ss);
+}
+
+eng_httpc *step_send_httpc(const step_send *ss)
+{
+    return eng_step_httpc(ss->ctx);
+}
+
+int64_t step_send_wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+long step_send_http_timeout_ms(const step_send *ss)
+{
+    int64_t t = ss->ctx ? eng_step_timeout_ms(ss->ctx) : 0;
+    return t > 0 ? (long)(t * 9 / 10) : 30000L;
+}
+
+const char *step_send_key_of(const step_send *ss)
+{
+    return ss->send_key;
+}
+
+int64_t step_send_tenant(const step_send *ss)
+{
+    return strtoll(ss->tenant_s, NULL, 10);
+}
+
+const json_t *step_send_request(const step_send *ss)
+{
+    return ss->msg.request;
+}
+
+int64_t step_send_created_ms(const step_send *ss)
+{
+    return ss->created_ms;
+}
+
+const prov_config *step_send_cfg(const step_send *ss)
+{
+    return ss->cfg;
+}
+
+bool step_send_norm_phone(const char *in, char out[24])
+{
+    if (!in)
+        return false;
+    size_t n = 0;
+    out[n++] = '+';
+    for (const char *p = in; *p; p++) {
+        if (isdigit((unsigned char)*p)) {
+            if (n >= 16)
+                return false;
+            out[n++] = *p;
+        } else if (*p == '+' && p == in) {
+            continue;
+        } else if (!strchr(" -.()", *p)) {
+            return false;
+        }
+    }
+    out[n] = '\0';
+    return n >= 9 && out[1] != '0';
+}
+
+char *step_send_norm_email(const char *in)
+{
+    if (!in)
+        return NULL;
+    const char *at = strchr(in, '@');
+    size_t len = strlen(in);
+    if (!at || at == in || !at[1] || strchr(at + 1, '@') || len > 320)
+        return NULL;
+    char *out = eng_xstrdup(in);
+    for (char *p = out; *p; p++) {
+        if (isspace((unsigned char)*p) || iscntrl((unsigned char)*p) || *p == '<' || *p == '>' ||
+            *p == ',') {
+            free(out);
+            return NULL;
+        }
+        *p = (char)tolower((unsigned char)*p);
+    }
+    return out;
+}
+
+static bool is_template(const json_t *v)
+{
+    return json_is_string(v) && strstr(json_string_value(v), "{{");
+}
+
+eng_rc step_send_validate_common(const json_t *step, const char *ptr, eng_err *err)
+{
+    const json_t *in = json_object_get(step, "input");
+    char field[128];
+    if (!json_is_object(in)) {
+        snprintf(field, sizeof field, "%s/input", ptr);
+        return eng_err_field(err, ENG_EINVAL, field, "input must be an object");
+    }
+    const json_t *policy = json_object_get(in, "policy");
+    if (policy && !is_template(policy) &&
+        (!json_is_string(policy) ||
+         (strcmp(json_string_value(policy), "at_most_once") != 0 &&
+          strcmp(json_string_value(policy), "at_least_once") != 0))) {
+        snprintf(field, sizeof field, "%s/input/policy", ptr);
+        return eng_err_field(err, ENG_EINVAL, field,
+                             "policy must be \"at_most_once\" or \"at_least_once\"");
+    }
+    const json_t *item = json_object_get(in, "item");
+    if (item && !json_is_string(item) && !json_is_integer(item)) {
+        snprintf(field, sizeof field, "%s/input/item", ptr);
+        return eng_err_field(err, ENG_EINVAL, field, "item must be a string or an integer");
+    }
+    const json_t *resolve = json_object_get(in, "resolve");
+    if (resolve) {
+        const json_t *checks = json_object_get(resolve, "checks");
+        const json_t *interval = json_object_get(resolve, "interval_ms");
+        if (!json_is_object(resolve) ||
+            (checks && (!json_is_integer(checks) || json_integer_value(checks) < 0 ||
+                        json_integer_value(checks) > 100)) ||
+            (interval && (!json_is_integer(interval) || json_integer_value(interval) < 100 ||
+                          json_integer_value(interval) > 86400000))) {
+            snprintf(field, sizeof field, "%s/input/resolve", ptr);
+            return eng_err_field(err, ENG_EINVAL, field,
+                                 "resolve must be {checks: 0..100, interval_ms: 100..86400000}");
+        }
+    }
+    return ENG_OK;
+}
+
+/* Reads policy, item and resolve from the rendered input; false (err set) when invalid. */
+static bool read_common(step_send *ss, const json_t *in, eng_err *err)
+{
+    eng_step_ctx *ctx = ss->ctx;
+    const json_t *policy = json_object_get(in, "policy");
+    ss->policy = POLICY_AT_MOST_ONCE;
+    if (policy) {
+        const char *p = json_string_value(policy);
+        if (p && strcmp(p, "at_least_once") == 0)
+            ss->policy = POLICY_AT_LEAST_ONCE;
+        else if (!p || strcmp(p, "at_most_once") != 0) {
+            eng_err_field(err, ENG_EINVAL, "/input/policy",
+                          "policy must be \"at_most_once\" or \"at_least_once\"");
+            return false;
+        }
+    }
+    const json_t *resolve = json_object_get(in, "resolve");
+    const json_t *checks = json_object_get(resolve, "checks");
+    const json_t *interval = json_object_get(resolve, "interval_ms");
+    ss->max_checks = json_is_integer(checks) ? (int)json_integer_value(checks) : SEND_DEFAULT_CHECKS;
+    ss->interval_ms = json_is_integer(interval) ? json_integer_value(interval)
+                                                : SEND_DEFAULT_INTERVAL_MS;
+    const json_t *item = json_object_get(in, "item");
+    if (json_is_string(item))
+        ss->send_key = eng_xasprintf("%lld:%s:%s", (long long)eng_step_run_id(ctx),
+                                     eng_step_key(ctx), json_string_value(item));
+    else if (json_is_integer(item))
+        ss->send_key = eng_xasprintf("%lld:%s:%lld", (long long)eng_step_run_id(ctx),
+                                     eng_step_key(ctx), (long long)json_integer_value(item));
+    else if (item && !json_is_null(item)) {
+        eng_err_field(err, ENG_EINVAL, "/input/item", "item must be a string or an integer");
+        return false;
+    } else
+        ss->send_key = eng_xasprintf("%lld:%s", (long long)eng_step_run_id(ctx), eng_step_key(ctx));
+    return true;
+}
+
+/* The provider name the ledger records: the sandbox stands in for the real one. */
+static const char *ledger_provider(const step_send *ss)
+{
+    return prov_config_sandbox(ss->cfg) ? "sandbox" : prov_name(ss->ops->provider);
+}
+
+/* The step output: what prepare knew plus the provider's fields. New reference. */
+static json_t *build_output(const step_send *ss, const char *message_id, json_t *extra)
+{
+    json_t *out = json_deep_copy(ss->msg.output);
+    if (!json_is_object(out)) {
+        json_decref(out);
+        out = json_object();
+    }
+    json_object_set_new(out, "provider", json_string(ledger_provider(ss)));
+    if (message_id)
+        json_object_set_new(out, "message_id", json_string(message_id));
+    if (!json_object_get(out, "status"))
+        json_object_set_new(out, "status", json_string("accepted"));
+    json_object_set_new(out, "send_key", json_string(ss->send_key));
+    if (extra)
+        json_object_update(out, extra);
+    json_decref(extra);
+    return out;
+}
+
+/* ------------------------------------------------------------------------------------ finish -- */
+
+/* Reports the pending finish and frees the attempt; the outcome call is the last thing done. */
+static void ss_finish(step_send *ss)
+{
+    eng_step_ctx *ctx = ss->ctx;
+    if (!ctx) {
+        ss_free(ss);
+        return;
+    }
+    enum send_finish fin = ss->fin;
+    json_t *output = ss->fin_output;
+    ss->fin_output = NULL;
+    prov_outcome o = ss->fin_outcome;
+    char reason[sizeof ss->fin_reason];
+    snprintf(reason, sizeof reason, "%s", ss->fin_reason);
+    int64_t at_ms = eng_step_now_ms(ctx) + ss->interval_ms;
+    ss_free(ss);
+    switch (fin) {
+    case FIN_SUCCEED:
+        eng_step_succeed(ctx, output);
+        return;
+    case FIN_SKIP:
+        json_decref(output);
+        eng_step_skip(ctx, reason);
+        return;
+    case FIN_SNOOZE:
+        json_decref(output);
+        eng_step_snooze(ctx, at_ms);
+        return;
+    case FIN_FAIL:
+        json_decref(output);
+        eng_step_fail(ctx, o.cls == PROV_PERMANENT, o.code, o.msg, o.retry_after_ms);
+        return;
+    }
+}
+
+static void ss_fail(step_send *ss, bool permanent, const char *code, const char *fmt, ...)
+    ENG_PRINTF(4, 5);
+static void ss_fail(step_send *ss, bool permanent, const char *code, const char *fmt, ...)
+{
+    ss->fin = FIN_FAIL;
+    memset(&ss->fin_outcome, 0, sizeof ss->fin_outcome);
+    ss->fin_outcome.cls = permanent ? PROV_PERMANENT : PROV_RETRYABLE;
+    snprintf(ss->fin_outcome.code, sizeof ss->fin_outcome.code, "%s", code);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(ss->fin_outcome.msg, sizeof ss->fin_outcome.msg, fmt, ap);
+    va_end(ap);
+    ss_finish(ss);
+}
+
+static void record_done(void *arg, const eng_err *err, const PGresult *res)
+{
+    step_send *ss = arg;
+    (void)res;
+    if (err && ss->ctx) {
+        /* The outcome is not in the ledger: the row stays pending, so the next attempt treats
+         * the send as ambiguous instead of sending it again. */
+        log_warn("send outcome not recorded", " send_key=%s error=\"%s\"", ss->send_key, err->msg);
+        json_decref(ss->fin_output);
+        ss->fin_output = NULL;
+        ss_fail(ss, false, "ledger", "the send ledger could not record the outcome: %s", err->msg);
+        return;
+    }
+    ss_finish(ss);
+}
+
+/* Writes the call's outcome into the ledger, then finishes as set in ss->fin*. */
+static void record(step_send *ss, const char *state, const char *message_id, const json_t *result,
+                   const prov_outcome *o, const char *suppress)
+{
+    ss->st = SS_RECORD;
+    char *result_s = result ? json_dumps(result, JSON_COMPACT) : NULL;
+    char *error_s = NULL;
+    if (o) {
+        json_t *e = json_pack("{s:s, s:s, s:s, s:I}", "code", o->code, "provider_code",
+                              o->provider_code, "message", o->msg, "status", (json_int_t)o->status);
+        error_s = json_dumps(e, JSON_COMPACT);
+        json_decref(e);
+    }
+    const char *params[] = {ss->tenant_s, ss->send_key, state, message_id, result_s, error_s,
+                            suppress};
+    eng_db_query(eng_step_db(ss->ctx),
+                 "SELECT flowd_send_record($1, $2, $3, $4, $5::jsonb, $6::jsonb, $7)", 7, params,
+                 record_done, ss);
+    free(result_s);
+    free(error_s);
+}
+
+/* ------------------------------------------------------------------------------ transports -- */
+
+void step_send_transport_done(step_send *ss, const prov_outcome *o, const char *message_id,
+                              json_t *output)
+{
+    ss->call = NULL;
+    if (!ss->ctx) { /* cannot happen: cancel cancels the call; kept for safety */
+        json_decref(output);
+        ss_free(ss);
+        return;
+    }
+    log_info("send call finished", " run=%lld step=%s send_key=%s class=%d code=%s",
+             (long long)eng_step_run_id(ss->ctx), eng_step_key(ss->ctx), ss->send_key, (int)o->cls,
+             o->cls == PROV_OK ? "ok" : o->code);
+    switch (o->cls) {
+    case PROV_OK: {
+        ss->fin = FIN_SUCCEED;
+        ss->fin_output = build_output(ss, message_id, output);
+        record(ss, "accepted", message_id, ss->fin_output, NULL, NULL);
+        return;
+    }
+    case PROV_RETRYABLE:
+        json_decref(output);
+        ss->fin = FIN_FAIL;
+        ss->fin_outcome = *o;
+        record(ss, "failed", NULL, NULL, o, NULL);
+        return;
+    case PROV_PERMANENT: {
+        json_decref(output);
+        const char *sup = ss->ops->suppress_reason ? ss->ops->suppress_reason(o) : NULL;
+        ss->fin_outcome = *o;
+        if (sup) {
+            ss->fin = FIN_SKIP;
+            snprintf(ss->fin_reason, sizeof ss->fin_reason, "recipient suppressed: %s (%.120s)",
+                     sup, o->msg);
+        } else {
+            ss->fin = FIN_FAIL;
+        }
+        record(ss, "failed", NULL, NULL, o, sup);
+        return;
+    }
+    case PROV_AMBIGUOUS:
+        json_decref(output);
+        ss->fin_outcome = *o;
+        if (ss->policy == POLICY_AT_LEAST_ONCE) {
+            ss->fin = FIN_FAIL;
+            ss->fin_outcome.cls = PROV_RETRYABLE;
+        } else if (ss->max_checks > 0) {
+            ss->fin = FIN_SNOOZE; /* the next run resolves it */
+        } else {
+            ss->fin = FIN_FAIL;
+            ss->fin_outcome.cls = PROV_PERMANENT;
+            snprintf(ss->fin_outcome.code, sizeof ss->fin_outcome.code, "unknown");
+        }
+        record(ss, "unknown", NULL, NULL, o, NULL);
+        return;
+    }
+}
+
+void step_send_lookup_done(step_send *ss, bool found, const char *message_id, json_t *output)
+{
+    ss->call = NULL;
+    if (found) {
+        log_info("ambiguous send resolved by look-up", " send_key=%s message_id=%s", ss->send_key,
+                 message_id);
+        ss->fin = FIN_SUCCEED;
+        json_t *extra = output ? output : json_object();
+        json_object_set_new(extra, "resolved", json_string("lookup"));
+        ss->fin_output = build_output(ss, message_id, extra);
+        record(ss, "accepted", message_id, ss->fin_output, NULL, NULL);
+        return;
+    }
+    json_decref(output);
+    ss->fin = FIN_SNOOZE;
+    ss_finish(ss);
+}
+
+static void sandbox_done(void *arg, const eng_err *err, const PGresult *res)
+{
+    step_send *ss = arg;
+    if (!ss->ctx) {
+        ss_free(ss);
+        return;
+    }
+    if (err) {
+        ss_fail(ss, false, "ledger", "the sandbox could not record the message: %s", err->msg);
+        return;
+    }
+    ss->fin = FIN_SUCCEED;
+    ss->fin_output = json_loads(PQgetvalue(res, 0, 0), 0, NULL);
+    ss_finish(ss);
+}
+
+static void sandbox_send(step_send *ss)
+{
+    ss->st = SS_SANDBOX;
+    json_t *base = build_output(ss, NULL, json_pack("{s:b}", "sandbox", 1));
+    char *message_s = json_dumps(ss->msg.request, JSON_COMPACT | JSON_SORT_KEYS);
+    char *base_s = json_dumps(base, JSON_COMPACT);
+    json_decref(base);
+    const char *params[] = {ss->tenant_s, ss->send_key, ss->run_s, ss->step_s,
+                            eng_step_key(ss->ctx), ss->ops->channel, prov_name(ss->ops->provider),
+                            ss->msg.recipient, message_s, base_s};
+    eng_db_query(eng_step_db(ss->ctx),
+                 "SELECT flowd_sandbox_send($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10::jsonb)",
+                 10, params, sandbox_done, ss);
+    free(message_s);
+    free(base_s);
+}
+
+static void call_provider(step_send *ss)
+{
+    if (prov_config_sandbox(ss->cfg)) {
+        sandbox_send(ss);
+        return;
+    }
+    ss->st = SS_CALL;
+    log_info("sending", " run=%lld step=%s send_key=%s provider=%s",
+             (long long)eng_step_run_id(ss->ctx), eng_step_key(ss->ctx), ss->send_key,
+             prov_name(ss->ops->provider));
+    ss->call = ss->ops->transport(ss, ss->cfg, &ss->msg);
+}
+
+/* -------------------------------------------------------------------------------- claim -- */
+
+static void resolve(step_send *ss, int checks)
+{
+    if (prov_config_sandbox(ss->cfg)) {
+        /* a sandbox send commits outbox and ledger together: a row left pending sent nothing */
+        sandbox_send(ss);
+        return;
+    }
+    if (checks > ss->max_checks) {
+        log_warn("send outcome unknown", " run=%lld step=%s send_key=%s checks=%d",
+                 (long long)eng_step_run_id(ss->ctx), eng_step_key(ss->ctx), ss->send_key,
+                 checks - 1);
+        ss_fail(ss, true, "unknown",
+                "the provider may or may not have accepted this message (ambiguous outcome, "
+                "unresolved after %d checks); an operator must decide",
+                checks - 1);
+        return;
+    }
+    if (ss->ops->lookup) {
+        ss->st = SS_LOOKUP;
+        ss->call = ss->ops->lookup(ss, ss->cfg, &ss->msg, ss->created_ms);
+        return;
+    }
+    ss->fin = FIN_SNOOZE; /* wait for the delivery webhook to mark it accepted */
+    ss_finish(ss);
+}
+
+static void claim_done(void *arg, const eng_err *err, const PGresult *res)
+{
+    step_send *ss = arg;
+    if (!ss->ctx) {
+        ss_free(ss);
+        return;
+    }
+    if (err) {
+        ss_fail(ss, false, "ledger", "the send ledger is unavailable: %s", err->msg);
+        return;
+    }
+    const char *decision = PQgetvalue(res, 0, 0);
+    int checks = atoi(PQgetvalue(res, 0, 5));
+    ss->created_ms = strtoll(PQgetvalue(res, 0, 7), NULL, 10);
+    if (strcmp(decision, "send") == 0) {
+        call_provider(ss);
+    } else if (strcmp(decision, "done") == 0) {
+        ss->fin = FIN_SUCCEED;
+        ss->fin_output = PQgetisnull(res, 0, 3) ? NULL : json_loads(PQgetvalue(res, 0, 3), 0, NULL);
+        if (!ss->fin_output)
+            ss->fin_output = build_output(ss, PQgetvalue(res, 0, 2), NULL);
+        ss_finish(ss);
+    } else if (strcmp(decision, "suppressed") == 0) {
+        ss->fin = FIN_SKIP;
+        snprintf(ss->fin_reason, sizeof ss->fin_reason, "recipient suppressed: %s",
+                 PQgetvalue(res, 0, 4));
+        ss_finish(ss);
+    } else if (strcmp(decision, "conflict") == 0) {
+        ss_fail(ss, true, "send_key_conflict",
+                "send key %s was already used for a different message", ss->send_key);
+    } else if (strcmp(decision, "busy") == 0) {
+        ss_fail(ss, false, "busy", "another attempt is claiming send key %s", ss->send_key);
+    } else {
+        resolve(ss, checks);
+    }
+}
+
+static void claim(step_send *ss)
+{
+    ss->st = SS_CLAIM;
+    char *req = json_dumps(ss->msg.request, JSON_COMPACT | JSON_SORT_KEYS);
+    ss->hash = wf_sha256_hex(req, strlen(req));
+    free(req);
+    const char *params[] = {ss->tenant_s,
+                            ss->send_key,
+                            ss->ops->channel,
+                            ledger_provider(ss),
+                            ss->run_s,
+                            ss->step_s,
+                            ss->msg.recipient,
+                            ss->hash,
+                            ss->policy == POLICY_AT_LEAST_ONCE ? "at_least_once" : "at_most_once"};
+    eng_db_query(eng_step_db(ss->ctx),
+                 "SELECT decision, state, message_id, result, reason, checks, calls, created_ms "
+                 "FROM flowd_send_claim($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                 9, params, claim_done, ss);
+}
+
+static void config_done(void *arg, const eng_err *err, prov_config *cfg)
+{
+    step_send *ss = arg;
+    ss->load = NULL;
+    if (err) {
+        ss_fail(ss, false, "config", "provider settings unavailable: %s", err->msg);
+        return;
+    }
+    ss->cfg = cfg;
+    eng_err perr;
+    eng_err_clear(&perr);
+    if (ss->ops->prepare(eng_step_input(ss->ctx), cfg, ss->send_key, &ss->msg, &perr) != ENG_OK) {
+        ss_fail(ss, true, "invalid_input", "%.180s%s%.60s", perr.msg, *perr.field ? " at " : "",
+                perr.field);
+        return;
+    }
+    claim(ss);
+}
+
+void step_send_start(eng_step_ctx *ctx, const send_ops *ops)
+{
+    step_send *ss = eng_xcalloc(1, sizeof *ss);
+    ss->ctx = ctx;
+    ss->ops = ops;
+    ss->st = SS_CONFIG;
+    snprintf(ss->tenant_s, sizeof ss->tenant_s, "%lld", (long long)eng_step_tenant_id(ctx));
+    snprintf(ss->run_s, sizeof ss->run_s, "%lld", (long long)eng_step_run_id(ctx));
+    snprintf(ss->step_s, sizeof ss->step_s, "%lld", (long long)eng_step_id(ctx));
+    eng_step_set_data(ctx, ss);
+    eng_err err;
+    eng_err_clear(&err);
+    if (!read_common(ss, eng_step_input(ctx), &err)) {
+        ss_fail(ss, true, "invalid_input", "%s at %s", err.msg, err.field);
+        return;
+    }
+    /* on a cache hit config_done runs (and may finish the attempt) before this returns */
+    prov_load *l = prov_config_load(ctx, ops->provider, config_done, ss);
+    if (l)
+        ss->load = l;
+}
+
+void step_send_cancel(eng_step_ctx *ctx)
+{
+    step_send *ss = eng_step_data(ctx);
+    if (!ss)
+        return;
+    eng_step_set_data(ctx, NULL);
+    ss->ctx = NULL;
+    switch (ss->st) {
+    case SS_CONFIG:
+        prov_load_cancel(ss->load);
+        ss_free(ss);
+        return;
+    case SS_CALL:
+    case SS_LOOKUP:
+        /* A send cut off here stays pending in the ledger: the next attempt resolves it. */
+        eng_httpc_cancel(ss->call);
+        ss_free(ss);
+        return;
+    case SS_CLAIM:
+    case SS_SANDBOX:
+    case SS_RECORD:
+        return; /* the statement's completion frees it (a record still gets written) */
+    }
+}

@@ -1,0 +1,121 @@
+/* steps/sendledger.h: the send-ledger protocol shared by the email, sms and whatsapp kinds.
+ *
+ * A messaging step has an effect in the world, while its execution is at-least-once (a crash or
+ * a lost lease re-runs it). The ledger (table sends, migrations/0008_sends.sql) turns that into an
+ * exactly-once effect, per reference/apis.md §7. One attempt goes:
+ *
+ *   CONFIG   load the provider's settings for the tenant (steps/provider.h)
+ *   PREPARE  the kind builds the provider request from the rendered input (ops->prepare)
+ *   CLAIM    flowd_send_claim(tenant, send key, recipient, request hash, policy):
+ *              done        -> succeed with the output recorded when it was accepted (no call)
+ *              suppressed  -> the step ends skipped with the reason (no call)
+ *              conflict    -> permanent failure "send_key_conflict" (same key, other message)
+ *              ambiguous   -> an earlier call may have gone out: RESOLVE
+ *              send        -> CALL (or the sandbox transport)
+ *   CALL     the kind's transport (ops->transport) classified by prov_classify:
+ *              ok          -> record accepted + provider id, succeed
+ *              retryable   -> record failed (nothing went out), retry with the provider's delay
+ *              permanent   -> record failed; a suppressing code (ops->suppress_reason) also puts
+ *                             the recipient on the list and the step ends skipped
+ *              ambiguous   -> record unknown; at_least_once retries (resends), at_most_once
+ *                             RESOLVEs on its next run
+ *   RESOLVE  (at_most_once) the provider look-up when the kind has one (ops->lookup: Twilio); else
+ *            wait for a delivery webhook (api/routes_hooks.c marks the send accepted) by snoozing
+ *            resolve.interval_ms, at most resolve.checks times; then the step fails for good with
+ *            code "unknown" for an operator.
+ *
+ * The send key is "<run id>:<step key>" plus ":<item>" when the input has an "item": stable across
+ * attempts, process restarts and run retries, never containing the attempt. The sandbox transport
+ * (no credentials) is flowd_sandbox_send: outbox row and accepted ledger row in one transaction,
+ * so a sandbox send is never ambiguous.
+ *
+ * Common input fields of the three kinds, next to their own: policy ("at_most_once" default, or
+ * "at_least_once"), item (string or integer), resolve {checks (default 3), interval_ms (default
+ * 30000)}.
+ *
+ * Threads: one attempt lives on its worker's loop. Ownership: send_msg fields are owned by the
+ * driver once prepare returns ENG_OK (it frees them); outputs passed to step_send_transport_done
+ * and step_send_lookup_done are stolen. */
+#pragma once
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "engine/err.h"
+#include "engine/httpc.h"
+#include "engine/step.h"
+#include "steps/provider.h"
+
+typedef struct step_send step_send; /* one attempt of a messaging step, opaque */
+
+/* What prepare builds. */
+typedef struct send_msg {
+    char *recipient; /* normalized address (lowercase email, +E.164), for the ledger and suppression */
+    json_t *request; /* the provider request as JSON: what is hashed and what the outbox records */
+    json_t *output;  /* the step output known before the call ({to, from, ...}); the driver adds
+                        provider, message_id, status, send_key */
+} send_msg;
+
+typedef struct send_ops {
+    const char *kind;    /* "email", "sms", "whatsapp" */
+    const char *channel; /* the ledger's and the suppression list's channel (same names) */
+    prov_id provider;
+    /* Builds msg from the rendered input; send_key goes into the provider's correlation handle.
+     * ENG_EINVAL with the field's pointer on bad input (the step fails for good). */
+    eng_rc (*prepare)(const json_t *input, const prov_config *cfg, const char *send_key,
+                      send_msg *msg, eng_err *err);
+    /* Starts the provider call for msg; reports exactly once through step_send_transport_done
+     * unless the call is cancelled (the driver cancels the returned call). */
+    eng_http_call *(*transport)(step_send *ss, const prov_config *cfg, const send_msg *msg);
+    /* Optional: searches the provider for a message this send may have produced (created at or
+     * after since_ms, wall clock); reports through step_send_lookup_done. */
+    eng_http_call *(*lookup)(step_send *ss, const prov_config *cfg, const send_msg *msg,
+                             int64_t since_ms);
+    /* Optional: the suppression reason a permanent failure carries ("21610"), or NULL. */
+    const char *(*suppress_reason)(const prov_outcome *o);
+} send_ops;
+
+/* Runs one attempt of a messaging step (the kind's start callback) and the matching cancel. */
+void step_send_start(eng_step_ctx *ctx, const send_ops *ops);
+void step_send_cancel(eng_step_ctx *ctx);
+
+/* The transport's report. o: classified outcome (o->cls PROV_OK on success). On success
+ * message_id is the provider's id and output (stolen, may be NULL) holds provider fields to add to
+ * the step output (status, segments, ...). */
+void step_send_transport_done(step_send *ss, const prov_outcome *o, const char *message_id,
+                              json_t *output);
+/* The look-up's report: found with the provider's id and output fields (stolen, may be NULL), or
+ * not found (also on a failed look-up, which counts as one check). */
+void step_send_lookup_done(step_send *ss, bool found, const char *message_id, json_t *output);
+
+/* What transports and look-ups need from the attempt. */
+eng_httpc *step_send_httpc(const step_send *ss);
+int64_t step_send_wall_ms(void);
+/* The HTTP timeout for the provider call: 9/10 of the step's timeout (so the ledger hears of the
+ * outcome before the engine gives up on the attempt), else 30 s. */
+long step_send_http_timeout_ms(const step_send *ss);
+const char *step_send_key_of(const step_send *ss);
+int64_t step_send_tenant(const step_send *ss);
+/* The request prepare built (borrowed). */
+const json_t *step_send_request(const step_send *ss);
+/* When the ledger row was first claimed (wall clock ms; look-ups search from there). */
+int64_t step_send_created_ms(const step_send *ss);
+/* The provider settings of the attempt (borrowed; alive while the attempt's call is). */
+const prov_config *step_send_cfg(const step_send *ss);
+
+/* Checks the common fields (policy, item, resolve) of a step object's literal input; used by the
+ * kinds' validate callbacks. Templated values ("{{...}}") are accepted as they are. */
+eng_rc step_send_validate_common(const json_t *step, const char *ptr, eng_err *err);
+
+/* Normalizes a phone number to +E.164 ("+15551234567"): accepts an optional leading '+', digits,
+ * and the separators space, '-', '.', '(' and ')'; 8 to 15 digits. false when it is not one. */
+bool step_send_norm_phone(const char *in, char out[24]);
+/* Lowercases an email address into a new string; NULL when it is not one (no '@', spaces, ...). */
+char *step_send_norm_email(const char *in);
+
+/* The messaging kinds (steps/email.c, steps/sms.c, steps/whatsapp.c), called by
+ * step_register_all. */
+void step_email_register(void);
+void step_sms_register(void);
+void step_whatsapp_register(void);
