@@ -44,6 +44,15 @@ int cli_cmd_status(cli_env *env, int argc, char **argv);
 int cli_cmd_clock(cli_env *env, int argc, char **argv);
 int cli_cmd_event(cli_env *env, int argc, char **argv);
 int cli_cmd_cancel_retry(cli_env *env, int argc, char **argv);
+/* flowd tenant create NAME [--max-running N]: the tenant and its first admin key (cli/api_client.c) */
+int cli_cmd_tenant(cli_env *env, int argc, char **argv);
+
+/* --url mode (cli/api_client.c): removes "--url URL" / "--url=URL" from argv (argc updated) and
+ * returns URL, or NULL when absent. */
+const char *cli_api_url_parse(int *argc, char **argv);
+/* Runs argv[0] (enqueue, status, event, tenant) against the HTTP API at url with the key in
+ * FLOWD_API_KEY; returns the exit status. */
+int cli_api_main(const char *url, int argc, char **argv);
 
 /* Prints "flowd: <msg>" (and the field when set) to stderr and returns exit status 1. */
 int cli_fail(const eng_err *err);

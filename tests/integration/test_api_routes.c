@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "api/api.h"
 #include "engine/log.h"
@@ -641,6 +642,83 @@ static void test_sse_client_leaves(void **state)
     json_decref(expect(call("POST", path, key_a, "{}"), 200));
 }
 
+/* ---------------------------------------------------------------------------- CLI --url -- */
+
+static json_t *run_flowd(const char *const *argv, const char *const *env, int want_status)
+{
+    char *out = NULL, *err = NULL;
+    int st = th_flowd_run(argv, env, &out, &err);
+    if (st != want_status)
+        fail_msg("flowd exited %d (want %d): %s", st, want_status, err);
+    json_t *j = json_loads(out, JSON_DISABLE_EOF_CHECK | JSON_DECODE_ANY, NULL);
+    free(out);
+    free(err);
+    return j;
+}
+
+static void test_cli_tenant_and_url_mode(void **state)
+{
+    (void)state;
+    char env_key[96];
+    snprintf(env_key, sizeof env_key, "FLOWD_API_KEY=%s", ADMIN_KEY);
+    const char *const env[] = {env_key, NULL};
+    const char *const no_key[] = {"FLOWD_API_KEY", NULL};
+
+    /* directly on the database, then over the API: each prints a working admin key */
+    const char *direct[] = {"flowd", "--database", db, "tenant", "create", "cli-direct",
+                            "--max-running", "3", NULL};
+    json_t *d = run_flowd(direct, env, 0);
+    const char *dkey = json_string_value(json_object_get(json_object_get(d, "key"), "key"));
+    assert_non_null(dkey);
+    assert_int_equal(jint(json_object_get(d, "tenant"), "max_running"), 3);
+    json_decref(expect(call("GET", "/v1/runs", dkey, NULL), 200));
+    json_decref(d);
+    json_decref(run_flowd(direct, env, 1)); /* the name is taken */
+    const char *via_url[] = {"flowd", "--url", base, "tenant", "create", "cli-url", NULL};
+    d = run_flowd(via_url, env, 0);
+    const char *ukey = json_string_value(json_object_get(json_object_get(d, "key"), "key"));
+    assert_non_null(ukey);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(d, "tenant"), "name")),
+                        "cli-url");
+    char ukey_env[96];
+    snprintf(ukey_env, sizeof ukey_env, "FLOWD_API_KEY=%s", ukey);
+    const char *const uenv[] = {ukey_env, NULL};
+    json_decref(d);
+    json_decref(run_flowd(via_url, no_key, 1));
+
+    /* enqueue, status and event over the API, as the new tenant */
+    char path[] = "/tmp/flowd_cli_wf_XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    static const char def[] = "{\"name\": \"cli-wf\", \"steps\": [{\"key\": \"s\", \"kind\": "
+                              "\"transform\", \"input\": {\"v\": \"{{input.v}}\"}}]}";
+    assert_int_equal(write(fd, def, strlen(def)), (ssize_t)strlen(def));
+    close(fd);
+    const char *enq[] = {"flowd", "--url", base, "enqueue", "--workflow", path, "--input",
+                         "{\"v\": 5}", "--idempotency-key", "cli-1", NULL};
+    json_t *id = run_flowd(enq, uenv, 0);
+    assert_true(json_is_integer(id));
+    json_t *id2 = run_flowd(enq, uenv, 0);
+    assert_int_equal(json_integer_value(id), json_integer_value(id2)); /* idempotent */
+    json_decref(id2);
+    char id_s[24];
+    snprintf(id_s, sizeof id_s, "%lld", (long long)json_integer_value(id));
+    json_decref(id);
+    const char *status[] = {"flowd", "--url", base, "status", id_s, NULL};
+    json_t *run = run_flowd(status, uenv, 0);
+    assert_string_equal(json_string_value(json_object_get(run, "workflow")), "cli-wf");
+    assert_int_equal(jint(json_object_get(run, "input"), "v"), 5);
+    json_decref(run);
+    json_decref(run_flowd(status, env, 1)); /* the default tenant cannot see it */
+    const char *event[] = {"flowd", "--url", base, "event", "lead.replied", "k1", NULL};
+    json_t *ev = run_flowd(event, uenv, 0);
+    assert_int_equal(jint(ev, "resumed"), 0);
+    json_decref(ev);
+    const char *unsupported[] = {"flowd", "--url", base, "migrate", NULL};
+    json_decref(run_flowd(unsupported, uenv, 1));
+    unlink(path);
+}
+
 /* ------------------------------------------------------------------------------- setup -- */
 
 static int group_setup(void **state)
@@ -681,6 +759,7 @@ int main(void)
         cmocka_unit_test(test_batch_10000),
         cmocka_unit_test(test_sse_live_and_resume),
         cmocka_unit_test(test_sse_client_leaves),
+        cmocka_unit_test(test_cli_tenant_and_url_mode),
     };
     int rc = cmocka_run_group_tests(tests, group_setup, group_teardown);
     curl_global_cleanup();

@@ -1,0 +1,438 @@
+/* cli/api_client.c: `flowd --url URL COMMAND`: the commands that talk to a running server over its
+ * HTTP API with the key in FLOWD_API_KEY (a blocking libcurl easy client: the command line is not
+ * an event loop), and `flowd tenant`, which works both directly and over the API. */
+#include <curl/curl.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/cli.h"
+#include "engine/buf.h"
+#include "engine/mem.h"
+
+#define CLI_API_MAX_RESPONSE (64 * 1024 * 1024)
+
+typedef struct cli_api {
+    const char *url; /* without a trailing slash */
+    const char *key;
+} cli_api;
+
+static size_t api_collect(char *p, size_t sz, size_t n, void *arg)
+{
+    return eng_buf_append(arg, p, sz * n) == ENG_OK ? sz * n : 0;
+}
+
+/* One request; *out gets the parsed JSON body (NULL when empty or not JSON). Returns the HTTP
+ * status, or 0 with err set when the server could not be reached or its answer was an error. */
+static long api_request(const cli_api *api, const char *method, const char *path, const json_t *body,
+                        json_t **out, eng_err *err)
+{
+    *out = NULL;
+    CURL *h = curl_easy_init();
+    if (!h)
+        return eng_err_set(err, ENG_EINTERNAL, "cannot start libcurl"), 0;
+    char *url = eng_xasprintf("%s%s", api->url, path);
+    char *auth = eng_xasprintf("Authorization: Bearer %s", api->key);
+    struct curl_slist *hl = curl_slist_append(NULL, auth);
+    hl = curl_slist_append(hl, "Content-Type: application/json");
+    hl = curl_slist_append(hl, "Accept: application/json");
+    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    eng_buf resp;
+    eng_buf_init(&resp, CLI_API_MAX_RESPONSE);
+    char errbuf[CURL_ERROR_SIZE] = "";
+    curl_easy_setopt(h, CURLOPT_URL, url);
+    curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, hl);
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, 10000L);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, 120000L);
+    curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, api_collect);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, &resp);
+    if (text) {
+        curl_easy_setopt(h, CURLOPT_POSTFIELDS, text);
+        curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, (long)strlen(text));
+    }
+    long status = 0;
+    CURLcode rc = curl_easy_perform(h);
+    if (rc != CURLE_OK) {
+        eng_err_set(err, ENG_EHTTP, "%s %s: %s", method, url, errbuf[0] ? errbuf : curl_easy_strerror(rc));
+    } else {
+        curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
+        if (resp.len)
+            *out = json_loadb(resp.ptr, resp.len, 0, NULL);
+        if (status >= 400) {
+            const json_t *e = json_object_get(*out, "error");
+            const char *msg = json_string_value(json_object_get(e, "message"));
+            const char *field = json_string_value(json_object_get(e, "field"));
+            eng_err_set(err, status == 404 ? ENG_ENOTFOUND : ENG_EHTTP, "%s (HTTP %ld)",
+                        msg ? msg : "request failed", status);
+            if (field)
+                snprintf(err->field, sizeof err->field, "%s", field);
+            json_decref(*out);
+            *out = NULL;
+            status = 0;
+        }
+    }
+    eng_buf_deinit(&resp);
+    free(text);
+    curl_slist_free_all(hl);
+    free(auth);
+    free(url);
+    curl_easy_cleanup(h);
+    return status;
+}
+
+static void api_print(const json_t *j)
+{
+    char *text = json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    printf("%s\n", text ? text : "null");
+    free(text);
+}
+
+/* Percent-encodes one path segment. */
+static char *api_segment(const char *s)
+{
+    CURL *h = curl_easy_init();
+    char *e = curl_easy_escape(h, s, 0);
+    char *out = eng_xstrdup(e ? e : "");
+    curl_free(e);
+    curl_easy_cleanup(h);
+    return out;
+}
+
+/* ----------------------------------------------------------------------------- commands -- */
+
+static int api_enqueue(const cli_api *api, int argc, char **argv)
+{
+    static const struct option longopts[] = {{"workflow", required_argument, NULL, 'w'},
+                                             {"input", required_argument, NULL, 'i'},
+                                             {"priority", required_argument, NULL, 'p'},
+                                             {"idempotency-key", required_argument, NULL, 'k'},
+                                             {NULL, 0, NULL, 0}};
+    const char *file = NULL, *input = "{}", *priority = NULL, *idem = NULL;
+    int ch;
+    optind = 1;
+    while ((ch = getopt_long(argc, argv, "w:i:p:k:", longopts, NULL)) != -1) {
+        switch (ch) {
+        case 'w': file = optarg; break;
+        case 'i': input = optarg; break;
+        case 'p': priority = optarg; break;
+        case 'k': idem = optarg; break;
+        default: return 2;
+        }
+    }
+    if (!file) {
+        fprintf(stderr, "usage: flowd --url URL enqueue --workflow FILE.json [--input JSON] "
+                        "[--priority N] [--idempotency-key KEY]\n");
+        return 2;
+    }
+    eng_err err;
+    json_error_t jerr;
+    json_t *def = json_load_file(file, JSON_REJECT_DUPLICATES, &jerr);
+    if (!def) {
+        eng_err_set(&err, ENG_EINVAL, "%s:%d:%d: %s", file, jerr.line, jerr.column, jerr.text);
+        return cli_fail(&err);
+    }
+    json_t *in = json_loads(input, 0, &jerr);
+    if (!json_is_object(in)) {
+        json_decref(in);
+        json_decref(def);
+        eng_err_field(&err, ENG_EINVAL, "--input", "must be a JSON object");
+        return cli_fail(&err);
+    }
+    char *end = NULL;
+    long long prio = priority ? strtoll(priority, &end, 10) : 0;
+    if (priority && *end) {
+        json_decref(in);
+        json_decref(def);
+        eng_err_field(&err, ENG_EINVAL, "--priority", "must be an integer");
+        return cli_fail(&err);
+    }
+    const char *name = json_string_value(json_object_get(def, "name"));
+    if (!name) {
+        json_decref(in);
+        json_decref(def);
+        eng_err_field(&err, ENG_EINVAL, "/name", "the workflow file needs a name");
+        return cli_fail(&err);
+    }
+    char *seg = api_segment(name);
+    char *path = eng_xasprintf("/v1/workflows/%s", seg);
+    json_t *out = NULL;
+    json_t *run = json_pack("{s:s, s:o, s:I}", "workflow", name, "input", in, "priority",
+                            (json_int_t)prio);
+    if (idem)
+        json_object_set_new(run, "idempotency_key", json_string(idem));
+    int status = 1;
+    if (!api_request(api, "PUT", path, def, &out, &err)) {
+        status = cli_fail(&err);
+        goto done;
+    }
+    json_object_set_new(run, "version", json_incref(json_object_get(out, "version")));
+    json_decref(out);
+    if (!api_request(api, "POST", "/v1/runs", run, &out, &err)) {
+        status = cli_fail(&err);
+        goto done;
+    }
+    printf("%lld\n", (long long)json_integer_value(json_object_get(out, "id")));
+    json_decref(out);
+    status = 0;
+done:
+    json_decref(run);
+    json_decref(def);
+    free(path);
+    free(seg);
+    return status;
+}
+
+static int api_status(const cli_api *api, int argc, char **argv)
+{
+    if (argc != 2) {
+        fprintf(stderr, "usage: flowd --url URL status RUN_ID\n");
+        return 2;
+    }
+    eng_err err;
+    char *end;
+    long long id = strtoll(argv[1], &end, 10);
+    if (*end || id <= 0) {
+        eng_err_field(&err, ENG_EINVAL, "RUN_ID", "\"%s\" is not a run id", argv[1]);
+        return cli_fail(&err);
+    }
+    char path[48];
+    snprintf(path, sizeof path, "/v1/runs/%lld", id);
+    json_t *out;
+    if (!api_request(api, "GET", path, NULL, &out, &err))
+        return cli_fail(&err);
+    api_print(out);
+    json_decref(out);
+    return 0;
+}
+
+static int api_event(const cli_api *api, int argc, char **argv)
+{
+    static const struct option longopts[] = {{"data", required_argument, NULL, 'd'},
+                                             {NULL, 0, NULL, 0}};
+    const char *data = "{}";
+    int ch;
+    optind = 1;
+    while ((ch = getopt_long(argc, argv, "d:", longopts, NULL)) != -1) {
+        if (ch != 'd')
+            return 2;
+        data = optarg;
+    }
+    if (argc - optind != 2) {
+        fprintf(stderr, "usage: flowd --url URL event NAME KEY [--data JSON]\n");
+        return 2;
+    }
+    eng_err err;
+    json_t *d = json_loads(data, 0, NULL);
+    if (!json_is_object(d)) {
+        json_decref(d);
+        eng_err_field(&err, ENG_EINVAL, "--data", "must be a JSON object");
+        return cli_fail(&err);
+    }
+    json_t *body = json_pack("{s:s, s:s, s:o}", "name", argv[optind], "key", argv[optind + 1],
+                             "data", d);
+    json_t *out;
+    long st = api_request(api, "POST", "/v1/events", body, &out, &err);
+    json_decref(body);
+    if (!st)
+        return cli_fail(&err);
+    printf("{\"resumed\": %lld, \"cancelled\": %lld}\n",
+           (long long)json_integer_value(json_object_get(out, "resumed")),
+           (long long)json_integer_value(json_object_get(out, "cancelled")));
+    json_decref(out);
+    return 0;
+}
+
+/* Parses `tenant create NAME [--max-running N]`; 0 when fine, else the exit status. */
+static int tenant_args(int argc, char **argv, const char **name, long long *max_running)
+{
+    static const struct option longopts[] = {{"max-running", required_argument, NULL, 'm'},
+                                             {NULL, 0, NULL, 0}};
+    *max_running = 0;
+    int ch;
+    optind = 1;
+    while ((ch = getopt_long(argc, argv, "m:", longopts, NULL)) != -1) {
+        char *end;
+        if (ch != 'm')
+            return 2;
+        *max_running = strtoll(optarg, &end, 10);
+        if (*end || *max_running < 1) {
+            eng_err err;
+            eng_err_field(&err, ENG_EINVAL, "--max-running", "must be a positive integer");
+            return cli_fail(&err);
+        }
+    }
+    if (argc - optind != 2 || strcmp(argv[optind], "create") != 0) {
+        fprintf(stderr, "usage: flowd [--url URL] tenant create NAME [--max-running N]\n"
+                        "  prints the new tenant and its first admin key (shown once)\n");
+        return 2;
+    }
+    *name = argv[optind + 1];
+    return 0;
+}
+
+static int api_tenant(const cli_api *api, int argc, char **argv)
+{
+    const char *name;
+    long long max_running;
+    int st = tenant_args(argc, argv, &name, &max_running);
+    if (st)
+        return st;
+    eng_err err;
+    json_t *body = json_pack("{s:s}", "name", name);
+    if (max_running)
+        json_object_set_new(body, "max_running", json_integer(max_running));
+    json_t *tenant, *key;
+    long ok = api_request(api, "POST", "/v1/tenants", body, &tenant, &err);
+    json_decref(body);
+    if (!ok)
+        return cli_fail(&err);
+    body = json_pack("{s:O, s:s}", "tenant", json_object_get(tenant, "id"), "role", "admin");
+    ok = api_request(api, "POST", "/v1/keys", body, &key, &err);
+    json_decref(body);
+    if (!ok) {
+        json_decref(tenant);
+        return cli_fail(&err);
+    }
+    json_t *both = json_pack("{s:o, s:o}", "tenant", tenant, "key", key);
+    api_print(both);
+    json_decref(both);
+    return 0;
+}
+
+/* ----------------------------------------------------------------------------- entry -- */
+
+const char *cli_api_url_parse(int *argc, char **argv)
+{
+    const char *url = NULL;
+    int out = 0;
+    for (int i = 0; i < *argc; i++) {
+        if (strcmp(argv[i], "--url") == 0 && i + 1 < *argc) {
+            url = argv[++i];
+            continue;
+        }
+        if (strncmp(argv[i], "--url=", 6) == 0) {
+            url = argv[i] + 6;
+            continue;
+        }
+        argv[out++] = argv[i];
+    }
+    argv[out] = NULL;
+    *argc = out;
+    return url;
+}
+
+int cli_api_main(const char *url, int argc, char **argv)
+{
+    static const struct {
+        const char *name;
+        int (*run)(const cli_api *api, int argc, char **argv);
+    } commands[] = {
+        {"enqueue", api_enqueue},
+        {"status", api_status},
+        {"event", api_event},
+        {"tenant", api_tenant},
+    };
+    eng_err err;
+    const char *key = getenv("FLOWD_API_KEY");
+    if (!key || !*key) {
+        eng_err_set(&err, ENG_EINVAL, "--url needs an API key in FLOWD_API_KEY");
+        return cli_fail(&err);
+    }
+    size_t i = 0;
+    while (i < ENG_ARRAY_LEN(commands) && strcmp(commands[i].name, argv[0]) != 0)
+        i++;
+    if (i == ENG_ARRAY_LEN(commands)) {
+        eng_err_set(&err, ENG_EINVAL, "%s is not available with --url (enqueue, status, event, tenant are)",
+                    argv[0]);
+        return cli_fail(&err);
+    }
+    char *base = eng_xstrdup(url);
+    size_t n = strlen(base);
+    while (n > 0 && base[n - 1] == '/')
+        base[--n] = '\0';
+    cli_api api = {.url = base, .key = key};
+    int status = commands[i].run(&api, argc, argv);
+    free(base);
+    return status;
+}
+
+/* ----------------------------------------------------------------------- direct tenant -- */
+
+/* "fd_" and 40 hex characters from the kernel's generator. */
+static eng_rc tenant_random_key(char out[44], eng_err *err)
+{
+    unsigned char raw[20];
+    FILE *f = fopen("/dev/urandom", "rb");
+    size_t got = f ? fread(raw, 1, sizeof raw, f) : 0;
+    if (f)
+        fclose(f);
+    if (got != sizeof raw)
+        return eng_err_set(err, ENG_ESYS, "cannot read /dev/urandom");
+    static const char hex[] = "0123456789abcdef";
+    memcpy(out, "fd_", 3);
+    for (size_t i = 0; i < sizeof raw; i++) {
+        out[3 + 2 * i] = hex[raw[i] >> 4];
+        out[4 + 2 * i] = hex[raw[i] & 15];
+    }
+    out[43] = '\0';
+    return ENG_OK;
+}
+
+int cli_cmd_tenant(cli_env *env, int argc, char **argv)
+{
+    const char *name;
+    long long max_running;
+    int st = tenant_args(argc, argv, &name, &max_running);
+    if (st)
+        return st;
+    eng_err err;
+    char key[44];
+    long long parent;
+    if (tenant_random_key(key, &err) != ENG_OK || cli_env_open(env, &err) != ENG_OK ||
+        !(parent = cli_default_tenant(env, &err)))
+        return cli_fail(&err);
+    char parent_s[24], max_s[24];
+    snprintf(parent_s, sizeof parent_s, "%lld", parent);
+    snprintf(max_s, sizeof max_s, "%lld", max_running);
+    /* the tenant and its first key in one transaction: no tenant nobody can reach */
+    PGresult *res = cli_exec(env, "BEGIN", 0, NULL, &err);
+    if (!res)
+        return cli_fail(&err);
+    PQclear(res);
+    const char *tparams[] = {parent_s, name, max_running ? max_s : NULL};
+    PGresult *tres = cli_exec(env, "SELECT flowd_create_tenant($1, $2, $3::integer)", 3, tparams,
+                              &err);
+    if (!tres) {
+        PQclear(cli_exec(env, "ROLLBACK", 0, NULL, NULL));
+        if (err.rc == ENG_ECONFLICT)
+            eng_err_field(&err, ENG_ECONFLICT, "NAME", "a tenant named \"%s\" exists", name);
+        return cli_fail(&err);
+    }
+    json_t *tenant = json_loads(PQgetvalue(tres, 0, 0), 0, NULL);
+    PQclear(tres);
+    char id_s[24];
+    snprintf(id_s, sizeof id_s, "%lld", (long long)json_integer_value(json_object_get(tenant, "id")));
+    const char *kparams[] = {parent_s, id_s, key};
+    PGresult *kres = cli_exec(env, "SELECT flowd_create_key($1, $2, NULL, 'admin', $3)", 3, kparams,
+                              &err);
+    PGresult *commit = kres ? cli_exec(env, "COMMIT", 0, NULL, &err) : NULL;
+    if (!commit) {
+        PQclear(cli_exec(env, "ROLLBACK", 0, NULL, NULL));
+        PQclear(kres);
+        json_decref(tenant);
+        return cli_fail(&err);
+    }
+    PQclear(commit);
+    json_t *both = json_pack("{s:o, s:o}", "tenant", tenant, "key",
+                             json_loads(PQgetvalue(kres, 0, 0), 0, NULL));
+    PQclear(kres);
+    api_print(both);
+    json_decref(both);
+    return 0;
+}
