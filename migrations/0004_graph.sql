@@ -347,8 +347,11 @@ DECLARE
     v_ids     bigint[];
     v_left    integer;
 BEGIN
+    -- Serializes the advances of one map: two workers finishing children of the same map at
+    -- once would otherwise both see the same free slots and pending items and start duplicate
+    -- children for them. Statements after the lock see what the other advance committed.
     SELECT m.*, s.run_id, s.priority, s.state AS step_state INTO v_map
-      FROM maps m JOIN steps s ON s.id = m.step_id WHERE m.step_id = p_step;
+      FROM maps m JOIN steps s ON s.id = m.step_id WHERE m.step_id = p_step FOR UPDATE OF m;
     IF NOT FOUND OR v_map.step_state <> 'waiting' THEN
         RETURN;
     END IF;

@@ -1,0 +1,854 @@
+/* tests/integration/test_graph.c: workflow-graph semantics against a real PostgreSQL: wait_event
+ * (data, timeout and branching, early events), map fan-out (10,000 items, failures, concurrency),
+ * concurrency keys, retry and cancel of runs, templates, and bad definitions refused by the CLI.
+ *
+ * This binary's own kinds:
+ *   slow   finishes {"ms": N} milliseconds later from an ev_timer (so intervals can overlap)
+ *   hang   never finishes by itself; its cancel callback counts that it was told to stop
+ *   once   fails permanently while once_budget > 0, then succeeds
+ *   boom   fails permanently when its input has "fail": true */
+// clang-format off
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+// clang-format on
+#include <ev.h>
+#include <jansson.h>
+#include <libpq-fe.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "engine/log.h"
+#include "engine/mem.h"
+#include "engine/step.h"
+#include "tests/support/th.h"
+#include "tests/support/th_engine.h"
+
+/* ------------------------------------------------------------------------------ helpers -- */
+
+#define P(...) \
+    (int)(sizeof((const char *[]){__VA_ARGS__}) / sizeof(const char *)), (const char *const[]){__VA_ARGS__}
+
+typedef struct {
+    char s[24];
+} num_s;
+
+static num_s num(long long v)
+{
+    num_s n;
+    snprintf(n.s, sizeof n.s, "%lld", v);
+    return n;
+}
+
+static PGconn *pg_open(const char *conninfo)
+{
+    PGconn *c = PQconnectdb(conninfo);
+    if (PQstatus(c) != CONNECTION_OK)
+        fail_msg("cannot connect: %s", PQerrorMessage(c));
+    return c;
+}
+
+/* First column of the first row (new string, NULL when there is no row or it is NULL). */
+static char *pg_s(PGconn *c, const char *sql, int n, const char *const *params)
+{
+    PGresult *r = PQexecParams(c, sql, n, NULL, params, NULL, NULL, 0);
+    ExecStatusType st = PQresultStatus(r);
+    if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK)
+        fail_msg("%s\n%s", sql, PQerrorMessage(c));
+    char *v = PQntuples(r) > 0 && !PQgetisnull(r, 0, 0) ? eng_xstrdup(PQgetvalue(r, 0, 0)) : NULL;
+    PQclear(r);
+    return v;
+}
+
+static long long pg_ll(PGconn *c, const char *sql, int n, const char *const *params)
+{
+    char *v = pg_s(c, sql, n, params);
+    if (!v)
+        fail_msg("no value: %s", sql);
+    long long x = strtoll(v, NULL, 10);
+    free(v);
+    return x;
+}
+
+/* Asserts that the first value of sql is the text expected (NULL: SQL NULL or no row). */
+static void pg_expect(PGconn *c, const char *expected, const char *sql, int n,
+                      const char *const *params)
+{
+    char *v = pg_s(c, sql, n, params);
+    if (!expected != !v || (v && strcmp(v, expected) != 0))
+        fail_msg("%s\n  got      %s\n  expected %s", sql, v ? v : "NULL",
+                 expected ? expected : "NULL");
+    free(v);
+}
+
+/* Polls sql (a boolean) on c until true; false after timeout_s. */
+static bool pg_wait(PGconn *c, const char *sql, int n, const char *const *params, double timeout_s)
+{
+    long long deadline = th_now_ms() + (long long)(timeout_s * 1000);
+    for (;;) {
+        char *v = pg_s(c, sql, n, params);
+        bool ok = v && strcmp(v, "t") == 0;
+        free(v);
+        if (ok)
+            return true;
+        if (th_now_ms() > deadline)
+            return false;
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static long long enqueue_one(PGconn *c, long long tenant, long long wf, const char *input)
+{
+    char *in = eng_xasprintf("[%s]", input);
+    long long id = pg_ll(c, "SELECT run_id FROM flowd_enqueue($1, $2, $3::jsonb, 0, NULL, NULL)",
+                         P(num(tenant).s, num(wf).s, in));
+    free(in);
+    return id;
+}
+
+static void advance(PGconn *c, const char *interval)
+{
+    free(pg_s(c, "SELECT flowd_clock_advance((extract(epoch FROM $1::interval) * 1000)::bigint)",
+              P(interval)));
+}
+
+/* Runs the flowd binary against db; returns its exit status, stdout and stderr (caller frees). */
+static int flowd(const char *db, char **out, char **err, const char *a1, const char *a2,
+                 const char *a3, const char *a4, const char *a5)
+{
+    const char *argv[] = {"flowd", "--database", db, a1, a2, a3, a4, a5, NULL};
+    return th_flowd_run(argv, NULL, out, err);
+}
+
+/* ---------------------------------------------------------------------- test step kinds -- */
+
+typedef struct {
+    ev_timer t;
+    eng_step_ctx *ctx;
+} slow_state;
+
+static void slow_fire(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    slow_state *s = (slow_state *)t;
+    eng_step_ctx *ctx = s->ctx;
+    free(s);
+    eng_step_succeed(ctx, json_deep_copy(eng_step_input(ctx)));
+}
+
+static void slow_start(eng_step_ctx *ctx)
+{
+    slow_state *s = eng_xcalloc(1, sizeof *s);
+    s->ctx = ctx;
+    double ms = (double)json_integer_value(json_object_get(eng_step_input(ctx), "ms"));
+    ev_timer_init(&s->t, slow_fire, ms / 1000.0, 0.);
+    ev_timer_start(eng_step_loop(ctx), &s->t);
+    eng_step_set_data(ctx, s);
+}
+
+static void slow_cancel(eng_step_ctx *ctx)
+{
+    slow_state *s = eng_step_data(ctx);
+    ev_timer_stop(eng_step_loop(ctx), &s->t);
+    free(s);
+}
+
+static const eng_step_kind slow_kind = {
+    .name = "slow", .default_max_attempts = 1, .start = slow_start, .cancel = slow_cancel};
+
+static atomic_int hang_started, hang_cancelled;
+
+static void hang_start(eng_step_ctx *ctx)
+{
+    atomic_fetch_add(&hang_started, 1);
+    eng_step_set_data(ctx, eng_xstrdup("held until cancelled"));
+}
+
+static void hang_cancel(eng_step_ctx *ctx)
+{
+    free(eng_step_data(ctx));
+    atomic_fetch_add(&hang_cancelled, 1);
+}
+
+static const eng_step_kind hang_kind = {
+    .name = "hang", .default_max_attempts = 1, .start = hang_start, .cancel = hang_cancel};
+
+static atomic_int once_budget;
+
+static void once_start(eng_step_ctx *ctx)
+{
+    if (atomic_fetch_sub(&once_budget, 1) > 0) {
+        eng_step_fail(ctx, true, "once", "failing the first time on purpose", 0);
+        return;
+    }
+    eng_step_succeed(ctx, json_pack("{s:i}", "attempt", eng_step_attempt(ctx)));
+}
+
+static const eng_step_kind once_kind = {.name = "once", .default_max_attempts = 3, .start = once_start};
+
+static void boom_start(eng_step_ctx *ctx)
+{
+    const json_t *in = eng_step_input(ctx);
+    if (json_is_true(json_object_get(in, "fail"))) {
+        eng_step_fail(ctx, true, "boom", "this item always fails", 0);
+        return;
+    }
+    eng_step_succeed(ctx, json_pack("{s:O}", "n", json_object_get(in, "n")));
+}
+
+static const eng_step_kind boom_kind = {.name = "boom", .default_max_attempts = 3, .start = boom_start};
+
+/* --------------------------------------------------------------------------- wait_event -- */
+
+/* w waits for the lead's reply for 2 h; nudge runs when it timed out, thank when it did not;
+ * after_thank has only thank as need (skipped with it); join needs both (runs either way). */
+static const char branch_def[] =
+    "{\"name\": \"reply\", \"steps\": ["
+    " {\"key\": \"w\", \"kind\": \"wait_event\","
+    "  \"input\": {\"event\": \"lead.replied\", \"key\": \"{{input.lead}}\", \"timeout\": \"2h\"}},"
+    " {\"key\": \"nudge\", \"kind\": \"transform\", \"needs\": [\"w\"],"
+    "  \"when\": \"steps.w.output.timed_out == true\", \"input\": {\"nudge\": true}},"
+    " {\"key\": \"thank\", \"kind\": \"transform\", \"needs\": [\"w\"],"
+    "  \"when\": \"steps.w.output.timed_out != true\","
+    "  \"input\": {\"reply\": \"{{steps.w.output.text}}\"}},"
+    " {\"key\": \"after_thank\", \"kind\": \"transform\", \"needs\": [\"thank\"]},"
+    " {\"key\": \"join\", \"kind\": \"transform\", \"needs\": [\"nudge\", \"thank\"],"
+    "  \"input\": {\"joined\": true}}]}";
+
+static const char states_sql[] =
+    "SELECT string_agg(key || '=' || state, ',' ORDER BY idx) FROM steps WHERE run_id = $1";
+
+static void test_wait_event_resumes_with_data(void **state)
+{
+    (void)state;
+    long long tenant;
+    char *db = th_engine_db("g_wait", &tenant);
+    long long wf = th_engine_register(db, tenant, branch_def);
+    PGconn *c = pg_open(db);
+    long long run = enqueue_one(c, tenant, wf, "{\"lead\": \"r-1\"}");
+    th_workers *ws = th_workers_start(db, 1, "wait", 0, 0, 0);
+    assert_true(pg_wait(c, "SELECT state = 'waiting' FROM steps WHERE run_id = $1 AND key = 'w'",
+                        P(num(run).s), 30));
+    /* Another lead's reply and another event name resume nothing. */
+    pg_expect(c, "0", "SELECT resumed FROM flowd_event($1, 'lead.replied', 'r-2', '{}')",
+              P(num(tenant).s));
+    pg_expect(c, "0", "SELECT resumed FROM flowd_event($1, 'lead.booked', 'r-1', '{}')",
+              P(num(tenant).s));
+    sleep_ms(300);
+    pg_expect(c, "waiting", "SELECT state FROM steps WHERE run_id = $1 AND key = 'w'",
+              P(num(run).s));
+    pg_expect(c, "1",
+              "SELECT resumed FROM flowd_event($1, 'lead.replied', 'r-1', '{\"text\": \"yes!\"}')",
+              P(num(tenant).s));
+    bool done = pg_wait(c, "SELECT state NOT IN ('queued', 'running') FROM runs WHERE id = $1",
+                        P(num(run).s), 30);
+    th_workers_stop(ws);
+    assert_true(done);
+    pg_expect(c, "succeeded", "SELECT state FROM runs WHERE id = $1", P(num(run).s));
+    pg_expect(c, "w=succeeded,nudge=skipped,thank=succeeded,after_thank=succeeded,join=succeeded",
+              states_sql, P(num(run).s));
+    pg_expect(c, "{\"text\": \"yes!\"}", "SELECT output::text FROM steps WHERE run_id = $1 AND key = 'w'",
+              P(num(run).s));
+    pg_expect(c, "{\"reply\": \"yes!\"}",
+              "SELECT output::text FROM steps WHERE run_id = $1 AND key = 'thank'", P(num(run).s));
+    PQfinish(c);
+    free(db);
+}
+
+static void test_wait_event_timeout_branches(void **state)
+{
+    (void)state;
+    long long tenant;
+    char *db = th_engine_db("g_wait_to", &tenant);
+    long long wf = th_engine_register(db, tenant, branch_def);
+    PGconn *c = pg_open(db);
+    long long run = enqueue_one(c, tenant, wf, "{\"lead\": \"t-1\"}");
+    th_workers *ws = th_workers_start(db, 1, "wait-to", 0, 0, 0);
+    assert_true(pg_wait(c, "SELECT state = 'waiting' FROM steps WHERE run_id = $1 AND key = 'w'",
+                        P(num(run).s), 30));
+    advance(c, "1 hour 59 minutes");
+    sleep_ms(1300); /* past the workers' 1 s backstop poll */
+    pg_expect(c, "waiting", "SELECT state FROM steps WHERE run_id = $1 AND key = 'w'",
+              P(num(run).s));
+    advance(c, "1 minute");
+    bool done = pg_wait(c, "SELECT state NOT IN ('queued', 'running') FROM runs WHERE id = $1",
+                        P(num(run).s), 30);
+    th_workers_stop(ws);
+    assert_true(done);
+    pg_expect(c, "succeeded", "SELECT state FROM runs WHERE id = $1", P(num(run).s));
+    pg_expect(c, "w=succeeded,nudge=succeeded,thank=skipped,after_thank=skipped,join=succeeded",
+              states_sql, P(num(run).s));
+    pg_expect(c, "{\"timed_out\": true}",
+              "SELECT output::text FROM steps WHERE run_id = $1 AND key = 'w'", P(num(run).s));
+    /* The skipped steps never started; skipped counts as done. */
+    pg_expect(c, "0",
+              "SELECT count(*) FROM run_events WHERE run_id = $1 AND type = 'step.started'"
+              " AND step_key = 'after_thank'",
+              P(num(run).s));
+    pg_expect(c, "5 5", "SELECT steps_done || ' ' || steps_total FROM runs WHERE id = $1",
+              P(num(run).s));
+    PQfinish(c);
+    free(db);
+}
+
+static void test_wait_event_early_event(void **state)
+{
+    (void)state;
+    long long tenant;
+    char *db = th_engine_db("g_wait_early", &tenant);
+    long long wf = th_engine_register(
+        db, tenant,
+        "{\"name\": \"early\", \"steps\": ["
+        " {\"key\": \"gate\", \"kind\": \"transform\", \"delay\": \"1h\"},"
+        " {\"key\": \"w\", \"kind\": \"wait_event\", \"needs\": [\"gate\"],"
+        "  \"input\": {\"event\": \"lead.replied\", \"key\": \"{{input.lead}}\", \"timeout\": \"1d\"}}]}");
+    PGconn *c = pg_open(db);
+    /* Sent before the run existed: not this run's business. */
+    free(pg_s(c, "SELECT flowd_event($1, 'lead.replied', 'e-1', '{\"n\": 1}')", P(num(tenant).s)));
+    long long run = enqueue_one(c, tenant, wf, "{\"lead\": \"e-1\"}");
+    th_workers *ws = th_workers_start(db, 1, "early", 0, 0, 0);
+    /* Arrives while the run is under way but before the wait started. */
+    pg_expect(c, "0", "SELECT resumed FROM flowd_event($1, 'lead.replied', 'e-1', '{\"n\": 2}')",
+              P(num(tenant).s));
+    sleep_ms(300);
+    pg_expect(c, "gate=ready,w=pending", states_sql, P(num(run).s));
+    advance(c, "1 hour");
+    bool done = pg_wait(c, "SELECT state NOT IN ('queued', 'running') FROM runs WHERE id = $1",
+                        P(num(run).s), 30);
+    th_workers_stop(ws);
+    assert_true(done);
+    pg_expect(c, "succeeded", "SELECT state FROM runs WHERE id = $1", P(num(run).s));
+    pg_expect(c, "{\"n\": 2}", "SELECT output::text FROM steps WHERE run_id = $1 AND key = 'w'",
+              P(num(run).s));
+    /* Delivered at once: it never slept in 'waiting'. */
+    pg_expect(c, "0", "SELECT count(*) FROM run_events WHERE run_id = $1 AND type = 'step.waiting'",
+              P(num(run).s));
+    PQfinish(c);
+    free(db);
+}
+
+/* `flowd event NAME KEY --data JSON` (the documented form) resumes the wait with that data. */
+static void test_cli_event_data(void **state)
+{
+    (void)state;
+    long long tenant;
+    char *db = th_engine_db("g_cli_event", &tenant);
+    long long wf = th_engine_register(db, tenant, branch_def);
+    PGconn *c = pg_open(db);
+    long long run = enqueue_one(c, tenant, wf, "{\"lead\": \"c-1\"}");
+    th_workers *ws = th_workers_start(db, 1, "cli-event", 0, 0, 0);
+    assert_true(pg_wait(c, "SELECT state = 'waiting' FROM steps WHERE run_id = $1 AND key = 'w'",
+                        P(num(run).s), 30));
+    char *out = NULL, *err = NULL;
+    int st = flowd(db, &out, &err, "event", "lead.replied", "c-1", "--data", "{\"text\": \"ok\"}");
+    if (st != 0)
+        fail_msg("flowd event: exit %d: %s", st, err);
+    assert_non_null(strstr(out, "\"resumed\": 1"));
+    free(out);
+    free(err);
+    bool done = pg_wait(c, "SELECT state NOT IN ('queued', 'running') FROM runs WHERE id = $1",
+                        P(num(run).s), 30);
+    th_workers_stop(ws);
+    assert_true(done);
+    pg_expect(c, "{\"text\": \"ok\"}", "SELECT data::text FROM events WHERE key = 'c-1'", 0, NULL);
+    pg_expect(c, "{\"text\": \"ok\"}", "SELECT output::text FROM steps WHERE run_id = $1 AND key = 'w'",
+              P(num(run).s));
+    PQfinish(c);
+    free(db);
+}
+
+/* ---------------------------------------------------------------------------------- map -- */
+
+static void test_map_10000_items_in_order(void **state)
+{
+    (void)state;
+    enum { ITEMS = 10000 };
+    long long tenant;
+    char *db = th_engine_db("g_map_big", &tenant);
+    long long wf = th_engine_register(
+        db, tenant,
+        "{\"name\": \"fanout\", \"steps\": ["
+        " {\"key\": \"m\", \"kind\": \"map\", \"input\": {\"items\": \"{{input.items}}\","
+        "  \"concurrency\": 1000,"
+        "  \"step\": {\"kind\": \"transform\", \"input\": {\"i\": \"{{index}}\", \"name\": \"{{item}}\"}}}},"
+        " {\"key\": \"total\", \"kind\": \"transform\", \"needs\": [\"m\"],"
+        "  \"input\": {\"first\": \"{{steps.m.output.results[0].item.name}}\"}}]}");
+    PGconn *c = pg_open(db);
+    long long run = pg_ll(
+        c,
+        "SELECT run_id FROM flowd_enqueue($1, $2, jsonb_build_array(jsonb_build_object('items',"
+        " (SELECT jsonb_agg('p' || i ORDER BY i) FROM generate_series(0, $3::int - 1) i))),"
+        " 0, NULL, NULL)",
+        P(num(tenant).s, num(wf).s, num(ITEMS).s));
+    long long t0 = th_now_ms();
+    th_workers *ws = th_workers_start(db, 2, "map-big", 0, 0, 0);
+    bool done = pg_wait(c, "SELECT state NOT IN ('queued', 'running') FROM runs WHERE id = $1",
+                        P(num(run).s), 120);
+    long long took = th_now_ms() - t0;
+    th_workers_stop(ws);
+    fprintf(stderr, "# map of %d inline items: %lld ms\n", ITEMS, took);
+    assert_true(done);
+    pg_expect(c, "succeeded", "SELECT state FROM runs WHERE id = $1", P(num(run).s));
+    pg_expect(c, "10000", "SELECT count(*) FROM runs WHERE parent_step_id IS NOT NULL"
+                          " AND state = 'succeeded'", 0, NULL);
+    pg_expect(c, "10000", "SELECT jsonb_array_length(output->'results') FROM steps"
+                          " WHERE run_id = $1 AND key = 'm'", P(num(run).s));
+    /* results[k] is item k's output, for every k */
+    pg_expect(c, "10000",
+              "SELECT count(*) FROM steps s, jsonb_array_elements(s.output->'results')"
+              "  WITH ORDINALITY AS x(v, n)"
+              " WHERE s.run_id = $1 AND s.key = 'm' AND (x.v->'item'->>'i')::int = x.n - 1"
+              "   AND x.v->'item'->>'name' = 'p' || (x.n - 1)",
+              P(num(run).s));
+    pg_expect(c, "{\"first\": \"p0\"}",
+              "SELECT output::text FROM steps WHERE run_id = $1 AND key = 'total'", P(num(run).s));
+    assert_true(took < 120000);
+    PQfinish(c);
+    free(db);
+}
+
+static const char child_def[] =
+    "{\"name\": \"child\", \"steps\": [{\"key\": \"work\", \"kind\": \"boom\","
+    " \"input\": {\"fail\": \"{{input.fail}}\", \"n\": \"{{input.n}}\"}}]}";
+
+static char *parent_def(bool allow)
+{
+    return eng_xasprintf(
+        "{\"name\": \"parent_%s\", \"steps\": [{\"key\": \"m\", \"kind\": \"map\","
+        " \"input\": {\"items\": \"{{input.items}}\", \"workflow\": \"child\", \"concurrency\": 1,"
+        " \"allow_failures\": %s, \"input\": {\"n\": \"{{index}}\", \"fail\": \"{{item}}\"}}},"
+        " {\"key\": \"after\", \"kind\": \"transform\", \"needs\": [\"m\"]}]}",
+        allow ? "lenient" : "strict", allow ? "true" : "false");
+}
+
+static void test_map_child_failure(void **state)
+{
+    (void)state;
+    long long tenant;
+    char *db = th_engine_db("g_map_fail", &tenant);
+    th_engine_register(db, tenant, child_def);
+    char *d = parent_def(false);
+    long long strict = th_engine_register(db, tenant, d);
+    free(d);
+    d = parent_def(true);
+    long long lenient = th_engine_register(db, tenant, d);
+    free(d);
+    PGconn *c = pg_open(db);
+    static const char items[] = "{\"items\": [false, true, false, false]}";
+    long long r1 = enqueue_one(c, tenant, strict, items);
+    long long r2 = enqueue_one(c, tenant, lenient, items);
+    th_workers *ws = th_workers_start(db, 2, "map-fail", 0, 0, 0);
+    bool done = pg_wait(c, "SELECT count(*) = 2 FROM runs WHERE parent_step_id IS NULL"
+                           " AND state NOT IN ('queued', 'running')", 0, NULL, 30);
+    sleep_ms(300);
+    th_workers_stop(ws);
+    assert_true(done);
+
+    /* Without allow_failures: the map fails at the first failed item, and the run with it. */
+    pg_expect(c, "failed step_failed", "SELECT state || ' ' || (error->>'code') FROM runs WHERE id = $1",
+              P(num(r1).s));
+    pg_expect(c, "failed map_item_failed 1",
+              "SELECT state || ' ' || (error->>'code') || ' ' || (error->>'item') FROM steps"
+              " WHERE run_id = $1 AND key = 'm'", P(num(r1).s));
+    pg_expect(c, "cancelled", "SELECT state FROM steps WHERE run_id = $1 AND key = 'after'",
+              P(num(r1).s));
+    /* concurrency 1: the items after the failure never got a child run */
+    pg_expect(c, "2", "SELECT count(*) FROM runs r JOIN steps s ON s.id = r.parent_step_id"
+                      " WHERE s.run_id = $1", P(num(r1).s));
+
+    /* With allow_failures: every item ran, results in item order, the failure's holds its error. */
+    pg_expect(c, "succeeded", "SELECT state FROM runs WHERE id = $1", P(num(r2).s));
+    pg_expect(c, "0|null|2|3",
+              "SELECT string_agg(coalesce(v->'work'->>'n', 'null'), '|' ORDER BY n) FROM steps s,"
+              " jsonb_array_elements(s.output->'results') WITH ORDINALITY AS x(v, n)"
+              " WHERE s.run_id = $1 AND s.key = 'm'", P(num(r2).s));
+    pg_expect(c, "step_failed",
+              "SELECT output->'results'->1->'error'->>'code' FROM steps WHERE run_id = $1"
+              " AND key = 'm'", P(num(r2).s));
+    pg_expect(c, "t",
+              "SELECT (output->'results'->1->>'run')::bigint = (SELECT r.id FROM runs r"
+              " WHERE r.parent_step_id = s.id AND r.parent_index = 1) FROM steps s"
+              " WHERE s.run_id = $1 AND s.key = 'm'", P(num(r2).s));
+    pg_expect(c, "succeeded", "SELECT state FROM steps WHERE run_id = $1 AND key = 'after'",
+              P(num(r2).s));
+    PQfinish(c);
+    free(db);
+}
+
+static void test_map_concurrency_bound(void **state)
+{
+    (void)state;
+    long long tenant;
+    char *db = th_engine_db("g_map_conc", &tenant);
+    th_engine_register(db, tenant,
+                       "{\"name\": \"slowchild\", \"steps\": [{\"key\": \"s\", \"kind\": \"slow\","
+                       " \"input\": {\"ms\": 30, \"n\": \"{{input.n}}\"}}]}");
+    long long wf = th_engine_register(
+        db, tenant,
+        "{\"name\": \"bounded\", \"steps\": [{\"key\": \"m\", \"kind\": \"map\", \"input\": {"
+        " \"items\": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12], \"workflow\": \"slowchild\","
+        " \"concurrency\": 3, \"input\": {\"n\": \"{{item}}\"}}}]}");
+    PGconn *c = pg_open(db);
+    long long run = enqueue_one(c, tenant, wf, "{}");
+    th_workers *ws = th_workers_start(db, 2, "map-conc", 0, 0, 0);
+    bool done = pg_wait(c, "SELECT state NOT IN ('queued', 'running') FROM runs WHERE id = $1",
+                        P(num(run).s), 30);
+    th_workers_stop(ws);
+    assert_true(done);
+    pg_expect(c, "succeeded", "SELECT state FROM runs WHERE id = $1", P(num(run).s));
+    /* Children alive at each child's start: never more than 3, and 3 at some point. */
+    pg_expect(c, "3",
+              "SELECT max(k) FROM (SELECT (SELECT count(*) FROM runs o"
+              "  WHERE o.parent_step_id IS NOT NULL AND o.created_at <= r.started_at"
+              "    AND o.finished_at > r.started_at) AS k"
+              " FROM runs r WHERE r.parent_step_id IS NOT NULL) x", 0, NULL);
+    pg_expect(c, "1|2|3|4|5|6|7|8|9|10|11|12",
+              "SELECT string_agg(v->'s'->>'n', '|' ORDER BY n) FROM steps s,"
+              " jsonb_array_elements(s.output->'results') WITH ORDINALITY AS x(v, n)"
+              " WHERE s.run_id = $1 AND s.key = 'm'", P(num(run).s));
+    PQfinish(c);
+    free(db);
+}
+
+/* ---------------------------------------------------------------------- concurrency key -- */
+
+static void test_concurrency_key_serialises(void **state)
+{
+    (void)state;
+    enum { SAME = 100, OTHERS = 100 };
+    long long tenant;
+    char *db = th_engine_db("g_ckey", &tenant);
+    long long wf = th_engine_register(
+        db, tenant,
+        "{\"name\": \"inbound\", \"steps\": [{\"key\": \"reply\", \"kind\": \"slow\","
+        " \"concurrency_key\": \"cust-{{input.customer}}\","
+        " \"input\": {\"ms\": 4, \"seq\": \"{{input.seq}}\"}}]}");
+    PGconn *c = pg_open(db);
+    /* One enqueue per message, interleaving the busy customer with ten others. */
+    for (int i = 0; i < SAME + OTHERS; i++) {
+        char *in = i % 2 == 0 ? eng_xasprintf("{\"customer\": \"A\", \"seq\": %d}", i / 2)
+                              : eng_xasprintf("{\"customer\": \"B%d\", \"seq\": %d}", i % 10, i / 2);
+        enqueue_one(c, tenant, wf, in);
+        free(in);
+    }
+    th_workers *ws = th_workers_start(db, 2, "ckey", 0, 0, 0);
+    bool done = pg_wait(c, "SELECT count(*) = 200 FROM runs WHERE state = 'succeeded'", 0, NULL, 60);
+    th_workers_stop(ws);
+    assert_true(done);
+    pg_expect(c, "100", "SELECT count(*) FROM steps WHERE ckey = 'cust-A'", 0, NULL);
+    /* Same key: no two intervals overlap... */
+    pg_expect(c, "0",
+              "SELECT count(*) FROM steps a JOIN steps b ON a.ckey = b.ckey AND a.id < b.id"
+              " WHERE a.started_at < b.finished_at AND b.started_at < a.finished_at", 0, NULL);
+    /* ... and they ran in enqueue order, each after the previous finished. */
+    pg_expect(c, "0",
+              "SELECT count(*) FROM (SELECT started_at, lag(finished_at) OVER (ORDER BY run_id) pf,"
+              " lag(started_at) OVER (ORDER BY run_id) ps FROM steps WHERE ckey = 'cust-A') x"
+              " WHERE started_at < pf OR started_at <= ps",
+              0, NULL);
+    pg_expect(c, "0|1|2|3|4|5|6|7|8|9",
+              "SELECT string_agg(output->>'seq', '|' ORDER BY started_at) FROM (SELECT * FROM steps"
+              " WHERE ckey = 'cust-A' ORDER BY started_at LIMIT 10) x", 0, NULL);
+    /* Other customers ran alongside customer A. */
+    char *overlaps = pg_s(c,
+                          "SELECT count(*) FROM steps a JOIN steps b ON a.ckey = 'cust-A'"
+                          " AND b.ckey <> 'cust-A'"
+                          " WHERE a.started_at < b.finished_at AND b.started_at < a.finished_at",
+                          0, NULL);
+    fprintf(stderr, "# steps of other keys overlapping customer A's: %s pairs\n", overlaps);
+    assert_true(strtol(overlaps, NULL, 10) > 0);
+    free(overlaps);
+    PQfinish(c);
+    free(db);
+}
+
+/* ------------------------------------------------------------------------ retry and cancel -- */
+
+static void test_retry_reruns_only_failed(void **state)
+{
+    (void)state;
+    long long tenant;
+    char *db = th_engine_db("g_retry", &tenant);
+    long long wf = th_engine_register(
+        db, tenant,
+        "{\"name\": \"abc\", \"steps\": ["
+        " {\"key\": \"a\", \"kind\": \"transform\", \"input\": {\"v\": \"{{input.v}}\"}},"
+        " {\"key\": \"b\", \"kind\": \"once\", \"needs\": [\"a\"]},"
+        " {\"key\": \"c\", \"kind\": \"transform\", \"needs\": [\"b\"],"
+        "  \"input\": {\"a\": \"{{steps.a.output.v}}\", \"b\": \"{{steps.b.output.attempt}}\"}}]}");
+    PGconn *c = pg_open(db);
+    atomic_store(&once_budget, 1);
+    long long run = enqueue_one(c, tenant, wf, "{\"v\": 7}");
+    th_workers *ws = th_workers_start(db, 1, "retry", 0, 0, 0);
+    assert_true(pg_wait(c, "SELECT state = 'failed' FROM runs WHERE id = $1", P(num(run).s), 30));
+    pg_expect(c, "a=succeeded,b=failed,c=cancelled", states_sql, P(num(run).s));
+    char *a_before = pg_s(c, "SELECT finished_at || ' ' || output::text FROM steps"
+                             " WHERE run_id = $1 AND key = 'a'", P(num(run).s));
+
+    char *out = NULL, *err = NULL;
+    int st = flowd(db, &out, &err, "retry", num(run).s, NULL, NULL, NULL);
+    if (st != 0)
+        fail_msg("flowd retry: exit %d: %s", st, err);
+    assert_non_null(strstr(out, "\"steps_reset\": 2"));
+    free(out);
+    free(err);
+    bool done = pg_wait(c, "SELECT state NOT IN ('queued', 'running') FROM runs WHERE id = $1",
+                        P(num(run).s), 30);
+    th_workers_stop(ws);
+    assert_true(done);
+    pg_expect(c, "succeeded", "SELECT state FROM runs WHERE id = $1", P(num(run).s));
+    pg_expect(c, "a=succeeded,b=succeeded,c=succeeded", states_sql, P(num(run).s));
+    pg_expect(c, a_before, "SELECT finished_at || ' ' || output::text FROM steps"
+                           " WHERE run_id = $1 AND key = 'a'", P(num(run).s));
+    free(a_before);
+    pg_expect(c, "a:1/1,b:1/2,c:1/1",
+              "SELECT string_agg(s.key || ':' || s.attempts || '/' || (SELECT count(*)"
+              " FROM run_events e WHERE e.run_id = s.run_id AND e.step_key = s.key"
+              " AND e.type = 'step.started'), ',' ORDER BY s.idx) FROM steps s WHERE s.run_id = $1",
+              P(num(run).s));
+    pg_expect(c, "{\"a\": 7, \"b\": 1}", "SELECT output->'c'::text FROM runs WHERE id = $1",
+              P(num(run).s));
+    pg_expect(c, "1", "SELECT count(*) FROM run_events WHERE run_id = $1 AND type = 'run.retried'",
+              P(num(run).s));
+    /* A succeeded run cannot be retried. */
+    out = err = NULL;
+    assert_int_not_equal(flowd(db, &out, &err, "retry", num(run).s, NULL, NULL, NULL), 0);
+    free(out);
+    free(err);
+    PQfinish(c);
+    free(db);
+}
+
+static void test_cancel_running_run(void **state)
+{
+    (void)state;
+    long long tenant;
+    char *db = th_engine_db("g_cancel", &tenant);
+    long long wf = th_engine_register(
+        db, tenant,
+        "{\"name\": \"stuck\", \"steps\": ["
+        " {\"key\": \"h\", \"kind\": \"hang\"},"
+        " {\"key\": \"after\", \"kind\": \"transform\", \"needs\": [\"h\"]},"
+        " {\"key\": \"later\", \"kind\": \"transform\", \"delay\": \"1h\"}]}");
+    PGconn *c = pg_open(db);
+    int started0 = atomic_load(&hang_started), cancelled0 = atomic_load(&hang_cancelled);
+    long long run = enqueue_one(c, tenant, wf, "{}");
+    th_workers *ws = th_workers_start(db, 2, "cancel", 0, 0, 0);
+    assert_true(pg_wait(c, "SELECT state = 'running' FROM steps WHERE run_id = $1 AND key = 'h'",
+                        P(num(run).s), 30));
+    long long deadline = th_now_ms() + 10000;
+    while (atomic_load(&hang_started) == started0 && th_now_ms() < deadline)
+        sleep_ms(5);
+    assert_int_equal(atomic_load(&hang_started) - started0, 1);
+    assert_int_equal(atomic_load(&hang_cancelled) - cancelled0, 0);
+
+    char *out = NULL, *err = NULL;
+    int st = flowd(db, &out, &err, "cancel", num(run).s, NULL, NULL, NULL);
+    if (st != 0)
+        fail_msg("flowd cancel: exit %d: %s", st, err);
+    assert_non_null(strstr(out, "\"cancelled\": 1"));
+    free(out);
+    free(err);
+    /* The step in flight is told to stop. */
+    deadline = th_now_ms() + 10000;
+    while (atomic_load(&hang_cancelled) == cancelled0 && th_now_ms() < deadline)
+        sleep_ms(5);
+    assert_int_equal(atomic_load(&hang_cancelled) - cancelled0, 1);
+    pg_expect(c, "cancelled", "SELECT state FROM runs WHERE id = $1", P(num(run).s));
+    pg_expect(c, "h=cancelled/1,after=cancelled/0,later=cancelled/0",
+              "SELECT string_agg(key || '=' || state || '/' || attempts, ',' ORDER BY idx)"
+              " FROM steps WHERE run_id = $1", P(num(run).s));
+    /* Nothing new starts, not even once the delayed step falls due. */
+    advance(c, "2 hours");
+    sleep_ms(1300);
+    th_workers_stop(ws);
+    pg_expect(c, "0",
+              "SELECT count(*) FROM run_events WHERE run_id = $1 AND type = 'step.started'"
+              " AND id > (SELECT id FROM run_events WHERE run_id = $1 AND type = 'run.cancelled')",
+              P(num(run).s));
+    pg_expect(c, "0", "SELECT count(*) FROM steps WHERE run_id = $1 AND state <> 'cancelled'",
+              P(num(run).s));
+    pg_expect(c, "1", "SELECT count(*) FROM steps WHERE run_id = $1 AND started_at IS NOT NULL",
+              P(num(run).s));
+    assert_int_equal(atomic_load(&hang_started) - started0, 1);
+    PQfinish(c);
+    free(db);
+}
+
+/* ---------------------------------------------------------------------------- templates -- */
+
+static void test_templates(void **state)
+{
+    (void)state;
+    long long tenant;
+    char *db = th_engine_db("g_tmpl", &tenant);
+    long long wf = th_engine_register(
+        db, tenant,
+        "{\"name\": \"tmpl\", \"steps\": ["
+        " {\"key\": \"a\", \"kind\": \"transform\", \"input\": {"
+        "  \"n\": \"{{input.n}}\", \"o\": \"{{input.obj}}\", \"b\": \"{{input.flag}}\","
+        "  \"s\": \"n={{input.n}}\", \"greet\": \"hi {{input.name | default: \\\"there\\\"}}\","
+        "  \"dflt\": \"{{input.missing | default: [1, 2]}}\", \"id\": \"{{run.id}}\"}},"
+        " {\"key\": \"b\", \"kind\": \"transform\", \"needs\": [\"a\"],"
+        "  \"retry\": {\"max_attempts\": 3},"
+        "  \"input\": {\"deep\": \"{{steps.a.output.o.list}}\", \"text\": \"{{steps.a.output.s}}!\"}}]}");
+    PGconn *c = pg_open(db);
+    long long ok = enqueue_one(c, tenant, wf,
+                               "{\"n\": 42, \"obj\": {\"list\": [1, \"x\"]}, \"flag\": true}");
+    long long named = enqueue_one(c, tenant, wf,
+                                  "{\"n\": 1, \"obj\": {}, \"flag\": false, \"name\": \"Ann\"}");
+    long long bare = enqueue_one(c, tenant, wf, "{\"obj\": {}, \"flag\": true}");
+    th_workers *ws = th_workers_start(db, 1, "tmpl", 0, 0, 0);
+    bool done = pg_wait(c, "SELECT count(*) = 3 FROM runs WHERE state NOT IN ('queued', 'running')",
+                        0, NULL, 30);
+    sleep_ms(300);
+    th_workers_stop(ws);
+    assert_true(done);
+
+    /* A whole-string template keeps the JSON type; embedded ones render as text. */
+    pg_expect(c, "number 42|object {\"list\": [1, \"x\"]}|boolean true|n=42|hi there|[1, 2]|true",
+              "SELECT jsonb_typeof(o->'n') || ' ' || (o->>'n') || '|' || jsonb_typeof(o->'o') || ' '"
+              " || (o->>'o') || '|' || jsonb_typeof(o->'b') || ' ' || (o->>'b') || '|' || (o->>'s')"
+              " || '|' || (o->>'greet') || '|' || (o->>'dflt') || '|'"
+              " || (jsonb_typeof(o->'id') = 'number' AND (o->>'id')::bigint = $1)::text"
+              " FROM (SELECT output AS o FROM steps WHERE run_id = $1 AND key = 'a') x",
+              P(num(ok).s));
+    pg_expect(c, "{\"deep\": [1, \"x\"], \"text\": \"n=42!\"}",
+              "SELECT output::text FROM steps WHERE run_id = $1 AND key = 'b'", P(num(ok).s));
+    pg_expect(c, "succeeded", "SELECT state FROM runs WHERE id = $1", P(num(ok).s));
+    pg_expect(c, "hi Ann", "SELECT output->>'greet' FROM steps WHERE run_id = $1 AND key = 'a'",
+              P(num(named).s));
+
+    /* A missing path fails the step for good (no retry), naming the path. */
+    pg_expect(c, "failed", "SELECT state FROM runs WHERE id = $1", P(num(named).s));
+    pg_expect(c, "failed 1 template",
+              "SELECT state || ' ' || attempts || ' ' || (error->>'code') FROM steps"
+              " WHERE run_id = $1 AND key = 'b'", P(num(named).s));
+    char *msg = pg_s(c, "SELECT error->>'message' FROM steps WHERE run_id = $1 AND key = 'b'",
+                     P(num(named).s));
+    if (!msg || !strstr(msg, "steps.a.output.o.list"))
+        fail_msg("the error does not name the missing path: %s", msg ? msg : "NULL");
+    free(msg);
+    pg_expect(c, "failed 1 template", "SELECT state || ' ' || attempts || ' ' || (error->>'code')"
+                                      " FROM steps WHERE run_id = $1 AND key = 'a'", P(num(bare).s));
+    msg = pg_s(c, "SELECT error->>'message' FROM steps WHERE run_id = $1 AND key = 'a'",
+               P(num(bare).s));
+    if (!msg || !strstr(msg, "input.n"))
+        fail_msg("the error does not name the missing path: %s", msg ? msg : "NULL");
+    free(msg);
+    PQfinish(c);
+    free(db);
+}
+
+/* ----------------------------------------------------------------------- bad definitions -- */
+
+static void test_bad_definitions_refused(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *def, *field, *reason;
+    } cases[] = {
+        {"{\"name\": \"bad\", \"steps\": [{\"key\": \"a\", \"kind\": \"transform\", \"needs\": [\"a\"]}]}",
+         "/steps/0/needs/0", "itself"},
+        {"{\"name\": \"bad\", \"steps\": [{\"key\": \"a\", \"kind\": \"transform\", \"needs\": [\"ghost\"]}]}",
+         "/steps/0/needs/0", "ghost"},
+        {"{\"name\": \"bad\", \"steps\": [{\"key\": \"a\", \"kind\": \"transform\", \"needs\": [\"b\"]},"
+         " {\"key\": \"b\", \"kind\": \"transform\", \"needs\": [\"a\"]}]}",
+         "/needs/0", "cycle"},
+        {"{\"name\": \"bad\", \"steps\": [{\"key\": \"a\", \"kind\": \"transform\"},"
+         " {\"key\": \"a\", \"kind\": \"transform\"}]}",
+         "/steps/1/key", "duplicate"},
+        {"{\"name\": \"bad\", \"steps\": [{\"key\": \"a\", \"kind\": \"teleport\"}]}", "/steps/0/kind",
+         "teleport"},
+        {"{\"name\": \"bad\", \"steps\": [{\"key\": \"a\", \"kind\": \"transform\"},"
+         " {\"key\": \"b\", \"kind\": \"transform\", \"input\": {\"x\": \"{{steps.a.output}}\"}}]}",
+         "/steps/1/input/x", "not among the needs"},
+        {"{\"name\": \"bad\", \"steps\": [{\"key\": \"a\", \"kind\": \"transform\", \"delay\": \"5 parsecs\"}]}",
+         "/steps/0/delay", "duration"},
+        {"{\"name\": \"bad\", \"steps\": [{\"key\": \"a\", \"kind\": \"transform\","
+         " \"window\": {\"start\": \"25:00\", \"end\": \"18:00\", \"tz\": \"Europe/Berlin\"}}]}",
+         "/steps/0/window/start", "HH:MM"},
+        {"{\"name\": \"bad\", \"steps\": [{\"key\": \"a\", \"kind\": \"transform\", \"when\": \"input.a ==\"}]}",
+         "/steps/0/when", ""},
+        {"{\"name\": \"bad\", \"steps\": [{\"key\": \"a\", \"kind\": \"wait_event\","
+         " \"input\": {\"event\": \"lead.replied\"}}]}",
+         "/steps/0/input/key", ""},
+    };
+    long long tenant;
+    char *db = th_engine_db("g_bad", &tenant);
+    PGconn *c = pg_open(db);
+    char path[] = "/tmp/flowd-graph-bad-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        FILE *f = fopen(path, "w");
+        assert_non_null(f);
+        fputs(cases[i].def, f);
+        fclose(f);
+        char *out = NULL, *err = NULL;
+        int st = flowd(db, &out, &err, "enqueue", "--workflow", path, NULL, NULL);
+        if (st != 1 || !strstr(err, cases[i].field) || !strstr(err, cases[i].reason))
+            fail_msg("case %zu: exit %d, stderr: %s (expected %s ... %s)", i, st, err,
+                     cases[i].field, cases[i].reason);
+        assert_string_equal(out, "");
+        free(out);
+        free(err);
+        pg_expect(c, "0 0", "SELECT (SELECT count(*) FROM workflows) || ' ' ||"
+                            " (SELECT count(*) FROM runs)", 0, NULL);
+    }
+    /* The same file, fixed, is stored and run: the counts above could have moved. */
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs("{\"name\": \"good\", \"steps\": [{\"key\": \"a\", \"kind\": \"transform\"}]}", f);
+    fclose(f);
+    char *out = NULL;
+    assert_int_equal(flowd(db, &out, NULL, "enqueue", "--workflow", path, NULL, NULL), 0);
+    free(out);
+    pg_expect(c, "1 1", "SELECT (SELECT count(*) FROM workflows) || ' ' ||"
+                        " (SELECT count(*) FROM runs)", 0, NULL);
+    unlink(path);
+    PQfinish(c);
+    free(db);
+}
+
+int main(void)
+{
+    eng_mem_init();
+    eng_log_init();
+    eng_step_register_builtins();
+    eng_step_register(&slow_kind);
+    eng_step_register(&hang_kind);
+    eng_step_register(&once_kind);
+    eng_step_register(&boom_kind);
+    signal(SIGPIPE, SIG_IGN);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_wait_event_resumes_with_data),
+        cmocka_unit_test(test_wait_event_timeout_branches),
+        cmocka_unit_test(test_wait_event_early_event),
+        cmocka_unit_test(test_cli_event_data),
+        cmocka_unit_test(test_map_10000_items_in_order),
+        cmocka_unit_test(test_map_child_failure),
+        cmocka_unit_test(test_map_concurrency_bound),
+        cmocka_unit_test(test_concurrency_key_serialises),
+        cmocka_unit_test(test_retry_reruns_only_failed),
+        cmocka_unit_test(test_cancel_running_run),
+        cmocka_unit_test(test_templates),
+        cmocka_unit_test(test_bad_definitions_refused),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
