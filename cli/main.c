@@ -8,6 +8,7 @@
 #include "engine/log.h"
 #include "engine/mem.h"
 #include "engine/step.h"
+#include "steps/steps.h"
 
 static const struct {
     const char *name;
@@ -41,6 +42,7 @@ int main(int argc, char **argv)
     eng_log_init();
     eng_httpc_global_init();
     eng_step_register_builtins();
+    step_register_all();
     cli_env env = {0};
     argc = cli_env_parse(&env, argc - 1, argv + 1);
     argv++;
