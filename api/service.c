@@ -56,6 +56,13 @@ typedef struct api_route {
 
 static void api_route_healthz(api_call *call);
 
+/* api/routes_hooks.c and api/routes_outbox.c (their prototypes belong in api_int.h) */
+void api_route_hook_twilio(api_call *call);
+void api_route_hook_sendgrid(api_call *call);
+void api_route_hook_whatsapp(api_call *call);
+void api_route_hook_whatsapp_verify(api_call *call);
+void api_route_outbox_list(api_call *call);
+
 static const api_route api_routes[] = {
     {"GET", "/healthz", api_route_healthz, true},
     {"GET", "/metrics", api_route_metrics, true},
@@ -77,6 +84,11 @@ static const api_route api_routes[] = {
     {"POST", "/v1/tenants", api_route_tenant_post, false},
     {"POST", "/v1/keys", api_route_key_post, false},
     {"DELETE", "/v1/keys/{}", api_route_key_delete, false},
+    {"POST", "/v1/hooks/twilio", api_route_hook_twilio, true},     /* signature-verified */
+    {"POST", "/v1/hooks/sendgrid", api_route_hook_sendgrid, true}, /* signature-verified */
+    {"POST", "/v1/hooks/whatsapp", api_route_hook_whatsapp, true}, /* signature-verified */
+    {"GET", "/v1/hooks/whatsapp", api_route_hook_whatsapp_verify, true},
+    {"GET", "/v1/outbox", api_route_outbox_list, false},
 };
 
 /* ------------------------------------------------------------------------------- calls -- */
