@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# bench/run http [--duration S] [--connections N] [--threads N]: HTTP API throughput with wrk over
+# loopback and keep-alive. Prints one JSON object:
+#   enqueue_rps  POST /v1/runs (a one-step workflow, a new run per request)
+#   poll_rps     GET /v1/runs/{id}
+# The server is `flowd serve --role api` (no workers, so the figures are the API's and the
+# database's, not the step runner's) on a free loopback port, with FLOWD_API_KEY set. Requests use
+# a tenant created for the benchmark with a rate limit far above what it can reach.
+# PostgreSQL: FLOWD_DATABASE_URL when set, else a throw-away cluster from tests/support/pg_fixture.sh
+# (fsync on). Build dir: FLOWD_BUILD_DIR, else ./build, else <repo>/build.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+duration=10 conns=64 threads=2
+while [ $# -gt 0 ]; do
+  case "$1" in
+  --duration) duration=$2; shift 2 ;;
+  --connections) conns=$2; shift 2 ;;
+  --threads) threads=$2; shift 2 ;;
+  *) echo "usage: bench/run http [--duration S] [--connections N] [--threads N]" >&2; exit 2 ;;
+  esac
+done
+
+if [ -n "${FLOWD_BUILD_DIR:-}" ]; then build=$FLOWD_BUILD_DIR
+elif [ -x ./build/flowd ]; then build=./build
+else build=$root/build; fi
+flowd=$build/flowd
+[ -x "$flowd" ] || { echo "bench/run http: $flowd not found: build first" >&2; exit 1; }
+command -v wrk >/dev/null || { echo "bench/run http: wrk not found (Debian package wrk)" >&2; exit 1; }
+
+work=$(mktemp -d /tmp/flowd-bench-http.XXXXXX)
+pgdir="" server=""
+cleanup() {
+  if [ -n "$server" ]; then kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; fi
+  if [ -n "$pgdir" ]; then "$root/tests/support/pg_fixture.sh" stop "$pgdir" >&2 || true; rm -rf "$pgdir"; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+if [ -n "${FLOWD_DATABASE_URL:-}" ]; then
+  db=$FLOWD_DATABASE_URL
+else
+  pgdir=$(mktemp -d /tmp/flowd-bench-pg.XXXXXX)
+  "$root/tests/support/pg_fixture.sh" start "$pgdir" >&2
+  db="host=$pgdir dbname=postgres user=postgres"
+fi
+
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+base=http://127.0.0.1:$port
+FLOWD_API_KEY=${FLOWD_API_KEY:-fd_bench_$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')}
+export FLOWD_API_KEY
+"$flowd" --database "$db" serve --role api --listen "127.0.0.1:$port" >"$work/serve.out" 2>"$work/serve.err" &
+server=$!
+for _ in $(seq 1 300); do
+  curl -fsS "$base/healthz" >/dev/null 2>&1 && break
+  kill -0 "$server" 2>/dev/null || { cat "$work/serve.err" >&2; exit 1; }
+  sleep 0.1
+done
+
+# A tenant of our own: the default one may predate this FLOWD_API_KEY, and its rate limit is the
+# default (1000/s), which the benchmark would measure instead of the server.
+key=fd_benchkey_$$_$RANDOM tenant=bench-http-$$-$RANDOM
+psql -X -q -v ON_ERROR_STOP=1 -d "$db" >/dev/null <<SQL
+INSERT INTO tenants (name, rate_per_s, rate_burst) VALUES ('$tenant', 1e9, 1000000000);
+INSERT INTO api_keys (tenant_id, key_hash, prefix, role)
+SELECT id, sha256(convert_to('$key', 'UTF8')), left('$key', 8), 'member' FROM tenants WHERE name = '$tenant';
+SQL
+auth="Authorization: Bearer $key"
+curl -fsS -X PUT -H "$auth" -H 'Content-Type: application/json' "$base/v1/workflows/bench_http" \
+  -d '{"steps": [{"key": "a", "kind": "transform", "input": {"n": "{{input.n}}"}}]}' >/dev/null
+run=$(curl -fsS -X POST -H "$auth" -H 'Content-Type: application/json' "$base/v1/runs" \
+  -d '{"workflow": "bench_http", "input": {"n": 1}}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+
+# wrk's done() prints one JSON line with what we need; errors.status counts non-2xx answers.
+cat >"$work/report.lua" <<'LUA'
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('WRKJSON {"requests": %d, "seconds": %.3f, "non2xx": %d, "socket_errors": %d, "p50_ms": %.3f, "p99_ms": %.3f}\n',
+    summary.requests, summary.duration / 1e6, e.status, e.connect + e.read + e.write + e.timeout,
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000))
+end
+LUA
+cat "$work/report.lua" >"$work/post.lua"
+cat >>"$work/post.lua" <<LUA
+wrk.method = "POST"
+wrk.body = '{"workflow": "bench_http", "input": {"n": 1}}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer $key"
+LUA
+cat "$work/report.lua" >"$work/get.lua"
+cat >>"$work/get.lua" <<LUA
+wrk.headers["Authorization"] = "Bearer $key"
+LUA
+
+bench() { # script path -> the WRKJSON object
+  wrk -t "$threads" -c "$conns" -d "${duration}s" --latency -s "$1" "$2" | sed -n 's/^WRKJSON //p'
+}
+enq=$(bench "$work/post.lua" "$base/v1/runs")
+poll=$(bench "$work/get.lua" "$base/v1/runs/$run")
+
+python3 - "$enq" "$poll" "$conns" "$threads" "$duration" <<'PY'
+import json, os, sys
+enq, poll = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+rps = lambda r: round((r["requests"] - r["non2xx"]) / r["seconds"], 1)
+print(json.dumps({
+    "enqueue_rps": rps(enq), "poll_rps": rps(poll),
+    "enqueue": enq, "poll": poll,
+    "connections": int(sys.argv[3]), "wrk_threads": int(sys.argv[4]), "duration_s": int(sys.argv[5]),
+    "server": "flowd serve --role api (2 API threads, 4 PostgreSQL connections each)",
+    "cores": os.cpu_count(),
+}))
+PY
