@@ -1,0 +1,790 @@
+/* tests/integration/test_llm.c: the llm kind end to end: real workers, a real database and the
+ * mock OpenAI/Anthropic servers of tests/support/th_mockllm.
+ *
+ * Each test sets the provider environment (keys, base URLs pointing at the mocks), runs one-step
+ * workflows and asserts both sides: what the mock received (path, headers, body) and what the step
+ * recorded (state, output, error, attempts). */
+// clang-format off
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+// clang-format on
+#include <fcntl.h>
+#include <jansson.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "engine/err.h"
+#include "engine/httpc.h"
+#include "engine/log.h"
+#include "engine/mem.h"
+#include "engine/step.h"
+#include "engine/wf_def.h"
+#include "steps/provider.h"
+#include "steps/ratelimit.h"
+#include "steps/steps.h"
+#include "tests/support/th.h"
+#include "tests/support/th_engine.h"
+#include "tests/support/th_mockllm.h"
+
+#define OPENAI_KEY "sk-test-Secret0123456789abcdef"
+#define ANTHROPIC_KEY "sk-ant-test-Secret9876543210"
+
+static int wf_counter;
+
+static void clear_env(void)
+{
+    static const char *const names[] = {"OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY",
+                                        "ANTHROPIC_BASE_URL", "OPENAI_COMPATIBLE_BASE_URL",
+                                        "OPENAI_COMPATIBLE_API_KEY"};
+    for (size_t i = 0; i < ENG_ARRAY_LEN(names); i++)
+        unsetenv(names[i]);
+    prov_config_cache_clear();
+    rl_cache_clear();
+}
+
+static void use_openai(const th_llm *m)
+{
+    setenv("OPENAI_API_KEY", OPENAI_KEY, 1);
+    setenv("OPENAI_BASE_URL", th_llm_base_url(m), 1);
+    prov_config_cache_clear();
+}
+
+static void use_anthropic(const th_llm *m)
+{
+    setenv("ANTHROPIC_API_KEY", ANTHROPIC_KEY, 1);
+    setenv("ANTHROPIC_BASE_URL", th_llm_base_url(m), 1);
+    prov_config_cache_clear();
+}
+
+/* Registers a one-step llm workflow whose step is {"key": "ask", "kind": "llm", "input": input}
+ * with a 50 ms backoff plus extra retry fields (JSON members, or ""); returns its id. */
+static long long llm_workflow(const char *db, long long tenant, const char *input,
+                              const char *extra)
+{
+    char *def = eng_xasprintf("{\"name\": \"llm%d\", \"steps\": [{\"key\": \"ask\", \"kind\": "
+                              "\"llm\", \"retry\": {\"backoff\": {\"initial\": \"50ms\"}, \"jitter\": 0%s%s}, "
+                              "\"input\": %s}]}",
+                              ++wf_counter, *extra ? ", " : "", extra, input);
+    long long wf = th_engine_register(db, tenant, def);
+    free(def);
+    return wf;
+}
+
+/* Runs n runs of the workflow on one in-process worker until they all finished. */
+static void run_all(const char *db, long long tenant, long long wf, int n, double timeout_s)
+{
+    th_engine_enqueue(db, tenant, wf, n, NULL, 0);
+    th_workers *ws = th_workers_start(db, 1, "llm", 0, 0, 0);
+    char *sql = eng_xasprintf("SELECT count(*) = %d FROM runs WHERE workflow_id = %lld AND state "
+                              "IN ('succeeded', 'failed')",
+                              n, wf);
+    bool done = th_engine_wait(db, sql, timeout_s);
+    free(sql);
+    th_workers_stop(ws);
+    assert_true(done);
+}
+
+/* The step "ask" of the workflow's only (or last) run as {state, attempts, output, error}. */
+static json_t *step_row(const char *db, long long wf)
+{
+    char *sql = eng_xasprintf(
+        "SELECT jsonb_build_object('state', s.state, 'attempts', s.attempts, 'output', s.output,"
+        " 'error', s.error)::text FROM steps s JOIN runs r ON r.id = s.run_id"
+        " WHERE r.workflow_id = %lld ORDER BY r.id DESC LIMIT 1",
+        wf);
+    char *v = th_pg_value(db, sql);
+    free(sql);
+    assert_non_null(v);
+    json_t *j = json_loads(v, 0, NULL);
+    free(v);
+    assert_non_null(j);
+    return j;
+}
+
+static const char *jstr(const json_t *j, const char *path)
+{
+    /* "a.b.c" lookups through objects */
+    char buf[128];
+    snprintf(buf, sizeof buf, "%s", path);
+    const json_t *cur = j;
+    for (char *tok = strtok(buf, "."); tok && cur; tok = strtok(NULL, "."))
+        cur = json_object_get(cur, tok);
+    return json_string_value(cur);
+}
+
+static json_int_t jint(const json_t *j, const char *a, const char *b)
+{
+    const json_t *v = json_object_get(j, a);
+    if (b)
+        v = json_object_get(v, b);
+    return json_integer_value(v);
+}
+
+/* ------------------------------------------------------------------------- request shapes -- */
+
+static void test_openai_shape(void **state)
+{
+    (void)state;
+    clear_env();
+    th_llm *m = th_llm_start(TH_LLM_OPENAI);
+    use_openai(m);
+    long long tenant;
+    char *db = th_engine_db("llm_openai", &tenant);
+    long long wf = llm_workflow(db, tenant,
+                                "{\"provider\": \"openai\", \"model\": \"gpt-4o-mini\", \"system\":"
+                                " \"Be terse.\", \"prompt\": \"Say hi\", \"max_tokens\": 256,"
+                                " \"temperature\": 0.2}",
+                                "");
+    run_all(db, tenant, wf, 1, 30);
+    json_t *row = step_row(db, wf);
+    assert_string_equal(jstr(row, "state"), "succeeded");
+    json_t *out = json_object_get(row, "output");
+    assert_string_equal(jstr(out, "text"), "Hi.");
+    assert_string_equal(jstr(out, "provider"), "openai");
+    assert_string_equal(jstr(out, "model"), "gpt-4o-mini");
+    assert_string_equal(jstr(out, "finish_reason"), "stop");
+    assert_int_equal(jint(out, "usage", "input_tokens"), 14);
+    assert_int_equal(jint(out, "usage", "output_tokens"), 2);
+    assert_true(json_is_number(json_object_get(out, "cost_usd")));
+    assert_true(json_is_integer(json_object_get(out, "latency_ms")));
+    assert_null(json_object_get(out, "fallback"));
+
+    assert_int_equal(th_llm_calls(m), 1);
+    json_t *req = th_llm_request(m, 0);
+    assert_string_equal(jstr(req, "method"), "POST");
+    assert_string_equal(jstr(req, "target"), "/v1/chat/completions");
+    assert_string_equal(jstr(req, "authorization"), "Bearer " OPENAI_KEY);
+    assert_string_equal(jstr(req, "content-type"), "application/json");
+    json_t *body = json_object_get(req, "body");
+    assert_string_equal(jstr(body, "model"), "gpt-4o-mini");
+    assert_int_equal(jint(body, "max_completion_tokens", NULL), 256);
+    assert_null(json_object_get(body, "max_tokens"));
+    assert_true(json_number_value(json_object_get(body, "temperature")) > 0.19);
+    json_t *msgs = json_object_get(body, "messages");
+    assert_int_equal(json_array_size(msgs), 2);
+    assert_string_equal(jstr(json_array_get(msgs, 0), "role"), "system");
+    assert_string_equal(jstr(json_array_get(msgs, 0), "content"), "Be terse.");
+    assert_string_equal(jstr(json_array_get(msgs, 1), "role"), "user");
+    assert_string_equal(jstr(json_array_get(msgs, 1), "content"), "Say hi");
+    assert_null(json_object_get(body, "stream"));
+    json_decref(req);
+    json_decref(row);
+    th_llm_stop(m);
+    free(db);
+}
+
+static void test_anthropic_shape(void **state)
+{
+    (void)state;
+    clear_env();
+    th_llm *m = th_llm_start(TH_LLM_ANTHROPIC);
+    use_anthropic(m);
+    long long tenant;
+    char *db = th_engine_db("llm_anthropic", &tenant);
+    long long wf = llm_workflow(
+        db, tenant,
+        "{\"provider\": \"anthropic\", \"model\": \"claude-sonnet-4-5\", \"messages\": ["
+        "{\"role\": \"system\", \"content\": \"Be terse.\"},"
+        "{\"role\": \"user\", \"content\": \"Say hi\"}]}",
+        "");
+    run_all(db, tenant, wf, 1, 30);
+    json_t *row = step_row(db, wf);
+    assert_string_equal(jstr(row, "state"), "succeeded");
+    json_t *out = json_object_get(row, "output");
+    assert_string_equal(jstr(out, "text"), "Hi.");
+    assert_string_equal(jstr(out, "provider"), "anthropic");
+    assert_string_equal(jstr(out, "finish_reason"), "stop");
+    assert_int_equal(jint(out, "usage", "input_tokens"), 12);
+    assert_int_equal(jint(out, "usage", "output_tokens"), 3);
+
+    json_t *req = th_llm_request(m, 0);
+    assert_string_equal(jstr(req, "target"), "/v1/messages");
+    assert_string_equal(jstr(req, "x-api-key"), ANTHROPIC_KEY);
+    assert_string_equal(jstr(req, "anthropic-version"), "2023-06-01");
+    assert_true(json_is_null(json_object_get(req, "authorization")));
+    json_t *body = json_object_get(req, "body");
+    assert_string_equal(jstr(body, "system"), "Be terse.");
+    assert_int_equal(jint(body, "max_tokens", NULL), 1024);
+    json_t *msgs = json_object_get(body, "messages");
+    assert_int_equal(json_array_size(msgs), 1); /* no system role in Anthropic's messages */
+    assert_string_equal(jstr(json_array_get(msgs, 0), "role"), "user");
+    json_decref(req);
+    json_decref(row);
+    th_llm_stop(m);
+    free(db);
+}
+
+/* SSE answers split at random byte offsets, with ping comments, for both providers. */
+static void test_streams(void **state)
+{
+    (void)state;
+    clear_env();
+    th_llm *o = th_llm_start(TH_LLM_OPENAI), *a = th_llm_start(TH_LLM_ANTHROPIC);
+    use_openai(o);
+    use_anthropic(a);
+    th_llm_answer ans = {.text = "Hello there, streaming world \xc3\xa9t\xc3\xa9!"};
+    th_llm_set_default(o, &ans);
+    th_llm_set_default(a, &ans);
+    long long tenant;
+    char *db = th_engine_db("llm_stream", &tenant);
+    for (int round = 0; round < 3; round++) {
+        const char *prov = round % 2 ? "anthropic" : "openai";
+        char *input = eng_xasprintf("{\"provider\": \"%s\", \"model\": \"m\", \"prompt\": \"p%d\","
+                                    " \"stream\": true}",
+                                    prov, round);
+        long long wf = llm_workflow(db, tenant, input, "");
+        free(input);
+        run_all(db, tenant, wf, 1, 30);
+        json_t *row = step_row(db, wf);
+        assert_string_equal(jstr(row, "state"), "succeeded");
+        assert_string_equal(jstr(row, "output.text"), ans.text);
+        assert_string_equal(jstr(row, "output.finish_reason"), "stop");
+        assert_true(jint(json_object_get(row, "output"), "usage", "output_tokens") > 0);
+        json_decref(row);
+    }
+    json_t *req = th_llm_request(o, 0);
+    assert_true(json_is_true(json_object_get(json_object_get(req, "body"), "stream")));
+    assert_true(json_is_true(json_object_get(
+        json_object_get(json_object_get(req, "body"), "stream_options"), "include_usage")));
+    json_decref(req);
+
+    /* an error event after the 200, then a stream cut short: both retried */
+    th_llm_push(o, &(th_llm_answer){.stream_error = true});
+    th_llm_push(o, &(th_llm_answer){.stream_cut = true});
+    unsigned long before = th_llm_calls(o);
+    long long wf = llm_workflow(db, tenant,
+                                "{\"model\": \"m\", \"prompt\": \"again\", \"stream\": true}", "");
+    run_all(db, tenant, wf, 1, 30);
+    json_t *row = step_row(db, wf);
+    assert_string_equal(jstr(row, "state"), "succeeded");
+    assert_int_equal(jint(row, "attempts", NULL), 3);
+    assert_int_equal(th_llm_calls(o) - before, 3);
+    json_decref(row);
+    th_llm_stop(o);
+    th_llm_stop(a);
+    free(db);
+}
+
+/* ----------------------------------------------------------------- retries and fallback -- */
+
+static void test_fallback(void **state)
+{
+    (void)state;
+    clear_env();
+    th_llm *o = th_llm_start(TH_LLM_OPENAI), *a = th_llm_start(TH_LLM_ANTHROPIC);
+    use_openai(o);
+    use_anthropic(a);
+    th_llm_set_default(o, &(th_llm_answer){.status = 503});
+    long long tenant;
+    char *db = th_engine_db("llm_fallback", &tenant);
+    long long wf = llm_workflow(db, tenant,
+                                "{\"model\": \"gpt-4o\", \"prompt\": \"x\", "
+                                "\"attempts_per_provider\": 2, \"fallback\": [{\"provider\": "
+                                "\"anthropic\", \"model\": \"claude-sonnet-4-5\"}]}",
+                                "");
+    run_all(db, tenant, wf, 1, 30);
+    json_t *row = step_row(db, wf);
+    assert_string_equal(jstr(row, "state"), "succeeded");
+    assert_string_equal(jstr(row, "output.provider"), "anthropic");
+    assert_string_equal(jstr(row, "output.model"), "claude-sonnet-4-5");
+    assert_true(json_is_true(json_object_get(json_object_get(row, "output"), "fallback")));
+    assert_int_equal(th_llm_calls(o), 2); /* the primary had its two attempts first */
+    assert_int_equal(th_llm_calls(a), 1);
+    json_decref(row);
+
+    /* a permanent failure of the primary does not fall back */
+    th_llm_set_default(o, &(th_llm_answer){.status = 401});
+    wf = llm_workflow(db, tenant,
+                      "{\"model\": \"gpt-4o\", \"prompt\": \"y\", \"fallback\": [{\"provider\": "
+                      "\"anthropic\", \"model\": \"claude-sonnet-4-5\"}]}",
+                      "");
+    run_all(db, tenant, wf, 1, 30);
+    row = step_row(db, wf);
+    assert_string_equal(jstr(row, "state"), "failed");
+    assert_string_equal(jstr(row, "error.code"), "http_401");
+    assert_int_equal(th_llm_calls(a), 1);
+    json_decref(row);
+    th_llm_stop(o);
+    th_llm_stop(a);
+    free(db);
+}
+
+static void test_json_mode_retry(void **state)
+{
+    (void)state;
+    clear_env();
+    th_llm *o = th_llm_start(TH_LLM_OPENAI);
+    use_openai(o);
+    th_llm_push(o, &(th_llm_answer){.text = "Sure! Here you go: {broken"});
+    th_llm_push(o, &(th_llm_answer){.text = "```json\n{\"score\": 7, \"why\": \"fit\"}\n```"});
+    long long tenant;
+    char *db = th_engine_db("llm_json", &tenant);
+    long long wf = llm_workflow(db, tenant,
+                                "{\"model\": \"m\", \"prompt\": \"rate\", \"json_schema\": "
+                                "{\"type\": \"object\", \"required\": [\"score\"], \"properties\":"
+                                " {\"score\": {\"type\": \"integer\"}}}}",
+                                "");
+    run_all(db, tenant, wf, 1, 30);
+    json_t *row = step_row(db, wf);
+    assert_string_equal(jstr(row, "state"), "succeeded");
+    assert_int_equal(jint(row, "attempts", NULL), 2);
+    assert_int_equal(jint(json_object_get(row, "output"), "json", "score"), 7);
+    json_t *req = th_llm_request(o, 0);
+    json_t *rf = json_object_get(json_object_get(req, "body"), "response_format");
+    assert_string_equal(jstr(rf, "type"), "json_schema");
+    assert_string_equal(jstr(rf, "json_schema.name"), "output");
+    assert_non_null(json_object_get(json_object_get(rf, "json_schema"), "schema"));
+    json_decref(req);
+    json_decref(row);
+
+    /* json: true sends json_object */
+    wf = llm_workflow(db, tenant, "{\"model\": \"m\", \"prompt\": \"j\", \"json\": true}", "");
+    run_all(db, tenant, wf, 1, 30);
+    row = step_row(db, wf);
+    assert_true(json_is_true(json_object_get(json_object_get(json_object_get(row, "output"),
+                                                             "json"),
+                                             "ok")));
+    req = th_llm_request(o, th_llm_calls(o) - 1);
+    assert_string_equal(jstr(req, "body.response_format.type"), "json_object");
+    json_decref(req);
+    json_decref(row);
+    th_llm_stop(o);
+    free(db);
+}
+
+/* Ms between the arrivals of requests i and j of mock m. */
+static long long gap_ms(th_llm *m, unsigned long i, unsigned long j)
+{
+    json_t *a = th_llm_request(m, i), *b = th_llm_request(m, j);
+    assert_non_null(a);
+    assert_non_null(b);
+    long long g = jint(b, "at_ms", NULL) - jint(a, "at_ms", NULL);
+    json_decref(a);
+    json_decref(b);
+    return g;
+}
+
+static void test_retry_classes(void **state)
+{
+    (void)state;
+    clear_env();
+    th_llm *o = th_llm_start(TH_LLM_OPENAI), *a = th_llm_start(TH_LLM_ANTHROPIC);
+    use_openai(o);
+    use_anthropic(a);
+    long long tenant;
+    char *db = th_engine_db("llm_retry", &tenant);
+    const char *in = "{\"model\": \"m\", \"prompt\": \"r\"}";
+
+    /* 429 with retry-after: 1 s (backoff alone would be 50 ms) */
+    th_llm_push(o, &(th_llm_answer){.status = 429, .retry_after = "1"});
+    long long wf = llm_workflow(db, tenant, in, "");
+    run_all(db, tenant, wf, 1, 30);
+    json_t *row = step_row(db, wf);
+    assert_string_equal(jstr(row, "state"), "succeeded");
+    assert_true(gap_ms(o, 0, 1) >= 950);
+    json_decref(row);
+
+    /* retry-after-ms wins over retry-after; 500, 408 and 409 are retried too */
+    unsigned long n0 = th_llm_calls(o);
+    th_llm_push(o, &(th_llm_answer){.status = 500, .retry_after_ms = "400", .retry_after = "30"});
+    th_llm_push(o, &(th_llm_answer){.status = 408});
+    th_llm_push(o, &(th_llm_answer){.status = 409});
+    wf = llm_workflow(db, tenant, in, "\"max_attempts\": 5");
+    run_all(db, tenant, wf, 1, 30);
+    row = step_row(db, wf);
+    assert_string_equal(jstr(row, "state"), "succeeded");
+    assert_int_equal(jint(row, "attempts", NULL), 4);
+    long long g = gap_ms(o, n0, n0 + 1);
+    assert_true(g >= 380 && g < 5000);
+    json_decref(row);
+
+    /* permanent: 400, 401, 403, 404, 422 and insufficient_quota fail at once */
+    const int permanent[] = {400, 401, 403, 404, 422};
+    for (size_t i = 0; i < ENG_ARRAY_LEN(permanent); i++) {
+        n0 = th_llm_calls(o);
+        th_llm_push(o, &(th_llm_answer){.status = permanent[i]});
+        wf = llm_workflow(db, tenant, in, "");
+        run_all(db, tenant, wf, 1, 30);
+        row = step_row(db, wf);
+        assert_string_equal(jstr(row, "state"), "failed");
+        assert_int_equal(jint(row, "attempts", NULL), 1);
+        assert_int_equal(th_llm_calls(o) - n0, 1);
+        json_decref(row);
+    }
+    n0 = th_llm_calls(o);
+    th_llm_push(o, &(th_llm_answer){.status = 429, .code = "insufficient_quota"});
+    wf = llm_workflow(db, tenant, in, "");
+    run_all(db, tenant, wf, 1, 30);
+    row = step_row(db, wf);
+    assert_string_equal(jstr(row, "state"), "failed");
+    assert_string_equal(jstr(row, "error.code"), "insufficient_quota");
+    assert_int_equal(th_llm_calls(o) - n0, 1);
+    json_decref(row);
+
+    /* x-should-retry: false makes a 503 final */
+    th_llm_push(o, &(th_llm_answer){.status = 503, .should_retry = "false"});
+    wf = llm_workflow(db, tenant, in, "");
+    run_all(db, tenant, wf, 1, 30);
+    row = step_row(db, wf);
+    assert_string_equal(jstr(row, "state"), "failed");
+    json_decref(row);
+
+    /* Anthropic 529 overloaded_error and 429 rate_limit_error are retried */
+    th_llm_push(a, &(th_llm_answer){.status = 529});
+    th_llm_push(a, &(th_llm_answer){.status = 429});
+    wf = llm_workflow(db, tenant, "{\"provider\": \"anthropic\", \"model\": \"m\", \"prompt\": "
+                                  "\"r\"}",
+                      "");
+    run_all(db, tenant, wf, 1, 30);
+    row = step_row(db, wf);
+    assert_string_equal(jstr(row, "state"), "succeeded");
+    assert_int_equal(jint(row, "attempts", NULL), 3);
+    json_decref(row);
+
+    /* a connection closed without an answer is retried */
+    th_llm_push(o, &(th_llm_answer){.drop = true});
+    wf = llm_workflow(db, tenant, in, "");
+    run_all(db, tenant, wf, 1, 30);
+    row = step_row(db, wf);
+    assert_string_equal(jstr(row, "state"), "succeeded");
+    assert_int_equal(jint(row, "attempts", NULL), 2);
+    json_decref(row);
+    th_llm_stop(o);
+    th_llm_stop(a);
+    free(db);
+}
+
+/* ------------------------------------------------------------------------------- replay -- */
+
+static void test_recorded_output_replay(void **state)
+{
+    (void)state;
+    clear_env();
+    th_llm *o = th_llm_start(TH_LLM_OPENAI);
+    use_openai(o);
+    long long tenant;
+    char *db = th_engine_db("llm_replay", &tenant);
+    long long wf = llm_workflow(db, tenant, "{\"model\": \"m\", \"prompt\": \"once\"}", "");
+    run_all(db, tenant, wf, 1, 30);
+    json_t *first = step_row(db, wf);
+    assert_string_equal(jstr(first, "state"), "succeeded");
+    assert_int_equal(th_llm_calls(o), 1);
+    /* as after a crash between the answer and its report: the same step runs again */
+    char *sql = eng_xasprintf(
+        "WITH s AS (UPDATE steps SET state = 'ready', output = NULL, finished_at = NULL,"
+        " attempts = attempts - 1, run_at = now() WHERE run_id IN (SELECT id FROM runs WHERE"
+        " workflow_id = %lld) RETURNING run_id)"
+        " UPDATE runs SET state = 'running', steps_done = 0, finished_at = NULL, output = NULL"
+        " WHERE id IN (SELECT run_id FROM s) RETURNING 1",
+        wf);
+    assert_int_equal(th_pg_long(db, sql), 1);
+    free(sql);
+    th_workers *ws = th_workers_start(db, 1, "replay", 0, 0, 0);
+    char *wait = eng_xasprintf("SELECT count(*) = 1 FROM steps s JOIN runs r ON r.id = s.run_id"
+                               " WHERE r.workflow_id = %lld AND s.state = 'succeeded'",
+                               wf);
+    bool done = th_engine_wait(db, wait, 30);
+    free(wait);
+    th_workers_stop(ws);
+    assert_true(done);
+    json_t *second = step_row(db, wf);
+    assert_int_equal(th_llm_calls(o), 1); /* not called (nor paid) twice */
+    assert_true(json_equal(json_object_get(first, "output"), json_object_get(second, "output")));
+    assert_int_equal(th_pg_long(db, "SELECT count(*) FROM llm_records"), 1);
+    json_decref(first);
+    json_decref(second);
+    th_llm_stop(o);
+    free(db);
+}
+
+/* ------------------------------------------------------------------------------ sandbox -- */
+
+static void test_sandbox(void **state)
+{
+    (void)state;
+    clear_env();
+    long long tenant;
+    char *db = th_engine_db("llm_sandbox", &tenant);
+    long long wf = llm_workflow(db, tenant,
+                                "{\"model\": \"gpt-4o-mini\", \"prompt\": \"Write a haiku\"}", "");
+    run_all(db, tenant, wf, 2, 30);
+    char *sql = eng_xasprintf("SELECT count(DISTINCT s.output->>'text') || ':' ||"
+                              " min(s.output->>'provider') || ':' || min(s.state)"
+                              " FROM steps s JOIN runs r ON r.id = s.run_id"
+                              " WHERE r.workflow_id = %lld",
+                              wf);
+    char *v = th_pg_value(db, sql);
+    free(sql);
+    assert_string_equal(v, "1:sandbox:succeeded"); /* same answer for the same prompt */
+    free(v);
+    json_t *row = step_row(db, wf);
+    assert_non_null(strstr(jstr(row, "output.text"), "Write a haiku"));
+    json_decref(row);
+
+    /* JSON mode in the sandbox answers in the schema's shape */
+    wf = llm_workflow(db, tenant,
+                      "{\"model\": \"m\", \"prompt\": \"p\", \"json_schema\": {\"type\": "
+                      "\"object\", \"properties\": {\"n\": {\"type\": \"integer\"}, \"tags\": "
+                      "{\"type\": \"array\", \"items\": {\"type\": \"string\"}}}}}",
+                      "");
+    run_all(db, tenant, wf, 1, 30);
+    row = step_row(db, wf);
+    json_t *j = json_object_get(json_object_get(row, "output"), "json");
+    assert_true(json_is_integer(json_object_get(j, "n")));
+    assert_true(json_is_array(json_object_get(j, "tags")));
+    json_decref(row);
+    free(db);
+}
+
+/* ------------------------------------------------------------------------- validation -- */
+
+static void expect_invalid(const char *input, const char *field)
+{
+    char *src = eng_xasprintf("{\"name\": \"v\", \"steps\": [{\"key\": \"a\", \"kind\": \"llm\","
+                              " \"input\": %s}]}",
+                              input);
+    json_t *doc = json_loads(src, 0, NULL);
+    assert_non_null(doc);
+    json_t *out = NULL;
+    eng_err err;
+    assert_int_equal(wf_def_compile(doc, &out, &err), ENG_EINVAL);
+    if (strcmp(err.field, field) != 0)
+        fail_msg("input %s: field %s (%s), expected %s", input, err.field, err.msg, field);
+    json_decref(doc);
+    free(src);
+}
+
+static void test_validation(void **state)
+{
+    (void)state;
+    expect_invalid("{\"prompt\": \"x\"}", "/steps/0/input/model");
+    expect_invalid("{\"model\": \"m\"}", "/steps/0/input");
+    expect_invalid("{\"model\": \"m\", \"prompt\": \"x\", \"messages\": []}", "/steps/0/input");
+    expect_invalid("{\"model\": \"m\", \"provider\": \"bard\", \"prompt\": \"x\"}",
+                   "/steps/0/input/provider");
+    expect_invalid("{\"model\": \"m\", \"messages\": [{\"role\": \"robot\", \"content\": \"x\"}]}",
+                   "/steps/0/input/messages/0/role");
+    expect_invalid("{\"model\": \"m\", \"prompt\": \"x\", \"max_tokens\": 0}",
+                   "/steps/0/input/max_tokens");
+    expect_invalid("{\"model\": \"m\", \"prompt\": \"x\", \"temperature\": 3}",
+                   "/steps/0/input/temperature");
+    expect_invalid("{\"model\": \"m\", \"prompt\": \"x\", \"fallback\": [{\"provider\": "
+                   "\"openai\"}]}",
+                   "/steps/0/input/fallback/0/model");
+    expect_invalid("{\"model\": \"m\", \"prompt\": \"x\", \"base_url\": \"http://h/v1\"}",
+                   "/steps/0/input/base_url");
+    /* templated values are checked once rendered, not at registration */
+    json_t *doc = json_loads("{\"name\": \"v\", \"steps\": [{\"key\": \"a\", \"kind\": \"llm\","
+                             " \"input\": {\"model\": \"m\", \"provider\": \"{{input.p}}\","
+                             " \"prompt\": \"{{input.q}}\"}}]}",
+                             0, NULL);
+    json_t *out = NULL;
+    assert_int_equal(wf_def_compile(doc, &out, NULL), ENG_OK);
+    json_decref(out);
+    json_decref(doc);
+}
+
+/* ----------------------------------------------------------------------- rate limits -- */
+
+static void test_rate_limit_two_worker_sets(void **state)
+{
+    (void)state;
+    clear_env();
+    th_llm *o = th_llm_start(TH_LLM_OPENAI);
+    use_openai(o);
+    long long tenant;
+    char *db = th_engine_db("llm_rl", &tenant);
+    enum { N = 12 };
+    /* 5 requests/s, burst 1: 12 calls need at least 11 / 5 = 2.2 s whoever makes them */
+    free(th_pg_value(db, "INSERT INTO rate_limits (name, requests_per_s, burst_requests)"
+                         " VALUES ('openai', 5, 1) RETURNING id"));
+    long long wf = llm_workflow(db, tenant, "{\"model\": \"m\", \"prompt\": \"{{input.n}}\"}", "");
+    th_engine_enqueue(db, tenant, wf, N, "{\"n\": \"same\"}", 0);
+    th_workers *w1 = th_workers_start(db, 1, "rl-a", 0, 0, 0);
+    th_workers *w2 = th_workers_start(db, 1, "rl-b", 0, 0, 0);
+    bool done = th_engine_wait(db, "SELECT count(*) = 12 FROM runs WHERE state = 'succeeded'", 60);
+    th_workers_stop(w1);
+    th_workers_stop(w2);
+    assert_true(done);
+    assert_int_equal(th_llm_calls(o), N);
+    /* no attempt was spent waiting for budget */
+    assert_int_equal(th_pg_long(db, "SELECT max(attempts) FROM steps"), 1);
+    /* every window of k+1 consecutive calls spans at least (k - burst) / rate */
+    for (unsigned long i = 0; i + 5 < N; i++) {
+        long long g = gap_ms(o, i, i + 5);
+        if (g < 800)
+            fail_msg("calls %lu..%lu arrived within %lld ms", i, i + 5, g);
+    }
+    assert_true(gap_ms(o, 0, N - 1) >= 2000);
+    th_llm_stop(o);
+    free(db);
+}
+
+/* ----------------------------------------------------------------------------- secrets -- */
+
+static char *read_file(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *s = eng_xmalloc((size_t)n + 1);
+    size_t got = fread(s, 1, (size_t)n, f);
+    s[got] = '\0';
+    fclose(f);
+    return s;
+}
+
+static void test_secrets_not_logged(void **state)
+{
+    (void)state;
+    clear_env();
+    th_llm *o = th_llm_start(TH_LLM_OPENAI);
+    /* a provider echoing the key back in its error, as OpenAI's 401 partly does */
+    th_llm_push(o, &(th_llm_answer){.status = 401,
+                                    .message = "Incorrect API key provided: " OPENAI_KEY});
+    th_llm_push(o, &(th_llm_answer){.status = 500, .message = "upstream saw Bearer " OPENAI_KEY});
+    long long tenant;
+    char *db = th_engine_db("llm_secret", &tenant);
+    long long wf = llm_workflow(db, tenant, "{\"model\": \"m\", \"prompt\": \"s\"}", "");
+    long long wf2 = llm_workflow(db, tenant, "{\"model\": \"m\", \"prompt\": \"t\"}", "");
+    th_engine_enqueue(db, tenant, wf, 1, NULL, 0);
+    th_engine_enqueue(db, tenant, wf2, 1, NULL, 0);
+
+    char logpath[] = "/tmp/flowd-llm-log.XXXXXX";
+    int fd = mkstemp(logpath);
+    assert_true(fd >= 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        dup2(fd, 2);
+        int devnull = open("/dev/null", O_WRONLY);
+        dup2(devnull, 1);
+        setenv("OPENAI_API_KEY", OPENAI_KEY, 1);
+        setenv("OPENAI_BASE_URL", th_llm_base_url(o), 1);
+        setenv("FLOWD_LOG_LEVEL", "debug", 1);
+        execl(th_flowd_bin(), "flowd", "--database", db, "serve", "--workers", "1", "--role",
+              "worker", (char *)NULL);
+        _exit(127);
+    }
+    close(fd);
+    bool done = th_engine_wait(db,
+                               "SELECT count(*) = 2 FROM runs WHERE state IN ('succeeded', "
+                               "'failed')",
+                               60);
+    kill(pid, SIGTERM);
+    int status;
+    waitpid(pid, &status, 0);
+    assert_true(done);
+    char *log = read_file(logpath);
+    unlink(logpath);
+    assert_true(strlen(log) > 0);
+    if (strstr(log, OPENAI_KEY) || strstr(log, "Secret0123456789"))
+        fail_msg("the key is in the log:\n%s", log);
+    char *all = th_pg_value(db, "SELECT coalesce(string_agg(coalesce(output::text, '') ||"
+                                " coalesce(error::text, ''), ' '), '') FROM steps");
+    char *events = th_pg_value(db, "SELECT coalesce(string_agg(coalesce(data::text, ''), ' '),"
+                                   " '') FROM run_events");
+    assert_null(strstr(all, "Secret0123456789"));
+    assert_null(strstr(events, "Secret0123456789"));
+    assert_non_null(strstr(all, "invalid_api_key")); /* the reason itself is kept */
+    free(all);
+    free(events);
+    free(log);
+    th_llm_stop(o);
+    free(db);
+}
+
+/* Per-tenant settings override the environment; the environment's key never follows a tenant's
+ * own base URL. */
+static void test_tenant_settings(void **state)
+{
+    (void)state;
+    clear_env();
+    th_llm *env_mock = th_llm_start(TH_LLM_OPENAI), *ten_mock = th_llm_start(TH_LLM_OPENAI);
+    use_openai(env_mock);
+    long long tenant;
+    char *db = th_engine_db("llm_tenant", &tenant);
+    char *sql = eng_xasprintf("INSERT INTO provider_settings (tenant_id, provider, settings) VALUES"
+                              " (%lld, 'openai', '{\"base_url\": \"%s\", \"api_key\": "
+                              "\"sk-tenant-own-key-1234\"}') RETURNING 1",
+                              tenant, th_llm_base_url(ten_mock));
+    assert_int_equal(th_pg_long(db, sql), 1);
+    free(sql);
+    long long wf = llm_workflow(db, tenant, "{\"model\": \"m\", \"prompt\": \"t\"}", "");
+    run_all(db, tenant, wf, 1, 30);
+    assert_int_equal(th_llm_calls(env_mock), 0);
+    assert_int_equal(th_llm_calls(ten_mock), 1);
+    json_t *req = th_llm_request(ten_mock, 0);
+    assert_string_equal(jstr(req, "authorization"), "Bearer sk-tenant-own-key-1234");
+    json_decref(req);
+
+    /* a tenant base URL without a key: sandbox, never the operator's key */
+    json_t *ts = json_pack("{s:s}", "base_url", "http://127.0.0.1:9/v1");
+    prov_config *c = prov_config_merge(PROV_OPENAI, ts);
+    assert_true(prov_config_sandbox(c));
+    assert_null(prov_config_get(c, "api_key"));
+    prov_config_free(c);
+    json_decref(ts);
+    c = prov_config_from_env(PROV_OPENAI);
+    assert_false(prov_config_sandbox(c));
+    char *red = prov_redact(c, "key " OPENAI_KEY " and Bearer abcdefgh1234");
+    assert_null(strstr(red, "Secret0123"));
+    assert_null(strstr(red, "abcdefgh1234"));
+    free(red);
+    prov_config_free(c);
+    th_llm_stop(env_mock);
+    th_llm_stop(ten_mock);
+    free(db);
+}
+
+static void test_duration_and_headers(void **state)
+{
+    (void)state;
+    int64_t ms;
+    assert_true(prov_parse_go_duration("1s", &ms) && ms == 1000);
+    assert_true(prov_parse_go_duration("6m0s", &ms) && ms == 360000);
+    assert_true(prov_parse_go_duration("12ms", &ms) && ms == 12);
+    assert_true(prov_parse_go_duration("1h2m3.5s", &ms) && ms == 3723500);
+    assert_true(prov_parse_go_duration("250us", &ms) && ms == 1);
+    assert_false(prov_parse_go_duration("soon", &ms));
+    assert_false(prov_parse_go_duration("5", &ms));
+    assert_false(prov_parse_go_duration("", &ms));
+}
+
+int main(void)
+{
+    eng_mem_init();
+    eng_log_init();
+    eng_httpc_global_init();
+    eng_step_register_builtins();
+    step_register_all();
+    signal(SIGPIPE, SIG_IGN);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_duration_and_headers),
+        cmocka_unit_test(test_validation),
+        cmocka_unit_test(test_openai_shape),
+        cmocka_unit_test(test_anthropic_shape),
+        cmocka_unit_test(test_streams),
+        cmocka_unit_test(test_fallback),
+        cmocka_unit_test(test_json_mode_retry),
+        cmocka_unit_test(test_retry_classes),
+        cmocka_unit_test(test_recorded_output_replay),
+        cmocka_unit_test(test_sandbox),
+        cmocka_unit_test(test_tenant_settings),
+        cmocka_unit_test(test_rate_limit_two_worker_sets),
+        cmocka_unit_test(test_secrets_not_logged),
+    };
+    int rc = cmocka_run_group_tests(tests, NULL, NULL);
+    clear_env();
+    eng_httpc_global_cleanup();
+    return rc;
+}
