@@ -168,6 +168,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_now  timestamptz := flowd_now();
     v_ids  bigint[] := p_ids;
+    v_all  bigint[] := p_ids;   -- every step finished here, skipped dependents included
 BEGIN
     WHILE v_ids IS NOT NULL AND cardinality(v_ids) > 0 LOOP
         WITH done AS (
@@ -209,34 +210,38 @@ BEGIN
             INSERT INTO run_events (run_id, tenant_id, at, type, step_key, data)
             SELECT s.run_id, s.tenant_id, v_now, 'step.skipped', s.key, '{"reason":"needs skipped"}'
               FROM steps s WHERE s.id = ANY (v_ids);
+            v_all := v_all || v_ids;
         END IF;
     END LOOP;
 
-    -- progress and completion of the runs involved
+    -- progress and completion of the runs involved: each step finishes exactly once, so the
+    -- count moves by what finished here
     WITH counts AS (
-        SELECT s.run_id,
-               count(*) FILTER (WHERE s.state IN ('succeeded', 'skipped')) AS done
-          FROM steps s
-         WHERE s.run_id IN (SELECT DISTINCT run_id FROM steps WHERE id = ANY (p_ids))
-         GROUP BY s.run_id),
+        SELECT s.run_id, count(*) AS n FROM steps s WHERE s.id = ANY (v_all) GROUP BY s.run_id),
     upd AS (
         UPDATE runs r
-           SET steps_done = c.done,
-               state = CASE WHEN c.done = r.steps_total THEN 'succeeded' ELSE r.state END,
-               finished_at = CASE WHEN c.done = r.steps_total THEN v_now ELSE r.finished_at END,
-               output = CASE WHEN c.done = r.steps_total THEN (
+           SET steps_done = r.steps_done + c.n,
+               state = CASE WHEN r.steps_done + c.n >= r.steps_total
+                             AND r.state IN ('queued', 'running') THEN 'succeeded' ELSE r.state END,
+               finished_at = CASE WHEN r.steps_done + c.n >= r.steps_total
+                                   AND r.state IN ('queued', 'running') THEN v_now
+                                  ELSE r.finished_at END,
+               output = CASE WHEN r.steps_done + c.n >= r.steps_total
+                              AND r.state IN ('queued', 'running') THEN (
                    SELECT coalesce(jsonb_object_agg(s.key, s.output), '{}')
                      FROM steps s JOIN workflows w ON w.id = r.workflow_id
                     WHERE s.run_id = r.id AND s.state = 'succeeded'
                       AND jsonb_array_length(w.def->'steps'->s.idx->'dependents') = 0)
                    ELSE r.output END
           FROM counts c
-         WHERE r.id = c.run_id AND r.state IN ('queued', 'running')
-        RETURNING r.id, r.tenant_id, r.state)
+         WHERE r.id = c.run_id
+        RETURNING r.id, r.tenant_id, r.state, r.finished_at)
     , ev AS (
         INSERT INTO run_events (run_id, tenant_id, at, type)
-        SELECT upd.id, upd.tenant_id, v_now, 'run.succeeded' FROM upd WHERE upd.state = 'succeeded')
-    SELECT array_agg(upd.id) FILTER (WHERE upd.state = 'succeeded') INTO v_ids FROM upd;
+        SELECT upd.id, upd.tenant_id, v_now, 'run.succeeded' FROM upd
+         WHERE upd.state = 'succeeded' AND upd.finished_at = v_now)
+    SELECT array_agg(upd.id) FILTER (WHERE upd.state = 'succeeded' AND upd.finished_at = v_now)
+      INTO v_ids FROM upd;
     IF v_ids IS NOT NULL THEN
         DELETE FROM run_cancel_on WHERE run_id = ANY (v_ids);
         PERFORM flowd_map_children_done(v_ids);
@@ -256,28 +261,32 @@ CREATE FUNCTION flowd_apply(p_owner text, p_results jsonb) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     v_now      timestamptz := flowd_now();
+    v_ids      bigint[];
     v_finished bigint[];
     v_failed   bigint[];
 BEGIN
     IF p_results IS NULL OR jsonb_array_length(p_results) = 0 THEN
         RETURN;
     END IF;
+    SELECT array_agg((x->>'id')::bigint) INTO v_ids FROM jsonb_array_elements(p_results) x;
     PERFORM 1 FROM runs
-      WHERE id IN (SELECT s.run_id FROM steps s
-                    WHERE s.id IN (SELECT (x->>'id')::bigint FROM jsonb_array_elements(p_results) x))
+      WHERE id IN (SELECT s.run_id FROM steps s WHERE s.id = ANY (v_ids))
       ORDER BY id FOR UPDATE;
 
-    WITH r AS (SELECT * FROM jsonb_to_recordset(p_results)
-                   AS x(id bigint, s text, o jsonb, e jsonb, permanent boolean, after_ms bigint,
-                        at_ms bigint, sched boolean)),
+    -- "(...) IS TRUE" keeps the planner from driving these updates through the partial index on
+    -- running steps (it would re-scan the whole batch per row); the primary key drives them.
+    WITH r AS MATERIALIZED (
+        SELECT * FROM jsonb_to_recordset(p_results)
+            AS x(id bigint, s text, o jsonb, e jsonb, permanent boolean, after_ms bigint,
+                 at_ms bigint, sched boolean)),
     fin AS (
         UPDATE steps st
            SET state = CASE WHEN r.s = 'ok' THEN 'succeeded' ELSE 'skipped' END,
                output = coalesce(r.o, '{}'), error = NULL, finished_at = v_now,
                lease_owner = NULL, lease_expires_at = NULL
           FROM r
-         WHERE r.s IN ('ok', 'skip') AND st.id = r.id AND st.state = 'running'
-           AND st.lease_owner = p_owner
+         WHERE r.s IN ('ok', 'skip') AND st.id = r.id
+           AND (st.state = 'running' AND st.lease_owner = p_owner) IS TRUE
         RETURNING st.id, st.run_id, st.tenant_id, st.key, st.state, st.output),
     ev AS (
         INSERT INTO run_events (run_id, tenant_id, at, type, step_key, data)
@@ -286,14 +295,16 @@ BEGIN
           FROM fin)
     SELECT array_agg(fin.id) INTO v_finished FROM fin;
 
-    WITH r AS (SELECT * FROM jsonb_to_recordset(p_results)
-                   AS x(id bigint, s text, e jsonb, permanent boolean, after_ms bigint)),
+    WITH r AS MATERIALIZED (
+        SELECT * FROM jsonb_to_recordset(p_results)
+            AS x(id bigint, s text, e jsonb, permanent boolean, after_ms bigint)
+         WHERE x.s = 'fail'),
     cur AS (
         SELECT st.id, w.def->'steps'->st.idx AS d, st.attempts, st.max_attempts,
                r.e, coalesce(r.permanent, false) AS permanent, coalesce(r.after_ms, 0) AS after_ms
           FROM r JOIN steps st ON st.id = r.id
           JOIN runs ru ON ru.id = st.run_id JOIN workflows w ON w.id = ru.workflow_id
-         WHERE r.s = 'fail' AND st.state = 'running' AND st.lease_owner = p_owner),
+         WHERE (st.state = 'running' AND st.lease_owner = p_owner) IS TRUE),
     upd AS (
         UPDATE steps st
            SET state = CASE WHEN NOT cur.permanent AND cur.attempts < cur.max_attempts
@@ -321,14 +332,15 @@ BEGIN
           FROM upd)
     SELECT array_agg(DISTINCT upd.run_id) FILTER (WHERE upd.state = 'failed') INTO v_failed FROM upd;
 
-    WITH r AS (SELECT * FROM jsonb_to_recordset(p_results)
-                   AS x(id bigint, s text, at_ms bigint, sched boolean))
+    WITH r AS MATERIALIZED (
+        SELECT * FROM jsonb_to_recordset(p_results) AS x(id bigint, s text, at_ms bigint, sched boolean)
+         WHERE x.s = 'snooze')
     UPDATE steps st
        SET state = 'ready', attempts = st.attempts - 1,
            run_at = to_timestamp(r.at_ms / 1000.0), scheduled = coalesce(r.sched, st.scheduled),
            lease_owner = NULL, lease_expires_at = NULL
       FROM r
-     WHERE r.s = 'snooze' AND st.id = r.id AND st.state = 'running' AND st.lease_owner = p_owner;
+     WHERE st.id = r.id AND (st.state = 'running' AND st.lease_owner = p_owner) IS TRUE;
 
     PERFORM flowd_window_steps(p_owner, p_results);
     PERFORM flowd_wait_steps(p_owner, p_results);
@@ -357,6 +369,8 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_now  timestamptz := flowd_now();
     v_caps jsonb;        -- {tenant: steps it may still start} for tenants with max_running
+    v_ids  bigint[];
+    v_runs bigint[];
 BEGIN
     -- Per-tenant caps keep one tenant's big batch from taking every slot. Tenants at their cap are
     -- left out of the scan; the others get at most their remaining room from this claim.
@@ -365,7 +379,6 @@ BEGIN
                    SELECT count(*) FROM steps r WHERE r.tenant_id = t.id AND r.state = 'running'))
           INTO v_caps FROM tenants t WHERE t.max_running IS NOT NULL;
     END IF;
-    RETURN QUERY
     WITH c0 AS MATERIALIZED (
         SELECT s.id, s.tenant_id, s.priority, s.run_at FROM steps s
          WHERE s.state = 'ready' AND s.run_at <= v_now
@@ -377,34 +390,40 @@ BEGIN
                        AND (o.id < s.id OR o.state = 'running')))
          ORDER BY s.priority DESC, s.run_at, s.id
          LIMIT p_want
-           FOR UPDATE SKIP LOCKED),
-    c AS (
-        SELECT x.id FROM (
-            SELECT c0.id, c0.tenant_id,
-                   row_number() OVER (PARTITION BY c0.tenant_id
-                                      ORDER BY c0.priority DESC, c0.run_at, c0.id) AS rn
-              FROM c0) x
-         WHERE v_caps IS NULL OR v_caps->(x.tenant_id::text) IS NULL
-            OR x.rn <= (v_caps->>(x.tenant_id::text))::integer),
-    u AS (
+           FOR UPDATE SKIP LOCKED)
+    SELECT array_agg(x.id) INTO v_ids FROM (
+        SELECT c0.id, c0.tenant_id,
+               row_number() OVER (PARTITION BY c0.tenant_id
+                                  ORDER BY c0.priority DESC, c0.run_at, c0.id) AS rn
+          FROM c0) x
+     WHERE v_caps IS NULL OR v_caps->(x.tenant_id::text) IS NULL
+        OR x.rn <= (v_caps->>(x.tenant_id::text))::integer;
+    IF v_ids IS NULL THEN
+        RETURN;
+    END IF;
+
+    WITH u AS (
         UPDATE steps s
            SET state = 'running', attempts = s.attempts + 1, lease_owner = p_owner,
                lease_expires_at = now() + p_lease_ms * interval '1 millisecond', started_at = v_now
-          FROM c WHERE s.id = c.id
-        RETURNING s.id, s.run_id, s.tenant_id, s.idx, s.key, s.kind, s.attempts, s.ready_at,
-                  s.scheduled),
+         WHERE s.id = ANY (v_ids)
+        RETURNING s.run_id, s.tenant_id, s.key, s.attempts),
     ev AS (
         INSERT INTO run_events (run_id, tenant_id, at, type, step_key, data)
         SELECT u.run_id, u.tenant_id, v_now, 'step.started', u.key,
-               jsonb_build_object('attempt', u.attempts) FROM u),
-    started AS (
+               jsonb_build_object('attempt', u.attempts) FROM u)
+    SELECT array_agg(DISTINCT u.run_id) INTO v_runs FROM u;
+
+    -- another claimer may be starting the same run: whoever locks it first marks it started
+    WITH started AS (
         UPDATE runs r SET state = 'running', started_at = v_now
-         WHERE r.id IN (SELECT x.id FROM runs x WHERE x.id IN (SELECT u.run_id FROM u)
-                          AND x.state = 'queued' ORDER BY x.id FOR UPDATE SKIP LOCKED)
-        RETURNING r.id, r.tenant_id),
-    ev2 AS (
-        INSERT INTO run_events (run_id, tenant_id, at, type)
-        SELECT started.id, started.tenant_id, v_now, 'run.started' FROM started)
+         WHERE r.id IN (SELECT x.id FROM runs x WHERE x.id = ANY (v_runs) AND x.state = 'queued'
+                         ORDER BY x.id FOR UPDATE SKIP LOCKED)
+        RETURNING r.id, r.tenant_id)
+    INSERT INTO run_events (run_id, tenant_id, at, type)
+    SELECT started.id, started.tenant_id, v_now, 'run.started' FROM started;
+
+    RETURN QUERY
     SELECT u.id, u.run_id, u.tenant_id, u.key, u.kind, u.attempts,
            (extract(epoch FROM coalesce(u.ready_at, v_now)) * 1000)::bigint,
            (extract(epoch FROM v_now) * 1000)::bigint,
@@ -417,8 +436,9 @@ BEGIN
                      FROM steps d
                     WHERE d.run_id = u.run_id AND d.state = 'succeeded'
                       AND d.key IN (SELECT jsonb_array_elements_text(sd.d->'deps'))) END)
-      FROM u JOIN runs ru ON ru.id = u.run_id JOIN workflows w ON w.id = ru.workflow_id
-      CROSS JOIN LATERAL (SELECT w.def->'steps'->u.idx AS d) sd;
+      FROM steps u JOIN runs ru ON ru.id = u.run_id JOIN workflows w ON w.id = ru.workflow_id
+      CROSS JOIN LATERAL (SELECT w.def->'steps'->u.idx AS d) sd
+     WHERE u.id = ANY (v_ids);
 END $$;
 
 -- One worker round trip: apply the finished attempts, then claim more.
