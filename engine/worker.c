@@ -96,6 +96,7 @@ static void ctx_report(eng_step_ctx *c, json_t *result)
                               json_string_value(json_object_get(result, "s")),
                               eng_clock_wall_ms() - c->claim_wall_ms); /* metrics */
     json_object_set_new(result, "id", json_integer(c->id));
+    json_object_set_new(result, "r", json_integer(c->run_id));
     json_array_append_new(c->w->results, result);
     ctx_free(c);
 }

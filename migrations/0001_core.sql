@@ -82,8 +82,11 @@ CREATE TABLE steps (
     priority         integer NOT NULL DEFAULT 0,
     attempts         integer NOT NULL DEFAULT 0,
     max_attempts     integer NOT NULL,
+    nneeds           integer NOT NULL DEFAULT 0,  -- needs in the definition
     needs_left       integer NOT NULL,   -- needs not yet finished
     needs_skipped    integer NOT NULL DEFAULT 0,  -- finished needs that were skipped
+    dependents       integer[] NOT NULL DEFAULT '{}',  -- idx of the steps that need this one
+    delay_ms         bigint NOT NULL DEFAULT 0,        -- wait after the needs finished
     state            text NOT NULL
                      CHECK (state IN ('pending', 'ready', 'running', 'waiting', 'succeeded',
                                       'failed', 'skipped', 'cancelled')),

@@ -79,10 +79,12 @@ BEGIN
         RETURN '{}';
     END IF;
 
-    INSERT INTO steps (run_id, tenant_id, idx, priority, max_attempts, needs_left, state, key, kind,
-                       ckey, run_at, ready_at)
+    INSERT INTO steps (run_id, tenant_id, idx, priority, max_attempts, nneeds, needs_left,
+                       dependents, delay_ms, state, key, kind, ckey, run_at, ready_at)
     SELECT r.id, p_tenant, (s->>'idx')::integer, p_priority, (s->>'max_attempts')::integer,
-           jsonb_array_length(s->'needs'),
+           jsonb_array_length(s->'needs'), jsonb_array_length(s->'needs'),
+           ARRAY(SELECT jsonb_array_elements_text(s->'dependents')::integer),
+           (s->>'delay_ms')::bigint,
            CASE WHEN jsonb_array_length(s->'needs') = 0 THEN 'ready' ELSE 'pending' END,
            s->>'key', s->>'kind', flowd_render_key(s->>'concurrency_key', r.input, r.id),
            v_now + (s->>'delay_ms')::bigint * interval '1 millisecond',
@@ -171,36 +173,27 @@ DECLARE
     v_all  bigint[] := p_ids;   -- every step finished here, skipped dependents included
 BEGIN
     WHILE v_ids IS NOT NULL AND cardinality(v_ids) > 0 LOOP
-        WITH done AS (
-            SELECT s.run_id, s.idx, s.state, w.def->'steps'->s.idx->'dependents' AS dependents,
-                   w.id AS workflow_id
-              FROM steps s JOIN runs r ON r.id = s.run_id JOIN workflows w ON w.id = r.workflow_id
-             WHERE s.id = ANY (v_ids)),
-        grouped AS (
-            SELECT d.run_id, d.workflow_id, dep::integer AS didx, count(*) AS n,
-                   count(*) FILTER (WHERE d.state = 'skipped') AS nskipped
-              FROM done d CROSS JOIN jsonb_array_elements_text(d.dependents) AS dep
-             GROUP BY d.run_id, d.workflow_id, dep),
-        deps AS (
-            SELECT g.run_id, g.didx, g.n, g.nskipped,
-                   (w.def->'steps'->g.didx->>'delay_ms')::bigint AS delay_ms,
-                   jsonb_array_length(w.def->'steps'->g.didx->'needs') AS nneeds
-              FROM grouped g JOIN workflows w ON w.id = g.workflow_id),
+        WITH deps AS (
+            SELECT f.run_id, dep AS didx, count(*) AS n,
+                   count(*) FILTER (WHERE f.state = 'skipped') AS nskipped
+              FROM steps f CROSS JOIN unnest(f.dependents) AS dep
+             WHERE f.id = ANY (v_ids) AND cardinality(f.dependents) > 0
+             GROUP BY f.run_id, dep),
         upd AS (
             UPDATE steps s
                SET needs_left = s.needs_left - deps.n,
                    needs_skipped = s.needs_skipped + deps.nskipped,
                    state = CASE WHEN s.needs_left - deps.n > 0 THEN 'pending'
-                                WHEN s.needs_skipped + deps.nskipped = deps.nneeds THEN 'skipped'
+                                WHEN s.needs_skipped + deps.nskipped = s.nneeds THEN 'skipped'
                                 ELSE 'ready' END,
                    output = CASE WHEN s.needs_left - deps.n = 0
-                                  AND s.needs_skipped + deps.nskipped = deps.nneeds
+                                  AND s.needs_skipped + deps.nskipped = s.nneeds
                                  THEN '{"reason":"needs skipped"}'::jsonb END,
                    ready_at = CASE WHEN s.needs_left - deps.n = 0 THEN v_now END,
                    finished_at = CASE WHEN s.needs_left - deps.n = 0
-                                       AND s.needs_skipped + deps.nskipped = deps.nneeds
+                                       AND s.needs_skipped + deps.nskipped = s.nneeds
                                       THEN v_now END,
-                   run_at = v_now + deps.delay_ms * interval '1 millisecond'
+                   run_at = v_now + s.delay_ms * interval '1 millisecond'
               FROM deps
              WHERE s.run_id = deps.run_id AND s.idx = deps.didx AND s.state = 'pending'
             RETURNING s.id, s.state, s.run_id, s.tenant_id, s.key)
@@ -229,9 +222,8 @@ BEGIN
                output = CASE WHEN r.steps_done + c.n >= r.steps_total
                               AND r.state IN ('queued', 'running') THEN (
                    SELECT coalesce(jsonb_object_agg(s.key, s.output), '{}')
-                     FROM steps s JOIN workflows w ON w.id = r.workflow_id
-                    WHERE s.run_id = r.id AND s.state = 'succeeded'
-                      AND jsonb_array_length(w.def->'steps'->s.idx->'dependents') = 0)
+                     FROM steps s
+                    WHERE s.run_id = r.id AND s.state = 'succeeded' AND cardinality(s.dependents) = 0)
                    ELSE r.output END
           FROM counts c
          WHERE r.id = c.run_id
@@ -249,6 +241,7 @@ BEGIN
 END $$;
 
 -- Applies a batch of attempt outcomes reported by one worker. p_results is a JSON array of
+-- objects with the step's "id" and its run "r", and
 --   {"id": step, "s": "ok", "o": output}
 --   {"id": step, "s": "skip", "o": {"reason": ...}}                 (condition false, suppressed)
 --   {"id": step, "s": "fail", "e": {"code", "message"}, "permanent": bool, "after_ms": n}
@@ -261,17 +254,16 @@ CREATE FUNCTION flowd_apply(p_owner text, p_results jsonb) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     v_now      timestamptz := flowd_now();
-    v_ids      bigint[];
+    v_runs     bigint[];
     v_finished bigint[];
     v_failed   bigint[];
 BEGIN
     IF p_results IS NULL OR jsonb_array_length(p_results) = 0 THEN
         RETURN;
     END IF;
-    SELECT array_agg((x->>'id')::bigint) INTO v_ids FROM jsonb_array_elements(p_results) x;
-    PERFORM 1 FROM runs
-      WHERE id IN (SELECT s.run_id FROM steps s WHERE s.id = ANY (v_ids))
-      ORDER BY id FOR UPDATE;
+    -- workers report each step's run ("r"), so the runs are locked (in id order) without a lookup
+    SELECT array_agg(DISTINCT (x->>'r')::bigint) INTO v_runs FROM jsonb_array_elements(p_results) x;
+    PERFORM 1 FROM runs WHERE id = ANY (v_runs) ORDER BY id FOR UPDATE;
 
     -- "(...) IS TRUE" keeps the planner from driving these updates through the partial index on
     -- running steps (it would re-scan the whole batch per row); the primary key drives them.
