@@ -82,7 +82,8 @@ void api_route_tenant_post(api_call *call)
     const json_t *name = json_object_get(body, "name");
     const json_t *max_running = json_object_get(body, "max_running");
     const char *field = NULL, *msg = NULL;
-    if (!json_is_string(name) || !admin_valid_name(json_string_value(name), json_string_length(name)))
+    if (!json_is_string(name) ||
+        !admin_valid_name(json_string_value(name), json_string_length(name)))
         field = "/name", msg = "must be 1 to 63 letters, digits, '.', '_' or '-'";
     else if (max_running && !json_is_null(max_running) &&
              (!json_is_integer(max_running) || json_integer_value(max_running) < 1 ||
@@ -137,7 +138,7 @@ void api_route_key_post(api_call *call)
         field = "/tenant", msg = "must be a tenant name or id";
     else if (role && !json_is_null(role) &&
              (!json_is_string(role) || (strcmp(json_string_value(role), "admin") != 0 &&
-                                         strcmp(json_string_value(role), "member") != 0)))
+                                        strcmp(json_string_value(role), "member") != 0)))
         field = "/role", msg = "must be \"admin\" or \"member\"";
     if (field) {
         json_decref(body);

@@ -12,12 +12,12 @@
 #include "engine/buf.h"
 #include "engine/mem.h"
 
-#define API_BATCH_MAX_INPUTS 10000
+#define API_BATCH_MAX_INPUTS   10000
 #define API_RUNS_DEFAULT_LIMIT 50
-#define API_RUNS_MAX_LIMIT 500
-#define API_EXPORT_PAGE 500
-#define API_EXPORT_HIGH_WATER (512 * 1024)
-#define API_EXPORT_WAIT_S 0.02
+#define API_RUNS_MAX_LIMIT     500
+#define API_EXPORT_PAGE        500
+#define API_EXPORT_HIGH_WATER  (512 * 1024)
+#define API_EXPORT_WAIT_S      0.02
 
 /* Parses a positive integer of at most max; false when s is not one. */
 static bool batches_parse_pos(const char *s, long long max, long long *out)
@@ -122,14 +122,14 @@ static const char *batch_check(const json_t *body, const char *header_key, char 
         return *field = "/inputs", "must be an array of 1 to 10000 input objects";
     size_t i;
     const json_t *in;
-    json_array_foreach(inputs, i, in) {
+    json_array_foreach (inputs, i, in) {
         if (!json_is_object(in)) {
             snprintf(fbuf, fsize, "/inputs/%zu", i);
             return *field = fbuf, "must be a JSON object";
         }
     }
-    if (idem && (!json_is_string(idem) || json_string_length(idem) == 0 ||
-                 json_string_length(idem) > 200))
+    if (idem &&
+        (!json_is_string(idem) || json_string_length(idem) == 0 || json_string_length(idem) > 200))
         return *field = "/idempotency_key", "must be a string of 1 to 200 characters";
     if (header_key && (strlen(header_key) == 0 || strlen(header_key) > 200))
         return *field = "Idempotency-Key", "must be 1 to 200 characters";
@@ -162,8 +162,7 @@ void api_route_batch_post(api_call *call)
     char version_s[24];
     snprintf(version_s, sizeof version_s, "%lld", (long long)json_integer_value(version));
     char *inputs = json_dumps(json_object_get(body, "inputs"), JSON_COMPACT);
-    const char *params[] = {call->tenant_s,
-                            json_string_value(json_object_get(body, "workflow")),
+    const char *params[] = {call->tenant_s, json_string_value(json_object_get(body, "workflow")),
                             json_is_integer(version) ? version_s : NULL, inputs,
                             idem ? json_string_value(idem) : header_key};
     api_call_db(call,
@@ -196,7 +195,7 @@ void api_route_batch_get(api_call *call)
 typedef struct export_state {
     char tenant[24];
     char batch[24];
-    char after[24];  /* last run id written */
+    char after[24]; /* last run id written */
     bool csv;
 } export_state;
 
@@ -271,10 +270,10 @@ static void export_page_cb(api_call *call, const eng_err *err, const PGresult *r
             csv_field(&out, error ? error : "", true);
         } else {
             /* every piece is JSON text already (jsonb output, a numeric id, a fixed state word) */
-            char *line = eng_xasprintf("{\"id\":%s,\"input\":%s,\"state\":\"%s\",\"output\":%s,"
-                                       "\"error\":%s}\n",
-                                       id, input, state, output ? output : "null",
-                                       error ? error : "null");
+            char *line =
+                eng_xasprintf("{\"id\":%s,\"input\":%s,\"state\":\"%s\",\"output\":%s,"
+                              "\"error\":%s}\n",
+                              id, input, state, output ? output : "null", error ? error : "null");
             eng_rc rc = eng_buf_append(&out, line, strlen(line));
             (void)rc;
             free(line);
@@ -302,7 +301,8 @@ static void export_next(api_call *call)
     char limit[16];
     snprintf(limit, sizeof limit, "%d", API_EXPORT_PAGE);
     const char *params[] = {st->tenant, st->batch, st->after, limit};
-    api_stream_db(call, "SELECT id, state, input, output, error FROM flowd_batch_results($1, $2, $3, $4)",
+    api_stream_db(call,
+                  "SELECT id, state, input, output, error FROM flowd_batch_results($1, $2, $3, $4)",
                   4, params, export_page_cb);
 }
 
@@ -318,8 +318,8 @@ static void export_found_cb(api_call *call, const eng_err *err, const PGresult *
     }
     export_state *st = api_stream_user(call);
     if (st->csv) {
-        static const char *const headers[] = {"Content-Disposition: attachment; filename=\"results.csv\"",
-                                              NULL};
+        static const char *const headers[] = {
+            "Content-Disposition: attachment; filename=\"results.csv\"", NULL};
         api_req_stream_begin(call->req, 200, "text/csv; charset=utf-8", headers);
         api_req_stream_write(call->req, "id,state,input,output,error\r\n", 29);
     } else {

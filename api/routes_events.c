@@ -14,11 +14,11 @@
 #include "engine/buf.h"
 #include "engine/mem.h"
 
-#define API_SSE_POLL_S 0.15        /* poll interval of a live stream */
-#define API_SSE_HEARTBEAT_S 15.0   /* a comment line this often keeps proxies from timing out */
-#define API_SSE_MAX_S 300.0        /* then the stream ends; clients resume with Last-Event-ID */
-#define API_SSE_PAGE 500           /* events per statement */
-#define API_EVENTS_MAX_LIMIT 1000  /* ?limit of the JSON form */
+#define API_SSE_POLL_S        0.15  /* poll interval of a live stream */
+#define API_SSE_HEARTBEAT_S   15.0  /* a comment line this often keeps proxies from timing out */
+#define API_SSE_MAX_S         300.0 /* then the stream ends; clients resume with Last-Event-ID */
+#define API_SSE_PAGE          500   /* events per statement */
+#define API_EVENTS_MAX_LIMIT  1000  /* ?limit of the JSON form */
 #define API_STREAM_HIGH_WATER (512 * 1024) /* bytes queued for the client before a stream waits */
 
 /* ------------------------------------------------------------------------------- streams -- */
@@ -27,9 +27,9 @@ typedef struct api_stream {
     api_call *call;
     ev_timer timer;
     struct ev_loop *loop;
-    bool busy;                   /* a statement is in flight: its completion owns the cleanup */
-    api_call_db_cb *cb;          /* of the statement in flight */
-    void (*fn)(api_call *call);  /* of the timer */
+    bool busy;                  /* a statement is in flight: its completion owns the cleanup */
+    api_call_db_cb *cb;         /* of the statement in flight */
+    void (*fn)(api_call *call); /* of the timer */
     void *user;
     void (*user_free)(void *user);
 } api_stream;
@@ -121,10 +121,10 @@ static bool events_parse_seq(const char *s, long long *out)
 typedef struct sse_state {
     char tenant[24];
     char run[24];
-    long long after;         /* last sequence sent */
-    bool begun;              /* response head written */
-    double started;          /* ev_now at the start */
-    double last_write;       /* ev_now of the last bytes written */
+    long long after;   /* last sequence sent */
+    bool begun;        /* response head written */
+    double started;    /* ev_now at the start */
+    double last_write; /* ev_now of the last bytes written */
 } sse_state;
 
 static void sse_poll(api_call *call);
@@ -169,7 +169,7 @@ static void sse_page_cb(api_call *call, const eng_err *err, const PGresult *res)
     const json_t *ev;
     eng_buf out;
     eng_buf_init(&out, 0);
-    json_array_foreach(events, i, ev) {
+    json_array_foreach (events, i, ev) {
         long long seq = (long long)json_integer_value(json_object_get(ev, "seq"));
         char *data = json_dumps(ev, JSON_COMPACT | JSON_PRESERVE_ORDER);
         char *frame = eng_xasprintf("id: %lld\nevent: %s\ndata: %s\n\n", seq,
@@ -243,10 +243,10 @@ void api_route_run_events(api_call *call)
     if (!sse) {
         long long limit = API_EVENTS_MAX_LIMIT;
         const char *limit_q = api_req_query(call->req, "limit");
-        if (limit_q && (!events_parse_seq(limit_q, &limit) || limit < 1 ||
-                        limit > API_EVENTS_MAX_LIMIT)) {
-            api_call_respond_error(call, 400, "invalid_request", "must be an integer from 1 to 1000",
-                                   "?limit");
+        if (limit_q &&
+            (!events_parse_seq(limit_q, &limit) || limit < 1 || limit > API_EVENTS_MAX_LIMIT)) {
+            api_call_respond_error(call, 400, "invalid_request",
+                                   "must be an integer from 1 to 1000", "?limit");
             return;
         }
         char run_s[24], after_s[24], limit_s[24];

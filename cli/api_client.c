@@ -26,8 +26,8 @@ static size_t api_collect(char *p, size_t sz, size_t n, void *arg)
 
 /* One request; *out gets the parsed JSON body (NULL when empty or not JSON). Returns the HTTP
  * status, or 0 with err set when the server could not be reached or its answer was an error. */
-static long api_request(const cli_api *api, const char *method, const char *path, const json_t *body,
-                        json_t **out, eng_err *err)
+static long api_request(const cli_api *api, const char *method, const char *path,
+                        const json_t *body, json_t **out, eng_err *err)
 {
     *out = NULL;
     CURL *h = curl_easy_init();
@@ -59,7 +59,8 @@ static long api_request(const cli_api *api, const char *method, const char *path
     long status = 0;
     CURLcode rc = curl_easy_perform(h);
     if (rc != CURLE_OK) {
-        eng_err_set(err, ENG_EHTTP, "%s %s: %s", method, url, errbuf[0] ? errbuf : curl_easy_strerror(rc));
+        eng_err_set(err, ENG_EHTTP, "%s %s: %s", method, url,
+                    errbuf[0] ? errbuf : curl_easy_strerror(rc));
     } else {
         curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
         if (resp.len)
@@ -118,11 +119,20 @@ static int api_enqueue(const cli_api *api, int argc, char **argv)
     optind = 1;
     while ((ch = getopt_long(argc, argv, "w:i:p:k:", longopts, NULL)) != -1) {
         switch (ch) {
-        case 'w': file = optarg; break;
-        case 'i': input = optarg; break;
-        case 'p': priority = optarg; break;
-        case 'k': idem = optarg; break;
-        default: return 2;
+        case 'w':
+            file = optarg;
+            break;
+        case 'i':
+            input = optarg;
+            break;
+        case 'p':
+            priority = optarg;
+            break;
+        case 'k':
+            idem = optarg;
+            break;
+        default:
+            return 2;
         }
     }
     if (!file) {
@@ -162,8 +172,8 @@ static int api_enqueue(const cli_api *api, int argc, char **argv)
     char *seg = api_segment(name);
     char *path = eng_xasprintf("/v1/workflows/%s", seg);
     json_t *out = NULL;
-    json_t *run = json_pack("{s:s, s:o, s:I}", "workflow", name, "input", in, "priority",
-                            (json_int_t)prio);
+    json_t *run =
+        json_pack("{s:s, s:o, s:I}", "workflow", name, "input", in, "priority", (json_int_t)prio);
     if (idem)
         json_object_set_new(run, "idempotency_key", json_string(idem));
     int status = 1;
@@ -234,8 +244,8 @@ static int api_event(const cli_api *api, int argc, char **argv)
         eng_err_field(&err, ENG_EINVAL, "--data", "must be a JSON object");
         return cli_fail(&err);
     }
-    json_t *body = json_pack("{s:s, s:s, s:o}", "name", argv[optind], "key", argv[optind + 1],
-                             "data", d);
+    json_t *body =
+        json_pack("{s:s, s:s, s:o}", "name", argv[optind], "key", argv[optind + 1], "data", d);
     json_t *out;
     long st = api_request(api, "POST", "/v1/events", body, &out, &err);
     json_decref(body);
@@ -348,8 +358,8 @@ int cli_api_main(const char *url, int argc, char **argv)
     while (i < ENG_ARRAY_LEN(commands) && strcmp(commands[i].name, argv[0]) != 0)
         i++;
     if (i == ENG_ARRAY_LEN(commands)) {
-        eng_err_set(&err, ENG_EINVAL, "%s is not available with --url (enqueue, status, event, tenant are)",
-                    argv[0]);
+        eng_err_set(&err, ENG_EINVAL,
+                    "%s is not available with --url (enqueue, status, event, tenant are)", argv[0]);
         return cli_fail(&err);
     }
     char *base = eng_xstrdup(url);
@@ -406,8 +416,8 @@ int cli_cmd_tenant(cli_env *env, int argc, char **argv)
         return cli_fail(&err);
     PQclear(res);
     const char *tparams[] = {parent_s, name, max_running ? max_s : NULL};
-    PGresult *tres = cli_exec(env, "SELECT flowd_create_tenant($1, $2, $3::integer)", 3, tparams,
-                              &err);
+    PGresult *tres =
+        cli_exec(env, "SELECT flowd_create_tenant($1, $2, $3::integer)", 3, tparams, &err);
     if (!tres) {
         PQclear(cli_exec(env, "ROLLBACK", 0, NULL, NULL));
         if (err.rc == ENG_ECONFLICT)
@@ -417,10 +427,11 @@ int cli_cmd_tenant(cli_env *env, int argc, char **argv)
     json_t *tenant = json_loads(PQgetvalue(tres, 0, 0), 0, NULL);
     PQclear(tres);
     char id_s[24];
-    snprintf(id_s, sizeof id_s, "%lld", (long long)json_integer_value(json_object_get(tenant, "id")));
+    snprintf(id_s, sizeof id_s, "%lld",
+             (long long)json_integer_value(json_object_get(tenant, "id")));
     const char *kparams[] = {parent_s, id_s, key};
-    PGresult *kres = cli_exec(env, "SELECT flowd_create_key($1, $2, NULL, 'admin', $3)", 3, kparams,
-                              &err);
+    PGresult *kres =
+        cli_exec(env, "SELECT flowd_create_key($1, $2, NULL, 'admin', $3)", 3, kparams, &err);
     PGresult *commit = kres ? cli_exec(env, "COMMIT", 0, NULL, &err) : NULL;
     if (!commit) {
         PQclear(cli_exec(env, "ROLLBACK", 0, NULL, NULL));

@@ -2,8 +2,8 @@
  * real sockets, against the API service running in this process and the real PostgreSQL.
  *
  * One database and one service serve the whole group; tests run in order and share the tenants the
- * first one creates (A and B, each with an admin key). Workers run in this process only while a test
- * needs runs to finish. The client is libcurl's easy interface, one handle per thread. */
+ * first one creates (A and B, each with an admin key). Workers run in this process only while a
+ * test needs runs to finish. The client is libcurl's easy interface, one handle per thread. */
 // clang-format off
 #include <stdarg.h>
 #include <stddef.h>
@@ -35,8 +35,8 @@ static char base[64];
 static char key_a[64], key_b[64]; /* admin keys of tenants A and B */
 static long long tenant_b_id;
 
-static const char one_step_def[] =
-    "{\"steps\": [{\"key\": \"only\", \"kind\": \"transform\", \"input\": {\"n\": \"{{input.n}}\"}}]}";
+static const char one_step_def[] = "{\"steps\": [{\"key\": \"only\", \"kind\": \"transform\", "
+                                   "\"input\": {\"n\": \"{{input.n}}\"}}]}";
 static const char chain_def[] =
     "{\"steps\": [{\"key\": \"a\", \"kind\": \"transform\", \"input\": {\"x\": 1}},"
     " {\"key\": \"b\", \"kind\": \"transform\", \"needs\": [\"a\"], \"input\": {\"x\": 2}},"
@@ -170,24 +170,27 @@ static void test_admin_tenants_and_keys(void **state)
     json_t *t = expect(call("POST", "/v1/tenants", ADMIN_KEY, "{\"name\": \"tenant-a\"}"), 201);
     assert_string_equal(json_string_value(json_object_get(t, "name")), "tenant-a");
     json_decref(t);
-    t = expect(call("POST", "/v1/tenants", ADMIN_KEY, "{\"name\": \"tenant-b\", \"max_running\": 5}"),
-               201);
+    t = expect(
+        call("POST", "/v1/tenants", ADMIN_KEY, "{\"name\": \"tenant-b\", \"max_running\": 5}"),
+        201);
     tenant_b_id = jint(t, "id");
     assert_int_equal(jint(t, "max_running"), 5);
     json_decref(t);
     expect_error(call("POST", "/v1/tenants", ADMIN_KEY, "{\"name\": \"tenant-a\"}"), 409, "/name");
     expect_error(call("POST", "/v1/tenants", ADMIN_KEY, "{\"name\": \"a b\"}"), 422, "/name");
     expect_error(call("POST", "/v1/tenants", ADMIN_KEY, "{\"name\": 7}"), 422, "/name");
-    expect_error(call("POST", "/v1/tenants", ADMIN_KEY, "{\"name\": \"x\", \"max_running\": \"2\"}"),
-                 422, "/max_running");
+    expect_error(
+        call("POST", "/v1/tenants", ADMIN_KEY, "{\"name\": \"x\", \"max_running\": \"2\"}"), 422,
+        "/max_running");
     expect_error(call("POST", "/v1/tenants", ADMIN_KEY, "{\"name\": \"x\", \"color\": 1}"), 400,
                  "/color");
     expect_error(call("POST", "/v1/tenants", ADMIN_KEY, "{\"name\": "), 400, NULL);
     expect_error(call("POST", "/v1/tenants", NULL, "{\"name\": \"x\"}"), 401, NULL);
 
     /* keys by tenant name and by id; the key is shown once and works at once */
-    json_t *k = expect(call("POST", "/v1/keys", ADMIN_KEY, "{\"tenant\": \"tenant-a\", \"role\": \"admin\"}"),
-                       201);
+    json_t *k = expect(
+        call("POST", "/v1/keys", ADMIN_KEY, "{\"tenant\": \"tenant-a\", \"role\": \"admin\"}"),
+        201);
     const char *key = json_string_value(json_object_get(k, "key"));
     assert_int_equal(strlen(key), 43);
     assert_memory_equal(key, "fd_", 3);
@@ -201,7 +204,8 @@ static void test_admin_tenants_and_keys(void **state)
     snprintf(key_b, sizeof key_b, "%s", json_string_value(json_object_get(k, "key")));
     json_decref(k);
     assert_int_equal(th_pg_long(db, "SELECT count(*) FROM api_keys WHERE key_hash = "
-                                    "sha256(convert_to(prefix, 'UTF8'))"), 0);
+                                    "sha256(convert_to(prefix, 'UTF8'))"),
+                     0);
     json_decref(expect(call("GET", "/v1/runs", key_a, NULL), 200));
 
     /* a member key of A: the admin routes do not exist for it */
@@ -314,8 +318,8 @@ static void *idem_thread(void *arg)
     idem_arg *a = arg;
     CURL *h = curl_easy_init();
     static const char *const hdr[] = {"Idempotency-Key: same-key-20", NULL};
-    resp r = call_h(h, "POST", "/v1/runs", key_a, "{\"workflow\": \"listed\", \"input\": {\"n\": 2}}",
-                    hdr);
+    resp r = call_h(h, "POST", "/v1/runs", key_a,
+                    "{\"workflow\": \"listed\", \"input\": {\"n\": 2}}", hdr);
     curl_easy_cleanup(h);
     a->status = r.status;
     json_t *j = json_loads(r.body, 0, NULL);
@@ -342,8 +346,8 @@ static void test_idempotent_enqueue_concurrent(void **state)
         assert_int_equal(args[i].id, args[0].id);
     }
     assert_int_equal(created, 1);
-    assert_int_equal(th_pg_long(db, "SELECT count(*) FROM runs WHERE idempotency_key = 'same-key-20'"),
-                     1);
+    assert_int_equal(
+        th_pg_long(db, "SELECT count(*) FROM runs WHERE idempotency_key = 'same-key-20'"), 1);
 }
 
 /* ------------------------------------------------------------------------------ batches -- */
@@ -364,24 +368,28 @@ static void test_batch_validation_and_isolation(void **state)
     expect_error(call("POST", "/v1/batches", key_a, "{\"workflow\": \"batched\"}"), 422, "/inputs");
     expect_error(call("POST", "/v1/batches", key_a, "{\"workflow\": \"batched\", \"inputs\": []}"),
                  422, "/inputs");
-    expect_error(call("POST", "/v1/batches", key_a,
-                      "{\"workflow\": \"batched\", \"inputs\": [{}, 5]}"), 422, "/inputs/1");
+    expect_error(
+        call("POST", "/v1/batches", key_a, "{\"workflow\": \"batched\", \"inputs\": [{}, 5]}"), 422,
+        "/inputs/1");
     expect_error(call("POST", "/v1/batches", key_a, "{\"workflow\": 3, \"inputs\": [{}]}"), 422,
                  "/workflow");
     expect_error(call("POST", "/v1/batches", key_a,
-                      "{\"workflow\": \"batched\", \"inputs\": [{}], \"version\": \"1\"}"), 422,
-                 "/version");
+                      "{\"workflow\": \"batched\", \"inputs\": [{}], \"version\": \"1\"}"),
+                 422, "/version");
     expect_error(call("POST", "/v1/batches", key_a,
-                      "{\"workflow\": \"batched\", \"inputs\": [{}], \"extra\": 1}"), 400, "/extra");
+                      "{\"workflow\": \"batched\", \"inputs\": [{}], \"extra\": 1}"),
+                 400, "/extra");
     expect_error(call("POST", "/v1/batches", key_a, "[1]"), 400, NULL);
     expect_error(call("POST", "/v1/batches", key_a, "{\"workflow\": \"nope\", \"inputs\": [{}]}"),
                  404, NULL);
-    expect_error(call("POST", "/v1/batches", key_b, "{\"workflow\": \"batched\", \"inputs\": [{}]}"),
-                 404, NULL);
+    expect_error(
+        call("POST", "/v1/batches", key_b, "{\"workflow\": \"batched\", \"inputs\": [{}]}"), 404,
+        NULL);
     assert_int_equal(th_pg_long(db, "SELECT count(*) FROM batches"), 0);
 
     json_t *b = expect(call("POST", "/v1/batches", key_a,
-                            "{\"workflow\": \"batched\", \"inputs\": [{\"n\": 1}, {\"n\": 2}]}"), 201);
+                            "{\"workflow\": \"batched\", \"inputs\": [{\"n\": 1}, {\"n\": 2}]}"),
+                       201);
     long long id = jint(b, "id");
     assert_int_equal(jint(b, "total"), 2);
     json_decref(b);
@@ -453,7 +461,8 @@ static void test_batch_10000(void **state)
     assert_int_equal(jint(last, "total"), N);
     assert_int_equal(jint(last, "succeeded"), N);
     assert_int_equal(jint(last, "queued") + jint(last, "running") + jint(last, "failed") +
-                         jint(last, "cancelled"), 0);
+                         jint(last, "cancelled"),
+                     0);
     assert_int_equal(jint(last, "percent"), 100);
     json_decref(last);
 
@@ -496,8 +505,8 @@ static void test_batch_10000(void **state)
 
 typedef struct sse_arg {
     long long run;
-    const char *last_event_id;  /* NULL: none */
-    bool stop_after_first;      /* the client leaves after the first event */
+    const char *last_event_id; /* NULL: none */
+    bool stop_after_first;     /* the client leaves after the first event */
     resp r;
 } sse_arg;
 
@@ -573,7 +582,8 @@ static void test_sse_live_and_resume(void **state)
     assert_int_equal((long)n, total);
     for (size_t i = 0; i < n; i++) {
         sql = eng_xasprintf("SELECT id FROM run_events WHERE run_id = %lld ORDER BY id OFFSET %zu "
-                            "LIMIT 1", run, i);
+                            "LIMIT 1",
+                            run, i);
         assert_int_equal(ids[i], th_pg_long(db, sql)); /* each once, in order */
         free(sql);
     }
@@ -665,8 +675,8 @@ static void test_cli_tenant_and_url_mode(void **state)
     const char *const no_key[] = {"FLOWD_API_KEY", NULL};
 
     /* directly on the database, then over the API: each prints a working admin key */
-    const char *direct[] = {"flowd", "--database", db, "tenant", "create", "cli-direct",
-                            "--max-running", "3", NULL};
+    const char *direct[] = {"flowd",      "--database",    db,  "tenant", "create",
+                            "cli-direct", "--max-running", "3", NULL};
     json_t *d = run_flowd(direct, env, 0);
     const char *dkey = json_string_value(json_object_get(json_object_get(d, "key"), "key"));
     assert_non_null(dkey);
@@ -694,8 +704,9 @@ static void test_cli_tenant_and_url_mode(void **state)
                               "\"transform\", \"input\": {\"v\": \"{{input.v}}\"}}]}";
     assert_int_equal(write(fd, def, strlen(def)), (ssize_t)strlen(def));
     close(fd);
-    const char *enq[] = {"flowd", "--url", base, "enqueue", "--workflow", path, "--input",
-                         "{\"v\": 5}", "--idempotency-key", "cli-1", NULL};
+    const char *enq[] = {"flowd", "--url",   base,         "enqueue",           "--workflow",
+                         path,    "--input", "{\"v\": 5}", "--idempotency-key", "cli-1",
+                         NULL};
     json_t *id = run_flowd(enq, uenv, 0);
     assert_true(json_is_integer(id));
     json_t *id2 = run_flowd(enq, uenv, 0);
