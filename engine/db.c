@@ -10,6 +10,7 @@
 #include "engine/db.h"
 
 #include <ev.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -23,8 +24,8 @@ enum db_op_kind { OP_QUERY, OP_PREPARE, OP_LISTEN };
 typedef struct db_op {
     struct db_op *next;
     enum db_op_kind kind;
-    int stmt;         /* index into db->stmts for OP_QUERY on a prepared statement, OP_PREPARE; -1 */
-    char *sql;        /* OP_QUERY text or OP_LISTEN channel */
+    int stmt;         /* index into db->stmts (OP_QUERY, OP_PREPARE); -1 for OP_LISTEN */
+    char *sql;        /* OP_LISTEN statement */
     int nparams;
     char **params;
     eng_db_cb *cb;
@@ -184,12 +185,9 @@ static void db_send_next(eng_db *db)
         ok = PQsendPrepare(db->pg, s->name, s->sql, s->nparams, NULL);
     } else if (op->kind == OP_LISTEN) {
         ok = PQsendQuery(db->pg, op->sql);
-    } else if (op->stmt >= 0) {
+    } else {
         ok = PQsendQueryPrepared(db->pg, db->stmts[op->stmt].name, op->nparams,
                                  (const char *const *)op->params, NULL, NULL, 0);
-    } else {
-        ok = PQsendQueryParams(db->pg, op->sql, op->nparams, NULL,
-                               (const char *const *)op->params, NULL, NULL, 0);
     }
     db->inflight = op;
     if (!ok) {
@@ -400,17 +398,25 @@ void eng_db_listen(eng_db *db, const char *channel)
     }
 }
 
+/* The statement registered under name, or the one whose SQL is this text: SQL sent as text is
+ * prepared on first use too, so every statement is parsed and planned once per connection. */
+static int db_find_stmt(eng_db *db, const char *stmt)
+{
+    for (int i = 0; i < db->nstmts; i++)
+        if (strcmp(db->stmts[i].name, stmt) == 0 || strcmp(db->stmts[i].sql, stmt) == 0)
+            return i;
+    char name[32];
+    snprintf(name, sizeof name, "flowd_auto_%d", db->nstmts);
+    eng_db_prepare(db, name, stmt, 0);
+    return db->nstmts - 1;
+}
+
 void eng_db_query(eng_db *db, const char *stmt, int nparams, const char *const *params,
                   eng_db_cb *cb, void *arg)
 {
     db_op *op = eng_xcalloc(1, sizeof *op);
     op->kind = OP_QUERY;
-    op->stmt = -1;
-    for (int i = 0; i < db->nstmts; i++)
-        if (strcmp(db->stmts[i].name, stmt) == 0)
-            op->stmt = i;
-    if (op->stmt < 0)
-        op->sql = eng_xstrdup(stmt);
+    op->stmt = db_find_stmt(db, stmt);
     op->nparams = nparams;
     op->params = eng_xcalloc((size_t)(nparams ? nparams : 1), sizeof *op->params);
     for (int i = 0; i < nparams; i++)

@@ -43,8 +43,9 @@ void eng_db_prepare(eng_db *db, const char *name, const char *sql, int nparams);
 /* Adds a channel to LISTEN on (now and after every reconnect). */
 void eng_db_listen(eng_db *db, const char *channel);
 
-/* Queues a query. stmt is the name of a prepared statement when one was registered under that name,
- * else SQL text sent with PQsendQueryParams. params are text-format values, NULL for SQL NULL. */
+/* Queues a query. stmt is the name of a statement registered with eng_db_prepare, or SQL text,
+ * which is prepared on first use (so pass only constant, parameterized SQL). params are text-format
+ * values, NULL for SQL NULL. */
 void eng_db_query(eng_db *db, const char *stmt, int nparams, const char *const *params,
                   eng_db_cb *cb, void *arg);
 

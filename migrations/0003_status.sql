@@ -5,10 +5,12 @@ CREATE FUNCTION flowd_ms(t timestamptz) RETURNS text LANGUAGE sql IMMUTABLE AS $
     SELECT to_char(t AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')
 $$;
 
--- The run as a client sees it; NULL when the tenant cannot see it.
+-- The run as a client sees it; NULL when the tenant cannot see it. PL/pgSQL rather than SQL so
+-- that its plan is cached: an SQL function with a FROM clause is planned again on every call.
 CREATE FUNCTION flowd_run_json(p_tenant bigint, p_run bigint) RETURNS jsonb
-LANGUAGE sql STABLE AS $$
-    SELECT jsonb_build_object(
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN (SELECT jsonb_build_object(
         'id', r.id,
         'workflow', w.name,
         'version', w.version,
@@ -41,8 +43,8 @@ LANGUAGE sql STABLE AS $$
                         'output', s.output, 'error', s.error) ORDER BY s.idx)
                     FROM steps s WHERE s.run_id = r.id))
       FROM runs r JOIN workflows w ON w.id = r.workflow_id
-     WHERE r.id = p_run AND r.tenant_id = p_tenant
-$$;
+     WHERE r.id = p_run AND r.tenant_id = p_tenant);
+END $$;
 
 -- Creates the default tenant with an admin key on first start. Returns false when it exists.
 CREATE FUNCTION flowd_bootstrap(p_key text) RETURNS boolean
