@@ -31,6 +31,7 @@ struct api_loop {
     pthread_t thread;
     struct ev_loop *loop;
     ev_async stop_signal;
+    ev_timer stop_deadline; /* streams that do not end by themselves are cut off at shutdown */
     api_http *http;
     eng_db **db;
     int ndb;
@@ -450,12 +451,22 @@ static void loop_drained(void *arg)
     ev_break(lp->loop, EVBREAK_ALL);
 }
 
+/* Past the deadline the loop stops anyway; api_service_stop then frees the server, which aborts
+ * the requests still open (long SSE streams) through their abort callbacks. */
+static void loop_deadline_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)t;
+    (void)revents;
+    ev_break(loop, EVBREAK_ALL);
+}
+
 static void loop_stop_cb(struct ev_loop *loop, ev_async *a, int revents)
 {
     (void)revents;
-    (void)loop;
     api_loop *lp = ENG_CONTAINER_OF(a, api_loop, stop_signal);
-    ev_async_stop(lp->loop, &lp->stop_signal);
+    ev_async_stop(loop, &lp->stop_signal);
+    ev_timer_init(&lp->stop_deadline, loop_deadline_cb, 5., 0.);
+    ev_timer_start(loop, &lp->stop_deadline);
     api_http_shutdown(lp->http, loop_drained, lp);
 }
 
