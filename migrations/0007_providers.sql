@@ -25,24 +25,6 @@ CREATE TABLE llm_records (
     PRIMARY KEY (run_id, step_key, item)
 );
 
--- The recorded output for a key when the request is the same, else no row.
-CREATE FUNCTION flowd_llm_lookup(p_run bigint, p_step text, p_item text, p_hash text)
-RETURNS jsonb LANGUAGE sql STABLE AS $$
-    SELECT output FROM llm_records
-     WHERE run_id = p_run AND step_key = p_step AND item = p_item AND request_hash = p_hash
-$$;
-
--- Records (or replaces, when the request changed) the answer for a key.
-CREATE FUNCTION flowd_llm_record(p_tenant bigint, p_run bigint, p_step text, p_item text,
-                                 p_hash text, p_output jsonb)
-RETURNS void LANGUAGE sql AS $$
-    INSERT INTO llm_records (tenant_id, run_id, step_key, item, request_hash, output)
-    VALUES (p_tenant, p_run, p_step, p_item, p_hash, p_output)
-    ON CONFLICT (run_id, step_key, item)
-    DO UPDATE SET request_hash = EXCLUDED.request_hash, output = EXCLUDED.output,
-                  created_at = now()
-$$;
-
 -- Named rate limits. tenant_id NULL: one budget shared by all tenants (the provider's account
 -- limit); a tenant's row adds its own budget on top. Both dimensions are token buckets: requests
 -- refill at requests_per_s up to burst_requests, tokens at tokens_per_min/60 per second up to
@@ -144,4 +126,27 @@ RETURNS void LANGUAGE sql AS $$
       FROM rate_limits l
      WHERE b.limit_id = l.id AND l.name = p_name AND l.tokens_per_min IS NOT NULL
        AND (l.tenant_id IS NULL OR l.tenant_id = p_tenant)
+$$;
+
+-- Lookups and records go in batches: one round trip (and one commit) for many steps.
+-- p_keys: [{"i": n, "run": id, "step": key, "item": "", "hash": h}] -> rows (i, output) found.
+CREATE FUNCTION flowd_llm_lookup_many(p_keys jsonb)
+RETURNS TABLE (i integer, output jsonb) LANGUAGE sql STABLE AS $$
+    SELECT k.i, r.output
+      FROM jsonb_to_recordset(p_keys) AS k(i integer, run bigint, step text, item text, hash text)
+      JOIN llm_records r ON r.run_id = k.run AND r.step_key = k.step
+                        AND r.item = coalesce(k.item, '') AND r.request_hash = k.hash
+$$;
+
+-- p_rows: [{"tenant", "run", "step", "item", "hash", "output"}]
+CREATE FUNCTION flowd_llm_record_many(p_rows jsonb)
+RETURNS void LANGUAGE sql AS $$
+    INSERT INTO llm_records (tenant_id, run_id, step_key, item, request_hash, output)
+    SELECT DISTINCT ON (x.run, x.step, coalesce(x.item, ''))
+           x.tenant, x.run, x.step, coalesce(x.item, ''), x.hash, x.output
+      FROM jsonb_to_recordset(p_rows)
+           AS x(tenant bigint, run bigint, step text, item text, hash text, output jsonb)
+    ON CONFLICT (run_id, step_key, item)
+    DO UPDATE SET request_hash = EXCLUDED.request_hash, output = EXCLUDED.output,
+                  created_at = now()
 $$;

@@ -25,6 +25,7 @@
  * max_tokens); other values pass through. */
 #include <ctype.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -205,6 +206,8 @@ typedef struct llm_attempt {
     int64_t est_tokens; /* reserved from the token budget */
     int64_t t0_wall_ms;
     json_t *output;     /* the answer while it is being recorded */
+    struct llm_attempt *bnext; /* in its batcher's waiting list */
+    bool queued;        /* waiting in a batcher (not yet sent): cancel unlinks it */
 } llm_attempt;
 
 static void attempt_free(llm_attempt *a)
@@ -696,12 +699,160 @@ static json_t *sandbox_answer(const llm_attempt *a)
     return out;
 }
 
+
+/* ------------------------------------------------------------------------------ batching -- */
+/* Lookups and records of all attempts on one worker connection share round trips: while one
+ * batch query is in flight, new requests wait and go together in the next one (one commit for
+ * many records). No timer is involved: an idle connection sends a batch of one at once. */
+
+enum { BQ_LOOKUP = 0, BQ_RECORD = 1 };
+
+typedef struct llm_batcher {
+    struct eng_db *db;
+    llm_attempt *head[2], *tail[2]; /* waiting, per queue */
+    bool busy[2];                   /* a batch of that queue is in flight */
+    struct llm_batcher *next;
+} llm_batcher;
+
+typedef struct llm_batch {
+    llm_batcher *b;
+    int which;
+    size_t n;
+    llm_attempt **items;
+} llm_batch;
+
+static pthread_mutex_t batchers_mu = PTHREAD_MUTEX_INITIALIZER;
+static llm_batcher *batchers; /* one per connection ever used; each only touched by its loop */
+
+static llm_batcher *batcher_for(struct eng_db *db)
+{
+    pthread_mutex_lock(&batchers_mu);
+    llm_batcher *b = batchers;
+    while (b && b->db != db)
+        b = b->next;
+    if (!b) {
+        b = eng_xcalloc(1, sizeof *b);
+        b->db = db;
+        b->next = batchers;
+        batchers = b;
+    }
+    pthread_mutex_unlock(&batchers_mu);
+    /* a connection freed with our batch in flight, and a new one at the same address */
+    for (int q = 0; q < 2; q++)
+        if (b->busy[q] && eng_db_pending(db) == 0)
+            b->busy[q] = false;
+    return b;
+}
+
+static void lookup_result(llm_attempt *a, const eng_err *err, json_t *out);
+static void record_result(llm_attempt *a, const eng_err *err);
+static void batch_flush(llm_batcher *b, int which);
+
+static void batch_done(void *arg, const eng_err *err, const PGresult *res)
+{
+    llm_batch *bt = arg;
+    llm_batcher *b = bt->b;
+    b->busy[bt->which] = false;
+    json_t **found = NULL;
+    if (bt->which == BQ_LOOKUP) {
+        found = eng_xcalloc(bt->n, sizeof *found);
+        for (int r = 0; !err && res && r < PQntuples(res); r++) {
+            long i = strtol(PQgetvalue(res, r, 0), NULL, 10);
+            if (i >= 0 && (size_t)i < bt->n && !found[i])
+                found[i] = json_loads(PQgetvalue(res, r, 1), 0, NULL);
+        }
+    }
+    for (size_t i = 0; i < bt->n; i++) {
+        llm_attempt *a = bt->items[i];
+        if (bt->which == BQ_LOOKUP)
+            lookup_result(a, err, found[i]);
+        else
+            record_result(a, err);
+    }
+    free(found);
+    free(bt->items);
+    int which = bt->which;
+    free(bt);
+    if (b->head[which] && !b->busy[which])
+        batch_flush(b, which);
+}
+
+static void batch_flush(llm_batcher *b, int which)
+{
+    llm_batch *bt = eng_xcalloc(1, sizeof *bt);
+    bt->b = b;
+    bt->which = which;
+    for (llm_attempt *a = b->head[which]; a; a = a->bnext)
+        bt->n++;
+    bt->items = eng_xcalloc(bt->n, sizeof *bt->items);
+    json_t *rows = json_array();
+    size_t i = 0;
+    for (llm_attempt *a = b->head[which]; a; a = a->bnext, i++) {
+        a->queued = false;
+        bt->items[i] = a;
+        eng_step_ctx *ctx = a->ctx;
+        if (which == BQ_LOOKUP)
+            json_array_append_new(rows, json_pack("{s:I, s:I, s:s, s:s, s:s}", "i", (json_int_t)i,
+                                                  "run", (json_int_t)eng_step_run_id(ctx),
+                                                  "step", eng_step_key(ctx), "item", "", "hash",
+                                                  a->hash));
+        else
+            json_array_append_new(rows, json_pack("{s:I, s:I, s:s, s:s, s:s, s:O}", "tenant",
+                                                  (json_int_t)eng_step_tenant_id(ctx), "run",
+                                                  (json_int_t)eng_step_run_id(ctx), "step",
+                                                  eng_step_key(ctx), "item", "", "hash", a->hash,
+                                                  "output", a->output));
+    }
+    b->head[which] = b->tail[which] = NULL;
+    b->busy[which] = true;
+    char *s = json_dumps(rows, JSON_COMPACT);
+    json_decref(rows);
+    const char *params[] = {s};
+    eng_db_query(b->db,
+                 which == BQ_LOOKUP ? "SELECT i, output FROM flowd_llm_lookup_many($1::jsonb)"
+                                    : "SELECT flowd_llm_record_many($1::jsonb)",
+                 1, params, batch_done, bt);
+    free(s);
+}
+
+static void batch_enqueue(llm_attempt *a, int which)
+{
+    llm_batcher *b = batcher_for(eng_step_db(a->ctx));
+    a->bnext = NULL;
+    a->queued = true;
+    if (b->tail[which])
+        b->tail[which]->bnext = a;
+    else
+        b->head[which] = a;
+    b->tail[which] = a;
+    if (!b->busy[which])
+        batch_flush(b, which);
+}
+
+/* Takes a cancelled attempt out of its waiting list (it was never sent). */
+static void batch_unlink(llm_attempt *a, struct eng_db *db)
+{
+    llm_batcher *b = batcher_for(db);
+    for (int q = 0; q < 2; q++) {
+        llm_attempt *prev = NULL;
+        for (llm_attempt *x = b->head[q]; x; prev = x, x = x->bnext) {
+            if (x != a)
+                continue;
+            if (prev)
+                prev->bnext = x->bnext;
+            else
+                b->head[q] = x->bnext;
+            if (b->tail[q] == x)
+                b->tail[q] = prev;
+            return;
+        }
+    }
+}
+
 /* ------------------------------------------------------------------------------ the driver -- */
 
-static void record_done(void *arg, const eng_err *err, const PGresult *res)
+static void record_result(llm_attempt *a, const eng_err *err)
 {
-    (void)res;
-    llm_attempt *a = arg;
     if (!a->ctx) { /* cancelled while recording: the record stays for the next attempt */
         attempt_free(a);
         return;
@@ -719,17 +870,9 @@ static void record_done(void *arg, const eng_err *err, const PGresult *res)
 /* Records out (stolen) under the attempt's key, then succeeds with it. */
 static void finish_with(llm_attempt *a, json_t *out)
 {
-    eng_step_ctx *ctx = a->ctx;
     a->st = LLM_RECORD;
     a->output = out;
-    char *s = json_dumps(out, JSON_COMPACT);
-    char tenant[24], run[24];
-    snprintf(tenant, sizeof tenant, "%lld", (long long)eng_step_tenant_id(ctx));
-    snprintf(run, sizeof run, "%lld", (long long)eng_step_run_id(ctx));
-    const char *params[] = {tenant, run, eng_step_key(ctx), "", a->hash, s};
-    eng_db_query(eng_step_db(ctx), "SELECT flowd_llm_record($1, $2, $3, $4, $5, $6)", 6, params,
-                 record_done, a);
-    free(s);
+    batch_enqueue(a, BQ_RECORD);
 }
 
 static void call_done(void *arg, const eng_err *err, const eng_http_response *resp,
@@ -858,26 +1001,24 @@ static void config_done(void *arg, const eng_err *err, prov_config *cfg)
         a->take = t;
 }
 
-static void lookup_done(void *arg, const eng_err *err, const PGresult *res)
+static void lookup_result(llm_attempt *a, const eng_err *err, json_t *out)
 {
-    llm_attempt *a = arg;
     if (!a->ctx) {
+        json_decref(out);
         attempt_free(a);
         return;
     }
     if (err) {
+        json_decref(out);
         attempt_fail(a, false, "db_error", "could not look up a recorded answer", 0);
         return;
     }
-    if (res && PQntuples(res) == 1 && !PQgetisnull(res, 0, 0)) {
-        json_t *out = json_loads(PQgetvalue(res, 0, 0), 0, NULL);
-        if (out) {
-            eng_step_ctx *ctx = attempt_end(a);
-            log_info("llm answer replayed from its record", " run=%lld step=%s",
-                     (long long)eng_step_run_id(ctx), eng_step_key(ctx));
-            eng_step_succeed(ctx, out);
-            return;
-        }
+    if (out) {
+        eng_step_ctx *ctx = attempt_end(a);
+        log_info("llm answer replayed from its record", " run=%lld step=%s",
+                 (long long)eng_step_run_id(ctx), eng_step_key(ctx));
+        eng_step_succeed(ctx, out);
+        return;
     }
     a->st = LLM_CONFIG;
     if (a->prov == LLM_SANDBOX) {
@@ -947,11 +1088,7 @@ static void llm_start(eng_step_ctx *ctx)
     free(canon);
     eng_step_set_data(ctx, a);
     a->st = LLM_LOOKUP;
-    char run[24];
-    snprintf(run, sizeof run, "%lld", (long long)eng_step_run_id(ctx));
-    const char *params[] = {run, eng_step_key(ctx), "", a->hash};
-    eng_db_query(eng_step_db(ctx), "SELECT flowd_llm_lookup($1, $2, $3, $4)", 4, params,
-                 lookup_done, a);
+    batch_enqueue(a, BQ_LOOKUP);
 }
 
 static void llm_cancel(eng_step_ctx *ctx)
@@ -965,7 +1102,10 @@ static void llm_cancel(eng_step_ctx *ctx)
     switch (a->st) {
     case LLM_LOOKUP:
     case LLM_RECORD:
-        return; /* the query's callback sees ctx == NULL and frees */
+        if (!a->queued)
+            return; /* its batch is on the wire: batch_done sees ctx == NULL and frees */
+        batch_unlink(a, eng_step_db(ctx));
+        break;
     case LLM_CONFIG:
         prov_load_cancel(a->load);
         break;
