@@ -219,7 +219,8 @@ void api_call_db(api_call *call, const char *sql, int nparams, const char *const
 json_t *api_call_body_object(api_call *call)
 {
     const char *ctype = api_req_header(call->req, "Content-Type");
-    if (ctype && strncmp(ctype, "application/json", 16) != 0) {
+    if (ctype && (strncasecmp(ctype, "application/json", 16) != 0 ||
+                  (ctype[16] && ctype[16] != ';' && ctype[16] != ' '))) {
         api_call_respond_error(call, 415, "unsupported_media_type",
                                "request bodies must be application/json", NULL);
         return NULL;
