@@ -218,8 +218,10 @@ static void event_post_cb(api_call *call, const eng_err *err, const PGresult *re
         api_call_respond_err(call, err);
         return;
     }
-    api_call_respond_json(call, 202, json_pack("{s:i, s:i}", "resumed", atoi(PQgetvalue(res, 0, 0)),
-                                               "cancelled", atoi(PQgetvalue(res, 0, 1))));
+    api_call_respond_json(call, 202, json_pack("{s:i, s:i, s:i}", "resumed",
+                                               atoi(PQgetvalue(res, 0, 0)), "cancelled",
+                                               atoi(PQgetvalue(res, 0, 1)), "started",
+                                               atoi(PQgetvalue(res, 0, 2))));
 }
 
 void api_route_event_post(api_call *call)
@@ -254,7 +256,7 @@ void api_route_event_post(api_call *call)
     char *data_s = json_is_object(data) ? json_dumps(data, JSON_COMPACT) : eng_xstrdup("{}");
     const char *params[] = {call->tenant_s, json_string_value(name),
                             json_is_integer(key) ? key_s : json_string_value(key), data_s};
-    api_call_db(call, "SELECT resumed, cancelled FROM flowd_event($1, $2, $3, $4::jsonb)", 4,
+    api_call_db(call, "SELECT resumed, cancelled, started FROM flowd_event($1, $2, $3, $4::jsonb)", 4,
                 params, event_post_cb);
     free(data_s);
     json_decref(body);

@@ -17,8 +17,8 @@ typedef struct cli_env {
     PGconn *conn;
 } cli_env;
 
-/* Fills env from the global options found in argv (--data DIR, --database URL); those options
- * are removed from argv. Returns the new argc. */
+/* Fills env from the global options before the subcommand (--data DIR, --database URL); those
+ * options are removed from argv. Returns the new argc. */
 int cli_env_parse(cli_env *env, int argc, char **argv);
 /* Connects (starting the embedded cluster when needed) and applies pending migrations. */
 ENG_MUST_CHECK eng_rc cli_env_open(cli_env *env, eng_err *err);

@@ -190,11 +190,12 @@ int cli_cmd_event(cli_env *env, int argc, char **argv)
     char tenant_s[24];
     snprintf(tenant_s, sizeof tenant_s, "%lld", tenant);
     const char *params[] = {tenant_s, argv[optind], argv[optind + 1], data};
-    PGresult *res = cli_exec(env, "SELECT resumed, cancelled FROM flowd_event($1, $2, $3, $4::jsonb)",
+    PGresult *res = cli_exec(env, "SELECT resumed, cancelled, started FROM flowd_event($1, $2, $3, $4::jsonb)",
                              4, params, &err);
     if (!res)
         return cli_fail(&err);
-    printf("{\"resumed\": %s, \"cancelled\": %s}\n", PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1));
+    printf("{\"resumed\": %s, \"cancelled\": %s, \"started\": %s}\n", PQgetvalue(res, 0, 0),
+           PQgetvalue(res, 0, 1), PQgetvalue(res, 0, 2));
     PQclear(res);
     return 0;
 }

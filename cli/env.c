@@ -17,26 +17,28 @@ int cli_env_parse(cli_env *env, int argc, char **argv)
     env->database_url = getenv("FLOWD_DATABASE_URL");
     if (env->database_url && !*env->database_url)
         env->database_url = NULL;
-    int out = 0;
-    for (int i = 0; i < argc; i++) {
+    int out = 0, i = 0;
+    /* Global options stand before the subcommand; after it, "--data" belongs to the subcommand
+     * (flowd event NAME KEY --data JSON). */
+    for (; i < argc && argv[i][0] == '-'; i++) {
         if ((strcmp(argv[i], "--data") == 0 || strcmp(argv[i], "--database") == 0) && i + 1 < argc) {
             if (argv[i][6] == '\0')
                 env->data_dir = argv[i + 1];
             else
                 env->database_url = argv[i + 1];
             i++;
-            continue;
-        }
-        if (strncmp(argv[i], "--data=", 7) == 0) {
+        } else if (strncmp(argv[i], "--data=", 7) == 0) {
             env->data_dir = argv[i] + 7;
-            continue;
-        }
-        if (strncmp(argv[i], "--database=", 11) == 0) {
+        } else if (strncmp(argv[i], "--database=", 11) == 0) {
             env->database_url = argv[i] + 11;
-            continue;
+        } else {
+            argv[out++] = argv[i];
+            if (strcmp(argv[i], "--url") == 0 && i + 1 < argc)
+                argv[out++] = argv[++i];
         }
-        argv[out++] = argv[i];
     }
+    for (; i < argc; i++)
+        argv[out++] = argv[i];
     argv[out] = NULL;
     return out;
 }
@@ -146,13 +148,13 @@ eng_rc cli_bootstrap(cli_env *env, eng_err *err)
         return ENG_OK;
     char *path = eng_xasprintf("%s/api-key", env->data_dir);
     FILE *f = fopen(path, "wx");
+    fprintf(stdout, "flowd: created the default tenant; its API key (shown once) is %s\n", key);
     if (f) {
         fchmod(fileno(f), 0600);
         fprintf(f, "%s\n", key);
         fclose(f);
+        fprintf(stdout, "flowd: it is also in %s (mode 0600)\n", path);
     }
-    fprintf(stdout, "flowd: created the default tenant; its API key (shown once) is %s\n"
-                    "flowd: it is also in %s (mode 0600)\n", key, path);
     fflush(stdout);
     free(path);
     return ENG_OK;

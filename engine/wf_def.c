@@ -643,6 +643,39 @@ static bool valid_name(const char *s, size_t len)
     return true;
 }
 
+/* "triggers": [{"event": "sms.received"}]: every such event starts a run with input
+ * {"event": {"name", "key", "data"}}. */
+static eng_rc compile_triggers(compiler *c, json_t **out)
+{
+    static const char *const fields[] = {"event", NULL};
+    *out = json_array();
+    const json_t *tr = json_object_get(c->doc, "triggers");
+    if (!tr || json_is_null(tr))
+        return ENG_OK;
+    if (!json_is_array(tr))
+        return bad(c, "/triggers", "must be an array of {\"event\"}");
+    if (json_array_size(tr) > WF_DEF_MAX_CANCEL_ON)
+        return bad(c, "/triggers", "more than %d entries", WF_DEF_MAX_CANCEL_ON);
+    for (size_t j = 0; j < json_array_size(tr); j++) {
+        const json_t *e = json_array_get(tr, j);
+        char ptr[64], fp[80];
+        snprintf(ptr, sizeof ptr, "/triggers/%zu", j);
+        if (!json_is_object(e))
+            return bad(c, ptr, "must be an object {\"event\"}");
+        eng_rc rc = check_fields(c, e, ptr, fields);
+        if (rc != ENG_OK)
+            return rc;
+        const char *ev = opt_string(c, e, "event", ptr, WF_DEF_MAX_NAME, &rc);
+        if (rc != ENG_OK)
+            return rc;
+        snprintf(fp, sizeof fp, "%s/event", ptr);
+        if (!ev || !*ev)
+            return bad(c, fp, "required");
+        json_array_append_new(*out, json_pack("{s:s}", "event", ev));
+    }
+    return ENG_OK;
+}
+
 static eng_rc compile_cancel_on(compiler *c, json_t **out)
 {
     static const char *const fields[] = {"event", "key", NULL};
@@ -686,7 +719,8 @@ static eng_rc compile_cancel_on(compiler *c, json_t **out)
 
 static eng_rc compile_doc(compiler *c, json_t **out)
 {
-    static const char *const wf_fields[] = {"name", "description", "steps", "cancel_on", NULL};
+    static const char *const wf_fields[] = {"name", "description", "steps", "cancel_on", "triggers",
+                                            NULL};
     const json_t *doc = c->doc;
     if (!json_is_object(doc))
         return bad(c, "", "workflow definition must be a JSON object");
@@ -714,7 +748,7 @@ static eng_rc compile_doc(compiler *c, json_t **out)
         (rc = pass_graph(c)) != ENG_OK)
         return rc;
 
-    json_t *out_steps = json_array(), *phases = json_array(), *cancel_on = NULL;
+    json_t *out_steps = json_array(), *phases = json_array(), *cancel_on = NULL, *triggers = NULL;
     for (size_t i = 0; i < c->n && rc == ENG_OK; i++) {
         json_t *st;
         if ((rc = compile_step(c, i, &st)) != ENG_OK)
@@ -729,10 +763,13 @@ static eng_rc compile_doc(compiler *c, json_t **out)
     }
     if (rc == ENG_OK)
         rc = compile_cancel_on(c, &cancel_on);
+    if (rc == ENG_OK)
+        rc = compile_triggers(c, &triggers);
     if (rc != ENG_OK) {
         json_decref(out_steps);
         json_decref(phases);
         json_decref(cancel_on);
+        json_decref(triggers);
         return rc;
     }
     for (size_t i = 0; i < c->n; i++)
@@ -740,8 +777,9 @@ static eng_rc compile_doc(compiler *c, json_t **out)
             json_array_append_new(
                 json_object_get(json_array_get(out_steps, c->steps[i].needs[j]), "dependents"),
                 json_integer((json_int_t)i));
-    *out = json_pack("{s:s, s:s?, s:o, s:o, s:o}", "name", json_string_value(name), "description",
-                     desc, "cancel_on", cancel_on, "phases", phases, "steps", out_steps);
+    *out = json_pack("{s:s, s:s?, s:o, s:o, s:o, s:o}", "name", json_string_value(name),
+                     "description", desc, "cancel_on", cancel_on, "triggers", triggers, "phases",
+                     phases, "steps", out_steps);
     return ENG_OK;
 }
 

@@ -205,15 +205,17 @@ BEGIN
     RETURN cardinality(v_ids);
 END $$;
 
--- Stores an outside event, cancels the runs that declared cancel_on for it and resumes the steps
--- waiting on it. Returns how many of each.
+-- Stores an outside event, cancels the runs that declared cancel_on for it, resumes the steps
+-- waiting on it, and starts a run of every workflow whose latest version has it as a trigger
+-- (input {"event": {"name", "key", "data"}}). Returns how many of each.
 CREATE FUNCTION flowd_event(p_tenant bigint, p_name text, p_key text, p_data jsonb,
-                            OUT resumed integer, OUT cancelled integer)
+                            OUT resumed integer, OUT cancelled integer, OUT started integer)
 LANGUAGE plpgsql AS $$
 DECLARE
     v_now  timestamptz := flowd_now();
     v_runs bigint[];
     v_ids  bigint[];
+    v_wf   bigint;
 BEGIN
     INSERT INTO events (tenant_id, name, key, data, received_at)
     VALUES (p_tenant, p_name, p_key, coalesce(p_data, '{}'), v_now);
@@ -246,6 +248,19 @@ BEGIN
         PERFORM flowd_finish_steps(v_ids);
         PERFORM pg_notify('flowd_ready', '');
     END IF;
+
+    started := 0;
+    FOR v_wf IN
+        SELECT t.id FROM (SELECT DISTINCT ON (w.name) w.id, w.def FROM workflows w
+                           WHERE w.tenant_id = p_tenant ORDER BY w.name, w.version DESC) t
+         WHERE t.def->'triggers' @> jsonb_build_array(jsonb_build_object('event', p_name))
+    LOOP
+        PERFORM flowd_create_runs(p_tenant, v_wf, jsonb_build_array(jsonb_build_object(
+                    'event', jsonb_build_object('name', p_name, 'key', p_key,
+                                                'data', coalesce(p_data, '{}')))),
+                    0, NULL, NULL, NULL, NULL);
+        started := started + 1;
+    END LOOP;
 END $$;
 
 -- Retries a failed or cancelled run: failed steps and those cancelled because of them start

@@ -132,7 +132,7 @@ static void test_normalized_shape(void **state)
         "{\"name\": \"lead_touchpoints\", \"description\": null,"
         " \"cancel_on\": [{\"event\": \"lead.booked\", \"key\": \"{{input.lead.id}}\"},"
         "                 {\"event\": \"x\", \"key\": \"{{run.id}}\"}],"
-        " \"phases\": [\"research\", \"analysis\"],"
+        " \"triggers\": [], \"phases\": [\"research\", \"analysis\"],"
         " \"steps\": ["
         "  {\"key\": \"research\", \"kind\": \"llm\", \"idx\": 0, \"needs\": [], \"dependents\": "
         "[1, 2, 3],"
@@ -471,6 +471,27 @@ static void test_template_refs(void **state)
                            "{\"key\": \"a\", \"kind\": \"transform\"}]}"));
 }
 
+static void test_triggers(void **state)
+{
+    (void)state;
+    json_t *out = compile_ok("{\"name\": \"w\", \"triggers\": [{\"event\": \"sms.received\"}],"
+                             " \"steps\": [{\"key\": \"a\", \"kind\": \"transform\"}]}");
+    assert_string_equal(json_string_value(json_object_get(
+                            json_array_get(json_object_get(out, "triggers"), 0), "event")),
+                        "sms.received");
+    json_decref(out);
+    const char *pre = "{\"name\": \"w\", \"steps\": [{\"key\": \"a\", \"kind\": \"transform\"}], ";
+    char src[512];
+    snprintf(src, sizeof src, "%s\"triggers\": {}}", pre);
+    expect_bad(src, "/triggers", "must be an array");
+    snprintf(src, sizeof src, "%s\"triggers\": [{\"event\": \"\"}]}", pre);
+    expect_bad(src, "/triggers/0/event", "must not be empty");
+    snprintf(src, sizeof src, "%s\"triggers\": [{}]}", pre);
+    expect_bad(src, "/triggers/0/event", "required");
+    snprintf(src, sizeof src, "%s\"triggers\": [{\"event\": \"x\", \"key\": 1}]}", pre);
+    expect_bad(src, "/triggers/0/key", "unknown field");
+}
+
 static void test_cancel_on(void **state)
 {
     (void)state;
@@ -660,6 +681,7 @@ int main(void)
         cmocka_unit_test(test_when),
         cmocka_unit_test(test_template_refs),
         cmocka_unit_test(test_cancel_on),
+        cmocka_unit_test(test_triggers),
         cmocka_unit_test(test_size_caps),
         cmocka_unit_test(test_corpus_definitions),
         cmocka_unit_test(test_sha256_vectors),
