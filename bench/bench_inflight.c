@@ -1,6 +1,6 @@
 /* bench/bench_inflight.c: many LLM calls in flight at once; prints one JSON object.
  *
- *   bench_inflight --database CONNINFO [--steps 10000] [--workers 2] [--max-inflight 5000]
+ *   bench_inflight --database CONNINFO [--steps 10000] [--workers 2] [--max-inflight 10000]
  *                  [--batch N (default: max-inflight, at most 5000)] [--latency-ms 200]
  *                  [--flowd PATH]
  *
@@ -233,7 +233,7 @@ static int usage(void)
 
 int main(int argc, char **argv)
 {
-    bench_opts o = {.steps = 10000, .workers = 2, .max_inflight = 5000, .latency_ms = 200,
+    bench_opts o = {.steps = 10000, .workers = 2, .max_inflight = 10000, .latency_ms = 200,
                     .flowd = FLOWD_BENCH_BIN};
     for (int i = 1; i < argc; i++) {
         if (i + 1 >= argc)
