@@ -208,7 +208,7 @@ static bool valid_key(const char *k)
 
 static const char *const step_fields[] = {
     "key",   "kind", "needs",  "input",           "when", "phase", "retry", "timeout",
-    "delay", "at",   "window", "concurrency_key", NULL};
+    "delay", "at",   "window", "concurrency_key", "continue_on_failure", NULL};
 
 static eng_rc pass_keys(compiler *c, const json_t *steps)
 {
@@ -598,6 +598,12 @@ static eng_rc compile_step(compiler *c, size_t i, json_t **out)
         if ((rc = check_sql_key(c, json_string_value(ckey), ptr)) != ENG_OK)
             goto fail;
     }
+    const json_t *cof = json_object_get(st, "continue_on_failure");
+    if (cof && !json_is_boolean(cof)) {
+        snprintf(ptr, sizeof ptr, "%s/continue_on_failure", sptr);
+        rc = bad(c, ptr, "must be true or false");
+        goto fail;
+    }
     if (s->kind->validate && (rc = s->kind->validate(st, sptr, c->err)) != ENG_OK) {
         if (!c->err->field[0])
             snprintf(c->err->field, sizeof c->err->field, "%s", sptr);
@@ -611,14 +617,15 @@ static eng_rc compile_step(compiler *c, size_t i, json_t **out)
         if (has_dep(c, i, t))
             json_array_append_new(deps, json_string(c->steps[t].key));
     *out = json_pack("{s:s, s:s, s:I, s:o, s:o, s:o, s:s?, s:o, s:o?, s:I, s:I, s:I, s:f, s:f, "
-                     "s:I, s:I, s:o?, s:o?, s:o?}",
+                     "s:I, s:I, s:o?, s:o?, s:o?, s:b}",
                      "key", s->key, "kind", s->kind->name, "idx", (json_int_t)i, "needs", needs,
                      "dependents", json_array(), "deps", deps, "phase", phase, "input",
                      input ? json_deep_copy(input) : json_object(), "when", when, "max_attempts",
                      r.max_attempts, "backoff_initial_ms", (json_int_t)r.initial_ms,
                      "backoff_max_ms", (json_int_t)r.max_ms, "backoff_multiplier", r.multiplier,
                      "jitter", r.jitter, "timeout_ms", (json_int_t)timeout_ms, "delay_ms",
-                     (json_int_t)delay_ms, "at", at, "window", window, "concurrency_key", ckey);
+                     (json_int_t)delay_ms, "at", at, "window", window, "concurrency_key", ckey,
+                     "continue_on_failure", json_is_true(cof));
     if (!*out)
         return eng_err_field(c->err, ENG_EINTERNAL, sptr, "cannot build the normalized step");
     return ENG_OK;

@@ -162,7 +162,7 @@ BEGIN
     PERFORM flowd_map_children_done(p_runs);
 END $$;
 
--- Marks steps finished (succeeded or skipped) and carries the consequences: dependents whose
+-- Marks steps finished (succeeded, skipped, or failed with continue_on_failure) and carries the consequences: dependents whose
 -- needs are all met become ready (or skipped, when every need was skipped), and runs whose steps
 -- are all finished succeed. Loops because skipping propagates. The runs must already be locked.
 CREATE FUNCTION flowd_finish_steps(p_ids bigint[]) RETURNS void
@@ -257,6 +257,7 @@ DECLARE
     v_runs     bigint[];
     v_finished bigint[];
     v_failed   bigint[];
+    v_went_on  bigint[];   -- failed for good, but continue_on_failure: dependents go on
 BEGIN
     IF p_results IS NULL OR jsonb_array_length(p_results) = 0 THEN
         RETURN;
@@ -311,9 +312,13 @@ BEGIN
                ) * interval '1 millisecond',
                finished_at = CASE WHEN NOT cur.permanent AND cur.attempts < cur.max_attempts
                                   THEN NULL ELSE v_now END,
+               -- a step that may fail without failing its run exposes the error as its output
+               output = CASE WHEN (cur.d->>'continue_on_failure')::boolean
+                             THEN jsonb_build_object('error', cur.e) END,
                lease_owner = NULL, lease_expires_at = NULL
           FROM cur WHERE st.id = cur.id
-        RETURNING st.id, st.run_id, st.tenant_id, st.key, st.state, st.error, st.run_at),
+        RETURNING st.id, st.run_id, st.tenant_id, st.key, st.state, st.error, st.run_at,
+                  coalesce((cur.d->>'continue_on_failure')::boolean, false) AS go_on),
     ev AS (
         INSERT INTO run_events (run_id, tenant_id, at, type, step_key, data)
         SELECT upd.run_id, upd.tenant_id, v_now,
@@ -322,7 +327,9 @@ BEGIN
                CASE WHEN upd.state = 'failed' THEN upd.error
                     ELSE upd.error || jsonb_build_object('retry_at', upd.run_at) END
           FROM upd)
-    SELECT array_agg(DISTINCT upd.run_id) FILTER (WHERE upd.state = 'failed') INTO v_failed FROM upd;
+    SELECT array_agg(DISTINCT upd.run_id) FILTER (WHERE upd.state = 'failed' AND NOT upd.go_on),
+           array_agg(upd.id) FILTER (WHERE upd.state = 'failed' AND upd.go_on)
+      INTO v_failed, v_went_on FROM upd;
 
     WITH r AS MATERIALIZED (
         SELECT * FROM jsonb_to_recordset(p_results) AS x(id bigint, s text, at_ms bigint, sched boolean)
@@ -339,8 +346,8 @@ BEGIN
     PERFORM flowd_map_start(p_owner, x) FROM jsonb_array_elements(p_results) AS x
       WHERE x->>'s' = 'map';
 
-    IF v_finished IS NOT NULL THEN
-        PERFORM flowd_finish_steps(v_finished);
+    IF v_finished IS NOT NULL OR v_went_on IS NOT NULL THEN
+        PERFORM flowd_finish_steps(coalesce(v_finished, '{}') || coalesce(v_went_on, '{}'));
     END IF;
     IF v_failed IS NOT NULL THEN
         PERFORM flowd_fail_runs(v_failed, jsonb_build_object('code', 'step_failed',
@@ -426,7 +433,7 @@ BEGIN
                'steps', CASE WHEN jsonb_array_length(sd.d->'deps') = 0 THEN '{}'::jsonb ELSE (
                    SELECT coalesce(jsonb_object_agg(d.key, jsonb_build_object('output', d.output)), '{}')
                      FROM steps d
-                    WHERE d.run_id = u.run_id AND d.state = 'succeeded'
+                    WHERE d.run_id = u.run_id AND d.state IN ('succeeded', 'failed')
                       AND d.key IN (SELECT jsonb_array_elements_text(sd.d->'deps'))) END)
       FROM steps u JOIN runs ru ON ru.id = u.run_id JOIN workflows w ON w.id = ru.workflow_id
       CROSS JOIN LATERAL (SELECT w.def->'steps'->u.idx AS d) sd
