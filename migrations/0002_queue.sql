@@ -162,9 +162,10 @@ BEGIN
     PERFORM flowd_map_children_done(p_runs);
 END $$;
 
--- Marks steps finished (succeeded, skipped, or failed with continue_on_failure) and carries the consequences: dependents whose
--- needs are all met become ready (or skipped, when every need was skipped), and runs whose steps
--- are all finished succeed. Loops because skipping propagates. The runs must already be locked.
+-- Marks steps finished (succeeded, skipped, or failed with continue_on_failure) and carries the
+-- consequences: dependents whose needs are all met become ready (or skipped, when every need was
+-- skipped), and runs whose steps are all finished succeed. Loops because skipping propagates. The
+-- runs must already be locked.
 CREATE FUNCTION flowd_finish_steps(p_ids bigint[]) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
