@@ -12,6 +12,7 @@
 #include "engine/log.h"
 #include "engine/mem.h"
 #include "engine/wf_def.h"
+#include "steps/ratelimit.h"
 #include "steps/sendledger.h"
 
 #define SEND_DEFAULT_CHECKS 3
@@ -20,6 +21,7 @@
 
 enum send_state {
     SS_CONFIG,  /* waiting for the provider settings */
+    SS_BUDGET,  /* waiting for the named rate limit's answer */
     SS_CLAIM,   /* flowd_send_claim in flight */
     SS_CALL,    /* the provider call in flight */
     SS_LOOKUP,  /* the provider look-up in flight (resolving an ambiguous send) */
@@ -38,6 +40,8 @@ struct step_send {
     enum send_state st;
     prov_config *cfg;
     prov_load *load;
+    rl_take *take;
+    char *rl_name;      /* the rate limit sends are counted against (default: the provider) */
     eng_http_call *call;
     send_msg msg;
     char *send_key;
@@ -66,6 +70,7 @@ static void ss_free(step_send *ss)
     free(ss->msg.recipient);
     free(ss->send_key);
     free(ss->hash);
+    free(ss->rl_name);
     json_decref(ss->fin_output);
     free(ss);
 }
@@ -176,6 +181,11 @@ eng_rc step_send_validate_common(const json_t *step, const char *ptr, eng_err *e
         return eng_err_field(err, ENG_EINVAL, field,
                              "policy must be \"at_most_once\" or \"at_least_once\"");
     }
+    const json_t *rl = json_object_get(in, "rate_limit");
+    if (rl && (!json_is_string(rl) || json_string_length(rl) == 0)) {
+        snprintf(field, sizeof field, "%s/input/rate_limit", ptr);
+        return eng_err_field(err, ENG_EINVAL, field, "rate_limit must be a rate limit's name");
+    }
     const json_t *item = json_object_get(in, "item");
     if (item && !json_is_string(item) && !json_is_integer(item)) {
         snprintf(field, sizeof field, "%s/input/item", ptr);
@@ -214,6 +224,8 @@ static bool read_common(step_send *ss, const json_t *in, eng_err *err)
             return false;
         }
     }
+    const char *rl = json_string_value(json_object_get(in, "rate_limit"));
+    ss->rl_name = eng_xstrdup(rl ? rl : prov_name(ss->ops->provider));
     const json_t *resolve = json_object_get(in, "resolve");
     const json_t *checks = json_object_get(resolve, "checks");
     const json_t *interval = json_object_get(resolve, "interval_ms");
@@ -560,6 +572,25 @@ static void claim(step_send *ss)
                  9, params, claim_done, ss);
 }
 
+/* Sends wait for budget under their rate limit before the ledger is touched, so a step put back
+ * to sleep leaves no claim behind (and spends no attempt). */
+static void budget_done(void *arg, const eng_err *err, int64_t wait_ms)
+{
+    step_send *ss = arg;
+    ss->take = NULL;
+    if (err) {
+        ss_fail(ss, false, "rate_limit", "the rate limit could not be checked: %s", err->msg);
+        return;
+    }
+    if (wait_ms > 0) {
+        eng_step_ctx *ctx = ss->ctx;
+        ss_free(ss);
+        eng_step_snooze(ctx, rl_wake_at(eng_step_now_ms(ctx), wait_ms));
+        return;
+    }
+    claim(ss);
+}
+
 static void config_done(void *arg, const eng_err *err, prov_config *cfg)
 {
     step_send *ss = arg;
@@ -576,7 +607,12 @@ static void config_done(void *arg, const eng_err *err, prov_config *cfg)
                 perr.field);
         return;
     }
-    claim(ss);
+    ss->st = SS_BUDGET;
+    /* an unlimited name runs budget_done (and maybe ends the attempt) before this returns */
+    rl_take *t = rl_take_start(eng_step_db(ss->ctx), eng_step_tenant_id(ss->ctx), ss->rl_name, 1, 0,
+                               budget_done, ss);
+    if (t)
+        ss->take = t;
 }
 
 void step_send_start(eng_step_ctx *ctx, const send_ops *ops)
@@ -611,6 +647,10 @@ void step_send_cancel(eng_step_ctx *ctx)
     switch (ss->st) {
     case SS_CONFIG:
         prov_load_cancel(ss->load);
+        ss_free(ss);
+        return;
+    case SS_BUDGET:
+        rl_take_cancel(ss->take);
         ss_free(ss);
         return;
     case SS_CALL:

@@ -31,7 +31,9 @@
  *
  * Common input fields of the three kinds, next to their own: policy ("at_most_once" default, or
  * "at_least_once"), item (string or integer), resolve {checks (default 3), interval_ms (default
- * 30000)}.
+ * 30000)}, rate_limit (the name in rate_limits the send counts against; default the provider's
+ * name: "sendgrid", "twilio", "whatsapp"). Before the ledger is touched, an attempt takes one
+ * request from that limit, or sleeps (no attempt spent) until the budget allows it.
  *
  * Threads: one attempt lives on its worker's loop. Ownership: send_msg fields are owned by the
  * driver once prepare returns ENG_OK (it frees them); outputs passed to step_send_transport_done
@@ -104,7 +106,7 @@ int64_t step_send_created_ms(const step_send *ss);
 /* The provider settings of the attempt (borrowed; alive while the attempt's call is). */
 const prov_config *step_send_cfg(const step_send *ss);
 
-/* Checks the common fields (policy, item, resolve) of a step object's literal input; used by the
+/* Checks the common fields (policy, item, resolve, rate_limit) of a step object's literal input; used by the
  * kinds' validate callbacks. Templated values ("{{...}}") are accepted as they are. */
 eng_rc step_send_validate_common(const json_t *step, const char *ptr, eng_err *err);
 
