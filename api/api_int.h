@@ -87,6 +87,11 @@ void api_route_run_cancel(api_call *call);
 void api_route_run_retry(api_call *call);
 void api_route_event_post(api_call *call);
 void api_route_test_clock(api_call *call);
+void api_route_hook_twilio(api_call *call);           /* api/routes_hooks.c */
+void api_route_hook_sendgrid(api_call *call);
+void api_route_hook_whatsapp(api_call *call);
+void api_route_hook_whatsapp_verify(api_call *call);
+void api_route_outbox_list(api_call *call);           /* api/routes_outbox.c */
 void api_route_metrics(api_call *call);
 void api_route_openapi(api_call *call);
 void api_route_runs_list(api_call *call);

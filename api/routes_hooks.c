@@ -39,10 +39,6 @@
 #include "steps/provider.h"
 
 /* Declared here until api_int.h lists them (see the route table in api/service.c). */
-void api_route_hook_twilio(api_call *call);
-void api_route_hook_sendgrid(api_call *call);
-void api_route_hook_whatsapp(api_call *call);
-void api_route_hook_whatsapp_verify(api_call *call);
 
 #define HOOK_MAX_ITEMS 10000
 

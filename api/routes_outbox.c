@@ -8,7 +8,6 @@
 #include "api/api_int.h"
 
 /* Declared here until api_int.h lists it (see the route table in api/service.c). */
-void api_route_outbox_list(api_call *call);
 
 #define OUTBOX_DEFAULT_LIMIT 100
 #define OUTBOX_MAX_LIMIT 1000

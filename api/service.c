@@ -58,11 +58,6 @@ typedef struct api_route {
 static void api_route_healthz(api_call *call);
 
 /* api/routes_hooks.c and api/routes_outbox.c (their prototypes belong in api_int.h) */
-void api_route_hook_twilio(api_call *call);
-void api_route_hook_sendgrid(api_call *call);
-void api_route_hook_whatsapp(api_call *call);
-void api_route_hook_whatsapp_verify(api_call *call);
-void api_route_outbox_list(api_call *call);
 
 static const api_route api_routes[] = {
     {"GET", "/healthz", api_route_healthz, true},

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "api/api.h"
@@ -113,6 +114,12 @@ int cli_cmd_serve(cli_env *env, int argc, char **argv)
         return status;
     }
     signal(SIGPIPE, SIG_IGN);
+    /* thousands of outbound calls in flight need as many descriptors as the system allows us */
+    struct rlimit nofile;
+    if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
+        nofile.rlim_cur = nofile.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &nofile);
+    }
     struct ev_loop *loop = EV_DEFAULT;
     ev_signal sigint, sigterm;
     ev_signal_init(&sigint, serve_signal_cb, SIGINT);
