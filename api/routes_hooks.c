@@ -38,7 +38,6 @@
 #include "engine/mem.h"
 #include "steps/provider.h"
 
-/* Declared here until api_int.h lists them (see the route table in api/service.c). */
 
 #define HOOK_MAX_ITEMS 10000
 

@@ -7,7 +7,6 @@
 
 #include "api/api_int.h"
 
-/* Declared here until api_int.h lists it (see the route table in api/service.c). */
 
 #define OUTBOX_DEFAULT_LIMIT 100
 #define OUTBOX_MAX_LIMIT 1000
