@@ -38,7 +38,6 @@
 #include "engine/mem.h"
 #include "steps/provider.h"
 
-
 #define HOOK_MAX_ITEMS 10000
 
 typedef void hook_fn(api_call *call, const json_t *settings);

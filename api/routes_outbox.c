@@ -7,7 +7,6 @@
 
 #include "api/api_int.h"
 
-
 #define OUTBOX_DEFAULT_LIMIT 100
 #define OUTBOX_MAX_LIMIT 1000
 
