@@ -59,6 +59,8 @@ static void api_route_healthz(api_call *call);
 
 /* api/routes_hooks.c and api/routes_outbox.c (their prototypes belong in api_int.h) */
 
+void api_route_run_sequencer_csv(api_call *call); /* api/routes_export.c */
+
 static const api_route api_routes[] = {
     {"GET", "/healthz", api_route_healthz, true},
     {"GET", "/metrics", api_route_metrics, true},
@@ -70,6 +72,7 @@ static const api_route api_routes[] = {
     {"GET", "/v1/runs/{}", api_route_run_get, false},
     {"POST", "/v1/runs/{}/cancel", api_route_run_cancel, false},
     {"POST", "/v1/runs/{}/retry", api_route_run_retry, false},
+    {"GET", "/v1/runs/{}/sequencer.csv", api_route_run_sequencer_csv, false},
     {"POST", "/v1/events", api_route_event_post, false},
     {"POST", "/v1/test/clock", api_route_test_clock, false},
     {"GET", "/v1/runs", api_route_runs_list, false},
