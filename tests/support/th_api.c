@@ -199,12 +199,13 @@ char *th_api_prompt_text(const json_t *body)
     size_t i, len = 0;
     json_t *m;
     json_array_foreach (json_object_get(body, "messages"), i, m)
-        len += strlen(json_string_value(json_object_get(m, "content")) ?: "") + 1;
+        len += json_string_length(json_object_get(m, "content")) + 1;
     char *out = eng_xmalloc(len + 1), *p = out;
     json_array_foreach (json_object_get(body, "messages"), i, m) {
-        const char *s = json_string_value(json_object_get(m, "content")) ?: "";
-        size_t n = strlen(s);
-        memcpy(p, s, n);
+        const char *s = json_string_value(json_object_get(m, "content"));
+        size_t n = s ? strlen(s) : 0;
+        if (n)
+            memcpy(p, s, n);
         p[n] = '\n';
         p += n + 1;
     }
@@ -224,9 +225,12 @@ static void openai_handler(void *arg, const th_mock_req *req, th_mock_resp *r)
         json_decref(body);
         return;
     }
-    int status = 200;
-    char *text = NULL;
-    m->fn(m->arg, body, &status, &text);
+    th_api_answer ans = {.status = 200};
+    m->fn(m->arg, body, &ans);
+    int status = ans.status;
+    char *text = ans.text;
+    if (ans.delay_ms > 0)
+        th_mock_resp_delay(r, ans.delay_ms);
     json_t *out;
     if (status == 200) {
         const char *model = json_string_value(json_object_get(body, "model"));
@@ -277,4 +281,73 @@ void th_api_openai_stop(th_api_openai *m)
 const char *th_api_openai_url(const th_api_openai *m)
 {
     return m->url;
+}
+
+unsigned long th_api_openai_peak(const th_api_openai *m)
+{
+    return th_mock_peak_pending(m->http);
+}
+
+/* ---------------------------------------------------------------------------------- CSV -- */
+
+json_t *th_api_csv_parse(const char *text)
+{
+    json_t *rows = json_array(), *row = json_array();
+    size_t cap = strlen(text) + 1, n = 0;
+    char *field = eng_xmalloc(cap);
+    const char *p = text;
+    bool any = false; /* the current row has started */
+    while (*p) {
+        any = true;
+        n = 0;
+        if (*p == '"') {
+            for (p++;; p++) {
+                if (!*p)
+                    goto bad;
+                if (*p == '"' && p[1] == '"') {
+                    field[n++] = '"';
+                    p++;
+                } else if (*p == '"') {
+                    p++;
+                    break;
+                } else {
+                    field[n++] = *p;
+                }
+            }
+            if (*p && *p != ',' && *p != '\r' && *p != '\n')
+                goto bad;
+        } else {
+            while (*p && *p != ',' && *p != '\r' && *p != '\n') {
+                if (*p == '"')
+                    goto bad;
+                field[n++] = *p++;
+            }
+        }
+        json_array_append_new(row, json_stringn(field, n));
+        if (*p == ',') {
+            p++;
+            if (!*p || *p == '\r' || *p == '\n')
+                json_array_append_new(row, json_string(""));
+            else
+                continue;
+        }
+        if (*p == '\r')
+            p++;
+        if (*p == '\n')
+            p++;
+        json_array_append(rows, row);
+        json_decref(row);
+        row = json_array();
+        any = false;
+    }
+    if (any)
+        json_array_append(rows, row);
+    json_decref(row);
+    free(field);
+    return rows;
+bad:
+    json_decref(row);
+    json_decref(rows);
+    free(field);
+    return NULL;
 }

@@ -51,14 +51,26 @@ json_t *th_api_wait_run(th_api *a, long long id, int poll_ms, double timeout_s, 
 
 /* ---- OpenAI mock with a per-request responder ---- */
 typedef struct th_api_openai th_api_openai;
-/* Decides the answer to one chat-completions request (body: the parsed request, borrowed). Set
- * *status (200: success with *text as the assistant message, else the OpenAI error body of that
- * status) and *text (malloc'd, freed by the mock; may stay NULL on errors). Runs on the mock's
- * thread. */
-typedef void th_api_responder(void *arg, const json_t *body, int *status, char **text);
+/* The answer to one request, filled by the responder. */
+typedef struct th_api_answer {
+    int status;   /* 200 (preset): success with text as the assistant message; else the OpenAI
+                     error body of that status (429 also says retry-after-ms: 10) */
+    char *text;   /* malloc'd, freed by the mock; NULL: "" */
+    int delay_ms; /* wait before answering */
+} th_api_answer;
+/* Decides the answer to one chat-completions request (body: the parsed request, borrowed). Runs on
+ * the mock's thread. */
+typedef void th_api_responder(void *arg, const json_t *body, th_api_answer *ans);
 th_api_openai *th_api_openai_start(th_api_responder *fn, void *arg);
 void th_api_openai_stop(th_api_openai *m); /* NULL-safe */
 /* "http://127.0.0.1:PORT/v1", as OPENAI_BASE_URL takes it. */
 const char *th_api_openai_url(const th_api_openai *m);
+/* Most requests held at once (received, answer not yet sent). */
+unsigned long th_api_openai_peak(const th_api_openai *m);
 /* The text of all messages of a request joined by newlines (new string), for routing. */
 char *th_api_prompt_text(const json_t *body);
+
+/* Parses RFC 4180 CSV (quoted fields with "" escapes and line breaks, CRLF or LF line ends) into
+ * an array of rows, each an array of strings (new reference); NULL when malformed (a quote
+ * inside an unquoted field, an unterminated quoted field, text after a closing quote). */
+json_t *th_api_csv_parse(const char *text);
