@@ -76,7 +76,7 @@ static char *playbook_json(const char *prospect)
     return s;
 }
 
-static void responder(void *arg, const json_t *body, th_api_answer *ans)
+static void responder(void *arg, const json_t *body, int *status, char **text)
 {
     (void)arg;
     char *prompt = th_api_prompt_text(body);
@@ -85,31 +85,30 @@ static void responder(void *arg, const json_t *body, th_api_answer *ans)
         s++;
     if (s < S_N)
         atomic_fetch_add(&calls[s], 1);
-    ans->delay_ms = 5;
     switch (s) {
     case S_RV:
     case S_RP:
-        ans->text = eng_xstrdup("notes");
+        *text = eng_xstrdup("notes");
         break;
     case S_EX:
-        ans->text = eng_xstrdup("{\"capabilities\": [], \"differentiators\": [], "
+        *text = eng_xstrdup("{\"capabilities\": [], \"differentiators\": [], "
                                 "\"proof_points\": []}");
         break;
     case S_AN:
         if (strstr(prompt, "Prospect: " BAD_PROSPECT "\n"))
-            ans->status = 400;
+            *status = 400;
         else
-            ans->text = eng_xstrdup("{\"company_summary\": \"x\", \"pains\": [], "
+            *text = eng_xstrdup("{\"company_summary\": \"x\", \"pains\": [], "
                                     "\"priority_personas\": []}");
         break;
     case S_GEN: {
         char *prospect = domain_after(prompt, "selling to ");
-        ans->text = playbook_json(prospect);
+        *text = playbook_json(prospect);
         free(prospect);
         break;
     }
     default:
-        ans->status = 400;
+        *status = 400;
     }
     free(prompt);
 }
@@ -151,6 +150,7 @@ static void test_batch_of_200_prospects(void **state)
 {
     (void)state;
     th_api_openai *openai = th_api_openai_start(responder, NULL);
+    th_api_openai_set_delay(openai, 5);
     th_mock *sites = th_mock_start(site_handler, NULL);
     setenv("OPENAI_API_KEY", "sk-e2e-not-secret", 1);
     setenv("OPENAI_BASE_URL", th_api_openai_url(openai), 1);

@@ -104,7 +104,7 @@ static char *playbook_json(const char *prospect)
     return s;
 }
 
-static void responder(void *arg, const json_t *body, th_api_answer *ans)
+static void responder(void *arg, const json_t *body, int *status, char **text)
 {
     (void)arg;
     char *prompt = th_api_prompt_text(body);
@@ -112,11 +112,10 @@ static void responder(void *arg, const json_t *body, th_api_answer *ans)
     while (s < S_N && !strstr(prompt, step_marks[s]))
         s++;
     if (s == S_N) {
-        ans->status = 400;
+        *status = 400;
         free(prompt);
         return;
     }
-    ans->delay_ms = 60; /* each phase lasts long enough for polling to see it */
     pthread_mutex_lock(&llm.mu);
     llm.calls[s]++;
     const json_t *rf = json_object_get(body, "response_format");
@@ -124,24 +123,24 @@ static void responder(void *arg, const json_t *body, th_api_answer *ans)
     if (strstr(prompt, "SITE-PAGE"))
         llm.site_in_prompt[s] = true;
     if (llm.pos[s] < llm.nscript[s])
-        ans->status = llm.script[s][llm.pos[s]++];
+        *status = llm.script[s][llm.pos[s]++];
     pthread_mutex_unlock(&llm.mu);
-    if (ans->status != 200) {
+    if (*status != 200) {
         free(prompt);
         return;
     }
     switch (s) {
     case S_RV:
     case S_RP:
-        ans->text = eng_xstrdup("Research notes: a mid-size company, growing.");
+        *text = eng_xstrdup("Research notes: a mid-size company, growing.");
         break;
     case S_EX:
-        ans->text = eng_xstrdup("{\"capabilities\": [{\"name\": \"Routing\", \"description\": "
+        *text = eng_xstrdup("{\"capabilities\": [{\"name\": \"Routing\", \"description\": "
                                 "\"Routes leads in seconds\"}], \"differentiators\": [\"speed\"], "
                                 "\"proof_points\": [\"500 teams\"]}");
         break;
     case S_AN:
-        ans->text = eng_xstrdup(
+        *text = eng_xstrdup(
             "{\"company_summary\": \"Sells widgets\", \"pains\": [\"slow follow-up\"], "
             "\"priority_personas\": [{\"title\": \"VP Sales\", \"why_first\": \"owns quota\", "
             "\"pains\": [\"missed leads\"], \"relevant_capabilities\": [\"Routing\"]}, "
@@ -150,7 +149,7 @@ static void responder(void *arg, const json_t *body, th_api_answer *ans)
         break;
     default: {
         char *prospect = prospect_of(prompt);
-        ans->text = playbook_json(prospect);
+        *text = playbook_json(prospect);
         free(prospect);
     }
     }
@@ -495,6 +494,7 @@ static int group_setup(void **state)
 {
     (void)state;
     openai = th_api_openai_start(responder, NULL);
+    th_api_openai_set_delay(openai, 60);
     sites = th_mock_start(site_handler, NULL);
     setenv("OPENAI_API_KEY", "sk-e2e-not-secret", 1);
     setenv("OPENAI_BASE_URL", th_api_openai_url(openai), 1);

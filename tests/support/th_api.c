@@ -2,6 +2,7 @@
 #include "tests/support/th_api.h"
 
 #include <curl/curl.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -191,6 +192,7 @@ struct th_api_openai {
     th_mock *http;
     th_api_responder *fn;
     void *arg;
+    atomic_int delay_ms;
     char url[96];
 };
 
@@ -225,12 +227,12 @@ static void openai_handler(void *arg, const th_mock_req *req, th_mock_resp *r)
         json_decref(body);
         return;
     }
-    th_api_answer ans = {.status = 200};
-    m->fn(m->arg, body, &ans);
-    int status = ans.status;
-    char *text = ans.text;
-    if (ans.delay_ms > 0)
-        th_mock_resp_delay(r, ans.delay_ms);
+    int status = 200;
+    char *text = NULL;
+    m->fn(m->arg, body, &status, &text);
+    int delay = atomic_load(&m->delay_ms);
+    if (delay > 0)
+        th_mock_resp_delay(r, delay);
     json_t *out;
     if (status == 200) {
         const char *model = json_string_value(json_object_get(body, "model"));
@@ -281,6 +283,11 @@ void th_api_openai_stop(th_api_openai *m)
 const char *th_api_openai_url(const th_api_openai *m)
 {
     return m->url;
+}
+
+void th_api_openai_set_delay(th_api_openai *m, int ms)
+{
+    atomic_store(&m->delay_ms, ms);
 }
 
 unsigned long th_api_openai_peak(const th_api_openai *m)

@@ -51,20 +51,17 @@ json_t *th_api_wait_run(th_api *a, long long id, int poll_ms, double timeout_s, 
 
 /* ---- OpenAI mock with a per-request responder ---- */
 typedef struct th_api_openai th_api_openai;
-/* The answer to one request, filled by the responder. */
-typedef struct th_api_answer {
-    int status;   /* 200 (preset): success with text as the assistant message; else the OpenAI
-                     error body of that status (429 also says retry-after-ms: 10) */
-    char *text;   /* malloc'd, freed by the mock; NULL: "" */
-    int delay_ms; /* wait before answering */
-} th_api_answer;
-/* Decides the answer to one chat-completions request (body: the parsed request, borrowed). Runs on
- * the mock's thread. */
-typedef void th_api_responder(void *arg, const json_t *body, th_api_answer *ans);
+/* Decides the answer to one chat-completions request (body: the parsed request, borrowed). Set
+ * *status (preset 200: success with *text as the assistant message; else the OpenAI error body of
+ * that status, and 429 also says retry-after-ms: 10) and *text (malloc'd, freed by the mock; may
+ * stay NULL). Runs on the mock's thread. */
+typedef void th_api_responder(void *arg, const json_t *body, int *status, char **text);
 th_api_openai *th_api_openai_start(th_api_responder *fn, void *arg);
 void th_api_openai_stop(th_api_openai *m); /* NULL-safe */
 /* "http://127.0.0.1:PORT/v1", as OPENAI_BASE_URL takes it. */
 const char *th_api_openai_url(const th_api_openai *m);
+/* Every answer waits ms after its request arrived (default 0), e.g. so that polling sees phases. */
+void th_api_openai_set_delay(th_api_openai *m, int ms);
 /* Most requests held at once (received, answer not yet sent). */
 unsigned long th_api_openai_peak(const th_api_openai *m);
 /* The text of all messages of a request joined by newlines (new string), for routing. */
