@@ -89,6 +89,8 @@ CREATE TABLE steps (
     needs_skipped    integer NOT NULL DEFAULT 0,  -- finished needs that were skipped
     dependents       integer[] NOT NULL DEFAULT '{}',  -- idx of the steps that need this one
     delay_ms         bigint NOT NULL DEFAULT 0,        -- wait after the needs finished
+    send_window      jsonb,              -- sending window with its time zone rendered, when SQL
+                                         -- can place the step in it as soon as it is ready
     state            text NOT NULL
                      CHECK (state IN ('pending', 'ready', 'running', 'waiting', 'succeeded',
                                       'failed', 'skipped', 'cancelled')),

@@ -48,6 +48,56 @@ BEGIN
     RETURN out;
 END $$;
 
+-- The first instant at or after p_after inside the sending window p_window {tz, start_min, end_min,
+-- days} (0 = Sunday), or NULL when the window never opens. PostgreSQL's zone rules make
+-- daylight-saving changes come out right: local times are converted per day.
+CREATE FUNCTION flowd_window_next(p_after timestamptz, p_window jsonb) RETURNS timestamptz
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_tz    text := p_window->>'tz';
+    v_start integer := (p_window->>'start_min')::integer;
+    v_end   integer := (p_window->>'end_min')::integer;
+    v_local timestamp := p_after AT TIME ZONE v_tz;
+    v_day   date;
+    v_close timestamptz;
+BEGIN
+    FOR k IN 0..8 LOOP
+        v_day := v_local::date + k;
+        IF p_window->'days' @> to_jsonb(extract(dow FROM v_day)::integer) THEN
+            v_close := (v_day + v_end * interval '1 minute') AT TIME ZONE v_tz;
+            IF p_after < v_close THEN
+                RETURN greatest(p_after, (v_day + v_start * interval '1 minute') AT TIME ZONE v_tz);
+            END IF;
+        END IF;
+    END LOOP;
+    RETURN NULL;
+END $$;
+
+-- A step's sending window with its time zone rendered from the run input, when SQL can do that
+-- (a literal zone or a plain {{input...}} path naming a known zone) and the step has no `at`:
+-- such steps are placed in their window the moment they become ready. Others are placed by the
+-- worker when claimed. NULL when the step has no window or SQL cannot place it.
+CREATE FUNCTION flowd_step_window(p_def jsonb, p_input jsonb, p_run bigint) RETURNS jsonb
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_tz text;
+BEGIN
+    IF p_def->'window' IS NULL OR jsonb_typeof(p_def->'window') <> 'object'
+       OR jsonb_typeof(p_def->'at') = 'string' THEN
+        RETURN NULL;
+    END IF;
+    v_tz := flowd_render_key(p_def->'window'->>'tz', p_input, p_run);
+    IF v_tz IS NULL THEN
+        RETURN NULL;
+    END IF;
+    BEGIN
+        PERFORM now() AT TIME ZONE v_tz;  -- an unknown zone is left to the worker to report
+    EXCEPTION WHEN invalid_parameter_value THEN
+        RETURN NULL;
+    END;
+    RETURN jsonb_set(p_def->'window', '{tz}', to_jsonb(v_tz));
+END $$;
+
 -- Creates one run per element of p_inputs with all its steps; returns their ids in input order.
 -- Map children pass their parent step and their items' positions.
 CREATE FUNCTION flowd_create_runs(p_tenant bigint, p_workflow bigint, p_inputs jsonb,
@@ -80,17 +130,36 @@ BEGIN
     END IF;
 
     INSERT INTO steps (run_id, tenant_id, idx, priority, max_attempts, nneeds, needs_left,
-                       dependents, delay_ms, state, key, kind, ckey, run_at, ready_at)
+                       dependents, delay_ms, send_window, state, key, kind, ckey, run_at, ready_at,
+                       scheduled)
     SELECT r.id, p_tenant, (s->>'idx')::integer, p_priority, (s->>'max_attempts')::integer,
            jsonb_array_length(s->'needs'), jsonb_array_length(s->'needs'),
            ARRAY(SELECT jsonb_array_elements_text(s->'dependents')::integer),
-           (s->>'delay_ms')::bigint,
+           (s->>'delay_ms')::bigint, w.win,
            CASE WHEN jsonb_array_length(s->'needs') = 0 THEN 'ready' ELSE 'pending' END,
            s->>'key', s->>'kind', flowd_render_key(s->>'concurrency_key', r.input, r.id),
-           v_now + (s->>'delay_ms')::bigint * interval '1 millisecond',
-           CASE WHEN jsonb_array_length(s->'needs') = 0 THEN v_now END
+           coalesce(t.at, v_now + (s->>'delay_ms')::bigint * interval '1 millisecond'),
+           CASE WHEN jsonb_array_length(s->'needs') = 0 THEN v_now END,
+           t.at IS NOT NULL
       FROM runs r CROSS JOIN jsonb_array_elements(v_def->'steps') AS s
+      CROSS JOIN LATERAL (SELECT CASE WHEN s->'window' <> 'null'::jsonb
+                                      THEN flowd_step_window(s, r.input, r.id) END AS win) w
+      CROSS JOIN LATERAL (SELECT CASE WHEN w.win IS NOT NULL
+                                       AND jsonb_array_length(s->'needs') = 0
+                                      THEN flowd_window_next(v_now + (s->>'delay_ms')::bigint
+                                                             * interval '1 millisecond', w.win)
+                                 END AS at) t
      WHERE r.id = ANY (v_ids);
+
+    IF EXISTS (SELECT 1 FROM jsonb_array_elements(v_def->'steps') AS s
+                WHERE s->'window' <> 'null'::jsonb) THEN
+        INSERT INTO run_events (run_id, tenant_id, at, type, step_key, data)
+        SELECT st.run_id, p_tenant, v_now, 'step.scheduled', st.key,
+               jsonb_build_object('run_at', flowd_ms(st.run_at), 'tz', st.send_window->>'tz')
+          FROM steps st
+         WHERE st.run_id = ANY (v_ids) AND st.scheduled
+           AND st.run_at > v_now + st.delay_ms * interval '1 millisecond';
+    END IF;
 
     IF jsonb_array_length(coalesce(v_def->'cancel_on', '[]')) > 0 THEN
         INSERT INTO run_cancel_on (run_id, tenant_id, event, key)
@@ -174,12 +243,18 @@ DECLARE
     v_all  bigint[] := p_ids;   -- every step finished here, skipped dependents included
 BEGIN
     WHILE v_ids IS NOT NULL AND cardinality(v_ids) > 0 LOOP
-        WITH deps AS (
+        WITH grouped AS (
             SELECT f.run_id, dep AS didx, count(*) AS n,
                    count(*) FILTER (WHERE f.state = 'skipped') AS nskipped
               FROM steps f CROSS JOIN unnest(f.dependents) AS dep
              WHERE f.id = ANY (v_ids) AND cardinality(f.dependents) > 0
              GROUP BY f.run_id, dep),
+        deps AS (
+            -- a dependent that becomes ready now and has a window SQL can place is placed in it
+            SELECT g.*, CASE WHEN d.send_window IS NOT NULL AND d.needs_left = g.n
+                             THEN flowd_window_next(v_now + d.delay_ms * interval '1 millisecond',
+                                                    d.send_window) END AS at
+              FROM grouped g JOIN steps d ON d.run_id = g.run_id AND d.idx = g.didx),
         upd AS (
             UPDATE steps s
                SET needs_left = s.needs_left - deps.n,
@@ -194,10 +269,19 @@ BEGIN
                    finished_at = CASE WHEN s.needs_left - deps.n = 0
                                        AND s.needs_skipped + deps.nskipped = s.nneeds
                                       THEN v_now END,
-                   run_at = v_now + s.delay_ms * interval '1 millisecond'
+                   run_at = coalesce(deps.at, v_now + s.delay_ms * interval '1 millisecond'),
+                   scheduled = deps.at IS NOT NULL
               FROM deps
              WHERE s.run_id = deps.run_id AND s.idx = deps.didx AND s.state = 'pending'
-            RETURNING s.id, s.state, s.run_id, s.tenant_id, s.key)
+            RETURNING s.id, s.state, s.run_id, s.tenant_id, s.key, s.run_at, s.scheduled,
+                      s.delay_ms, s.send_window),
+        pushed AS (
+            -- dependents their window moved past their natural start get a step.scheduled event
+            INSERT INTO run_events (run_id, tenant_id, at, type, step_key, data)
+            SELECT upd.run_id, upd.tenant_id, v_now, 'step.scheduled', upd.key,
+                   jsonb_build_object('run_at', flowd_ms(upd.run_at), 'tz', upd.send_window->>'tz')
+              FROM upd
+             WHERE upd.scheduled AND upd.run_at > v_now + upd.delay_ms * interval '1 millisecond')
         SELECT array_agg(upd.id) FILTER (WHERE upd.state = 'skipped') INTO v_ids FROM upd;
 
         IF v_ids IS NOT NULL THEN

@@ -1,29 +1,6 @@
 -- Workflow-graph semantics on top of the queue: sending windows, waits for outside events,
 -- cancel_on, cancelling and retrying runs, and map fan-out.
 
--- The first instant at or after p_after that lies inside the local sending window
--- [start_min, end_min) on one of p_days (0 = Sunday) in time zone p_tz. PostgreSQL's zone rules
--- make daylight-saving changes come out right: local times are converted per day.
-CREATE FUNCTION flowd_window_next(p_after timestamptz, p_tz text, p_start integer, p_end integer,
-                                  p_days integer[]) RETURNS timestamptz
-LANGUAGE plpgsql STABLE AS $$
-DECLARE
-    v_local timestamp := p_after AT TIME ZONE p_tz;
-    v_day   date;
-    v_close timestamptz;
-BEGIN
-    FOR k IN 0..8 LOOP
-        v_day := v_local::date + k;
-        IF extract(dow FROM v_day)::integer = ANY (p_days) THEN
-            v_close := (v_day + p_end * interval '1 minute') AT TIME ZONE p_tz;
-            IF p_after < v_close THEN
-                RETURN greatest(p_after, (v_day + p_start * interval '1 minute') AT TIME ZONE p_tz);
-            END IF;
-        END IF;
-    END LOOP;
-    RETURN NULL;
-END $$;
-
 -- Fails one running step of p_owner for good (and its run).
 CREATE FUNCTION flowd_fail_step(p_owner text, p_step bigint, p_error jsonb) RETURNS void
 LANGUAGE plpgsql AS $$
@@ -56,8 +33,9 @@ BEGIN
                       end_min integer, days integer[])
               WHERE x.s = 'window' LOOP
         BEGIN
-            v_t := flowd_window_next(to_timestamp(r.after_ms / 1000.0), r.tz, r.start_min,
-                                     r.end_min, r.days);
+            v_t := flowd_window_next(to_timestamp(r.after_ms / 1000.0), jsonb_build_object(
+                                     'tz', r.tz, 'start_min', r.start_min, 'end_min', r.end_min,
+                                     'days', to_jsonb(r.days)));
         EXCEPTION WHEN others THEN
             PERFORM flowd_fail_step(p_owner, r.id, jsonb_build_object('code', 'window',
                                     'message', SQLERRM, 'field', '/window/tz'));
