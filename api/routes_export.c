@@ -19,8 +19,6 @@
 
 #define EXPORT_TOUCHES 4
 
-void api_route_run_sequencer_csv(api_call *call);
-
 /* Column 0 is the run's state, column 1 whether the row is a persona (the LEFT JOINs give one row
  * of NULLs for a run without playbooks or a playbook without personas), then vendor, prospect,
  * persona and 3 columns per touch. */

@@ -59,7 +59,6 @@ static void api_route_healthz(api_call *call);
 
 /* api/routes_hooks.c and api/routes_outbox.c (their prototypes belong in api_int.h) */
 
-void api_route_run_sequencer_csv(api_call *call); /* api/routes_export.c */
 
 static const api_route api_routes[] = {
     {"GET", "/healthz", api_route_healthz, true},
@@ -476,8 +475,26 @@ static void *loop_main(void *arg)
     return NULL;
 }
 
+/* The loops share their port through SO_REUSEPORT, which would also let a second flowd (or any
+ * process of this user) bind the same port silently and split the traffic: a plain bind first
+ * makes a port in use an error. */
+static eng_rc service_port_free(const char *listen, eng_err *err)
+{
+    size_t n = strlen(listen);
+    if (n >= 2 && strcmp(listen + n - 2, ":0") == 0)
+        return ENG_OK;
+    struct ev_loop *tmp = ev_loop_new(EVFLAG_AUTO);
+    api_http_opts ho = {.listen = listen, .reuseport = false};
+    api_http *probe = api_http_new(tmp, &ho, api_handle, NULL, err);
+    api_http_free(probe);
+    ev_loop_destroy(tmp);
+    return probe ? ENG_OK : err->rc;
+}
+
 api_service *api_service_start(const api_service_opts *opts, eng_err *err)
 {
+    if (service_port_free(opts->listen ? opts->listen : "127.0.0.1:8080", err) != ENG_OK)
+        return NULL;
     api_service *s = eng_xcalloc(1, sizeof *s);
     s->opts = *opts;
     s->conninfo = eng_xstrdup(opts->conninfo);
