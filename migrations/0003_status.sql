@@ -22,7 +22,7 @@ BEGIN
             'percent', CASE WHEN r.steps_total = 0 THEN 100
                             ELSE floor(100.0 * r.steps_done / r.steps_total)::integer END),
         'phase', (SELECT w.def->'steps'->s.idx->'phase' FROM steps s
-                   WHERE s.run_id = r.id AND s.state IN ('ready', 'running')
+                   WHERE s.run_id = r.id AND s.state IN ('ready', 'running', 'waiting')
                      AND w.def->'steps'->s.idx->>'phase' IS NOT NULL
                    ORDER BY s.idx LIMIT 1),
         'current_steps', coalesce((SELECT jsonb_agg(s.key ORDER BY s.idx) FROM steps s
@@ -40,7 +40,19 @@ BEGIN
                         'run_at', CASE WHEN s.state IN ('ready', 'pending') THEN flowd_ms(s.run_at) END,
                         'started_at', flowd_ms(s.started_at),
                         'finished_at', flowd_ms(s.finished_at),
-                        'output', s.output, 'error', s.error) ORDER BY s.idx)
+                        'output', s.output, 'error', s.error)
+                        -- fan-out progress of a map step: its children by state
+                        || CASE WHEN s.kind = 'map' THEN jsonb_build_object('items', (
+                               SELECT jsonb_build_object(
+                                   'total', count(*),
+                                   'done', count(*) FILTER (WHERE mi.state IN
+                                           ('succeeded', 'failed', 'cancelled')),
+                                   'succeeded', count(*) FILTER (WHERE mi.state = 'succeeded'),
+                                   'failed', count(*) FILTER (WHERE mi.state IN
+                                             ('failed', 'cancelled')),
+                                   'running', count(*) FILTER (WHERE mi.state = 'running'))
+                                 FROM map_items mi WHERE mi.step_id = s.id))
+                           ELSE '{}'::jsonb END ORDER BY s.idx)
                     FROM steps s WHERE s.run_id = r.id))
       FROM runs r JOIN workflows w ON w.id = r.workflow_id
      WHERE r.id = p_run AND r.tenant_id = p_tenant);
