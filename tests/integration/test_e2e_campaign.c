@@ -31,11 +31,11 @@
 #include "tests/support/th_api.h"
 #include "tests/support/th_mockmsg.h"
 
-#define NCONTACTS 1000
-#define RATE 100.0 /* 10 children at once, each waiting the input interval of 100 ms */
-#define BURST 10.0
+#define NCONTACTS      1000
+#define RATE           100.0 /* 10 children at once, each waiting the input interval of 100 ms */
+#define BURST          10.0
 #define SUPPRESS_EVERY 40 /* contacts 0, 40, 80, ... replied STOP before the campaign */
-#define MAX_SAMPLES 200000
+#define MAX_SAMPLES    200000
 
 static bool suppressed(int i)
 {
@@ -159,8 +159,8 @@ static void test_thousand_contacts(void **state)
         char phone[16];
         phone_of(i, phone);
         const json_t *r = json_array_get(results, (size_t)i);
-        assert_string_equal(json_string_value(json_object_get(json_object_get(r, "recipient"), "phone")),
-                            phone);
+        assert_string_equal(
+            json_string_value(json_object_get(json_object_get(r, "recipient"), "phone")), phone);
         const json_t *send = json_object_get(r, "send_sms");
         if (suppressed(i)) {
             assert_null(send);

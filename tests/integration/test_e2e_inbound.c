@@ -30,8 +30,8 @@
 #include "tests/support/th_api.h"
 #include "tests/support/th_mockmsg.h"
 
-#define NCUST 4
-#define NMSG 5
+#define NCUST    4
+#define NMSG     5
 #define BUSINESS "+15005550006"
 
 static const char *const customers[NCUST] = {"+15551110000", "+15551110001", "+15551110002",
@@ -132,14 +132,13 @@ static void twenty_messages_in_order(th_api *api)
     json_t *by[NCUST][NMSG] = {{NULL}};
     size_t i;
     json_t *r;
-    json_array_foreach(runs, i, r) {
-        json_t *run = th_api_wait_run(api, json_integer_value(json_object_get(r, "id")), 50, 120,
-                                      NULL, NULL);
+    json_array_foreach (runs, i, r) {
+        json_t *run =
+            th_api_wait_run(api, json_integer_value(json_object_get(r, "id")), 50, 120, NULL, NULL);
         assert_string_equal(json_string_value(json_object_get(run, "state")), "succeeded");
-        const char *body = json_string_value(
-            json_object_get(json_object_get(json_object_get(json_object_get(run, "input"), "event"),
-                                            "data"),
-                            "body"));
+        const char *body = json_string_value(json_object_get(
+            json_object_get(json_object_get(json_object_get(run, "input"), "event"), "data"),
+            "body"));
         int k = -1, j = -1;
         assert_int_equal(sscanf(body, "c%d m%d", &k, &j), 2);
         assert_null(by[k][j]);
@@ -212,10 +211,12 @@ static void test_sms(void **state)
 
 static const char wa_body_fmt[] =
     "{\"object\":\"whatsapp_business_account\",\"entry\":[{\"id\":\"WABA\",\"changes\":[{\"field\":"
-    "\"messages\",\"value\":{\"messaging_product\":\"whatsapp\",\"metadata\":{\"display_phone_number\":"
+    "\"messages\",\"value\":{\"messaging_product\":\"whatsapp\",\"metadata\":{\"display_phone_"
+    "number\":"
     "\"15005550006\",\"phone_number_id\":\"1065\"},\"contacts\":[{\"profile\":{\"name\":\"Kim\"},"
     "\"wa_id\":\"15552220000\"}],\"messages\":[{\"from\":\"15552220000\",\"id\":\"wamid.in1\","
-    "\"timestamp\":\"%lld\",\"type\":\"text\",\"text\":{\"body\":\"c9 m0 can I book a visit?\"}}]}}]}]}";
+    "\"timestamp\":\"%lld\",\"type\":\"text\",\"text\":{\"body\":\"c9 m0 can I book a "
+    "visit?\"}}]}}]}]}";
 
 /* A WhatsApp message is answered on WhatsApp. */
 static void test_whatsapp(void **state)
@@ -232,7 +233,8 @@ static void test_whatsapp(void **state)
     int twilio_before = th_msg_requests(w->twilio);
     assert_int_equal(post_signed(w->api, path, "application/json", body, hdr), 200);
     json_t *list = th_api_json(w->api, 200, "GET", "/v1/runs?workflow=inbound_reply&limit=1", NULL);
-    long long id = json_integer_value(json_object_get(json_array_get(json_object_get(list, "runs"), 0), "id"));
+    long long id =
+        json_integer_value(json_object_get(json_array_get(json_object_get(list, "runs"), 0), "id"));
     json_decref(list);
     json_t *run = th_api_wait_run(w->api, id, 50, 60, NULL, NULL);
     assert_string_equal(json_string_value(json_object_get(run, "state")), "succeeded");

@@ -34,8 +34,8 @@
 #include "tests/support/th_mockmsg.h"
 
 #define LEAD_TZ "America/New_York"
-#define NTOUCH 13
-#define DAY_MS (24LL * 3600 * 1000)
+#define NTOUCH  13
+#define DAY_MS  (24LL * 3600 * 1000)
 #define LATE_MS 5000 /* engine-clock slack between a step's due time and its start */
 
 static const int touch_day[NTOUCH] = {0, 1, 2, 3, 5, 7, 10, 14, 18, 21, 25, 28, 30};
@@ -97,7 +97,7 @@ static const json_t *step_of(const json_t *run, const char *key)
 {
     size_t i;
     const json_t *s;
-    json_array_foreach(json_object_get(run, "steps"), i, s) {
+    json_array_foreach (json_object_get(run, "steps"), i, s) {
         if (strcmp(json_string_value(json_object_get(s, "key")), key) == 0)
             return s;
     }
@@ -121,7 +121,7 @@ static json_t *drive(world *w, long long id, int64_t until_ms)
         bool busy = false;
         size_t i;
         const json_t *s;
-        json_array_foreach(json_object_get(run, "steps"), i, s) {
+        json_array_foreach (json_object_get(run, "steps"), i, s) {
             const char *ss = json_string_value(json_object_get(s, "state"));
             if (strcmp(ss, "running") == 0)
                 busy = true;
@@ -188,11 +188,12 @@ static char *touch_key(int i)
 
 static char *lead_input(const char *id, const char *phone, const char *email)
 {
-    return eng_xasprintf("{\"lead\": {\"id\": \"%s\", \"name\": \"Ada\", \"email\": \"%s\", "
-                         "\"phone\": \"%s\", \"tz\": \"" LEAD_TZ "\", \"service\": \"solar panels\"}, "
-                         "\"sender\": {\"name\": \"Sunny Roofs\", \"email\": \"team@sunny.example\", "
-                         "\"phone\": \"+15005550006\"}}",
-                         id, email, phone);
+    return eng_xasprintf(
+        "{\"lead\": {\"id\": \"%s\", \"name\": \"Ada\", \"email\": \"%s\", "
+        "\"phone\": \"%s\", \"tz\": \"" LEAD_TZ "\", \"service\": \"solar panels\"}, "
+        "\"sender\": {\"name\": \"Sunny Roofs\", \"email\": \"team@sunny.example\", "
+        "\"phone\": \"+15005550006\"}}",
+        id, email, phone);
 }
 
 /* Sends the mocks received for one lead: emails to email, SMS to phone. */
@@ -250,7 +251,8 @@ static void test_thirteen_touches(void **state)
     }
     /* the first email is the llm's, later ones the definition's copy, all to this lead */
     json_t *first = th_msg_request_body(w->sendgrid, sg0);
-    assert_string_equal(json_string_value(json_object_get(first, "subject")), "Your solar question");
+    assert_string_equal(json_string_value(json_object_get(first, "subject")),
+                        "Your solar question");
     json_decref(first);
     for (int i = 0; i < 6; i++) {
         json_t *b = th_msg_request_body(w->twilio, tw0 + i);
@@ -276,8 +278,9 @@ static void test_reply_on_day_six_stops(void **state)
     run = drive(w, id, reply_at);
     json_decref(run);
 
-    json_t *r = th_api_json(w->api, 202, "POST", "/v1/events",
-                            "{\"name\": \"lead.replied\", \"key\": \"L2\", \"data\": {\"text\": \"call me\"}}");
+    json_t *r = th_api_json(
+        w->api, 202, "POST", "/v1/events",
+        "{\"name\": \"lead.replied\", \"key\": \"L2\", \"data\": {\"text\": \"call me\"}}");
     assert_int_equal(json_integer_value(json_object_get(r, "cancelled")), 1);
     json_decref(r);
     int before = 0;
