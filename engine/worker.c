@@ -331,7 +331,9 @@ static void worker_due_cb(void *arg, const eng_err *err, const PGresult *res)
 {
     eng_worker *w = arg;
     w->due_query_inflight = false;
-    double after = 1.0; /* backstop for lost notifications */
+    /* Backstop for notifications that were skipped or lost: enqueues committing together send
+     * one NOTIFY between them (migrations/0002_queue.sql), so an idle worker looks again soon. */
+    double after = 0.25;
     if (!err && PQntuples(res) == 1 && !PQgetisnull(res, 0, 0)) {
         double due = (double)strtoll(PQgetvalue(res, 0, 0), NULL, 10) / 1000.0;
         /* A step that is due but was not ours to claim (held by another claimer) must not spin us. */

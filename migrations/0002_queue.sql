@@ -171,7 +171,13 @@ BEGIN
 
     INSERT INTO run_events (run_id, tenant_id, at, type)
     SELECT r.id, p_tenant, v_now, 'run.created' FROM unnest(v_ids) AS r(id);
-    PERFORM pg_notify('flowd_ready', '');
+    -- Wake idle workers. A NOTIFY serializes the commits that carry one (PostgreSQL takes a
+    -- database-wide lock for it until the commit is flushed), so of the enqueues committing at
+    -- the same time only the one holding this lock notifies; the others' rows are claimed by the
+    -- workers it wakes, or by their poll timer.
+    IF pg_try_advisory_xact_lock(hashtext('flowd_notify_ready')) THEN
+        PERFORM pg_notify('flowd_ready', '');
+    END IF;
     RETURN v_ids;
 END $$;
 

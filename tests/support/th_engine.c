@@ -246,8 +246,9 @@ pid_t th_serve_spawn(const char *conninfo, int workers, int lease_ms)
     char workers_s[16], lease_s[16];
     snprintf(workers_s, sizeof workers_s, "%d", workers);
     snprintf(lease_s, sizeof lease_s, "%d", lease_ms);
-    const char *argv[] = {"flowd", "--database", conninfo, "serve", "--workers", workers_s,
-                          lease_ms > 0 ? "--lease-ms" : NULL, lease_s, NULL};
+    const char *argv[] = {"flowd",   "--database", conninfo, "serve", "--role", "worker",
+                          "--workers", workers_s,  lease_ms > 0 ? "--lease-ms" : NULL, lease_s,
+                          NULL};
     int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
     int fds[3] = {devnull, devnull, -1};
     pid_t pid = spawn_flowd(argv, NULL, fds);

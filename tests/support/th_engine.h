@@ -33,7 +33,7 @@ th_workers *th_workers_start(const char *conninfo, int n, const char *owner_pref
 /* Stops every worker (grace 5 s) and frees the set. NULL-safe. */
 void th_workers_stop(th_workers *ws);
 
-/* Starts `flowd --database CONNINFO serve --workers N [--lease-ms L]` as a child process (stdout
+/* Starts `flowd --database CONNINFO serve --role worker --workers N [--lease-ms L]` as a child (stdout
  * discarded, stderr inherited); lease_ms 0 leaves the default. Returns its pid. */
 pid_t th_serve_spawn(const char *conninfo, int workers, int lease_ms);
 /* Sends sig to the child and reaps it; returns the waitpid status. */
