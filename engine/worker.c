@@ -192,7 +192,7 @@ static int64_t row_i64(const PGresult *res, int row, int col)
 }
 
 /* Hands the step to SQL, which knows the time-zone rules, to sleep until its window opens. */
-static void ctx_window(eng_step_ctx *c, const json_t *window, const json_t *tctx)
+static void ctx_window(eng_step_ctx *c, const json_t *window, const json_t *tctx, int64_t after_ms)
 {
     eng_err err;
     json_t *tz = NULL;
@@ -205,14 +205,15 @@ static void ctx_window(eng_step_ctx *c, const json_t *window, const json_t *tctx
         return;
     }
     ctx_report(c, json_pack("{s:s, s:I, s:o, s:O, s:O, s:O}", "s", "window", "after_ms",
-                            (json_int_t)eng_step_now_ms(c), "tz", tz, "start_min",
+                            (json_int_t)after_ms, "tz", tz, "start_min",
                             json_object_get(window, "start_min"), "end_min",
                             json_object_get(window, "end_min"), "days",
                             json_object_get(window, "days")));
 }
 
 /* Decides what a claimed step does before its kind runs: skip on a false condition, sleep until
- * its `at` time, render its input. Returns false when the step already has its outcome. */
+ * its `at` time and window opening, render its input. Returns false when the step already has
+ * its outcome. */
 static bool ctx_prepare(eng_step_ctx *c, const json_t *tctx, bool scheduled)
 {
     eng_err err;
@@ -233,29 +234,36 @@ static bool ctx_prepare(eng_step_ctx *c, const json_t *tctx, bool scheduled)
             return false;
         }
     }
-    const json_t *at = json_object_get(c->def, "at");
-    if (!scheduled && json_is_string(at)) {
-        json_t *when_at = NULL;
-        int64_t at_ms = 0;
-        eng_rc rc = wf_template_render(at, tctx, &when_at, &err);
-        if (rc == ENG_OK && !json_is_string(when_at))
-            rc = eng_err_field(&err, ENG_EINVAL, "/at", "at must render to an RFC 3339 string");
-        if (rc == ENG_OK)
-            rc = eng_time_parse_rfc3339(json_string_value(when_at), &at_ms, &err);
-        json_decref(when_at);
-        if (rc != ENG_OK) {
-            eng_step_fail(c, true, "at", err.msg, 0);
+    if (!scheduled) {
+        /* Place the step first: no earlier than `at`, then inside its window (SQL knows the
+         * zone rules). Either way it sleeps in the queue and comes back scheduled. */
+        int64_t now = eng_step_now_ms(c), start = now;
+        const json_t *at = json_object_get(c->def, "at");
+        if (json_is_string(at)) {
+            json_t *when_at = NULL;
+            int64_t at_ms = 0;
+            eng_rc rc = wf_template_render(at, tctx, &when_at, &err);
+            if (rc == ENG_OK && !json_is_string(when_at))
+                rc = eng_err_field(&err, ENG_EINVAL, "/at", "at must render to an RFC 3339 string");
+            if (rc == ENG_OK)
+                rc = eng_time_parse_rfc3339(json_string_value(when_at), &at_ms, &err);
+            json_decref(when_at);
+            if (rc != ENG_OK) {
+                eng_step_fail(c, true, "at", err.msg, 0);
+                return false;
+            }
+            if (at_ms > start)
+                start = at_ms;
+        }
+        const json_t *window = json_object_get(c->def, "window");
+        if (json_is_object(window)) {
+            ctx_window(c, window, tctx, start);
             return false;
         }
-        if (at_ms > eng_step_now_ms(c)) {
-            ctx_schedule(c, at_ms);
+        if (start > now) {
+            ctx_schedule(c, start);
             return false;
         }
-    }
-    const json_t *window = json_object_get(c->def, "window");
-    if (!scheduled && json_is_object(window)) {
-        ctx_window(c, window, tctx);
-        return false;
     }
     const json_t *tmpl = json_object_get(c->def, "input");
     eng_rc rc;

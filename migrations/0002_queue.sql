@@ -461,6 +461,7 @@ DECLARE
     v_caps jsonb;        -- {tenant: steps it may still start} for tenants with max_running
     v_ids  bigint[];
     v_runs bigint[];
+    v_late bigint[];
 BEGIN
     -- Per-tenant caps keep one tenant's big batch from taking every slot. Tenants at their cap are
     -- left out of the scan; the others get at most their remaining room from this claim.
@@ -490,6 +491,30 @@ BEGIN
         OR x.rn <= (v_caps->>(x.tenant_id::text))::integer;
     IF v_ids IS NULL THEN
         RETURN;
+    END IF;
+
+    -- Sending hours are a hard rule: a step whose window closed while it waited (a backlog, the
+    -- engine down, the test clock moved) goes back to sleep until the next opening.
+    IF EXISTS (SELECT 1 FROM steps s WHERE s.id = ANY (v_ids) AND s.send_window IS NOT NULL) THEN
+        WITH late AS (
+            UPDATE steps s SET run_at = x.t
+              FROM (SELECT w.id, flowd_window_next(v_now, w.send_window) AS t FROM steps w
+                     WHERE w.id = ANY (v_ids) AND w.send_window IS NOT NULL) x
+             WHERE s.id = x.id AND x.t > v_now
+            RETURNING s.id, s.run_id, s.tenant_id, s.key, s.run_at, s.send_window),
+        ev AS (
+            INSERT INTO run_events (run_id, tenant_id, at, type, step_key, data)
+            SELECT late.run_id, late.tenant_id, v_now, 'step.scheduled', late.key,
+                   jsonb_build_object('run_at', flowd_ms(late.run_at),
+                                      'tz', late.send_window->>'tz', 'late', true)
+              FROM late)
+        SELECT array_agg(late.id) INTO v_late FROM late;
+        IF v_late IS NOT NULL THEN
+            v_ids := ARRAY(SELECT unnest(v_ids) EXCEPT SELECT unnest(v_late));
+            IF cardinality(v_ids) = 0 THEN
+                RETURN;
+            END IF;
+        END IF;
     END IF;
 
     WITH u AS (

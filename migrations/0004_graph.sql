@@ -48,6 +48,9 @@ BEGIN
         END IF;
         WITH u AS (
             UPDATE steps SET state = 'ready', attempts = attempts - 1, run_at = v_t, scheduled = true,
+                             send_window = jsonb_build_object('tz', r.tz, 'start_min', r.start_min,
+                                                              'end_min', r.end_min,
+                                                              'days', to_jsonb(r.days)),
                              lease_owner = NULL, lease_expires_at = NULL
              WHERE id = r.id AND state = 'running' AND lease_owner = p_owner
             RETURNING run_id, tenant_id, key)
