@@ -103,3 +103,9 @@ void api_route_batch_results(api_call *call);
 void api_route_tenant_post(api_call *call);
 void api_route_key_post(api_call *call);
 void api_route_key_delete(api_call *call);
+void api_route_rate_limit_put(api_call *call);        /* api/routes_limits.c */
+void api_route_rate_limits_list(api_call *call);
+void api_route_rate_limit_delete(api_call *call);
+void api_route_suppression_post(api_call *call);      /* api/routes_suppressions.c */
+void api_route_suppressions_list(api_call *call);
+void api_route_suppression_delete(api_call *call);

@@ -87,6 +87,12 @@ static const api_route api_routes[] = {
     {"POST", "/v1/hooks/whatsapp", api_route_hook_whatsapp, true}, /* signature-verified */
     {"GET", "/v1/hooks/whatsapp", api_route_hook_whatsapp_verify, true},
     {"GET", "/v1/outbox", api_route_outbox_list, false},
+    {"GET", "/v1/rate-limits", api_route_rate_limits_list, false},
+    {"PUT", "/v1/rate-limits/{}", api_route_rate_limit_put, false},
+    {"DELETE", "/v1/rate-limits/{}", api_route_rate_limit_delete, false},
+    {"POST", "/v1/suppressions", api_route_suppression_post, false},
+    {"GET", "/v1/suppressions", api_route_suppressions_list, false},
+    {"DELETE", "/v1/suppressions/{}/{}", api_route_suppression_delete, false},
 };
 
 /* ------------------------------------------------------------------------------- calls -- */

@@ -9,4 +9,5 @@ void step_register_all(void)
     step_email_register();
     step_sms_register();
     step_whatsapp_register();
+    step_suppress_register();
 }

@@ -9,3 +9,4 @@ void step_register_all(void);
 /* One register function per kind file, called by step_register_all. */
 void step_llm_register(void);  /* steps/llm.c: "llm" */
 void step_http_register(void); /* steps/http.c: "http" */
+void step_suppress_register(void); /* steps/suppress.c: "suppress" */
