@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -671,6 +672,7 @@ static void test_secrets_not_logged(void **state)
         setenv("OPENAI_API_KEY", OPENAI_KEY, 1);
         setenv("OPENAI_BASE_URL", th_llm_base_url(o), 1);
         setenv("FLOWD_LOG_LEVEL", "debug", 1);
+        prctl(PR_SET_PDEATHSIG, SIGKILL); /* no server outlives a failed test */
         execl(th_flowd_bin(), "flowd", "--database", db, "serve", "--workers", "1", "--role",
               "worker", (char *)NULL);
         _exit(127);

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -523,6 +524,7 @@ static pid_t serve_spawn(const char *db, const char *errfile)
         dup2(nul, 0);
         dup2(nul, 1);
         dup2(fd, 2);
+        prctl(PR_SET_PDEATHSIG, SIGKILL); /* no server outlives a failed test */
         execl(th_flowd_bin(), "flowd", "--database", db, "serve", "--workers", "1", "--lease-ms",
               "1000", "--listen", "127.0.0.1:0", (char *)NULL);
         _exit(127);

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -230,6 +231,8 @@ static pid_t spawn_flowd(const char *const *argv, const char *const *env, const 
         abort();
     }
     if (pid == 0) {
+        /* a test that fails half-way must not leave servers behind it */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
         for (int i = 0; i < 3; i++)
             if (fds[i] >= 0 && dup2(fds[i], i) < 0)
                 _exit(126);
