@@ -87,28 +87,28 @@ LANGUAGE plpgsql STABLE AS $$
 DECLARE
     v_ch   text := '';
     v_addr text := '';
-    v_rows suppressions[];
-    v_n    integer;
 BEGIN
     IF p_after IS NOT NULL THEN
         v_addr := convert_from(decode(p_after, 'hex'), 'UTF8');
         v_ch := split_part(v_addr, ':', 1);
         v_addr := substr(v_addr, length(v_ch) + 2);
     END IF;
-    SELECT array_agg(x ORDER BY x.channel, x.address) INTO v_rows
-      FROM (SELECT * FROM suppressions s
-             WHERE s.tenant_id = p_tenant AND (p_channel IS NULL OR s.channel = p_channel)
-               AND (p_after IS NULL OR (s.channel, s.address) > (v_ch, v_addr))
-             ORDER BY s.channel, s.address LIMIT p_limit + 1) x;
-    v_n := coalesce(array_length(v_rows, 1), 0);
-    RETURN jsonb_build_object(
-        'suppressions', coalesce((SELECT jsonb_agg(flowd_suppression_obj(r) ORDER BY o)
-                                    FROM unnest(v_rows[1:p_limit]) WITH ORDINALITY AS u(r, o)),
-                                 '[]'),
-        'next_cursor', CASE WHEN v_n > p_limit
-                            THEN encode(convert_to(v_rows[p_limit].channel || ':' ||
-                                                   v_rows[p_limit].address, 'UTF8'), 'hex')
-                       END);
+    -- one row more than the page tells whether another page follows
+    RETURN (
+        WITH page AS (
+            SELECT s.x AS row, row_number() OVER (ORDER BY (s.x).channel, (s.x).address) AS n
+              FROM (SELECT x FROM suppressions x
+                     WHERE x.tenant_id = p_tenant AND (p_channel IS NULL OR x.channel = p_channel)
+                       AND (p_after IS NULL OR (x.channel, x.address) > (v_ch, v_addr))
+                     ORDER BY x.channel, x.address LIMIT p_limit + 1) s)
+        SELECT jsonb_build_object(
+                   'suppressions', coalesce(jsonb_agg(flowd_suppression_obj(p.row) ORDER BY p.n)
+                                                FILTER (WHERE p.n <= p_limit), '[]'),
+                   'next_cursor', CASE WHEN count(*) > p_limit THEN
+                                      (SELECT encode(convert_to((q.row).channel || ':' ||
+                                                                (q.row).address, 'UTF8'), 'hex')
+                                         FROM page q WHERE q.n = p_limit) END)
+          FROM page p);
 END $$;
 
 CREATE FUNCTION flowd_suppression_delete(p_tenant bigint, p_channel text, p_address text)
