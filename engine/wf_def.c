@@ -650,57 +650,31 @@ static bool valid_name(const char *s, size_t len)
     return true;
 }
 
-/* "triggers": [{"event": "sms.received"}]: every such event starts a run with input
- * {"event": {"name", "key", "data"}}. */
-static eng_rc compile_triggers(compiler *c, json_t **out)
+/* A workflow-level list of events: "cancel_on": [{"event", "key"}] (the key is rendered when the
+ * run is created) and "triggers": [{"event"}] (every such event starts a run with input
+ * {"event": {"name", "key", "data"}}). */
+static eng_rc compile_event_list(compiler *c, const char *member, bool with_key, json_t **out)
 {
-    static const char *const fields[] = {"event", NULL};
+    static const char *const with_key_fields[] = {"event", "key", NULL};
+    static const char *const event_fields[] = {"event", NULL};
+    const char *shape = with_key ? "{\"event\", \"key\"}" : "{\"event\"}";
+    char base[32];
+    snprintf(base, sizeof base, "/%s", member);
     *out = json_array();
-    const json_t *tr = json_object_get(c->doc, "triggers");
-    if (!tr || json_is_null(tr))
+    const json_t *list = json_object_get(c->doc, member);
+    if (!list || json_is_null(list))
         return ENG_OK;
-    if (!json_is_array(tr))
-        return bad(c, "/triggers", "must be an array of {\"event\"}");
-    if (json_array_size(tr) > WF_DEF_MAX_CANCEL_ON)
-        return bad(c, "/triggers", "more than %d entries", WF_DEF_MAX_CANCEL_ON);
-    for (size_t j = 0; j < json_array_size(tr); j++) {
-        const json_t *e = json_array_get(tr, j);
+    if (!json_is_array(list))
+        return bad(c, base, "must be an array of %s", shape);
+    if (json_array_size(list) > WF_DEF_MAX_CANCEL_ON)
+        return bad(c, base, "more than %d entries", WF_DEF_MAX_CANCEL_ON);
+    for (size_t j = 0; j < json_array_size(list); j++) {
+        const json_t *e = json_array_get(list, j);
         char ptr[64], fp[80];
-        snprintf(ptr, sizeof ptr, "/triggers/%zu", j);
+        snprintf(ptr, sizeof ptr, "%s/%zu", base, j);
         if (!json_is_object(e))
-            return bad(c, ptr, "must be an object {\"event\"}");
-        eng_rc rc = check_fields(c, e, ptr, fields);
-        if (rc != ENG_OK)
-            return rc;
-        const char *ev = opt_string(c, e, "event", ptr, WF_DEF_MAX_NAME, &rc);
-        if (rc != ENG_OK)
-            return rc;
-        snprintf(fp, sizeof fp, "%s/event", ptr);
-        if (!ev || !*ev)
-            return bad(c, fp, "required");
-        json_array_append_new(*out, json_pack("{s:s}", "event", ev));
-    }
-    return ENG_OK;
-}
-
-static eng_rc compile_cancel_on(compiler *c, json_t **out)
-{
-    static const char *const fields[] = {"event", "key", NULL};
-    *out = json_array();
-    const json_t *co = json_object_get(c->doc, "cancel_on");
-    if (!co || json_is_null(co))
-        return ENG_OK;
-    if (!json_is_array(co))
-        return bad(c, "/cancel_on", "must be an array of {\"event\", \"key\"}");
-    if (json_array_size(co) > WF_DEF_MAX_CANCEL_ON)
-        return bad(c, "/cancel_on", "more than %d entries", WF_DEF_MAX_CANCEL_ON);
-    for (size_t j = 0; j < json_array_size(co); j++) {
-        const json_t *e = json_array_get(co, j);
-        char ptr[64], fp[80];
-        snprintf(ptr, sizeof ptr, "/cancel_on/%zu", j);
-        if (!json_is_object(e))
-            return bad(c, ptr, "must be an object {\"event\", \"key\"}");
-        eng_rc rc = check_fields(c, e, ptr, fields);
+            return bad(c, ptr, "must be an object %s", shape);
+        eng_rc rc = check_fields(c, e, ptr, with_key ? with_key_fields : event_fields);
         if (rc != ENG_OK)
             return rc;
         const char *ev = opt_string(c, e, "event", ptr, WF_DEF_MAX_NAME, &rc);
@@ -709,6 +683,10 @@ static eng_rc compile_cancel_on(compiler *c, json_t **out)
         snprintf(fp, sizeof fp, "%s/event", ptr);
         if (!ev)
             return bad(c, fp, "required");
+        if (!with_key) {
+            json_array_append_new(*out, json_pack("{s:s}", "event", ev));
+            continue;
+        }
         json_t *key;
         if ((rc = template_string(c, SIZE_MAX, e, "key", ptr, &key)) != ENG_OK)
             return rc;
@@ -769,9 +747,9 @@ static eng_rc compile_doc(compiler *c, json_t **out)
             json_array_append_new(phases, json_string(ph));
     }
     if (rc == ENG_OK)
-        rc = compile_cancel_on(c, &cancel_on);
+        rc = compile_event_list(c, "cancel_on", true, &cancel_on);
     if (rc == ENG_OK)
-        rc = compile_triggers(c, &triggers);
+        rc = compile_event_list(c, "triggers", false, &triggers);
     if (rc != ENG_OK) {
         json_decref(out_steps);
         json_decref(phases);
