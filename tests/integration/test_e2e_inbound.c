@@ -4,6 +4,8 @@
  * message text), and the Twilio mock receives the replies. Each customer must be answered in
  * order, one message at a time: the replies to a customer reach the mock in message order, and
  * the engine's records show each run of a customer starting only after the previous one ended.
+ * One message asks to opt out: its run confirms on SMS, then puts the customer on the suppression
+ * list, so the reply to that customer's next message is skipped and never reaches the mock.
  * One WhatsApp message shows the reply going back on the channel it came from. */
 // clang-format off
 #include <stdarg.h>
@@ -37,6 +39,9 @@
 static const char *const customers[NCUST] = {"+15551110000", "+15551110001", "+15551110002",
                                              "+15551110003"};
 
+#define OPTOUT_K 2 /* customer 2 opts out with message 3; the reply to message 4 is skipped */
+#define OPTOUT_J 3
+
 /* The classification the mock LLM gives message j of customer k. */
 static const char *intent_of(int k, int j)
 {
@@ -44,7 +49,15 @@ static const char *intent_of(int k, int j)
         return "booking";
     if (k == 1 && j == 3)
         return "human";
+    if (k == OPTOUT_K && j == OPTOUT_J)
+        return "opt_out";
     return "question";
+}
+
+/* Whether the reply to message j of customer k goes out (not after the customer opted out). */
+static bool replied(int k, int j)
+{
+    return !(k == OPTOUT_K && j > OPTOUT_J);
 }
 
 /* Message bodies are "c<k> m<j> ..."; the answer to a question quotes "c<k> m<j>". */
@@ -146,6 +159,55 @@ static void twenty_messages_in_order(th_api *api)
     }
     json_decref(list);
 
+    /* the opt-out run confirmed, then suppressed; the later replies to that customer skipped */
+    const json_t *steps = json_object_get(by[OPTOUT_K][OPTOUT_J], "steps");
+    size_t si;
+    const json_t *st;
+    int seen_unsub = 0;
+    json_array_foreach (steps, si, st) {
+        const char *key = json_string_value(json_object_get(st, "key"));
+        const char *state = json_string_value(json_object_get(st, "state"));
+        if (strcmp(key, "reply_sms") == 0)
+            assert_string_equal(state, "succeeded");
+        if (strcmp(key, "unsubscribe_sms") == 0) {
+            seen_unsub = 1;
+            assert_string_equal(state, "succeeded");
+            const json_t *out = json_object_get(st, "output");
+            assert_string_equal(json_string_value(json_object_get(out, "address")),
+                                customers[OPTOUT_K]);
+            assert_true(json_is_true(json_object_get(out, "suppressed")));
+        }
+        if (strcmp(key, "unsubscribe_whatsapp") == 0)
+            assert_string_equal(state, "skipped");
+    }
+    assert_int_equal(seen_unsub, 1);
+    char sql[256];
+    snprintf(sql, sizeof sql,
+             "SELECT count(*) FROM suppressions WHERE tenant_id = %lld AND channel = 'sms' AND "
+             "address = '%s' AND reason = 'stop' AND source = 'workflow'",
+             tenant, customers[OPTOUT_K]);
+    assert_int_equal(th_pg_long(th_api_db(api), sql), 1);
+    assert_int_equal(th_pg_long(th_api_db(api), "SELECT count(*) FROM suppressions"), 1);
+    for (int k = 0; k < NCUST; k++) {
+        for (int j = 0; j < NMSG; j++) {
+            json_array_foreach (json_object_get(by[k][j], "steps"), si, st) {
+                const char *key = json_string_value(json_object_get(st, "key"));
+                const char *state = json_string_value(json_object_get(st, "state"));
+                if (strcmp(key, "reply_sms") == 0 && !replied(k, j)) {
+                    assert_string_equal(state, "skipped");
+                    assert_string_equal(json_string_value(json_object_get(
+                                            json_object_get(st, "output"), "reason")),
+                                        "recipient suppressed: stop");
+                } else if (strcmp(key, "reply_sms") == 0) {
+                    assert_string_equal(state, "succeeded");
+                } else if (strcmp(key, "unsubscribe_sms") == 0 &&
+                           !(k == OPTOUT_K && j == OPTOUT_J)) {
+                    assert_string_equal(state, "skipped");
+                }
+            }
+        }
+    }
+
     /* one at a time per customer, in arrival order: run j + 1 starts after run j finished */
     for (int k = 0; k < NCUST; k++) {
         for (int j = 1; j < NMSG; j++) {
@@ -170,12 +232,21 @@ typedef struct world {
     th_api_openai *llm;
 } world;
 
-/* The Twilio mock got 20 replies, each customer's in message order, with the branch's text. */
+/* The Twilio mock got 19 replies (none after the opt-out), each customer's in message order, with
+ * the branch's text. */
 static void check_replies(world *w)
 {
-    assert_int_equal(th_msg_requests(w->twilio), NCUST * NMSG);
+    int expect[NCUST] = {0}, total = 0;
+    for (int k = 0; k < NCUST; k++)
+        for (int j = 0; j < NMSG; j++)
+            if (replied(k, j)) {
+                expect[k]++;
+                total++;
+            }
+    assert_int_equal(total, NCUST * NMSG - 1);
+    assert_int_equal(th_msg_requests(w->twilio), total);
     int next[NCUST] = {0};
-    for (int n = 0; n < NCUST * NMSG; n++) {
+    for (int n = 0; n < total; n++) {
         json_t *b = th_msg_request_body(w->twilio, n);
         const char *to = json_string_value(json_object_get(b, "To"));
         const char *text = json_string_value(json_object_get(b, "Body"));
@@ -190,6 +261,8 @@ static void check_replies(world *w)
             assert_non_null(strstr(text, "https://example.com/book"));
         } else if (strcmp(intent, "human") == 0) {
             assert_non_null(strstr(text, "a member of our team"));
+        } else if (strcmp(intent, "opt_out") == 0) {
+            assert_non_null(strstr(text, "you won't get more messages"));
         } else {
             char want[32];
             snprintf(want, sizeof want, "answer to c%d m%d", k, j);
@@ -199,7 +272,7 @@ static void check_replies(world *w)
         json_decref(b);
     }
     for (int k = 0; k < NCUST; k++)
-        assert_int_equal(next[k], NMSG);
+        assert_int_equal(next[k], expect[k]);
 }
 
 static void test_sms(void **state)
