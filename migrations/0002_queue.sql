@@ -346,6 +346,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_now      timestamptz := flowd_now();
     v_runs     bigint[];
+    v_kinds    text[];     -- the kinds of outcome in this batch
     v_finished bigint[];
     v_failed   bigint[];
     v_went_on  bigint[];   -- failed for good, but continue_on_failure: dependents go on
@@ -354,7 +355,8 @@ BEGIN
         RETURN;
     END IF;
     -- workers report each step's run ("r"), so the runs are locked (in id order) without a lookup
-    SELECT array_agg(DISTINCT (x->>'r')::bigint) INTO v_runs FROM jsonb_array_elements(p_results) x;
+    SELECT array_agg(DISTINCT (x->>'r')::bigint), array_agg(DISTINCT x->>'s')
+      INTO v_runs, v_kinds FROM jsonb_array_elements(p_results) x;
     PERFORM 1 FROM runs WHERE id = ANY (v_runs) ORDER BY id FOR UPDATE;
 
     -- "(...) IS TRUE" keeps the planner from driving these updates through the partial index on
@@ -379,63 +381,74 @@ BEGIN
           FROM fin)
     SELECT array_agg(fin.id) INTO v_finished FROM fin;
 
-    WITH r AS MATERIALIZED (
-        SELECT * FROM jsonb_to_recordset(p_results)
-            AS x(id bigint, s text, e jsonb, permanent boolean, after_ms bigint)
-         WHERE x.s = 'fail'),
-    cur AS (
-        SELECT st.id, w.def->'steps'->st.idx AS d, st.attempts, st.max_attempts,
-               r.e, coalesce(r.permanent, false) AS permanent, coalesce(r.after_ms, 0) AS after_ms
-          FROM r JOIN steps st ON st.id = r.id
-          JOIN runs ru ON ru.id = st.run_id JOIN workflows w ON w.id = ru.workflow_id
-         WHERE (st.state = 'running' AND st.lease_owner = p_owner) IS TRUE),
-    upd AS (
+    -- each kind of outcome costs a pass over the batch only when the batch has it
+    IF 'fail' = ANY (v_kinds) THEN
+        WITH r AS MATERIALIZED (
+            SELECT * FROM jsonb_to_recordset(p_results)
+                AS x(id bigint, s text, e jsonb, permanent boolean, after_ms bigint)
+             WHERE x.s = 'fail'),
+        cur AS (
+            SELECT st.id, w.def->'steps'->st.idx AS d, st.attempts, st.max_attempts,
+                   r.e, coalesce(r.permanent, false) AS permanent, coalesce(r.after_ms, 0) AS after_ms
+              FROM r JOIN steps st ON st.id = r.id
+              JOIN runs ru ON ru.id = st.run_id JOIN workflows w ON w.id = ru.workflow_id
+             WHERE (st.state = 'running' AND st.lease_owner = p_owner) IS TRUE),
+        upd AS (
+            UPDATE steps st
+               SET state = CASE WHEN NOT cur.permanent AND cur.attempts < cur.max_attempts
+                                THEN 'ready' ELSE 'failed' END,
+                   error = cur.e || jsonb_build_object('attempt', cur.attempts),
+                   run_at = v_now + greatest(
+                       cur.after_ms,
+                       least((cur.d->>'backoff_max_ms')::double precision,
+                             (cur.d->>'backoff_initial_ms')::double precision
+                             * power((cur.d->>'backoff_multiplier')::double precision, cur.attempts - 1))
+                       * (1 + (cur.d->>'jitter')::double precision * (2 * random() - 1))
+                   ) * interval '1 millisecond',
+                   finished_at = CASE WHEN NOT cur.permanent AND cur.attempts < cur.max_attempts
+                                      THEN NULL ELSE v_now END,
+                   -- a step that may fail without failing its run exposes the error as its output
+                   output = CASE WHEN (cur.d->>'continue_on_failure')::boolean
+                                 THEN jsonb_build_object('error', cur.e) END,
+                   lease_owner = NULL, lease_expires_at = NULL
+              FROM cur WHERE st.id = cur.id
+            RETURNING st.id, st.run_id, st.tenant_id, st.key, st.state, st.error, st.run_at,
+                      coalesce((cur.d->>'continue_on_failure')::boolean, false) AS go_on),
+        ev AS (
+            INSERT INTO run_events (run_id, tenant_id, at, type, step_key, data)
+            SELECT upd.run_id, upd.tenant_id, v_now,
+                   CASE WHEN upd.state = 'failed' THEN 'step.failed' ELSE 'step.retrying' END,
+                   upd.key,
+                   CASE WHEN upd.state = 'failed' THEN upd.error
+                        ELSE upd.error || jsonb_build_object('retry_at', upd.run_at) END
+              FROM upd)
+        SELECT array_agg(DISTINCT upd.run_id) FILTER (WHERE upd.state = 'failed' AND NOT upd.go_on),
+               array_agg(upd.id) FILTER (WHERE upd.state = 'failed' AND upd.go_on)
+          INTO v_failed, v_went_on FROM upd;
+    END IF;
+
+    IF 'snooze' = ANY (v_kinds) THEN
+        WITH r AS MATERIALIZED (
+            SELECT * FROM jsonb_to_recordset(p_results) AS x(id bigint, s text, at_ms bigint, sched boolean)
+             WHERE x.s = 'snooze')
         UPDATE steps st
-           SET state = CASE WHEN NOT cur.permanent AND cur.attempts < cur.max_attempts
-                            THEN 'ready' ELSE 'failed' END,
-               error = cur.e || jsonb_build_object('attempt', cur.attempts),
-               run_at = v_now + greatest(
-                   cur.after_ms,
-                   least((cur.d->>'backoff_max_ms')::double precision,
-                         (cur.d->>'backoff_initial_ms')::double precision
-                         * power((cur.d->>'backoff_multiplier')::double precision, cur.attempts - 1))
-                   * (1 + (cur.d->>'jitter')::double precision * (2 * random() - 1))
-               ) * interval '1 millisecond',
-               finished_at = CASE WHEN NOT cur.permanent AND cur.attempts < cur.max_attempts
-                                  THEN NULL ELSE v_now END,
-               -- a step that may fail without failing its run exposes the error as its output
-               output = CASE WHEN (cur.d->>'continue_on_failure')::boolean
-                             THEN jsonb_build_object('error', cur.e) END,
+           SET state = 'ready', attempts = st.attempts - 1,
+               run_at = to_timestamp(r.at_ms / 1000.0), scheduled = coalesce(r.sched, st.scheduled),
                lease_owner = NULL, lease_expires_at = NULL
-          FROM cur WHERE st.id = cur.id
-        RETURNING st.id, st.run_id, st.tenant_id, st.key, st.state, st.error, st.run_at,
-                  coalesce((cur.d->>'continue_on_failure')::boolean, false) AS go_on),
-    ev AS (
-        INSERT INTO run_events (run_id, tenant_id, at, type, step_key, data)
-        SELECT upd.run_id, upd.tenant_id, v_now,
-               CASE WHEN upd.state = 'failed' THEN 'step.failed' ELSE 'step.retrying' END,
-               upd.key,
-               CASE WHEN upd.state = 'failed' THEN upd.error
-                    ELSE upd.error || jsonb_build_object('retry_at', upd.run_at) END
-          FROM upd)
-    SELECT array_agg(DISTINCT upd.run_id) FILTER (WHERE upd.state = 'failed' AND NOT upd.go_on),
-           array_agg(upd.id) FILTER (WHERE upd.state = 'failed' AND upd.go_on)
-      INTO v_failed, v_went_on FROM upd;
+          FROM r
+         WHERE st.id = r.id AND (st.state = 'running' AND st.lease_owner = p_owner) IS TRUE;
+    END IF;
 
-    WITH r AS MATERIALIZED (
-        SELECT * FROM jsonb_to_recordset(p_results) AS x(id bigint, s text, at_ms bigint, sched boolean)
-         WHERE x.s = 'snooze')
-    UPDATE steps st
-       SET state = 'ready', attempts = st.attempts - 1,
-           run_at = to_timestamp(r.at_ms / 1000.0), scheduled = coalesce(r.sched, st.scheduled),
-           lease_owner = NULL, lease_expires_at = NULL
-      FROM r
-     WHERE st.id = r.id AND (st.state = 'running' AND st.lease_owner = p_owner) IS TRUE;
-
-    PERFORM flowd_window_steps(p_owner, p_results);
-    PERFORM flowd_wait_steps(p_owner, p_results);
-    PERFORM flowd_map_start(p_owner, x) FROM jsonb_array_elements(p_results) AS x
-      WHERE x->>'s' = 'map';
+    IF 'window' = ANY (v_kinds) THEN
+        PERFORM flowd_window_steps(p_owner, p_results);
+    END IF;
+    IF 'wait' = ANY (v_kinds) THEN
+        PERFORM flowd_wait_steps(p_owner, p_results);
+    END IF;
+    IF 'map' = ANY (v_kinds) THEN
+        PERFORM flowd_map_start(p_owner, x) FROM jsonb_array_elements(p_results) AS x
+          WHERE x->>'s' = 'map';
+    END IF;
 
     IF v_finished IS NOT NULL OR v_went_on IS NOT NULL THEN
         PERFORM flowd_finish_steps(coalesce(v_finished, '{}') || coalesce(v_went_on, '{}'));
