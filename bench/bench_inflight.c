@@ -17,6 +17,7 @@
  * The benchmark creates its own database next to CONNINFO's and drops it at the end. */
 #include <jansson.h>
 #include <libpq-fe.h>
+#include <limits.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -27,11 +28,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench/bench_util.h"
 #include "engine/log.h"
 #include "engine/mem.h"
-#include "engine/migrate.h"
 #include "engine/step.h"
-#include "engine/wf_def.h"
 #include "steps/steps.h"
 #include "tests/support/th.h"
 #include "tests/support/th_mockllm.h"
@@ -51,129 +51,6 @@ long long th_now_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void die(const char *what, PGconn *c)
-{
-    fprintf(stderr, "bench_inflight: %s: %s\n", what, c ? PQerrorMessage(c) : "");
-    exit(1);
-}
-
-static PGconn *connect_db(const char *conninfo)
-{
-    PGconn *c = PQconnectdb(conninfo);
-    if (PQstatus(c) != CONNECTION_OK)
-        die("connect", c);
-    return c;
-}
-
-static PGresult *exec(PGconn *c, const char *sql, int n, const char *const *params)
-{
-    PGresult *r = PQexecParams(c, sql, n, NULL, params, NULL, NULL, 0);
-    if (PQresultStatus(r) != PGRES_TUPLES_OK && PQresultStatus(r) != PGRES_COMMAND_OK)
-        die(sql, c);
-    return r;
-}
-
-static char *value(PGconn *c, const char *sql)
-{
-    PGresult *r = exec(c, sql, 0, NULL);
-    char *v = eng_xstrdup(PQntuples(r) && !PQgetisnull(r, 0, 0) ? PQgetvalue(r, 0, 0) : "");
-    PQclear(r);
-    return v;
-}
-
-static double value_f(PGconn *c, const char *sql)
-{
-    char *v = value(c, sql);
-    double d = strtod(v, NULL);
-    free(v);
-    return d;
-}
-
-/* base's connection options with dbname replaced (libpq keyword/value syntax, quoted). */
-static char *conninfo_with_db(const char *base, const char *dbname)
-{
-    char *errmsg = NULL;
-    PQconninfoOption *opts = PQconninfoParse(base, &errmsg);
-    if (!opts) {
-        fprintf(stderr, "bench_inflight: bad conninfo: %s\n", errmsg ? errmsg : "");
-        exit(2);
-    }
-    size_t cap = 1024, len = 0;
-    char *out = eng_xmalloc(cap);
-    out[0] = '\0';
-    for (PQconninfoOption *o = opts; o->keyword; o++) {
-        const char *v = strcmp(o->keyword, "dbname") == 0 ? dbname : o->val;
-        if (!v)
-            continue;
-        while (len + strlen(o->keyword) + 2 * strlen(v) + 8 > cap)
-            out = eng_xrealloc(out, cap *= 2);
-        len += (size_t)sprintf(out + len, "%s%s='", len ? " " : "", o->keyword);
-        for (const char *p = v; *p; p++) {
-            if (*p == '\'' || *p == '\\')
-                out[len++] = '\\';
-            out[len++] = *p;
-        }
-        out[len++] = '\'';
-        out[len] = '\0';
-    }
-    PQconninfoFree(opts);
-    return out;
-}
-
-static long long register_llm_workflow(PGconn *c, long long *tenant)
-{
-    const char *key[] = {"fd_bench_key_not_secret"};
-    PQclear(exec(c, "SELECT flowd_bootstrap($1)", 1, key));
-    char *t = value(c, "SELECT id FROM tenants WHERE name = 'default'");
-    *tenant = strtoll(t, NULL, 10);
-    free(t);
-    json_t *doc = json_loads("{\"name\": \"inflight\", \"steps\": [{\"key\": \"ask\", \"kind\":"
-                             " \"llm\", \"input\": {\"provider\": \"openai\", \"model\":"
-                             " \"gpt-4o-mini\", \"prompt\": \"lead {{input.n}}\","
-                             " \"max_tokens\": 64}}]}",
-                             0, NULL);
-    json_t *def = NULL;
-    eng_err err = {0};
-    if (wf_def_compile(doc, &def, &err) != ENG_OK) {
-        fprintf(stderr, "bench_inflight: definition: %s %s\n", err.field, err.msg);
-        exit(1);
-    }
-    char *digest = wf_def_digest(doc), *src = json_dumps(doc, JSON_COMPACT),
-         *defs = json_dumps(def, JSON_COMPACT);
-    char tenant_s[24];
-    snprintf(tenant_s, sizeof tenant_s, "%lld", *tenant);
-    const char *params[] = {tenant_s, "inflight", digest, src, defs};
-    PGresult *r = exec(c, "SELECT id FROM flowd_register_workflow($1, $2, $3, $4, $5)", 5, params);
-    long long id = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
-    PQclear(r);
-    free(digest);
-    free(src);
-    free(defs);
-    json_decref(def);
-    json_decref(doc);
-    return id;
-}
-
-static void enqueue(PGconn *c, long long tenant, long long wf, int n)
-{
-    char tenant_s[24], wf_s[24];
-    snprintf(tenant_s, sizeof tenant_s, "%lld", tenant);
-    snprintf(wf_s, sizeof wf_s, "%lld", wf);
-    for (int done = 0; done < n;) {
-        int k = n - done < 1000 ? n - done : 1000;
-        json_t *inputs = json_array();
-        for (int i = 0; i < k; i++)
-            json_array_append_new(inputs, json_pack("{s:i}", "n", done + i));
-        char *s = json_dumps(inputs, JSON_COMPACT);
-        const char *params[] = {tenant_s, wf_s, s};
-        PQclear(exec(c, "SELECT count(*) FROM flowd_enqueue($1, $2, $3::jsonb, 0, NULL, NULL)", 3,
-                     params));
-        free(s);
-        json_decref(inputs);
-        done += k;
-    }
 }
 
 static void raise_nofile(void)
@@ -210,7 +87,7 @@ static pid_t spawn_flowd(const bench_opts *o, const char *db, const char *base_u
     snprintf(batch, sizeof batch, "%d", o->batch);
     pid_t pid = fork();
     if (pid < 0)
-        die("fork", NULL);
+        bench_die("fork", NULL);
     if (pid == 0) {
         setenv("OPENAI_API_KEY", "sk-bench-not-a-real-key", 1);
         setenv("OPENAI_BASE_URL", base_url, 1);
@@ -235,29 +112,17 @@ int main(int argc, char **argv)
 {
     bench_opts o = {.steps = 10000, .workers = 2, .max_inflight = 10000, .latency_ms = 200,
                     .flowd = FLOWD_BENCH_BIN};
-    for (int i = 1; i < argc; i++) {
-        if (i + 1 >= argc)
-            return usage();
-        const char *k = argv[i], *v = argv[++i];
-        int n = atoi(v);
-        if (strcmp(k, "--database") == 0)
-            o.conninfo = v;
-        else if (strcmp(k, "--flowd") == 0)
-            o.flowd = v;
-        else if (strcmp(k, "--steps") == 0 && n > 0)
-            o.steps = n;
-        else if (strcmp(k, "--workers") == 0 && n > 0)
-            o.workers = n;
-        else if (strcmp(k, "--max-inflight") == 0 && n > 0)
-            o.max_inflight = n;
-        else if (strcmp(k, "--batch") == 0 && n > 0 && n <= 5000)
-            o.batch = n;
-        else if (strcmp(k, "--latency-ms") == 0 && n >= 0)
-            o.latency_ms = n;
-        else
-            return usage();
-    }
-    if (!o.conninfo)
+    const bench_opt opts[] = {
+        {"--database", &o.conninfo, NULL, 0, 0},
+        {"--flowd", &o.flowd, NULL, 0, 0},
+        {"--steps", NULL, &o.steps, 1, INT_MAX},
+        {"--workers", NULL, &o.workers, 1, INT_MAX},
+        {"--max-inflight", NULL, &o.max_inflight, 1, INT_MAX},
+        {"--batch", NULL, &o.batch, 1, 5000},
+        {"--latency-ms", NULL, &o.latency_ms, 0, INT_MAX},
+    };
+    bench_set_name("bench_inflight");
+    if (!bench_parse_opts(argc, argv, opts, ENG_ARRAY_LEN(opts)) || !o.conninfo)
         return usage();
     /* a claim trip as large as the in-flight cap lets one trip fill the worker */
     if (!o.batch)
@@ -269,25 +134,19 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     raise_nofile();
 
-    PGconn *admin = connect_db(o.conninfo);
+    PGconn *admin = bench_connect(o.conninfo);
     char dbname[64];
-    snprintf(dbname, sizeof dbname, "flowd_inflight_%d_%ld", (int)getpid(), (long)time(NULL));
-    char *sql = eng_xasprintf("CREATE DATABASE %s", dbname); /* our own generated identifier */
-    PQclear(exec(admin, sql, 0, NULL));
-    free(sql);
-    char *db = conninfo_with_db(o.conninfo, dbname);
-    size_t nmig;
-    const eng_migration *migs = eng_migrations_embedded(&nmig);
-    eng_err err = {0};
-    if (eng_migrate_up(db, migs, nmig, NULL, &err) != ENG_OK) {
-        fprintf(stderr, "bench_inflight: migrate: %s\n", err.msg);
-        return 1;
-    }
-    PGconn *c = connect_db(db);
+    char *db = bench_db_create(admin, o.conninfo, "flowd_inflight", dbname);
+    PGconn *c = bench_connect(db);
     long long tenant;
-    long long wf = register_llm_workflow(c, &tenant);
-    enqueue(c, tenant, wf, o.steps);
-    PQclear(exec(c, "ANALYZE", 0, NULL));
+    long long wf = bench_register(c, "inflight",
+                                  "{\"name\": \"inflight\", \"steps\": [{\"key\": \"ask\","
+                                  " \"kind\": \"llm\", \"input\": {\"provider\": \"openai\","
+                                  " \"model\": \"gpt-4o-mini\", \"prompt\": \"lead {{input.n}}\","
+                                  " \"max_tokens\": 64}}]}",
+                                  &tenant);
+    bench_enqueue(c, tenant, wf, o.steps, 1000);
+    PQclear(bench_exec(c, "ANALYZE", 0, NULL));
 
     th_llm *mock = th_llm_start(TH_LLM_OPENAI);
     th_llm_set_default(mock, &(th_llm_answer){.delay_ms = o.latency_ms});
@@ -300,7 +159,7 @@ int main(int argc, char **argv)
     while ((double)th_now_ms() < deadline) {
         struct timespec ts = {0, 100000000L};
         nanosleep(&ts, NULL);
-        finished = (int)value_f(c, done_sql);
+        finished = (int)bench_value_f(c, done_sql);
         double r = peak_rss_mib(pid);
         if (r > rss)
             rss = r;
@@ -316,9 +175,9 @@ int main(int argc, char **argv)
     kill(pid, SIGTERM);
     int status;
     waitpid(pid, &status, 0);
-    double seconds = value_f(c, "SELECT extract(epoch FROM max(finished_at) - min(started_at))"
-                                " FROM steps");
-    double failed = value_f(c, "SELECT count(*) FROM steps WHERE state <> 'succeeded'");
+    double seconds = bench_value_f(c, "SELECT extract(epoch FROM max(finished_at) -"
+                                      " min(started_at)) FROM steps");
+    double failed = bench_value_f(c, "SELECT count(*) FROM steps WHERE state <> 'succeeded'");
     unsigned long calls = th_llm_calls(mock), peak = th_llm_peak_pending(mock);
     th_llm_stop(mock);
 
@@ -346,9 +205,7 @@ int main(int argc, char **argv)
     free(s);
     json_decref(out);
     PQfinish(c);
-    sql = eng_xasprintf("DROP DATABASE IF EXISTS %s", dbname);
-    PQclear(exec(admin, sql, 0, NULL));
-    free(sql);
+    bench_db_drop(admin, dbname);
     PQfinish(admin);
     free(db);
     return finished >= o.steps ? 0 : 1;

@@ -14,6 +14,7 @@
  * Logs go to stderr; stdout carries only the JSON. */
 #include <jansson.h>
 #include <libpq-fe.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,11 +22,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench/bench_util.h"
 #include "engine/log.h"
 #include "engine/mem.h"
-#include "engine/migrate.h"
 #include "engine/step.h"
-#include "engine/wf_def.h"
 #include "engine/worker.h"
 
 #define SINGLE_CONNS 4
@@ -49,107 +49,6 @@ static void sleep_s(double s)
     nanosleep(&ts, NULL);
 }
 
-static void die(const char *what, PGconn *c)
-{
-    fprintf(stderr, "bench_queue: %s: %s\n", what, c ? PQerrorMessage(c) : "");
-    exit(1);
-}
-
-static PGconn *connect_db(const char *conninfo)
-{
-    PGconn *c = PQconnectdb(conninfo);
-    if (PQstatus(c) != CONNECTION_OK)
-        die("connect", c);
-    return c;
-}
-
-static PGresult *exec(PGconn *c, const char *sql, int n, const char *const *params)
-{
-    PGresult *r = PQexecParams(c, sql, n, NULL, params, NULL, NULL, 0);
-    if (PQresultStatus(r) != PGRES_TUPLES_OK && PQresultStatus(r) != PGRES_COMMAND_OK)
-        die(sql, c);
-    return r;
-}
-
-static char *value(PGconn *c, const char *sql)
-{
-    PGresult *r = exec(c, sql, 0, NULL);
-    char *v = eng_xstrdup(PQntuples(r) && !PQgetisnull(r, 0, 0) ? PQgetvalue(r, 0, 0) : "");
-    PQclear(r);
-    return v;
-}
-
-static double value_f(PGconn *c, const char *sql)
-{
-    char *v = value(c, sql);
-    double d = strtod(v, NULL);
-    free(v);
-    return d;
-}
-
-/* base's connection options with dbname replaced (libpq keyword/value syntax, quoted). */
-static char *conninfo_with_db(const char *base, const char *dbname)
-{
-    char *errmsg = NULL;
-    PQconninfoOption *opts = PQconninfoParse(base, &errmsg);
-    if (!opts) {
-        fprintf(stderr, "bench_queue: bad conninfo: %s\n", errmsg ? errmsg : "");
-        exit(2);
-    }
-    size_t cap = 1024, len = 0;
-    char *out = eng_xmalloc(cap);
-    out[0] = '\0';
-    for (PQconninfoOption *o = opts; o->keyword; o++) {
-        const char *v = strcmp(o->keyword, "dbname") == 0 ? dbname : o->val;
-        if (!v)
-            continue;
-        while (len + strlen(o->keyword) + 2 * strlen(v) + 8 > cap)
-            out = eng_xrealloc(out, cap *= 2);
-        len += (size_t)sprintf(out + len, "%s%s='", len ? " " : "", o->keyword);
-        for (const char *p = v; *p; p++) {
-            if (*p == '\'' || *p == '\\')
-                out[len++] = '\\';
-            out[len++] = *p;
-        }
-        out[len++] = '\'';
-        out[len] = '\0';
-    }
-    PQconninfoFree(opts);
-    return out;
-}
-
-static long long register_single_step(PGconn *c, long long *tenant)
-{
-    const char *key[] = {"fd_bench_key_not_secret"};
-    PQclear(exec(c, "SELECT flowd_bootstrap($1)", 1, key));
-    char *t = value(c, "SELECT id FROM tenants WHERE name = 'default'");
-    *tenant = strtoll(t, NULL, 10);
-    free(t);
-    json_t *doc = json_loads("{\"name\": \"bench\", \"steps\": [{\"key\": \"s\", \"kind\": \"transform\","
-                             " \"input\": {\"n\": \"{{input.n}}\"}}]}",
-                             0, NULL);
-    json_t *def = NULL;
-    eng_err err = {0};
-    if (wf_def_compile(doc, &def, &err) != ENG_OK) {
-        fprintf(stderr, "bench_queue: definition: %s\n", err.msg);
-        exit(1);
-    }
-    char *digest = wf_def_digest(doc), *src = json_dumps(doc, JSON_COMPACT),
-         *defs = json_dumps(def, JSON_COMPACT);
-    char tenant_s[24];
-    snprintf(tenant_s, sizeof tenant_s, "%lld", *tenant);
-    const char *params[] = {tenant_s, "bench", digest, src, defs};
-    PGresult *r = exec(c, "SELECT id FROM flowd_register_workflow($1, $2, $3, $4, $5)", 5, params);
-    long long id = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
-    PQclear(r);
-    free(digest);
-    free(src);
-    free(defs);
-    json_decref(def);
-    json_decref(doc);
-    return id;
-}
-
 typedef struct single_arg {
     const char *conninfo;
     char tenant[24], workflow[24];
@@ -158,17 +57,17 @@ typedef struct single_arg {
 static void *single_thread(void *p)
 {
     single_arg *a = p;
-    PGconn *c = connect_db(a->conninfo);
+    PGconn *c = bench_connect(a->conninfo);
     PGresult *r = PQprepare(c, "enq", "SELECT run_id FROM flowd_enqueue($1, $2, $3::jsonb, 0, NULL, NULL)",
                             3, NULL);
     if (PQresultStatus(r) != PGRES_COMMAND_OK)
-        die("prepare", c);
+        bench_die("prepare", c);
     PQclear(r);
     const char *params[] = {a->tenant, a->workflow, "[{\"n\": 1}]"};
     for (int i = 0; i < SINGLE_PER_CONN; i++) {
         r = PQexecPrepared(c, "enq", 3, params, NULL, NULL, 0);
         if (PQresultStatus(r) != PGRES_TUPLES_OK)
-            die("enqueue", c);
+            bench_die("enqueue", c);
         PQclear(r);
     }
     PQfinish(c);
@@ -191,23 +90,8 @@ static double phase_enqueue_single(const char *db, long long tenant, long long w
 
 static double phase_enqueue(PGconn *c, long long tenant, long long wf, int runs, int batch)
 {
-    char tenant_s[24], wf_s[24];
-    snprintf(tenant_s, sizeof tenant_s, "%lld", tenant);
-    snprintf(wf_s, sizeof wf_s, "%lld", wf);
     double t0 = now_s();
-    for (int done = 0; done < runs;) {
-        int k = runs - done < batch ? runs - done : batch;
-        json_t *arr = json_array();
-        for (int i = 0; i < k; i++)
-            json_array_append_new(arr, json_pack("{s:i}", "n", done + i));
-        char *inputs = json_dumps(arr, JSON_COMPACT);
-        json_decref(arr);
-        const char *params[] = {tenant_s, wf_s, inputs};
-        PQclear(exec(c, "SELECT count(*) FROM flowd_enqueue($1, $2, $3::jsonb, 0, NULL, NULL)", 3,
-                     params));
-        free(inputs);
-        done += k;
-    }
+    bench_enqueue(c, tenant, wf, runs, batch);
     return runs / (now_s() - t0);
 }
 
@@ -236,7 +120,8 @@ static bool wait_finished(PGconn *c, long n, double timeout_s)
 {
     double deadline = now_s() + timeout_s;
     while (now_s() < deadline) {
-        if (value_f(c, "SELECT count(*) FROM runs WHERE state IN ('succeeded', 'failed')") >= (double)n)
+        if (bench_value_f(c, "SELECT count(*) FROM runs WHERE state IN ('succeeded', 'failed')") >=
+            (double)n)
             return true;
         sleep_s(0.05);
     }
@@ -246,7 +131,7 @@ static bool wait_finished(PGconn *c, long n, double timeout_s)
 static double phase_steps(const bench_opts *o, PGconn *c, const char *db, double *seconds)
 {
     /* The database's clock: the end is read from runs.finished_at, so both ends use it. */
-    char *start = value(c, "SELECT clock_timestamp()");
+    char *start = bench_value(c, "SELECT clock_timestamp()");
     eng_worker **w = workers_start(o, db, "tput");
     bool ok = wait_finished(c, o->runs, 300);
     workers_stop(o, w);
@@ -255,12 +140,12 @@ static double phase_steps(const bench_opts *o, PGconn *c, const char *db, double
         exit(1);
     }
     const char *params[] = {start};
-    PGresult *r = exec(c, "SELECT extract(epoch FROM max(finished_at) - $1::timestamptz) FROM runs",
-                       1, params);
+    PGresult *r = bench_exec(
+        c, "SELECT extract(epoch FROM max(finished_at) - $1::timestamptz) FROM runs", 1, params);
     *seconds = strtod(PQgetvalue(r, 0, 0), NULL);
     PQclear(r);
     free(start);
-    if (value_f(c, "SELECT count(*) FROM runs WHERE state <> 'succeeded'") > 0) {
+    if (bench_value_f(c, "SELECT count(*) FROM runs WHERE state <> 'succeeded'") > 0) {
         fprintf(stderr, "bench_queue: some runs did not succeed\n");
         exit(1);
     }
@@ -278,7 +163,7 @@ static void phase_latency(const bench_opts *o, PGconn *c, const char *db, long l
     PGresult *r = PQprepare(c, "enq1", "SELECT run_id FROM flowd_enqueue($1, $2, $3::jsonb, 0, NULL, NULL)",
                             3, NULL);
     if (PQresultStatus(r) != PGRES_COMMAND_OK)
-        die("prepare", c);
+        bench_die("prepare", c);
     PQclear(r);
     const char *params[] = {tenant_s, wf_s, "[{\"n\": 1}]"};
     double next = now_s();
@@ -289,7 +174,7 @@ static void phase_latency(const bench_opts *o, PGconn *c, const char *db, long l
         next += o->latency_interval_ms / 1000.0;
         r = PQexecPrepared(c, "enq1", 3, params, NULL, NULL, 0);
         if (PQresultStatus(r) != PGRES_TUPLES_OK)
-            die("enqueue", c);
+            bench_die("enqueue", c);
         PQclear(r);
     }
     bool ok = wait_finished(c, o->latency_runs, 60);
@@ -298,7 +183,7 @@ static void phase_latency(const bench_opts *o, PGconn *c, const char *db, long l
         fprintf(stderr, "bench_queue: latency runs did not finish\n");
         exit(1);
     }
-    r = exec(c,
+    r = bench_exec(c,
              "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), "
              "       percentile_cont(0.99) WITHIN GROUP (ORDER BY ms), max(ms), avg(ms) "
              "  FROM (SELECT extract(epoch FROM s.started_at - r.created_at) * 1000 AS ms "
@@ -313,8 +198,8 @@ static void phase_latency(const bench_opts *o, PGconn *c, const char *db, long l
 
 static void truncate_runs(PGconn *c)
 {
-    PQclear(exec(c, "TRUNCATE run_events, steps, runs CASCADE", 0, NULL));
-    PQclear(exec(c, "VACUUM ANALYZE", 0, NULL));
+    PQclear(bench_exec(c, "TRUNCATE run_events, steps, runs CASCADE", 0, NULL));
+    PQclear(bench_exec(c, "VACUUM ANALYZE", 0, NULL));
 }
 
 static double round2(double v)
@@ -334,60 +219,39 @@ int main(int argc, char **argv)
 {
     bench_opts o = {.runs = 20000, .workers = 2, .enqueue_batch = 1000, .latency_runs = 500,
                     .latency_interval_ms = 10};
-    for (int i = 1; i < argc; i++) {
-        if (i + 1 >= argc)
-            return usage();
-        const char *k = argv[i], *v = argv[++i];
-        int n = atoi(v);
-        if (strcmp(k, "--database") == 0)
-            o.conninfo = v;
-        else if (strcmp(k, "--runs") == 0 && n > 0)
-            o.runs = n;
-        else if (strcmp(k, "--workers") == 0 && n > 0)
-            o.workers = n;
-        else if (strcmp(k, "--batch") == 0 && n > 0)
-            o.batch = n;
-        else if (strcmp(k, "--max-inflight") == 0 && n > 0)
-            o.max_inflight = n;
-        else if (strcmp(k, "--enqueue-batch") == 0 && n > 0)
-            o.enqueue_batch = n;
-        else if (strcmp(k, "--latency-runs") == 0 && n > 0)
-            o.latency_runs = n;
-        else if (strcmp(k, "--latency-interval-ms") == 0 && n > 0)
-            o.latency_interval_ms = n;
-        else
-            return usage();
-    }
-    if (!o.conninfo)
+    const bench_opt opts[] = {
+        {"--database", &o.conninfo, NULL, 0, 0},
+        {"--runs", NULL, &o.runs, 1, INT_MAX},
+        {"--workers", NULL, &o.workers, 1, INT_MAX},
+        {"--batch", NULL, &o.batch, 1, INT_MAX},
+        {"--max-inflight", NULL, &o.max_inflight, 1, INT_MAX},
+        {"--enqueue-batch", NULL, &o.enqueue_batch, 1, INT_MAX},
+        {"--latency-runs", NULL, &o.latency_runs, 1, INT_MAX},
+        {"--latency-interval-ms", NULL, &o.latency_interval_ms, 1, INT_MAX},
+    };
+    bench_set_name("bench_queue");
+    if (!bench_parse_opts(argc, argv, opts, ENG_ARRAY_LEN(opts)) || !o.conninfo)
         return usage();
     eng_mem_init();
     eng_log_init();
     eng_step_register_builtins();
 
-    PGconn *admin = connect_db(o.conninfo);
+    PGconn *admin = bench_connect(o.conninfo);
     char dbname[64];
-    snprintf(dbname, sizeof dbname, "flowd_bench_%d_%ld", (int)getpid(), (long)time(NULL));
-    char *sql = eng_xasprintf("CREATE DATABASE %s", dbname); /* our own generated identifier */
-    PQclear(exec(admin, sql, 0, NULL));
-    free(sql);
-    char *db = conninfo_with_db(o.conninfo, dbname);
-    size_t nmig;
-    const eng_migration *migs = eng_migrations_embedded(&nmig);
-    eng_err err = {0};
-    if (eng_migrate_up(db, migs, nmig, NULL, &err) != ENG_OK) {
-        fprintf(stderr, "bench_queue: migrate: %s\n", err.msg);
-        return 1;
-    }
-    PGconn *c = connect_db(db);
+    char *db = bench_db_create(admin, o.conninfo, "flowd_bench", dbname);
+    PGconn *c = bench_connect(db);
     long long tenant;
-    long long wf = register_single_step(c, &tenant);
+    long long wf = bench_register(c, "bench",
+                                  "{\"name\": \"bench\", \"steps\": [{\"key\": \"s\", \"kind\":"
+                                  " \"transform\", \"input\": {\"n\": \"{{input.n}}\"}}]}",
+                                  &tenant);
 
     json_t *out = json_object();
     json_object_set_new(out, "benchmark", json_string("queue"));
     double single = phase_enqueue_single(db, tenant, wf);
     truncate_runs(c);
     double enq = phase_enqueue(c, tenant, wf, o.runs, o.enqueue_batch);
-    PQclear(exec(c, "ANALYZE", 0, NULL));
+    PQclear(bench_exec(c, "ANALYZE", 0, NULL));
     double seconds = 0;
     double steps = phase_steps(&o, c, db, &seconds);
     truncate_runs(c);
@@ -412,15 +276,13 @@ int main(int argc, char **argv)
                               {"synchronous_commit", "SHOW synchronous_commit"},
                               {"shared_buffers", "SHOW shared_buffers"}};
     for (size_t i = 0; i < ENG_ARRAY_LEN(facts); i++) {
-        char *v = value(c, facts[i][1]);
+        char *v = bench_value(c, facts[i][1]);
         json_object_set_new(out, facts[i][0], json_string(v));
         free(v);
     }
     PQfinish(c);
     free(db);
-    sql = eng_xasprintf("DROP DATABASE %s", dbname);
-    PQclear(exec(admin, sql, 0, NULL));
-    free(sql);
+    bench_db_drop(admin, dbname);
     PQfinish(admin);
 
     char *text = json_dumps(out, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(10));
