@@ -18,11 +18,6 @@ void bench_set_name(const char *name)
     prog = name;
 }
 
-const char *bench_name(void)
-{
-    return prog;
-}
-
 _Noreturn void bench_die(const char *what, PGconn *c)
 {
     fprintf(stderr, "%s: %s: %s\n", prog, what, c ? PQerrorMessage(c) : "");

@@ -9,7 +9,6 @@
 
 /* The program's name for messages ("bench_queue"); set once at the start of main. */
 void bench_set_name(const char *name);
-const char *bench_name(void);
 
 /* Prints "<name>: what: <c's error>" to stderr and exits 1. c may be NULL. */
 _Noreturn void bench_die(const char *what, PGconn *c);
