@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# bench/run peer-graphile [--repeat N] [--jobs N]: the peer baseline the queue benchmark's bar refers
+# to: graphile-worker (pinned in bench/peer_graphile/package-lock.json, installed from npm on first use)
+# working no-op jobs with its batching on (local queue, batched completions), over a grid of settings.
+# Prints one JSON object, the best trial. PostgreSQL: FLOWD_DATABASE_URL when set (each trial creates
+# and drops its own database there), else a throw-away cluster from tests/support/pg_fixture.sh, the
+# same fsync-on settings `bench/run queue` gets.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+dir=$root/bench/peer_graphile
+
+command -v node >/dev/null && command -v npm >/dev/null \
+  || { echo "bench/run peer-graphile: node and npm are needed (apt-get install nodejs npm)" >&2; exit 1; }
+# npm ci (exactly the lock file) unless the pinned version is already installed.
+want=$(node -p 'require(process.argv[1]).dependencies["graphile-worker"]' "$dir/package.json")
+have=$(node -p 'require(process.argv[1]).version' "$dir/node_modules/graphile-worker/package.json" 2>/dev/null || true)
+if [ "$want" != "$have" ]; then
+  (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error) >&2
+fi
+
+if [ -n "${FLOWD_DATABASE_URL:-}" ]; then
+  exec node "$dir/driver.js" sweep --database "$FLOWD_DATABASE_URL" "$@"
+fi
+pgdir=$(mktemp -d /tmp/flowd-bench-pg.XXXXXX)
+cleanup() { "$root/tests/support/pg_fixture.sh" stop "$pgdir" >&2 || true; rm -rf "$pgdir"; }
+trap cleanup EXIT
+"$root/tests/support/pg_fixture.sh" start "$pgdir" >&2
+node "$dir/driver.js" sweep --database "host=$pgdir dbname=postgres user=postgres" "$@"
