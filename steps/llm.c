@@ -1087,6 +1087,12 @@ static void llm_start(eng_step_ctx *ctx)
     a->hash = wf_sha256_hex(canon, strlen(canon));
     free(canon);
     eng_step_set_data(ctx, a);
+    /* A first attempt cannot have a recorded answer: only a step that ran before (its report
+     * lost to a crash, its lease expired) is claimed again with attempt > 1. */
+    if (eng_step_attempt(ctx) == 1) {
+        lookup_result(a, NULL, NULL);
+        return;
+    }
     a->st = LLM_LOOKUP;
     batch_enqueue(a, BQ_LOOKUP);
 }

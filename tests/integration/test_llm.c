@@ -477,10 +477,11 @@ static void test_recorded_output_replay(void **state)
     json_t *first = step_row(db, wf);
     assert_string_equal(jstr(first, "state"), "succeeded");
     assert_int_equal(th_llm_calls(o), 1);
-    /* as after a crash between the answer and its report: the same step runs again */
+    /* as after a crash between the answer and its report: the reaper hands the step back with
+     * the attempt it used counted, and it runs again as attempt 2 */
     char *sql = eng_xasprintf(
         "WITH s AS (UPDATE steps SET state = 'ready', output = NULL, finished_at = NULL,"
-        " attempts = attempts - 1, run_at = now() WHERE run_id IN (SELECT id FROM runs WHERE"
+        " run_at = now() WHERE run_id IN (SELECT id FROM runs WHERE"
         " workflow_id = %lld) RETURNING run_id)"
         " UPDATE runs SET state = 'running', steps_done = 0, finished_at = NULL, output = NULL"
         " WHERE id IN (SELECT run_id FROM s) RETURNING 1",
