@@ -42,12 +42,6 @@ static const char chain_def[] =
     " {\"key\": \"b\", \"kind\": \"transform\", \"needs\": [\"a\"], \"input\": {\"x\": 2}},"
     " {\"key\": \"c\", \"kind\": \"transform\", \"needs\": [\"b\"], \"input\": {\"x\": 3}}]}";
 
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
 /* ------------------------------------------------------------------------------ client -- */
 
 typedef struct resp {
@@ -233,7 +227,7 @@ static void test_admin_tenants_and_keys(void **state)
     json_decref(expect(call("GET", "/v1/runs", member, NULL), 200));
     assert_null(expect(call("DELETE", path, key_a, NULL), 204));
     assert_null(expect(call("DELETE", path, key_a, NULL), 204));
-    sleep_ms(2200);
+    th_sleep_ms(2200);
     expect_error(call("GET", "/v1/runs", member, NULL), 401, NULL);
 }
 
@@ -454,7 +448,7 @@ static void test_batch_10000(void **state)
         last = expect(call("GET", path, key_a, NULL), 200);
         if (strcmp(json_string_value(json_object_get(last, "state")), "running") != 0)
             break;
-        sleep_ms(200);
+        th_sleep_ms(200);
     }
     th_workers_stop(ws);
     assert_string_equal(json_string_value(json_object_get(last, "state")), "succeeded");
@@ -567,7 +561,7 @@ static void test_sse_live_and_resume(void **state)
     sse_arg live = {.run = run};
     pthread_t th;
     pthread_create(&th, NULL, sse_thread, &live);
-    sleep_ms(400);
+    th_sleep_ms(400);
     th_workers *ws = th_workers_start(db, 1, "api-sse", 0, 0, 0);
     pthread_join(th, NULL);
     th_workers_stop(ws);
@@ -645,7 +639,7 @@ static void test_sse_client_leaves(void **state)
         assert_non_null(strstr(a.r.body, "event: run.created"));
         free(a.r.body);
     }
-    sleep_ms(500); /* the server notices the closed sockets and drops the streams */
+    th_sleep_ms(500); /* the server notices the closed sockets and drops the streams */
     json_decref(expect(call("GET", "/healthz", NULL, NULL), 200));
     char path[64];
     snprintf(path, sizeof path, "/v1/runs/%lld/cancel", run);

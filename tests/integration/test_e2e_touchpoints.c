@@ -48,12 +48,6 @@ typedef struct world {
     int64_t offset_ms; /* the engine clock's test offset, as the API last reported it */
 } world;
 
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
 static void llm_answer(void *arg, const json_t *body, int *status, char **text)
 {
     (void)arg;
@@ -135,7 +129,7 @@ static json_t *drive(world *w, long long id, int64_t until_ms)
         }
         if (busy || next == INT64_MAX) {
             json_decref(run);
-            sleep_ms(10);
+            th_sleep_ms(10);
             continue;
         }
         if (until_ms && next > until_ms) {
@@ -292,7 +286,7 @@ static void test_reply_on_day_six_stops(void **state)
 
     /* the rest of the month passes: nothing more goes out */
     clock_advance(w, 30 * DAY_MS);
-    sleep_ms(500);
+    th_sleep_ms(500);
     run = get_run(w, id);
     assert_string_equal(json_string_value(json_object_get(run, "state")), "cancelled");
     for (int i = 0; i < NTOUCH; i++) {
@@ -363,7 +357,7 @@ static void test_inbound_sms_stops(void **state)
     assert_string_equal(json_string_value(json_object_get(e, "key")), "+15557770003");
     json_decref(run);
     clock_advance(w, 30 * DAY_MS);
-    sleep_ms(500);
+    th_sleep_ms(500);
     assert_int_equal(sends_to(w, "+15557770003", "ada3@example.com"), sent);
 }
 

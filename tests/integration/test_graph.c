@@ -32,97 +32,40 @@
 
 /* ------------------------------------------------------------------------------ helpers -- */
 
-#define P(...) \
-    (int)(sizeof((const char *[]){__VA_ARGS__}) / sizeof(const char *)), (const char *const[]){__VA_ARGS__}
-
-typedef struct {
-    char s[24];
-} num_s;
-
-static num_s num(long long v)
-{
-    num_s n;
-    snprintf(n.s, sizeof n.s, "%lld", v);
-    return n;
-}
-
-static PGconn *pg_open(const char *conninfo)
-{
-    PGconn *c = PQconnectdb(conninfo);
-    if (PQstatus(c) != CONNECTION_OK)
-        fail_msg("cannot connect: %s", PQerrorMessage(c));
-    return c;
-}
-
-/* First column of the first row (new string, NULL when there is no row or it is NULL). */
-static char *pg_s(PGconn *c, const char *sql, int n, const char *const *params)
-{
-    PGresult *r = PQexecParams(c, sql, n, NULL, params, NULL, NULL, 0);
-    ExecStatusType st = PQresultStatus(r);
-    if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK)
-        fail_msg("%s\n%s", sql, PQerrorMessage(c));
-    char *v = PQntuples(r) > 0 && !PQgetisnull(r, 0, 0) ? eng_xstrdup(PQgetvalue(r, 0, 0)) : NULL;
-    PQclear(r);
-    return v;
-}
-
-static long long pg_ll(PGconn *c, const char *sql, int n, const char *const *params)
-{
-    char *v = pg_s(c, sql, n, params);
-    if (!v)
-        fail_msg("no value: %s", sql);
-    long long x = strtoll(v, NULL, 10);
-    free(v);
-    return x;
-}
-
-/* Asserts that the first value of sql is the text expected (NULL: SQL NULL or no row). */
-static void pg_expect(PGconn *c, const char *expected, const char *sql, int n,
-                      const char *const *params)
-{
-    char *v = pg_s(c, sql, n, params);
-    if (!expected != !v || (v && strcmp(v, expected) != 0))
-        fail_msg("%s\n  got      %s\n  expected %s", sql, v ? v : "NULL",
-                 expected ? expected : "NULL");
-    free(v);
-}
-
-/* Polls sql (a boolean) on c until true; false after timeout_s. */
-static bool pg_wait(PGconn *c, const char *sql, int n, const char *const *params, double timeout_s)
-{
-    long long deadline = th_now_ms() + (long long)(timeout_s * 1000);
-    for (;;) {
-        char *v = pg_s(c, sql, n, params);
-        bool ok = v && strcmp(v, "t") == 0;
-        free(v);
-        if (ok)
-            return true;
-        if (th_now_ms() > deadline)
-            return false;
-        struct timespec ts = {0, 10 * 1000 * 1000};
-        nanosleep(&ts, NULL);
-    }
-}
-
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-static long long enqueue_one(PGconn *c, long long tenant, long long wf, const char *input)
-{
-    char *in = eng_xasprintf("[%s]", input);
-    long long id = pg_ll(c, "SELECT run_id FROM flowd_enqueue($1, $2, $3::jsonb, 0, NULL, NULL)",
-                         P(num(tenant).s, num(wf).s, in));
-    free(in);
-    return id;
-}
-
 static void advance(PGconn *c, const char *interval)
 {
-    free(pg_s(c, "SELECT flowd_clock_advance((extract(epoch FROM $1::interval) * 1000)::bigint)",
-              P(interval)));
+    free(th_pgc_str(c,
+                    "SELECT flowd_clock_advance((extract(epoch FROM $1::interval) * 1000)::bigint)",
+                    TH_P(interval)));
+}
+
+/* Waits until run is over (up to 30 s), then stops the workers; fails the test when it is not. */
+static void finish_run(PGconn *c, long long run, th_workers *ws)
+{
+    bool done = th_pgc_wait(c, "SELECT state NOT IN ('queued', 'running') FROM runs WHERE id = $1",
+                            TH_P(th_num(run).s), 30);
+    th_workers_stop(ws);
+    assert_true(done);
+}
+
+/* Waits (up to 30 s) until the run's step w is waiting for its event. */
+static void wait_for_wait(PGconn *c, long long run)
+{
+    assert_true(th_pgc_wait(c,
+                            "SELECT state = 'waiting' FROM steps WHERE run_id = $1 AND key = 'w'",
+                            TH_P(th_num(run).s), 30));
+}
+
+static void expect_run_state(PGconn *c, long long run, const char *state)
+{
+    th_pgc_expect(c, state, "SELECT state FROM runs WHERE id = $1", TH_P(th_num(run).s));
+}
+
+/* The output of the run's step key, as text. */
+static void expect_output(PGconn *c, long long run, const char *key, const char *json)
+{
+    th_pgc_expect(c, json, "SELECT output::text FROM steps WHERE run_id = $1 AND key = $2",
+                  TH_P(th_num(run).s, key));
 }
 
 /* Runs the flowd binary against db; returns its exit status, stdout and stderr (caller frees). */
@@ -229,8 +172,14 @@ static const char branch_def[] =
     " {\"key\": \"join\", \"kind\": \"transform\", \"needs\": [\"nudge\", \"thank\"],"
     "  \"input\": {\"joined\": true}}]}";
 
-static const char states_sql[] =
-    "SELECT string_agg(key || '=' || state, ',' ORDER BY idx) FROM steps WHERE run_id = $1";
+/* The run's steps in order as "key=state,...". */
+static void expect_states(PGconn *c, long long run, const char *states)
+{
+    th_pgc_expect(c, states,
+                  "SELECT string_agg(key || '=' || state, ',' ORDER BY idx) FROM steps"
+                  " WHERE run_id = $1",
+                  TH_P(th_num(run).s));
+}
 
 static void test_wait_event_resumes_with_data(void **state)
 {
@@ -238,33 +187,28 @@ static void test_wait_event_resumes_with_data(void **state)
     long long tenant;
     char *db = th_engine_db("g_wait", &tenant);
     long long wf = th_engine_register(db, tenant, branch_def);
-    PGconn *c = pg_open(db);
-    long long run = enqueue_one(c, tenant, wf, "{\"lead\": \"r-1\"}");
+    PGconn *c = th_pgc_open(db);
+    long long run = th_pgc_enqueue(c, tenant, wf, "{\"lead\": \"r-1\"}");
     th_workers *ws = th_workers_start(db, 1, "wait", 0, 0, 0);
-    assert_true(pg_wait(c, "SELECT state = 'waiting' FROM steps WHERE run_id = $1 AND key = 'w'",
-                        P(num(run).s), 30));
+    wait_for_wait(c, run);
     /* Another lead's reply and another event name resume nothing. */
-    pg_expect(c, "0", "SELECT resumed FROM flowd_event($1, 'lead.replied', 'r-2', '{}')",
-              P(num(tenant).s));
-    pg_expect(c, "0", "SELECT resumed FROM flowd_event($1, 'lead.booked', 'r-1', '{}')",
-              P(num(tenant).s));
-    sleep_ms(300);
-    pg_expect(c, "waiting", "SELECT state FROM steps WHERE run_id = $1 AND key = 'w'",
-              P(num(run).s));
-    pg_expect(c, "1",
-              "SELECT resumed FROM flowd_event($1, 'lead.replied', 'r-1', '{\"text\": \"yes!\"}')",
-              P(num(tenant).s));
-    bool done = pg_wait(c, "SELECT state NOT IN ('queued', 'running') FROM runs WHERE id = $1",
-                        P(num(run).s), 30);
-    th_workers_stop(ws);
-    assert_true(done);
-    pg_expect(c, "succeeded", "SELECT state FROM runs WHERE id = $1", P(num(run).s));
-    pg_expect(c, "w=succeeded,nudge=skipped,thank=succeeded,after_thank=succeeded,join=succeeded",
-              states_sql, P(num(run).s));
-    pg_expect(c, "{\"text\": \"yes!\"}", "SELECT output::text FROM steps WHERE run_id = $1 AND key = 'w'",
-              P(num(run).s));
-    pg_expect(c, "{\"reply\": \"yes!\"}",
-              "SELECT output::text FROM steps WHERE run_id = $1 AND key = 'thank'", P(num(run).s));
+    th_pgc_expect(c, "0", "SELECT resumed FROM flowd_event($1, 'lead.replied', 'r-2', '{}')",
+                  TH_P(th_num(tenant).s));
+    th_pgc_expect(c, "0", "SELECT resumed FROM flowd_event($1, 'lead.booked', 'r-1', '{}')",
+                  TH_P(th_num(tenant).s));
+    th_sleep_ms(300);
+    th_pgc_expect(c, "waiting", "SELECT state FROM steps WHERE run_id = $1 AND key = 'w'",
+                  TH_P(th_num(run).s));
+    th_pgc_expect(
+        c, "1",
+        "SELECT resumed FROM flowd_event($1, 'lead.replied', 'r-1', '{\"text\": \"yes!\"}')",
+        TH_P(th_num(tenant).s));
+    finish_run(c, run, ws);
+    expect_run_state(c, run, "succeeded");
+    expect_states(c, run,
+                  "w=succeeded,nudge=skipped,thank=succeeded,after_thank=succeeded,join=succeeded");
+    expect_output(c, run, "w", "{\"text\": \"yes!\"}");
+    expect_output(c, run, "thank", "{\"reply\": \"yes!\"}");
     PQfinish(c);
     free(db);
 }
@@ -275,32 +219,27 @@ static void test_wait_event_timeout_branches(void **state)
     long long tenant;
     char *db = th_engine_db("g_wait_to", &tenant);
     long long wf = th_engine_register(db, tenant, branch_def);
-    PGconn *c = pg_open(db);
-    long long run = enqueue_one(c, tenant, wf, "{\"lead\": \"t-1\"}");
+    PGconn *c = th_pgc_open(db);
+    long long run = th_pgc_enqueue(c, tenant, wf, "{\"lead\": \"t-1\"}");
     th_workers *ws = th_workers_start(db, 1, "wait-to", 0, 0, 0);
-    assert_true(pg_wait(c, "SELECT state = 'waiting' FROM steps WHERE run_id = $1 AND key = 'w'",
-                        P(num(run).s), 30));
+    wait_for_wait(c, run);
     advance(c, "1 hour 59 minutes");
-    sleep_ms(1300); /* past the workers' 1 s backstop poll */
-    pg_expect(c, "waiting", "SELECT state FROM steps WHERE run_id = $1 AND key = 'w'",
-              P(num(run).s));
+    th_sleep_ms(1300); /* past the workers' 1 s backstop poll */
+    th_pgc_expect(c, "waiting", "SELECT state FROM steps WHERE run_id = $1 AND key = 'w'",
+                  TH_P(th_num(run).s));
     advance(c, "1 minute");
-    bool done = pg_wait(c, "SELECT state NOT IN ('queued', 'running') FROM runs WHERE id = $1",
-                        P(num(run).s), 30);
-    th_workers_stop(ws);
-    assert_true(done);
-    pg_expect(c, "succeeded", "SELECT state FROM runs WHERE id = $1", P(num(run).s));
-    pg_expect(c, "w=succeeded,nudge=succeeded,thank=skipped,after_thank=skipped,join=succeeded",
-              states_sql, P(num(run).s));
-    pg_expect(c, "{\"timed_out\": true}",
-              "SELECT output::text FROM steps WHERE run_id = $1 AND key = 'w'", P(num(run).s));
+    finish_run(c, run, ws);
+    expect_run_state(c, run, "succeeded");
+    expect_states(c, run,
+                  "w=succeeded,nudge=succeeded,thank=skipped,after_thank=skipped,join=succeeded");
+    expect_output(c, run, "w", "{\"timed_out\": true}");
     /* The skipped steps never started; skipped counts as done. */
-    pg_expect(c, "0",
-              "SELECT count(*) FROM run_events WHERE run_id = $1 AND type = 'step.started'"
-              " AND step_key = 'after_thank'",
-              P(num(run).s));
-    pg_expect(c, "5 5", "SELECT steps_done || ' ' || steps_total FROM runs WHERE id = $1",
-              P(num(run).s));
+    th_pgc_expect(c, "0",
+                  "SELECT count(*) FROM run_events WHERE run_id = $1 AND type = 'step.started'"
+                  " AND step_key = 'after_thank'",
+                  TH_P(th_num(run).s));
+    th_pgc_expect(c, "5 5", "SELECT steps_done || ' ' || steps_total FROM runs WHERE id = $1",
+                  TH_P(th_num(run).s));
     PQfinish(c);
     free(db);
 }
@@ -316,27 +255,26 @@ static void test_wait_event_early_event(void **state)
         " {\"key\": \"gate\", \"kind\": \"transform\", \"delay\": \"1h\"},"
         " {\"key\": \"w\", \"kind\": \"wait_event\", \"needs\": [\"gate\"],"
         "  \"input\": {\"event\": \"lead.replied\", \"key\": \"{{input.lead}}\", \"timeout\": \"1d\"}}]}");
-    PGconn *c = pg_open(db);
+    PGconn *c = th_pgc_open(db);
     /* Sent before the run existed: not this run's business. */
-    free(pg_s(c, "SELECT flowd_event($1, 'lead.replied', 'e-1', '{\"n\": 1}')", P(num(tenant).s)));
-    long long run = enqueue_one(c, tenant, wf, "{\"lead\": \"e-1\"}");
+    free(th_pgc_str(c, "SELECT flowd_event($1, 'lead.replied', 'e-1', '{\"n\": 1}')",
+                    TH_P(th_num(tenant).s)));
+    long long run = th_pgc_enqueue(c, tenant, wf, "{\"lead\": \"e-1\"}");
     th_workers *ws = th_workers_start(db, 1, "early", 0, 0, 0);
     /* Arrives while the run is under way but before the wait started. */
-    pg_expect(c, "0", "SELECT resumed FROM flowd_event($1, 'lead.replied', 'e-1', '{\"n\": 2}')",
-              P(num(tenant).s));
-    sleep_ms(300);
-    pg_expect(c, "gate=ready,w=pending", states_sql, P(num(run).s));
+    th_pgc_expect(c, "0",
+                  "SELECT resumed FROM flowd_event($1, 'lead.replied', 'e-1', '{\"n\": 2}')",
+                  TH_P(th_num(tenant).s));
+    th_sleep_ms(300);
+    expect_states(c, run, "gate=ready,w=pending");
     advance(c, "1 hour");
-    bool done = pg_wait(c, "SELECT state NOT IN ('queued', 'running') FROM runs WHERE id = $1",
-                        P(num(run).s), 30);
-    th_workers_stop(ws);
-    assert_true(done);
-    pg_expect(c, "succeeded", "SELECT state FROM runs WHERE id = $1", P(num(run).s));
-    pg_expect(c, "{\"n\": 2}", "SELECT output::text FROM steps WHERE run_id = $1 AND key = 'w'",
-              P(num(run).s));
+    finish_run(c, run, ws);
+    expect_run_state(c, run, "succeeded");
+    expect_output(c, run, "w", "{\"n\": 2}");
     /* Delivered at once: it never slept in 'waiting'. */
-    pg_expect(c, "0", "SELECT count(*) FROM run_events WHERE run_id = $1 AND type = 'step.waiting'",
-              P(num(run).s));
+    th_pgc_expect(c, "0",
+                  "SELECT count(*) FROM run_events WHERE run_id = $1 AND type = 'step.waiting'",
+                  TH_P(th_num(run).s));
     PQfinish(c);
     free(db);
 }
@@ -348,11 +286,10 @@ static void test_cli_event_data(void **state)
     long long tenant;
     char *db = th_engine_db("g_cli_event", &tenant);
     long long wf = th_engine_register(db, tenant, branch_def);
-    PGconn *c = pg_open(db);
-    long long run = enqueue_one(c, tenant, wf, "{\"lead\": \"c-1\"}");
+    PGconn *c = th_pgc_open(db);
+    long long run = th_pgc_enqueue(c, tenant, wf, "{\"lead\": \"c-1\"}");
     th_workers *ws = th_workers_start(db, 1, "cli-event", 0, 0, 0);
-    assert_true(pg_wait(c, "SELECT state = 'waiting' FROM steps WHERE run_id = $1 AND key = 'w'",
-                        P(num(run).s), 30));
+    wait_for_wait(c, run);
     char *out = NULL, *err = NULL;
     int st = flowd(db, &out, &err, "event", "lead.replied", "c-1", "--data", "{\"text\": \"ok\"}");
     if (st != 0)
@@ -360,13 +297,10 @@ static void test_cli_event_data(void **state)
     assert_non_null(strstr(out, "\"resumed\": 1"));
     free(out);
     free(err);
-    bool done = pg_wait(c, "SELECT state NOT IN ('queued', 'running') FROM runs WHERE id = $1",
-                        P(num(run).s), 30);
-    th_workers_stop(ws);
-    assert_true(done);
-    pg_expect(c, "{\"text\": \"ok\"}", "SELECT data::text FROM events WHERE key = 'c-1'", 0, NULL);
-    pg_expect(c, "{\"text\": \"ok\"}", "SELECT output::text FROM steps WHERE run_id = $1 AND key = 'w'",
-              P(num(run).s));
+    finish_run(c, run, ws);
+    th_pgc_expect(c, "{\"text\": \"ok\"}", "SELECT data::text FROM events WHERE key = 'c-1'", 0,
+                  NULL);
+    expect_output(c, run, "w", "{\"text\": \"ok\"}");
     PQfinish(c);
     free(db);
 }
@@ -387,38 +321,40 @@ static void test_map_10000_items_in_order(void **state)
         "  \"step\": {\"kind\": \"transform\", \"input\": {\"i\": \"{{index}}\", \"name\": \"{{item}}\"}}}},"
         " {\"key\": \"total\", \"kind\": \"transform\", \"needs\": [\"m\"],"
         "  \"input\": {\"first\": \"{{steps.m.output.results[0].item.name}}\"}}]}");
-    PGconn *c = pg_open(db);
-    long long run = pg_ll(
+    PGconn *c = th_pgc_open(db);
+    long long run = th_pgc_ll(
         c,
         "SELECT run_id FROM flowd_enqueue($1, $2, jsonb_build_array(jsonb_build_object('items',"
         " (SELECT jsonb_agg('p' || i ORDER BY i) FROM generate_series(0, $3::int - 1) i))),"
         " 0, NULL, NULL)",
-        P(num(tenant).s, num(wf).s, num(ITEMS).s));
+        TH_P(th_num(tenant).s, th_num(wf).s, th_num(ITEMS).s));
     long long t0 = th_now_ms();
     th_workers *ws = th_workers_start(db, 2, "map-big", 0, 0, 0);
-    bool done = pg_wait(c, "SELECT state NOT IN ('queued', 'running') FROM runs WHERE id = $1",
-                        P(num(run).s), 120);
+    bool done = th_pgc_wait(c, "SELECT state NOT IN ('queued', 'running') FROM runs WHERE id = $1",
+                            TH_P(th_num(run).s), 120);
     long long took = th_now_ms() - t0;
     th_workers_stop(ws);
     fprintf(stderr, "# map of %d inline items: %lld ms\n", ITEMS, took);
     assert_true(done);
-    pg_expect(c, "succeeded", "SELECT state FROM runs WHERE id = $1", P(num(run).s));
+    expect_run_state(c, run, "succeeded");
     /* one child per item, no duplicates started by concurrent advances of the map */
-    pg_expect(c, "10000 10000 10000",
-              "SELECT count(*) || ' ' || count(DISTINCT parent_index) || ' '"
-              " || count(*) FILTER (WHERE state = 'succeeded') FROM runs"
-              " WHERE parent_step_id IS NOT NULL", 0, NULL);
-    pg_expect(c, "10000", "SELECT jsonb_array_length(output->'results') FROM steps"
-                          " WHERE run_id = $1 AND key = 'm'", P(num(run).s));
+    th_pgc_expect(c, "10000 10000 10000",
+                  "SELECT count(*) || ' ' || count(DISTINCT parent_index) || ' '"
+                  " || count(*) FILTER (WHERE state = 'succeeded') FROM runs"
+                  " WHERE parent_step_id IS NOT NULL",
+                  0, NULL);
+    th_pgc_expect(c, "10000",
+                  "SELECT jsonb_array_length(output->'results') FROM steps"
+                  " WHERE run_id = $1 AND key = 'm'",
+                  TH_P(th_num(run).s));
     /* results[k] is item k's output, for every k */
-    pg_expect(c, "10000",
-              "SELECT count(*) FROM steps s, jsonb_array_elements(s.output->'results')"
-              "  WITH ORDINALITY AS x(v, n)"
-              " WHERE s.run_id = $1 AND s.key = 'm' AND (x.v->'item'->>'i')::int = x.n - 1"
-              "   AND x.v->'item'->>'name' = 'p' || (x.n - 1)",
-              P(num(run).s));
-    pg_expect(c, "{\"first\": \"p0\"}",
-              "SELECT output::text FROM steps WHERE run_id = $1 AND key = 'total'", P(num(run).s));
+    th_pgc_expect(c, "10000",
+                  "SELECT count(*) FROM steps s, jsonb_array_elements(s.output->'results')"
+                  "  WITH ORDINALITY AS x(v, n)"
+                  " WHERE s.run_id = $1 AND s.key = 'm' AND (x.v->'item'->>'i')::int = x.n - 1"
+                  "   AND x.v->'item'->>'name' = 'p' || (x.n - 1)",
+                  TH_P(th_num(run).s));
+    expect_output(c, run, "total", "{\"first\": \"p0\"}");
     assert_true(took < 120000);
     PQfinish(c);
     free(db);
@@ -450,44 +386,54 @@ static void test_map_child_failure(void **state)
     d = parent_def(true);
     long long lenient = th_engine_register(db, tenant, d);
     free(d);
-    PGconn *c = pg_open(db);
+    PGconn *c = th_pgc_open(db);
     static const char items[] = "{\"items\": [false, true, false, false]}";
-    long long r1 = enqueue_one(c, tenant, strict, items);
-    long long r2 = enqueue_one(c, tenant, lenient, items);
+    long long r1 = th_pgc_enqueue(c, tenant, strict, items);
+    long long r2 = th_pgc_enqueue(c, tenant, lenient, items);
     th_workers *ws = th_workers_start(db, 2, "map-fail", 0, 0, 0);
-    bool done = pg_wait(c, "SELECT count(*) = 2 FROM runs WHERE parent_step_id IS NULL"
-                           " AND state NOT IN ('queued', 'running')", 0, NULL, 30);
-    sleep_ms(300);
+    bool done = th_pgc_wait(c,
+                            "SELECT count(*) = 2 FROM runs WHERE parent_step_id IS NULL"
+                            " AND state NOT IN ('queued', 'running')",
+                            0, NULL, 30);
+    th_sleep_ms(300);
     th_workers_stop(ws);
     assert_true(done);
 
     /* Without allow_failures: the map fails at the first failed item, and the run with it. */
-    pg_expect(c, "failed step_failed", "SELECT state || ' ' || (error->>'code') FROM runs WHERE id = $1",
-              P(num(r1).s));
-    pg_expect(c, "failed map_item_failed 1",
-              "SELECT state || ' ' || (error->>'code') || ' ' || (error->>'item') FROM steps"
-              " WHERE run_id = $1 AND key = 'm'", P(num(r1).s));
-    pg_expect(c, "cancelled", "SELECT state FROM steps WHERE run_id = $1 AND key = 'after'",
-              P(num(r1).s));
+    th_pgc_expect(c, "failed step_failed",
+                  "SELECT state || ' ' || (error->>'code') FROM runs WHERE id = $1",
+                  TH_P(th_num(r1).s));
+    th_pgc_expect(c, "failed map_item_failed 1",
+                  "SELECT state || ' ' || (error->>'code') || ' ' || (error->>'item') FROM steps"
+                  " WHERE run_id = $1 AND key = 'm'",
+                  TH_P(th_num(r1).s));
+    th_pgc_expect(c, "cancelled", "SELECT state FROM steps WHERE run_id = $1 AND key = 'after'",
+                  TH_P(th_num(r1).s));
     /* concurrency 1: the items after the failure never got a child run */
-    pg_expect(c, "2", "SELECT count(*) FROM runs r JOIN steps s ON s.id = r.parent_step_id"
-                      " WHERE s.run_id = $1", P(num(r1).s));
+    th_pgc_expect(c, "2",
+                  "SELECT count(*) FROM runs r JOIN steps s ON s.id = r.parent_step_id"
+                  " WHERE s.run_id = $1",
+                  TH_P(th_num(r1).s));
 
     /* With allow_failures: every item ran, results in item order, the failure's holds its error. */
-    pg_expect(c, "succeeded", "SELECT state FROM runs WHERE id = $1", P(num(r2).s));
-    pg_expect(c, "0|null|2|3",
-              "SELECT string_agg(coalesce(v->'work'->>'n', 'null'), '|' ORDER BY n) FROM steps s,"
-              " jsonb_array_elements(s.output->'results') WITH ORDINALITY AS x(v, n)"
-              " WHERE s.run_id = $1 AND s.key = 'm'", P(num(r2).s));
-    pg_expect(c, "step_failed",
-              "SELECT output->'results'->1->'error'->>'code' FROM steps WHERE run_id = $1"
-              " AND key = 'm'", P(num(r2).s));
-    pg_expect(c, "t",
-              "SELECT (output->'results'->1->>'run')::bigint = (SELECT r.id FROM runs r"
-              " WHERE r.parent_step_id = s.id AND r.parent_index = 1) FROM steps s"
-              " WHERE s.run_id = $1 AND s.key = 'm'", P(num(r2).s));
-    pg_expect(c, "succeeded", "SELECT state FROM steps WHERE run_id = $1 AND key = 'after'",
-              P(num(r2).s));
+    expect_run_state(c, r2, "succeeded");
+    th_pgc_expect(
+        c, "0|null|2|3",
+        "SELECT string_agg(coalesce(v->'work'->>'n', 'null'), '|' ORDER BY n) FROM steps s,"
+        " jsonb_array_elements(s.output->'results') WITH ORDINALITY AS x(v, n)"
+        " WHERE s.run_id = $1 AND s.key = 'm'",
+        TH_P(th_num(r2).s));
+    th_pgc_expect(c, "step_failed",
+                  "SELECT output->'results'->1->'error'->>'code' FROM steps WHERE run_id = $1"
+                  " AND key = 'm'",
+                  TH_P(th_num(r2).s));
+    th_pgc_expect(c, "t",
+                  "SELECT (output->'results'->1->>'run')::bigint = (SELECT r.id FROM runs r"
+                  " WHERE r.parent_step_id = s.id AND r.parent_index = 1) FROM steps s"
+                  " WHERE s.run_id = $1 AND s.key = 'm'",
+                  TH_P(th_num(r2).s));
+    th_pgc_expect(c, "succeeded", "SELECT state FROM steps WHERE run_id = $1 AND key = 'after'",
+                  TH_P(th_num(r2).s));
     PQfinish(c);
     free(db);
 }
@@ -505,25 +451,24 @@ static void test_map_concurrency_bound(void **state)
         "{\"name\": \"bounded\", \"steps\": [{\"key\": \"m\", \"kind\": \"map\", \"input\": {"
         " \"items\": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12], \"workflow\": \"slowchild\","
         " \"concurrency\": 3, \"input\": {\"n\": \"{{item}}\"}}}]}");
-    PGconn *c = pg_open(db);
-    long long run = enqueue_one(c, tenant, wf, "{}");
+    PGconn *c = th_pgc_open(db);
+    long long run = th_pgc_enqueue(c, tenant, wf, "{}");
     th_workers *ws = th_workers_start(db, 2, "map-conc", 0, 0, 0);
-    bool done = pg_wait(c, "SELECT state NOT IN ('queued', 'running') FROM runs WHERE id = $1",
-                        P(num(run).s), 30);
-    th_workers_stop(ws);
-    assert_true(done);
-    pg_expect(c, "succeeded", "SELECT state FROM runs WHERE id = $1", P(num(run).s));
-    pg_expect(c, "12", "SELECT count(*) FROM runs WHERE parent_step_id IS NOT NULL", 0, NULL);
+    finish_run(c, run, ws);
+    expect_run_state(c, run, "succeeded");
+    th_pgc_expect(c, "12", "SELECT count(*) FROM runs WHERE parent_step_id IS NOT NULL", 0, NULL);
     /* Children alive at each child's start: never more than 3, and 3 at some point. */
-    pg_expect(c, "3",
-              "SELECT max(k) FROM (SELECT (SELECT count(*) FROM runs o"
-              "  WHERE o.parent_step_id IS NOT NULL AND o.created_at <= r.started_at"
-              "    AND o.finished_at > r.started_at) AS k"
-              " FROM runs r WHERE r.parent_step_id IS NOT NULL) x", 0, NULL);
-    pg_expect(c, "1|2|3|4|5|6|7|8|9|10|11|12",
-              "SELECT string_agg(v->'s'->>'n', '|' ORDER BY n) FROM steps s,"
-              " jsonb_array_elements(s.output->'results') WITH ORDINALITY AS x(v, n)"
-              " WHERE s.run_id = $1 AND s.key = 'm'", P(num(run).s));
+    th_pgc_expect(c, "3",
+                  "SELECT max(k) FROM (SELECT (SELECT count(*) FROM runs o"
+                  "  WHERE o.parent_step_id IS NOT NULL AND o.created_at <= r.started_at"
+                  "    AND o.finished_at > r.started_at) AS k"
+                  " FROM runs r WHERE r.parent_step_id IS NOT NULL) x",
+                  0, NULL);
+    th_pgc_expect(c, "1|2|3|4|5|6|7|8|9|10|11|12",
+                  "SELECT string_agg(v->'s'->>'n', '|' ORDER BY n) FROM steps s,"
+                  " jsonb_array_elements(s.output->'results') WITH ORDINALITY AS x(v, n)"
+                  " WHERE s.run_id = $1 AND s.key = 'm'",
+                  TH_P(th_num(run).s));
     PQfinish(c);
     free(db);
 }
@@ -541,38 +486,44 @@ static void test_concurrency_key_serialises(void **state)
         "{\"name\": \"inbound\", \"steps\": [{\"key\": \"reply\", \"kind\": \"slow\","
         " \"concurrency_key\": \"cust-{{input.customer}}\","
         " \"input\": {\"ms\": 4, \"seq\": \"{{input.seq}}\"}}]}");
-    PGconn *c = pg_open(db);
+    PGconn *c = th_pgc_open(db);
     /* One enqueue per message, interleaving the busy customer with ten others. */
     for (int i = 0; i < SAME + OTHERS; i++) {
         char *in = i % 2 == 0 ? eng_xasprintf("{\"customer\": \"A\", \"seq\": %d}", i / 2)
                               : eng_xasprintf("{\"customer\": \"B%d\", \"seq\": %d}", i % 10, i / 2);
-        enqueue_one(c, tenant, wf, in);
+        th_pgc_enqueue(c, tenant, wf, in);
         free(in);
     }
     th_workers *ws = th_workers_start(db, 2, "ckey", 0, 0, 0);
-    bool done = pg_wait(c, "SELECT count(*) = 200 FROM runs WHERE state = 'succeeded'", 0, NULL, 60);
+    bool done =
+        th_pgc_wait(c, "SELECT count(*) = 200 FROM runs WHERE state = 'succeeded'", 0, NULL, 60);
     th_workers_stop(ws);
     assert_true(done);
-    pg_expect(c, "100", "SELECT count(*) FROM steps WHERE ckey = 'cust-A'", 0, NULL);
+    th_pgc_expect(c, "100", "SELECT count(*) FROM steps WHERE ckey = 'cust-A'", 0, NULL);
     /* Same key: no two intervals overlap... */
-    pg_expect(c, "0",
-              "SELECT count(*) FROM steps a JOIN steps b ON a.ckey = b.ckey AND a.id < b.id"
-              " WHERE a.started_at < b.finished_at AND b.started_at < a.finished_at", 0, NULL);
+    th_pgc_expect(c, "0",
+                  "SELECT count(*) FROM steps a JOIN steps b ON a.ckey = b.ckey AND a.id < b.id"
+                  " WHERE a.started_at < b.finished_at AND b.started_at < a.finished_at",
+                  0, NULL);
     /* ... and they ran in enqueue order, each after the previous finished. */
-    pg_expect(c, "0",
-              "SELECT count(*) FROM (SELECT started_at, lag(finished_at) OVER (ORDER BY run_id) pf,"
-              " lag(started_at) OVER (ORDER BY run_id) ps FROM steps WHERE ckey = 'cust-A') x"
-              " WHERE started_at < pf OR started_at <= ps",
-              0, NULL);
-    pg_expect(c, "0|1|2|3|4|5|6|7|8|9",
-              "SELECT string_agg(output->>'seq', '|' ORDER BY started_at) FROM (SELECT * FROM steps"
-              " WHERE ckey = 'cust-A' ORDER BY started_at LIMIT 10) x", 0, NULL);
+    th_pgc_expect(
+        c, "0",
+        "SELECT count(*) FROM (SELECT started_at, lag(finished_at) OVER (ORDER BY run_id) pf,"
+        " lag(started_at) OVER (ORDER BY run_id) ps FROM steps WHERE ckey = 'cust-A') x"
+        " WHERE started_at < pf OR started_at <= ps",
+        0, NULL);
+    th_pgc_expect(
+        c, "0|1|2|3|4|5|6|7|8|9",
+        "SELECT string_agg(output->>'seq', '|' ORDER BY started_at) FROM (SELECT * FROM steps"
+        " WHERE ckey = 'cust-A' ORDER BY started_at LIMIT 10) x",
+        0, NULL);
     /* Other customers ran alongside customer A. */
-    char *overlaps = pg_s(c,
-                          "SELECT count(*) FROM steps a JOIN steps b ON a.ckey = 'cust-A'"
-                          " AND b.ckey <> 'cust-A'"
-                          " WHERE a.started_at < b.finished_at AND b.started_at < a.finished_at",
-                          0, NULL);
+    char *overlaps =
+        th_pgc_str(c,
+                   "SELECT count(*) FROM steps a JOIN steps b ON a.ckey = 'cust-A'"
+                   " AND b.ckey <> 'cust-A'"
+                   " WHERE a.started_at < b.finished_at AND b.started_at < a.finished_at",
+                   0, NULL);
     fprintf(stderr, "# steps of other keys overlapping customer A's: %s pairs\n", overlaps);
     assert_true(strtol(overlaps, NULL, 10) > 0);
     free(overlaps);
@@ -594,43 +545,47 @@ static void test_retry_reruns_only_failed(void **state)
         " {\"key\": \"b\", \"kind\": \"once\", \"needs\": [\"a\"]},"
         " {\"key\": \"c\", \"kind\": \"transform\", \"needs\": [\"b\"],"
         "  \"input\": {\"a\": \"{{steps.a.output.v}}\", \"b\": \"{{steps.b.output.attempt}}\"}}]}");
-    PGconn *c = pg_open(db);
+    PGconn *c = th_pgc_open(db);
     atomic_store(&once_budget, 1);
-    long long run = enqueue_one(c, tenant, wf, "{\"v\": 7}");
+    long long run = th_pgc_enqueue(c, tenant, wf, "{\"v\": 7}");
     th_workers *ws = th_workers_start(db, 1, "retry", 0, 0, 0);
-    assert_true(pg_wait(c, "SELECT state = 'failed' FROM runs WHERE id = $1", P(num(run).s), 30));
-    pg_expect(c, "a=succeeded,b=failed,c=cancelled", states_sql, P(num(run).s));
-    char *a_before = pg_s(c, "SELECT finished_at || ' ' || output::text FROM steps"
-                             " WHERE run_id = $1 AND key = 'a'", P(num(run).s));
+    assert_true(
+        th_pgc_wait(c, "SELECT state = 'failed' FROM runs WHERE id = $1", TH_P(th_num(run).s), 30));
+    expect_states(c, run, "a=succeeded,b=failed,c=cancelled");
+    char *a_before = th_pgc_str(c,
+                                "SELECT finished_at || ' ' || output::text FROM steps"
+                                " WHERE run_id = $1 AND key = 'a'",
+                                TH_P(th_num(run).s));
 
     char *out = NULL, *err = NULL;
-    int st = flowd(db, &out, &err, "retry", num(run).s, NULL, NULL, NULL);
+    int st = flowd(db, &out, &err, "retry", th_num(run).s, NULL, NULL, NULL);
     if (st != 0)
         fail_msg("flowd retry: exit %d: %s", st, err);
     assert_non_null(strstr(out, "\"steps_reset\": 2"));
     free(out);
     free(err);
-    bool done = pg_wait(c, "SELECT state NOT IN ('queued', 'running') FROM runs WHERE id = $1",
-                        P(num(run).s), 30);
-    th_workers_stop(ws);
-    assert_true(done);
-    pg_expect(c, "succeeded", "SELECT state FROM runs WHERE id = $1", P(num(run).s));
-    pg_expect(c, "a=succeeded,b=succeeded,c=succeeded", states_sql, P(num(run).s));
-    pg_expect(c, a_before, "SELECT finished_at || ' ' || output::text FROM steps"
-                           " WHERE run_id = $1 AND key = 'a'", P(num(run).s));
+    finish_run(c, run, ws);
+    expect_run_state(c, run, "succeeded");
+    expect_states(c, run, "a=succeeded,b=succeeded,c=succeeded");
+    th_pgc_expect(c, a_before,
+                  "SELECT finished_at || ' ' || output::text FROM steps"
+                  " WHERE run_id = $1 AND key = 'a'",
+                  TH_P(th_num(run).s));
     free(a_before);
-    pg_expect(c, "a:1/1,b:1/2,c:1/1",
-              "SELECT string_agg(s.key || ':' || s.attempts || '/' || (SELECT count(*)"
-              " FROM run_events e WHERE e.run_id = s.run_id AND e.step_key = s.key"
-              " AND e.type = 'step.started'), ',' ORDER BY s.idx) FROM steps s WHERE s.run_id = $1",
-              P(num(run).s));
-    pg_expect(c, "{\"a\": 7, \"b\": 1}", "SELECT output->'c'::text FROM runs WHERE id = $1",
-              P(num(run).s));
-    pg_expect(c, "1", "SELECT count(*) FROM run_events WHERE run_id = $1 AND type = 'run.retried'",
-              P(num(run).s));
+    th_pgc_expect(
+        c, "a:1/1,b:1/2,c:1/1",
+        "SELECT string_agg(s.key || ':' || s.attempts || '/' || (SELECT count(*)"
+        " FROM run_events e WHERE e.run_id = s.run_id AND e.step_key = s.key"
+        " AND e.type = 'step.started'), ',' ORDER BY s.idx) FROM steps s WHERE s.run_id = $1",
+        TH_P(th_num(run).s));
+    th_pgc_expect(c, "{\"a\": 7, \"b\": 1}", "SELECT output->'c'::text FROM runs WHERE id = $1",
+                  TH_P(th_num(run).s));
+    th_pgc_expect(c, "1",
+                  "SELECT count(*) FROM run_events WHERE run_id = $1 AND type = 'run.retried'",
+                  TH_P(th_num(run).s));
     /* A succeeded run cannot be retried. */
     out = err = NULL;
-    assert_int_not_equal(flowd(db, &out, &err, "retry", num(run).s, NULL, NULL, NULL), 0);
+    assert_int_not_equal(flowd(db, &out, &err, "retry", th_num(run).s, NULL, NULL, NULL), 0);
     free(out);
     free(err);
     PQfinish(c);
@@ -648,20 +603,21 @@ static void test_cancel_running_run(void **state)
         " {\"key\": \"h\", \"kind\": \"hang\"},"
         " {\"key\": \"after\", \"kind\": \"transform\", \"needs\": [\"h\"]},"
         " {\"key\": \"later\", \"kind\": \"transform\", \"delay\": \"1h\"}]}");
-    PGconn *c = pg_open(db);
+    PGconn *c = th_pgc_open(db);
     int started0 = atomic_load(&hang_started), cancelled0 = atomic_load(&hang_cancelled);
-    long long run = enqueue_one(c, tenant, wf, "{}");
+    long long run = th_pgc_enqueue(c, tenant, wf, "{}");
     th_workers *ws = th_workers_start(db, 2, "cancel", 0, 0, 0);
-    assert_true(pg_wait(c, "SELECT state = 'running' FROM steps WHERE run_id = $1 AND key = 'h'",
-                        P(num(run).s), 30));
+    assert_true(th_pgc_wait(c,
+                            "SELECT state = 'running' FROM steps WHERE run_id = $1 AND key = 'h'",
+                            TH_P(th_num(run).s), 30));
     long long deadline = th_now_ms() + 10000;
     while (atomic_load(&hang_started) == started0 && th_now_ms() < deadline)
-        sleep_ms(5);
+        th_sleep_ms(5);
     assert_int_equal(atomic_load(&hang_started) - started0, 1);
     assert_int_equal(atomic_load(&hang_cancelled) - cancelled0, 0);
 
     char *out = NULL, *err = NULL;
-    int st = flowd(db, &out, &err, "cancel", num(run).s, NULL, NULL, NULL);
+    int st = flowd(db, &out, &err, "cancel", th_num(run).s, NULL, NULL, NULL);
     if (st != 0)
         fail_msg("flowd cancel: exit %d: %s", st, err);
     assert_non_null(strstr(out, "\"cancelled\": 1"));
@@ -670,24 +626,26 @@ static void test_cancel_running_run(void **state)
     /* The step in flight is told to stop. */
     deadline = th_now_ms() + 10000;
     while (atomic_load(&hang_cancelled) == cancelled0 && th_now_ms() < deadline)
-        sleep_ms(5);
+        th_sleep_ms(5);
     assert_int_equal(atomic_load(&hang_cancelled) - cancelled0, 1);
-    pg_expect(c, "cancelled", "SELECT state FROM runs WHERE id = $1", P(num(run).s));
-    pg_expect(c, "h=cancelled/1,after=cancelled/0,later=cancelled/0",
-              "SELECT string_agg(key || '=' || state || '/' || attempts, ',' ORDER BY idx)"
-              " FROM steps WHERE run_id = $1", P(num(run).s));
+    expect_run_state(c, run, "cancelled");
+    th_pgc_expect(c, "h=cancelled/1,after=cancelled/0,later=cancelled/0",
+                  "SELECT string_agg(key || '=' || state || '/' || attempts, ',' ORDER BY idx)"
+                  " FROM steps WHERE run_id = $1",
+                  TH_P(th_num(run).s));
     /* Nothing new starts, not even once the delayed step falls due. */
     advance(c, "2 hours");
-    sleep_ms(1300);
+    th_sleep_ms(1300);
     th_workers_stop(ws);
-    pg_expect(c, "0",
-              "SELECT count(*) FROM run_events WHERE run_id = $1 AND type = 'step.started'"
-              " AND id > (SELECT id FROM run_events WHERE run_id = $1 AND type = 'run.cancelled')",
-              P(num(run).s));
-    pg_expect(c, "0", "SELECT count(*) FROM steps WHERE run_id = $1 AND state <> 'cancelled'",
-              P(num(run).s));
-    pg_expect(c, "1", "SELECT count(*) FROM steps WHERE run_id = $1 AND started_at IS NOT NULL",
-              P(num(run).s));
+    th_pgc_expect(
+        c, "0",
+        "SELECT count(*) FROM run_events WHERE run_id = $1 AND type = 'step.started'"
+        " AND id > (SELECT id FROM run_events WHERE run_id = $1 AND type = 'run.cancelled')",
+        TH_P(th_num(run).s));
+    th_pgc_expect(c, "0", "SELECT count(*) FROM steps WHERE run_id = $1 AND state <> 'cancelled'",
+                  TH_P(th_num(run).s));
+    th_pgc_expect(c, "1", "SELECT count(*) FROM steps WHERE run_id = $1 AND started_at IS NOT NULL",
+                  TH_P(th_num(run).s));
     assert_int_equal(atomic_load(&hang_started) - started0, 1);
     PQfinish(c);
     free(db);
@@ -710,47 +668,50 @@ static void test_templates(void **state)
         " {\"key\": \"b\", \"kind\": \"transform\", \"needs\": [\"a\"],"
         "  \"retry\": {\"max_attempts\": 3},"
         "  \"input\": {\"deep\": \"{{steps.a.output.o.list}}\", \"text\": \"{{steps.a.output.s}}!\"}}]}");
-    PGconn *c = pg_open(db);
-    long long ok = enqueue_one(c, tenant, wf,
-                               "{\"n\": 42, \"obj\": {\"list\": [1, \"x\"]}, \"flag\": true}");
-    long long named = enqueue_one(c, tenant, wf,
-                                  "{\"n\": 1, \"obj\": {}, \"flag\": false, \"name\": \"Ann\"}");
-    long long bare = enqueue_one(c, tenant, wf, "{\"obj\": {}, \"flag\": true}");
+    PGconn *c = th_pgc_open(db);
+    long long ok = th_pgc_enqueue(c, tenant, wf,
+                                  "{\"n\": 42, \"obj\": {\"list\": [1, \"x\"]}, \"flag\": true}");
+    long long named = th_pgc_enqueue(c, tenant, wf,
+                                     "{\"n\": 1, \"obj\": {}, \"flag\": false, \"name\": \"Ann\"}");
+    long long bare = th_pgc_enqueue(c, tenant, wf, "{\"obj\": {}, \"flag\": true}");
     th_workers *ws = th_workers_start(db, 1, "tmpl", 0, 0, 0);
-    bool done = pg_wait(c, "SELECT count(*) = 3 FROM runs WHERE state NOT IN ('queued', 'running')",
-                        0, NULL, 30);
-    sleep_ms(300);
+    bool done = th_pgc_wait(
+        c, "SELECT count(*) = 3 FROM runs WHERE state NOT IN ('queued', 'running')", 0, NULL, 30);
+    th_sleep_ms(300);
     th_workers_stop(ws);
     assert_true(done);
 
     /* A whole-string template keeps the JSON type; embedded ones render as text. */
-    pg_expect(c, "number 42|object {\"list\": [1, \"x\"]}|boolean true|n=42|hi there|[1, 2]|true",
-              "SELECT jsonb_typeof(o->'n') || ' ' || (o->>'n') || '|' || jsonb_typeof(o->'o') || ' '"
-              " || (o->>'o') || '|' || jsonb_typeof(o->'b') || ' ' || (o->>'b') || '|' || (o->>'s')"
-              " || '|' || (o->>'greet') || '|' || (o->>'dflt') || '|'"
-              " || (jsonb_typeof(o->'id') = 'number' AND (o->>'id')::bigint = $1)::text"
-              " FROM (SELECT output AS o FROM steps WHERE run_id = $1 AND key = 'a') x",
-              P(num(ok).s));
-    pg_expect(c, "{\"deep\": [1, \"x\"], \"text\": \"n=42!\"}",
-              "SELECT output::text FROM steps WHERE run_id = $1 AND key = 'b'", P(num(ok).s));
-    pg_expect(c, "succeeded", "SELECT state FROM runs WHERE id = $1", P(num(ok).s));
-    pg_expect(c, "hi Ann", "SELECT output->>'greet' FROM steps WHERE run_id = $1 AND key = 'a'",
-              P(num(named).s));
+    th_pgc_expect(
+        c, "number 42|object {\"list\": [1, \"x\"]}|boolean true|n=42|hi there|[1, 2]|true",
+        "SELECT jsonb_typeof(o->'n') || ' ' || (o->>'n') || '|' || jsonb_typeof(o->'o') || ' '"
+        " || (o->>'o') || '|' || jsonb_typeof(o->'b') || ' ' || (o->>'b') || '|' || (o->>'s')"
+        " || '|' || (o->>'greet') || '|' || (o->>'dflt') || '|'"
+        " || (jsonb_typeof(o->'id') = 'number' AND (o->>'id')::bigint = $1)::text"
+        " FROM (SELECT output AS o FROM steps WHERE run_id = $1 AND key = 'a') x",
+        TH_P(th_num(ok).s));
+    expect_output(c, ok, "b", "{\"deep\": [1, \"x\"], \"text\": \"n=42!\"}");
+    expect_run_state(c, ok, "succeeded");
+    th_pgc_expect(c, "hi Ann", "SELECT output->>'greet' FROM steps WHERE run_id = $1 AND key = 'a'",
+                  TH_P(th_num(named).s));
 
     /* A missing path fails the step for good (no retry), naming the path. */
-    pg_expect(c, "failed", "SELECT state FROM runs WHERE id = $1", P(num(named).s));
-    pg_expect(c, "failed 1 template",
-              "SELECT state || ' ' || attempts || ' ' || (error->>'code') FROM steps"
-              " WHERE run_id = $1 AND key = 'b'", P(num(named).s));
-    char *msg = pg_s(c, "SELECT error->>'message' FROM steps WHERE run_id = $1 AND key = 'b'",
-                     P(num(named).s));
+    expect_run_state(c, named, "failed");
+    th_pgc_expect(c, "failed 1 template",
+                  "SELECT state || ' ' || attempts || ' ' || (error->>'code') FROM steps"
+                  " WHERE run_id = $1 AND key = 'b'",
+                  TH_P(th_num(named).s));
+    char *msg = th_pgc_str(c, "SELECT error->>'message' FROM steps WHERE run_id = $1 AND key = 'b'",
+                           TH_P(th_num(named).s));
     if (!msg || !strstr(msg, "steps.a.output.o.list"))
         fail_msg("the error does not name the missing path: %s", msg ? msg : "NULL");
     free(msg);
-    pg_expect(c, "failed 1 template", "SELECT state || ' ' || attempts || ' ' || (error->>'code')"
-                                      " FROM steps WHERE run_id = $1 AND key = 'a'", P(num(bare).s));
-    msg = pg_s(c, "SELECT error->>'message' FROM steps WHERE run_id = $1 AND key = 'a'",
-               P(num(bare).s));
+    th_pgc_expect(c, "failed 1 template",
+                  "SELECT state || ' ' || attempts || ' ' || (error->>'code')"
+                  " FROM steps WHERE run_id = $1 AND key = 'a'",
+                  TH_P(th_num(bare).s));
+    msg = th_pgc_str(c, "SELECT error->>'message' FROM steps WHERE run_id = $1 AND key = 'a'",
+                     TH_P(th_num(bare).s));
     if (!msg || !strstr(msg, "input.n"))
         fail_msg("the error does not name the missing path: %s", msg ? msg : "NULL");
     free(msg);
@@ -794,7 +755,7 @@ static void test_bad_definitions_refused(void **state)
     };
     long long tenant;
     char *db = th_engine_db("g_bad", &tenant);
-    PGconn *c = pg_open(db);
+    PGconn *c = th_pgc_open(db);
     char path[] = "/tmp/flowd-graph-bad-XXXXXX";
     int fd = mkstemp(path);
     assert_true(fd >= 0);
@@ -812,8 +773,10 @@ static void test_bad_definitions_refused(void **state)
         assert_string_equal(out, "");
         free(out);
         free(err);
-        pg_expect(c, "0 0", "SELECT (SELECT count(*) FROM workflows) || ' ' ||"
-                            " (SELECT count(*) FROM runs)", 0, NULL);
+        th_pgc_expect(c, "0 0",
+                      "SELECT (SELECT count(*) FROM workflows) || ' ' ||"
+                      " (SELECT count(*) FROM runs)",
+                      0, NULL);
     }
     /* The same file, fixed, is stored and run: the counts above could have moved. */
     FILE *f = fopen(path, "w");
@@ -823,8 +786,10 @@ static void test_bad_definitions_refused(void **state)
     char *out = NULL;
     assert_int_equal(flowd(db, &out, NULL, "enqueue", "--workflow", path, NULL, NULL), 0);
     free(out);
-    pg_expect(c, "1 1", "SELECT (SELECT count(*) FROM workflows) || ' ' ||"
-                        " (SELECT count(*) FROM runs)", 0, NULL);
+    th_pgc_expect(c, "1 1",
+                  "SELECT (SELECT count(*) FROM workflows) || ' ' ||"
+                  " (SELECT count(*) FROM runs)",
+                  0, NULL);
     unlink(path);
     PQfinish(c);
     free(db);

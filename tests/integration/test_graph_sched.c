@@ -30,64 +30,6 @@
 
 /* ------------------------------------------------------------------------------ helpers -- */
 
-#define P(...) \
-    (int)(sizeof((const char *[]){__VA_ARGS__}) / sizeof(const char *)), (const char *const[]){__VA_ARGS__}
-
-typedef struct {
-    char s[24];
-} num_s;
-
-static num_s num(long long v)
-{
-    num_s n;
-    snprintf(n.s, sizeof n.s, "%lld", v);
-    return n;
-}
-
-static PGconn *pg_open(const char *conninfo)
-{
-    PGconn *c = PQconnectdb(conninfo);
-    if (PQstatus(c) != CONNECTION_OK)
-        fail_msg("cannot connect: %s", PQerrorMessage(c));
-    return c;
-}
-
-/* First column of the first row (new string, NULL when there is no row or it is NULL). */
-static char *pg_s(PGconn *c, const char *sql, int n, const char *const *params)
-{
-    PGresult *r = PQexecParams(c, sql, n, NULL, params, NULL, NULL, 0);
-    ExecStatusType st = PQresultStatus(r);
-    if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK)
-        fail_msg("%s\n%s", sql, PQerrorMessage(c));
-    char *v = PQntuples(r) > 0 && !PQgetisnull(r, 0, 0) ? eng_xstrdup(PQgetvalue(r, 0, 0)) : NULL;
-    PQclear(r);
-    return v;
-}
-
-static long long pg_ll(PGconn *c, const char *sql, int n, const char *const *params)
-{
-    char *v = pg_s(c, sql, n, params);
-    if (!v)
-        fail_msg("no value: %s", sql);
-    long long x = strtoll(v, NULL, 10);
-    free(v);
-    return x;
-}
-
-static bool pg_true(PGconn *c, const char *sql, int n, const char *const *params)
-{
-    char *v = pg_s(c, sql, n, params);
-    bool t = v && strcmp(v, "t") == 0;
-    free(v);
-    return t;
-}
-
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
 /* Nothing is running and nothing is due: the workers have done all they can at this clock. */
 static const char settled_sql[] =
     "SELECT NOT EXISTS (SELECT 1 FROM steps WHERE state = 'running'"
@@ -97,10 +39,10 @@ static const char settled_sql[] =
 static void settle(PGconn *c)
 {
     long long deadline = th_now_ms() + 30000;
-    while (!pg_true(c, settled_sql, 0, NULL)) {
+    while (!th_pgc_true(c, settled_sql, 0, NULL)) {
         if (th_now_ms() > deadline)
             fail_msg("the workers did not settle within 30 s");
-        sleep_ms(5);
+        th_sleep_ms(5);
     }
 }
 
@@ -109,21 +51,22 @@ static void settle(PGconn *c)
  * than max_days of engine time pass. Returns the number of jumps. */
 static int walk(PGconn *c, const char *done_sql, long long run, int max_days)
 {
-    long long start = pg_ll(c, "SELECT offset_ms FROM flowd_clock", 0, NULL);
+    long long start = th_pgc_ll(c, "SELECT offset_ms FROM flowd_clock", 0, NULL);
     int jumps = 0;
     for (;;) {
         settle(c);
-        if (pg_true(c, done_sql, P(num(run).s)))
+        if (th_pgc_true(c, done_sql, TH_P(th_num(run).s)))
             return jumps;
-        long long moved = pg_ll(c, "SELECT offset_ms FROM flowd_clock", 0, NULL) - start;
+        long long moved = th_pgc_ll(c, "SELECT offset_ms FROM flowd_clock", 0, NULL) - start;
         if (moved > (long long)max_days * 86400000LL)
             fail_msg("still not done after %d days of engine time", max_days);
-        long long by = pg_ll(c,
-                             "SELECT greatest(1, least(21600000, coalesce(ceil(extract(epoch FROM"
-                             " min(run_at) - flowd_now()) * 1000)::bigint, 21600000)))"
-                             " FROM steps WHERE state = 'ready'",
-                             0, NULL);
-        free(pg_s(c, "SELECT flowd_clock_advance($1)", P(num(by).s)));
+        long long by =
+            th_pgc_ll(c,
+                      "SELECT greatest(1, least(21600000, coalesce(ceil(extract(epoch FROM"
+                      " min(run_at) - flowd_now()) * 1000)::bigint, 21600000)))"
+                      " FROM steps WHERE state = 'ready'",
+                      0, NULL);
+        free(th_pgc_str(c, "SELECT flowd_clock_advance($1)", TH_P(th_num(by).s)));
         jumps++;
     }
 }
@@ -131,10 +74,10 @@ static int walk(PGconn *c, const char *done_sql, long long run, int max_days)
 /* Moves the engine clock to the instant at (a timestamptz literal). */
 static void clock_to(PGconn *c, const char *at)
 {
-    free(pg_s(c,
-              "SELECT flowd_clock_advance((extract(epoch FROM $1::timestamptz - flowd_now())"
-              " * 1000)::bigint)",
-              P(at)));
+    free(th_pgc_str(c,
+                    "SELECT flowd_clock_advance((extract(epoch FROM $1::timestamptz - flowd_now())"
+                    " * 1000)::bigint)",
+                    TH_P(at)));
 }
 
 /* ---------------------------------------------------------------------- the sequence -- */
@@ -171,15 +114,6 @@ static char *sequence_def(void)
     return s;
 }
 
-static long long enqueue_one(PGconn *c, long long tenant, long long wf, const char *input)
-{
-    char *in = eng_xasprintf("[%s]", input);
-    long long id = pg_ll(c, "SELECT run_id FROM flowd_enqueue($1, $2, $3::jsonb, 0, NULL, NULL)",
-                         P(num(tenant).s, num(wf).s, in));
-    free(in);
-    return id;
-}
-
 static void print_schedule(PGconn *c, long long run, const char *tz)
 {
     PGresult *r = PQexecParams(
@@ -188,7 +122,7 @@ static void print_schedule(PGconn *c, long long run, const char *tz)
         " EXISTS (SELECT 1 FROM run_events e WHERE e.run_id = s.run_id AND e.step_key = s.key"
         "         AND e.type = 'step.scheduled')"
         " FROM steps s WHERE s.run_id = $1 ORDER BY s.idx",
-        2, NULL, (const char *const[]){num(run).s, tz}, NULL, NULL, 0);
+        2, NULL, (const char *const[]){th_num(run).s, tz}, NULL, NULL, 0);
     fprintf(stderr, "# %s:", tz);
     for (int i = 0; i < PQntuples(r); i++)
         fprintf(stderr, " %s@%s%s", PQgetvalue(r, i, 0), PQgetvalue(r, i, 1),
@@ -202,35 +136,37 @@ static void print_schedule(PGconn *c, long long run, const char *tz)
  * 09:00 local, some of them after dst (the zone's daylight-saving change). */
 static void assert_sequence_times(PGconn *c, long long run, const char *tz, const char *dst)
 {
-    num_s run_s = num(run);
+    th_num_s run_s = th_num(run);
     const char *const p2[] = {run_s.s, tz};
-    assert_int_equal(pg_ll(c, "SELECT count(*) FROM steps WHERE run_id = $1 AND state = 'succeeded'",
-                           P(run_s.s)),
-                     TOUCHES);
+    assert_int_equal(
+        th_pgc_ll(c, "SELECT count(*) FROM steps WHERE run_id = $1 AND state = 'succeeded'",
+                  TH_P(run_s.s)),
+        TOUCHES);
     /* inside 09:00-18:00 on a weekday, local time */
     assert_int_equal(
-        pg_ll(c,
-              "SELECT count(*) FROM steps WHERE run_id = $1 AND NOT ("
-              " (started_at AT TIME ZONE $2)::time >= '09:00'"
-              " AND (started_at AT TIME ZONE $2)::time < '18:00'"
-              " AND extract(isodow FROM started_at AT TIME ZONE $2) BETWEEN 1 AND 5)",
-              2, p2),
+        th_pgc_ll(c,
+                  "SELECT count(*) FROM steps WHERE run_id = $1 AND NOT ("
+                  " (started_at AT TIME ZONE $2)::time >= '09:00'"
+                  " AND (started_at AT TIME ZONE $2)::time < '18:00'"
+                  " AND extract(isodow FROM started_at AT TIME ZONE $2) BETWEEN 1 AND 5)",
+                  2, p2),
         0);
     /* not before the offset from the run's start */
-    assert_int_equal(pg_ll(c,
-                           "SELECT count(*) FROM steps s JOIN runs r ON r.id = s.run_id"
-                           " WHERE r.id = $1 AND s.started_at"
-                           "  < r.created_at + ($2::int[])[s.idx + 1] * interval '1 day'",
-                           P(run_s.s, touch_days_sql)),
+    assert_int_equal(th_pgc_ll(c,
+                               "SELECT count(*) FROM steps s JOIN runs r ON r.id = s.run_id"
+                               " WHERE r.id = $1 AND s.started_at"
+                               "  < r.created_at + ($2::int[])[s.idx + 1] * interval '1 day'",
+                               TH_P(run_s.s, touch_days_sql)),
                      0);
     /* not before its delay after the previous touch finished */
-    assert_int_equal(pg_ll(c,
-                           "SELECT count(*) FROM steps s JOIN steps p"
-                           "  ON p.run_id = s.run_id AND p.idx = s.idx - 1"
-                           " WHERE s.run_id = $1 AND s.started_at < p.finished_at"
-                           "  + (($2::int[])[s.idx + 1] - ($2::int[])[s.idx]) * interval '1 day'",
-                           P(run_s.s, touch_days_sql)),
-                     0);
+    assert_int_equal(
+        th_pgc_ll(c,
+                  "SELECT count(*) FROM steps s JOIN steps p"
+                  "  ON p.run_id = s.run_id AND p.idx = s.idx - 1"
+                  " WHERE s.run_id = $1 AND s.started_at < p.finished_at"
+                  "  + (($2::int[])[s.idx + 1] - ($2::int[])[s.idx]) * interval '1 day'",
+                  TH_P(run_s.s, touch_days_sql)),
+        0);
     /* Touches claimed outside their window were pushed to the next opening (the step.scheduled
      * event names a later instant): they start at exactly 09:00 local, whatever the zone's UTC
      * offset is by then. Some of those pushes come after the daylight-saving change. */
@@ -240,16 +176,16 @@ static void assert_sequence_times(PGconn *c, long long run, const char *tz, cons
         " AND (e.data->>'run_at')::timestamptz > e.at + interval '1 s')";
     char *sql = eng_xasprintf("%s AND to_char(s.started_at AT TIME ZONE $2, 'HH24:MI') <> '09:00'",
                               pushed);
-    assert_int_equal(pg_ll(c, sql, 2, p2), 0);
+    assert_int_equal(th_pgc_ll(c, sql, 2, p2), 0);
     free(sql);
     sql = eng_xasprintf("%s AND s.started_at > $2::timestamptz", pushed);
     const char *const p3[] = {run_s.s, dst};
-    if (pg_ll(c, sql, 2, p3) < 1)
+    if (th_pgc_ll(c, sql, 2, p3) < 1)
         fail_msg("no touch of %s was pushed to a window opening after the change of %s", tz, dst);
     free(sql);
     /* waiting for a window opening does not spend attempts */
-    assert_int_equal(pg_ll(c, "SELECT count(*) FROM steps WHERE run_id = $1 AND attempts <> 1",
-                           P(run_s.s)),
+    assert_int_equal(th_pgc_ll(c, "SELECT count(*) FROM steps WHERE run_id = $1 AND attempts <> 1",
+                               TH_P(run_s.s)),
                      0);
 }
 
@@ -261,10 +197,11 @@ static void test_sequence_windows_two_zones(void **state)
     char *def = sequence_def();
     long long wf = th_engine_register(db, tenant, def);
     free(def);
-    PGconn *c = pg_open(db);
+    PGconn *c = th_pgc_open(db);
     clock_to(c, sequence_start);
-    long long ny = enqueue_one(c, tenant, wf, "{\"lead\": \"ny-1\", \"tz\": \"America/New_York\"}");
-    long long be = enqueue_one(c, tenant, wf, "{\"lead\": \"be-1\", \"tz\": \"Europe/Berlin\"}");
+    long long ny =
+        th_pgc_enqueue(c, tenant, wf, "{\"lead\": \"ny-1\", \"tz\": \"America/New_York\"}");
+    long long be = th_pgc_enqueue(c, tenant, wf, "{\"lead\": \"be-1\", \"tz\": \"Europe/Berlin\"}");
     long long t0 = th_now_ms();
     th_workers *ws = th_workers_start(db, 2, "seq", 0, 0, 0);
     int jumps = walk(c,
@@ -273,20 +210,22 @@ static void test_sequence_windows_two_zones(void **state)
                      be, 60);
     th_workers_stop(ws);
     long long took = th_now_ms() - t0;
-    char *span = pg_s(c, "SELECT round(extract(epoch FROM max(finished_at) - min(created_at))"
-                         " / 86400, 1) FROM runs", 0, NULL);
+    char *span = th_pgc_str(c,
+                            "SELECT round(extract(epoch FROM max(finished_at) - min(created_at))"
+                            " / 86400, 1) FROM runs",
+                            0, NULL);
     fprintf(stderr, "# 2 x %d touches over %s days of engine time: %d clock jumps, %lld ms real\n",
             TOUCHES, span, jumps, took);
     free(span);
     print_schedule(c, ny, "America/New_York");
     print_schedule(c, be, "Europe/Berlin");
-    assert_int_equal(pg_ll(c, "SELECT count(*) FROM runs WHERE state = 'succeeded'", 0, NULL), 2);
+    assert_int_equal(th_pgc_ll(c, "SELECT count(*) FROM runs WHERE state = 'succeeded'", 0, NULL),
+                     2);
     assert_sequence_times(c, ny, "America/New_York", "2027-03-14T07:00:00Z");
     assert_sequence_times(c, be, "Europe/Berlin", "2027-03-28T01:00:00Z");
     /* The sequence really spans a month, and took seconds. */
-    assert_true(pg_true(c,
-                        "SELECT bool_and(finished_at - created_at >= interval '30 days') FROM runs",
-                        0, NULL));
+    assert_true(th_pgc_true(
+        c, "SELECT bool_and(finished_at - created_at >= interval '30 days') FROM runs", 0, NULL));
     assert_true(took < 60000);
     PQfinish(c);
     free(db);
@@ -302,15 +241,18 @@ static void test_cancel_on_stops_sequence(void **state)
     char *def = sequence_def();
     long long wf = th_engine_register(db, tenant, def);
     free(def);
-    PGconn *c = pg_open(db);
+    PGconn *c = th_pgc_open(db);
     clock_to(c, sequence_start);
-    long long booked = enqueue_one(c, tenant, wf, "{\"lead\": \"l-7\", \"tz\": \"Europe/Berlin\"}");
-    long long other = enqueue_one(c, tenant, wf, "{\"lead\": \"l-8\", \"tz\": \"Europe/Berlin\"}");
+    long long booked =
+        th_pgc_enqueue(c, tenant, wf, "{\"lead\": \"l-7\", \"tz\": \"Europe/Berlin\"}");
+    long long other =
+        th_pgc_enqueue(c, tenant, wf, "{\"lead\": \"l-8\", \"tz\": \"Europe/Berlin\"}");
     th_workers *ws = th_workers_start(db, 2, "cancel-on", 0, 0, 0);
     walk(c,
          "SELECT count(*) >= 6 FROM steps WHERE run_id = $1 AND state = 'succeeded'", booked, 40);
-    long long done_before = pg_ll(
-        c, "SELECT count(*) FROM steps WHERE run_id = $1 AND state = 'succeeded'", P(num(booked).s));
+    long long done_before =
+        th_pgc_ll(c, "SELECT count(*) FROM steps WHERE run_id = $1 AND state = 'succeeded'",
+                  TH_P(th_num(booked).s));
     assert_int_equal(done_before, 6);
 
     const char *argv[] = {"flowd", "--database", db, "event", "lead.booked", "l-7", NULL};
@@ -322,40 +264,53 @@ static void test_cancel_on_stops_sequence(void **state)
     free(out);
     free(err);
     /* Cancelled the moment the event arrived, before any further clock movement. */
-    char *run = pg_s(c, "SELECT state || ' ' || (error->>'code') || ' ' || (error->>'key')"
-                        " FROM runs WHERE id = $1", P(num(booked).s));
+    char *run = th_pgc_str(c,
+                           "SELECT state || ' ' || (error->>'code') || ' ' || (error->>'key')"
+                           " FROM runs WHERE id = $1",
+                           TH_P(th_num(booked).s));
     assert_string_equal(run, "cancelled cancel_on l-7");
     free(run);
-    long long cancel_ev = pg_ll(c, "SELECT id FROM run_events WHERE run_id = $1"
-                                   " AND type = 'run.cancelled'", P(num(booked).s));
-    assert_int_equal(pg_ll(c, "SELECT count(*) FROM events WHERE name = 'lead.booked'"
-                              " AND key = 'l-7' AND tenant_id = $1",
-                           P(num(tenant).s)),
+    long long cancel_ev = th_pgc_ll(c,
+                                    "SELECT id FROM run_events WHERE run_id = $1"
+                                    " AND type = 'run.cancelled'",
+                                    TH_P(th_num(booked).s));
+    assert_int_equal(th_pgc_ll(c,
+                               "SELECT count(*) FROM events WHERE name = 'lead.booked'"
+                               " AND key = 'l-7' AND tenant_id = $1",
+                               TH_P(th_num(tenant).s)),
                      1);
 
     /* The other lead's sequence runs to its end; the booked one never moves again. */
     walk(c, "SELECT state = 'succeeded' FROM runs WHERE id = $1", other, 60);
     th_workers_stop(ws);
-    char *steps = pg_s(c, "SELECT string_agg(state || ':' || attempts, ',' ORDER BY idx) FROM steps"
-                          " WHERE run_id = $1", P(num(booked).s));
+    char *steps =
+        th_pgc_str(c,
+                   "SELECT string_agg(state || ':' || attempts, ',' ORDER BY idx) FROM steps"
+                   " WHERE run_id = $1",
+                   TH_P(th_num(booked).s));
     assert_string_equal(steps, "succeeded:1,succeeded:1,succeeded:1,succeeded:1,succeeded:1,"
                                "succeeded:1,cancelled:0,cancelled:0,cancelled:0,cancelled:0,"
                                "cancelled:0,cancelled:0,cancelled:0");
     free(steps);
-    assert_int_equal(pg_ll(c, "SELECT count(*) FROM run_events WHERE run_id = $1 AND id > $2"
-                              " AND type IN ('step.started', 'step.succeeded', 'step.scheduled')",
-                           P(num(booked).s, num(cancel_ev).s)),
+    assert_int_equal(th_pgc_ll(c,
+                               "SELECT count(*) FROM run_events WHERE run_id = $1 AND id > $2"
+                               " AND type IN ('step.started', 'step.succeeded', 'step.scheduled')",
+                               TH_P(th_num(booked).s, th_num(cancel_ev).s)),
                      0);
-    assert_int_equal(pg_ll(c, "SELECT count(*) FROM run_events WHERE run_id = $1"
-                              " AND type = 'step.cancelled'", P(num(booked).s)),
+    assert_int_equal(th_pgc_ll(c,
+                               "SELECT count(*) FROM run_events WHERE run_id = $1"
+                               " AND type = 'step.cancelled'",
+                               TH_P(th_num(booked).s)),
                      TOUCHES - 6);
-    assert_int_equal(pg_ll(c, "SELECT count(*) FROM run_cancel_on", 0, NULL), 0);
-    assert_int_equal(pg_ll(c, "SELECT count(*) FROM steps WHERE run_id = $1 AND state = 'succeeded'",
-                           P(num(other).s)),
-                     TOUCHES);
+    assert_int_equal(th_pgc_ll(c, "SELECT count(*) FROM run_cancel_on", 0, NULL), 0);
+    assert_int_equal(
+        th_pgc_ll(c, "SELECT count(*) FROM steps WHERE run_id = $1 AND state = 'succeeded'",
+                  TH_P(th_num(other).s)),
+        TOUCHES);
     /* A second booking finds nothing left to cancel. */
-    assert_int_equal(pg_ll(c, "SELECT cancelled FROM flowd_event($1, 'lead.booked', 'l-7', '{}')",
-                           P(num(tenant).s)),
+    assert_int_equal(th_pgc_ll(c,
+                               "SELECT cancelled FROM flowd_event($1, 'lead.booked', 'l-7', '{}')",
+                               TH_P(th_num(tenant).s)),
                      0);
     PQfinish(c);
     free(db);

@@ -36,17 +36,6 @@ typedef struct env {
     int port;
 } env;
 
-static long q_long(const char *db, const char *fmt, ...) ENG_PRINTF(2, 3);
-static long q_long(const char *db, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    char sql[1024];
-    vsnprintf(sql, sizeof sql, fmt, ap);
-    va_end(ap);
-    return th_pg_long(db, sql);
-}
-
 static env *env_new(const char *prefix)
 {
     env *e = eng_xcalloc(1, sizeof *e);
@@ -190,16 +179,18 @@ static void test_whatsapp(void **state)
     /* corrupted: 401 and nothing stored */
     assert_int_equal(wa_post(e, "test_app_secret", wa_inbound, true), 401);
     assert_int_equal(wa_post(e, "another_secret", wa_inbound, false), 401);
-    assert_int_equal(q_long(e->db, "SELECT count(*) FROM events"), 0);
-    assert_int_equal(q_long(e->db, "SELECT count(*) FROM webhook_deliveries"), 0);
+    assert_int_equal(th_pg_longf(e->db, "SELECT count(*) FROM events"), 0);
+    assert_int_equal(th_pg_longf(e->db, "SELECT count(*) FROM webhook_deliveries"), 0);
 
     /* valid: one event keyed by the sender's E.164; a replay changes nothing */
     assert_int_equal(wa_post(e, "test_app_secret", wa_inbound, false), 200);
     assert_int_equal(wa_post(e, "test_app_secret", wa_inbound, false), 200);
-    assert_int_equal(q_long(e->db, "SELECT count(*) FROM events WHERE name = 'whatsapp.received' "
-                                   "AND key = '+15551234567' AND data->>'text' = 'hi' "
-                                   "AND data->>'name' = 'Ann'"), 1);
-    assert_int_equal(q_long(e->db, "SELECT count(*) FROM events"), 1);
+    assert_int_equal(th_pg_longf(e->db,
+                                 "SELECT count(*) FROM events WHERE name = 'whatsapp.received' "
+                                 "AND key = '+15551234567' AND data->>'text' = 'hi' "
+                                 "AND data->>'name' = 'Ann'"),
+                     1);
+    assert_int_equal(th_pg_longf(e->db, "SELECT count(*) FROM events"), 1);
 
     /* a status for a send left pending resolves it; delivery only moves forward */
     pending_send(e, "9:send", "whatsapp", "+15557654321");
@@ -209,17 +200,23 @@ static void test_whatsapp(void **state)
     s = wa_status("wamid.OUT1", "sent", "9:send", 0); /* late */
     assert_int_equal(wa_post(e, "test_app_secret", s, false), 200);
     free(s);
-    assert_int_equal(q_long(e->db, "SELECT count(*) FROM sends WHERE send_key = '9:send' AND state "
-                                   "= 'accepted' AND delivery = 'delivered' AND provider_message_id "
-                                   "= 'wamid.OUT1' AND result->>'resolved' = 'webhook'"), 1);
+    assert_int_equal(th_pg_longf(e->db,
+                                 "SELECT count(*) FROM sends WHERE send_key = '9:send' AND state "
+                                 "= 'accepted' AND delivery = 'delivered' AND provider_message_id "
+                                 "= 'wamid.OUT1' AND result->>'resolved' = 'webhook'"),
+                     1);
     s = wa_status("wamid.OUT1", "failed", "9:send", 131026);
     assert_int_equal(wa_post(e, "test_app_secret", s, false), 200);
     free(s);
-    assert_int_equal(q_long(e->db, "SELECT count(*) FROM sends WHERE send_key = '9:send' AND "
-                                   "delivery = 'failed'"), 1);
-    assert_int_equal(q_long(e->db, "SELECT count(*) FROM suppressions WHERE channel = 'whatsapp' "
-                                   "AND address = '+15557654321' AND reason = '131026'"), 1);
-    assert_int_equal(q_long(e->db, "SELECT count(*) FROM events WHERE name = 'whatsapp.failed'"), 1);
+    assert_int_equal(th_pg_longf(e->db, "SELECT count(*) FROM sends WHERE send_key = '9:send' AND "
+                                        "delivery = 'failed'"),
+                     1);
+    assert_int_equal(th_pg_longf(e->db,
+                                 "SELECT count(*) FROM suppressions WHERE channel = 'whatsapp' "
+                                 "AND address = '+15557654321' AND reason = '131026'"),
+                     1);
+    assert_int_equal(
+        th_pg_longf(e->db, "SELECT count(*) FROM events WHERE name = 'whatsapp.failed'"), 1);
 
     /* the verification GET */
     snprintf(path, sizeof path, "/v1/hooks/whatsapp?tenant=%lld&hub.mode=subscribe&hub.challenge=1158201444&hub.verify_token=verify-me", e->tenant);
@@ -230,10 +227,11 @@ static void test_whatsapp(void **state)
     assert_int_equal(http(e, "GET", path, NULL, NULL, NULL, NULL), 403);
 
     /* a tenant's own secret replaces the environment's */
-    q_long(e->db, "WITH x AS (INSERT INTO provider_settings (tenant_id, provider, settings) "
-                  "VALUES (%lld, 'whatsapp', '{\"app_secret\": \"tenant-secret\"}') RETURNING 1) "
-                  "SELECT count(*) FROM x",
-           e->tenant);
+    th_pg_longf(e->db,
+                "WITH x AS (INSERT INTO provider_settings (tenant_id, provider, settings) "
+                "VALUES (%lld, 'whatsapp', '{\"app_secret\": \"tenant-secret\"}') RETURNING 1) "
+                "SELECT count(*) FROM x",
+                e->tenant);
     assert_int_equal(wa_post(e, "test_app_secret", wa_inbound, false), 401);
     assert_int_equal(wa_post(e, "tenant-secret", wa_inbound, false), 200);
 
@@ -279,7 +277,7 @@ static void test_twilio_stop_then_skip(void **state)
                        "&From=%2B15551230000&To=%2B15005550001&Body=Stop+&MessageStatus=received"
                        "&SmsStatus=received&NumMedia=0&ApiVersion=2010-04-01";
     assert_int_equal(tw_post(e, "", stop, NULL, true), 401);
-    assert_int_equal(q_long(e->db, "SELECT count(*) FROM suppressions"), 0);
+    assert_int_equal(th_pg_longf(e->db, "SELECT count(*) FROM suppressions"), 0);
     /* a signature over other params (a param added in flight) fails too */
     char *tampered = eng_xasprintf("%s&Extra=1", stop);
     char path[128], url[256];
@@ -295,10 +293,14 @@ static void test_twilio_stop_then_skip(void **state)
 
     assert_int_equal(tw_post(e, "", stop, NULL, false), 200);
     assert_int_equal(tw_post(e, "", stop, NULL, false), 200); /* replay */
-    assert_int_equal(q_long(e->db, "SELECT count(*) FROM suppressions WHERE channel = 'sms' AND "
-                                   "address = '+15551230000' AND reason = 'stop' AND source = 'twilio'"), 1);
-    assert_int_equal(q_long(e->db, "SELECT count(*) FROM events WHERE name = 'sms.received' AND "
-                                   "key = '+15551230000' AND data->>'body' = 'Stop '"), 1);
+    assert_int_equal(
+        th_pg_longf(e->db, "SELECT count(*) FROM suppressions WHERE channel = 'sms' AND "
+                           "address = '+15551230000' AND reason = 'stop' AND source = 'twilio'"),
+        1);
+    assert_int_equal(th_pg_longf(e->db,
+                                 "SELECT count(*) FROM events WHERE name = 'sms.received' AND "
+                                 "key = '+15551230000' AND data->>'body' = 'Stop '"),
+                     1);
 
     /* the next sms to that number is skipped, with the reason */
     long long wf = th_engine_register(
@@ -313,15 +315,18 @@ static void test_twilio_stop_then_skip(void **state)
     bool done = th_engine_wait(e->db, sql, 30);
     th_workers_stop(ws);
     assert_true(done);
-    assert_int_equal(q_long(e->db, "SELECT count(*) FROM steps WHERE run_id = %lld AND key = 'send' "
-                                   "AND state = 'skipped' AND output->>'reason' LIKE '%%stop%%'", run), 1);
-    assert_int_equal(q_long(e->db, "SELECT count(*) FROM outbox WHERE run_id = %lld", run), 1);
+    assert_int_equal(th_pg_longf(e->db,
+                                 "SELECT count(*) FROM steps WHERE run_id = %lld AND key = 'send' "
+                                 "AND state = 'skipped' AND output->>'reason' LIKE '%%stop%%'",
+                                 run),
+                     1);
+    assert_int_equal(th_pg_longf(e->db, "SELECT count(*) FROM outbox WHERE run_id = %lld", run), 1);
 
     /* START undoes STOP */
     const char *start = "MessageSid=SMin2&From=%2B15551230000&To=%2B15005550001&Body=START"
                         "&MessageStatus=received";
     assert_int_equal(tw_post(e, "", start, NULL, false), 200);
-    assert_int_equal(q_long(e->db, "SELECT count(*) FROM suppressions"), 0);
+    assert_int_equal(th_pg_longf(e->db, "SELECT count(*) FROM suppressions"), 0);
 
     /* a status callback resolves a pending send; the URL signed is the public one, with :443 */
     setenv("FLOWD_PUBLIC_URL", "https://hooks.example.test", 1);
@@ -332,11 +337,15 @@ static void test_twilio_stop_then_skip(void **state)
     snprintf(pub, sizeof pub, "https://hooks.example.test:443/v1/hooks/twilio?tenant=%lld&send_key=7%%3Asend",
              e->tenant);
     assert_int_equal(tw_post(e, "&send_key=7%3Asend", delivered, pub, false), 200);
-    assert_int_equal(q_long(e->db, "SELECT count(*) FROM sends WHERE send_key = '7:send' AND state "
-                                   "= 'accepted' AND provider_message_id = 'SMout1' AND delivery = "
-                                   "'delivered'"), 1);
-    assert_int_equal(q_long(e->db, "SELECT count(*) FROM events WHERE name = 'sms.delivered' AND "
-                                   "key = '+15557654321'"), 1);
+    assert_int_equal(th_pg_longf(e->db,
+                                 "SELECT count(*) FROM sends WHERE send_key = '7:send' AND state "
+                                 "= 'accepted' AND provider_message_id = 'SMout1' AND delivery = "
+                                 "'delivered'"),
+                     1);
+    assert_int_equal(th_pg_longf(e->db,
+                                 "SELECT count(*) FROM events WHERE name = 'sms.delivered' AND "
+                                 "key = '+15557654321'"),
+                     1);
     /* signed for the wrong host: refused */
     assert_int_equal(tw_post(e, "&send_key=7%3Asend", delivered,
                              "https://evil.example.test/v1/hooks/twilio", false), 401);
@@ -345,8 +354,9 @@ static void test_twilio_stop_then_skip(void **state)
                          "&To=%2B15557654321&From=%2B15005550001";
     snprintf(pub, sizeof pub, "https://hooks.example.test/v1/hooks/twilio?tenant=%lld", e->tenant);
     assert_int_equal(tw_post(e, "", failed, pub, false), 200);
-    assert_int_equal(q_long(e->db, "SELECT count(*) FROM suppressions WHERE address = "
-                                   "'+15557654321' AND reason = '21610'"), 1);
+    assert_int_equal(th_pg_longf(e->db, "SELECT count(*) FROM suppressions WHERE address = "
+                                        "'+15557654321' AND reason = '21610'"),
+                     1);
     unsetenv("FLOWD_PUBLIC_URL");
     env_free(e);
 }
@@ -414,21 +424,27 @@ static void test_sendgrid(void **state)
         "{\"email\":\"c@example.test\",\"timestamp\":1767225703,\"event\":\"spamreport\","
         "\"sg_message_id\":\"zz.filter1\"}]";
     assert_int_equal(sg_post(e, k, ts, events, true), 401);
-    assert_int_equal(q_long(e->db, "SELECT count(*) FROM webhook_deliveries"), 0);
+    assert_int_equal(th_pg_longf(e->db, "SELECT count(*) FROM webhook_deliveries"), 0);
     assert_int_equal(sg_post(e, k, "1588788367", events, false), 401); /* stale: a replay */
     assert_int_equal(sg_post(e, k, ts, events, false), 200);
     assert_int_equal(sg_post(e, k, ts, events, false), 200); /* duplicate delivery */
-    assert_int_equal(q_long(e->db, "SELECT count(*) FROM webhook_deliveries"), 3);
+    assert_int_equal(th_pg_longf(e->db, "SELECT count(*) FROM webhook_deliveries"), 3);
     /* bounce is terminal: the later 'delivered' does not undo it */
-    assert_int_equal(q_long(e->db, "SELECT count(*) FROM sends WHERE send_key = '5:mail' AND state "
-                                   "= 'accepted' AND provider_message_id = '14c5d75ce94.dfd.64b46a' "
-                                   "AND delivery = 'bounced' AND delivery_error->>'status' = '5.1.1'"), 1);
-    assert_int_equal(q_long(e->db, "SELECT count(*) FROM suppressions WHERE channel = 'email' AND "
-                                   "((address = 'b@example.test' AND reason = 'bounce') OR "
-                                   "(address = 'c@example.test' AND reason = 'spamreport'))"), 2);
-    assert_int_equal(q_long(e->db, "SELECT count(*) FROM events WHERE name = 'email.bounced' AND "
-                                   "key = 'b@example.test'"), 1);
-    assert_int_equal(q_long(e->db, "SELECT count(*) FROM events"), 3);
+    assert_int_equal(
+        th_pg_longf(e->db, "SELECT count(*) FROM sends WHERE send_key = '5:mail' AND state "
+                           "= 'accepted' AND provider_message_id = '14c5d75ce94.dfd.64b46a' "
+                           "AND delivery = 'bounced' AND delivery_error->>'status' = '5.1.1'"),
+        1);
+    assert_int_equal(th_pg_longf(e->db,
+                                 "SELECT count(*) FROM suppressions WHERE channel = 'email' AND "
+                                 "((address = 'b@example.test' AND reason = 'bounce') OR "
+                                 "(address = 'c@example.test' AND reason = 'spamreport'))"),
+                     2);
+    assert_int_equal(th_pg_longf(e->db,
+                                 "SELECT count(*) FROM events WHERE name = 'email.bounced' AND "
+                                 "key = 'b@example.test'"),
+                     1);
+    assert_int_equal(th_pg_longf(e->db, "SELECT count(*) FROM events"), 3);
     free(pub);
     th_msg_eckey_free(k);
     unsetenv("SENDGRID_WEBHOOK_PUBLIC_KEY");

@@ -62,28 +62,6 @@ static void env_for(th_msg *m, th_msg_flavor f)
     prov_config_cache_clear();
 }
 
-static long q_long(const char *db, const char *fmt, ...) ENG_PRINTF(2, 3);
-static long q_long(const char *db, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    char sql[1024];
-    vsnprintf(sql, sizeof sql, fmt, ap);
-    va_end(ap);
-    return th_pg_long(db, sql);
-}
-
-static char *q_str(const char *db, const char *fmt, ...) ENG_PRINTF(2, 3);
-static char *q_str(const char *db, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    char sql[1024];
-    vsnprintf(sql, sizeof sql, fmt, ap);
-    va_end(ap);
-    return th_pg_value(db, sql);
-}
-
 /* Registers def, enqueues one run with input, lets one in-process worker run it to the end. */
 static long long run_one(const char *db, long long tenant, const char *def, const char *input)
 {
@@ -102,7 +80,8 @@ static long long run_one(const char *db, long long tenant, const char *def, cons
 /* The step's output (or error) as JSON; new reference. */
 static json_t *step_json(const char *db, long long run, const char *col)
 {
-    char *s = q_str(db, "SELECT %s FROM steps WHERE run_id = %lld AND key = 'send'", col, run);
+    char *s =
+        th_pg_valuef(db, "SELECT %s FROM steps WHERE run_id = %lld AND key = 'send'", col, run);
     json_t *j = s ? json_loads(s, 0, NULL) : NULL;
     free(s);
     return j;
@@ -110,7 +89,7 @@ static json_t *step_json(const char *db, long long run, const char *col)
 
 static char *step_state(const char *db, long long run)
 {
-    return q_str(db, "SELECT state FROM steps WHERE run_id = %lld AND key = 'send'", run);
+    return th_pg_valuef(db, "SELECT state FROM steps WHERE run_id = %lld AND key = 'send'", run);
 }
 
 #define DEF(kind, input, extra)                                                                    \
@@ -170,8 +149,11 @@ static void test_email_shape(void **state)
     assert_string_equal(json_string_value(json_object_get(out, "to")), "ann@example.test");
     assert_string_equal(json_string_value(json_object_get(out, "send_key")), key);
     json_decref(out);
-    assert_int_equal(q_long(db, "SELECT count(*) FROM sends WHERE state = 'accepted' AND "
-                                "delivery = 'queued' AND provider_message_id = '%s'", mid), 1);
+    assert_int_equal(th_pg_longf(db,
+                                 "SELECT count(*) FROM sends WHERE state = 'accepted' AND "
+                                 "delivery = 'queued' AND provider_message_id = '%s'",
+                                 mid),
+                     1);
     free(mid);
     free(db);
     th_msg_stop(m);
@@ -303,15 +285,22 @@ static void test_sandbox_outbox(void **state)
     bool done = th_engine_wait(db, sql, 60);
     th_workers_stop(ws);
     assert_true(done);
-    assert_int_equal(q_long(db, "SELECT count(*) FROM outbox WHERE run_id = %lld", run), 3);
-    assert_int_equal(q_long(db, "SELECT count(*) FROM steps WHERE run_id = %lld AND "
-                                "output->>'provider' = 'sandbox' AND (output->>'sandbox')::bool "
-                                "AND output->>'message_id' LIKE 'sandbox-%%'", run), 3);
-    assert_int_equal(q_long(db, "SELECT count(*) FROM outbox o JOIN steps s ON s.run_id = o.run_id "
-                                "AND s.key = o.step_key WHERE s.output->>'message_id' = o.sandbox_id"), 3);
+    assert_int_equal(th_pg_longf(db, "SELECT count(*) FROM outbox WHERE run_id = %lld", run), 3);
+    assert_int_equal(th_pg_longf(db,
+                                 "SELECT count(*) FROM steps WHERE run_id = %lld AND "
+                                 "output->>'provider' = 'sandbox' AND (output->>'sandbox')::bool "
+                                 "AND output->>'message_id' LIKE 'sandbox-%%'",
+                                 run),
+                     3);
+    assert_int_equal(
+        th_pg_longf(db, "SELECT count(*) FROM outbox o JOIN steps s ON s.run_id = o.run_id "
+                        "AND s.key = o.step_key WHERE s.output->>'message_id' = o.sandbox_id"),
+        3);
     /* the outbox holds the exact provider request */
-    assert_int_equal(q_long(db, "SELECT count(*) FROM outbox WHERE step_key = 'wa' AND "
-                                "message->>'to' = '15551230001' AND message->'text'->>'body' = 'W'"), 1);
+    assert_int_equal(
+        th_pg_longf(db, "SELECT count(*) FROM outbox WHERE step_key = 'wa' AND "
+                        "message->>'to' = '15551230001' AND message->'text'->>'body' = 'W'"),
+        1);
 
     api_service_opts ao = {.conninfo = db, .listen = "127.0.0.1:0", .threads = 1, .db_conns = 1};
     eng_err err;
@@ -390,8 +379,11 @@ static void test_retry_classes(void **state)
     json_decref(e);
     assert_int_equal(th_msg_requests(tw), 2);
     assert_int_equal(th_msg_accepted(tw), 0);
-    assert_int_equal(q_long(db, "SELECT count(*) FROM sends WHERE run_id = %lld AND state = "
-                                "'failed' AND error->>'provider_code' = '21211'", run), 1);
+    assert_int_equal(th_pg_longf(db,
+                                 "SELECT count(*) FROM sends WHERE run_id = %lld AND state = "
+                                 "'failed' AND error->>'provider_code' = '21211'",
+                                 run),
+                     1);
 
     /* WhatsApp 130429 retryable, then 401 permanent (190) */
     th_msg_push(wa, (th_msg_answer){.status = 429, .code = 130429});
@@ -417,10 +409,14 @@ static void test_retry_classes(void **state)
     assert_string_equal(json_string_value(json_object_get(e, "code")), "unknown");
     json_decref(e);
     assert_int_equal(th_msg_requests(sg) - before, 1);
-    assert_int_equal(q_long(db, "SELECT count(*) FROM sends WHERE run_id = %lld AND state = 'unknown' "
-                                "AND checks = 2 AND calls = 1", run), 1);
+    assert_int_equal(
+        th_pg_longf(db,
+                    "SELECT count(*) FROM sends WHERE run_id = %lld AND state = 'unknown' "
+                    "AND checks = 2 AND calls = 1",
+                    run),
+        1);
     /* an operator retrying the run does not resend the ambiguous message either */
-    q_long(db, "SELECT flowd_retry_run(%lld, %lld)", tenant, run);
+    th_pg_longf(db, "SELECT flowd_retry_run(%lld, %lld)", tenant, run);
     th_workers *ws = th_workers_start(db, 1, "again", 0, 0, 0);
     char sql[160];
     snprintf(sql, sizeof sql, "SELECT state = 'failed' FROM runs WHERE id = %lld", run);
@@ -438,7 +434,7 @@ static void test_retry_classes(void **state)
     assert_string_equal(st, "succeeded");
     free(st);
     assert_int_equal(th_msg_requests(sg) - before, 2);
-    assert_int_equal(q_long(db, "SELECT calls FROM sends WHERE run_id = %lld", run), 2);
+    assert_int_equal(th_pg_longf(db, "SELECT calls FROM sends WHERE run_id = %lld", run), 2);
 
     /* Twilio: timeout after accepting, at_most_once: resolved by the look-up, not resent */
     th_msg_push(tw, (th_msg_answer){.hang_ms = 5000});
@@ -488,8 +484,9 @@ static void test_suppression_from_send(void **state)
     json_t *out = step_json(db, run, "output");
     assert_non_null(strstr(json_string_value(json_object_get(out, "reason")), "21610"));
     json_decref(out);
-    assert_int_equal(q_long(db, "SELECT count(*) FROM suppressions WHERE channel = 'sms' AND "
-                                "address = '+15551112222' AND reason = '21610'"), 1);
+    assert_int_equal(th_pg_longf(db, "SELECT count(*) FROM suppressions WHERE channel = 'sms' AND "
+                                     "address = '+15551112222' AND reason = '21610'"),
+                     1);
     /* the next message to that number is never sent */
     int before = th_msg_requests(tw);
     run = run_one(db, tenant, def, NULL);
@@ -497,7 +494,9 @@ static void test_suppression_from_send(void **state)
     assert_string_equal(st, "skipped");
     free(st);
     assert_int_equal(th_msg_requests(tw), before);
-    assert_int_equal(q_long(db, "SELECT count(*) FROM runs WHERE id = %lld AND state = 'succeeded'", run), 1);
+    assert_int_equal(
+        th_pg_longf(db, "SELECT count(*) FROM runs WHERE id = %lld AND state = 'succeeded'", run),
+        1);
 
     /* WhatsApp 131026 does the same on its channel */
     th_msg_push(wa, (th_msg_answer){.status = 400, .code = 131026});
@@ -505,7 +504,8 @@ static void test_suppression_from_send(void **state)
     st = step_state(db, run);
     assert_string_equal(st, "skipped");
     free(st);
-    assert_int_equal(q_long(db, "SELECT count(*) FROM suppressions WHERE channel = 'whatsapp'"), 1);
+    assert_int_equal(
+        th_pg_longf(db, "SELECT count(*) FROM suppressions WHERE channel = 'whatsapp'"), 1);
     free(db);
     th_msg_stop(tw);
     th_msg_stop(wa);
@@ -582,7 +582,10 @@ static void test_kill9_mid_send(void **state)
     assert_int_equal(th_msg_accepted(tw), 1);
     assert_int_equal(th_msg_accepted(sg), 1);
     th_serve_kill(pid, SIGKILL);
-    assert_int_equal(q_long(db, "SELECT count(*) FROM sends WHERE run_id = %lld AND state = 'pending'", run), 2);
+    assert_int_equal(
+        th_pg_longf(db, "SELECT count(*) FROM sends WHERE run_id = %lld AND state = 'pending'",
+                    run),
+        2);
 
     pid = serve_spawn(db, errfile);
     char sql[256];
@@ -596,13 +599,18 @@ static void test_kill9_mid_send(void **state)
     assert_int_equal(th_msg_requests(tw), 1);
     assert_int_equal(th_msg_requests(sg), 1);
     /* sms: resolved by the Twilio look-up; email: no look-up and no webhook -> unknown */
-    char *st = q_str(db, "SELECT state FROM steps WHERE run_id = %lld AND key = 'send'", run);
+    char *st =
+        th_pg_valuef(db, "SELECT state FROM steps WHERE run_id = %lld AND key = 'send'", run);
     assert_string_equal(st, "succeeded");
     free(st);
-    st = q_str(db, "SELECT error->>'code' FROM steps WHERE run_id = %lld AND key = 'mail'", run);
+    st = th_pg_valuef(db, "SELECT error->>'code' FROM steps WHERE run_id = %lld AND key = 'mail'",
+                      run);
     assert_string_equal(st, "unknown");
     free(st);
-    assert_int_equal(q_long(db, "SELECT count(*) FROM sends WHERE run_id = %lld AND state = 'unknown'", run), 1);
+    assert_int_equal(
+        th_pg_longf(db, "SELECT count(*) FROM sends WHERE run_id = %lld AND state = 'unknown'",
+                    run),
+        1);
 
     /* no secret in any log line of either process */
     char *log = slurp(errfile);

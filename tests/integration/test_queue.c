@@ -65,41 +65,6 @@ static const eng_step_kind flaky_kind = {
     .start = flaky_start,
 };
 
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-/* th_pg_long with printf formatting. */
-static long q_long(const char *db, const char *fmt, ...) ENG_PRINTF(2, 3);
-static long q_long(const char *db, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    char *sql = NULL;
-    if (vasprintf(&sql, fmt, ap) < 0)
-        abort();
-    va_end(ap);
-    long v = th_pg_long(db, sql);
-    free(sql);
-    return v;
-}
-
-static char *q_text(const char *db, const char *fmt, ...) ENG_PRINTF(2, 3);
-static char *q_text(const char *db, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    char *sql = NULL;
-    if (vasprintf(&sql, fmt, ap) < 0)
-        abort();
-    va_end(ap);
-    char *v = th_pg_value(db, sql);
-    free(sql);
-    return v;
-}
-
 /* Asserts that the JSON texts a and b are equal as JSON values. */
 static void assert_json_equal(const char *a, const char *b)
 {
@@ -136,33 +101,39 @@ static void test_diamond_order(void **state)
         db, "SELECT count(*) = 50 FROM runs WHERE state IN ('succeeded', 'failed')", 60);
     th_workers_stop(ws);
     assert_true(done);
-    assert_int_equal(q_long(db, "SELECT count(*) FROM runs WHERE state = 'succeeded'"), RUNS);
-    assert_int_equal(q_long(db, "SELECT count(*) FROM steps WHERE state = 'succeeded'"), 4 * RUNS);
+    assert_int_equal(th_pg_longf(db, "SELECT count(*) FROM runs WHERE state = 'succeeded'"), RUNS);
+    assert_int_equal(th_pg_longf(db, "SELECT count(*) FROM steps WHERE state = 'succeeded'"),
+                     4 * RUNS);
 
     /* Timestamps: a dependent starts no earlier than its needs finished (equal when the trip that
      * reported a need also claimed the dependent: one transaction, one flowd_now()). */
     assert_int_equal(
-        q_long(db, "SELECT count(*) FROM steps a JOIN steps x ON x.run_id = a.run_id"
-                   " WHERE a.key = 'a' AND x.key IN ('b', 'c') AND x.started_at < a.finished_at"),
+        th_pg_longf(db,
+                    "SELECT count(*) FROM steps a JOIN steps x ON x.run_id = a.run_id"
+                    " WHERE a.key = 'a' AND x.key IN ('b', 'c') AND x.started_at < a.finished_at"),
         0);
     assert_int_equal(
-        q_long(db, "SELECT count(*) FROM steps d JOIN steps x ON x.run_id = d.run_id"
-                   " WHERE d.key = 'd' AND x.key IN ('b', 'c') AND d.started_at < x.finished_at"),
+        th_pg_longf(db,
+                    "SELECT count(*) FROM steps d JOIN steps x ON x.run_id = d.run_id"
+                    " WHERE d.key = 'd' AND x.key IN ('b', 'c') AND d.started_at < x.finished_at"),
         0);
     /* The event log orders strictly: d starts after both b and c succeeded, b and c after a. */
     assert_int_equal(
-        q_long(db, "SELECT count(*) FROM runs r WHERE"
-                   " (SELECT min(id) FROM run_events e WHERE e.run_id = r.id AND e.type = 'step.started'"
-                   "   AND e.step_key = 'd') <"
-                   " (SELECT max(id) FROM run_events e WHERE e.run_id = r.id"
-                   "   AND e.type = 'step.succeeded' AND e.step_key IN ('b', 'c'))"
-                   " OR (SELECT min(id) FROM run_events e WHERE e.run_id = r.id"
-                   "   AND e.type = 'step.started' AND e.step_key IN ('b', 'c')) <"
-                   " (SELECT id FROM run_events e WHERE e.run_id = r.id"
-                   "   AND e.type = 'step.succeeded' AND e.step_key = 'a')"),
+        th_pg_longf(
+            db,
+            "SELECT count(*) FROM runs r WHERE"
+            " (SELECT min(id) FROM run_events e WHERE e.run_id = r.id AND e.type = 'step.started'"
+            "   AND e.step_key = 'd') <"
+            " (SELECT max(id) FROM run_events e WHERE e.run_id = r.id"
+            "   AND e.type = 'step.succeeded' AND e.step_key IN ('b', 'c'))"
+            " OR (SELECT min(id) FROM run_events e WHERE e.run_id = r.id"
+            "   AND e.type = 'step.started' AND e.step_key IN ('b', 'c')) <"
+            " (SELECT id FROM run_events e WHERE e.run_id = r.id"
+            "   AND e.type = 'step.succeeded' AND e.step_key = 'a')"),
         0);
     /* d's rendered input carries b's and c's outputs, and it is the run's output (the only leaf). */
-    assert_int_equal(q_long(db, "SELECT count(DISTINCT output::text) FROM steps WHERE key = 'd'"), 1);
+    assert_int_equal(
+        th_pg_longf(db, "SELECT count(DISTINCT output::text) FROM steps WHERE key = 'd'"), 1);
     char *d_out = th_pg_value(db, "SELECT output::text FROM steps WHERE key = 'd' LIMIT 1");
     assert_json_equal(d_out, "{\"b\": {\"from\": \"b\", \"n\": 7}, \"c\": {\"from\": \"c\"}}");
     char *r_out = th_pg_value(db, "SELECT output::text FROM runs LIMIT 1");
@@ -171,9 +142,10 @@ static void test_diamond_order(void **state)
     free(want);
     free(r_out);
     free(d_out);
-    assert_int_equal(q_long(db, "SELECT count(*) FROM runs WHERE steps_done <> 4 OR steps_total <> 4"
-                                " OR started_at IS NULL OR finished_at < started_at"),
-                     0);
+    assert_int_equal(
+        th_pg_longf(db, "SELECT count(*) FROM runs WHERE steps_done <> 4 OR steps_total <> 4"
+                        " OR started_at IS NULL OR finished_at < started_at"),
+        0);
     free(db);
 }
 
@@ -222,17 +194,23 @@ static void test_exactly_once_threads_and_processes(void **state)
     assert_true(WIFEXITED(s1) && WEXITSTATUS(s1) == 0);
     assert_true(WIFEXITED(s2) && WEXITSTATUS(s2) == 0);
 
-    assert_int_equal(q_long(db, "SELECT count(*) FROM steps WHERE state = 'succeeded' AND attempts = 1"),
+    assert_int_equal(
+        th_pg_longf(db, "SELECT count(*) FROM steps WHERE state = 'succeeded' AND attempts = 1"),
+        RUNS);
+    assert_int_equal(th_pg_longf(db, "SELECT count(*) FROM steps"), RUNS);
+    assert_int_equal(th_pg_longf(db, "SELECT count(*) FROM run_events WHERE type = 'step.started'"),
                      RUNS);
-    assert_int_equal(q_long(db, "SELECT count(*) FROM steps"), RUNS);
-    assert_int_equal(q_long(db, "SELECT count(*) FROM run_events WHERE type = 'step.started'"), RUNS);
-    assert_int_equal(q_long(db, "SELECT count(*) FROM (SELECT run_id FROM run_events"
-                                " WHERE type = 'step.started' GROUP BY run_id HAVING count(*) <> 1) x"),
-                     0);
-    assert_int_equal(q_long(db, "SELECT count(*) FROM run_events WHERE type = 'step.succeeded'"), RUNS);
-    assert_int_equal(q_long(db, "SELECT count(*) FROM run_events WHERE type = 'step.retrying'"), 0);
-    assert_int_equal(q_long(db, "SELECT count(*) FROM runs WHERE state = 'succeeded' AND steps_done = 1"),
-                     RUNS);
+    assert_int_equal(
+        th_pg_longf(db, "SELECT count(*) FROM (SELECT run_id FROM run_events"
+                        " WHERE type = 'step.started' GROUP BY run_id HAVING count(*) <> 1) x"),
+        0);
+    assert_int_equal(
+        th_pg_longf(db, "SELECT count(*) FROM run_events WHERE type = 'step.succeeded'"), RUNS);
+    assert_int_equal(
+        th_pg_longf(db, "SELECT count(*) FROM run_events WHERE type = 'step.retrying'"), 0);
+    assert_int_equal(
+        th_pg_longf(db, "SELECT count(*) FROM runs WHERE state = 'succeeded' AND steps_done = 1"),
+        RUNS);
     free(db);
 }
 
@@ -260,9 +238,11 @@ static void test_kill9_loses_nothing(void **state)
     int st = th_serve_kill(victim, SIGKILL);
     assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
 
-    long succeeded_at_kill = q_long(db, "SELECT count(*) FROM steps WHERE state = 'succeeded'");
-    long held = q_long(db, "SELECT count(*) FROM steps WHERE state = 'running' AND lease_owner LIKE '%%:%d:%%'",
-                       (int)victim);
+    long succeeded_at_kill =
+        th_pg_longf(db, "SELECT count(*) FROM steps WHERE state = 'succeeded'");
+    long held = th_pg_longf(
+        db, "SELECT count(*) FROM steps WHERE state = 'running' AND lease_owner LIKE '%%:%d:%%'",
+        (int)victim);
     print_message("killed with %ld of %d steps done, %ld held by the dead process\n",
                   succeeded_at_kill, 3 * RUNS, held);
     /* The kill must land mid-run, with claimed steps on the dead process, or nothing was tested. */
@@ -275,21 +255,23 @@ static void test_kill9_loses_nothing(void **state)
         db, "SELECT count(*) = 3000 FROM runs WHERE state IN ('succeeded', 'failed')", 90);
     th_serve_kill(second, SIGTERM);
     assert_true(done);
-    assert_int_equal(q_long(db, "SELECT count(*) FROM runs WHERE state = 'succeeded'"), RUNS);
-    assert_int_equal(q_long(db, "SELECT count(*) FROM steps WHERE state = 'succeeded'"), 3 * RUNS);
+    assert_int_equal(th_pg_longf(db, "SELECT count(*) FROM runs WHERE state = 'succeeded'"), RUNS);
+    assert_int_equal(th_pg_longf(db, "SELECT count(*) FROM steps WHERE state = 'succeeded'"),
+                     3 * RUNS);
     /* Steps held by the dead process came back through the reaper: one more attempt, counted. */
-    assert_int_equal(q_long(db, "SELECT count(*) FROM steps s JOIN held_at_kill h USING (id)"
-                                " WHERE s.attempts = 2"),
+    assert_int_equal(th_pg_longf(db, "SELECT count(*) FROM steps s JOIN held_at_kill h USING (id)"
+                                     " WHERE s.attempts = 2"),
                      held);
-    assert_int_equal(q_long(db, "SELECT count(*) FROM steps WHERE attempts <> 1"
-                                " AND id NOT IN (SELECT id FROM held_at_kill)"),
+    assert_int_equal(th_pg_longf(db, "SELECT count(*) FROM steps WHERE attempts <> 1"
+                                     " AND id NOT IN (SELECT id FROM held_at_kill)"),
                      0);
-    assert_int_equal(q_long(db, "SELECT count(*) FROM run_events WHERE type = 'step.retrying'"
-                                " AND data->>'code' = 'lease_expired'"),
+    assert_int_equal(th_pg_longf(db, "SELECT count(*) FROM run_events WHERE type = 'step.retrying'"
+                                     " AND data->>'code' = 'lease_expired'"),
                      held);
-    assert_int_equal(q_long(db, "SELECT count(*) FROM (SELECT run_id, step_key FROM run_events"
-                                " WHERE type = 'step.succeeded' GROUP BY 1, 2 HAVING count(*) <> 1) x"),
-                     0);
+    assert_int_equal(
+        th_pg_longf(db, "SELECT count(*) FROM (SELECT run_id, step_key FROM run_events"
+                        " WHERE type = 'step.succeeded' GROUP BY 1, 2 HAVING count(*) <> 1) x"),
+        0);
     char *out = th_pg_value(db, "SELECT DISTINCT output::text FROM runs");
     assert_json_equal(out, "{\"s3\": {\"n\": 5}}");
     free(out);
@@ -327,22 +309,22 @@ static void test_retry_backoff(void **state)
 
     assert_true(th_engine_wait(db, "SELECT attempts = 1 AND state = 'ready' FROM steps", 30));
     /* Exactly the configured backoff after the failure, on the engine clock. */
-    assert_int_equal(q_long(db, "SELECT (extract(epoch FROM s.run_at - e.at) * 1000)::bigint"
-                                " FROM steps s, run_events e WHERE e.type = 'step.retrying'"),
+    assert_int_equal(th_pg_longf(db, "SELECT (extract(epoch FROM s.run_at - e.at) * 1000)::bigint"
+                                     " FROM steps s, run_events e WHERE e.type = 'step.retrying'"),
                      10000);
     char *due = th_pg_value(db, "SELECT run_at > flowd_now() + interval '9 s' FROM steps");
     assert_string_equal(due, "t");
     free(due);
     /* More than the workers' 1 s backstop poll passes: still nothing runs before the clock moves. */
-    sleep_ms(1500);
-    assert_int_equal(q_long(db, "SELECT attempts FROM steps"), 1);
+    th_sleep_ms(1500);
+    assert_int_equal(th_pg_longf(db, "SELECT attempts FROM steps"), 1);
     assert_int_equal(atomic_load(&flaky_attempts) - before, 1);
 
     clock_advance_cli(db, "10s");
     assert_true(th_engine_wait(db, "SELECT attempts = 2 AND state = 'ready' FROM steps", 30));
-    assert_int_equal(q_long(db, "SELECT (extract(epoch FROM s.run_at - e.at) * 1000)::bigint"
-                                " FROM steps s, run_events e WHERE e.type = 'step.retrying'"
-                                " ORDER BY e.id DESC LIMIT 1"),
+    assert_int_equal(th_pg_longf(db, "SELECT (extract(epoch FROM s.run_at - e.at) * 1000)::bigint"
+                                     " FROM steps s, run_events e WHERE e.type = 'step.retrying'"
+                                     " ORDER BY e.id DESC LIMIT 1"),
                      20000);
     char *retry_at = th_pg_value(db, "SELECT data->>'retry_at' IS NOT NULL FROM run_events"
                                      " WHERE type = 'step.retrying' ORDER BY id DESC LIMIT 1");
@@ -350,17 +332,20 @@ static void test_retry_backoff(void **state)
     free(retry_at);
     /* Half the second backoff is not enough. */
     clock_advance_cli(db, "10s");
-    sleep_ms(1200);
-    assert_int_equal(q_long(db, "SELECT attempts FROM steps"), 2);
+    th_sleep_ms(1200);
+    assert_int_equal(th_pg_longf(db, "SELECT attempts FROM steps"), 2);
 
     clock_advance_cli(db, "10s");
     assert_true(th_engine_wait(db, "SELECT state = 'succeeded' FROM steps", 30));
     th_workers_stop(ws);
-    assert_int_equal(q_long(db, "SELECT attempts FROM steps"), 3);
+    assert_int_equal(th_pg_longf(db, "SELECT attempts FROM steps"), 3);
     assert_int_equal(atomic_load(&flaky_attempts) - before, 3);
-    assert_int_equal(q_long(db, "SELECT count(*) FROM run_events WHERE type = 'step.retrying'"), 2);
-    assert_int_equal(q_long(db, "SELECT count(*) FROM run_events WHERE type = 'step.started'"), 3);
-    char *st = q_text(db, "SELECT state || ' ' || (output->'f'->>'attempt') FROM runs WHERE id = %lld", run);
+    assert_int_equal(
+        th_pg_longf(db, "SELECT count(*) FROM run_events WHERE type = 'step.retrying'"), 2);
+    assert_int_equal(th_pg_longf(db, "SELECT count(*) FROM run_events WHERE type = 'step.started'"),
+                     3);
+    char *st = th_pg_valuef(
+        db, "SELECT state || ' ' || (output->'f'->>'attempt') FROM runs WHERE id = %lld", run);
     assert_string_equal(st, "succeeded 3");
     free(st);
     free(db);
@@ -386,7 +371,7 @@ static void test_permanent_failure(void **state)
     th_workers *ws = th_workers_start(db, 1, "perm", 0, 0, 0);
     bool done = th_engine_wait(db, "SELECT state <> 'queued' AND state <> 'running' FROM runs", 30);
     /* Give a wrongly scheduled retry the chance to happen before looking. */
-    sleep_ms(500);
+    th_sleep_ms(500);
     th_workers_stop(ws);
     assert_true(done);
     char *run = th_pg_value(db, "SELECT state || ' ' || (error->>'code') FROM runs");
@@ -402,10 +387,13 @@ static void test_permanent_failure(void **state)
                                  " ORDER BY idx) FROM steps WHERE key <> 'boom'");
     assert_string_equal(rest, "after=cancelled/0,last=cancelled/0,later=cancelled/0");
     free(rest);
-    assert_int_equal(q_long(db, "SELECT count(*) FROM run_events WHERE type = 'run.failed'"), 1);
-    assert_int_equal(q_long(db, "SELECT count(*) FROM run_events WHERE type = 'step.cancelled'"), 3);
-    assert_int_equal(q_long(db, "SELECT count(*) FROM run_events WHERE type = 'step.retrying'"), 0);
-    assert_int_equal(q_long(db, "SELECT count(*) FROM steps WHERE finished_at IS NULL"), 0);
+    assert_int_equal(th_pg_longf(db, "SELECT count(*) FROM run_events WHERE type = 'run.failed'"),
+                     1);
+    assert_int_equal(
+        th_pg_longf(db, "SELECT count(*) FROM run_events WHERE type = 'step.cancelled'"), 3);
+    assert_int_equal(
+        th_pg_longf(db, "SELECT count(*) FROM run_events WHERE type = 'step.retrying'"), 0);
+    assert_int_equal(th_pg_longf(db, "SELECT count(*) FROM steps WHERE finished_at IS NULL"), 0);
     free(db);
 }
 
@@ -435,15 +423,16 @@ static void test_delay_is_durable_timer(void **state)
             " attempts FROM steps WHERE key = 'wait'");
     assert_string_equal(sleeping, "true 0");
     free(sleeping);
-    sleep_ms(1200);
-    assert_int_equal(q_long(db, "SELECT count(*) FROM steps WHERE state = 'running'"), 0);
-    assert_int_equal(q_long(db, "SELECT count(*) FROM steps WHERE state = 'succeeded'"), 0);
-    assert_int_equal(q_long(db, "SELECT count(*) FROM run_events WHERE type = 'step.started'"), 1);
+    th_sleep_ms(1200);
+    assert_int_equal(th_pg_longf(db, "SELECT count(*) FROM steps WHERE state = 'running'"), 0);
+    assert_int_equal(th_pg_longf(db, "SELECT count(*) FROM steps WHERE state = 'succeeded'"), 0);
+    assert_int_equal(th_pg_longf(db, "SELECT count(*) FROM run_events WHERE type = 'step.started'"),
+                     1);
 
     free(th_pg_value(db, "SELECT flowd_clock_advance(3600000)"));
-    sleep_ms(1200);
-    assert_int_equal(q_long(db, "SELECT count(*) FROM steps WHERE state IN ('running', 'succeeded')"),
-                     0);
+    th_sleep_ms(1200);
+    assert_int_equal(
+        th_pg_longf(db, "SELECT count(*) FROM steps WHERE state IN ('running', 'succeeded')"), 0);
 
     free(th_pg_value(db, "SELECT flowd_clock_advance(3600000)"));
     bool done = th_engine_wait(db, "SELECT state = 'succeeded' FROM runs", 30);
@@ -454,7 +443,7 @@ static void test_delay_is_durable_timer(void **state)
                                  " FROM steps s, steps w WHERE s.key = 'then' AND w.key = 'wait'");
     assert_string_equal(woke, "t");
     free(woke);
-    assert_int_equal(q_long(db, "SELECT attempts FROM steps WHERE key = 'wait'"), 1);
+    assert_int_equal(th_pg_longf(db, "SELECT attempts FROM steps WHERE key = 'wait'"), 1);
     free(db);
 }
 

@@ -1,4 +1,11 @@
-/* tests/support/th_pg.c: fresh databases in the fixture cluster for integration tests. */
+/* tests/support/th_pg.c: fresh databases in the fixture cluster for integration tests, and the
+ * blocking query helpers tests read them with. */
+// clang-format off
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+// clang-format on
 #include <libpq-fe.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -74,6 +81,108 @@ long th_pg_long(const char *conninfo, const char *sql)
     return n;
 }
 
+char *th_pg_valuef(const char *conninfo, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *sql = NULL;
+    if (vasprintf(&sql, fmt, ap) < 0)
+        abort();
+    va_end(ap);
+    char *v = th_pg_value(conninfo, sql);
+    free(sql);
+    return v;
+}
+
+long th_pg_longf(const char *conninfo, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *sql = NULL;
+    if (vasprintf(&sql, fmt, ap) < 0)
+        abort();
+    va_end(ap);
+    long v = th_pg_long(conninfo, sql);
+    free(sql);
+    return v;
+}
+
+th_num_s th_num(long long v)
+{
+    th_num_s n;
+    snprintf(n.s, sizeof n.s, "%lld", v);
+    return n;
+}
+
+PGconn *th_pgc_open(const char *conninfo)
+{
+    PGconn *c = PQconnectdb(conninfo);
+    if (PQstatus(c) != CONNECTION_OK)
+        fail_msg("cannot connect: %s", PQerrorMessage(c));
+    return c;
+}
+
+char *th_pgc_str(PGconn *c, const char *sql, int n, const char *const *params)
+{
+    PGresult *r = PQexecParams(c, sql, n, NULL, params, NULL, NULL, 0);
+    ExecStatusType st = PQresultStatus(r);
+    if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK)
+        fail_msg("%s\n%s", sql, PQerrorMessage(c));
+    char *v = PQntuples(r) > 0 && !PQgetisnull(r, 0, 0) ? eng_xstrdup(PQgetvalue(r, 0, 0)) : NULL;
+    PQclear(r);
+    return v;
+}
+
+long long th_pgc_ll(PGconn *c, const char *sql, int n, const char *const *params)
+{
+    char *v = th_pgc_str(c, sql, n, params);
+    if (!v)
+        fail_msg("no value: %s", sql);
+    long long x = strtoll(v, NULL, 10);
+    free(v);
+    return x;
+}
+
+bool th_pgc_true(PGconn *c, const char *sql, int n, const char *const *params)
+{
+    char *v = th_pgc_str(c, sql, n, params);
+    bool t = v && strcmp(v, "t") == 0;
+    free(v);
+    return t;
+}
+
+void th_pgc_expect(PGconn *c, const char *expected, const char *sql, int n,
+                   const char *const *params)
+{
+    char *v = th_pgc_str(c, sql, n, params);
+    if (!expected != !v || (v && strcmp(v, expected) != 0))
+        fail_msg("%s\n  got      %s\n  expected %s", sql, v ? v : "NULL",
+                 expected ? expected : "NULL");
+    free(v);
+}
+
+bool th_pgc_wait(PGconn *c, const char *sql, int n, const char *const *params, double timeout_s)
+{
+    long long deadline = th_now_ms() + (long long)(timeout_s * 1000);
+    for (;;) {
+        if (th_pgc_true(c, sql, n, params))
+            return true;
+        if (th_now_ms() > deadline)
+            return false;
+        th_sleep_ms(10);
+    }
+}
+
+long long th_pgc_enqueue(PGconn *c, long long tenant, long long workflow, const char *input_json)
+{
+    char *in = eng_xasprintf("[%s]", input_json);
+    long long id =
+        th_pgc_ll(c, "SELECT run_id FROM flowd_enqueue($1, $2, $3::jsonb, 0, NULL, NULL)",
+                  TH_P(th_num(tenant).s, th_num(workflow).s, in));
+    free(in);
+    return id;
+}
+
 const char *th_flowd_bin(void)
 {
     const char *b = getenv("FLOWD_BIN");
@@ -91,4 +200,10 @@ long long th_now_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void th_sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
 }
