@@ -109,6 +109,15 @@ static json_t *step_row(const char *db, long long wf)
     return j;
 }
 
+/* Registers a one-step llm workflow (llm_workflow), runs it once to the end and returns its step
+ * row (step_row; caller decrefs). */
+static json_t *run_once(const char *db, long long tenant, const char *input, const char *extra)
+{
+    long long wf = llm_workflow(db, tenant, input, extra);
+    run_all(db, tenant, wf, 1, 30);
+    return step_row(db, wf);
+}
+
 static const char *jstr(const json_t *j, const char *path)
 {
     /* "a.b.c" lookups through objects */
@@ -138,13 +147,11 @@ static void test_openai_shape(void **state)
     use_openai(m);
     long long tenant;
     char *db = th_engine_db("llm_openai", &tenant);
-    long long wf = llm_workflow(db, tenant,
-                                "{\"provider\": \"openai\", \"model\": \"gpt-4o-mini\", \"system\":"
-                                " \"Be terse.\", \"prompt\": \"Say hi\", \"max_tokens\": 256,"
-                                " \"temperature\": 0.2}",
-                                "");
-    run_all(db, tenant, wf, 1, 30);
-    json_t *row = step_row(db, wf);
+    json_t *row = run_once(db, tenant,
+                           "{\"provider\": \"openai\", \"model\": \"gpt-4o-mini\", \"system\":"
+                           " \"Be terse.\", \"prompt\": \"Say hi\", \"max_tokens\": 256,"
+                           " \"temperature\": 0.2}",
+                           "");
     assert_string_equal(jstr(row, "state"), "succeeded");
     json_t *out = json_object_get(row, "output");
     assert_string_equal(jstr(out, "text"), "Hi.");
@@ -260,10 +267,8 @@ static void test_streams(void **state)
     th_llm_push(o, &(th_llm_answer){.stream_error = true});
     th_llm_push(o, &(th_llm_answer){.stream_cut = true});
     unsigned long before = th_llm_calls(o);
-    long long wf = llm_workflow(db, tenant,
-                                "{\"model\": \"m\", \"prompt\": \"again\", \"stream\": true}", "");
-    run_all(db, tenant, wf, 1, 30);
-    json_t *row = step_row(db, wf);
+    json_t *row =
+        run_once(db, tenant, "{\"model\": \"m\", \"prompt\": \"again\", \"stream\": true}", "");
     assert_string_equal(jstr(row, "state"), "succeeded");
     assert_int_equal(jint(row, "attempts", NULL), 3);
     assert_int_equal(th_llm_calls(o) - before, 3);
@@ -285,13 +290,11 @@ static void test_fallback(void **state)
     th_llm_set_default(o, &(th_llm_answer){.status = 503});
     long long tenant;
     char *db = th_engine_db("llm_fallback", &tenant);
-    long long wf = llm_workflow(db, tenant,
-                                "{\"model\": \"gpt-4o\", \"prompt\": \"x\", "
-                                "\"attempts_per_provider\": 2, \"fallback\": [{\"provider\": "
-                                "\"anthropic\", \"model\": \"claude-sonnet-4-5\"}]}",
-                                "");
-    run_all(db, tenant, wf, 1, 30);
-    json_t *row = step_row(db, wf);
+    json_t *row = run_once(db, tenant,
+                           "{\"model\": \"gpt-4o\", \"prompt\": \"x\", "
+                           "\"attempts_per_provider\": 2, \"fallback\": [{\"provider\": "
+                           "\"anthropic\", \"model\": \"claude-sonnet-4-5\"}]}",
+                           "");
     assert_string_equal(jstr(row, "state"), "succeeded");
     assert_string_equal(jstr(row, "output.provider"), "anthropic");
     assert_string_equal(jstr(row, "output.model"), "claude-sonnet-4-5");
@@ -302,12 +305,10 @@ static void test_fallback(void **state)
 
     /* a permanent failure of the primary does not fall back */
     th_llm_set_default(o, &(th_llm_answer){.status = 401});
-    wf = llm_workflow(db, tenant,
-                      "{\"model\": \"gpt-4o\", \"prompt\": \"y\", \"fallback\": [{\"provider\": "
-                      "\"anthropic\", \"model\": \"claude-sonnet-4-5\"}]}",
-                      "");
-    run_all(db, tenant, wf, 1, 30);
-    row = step_row(db, wf);
+    row = run_once(db, tenant,
+                   "{\"model\": \"gpt-4o\", \"prompt\": \"y\", \"fallback\": [{\"provider\": "
+                   "\"anthropic\", \"model\": \"claude-sonnet-4-5\"}]}",
+                   "");
     assert_string_equal(jstr(row, "state"), "failed");
     assert_string_equal(jstr(row, "error.code"), "http_401");
     assert_int_equal(th_llm_calls(a), 1);
@@ -327,13 +328,11 @@ static void test_json_mode_retry(void **state)
     th_llm_push(o, &(th_llm_answer){.text = "```json\n{\"score\": 7, \"why\": \"fit\"}\n```"});
     long long tenant;
     char *db = th_engine_db("llm_json", &tenant);
-    long long wf = llm_workflow(db, tenant,
-                                "{\"model\": \"m\", \"prompt\": \"rate\", \"json_schema\": "
-                                "{\"type\": \"object\", \"required\": [\"score\"], \"properties\":"
-                                " {\"score\": {\"type\": \"integer\"}}}}",
-                                "");
-    run_all(db, tenant, wf, 1, 30);
-    json_t *row = step_row(db, wf);
+    json_t *row = run_once(db, tenant,
+                           "{\"model\": \"m\", \"prompt\": \"rate\", \"json_schema\": "
+                           "{\"type\": \"object\", \"required\": [\"score\"], \"properties\":"
+                           " {\"score\": {\"type\": \"integer\"}}}}",
+                           "");
     assert_string_equal(jstr(row, "state"), "succeeded");
     assert_int_equal(jint(row, "attempts", NULL), 2);
     assert_int_equal(jint(json_object_get(row, "output"), "json", "score"), 7);
@@ -346,9 +345,7 @@ static void test_json_mode_retry(void **state)
     json_decref(row);
 
     /* json: true sends json_object */
-    wf = llm_workflow(db, tenant, "{\"model\": \"m\", \"prompt\": \"j\", \"json\": true}", "");
-    run_all(db, tenant, wf, 1, 30);
-    row = step_row(db, wf);
+    row = run_once(db, tenant, "{\"model\": \"m\", \"prompt\": \"j\", \"json\": true}", "");
     assert_true(json_is_true(json_object_get(json_object_get(json_object_get(row, "output"),
                                                              "json"),
                                              "ok")));
@@ -385,9 +382,7 @@ static void test_retry_classes(void **state)
 
     /* 429 with retry-after: 1 s (backoff alone would be 50 ms) */
     th_llm_push(o, &(th_llm_answer){.status = 429, .retry_after = "1"});
-    long long wf = llm_workflow(db, tenant, in, "");
-    run_all(db, tenant, wf, 1, 30);
-    json_t *row = step_row(db, wf);
+    json_t *row = run_once(db, tenant, in, "");
     assert_string_equal(jstr(row, "state"), "succeeded");
     assert_true(gap_ms(o, 0, 1) >= 950);
     json_decref(row);
@@ -397,9 +392,7 @@ static void test_retry_classes(void **state)
     th_llm_push(o, &(th_llm_answer){.status = 500, .retry_after_ms = "400", .retry_after = "30"});
     th_llm_push(o, &(th_llm_answer){.status = 408});
     th_llm_push(o, &(th_llm_answer){.status = 409});
-    wf = llm_workflow(db, tenant, in, "\"max_attempts\": 5");
-    run_all(db, tenant, wf, 1, 30);
-    row = step_row(db, wf);
+    row = run_once(db, tenant, in, "\"max_attempts\": 5");
     assert_string_equal(jstr(row, "state"), "succeeded");
     assert_int_equal(jint(row, "attempts", NULL), 4);
     long long g = gap_ms(o, n0, n0 + 1);
@@ -411,9 +404,7 @@ static void test_retry_classes(void **state)
     for (size_t i = 0; i < ENG_ARRAY_LEN(permanent); i++) {
         n0 = th_llm_calls(o);
         th_llm_push(o, &(th_llm_answer){.status = permanent[i]});
-        wf = llm_workflow(db, tenant, in, "");
-        run_all(db, tenant, wf, 1, 30);
-        row = step_row(db, wf);
+        row = run_once(db, tenant, in, "");
         assert_string_equal(jstr(row, "state"), "failed");
         assert_int_equal(jint(row, "attempts", NULL), 1);
         assert_int_equal(th_llm_calls(o) - n0, 1);
@@ -421,9 +412,7 @@ static void test_retry_classes(void **state)
     }
     n0 = th_llm_calls(o);
     th_llm_push(o, &(th_llm_answer){.status = 429, .code = "insufficient_quota"});
-    wf = llm_workflow(db, tenant, in, "");
-    run_all(db, tenant, wf, 1, 30);
-    row = step_row(db, wf);
+    row = run_once(db, tenant, in, "");
     assert_string_equal(jstr(row, "state"), "failed");
     assert_string_equal(jstr(row, "error.code"), "insufficient_quota");
     assert_int_equal(th_llm_calls(o) - n0, 1);
@@ -431,29 +420,24 @@ static void test_retry_classes(void **state)
 
     /* x-should-retry: false makes a 503 final */
     th_llm_push(o, &(th_llm_answer){.status = 503, .should_retry = "false"});
-    wf = llm_workflow(db, tenant, in, "");
-    run_all(db, tenant, wf, 1, 30);
-    row = step_row(db, wf);
+    row = run_once(db, tenant, in, "");
     assert_string_equal(jstr(row, "state"), "failed");
     json_decref(row);
 
     /* Anthropic 529 overloaded_error and 429 rate_limit_error are retried */
     th_llm_push(a, &(th_llm_answer){.status = 529});
     th_llm_push(a, &(th_llm_answer){.status = 429});
-    wf = llm_workflow(db, tenant, "{\"provider\": \"anthropic\", \"model\": \"m\", \"prompt\": "
-                                  "\"r\"}",
-                      "");
-    run_all(db, tenant, wf, 1, 30);
-    row = step_row(db, wf);
+    row = run_once(db, tenant,
+                   "{\"provider\": \"anthropic\", \"model\": \"m\", \"prompt\": "
+                   "\"r\"}",
+                   "");
     assert_string_equal(jstr(row, "state"), "succeeded");
     assert_int_equal(jint(row, "attempts", NULL), 3);
     json_decref(row);
 
     /* a connection closed without an answer is retried */
     th_llm_push(o, &(th_llm_answer){.drop = true});
-    wf = llm_workflow(db, tenant, in, "");
-    run_all(db, tenant, wf, 1, 30);
-    row = step_row(db, wf);
+    row = run_once(db, tenant, in, "");
     assert_string_equal(jstr(row, "state"), "succeeded");
     assert_int_equal(jint(row, "attempts", NULL), 2);
     json_decref(row);
@@ -531,13 +515,11 @@ static void test_sandbox(void **state)
     json_decref(row);
 
     /* JSON mode in the sandbox answers in the schema's shape */
-    wf = llm_workflow(db, tenant,
-                      "{\"model\": \"m\", \"prompt\": \"p\", \"json_schema\": {\"type\": "
-                      "\"object\", \"properties\": {\"n\": {\"type\": \"integer\"}, \"tags\": "
-                      "{\"type\": \"array\", \"items\": {\"type\": \"string\"}}}}}",
-                      "");
-    run_all(db, tenant, wf, 1, 30);
-    row = step_row(db, wf);
+    row = run_once(db, tenant,
+                   "{\"model\": \"m\", \"prompt\": \"p\", \"json_schema\": {\"type\": "
+                   "\"object\", \"properties\": {\"n\": {\"type\": \"integer\"}, \"tags\": "
+                   "{\"type\": \"array\", \"items\": {\"type\": \"string\"}}}}}",
+                   "");
     json_t *j = json_object_get(json_object_get(row, "output"), "json");
     assert_true(json_is_integer(json_object_get(j, "n")));
     assert_true(json_is_array(json_object_get(j, "tags")));
