@@ -194,10 +194,10 @@ static void test_thousand_contacts(void **state)
     fprintf(stderr, "%d sends in %.2f s (limit %.0f/s, burst %.0f: at least %.2f s)\n", sent,
             span_s, RATE, BURST, least_s);
     assert_true(span_s >= least_s - 0.1);
-    /* and not far above it: 50 children at once send 975 messages in 2.6 s without the limit, so a
-     * span near the least is the limit pacing them, not the engine being slow (measured: 11.8 s,
-     * 14.3 s under ASan) */
-    assert_true(span_s <= 2 * least_s);
+    /* and not stalled far above it: 50 children at once send 975 messages in 2.6 s without the
+     * limit (measured span with it: 11.8 s, 14.3 s under ASan). The bound is loose because CI
+     * runs this beside other tests on two cores; it catches a pacer that stalls, not jitter. */
+    assert_true(span_s <= 5 * least_s);
     double worst = 0;
     for (int a = first; a < lastk; a++) {
         for (int b = a + 1; b <= lastk; b++) {
