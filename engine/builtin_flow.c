@@ -93,11 +93,15 @@ static const eng_step_kind wait_kind = {
     .start = wait_start,
 };
 
-/* The one-step child workflow of an inline map step, before compilation (new reference). */
-static json_t *map_inline_doc(const char *parent, const char *key, const json_t *step)
+/* The one-step child workflow of an inline map step, before compilation (new reference). Each
+ * child run's input is the step's input rendered for its item, so the child step takes "{{input}}";
+ * keep_input keeps the step's own input instead, for checking it at registration. */
+static json_t *map_inline_doc(const char *parent, const char *key, const json_t *step,
+                              bool keep_input)
 {
     json_t *child = json_deep_copy(step);
-    json_object_set_new(child, "input", json_string("{{input}}"));
+    if (!keep_input)
+        json_object_set_new(child, "input", json_string("{{input}}"));
     if (!json_object_get(child, "key"))
         json_object_set_new(child, "key", json_string("item"));
     char *name = eng_xasprintf("inline.%s.%s", parent, key);
@@ -139,7 +143,7 @@ static eng_rc map_validate(const json_t *step, const char *ptr, eng_err *err)
     if (inline_step) {
         if (!json_is_object(inline_step))
             return flow_field_error(err, ptr, "step", "must be a step object");
-        json_t *doc = map_inline_doc("check", "check", inline_step);
+        json_t *doc = map_inline_doc("check", "check", inline_step, true);
         json_t *def = NULL;
         eng_err inner;
         eng_rc rc = wf_def_compile(doc, &def, &inner);
@@ -204,7 +208,7 @@ static void map_start(eng_step_ctx *ctx)
                              (json_int_t)(conc ? json_integer_value(conc) : 10), "allow_failures",
                              json_is_true(json_object_get(raw, "allow_failures")));
     if (inline_step) {
-        json_t *doc = map_inline_doc(eng_step_workflow(ctx), eng_step_key(ctx), inline_step);
+        json_t *doc = map_inline_doc(eng_step_workflow(ctx), eng_step_key(ctx), inline_step, false);
         json_t *def = NULL;
         if (wf_def_compile(doc, &def, &err) != ENG_OK) {
             json_decref(doc);

@@ -604,7 +604,11 @@ static eng_rc compile_step(compiler *c, size_t i, json_t **out)
         rc = bad(c, ptr, "must be true or false");
         goto fail;
     }
-    if (s->kind->validate && (rc = s->kind->validate(st, sptr, c->err)) != ENG_OK) {
+    /* A kind checks the shape of its input here; an input that is one whole template ("{{input}}",
+     * as in a map's inline step) has no shape before it is rendered, and the kind checks it then. */
+    const json_t *whole = json_object_get(st, "input");
+    bool deferred = json_is_string(whole) && wf_template_is_templated(json_string_value(whole));
+    if (!deferred && s->kind->validate && (rc = s->kind->validate(st, sptr, c->err)) != ENG_OK) {
         if (!c->err->field[0])
             snprintf(c->err->field, sizeof c->err->field, "%s", sptr);
         goto fail;
