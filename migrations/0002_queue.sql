@@ -479,6 +479,9 @@ BEGIN
     -- Per-tenant caps keep one tenant's big batch from taking every slot. Tenants at their cap are
     -- left out of the scan; the others get at most their remaining room from this claim.
     IF EXISTS (SELECT 1 FROM tenants WHERE max_running IS NOT NULL) THEN
+        -- claimers counting the same room at once would together overshoot it: with caps in
+        -- force, claims take turns (held to this transaction's end, just after the claim)
+        PERFORM pg_advisory_xact_lock(hashtext('flowd_tenant_caps'));
         SELECT jsonb_object_agg(t.id::text, t.max_running - (
                    SELECT count(*) FROM steps r WHERE r.tenant_id = t.id AND r.state = 'running'))
           INTO v_caps FROM tenants t WHERE t.max_running IS NOT NULL;
