@@ -88,6 +88,9 @@ static void db_watch(eng_db *db, int events)
 static void db_broken(eng_db *db, const char *why)
 {
     log_warn("database connection lost", " app=%s reason=\"%s\"", db->appname, why);
+    /* why is usually PQerrorMessage(db->pg), which PQfinish frees: copy it first */
+    eng_err err;
+    eng_err_set(&err, ENG_EDB_RETRY, "connection lost: %s", why);
     db_watch(db, 0);
     if (db->pg) {
         PQfinish(db->pg);
@@ -111,11 +114,8 @@ static void db_broken(eng_db *db, const char *why)
     db->backoff = db->backoff < 2.0 ? db->backoff * 2 : 2.0;
     ev_timer_set(&db->retry, delay, 0.);
     ev_timer_start(db->loop, &db->retry);
-    if (op && op->kind == OP_QUERY && op->cb) {
-        eng_err err;
-        eng_err_set(&err, ENG_EDB_RETRY, "connection lost: %s", why);
+    if (op && op->kind == OP_QUERY && op->cb)
         op->cb(op->arg, &err, NULL);
-    }
     db_op_free(op);
 }
 

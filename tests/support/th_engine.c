@@ -46,9 +46,9 @@ static PGresult *eng_exec(PGconn *c, const char *sql, int n, const char *const *
     return r;
 }
 
-char *th_engine_db(const char *prefix, long long *tenant)
+/* Applies the embedded migrations to db and creates the default tenant. */
+static void engine_db_setup(const char *db, long long *tenant)
 {
-    char *db = th_pg_new_db(prefix);
     size_t n;
     const eng_migration *migs = eng_migrations_embedded(&n);
     eng_err err = {0};
@@ -64,6 +64,32 @@ char *th_engine_db(const char *prefix, long long *tenant)
         *tenant = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
     PQclear(r);
     PQfinish(c);
+}
+
+char *th_engine_db(const char *prefix, long long *tenant)
+{
+    char *db = th_pg_new_db(prefix);
+    engine_db_setup(db, tenant);
+    return db;
+}
+
+char *th_engine_db_at(const char *pgdir, const char *prefix, long long *tenant)
+{
+    static int counter;
+    char *admin = eng_xasprintf("host=%s dbname=postgres user=postgres", pgdir);
+    PGconn *c = eng_connect(admin);
+    free(admin);
+    char *name = eng_xasprintf("%s_%d_%d", prefix, (int)getpid(), ++counter);
+    /* CREATE DATABASE takes no parameters: quote the name as an identifier */
+    char *ident = PQescapeIdentifier(c, name, strlen(name));
+    char *sql = eng_xasprintf("CREATE DATABASE %s", ident);
+    PQclear(eng_exec(c, sql, 0, NULL));
+    PQfreemem(ident);
+    free(sql);
+    PQfinish(c);
+    char *db = eng_xasprintf("host=%s dbname=%s user=postgres", pgdir, name);
+    free(name);
+    engine_db_setup(db, tenant);
     return db;
 }
 

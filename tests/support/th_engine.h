@@ -10,6 +10,9 @@
 /* A fresh database with the embedded migrations applied and the default tenant created. Returns its
  * conninfo (caller frees); *tenant (may be NULL) gets the default tenant's id. */
 char *th_engine_db(const char *prefix, long long *tenant);
+/* The same in another cluster: the one whose unix socket directory is pgdir (a private cluster a
+ * test starts with tests/support/pg_fixture.sh, e.g. to restart it). */
+char *th_engine_db_at(const char *pgdir, const char *prefix, long long *tenant);
 
 /* Compiles the definition def_json (wf_def_compile) and stores it; returns the workflow id. Step
  * kinds are the caller's business: register them (eng_step_register_builtins and the test's own)
