@@ -137,29 +137,14 @@ static void email_sent(void *arg, const eng_err *err, const eng_http_response *r
 {
     step_send *ss = arg;
     prov_outcome o;
-    prov_classify(step_send_cfg(ss), PROV_SENDGRID, true, err, resp, call, step_send_wall_ms(), &o);
-    const char *id = o.cls == PROV_OK ? eng_http_call_header(call, "X-Message-Id") : NULL;
-    step_send_transport_done(ss, &o, id, NULL);
+    if (step_send_call_ok(ss, PROV_SENDGRID, err, resp, call, &o))
+        step_send_transport_done(ss, &o, eng_http_call_header(call, "X-Message-Id"), NULL);
 }
 
 static eng_http_call *email_transport(step_send *ss, const prov_config *cfg, const send_msg *msg)
 {
-    char *url = prov_config_url(cfg, "/v3/mail/send");
-    char *auth = eng_xasprintf("Authorization: Bearer %s", prov_config_get(cfg, "api_key"));
-    const char *headers[] = {auth, "Content-Type: application/json", NULL};
-    char *body = json_dumps(msg->request, JSON_COMPACT);
-    eng_http_request req = {.method = "POST",
-                            .url = url,
-                            .headers = headers,
-                            .body = body,
-                            .body_len = strlen(body),
-                            .timeout_ms = step_send_http_timeout_ms(ss),
-                            .max_response_bytes = 1 << 20};
-    eng_http_call *call = eng_httpc_start(step_send_httpc(ss), &req, email_sent, ss);
-    free(url);
-    free(auth);
-    free(body);
-    return call;
+    return step_send_post_json(ss, cfg, "/v3/mail/send", prov_config_get(cfg, "api_key"),
+                               msg->request, email_sent);
 }
 
 static const send_ops email_ops = {
@@ -175,24 +160,10 @@ static void email_start(eng_step_ctx *ctx)
     step_send_start(ctx, &email_ops);
 }
 
-static eng_rc email_validate(const json_t *step, const char *ptr, eng_err *err)
-{
-    eng_rc rc = step_send_validate_common(step, ptr, err);
-    if (rc != ENG_OK)
-        return rc;
-    const json_t *in = json_object_get(step, "input");
-    if (!json_object_get(in, "to")) {
-        char field[128];
-        snprintf(field, sizeof field, "%s/input/to", ptr);
-        return eng_err_field(err, ENG_EINVAL, field, "to is required");
-    }
-    return ENG_OK;
-}
-
 static const eng_step_kind email_kind = {
     .name = "email",
     .default_max_attempts = 5,
-    .validate = email_validate,
+    .validate = step_send_validate_to,
     .start = email_start,
     .cancel = step_send_cancel,
 };

@@ -164,33 +164,31 @@ static bool is_template(const json_t *v)
     return json_is_string(v) && strstr(json_string_value(v), "{{");
 }
 
+eng_rc step_send_invalid(eng_err *err, const char *ptr, const char *suffix, const char *msg)
+{
+    char field[128];
+    snprintf(field, sizeof field, "%s%s", ptr, suffix);
+    return eng_err_field(err, ENG_EINVAL, field, "%s", msg);
+}
+
 eng_rc step_send_validate_common(const json_t *step, const char *ptr, eng_err *err)
 {
     const json_t *in = json_object_get(step, "input");
-    char field[128];
-    if (!json_is_object(in)) {
-        snprintf(field, sizeof field, "%s/input", ptr);
-        return eng_err_field(err, ENG_EINVAL, field, "input must be an object");
-    }
+    if (!json_is_object(in))
+        return step_send_invalid(err, ptr, "/input", "input must be an object");
     const json_t *policy = json_object_get(in, "policy");
     if (policy && !is_template(policy) &&
-        (!json_is_string(policy) ||
-         (strcmp(json_string_value(policy), "at_most_once") != 0 &&
-          strcmp(json_string_value(policy), "at_least_once") != 0))) {
-        snprintf(field, sizeof field, "%s/input/policy", ptr);
-        return eng_err_field(err, ENG_EINVAL, field,
-                             "policy must be \"at_most_once\" or \"at_least_once\"");
-    }
+        (!json_is_string(policy) || (strcmp(json_string_value(policy), "at_most_once") != 0 &&
+                                     strcmp(json_string_value(policy), "at_least_once") != 0)))
+        return step_send_invalid(err, ptr, "/input/policy",
+                                 "policy must be \"at_most_once\" or \"at_least_once\"");
     const json_t *rl = json_object_get(in, "rate_limit");
-    if (rl && (!json_is_string(rl) || json_string_length(rl) == 0)) {
-        snprintf(field, sizeof field, "%s/input/rate_limit", ptr);
-        return eng_err_field(err, ENG_EINVAL, field, "rate_limit must be a rate limit's name");
-    }
+    if (rl && (!json_is_string(rl) || json_string_length(rl) == 0))
+        return step_send_invalid(err, ptr, "/input/rate_limit",
+                                 "rate_limit must be a rate limit's name");
     const json_t *item = json_object_get(in, "item");
-    if (item && !json_is_string(item) && !json_is_integer(item)) {
-        snprintf(field, sizeof field, "%s/input/item", ptr);
-        return eng_err_field(err, ENG_EINVAL, field, "item must be a string or an integer");
-    }
+    if (item && !json_is_string(item) && !json_is_integer(item))
+        return step_send_invalid(err, ptr, "/input/item", "item must be a string or an integer");
     const json_t *resolve = json_object_get(in, "resolve");
     if (resolve) {
         const json_t *checks = json_object_get(resolve, "checks");
@@ -199,12 +197,28 @@ eng_rc step_send_validate_common(const json_t *step, const char *ptr, eng_err *e
             (checks && (!json_is_integer(checks) || json_integer_value(checks) < 0 ||
                         json_integer_value(checks) > 100)) ||
             (interval && (!json_is_integer(interval) || json_integer_value(interval) < 100 ||
-                          json_integer_value(interval) > 86400000))) {
-            snprintf(field, sizeof field, "%s/input/resolve", ptr);
-            return eng_err_field(err, ENG_EINVAL, field,
-                                 "resolve must be {checks: 0..100, interval_ms: 100..86400000}");
-        }
+                          json_integer_value(interval) > 86400000)))
+            return step_send_invalid(
+                err, ptr, "/input/resolve",
+                "resolve must be {checks: 0..100, interval_ms: 100..86400000}");
     }
+    return ENG_OK;
+}
+
+eng_rc step_send_validate_to(const json_t *step, const char *ptr, eng_err *err)
+{
+    eng_rc rc = step_send_validate_common(step, ptr, err);
+    if (rc != ENG_OK)
+        return rc;
+    if (!json_object_get(json_object_get(step, "input"), "to"))
+        return step_send_invalid(err, ptr, "/input/to", "to is required");
+    return ENG_OK;
+}
+
+eng_rc step_send_input_phone(const json_t *in, char to[24], eng_err *err)
+{
+    if (!step_send_norm_phone(json_string_value(json_object_get(in, "to")), to))
+        return eng_err_field(err, ENG_EINVAL, "/input/to", "to must be a phone number in E.164");
     return ENG_OK;
 }
 
@@ -420,6 +434,47 @@ void step_send_transport_done(step_send *ss, const prov_outcome *o, const char *
         record(ss, "unknown", NULL, NULL, o, NULL);
         return;
     }
+}
+
+bool step_send_call_ok(step_send *ss, prov_id provider, const eng_err *err,
+                       const eng_http_response *resp, eng_http_call *call, prov_outcome *o)
+{
+    prov_classify(ss->cfg, provider, true, err, resp, call, step_send_wall_ms(), o);
+    if (o->cls == PROV_OK)
+        return true;
+    step_send_transport_done(ss, o, NULL, NULL);
+    return false;
+}
+
+void step_send_no_message_id(step_send *ss, prov_outcome *o, const char *provider,
+                             const char *id_name)
+{
+    o->cls = PROV_AMBIGUOUS;
+    snprintf(o->code, sizeof o->code, "bad_response");
+    snprintf(o->msg, sizeof o->msg, "%s answered %ld without a %s", provider, o->status, id_name);
+    step_send_transport_done(ss, o, NULL, NULL);
+}
+
+eng_http_call *step_send_post_json(step_send *ss, const prov_config *cfg, const char *path,
+                                   const char *token, const json_t *body, eng_http_cb *done)
+{
+    char *url = prov_config_url(cfg, path);
+    char *auth = eng_xasprintf("Authorization: Bearer %s", token);
+    const char *headers[] = {auth, "Content-Type: application/json", NULL};
+    char *text = json_dumps(body, JSON_COMPACT);
+    eng_http_request req = {.method = "POST",
+                            .url = url,
+                            .headers = headers,
+                            .body = text,
+                            .body_len = strlen(text),
+                            .timeout_ms = step_send_http_timeout_ms(ss),
+                            .max_response_bytes = 1 << 20};
+    eng_http_call *call = eng_httpc_start(step_send_httpc(ss), &req, done, ss);
+    explicit_bzero(auth, strlen(auth));
+    free(auth);
+    free(url);
+    free(text);
+    return call;
 }
 
 void step_send_lookup_done(step_send *ss, bool found, const char *message_id, json_t *output)

@@ -109,6 +109,28 @@ const prov_config *step_send_cfg(const step_send *ss);
 /* Checks the common fields (policy, item, resolve, rate_limit) of a step object's literal input; used by the
  * kinds' validate callbacks. Templated values ("{{...}}") are accepted as they are. */
 eng_rc step_send_validate_common(const json_t *step, const char *ptr, eng_err *err);
+/* step_send_validate_common, then the field every kind needs: input.to. */
+eng_rc step_send_validate_to(const json_t *step, const char *ptr, eng_err *err);
+/* ENG_EINVAL on the field ptr followed by suffix ("/steps/2" "/input/body"): for validate. */
+eng_rc step_send_invalid(eng_err *err, const char *ptr, const char *suffix, const char *msg);
+
+/* For prepare: input.to as +E.164 into to; ENG_EINVAL on /input/to when it is not a number. */
+eng_rc step_send_input_phone(const json_t *in, char to[24], eng_err *err);
+
+/* For transports. Classifies the provider call's completion (prov_classify with the attempt's
+ * settings) into o; anything but PROV_OK is reported at once (step_send_transport_done) and false
+ * returned, so the caller only goes on with a success. */
+bool step_send_call_ok(step_send *ss, prov_id provider, const eng_err *err,
+                       const eng_http_response *resp, eng_http_call *call, prov_outcome *o);
+/* Reports a 2xx whose body names no message: the provider took the request and what it made of
+ * it is unknown (ambiguous, code "bad_response", "<provider> answered <status> without a
+ * <id_name>"). */
+void step_send_no_message_id(step_send *ss, prov_outcome *o, const char *provider,
+                             const char *id_name);
+/* POSTs body as JSON to the provider's path (prov_config_url) with "Authorization: Bearer
+ * <token>", under the attempt's HTTP timeout; done gets ss. */
+eng_http_call *step_send_post_json(step_send *ss, const prov_config *cfg, const char *path,
+                                   const char *token, const json_t *body, eng_http_cb *done);
 
 /* Normalizes a phone number to +E.164 ("+15551234567"): accepts an optional leading '+', digits,
  * and the separators space, '-', '.', '(' and ')'; 8 to 15 digits. false when it is not one. */

@@ -60,8 +60,8 @@ static eng_rc sms_prepare(const json_t *in, const prov_config *cfg, const char *
 {
     (void)send_key;
     char to[24];
-    if (!step_send_norm_phone(json_string_value(json_object_get(in, "to")), to))
-        return eng_err_field(err, ENG_EINVAL, "/input/to", "to must be a phone number in E.164");
+    if (step_send_input_phone(in, to, err) != ENG_OK)
+        return ENG_EINVAL;
     const json_t *body = json_object_get(in, "body");
     const json_t *media = json_object_get(in, "media_url");
     if (body && (!json_is_string(body) || json_string_length(body) > SMS_MAX_BODY))
@@ -162,27 +162,17 @@ static void sms_sent(void *arg, const eng_err *err, const eng_http_response *res
 {
     step_send *ss = arg;
     prov_outcome o;
-    prov_classify(step_send_cfg(ss), PROV_TWILIO, true, err, resp, call, step_send_wall_ms(), &o);
-    if (o.cls != PROV_OK) {
-        step_send_transport_done(ss, &o, NULL, NULL);
+    if (!step_send_call_ok(ss, PROV_TWILIO, err, resp, call, &o))
         return;
-    }
     json_t *m = json_loads(resp->body, 0, NULL);
     const char *sid = json_string_value(json_object_get(m, "sid"));
     if (!sid) {
-        /* a 2xx without a sid: Twilio took the request, we cannot say what it made of it */
-        o.cls = PROV_AMBIGUOUS;
-        snprintf(o.code, sizeof o.code, "bad_response");
-        snprintf(o.msg, sizeof o.msg, "twilio answered %ld without a message sid", o.status);
         json_decref(m);
-        step_send_transport_done(ss, &o, NULL, NULL);
+        step_send_no_message_id(ss, &o, "twilio", "message sid");
         return;
     }
-    json_t *out = message_fields(m);
-    char *sid_copy = eng_xstrdup(sid);
+    step_send_transport_done(ss, &o, sid, message_fields(m)); /* sid is m's: released after */
     json_decref(m);
-    step_send_transport_done(ss, &o, sid_copy, out);
-    free(sid_copy);
 }
 
 static eng_http_call *sms_transport(step_send *ss, const prov_config *cfg, const send_msg *msg)
@@ -274,11 +264,8 @@ static void sms_looked_up(void *arg, const eng_err *err, const eng_http_response
             continue;
         if ((body ? (!mbody || strcmp(mbody, body) != 0) : false) || (created && created < since))
             continue;
-        json_t *out = message_fields(m);
-        char *sid_copy = eng_xstrdup(sid);
+        step_send_lookup_done(ss, true, sid, message_fields(m)); /* sid is j's: released after */
         json_decref(j);
-        step_send_lookup_done(ss, true, sid_copy, out);
-        free(sid_copy);
         return;
     }
     json_decref(j);
@@ -339,19 +326,12 @@ static void sms_start(eng_step_ctx *ctx)
 
 static eng_rc sms_validate(const json_t *step, const char *ptr, eng_err *err)
 {
-    eng_rc rc = step_send_validate_common(step, ptr, err);
+    eng_rc rc = step_send_validate_to(step, ptr, err);
     if (rc != ENG_OK)
         return rc;
     const json_t *in = json_object_get(step, "input");
-    char field[128];
-    if (!json_object_get(in, "to")) {
-        snprintf(field, sizeof field, "%s/input/to", ptr);
-        return eng_err_field(err, ENG_EINVAL, field, "to is required");
-    }
-    if (!json_object_get(in, "body") && !json_object_get(in, "media_url")) {
-        snprintf(field, sizeof field, "%s/input/body", ptr);
-        return eng_err_field(err, ENG_EINVAL, field, "body (or media_url) is required");
-    }
+    if (!json_object_get(in, "body") && !json_object_get(in, "media_url"))
+        return step_send_invalid(err, ptr, "/input/body", "body (or media_url) is required");
     return ENG_OK;
 }
 

@@ -21,8 +21,8 @@ static eng_rc wa_prepare(const json_t *in, const prov_config *cfg, const char *s
 {
     (void)cfg;
     char to[24];
-    if (!step_send_norm_phone(json_string_value(json_object_get(in, "to")), to))
-        return eng_err_field(err, ENG_EINVAL, "/input/to", "to must be a phone number in E.164");
+    if (step_send_input_phone(in, to, err) != ENG_OK)
+        return ENG_EINVAL;
     const json_t *text = json_object_get(in, "text");
     const json_t *tmpl = json_object_get(in, "template");
     if (!text == !tmpl)
@@ -70,20 +70,14 @@ static void wa_sent(void *arg, const eng_err *err, const eng_http_response *resp
 {
     step_send *ss = arg;
     prov_outcome o;
-    prov_classify(step_send_cfg(ss), PROV_WHATSAPP, true, err, resp, call, step_send_wall_ms(), &o);
-    if (o.cls != PROV_OK) {
-        step_send_transport_done(ss, &o, NULL, NULL);
+    if (!step_send_call_ok(ss, PROV_WHATSAPP, err, resp, call, &o))
         return;
-    }
     json_t *j = json_loads(resp->body, 0, NULL);
     const json_t *m = json_array_get(json_object_get(j, "messages"), 0);
     const char *id = json_string_value(json_object_get(m, "id"));
     if (!id) {
-        o.cls = PROV_AMBIGUOUS;
-        snprintf(o.code, sizeof o.code, "bad_response");
-        snprintf(o.msg, sizeof o.msg, "whatsapp answered %ld without a message id", o.status);
         json_decref(j);
-        step_send_transport_done(ss, &o, NULL, NULL);
+        step_send_no_message_id(ss, &o, "whatsapp", "message id");
         return;
     }
     const char *status = json_string_value(json_object_get(m, "message_status"));
@@ -92,32 +86,16 @@ static void wa_sent(void *arg, const eng_err *err, const eng_http_response *resp
     json_t *out = json_pack("{s:s}", "status", status ? status : "accepted");
     if (wa_id)
         json_object_set_new(out, "wa_id", json_string(wa_id));
-    char *id_copy = eng_xstrdup(id);
+    step_send_transport_done(ss, &o, id, out); /* id is j's: released after the report */
     json_decref(j);
-    step_send_transport_done(ss, &o, id_copy, out);
-    free(id_copy);
 }
 
 static eng_http_call *wa_transport(step_send *ss, const prov_config *cfg, const send_msg *msg)
 {
     char *path = eng_xasprintf("/%s/messages", prov_config_get(cfg, "phone_number_id"));
-    char *url = prov_config_url(cfg, path);
-    char *auth = eng_xasprintf("Authorization: Bearer %s", prov_config_get(cfg, "token"));
-    const char *headers[] = {auth, "Content-Type: application/json", NULL};
-    char *body = json_dumps(msg->request, JSON_COMPACT);
-    eng_http_request req = {.method = "POST",
-                            .url = url,
-                            .headers = headers,
-                            .body = body,
-                            .body_len = strlen(body),
-                            .timeout_ms = step_send_http_timeout_ms(ss),
-                            .max_response_bytes = 1 << 20};
-    eng_http_call *call = eng_httpc_start(step_send_httpc(ss), &req, wa_sent, ss);
-    explicit_bzero(auth, strlen(auth));
-    free(auth);
-    free(url);
+    eng_http_call *call =
+        step_send_post_json(ss, cfg, path, prov_config_get(cfg, "token"), msg->request, wa_sent);
     free(path);
-    free(body);
     return call;
 }
 
@@ -146,19 +124,12 @@ static void wa_start(eng_step_ctx *ctx)
 
 static eng_rc wa_validate(const json_t *step, const char *ptr, eng_err *err)
 {
-    eng_rc rc = step_send_validate_common(step, ptr, err);
+    eng_rc rc = step_send_validate_to(step, ptr, err);
     if (rc != ENG_OK)
         return rc;
     const json_t *in = json_object_get(step, "input");
-    char field[128];
-    if (!json_object_get(in, "to")) {
-        snprintf(field, sizeof field, "%s/input/to", ptr);
-        return eng_err_field(err, ENG_EINVAL, field, "to is required");
-    }
-    if (!json_object_get(in, "text") == !json_object_get(in, "template")) {
-        snprintf(field, sizeof field, "%s/input", ptr);
-        return eng_err_field(err, ENG_EINVAL, field, "exactly one of text and template is needed");
-    }
+    if (!json_object_get(in, "text") == !json_object_get(in, "template"))
+        return step_send_invalid(err, ptr, "/input", "exactly one of text and template is needed");
     return ENG_OK;
 }
 
