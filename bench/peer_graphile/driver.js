@@ -49,13 +49,18 @@ function usage(why) {
   process.exit(2);
 }
 
+const isUrl = (conn) => /^postgres(ql)?:\/\//.test(conn);
+
+// By hand, not with WHATWG URL: libpq's "postgresql://user@/db?host=/socket/dir" has an empty host,
+// which URL refuses; node-postgres's own parser takes it.
+function urlWithDb(conn, dbname) {
+  const m = /^(postgres(?:ql)?:\/\/[^/?#]*)(\/[^?#]*)?(.*)$/.exec(conn);
+  return `${m[1]}/${dbname}${m[3]}`;
+}
+
 // libpq keyword strings are what bench/run hands bench_queue; node-postgres only parses URLs.
 function pgConfig(conn, dbname) {
-  if (/^postgres(ql)?:\/\//.test(conn)) {
-    const u = new URL(conn);
-    if (dbname) u.pathname = "/" + dbname;
-    return { connectionString: u.toString() };
-  }
+  if (isUrl(conn)) return { connectionString: dbname ? urlWithDb(conn, dbname) : conn };
   const cfg = {};
   const re = /(\w+)\s*=\s*('((?:[^'\\]|\\.)*)'|\S+)/g;
   let m;
@@ -71,11 +76,7 @@ function pgConfig(conn, dbname) {
 // graphile-worker builds its pool (maxPoolSize, its own error handlers) from a URL; keyword-form
 // connections are turned into one, the socket directory going into the `host` query parameter.
 function connectionUrl(conn, dbname) {
-  if (/^postgres(ql)?:\/\//.test(conn)) {
-    const u = new URL(conn);
-    u.pathname = "/" + dbname;
-    return u.toString();
-  }
+  if (isUrl(conn)) return urlWithDb(conn, dbname);
   const c = pgConfig(conn);
   const auth = c.user ? encodeURIComponent(c.user) + (c.password ? ":" + encodeURIComponent(c.password) : "") + "@" : "";
   const q = new URLSearchParams();
