@@ -96,6 +96,7 @@ CREATE TABLE steps (
                                       'failed', 'skipped', 'cancelled')),
     key              text NOT NULL,
     kind             text NOT NULL,
+    phase            text,               -- the definition's phase label, for progress
     ckey             text,               -- rendered concurrency key: one running at a time, in order
     wait_event       text,               -- 'waiting' on an event (name, key) until run_at ...
     wait_key         text,               -- ... or, both NULL, on the children of a map

@@ -130,14 +130,15 @@ BEGIN
     END IF;
 
     INSERT INTO steps (run_id, tenant_id, idx, priority, max_attempts, nneeds, needs_left,
-                       dependents, delay_ms, send_window, state, key, kind, ckey, run_at, ready_at,
-                       scheduled)
+                       dependents, delay_ms, send_window, state, key, kind, phase, ckey, run_at,
+                       ready_at, scheduled)
     SELECT r.id, p_tenant, (s->>'idx')::integer, p_priority, (s->>'max_attempts')::integer,
            jsonb_array_length(s->'needs'), jsonb_array_length(s->'needs'),
            ARRAY(SELECT jsonb_array_elements_text(s->'dependents')::integer),
            (s->>'delay_ms')::bigint, w.win,
            CASE WHEN jsonb_array_length(s->'needs') = 0 THEN 'ready' ELSE 'pending' END,
-           s->>'key', s->>'kind', flowd_render_key(s->>'concurrency_key', r.input, r.id),
+           s->>'key', s->>'kind', s->>'phase',
+           flowd_render_key(s->>'concurrency_key', r.input, r.id),
            coalesce(t.at, v_now + (s->>'delay_ms')::bigint * interval '1 millisecond'),
            CASE WHEN jsonb_array_length(s->'needs') = 0 THEN v_now END,
            t.at IS NOT NULL

@@ -21,40 +21,43 @@ BEGIN
             'done', r.steps_done, 'total', r.steps_total,
             'percent', CASE WHEN r.steps_total = 0 THEN 100
                             ELSE floor(100.0 * r.steps_done / r.steps_total)::integer END),
-        'phase', (SELECT w.def->'steps'->s.idx->'phase' FROM steps s
-                   WHERE s.run_id = r.id AND s.state IN ('ready', 'running', 'waiting')
-                     AND w.def->'steps'->s.idx->>'phase' IS NOT NULL
-                   ORDER BY s.idx LIMIT 1),
-        'current_steps', coalesce((SELECT jsonb_agg(s.key ORDER BY s.idx) FROM steps s
-                                    WHERE s.run_id = r.id AND s.state = 'running'), '[]'),
+        'phase', st.phase,
+        'current_steps', st.current,
         'input', r.input,
         'output', r.output,
         'error', r.error,
         'created_at', flowd_ms(r.created_at),
         'started_at', flowd_ms(r.started_at),
         'finished_at', flowd_ms(r.finished_at),
-        'steps', (SELECT jsonb_agg(jsonb_build_object(
-                        'key', s.key, 'kind', s.kind, 'state', s.state,
-                        'phase', w.def->'steps'->s.idx->'phase',
-                        'attempts', s.attempts, 'max_attempts', s.max_attempts,
-                        'run_at', CASE WHEN s.state IN ('ready', 'pending') THEN flowd_ms(s.run_at) END,
-                        'started_at', flowd_ms(s.started_at),
-                        'finished_at', flowd_ms(s.finished_at),
-                        'output', s.output, 'error', s.error)
-                        -- fan-out progress of a map step: its children by state
-                        || CASE WHEN s.kind = 'map' THEN jsonb_build_object('items', (
-                               SELECT jsonb_build_object(
-                                   'total', count(*),
-                                   'done', count(*) FILTER (WHERE mi.state IN
-                                           ('succeeded', 'failed', 'cancelled')),
-                                   'succeeded', count(*) FILTER (WHERE mi.state = 'succeeded'),
-                                   'failed', count(*) FILTER (WHERE mi.state IN
-                                             ('failed', 'cancelled')),
-                                   'running', count(*) FILTER (WHERE mi.state = 'running'))
-                                 FROM map_items mi WHERE mi.step_id = s.id))
-                           ELSE '{}'::jsonb END ORDER BY s.idx)
-                    FROM steps s WHERE s.run_id = r.id))
+        'steps', st.list)
       FROM runs r JOIN workflows w ON w.id = r.workflow_id
+      -- one pass over the run's steps for the list, the steps running now and the current phase
+      CROSS JOIN LATERAL (
+          SELECT jsonb_agg(jsonb_build_object(
+                     'key', s.key, 'kind', s.kind, 'state', s.state, 'phase', s.phase,
+                     'attempts', s.attempts, 'max_attempts', s.max_attempts,
+                     'run_at', CASE WHEN s.state IN ('ready', 'pending') THEN flowd_ms(s.run_at) END,
+                     'started_at', flowd_ms(s.started_at),
+                     'finished_at', flowd_ms(s.finished_at),
+                     'output', s.output, 'error', s.error)
+                     -- fan-out progress of a map step: its children by state
+                     || CASE WHEN s.kind = 'map' THEN jsonb_build_object('items', (
+                            SELECT jsonb_build_object(
+                                'total', count(*),
+                                'done', count(*) FILTER (WHERE mi.state IN
+                                        ('succeeded', 'failed', 'cancelled')),
+                                'succeeded', count(*) FILTER (WHERE mi.state = 'succeeded'),
+                                'failed', count(*) FILTER (WHERE mi.state IN
+                                          ('failed', 'cancelled')),
+                                'running', count(*) FILTER (WHERE mi.state = 'running'))
+                              FROM map_items mi WHERE mi.step_id = s.id))
+                        ELSE '{}'::jsonb END ORDER BY s.idx) AS list,
+                 coalesce(jsonb_agg(s.key ORDER BY s.idx) FILTER (WHERE s.state = 'running'),
+                          '[]') AS current,
+                 (array_agg(s.phase ORDER BY s.idx)
+                      FILTER (WHERE s.state IN ('ready', 'running', 'waiting')
+                                AND s.phase IS NOT NULL))[1] AS phase
+            FROM steps s WHERE s.run_id = r.id) st
      WHERE r.id = p_run AND r.tenant_id = p_tenant);
 END $$;
 
