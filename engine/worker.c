@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "engine/buf.h"
 #include "engine/clock.h"
 #include "engine/db.h"
 #include "engine/httpc.h"
@@ -472,8 +473,16 @@ static void worker_heartbeat_cb(struct ev_loop *loop, ev_timer *t, int revents)
         return;
     char lease_s[16];
     snprintf(lease_s, sizeof lease_s, "%d", w->opts.lease_ms);
-    const char *params[] = {w->owner, lease_s};
-    eng_db_query(w->db, "flowd_heartbeat", 2, params, worker_ignore_cb, w->owner);
+    eng_buf ids;
+    eng_buf_init(&ids, 0);
+    bool ok = eng_buf_append(&ids, "{", 1) == ENG_OK;
+    for (eng_step_ctx *c = w->inflight; c && ok; c = c->next)
+        ok = eng_buf_appendf(&ids, "%s%lld", c == w->inflight ? "" : ",", (long long)c->id) == ENG_OK;
+    ok = ok && eng_buf_append(&ids, "}", 1) == ENG_OK;
+    const char *params[] = {w->owner, lease_s, ids.ptr};
+    if (ok)
+        eng_db_query(w->db, "flowd_heartbeat", 3, params, worker_ignore_cb, w->owner);
+    eng_buf_deinit(&ids);
 }
 
 static void worker_reap_cb(struct ev_loop *loop, ev_timer *t, int revents)
@@ -526,7 +535,7 @@ static void *worker_main(void *arg)
     w->httpc = eng_httpc_new(w->loop);
     eng_db_prepare(w->db, "flowd_cycle", "SELECT * FROM flowd_cycle($1, $2::jsonb, $3, $4)", 4);
     eng_db_prepare(w->db, "flowd_next_due", "SELECT flowd_next_due_ms()", 0);
-    eng_db_prepare(w->db, "flowd_heartbeat", "SELECT flowd_heartbeat($1, $2)", 2);
+    eng_db_prepare(w->db, "flowd_heartbeat", "SELECT flowd_heartbeat($1, $2, $3::bigint[])", 3);
     eng_db_prepare(w->db, "flowd_reap", "SELECT flowd_reap(1000)", 0);
     eng_db_listen(w->db, "flowd_ready");
     eng_db_listen(w->db, "flowd_cancel");

@@ -593,12 +593,14 @@ CREATE FUNCTION flowd_next_due_ms() RETURNS bigint LANGUAGE sql STABLE AS $$
             SELECT min(run_at) FROM steps WHERE state = 'waiting' AND wait_event IS NOT NULL) x
 $$;
 
--- Extends the leases of every step p_owner is running.
-CREATE FUNCTION flowd_heartbeat(p_owner text, p_lease_ms integer) RETURNS integer
+-- Extends the leases of the steps p_owner is running, named by id: a claim whose answer the
+-- worker never received (the connection died after the commit) is held by this owner but not in
+-- its hands, and must expire so the reaper gives it to someone.
+CREATE FUNCTION flowd_heartbeat(p_owner text, p_lease_ms integer, p_ids bigint[]) RETURNS integer
 LANGUAGE sql AS $$
     WITH u AS (
         UPDATE steps SET lease_expires_at = now() + p_lease_ms * interval '1 millisecond'
-         WHERE state = 'running' AND lease_owner = p_owner RETURNING 1)
+         WHERE id = ANY (p_ids) AND state = 'running' AND lease_owner = p_owner RETURNING 1)
     SELECT count(*)::integer FROM u
 $$;
 
