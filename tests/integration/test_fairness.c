@@ -69,24 +69,15 @@ static const eng_step_kind slow_kind = {
 
 static const char slow_def[] = "{\"name\": \"slow\", \"steps\": [{\"key\": \"s\", \"kind\": \"slow\"}]}";
 
-static long tenant_long(const char *db, const char *fmt, long long tenant)
-{
-    char *sql = eng_xasprintf(fmt, tenant);
-    long v = th_pg_long(db, sql);
-    free(sql);
-    return v;
-}
-
 static void test_capped_tenant_does_not_starve_others(void **state)
 {
     (void)state;
     long long a;
     char *db = th_engine_db("fair", &a);
     long long b = th_pg_long(db, "INSERT INTO tenants (name) VALUES ('b') RETURNING id");
-    char *cap = eng_xasprintf("UPDATE tenants SET max_running = %d WHERE id = %lld RETURNING 1",
-                              A_CAP, a);
-    assert_int_equal(th_pg_long(db, cap), 1);
-    free(cap);
+    assert_int_equal(th_pg_longf(db, "UPDATE tenants SET max_running = %d WHERE id = %lld RETURNING 1",
+                                 A_CAP, a),
+                     1);
     long long wf_a = th_engine_register(db, a, slow_def);
     long long wf_b = th_engine_register(db, b, slow_def);
     th_engine_enqueue(db, a, wf_a, A_RUNS, NULL, 0);
@@ -96,14 +87,14 @@ static void test_capped_tenant_does_not_starve_others(void **state)
     long max_a_running = 0, a_done_when_b_done = -1;
     long long deadline = th_now_ms() + 60000;
     while (th_now_ms() < deadline) {
-        long running = tenant_long(db, "SELECT count(*) FROM steps WHERE tenant_id = %lld"
+        long running = th_pg_longf(db, "SELECT count(*) FROM steps WHERE tenant_id = %lld"
                                        " AND state = 'running'", a);
         if (running > max_a_running)
             max_a_running = running;
-        long a_done = tenant_long(db, "SELECT count(*) FROM runs WHERE tenant_id = %lld"
+        long a_done = th_pg_longf(db, "SELECT count(*) FROM runs WHERE tenant_id = %lld"
                                       " AND state = 'succeeded'", a);
         if (a_done_when_b_done < 0 &&
-            tenant_long(db, "SELECT count(*) FROM runs WHERE tenant_id = %lld"
+            th_pg_longf(db, "SELECT count(*) FROM runs WHERE tenant_id = %lld"
                             " AND state = 'succeeded'", b) == B_RUNS)
             a_done_when_b_done = a_done;
         if (a_done == A_RUNS)
@@ -114,7 +105,7 @@ static void test_capped_tenant_does_not_starve_others(void **state)
     fprintf(stderr, "tenant A ran at most %ld at once (cap %d); %ld of its %d runs were done when"
                     " all of B's %d were\n", max_a_running, A_CAP, a_done_when_b_done, A_RUNS,
             B_RUNS);
-    assert_int_equal(tenant_long(db, "SELECT count(*) FROM runs WHERE tenant_id = %lld"
+    assert_int_equal(th_pg_longf(db, "SELECT count(*) FROM runs WHERE tenant_id = %lld"
                                      " AND state = 'succeeded'", a), A_RUNS);
     /* B finished while A's backlog was mostly still waiting */
     assert_true(a_done_when_b_done >= 0);
