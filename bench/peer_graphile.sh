@@ -5,6 +5,9 @@
 # Prints one JSON object, the best trial. PostgreSQL: FLOWD_DATABASE_URL when set (each trial creates
 # and drops its own database there), else a throw-away cluster from tests/support/pg_fixture.sh, the
 # same fsync-on settings `bench/run queue` gets.
+# 0.17.3 is the newest graphile-worker that runs on this machine's Node 20 (0.18.0 wants Node >= 22.18);
+# it has the batching options the performance page names (localQueue.size, completeJobBatchDelay,
+# failJobBatchDelay).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 dir=$root/bench/peer_graphile
