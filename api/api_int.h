@@ -48,9 +48,9 @@ void api_call_free(api_call *call);
 
 /* The request body parsed as a JSON object, or NULL after answering 400/415 (call freed). */
 json_t *api_call_body_object(api_call *call);
-/* Refuses unknown members: NULL-terminated allowed list. Answers 400 naming the field and returns
- * false (call freed) on the first unknown one. */
-bool api_call_only_fields(api_call *call, const json_t *obj, const char *const *allowed);
+/* The body as api_call_body_object, refusing members not in allowed (NULL-terminated): answers
+ * 400 naming the first unknown one and returns NULL (call freed). */
+json_t *api_call_body_fields(api_call *call, const char *const *allowed);
 
 bool api_loop_test_clock(const api_loop *lp);
 /* The loop's libev loop, for handlers that wait (streams polling the database). */

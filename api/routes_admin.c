@@ -72,13 +72,9 @@ void api_route_tenant_post(api_call *call)
     static const char *const allowed[] = {"name", "max_running", NULL};
     if (!admin_only(call))
         return;
-    json_t *body = api_call_body_object(call);
+    json_t *body = api_call_body_fields(call, allowed);
     if (!body)
         return;
-    if (!api_call_only_fields(call, body, allowed)) {
-        json_decref(body);
-        return;
-    }
     const json_t *name = json_object_get(body, "name");
     const json_t *max_running = json_object_get(body, "max_running");
     const char *field = NULL, *msg = NULL;
@@ -122,13 +118,9 @@ void api_route_key_post(api_call *call)
     static const char *const allowed[] = {"tenant", "role", NULL};
     if (!admin_only(call))
         return;
-    json_t *body = api_call_body_object(call);
+    json_t *body = api_call_body_fields(call, allowed);
     if (!body)
         return;
-    if (!api_call_only_fields(call, body, allowed)) {
-        json_decref(body);
-        return;
-    }
     const json_t *tenant = json_object_get(body, "tenant");
     const json_t *role = json_object_get(body, "role");
     const char *field = NULL, *msg = NULL;

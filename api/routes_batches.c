@@ -141,13 +141,9 @@ static const char *batch_check(const json_t *body, const char *header_key, char 
 void api_route_batch_post(api_call *call)
 {
     static const char *const allowed[] = {"workflow", "version", "inputs", "idempotency_key", NULL};
-    json_t *body = api_call_body_object(call);
+    json_t *body = api_call_body_fields(call, allowed);
     if (!body)
         return;
-    if (!api_call_only_fields(call, body, allowed)) {
-        json_decref(body);
-        return;
-    }
     const char *header_key = api_req_header(call->req, "Idempotency-Key");
     char fbuf[32];
     const char *field = NULL;

@@ -72,13 +72,9 @@ void api_route_rate_limit_put(api_call *call)
                                "name");
         return;
     }
-    json_t *body = api_call_body_object(call);
+    json_t *body = api_call_body_fields(call, allowed);
     if (!body)
         return;
-    if (!api_call_only_fields(call, body, allowed)) {
-        json_decref(body);
-        return;
-    }
     char rps[32], tpm[32], breq[32], btok[32];
     const char *field = NULL, *msg = NULL;
     const json_t *name = json_object_get(body, "name");

@@ -126,13 +126,9 @@ void api_route_run_post(api_call *call)
 {
     static const char *const allowed[] = {"workflow", "version", "input", "priority",
                                           "idempotency_key", NULL};
-    json_t *body = api_call_body_object(call);
+    json_t *body = api_call_body_fields(call, allowed);
     if (!body)
         return;
-    if (!api_call_only_fields(call, body, allowed)) {
-        json_decref(body);
-        return;
-    }
     const json_t *wf = json_object_get(body, "workflow");
     const json_t *version = json_object_get(body, "version");
     const json_t *input = json_object_get(body, "input");
@@ -227,13 +223,9 @@ static void event_post_cb(api_call *call, const eng_err *err, const PGresult *re
 void api_route_event_post(api_call *call)
 {
     static const char *const allowed[] = {"name", "key", "data", NULL};
-    json_t *body = api_call_body_object(call);
+    json_t *body = api_call_body_fields(call, allowed);
     if (!body)
         return;
-    if (!api_call_only_fields(call, body, allowed)) {
-        json_decref(body);
-        return;
-    }
     const json_t *name = json_object_get(body, "name");
     const json_t *key = json_object_get(body, "key");
     const json_t *data = json_object_get(body, "data");
@@ -277,13 +269,9 @@ static void clock_cb(api_call *call, const eng_err *err, const PGresult *res)
 void api_route_test_clock(api_call *call)
 {
     static const char *const allowed[] = {"advance", NULL};
-    json_t *body = api_call_body_object(call);
+    json_t *body = api_call_body_fields(call, allowed);
     if (!body)
         return;
-    if (!api_call_only_fields(call, body, allowed)) {
-        json_decref(body);
-        return;
-    }
     int64_t ms;
     eng_err err;
     const char *adv = json_string_value(json_object_get(body, "advance"));

@@ -50,13 +50,9 @@ static void supp_post_cb(api_call *call, const eng_err *err, const PGresult *res
 void api_route_suppression_post(api_call *call)
 {
     static const char *const allowed[] = {"channel", "address", "reason", NULL};
-    json_t *body = api_call_body_object(call);
+    json_t *body = api_call_body_fields(call, allowed);
     if (!body)
         return;
-    if (!api_call_only_fields(call, body, allowed)) {
-        json_decref(body);
-        return;
-    }
     const char *channel = json_string_value(json_object_get(body, "channel"));
     const json_t *address = json_object_get(body, "address");
     const json_t *reason = json_object_get(body, "reason");

@@ -247,7 +247,7 @@ json_t *api_call_body_object(api_call *call)
     return obj;
 }
 
-bool api_call_only_fields(api_call *call, const json_t *obj, const char *const *allowed)
+static bool call_only_fields(api_call *call, const json_t *obj, const char *const *allowed)
 {
     const char *name;
     const json_t *v;
@@ -263,6 +263,16 @@ bool api_call_only_fields(api_call *call, const json_t *obj, const char *const *
         }
     }
     return true;
+}
+
+json_t *api_call_body_fields(api_call *call, const char *const *allowed)
+{
+    json_t *body = api_call_body_object(call);
+    if (body && !call_only_fields(call, body, allowed)) {
+        json_decref(body);
+        return NULL;
+    }
+    return body;
 }
 
 bool api_loop_test_clock(const api_loop *lp)

@@ -223,37 +223,23 @@ static int api_status(const cli_api *api, int argc, char **argv)
 
 static int api_event(const cli_api *api, int argc, char **argv)
 {
-    static const struct option longopts[] = {{"data", required_argument, NULL, 'd'},
-                                             {NULL, 0, NULL, 0}};
-    const char *data = "{}";
-    int ch;
-    optind = 1;
-    while ((ch = getopt_long(argc, argv, "d:", longopts, NULL)) != -1) {
-        if (ch != 'd')
-            return 2;
-        data = optarg;
-    }
-    if (argc - optind != 2) {
-        fprintf(stderr, "usage: flowd --url URL event NAME KEY [--data JSON]\n");
-        return 2;
-    }
+    const char *name, *key;
+    json_t *d;
+    int status = cli_event_args(argc, argv, "flowd --url URL event NAME KEY [--data JSON]", &name,
+                                &key, &d);
+    if (status)
+        return status;
     eng_err err;
-    json_t *d = json_loads(data, 0, NULL);
-    if (!json_is_object(d)) {
-        json_decref(d);
-        eng_err_field(&err, ENG_EINVAL, "--data", "must be a JSON object");
-        return cli_fail(&err);
-    }
-    json_t *body =
-        json_pack("{s:s, s:s, s:o}", "name", argv[optind], "key", argv[optind + 1], "data", d);
+    json_t *body = json_pack("{s:s, s:s, s:o}", "name", name, "key", key, "data", d);
     json_t *out;
     long st = api_request(api, "POST", "/v1/events", body, &out, &err);
     json_decref(body);
     if (!st)
         return cli_fail(&err);
-    printf("{\"resumed\": %lld, \"cancelled\": %lld}\n",
+    printf("{\"resumed\": %lld, \"cancelled\": %lld, \"started\": %lld}\n",
            (long long)json_integer_value(json_object_get(out, "resumed")),
-           (long long)json_integer_value(json_object_get(out, "cancelled")));
+           (long long)json_integer_value(json_object_get(out, "cancelled")),
+           (long long)json_integer_value(json_object_get(out, "started")));
     json_decref(out);
     return 0;
 }

@@ -3,6 +3,7 @@
  * blocking query helpers (the command line is not an event loop). */
 #pragma once
 
+#include <jansson.h>
 #include <libpq-fe.h>
 #include <stdbool.h>
 
@@ -43,6 +44,10 @@ int cli_cmd_enqueue(cli_env *env, int argc, char **argv);
 int cli_cmd_status(cli_env *env, int argc, char **argv);
 int cli_cmd_clock(cli_env *env, int argc, char **argv);
 int cli_cmd_event(cli_env *env, int argc, char **argv);
+/* Parses `event NAME KEY [--data JSON]` (usage printed on misuse): 0 and *data a new reference to
+ * the data object, or the exit status. */
+int cli_event_args(int argc, char **argv, const char *usage, const char **name, const char **key,
+                   json_t **data);
 int cli_cmd_cancel_retry(cli_env *env, int argc, char **argv);
 /* flowd tenant create NAME [--max-running N]: the tenant and its first admin key (cli/api_client.c) */
 int cli_cmd_tenant(cli_env *env, int argc, char **argv);

@@ -160,38 +160,57 @@ static long long runs_parse_id(const char *s, eng_err *err)
     return id;
 }
 
-int cli_cmd_event(cli_env *env, int argc, char **argv)
+int cli_event_args(int argc, char **argv, const char *usage, const char **name, const char **key,
+                   json_t **data)
 {
     static const struct option longopts[] = {{"data", required_argument, NULL, 'd'},
                                              {NULL, 0, NULL, 0}};
-    const char *data = "{}";
+    const char *text = "{}";
     int ch;
     optind = 1;
     while ((ch = getopt_long(argc, argv, "d:", longopts, NULL)) != -1) {
         if (ch != 'd')
             return 2;
-        data = optarg;
+        text = optarg;
     }
     if (argc - optind != 2) {
-        fprintf(stderr, "usage: flowd event NAME KEY [--data JSON]\n");
+        fprintf(stderr, "usage: %s\n", usage);
         return 2;
     }
-    eng_err err;
-    json_t *parsed = json_loads(data, 0, NULL);
-    if (!json_is_object(parsed)) {
-        json_decref(parsed);
+    *data = json_loads(text, 0, NULL);
+    if (!json_is_object(*data)) {
+        json_decref(*data);
+        *data = NULL;
+        eng_err err;
         eng_err_field(&err, ENG_EINVAL, "--data", "must be a JSON object");
         return cli_fail(&err);
     }
-    json_decref(parsed);
+    *name = argv[optind];
+    *key = argv[optind + 1];
+    return 0;
+}
+
+int cli_cmd_event(cli_env *env, int argc, char **argv)
+{
+    const char *name, *key;
+    json_t *data;
+    int status = cli_event_args(argc, argv, "flowd event NAME KEY [--data JSON]", &name, &key, &data);
+    if (status)
+        return status;
+    char *data_s = json_dumps(data, JSON_COMPACT);
+    json_decref(data);
+    eng_err err;
     long long tenant;
-    if (cli_env_open(env, &err) != ENG_OK || !(tenant = cli_default_tenant(env, &err)))
-        return cli_fail(&err);
-    char tenant_s[24];
-    snprintf(tenant_s, sizeof tenant_s, "%lld", tenant);
-    const char *params[] = {tenant_s, argv[optind], argv[optind + 1], data};
-    PGresult *res = cli_exec(env, "SELECT resumed, cancelled, started FROM flowd_event($1, $2, $3, $4::jsonb)",
-                             4, params, &err);
+    PGresult *res = NULL;
+    if (cli_env_open(env, &err) == ENG_OK && (tenant = cli_default_tenant(env, &err))) {
+        char tenant_s[24];
+        snprintf(tenant_s, sizeof tenant_s, "%lld", tenant);
+        const char *params[] = {tenant_s, name, key, data_s};
+        res = cli_exec(env,
+                       "SELECT resumed, cancelled, started FROM flowd_event($1, $2, $3, $4::jsonb)",
+                       4, params, &err);
+    }
+    free(data_s);
     if (!res)
         return cli_fail(&err);
     printf("{\"resumed\": %s, \"cancelled\": %s, \"started\": %s}\n", PQgetvalue(res, 0, 0),
