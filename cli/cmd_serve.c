@@ -12,6 +12,7 @@
 
 #include "api/api.h"
 #include "cli/cli.h"
+#include "engine/duration.h"
 #include "engine/log.h"
 #include "engine/mem.h"
 #include "engine/worker.h"
@@ -73,14 +74,16 @@ int cli_cmd_serve(cli_env *env, int argc, char **argv)
                                              {"role", required_argument, NULL, 'r'},
                                              {"api-threads", required_argument, NULL, 'a'},
                                              {"workflows", required_argument, NULL, 'W'},
+                                             {"retention", required_argument, NULL, 'R'},
                                              {NULL, 0, NULL, 0}};
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     int workers = cores > 0 ? (int)cores : 2, max_inflight = 1000, batch = 500, lease_ms = 30000;
     int api_threads = 2;
     const char *listen = "127.0.0.1:8080", *role = "all", *workflows_dir = NULL;
+    int64_t retention_ms = 0; /* keep finished runs unless --retention says otherwise */
     int ch;
     optind = 1;
-    while ((ch = getopt_long(argc, argv, "w:m:b:l:L:r:a:W:", longopts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "w:m:b:l:L:r:a:W:R:", longopts, NULL)) != -1) {
         int bad = 0;
         switch (ch) {
         case 'w': bad = serve_int_opt("workers", optarg, 1, 256, &workers); break;
@@ -91,6 +94,14 @@ int cli_cmd_serve(cli_env *env, int argc, char **argv)
         case 'r': role = optarg; break;
         case 'a': bad = serve_int_opt("api-threads", optarg, 1, 64, &api_threads); break;
         case 'W': workflows_dir = optarg; break;
+        case 'R': {
+            eng_err derr;
+            if (eng_duration_parse(optarg, &retention_ms, &derr) != ENG_OK) {
+                fprintf(stderr, "flowd: --retention: %s\n", derr.msg);
+                return 2;
+            }
+            break;
+        }
         default: return 2;
         }
         if (bad)
@@ -148,7 +159,8 @@ int cli_cmd_serve(cli_env *env, int argc, char **argv)
         char *owner = eng_xasprintf("%s:%d:%d", host, (int)getpid(), i);
         eng_worker_opts wo = {.conninfo = env->conninfo, .owner = owner,
                               .max_inflight = max_inflight, .batch = batch,
-                              .lease_ms = lease_ms, .reaper = i == 0};
+                              .lease_ms = lease_ms, .reaper = i == 0,
+                              .retention_ms = retention_ms};
         pool[i] = eng_worker_start(&wo);
         free(owner);
     }

@@ -9,6 +9,7 @@
 
 #include <ev.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -55,6 +56,7 @@ struct eng_worker {
     ev_timer poll;      /* next due step / lost notifications */
     ev_timer heartbeat;
     ev_timer reap;
+    ev_timer prune;     /* retention: finished runs past opts.retention_ms */
     ev_timer grace;
     json_t *results;    /* outcomes not yet sent */
     json_t *sent;       /* outcomes on the wire, re-queued if the trip fails */
@@ -493,6 +495,17 @@ static void worker_reap_cb(struct ev_loop *loop, ev_timer *t, int revents)
     eng_db_query(w->db, "flowd_reap", 0, NULL, worker_ignore_cb, w->owner);
 }
 
+static void worker_prune_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    eng_worker *w = ENG_CONTAINER_OF(t, eng_worker, prune);
+    char retention_s[24];
+    snprintf(retention_s, sizeof retention_s, "%lld", (long long)w->opts.retention_ms);
+    const char *params[] = {retention_s};
+    eng_db_query(w->db, "flowd_prune", 1, params, worker_ignore_cb, w->owner);
+}
+
 /* Past the grace period: stop what still runs and hand it back without spending an attempt. */
 static void worker_grace_cb(struct ev_loop *loop, ev_timer *t, int revents)
 {
@@ -522,6 +535,7 @@ static void worker_stop_cb(struct ev_loop *loop, ev_async *a, int revents)
     w->stopping = true;
     ev_timer_stop(loop, &w->poll);
     ev_timer_stop(loop, &w->reap);
+    ev_timer_stop(loop, &w->prune);
     ev_timer_set(&w->grace, w->stop_grace, 0.);
     ev_timer_start(loop, &w->grace);
 }
@@ -537,6 +551,8 @@ static void *worker_main(void *arg)
     eng_db_prepare(w->db, "flowd_next_due", "SELECT flowd_next_due_ms()", 0);
     eng_db_prepare(w->db, "flowd_heartbeat", "SELECT flowd_heartbeat($1, $2, $3::bigint[])", 3);
     eng_db_prepare(w->db, "flowd_reap", "SELECT flowd_reap(1000)", 0);
+    eng_db_prepare(w->db, "flowd_prune",
+                   "SELECT flowd_prune(flowd_now() - $1::bigint * interval '1 millisecond', 1000)", 1);
     eng_db_listen(w->db, "flowd_ready");
     eng_db_listen(w->db, "flowd_cancel");
     ev_run(w->loop, 0);
@@ -571,6 +587,10 @@ eng_worker *eng_worker_start(const eng_worker_opts *opts)
     ev_timer_init(&w->reap, worker_reap_cb, 1., 1.);
     if (w->opts.reaper)
         ev_timer_start(w->loop, &w->reap);
+    /* a first pass soon after start, then every 10 s, 1000 runs at a time */
+    ev_timer_init(&w->prune, worker_prune_cb, 1., 10.);
+    if (w->opts.reaper && w->opts.retention_ms > 0)
+        ev_timer_start(w->loop, &w->prune);
     ev_timer_init(&w->grace, worker_grace_cb, 0., 0.);
     if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
         log_error("cannot start worker thread", " owner=%s", w->owner);

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <stdbool.h>
+#include <stdint.h>
 
 #include "engine/err.h"
 
@@ -20,6 +21,7 @@ typedef struct eng_worker_opts {
     int batch;           /* most steps claimed per round trip (default 500) */
     int lease_ms;        /* lease per claim, renewed every lease_ms/3 (default 30000) */
     bool reaper;         /* also return expired leases to ready (one worker per process) */
+    int64_t retention_ms; /* with reaper: delete runs finished longer ago than this; 0 keeps all */
 } eng_worker_opts;
 
 /* Starts the worker's thread. Never NULL. */

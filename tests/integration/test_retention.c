@@ -1,0 +1,95 @@
+/* tests/integration/test_retention.c: finished runs past the retention are deleted with what hangs
+ * off them; live runs, recent runs and the send ledger stay. Time moves with the test clock. */
+// clang-format off
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+// clang-format on
+#include <signal.h>
+#include <stdlib.h>
+
+#include "engine/log.h"
+#include "engine/mem.h"
+#include "engine/step.h"
+#include "engine/worker.h"
+#include "tests/support/th.h"
+#include "tests/support/th_engine.h"
+
+static const char one_def[] = "{\"name\": \"one\", \"steps\": [{\"key\": \"s\", \"kind\": \"transform\"}]}";
+static const char wait_def[] =
+    "{\"name\": \"waits\", \"steps\": [{\"key\": \"w\", \"kind\": \"wait_event\","
+    " \"input\": {\"event\": \"never\", \"key\": \"k\"}}]}";
+
+static void test_prunes_only_what_is_past_retention(void **state)
+{
+    (void)state;
+    long long tenant;
+    char *db = th_engine_db("retention", &tenant);
+    long long one = th_engine_register(db, tenant, one_def);
+    long long waits = th_engine_register(db, tenant, wait_def);
+    th_engine_enqueue(db, tenant, one, 20, NULL, 0);
+    th_engine_enqueue(db, tenant, waits, 1, NULL, 0);
+    assert_int_equal(th_pg_longf(db, "SELECT total FROM flowd_create_batch(%lld, 'one', NULL,"
+                                     " '[{}, {}, {}, {}, {}]', NULL)", tenant),
+                     5);
+    assert_int_equal(th_pg_longf(db, "SELECT resumed FROM flowd_event(%lld, 'old', 'k', '{}')",
+                                 tenant),
+                     0);
+    th_workers *ws = th_workers_start(db, 1, "ret-work", 0, 0, 0);
+    assert_true(th_engine_wait(db, "SELECT count(*) = 25 FROM runs WHERE state = 'succeeded'", 30));
+    assert_true(th_engine_wait(db, "SELECT count(*) = 1 FROM steps WHERE state = 'waiting'", 30));
+    th_workers_stop(ws);
+
+    /* a month later: one more run finishes, recent enough to keep */
+    assert_true(th_pg_long(db, "SELECT flowd_clock_advance(31 * 86400000::bigint)") > 0);
+    th_engine_enqueue(db, tenant, one, 1, NULL, 0);
+    long long sends_before = th_pg_long(db, "SELECT count(*) FROM sends");
+
+    eng_worker_opts wo = {.conninfo = db, .owner = "ret-prune", .reaper = true,
+                          .retention_ms = 30LL * 86400000};
+    eng_worker *w = eng_worker_start(&wo);
+    bool pruned = th_engine_wait(db, "SELECT count(*) = 2 FROM runs", 30);
+    eng_worker_stop(w, 5);
+    assert_true(pruned);
+    /* left: the run still waiting and the one that just finished */
+    assert_int_equal(th_pg_long(db, "SELECT count(*) FROM runs WHERE state = 'running'"), 1);
+    assert_int_equal(th_pg_long(db, "SELECT count(*) FROM runs WHERE state = 'succeeded'"), 1);
+    assert_int_equal(th_pg_long(db, "SELECT count(*) FROM steps"), 2);
+    assert_int_equal(th_pg_long(db, "SELECT count(*) FROM run_events"
+                                    " WHERE run_id NOT IN (SELECT id FROM runs)"),
+                     0);
+    assert_int_equal(th_pg_long(db, "SELECT count(*) FROM batches"), 0);
+    assert_int_equal(th_pg_long(db, "SELECT count(*) FROM events"), 0);
+    assert_int_equal(th_pg_long(db, "SELECT count(*) FROM sends"), sends_before);
+    free(db);
+}
+
+static void test_no_retention_keeps_everything(void **state)
+{
+    (void)state;
+    long long tenant;
+    char *db = th_engine_db("retention_off", &tenant);
+    long long one = th_engine_register(db, tenant, one_def);
+    th_engine_enqueue(db, tenant, one, 5, NULL, 0);
+    th_workers *ws = th_workers_start(db, 1, "keep", 0, 0, 0);
+    assert_true(th_engine_wait(db, "SELECT count(*) = 5 FROM runs WHERE state = 'succeeded'", 30));
+    assert_true(th_pg_long(db, "SELECT flowd_clock_advance(400 * 86400000::bigint)") > 0);
+    th_sleep_ms(1500); /* the reaping worker runs on past the clock move */
+    th_workers_stop(ws);
+    assert_int_equal(th_pg_long(db, "SELECT count(*) FROM runs"), 5);
+    free(db);
+}
+
+int main(void)
+{
+    eng_mem_init();
+    eng_log_init();
+    eng_step_register_builtins();
+    signal(SIGPIPE, SIG_IGN);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_prunes_only_what_is_past_retention),
+        cmocka_unit_test(test_no_retention_keeps_everything),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
