@@ -46,6 +46,8 @@ static eng_rc email_prepare(const json_t *in, const prov_config *cfg, const char
     if (!to)
         return err ? err->rc : ENG_EINVAL;
     const json_t *from_in = json_object_get(in, "from");
+    if (json_is_null(from_in)) /* a template's null default: use the provider's setting */
+        from_in = NULL;
     json_t *from_default = NULL;
     if (!from_in && prov_config_get(cfg, "from"))
         from_in = from_default = json_string(prov_config_get(cfg, "from"));
