@@ -72,6 +72,10 @@ void api_stream_db(api_call *call, const char *sql, int nparams, const char *con
 
 /* Answers with body as is (len bytes) and frees the call; counted in the metrics like every
  * api_call_respond_*, which api_req_respond used directly is not. */
+/* Starts a streamed answer (chunked) on a call that is still attached; the handler then writes
+ * with api_req_stream_write and ends with api_req_stream_end. */
+void api_call_stream_begin(api_call *call, int status, const char *content_type,
+                           const char *const *extra_headers);
 void api_call_respond_raw(api_call *call, int status, const char *content_type, const char *body,
                           size_t len, const char *const *extra_headers);
 /* Entry i of the route table (method, pattern with "{}" for a parameter); false past the end. */

@@ -165,9 +165,7 @@ static void key_delete_cb(api_call *call, const eng_err *err, const PGresult *re
         api_call_respond_error(call, 404, "not_found", "key not found", NULL);
         return;
     }
-    if (call->req)
-        api_req_respond(call->req, 204, NULL, NULL, 0, NULL);
-    api_call_free(call);
+    api_call_respond_raw(call, 204, NULL, NULL, 0, NULL);
 }
 
 void api_route_key_delete(api_call *call)

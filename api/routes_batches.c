@@ -316,10 +316,10 @@ static void export_found_cb(api_call *call, const eng_err *err, const PGresult *
     if (st->csv) {
         static const char *const headers[] = {
             "Content-Disposition: attachment; filename=\"results.csv\"", NULL};
-        api_req_stream_begin(call->req, 200, "text/csv; charset=utf-8", headers);
+        api_call_stream_begin(call, 200, "text/csv; charset=utf-8", headers);
         api_req_stream_write(call->req, "id,state,input,output,error\r\n", 29);
     } else {
-        api_req_stream_begin(call->req, 200, "application/x-ndjson", NULL);
+        api_call_stream_begin(call, 200, "application/x-ndjson", NULL);
     }
     export_next(call);
 }

@@ -160,7 +160,7 @@ static void sse_page_cb(api_call *call, const eng_err *err, const PGresult *res)
     if (!st->begun) {
         static const char *const headers[] = {"Cache-Control: no-cache", "X-Accel-Buffering: no",
                                               NULL};
-        api_req_stream_begin(call->req, 200, "text/event-stream", headers);
+        api_call_stream_begin(call, 200, "text/event-stream", headers);
         st->begun = true;
         sse_write(call, "retry: 1000\n\n", 13);
     }

@@ -159,8 +159,7 @@ static void applied_cb(api_call *call, const eng_err *err, const PGresult *res)
         /* Twilio reads the answer to an inbound message as TwiML: an empty one sends nothing */
         json_decref(out);
         static const char twiml[] = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response></Response>";
-        api_req_respond(call->req, 200, "text/xml", twiml, sizeof twiml - 1, NULL);
-        api_call_free(call);
+        api_call_respond_raw(call, 200, "text/xml", twiml, sizeof twiml - 1, NULL);
         return;
     }
     api_call_respond_json(call, 200, out);
@@ -747,9 +746,7 @@ static void whatsapp_verify(api_call *call, const json_t *settings)
         api_call_respond_error(call, 400, "invalid_request", "bad hub.challenge", "hub.challenge");
         return;
     }
-    if (call->req)
-        api_req_respond(call->req, 200, "text/plain", challenge, n, NULL);
-    api_call_free(call);
+    api_call_respond_raw(call, 200, "text/plain", challenge, n, NULL);
 }
 
 void api_route_hook_whatsapp_verify(api_call *call)

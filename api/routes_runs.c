@@ -117,9 +117,7 @@ static void run_post_cb(api_call *call, const eng_err *err, const PGresult *res)
     }
     bool created = PQgetvalue(res, 0, 0)[0] == 't';
     const char *run = PQgetvalue(res, 0, 1);
-    if (call->req)
-        api_req_respond(call->req, created ? 201 : 200, "application/json", run, strlen(run), NULL);
-    api_call_free(call);
+    api_call_respond_raw(call, created ? 201 : 200, "application/json", run, strlen(run), NULL);
 }
 
 void api_route_run_post(api_call *call)

@@ -102,8 +102,8 @@ static void call_abort_cb(void *arg)
     ((api_call *)arg)->req = NULL;
 }
 
-/* Every answer a call gives is counted here; what the http layer answers by itself (400 for
- * unparsable requests, 413, 431) and answers written with api_req_* directly are not. */
+/* Every answer a call gives is counted here (handlers answer only through api_call_*); what the
+ * http layer answers by itself (400 for unparsable requests, 413, 431) is not. */
 static void call_count(const api_call *call, int status)
 {
     if (call->req)
@@ -173,10 +173,7 @@ void api_call_respond_row_json(api_call *call, int status, const PGresult *res, 
         return;
     }
     const char *text = PQgetvalue(res, 0, 0);
-    call_count(call, status);
-    if (call->req)
-        api_req_respond(call->req, status, "application/json", text, strlen(text), NULL);
-    api_call_free(call);
+    api_call_respond_raw(call, status, "application/json", text, strlen(text), NULL);
 }
 
 void api_call_respond_raw(api_call *call, int status, const char *content_type, const char *body,
@@ -186,6 +183,13 @@ void api_call_respond_raw(api_call *call, int status, const char *content_type, 
     if (call->req)
         api_req_respond(call->req, status, content_type, body, len, extra_headers);
     api_call_free(call);
+}
+
+void api_call_stream_begin(api_call *call, int status, const char *content_type,
+                           const char *const *extra_headers)
+{
+    call_count(call, status);
+    api_req_stream_begin(call->req, status, content_type, extra_headers);
 }
 
 typedef struct call_op {

@@ -403,6 +403,7 @@ static void test_metrics_move_with_work(void **state)
         {"flowd_step_duration_seconds_count{kind=\"transform\"}", "2"},
         {"flowd_step_duration_seconds_bucket{kind=\"transform\",le=\"+Inf\"}", "2"},
         {"flowd_http_requests_total{method=\"GET\",route=\"/v1/runs/{}\",status=\"200\"}", "1"},
+        {"flowd_http_requests_total{method=\"POST\",route=\"/v1/runs\",status=\"201\"}", "1"},
         {"flowd_provider_errors_total{provider=\"test-provider\",code=\"http_503\"}", "1"},
     };
     for (size_t i = 0; i < sizeof moved / sizeof moved[0]; i++) {
