@@ -52,7 +52,6 @@ json_t *api_call_body_object(api_call *call);
  * 400 naming the first unknown one and returns NULL (call freed). */
 json_t *api_call_body_fields(api_call *call, const char *const *allowed);
 
-bool api_loop_test_clock(const api_loop *lp);
 /* The loop's libev loop, for handlers that wait (streams polling the database). */
 struct ev_loop *api_loop_ev(const api_loop *lp);
 

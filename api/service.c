@@ -279,11 +279,6 @@ json_t *api_call_body_fields(api_call *call, const char *const *allowed)
     return body;
 }
 
-bool api_loop_test_clock(const api_loop *lp)
-{
-    return lp->svc->opts.test_clock;
-}
-
 struct ev_loop *api_loop_ev(const api_loop *lp)
 {
     return lp->loop;

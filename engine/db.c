@@ -432,11 +432,6 @@ void eng_db_query(eng_db *db, const char *stmt, int nparams, const char *const *
         db_send_next(db);
 }
 
-bool eng_db_idle(const eng_db *db)
-{
-    return db->st == DB_IDLE && !db->head && !db->setup;
-}
-
 bool eng_db_connected(const eng_db *db)
 {
     return db->st == DB_IDLE || db->st == DB_BUSY;

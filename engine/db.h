@@ -49,8 +49,6 @@ void eng_db_listen(eng_db *db, const char *channel);
 void eng_db_query(eng_db *db, const char *stmt, int nparams, const char *const *params,
                   eng_db_cb *cb, void *arg);
 
-/* True when connected with nothing queued or in flight. */
-bool eng_db_idle(const eng_db *db);
 /* True when the connection is up. */
 bool eng_db_connected(const eng_db *db);
 /* Queries queued or in flight. */

@@ -99,11 +99,6 @@ struct prov_config {
     json_t *settings; /* object of strings; base_url always present unless the provider has none */
 };
 
-prov_id prov_config_provider(const prov_config *c)
-{
-    return c->id;
-}
-
 bool prov_config_sandbox(const prov_config *c)
 {
     return c->sandbox;
@@ -186,17 +181,6 @@ prov_config *prov_config_merge(prov_id id, const json_t *tenant_settings)
 prov_config *prov_config_from_env(prov_id id)
 {
     return prov_config_merge(id, NULL);
-}
-
-json_t *prov_config_public_json(const prov_config *c)
-{
-    json_t *out = json_object();
-    const char *k;
-    json_t *v;
-    json_object_foreach (c->settings, k, v)
-        json_object_set_new(out, k, field_is_secret(k) ? json_string("***") : json_incref(v));
-    json_object_set_new(out, "sandbox", json_boolean(c->sandbox));
-    return out;
 }
 
 /* ------------------------------------------------------------------------------- redaction -- */

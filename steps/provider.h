@@ -75,7 +75,6 @@ bool prov_from_name(const char *name, prov_id *out);
 /* ---- configuration ---- */
 typedef struct prov_config prov_config; /* opaque, immutable */
 
-prov_id prov_config_provider(const prov_config *c);
 /* True when the provider's credential is missing: the kind must use its sandbox transport. */
 bool prov_config_sandbox(const prov_config *c);
 /* A settings field ("api_key", "base_url", "account_sid", "auth_token", "from", "token",
@@ -86,8 +85,6 @@ char *prov_config_url(const prov_config *c, const char *path);
 /* A copy of text with every secret value of c replaced by "***" (NULL text gives ""). Also masks
  * anything that looks like a bearer token or "sk-"/"SG." key, since providers echo keys in 401s. */
 char *prov_redact(const prov_config *c, const char *text);
-/* The non-secret settings as a JSON object (secrets shown as "***"), for diagnostics. New ref. */
-json_t *prov_config_public_json(const prov_config *c);
 /* Another reference to c (configs are refcounted and immutable). */
 prov_config *prov_config_ref(prov_config *c);
 void prov_config_free(prov_config *c); /* drops one reference; NULL-safe */
