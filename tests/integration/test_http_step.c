@@ -212,32 +212,20 @@ static void test_http_step(void **state)
     free(db);
 }
 
-static void expect_invalid(const char *input, const char *field)
-{
-    char *src = eng_xasprintf("{\"name\": \"v\", \"steps\": [{\"key\": \"a\", \"kind\": \"http\","
-                              " \"input\": %s}]}",
-                              input);
-    json_t *doc = json_loads(src, 0, NULL);
-    json_t *out = NULL;
-    eng_err err;
-    assert_int_equal(wf_def_compile(doc, &out, &err), ENG_EINVAL);
-    if (strcmp(err.field, field) != 0)
-        fail_msg("input %s: field %s (%s), expected %s", input, err.field, err.msg, field);
-    json_decref(doc);
-    free(src);
-}
-
 static void test_http_validation(void **state)
 {
     (void)state;
-    expect_invalid("{\"url\": \"http://x\"}", "/steps/0/input/method");
-    expect_invalid("{\"method\": \"FETCH\", \"url\": \"http://x\"}", "/steps/0/input/method");
-    expect_invalid("{\"method\": \"GET\", \"url\": \"ftp://x\"}", "/steps/0/input/url");
-    expect_invalid("{\"method\": \"GET\", \"url\": \"http://x\", \"headers\": {\"A\": 1}}",
-                   "/steps/0/input/headers/A");
-    expect_invalid("{\"method\": \"GET\", \"url\": \"http://x\", \"expect\": [99]}",
-                   "/steps/0/input/expect/0");
-    expect_invalid("\"GET\"", "/steps/0/input");
+    th_expect_step_invalid("http", "{\"url\": \"http://x\"}", "/steps/0/input/method");
+    th_expect_step_invalid("http", "{\"method\": \"FETCH\", \"url\": \"http://x\"}",
+                           "/steps/0/input/method");
+    th_expect_step_invalid("http", "{\"method\": \"GET\", \"url\": \"ftp://x\"}",
+                           "/steps/0/input/url");
+    th_expect_step_invalid("http",
+                           "{\"method\": \"GET\", \"url\": \"http://x\", \"headers\": {\"A\": 1}}",
+                           "/steps/0/input/headers/A");
+    th_expect_step_invalid("http", "{\"method\": \"GET\", \"url\": \"http://x\", \"expect\": [99]}",
+                           "/steps/0/input/expect/0");
+    th_expect_step_invalid("http", "\"GET\"", "/steps/0/input");
 }
 
 int main(void)

@@ -529,41 +529,29 @@ static void test_sandbox(void **state)
 
 /* ------------------------------------------------------------------------- validation -- */
 
-static void expect_invalid(const char *input, const char *field)
-{
-    char *src = eng_xasprintf("{\"name\": \"v\", \"steps\": [{\"key\": \"a\", \"kind\": \"llm\","
-                              " \"input\": %s}]}",
-                              input);
-    json_t *doc = json_loads(src, 0, NULL);
-    assert_non_null(doc);
-    json_t *out = NULL;
-    eng_err err;
-    assert_int_equal(wf_def_compile(doc, &out, &err), ENG_EINVAL);
-    if (strcmp(err.field, field) != 0)
-        fail_msg("input %s: field %s (%s), expected %s", input, err.field, err.msg, field);
-    json_decref(doc);
-    free(src);
-}
-
 static void test_validation(void **state)
 {
     (void)state;
-    expect_invalid("{\"prompt\": \"x\"}", "/steps/0/input/model");
-    expect_invalid("{\"model\": \"m\"}", "/steps/0/input");
-    expect_invalid("{\"model\": \"m\", \"prompt\": \"x\", \"messages\": []}", "/steps/0/input");
-    expect_invalid("{\"model\": \"m\", \"provider\": \"bard\", \"prompt\": \"x\"}",
-                   "/steps/0/input/provider");
-    expect_invalid("{\"model\": \"m\", \"messages\": [{\"role\": \"robot\", \"content\": \"x\"}]}",
-                   "/steps/0/input/messages/0/role");
-    expect_invalid("{\"model\": \"m\", \"prompt\": \"x\", \"max_tokens\": 0}",
-                   "/steps/0/input/max_tokens");
-    expect_invalid("{\"model\": \"m\", \"prompt\": \"x\", \"temperature\": 3}",
-                   "/steps/0/input/temperature");
-    expect_invalid("{\"model\": \"m\", \"prompt\": \"x\", \"fallback\": [{\"provider\": "
-                   "\"openai\"}]}",
-                   "/steps/0/input/fallback/0/model");
-    expect_invalid("{\"model\": \"m\", \"prompt\": \"x\", \"base_url\": \"http://h/v1\"}",
-                   "/steps/0/input/base_url");
+    th_expect_step_invalid("llm", "{\"prompt\": \"x\"}", "/steps/0/input/model");
+    th_expect_step_invalid("llm", "{\"model\": \"m\"}", "/steps/0/input");
+    th_expect_step_invalid("llm", "{\"model\": \"m\", \"prompt\": \"x\", \"messages\": []}",
+                           "/steps/0/input");
+    th_expect_step_invalid("llm", "{\"model\": \"m\", \"provider\": \"bard\", \"prompt\": \"x\"}",
+                           "/steps/0/input/provider");
+    th_expect_step_invalid(
+        "llm", "{\"model\": \"m\", \"messages\": [{\"role\": \"robot\", \"content\": \"x\"}]}",
+        "/steps/0/input/messages/0/role");
+    th_expect_step_invalid("llm", "{\"model\": \"m\", \"prompt\": \"x\", \"max_tokens\": 0}",
+                           "/steps/0/input/max_tokens");
+    th_expect_step_invalid("llm", "{\"model\": \"m\", \"prompt\": \"x\", \"temperature\": 3}",
+                           "/steps/0/input/temperature");
+    th_expect_step_invalid("llm",
+                           "{\"model\": \"m\", \"prompt\": \"x\", \"fallback\": [{\"provider\": "
+                           "\"openai\"}]}",
+                           "/steps/0/input/fallback/0/model");
+    th_expect_step_invalid("llm",
+                           "{\"model\": \"m\", \"prompt\": \"x\", \"base_url\": \"http://h/v1\"}",
+                           "/steps/0/input/base_url");
     /* templated values are checked once rendered, not at registration */
     json_t *doc = json_loads("{\"name\": \"v\", \"steps\": [{\"key\": \"a\", \"kind\": \"llm\","
                              " \"input\": {\"model\": \"m\", \"provider\": \"{{input.p}}\","

@@ -62,3 +62,6 @@ const char *th_source_dir(void);
 long long th_now_ms(void);
 
 void th_sleep_ms(long ms);
+
+/* Asserts that a one-step workflow of kind with this (JSON text) input is refused at field. */
+void th_expect_step_invalid(const char *kind, const char *input, const char *field);
