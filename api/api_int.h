@@ -54,6 +54,8 @@ json_t *api_call_body_fields(api_call *call, const char *const *allowed);
 
 /* The loop's libev loop, for handlers that wait (streams polling the database). */
 struct ev_loop *api_loop_ev(const api_loop *lp);
+/* The loop's cache of run JSON (api/runcache.h). */
+struct api_runcache *api_loop_runcache(const api_loop *lp);
 
 /* Long responses (Server-Sent Events, exports) that span many statements and timer waits.
  * api_stream_start makes the call a stream: call->data becomes the stream, the handler keeps its own

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "api/api_int.h"
+#include "api/runcache.h"
 #include "engine/duration.h"
 #include "engine/mem.h"
 #include "engine/wf_def.h"
@@ -169,12 +170,67 @@ void api_route_run_post(api_call *call)
     json_decref(body);
 }
 
+/* The run's version token and, unless it equals $3 (the token of the JSON this loop has cached),
+ * the run's JSON, both from one snapshot; no row when the tenant cannot see the run.
+ * The token lists the xmin of the run's row and of each of its step rows: every committed UPDATE
+ * writes a new row version with the xid of its transaction, so any change to what flowd_run_json
+ * reads from them (state, progress, outputs, timestamps, attempts, ...) gives a token never seen
+ * before, whether or not the change logged a run event (a snooze does not). Workflow rows never
+ * change. A map step's item counts come from map_items, which is not in the token: runs with a
+ * map step get a NULL token and are never served from the cache. */
+static const char run_get_sql[] =
+    "SELECT f.token, CASE WHEN f.token = $3 THEN NULL ELSE flowd_run_json($1, $2) END"
+    "  FROM (SELECT CASE WHEN NOT s.has_map THEN r.xmin::text || s.xmins END AS token"
+    "          FROM runs r CROSS JOIN LATERAL ("
+    "               SELECT string_agg(':' || x.xmin::text, '' ORDER BY x.idx) AS xmins,"
+    "                      coalesce(bool_or(x.kind = 'map'), false) AS has_map"
+    "                 FROM steps x WHERE x.run_id = r.id) s"
+    "         WHERE r.id = $2 AND r.tenant_id = $1) f";
+
+static void run_get_query(api_call *call);
+
+static void run_get_cb(api_call *call, const eng_err *err, const PGresult *res)
+{
+    if (err) {
+        api_call_respond_err(call, err);
+        return;
+    }
+    if (PQntuples(res) == 0) {
+        api_call_respond_error(call, 404, "not_found", "run not found", NULL);
+        return;
+    }
+    api_runcache *cache = api_loop_runcache(call->lp);
+    long long run = strtoll(call->params[0], NULL, 10);
+    const char *token = PQgetisnull(res, 0, 0) ? NULL : PQgetvalue(res, 0, 0);
+    if (!PQgetisnull(res, 0, 1)) {
+        const char *json = PQgetvalue(res, 0, 1);
+        size_t len = (size_t)PQgetlength(res, 0, 1);
+        api_runcache_put(cache, call->tenant, run, token, json, len);
+        api_call_respond_raw(call, 200, "application/json", json, len, NULL);
+        return;
+    }
+    /* The database holds the version this loop has cached, unless another poll of this loop
+     * replaced the entry while the check was in flight: then ask again. */
+    size_t len;
+    const char *json = api_runcache_json(cache, call->tenant, run, token, &len);
+    if (json)
+        api_call_respond_raw(call, 200, "application/json", json, len, NULL);
+    else
+        run_get_query(call);
+}
+
+static void run_get_query(api_call *call)
+{
+    long long run = strtoll(call->params[0], NULL, 10);
+    const char *params[] = {call->tenant_s, call->params[0],
+                            api_runcache_token(api_loop_runcache(call->lp), call->tenant, run)};
+    api_call_db(call, run_get_sql, 3, params, run_get_cb);
+}
+
 void api_route_run_get(api_call *call)
 {
-    if (!runs_path_id(call, call->params[0]))
-        return;
-    const char *params[] = {call->tenant_s, call->params[0]};
-    api_call_db(call, "SELECT flowd_run_json($1, $2)", 2, params, runs_row_json_cb);
+    if (runs_path_id(call, call->params[0]))
+        run_get_query(call);
 }
 
 void api_route_run_cancel(api_call *call)

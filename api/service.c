@@ -9,6 +9,7 @@
 #include "api/api.h"
 #include "api/api_int.h"
 #include "api/ratelimit.h"
+#include "api/runcache.h"
 #include "engine/clock.h"
 #include "engine/db.h"
 #include "engine/log.h"
@@ -36,6 +37,7 @@ struct api_loop {
     eng_db **db;
     int ndb;
     api_auth_entry auth[API_AUTH_CACHE];
+    api_runcache *runs; /* GET /v1/runs/{id} answers, validated per request */
 };
 
 struct api_service {
@@ -282,6 +284,11 @@ json_t *api_call_body_fields(api_call *call, const char *const *allowed)
 struct ev_loop *api_loop_ev(const api_loop *lp)
 {
     return lp->loop;
+}
+
+api_runcache *api_loop_runcache(const api_loop *lp)
+{
+    return lp->runs;
 }
 
 bool api_route_at(size_t i, const char **method, const char **pattern)
@@ -549,6 +556,7 @@ api_service *api_service_start(const api_service_opts *opts, eng_err *err)
             eng_db_opts dbo = {.conninfo = s->conninfo, .application_name = "flowd-api"};
             lp->db[j] = eng_db_new(lp->loop, &dbo);
         }
+        lp->runs = api_runcache_new();
         ev_async_init(&lp->stop_signal, loop_stop_cb);
         ev_async_start(lp->loop, &lp->stop_signal);
     }
@@ -577,6 +585,7 @@ void api_service_stop(api_service *s)
         for (int j = 0; j < lp->ndb; j++)
             eng_db_free(lp->db[j]);
         free(lp->db);
+        api_runcache_free(lp->runs);
         if (lp->loop)
             ev_loop_destroy(lp->loop);
     }

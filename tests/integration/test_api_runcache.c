@@ -1,0 +1,372 @@
+/* tests/integration/test_api_runcache.c: GET /v1/runs/{id} is served from the API loop's run cache
+ * (api/runcache.h) only while the run is unchanged. Every test changes a run from outside the API
+ * (in-process workers, SQL on another connection: cancel, retry, events, silent updates that log no
+ * run event, map item progress) and then polls: the answer must equal flowd_run_json read on a
+ * separate connection after the change committed.
+ *
+ * The service has one loop thread, so every poll meets the same cache, and two database
+ * connections, so polls of one run overtake each other. */
+// clang-format off
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+// clang-format on
+#include <curl/curl.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api/api.h"
+#include "engine/log.h"
+#include "engine/mem.h"
+#include "engine/step.h"
+#include "tests/support/th.h"
+#include "tests/support/th_engine.h"
+
+#define ADMIN_KEY "fd_test_key_not_secret" /* th_engine_db's default tenant (admin) */
+#define OTHER_KEY "fd_runcache_other_tenant_key"
+
+static char *db;
+static long long tenant;
+static PGconn *pg; /* the "outside" connection: changes and the truth */
+static api_service *svc;
+static char base[64];
+
+static const char one_step_def[] =
+    "{\"name\": \"rc_one\", \"steps\": [{\"key\": \"a\", \"kind\": \"transform\","
+    " \"input\": {\"n\": \"{{input.n}}\"}}]}";
+static const char wait_def[] =
+    "{\"name\": \"rc_wait\", \"steps\": ["
+    " {\"key\": \"w\", \"kind\": \"wait_event\","
+    "  \"input\": {\"event\": \"rc.replied\", \"key\": \"{{input.lead}}\", \"timeout\": \"2h\"}},"
+    " {\"key\": \"thank\", \"kind\": \"transform\", \"needs\": [\"w\"],"
+    "  \"input\": {\"reply\": \"{{steps.w.output.text}}\"}}]}";
+static const char map_def[] =
+    "{\"name\": \"rc_map\", \"steps\": ["
+    " {\"key\": \"m\", \"kind\": \"map\", \"input\": {\"items\": \"{{input.items}}\","
+    "  \"concurrency\": 10, \"step\": {\"kind\": \"transform\", \"input\": {\"i\": \"{{index}}\"}}}}]}";
+
+/* ------------------------------------------------------------------------------ client -- */
+
+typedef struct resp {
+    long status;
+    char *body;
+    size_t len;
+} resp;
+
+static size_t collect(char *p, size_t sz, size_t n, void *arg)
+{
+    resp *r = arg;
+    r->body = eng_xrealloc(r->body, r->len + sz * n + 1);
+    memcpy(r->body + r->len, p, sz * n);
+    r->len += sz * n;
+    r->body[r->len] = '\0';
+    return sz * n;
+}
+
+/* GET /v1/runs/{run} with key on handle h (reused for keep-alive). */
+static resp get_run(CURL *h, long long run, const char *key)
+{
+    resp r = {0, eng_xstrdup(""), 0};
+    char url[128], auth[128];
+    snprintf(url, sizeof url, "%s/v1/runs/%lld", base, run);
+    snprintf(auth, sizeof auth, "Authorization: Bearer %s", key);
+    struct curl_slist *hl = curl_slist_append(NULL, auth);
+    curl_easy_setopt(h, CURLOPT_URL, url);
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, hl);
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT, 60L);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, collect);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, &r);
+    CURLcode rc = curl_easy_perform(h);
+    if (rc != CURLE_OK)
+        fail_msg("GET run %lld: %s", run, curl_easy_strerror(rc));
+    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &r.status);
+    curl_slist_free_all(hl);
+    return r;
+}
+
+static CURL *client;
+
+/* The run as the API answers it now (new reference); the answer must be 200 JSON. */
+static json_t *poll_run(long long run)
+{
+    resp r = get_run(client, run, ADMIN_KEY);
+    if (r.status != 200)
+        fail_msg("GET run %lld: %ld %s", run, r.status, r.body);
+    json_t *j = json_loads(r.body, 0, NULL);
+    if (!j)
+        fail_msg("not JSON: %s", r.body);
+    free(r.body);
+    return j;
+}
+
+/* Polls the run and asserts the answer is what the database holds now (read after the poll, on
+ * another connection): callers make sure nothing changes the run meanwhile. Returns the answer. */
+static json_t *expect_fresh(long long run)
+{
+    json_t *got = poll_run(run);
+    char *truth_s = th_pgc_str(pg, "SELECT flowd_run_json($1, $2)",
+                               TH_P(th_num(tenant).s, th_num(run).s));
+    json_t *truth = json_loads(truth_s, 0, NULL);
+    assert_non_null(truth);
+    if (!json_equal(got, truth)) {
+        char *g = json_dumps(got, JSON_COMPACT);
+        fail_msg("stale poll of run %lld:\n  got  %s\n  want %s", run, g, truth_s);
+    }
+    free(truth_s);
+    json_decref(truth);
+    return got;
+}
+
+static const char *jstr(const json_t *o, const char *name)
+{
+    return json_string_value(json_object_get(o, name));
+}
+
+static const char *step_state(const json_t *run, size_t i)
+{
+    return jstr(json_array_get(json_object_get(run, "steps"), i), "state");
+}
+
+static long long enqueue(const char *def, const char *input)
+{
+    long long wf = th_engine_register(db, tenant, def);
+    return th_pgc_enqueue(pg, tenant, wf, input);
+}
+
+static void wait_sql(const char *sql, long long run)
+{
+    if (!th_pgc_wait(pg, sql, TH_P(th_num(run).s), 30))
+        fail_msg("timed out waiting for run %lld: %s", run, sql);
+}
+
+static void wait_run_state(long long run, const char *state)
+{
+    char *sql = eng_xasprintf("SELECT state = '%s' FROM runs WHERE id = $1", state);
+    wait_sql(sql, run);
+    free(sql);
+}
+
+/* ------------------------------------------------------------------------------- tests -- */
+
+/* Queued, polled (and cached), then worked to the end by workers: the poll shows the result. */
+static void test_worker_finishing_a_step(void **state)
+{
+    (void)state;
+    long long run = enqueue(one_step_def, "{\"n\": 7}");
+    json_t *j = expect_fresh(run);
+    assert_string_equal(jstr(j, "state"), "queued");
+    json_decref(j);
+    json_decref(expect_fresh(run)); /* now from the cache */
+    th_workers *ws = th_workers_start(db, 1, "rc-finish", 0, 0, 0);
+    wait_run_state(run, "succeeded");
+    th_workers_stop(ws);
+    j = expect_fresh(run);
+    assert_string_equal(jstr(j, "state"), "succeeded");
+    assert_string_equal(step_state(j, 0), "succeeded");
+    json_decref(j);
+    json_decref(expect_fresh(run));
+}
+
+/* A wait resumed by an event; another run cancelled and then retried, all from SQL. */
+static void test_event_cancel_retry(void **state)
+{
+    (void)state;
+    long long resumed = enqueue(wait_def, "{\"lead\": \"rc-1\"}");
+    long long cancelled = enqueue(wait_def, "{\"lead\": \"rc-2\"}");
+    th_workers *ws = th_workers_start(db, 1, "rc-wait", 0, 0, 0);
+    const char *waiting = "SELECT state = 'waiting' FROM steps WHERE run_id = $1 AND key = 'w'";
+    wait_sql(waiting, resumed);
+    wait_sql(waiting, cancelled);
+    json_t *j = expect_fresh(resumed);
+    assert_string_equal(step_state(j, 0), "waiting");
+    json_decref(j);
+    json_decref(expect_fresh(resumed));
+
+    th_pgc_expect(pg, "1",
+                  "SELECT resumed FROM flowd_event($1, 'rc.replied', 'rc-1', '{\"text\": \"ok\"}')",
+                  TH_P(th_num(tenant).s));
+    wait_run_state(resumed, "succeeded");
+    j = expect_fresh(resumed);
+    assert_string_equal(step_state(j, 1), "succeeded");
+    json_decref(j);
+
+    json_decref(expect_fresh(cancelled));
+    json_decref(expect_fresh(cancelled));
+    free(th_pgc_str(pg, "SELECT flowd_cancel_run($1, $2)",
+                    TH_P(th_num(tenant).s, th_num(cancelled).s)));
+    j = expect_fresh(cancelled);
+    assert_string_equal(jstr(j, "state"), "cancelled");
+    json_decref(j);
+    th_workers_stop(ws); /* the retried run must stay put while its answer is compared */
+    th_pgc_ll(pg, "SELECT flowd_retry_run($1, $2)", TH_P(th_num(tenant).s, th_num(cancelled).s));
+    j = expect_fresh(cancelled);
+    assert_string_not_equal(jstr(j, "state"), "cancelled");
+    assert_string_equal(step_state(j, 0), "ready");
+    json_decref(j);
+}
+
+/* Changes that log no run event (a snooze moves run_at; priorities) are seen all the same. */
+static void test_changes_without_events(void **state)
+{
+    (void)state;
+    long long run = enqueue(one_step_def, "{\"n\": 1}");
+    json_decref(expect_fresh(run));
+    long long events = th_pgc_ll(pg, "SELECT count(*) FROM run_events WHERE run_id = $1",
+                                 TH_P(th_num(run).s));
+    th_pgc_str(pg, "UPDATE steps SET run_at = run_at + interval '1 hour' WHERE run_id = $1",
+               TH_P(th_num(run).s));
+    json_decref(expect_fresh(run));
+    th_pgc_str(pg, "UPDATE runs SET priority = 9 WHERE id = $1", TH_P(th_num(run).s));
+    json_t *j = expect_fresh(run);
+    assert_int_equal(json_integer_value(json_object_get(j, "priority")), 9);
+    json_decref(j);
+    assert_int_equal(th_pgc_ll(pg, "SELECT count(*) FROM run_events WHERE run_id = $1",
+                               TH_P(th_num(run).s)),
+                     events);
+}
+
+typedef struct hammer {
+    long long run;
+    atomic_bool stop;
+    long polls;
+} hammer;
+
+static void *hammer_main(void *arg)
+{
+    hammer *hm = arg;
+    CURL *h = curl_easy_init();
+    while (!atomic_load(&hm->stop)) {
+        resp r = get_run(h, hm->run, ADMIN_KEY);
+        if (r.status != 200) { /* cmocka's fail_msg belongs to the main thread */
+            fprintf(stderr, "hammer: %ld %s\n", r.status, r.body);
+            abort();
+        }
+        free(r.body);
+        hm->polls++;
+    }
+    curl_easy_cleanup(h);
+    return NULL;
+}
+
+/* Polls racing each other on the loop's two connections while the run keeps changing: each
+ * change, once committed, is in the next poll, whatever the racing polls put in the cache. */
+static void test_racing_polls(void **state)
+{
+    (void)state;
+    long long run = enqueue(one_step_def, "{\"n\": 2}");
+    hammer hm = {.run = run};
+    pthread_t t[2];
+    for (int i = 0; i < 2; i++)
+        pthread_create(&t[i], NULL, hammer_main, &hm);
+    for (int k = 1; k <= 200; k++) {
+        th_pgc_str(pg, "UPDATE runs SET priority = $2 WHERE id = $1",
+                   TH_P(th_num(run).s, th_num(k).s));
+        json_t *j = poll_run(run);
+        if (json_integer_value(json_object_get(j, "priority")) != k)
+            fail_msg("after priority %d committed the poll said %lld", k,
+                     (long long)json_integer_value(json_object_get(j, "priority")));
+        json_decref(j);
+    }
+    atomic_store(&hm.stop, true);
+    for (int i = 0; i < 2; i++)
+        pthread_join(t[i], NULL);
+    assert_true(hm.polls > 0);
+}
+
+/* A cached run is still 404 for another tenant's key, and stays 200 for its own. */
+static void test_other_tenant(void **state)
+{
+    (void)state;
+    long long run = enqueue(one_step_def, "{\"n\": 3}");
+    json_decref(expect_fresh(run));
+    json_decref(expect_fresh(run));
+    resp r = get_run(client, run, OTHER_KEY);
+    assert_int_equal(r.status, 404);
+    free(r.body);
+    json_decref(expect_fresh(run));
+}
+
+/* A map step's item counts live in map_items; changing only them changes the answer. */
+static void test_map_items(void **state)
+{
+    (void)state;
+    long long run = enqueue(map_def, "{\"items\": [1, 2, 3]}");
+    json_decref(expect_fresh(run));
+    th_workers *ws = th_workers_start(db, 1, "rc-map", 0, 0, 0);
+    wait_run_state(run, "succeeded");
+    th_workers_stop(ws);
+    json_t *j = expect_fresh(run);
+    json_t *items = json_object_get(json_array_get(json_object_get(j, "steps"), 0), "items");
+    assert_int_equal(json_integer_value(json_object_get(items, "succeeded")), 3);
+    json_decref(j);
+    th_pgc_str(pg,
+               "UPDATE map_items SET state = 'failed' WHERE idx = 0 AND step_id ="
+               " (SELECT id FROM steps WHERE run_id = $1)",
+               TH_P(th_num(run).s));
+    j = expect_fresh(run);
+    items = json_object_get(json_array_get(json_object_get(j, "steps"), 0), "items");
+    assert_int_equal(json_integer_value(json_object_get(items, "failed")), 1);
+    json_decref(j);
+}
+
+/* ------------------------------------------------------------------------------- setup -- */
+
+static int group_setup(void **state)
+{
+    (void)state;
+    db = th_engine_db("api_runcache", &tenant);
+    pg = th_pgc_open(db);
+    th_pgc_str(pg,
+               "WITH t AS (INSERT INTO tenants (name) VALUES ('rc-other') RETURNING id)"
+               " INSERT INTO api_keys (tenant_id, key_hash, prefix, role)"
+               " SELECT id, sha256(convert_to($1, 'UTF8')), left($1, 8), 'member' FROM t",
+               TH_P(OTHER_KEY));
+    th_pgc_str(pg, "UPDATE tenants SET rate_per_s = 1e6, rate_burst = 1000000", 0, NULL);
+    api_service_opts o = {.conninfo = db, .listen = "127.0.0.1:0", .threads = 1, .db_conns = 2};
+    eng_err err;
+    svc = api_service_start(&o, &err);
+    if (!svc) {
+        fprintf(stderr, "api_service_start: %s\n", err.msg);
+        return -1;
+    }
+    snprintf(base, sizeof base, "http://127.0.0.1:%d", api_service_port(svc));
+    client = curl_easy_init();
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    curl_easy_cleanup(client);
+    api_service_stop(svc);
+    PQfinish(pg);
+    free(db);
+    return 0;
+}
+
+int main(void)
+{
+    eng_mem_init();
+    eng_log_init();
+    eng_step_register_builtins();
+    signal(SIGPIPE, SIG_IGN);
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_worker_finishing_a_step),
+        cmocka_unit_test(test_event_cancel_retry),
+        cmocka_unit_test(test_changes_without_events),
+        cmocka_unit_test(test_racing_polls),
+        cmocka_unit_test(test_other_tenant),
+        cmocka_unit_test(test_map_items),
+    };
+    int rc = cmocka_run_group_tests(tests, group_setup, group_teardown);
+    curl_global_cleanup();
+    return rc;
+}
