@@ -13,7 +13,14 @@
  * - A socket watcher may be freed inside curl_multi_socket_action (CURL_POLL_REMOVE), even the
  *   one whose callback is running, so the ev_io callback never touches its watcher afterwards.
  * - eng_httpc_free from inside a callback only marks the client; httpc_drain destroys it once
- *   the callback has returned. */
+ *   the callback has returned.
+ *
+ * Shards: curl 7.88 looks for a reusable connection by walking every connection to the host, and
+ * curl_multi_remove_handle walks the whole connection cache, so one multi handle costs O(n) per
+ * call with n connections open: O(n^2) for a burst of thousands of HTTP/1.1 calls (one connection
+ * each). Calls are therefore spread over several multi handles (shards), each with its own
+ * connection cache, created as the calls in flight grow past HTTPC_SHARD_CALLS per shard. A
+ * client that never holds more calls than that uses one multi handle, as before. */
 #include "engine/httpc.h"
 
 #include <assert.h>
@@ -33,14 +40,28 @@
 #define HTTPC_MIN_CONNECTS 64L
 /* Response headers of one call: curl caps a single header at 100 KiB; this caps their total. */
 #define HTTPC_MAX_HEADER_BYTES ((size_t)256 << 10)
+/* Calls in flight per shard before another shard is opened (see the file comment). */
+#define HTTPC_SHARD_CALLS 256
+/* curl's receive buffer per easy handle (its default is 16 KiB, allocated up front): thousands of
+ * calls in flight would hold tens of MiB of it. Larger bodies only take more reads. */
+#define HTTPC_RECV_BUFFER 4096L
 
 enum call_state {
     CALL_RUNNING, /* added to the multi handle and linked in h->calls; counted in flight */
     CALL_CALLING, /* removed from the multi handle; its callback is running */
 };
 
+struct httpc_shard {               /* one multi handle and its connection cache */
+    eng_httpc *h;
+    CURLM *multi;
+    ev_timer timer;                /* curl's single timeout (CURLMOPT_TIMERFUNCTION) */
+    size_t in_flight;              /* CALL_RUNNING calls added to multi */
+    long max_connects;             /* current CURLMOPT_MAXCONNECTS */
+};
+
 struct eng_http_call {
     eng_httpc *h;
+    struct httpc_shard *sh;        /* the multi handle running it */
     eng_http_call *prev, *next;    /* h->calls while CALL_RUNNING */
     enum call_state st;
     CURL *easy;                    /* owned; CURLOPT_PRIVATE points back here */
@@ -56,18 +77,17 @@ struct eng_http_call {
 
 struct httpc_sock {                /* one per socket curl asked us to watch */
     ev_io io;                      /* container_of target */
-    eng_httpc *h;
+    struct httpc_shard *sh;        /* whose socket it is */
     struct httpc_sock *prev, *next; /* h->socks, so that eng_httpc_free can release all */
 };
 
 struct eng_httpc {
     struct ev_loop *loop;          /* borrowed */
-    CURLM *multi;
-    ev_timer timer;                /* curl's single timeout (CURLMOPT_TIMERFUNCTION) */
+    struct httpc_shard **shards;   /* at least one; never fewer once opened */
+    size_t nshards;
     eng_http_call *calls;          /* CALL_RUNNING calls */
     struct httpc_sock *socks;
     size_t in_flight;              /* length of calls */
-    long max_connects;             /* current CURLMOPT_MAXCONNECTS */
     int dispatching;               /* > 0 while httpc_drain runs user callbacks */
     bool closing;                  /* eng_httpc_free was called; destroy when dispatching == 0 */
 };
@@ -108,10 +128,11 @@ void eng_httpc_global_cleanup(void)
 
 static void on_sock_io(struct ev_loop *loop, ev_io *w, int revents);
 
-static int on_socket(CURL *easy, curl_socket_t s, int what, void *hp, void *sp)
+static int on_socket(CURL *easy, curl_socket_t s, int what, void *shp, void *sp)
 {
     (void)easy;
-    eng_httpc *h = hp;
+    struct httpc_shard *sh = shp;
+    eng_httpc *h = sh->h;
     struct httpc_sock *k = sp;
     if (what == CURL_POLL_REMOVE) {
         if (k) {
@@ -125,7 +146,7 @@ static int on_socket(CURL *easy, curl_socket_t s, int what, void *hp, void *sp)
             free(k);
             /* curl_multi_assign is not a multi call into the state machine: it only stores the
              * pointer in curl's socket hash, and the docs allow it from the socket callback. */
-            curl_multi_assign(h->multi, s, NULL);
+            curl_multi_assign(sh->multi, s, NULL);
         }
         return 0;
     }
@@ -133,13 +154,13 @@ static int on_socket(CURL *easy, curl_socket_t s, int what, void *hp, void *sp)
         /* May be a socket we never saw a transfer for (resolver, happy eyeballs): watch it all
          * the same. */
         k = eng_xcalloc(1, sizeof *k);
-        k->h = h;
+        k->sh = sh;
         ev_init(&k->io, on_sock_io);
         k->next = h->socks;
         if (h->socks)
             h->socks->prev = k;
         h->socks = k;
-        curl_multi_assign(h->multi, s, k);
+        curl_multi_assign(sh->multi, s, k);
     }
     int events = ((what & CURL_POLL_IN) ? EV_READ : 0) | ((what & CURL_POLL_OUT) ? EV_WRITE : 0);
     /* Always ev_io_set, even for the same fd number: curl may have closed and reopened it. */
@@ -150,16 +171,17 @@ static int on_socket(CURL *easy, curl_socket_t s, int what, void *hp, void *sp)
     return 0;
 }
 
-static int on_timer_change(CURLM *multi, long timeout_ms, void *hp)
+static int on_timer_change(CURLM *multi, long timeout_ms, void *shp)
 {
     (void)multi;
-    eng_httpc *h = hp;
-    ev_timer_stop(h->loop, &h->timer);
+    struct httpc_shard *sh = shp;
+    struct ev_loop *loop = sh->h->loop;
+    ev_timer_stop(loop, &sh->timer);
     if (timeout_ms >= 0) {
         /* 0 means "as soon as possible": the timer fires on the next loop iteration, never
          * recursively from here (curl forbids calling it back from this callback). */
-        ev_timer_set(&h->timer, (double)timeout_ms / 1000.0, 0.);
-        ev_timer_start(h->loop, &h->timer);
+        ev_timer_set(&sh->timer, (double)timeout_ms / 1000.0, 0.);
+        ev_timer_start(loop, &sh->timer);
     }
     return 0;
 }
@@ -230,7 +252,7 @@ static void call_detach(eng_http_call *c)
 {
     eng_httpc *h = c->h;
     assert(c->st == CALL_RUNNING);
-    CURLMcode mc = curl_multi_remove_handle(h->multi, c->easy);
+    CURLMcode mc = curl_multi_remove_handle(c->sh->multi, c->easy);
     if (mc != CURLM_OK)
         log_error("curl_multi_remove_handle failed", " error=\"%s\"", curl_multi_strerror(mc));
     if (c->prev)
@@ -241,6 +263,7 @@ static void call_detach(eng_http_call *c)
         c->next->prev = c->prev;
     c->prev = c->next = NULL;
     h->in_flight--;
+    c->sh->in_flight--;
 }
 
 static struct curl_slist *slist_add(struct curl_slist *l, const char *s)
@@ -301,6 +324,7 @@ static void call_set_options(eng_http_call *c, const eng_http_request *req)
     EASY_SETOPT(e, CURLOPT_PROTOCOLS_STR, "http,https");
     EASY_SETOPT(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
     EASY_SETOPT(e, CURLOPT_ERRORBUFFER, c->errbuf);
+    EASY_SETOPT(e, CURLOPT_BUFFERSIZE, HTTPC_RECV_BUFFER);
     EASY_SETOPT(e, CURLOPT_TIMEOUT_MS,
                 req->timeout_ms > 0 ? req->timeout_ms : ENG_HTTPC_DEFAULT_TIMEOUT_MS);
     EASY_SETOPT(e, CURLOPT_CONNECTTIMEOUT_MS, req->connect_timeout_ms > 0
@@ -326,12 +350,48 @@ static void call_set_options(eng_http_call *c, const eng_http_request *req)
 }
 
 /* Never lowered: idle connections beyond the peak die when their servers drop them. */
-static void httpc_grow_cache(eng_httpc *h)
+static void shard_grow_cache(struct httpc_shard *sh)
 {
-    if ((long)h->in_flight < h->max_connects)
+    if ((long)sh->in_flight < sh->max_connects)
         return;
-    h->max_connects *= 2;
-    MULTI_SETOPT(h->multi, CURLMOPT_MAXCONNECTS, h->max_connects);
+    sh->max_connects *= 2;
+    MULTI_SETOPT(sh->multi, CURLMOPT_MAXCONNECTS, sh->max_connects);
+}
+
+static void on_timer(struct ev_loop *loop, ev_timer *w, int revents);
+
+static struct httpc_shard *shard_new(eng_httpc *h)
+{
+    struct httpc_shard *sh = eng_xcalloc(1, sizeof *sh);
+    sh->h = h;
+    sh->multi = curl_multi_init();
+    if (!sh->multi) {
+        log_error("out of memory", " where=curl_multi_init");
+        abort();
+    }
+    ev_timer_init(&sh->timer, on_timer, 0., 0.);
+    sh->max_connects = HTTPC_MIN_CONNECTS;
+    MULTI_SETOPT(sh->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+    MULTI_SETOPT(sh->multi, CURLMOPT_SOCKETDATA, (void *)sh);
+    MULTI_SETOPT(sh->multi, CURLMOPT_TIMERFUNCTION, on_timer_change);
+    MULTI_SETOPT(sh->multi, CURLMOPT_TIMERDATA, (void *)sh);
+    MULTI_SETOPT(sh->multi, CURLMOPT_PIPELINING, CURLPIPE_MULTIPLEX);
+    MULTI_SETOPT(sh->multi, CURLMOPT_MAX_HOST_CONNECTIONS, 0L); /* unlimited */
+    MULTI_SETOPT(sh->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, 0L);
+    MULTI_SETOPT(sh->multi, CURLMOPT_MAXCONNECTS, sh->max_connects);
+    h->shards = eng_xrealloc(h->shards, (h->nshards + 1) * sizeof *h->shards);
+    h->shards[h->nshards++] = sh;
+    return sh;
+}
+
+/* The least busy shard, or a new one when even that one is full. */
+static struct httpc_shard *shard_pick(eng_httpc *h)
+{
+    struct httpc_shard *best = h->shards[0];
+    for (size_t i = 1; i < h->nshards; i++)
+        if (h->shards[i]->in_flight < best->in_flight)
+            best = h->shards[i];
+    return best->in_flight < HTTPC_SHARD_CALLS ? best : shard_new(h);
 }
 
 eng_http_call *eng_httpc_start(eng_httpc *h, const eng_http_request *req, eng_http_cb *cb,
@@ -359,9 +419,11 @@ eng_http_call *eng_httpc_start(eng_httpc *h, const eng_http_request *req, eng_ht
         h->calls->prev = c;
     h->calls = c;
     h->in_flight++;
-    httpc_grow_cache(h);
+    c->sh = shard_pick(h);
+    c->sh->in_flight++;
+    shard_grow_cache(c->sh);
     /* Fails only for misuse (a call from inside a curl callback) or out of memory. */
-    CURLMcode mc = curl_multi_add_handle(h->multi, c->easy);
+    CURLMcode mc = curl_multi_add_handle(c->sh->multi, c->easy);
     if (mc != CURLM_OK) {
         log_error("curl_multi_add_handle failed", " error=\"%s\"", curl_multi_strerror(mc));
         abort();
@@ -438,10 +500,15 @@ static void call_finish(eng_http_call *c, CURLcode res)
 static void httpc_destroy(eng_httpc *h)
 {
     assert(!h->calls && h->dispatching == 0);
-    ev_timer_stop(h->loop, &h->timer);
-    /* Closes the cached connections; it may still call on_socket and on_timer_change. */
-    curl_multi_cleanup(h->multi);
-    ev_timer_stop(h->loop, &h->timer);
+    for (size_t i = 0; i < h->nshards; i++) {
+        struct httpc_shard *sh = h->shards[i];
+        ev_timer_stop(h->loop, &sh->timer);
+        /* Closes the cached connections; it may still call on_socket and on_timer_change. */
+        curl_multi_cleanup(sh->multi);
+        ev_timer_stop(h->loop, &sh->timer);
+        free(sh);
+    }
+    free(h->shards);
     while (h->socks) {
         struct httpc_sock *k = h->socks;
         h->socks = k->next;
@@ -453,12 +520,13 @@ static void httpc_destroy(eng_httpc *h)
 
 /* Hands every finished transfer to its callback. Messages are read one at a time because a
  * callback may remove other handles (and with them their queued messages). */
-static void httpc_drain(eng_httpc *h)
+static void httpc_drain(struct httpc_shard *sh)
 {
+    eng_httpc *h = sh->h;
     h->dispatching++;
     CURLMsg *m;
     int left;
-    while (!h->closing && (m = curl_multi_info_read(h->multi, &left))) {
+    while (!h->closing && (m = curl_multi_info_read(sh->multi, &left))) {
         if (m->msg != CURLMSG_DONE)
             continue;
         CURLcode res = m->data.result; /* m dies with curl_multi_remove_handle */
@@ -471,14 +539,14 @@ static void httpc_drain(eng_httpc *h)
         httpc_destroy(h);
 }
 
-static void httpc_action(eng_httpc *h, curl_socket_t s, int flags)
+static void httpc_action(struct httpc_shard *sh, curl_socket_t s, int flags)
 {
     int running;
-    CURLMcode mc = curl_multi_socket_action(h->multi, s, flags, &running);
+    CURLMcode mc = curl_multi_socket_action(sh->multi, s, flags, &running);
     /* BAD_SOCKET: curl already forgot a socket whose event was pending; harmless. */
     if (mc != CURLM_OK && mc != CURLM_BAD_SOCKET)
         log_warn("curl_multi_socket_action failed", " error=\"%s\"", curl_multi_strerror(mc));
-    httpc_drain(h);
+    httpc_drain(sh);
 }
 
 /* The watcher (and even h) may be freed inside httpc_action: touch nothing afterwards. */
@@ -489,35 +557,21 @@ static void on_sock_io(struct ev_loop *loop, ev_io *w, int revents)
     int flags = ((revents & EV_READ) ? CURL_CSELECT_IN : 0) |
                 ((revents & EV_WRITE) ? CURL_CSELECT_OUT : 0) |
                 ((revents & EV_ERROR) ? CURL_CSELECT_ERR : 0);
-    httpc_action(k->h, w->fd, flags);
+    httpc_action(k->sh, w->fd, flags);
 }
 
 static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
 {
     (void)loop;
     (void)revents;
-    httpc_action(ENG_CONTAINER_OF(w, eng_httpc, timer), CURL_SOCKET_TIMEOUT, 0);
+    httpc_action(ENG_CONTAINER_OF(w, struct httpc_shard, timer), CURL_SOCKET_TIMEOUT, 0);
 }
 
 eng_httpc *eng_httpc_new(struct ev_loop *loop)
 {
     eng_httpc *h = eng_xcalloc(1, sizeof *h);
     h->loop = loop;
-    h->multi = curl_multi_init();
-    if (!h->multi) {
-        log_error("out of memory", " where=curl_multi_init");
-        abort();
-    }
-    ev_timer_init(&h->timer, on_timer, 0., 0.);
-    h->max_connects = HTTPC_MIN_CONNECTS;
-    MULTI_SETOPT(h->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
-    MULTI_SETOPT(h->multi, CURLMOPT_SOCKETDATA, (void *)h);
-    MULTI_SETOPT(h->multi, CURLMOPT_TIMERFUNCTION, on_timer_change);
-    MULTI_SETOPT(h->multi, CURLMOPT_TIMERDATA, (void *)h);
-    MULTI_SETOPT(h->multi, CURLMOPT_PIPELINING, CURLPIPE_MULTIPLEX);
-    MULTI_SETOPT(h->multi, CURLMOPT_MAX_HOST_CONNECTIONS, 0L); /* unlimited */
-    MULTI_SETOPT(h->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, 0L);
-    MULTI_SETOPT(h->multi, CURLMOPT_MAXCONNECTS, h->max_connects);
+    shard_new(h);
     return h;
 }
 

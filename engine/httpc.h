@@ -2,9 +2,10 @@
  *
  * One eng_httpc per loop (and so per worker thread; it is not thread-safe). Every call runs on the
  * loop: eng_httpc_start never blocks and never calls back before returning; the callback runs from
- * a loop watcher, exactly once, unless the call is cancelled first. curl's connection cache is
- * shared by all calls of one eng_httpc, so keep-alive connections are reused and HTTP/2 connections
- * are multiplexed (HTTPS only: HTTP/2 is negotiated by ALPN, plain http:// stays HTTP/1.1).
+ * a loop watcher, exactly once, unless the call is cancelled first. Keep-alive connections are
+ * reused and HTTP/2 connections are multiplexed (HTTPS only: HTTP/2 is negotiated by ALPN, plain
+ * http:// stays HTTP/1.1). Up to 256 calls in flight share one curl multi handle and its
+ * connection cache; past that the calls are spread over more of them (see httpc.c).
  *
  * Ownership: the client owns every call in flight. A call's request (URL, headers, body) is copied
  * at start; its response and headers are borrowed by the callback and freed when it returns. The

@@ -21,14 +21,32 @@ typedef struct unlimited {
 struct rl_take {
     rl_cb *cb;
     void *arg;
+    struct eng_db *db;
     int64_t tenant;
     char *name;
+    int requests;
+    int64_t tokens;
     bool cancelled;
+    struct probe *probe; /* set on the take whose query decides for its waiters */
+    rl_take *next;       /* in its probe's waiters */
 };
+
+/* The first take of a name not known to be unlimited, in flight on one connection. Takes of the
+ * same name on that connection wait for its answer instead of each sending a query: a burst of
+ * thousands of steps would otherwise queue thousands of round trips on the worker's connection
+ * just to learn, once, that the name has no limit. */
+typedef struct probe {
+    struct eng_db *db;
+    int64_t tenant;
+    char *name;
+    rl_take *head, *tail; /* waiters, in order of arrival */
+    struct probe *next;
+} probe;
 
 static pthread_mutex_t rl_mu = PTHREAD_MUTEX_INITIALIZER;
 static unlimited *unl;
 static size_t nunl, unl_cap;
+static probe *probes; /* all connections' probes; each probe is only touched by its loop */
 
 static int64_t mono_ms(void)
 {
@@ -91,19 +109,79 @@ void rl_cache_clear(void)
     pthread_mutex_unlock(&rl_mu);
 }
 
+static void take_send(rl_take *t);
+
+static void take_free(rl_take *t)
+{
+    free(t->name);
+    free(t);
+}
+
+static void probe_unlink_locked(probe *p)
+{
+    for (probe **pp = &probes; *pp; pp = &(*pp)->next) {
+        if (*pp == p) {
+            *pp = p->next;
+            return;
+        }
+    }
+}
+
+/* Hands an unlinked probe's waiters the answer and frees it: none of them needs budget when the
+ * name has no limit; otherwise each asks for its own. */
+static void probe_settle(probe *p, bool unlimited_now)
+{
+    rl_take *w = p->head;
+    free(p->name);
+    free(p);
+    while (w) {
+        rl_take *next = w->next;
+        if (w->cancelled) {
+            take_free(w);
+        } else if (unlimited_now) {
+            w->cb(w->arg, NULL, 0);
+            take_free(w);
+        } else {
+            w->next = NULL;
+            take_send(w);
+        }
+        w = next;
+    }
+}
+
 static void take_done(void *arg, const eng_err *err, const PGresult *res)
 {
     rl_take *t = arg;
     int64_t wait = 0;
+    bool unlimited_now = false;
     if (!err && res && PQntuples(res) == 1) {
         wait = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
-        if (strcmp(PQgetvalue(res, 0, 1), "f") == 0)
+        unlimited_now = strcmp(PQgetvalue(res, 0, 1), "f") == 0;
+        if (unlimited_now)
             remember_unlimited(t->tenant, t->name);
+    }
+    probe *p = t->probe;
+    if (p) { /* takes starting from the callbacks below send their own query or hit the cache */
+        pthread_mutex_lock(&rl_mu);
+        probe_unlink_locked(p);
+        pthread_mutex_unlock(&rl_mu);
     }
     if (!t->cancelled)
         t->cb(t->arg, err, wait);
-    free(t->name);
-    free(t);
+    take_free(t);
+    if (p)
+        probe_settle(p, unlimited_now);
+}
+
+static void take_send(rl_take *t)
+{
+    char ten[24], req[24], tok[24];
+    snprintf(ten, sizeof ten, "%lld", (long long)t->tenant);
+    snprintf(req, sizeof req, "%d", t->requests);
+    snprintf(tok, sizeof tok, "%lld", (long long)t->tokens);
+    const char *params[] = {ten, t->name, req, tok};
+    eng_db_query(t->db, "SELECT wait_ms, limited FROM flowd_rl_take($1, $2, $3, $4)", 4, params,
+                 take_done, t);
 }
 
 rl_take *rl_take_start(struct eng_db *db, int64_t tenant, const char *name, int requests,
@@ -114,24 +192,46 @@ rl_take *rl_take_start(struct eng_db *db, int64_t tenant, const char *name, int 
         return NULL;
     }
     rl_take *t = eng_xcalloc(1, sizeof *t);
-    t->cb = cb;
-    t->arg = arg;
-    t->tenant = tenant;
-    t->name = eng_xstrdup(name);
-    char ten[24], req[24], tok[24];
-    snprintf(ten, sizeof ten, "%lld", (long long)tenant);
-    snprintf(req, sizeof req, "%d", requests);
-    snprintf(tok, sizeof tok, "%lld", (long long)tokens);
-    const char *params[] = {ten, name, req, tok};
-    eng_db_query(db, "SELECT wait_ms, limited FROM flowd_rl_take($1, $2, $3, $4)", 4, params,
-                 take_done, t);
+    *t = (rl_take){.cb = cb, .arg = arg, .db = db, .tenant = tenant, .name = eng_xstrdup(name),
+                   .requests = requests, .tokens = tokens};
+    pthread_mutex_lock(&rl_mu);
+    probe *p = probes;
+    while (p && !(p->db == db && p->tenant == tenant && strcmp(p->name, name) == 0))
+        p = p->next;
+    if (p && eng_db_pending(db) == 0) {
+        /* its connection was freed with the query queued, and this one has the same address:
+         * the probe's takes were abandoned with it */
+        probe_unlink_locked(p);
+        for (rl_take *w = p->head, *next; w; w = next) {
+            next = w->next;
+            take_free(w);
+        }
+        free(p->name);
+        free(p);
+        p = NULL;
+    }
+    if (p) {
+        if (p->tail)
+            p->tail->next = t;
+        else
+            p->head = t;
+        p->tail = t;
+    } else {
+        p = eng_xcalloc(1, sizeof *p);
+        *p = (probe){.db = db, .tenant = tenant, .name = eng_xstrdup(name), .next = probes};
+        probes = p;
+        t->probe = p;
+    }
+    pthread_mutex_unlock(&rl_mu);
+    if (t->probe)
+        take_send(t);
     return t;
 }
 
 void rl_take_cancel(rl_take *t)
 {
     if (t)
-        t->cancelled = true; /* take_done still owns and frees it */
+        t->cancelled = true; /* take_done or its probe's answer still owns and frees it */
 }
 
 static void adjust_done(void *arg, const eng_err *err, const PGresult *res)
