@@ -1,10 +1,12 @@
 /* tests/support/th_mockhttp.c: scriptable HTTP/1.1 test server (see th_mockhttp.h).
  *
- * One thread runs a poll loop over a wake-up pipe, the listener and every connection. A
+ * One thread runs an epoll loop over a wake-up pipe, the listener and every connection. A
  * connection reads and parses one request at a time (llhttp pauses at the end of each message,
  * so pipelined requests wait in the input buffer), asks the handler for the answer, then writes it
  * out on the handler's schedule: wait until `due`, write up to the next pause mark, wait again...
- * Test support: simplicity over speed (the pollfd array is rebuilt on every turn). */
+ * Connections waiting for their due time sit in a min-heap, so a turn costs what happened in it,
+ * not the number of connections open: the mock must not be what a benchmark with thousands of
+ * calls in flight measures. */
 #include "tests/support/th_mockhttp.h"
 
 #include <arpa/inet.h>
@@ -12,7 +14,6 @@
 #include <fcntl.h>
 #include <llhttp.h>
 #include <netinet/in.h>
-#include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -21,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -49,8 +51,9 @@ struct mreq {
 };
 
 enum mconn_state {
-    MC_READING, /* parsing a request; polling for input */
-    MC_WRITING, /* answering: idle until due, then writing up to the next mark */
+    MC_READING, /* parsing a request; watching for input */
+    MC_WRITING, /* answering: in the heap until due, then writing up to the next mark (watching
+                   for writability only while the socket buffer is full) */
 };
 
 struct mconn {
@@ -69,7 +72,11 @@ struct mconn {
     int pause_ms;
     size_t limit;       /* close once off reaches it (SIZE_MAX: none) */
     bool drop, close_after_reply;
+    bool blocked;       /* MC_WRITING: due, but the socket buffer was full */
     long long due_ms;   /* MC_WRITING: do nothing before this time */
+    size_t idx;         /* in m->conns */
+    size_t hidx;        /* in m->heap, SIZE_MAX when not there */
+    uint32_t events;    /* what epoll watches for it now */
 };
 
 struct th_mock {
@@ -80,8 +87,11 @@ struct th_mock {
     pthread_t thread;
     th_mock_handler *handler;
     void *arg;
+    int ep;
     struct mconn **conns;
     size_t nconns, capconns;
+    struct mconn **heap; /* MC_WRITING connections waiting for due_ms, earliest first */
+    size_t nheap, capheap;
     llhttp_settings_t settings;
     unsigned long pending; /* server thread only; peak published below */
     atomic_ulong requests, connections, peak_pending;
@@ -331,20 +341,104 @@ static void conn_encode(struct mconn *c, th_mock_resp *r, bool keep_alive)
 
 /* ---- connections ---- */
 
-static void conn_close(th_mock *m, size_t i)
+/* ---- the due-time heap ---- */
+
+static void heap_set(th_mock *m, size_t i, struct mconn *c)
 {
-    struct mconn *c = m->conns[i];
+    m->heap[i] = c;
+    c->hidx = i;
+}
+
+static void heap_up(th_mock *m, size_t i)
+{
+    struct mconn *c = m->heap[i];
+    while (i > 0 && m->heap[(i - 1) / 2]->due_ms > c->due_ms) {
+        heap_set(m, i, m->heap[(i - 1) / 2]);
+        i = (i - 1) / 2;
+    }
+    heap_set(m, i, c);
+}
+
+static void heap_down(th_mock *m, size_t i)
+{
+    struct mconn *c = m->heap[i];
+    for (;;) {
+        size_t k = 2 * i + 1;
+        if (k >= m->nheap)
+            break;
+        if (k + 1 < m->nheap && m->heap[k + 1]->due_ms < m->heap[k]->due_ms)
+            k++;
+        if (m->heap[k]->due_ms >= c->due_ms)
+            break;
+        heap_set(m, i, m->heap[k]);
+        i = k;
+    }
+    heap_set(m, i, c);
+}
+
+static void heap_push(th_mock *m, struct mconn *c)
+{
+    if (m->nheap == m->capheap) {
+        m->capheap = m->capheap ? m->capheap * 2 : 64;
+        m->heap = eng_xrealloc(m->heap, m->capheap * sizeof *m->heap);
+    }
+    heap_set(m, m->nheap++, c);
+    heap_up(m, c->hidx);
+}
+
+static void heap_remove(th_mock *m, struct mconn *c)
+{
+    size_t i = c->hidx;
+    c->hidx = SIZE_MAX;
+    struct mconn *last = m->heap[--m->nheap];
+    if (i == m->nheap)
+        return;
+    heap_set(m, i, last);
+    heap_up(m, i);
+    heap_down(m, last->hidx);
+}
+
+/* ---- connections ---- */
+
+static void conn_watch(th_mock *m, struct mconn *c, uint32_t events)
+{
+    if (c->events == events)
+        return;
+    struct epoll_event ev = {.events = events, .data.ptr = c};
+    if (epoll_ctl(m->ep, EPOLL_CTL_MOD, c->fd, &ev) < 0)
+        mock_die("epoll_ctl");
+    c->events = events;
+}
+
+/* Puts c where its state says: watched for input, in the heap until due, or watched for
+ * writability. */
+static void conn_arm(th_mock *m, struct mconn *c)
+{
+    bool waiting = c->st == MC_WRITING && !c->blocked;
+    if (waiting && c->hidx == SIZE_MAX)
+        heap_push(m, c);
+    else if (!waiting && c->hidx != SIZE_MAX)
+        heap_remove(m, c);
+    conn_watch(m, c, c->st == MC_READING ? EPOLLIN : c->blocked ? EPOLLOUT : 0);
+}
+
+static void conn_close(th_mock *m, struct mconn *c)
+{
     if (c->st == MC_WRITING)
         m->pending--;
-    close(c->fd);
+    if (c->hidx != SIZE_MAX)
+        heap_remove(m, c);
+    close(c->fd); /* also takes it out of the epoll set */
     eng_buf_deinit(&c->in);
     eng_buf_deinit(&c->target);
     eng_buf_deinit(&c->body);
     eng_buf_deinit(&c->req.headers);
     eng_buf_deinit(&c->out);
     free(c->marks);
+    size_t i = c->idx;
     free(c);
     m->conns[i] = m->conns[--m->nconns];
+    m->conns[i]->idx = i;
 }
 
 static void mock_accept(th_mock *m)
@@ -360,11 +454,17 @@ static void mock_accept(th_mock *m)
         c->fd = fd;
         c->seq = atomic_fetch_add(&m->connections, 1) + 1;
         c->st = MC_READING;
+        c->hidx = SIZE_MAX;
+        c->events = EPOLLIN;
         llhttp_init(&c->parser, HTTP_REQUEST, &m->settings);
+        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
+        if (epoll_ctl(m->ep, EPOLL_CTL_ADD, fd, &ev) < 0)
+            mock_die("epoll_ctl");
         if (m->nconns == m->capconns) {
             m->capconns = m->capconns ? m->capconns * 2 : 64;
             m->conns = eng_xrealloc(m->conns, m->capconns * sizeof(struct mconn *));
         }
+        c->idx = m->nconns;
         m->conns[m->nconns++] = c;
     }
 }
@@ -432,10 +532,13 @@ static bool conn_write(th_mock *m, struct mconn *c)
         end = c->marks[c->mark];
     if (c->limit < end)
         end = c->limit;
+    c->blocked = false;
     while (c->off < end) {
         ssize_t n = send(c->fd, c->out.ptr + c->off, end - c->off, MSG_NOSIGNAL);
-        if (n < 0)
-            return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR;
+        if (n < 0) {
+            c->blocked = errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR;
+            return c->blocked;
+        }
         c->off += (size_t)n;
     }
     if (c->off >= c->limit)
@@ -453,78 +556,65 @@ static bool conn_write(th_mock *m, struct mconn *c)
     return conn_parse(m, c); /* a pipelined request may be buffered already */
 }
 
-struct pollset {
-    struct pollfd *pfd;
-    struct mconn **who; /* who[k] owns pfd[k], for k >= 2 */
-    size_t n, cap;
-};
-
-/* Fills ps with the wake pipe, the listener and every connection; returns poll's timeout. */
-static int mock_pollset(th_mock *m, struct pollset *ps)
+/* Runs c's answer as far as it may go now; false when c must close. */
+static bool conn_due(th_mock *m, struct mconn *c, long long now)
 {
-    if (ps->cap < m->nconns + 2) {
-        ps->cap = (m->nconns + 2) * 2;
-        ps->pfd = eng_xrealloc(ps->pfd, ps->cap * sizeof(struct pollfd));
-        ps->who = eng_xrealloc(ps->who, ps->cap * sizeof(struct mconn *));
-    }
-    long long now = mock_now_ms();
-    int timeout = -1;
-    ps->n = 0;
-    ps->pfd[ps->n++] = (struct pollfd){.fd = m->wake[0], .events = POLLIN};
-    ps->pfd[ps->n++] = (struct pollfd){.fd = m->lfd, .events = POLLIN};
-    for (size_t i = 0; i < m->nconns; i++) {
-        struct mconn *c = m->conns[i];
-        short ev = 0;
-        if (c->st == MC_READING) {
-            ev = POLLIN;
-        } else if (c->due_ms <= now) {
-            ev = POLLOUT;
-        } else if (timeout < 0 || c->due_ms - now < timeout) {
-            timeout = (int)(c->due_ms - now);
-        }
-        ps->who[ps->n] = c;
-        ps->pfd[ps->n++] = (struct pollfd){.fd = c->fd, .events = ev};
-    }
-    return timeout;
+    while (c->st == MC_WRITING && !c->blocked && c->due_ms <= now)
+        if (!conn_write(m, c))
+            return false;
+    return true;
 }
 
-static void mock_forget(th_mock *m, struct mconn *c)
+static void conn_event(th_mock *m, struct mconn *c, uint32_t ev, long long now)
 {
-    for (size_t i = 0; i < m->nconns; i++) {
-        if (m->conns[i] == c) {
-            conn_close(m, i);
-            return;
-        }
-    }
+    bool keep = true;
+    if (c->st == MC_READING && (ev & (EPOLLIN | EPOLLHUP | EPOLLERR)))
+        keep = conn_read(m, c);
+    else if (c->st == MC_WRITING && c->blocked && (ev & (EPOLLOUT | EPOLLHUP | EPOLLERR)))
+        keep = conn_write(m, c);
+    else if (ev & (EPOLLHUP | EPOLLERR))
+        keep = false; /* the peer is gone while its answer waits: nothing can be delivered */
+    keep = keep && conn_due(m, c, now);
+    if (keep)
+        conn_arm(m, c);
+    else
+        conn_close(m, c);
 }
 
 static void *mock_main(void *arg)
 {
     th_mock *m = arg;
-    struct pollset ps = {0};
+    enum { MAX_EVENTS = 256 };
+    struct epoll_event evs[MAX_EVENTS];
     for (;;) {
-        int timeout = mock_pollset(m, &ps);
-        if (poll(ps.pfd, ps.n, timeout) < 0 && errno != EINTR)
-            mock_die("poll");
-        if (ps.pfd[0].revents)
-            break;
-        /* Connections are handled by identity: closing one reorders m->conns. */
-        long long now = mock_now_ms();
-        for (size_t k = 2; k < ps.n; k++) {
-            struct mconn *c = ps.who[k];
-            bool keep = true;
-            if (c->st == MC_READING && (ps.pfd[k].revents & (POLLIN | POLLHUP | POLLERR)))
-                keep = conn_read(m, c);
-            else if (c->st == MC_WRITING && c->due_ms <= now)
-                keep = conn_write(m, c);
-            if (!keep)
-                mock_forget(m, c);
+        int timeout = -1;
+        if (m->nheap > 0) {
+            long long wait = m->heap[0]->due_ms - mock_now_ms();
+            timeout = wait < 0 ? 0 : wait > INT32_MAX ? INT32_MAX : (int)wait;
         }
-        if (ps.pfd[1].revents)
+        int n = epoll_wait(m->ep, evs, MAX_EVENTS, timeout);
+        if (n < 0 && errno != EINTR)
+            mock_die("epoll_wait");
+        long long now = mock_now_ms();
+        bool stop = false, accept_now = false;
+        for (int k = 0; k < n; k++) {
+            if (evs[k].data.ptr == &m->wake)
+                stop = true;
+            else if (evs[k].data.ptr == &m->lfd)
+                accept_now = true;
+            else
+                conn_event(m, evs[k].data.ptr, evs[k].events, now);
+        }
+        if (stop)
+            break;
+        while (m->nheap > 0 && m->heap[0]->due_ms <= now) {
+            struct mconn *c = m->heap[0];
+            heap_remove(m, c);
+            conn_event(m, c, 0, now);
+        }
+        if (accept_now)
             mock_accept(m);
     }
-    free(ps.pfd);
-    free(ps.who);
     return NULL;
 }
 
@@ -562,6 +652,15 @@ th_mock *th_mock_start(th_mock_handler *handler, void *arg)
     snprintf(m->url, sizeof m->url, "http://127.0.0.1:%d", m->port);
     if (pipe2(m->wake, O_CLOEXEC) < 0)
         mock_die("pipe2");
+    m->ep = epoll_create1(EPOLL_CLOEXEC);
+    if (m->ep < 0)
+        mock_die("epoll_create1");
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &m->wake};
+    if (epoll_ctl(m->ep, EPOLL_CTL_ADD, m->wake[0], &ev) < 0)
+        mock_die("epoll_ctl");
+    ev = (struct epoll_event){.events = EPOLLIN, .data.ptr = &m->lfd};
+    if (epoll_ctl(m->ep, EPOLL_CTL_ADD, m->lfd, &ev) < 0)
+        mock_die("epoll_ctl");
     errno = pthread_create(&m->thread, NULL, mock_main, m);
     if (errno)
         mock_die("pthread_create");
@@ -576,8 +675,10 @@ void th_mock_stop(th_mock *m)
         mock_die("write");
     pthread_join(m->thread, NULL);
     while (m->nconns)
-        conn_close(m, m->nconns - 1);
+        conn_close(m, m->conns[m->nconns - 1]);
     free(m->conns);
+    free(m->heap);
+    close(m->ep);
     close(m->lfd);
     close(m->wake[0]);
     close(m->wake[1]);
