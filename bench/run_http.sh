@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
-# bench/run http [--duration S] [--connections N] [--threads N]: HTTP API throughput with wrk over
-# loopback and keep-alive. Prints one JSON object:
-#   enqueue_rps  POST /v1/runs (a one-step workflow, a new run per request)
-#   poll_rps     GET /v1/runs/{id}
+# bench/run http [--duration S] [--connections N] [--threads N] [--batch-size N] [--batch-connections N]:
+# HTTP API throughput with wrk over loopback and keep-alive. Prints one JSON object:
+#   enqueue_rps               POST /v1/runs (a one-step workflow, a new run per request)
+#   poll_rps                  GET /v1/runs/{id}
+#   batch_enqueue_runs_per_s  POST /v1/batches with --batch-size inputs (default 1000) from
+#                             --batch-connections connections (default 8, the server's database
+#                             connections; more only queue, past wrk's 2 s timeout): runs created per
+#                             second (requests per second times the batch size)
+# The peer figures these compare with (graphile-worker's addJob one job per call, and addJobs in
+# batches, through its own client library) come from `bench/run peer-graphile`.
 # The server is `flowd serve --role api` (no workers, so the figures are the API's and the
 # database's, not the step runner's) on a free loopback port, with FLOWD_API_KEY set. Requests use
 # a tenant created for the benchmark with a rate limit far above what it can reach.
@@ -11,13 +17,16 @@
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
-duration=10 conns=64 threads=2
+duration=10 conns=64 threads=2 batch=1000 batch_conns=8
 while [ $# -gt 0 ]; do
   case "$1" in
   --duration) duration=$2; shift 2 ;;
   --connections) conns=$2; shift 2 ;;
   --threads) threads=$2; shift 2 ;;
-  *) echo "usage: bench/run http [--duration S] [--connections N] [--threads N]" >&2; exit 2 ;;
+  --batch-size) batch=$2; shift 2 ;;
+  --batch-connections) batch_conns=$2; shift 2 ;;
+  *) echo "usage: bench/run http [--duration S] [--connections N] [--threads N] [--batch-size N]" \
+          "[--batch-connections N]" >&2; exit 2 ;;
   esac
 done
 
@@ -87,25 +96,38 @@ wrk.body = '{"workflow": "bench_http", "input": {"n": 1}}'
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer $key"
 LUA
+cat "$work/report.lua" >"$work/batch.lua"
+cat >>"$work/batch.lua" <<LUA
+local inputs = {}
+for i = 1, $batch do inputs[i] = '{"n": ' .. i .. '}' end
+wrk.method = "POST"
+wrk.body = '{"workflow": "bench_http", "inputs": [' .. table.concat(inputs, ', ') .. ']}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer $key"
+LUA
 cat "$work/report.lua" >"$work/get.lua"
 cat >>"$work/get.lua" <<LUA
 wrk.headers["Authorization"] = "Bearer $key"
 LUA
 
-bench() { # script path -> the WRKJSON object
-  wrk -t "$threads" -c "$conns" -d "${duration}s" --latency -s "$1" "$2" | sed -n 's/^WRKJSON //p'
+bench() { # script path, URL, connections -> the WRKJSON object
+  wrk -t "$threads" -c "$3" -d "${duration}s" --latency -s "$1" "$2" | sed -n 's/^WRKJSON //p'
 }
-enq=$(bench "$work/post.lua" "$base/v1/runs")
-poll=$(bench "$work/get.lua" "$base/v1/runs/$run")
+enq=$(bench "$work/post.lua" "$base/v1/runs" "$conns")
+poll=$(bench "$work/get.lua" "$base/v1/runs/$run" "$conns")
+batches=$(bench "$work/batch.lua" "$base/v1/batches" "$batch_conns")
 
-python3 - "$enq" "$poll" "$conns" "$threads" "$duration" <<'PY'
+python3 - "$enq" "$poll" "$batches" "$batch" "$conns" "$threads" "$duration" "$batch_conns" <<'PY'
 import json, os, sys
-enq, poll = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+enq, poll, batches = (json.loads(a) for a in sys.argv[1:4])
+size = int(sys.argv[4])
 rps = lambda r: round((r["requests"] - r["non2xx"]) / r["seconds"], 1)
 print(json.dumps({
     "enqueue_rps": rps(enq), "poll_rps": rps(poll),
-    "enqueue": enq, "poll": poll,
-    "connections": int(sys.argv[3]), "wrk_threads": int(sys.argv[4]), "duration_s": int(sys.argv[5]),
+    "batch_enqueue_runs_per_s": round(rps(batches) * size), "batch_size": size,
+    "batch_connections": int(sys.argv[8]),
+    "enqueue": enq, "poll": poll, "batches": batches,
+    "connections": int(sys.argv[5]), "wrk_threads": int(sys.argv[6]), "duration_s": int(sys.argv[7]),
     "server": "flowd serve --role api (2 API threads, 4 PostgreSQL connections each)",
     "cores": os.cpu_count(),
 }))

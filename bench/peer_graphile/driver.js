@@ -7,6 +7,15 @@
 //   node driver.js trial --database CONN [--jobs 20000] [--enqueue-batch 1000] --concurrency N
 //                        --local-queue N --complete-delay MS --fail-delay MS [--pool N]
 //   node driver.js sweep --database CONN [--jobs 20000] [--repeat 3]
+//   node driver.js enqueue --database CONN [--jobs 20000] [--in-flight 64] [--enqueue-batch 1000]
+//                          [--batch-jobs 100000] [--batch-in-flight 8] [--pool N]
+//
+// enqueue is the peer figure for `bench/run http`: a client enqueuing through graphile-worker's own
+// library, one job per call (WorkerUtils.addJob with --in-flight calls outstanding over its pool,
+// as concurrent HTTP clients would) and in batches (addJobs of --enqueue-batch specs per call,
+// --batch-in-flight calls outstanding, as bench/run http's POST /v1/batches connections).
+// Its JSON has enqueue_single_per_s and enqueue_batch_per_s (jobs per second). A sweep runs it too,
+// once per repeat over pool sizes 10 (graphile-worker's default) and 32, and reports the best.
 //
 // CONN is a postgres:// URL or a libpq keyword string ("host=/dir dbname=postgres user=postgres").
 // Each trial runs in a fresh database (created next to CONN's, dropped at the end) and in a fresh Node
@@ -21,7 +30,8 @@ const { Pool } = require("pg");
 const gw = require("graphile-worker");
 
 function parseArgs(argv) {
-  const o = { jobs: 20000, enqueueBatch: 1000, repeat: 3 };
+  const o = { jobs: 20000, enqueueBatch: 1000, repeat: 3, inFlight: 64, batchJobs: 100000,
+              batchInFlight: 8 };
   const keys = {
     "--database": ["database", String],
     "--jobs": ["jobs", Number],
@@ -32,6 +42,9 @@ function parseArgs(argv) {
     "--fail-delay": ["failDelay", Number],
     "--pool": ["pool", Number],
     "--repeat": ["repeat", Number],
+    "--in-flight": ["inFlight", Number],
+    "--batch-jobs": ["batchJobs", Number],
+    "--batch-in-flight": ["batchInFlight", Number],
   };
   for (let i = 0; i < argv.length; i += 2) {
     const k = keys[argv[i]];
@@ -45,7 +58,7 @@ function parseArgs(argv) {
 }
 
 function usage(why) {
-  process.stderr.write(`driver.js: ${why}\nusage: driver.js trial|sweep --database CONN [options]\n`);
+  process.stderr.write(`driver.js: ${why}\nusage: driver.js trial|sweep|enqueue --database CONN [options]\n`);
   process.exit(2);
 }
 
@@ -169,6 +182,69 @@ async function trial(o) {
   }
 }
 
+// A fresh database as in trial; jobs are only added, never worked. The single-job phase keeps
+// --in-flight addJob calls outstanding until --jobs were added; the batched phase keeps
+// --batch-in-flight addJobs calls outstanding until --batch-jobs were added. Both phases end when
+// every call resolved, i.e. every job is committed.
+async function enqueueTrial(o) {
+  const admin = new Pool({ ...pgConfig(o.database), max: 1 });
+  const dbname = `peer_graphile_enq_${process.pid}_${Date.now()}`;
+  await admin.query(`CREATE DATABASE ${dbname}`); // our own generated identifier
+  const pool = o.pool || 10;
+  const common = {
+    connectionString: connectionUrl(o.database, dbname), logger: quiet,
+    preset: { worker: { maxPoolSize: pool } },
+  };
+  const check = new Pool({ ...pgConfig(o.database, dbname), max: 1 });
+  check.on("error", (e) => process.stderr.write(`driver.js: idle client error: ${e.message}\n`));
+  try {
+    await gw.runMigrations(common);
+    const utils = await gw.makeWorkerUtils(common);
+    // a warm-up, as the flowd side gets from the runs the benchmark makes before measuring
+    await Promise.all(Array.from({ length: pool }, (_, i) => utils.addJob("noop", { n: -1 - i })));
+    let next = 0;
+    const lane = async () => {
+      while (next < o.jobs) await utils.addJob("noop", { n: next++ });
+    };
+    let t0 = process.hrtime.bigint();
+    await Promise.all(Array.from({ length: o.inFlight }, lane));
+    const singleS = Number(process.hrtime.bigint() - t0) / 1e9;
+    let queued = 0;
+    const batchLane = async () => {
+      while (queued < o.batchJobs) {
+        const k = Math.min(o.enqueueBatch, o.batchJobs - queued);
+        const specs = [];
+        for (let i = 0; i < k; i++) specs.push({ identifier: "noop", payload: { n: queued + i } });
+        queued += k;
+        await utils.addJobs(specs);
+      }
+    };
+    t0 = process.hrtime.bigint();
+    await Promise.all(Array.from({ length: o.batchInFlight }, batchLane));
+    const batchS = Number(process.hrtime.bigint() - t0) / 1e9;
+    await utils.release();
+    const n = Number(await scalar(check, "SELECT count(*) FROM graphile_worker._private_jobs"));
+    const want = o.jobs + o.batchJobs + pool;
+    if (n !== want) throw new Error(`${n} jobs in the table, expected ${want}`);
+    return {
+      enqueue_single_per_s: round2(o.jobs / singleS),
+      enqueue_batch_per_s: round2(o.batchJobs / batchS),
+      jobs: o.jobs,
+      in_flight: o.inFlight,
+      batch_jobs: o.batchJobs,
+      batch_in_flight: o.batchInFlight,
+      pool,
+      enqueue_batch: o.enqueueBatch,
+      synchronous_commit: await scalar(check, "SHOW synchronous_commit"),
+      fsync: await scalar(check, "SHOW fsync"),
+    };
+  } finally {
+    await check.end();
+    await admin.query(`DROP DATABASE IF EXISTS ${dbname}`);
+    await admin.end();
+  }
+}
+
 const round2 = (v) => Math.round(v * 100) / 100;
 const round3 = (v) => Math.round(v * 1000) / 1000;
 
@@ -194,6 +270,14 @@ function runTrialProcess(o, s) {
   return JSON.parse(out.toString());
 }
 
+function runEnqueueProcess(o, pool) {
+  const args = [__filename, "enqueue", "--database", o.database, "--jobs", String(o.jobs),
+    "--enqueue-batch", String(o.enqueueBatch), "--in-flight", String(o.inFlight),
+    "--batch-jobs", String(o.batchJobs), "--batch-in-flight", String(o.batchInFlight), "--pool", String(pool)];
+  const out = execFileSync(process.execPath, args, { stdio: ["ignore", "pipe", "inherit"] });
+  return JSON.parse(out.toString());
+}
+
 const median = (xs) => {
   const v = [...xs].sort((x, y) => x - y);
   return v.length % 2 ? v[(v.length - 1) / 2] : (v[v.length / 2 - 1] + v[v.length / 2]) / 2;
@@ -211,6 +295,15 @@ async function sweep(o) {
       trials.push(t);
     }
   }
+  const enqueues = [];
+  for (let r = 0; r < o.repeat; r++) {
+    for (const pool of [10, 32]) {
+      const e = runEnqueueProcess(o, pool);
+      process.stderr.write(`peer-graphile: enqueue pool ${pool} -> ${e.enqueue_single_per_s} single, ` +
+        `${e.enqueue_batch_per_s} batched jobs/s\n`);
+      enqueues.push(e);
+    }
+  }
   const best = trials.reduce((a, b) => (b.jobs_per_s > a.jobs_per_s ? b : a));
   const same = trials.filter((t) => JSON.stringify(t.settings) === JSON.stringify(best.settings));
   const version = require("graphile-worker/package.json").version;
@@ -224,6 +317,12 @@ async function sweep(o) {
     jobs_per_s_median_same_settings: round2(median(same.map((t) => t.jobs_per_s))),
     work_seconds: best.work_seconds,
     enqueue_per_s: Math.max(...trials.map((t) => t.enqueue_per_s)),
+    enqueue_single_per_s: Math.max(...enqueues.map((e) => e.enqueue_single_per_s)),
+    enqueue_batch_per_s: Math.max(...enqueues.map((e) => e.enqueue_batch_per_s)),
+    enqueue_in_flight: o.inFlight,
+    enqueue_batch_in_flight: o.batchInFlight,
+    enqueue_trials: enqueues.map((e) => [e.pool, e.enqueue_single_per_s, e.enqueue_batch_per_s]),
+    enqueue_trials_columns: ["pool", "single_per_s", "batch_per_s"],
     settings: best.settings,
     repeats: o.repeat,
     cores: os.cpus().length,
@@ -243,6 +342,7 @@ async function main() {
   let out;
   if (mode === "trial") out = await trial(o);
   else if (mode === "sweep") out = await sweep(o);
+  else if (mode === "enqueue") out = await enqueueTrial(o);
   else usage(`unknown mode ${mode}`);
   process.stdout.write(JSON.stringify(out) + "\n");
 }
