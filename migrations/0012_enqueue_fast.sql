@@ -57,6 +57,7 @@ BEGIN
                                           THEN flowd_window_next(v_now + sd.delay_ms
                                                                  * interval '1 millisecond', w.win)
                                      END AS at) t
+         ORDER BY sd.idx, ins.id  -- as 0002 numbered them: a step of every run, then the next
         RETURNING run_id, idx, key, run_at, delay_ms, scheduled, send_window),
     co AS (
         INSERT INTO run_cancel_on (run_id, tenant_id, event, key)
