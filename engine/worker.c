@@ -43,6 +43,18 @@ struct eng_step_ctx {
     bool started;          /* kind->start was called (cancel applies) */
 };
 
+/* Step definitions as claimed (the workflow's compiled step, so the same text for every step at
+ * the same place of a workflow version), parsed once per worker: a burst of thousands of steps of
+ * one workflow would otherwise parse the same text thousands of times. Entries are read-only and
+ * shared by reference; slots are reused round-robin. */
+#define WORKER_DEFS 32
+
+struct def_slot {
+    char *text;   /* as claimed */
+    size_t len;
+    json_t *def;  /* parsed; one reference held by the slot */
+};
+
 struct eng_worker {
     eng_worker_opts opts;
     char *owner;
@@ -58,6 +70,8 @@ struct eng_worker {
     ev_timer reap;
     ev_timer prune;     /* retention: finished runs past opts.retention_ms */
     ev_timer grace;
+    struct def_slot defs[WORKER_DEFS];
+    int next_def;       /* slot to reuse on the next miss */
     json_t *results;    /* outcomes not yet sent */
     json_t *sent;       /* outcomes on the wire, re-queued if the trip fails */
     eng_step_ctx *inflight;
@@ -285,6 +299,27 @@ static bool ctx_prepare(eng_step_ctx *c, const json_t *tctx, bool scheduled)
     return true;
 }
 
+/* A new reference to the parsed definition of text, or NULL when it is not JSON. */
+static json_t *worker_def(eng_worker *w, const char *text, size_t len)
+{
+    for (int i = 0; i < WORKER_DEFS; i++) {
+        struct def_slot *d = &w->defs[i];
+        if (d->def && d->len == len && memcmp(d->text, text, len) == 0)
+            return json_incref(d->def);
+    }
+    json_t *def = json_loadb(text, len, 0, NULL);
+    if (!def)
+        return NULL;
+    struct def_slot *d = &w->defs[w->next_def];
+    w->next_def = (w->next_def + 1) % WORKER_DEFS;
+    free(d->text);
+    json_decref(d->def);
+    d->text = eng_xstrndup(text, len);
+    d->len = len;
+    d->def = json_incref(def);
+    return def;
+}
+
 static void worker_dispatch(eng_worker *w, const PGresult *res, int row, int64_t wall_ms)
 {
     eng_step_ctx *c = eng_xcalloc(1, sizeof *c);
@@ -298,7 +333,7 @@ static void worker_dispatch(eng_worker *w, const PGresult *res, int row, int64_t
     c->claim_now_ms = row_i64(res, row, 7);
     c->claim_wall_ms = wall_ms;
     bool scheduled = PQgetvalue(res, row, 8)[0] == 't';
-    c->def = json_loads(PQgetvalue(res, row, 9), 0, NULL);
+    c->def = worker_def(w, PQgetvalue(res, row, 9), (size_t)PQgetlength(res, row, 9));
     json_t *tctx = json_loads(PQgetvalue(res, row, 10), 0, NULL);
     c->tctx = tctx;
     ev_timer_init(&c->timeout, ctx_timeout_cb, 0., 0.);
@@ -609,6 +644,10 @@ void eng_worker_stop(eng_worker *w, double grace_s)
     ev_loop_destroy(w->loop);
     json_decref(w->results);
     json_decref(w->sent);
+    for (int i = 0; i < WORKER_DEFS; i++) {
+        free(w->defs[i].text);
+        json_decref(w->defs[i].def);
+    }
     free(w->owner);
     free(w->conninfo);
     free(w);
