@@ -10,6 +10,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 // clang-format on
+#include <ev.h>
 #include <fcntl.h>
 #include <jansson.h>
 #include <signal.h>
@@ -21,6 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "engine/db.h"
 #include "engine/err.h"
 #include "engine/httpc.h"
 #include "engine/log.h"
@@ -599,6 +601,73 @@ static void test_rate_limit_two_worker_sets(void **state)
     free(db);
 }
 
+typedef struct takes {
+    int called, granted, told_to_wait;
+} takes;
+
+static void take_cb(void *arg, const eng_err *err, int64_t wait_ms)
+{
+    takes *t = arg;
+    assert_null(err);
+    t->called++;
+    if (wait_ms == 0)
+        t->granted++;
+    else
+        t->told_to_wait++;
+}
+
+static void loop_until(struct ev_loop *loop, const int *count, int want)
+{
+    ev_tstamp end = ev_time() + 10;
+    while (*count < want && ev_time() < end)
+        ev_run(loop, EVRUN_ONCE | EVRUN_NOWAIT);
+    assert_int_equal(*count, want);
+}
+
+/* A burst of takes of a name not known yet sends one query: the others wait for its answer and
+ * pass at once when the name has no limit, or each ask for their own budget when it has one. */
+static void test_rate_limit_burst_asks_once(void **state)
+{
+    (void)state;
+    rl_cache_clear();
+    long long tenant;
+    char *conninfo = th_engine_db("llm_rlprobe", &tenant);
+    free(th_pg_value(conninfo, "INSERT INTO rate_limits (name, requests_per_s, burst_requests)"
+                               " VALUES ('probe-limited', 0.01, 3) RETURNING id"));
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    eng_db *db = eng_db_new(loop, &(eng_db_opts){.conninfo = conninfo});
+    enum { N = 100 };
+
+    takes free_run = {0};
+    rl_take *cancelled = NULL;
+    for (int i = 0; i < N; i++) {
+        rl_take *t = rl_take_start(db, tenant, "probe-free", 1, 0, take_cb, &free_run);
+        assert_non_null(t);
+        if (i == N / 2)
+            cancelled = t;
+    }
+    assert_int_equal(eng_db_pending(db), 1);
+    rl_take_cancel(cancelled);
+    loop_until(loop, &free_run.called, N - 1);
+    assert_int_equal(free_run.granted, N - 1);
+    /* known now: no query, the callback runs before rl_take_start returns */
+    assert_null(rl_take_start(db, tenant, "probe-free", 1, 0, take_cb, &free_run));
+    assert_int_equal(free_run.called, N);
+
+    takes limited = {0};
+    for (int i = 0; i < 5; i++)
+        assert_non_null(rl_take_start(db, tenant, "probe-limited", 1, 0, take_cb, &limited));
+    assert_int_equal(eng_db_pending(db), 1);
+    loop_until(loop, &limited.called, 5);
+    assert_int_equal(limited.granted, 3); /* the burst */
+    assert_int_equal(limited.told_to_wait, 2);
+
+    eng_db_free(db);
+    ev_loop_destroy(loop);
+    rl_cache_clear();
+    free(conninfo);
+}
+
 /* ----------------------------------------------------------------------------- secrets -- */
 
 static char *read_file(const char *path)
@@ -754,6 +823,7 @@ int main(void)
         cmocka_unit_test(test_sandbox),
         cmocka_unit_test(test_tenant_settings),
         cmocka_unit_test(test_rate_limit_two_worker_sets),
+        cmocka_unit_test(test_rate_limit_burst_asks_once),
         cmocka_unit_test(test_secrets_not_logged),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
