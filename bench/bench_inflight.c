@@ -11,6 +11,8 @@
  *   steps_per_s     steps / (last step finished - first step started), from the database
  *   max_in_flight   most requests the mock held at once (received, answer not yet sent)
  *   peak_rss_mib    VmHWM of the flowd process, read just before stopping it
+ *   flowd_cpu_s     user + system CPU time of the flowd process, start to exit (a figure that
+ *                   other load on the machine does not change much, unlike steps_per_s)
  *   ideal_steps_per_s  min(steps, workers * max_inflight) / latency: what the in-flight cap and
  *                   the latency allow (the queue's own rate, bench/run queue, may be lower)
  * RLIMIT_NOFILE is raised to its hard limit here, and so in the flowd child, which inherits it.
@@ -178,7 +180,10 @@ int main(int argc, char **argv)
     free(done_sql);
     kill(pid, SIGTERM);
     int status;
-    waitpid(pid, &status, 0);
+    struct rusage ru = {0};
+    wait4(pid, &status, 0, &ru);
+    double cpu = (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+                 (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
     double seconds = bench_value_f(c, "SELECT extract(epoch FROM max(finished_at) -"
                                       " min(started_at)) FROM steps");
     double failed = bench_value_f(c, "SELECT count(*) FROM steps WHERE state <> 'succeeded'");
@@ -198,6 +203,7 @@ int main(int argc, char **argv)
     json_object_set_new(out, "seconds", json_real(round(seconds * 1000) / 1000));
     json_object_set_new(out, "max_in_flight", json_integer((json_int_t)peak));
     json_object_set_new(out, "peak_rss_mib", json_real(round(rss * 10) / 10));
+    json_object_set_new(out, "flowd_cpu_s", json_real(round(cpu * 100) / 100));
     json_object_set_new(out, "ideal_steps_per_s", json_real(round(ideal)));
     json_object_set_new(out, "workers", json_integer(o.workers));
     json_object_set_new(out, "max_inflight_per_worker", json_integer(o.max_inflight));
