@@ -13,7 +13,7 @@
 typedef struct api_runcache api_runcache;
 
 #define API_RUNCACHE_SLOTS    1024        /* entries per loop */
-#define API_RUNCACHE_MAX_JSON (64 * 1024) /* bigger runs are not kept: memory stays bounded */
+#define API_RUNCACHE_MAX_JSON (16 * 1024) /* bigger runs are not kept: at most 16 MiB a loop */
 
 api_runcache *api_runcache_new(void);
 /* NULL-safe. */
