@@ -777,6 +777,44 @@ static void batch_done(void *arg, const eng_err *err, const PGresult *res)
         batch_flush(b, which);
 }
 
+static int buf_sink(const char *data, size_t n, void *buf)
+{
+    return eng_buf_append(buf, data, n) == ENG_OK ? 0 : -1;
+}
+
+static bool buf_json(eng_buf *buf, const json_t *v)
+{
+    return json_dump_callback(v, buf_sink, buf, JSON_COMPACT | JSON_ENCODE_ANY) == 0;
+}
+
+/* The batch's rows as the JSON array both SQL functions read (each takes the keys it needs),
+ * written straight into one buffer: thousands of rows would otherwise be built as JSON objects
+ * only to be serialized once. */
+static char *batch_rows(llm_attempt **items, size_t n, int which)
+{
+    eng_buf rows;
+    eng_buf_init(&rows, 0);
+    bool ok = eng_buf_append(&rows, "[", 1) == ENG_OK;
+    for (size_t i = 0; i < n && ok; i++) {
+        const llm_attempt *a = items[i];
+        json_t *key = json_string(eng_step_key(a->ctx));
+        ok = eng_buf_appendf(&rows, "%s{\"i\":%zu,\"tenant\":%lld,\"run\":%lld,\"item\":\"\","
+                                    "\"hash\":\"%s\",\"step\":",
+                             i ? "," : "", i, (long long)eng_step_tenant_id(a->ctx),
+                             (long long)eng_step_run_id(a->ctx), a->hash) == ENG_OK &&
+             buf_json(&rows, key);
+        json_decref(key);
+        if (ok && which == BQ_RECORD)
+            ok = eng_buf_append(&rows, ",\"output\":", 10) == ENG_OK && buf_json(&rows, a->output);
+        ok = ok && eng_buf_append(&rows, "}", 1) == ENG_OK;
+    }
+    if (!ok || eng_buf_append(&rows, "]", 1) != ENG_OK) {
+        log_error("out of memory", " where=llm batch rows");
+        abort();
+    }
+    return rows.ptr; /* the buffer's allocation, NUL-terminated */
+}
+
 static void batch_flush(llm_batcher *b, int which)
 {
     llm_batch *bt = eng_xcalloc(1, sizeof *bt);
@@ -785,28 +823,14 @@ static void batch_flush(llm_batcher *b, int which)
     for (llm_attempt *a = b->head[which]; a; a = a->bnext)
         bt->n++;
     bt->items = eng_xcalloc(bt->n, sizeof *bt->items);
-    json_t *rows = json_array();
     size_t i = 0;
     for (llm_attempt *a = b->head[which]; a; a = a->bnext, i++) {
         a->queued = false;
         bt->items[i] = a;
-        eng_step_ctx *ctx = a->ctx;
-        if (which == BQ_LOOKUP)
-            json_array_append_new(rows, json_pack("{s:I, s:I, s:s, s:s, s:s}", "i", (json_int_t)i,
-                                                  "run", (json_int_t)eng_step_run_id(ctx),
-                                                  "step", eng_step_key(ctx), "item", "", "hash",
-                                                  a->hash));
-        else
-            json_array_append_new(rows, json_pack("{s:I, s:I, s:s, s:s, s:s, s:O}", "tenant",
-                                                  (json_int_t)eng_step_tenant_id(ctx), "run",
-                                                  (json_int_t)eng_step_run_id(ctx), "step",
-                                                  eng_step_key(ctx), "item", "", "hash", a->hash,
-                                                  "output", a->output));
     }
     b->head[which] = b->tail[which] = NULL;
     b->busy[which] = true;
-    char *s = json_dumps(rows, JSON_COMPACT);
-    json_decref(rows);
+    char *s = batch_rows(bt->items, bt->n, which);
     const char *params[] = {s};
     eng_db_query(b->db,
                  which == BQ_LOOKUP ? "SELECT i, output FROM flowd_llm_lookup_many($1::jsonb)"
