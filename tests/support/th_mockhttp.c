@@ -438,7 +438,8 @@ static void conn_close(th_mock *m, struct mconn *c)
     size_t i = c->idx;
     free(c);
     m->conns[i] = m->conns[--m->nconns];
-    m->conns[i]->idx = i;
+    if (i < m->nconns)
+        m->conns[i]->idx = i;
 }
 
 static void mock_accept(th_mock *m)
