@@ -254,6 +254,11 @@ static void record(th_llm *m, const th_mock_req *req, json_t *body)
 {
     static const char *const names[] = {"authorization", "x-api-key", "anthropic-version",
                                         "content-type"};
+    pthread_mutex_lock(&m->mu);
+    bool full = json_array_size(m->record) >= TH_LLM_KEEP;
+    pthread_mutex_unlock(&m->mu);
+    if (full) /* only this thread appends: nothing to build past the cap */
+        return;
     json_t *rec = json_pack("{s:s, s:s, s:O, s:I}", "method", req->method, "target", req->target,
                             "body", body ? body : json_null(), "at_ms",
                             (json_int_t)th_now_ms());
