@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # bench/run peer-graphile [--repeat N] [--jobs N]: the peer baseline the queue benchmark's bar refers
 # to: graphile-worker (pinned in bench/peer_graphile/package-lock.json, installed from npm on first use)
-# working no-op jobs with its batching on (local queue, batched completions), over a grid of settings.
-# Prints one JSON object, the best trial. PostgreSQL: FLOWD_DATABASE_URL when set (each trial creates
+# working no-op jobs with its batching on (local queue, batched completions), over a grid of settings,
+# and enqueuing through its own client (enqueue_single_per_s: addJob, 64 in flight; enqueue_batch_per_s:
+# addJobs of 1,000, 8 in flight), the peer figures for `bench/run http`. Prints one JSON object, the
+# best trial. PostgreSQL: FLOWD_DATABASE_URL when set (each trial creates
 # and drops its own database there), else a throw-away cluster from tests/support/pg_fixture.sh, the
 # same fsync-on settings `bench/run queue` gets.
 # 0.17.3 is the newest graphile-worker that runs on this machine's Node 20 (0.18.0 wants Node >= 22.18);
