@@ -25,6 +25,7 @@
 #include "engine/mem.h"
 #include "engine/step.h"
 #include "tests/support/th.h"
+#include "tests/support/th_api.h"
 #include "tests/support/th_engine.h"
 
 #define ADMIN_KEY "fd_test_key_not_secret" /* th_engine_db's default tenant (admin) */
@@ -44,21 +45,7 @@ static const char chain_def[] =
 
 /* ------------------------------------------------------------------------------ client -- */
 
-typedef struct resp {
-    long status;
-    char *body;
-    size_t len;
-} resp;
-
-static size_t collect(char *p, size_t sz, size_t n, void *arg)
-{
-    resp *r = arg;
-    r->body = realloc(r->body, r->len + sz * n + 1);
-    memcpy(r->body + r->len, p, sz * n);
-    r->len += sz * n;
-    r->body[r->len] = '\0';
-    return sz * n;
-}
+typedef th_resp resp;
 
 /* One request on handle h (NULL: a fresh one). headers: NULL-terminated extra header lines. */
 static resp call_h(CURL *h, const char *method, const char *path, const char *key, const char *body,
@@ -89,7 +76,7 @@ static resp call_h(CURL *h, const char *method, const char *path, const char *ke
         curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
         curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
     }
-    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, collect);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, th_resp_collect);
     curl_easy_setopt(h, CURLOPT_WRITEDATA, &r);
     CURLcode rc = curl_easy_perform(h);
     if (rc != CURLE_OK)
@@ -507,7 +494,7 @@ typedef struct sse_arg {
 static size_t sse_collect(char *p, size_t sz, size_t n, void *arg)
 {
     sse_arg *a = arg;
-    collect(p, sz, n, &a->r);
+    th_resp_collect(p, sz, n, &a->r);
     if (a->stop_after_first && strstr(a->r.body, "\n\n") && strstr(a->r.body, "id: "))
         return 0; /* abort the transfer */
     return sz * n;

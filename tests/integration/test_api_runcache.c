@@ -26,6 +26,7 @@
 #include "engine/mem.h"
 #include "engine/step.h"
 #include "tests/support/th.h"
+#include "tests/support/th_api.h"
 #include "tests/support/th_engine.h"
 
 #define ADMIN_KEY "fd_test_key_not_secret" /* th_engine_db's default tenant (admin) */
@@ -53,21 +54,7 @@ static const char map_def[] =
 
 /* ------------------------------------------------------------------------------ client -- */
 
-typedef struct resp {
-    long status;
-    char *body;
-    size_t len;
-} resp;
-
-static size_t collect(char *p, size_t sz, size_t n, void *arg)
-{
-    resp *r = arg;
-    r->body = eng_xrealloc(r->body, r->len + sz * n + 1);
-    memcpy(r->body + r->len, p, sz * n);
-    r->len += sz * n;
-    r->body[r->len] = '\0';
-    return sz * n;
-}
+typedef th_resp resp;
 
 /* GET /v1/runs/{run} with key on handle h (reused for keep-alive). */
 static resp get_run(CURL *h, long long run, const char *key)
@@ -81,7 +68,7 @@ static resp get_run(CURL *h, long long run, const char *key)
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, hl);
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(h, CURLOPT_TIMEOUT, 60L);
-    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, collect);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, th_resp_collect);
     curl_easy_setopt(h, CURLOPT_WRITEDATA, &r);
     CURLcode rc = curl_easy_perform(h);
     if (rc != CURLE_OK)

@@ -61,25 +61,20 @@ const char *th_api_url(const th_api *a)
 
 /* ------------------------------------------------------------------------------ client -- */
 
-typedef struct body_buf {
-    char *p;
-    size_t len;
-} body_buf;
-
-static size_t collect(char *p, size_t sz, size_t n, void *arg)
+size_t th_resp_collect(char *p, size_t sz, size_t n, void *arg)
 {
-    body_buf *b = arg;
-    b->p = eng_xrealloc(b->p, b->len + sz * n + 1);
-    memcpy(b->p + b->len, p, sz * n);
-    b->len += sz * n;
-    b->p[b->len] = '\0';
+    th_resp *r = arg;
+    r->body = eng_xrealloc(r->body, r->len + sz * n + 1);
+    memcpy(r->body + r->len, p, sz * n);
+    r->len += sz * n;
+    r->body[r->len] = '\0';
     return sz * n;
 }
 
 char *th_api_raw(th_api *a, const char *method, const char *path, const char *body, long *status)
 {
     CURL *h = curl_easy_init();
-    body_buf b = {eng_xstrdup(""), 0};
+    th_resp r = {0, eng_xstrdup(""), 0};
     char url[1024];
     snprintf(url, sizeof url, "%s%s", a->url, path);
     struct curl_slist *hl = curl_slist_append(NULL, "Authorization: Bearer " TH_API_KEY);
@@ -94,8 +89,8 @@ char *th_api_raw(th_api *a, const char *method, const char *path, const char *bo
         curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
         curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
     }
-    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, collect);
-    curl_easy_setopt(h, CURLOPT_WRITEDATA, &b);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, th_resp_collect);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, &r);
     CURLcode rc = curl_easy_perform(h);
     if (rc != CURLE_OK) {
         fprintf(stderr, "th_api: %s %s: %s\n", method, path, curl_easy_strerror(rc));
@@ -104,7 +99,7 @@ char *th_api_raw(th_api *a, const char *method, const char *path, const char *bo
     curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, status);
     curl_slist_free_all(hl);
     curl_easy_cleanup(h);
-    return b.p;
+    return r.body;
 }
 
 json_t *th_api_json(th_api *a, long status, const char *method, const char *path,

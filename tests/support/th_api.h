@@ -14,6 +14,7 @@
 
 #include <jansson.h>
 #include <stdbool.h>
+#include <stddef.h>
 
 #define TH_API_KEY "fd_test_key_not_secret" /* th_engine_db's default tenant (admin) */
 
@@ -30,6 +31,16 @@ th_api *th_api_start(const th_api_opts *opts);
 void th_api_stop(th_api *a);
 const char *th_api_db(const th_api *a);  /* conninfo of the test database */
 const char *th_api_url(const th_api *a); /* "http://127.0.0.1:PORT" */
+
+/* An HTTP answer read with libcurl: the status and the body, always NUL-terminated (the caller
+ * frees body). Start with body = eng_xstrdup(""), len = 0. */
+typedef struct th_resp {
+    long status;
+    char *body;
+    size_t len;
+} th_resp;
+/* CURLOPT_WRITEFUNCTION that appends to the th_resp given as CURLOPT_WRITEDATA. */
+size_t th_resp_collect(char *p, size_t sz, size_t n, void *arg);
 
 /* One request with the admin key; body (JSON text) may be NULL. Returns the raw body (caller
  * frees) and the status in *status. */
