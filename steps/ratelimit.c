@@ -55,7 +55,7 @@ static int64_t mono_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static bool known_unlimited(int64_t tenant, const char *name)
+bool rl_known_unlimited(int64_t tenant, const char *name)
 {
     int64_t now = mono_ms();
     bool found = false;
@@ -187,7 +187,7 @@ static void take_send(rl_take *t)
 rl_take *rl_take_start(struct eng_db *db, int64_t tenant, const char *name, int requests,
                        int64_t tokens, rl_cb *cb, void *arg)
 {
-    if (known_unlimited(tenant, name)) {
+    if (rl_known_unlimited(tenant, name)) {
         cb(arg, NULL, 0);
         return NULL;
     }
@@ -243,7 +243,7 @@ static void adjust_done(void *arg, const eng_err *err, const PGresult *res)
 
 void rl_adjust(struct eng_db *db, int64_t tenant, const char *name, int64_t delta)
 {
-    if (delta == 0 || known_unlimited(tenant, name))
+    if (delta == 0 || rl_known_unlimited(tenant, name))
         return;
     char ten[24], d[24];
     snprintf(ten, sizeof ten, "%lld", (long long)tenant);

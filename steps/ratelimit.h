@@ -40,6 +40,10 @@ rl_take *rl_take_start(struct eng_db *db, int64_t tenant, const char *name, int 
 /* cb will not be called. NULL-safe. Only before cb ran. */
 void rl_take_cancel(rl_take *t);
 
+/* True when this process learned (within RL_NEGATIVE_TTL_MS) that no limit of this name applies to
+ * tenant: rl_take_start would grant at once without a query. */
+bool rl_known_unlimited(int64_t tenant, const char *name);
+
 /* Fire-and-forget correction of the token budgets by delta tokens (positive: used more than
  * reserved). No-op for names known to be unlimited. */
 void rl_adjust(struct eng_db *db, int64_t tenant, const char *name, int64_t delta);

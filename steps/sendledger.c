@@ -21,6 +21,7 @@
 
 enum send_state {
     SS_CONFIG,  /* waiting for the provider settings */
+    SS_GATE,    /* is the recipient suppressed? (asked before spending rate-limit budget) */
     SS_BUDGET,  /* waiting for the named rate limit's answer */
     SS_CLAIM,   /* flowd_send_claim in flight */
     SS_CALL,    /* the provider call in flight */
@@ -569,6 +570,14 @@ static void resolve(step_send *ss, int checks)
     ss_finish(ss);
 }
 
+/* The recipient opted out (reason: the suppression list's): the step ends skipped, nothing sent. */
+static void ss_skip_suppressed(step_send *ss, const char *reason)
+{
+    ss->fin = FIN_SKIP;
+    snprintf(ss->fin_reason, sizeof ss->fin_reason, "recipient suppressed: %s", reason);
+    ss_finish(ss);
+}
+
 static void claim_done(void *arg, const eng_err *err, const PGresult *res)
 {
     step_send *ss = arg;
@@ -592,10 +601,7 @@ static void claim_done(void *arg, const eng_err *err, const PGresult *res)
             ss->fin_output = build_output(ss, PQgetvalue(res, 0, 2), NULL);
         ss_finish(ss);
     } else if (strcmp(decision, "suppressed") == 0) {
-        ss->fin = FIN_SKIP;
-        snprintf(ss->fin_reason, sizeof ss->fin_reason, "recipient suppressed: %s",
-                 PQgetvalue(res, 0, 4));
-        ss_finish(ss);
+        ss_skip_suppressed(ss, PQgetvalue(res, 0, 4));
     } else if (strcmp(decision, "conflict") == 0) {
         ss_fail(ss, true, "send_key_conflict",
                 "send key %s was already used for a different message", ss->send_key);
@@ -646,6 +652,54 @@ static void budget_done(void *arg, const eng_err *err, int64_t wait_ms)
     claim(ss);
 }
 
+static void take_budget(step_send *ss)
+{
+    ss->st = SS_BUDGET;
+    /* an unlimited name runs budget_done (and maybe ends the attempt) before this returns */
+    rl_take *t = rl_take_start(eng_step_db(ss->ctx), eng_step_tenant_id(ss->ctx), ss->rl_name, 1, 0,
+                               budget_done, ss);
+    if (t)
+        ss->take = t;
+}
+
+static void gate_done(void *arg, const eng_err *err, const PGresult *res)
+{
+    step_send *ss = arg;
+    if (!ss->ctx) {
+        ss_free(ss);
+        return;
+    }
+    if (err) {
+        ss_fail(ss, false, "ledger", "the suppression list is unavailable: %s", err->msg);
+        return;
+    }
+    if (PQntuples(res) > 0) {
+        ss_skip_suppressed(ss, PQgetvalue(res, 0, 0));
+        return;
+    }
+    take_budget(ss);
+}
+
+/* A suppressed recipient must not spend budget that other sends under the same limit wait for,
+ * so under a limit the suppression list is asked first; flowd_send_claim asks again, for the
+ * recipient suppressed in between. A send the ledger already has as accepted is not skipped here:
+ * the claim answers it as done. Unlimited names skip the question: it would only cost a round trip. */
+static void gate(step_send *ss)
+{
+    if (rl_known_unlimited(eng_step_tenant_id(ss->ctx), ss->rl_name)) {
+        take_budget(ss);
+        return;
+    }
+    ss->st = SS_GATE;
+    const char *params[] = {ss->tenant_s, ss->ops->channel, ss->msg.recipient, ss->send_key};
+    eng_db_query(eng_step_db(ss->ctx),
+                 "SELECT x.reason FROM suppressions x"
+                 " WHERE x.tenant_id = $1 AND x.channel = $2 AND x.address = $3"
+                 "   AND NOT EXISTS (SELECT 1 FROM sends s WHERE s.tenant_id = $1"
+                 "                      AND s.send_key = $4 AND s.state = 'accepted')",
+                 4, params, gate_done, ss);
+}
+
 static void config_done(void *arg, const eng_err *err, prov_config *cfg)
 {
     step_send *ss = arg;
@@ -662,12 +716,7 @@ static void config_done(void *arg, const eng_err *err, prov_config *cfg)
                 perr.field);
         return;
     }
-    ss->st = SS_BUDGET;
-    /* an unlimited name runs budget_done (and maybe ends the attempt) before this returns */
-    rl_take *t = rl_take_start(eng_step_db(ss->ctx), eng_step_tenant_id(ss->ctx), ss->rl_name, 1, 0,
-                               budget_done, ss);
-    if (t)
-        ss->take = t;
+    gate(ss);
 }
 
 void step_send_start(eng_step_ctx *ctx, const send_ops *ops)
@@ -714,6 +763,7 @@ void step_send_cancel(eng_step_ctx *ctx)
         eng_httpc_cancel(ss->call);
         ss_free(ss);
         return;
+    case SS_GATE:
     case SS_CLAIM:
     case SS_SANDBOX:
     case SS_RECORD:

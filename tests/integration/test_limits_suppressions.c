@@ -382,6 +382,36 @@ static void test_suppressed_send_is_skipped(void **state)
     assert_int_equal(th_msg_requests(w->twilio), before + 1);
 }
 
+static const char gated_sms_def[] =
+    "{\"name\": \"lims_gated\", \"steps\": [{\"key\": \"send\", \"kind\": \"sms\", \"input\": {"
+    "\"to\": \"{{input.phone}}\", \"body\": \"one message\", \"from\": \"" BUSINESS "\", "
+    "\"rate_limit\": \"lims_gated\"}}]}";
+
+/* Under a limit with budget for one send in ten minutes, a suppressed recipient must not spend it:
+ * the next recipient's send goes out at once instead of waiting for the refill (run_to_end would
+ * give up after 60 s). */
+static void test_suppressed_send_spends_no_budget(void **state)
+{
+    world *w = *state;
+    th_api *api = w->api;
+    json_decref(th_api_json(api, 201, "PUT", "/v1/workflows/lims_gated", gated_sms_def));
+    json_decref(th_api_json(api, 201, "PUT", "/v1/rate-limits/lims_gated",
+                            "{\"requests_per_s\": 0.001, \"burst_requests\": 1}"));
+    json_decref(th_api_json(api, 201, "POST", "/v1/suppressions",
+                            "{\"channel\": \"sms\", \"address\": \"+15554200021\"}"));
+    int before = th_msg_requests(w->twilio);
+    json_t *run = run_to_end(api, "lims_gated", "{\"phone\": \"+15554200021\"}");
+    assert_string_equal(json_string_value(json_object_get(step_of(run, "send"), "state")),
+                        "skipped");
+    json_decref(run);
+    run = run_to_end(api, "lims_gated", "{\"phone\": \"+15554200022\"}");
+    assert_string_equal(json_string_value(json_object_get(step_of(run, "send"), "state")),
+                        "succeeded");
+    json_decref(run);
+    assert_int_equal(th_msg_requests(w->twilio), before + 1);
+    expect_status(api, 204, "DELETE", "/v1/rate-limits/lims_gated");
+}
+
 static const char optout_def[] =
     "{\"name\": \"lims_optout\", \"steps\": ["
     "{\"key\": \"forget\", \"kind\": \"suppress\", \"input\": {\"channel\": \"{{input.channel}}\", "
@@ -496,6 +526,7 @@ int main(void)
         cmocka_unit_test(test_rate_limit_applies_at_once),
         cmocka_unit_test(test_suppression_api),
         cmocka_unit_test(test_suppressed_send_is_skipped),
+        cmocka_unit_test(test_suppressed_send_spends_no_budget),
         cmocka_unit_test(test_suppress_step),
     };
     int rc = cmocka_run_group_tests(tests, setup, teardown);
