@@ -53,6 +53,7 @@ struct eng_db {
     db_op *head, *tail;   /* user queries, FIFO */
     db_op *setup;         /* internal ops to run first on a fresh connection */
     db_op *inflight;
+    int nqueries;         /* user queries queued or in flight: asked often, so counted */
     PGresult *last;       /* last result of the operation in flight */
     db_stmt *stmts;
     int nstmts;
@@ -114,8 +115,11 @@ static void db_broken(eng_db *db, const char *why)
     db->backoff = db->backoff < 2.0 ? db->backoff * 2 : 2.0;
     ev_timer_set(&db->retry, delay, 0.);
     ev_timer_start(db->loop, &db->retry);
-    if (op && op->kind == OP_QUERY && op->cb)
-        op->cb(op->arg, &err, NULL);
+    if (op && op->kind == OP_QUERY) {
+        db->nqueries--;
+        if (op->cb)
+            op->cb(op->arg, &err, NULL);
+    }
     db_op_free(op);
 }
 
@@ -236,6 +240,7 @@ static void db_finish_op(eng_db *db)
                 db->tail = NULL;
             PQclear(res);
             db_op_free(op);
+            db->nqueries--;
             db_send_next(db);
             if (q->cb)
                 q->cb(q->arg, &err, NULL);
@@ -245,6 +250,8 @@ static void db_finish_op(eng_db *db)
     } else if (op->kind == OP_LISTEN && failed) {
         log_error("listen failed", " error=\"%s\"", err.msg);
     }
+    if (op->kind == OP_QUERY)
+        db->nqueries--;
     db_send_next(db);
     if (op->kind == OP_QUERY && op->cb)
         op->cb(op->arg, failed ? &err : NULL, res);
@@ -423,6 +430,7 @@ void eng_db_query(eng_db *db, const char *stmt, int nparams, const char *const *
         op->params[i] = params[i] ? eng_xstrdup(params[i]) : NULL;
     op->cb = cb;
     op->arg = arg;
+    db->nqueries++;
     if (db->tail)
         db->tail->next = op;
     else
@@ -439,10 +447,7 @@ bool eng_db_connected(const eng_db *db)
 
 int eng_db_pending(const eng_db *db)
 {
-    int n = db->inflight && db->inflight->kind == OP_QUERY ? 1 : 0;
-    for (const db_op *op = db->head; op; op = op->next)
-        n++;
-    return n;
+    return db->nqueries;
 }
 
 eng_rc eng_db_classify(const PGresult *res, eng_err *err)

@@ -41,6 +41,8 @@ struct eng_step_ctx {
     void *data;
     ev_timer timeout;
     bool started;          /* kind->start was called (cancel applies) */
+    uint64_t seq;          /* creation order on this worker: which lease renewals cover it */
+    double lease_until;    /* loop time by which this worker's hold on the step may have ended */
 };
 
 /* Step definitions as claimed (the workflow's compiled step, so the same text for every step at
@@ -77,6 +79,11 @@ struct eng_worker {
     eng_step_ctx *inflight;
     int ninflight;
     int want;           /* claim size of the trip on the wire */
+    double cycle_sent;  /* loop time the trip on the wire left (its claims' leases start later) */
+    uint64_t ctx_seq;   /* step contexts created so far */
+    uint64_t renew_seq; /* ctx_seq when the lease renewal on the wire left */
+    double renew_sent;
+    bool renew_inflight;
     bool cycle_inflight;
     bool maybe_work;
     bool due_query_inflight;
@@ -332,6 +339,8 @@ static void worker_dispatch(eng_worker *w, const PGresult *res, int row, int64_t
     c->ready_at_ms = row_i64(res, row, 6);
     c->claim_now_ms = row_i64(res, row, 7);
     c->claim_wall_ms = wall_ms;
+    c->seq = ++w->ctx_seq;
+    c->lease_until = w->cycle_sent + w->opts.lease_ms / 1000.0;
     bool scheduled = PQgetvalue(res, row, 8)[0] == 't';
     c->def = worker_def(w, PQgetvalue(res, row, 9), (size_t)PQgetlength(res, row, 9));
     json_t *tctx = json_loads(PQgetvalue(res, row, 10), 0, NULL);
@@ -440,6 +449,7 @@ static void worker_kick(eng_worker *w)
     w->results = json_array();
     w->want = want;
     w->maybe_work = false;
+    w->cycle_sent = ev_now(w->loop);
     w->cycle_inflight = true;
     eng_db_query(w->db, "flowd_cycle", 4, params, worker_cycle_cb, w);
     free(results);
@@ -462,22 +472,63 @@ static void worker_poll_cb(struct ev_loop *loop, ev_timer *t, int revents)
     ENG_CONTAINER_OF(t, eng_worker, poll)->maybe_work = true;
 }
 
-/* A cancelled run's steps stop here without an outcome: the database already ended them. */
+/* Stops an attempt that is no longer ours to finish, without an outcome: the database already
+ * ended the step (run cancelled) or gave it to another claimer (lease lost). */
+static void ctx_abandon(eng_step_ctx *c, const char *why)
+{
+    log_info("step stopped in flight", " run=%lld step=%s attempt=%d reason=%s",
+             (long long)c->run_id, c->key, c->attempt, why);
+    if (c->started && c->kind->cancel)
+        c->kind->cancel(c);
+    eng_metrics_step_finished(c->kind ? c->kind->name : NULL, why,
+                              eng_clock_wall_ms() - c->claim_wall_ms); /* metrics */
+    ctx_free(c);
+}
+
 static void worker_cancel_run(eng_worker *w, int64_t run_id)
 {
-    eng_step_ctx *c = w->inflight;
-    while (c) {
-        eng_step_ctx *next = c->next;
-        if (c->run_id == run_id) {
-            log_info("step cancelled in flight", " run=%lld step=%s", (long long)run_id, c->key);
-            if (c->started && c->kind->cancel)
-                c->kind->cancel(c);
-            eng_metrics_step_finished(c->kind ? c->kind->name : NULL, "cancelled",
-                                      eng_clock_wall_ms() - c->claim_wall_ms); /* metrics */
-            ctx_free(c);
-        }
-        c = next;
+    for (eng_step_ctx *c = w->inflight, *next; c; c = next) {
+        next = c->next;
+        if (c->run_id == run_id)
+            ctx_abandon(c, "cancelled");
     }
+}
+
+static int cmp_id(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* The answer of a lease renewal: the steps this worker no longer holds. */
+static void worker_renew_cb(void *arg, const eng_err *err, const PGresult *res)
+{
+    eng_worker *w = arg;
+    w->renew_inflight = false;
+    if (err) {
+        log_warn("lease renewal failed", " owner=%s error=\"%s\"", w->owner, err->msg);
+        return;
+    }
+    /* what this renewal covered and did not report lost is held a lease from its sending */
+    double until = w->renew_sent + w->opts.lease_ms / 1000.0;
+    for (eng_step_ctx *c = w->inflight; c; c = c->next)
+        if (c->seq <= w->renew_seq && c->lease_until < until)
+            c->lease_until = until;
+    int n = PQntuples(res);
+    if (n == 0)
+        return;
+    /* sorted, so that losing every lease at once (a long stall) stays one pass over the steps */
+    int64_t *lost = eng_xcalloc((size_t)n, sizeof *lost);
+    for (int i = 0; i < n; i++)
+        lost[i] = strtoll(PQgetvalue(res, i, 0), NULL, 10);
+    qsort(lost, (size_t)n, sizeof *lost, cmp_id);
+    log_warn("leases lost", " owner=%s steps=%d", w->owner, n);
+    for (eng_step_ctx *c = w->inflight, *next; c; c = next) {
+        next = c->next;
+        if (bsearch(&c->id, lost, (size_t)n, sizeof *lost, cmp_id))
+            ctx_abandon(c, "lease_lost");
+    }
+    free(lost);
 }
 
 static void worker_notify_cb(void *arg, const char *channel, const char *payload)
@@ -503,10 +554,18 @@ static void worker_ignore_cb(void *arg, const eng_err *err, const PGresult *res)
 
 static void worker_heartbeat_cb(struct ev_loop *loop, ev_timer *t, int revents)
 {
-    (void)loop;
     (void)revents;
     eng_worker *w = ENG_CONTAINER_OF(t, eng_worker, heartbeat);
-    if (w->ninflight == 0)
+    /* Renewals that stopped landing (a stalled process, a cut or stuck connection) leave steps
+     * whose lease may run out before the next tick, after which the reaper hands them to another
+     * claimer: stop them here rather than run them twice. */
+    double now = ev_now(loop), tick = w->opts.lease_ms / 3000.0;
+    for (eng_step_ctx *c = w->inflight, *next; c; c = next) {
+        next = c->next;
+        if (c->lease_until < now + tick)
+            ctx_abandon(c, "lease_expired");
+    }
+    if (w->ninflight == 0 || w->renew_inflight)
         return;
     char lease_s[16];
     snprintf(lease_s, sizeof lease_s, "%d", w->opts.lease_ms);
@@ -517,8 +576,12 @@ static void worker_heartbeat_cb(struct ev_loop *loop, ev_timer *t, int revents)
         ok = eng_buf_appendf(&ids, "%s%lld", c == w->inflight ? "" : ",", (long long)c->id) == ENG_OK;
     ok = ok && eng_buf_append(&ids, "}", 1) == ENG_OK;
     const char *params[] = {w->owner, lease_s, ids.ptr};
-    if (ok)
-        eng_db_query(w->db, "flowd_heartbeat", 3, params, worker_ignore_cb, w->owner);
+    if (ok) {
+        w->renew_seq = w->ctx_seq;
+        w->renew_sent = now;
+        w->renew_inflight = true;
+        eng_db_query(w->db, "flowd_renew_leases", 3, params, worker_renew_cb, w);
+    }
     eng_buf_deinit(&ids);
 }
 
@@ -584,7 +647,8 @@ static void *worker_main(void *arg)
     w->httpc = eng_httpc_new(w->loop);
     eng_db_prepare(w->db, "flowd_cycle", "SELECT * FROM flowd_cycle($1, $2::jsonb, $3, $4)", 4);
     eng_db_prepare(w->db, "flowd_next_due", "SELECT flowd_next_due_ms()", 0);
-    eng_db_prepare(w->db, "flowd_heartbeat", "SELECT flowd_heartbeat($1, $2, $3::bigint[])", 3);
+    eng_db_prepare(w->db, "flowd_renew_leases",
+                   "SELECT * FROM flowd_renew_leases($1, $2, $3::bigint[])", 3);
     eng_db_prepare(w->db, "flowd_reap", "SELECT flowd_reap(1000)", 0);
     eng_db_prepare(w->db, "flowd_prune",
                    "SELECT flowd_prune(flowd_now() - $1::bigint * interval '1 millisecond', 1000)", 1);

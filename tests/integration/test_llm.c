@@ -492,6 +492,76 @@ static void test_recorded_output_replay(void **state)
     free(db);
 }
 
+/* A worker whose lease was taken over (the reaper gave the step to another claimer after this
+ * worker's renewals stopped landing) stops the call at its next renewal: the answer is neither
+ * waited for nor recorded, and the other claimer's attempt is left alone. */
+static void test_lease_lost_stops_call(void **state)
+{
+    (void)state;
+    clear_env();
+    th_llm *o = th_llm_start(TH_LLM_OPENAI);
+    use_openai(o);
+    th_llm_set_default(o, &(th_llm_answer){.delay_ms = 3000});
+    long long tenant;
+    char *db = th_engine_db("llm_lease", &tenant);
+    long long wf = llm_workflow(db, tenant, "{\"model\": \"m\", \"prompt\": \"slow\"}", "");
+    th_engine_enqueue(db, tenant, wf, 1, NULL, 0);
+    th_workers *ws = th_workers_start(db, 1, "lease", 0, 0, 900); /* renewed every 300 ms */
+    long long deadline = th_now_ms() + 10000;
+    while (th_llm_calls(o) < 1 && th_now_ms() < deadline)
+        th_sleep_ms(10);
+    assert_int_equal(th_llm_calls(o), 1);
+    assert_int_equal(th_pg_long(db, "WITH u AS (UPDATE steps SET lease_owner = 'another-worker',"
+                                    " lease_expires_at = now() + interval '1 hour'"
+                                    " WHERE state = 'running' RETURNING 1) SELECT count(*) FROM u"),
+                     1);
+    th_sleep_ms(4000); /* past the answer, had the call gone on */
+    th_workers_stop(ws);
+    /* an answer that arrived would have been recorded for the step before its outcome was refused */
+    assert_int_equal(th_pg_long(db, "SELECT count(*) FROM llm_records"), 0);
+    assert_int_equal(th_pg_longf(db,
+                                 "SELECT count(*) FROM steps s JOIN runs r ON r.id = s.run_id"
+                                 " WHERE r.workflow_id = %lld AND s.state = 'running'"
+                                 " AND s.lease_owner = 'another-worker' AND s.attempts = 1",
+                                 wf),
+                     1);
+    assert_int_equal(th_llm_calls(o), 1);
+    th_llm_stop(o);
+    free(db);
+}
+
+/* Renewals that stop landing (here: each one fails) make the worker stop the call before its lease
+ * can run out and the reaper hand the step to another claimer: no answer is recorded from an
+ * attempt that another one may be repeating. */
+static void test_unrenewed_lease_stops_call(void **state)
+{
+    (void)state;
+    clear_env();
+    th_llm *o = th_llm_start(TH_LLM_OPENAI);
+    use_openai(o);
+    th_llm_set_default(o, &(th_llm_answer){.delay_ms = 3000});
+    long long tenant;
+    char *db = th_engine_db("llm_unrenewed", &tenant);
+    long long wf = llm_workflow(db, tenant, "{\"model\": \"m\", \"prompt\": \"slow\"}", "");
+    free(th_pg_value(db, "CREATE OR REPLACE FUNCTION flowd_renew_leases(p_owner text,"
+                         " p_lease_ms integer, p_ids bigint[]) RETURNS SETOF bigint"
+                         " LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'renewals refused'; END $$"));
+    th_engine_enqueue(db, tenant, wf, 1, NULL, 0);
+    th_workers *ws = th_workers_start(db, 1, "unrenewed", 0, 0, 900);
+    long long deadline = th_now_ms() + 10000;
+    while (th_llm_calls(o) < 1 && th_now_ms() < deadline)
+        th_sleep_ms(10);
+    assert_int_equal(th_llm_calls(o), 1);
+    th_sleep_ms(4000); /* past the first answer, had its call gone on */
+    th_workers_stop(ws);
+    /* the reaper handed the step back after each lost lease and it was tried again, but no call
+     * lived to its answer */
+    assert_true(th_llm_calls(o) >= 2);
+    assert_int_equal(th_pg_long(db, "SELECT count(*) FROM llm_records"), 0);
+    th_llm_stop(o);
+    free(db);
+}
+
 /* ------------------------------------------------------------------------------ sandbox -- */
 
 static void test_sandbox(void **state)
@@ -820,6 +890,8 @@ int main(void)
         cmocka_unit_test(test_json_mode_retry),
         cmocka_unit_test(test_retry_classes),
         cmocka_unit_test(test_recorded_output_replay),
+        cmocka_unit_test(test_lease_lost_stops_call),
+        cmocka_unit_test(test_unrenewed_lease_stops_call),
         cmocka_unit_test(test_sandbox),
         cmocka_unit_test(test_tenant_settings),
         cmocka_unit_test(test_rate_limit_two_worker_sets),
