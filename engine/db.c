@@ -6,7 +6,11 @@
  *   DB_BUSY        one operation sent (maybe still flushing); reading its results
  *   DB_BROKEN      waiting for the reconnect timer
  * Operations are either user queries or internal set-up (PREPARE, LISTEN) that run before the
- * queued user queries after every connection. */
+ * queued user queries after every connection.
+ *
+ * libpq enforces connect_timeout only in its blocking calls: a connection attempt here is bounded by
+ * the connect timer instead (the conninfo's connect_timeout, else DB_CONNECT_TIMEOUT_S), so a server
+ * that accepts and then says nothing cannot hold the connection, and the queries behind it, forever. */
 #include "engine/db.h"
 
 #include <ev.h>
@@ -18,6 +22,8 @@
 #include "engine/mem.h"
 
 enum db_state { DB_CONNECTING, DB_IDLE, DB_BUSY, DB_BROKEN };
+
+#define DB_CONNECT_TIMEOUT_S 10
 
 enum db_op_kind { OP_QUERY, OP_PREPARE, OP_LISTEN };
 
@@ -43,6 +49,7 @@ struct eng_db {
     struct ev_loop *loop;
     ev_io io;
     ev_timer retry;
+    ev_timer connect_timer; /* bounds DB_CONNECTING */
     PGconn *pg;
     enum db_state st;
     int watched;          /* events the io watcher waits for */
@@ -93,6 +100,7 @@ static void db_broken(eng_db *db, const char *why)
     eng_err err;
     eng_err_set(&err, ENG_EDB_RETRY, "connection lost: %s", why);
     db_watch(db, 0);
+    ev_timer_stop(db->loop, &db->connect_timer);
     if (db->pg) {
         PQfinish(db->pg);
         db->pg = NULL;
@@ -135,17 +143,44 @@ static void db_queue_setup(eng_db *db)
     }
 }
 
+/* The conninfo's connect_timeout in seconds, else DB_CONNECT_TIMEOUT_S. */
+static int db_connect_timeout(PGconn *pg)
+{
+    int secs = DB_CONNECT_TIMEOUT_S;
+    PQconninfoOption *opts = PQconninfo(pg);
+    for (PQconninfoOption *o = opts; o && o->keyword; o++)
+        if (strcmp(o->keyword, "connect_timeout") == 0 && o->val && atoi(o->val) > 0)
+            secs = atoi(o->val);
+    PQconninfoFree(opts);
+    return secs;
+}
+
 static void db_connect(eng_db *db)
 {
-    const char *keys[] = {"dbname", "application_name", NULL};
-    const char *vals[] = {db->conninfo, db->appname, NULL};
+    /* Defaults the conninfo may override (it is expanded in dbname's place, after them): a TCP
+     * peer that vanished without a word (a failover, a cut network) is noticed in about half a
+     * minute, not the kernel's two hours. Unix sockets ignore them. */
+    const char *keys[] = {"keepalives_idle", "keepalives_interval", "keepalives_count",
+                          "tcp_user_timeout", "dbname", "application_name", NULL};
+    const char *vals[] = {"10", "5", "3", "30000", db->conninfo, db->appname, NULL};
     db->pg = PQconnectStartParams(keys, vals, 1);
     if (!db->pg || PQstatus(db->pg) == CONNECTION_BAD) {
         db_broken(db, db->pg ? PQerrorMessage(db->pg) : "out of memory");
         return;
     }
     db->st = DB_CONNECTING;
+    ev_timer_set(&db->connect_timer, db_connect_timeout(db->pg), 0.);
+    ev_timer_start(db->loop, &db->connect_timer);
     db_watch(db, EV_WRITE);
+}
+
+static void db_connect_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    eng_db *db = ENG_CONTAINER_OF(w, eng_db, connect_timer);
+    if (db->st == DB_CONNECTING)
+        db_broken(db, "the connection attempt timed out");
 }
 
 static void db_retry_cb(struct ev_loop *loop, ev_timer *w, int revents)
@@ -296,6 +331,7 @@ static void db_drive(eng_db *db)
             db_watch(db, EV_WRITE);
             return;
         case PGRES_POLLING_OK:
+            ev_timer_stop(db->loop, &db->connect_timer);
             PQsetnonblocking(db->pg, 1);
             db->backoff = 0.05;
             db_queue_setup(db);
@@ -345,6 +381,7 @@ eng_db *eng_db_new(struct ev_loop *loop, const eng_db_opts *opts)
     db->backoff = 0.05;
     ev_io_init(&db->io, db_io_cb, -1, 0);
     ev_timer_init(&db->retry, db_retry_cb, 0., 0.);
+    ev_timer_init(&db->connect_timer, db_connect_timer_cb, 0., 0.);
     db_connect(db);
     return db;
 }
@@ -355,6 +392,7 @@ void eng_db_free(eng_db *db)
         return;
     ev_io_stop(db->loop, &db->io);
     ev_timer_stop(db->loop, &db->retry);
+    ev_timer_stop(db->loop, &db->connect_timer);
     if (db->pg)
         PQfinish(db->pg);
     PQclear(db->last);

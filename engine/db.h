@@ -5,7 +5,9 @@
  * eng_db_prepare are prepared lazily on every (re)connection, so callers never see a connection
  * change. A lost connection fails the query in flight with ENG_EDB_RETRY and reconnects with
  * backoff; queued queries wait for the new connection. LISTEN channels are re-issued after a
- * reconnect and notifications are delivered to the notify callback.
+ * reconnect and notifications are delivered to the notify callback. A connection attempt that has
+ * not finished within the conninfo's connect_timeout (default 10 s) counts as lost, and TCP
+ * connections default to keepalives that notice a vanished server in about 25 s.
  *
  * Ownership: params are copied when queued. The PGresult passed to a callback is borrowed and valid
  * only during the call (db.c clears it). */
