@@ -10,6 +10,7 @@
  * OPENAI_BASE_URL pointing at the mock. Reported:
  *   steps_per_s     steps / (last step finished - first step started), from the database
  *   max_in_flight   most requests the mock held at once (received, answer not yet sent)
+ *   mock_connections  connections the mock accepted (fewer than mock_calls when reused)
  *   peak_rss_mib    VmHWM of the flowd process, read just before stopping it
  *   flowd_cpu_s     user + system CPU time of the flowd process, start to exit (a figure that
  *                   other load on the machine does not change much, unlike steps_per_s)
@@ -187,7 +188,8 @@ int main(int argc, char **argv)
     double seconds = bench_value_f(c, "SELECT extract(epoch FROM max(finished_at) -"
                                       " min(started_at)) FROM steps");
     double failed = bench_value_f(c, "SELECT count(*) FROM steps WHERE state <> 'succeeded'");
-    unsigned long calls = th_llm_calls(mock), peak = th_llm_peak_pending(mock);
+    unsigned long calls = th_llm_calls(mock), peak = th_llm_peak_pending(mock),
+                  conns = th_llm_connections(mock);
     th_llm_stop(mock);
 
     int cap = o.workers * o.max_inflight < o.steps ? o.workers * o.max_inflight : o.steps;
@@ -199,6 +201,7 @@ int main(int argc, char **argv)
     json_object_set_new(out, "finished", json_integer(finished));
     json_object_set_new(out, "not_succeeded", json_integer((json_int_t)failed));
     json_object_set_new(out, "mock_calls", json_integer((json_int_t)calls));
+    json_object_set_new(out, "mock_connections", json_integer((json_int_t)conns));
     json_object_set_new(out, "steps_per_s", json_real(round(rate * 100) / 100));
     json_object_set_new(out, "seconds", json_real(round(seconds * 1000) / 1000));
     json_object_set_new(out, "max_in_flight", json_integer((json_int_t)peak));

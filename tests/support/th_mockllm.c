@@ -394,6 +394,11 @@ unsigned long th_llm_calls(th_llm *m)
     return atomic_load(&m->calls);
 }
 
+unsigned long th_llm_connections(th_llm *m)
+{
+    return th_mock_connections(m->http);
+}
+
 unsigned long th_llm_peak_pending(th_llm *m)
 {
     return th_mock_peak_pending(m->http);

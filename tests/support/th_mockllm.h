@@ -52,6 +52,8 @@ void th_llm_set_default(th_llm *m, const th_llm_answer *a);
 
 /* Requests received so far (including answered with errors). */
 unsigned long th_llm_calls(th_llm *m);
+/* Connections accepted so far (fewer than calls when the client reuses them). */
+unsigned long th_llm_connections(th_llm *m);
 /* Most requests held at once (received, answer not yet fully sent). */
 unsigned long th_llm_peak_pending(th_llm *m);
 /* The i-th recorded request (0-based; at most the first 4096 are kept) as
