@@ -9,6 +9,7 @@
 #include <arpa/inet.h>
 #include <ev.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -53,11 +54,9 @@ static void never_called(void *arg, const eng_err *err, const PGresult *res)
     fail_msg("the query cannot have run");
 }
 
-/* libpq ignores connect_timeout in its asynchronous calls: without the connection's own timer, the
- * first attempt would wait forever for the server's first word. */
-static void test_connect_attempt_times_out(void **state)
+/* A loopback listener on an ephemeral port; returns its descriptor and sets *port. */
+static int listen_loopback(int *port)
 {
-    (void)state;
     int lfd = socket(AF_INET, SOCK_STREAM, 0);
     assert_true(lfd >= 0);
     struct sockaddr_in addr = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
@@ -65,6 +64,17 @@ static void test_connect_attempt_times_out(void **state)
     assert_int_equal(listen(lfd, 16), 0);
     socklen_t len = sizeof addr;
     assert_int_equal(getsockname(lfd, (struct sockaddr *)&addr, &len), 0);
+    *port = ntohs(addr.sin_port);
+    return lfd;
+}
+
+/* libpq ignores connect_timeout in its asynchronous calls: without the connection's own timer, the
+ * first attempt would wait forever for the server's first word. */
+static void test_connect_attempt_times_out(void **state)
+{
+    (void)state;
+    int port;
+    int lfd = listen_loopback(&port);
 
     struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
     silent_server srv = {0};
@@ -78,7 +88,7 @@ static void test_connect_attempt_times_out(void **state)
     snprintf(conninfo, sizeof conninfo,
              "host=127.0.0.1 port=%d dbname=x user=x connect_timeout=1 sslmode=disable "
              "gssencmode=disable",
-             ntohs(addr.sin_port));
+             port);
     eng_db *db = eng_db_new(loop, &(eng_db_opts){.conninfo = conninfo});
     eng_db_query(db, "SELECT 1", 0, NULL, never_called, NULL);
     ev_run(loop, 0);
@@ -95,10 +105,73 @@ static void test_connect_attempt_times_out(void **state)
     close(lfd);
 }
 
+/* This process's end of the connection the server accepted as fd: the descriptor (libpq's socket)
+ * whose local address is the accepted connection's peer. */
+static int client_end(int accepted)
+{
+    struct sockaddr_in peer, local;
+    socklen_t len = sizeof peer;
+    assert_int_equal(getpeername(accepted, (struct sockaddr *)&peer, &len), 0);
+    for (int fd = 3; fd < 1024; fd++) {
+        len = sizeof local;
+        if (fd != accepted && getsockname(fd, (struct sockaddr *)&local, &len) == 0 &&
+            local.sin_family == AF_INET && local.sin_port == peer.sin_port)
+            return fd;
+    }
+    fail_msg("no descriptor of this process is the client end");
+    return -1;
+}
+
+static int sockopt(int fd, int level, int name)
+{
+    int v = -1;
+    socklen_t len = sizeof v;
+    assert_int_equal(getsockopt(fd, level, name, &v, &len), 0);
+    return v;
+}
+
+/* TCP connections notice a vanished server in about 25 s (keepalives) unless the conninfo says
+ * otherwise, and unacknowledged data gives up after 30 s. */
+static void test_tcp_keepalive_defaults(void **state)
+{
+    (void)state;
+    int port;
+    int lfd = listen_loopback(&port);
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    silent_server srv = {0};
+    ev_io_init(&srv.accept_io, on_accept, lfd, EV_READ);
+    ev_io_start(loop, &srv.accept_io);
+    char dflt[160], own[200];
+    snprintf(dflt, sizeof dflt, "host=127.0.0.1 port=%d dbname=x user=x sslmode=disable", port);
+    snprintf(own, sizeof own, "postgresql://x@127.0.0.1:%d/x?sslmode=disable&keepalives_idle=42"
+             "&tcp_user_timeout=7000", port);
+    const char *conninfos[] = {dflt, own};
+    const int idle[] = {10, 42}, user_timeout[] = {30000, 7000};
+    for (int i = 0; i < 2; i++) {
+        srv.naccepted = 0;
+        eng_db *db = eng_db_new(loop, &(eng_db_opts){.conninfo = conninfos[i]});
+        for (int turns = 0; srv.naccepted == 0 && turns < 1000; turns++)
+            ev_run(loop, EVRUN_ONCE);
+        assert_int_equal(srv.naccepted, 1);
+        int fd = client_end(srv.held[0]);
+        assert_int_equal(sockopt(fd, SOL_SOCKET, SO_KEEPALIVE), 1);
+        assert_int_equal(sockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE), idle[i]);
+        assert_int_equal(sockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL), 5);
+        assert_int_equal(sockopt(fd, IPPROTO_TCP, TCP_KEEPCNT), 3);
+        assert_int_equal(sockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT), user_timeout[i]);
+        eng_db_free(db);
+        close(srv.held[0]);
+    }
+    ev_io_stop(loop, &srv.accept_io);
+    ev_loop_destroy(loop);
+    close(lfd);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_connect_attempt_times_out),
+        cmocka_unit_test(test_tcp_keepalive_defaults),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
