@@ -1,9 +1,8 @@
 -- Lease renewal that tells a worker which leases it lost. A worker whose renewals did not land in
 -- time (a stalled process, a slow or cut connection) finds its steps reaped and claimed again by
 -- someone else, or ended meanwhile (cancelled, deleted by retention): it must stop their calls
--- instead of paying for answers no one will take. flowd_heartbeat only counted the renewals.
-
-DROP FUNCTION flowd_heartbeat(text, integer, bigint[]);
+-- instead of paying for answers no one will take. flowd_heartbeat only counted the renewals; it
+-- stays for the processes of the previous version that still call it during a rolling upgrade.
 
 -- Extends the leases p_owner still holds among p_ids (the steps it is running) and returns the
 -- ids among p_ids that it no longer holds.
