@@ -492,42 +492,72 @@ static void test_recorded_output_replay(void **state)
     free(db);
 }
 
+/* One llm step whose call the mock holds for 3 s, on one in-process worker with leases of 900 ms
+ * (renewed every 300 ms); before_sql (may be NULL) runs on the new database before the worker
+ * starts. Returns once the mock has the call. */
+typedef struct slow_call {
+    th_llm *mock;
+    char *db;
+    long long wf;
+    th_workers *ws;
+} slow_call;
+
+static slow_call slow_call_start(const char *prefix, const char *before_sql)
+{
+    clear_env();
+    slow_call sc = {.mock = th_llm_start(TH_LLM_OPENAI)};
+    use_openai(sc.mock);
+    th_llm_set_default(sc.mock, &(th_llm_answer){.delay_ms = 3000});
+    long long tenant;
+    sc.db = th_engine_db(prefix, &tenant);
+    sc.wf = llm_workflow(sc.db, tenant, "{\"model\": \"m\", \"prompt\": \"slow\"}", "");
+    if (before_sql)
+        free(th_pg_value(sc.db, before_sql));
+    th_engine_enqueue(sc.db, tenant, sc.wf, 1, NULL, 0);
+    sc.ws = th_workers_start(sc.db, 1, prefix, 0, 0, 900);
+    long long deadline = th_now_ms() + 10000;
+    while (th_llm_calls(sc.mock) < 1 && th_now_ms() < deadline)
+        th_sleep_ms(10);
+    assert_int_equal(th_llm_calls(sc.mock), 1);
+    return sc;
+}
+
+/* Waits past the moment the mock answers the first call, stops the worker and returns how many
+ * LLM answers were recorded (an answer that arrives is recorded for its step even when its
+ * outcome is then refused). */
+static long slow_call_finish(slow_call *sc)
+{
+    th_sleep_ms(4000);
+    th_workers_stop(sc->ws);
+    return th_pg_long(sc->db, "SELECT count(*) FROM llm_records");
+}
+
+static void slow_call_free(slow_call *sc)
+{
+    th_llm_stop(sc->mock);
+    free(sc->db);
+}
+
 /* A worker whose lease was taken over (the reaper gave the step to another claimer after this
  * worker's renewals stopped landing) stops the call at its next renewal: the answer is neither
  * waited for nor recorded, and the other claimer's attempt is left alone. */
 static void test_lease_lost_stops_call(void **state)
 {
     (void)state;
-    clear_env();
-    th_llm *o = th_llm_start(TH_LLM_OPENAI);
-    use_openai(o);
-    th_llm_set_default(o, &(th_llm_answer){.delay_ms = 3000});
-    long long tenant;
-    char *db = th_engine_db("llm_lease", &tenant);
-    long long wf = llm_workflow(db, tenant, "{\"model\": \"m\", \"prompt\": \"slow\"}", "");
-    th_engine_enqueue(db, tenant, wf, 1, NULL, 0);
-    th_workers *ws = th_workers_start(db, 1, "lease", 0, 0, 900); /* renewed every 300 ms */
-    long long deadline = th_now_ms() + 10000;
-    while (th_llm_calls(o) < 1 && th_now_ms() < deadline)
-        th_sleep_ms(10);
-    assert_int_equal(th_llm_calls(o), 1);
-    assert_int_equal(th_pg_long(db, "WITH u AS (UPDATE steps SET lease_owner = 'another-worker',"
-                                    " lease_expires_at = now() + interval '1 hour'"
-                                    " WHERE state = 'running' RETURNING 1) SELECT count(*) FROM u"),
+    slow_call sc = slow_call_start("llm_lease", NULL);
+    assert_int_equal(th_pg_long(sc.db, "WITH u AS (UPDATE steps SET lease_owner = 'another-worker',"
+                                       " lease_expires_at = now() + interval '1 hour'"
+                                       " WHERE state = 'running' RETURNING 1) SELECT count(*) FROM u"),
                      1);
-    th_sleep_ms(4000); /* past the answer, had the call gone on */
-    th_workers_stop(ws);
-    /* an answer that arrived would have been recorded for the step before its outcome was refused */
-    assert_int_equal(th_pg_long(db, "SELECT count(*) FROM llm_records"), 0);
-    assert_int_equal(th_pg_longf(db,
+    assert_int_equal(slow_call_finish(&sc), 0);
+    assert_int_equal(th_pg_longf(sc.db,
                                  "SELECT count(*) FROM steps s JOIN runs r ON r.id = s.run_id"
                                  " WHERE r.workflow_id = %lld AND s.state = 'running'"
                                  " AND s.lease_owner = 'another-worker' AND s.attempts = 1",
-                                 wf),
+                                 sc.wf),
                      1);
-    assert_int_equal(th_llm_calls(o), 1);
-    th_llm_stop(o);
-    free(db);
+    assert_int_equal(th_llm_calls(sc.mock), 1);
+    slow_call_free(&sc);
 }
 
 /* Renewals that stop landing (here: each one fails) make the worker stop the call before its lease
@@ -536,30 +566,15 @@ static void test_lease_lost_stops_call(void **state)
 static void test_unrenewed_lease_stops_call(void **state)
 {
     (void)state;
-    clear_env();
-    th_llm *o = th_llm_start(TH_LLM_OPENAI);
-    use_openai(o);
-    th_llm_set_default(o, &(th_llm_answer){.delay_ms = 3000});
-    long long tenant;
-    char *db = th_engine_db("llm_unrenewed", &tenant);
-    long long wf = llm_workflow(db, tenant, "{\"model\": \"m\", \"prompt\": \"slow\"}", "");
-    free(th_pg_value(db, "CREATE OR REPLACE FUNCTION flowd_renew_leases(p_owner text,"
+    slow_call sc = slow_call_start(
+        "llm_unrenewed", "CREATE OR REPLACE FUNCTION flowd_renew_leases(p_owner text,"
                          " p_lease_ms integer, p_ids bigint[]) RETURNS SETOF bigint"
-                         " LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'renewals refused'; END $$"));
-    th_engine_enqueue(db, tenant, wf, 1, NULL, 0);
-    th_workers *ws = th_workers_start(db, 1, "unrenewed", 0, 0, 900);
-    long long deadline = th_now_ms() + 10000;
-    while (th_llm_calls(o) < 1 && th_now_ms() < deadline)
-        th_sleep_ms(10);
-    assert_int_equal(th_llm_calls(o), 1);
-    th_sleep_ms(4000); /* past the first answer, had its call gone on */
-    th_workers_stop(ws);
+                         " LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'renewals refused'; END $$");
+    assert_int_equal(slow_call_finish(&sc), 0);
     /* the reaper handed the step back after each lost lease and it was tried again, but no call
      * lived to its answer */
-    assert_true(th_llm_calls(o) >= 2);
-    assert_int_equal(th_pg_long(db, "SELECT count(*) FROM llm_records"), 0);
-    th_llm_stop(o);
-    free(db);
+    assert_true(th_llm_calls(sc.mock) >= 2);
+    slow_call_free(&sc);
 }
 
 /* ------------------------------------------------------------------------------ sandbox -- */

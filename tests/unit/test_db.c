@@ -54,18 +54,36 @@ static void never_called(void *arg, const eng_err *err, const PGresult *res)
     fail_msg("the query cannot have run");
 }
 
-/* A loopback listener on an ephemeral port; returns its descriptor and sets *port. */
-static int listen_loopback(int *port)
+/* A silent server on an ephemeral loopback port, watched by a fresh loop. */
+typedef struct fx {
+    struct ev_loop *loop;
+    int lfd, port;
+    silent_server srv;
+} fx;
+
+static void fx_start(fx *f)
 {
-    int lfd = socket(AF_INET, SOCK_STREAM, 0);
-    assert_true(lfd >= 0);
+    f->lfd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(f->lfd >= 0);
     struct sockaddr_in addr = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    assert_int_equal(bind(lfd, (struct sockaddr *)&addr, sizeof addr), 0);
-    assert_int_equal(listen(lfd, 16), 0);
+    assert_int_equal(bind(f->lfd, (struct sockaddr *)&addr, sizeof addr), 0);
+    assert_int_equal(listen(f->lfd, 16), 0);
     socklen_t len = sizeof addr;
-    assert_int_equal(getsockname(lfd, (struct sockaddr *)&addr, &len), 0);
-    *port = ntohs(addr.sin_port);
-    return lfd;
+    assert_int_equal(getsockname(f->lfd, (struct sockaddr *)&addr, &len), 0);
+    f->port = ntohs(addr.sin_port);
+    f->loop = ev_loop_new(EVFLAG_AUTO);
+    f->srv = (silent_server){0};
+    ev_io_init(&f->srv.accept_io, on_accept, f->lfd, EV_READ);
+    ev_io_start(f->loop, &f->srv.accept_io);
+}
+
+static void fx_stop(fx *f)
+{
+    for (int i = 0; i < f->srv.naccepted && i < MAX_HELD; i++)
+        close(f->srv.held[i]);
+    ev_io_stop(f->loop, &f->srv.accept_io);
+    ev_loop_destroy(f->loop);
+    close(f->lfd);
 }
 
 /* libpq ignores connect_timeout in its asynchronous calls: without the connection's own timer, the
@@ -73,36 +91,27 @@ static int listen_loopback(int *port)
 static void test_connect_attempt_times_out(void **state)
 {
     (void)state;
-    int port;
-    int lfd = listen_loopback(&port);
-
-    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-    silent_server srv = {0};
-    ev_io_init(&srv.accept_io, on_accept, lfd, EV_READ);
-    ev_io_start(loop, &srv.accept_io);
+    fx f;
+    fx_start(&f);
     ev_timer deadline;
     ev_timer_init(&deadline, on_deadline, 3.5, 0.);
-    ev_timer_start(loop, &deadline);
+    ev_timer_start(f.loop, &deadline);
 
     char conninfo[160];
     snprintf(conninfo, sizeof conninfo,
              "host=127.0.0.1 port=%d dbname=x user=x connect_timeout=1 sslmode=disable "
              "gssencmode=disable",
-             port);
-    eng_db *db = eng_db_new(loop, &(eng_db_opts){.conninfo = conninfo});
+             f.port);
+    eng_db *db = eng_db_new(f.loop, &(eng_db_opts){.conninfo = conninfo});
     eng_db_query(db, "SELECT 1", 0, NULL, never_called, NULL);
-    ev_run(loop, 0);
+    ev_run(f.loop, 0);
 
     /* attempts at about 0, 1.05 and 2.15 s (1 s each, then the reconnect backoff) */
-    assert_true(srv.naccepted >= 3);
+    assert_true(f.srv.naccepted >= 3);
     assert_false(eng_db_connected(db));
     assert_int_equal(eng_db_pending(db), 1); /* still queued for the next connection */
     eng_db_free(db);
-    for (int i = 0; i < srv.naccepted && i < MAX_HELD; i++)
-        close(srv.held[i]);
-    ev_io_stop(loop, &srv.accept_io);
-    ev_loop_destroy(loop);
-    close(lfd);
+    fx_stop(&f);
 }
 
 /* This process's end of the connection the server accepted as fd: the descriptor (libpq's socket)
@@ -135,36 +144,31 @@ static int sockopt(int fd, int level, int name)
 static void test_tcp_keepalive_defaults(void **state)
 {
     (void)state;
-    int port;
-    int lfd = listen_loopback(&port);
-    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-    silent_server srv = {0};
-    ev_io_init(&srv.accept_io, on_accept, lfd, EV_READ);
-    ev_io_start(loop, &srv.accept_io);
+    fx f;
+    fx_start(&f);
     char dflt[160], own[200];
-    snprintf(dflt, sizeof dflt, "host=127.0.0.1 port=%d dbname=x user=x sslmode=disable", port);
+    snprintf(dflt, sizeof dflt, "host=127.0.0.1 port=%d dbname=x user=x sslmode=disable", f.port);
     snprintf(own, sizeof own, "postgresql://x@127.0.0.1:%d/x?sslmode=disable&keepalives_idle=42"
-             "&tcp_user_timeout=7000", port);
+             "&tcp_user_timeout=7000", f.port);
     const char *conninfos[] = {dflt, own};
     const int idle[] = {10, 42}, user_timeout[] = {30000, 7000};
     for (int i = 0; i < 2; i++) {
-        srv.naccepted = 0;
-        eng_db *db = eng_db_new(loop, &(eng_db_opts){.conninfo = conninfos[i]});
-        for (int turns = 0; srv.naccepted == 0 && turns < 1000; turns++)
-            ev_run(loop, EVRUN_ONCE);
-        assert_int_equal(srv.naccepted, 1);
-        int fd = client_end(srv.held[0]);
+        f.srv.naccepted = 0;
+        eng_db *db = eng_db_new(f.loop, &(eng_db_opts){.conninfo = conninfos[i]});
+        for (int turns = 0; f.srv.naccepted == 0 && turns < 1000; turns++)
+            ev_run(f.loop, EVRUN_ONCE);
+        assert_int_equal(f.srv.naccepted, 1);
+        int fd = client_end(f.srv.held[0]);
         assert_int_equal(sockopt(fd, SOL_SOCKET, SO_KEEPALIVE), 1);
         assert_int_equal(sockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE), idle[i]);
         assert_int_equal(sockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL), 5);
         assert_int_equal(sockopt(fd, IPPROTO_TCP, TCP_KEEPCNT), 3);
         assert_int_equal(sockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT), user_timeout[i]);
         eng_db_free(db);
-        close(srv.held[0]);
+        close(f.srv.held[0]);
     }
-    ev_io_stop(loop, &srv.accept_io);
-    ev_loop_destroy(loop);
-    close(lfd);
+    f.srv.naccepted = 0; /* closed above */
+    fx_stop(&f);
 }
 
 int main(void)
