@@ -84,6 +84,13 @@ struct eng_worker {
     uint64_t renew_seq; /* ctx_seq when the lease renewal on the wire left */
     double renew_sent;
     bool renew_inflight;
+    struct released { int64_t id; int attempt; } *release; /* attempts stopped here while still
+                                                              running in our name: to hand back */
+    size_t nrelease, release_cap;
+    size_t nrelease_sent;  /* how many of release[] the renewal on the wire carries */
+    bool fresh_connection; /* a round trip lost with the old connection may have claimed steps */
+    bool fresh_sent;
+    bool renew_failing;    /* renewals fail on a live connection: claim nothing until one lands */
     bool cycle_inflight;
     bool maybe_work;
     bool due_query_inflight;
@@ -434,7 +441,8 @@ static void worker_kick(eng_worker *w)
         return;
     int free_slots = w->opts.max_inflight - w->ninflight;
     /* Reported outcomes can make dependents ready, and the same trip claims them. */
-    bool claim = !w->stopping && (w->maybe_work || json_array_size(w->results) > 0);
+    bool claim = !w->stopping && !w->renew_failing &&
+                 (w->maybe_work || json_array_size(w->results) > 0);
     int want = claim ? (free_slots < w->opts.batch ? free_slots : w->opts.batch) : 0;
     if (want < 0)
         want = 0;
@@ -472,12 +480,21 @@ static void worker_poll_cb(struct ev_loop *loop, ev_timer *t, int revents)
     ENG_CONTAINER_OF(t, eng_worker, poll)->maybe_work = true;
 }
 
-/* Stops an attempt that is no longer ours to finish, without an outcome: the database already
- * ended the step (run cancelled) or gave it to another claimer (lease lost). */
-static void ctx_abandon(eng_step_ctx *c, const char *why)
+/* Stops an attempt without an outcome: the database already ended the step (run cancelled) or
+ * gave it to another claimer (lease lost), or this worker's lease may have run out (hand_back:
+ * the next renewal hands the step back, in case the lease lived on). */
+static void ctx_abandon(eng_step_ctx *c, const char *why, bool hand_back)
 {
+    eng_worker *w = c->w;
     log_info("step stopped in flight", " run=%lld step=%s attempt=%d reason=%s",
              (long long)c->run_id, c->key, c->attempt, why);
+    if (hand_back) {
+        if (w->nrelease == w->release_cap) {
+            w->release_cap = w->release_cap ? 2 * w->release_cap : 64;
+            w->release = eng_xrealloc(w->release, w->release_cap * sizeof *w->release);
+        }
+        w->release[w->nrelease++] = (struct released){c->id, c->attempt};
+    }
     if (c->started && c->kind->cancel)
         c->kind->cancel(c);
     eng_metrics_step_finished(c->kind ? c->kind->name : NULL, why,
@@ -490,8 +507,17 @@ static void worker_cancel_run(eng_worker *w, int64_t run_id)
     for (eng_step_ctx *c = w->inflight, *next; c; c = next) {
         next = c->next;
         if (c->run_id == run_id)
-            ctx_abandon(c, "cancelled");
+            ctx_abandon(c, "cancelled", false);
     }
+}
+
+/* Numbers as a PostgreSQL array literal ("{1,2,3}") into b; false when out of memory. */
+static bool buf_id_array(eng_buf *b, const int64_t *ids, size_t n)
+{
+    bool ok = eng_buf_append(b, "{", 1) == ENG_OK;
+    for (size_t i = 0; i < n && ok; i++)
+        ok = eng_buf_appendf(b, "%s%lld", i ? "," : "", (long long)ids[i]) == ENG_OK;
+    return ok && eng_buf_append(b, "}", 1) == ENG_OK;
 }
 
 static int cmp_id(const void *a, const void *b)
@@ -507,7 +533,17 @@ static void worker_renew_cb(void *arg, const eng_err *err, const PGresult *res)
     w->renew_inflight = false;
     if (err) {
         log_warn("lease renewal failed", " owner=%s error=\"%s\"", w->owner, err->msg);
+        /* what it carried goes with the next one; a lost connection is the reconnect's business */
+        w->nrelease_sent = 0;
+        w->fresh_connection = w->fresh_connection || w->fresh_sent;
+        w->renew_failing = err->rc != ENG_EDB_RETRY;
         return;
+    }
+    w->renew_failing = false;
+    if (w->nrelease_sent > 0) {
+        w->nrelease -= w->nrelease_sent;
+        memmove(w->release, w->release + w->nrelease_sent, w->nrelease * sizeof *w->release);
+        w->nrelease_sent = 0;
     }
     /* what this renewal covered and did not report lost is held a lease from its sending */
     double until = w->renew_sent + w->opts.lease_ms / 1000.0;
@@ -522,12 +558,17 @@ static void worker_renew_cb(void *arg, const eng_err *err, const PGresult *res)
     for (int i = 0; i < n; i++)
         lost[i] = strtoll(PQgetvalue(res, i, 0), NULL, 10);
     qsort(lost, (size_t)n, sizeof *lost, cmp_id);
-    log_warn("leases lost", " owner=%s steps=%d", w->owner, n);
+    /* (outcomes reported since the renewal was built are among them too: those are just done) */
+    int stopped = 0;
     for (eng_step_ctx *c = w->inflight, *next; c; c = next) {
         next = c->next;
-        if (bsearch(&c->id, lost, (size_t)n, sizeof *lost, cmp_id))
-            ctx_abandon(c, "lease_lost");
+        if (bsearch(&c->id, lost, (size_t)n, sizeof *lost, cmp_id)) {
+            ctx_abandon(c, "lease_lost", false);
+            stopped++;
+        }
     }
+    if (stopped > 0)
+        log_warn("leases lost", " owner=%s steps=%d", w->owner, stopped);
     free(lost);
 }
 
@@ -542,7 +583,9 @@ static void worker_notify_cb(void *arg, const char *channel, const char *payload
 
 static void worker_connect_cb(void *arg)
 {
-    ((eng_worker *)arg)->maybe_work = true;
+    eng_worker *w = arg;
+    w->maybe_work = true;
+    w->fresh_connection = true;
 }
 
 static void worker_ignore_cb(void *arg, const eng_err *err, const PGresult *res)
@@ -563,26 +606,53 @@ static void worker_heartbeat_cb(struct ev_loop *loop, ev_timer *t, int revents)
     for (eng_step_ctx *c = w->inflight, *next; c; c = next) {
         next = c->next;
         if (c->lease_until < now + tick)
-            ctx_abandon(c, "lease_expired");
+            ctx_abandon(c, "lease_expired", true);
     }
-    if (w->ninflight == 0 || w->renew_inflight)
+    if (w->renew_inflight ||
+        !(w->ninflight > 0 || w->nrelease > 0 || w->fresh_connection || w->renew_failing))
         return;
+    /* held: running here, or finished with the outcome not yet reported */
+    size_t nres = json_array_size(w->results), nsent = json_array_size(w->sent);
+    int64_t *held = eng_xcalloc((size_t)w->ninflight + nres + nsent + 1, sizeof *held);
+    size_t nheld = 0;
+    for (eng_step_ctx *c = w->inflight; c; c = c->next)
+        held[nheld++] = c->id;
+    for (size_t i = 0; i < nres; i++)
+        held[nheld++] = json_integer_value(json_object_get(json_array_get(w->results, i), "id"));
+    for (size_t i = 0; i < nsent; i++)
+        held[nheld++] = json_integer_value(json_object_get(json_array_get(w->sent, i), "id"));
     char lease_s[16];
     snprintf(lease_s, sizeof lease_s, "%d", w->opts.lease_ms);
-    eng_buf ids;
-    eng_buf_init(&ids, 0);
-    bool ok = eng_buf_append(&ids, "{", 1) == ENG_OK;
-    for (eng_step_ctx *c = w->inflight; c && ok; c = c->next)
-        ok = eng_buf_appendf(&ids, "%s%lld", c == w->inflight ? "" : ",", (long long)c->id) == ENG_OK;
-    ok = ok && eng_buf_append(&ids, "}", 1) == ENG_OK;
-    const char *params[] = {w->owner, lease_s, ids.ptr};
-    if (ok) {
-        w->renew_seq = w->ctx_seq;
-        w->renew_sent = now;
-        w->renew_inflight = true;
-        eng_db_query(w->db, "flowd_renew_leases", 3, params, worker_renew_cb, w);
+    int64_t *rel_ids = eng_xcalloc(w->nrelease + 1, sizeof *rel_ids),
+            *rel_attempts = eng_xcalloc(w->nrelease + 1, sizeof *rel_attempts);
+    for (size_t i = 0; i < w->nrelease; i++) {
+        rel_ids[i] = w->release[i].id;
+        rel_attempts[i] = w->release[i].attempt;
     }
-    eng_buf_deinit(&ids);
+    eng_buf held_s, rel_ids_s, rel_attempts_s;
+    eng_buf_init(&held_s, 0);
+    eng_buf_init(&rel_ids_s, 0);
+    eng_buf_init(&rel_attempts_s, 0);
+    if (!buf_id_array(&held_s, held, nheld) || !buf_id_array(&rel_ids_s, rel_ids, w->nrelease) ||
+        !buf_id_array(&rel_attempts_s, rel_attempts, w->nrelease)) {
+        log_error("out of memory", " where=lease renewal");
+        abort();
+    }
+    const char *params[] = {w->owner, lease_s, held_s.ptr, rel_ids_s.ptr, rel_attempts_s.ptr,
+                            w->fresh_connection ? "true" : "false"};
+    w->renew_seq = w->ctx_seq;
+    w->renew_sent = now;
+    w->renew_inflight = true;
+    w->nrelease_sent = w->nrelease;
+    w->fresh_sent = w->fresh_connection;
+    w->fresh_connection = false;
+    eng_db_query(w->db, "flowd_worker_leases", 6, params, worker_renew_cb, w);
+    eng_buf_deinit(&held_s);
+    eng_buf_deinit(&rel_ids_s);
+    eng_buf_deinit(&rel_attempts_s);
+    free(held);
+    free(rel_ids);
+    free(rel_attempts);
 }
 
 static void worker_reap_cb(struct ev_loop *loop, ev_timer *t, int revents)
@@ -647,8 +717,10 @@ static void *worker_main(void *arg)
     w->httpc = eng_httpc_new(w->loop);
     eng_db_prepare(w->db, "flowd_cycle", "SELECT * FROM flowd_cycle($1, $2::jsonb, $3, $4)", 4);
     eng_db_prepare(w->db, "flowd_next_due", "SELECT flowd_next_due_ms()", 0);
-    eng_db_prepare(w->db, "flowd_renew_leases",
-                   "SELECT * FROM flowd_renew_leases($1, $2, $3::bigint[])", 3);
+    eng_db_prepare(w->db, "flowd_worker_leases",
+                   "SELECT * FROM flowd_worker_leases($1, $2, $3::bigint[], $4::bigint[], "
+                   "$5::integer[], $6::boolean)",
+                   6);
     eng_db_prepare(w->db, "flowd_reap", "SELECT flowd_reap(1000)", 0);
     eng_db_prepare(w->db, "flowd_prune",
                    "SELECT flowd_prune(flowd_now() - $1::bigint * interval '1 millisecond', 1000)", 1);
@@ -708,6 +780,7 @@ void eng_worker_stop(eng_worker *w, double grace_s)
     ev_loop_destroy(w->loop);
     json_decref(w->results);
     json_decref(w->sent);
+    free(w->release);
     for (int i = 0; i < WORKER_DEFS; i++) {
         free(w->defs[i].text);
         json_decref(w->defs[i].def);

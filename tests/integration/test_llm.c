@@ -561,20 +561,127 @@ static void test_lease_lost_stops_call(void **state)
 }
 
 /* Renewals that stop landing (here: each one fails) make the worker stop the call before its lease
- * can run out and the reaper hand the step to another claimer: no answer is recorded from an
- * attempt that another one may be repeating. */
+ * can run out, and claim nothing more: the reaper hands the step back once the worker's lease has
+ * lapsed, and no answer is recorded from an attempt that another worker may be repeating. */
 static void test_unrenewed_lease_stops_call(void **state)
 {
     (void)state;
     slow_call sc = slow_call_start(
-        "llm_unrenewed", "CREATE OR REPLACE FUNCTION flowd_renew_leases(p_owner text,"
-                         " p_lease_ms integer, p_ids bigint[]) RETURNS SETOF bigint"
-                         " LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'renewals refused'; END $$");
+        "llm_unrenewed",
+        "CREATE OR REPLACE FUNCTION flowd_worker_leases(p_owner text, p_lease_ms integer,"
+        " p_ids bigint[], p_release bigint[], p_release_attempts integer[],"
+        " p_fresh_connection boolean) RETURNS SETOF bigint"
+        " LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'renewals refused'; END $$");
     assert_int_equal(slow_call_finish(&sc), 0);
-    /* the reaper handed the step back after each lost lease and it was tried again, but no call
-     * lived to its answer */
-    assert_true(th_llm_calls(sc.mock) >= 2);
+    assert_int_equal(th_llm_calls(sc.mock), 1);
+    assert_int_equal(th_pg_longf(sc.db,
+                                 "SELECT count(*) FROM steps s JOIN runs r ON r.id = s.run_id"
+                                 " WHERE r.workflow_id = %lld AND s.state = 'ready'"
+                                 " AND s.attempts = 1 AND s.error->>'code' = 'lease_expired'",
+                                 sc.wf),
+                     1);
     slow_call_free(&sc);
+}
+
+/* Renewals write one row per worker: the running step's row stays as the claim left it while its
+ * worker's lease moves on. */
+static void test_renewals_leave_steps_alone(void **state)
+{
+    (void)state;
+    slow_call sc = slow_call_start("llm_renewals", NULL);
+    char *xmin = th_pg_value(sc.db, "SELECT xmin::text FROM steps WHERE state = 'running'");
+    char *until = th_pg_value(sc.db, "SELECT expires_at::text FROM worker_leases"
+                                     " WHERE owner = 'llm_renewals-0'");
+    assert_non_null(xmin);
+    assert_non_null(until);
+    th_sleep_ms(1500); /* five renewals */
+    char *sql = eng_xasprintf("SELECT count(*) FROM steps WHERE state = 'running'"
+                              " AND xmin::text = '%s'",
+                              xmin);
+    assert_int_equal(th_pg_long(sc.db, sql), 1);
+    free(sql);
+    sql = eng_xasprintf("SELECT count(*) FROM worker_leases WHERE owner = 'llm_renewals-0'"
+                        " AND expires_at > '%s'",
+                        until);
+    assert_int_equal(th_pg_long(sc.db, sql), 1);
+    free(sql);
+    free(xmin);
+    free(until);
+    assert_int_equal(slow_call_finish(&sc), 1); /* and the call lived to its answer */
+    slow_call_free(&sc);
+}
+
+/* A renewal stuck for longer than the lease makes the worker stop the call; once renewals land
+ * again, its lease is alive, so nobody else would ever hand the step back: the worker does,
+ * and the step runs again (the stopped attempt counted). */
+static void test_stopped_step_handed_back(void **state)
+{
+    (void)state;
+    slow_call sc = slow_call_start(
+        "llm_handback",
+        "CREATE TABLE renew_stalls (n integer); INSERT INTO renew_stalls VALUES (1);"
+        " ALTER FUNCTION flowd_worker_leases(text, integer, bigint[], bigint[], integer[], boolean)"
+        " RENAME TO flowd_worker_leases_real;"
+        " CREATE FUNCTION flowd_worker_leases(p_owner text, p_lease_ms integer, p_ids bigint[],"
+        " p_release bigint[], p_release_attempts integer[], p_fresh_connection boolean)"
+        " RETURNS SETOF bigint"
+        " LANGUAGE plpgsql AS $$ BEGIN"
+        " IF (SELECT n FROM renew_stalls) > 0 THEN"
+        " UPDATE renew_stalls SET n = n - 1; PERFORM pg_sleep(2); END IF;"
+        " RETURN QUERY SELECT * FROM flowd_worker_leases_real(p_owner, p_lease_ms, p_ids,"
+        " p_release, p_release_attempts, p_fresh_connection); END $$");
+    char *done = eng_xasprintf("SELECT count(*) = 1 FROM runs WHERE workflow_id = %lld"
+                               " AND state = 'succeeded'",
+                               sc.wf);
+    bool finished = th_engine_wait(sc.db, done, 20);
+    free(done);
+    th_workers_stop(sc.ws);
+    assert_true(finished);
+    assert_int_equal(th_llm_calls(sc.mock), 2);
+    assert_int_equal(th_pg_longf(sc.db,
+                                 "SELECT count(*) FROM steps s JOIN runs r ON r.id = s.run_id"
+                                 " WHERE r.workflow_id = %lld AND s.attempts = 2",
+                                 sc.wf),
+                     1);
+    assert_int_equal(th_pg_long(sc.db, "SELECT count(*) FROM llm_records"), 1);
+    slow_call_free(&sc);
+}
+
+/* A claim whose answer was lost with its connection leaves a step running in the worker's name
+ * that the worker never saw, under a lease the worker keeps alive: the first renewal on its new
+ * connection hands it back. */
+static void test_unseen_claim_handed_back(void **state)
+{
+    (void)state;
+    clear_env();
+    th_llm *o = th_llm_start(TH_LLM_OPENAI);
+    use_openai(o);
+    long long tenant;
+    char *db = th_engine_db("llm_unseen", &tenant);
+    long long wf = llm_workflow(db, tenant, "{\"model\": \"m\", \"prompt\": \"unseen\"}", "");
+    th_engine_enqueue(db, tenant, wf, 1, NULL, 0);
+    assert_int_equal(th_pg_long(db, "WITH u AS (UPDATE steps SET state = 'running', attempts = 1,"
+                                    " lease_owner = 'llm_unseen-0',"
+                                    " lease_expires_at = now() - interval '1 minute'"
+                                    " RETURNING 1) SELECT count(*) FROM u"),
+                     1);
+    free(th_pg_value(db, "INSERT INTO worker_leases VALUES ('llm_unseen-0', now() + interval '1 hour')"));
+    th_workers *ws = th_workers_start(db, 1, "llm_unseen", 0, 0, 900);
+    char *done = eng_xasprintf("SELECT count(*) = 1 FROM runs WHERE workflow_id = %lld"
+                               " AND state = 'succeeded'",
+                               wf);
+    bool finished = th_engine_wait(db, done, 20);
+    free(done);
+    th_workers_stop(ws);
+    assert_true(finished);
+    assert_int_equal(th_llm_calls(o), 1);
+    assert_int_equal(th_pg_longf(db,
+                                 "SELECT count(*) FROM steps s JOIN runs r ON r.id = s.run_id"
+                                 " WHERE r.workflow_id = %lld AND s.attempts = 2",
+                                 wf),
+                     1);
+    th_llm_stop(o);
+    free(db);
 }
 
 /* ------------------------------------------------------------------------------ sandbox -- */
@@ -907,6 +1014,9 @@ int main(void)
         cmocka_unit_test(test_recorded_output_replay),
         cmocka_unit_test(test_lease_lost_stops_call),
         cmocka_unit_test(test_unrenewed_lease_stops_call),
+        cmocka_unit_test(test_renewals_leave_steps_alone),
+        cmocka_unit_test(test_stopped_step_handed_back),
+        cmocka_unit_test(test_unseen_claim_handed_back),
         cmocka_unit_test(test_sandbox),
         cmocka_unit_test(test_tenant_settings),
         cmocka_unit_test(test_rate_limit_two_worker_sets),
