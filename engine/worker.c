@@ -595,23 +595,10 @@ static void worker_ignore_cb(void *arg, const eng_err *err, const PGresult *res)
         log_warn("worker maintenance query failed", " owner=%s error=\"%s\"", (char *)arg, err->msg);
 }
 
-static void worker_heartbeat_cb(struct ev_loop *loop, ev_timer *t, int revents)
+/* Sends a renewal: this worker's lease, the attempts to hand back, and which steps it holds
+ * (running here, or finished with the outcome not yet reported) so that it learns which it lost. */
+static void worker_renew(eng_worker *w, double now)
 {
-    (void)revents;
-    eng_worker *w = ENG_CONTAINER_OF(t, eng_worker, heartbeat);
-    /* Renewals that stopped landing (a stalled process, a cut or stuck connection) leave steps
-     * whose lease may run out before the next tick, after which the reaper hands them to another
-     * claimer: stop them here rather than run them twice. */
-    double now = ev_now(loop), tick = w->opts.lease_ms / 3000.0;
-    for (eng_step_ctx *c = w->inflight, *next; c; c = next) {
-        next = c->next;
-        if (c->lease_until < now + tick)
-            ctx_abandon(c, "lease_expired", true);
-    }
-    if (w->renew_inflight ||
-        !(w->ninflight > 0 || w->nrelease > 0 || w->fresh_connection || w->renew_failing))
-        return;
-    /* held: running here, or finished with the outcome not yet reported */
     size_t nres = json_array_size(w->results), nsent = json_array_size(w->sent);
     int64_t *held = eng_xcalloc((size_t)w->ninflight + nres + nsent + 1, sizeof *held);
     size_t nheld = 0;
@@ -621,14 +608,14 @@ static void worker_heartbeat_cb(struct ev_loop *loop, ev_timer *t, int revents)
         held[nheld++] = json_integer_value(json_object_get(json_array_get(w->results, i), "id"));
     for (size_t i = 0; i < nsent; i++)
         held[nheld++] = json_integer_value(json_object_get(json_array_get(w->sent, i), "id"));
-    char lease_s[16];
-    snprintf(lease_s, sizeof lease_s, "%d", w->opts.lease_ms);
     int64_t *rel_ids = eng_xcalloc(w->nrelease + 1, sizeof *rel_ids),
             *rel_attempts = eng_xcalloc(w->nrelease + 1, sizeof *rel_attempts);
     for (size_t i = 0; i < w->nrelease; i++) {
         rel_ids[i] = w->release[i].id;
         rel_attempts[i] = w->release[i].attempt;
     }
+    char lease_s[16];
+    snprintf(lease_s, sizeof lease_s, "%d", w->opts.lease_ms);
     eng_buf held_s, rel_ids_s, rel_attempts_s;
     eng_buf_init(&held_s, 0);
     eng_buf_init(&rel_ids_s, 0);
@@ -653,6 +640,24 @@ static void worker_heartbeat_cb(struct ev_loop *loop, ev_timer *t, int revents)
     free(held);
     free(rel_ids);
     free(rel_attempts);
+}
+
+static void worker_heartbeat_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)revents;
+    eng_worker *w = ENG_CONTAINER_OF(t, eng_worker, heartbeat);
+    /* Renewals that stopped landing (a stalled process, a cut or stuck connection) leave steps
+     * whose lease may run out before the next tick, after which the reaper hands them to another
+     * claimer: stop them here rather than run them twice. */
+    double now = ev_now(loop), tick = w->opts.lease_ms / 3000.0;
+    for (eng_step_ctx *c = w->inflight, *next; c; c = next) {
+        next = c->next;
+        if (c->lease_until < now + tick)
+            ctx_abandon(c, "lease_expired", true);
+    }
+    if (!w->renew_inflight &&
+        (w->ninflight > 0 || w->nrelease > 0 || w->fresh_connection || w->renew_failing))
+        worker_renew(w, now);
 }
 
 static void worker_reap_cb(struct ev_loop *loop, ev_timer *t, int revents)
