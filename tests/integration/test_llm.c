@@ -492,6 +492,26 @@ static void test_recorded_output_replay(void **state)
     free(db);
 }
 
+/* How many steps of the workflow's runs match cond (SQL about s, the step). */
+static long steps_where(const char *db, long long wf, const char *cond)
+{
+    return th_pg_longf(db,
+                       "SELECT count(*) FROM steps s JOIN runs r ON r.id = s.run_id"
+                       " WHERE r.workflow_id = %lld AND %s",
+                       wf, cond);
+}
+
+/* Waits up to timeout_s for the workflow's only run to succeed. */
+static bool run_succeeds(const char *db, long long wf, double timeout_s)
+{
+    char *sql = eng_xasprintf("SELECT count(*) = 1 FROM runs WHERE workflow_id = %lld"
+                              " AND state = 'succeeded'",
+                              wf);
+    bool ok = th_engine_wait(db, sql, timeout_s);
+    free(sql);
+    return ok;
+}
+
 /* One llm step whose call the mock holds for 3 s, on one in-process worker with leases of 900 ms
  * (renewed every 300 ms); before_sql (may be NULL) runs on the new database before the worker
  * starts. Returns once the mock has the call. */
@@ -550,11 +570,9 @@ static void test_lease_lost_stops_call(void **state)
                                        " WHERE state = 'running' RETURNING 1) SELECT count(*) FROM u"),
                      1);
     assert_int_equal(slow_call_finish(&sc), 0);
-    assert_int_equal(th_pg_longf(sc.db,
-                                 "SELECT count(*) FROM steps s JOIN runs r ON r.id = s.run_id"
-                                 " WHERE r.workflow_id = %lld AND s.state = 'running'"
-                                 " AND s.lease_owner = 'another-worker' AND s.attempts = 1",
-                                 sc.wf),
+    assert_int_equal(steps_where(sc.db, sc.wf,
+                                 "s.state = 'running' AND s.lease_owner = 'another-worker'"
+                                 " AND s.attempts = 1"),
                      1);
     assert_int_equal(th_llm_calls(sc.mock), 1);
     slow_call_free(&sc);
@@ -574,11 +592,9 @@ static void test_unrenewed_lease_stops_call(void **state)
         " LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'renewals refused'; END $$");
     assert_int_equal(slow_call_finish(&sc), 0);
     assert_int_equal(th_llm_calls(sc.mock), 1);
-    assert_int_equal(th_pg_longf(sc.db,
-                                 "SELECT count(*) FROM steps s JOIN runs r ON r.id = s.run_id"
-                                 " WHERE r.workflow_id = %lld AND s.state = 'ready'"
-                                 " AND s.attempts = 1 AND s.error->>'code' = 'lease_expired'",
-                                 sc.wf),
+    assert_int_equal(steps_where(sc.db, sc.wf,
+                                 "s.state = 'ready' AND s.attempts = 1"
+                                 " AND s.error->>'code' = 'lease_expired'"),
                      1);
     slow_call_free(&sc);
 }
@@ -630,19 +646,11 @@ static void test_stopped_step_handed_back(void **state)
         " UPDATE renew_stalls SET n = n - 1; PERFORM pg_sleep(2); END IF;"
         " RETURN QUERY SELECT * FROM flowd_worker_leases_real(p_owner, p_lease_ms, p_ids,"
         " p_release, p_release_attempts, p_fresh_connection); END $$");
-    char *done = eng_xasprintf("SELECT count(*) = 1 FROM runs WHERE workflow_id = %lld"
-                               " AND state = 'succeeded'",
-                               sc.wf);
-    bool finished = th_engine_wait(sc.db, done, 20);
-    free(done);
+    bool finished = run_succeeds(sc.db, sc.wf, 20);
     th_workers_stop(sc.ws);
     assert_true(finished);
     assert_int_equal(th_llm_calls(sc.mock), 2);
-    assert_int_equal(th_pg_longf(sc.db,
-                                 "SELECT count(*) FROM steps s JOIN runs r ON r.id = s.run_id"
-                                 " WHERE r.workflow_id = %lld AND s.attempts = 2",
-                                 sc.wf),
-                     1);
+    assert_int_equal(steps_where(sc.db, sc.wf, "s.attempts = 2"), 1);
     assert_int_equal(th_pg_long(sc.db, "SELECT count(*) FROM llm_records"), 1);
     slow_call_free(&sc);
 }
@@ -667,19 +675,11 @@ static void test_unseen_claim_handed_back(void **state)
                      1);
     free(th_pg_value(db, "INSERT INTO worker_leases VALUES ('llm_unseen-0', now() + interval '1 hour')"));
     th_workers *ws = th_workers_start(db, 1, "llm_unseen", 0, 0, 900);
-    char *done = eng_xasprintf("SELECT count(*) = 1 FROM runs WHERE workflow_id = %lld"
-                               " AND state = 'succeeded'",
-                               wf);
-    bool finished = th_engine_wait(db, done, 20);
-    free(done);
+    bool finished = run_succeeds(db, wf, 20);
     th_workers_stop(ws);
     assert_true(finished);
     assert_int_equal(th_llm_calls(o), 1);
-    assert_int_equal(th_pg_longf(db,
-                                 "SELECT count(*) FROM steps s JOIN runs r ON r.id = s.run_id"
-                                 " WHERE r.workflow_id = %lld AND s.attempts = 2",
-                                 wf),
-                     1);
+    assert_int_equal(steps_where(db, wf, "s.attempts = 2"), 1);
     th_llm_stop(o);
     free(db);
 }
