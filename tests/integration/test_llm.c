@@ -512,9 +512,9 @@ static bool run_succeeds(const char *db, long long wf, double timeout_s)
     return ok;
 }
 
-/* One llm step whose call the mock holds for 3 s, on one in-process worker with leases of 900 ms
- * (renewed every 300 ms); before_sql (may be NULL) runs on the new database before the worker
- * starts. Returns once the mock has the call. */
+/* One llm step whose call the mock holds for 3 s, on one in-process worker with leases of lease_ms
+ * (renewed every third of that); before_sql (may be NULL) runs on the new database before the
+ * worker starts. Returns once the mock has the call. */
 typedef struct slow_call {
     th_llm *mock;
     char *db;
@@ -522,7 +522,7 @@ typedef struct slow_call {
     th_workers *ws;
 } slow_call;
 
-static slow_call slow_call_start(const char *prefix, const char *before_sql)
+static slow_call slow_call_start(const char *prefix, int lease_ms, const char *before_sql)
 {
     clear_env();
     slow_call sc = {.mock = th_llm_start(TH_LLM_OPENAI)};
@@ -534,7 +534,7 @@ static slow_call slow_call_start(const char *prefix, const char *before_sql)
     if (before_sql)
         free(th_pg_value(sc.db, before_sql));
     th_engine_enqueue(sc.db, tenant, sc.wf, 1, NULL, 0);
-    sc.ws = th_workers_start(sc.db, 1, prefix, 0, 0, 900);
+    sc.ws = th_workers_start(sc.db, 1, prefix, 0, 0, lease_ms);
     long long deadline = th_now_ms() + 10000;
     while (th_llm_calls(sc.mock) < 1 && th_now_ms() < deadline)
         th_sleep_ms(10);
@@ -564,7 +564,7 @@ static void slow_call_free(slow_call *sc)
 static void test_lease_lost_stops_call(void **state)
 {
     (void)state;
-    slow_call sc = slow_call_start("llm_lease", NULL);
+    slow_call sc = slow_call_start("llm_lease", 900, NULL);
     assert_int_equal(th_pg_long(sc.db, "WITH u AS (UPDATE steps SET lease_owner = 'another-worker',"
                                        " lease_expires_at = now() + interval '1 hour'"
                                        " WHERE state = 'running' RETURNING 1) SELECT count(*) FROM u"),
@@ -585,7 +585,7 @@ static void test_unrenewed_lease_stops_call(void **state)
 {
     (void)state;
     slow_call sc = slow_call_start(
-        "llm_unrenewed",
+        "llm_unrenewed", 900,
         "CREATE OR REPLACE FUNCTION flowd_worker_leases(p_owner text, p_lease_ms integer,"
         " p_ids bigint[], p_release bigint[], p_release_attempts integer[],"
         " p_fresh_connection boolean) RETURNS SETOF bigint"
@@ -604,13 +604,14 @@ static void test_unrenewed_lease_stops_call(void **state)
 static void test_renewals_leave_steps_alone(void **state)
 {
     (void)state;
-    slow_call sc = slow_call_start("llm_renewals", NULL);
+    /* a lease with room for a slow renewal on a busy machine: the step must keep its row */
+    slow_call sc = slow_call_start("llm_renewals", 1500, NULL);
     char *xmin = th_pg_value(sc.db, "SELECT xmin::text FROM steps WHERE state = 'running'");
     char *until = th_pg_value(sc.db, "SELECT expires_at::text FROM worker_leases"
                                      " WHERE owner = 'llm_renewals-0'");
     assert_non_null(xmin);
     assert_non_null(until);
-    th_sleep_ms(1500); /* five renewals */
+    th_sleep_ms(1600); /* three renewals */
     char *sql = eng_xasprintf("SELECT count(*) FROM steps WHERE state = 'running'"
                               " AND xmin::text = '%s'",
                               xmin);
@@ -634,7 +635,7 @@ static void test_stopped_step_handed_back(void **state)
 {
     (void)state;
     slow_call sc = slow_call_start(
-        "llm_handback",
+        "llm_handback", 900,
         "CREATE TABLE renew_stalls (n integer); INSERT INTO renew_stalls VALUES (1);"
         " ALTER FUNCTION flowd_worker_leases(text, integer, bigint[], bigint[], integer[], boolean)"
         " RENAME TO flowd_worker_leases_real;"
