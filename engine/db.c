@@ -483,6 +483,11 @@ bool eng_db_connected(const eng_db *db)
     return db->st == DB_IDLE || db->st == DB_BUSY;
 }
 
+int eng_db_backend_pid(const eng_db *db)
+{
+    return eng_db_connected(db) ? PQbackendPID(db->pg) : 0;
+}
+
 int eng_db_pending(const eng_db *db)
 {
     return db->nqueries;

@@ -53,6 +53,9 @@ void eng_db_query(eng_db *db, const char *stmt, int nparams, const char *const *
 
 /* True when the connection is up. */
 bool eng_db_connected(const eng_db *db);
+/* The server process of the current connection (pg_backend_pid()), 0 when not connected: tells a
+ * caller whether a query ran on the connection it was prepared for. */
+int eng_db_backend_pid(const eng_db *db);
 /* Queries queued or in flight. */
 int eng_db_pending(const eng_db *db);
 

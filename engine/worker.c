@@ -625,14 +625,21 @@ static void worker_renew(eng_worker *w, double now)
         log_error("out of memory", " where=lease renewal");
         abort();
     }
+    /* What a fresh connection's first renewal hands back is judged against what this worker
+     * holds now, so it applies only if the renewal runs on this same connection (a renewal queued
+     * here may run on the next one, and the next connection asks again anyway). */
+    int pid = eng_db_backend_pid(w->db);
+    char pid_s[16];
+    snprintf(pid_s, sizeof pid_s, "%d", pid);
+    bool fresh = w->fresh_connection && pid != 0;
     const char *params[] = {w->owner, lease_s, held_s.ptr, rel_ids_s.ptr, rel_attempts_s.ptr,
-                            w->fresh_connection ? "true" : "false"};
+                            fresh ? pid_s : NULL};
     w->renew_seq = w->ctx_seq;
     w->renew_sent = now;
     w->renew_inflight = true;
     w->nrelease_sent = w->nrelease;
-    w->fresh_sent = w->fresh_connection;
-    w->fresh_connection = false;
+    w->fresh_sent = fresh;
+    w->fresh_connection = w->fresh_connection && !fresh;
     eng_db_query(w->db, "flowd_worker_leases", 6, params, worker_renew_cb, w);
     eng_buf_deinit(&held_s);
     eng_buf_deinit(&rel_ids_s);
@@ -724,7 +731,7 @@ static void *worker_main(void *arg)
     eng_db_prepare(w->db, "flowd_next_due", "SELECT flowd_next_due_ms()", 0);
     eng_db_prepare(w->db, "flowd_worker_leases",
                    "SELECT * FROM flowd_worker_leases($1, $2, $3::bigint[], $4::bigint[], "
-                   "$5::integer[], $6::boolean)",
+                   "$5::integer[], $6::integer)",
                    6);
     eng_db_prepare(w->db, "flowd_reap", "SELECT flowd_reap(1000)", 0);
     eng_db_prepare(w->db, "flowd_prune",

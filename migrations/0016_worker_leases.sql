@@ -118,14 +118,16 @@ END $$;
 
 -- A worker's renewal: keeps its lease alive, hands back the attempts it stopped without an outcome
 -- (steps p_release at attempts p_release_attempts: their lease had run out as far as it knew; a
--- step claimed again since is another attempt and stays) and, with p_fresh_connection, the steps
+-- step claimed again since is another attempt and stays) and, given p_fresh_pid, the steps
 -- running in its name that a round trip on an earlier connection claimed but never delivered (it
--- holds p_ids; steps claimed on this connection are all delivered or still on their way). Returns
--- the ids among p_ids it no longer holds: reaped after its lease lapsed, or ended meanwhile
--- (cancelled, deleted).
+-- holds p_ids; steps claimed on this connection are all delivered or still on their way). That
+-- last part needs p_ids to describe this connection's worker: p_fresh_pid is the server process it
+-- was prepared for, and on another connection (the renewal queued behind a lost one) it is
+-- skipped. Returns the ids among p_ids it no longer holds: reaped after its lease lapsed, or ended
+-- meanwhile (cancelled, deleted).
 CREATE FUNCTION flowd_worker_leases(p_owner text, p_lease_ms integer, p_ids bigint[],
                                     p_release bigint[], p_release_attempts integer[],
-                                    p_fresh_connection boolean)
+                                    p_fresh_pid integer)
 RETURNS SETOF bigint
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -133,7 +135,7 @@ DECLARE
     v_unseen     bigint[] := '{}';
 BEGIN
     PERFORM flowd_worker_renew(p_owner, p_lease_ms);
-    IF p_fresh_connection THEN
+    IF p_fresh_pid = pg_backend_pid() THEN
         -- a claim set lease_expires_at to its now() plus the worker's lease, and nothing moves it
         SELECT a.backend_start INTO v_conn_start FROM pg_stat_activity a
          WHERE a.pid = pg_backend_pid();

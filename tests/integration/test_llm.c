@@ -588,7 +588,7 @@ static void test_unrenewed_lease_stops_call(void **state)
         "llm_unrenewed", 900,
         "CREATE OR REPLACE FUNCTION flowd_worker_leases(p_owner text, p_lease_ms integer,"
         " p_ids bigint[], p_release bigint[], p_release_attempts integer[],"
-        " p_fresh_connection boolean) RETURNS SETOF bigint"
+        " p_fresh_pid integer) RETURNS SETOF bigint"
         " LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'renewals refused'; END $$");
     assert_int_equal(slow_call_finish(&sc), 0);
     assert_int_equal(th_llm_calls(sc.mock), 1);
@@ -637,16 +637,16 @@ static void test_stopped_step_handed_back(void **state)
     slow_call sc = slow_call_start(
         "llm_handback", 900,
         "CREATE TABLE renew_stalls (n integer); INSERT INTO renew_stalls VALUES (1);"
-        " ALTER FUNCTION flowd_worker_leases(text, integer, bigint[], bigint[], integer[], boolean)"
+        " ALTER FUNCTION flowd_worker_leases(text, integer, bigint[], bigint[], integer[], integer)"
         " RENAME TO flowd_worker_leases_real;"
         " CREATE FUNCTION flowd_worker_leases(p_owner text, p_lease_ms integer, p_ids bigint[],"
-        " p_release bigint[], p_release_attempts integer[], p_fresh_connection boolean)"
+        " p_release bigint[], p_release_attempts integer[], p_fresh_pid integer)"
         " RETURNS SETOF bigint"
         " LANGUAGE plpgsql AS $$ BEGIN"
         " IF (SELECT n FROM renew_stalls) > 0 THEN"
         " UPDATE renew_stalls SET n = n - 1; PERFORM pg_sleep(2); END IF;"
         " RETURN QUERY SELECT * FROM flowd_worker_leases_real(p_owner, p_lease_ms, p_ids,"
-        " p_release, p_release_attempts, p_fresh_connection); END $$");
+        " p_release, p_release_attempts, p_fresh_pid); END $$");
     bool finished = run_succeeds(sc.db, sc.wf, 20);
     th_workers_stop(sc.ws);
     assert_true(finished);
