@@ -4,7 +4,11 @@
  * calls before every poll so that all outcomes reported in one loop iteration travel in one trip:
  *   cycle_inflight  a flowd_cycle() is on the wire; nothing else is sent until it returns
  *   maybe_work      claimable steps may exist (NOTIFY, timer, full batch): claim when slots are free
- *   stopping        no more claims; exit once in-flight steps are done or handed back */
+ *   stopping        no more claims; exit once in-flight steps are done or handed back
+ *   renew_failing   lease renewals fail on a live connection: no claims until one lands
+ * Leases are the worker's (migrations/0016_worker_leases.sql): the heartbeat timer renews them,
+ * stops steps whose lease may have run out (renewals not landing) and hands those back, and a new
+ * connection's first renewal hands back what a lost round trip claimed unseen. */
 #include "engine/worker.h"
 
 #include <ev.h>
