@@ -12,63 +12,17 @@
 // clang-format on
 #include <curl/curl.h>
 #include <jansson.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-#include "engine/buf.h"
-#include "engine/log.h"
 #include "engine/mem.h"
-#include "engine/step.h"
-#include "api/api.h"
 #include "tests/support/th.h"
-#include "tests/support/th_engine.h"
+#include "tests/support/th_api.h"
 
-#define ADMIN_KEY "fd_test_key_not_secret" /* th_engine_db's default tenant (admin) */
-
-static char *db;
+static th_api *api; /* no workers: the rows stay as the enqueue wrote them */
 static PGconn *pg;
-static api_service *svc; /* no workers: the rows stay as the enqueue wrote them */
-static char base[64];
-
-static size_t collect(char *p, size_t sz, size_t n, void *arg)
-{
-    return eng_buf_append((eng_buf *)arg, p, sz * n) == ENG_OK ? sz * n : 0;
-}
-
-/* One request with the admin key that must answer status with JSON (new reference). */
-static json_t *call(long status, const char *method, const char *path, const char *body)
-{
-    CURL *h = curl_easy_init();
-    eng_buf out;
-    eng_buf_init(&out, 0);
-    char url[256];
-    snprintf(url, sizeof url, "%s%s", base, path);
-    struct curl_slist *hl = curl_slist_append(NULL, "Authorization: Bearer " ADMIN_KEY);
-    hl = curl_slist_append(hl, "Content-Type: application/json");
-    curl_easy_setopt(h, CURLOPT_URL, url);
-    curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
-    curl_easy_setopt(h, CURLOPT_HTTPHEADER, hl);
-    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
-    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, collect);
-    curl_easy_setopt(h, CURLOPT_WRITEDATA, &out);
-    CURLcode rc = curl_easy_perform(h);
-    if (rc != CURLE_OK)
-        fail_msg("%s %s: %s", method, path, curl_easy_strerror(rc));
-    long got;
-    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &got);
-    curl_slist_free_all(hl);
-    curl_easy_cleanup(h);
-    json_t *j = json_loadb(out.ptr ? out.ptr : "", out.len, 0, NULL);
-    if (got != status || !j)
-        fail_msg("%s %s: expected %ld, got %ld: %.*s", method, path, status, got, (int)out.len,
-                 out.ptr ? out.ptr : "");
-    eng_buf_deinit(&out);
-    return j;
-}
 
 /* w waits for a window that is closed today (its only day is tomorrow, UTC); a and b are a chain
  * after a delay with a concurrency key; cancel_on renders the lead. */
@@ -98,10 +52,10 @@ static void test_batch_rows(void **state)
 {
     (void)state;
     char *def = def_json();
-    json_decref(call(201, "PUT", "/v1/workflows/enq", def));
+    json_decref(th_api_json(api, 201, "PUT", "/v1/workflows/enq", def));
     free(def);
     /* the middle input has no lead: no concurrency key, no cancel_on entry */
-    json_t *b = call(201, "POST", "/v1/batches",
+    json_t *b = th_api_json(api, 201, "POST", "/v1/batches",
                             "{\"workflow\": \"enq\", \"inputs\": [{\"lead\": \"x\", \"n\": 1},"
                             " {\"n\": 2}, {\"lead\": \"z\", \"n\": 3}]}");
     char batch[24];
@@ -159,12 +113,12 @@ static void test_single_run_rows(void **state)
     (void)state;
     const char *body = "{\"workflow\": \"enq\", \"input\": {\"lead\": \"s\", \"n\": 9},"
                        " \"idempotency_key\": \"enq-1\"}";
-    json_t *run = call(201, "POST", "/v1/runs", body);
+    json_t *run = th_api_json(api, 201, "POST", "/v1/runs", body);
     char id[24];
     snprintf(id, sizeof id, "%lld", (long long)json_integer_value(json_object_get(run, "id")));
     assert_string_equal(json_string_value(json_object_get(run, "state")), "queued");
     json_decref(run);
-    json_decref(call(200, "POST", "/v1/runs", body));
+    json_decref(th_api_json(api, 200, "POST", "/v1/runs", body));
     expect_rows("1", "SELECT count(*) FROM runs WHERE idempotency_key = 'enq-1' AND id = $1", id);
     expect_rows("w ready true|a ready lead-s|b pending -",
                 "SELECT string_agg(concat_ws(' ', key, state, CASE WHEN key = 'w' THEN"
@@ -179,35 +133,22 @@ static void test_single_run_rows(void **state)
 static int group_setup(void **state)
 {
     (void)state;
-    db = th_engine_db("api_enqueue", NULL);
-    pg = th_pgc_open(db);
-    api_service_opts o = {.conninfo = db, .listen = "127.0.0.1:0", .threads = 1, .db_conns = 2};
-    eng_err err;
-    svc = api_service_start(&o, &err);
-    if (!svc) {
-        fprintf(stderr, "api_service_start: %s\n", err.msg);
-        return -1;
-    }
-    snprintf(base, sizeof base, "http://127.0.0.1:%d", api_service_port(svc));
+    api = th_api_start(&(th_api_opts){.prefix = "api_enqueue", .no_workers = true});
+    pg = th_pgc_open(th_api_db(api));
     return 0;
 }
 
 static int group_teardown(void **state)
 {
     (void)state;
-    api_service_stop(svc);
     PQfinish(pg);
-    free(db);
+    th_api_stop(api);
     return 0;
 }
 
 int main(void)
 {
-    eng_mem_init();
-    eng_log_init();
-    eng_step_register_builtins();
-    signal(SIGPIPE, SIG_IGN);
-    curl_global_init(CURL_GLOBAL_DEFAULT);
+    th_api_init();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_batch_rows),
         cmocka_unit_test(test_single_run_rows),

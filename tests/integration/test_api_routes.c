@@ -13,26 +13,21 @@
 #include <curl/curl.h>
 #include <jansson.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 
-#include "api/api.h"
-#include "engine/log.h"
 #include "engine/mem.h"
-#include "engine/step.h"
 #include "tests/support/th.h"
 #include "tests/support/th_api.h"
 #include "tests/support/th_engine.h"
 
 #define ADMIN_KEY "fd_test_key_not_secret" /* th_engine_db's default tenant (admin) */
 
-static char *db;
-static api_service *svc;
-static char base[64];
+static th_api *api; /* no workers: the tests that need them run their own */
+static const char *db, *base;
 static char key_a[64], key_b[64]; /* admin keys of tenants A and B */
 static long long tenant_b_id;
 
@@ -716,33 +711,22 @@ static void test_cli_tenant_and_url_mode(void **state)
 static int group_setup(void **state)
 {
     (void)state;
-    db = th_engine_db("api_routes", NULL);
-    api_service_opts o = {.conninfo = db, .listen = "127.0.0.1:0", .threads = 2, .db_conns = 4};
-    eng_err err;
-    svc = api_service_start(&o, &err);
-    if (!svc) {
-        fprintf(stderr, "api_service_start: %s\n", err.msg);
-        return -1;
-    }
-    snprintf(base, sizeof base, "http://127.0.0.1:%d", api_service_port(svc));
+    api = th_api_start(&(th_api_opts){.prefix = "api_routes", .no_workers = true});
+    db = th_api_db(api);
+    base = th_api_url(api);
     return 0;
 }
 
 static int group_teardown(void **state)
 {
     (void)state;
-    api_service_stop(svc);
-    free(db);
+    th_api_stop(api);
     return 0;
 }
 
 int main(void)
 {
-    eng_mem_init();
-    eng_log_init();
-    eng_step_register_builtins();
-    signal(SIGPIPE, SIG_IGN);
-    curl_global_init(CURL_GLOBAL_DEFAULT);
+    th_api_init();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_admin_tenants_and_keys),
         cmocka_unit_test(test_runs_list_paging_and_filters),

@@ -15,16 +15,12 @@
 #include <curl/curl.h>
 #include <jansson.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "api/api.h"
-#include "engine/log.h"
 #include "engine/mem.h"
-#include "engine/step.h"
 #include "tests/support/th.h"
 #include "tests/support/th_api.h"
 #include "tests/support/th_engine.h"
@@ -32,11 +28,10 @@
 #define ADMIN_KEY "fd_test_key_not_secret" /* th_engine_db's default tenant (admin) */
 #define OTHER_KEY "fd_runcache_other_tenant_key"
 
-static char *db;
+static th_api *api; /* one API loop thread, no workers (the tests run their own) */
+static const char *db;
 static long long tenant;
 static PGconn *pg; /* the "outside" connection: changes and the truth */
-static api_service *svc;
-static char base[64];
 
 static const char one_step_def[] =
     "{\"name\": \"rc_one\", \"steps\": [{\"key\": \"a\", \"kind\": \"transform\","
@@ -61,7 +56,7 @@ static resp get_run(CURL *h, long long run, const char *key)
 {
     resp r = {0, eng_xstrdup(""), 0};
     char url[128], auth[128];
-    snprintf(url, sizeof url, "%s/v1/runs/%lld", base, run);
+    snprintf(url, sizeof url, "%s/v1/runs/%lld", th_api_url(api), run);
     snprintf(auth, sizeof auth, "Authorization: Bearer %s", key);
     struct curl_slist *hl = curl_slist_append(NULL, auth);
     curl_easy_setopt(h, CURLOPT_URL, url);
@@ -308,22 +303,16 @@ static void test_map_items(void **state)
 static int group_setup(void **state)
 {
     (void)state;
-    db = th_engine_db("api_runcache", &tenant);
+    api = th_api_start(&(th_api_opts){.prefix = "api_runcache", .no_workers = true, .threads = 1});
+    db = th_api_db(api);
     pg = th_pgc_open(db);
+    tenant = th_pgc_ll(pg, "SELECT id FROM tenants WHERE name = 'default'", 0, NULL);
     th_pgc_str(pg,
                "WITH t AS (INSERT INTO tenants (name) VALUES ('rc-other') RETURNING id)"
                " INSERT INTO api_keys (tenant_id, key_hash, prefix, role)"
                " SELECT id, sha256(convert_to($1, 'UTF8')), left($1, 8), 'member' FROM t",
                TH_P(OTHER_KEY));
     th_pgc_str(pg, "UPDATE tenants SET rate_per_s = 1e6, rate_burst = 1000000", 0, NULL);
-    api_service_opts o = {.conninfo = db, .listen = "127.0.0.1:0", .threads = 1, .db_conns = 2};
-    eng_err err;
-    svc = api_service_start(&o, &err);
-    if (!svc) {
-        fprintf(stderr, "api_service_start: %s\n", err.msg);
-        return -1;
-    }
-    snprintf(base, sizeof base, "http://127.0.0.1:%d", api_service_port(svc));
     client = curl_easy_init();
     return 0;
 }
@@ -332,19 +321,14 @@ static int group_teardown(void **state)
 {
     (void)state;
     curl_easy_cleanup(client);
-    api_service_stop(svc);
     PQfinish(pg);
-    free(db);
+    th_api_stop(api);
     return 0;
 }
 
 int main(void)
 {
-    eng_mem_init();
-    eng_log_init();
-    eng_step_register_builtins();
-    signal(SIGPIPE, SIG_IGN);
-    curl_global_init(CURL_GLOBAL_DEFAULT);
+    th_api_init();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_worker_finishing_a_step),
         cmocka_unit_test(test_event_cancel_retry),

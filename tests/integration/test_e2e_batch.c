@@ -15,16 +15,13 @@
 // clang-format on
 #include <curl/curl.h>
 #include <jansson.h>
-#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "engine/buf.h"
-#include "engine/log.h"
 #include "engine/mem.h"
-#include "engine/step.h"
 #include "steps/steps.h"
 #include "tests/support/th.h"
 #include "tests/support/th_api.h"
@@ -265,12 +262,8 @@ static void test_batch_of_200_prospects(void **state)
 
 int main(void)
 {
-    eng_mem_init();
-    eng_log_init();
-    eng_step_register_builtins();
+    th_api_init();
     step_register_all();
-    signal(SIGPIPE, SIG_IGN);
-    curl_global_init(CURL_GLOBAL_DEFAULT);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_batch_of_200_prospects),
     };

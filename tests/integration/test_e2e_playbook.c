@@ -19,15 +19,12 @@
 #include <curl/curl.h>
 #include <jansson.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/log.h"
 #include "engine/mem.h"
-#include "engine/step.h"
 #include "steps/steps.h"
 #include "tests/support/th.h"
 #include "tests/support/th_api.h"
@@ -520,12 +517,8 @@ static int group_teardown(void **state)
 
 int main(void)
 {
-    eng_mem_init();
-    eng_log_init();
-    eng_step_register_builtins();
+    th_api_init();
     step_register_all();
-    signal(SIGPIPE, SIG_IGN);
-    curl_global_init(CURL_GLOBAL_DEFAULT);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_phases_in_order_to_100),
         cmocka_unit_test(test_step_fails_twice_then_succeeds),

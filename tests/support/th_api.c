@@ -2,6 +2,7 @@
 #include "tests/support/th_api.h"
 
 #include <curl/curl.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,7 +10,9 @@
 #include <time.h>
 
 #include "api/api.h"
+#include "engine/log.h"
 #include "engine/mem.h"
+#include "engine/step.h"
 #include "tests/support/th.h"
 #include "tests/support/th_engine.h"
 #include "tests/support/th_mockhttp.h"
@@ -21,12 +24,22 @@ struct th_api {
     char url[64];
 };
 
+void th_api_init(void)
+{
+    eng_mem_init();
+    eng_log_init();
+    eng_step_register_builtins();
+    signal(SIGPIPE, SIG_IGN);
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
 th_api *th_api_start(const th_api_opts *opts)
 {
     th_api *a = eng_xcalloc(1, sizeof *a);
     a->db = th_engine_db(opts->prefix ? opts->prefix : "api_e2e", NULL);
-    api_service_opts o = {.conninfo = a->db, .listen = "127.0.0.1:0", .threads = 2,
-                          .db_conns = 4, .test_clock = opts->test_clock};
+    api_service_opts o = {.conninfo = a->db, .listen = "127.0.0.1:0",
+                          .threads = opts->threads > 0 ? opts->threads : 2, .db_conns = 4,
+                          .test_clock = opts->test_clock};
     eng_err err;
     a->svc = api_service_start(&o, &err);
     if (!a->svc) {
@@ -34,8 +47,9 @@ th_api *th_api_start(const th_api_opts *opts)
         abort();
     }
     snprintf(a->url, sizeof a->url, "http://127.0.0.1:%d", api_service_port(a->svc));
-    a->workers = th_workers_start(a->db, opts->workers > 0 ? opts->workers : 2,
-                                  opts->prefix ? opts->prefix : "api-e2e", 0, 0, 0);
+    if (!opts->no_workers)
+        a->workers = th_workers_start(a->db, opts->workers > 0 ? opts->workers : 2,
+                                      opts->prefix ? opts->prefix : "api-e2e", 0, 0, 0);
     return a;
 }
 

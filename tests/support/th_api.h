@@ -2,7 +2,7 @@
  * th_api_).
  *
  * th_api_start gives a fresh database (th_engine_db: migrated, default tenant with the admin key
- * TH_API_KEY), the API service on 127.0.0.1:0 and in-process workers. Requests use libcurl's easy
+ * TH_API_KEY), the API service on 127.0.0.1:0 and (unless told not to) in-process workers. Requests use libcurl's easy
  * interface (one handle per call, so any thread may call). Everything aborts the test binary on an
  * unexpected error, like th_engine.h, so tests read as steps and assertions.
  *
@@ -23,8 +23,14 @@ typedef struct th_api th_api;
 typedef struct th_api_opts {
     const char *prefix; /* database name prefix */
     int workers;        /* in-process workers (default 2) */
+    bool no_workers;    /* none: the rows stay as the API wrote them, or the test runs its own */
+    int threads;        /* API loop threads (default 2) */
     bool test_clock;    /* POST /v1/test/clock exists (the engine's clock must be in test mode) */
 } th_api_opts;
+
+/* Process set-up of an API test binary, first thing in main: allocators, logging, the built-in
+ * step kinds, SIGPIPE ignored (a closed connection must not kill the test), libcurl. */
+void th_api_init(void);
 
 th_api *th_api_start(const th_api_opts *opts);
 /* Stops the workers, then the API; NULL-safe. */
