@@ -14,6 +14,12 @@
  *   peak_rss_mib    VmHWM of the flowd process, read just before stopping it
  *   flowd_cpu_s     user + system CPU time of the flowd process, start to exit (a figure that
  *                   other load on the machine does not change much, unlike steps_per_s)
+ *   postgres_cpu_s  CPU time of the server processes serving flowd's connections (read from
+ *                   /proc just before flowd stops; -1 when the server is on another machine)
+ *   mock_cpu_s      CPU time of this process while flowd ran: the mock server, and the benchmark
+ *                   polling for the end
+ *   ceiling_steps_per_s  cores * steps / (postgres_cpu_s + mock_cpu_s): the rate this machine
+ *                   would allow if flowd itself cost nothing
  *   ideal_steps_per_s  min(steps, workers * max_inflight) / latency: what the in-flight cap and
  *                   the latency allow (the queue's own rate, bench/run queue, may be lower)
  * RLIMIT_NOFILE is raised to its hard limit here, and so in the flowd child, which inherits it.
@@ -80,6 +86,12 @@ static double peak_rss_mib(pid_t pid)
             kib = strtod(line + 6, NULL);
     fclose(f);
     return kib < 0 ? -1 : kib / 1024.0;
+}
+
+static double rusage_cpu_s(const struct rusage *ru)
+{
+    return (double)(ru->ru_utime.tv_sec + ru->ru_stime.tv_sec) +
+           (double)(ru->ru_utime.tv_usec + ru->ru_stime.tv_usec) / 1e6;
 }
 
 static pid_t spawn_flowd(const bench_opts *o, const char *db, const char *base_url)
@@ -151,6 +163,8 @@ int main(int argc, char **argv)
     bench_enqueue(c, tenant, wf, o.steps, 1000);
     PQclear(bench_exec(c, "ANALYZE", 0, NULL));
 
+    struct rusage self0;
+    getrusage(RUSAGE_SELF, &self0);
     th_llm *mock = th_llm_start(TH_LLM_OPENAI);
     th_llm_set_default(mock, &(th_llm_answer){.delay_ms = o.latency_ms});
     pid_t pid = spawn_flowd(&o, db, th_llm_base_url(mock));
@@ -179,12 +193,15 @@ int main(int argc, char **argv)
         }
     }
     free(done_sql);
+    double pg_cpu = bench_db_cpu_s(c);
+    struct rusage self1;
+    getrusage(RUSAGE_SELF, &self1);
+    double mock_cpu = rusage_cpu_s(&self1) - rusage_cpu_s(&self0);
     kill(pid, SIGTERM);
     int status;
     struct rusage ru = {0};
     wait4(pid, &status, 0, &ru);
-    double cpu = (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
-                 (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+    double cpu = rusage_cpu_s(&ru);
     double seconds = bench_value_f(c, "SELECT extract(epoch FROM max(finished_at) -"
                                       " min(started_at)) FROM steps");
     double failed = bench_value_f(c, "SELECT count(*) FROM steps WHERE state <> 'succeeded'");
@@ -207,12 +224,19 @@ int main(int argc, char **argv)
     json_object_set_new(out, "max_in_flight", json_integer((json_int_t)peak));
     json_object_set_new(out, "peak_rss_mib", json_real(round(rss * 10) / 10));
     json_object_set_new(out, "flowd_cpu_s", json_real(round(cpu * 100) / 100));
+    json_object_set_new(out, "postgres_cpu_s", json_real(round(pg_cpu * 100) / 100));
+    json_object_set_new(out, "mock_cpu_s", json_real(round(mock_cpu * 100) / 100));
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    json_object_set_new(out, "ceiling_steps_per_s",
+                        pg_cpu >= 0 && pg_cpu + mock_cpu > 0
+                            ? json_real(round((double)cores * finished / (pg_cpu + mock_cpu)))
+                            : json_null());
     json_object_set_new(out, "ideal_steps_per_s", json_real(round(ideal)));
     json_object_set_new(out, "workers", json_integer(o.workers));
     json_object_set_new(out, "max_inflight_per_worker", json_integer(o.max_inflight));
     json_object_set_new(out, "batch", json_integer(o.batch));
     json_object_set_new(out, "latency_ms", json_integer(o.latency_ms));
-    json_object_set_new(out, "cores", json_integer(sysconf(_SC_NPROCESSORS_ONLN)));
+    json_object_set_new(out, "cores", json_integer(cores));
     char *s = json_dumps(out, JSON_COMPACT);
     printf("%s\n", s);
     free(s);

@@ -276,15 +276,7 @@ int main(int argc, char **argv)
     json_object_set_new(out, "latency_runs", json_integer(o.latency_runs));
     json_object_set_new(out, "latency_interval_ms", json_integer(o.latency_interval_ms));
     json_object_set_new(out, "cores", json_integer(sysconf(_SC_NPROCESSORS_ONLN)));
-    const char *facts[][2] = {{"postgres_version", "SHOW server_version"},
-                              {"fsync", "SHOW fsync"},
-                              {"synchronous_commit", "SHOW synchronous_commit"},
-                              {"shared_buffers", "SHOW shared_buffers"}};
-    for (size_t i = 0; i < ENG_ARRAY_LEN(facts); i++) {
-        char *v = bench_value(c, facts[i][1]);
-        json_object_set_new(out, facts[i][0], json_string(v));
-        free(v);
-    }
+    bench_server_facts(c, out);
     PQfinish(c);
     free(db);
     bench_db_drop(admin, dbname);

@@ -56,6 +56,56 @@ double bench_value_f(PGconn *c, const char *sql)
     return d;
 }
 
+double bench_pid_cpu_s(long pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    /* fields after the command name, which may hold spaces: state is the 3rd, utime the 14th */
+    char *p = strrchr(buf, ')');
+    unsigned long long utime, stime;
+    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime,
+                     &stime) != 2)
+        return -1;
+    return (double)(utime + stime) / (double)sysconf(_SC_CLK_TCK);
+}
+
+double bench_db_cpu_s(PGconn *c)
+{
+    if (bench_pid_cpu_s(PQbackendPID(c)) < 0)
+        return -1;
+    PGresult *r = bench_exec(c,
+                             "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                             " AND pid <> pg_backend_pid()",
+                             0, NULL);
+    double sum = 0;
+    for (int i = 0; i < PQntuples(r); i++) {
+        double s = bench_pid_cpu_s(strtol(PQgetvalue(r, i, 0), NULL, 10));
+        if (s > 0) /* a process that exited since the query is gone with its figure */
+            sum += s;
+    }
+    PQclear(r);
+    return sum;
+}
+
+void bench_server_facts(PGconn *c, json_t *out)
+{
+    const char *facts[][2] = {{"postgres_version", "SHOW server_version"},
+                              {"fsync", "SHOW fsync"},
+                              {"synchronous_commit", "SHOW synchronous_commit"},
+                              {"shared_buffers", "SHOW shared_buffers"}};
+    for (size_t i = 0; i < sizeof facts / sizeof facts[0]; i++) {
+        char *v = bench_value(c, facts[i][1]);
+        json_object_set_new(out, facts[i][0], json_string(v));
+        free(v);
+    }
+}
+
 bool bench_parse_opts(int argc, char **argv, const bench_opt *opts, size_t n)
 {
     for (int i = 1; i < argc; i += 2) {

@@ -3,6 +3,7 @@
  * with the embedded migrations applied. Not part of flowd_core: benchmarks only. */
 #pragma once
 
+#include <jansson.h>
 #include <libpq-fe.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -19,6 +20,17 @@ PGresult *bench_exec(PGconn *c, const char *sql, int n, const char *const *param
 /* First column of the first row as a new string ("" when there is none or it is NULL). */
 char *bench_value(PGconn *c, const char *sql);
 double bench_value_f(PGconn *c, const char *sql);
+
+/* CPU time (user + system, seconds) the server process with this pid has used, read from /proc:
+ * -1 when it is not readable (a server on another machine). */
+double bench_pid_cpu_s(long pid);
+/* The CPU time of every server process connected to c's database but c's own, summed: what the
+ * engine's connections have cost PostgreSQL so far. -1 when the server is not on this machine. */
+double bench_db_cpu_s(PGconn *c);
+
+/* Adds the server's version and the settings that decide commit costs (fsync, synchronous_commit,
+ * shared_buffers) to out, as the benchmarks report them. */
+void bench_server_facts(PGconn *c, json_t *out);
 
 /* One "--name VALUE" option: a string (str) or an integer (num) in [min, max] (atoi). */
 typedef struct bench_opt {
