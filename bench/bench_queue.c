@@ -8,7 +8,8 @@
  *   enqueue_single  one run per flowd_enqueue call from 4 connections at once (then truncated)
  *   enqueue         --runs single-step transform runs, --enqueue-batch inputs per call
  *   steps           those runs worked by --workers in-process workers, from worker start until the
- *                   last run finished (runs.finished_at of the last one, read from the database)
+ *                   last run finished (runs.finished_at of the last one, read from the database);
+ *                   with the CPU per step of the workers and of the server processes serving them
  *   latency         fresh workers, idle; one run every --latency-interval-ms; enqueue-to-start is
  *                   steps.started_at - runs.created_at (both the engine clock of their transaction)
  * Logs go to stderr; stdout carries only the JSON. */
@@ -19,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -35,6 +37,11 @@ typedef struct bench_opts {
     const char *conninfo;
     int runs, workers, batch, max_inflight, enqueue_batch, latency_runs, latency_interval_ms;
 } bench_opts;
+
+static double round2(double v)
+{
+    return (double)(long long)(v * 100 + 0.5) / 100;
+}
 
 static double now_s(void)
 {
@@ -133,13 +140,31 @@ static bool wait_finished(PGconn *c, long n, double timeout_s)
     return false;
 }
 
-static double phase_steps(const bench_opts *o, PGconn *c, const char *db, double *seconds)
+static double cpu_self_s(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+           (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+}
+
+/* Adds the steps phase's CPU per step to out: the workers' (this process) and the server's for
+ * their connections (read just before they stop; absent when the server is on another machine). */
+static double phase_steps(const bench_opts *o, PGconn *c, const char *db, double *seconds,
+                          json_t *out)
 {
     /* The database's clock: the end is read from runs.finished_at, so both ends use it. */
     char *start = bench_value(c, "SELECT clock_timestamp()");
+    double cpu0 = cpu_self_s();
     eng_worker **w = workers_start(o, db, "tput");
     bool ok = wait_finished(c, o->runs, 300);
+    double pg_cpu = bench_db_cpu_s(c), engine_cpu = cpu_self_s() - cpu0;
     workers_stop(o, w);
+    json_object_set_new(out, "engine_cpu_us_per_step",
+                        json_real(round2(engine_cpu * 1e6 / o->runs)));
+    if (pg_cpu >= 0)
+        json_object_set_new(out, "postgres_cpu_us_per_step",
+                            json_real(round2(pg_cpu * 1e6 / o->runs)));
     if (!ok) {
         fprintf(stderr, "bench_queue: the runs did not finish within 300 s\n");
         exit(1);
@@ -207,11 +232,6 @@ static void truncate_runs(PGconn *c)
     PQclear(bench_exec(c, "VACUUM ANALYZE", 0, NULL));
 }
 
-static double round2(double v)
-{
-    return (double)(long long)(v * 100 + 0.5) / 100;
-}
-
 static int usage(void)
 {
     fprintf(stderr, "usage: bench_queue --database CONNINFO [--runs N] [--workers N] [--batch N]\n"
@@ -258,7 +278,7 @@ int main(int argc, char **argv)
     double enq = phase_enqueue(c, tenant, wf, o.runs, o.enqueue_batch);
     PQclear(bench_exec(c, "ANALYZE", 0, NULL));
     double seconds = 0;
-    double steps = phase_steps(&o, c, db, &seconds);
+    double steps = phase_steps(&o, c, db, &seconds, out);
     truncate_runs(c);
     phase_latency(&o, c, db, tenant, wf, out);
 
