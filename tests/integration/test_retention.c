@@ -81,6 +81,47 @@ static void test_no_retention_keeps_everything(void **state)
     free(db);
 }
 
+/* Retention finds old runs below the first run created after the cutoff (a bisection over the
+ * primary key): the bound at each point of a history with gaps in its ids. */
+static void test_created_bound(void **state)
+{
+    (void)state;
+    long long tenant;
+    char *db = th_engine_db("retention_bound", &tenant);
+    long long one = th_engine_register(db, tenant, one_def);
+    assert_int_equal(th_pg_long(db, "SELECT flowd_runs_created_bound(flowd_now())"), 0);
+    /* runs on three days, one day apart, and a gap left by deleted runs on the second */
+    th_engine_enqueue(db, tenant, one, 7, NULL, 0);
+    assert_true(th_pg_long(db, "SELECT flowd_clock_advance(86400000::bigint)") > 0);
+    th_engine_enqueue(db, tenant, one, 9, NULL, 0);
+    assert_int_equal(th_pg_long(db, "WITH d AS (DELETE FROM runs WHERE id IN (SELECT id FROM runs"
+                                    " ORDER BY id OFFSET 8 LIMIT 6) RETURNING 1)"
+                                    " SELECT count(*) FROM d"),
+                     6);
+    assert_true(th_pg_long(db, "SELECT flowd_clock_advance(86400000::bigint)") > 0);
+    th_engine_enqueue(db, tenant, one, 2, NULL, 0);
+    long long first = th_pg_long(db, "SELECT min(id) FROM runs");
+    long long day2 = th_pg_long(db, "SELECT min(id) FROM runs"
+                                    " WHERE id > (SELECT min(id) + 6 FROM runs)");
+    long long day3 = th_pg_long(db, "SELECT max(id) - 1 FROM runs");
+    long long last = th_pg_long(db, "SELECT max(id) FROM runs");
+    const struct {
+        const char *at;
+        long long want;
+    } cases[] = {
+        {"flowd_now() - interval '60 hours'", first},
+        {"flowd_now() - interval '36 hours'", day2},
+        {"flowd_now() - interval '12 hours'", day3},
+        {"flowd_now() + interval '1 hour'", last + 1},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        long long got = th_pg_longf(db, "SELECT flowd_runs_created_bound(%s)", cases[i].at);
+        if (got != cases[i].want)
+            fail_msg("bound at %s: %lld, want %lld", cases[i].at, got, cases[i].want);
+    }
+    free(db);
+}
+
 int main(void)
 {
     eng_mem_init();
@@ -90,6 +131,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_prunes_only_what_is_past_retention),
         cmocka_unit_test(test_no_retention_keeps_everything),
+        cmocka_unit_test(test_created_bound),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
