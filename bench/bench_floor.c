@@ -26,7 +26,7 @@
  *                   commits the step's state and output with its run's progress and state. Steps
  *                   and runs carry only a primary key and the claim index; no run start, no event
  *                   log, no template context read
- *   flowd_step      flowd's own cycle, flowd_cycle(): one-step transform runs as bench/run queue
+ *   flowd_step      flowd's own round trip, flowd_work(): one-step transform runs as bench/run queue
  *                   works them, on flowd's schema
  * The benchmark creates its own database next to CONNINFO's and drops it at the end. The server
  * must run on this machine (its processes' CPU is read from /proc). */
@@ -152,8 +152,8 @@ static const floor_case cases[] = {
      "BEGIN\n"
      "  LOOP\n"
      "    SELECT jsonb_agg(jsonb_build_object('id', c.id, 'r', c.run_id, 's', 'ok',\n"
-     "                                        'o', c.ctx->'input')), count(*)\n"
-     "      INTO v_results, v_n FROM flowd_cycle('floor', v_results, p_batch, 60000) c;\n"
+     "                                        'o', c.input)), count(*)\n"
+     "      INTO v_results, v_n FROM flowd_work('floor', v_results, p_batch, 60000) c;\n"
      "    COMMIT;\n"
      "    EXIT WHEN v_n = 0;\n"
      "  END LOOP;\n"

@@ -2,7 +2,7 @@
  *
  * Worker state is a handful of flags driven by worker_kick(), which the loop's prepare watcher
  * calls before every poll so that all outcomes reported in one loop iteration travel in one trip:
- *   cycle_inflight  a flowd_cycle() is on the wire; nothing else is sent until it returns
+ *   cycle_inflight  a flowd_work() is on the wire; nothing else is sent until it returns
  *   maybe_work      claimable steps may exist (NOTIFY, timer, full batch): claim when slots are free
  *   stopping        no more claims; exit once in-flight steps are done or handed back
  *   renew_failing   lease renewals fail on a live connection: no claims until one lands
@@ -50,9 +50,9 @@ struct eng_step_ctx {
 };
 
 /* Step definitions as claimed (the workflow's compiled step, so the same text for every step at
- * the same place of a workflow version), parsed once per worker: a burst of thousands of steps of
- * one workflow would otherwise parse the same text thousands of times. Entries are read-only and
- * shared by reference; slots are reused round-robin. */
+ * the same place of a workflow version), parsed once per worker: claims of a few steps at a time
+ * would otherwise parse the same text again on every trip. Entries are read-only and shared by
+ * reference; slots are reused round-robin. */
 #define WORKER_DEFS 32
 
 struct def_slot {
@@ -338,23 +338,85 @@ static json_t *worker_def(eng_worker *w, const char *text, size_t len)
     return def;
 }
 
-static void worker_dispatch(eng_worker *w, const PGresult *res, int row, int64_t wall_ms)
+/* The definitions of one claim's answer, by place (workflow version, position): the answer
+ * carries each one only on its first step (migrations/0018_claim_parts.sql). */
+typedef struct claim_defs {
+    int n;
+    struct claim_def {
+        int64_t workflow_id;
+        int idx;
+        json_t *def; /* a reference of the table's own: the step that carried it may be done */
+    } *at;
+} claim_defs;
+
+/* Columns of flowd_work_item, in order. */
+enum {
+    COL_ID, COL_RUN_ID, COL_TENANT_ID, COL_KEY, COL_KIND, COL_ATTEMPTS, COL_READY_AT_MS,
+    COL_NOW_MS, COL_SCHEDULED, COL_WORKFLOW_ID, COL_IDX, COL_DEF, COL_INPUT, COL_WORKFLOW,
+    COL_STEPS
+};
+
+/* A new reference to the definition of the step in row, or NULL when it is unreadable or missing. */
+static json_t *claim_def(eng_worker *w, claim_defs *defs, const PGresult *res, int row)
+{
+    int64_t workflow_id = row_i64(res, row, COL_WORKFLOW_ID);
+    int idx = (int)row_i64(res, row, COL_IDX);
+    if (PQgetisnull(res, row, COL_DEF)) {
+        for (int i = 0; i < defs->n; i++)
+            if (defs->at[i].workflow_id == workflow_id && defs->at[i].idx == idx)
+                return json_incref(defs->at[i].def);
+        return NULL;
+    }
+    json_t *def = worker_def(w, PQgetvalue(res, row, COL_DEF),
+                             (size_t)PQgetlength(res, row, COL_DEF));
+    if (def)
+        defs->at[defs->n++] = (struct claim_def){workflow_id, idx, json_incref(def)};
+    return def;
+}
+
+/* The template context of the step in row ({input, run: {id, workflow}, steps}), or NULL when
+ * a part is unreadable. */
+static json_t *claim_template_ctx(const PGresult *res, int row)
+{
+    json_t *input = json_loadb(PQgetvalue(res, row, COL_INPUT),
+                               (size_t)PQgetlength(res, row, COL_INPUT), 0, NULL);
+    json_t *steps = PQgetisnull(res, row, COL_STEPS)
+                        ? json_object()
+                        : json_loadb(PQgetvalue(res, row, COL_STEPS),
+                                     (size_t)PQgetlength(res, row, COL_STEPS), 0, NULL);
+    if (!input || !steps) {
+        json_decref(input);
+        json_decref(steps);
+        return NULL;
+    }
+    json_t *run = json_object();
+    json_object_set_new(run, "id", json_integer(row_i64(res, row, COL_RUN_ID)));
+    json_object_set_new(run, "workflow", json_string(PQgetvalue(res, row, COL_WORKFLOW)));
+    json_t *tctx = json_object();
+    json_object_set_new(tctx, "input", input);
+    json_object_set_new(tctx, "run", run);
+    json_object_set_new(tctx, "steps", steps);
+    return tctx;
+}
+
+static void worker_dispatch(eng_worker *w, claim_defs *defs, const PGresult *res, int row,
+                            int64_t wall_ms)
 {
     eng_step_ctx *c = eng_xcalloc(1, sizeof *c);
     c->w = w;
-    c->id = row_i64(res, row, 0);
-    c->run_id = row_i64(res, row, 1);
-    c->tenant_id = row_i64(res, row, 2);
-    c->key = eng_xstrdup(PQgetvalue(res, row, 3));
-    c->attempt = (int)row_i64(res, row, 5);
-    c->ready_at_ms = row_i64(res, row, 6);
-    c->claim_now_ms = row_i64(res, row, 7);
+    c->id = row_i64(res, row, COL_ID);
+    c->run_id = row_i64(res, row, COL_RUN_ID);
+    c->tenant_id = row_i64(res, row, COL_TENANT_ID);
+    c->key = eng_xstrdup(PQgetvalue(res, row, COL_KEY));
+    c->attempt = (int)row_i64(res, row, COL_ATTEMPTS);
+    c->ready_at_ms = row_i64(res, row, COL_READY_AT_MS);
+    c->claim_now_ms = row_i64(res, row, COL_NOW_MS);
     c->claim_wall_ms = wall_ms;
     c->seq = ++w->ctx_seq;
     c->lease_until = w->cycle_sent + w->opts.lease_ms / 1000.0;
-    bool scheduled = PQgetvalue(res, row, 8)[0] == 't';
-    c->def = worker_def(w, PQgetvalue(res, row, 9), (size_t)PQgetlength(res, row, 9));
-    json_t *tctx = json_loads(PQgetvalue(res, row, 10), 0, NULL);
+    bool scheduled = PQgetvalue(res, row, COL_SCHEDULED)[0] == 't';
+    c->def = claim_def(w, defs, res, row);
+    json_t *tctx = claim_template_ctx(res, row);
     c->tctx = tctx;
     ev_timer_init(&c->timeout, ctx_timeout_cb, 0., 0.);
     c->next = w->inflight;
@@ -363,11 +425,11 @@ static void worker_dispatch(eng_worker *w, const PGresult *res, int row, int64_t
     w->inflight = c;
     w->ninflight++;
 
-    const char *kind_name = PQgetvalue(res, row, 4);
+    const char *kind_name = PQgetvalue(res, row, COL_KIND);
     c->kind = eng_step_kind_find(kind_name);
     eng_metrics_step_claimed(kind_name); /* metrics */
     if (!c->def || !tctx) {
-        eng_step_fail(c, true, "internal", "claimed step has an unreadable definition", 0);
+        eng_step_fail(c, true, "internal", "claimed step has an unreadable definition or template context", 0);
     } else if (!c->kind) {
         eng_step_fail(c, true, "unknown_kind", "no step kind of this name is registered here", 0);
     } else if (ctx_prepare(c, tctx, scheduled)) {
@@ -429,8 +491,12 @@ static void worker_cycle_cb(void *arg, const eng_err *err, const PGresult *res)
     w->sent = NULL;
     int n = PQntuples(res);
     int64_t wall = eng_clock_wall_ms();
+    claim_defs defs = {.at = n ? eng_xcalloc((size_t)n, sizeof *defs.at) : NULL};
     for (int i = 0; i < n; i++)
-        worker_dispatch(w, res, i, wall);
+        worker_dispatch(w, &defs, res, i, wall);
+    for (int i = 0; i < defs.n; i++)
+        json_decref(defs.at[i].def);
+    free(defs.at);
     if (w->want > 0 && n == w->want) {
         w->maybe_work = true;
     } else if (w->want > 0 && !w->due_query_inflight && !w->stopping) {
@@ -463,7 +529,7 @@ static void worker_kick(eng_worker *w)
     w->maybe_work = false;
     w->cycle_sent = ev_now(w->loop);
     w->cycle_inflight = true;
-    eng_db_query(w->db, "flowd_cycle", 4, params, worker_cycle_cb, w);
+    eng_db_query(w->db, "flowd_work", 4, params, worker_cycle_cb, w);
     free(results);
 }
 
@@ -731,7 +797,7 @@ static void *worker_main(void *arg)
                        .on_notify = worker_notify_cb, .on_connect = worker_connect_cb, .arg = w};
     w->db = eng_db_new(w->loop, &dbo);
     w->httpc = eng_httpc_new(w->loop);
-    eng_db_prepare(w->db, "flowd_cycle", "SELECT * FROM flowd_cycle($1, $2::jsonb, $3, $4)", 4);
+    eng_db_prepare(w->db, "flowd_work", "SELECT * FROM flowd_work($1, $2::jsonb, $3, $4)", 4);
     eng_db_prepare(w->db, "flowd_next_due", "SELECT flowd_next_due_ms()", 0);
     eng_db_prepare(w->db, "flowd_worker_leases",
                    "SELECT * FROM flowd_worker_leases($1, $2, $3::bigint[], $4::bigint[], "

@@ -1,6 +1,6 @@
 /* engine/worker.h: one worker: a libev loop on its own thread with its own PostgreSQL connection.
  *
- * A worker repeatedly runs one round trip, flowd_cycle(): it reports the outcomes of the attempts
+ * A worker repeatedly runs one round trip, flowd_work(): it reports the outcomes of the attempts
  * that finished since the last trip and claims as many ready steps as it has free slots, so
  * completions are batched and no step costs a round trip of its own. Claimed steps run through
  * their kind (engine/step.h); many can be in flight at once. Idle workers wake on NOTIFY
