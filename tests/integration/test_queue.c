@@ -555,6 +555,47 @@ static void test_cli_status_and_clock(void **state)
     free(db);
 }
 
+/* A claim's answer: flowd_work carries each definition on the first step of its place only;
+ * flowd_cycle, which workers of the previous version call, still answers with every step's
+ * definition and the whole template context, needs' outputs included. */
+static void test_claim_answers(void **state)
+{
+    (void)state;
+    long long tenant;
+    char *db = th_engine_db("q_answers", &tenant);
+    long long wf = th_engine_register(
+        db, tenant,
+        "{\"name\": \"pair\", \"steps\": [{\"key\": \"a\", \"kind\": \"transform\"},"
+        " {\"key\": \"b\", \"kind\": \"transform\", \"needs\": [\"a\"]}]}");
+    th_engine_enqueue(db, tenant, wf, 3, "{\"n\": 7}", 0);
+    assert_int_equal(th_pg_long(db, "SELECT count(*) FROM flowd_cycle('old', NULL, 10, 60000) c"
+                                    " WHERE c.def->>'key' = 'a' AND c.ctx->'input'->>'n' = '7'"
+                                    " AND c.ctx->'run'->>'workflow' = 'pair'"
+                                    " AND (c.ctx->'run'->>'id')::bigint = c.run_id"
+                                    " AND c.ctx->'steps' = '{}'"),
+                     3);
+    assert_int_equal(th_pg_long(db, "SELECT count(*) FROM flowd_cycle('old', (SELECT jsonb_agg("
+                                    "jsonb_build_object('id', id, 'r', run_id, 's', 'ok',"
+                                    " 'o', '{\"x\": 1}'::jsonb)) FROM steps WHERE key = 'a'),"
+                                    " 10, 60000) c"
+                                    " WHERE c.def->>'key' = 'b'"
+                                    " AND c.ctx->'steps'->'a'->'output'->>'x' = '1'"),
+                     3);
+
+    th_engine_enqueue(db, tenant, wf, 3, "{\"n\": 8}", 0);
+    /* three a's: the definition on the first (lowest id) only, the parts on each */
+    assert_int_equal(th_pg_long(db, "SELECT count(*) FROM (SELECT c.*, min(c.id) OVER () AS first"
+                                    " FROM flowd_work('new', NULL, 10, 60000) c) x"
+                                    " WHERE (x.def IS NOT NULL) = (x.id = x.first)"
+                                    " AND (x.def IS NULL OR x.def->>'key' = 'a')"
+                                    " AND x.input->>'n' = '8' AND x.workflow = 'pair'"
+                                    " AND x.workflow_id = (SELECT workflow_id FROM runs"
+                                    "                       WHERE id = x.run_id)"
+                                    " AND x.steps IS NULL"),
+                     3);
+    free(db);
+}
+
 int main(void)
 {
     eng_mem_init();
@@ -565,6 +606,7 @@ int main(void)
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_diamond_order),
+        cmocka_unit_test(test_claim_answers),
         cmocka_unit_test(test_exactly_once_threads_and_processes),
         cmocka_unit_test(test_kill9_loses_nothing),
         cmocka_unit_test(test_retry_backoff),
