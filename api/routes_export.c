@@ -33,7 +33,7 @@ static const char export_sql[] =
     "       e.per#>>'{sequence,touch_4,day}', e.per#>>'{sequence,touch_4,subject}', "
     "       e.per#>>'{sequence,touch_4,body}' "
     "  FROM runs r "
-    "  LEFT JOIN LATERAL jsonb_path_query(CASE WHEN r.state = 'succeeded' THEN r.output END, "
+    "  LEFT JOIN LATERAL jsonb_path_query(CASE WHEN r.state = 'succeeded' THEN flowd_run_output(r.id) END, "
     "       'strict $.** ? (@.prospect.type() == \"string\" && "
     "                       @.playbook.personas.type() == \"array\")') "
     "       WITH ORDINALITY AS p(pb, n) ON true "

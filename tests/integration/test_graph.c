@@ -578,7 +578,7 @@ static void test_retry_reruns_only_failed(void **state)
         " FROM run_events e WHERE e.run_id = s.run_id AND e.step_key = s.key"
         " AND e.type = 'step.started'), ',' ORDER BY s.idx) FROM steps s WHERE s.run_id = $1",
         TH_P(th_num(run).s));
-    th_pgc_expect(c, "{\"a\": 7, \"b\": 1}", "SELECT output->'c'::text FROM runs WHERE id = $1",
+    th_pgc_expect(c, "{\"a\": 7, \"b\": 1}", "SELECT flowd_run_output(id)->'c'::text FROM runs WHERE id = $1",
                   TH_P(th_num(run).s));
     th_pgc_expect(c, "1",
                   "SELECT count(*) FROM run_events WHERE run_id = $1 AND type = 'run.retried'",

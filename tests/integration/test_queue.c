@@ -136,7 +136,7 @@ static void test_diamond_order(void **state)
         th_pg_longf(db, "SELECT count(DISTINCT output::text) FROM steps WHERE key = 'd'"), 1);
     char *d_out = th_pg_value(db, "SELECT output::text FROM steps WHERE key = 'd' LIMIT 1");
     assert_json_equal(d_out, "{\"b\": {\"from\": \"b\", \"n\": 7}, \"c\": {\"from\": \"c\"}}");
-    char *r_out = th_pg_value(db, "SELECT output::text FROM runs LIMIT 1");
+    char *r_out = th_pg_value(db, "SELECT flowd_run_output(id)::text FROM runs LIMIT 1");
     char *want = eng_xasprintf("{\"d\": %s}", d_out);
     assert_json_equal(r_out, want);
     free(want);
@@ -272,7 +272,7 @@ static void test_kill9_loses_nothing(void **state)
         th_pg_longf(db, "SELECT count(*) FROM (SELECT run_id, step_key FROM run_events"
                         " WHERE type = 'step.succeeded' GROUP BY 1, 2 HAVING count(*) <> 1) x"),
         0);
-    char *out = th_pg_value(db, "SELECT DISTINCT output::text FROM runs");
+    char *out = th_pg_value(db, "SELECT DISTINCT flowd_run_output(id)::text FROM runs");
     assert_json_equal(out, "{\"s3\": {\"n\": 5}}");
     free(out);
     free(db);
@@ -345,7 +345,8 @@ static void test_retry_backoff(void **state)
     assert_int_equal(th_pg_longf(db, "SELECT count(*) FROM run_events WHERE type = 'step.started'"),
                      3);
     char *st = th_pg_valuef(
-        db, "SELECT state || ' ' || (output->'f'->>'attempt') FROM runs WHERE id = %lld", run);
+        db, "SELECT state || ' ' || (flowd_run_output(id)->'f'->>'attempt') FROM runs WHERE id = %lld",
+        run);
     assert_string_equal(st, "succeeded 3");
     free(st);
     free(db);
