@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# bench/run instructions [--runs N] [--batch N]: the instructions PostgreSQL executes per one-step
+# run worked through flowd_work(), counted by callgrind; prints one JSON object. Unlike CPU time on
+# a shared VM, the count repeats to within a fraction of a percent, so it shows changes of a few
+# percent in the server's work per step that throughput figures cannot.
+#
+# A throw-away cluster gets the migrations of the build (flowd migrate), one single-step transform
+# workflow and N runs of it (default 4,000). The server is then stopped and started again in
+# single-user mode under valgrind, where a DO block works every run the way a worker does: each
+# flowd_work() call reports the outcomes of the steps the previous call claimed and claims up to
+# --batch more (default 500). Only the DO block is counted (--toggle-collect=ExecuteDoStmt).
+# Reported: ir_per_step. Needs valgrind (apt-get install valgrind) and a build (FLOWD_BUILD_DIR,
+# else ./build, else <repo>/build). Takes about a minute.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+runs=4000 batch=500
+while [ $# -gt 0 ]; do
+  case "$1" in
+  --runs) runs=${2:?}; shift 2 ;;
+  --batch) batch=${2:?}; shift 2 ;;
+  *) echo "usage: bench/run instructions [--runs N] [--batch N]" >&2; exit 2 ;;
+  esac
+done
+[[ $runs =~ ^[1-9][0-9]*$ && $batch =~ ^[1-9][0-9]*$ ]] \
+  || { echo "bench/run instructions: --runs and --batch take positive integers" >&2; exit 2; }
+command -v valgrind >/dev/null || { echo "bench/run instructions: valgrind is needed (apt-get install valgrind)" >&2; exit 1; }
+if [ -n "${FLOWD_BUILD_DIR:-}" ]; then build=$FLOWD_BUILD_DIR
+elif [ -x ./build/flowd ]; then build=./build
+else build=$root/build; fi
+[ -x "$build/flowd" ] || { echo "bench/run instructions: $build/flowd not found: build first" >&2; exit 1; }
+bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
+if command -v initdb >/dev/null 2>&1; then bindir=$(dirname "$(command -v initdb)"); fi
+
+as_owner() {
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+dir=$(mktemp -d /tmp/flowd-instr.XXXXXX)
+chmod 0777 "$dir" # the server (as postgres, when run as root) writes the count here
+cleanup() { "$root/tests/support/pg_fixture.sh" stop "$dir/pg" >&2 || true; rm -rf "$dir"; }
+trap cleanup EXIT
+"$root/tests/support/pg_fixture.sh" start "$dir/pg" >&2
+db="host=$dir/pg dbname=postgres user=postgres"
+cat >"$dir/one.json" <<'EOF'
+{"name": "instructions", "steps": [{"key": "t", "kind": "transform", "input": {"n": "{{input.n}}"}}]}
+EOF
+FLOWD_LOG_LEVEL=warn "$build/flowd" --database "$db" migrate >/dev/null
+FLOWD_LOG_LEVEL=warn "$build/flowd" --database "$db" enqueue --workflow "$dir/one.json" --input '{"n": 0}' >/dev/null
+psql "$db" -q -v ON_ERROR_STOP=1 -v runs="$runs" >/dev/null <<'EOF'
+SET client_min_messages = warning;
+TRUNCATE runs, steps, run_events CASCADE;
+SELECT count(*) FROM flowd_enqueue((SELECT id FROM tenants WHERE name = 'default'),
+       (SELECT id FROM workflows WHERE name = 'instructions'),
+       (SELECT jsonb_agg(jsonb_build_object('n', g)) FROM generate_series(1, :runs) g), 0, NULL, NULL);
+VACUUM ANALYZE;
+EOF
+as_owner "$bindir/pg_ctl" -D "$dir/pg/data" -m fast -w stop >/dev/null
+
+# Single-user mode reads statements ended by ";" and an empty line (-j).
+cat >"$dir/work.sql" <<EOF
+DO \$\$
+DECLARE v_results jsonb; v_n integer;
+BEGIN
+  LOOP
+    SELECT jsonb_agg(jsonb_build_object('id', c.id, 'r', c.run_id, 's', 'ok', 'o', c.input)), count(*)
+      INTO v_results, v_n FROM flowd_work('instructions', v_results, $batch, 60000) c;
+    COMMIT;
+    EXIT WHEN v_n = 0;
+  END LOOP;
+END \$\$;
+
+SELECT count(*) FILTER (WHERE state <> 'succeeded') AS not_succeeded FROM runs;
+
+EOF
+as_owner valgrind --tool=callgrind --toggle-collect=ExecuteDoStmt --callgrind-out-file="$dir/callgrind.out" \
+  "$bindir/postgres" --single -j -D "$dir/pg/data" postgres <"$dir/work.sql" >"$dir/single.log" 2>&1 \
+  || { cat "$dir/single.log" >&2; exit 1; }
+grep -q 'not_succeeded = "0"' "$dir/single.log" || { echo "bench/run instructions: not every run succeeded" >&2; cat "$dir/single.log" >&2; exit 1; }
+ir=$(awk '/^(summary|totals):/ {print $2; exit}' "$dir/callgrind.out")
+version=$("$bindir/postgres" --version | awk '{print $3}')
+printf '{"benchmark":"instructions","runs":%d,"batch":%d,"ir_per_step":%d,"postgres_version":"%s"}\n' \
+  "$runs" "$batch" $((ir / runs)) "$version"
