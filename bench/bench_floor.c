@@ -26,8 +26,8 @@
  *                   commits the step's state and output with its run's progress and state. Steps
  *                   and runs carry only a primary key and the claim index; no run start, no event
  *                   log, no template context read
- *   flowd_step      flowd's own round trip, flowd_work(): one-step transform runs as bench/run queue
- *                   works them, on flowd's schema
+ *   flowd_step      flowd's own round trip, flowd_work(): one-step transform runs as
+ *                   bench/run queue works them, on flowd's schema
  * The benchmark creates its own database next to CONNINFO's and drops it at the end. The server
  * must run on this machine (its processes' CPU is read from /proc). */
 #include <jansson.h>
@@ -177,7 +177,8 @@ static void fill_flowd(PGconn *c, int items)
     long long tenant;
     long long wf = bench_register(c, "floor",
                                   "{\"name\": \"floor\", \"steps\": [{\"key\": \"t\","
-                                  " \"kind\": \"transform\", \"input\": {\"n\": \"{{input.n}}\"}}]}",
+                                  " \"kind\": \"transform\","
+                                  " \"input\": {\"n\": \"{{input.n}}\"}}]}",
                                   &tenant);
     bench_enqueue(c, tenant, wf, items, 1000);
 }

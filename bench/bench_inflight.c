@@ -88,12 +88,6 @@ static double peak_rss_mib(pid_t pid)
     return kib < 0 ? -1 : kib / 1024.0;
 }
 
-static double rusage_cpu_s(const struct rusage *ru)
-{
-    return (double)(ru->ru_utime.tv_sec + ru->ru_stime.tv_sec) +
-           (double)(ru->ru_utime.tv_usec + ru->ru_stime.tv_usec) / 1e6;
-}
-
 static pid_t spawn_flowd(const bench_opts *o, const char *db, const char *base_url)
 {
     char workers[16], inflight[16], batch[16];
@@ -196,12 +190,12 @@ int main(int argc, char **argv)
     double pg_cpu = bench_db_cpu_s(c);
     struct rusage self1;
     getrusage(RUSAGE_SELF, &self1);
-    double mock_cpu = rusage_cpu_s(&self1) - rusage_cpu_s(&self0);
+    double mock_cpu = bench_rusage_cpu_s(&self1) - bench_rusage_cpu_s(&self0);
     kill(pid, SIGTERM);
     int status;
     struct rusage ru = {0};
     wait4(pid, &status, 0, &ru);
-    double cpu = rusage_cpu_s(&ru);
+    double cpu = bench_rusage_cpu_s(&ru);
     double seconds = bench_value_f(c, "SELECT extract(epoch FROM max(finished_at) -"
                                       " min(started_at)) FROM steps");
     double failed = bench_value_f(c, "SELECT count(*) FROM steps WHERE state <> 'succeeded'");

@@ -56,6 +56,12 @@ double bench_value_f(PGconn *c, const char *sql)
     return d;
 }
 
+double bench_rusage_cpu_s(const struct rusage *ru)
+{
+    return (double)(ru->ru_utime.tv_sec + ru->ru_stime.tv_sec) +
+           (double)(ru->ru_utime.tv_usec + ru->ru_stime.tv_usec) / 1e6;
+}
+
 double bench_pid_cpu_s(long pid)
 {
     char path[64], buf[1024];

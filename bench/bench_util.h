@@ -7,6 +7,7 @@
 #include <libpq-fe.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <sys/resource.h>
 
 /* The program's name for messages ("bench_queue"); set once at the start of main. */
 void bench_set_name(const char *name);
@@ -20,6 +21,9 @@ PGresult *bench_exec(PGconn *c, const char *sql, int n, const char *const *param
 /* First column of the first row as a new string ("" when there is none or it is NULL). */
 char *bench_value(PGconn *c, const char *sql);
 double bench_value_f(PGconn *c, const char *sql);
+
+/* User + system CPU seconds of a getrusage() figure. */
+double bench_rusage_cpu_s(const struct rusage *ru);
 
 /* CPU time (user + system, seconds) the server process with this pid has used, read from /proc:
  * -1 when it is not readable (a server on another machine). */

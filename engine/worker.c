@@ -356,7 +356,7 @@ enum {
     COL_STEPS
 };
 
-/* A new reference to the definition of the step in row, or NULL when it is unreadable or missing. */
+/* A new reference to the definition of the step in row; NULL when unreadable or missing. */
 static json_t *claim_def(eng_worker *w, claim_defs *defs, const PGresult *res, int row)
 {
     int64_t workflow_id = row_i64(res, row, COL_WORKFLOW_ID);
@@ -429,7 +429,8 @@ static void worker_dispatch(eng_worker *w, claim_defs *defs, const PGresult *res
     c->kind = eng_step_kind_find(kind_name);
     eng_metrics_step_claimed(kind_name); /* metrics */
     if (!c->def || !tctx) {
-        eng_step_fail(c, true, "internal", "claimed step has an unreadable definition or template context", 0);
+        eng_step_fail(c, true, "internal",
+                      "claimed step has an unreadable definition or template context", 0);
     } else if (!c->kind) {
         eng_step_fail(c, true, "unknown_kind", "no step kind of this name is registered here", 0);
     } else if (ctx_prepare(c, tctx, scheduled)) {

@@ -345,7 +345,8 @@ static void test_retry_backoff(void **state)
     assert_int_equal(th_pg_longf(db, "SELECT count(*) FROM run_events WHERE type = 'step.started'"),
                      3);
     char *st = th_pg_valuef(
-        db, "SELECT state || ' ' || (flowd_run_output(id)->'f'->>'attempt') FROM runs WHERE id = %lld",
+        db,
+        "SELECT state || ' ' || (flowd_run_output(id)->'f'->>'attempt') FROM runs WHERE id = %lld",
         run);
     assert_string_equal(st, "succeeded 3");
     free(st);
