@@ -628,8 +628,8 @@ static void test_pipelined_and_half_closed(void **state)
     free(all);
 }
 
-/* Fairness (tenants.max_running) is not tested here: the cap lives in flowd_claim
- * (migrations/0002_queue.sql), which this file's author does not own. */
+/* Fairness (tenants.max_running), which the claim enforces (flowd_claim_work,
+ * migrations/0018_claim_parts.sql), is tested in test_fairness.c. */
 
 int main(void)
 {
