@@ -28,13 +28,6 @@ if [ -n "${FLOWD_BUILD_DIR:-}" ]; then build=$FLOWD_BUILD_DIR
 elif [ -x ./build/flowd ]; then build=./build
 else build=$root/build; fi
 [ -x "$build/flowd" ] || { echo "bench/run instructions: $build/flowd not found: build first" >&2; exit 1; }
-bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
-if command -v initdb >/dev/null 2>&1; then bindir=$(dirname "$(command -v initdb)"); fi
-
-as_owner() {
-  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
-}
-
 dir=$(mktemp -d /tmp/flowd-instr.XXXXXX)
 chmod 0777 "$dir" # the server (as postgres, when run as root) writes the count here
 cleanup() { "$root/tests/support/pg_fixture.sh" stop "$dir/pg" >&2 || true; rm -rf "$dir"; }
@@ -54,9 +47,8 @@ SELECT count(*) FROM flowd_enqueue((SELECT id FROM tenants WHERE name = 'default
        (SELECT jsonb_agg(jsonb_build_object('n', g)) FROM generate_series(1, :runs) g), 0, NULL, NULL);
 VACUUM ANALYZE;
 EOF
-as_owner "$bindir/pg_ctl" -D "$dir/pg/data" -m fast -w stop >/dev/null
+version=$(psql "$db" -Atc "SHOW server_version" | awk '{print $1}')
 
-# Single-user mode reads statements ended by ";" and an empty line (-j).
 cat >"$dir/work.sql" <<EOF
 DO \$\$
 DECLARE v_results jsonb; v_n integer;
@@ -72,11 +64,10 @@ END \$\$;
 SELECT count(*) FILTER (WHERE state <> 'succeeded') AS not_succeeded FROM runs;
 
 EOF
-as_owner valgrind --tool=callgrind --toggle-collect=ExecuteDoStmt --callgrind-out-file="$dir/callgrind.out" \
-  "$bindir/postgres" --single -j -D "$dir/pg/data" postgres <"$dir/work.sql" >"$dir/single.log" 2>&1 \
-  || { cat "$dir/single.log" >&2; exit 1; }
+"$root/tests/support/pg_fixture.sh" single "$dir/pg" valgrind --tool=callgrind \
+  --toggle-collect=ExecuteDoStmt --callgrind-out-file="$dir/callgrind.out" \
+  <"$dir/work.sql" >"$dir/single.log" 2>&1 || { cat "$dir/single.log" >&2; exit 1; }
 grep -q 'not_succeeded = "0"' "$dir/single.log" || { echo "bench/run instructions: not every run succeeded" >&2; cat "$dir/single.log" >&2; exit 1; }
 ir=$(awk '/^(summary|totals):/ {print $2; exit}' "$dir/callgrind.out")
-version=$("$bindir/postgres" --version | awk '{print $3}')
 printf '{"benchmark":"instructions","runs":%d,"batch":%d,"ir_per_step":%d,"postgres_version":"%s"}\n' \
   "$runs" "$batch" $((ir / runs)) "$version"

@@ -2,6 +2,9 @@
 # Starts or stops the throw-away PostgreSQL cluster the integration tests run against.
 #   pg_fixture.sh start DIR   -> initdb in DIR (fresh), listen only on the unix socket DIR
 #   pg_fixture.sh stop DIR    -> fast shutdown, remove DIR
+#   pg_fixture.sh single DIR [WRAPPER...] -> fast shutdown keeping the cluster, then its single-user
+#                                server (statements on stdin, each ended by ";" and an empty line),
+#                                run under WRAPPER (valgrind, say) when given
 # PostgreSQL refuses to run as root, so as root the server runs as the unprivileged "postgres" user.
 set -euo pipefail
 cmd=${1:?start|stop}
@@ -34,5 +37,10 @@ stop)
   if [ -f "$dir/data/postmaster.pid" ]; then as_owner "$bindir/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null; fi
   rm -rf "$dir"
   ;;
-*) echo "usage: $0 start|stop DIR" >&2; exit 2 ;;
+single)
+  shift 2
+  if [ -f "$dir/data/postmaster.pid" ]; then as_owner "$bindir/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null; fi
+  as_owner "$@" "$bindir/postgres" --single -j -D "$dir/data" postgres
+  ;;
+*) echo "usage: $0 start|stop|single DIR" >&2; exit 2 ;;
 esac
