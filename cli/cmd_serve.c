@@ -20,7 +20,7 @@
 static void serve_signal_cb(struct ev_loop *loop, ev_signal *w, int revents)
 {
     (void)revents;
-    log_info("stopping", " signal=%d", w->signum);
+    log_info("stopping", LOG_I("signal", w->signum));
     ev_break(loop, EVBREAK_ALL);
 }
 
@@ -43,7 +43,7 @@ static eng_rc serve_register_dir(cli_env *env, const char *dir, eng_err *err)
             int version = 0;
             rc = cli_register_file(env, tenant, path, &id, &version, err);
             if (rc == ENG_OK)
-                log_info("workflow registered", " file=%s version=%d", path, version);
+                log_info("workflow registered", LOG_S("file", path), LOG_I("version", version));
             free(path);
         }
         free(names[i]);
@@ -164,14 +164,14 @@ int cli_cmd_serve(cli_env *env, int argc, char **argv)
         pool[i] = eng_worker_start(&wo);
         free(owner);
     }
-    log_info("serving", " role=%s workers=%d database=%s", role, workers,
-             env->embedded ? "embedded" : "external");
+    log_info("serving", LOG_S("role", role), LOG_I("workers", workers),
+             LOG_S("database", env->embedded ? "embedded" : "external"));
     ev_run(loop, 0);
     api_service_stop(api);
     for (int i = 0; i < workers; i++)
         eng_worker_stop(pool[i], 10.0);
     free(pool);
     cli_env_close(env);
-    log_info("stopped", NULL);
+    log_info("stopped");
     return 0;
 }

@@ -95,7 +95,7 @@ static void db_watch(eng_db *db, int events)
 
 static void db_broken(eng_db *db, const char *why)
 {
-    log_warn("database connection lost", " app=%s reason=\"%s\"", db->appname, why);
+    log_warn("database connection lost", LOG_S("app", db->appname), LOG_S("reason", why));
     /* why is usually PQerrorMessage(db->pg), which PQfinish frees: copy it first */
     eng_err err;
     eng_err_set(&err, ENG_EDB_RETRY, "connection lost: %s", why);
@@ -264,7 +264,8 @@ static void db_finish_op(eng_db *db)
     bool failed = res && eng_db_classify(res, &err) != ENG_OK;
     if (op->kind == OP_PREPARE) {
         if (failed)
-            log_error("prepare failed", " stmt=%s error=\"%s\"", db->stmts[op->stmt].name, err.msg);
+            log_error("prepare failed", LOG_S("stmt", db->stmts[op->stmt].name),
+                      LOG_S("error", err.msg));
         else
             db->stmts[op->stmt].prepared = true;
         if (failed) {
@@ -283,7 +284,7 @@ static void db_finish_op(eng_db *db)
             return;
         }
     } else if (op->kind == OP_LISTEN && failed) {
-        log_error("listen failed", " error=\"%s\"", err.msg);
+        log_error("listen failed", LOG_S("error", err.msg));
     }
     if (op->kind == OP_QUERY)
         db->nqueries--;

@@ -144,8 +144,9 @@ void eng_step_succeed(eng_step_ctx *c, json_t *output)
 void eng_step_fail(eng_step_ctx *c, bool permanent, const char *code, const char *msg,
                    int64_t retry_after_ms)
 {
-    log_info("step attempt failed", " run=%lld step=%s attempt=%d code=%s permanent=%d msg=\"%s\"",
-             (long long)c->run_id, c->key, c->attempt, code, permanent, msg);
+    log_info("step attempt failed", LOG_I("run", (long long)c->run_id), LOG_S("step", c->key),
+             LOG_I("attempt", c->attempt), LOG_S("code", code), LOG_I("permanent", permanent),
+             LOG_S("error", msg));
     ctx_report(c, json_pack("{s:s, s:{s:s, s:s}, s:b, s:I}", "s", "fail", "e", "code", code,
                             "message", msg, "permanent", permanent, "after_ms",
                             (json_int_t)retry_after_ms));
@@ -478,8 +479,8 @@ static void worker_cycle_cb(void *arg, const eng_err *err, const PGresult *res)
     eng_worker *w = arg;
     w->cycle_inflight = false;
     if (err) {
-        log_warn("worker round trip failed", " owner=%s error=\"%s\" sqlstate=%s", w->owner,
-                 err->msg, err->sqlstate);
+        log_warn("worker round trip failed", LOG_S("owner", w->owner), LOG_S("error", err->msg),
+                 LOG_S("sqlstate", err->sqlstate));
         worker_requeue_sent(w);
         w->maybe_work = true;
         /* retry soon; a lost connection reconnects by itself and on_connect kicks us */
@@ -557,8 +558,8 @@ static void worker_poll_cb(struct ev_loop *loop, ev_timer *t, int revents)
 static void ctx_abandon(eng_step_ctx *c, const char *why, bool hand_back)
 {
     eng_worker *w = c->w;
-    log_info("step stopped in flight", " run=%lld step=%s attempt=%d reason=%s",
-             (long long)c->run_id, c->key, c->attempt, why);
+    log_info("step stopped in flight", LOG_I("run", (long long)c->run_id), LOG_S("step", c->key),
+             LOG_I("attempt", c->attempt), LOG_S("reason", why));
     if (hand_back) {
         if (w->nrelease == w->release_cap) {
             w->release_cap = w->release_cap ? 2 * w->release_cap : 64;
@@ -603,7 +604,7 @@ static void worker_renew_cb(void *arg, const eng_err *err, const PGresult *res)
     eng_worker *w = arg;
     w->renew_inflight = false;
     if (err) {
-        log_warn("lease renewal failed", " owner=%s error=\"%s\"", w->owner, err->msg);
+        log_warn("lease renewal failed", LOG_S("owner", w->owner), LOG_S("error", err->msg));
         /* what it carried goes with the next one; a lost connection is the reconnect's business */
         w->nrelease_sent = 0;
         w->fresh_connection = w->fresh_connection || w->fresh_sent;
@@ -639,7 +640,7 @@ static void worker_renew_cb(void *arg, const eng_err *err, const PGresult *res)
         }
     }
     if (stopped > 0)
-        log_warn("leases lost", " owner=%s steps=%d", w->owner, stopped);
+        log_warn("leases lost", LOG_S("owner", w->owner), LOG_I("steps", stopped));
     free(lost);
 }
 
@@ -663,7 +664,8 @@ static void worker_ignore_cb(void *arg, const eng_err *err, const PGresult *res)
 {
     (void)res;
     if (err)
-        log_warn("worker maintenance query failed", " owner=%s error=\"%s\"", (char *)arg, err->msg);
+        log_warn("worker maintenance query failed", LOG_S("owner", (char *)arg),
+                 LOG_S("error", err->msg));
 }
 
 /* Sends a renewal: this worker's lease, the attempts to hand back, and which steps it holds
@@ -693,7 +695,7 @@ static void worker_renew(eng_worker *w, double now)
     eng_buf_init(&rel_attempts_s, 0);
     if (!buf_id_array(&held_s, held, nheld) || !buf_id_array(&rel_ids_s, rel_ids, w->nrelease) ||
         !buf_id_array(&rel_attempts_s, rel_attempts, w->nrelease)) {
-        log_error("out of memory", " where=lease renewal");
+        log_error("out of memory", LOG_S("where", "lease renewal"));
         abort();
     }
     /* What a fresh connection's first renewal hands back is judged against what this worker
@@ -764,7 +766,7 @@ static void worker_grace_cb(struct ev_loop *loop, ev_timer *t, int revents)
     eng_worker *w = ENG_CONTAINER_OF(t, eng_worker, grace);
     if (w->grace_passed) {
         /* the database stayed unreachable: the leases will expire and the reaper re-runs them */
-        log_warn("worker stopped with outcomes unsent", " owner=%s", w->owner);
+        log_warn("worker stopped with outcomes unsent", LOG_S("owner", w->owner));
         ev_break(loop, EVBREAK_ALL);
         return;
     }
@@ -847,7 +849,7 @@ eng_worker *eng_worker_start(const eng_worker_opts *opts)
         ev_timer_start(w->loop, &w->prune);
     ev_timer_init(&w->grace, worker_grace_cb, 0., 0.);
     if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
-        log_error("cannot start worker thread", " owner=%s", w->owner);
+        log_error("cannot start worker thread", LOG_S("owner", w->owner));
         abort();
     }
     return w;

@@ -347,7 +347,8 @@ static void record_done(void *arg, const eng_err *err, const PGresult *res)
     if (err && ss->ctx) {
         /* The outcome is not in the ledger: the row stays pending, so the next attempt treats
          * the send as ambiguous instead of sending it again. */
-        log_warn("send outcome not recorded", " send_key=%s error=\"%s\"", ss->send_key, err->msg);
+        log_warn("send outcome not recorded", LOG_S("send_key", ss->send_key),
+                 LOG_S("error", err->msg));
         json_decref(ss->fin_output);
         ss->fin_output = NULL;
         ss_fail(ss, false, "ledger", "the send ledger could not record the outcome: %s", err->msg);
@@ -389,9 +390,9 @@ void step_send_transport_done(step_send *ss, const prov_outcome *o, const char *
         ss_free(ss);
         return;
     }
-    log_info("send call finished", " run=%lld step=%s send_key=%s class=%d code=%s",
-             (long long)eng_step_run_id(ss->ctx), eng_step_key(ss->ctx), ss->send_key, (int)o->cls,
-             o->cls == PROV_OK ? "ok" : o->code);
+    log_info("send call finished", LOG_I("run", (long long)eng_step_run_id(ss->ctx)),
+             LOG_S("step", eng_step_key(ss->ctx)), LOG_S("send_key", ss->send_key),
+             LOG_I("class", (int)o->cls), LOG_S("code", o->cls == PROV_OK ? "ok" : o->code));
     switch (o->cls) {
     case PROV_OK: {
         ss->fin = FIN_SUCCEED;
@@ -482,8 +483,8 @@ void step_send_lookup_done(step_send *ss, bool found, const char *message_id, js
 {
     ss->call = NULL;
     if (found) {
-        log_info("ambiguous send resolved by look-up", " send_key=%s message_id=%s", ss->send_key,
-                 message_id);
+        log_info("ambiguous send resolved by look-up", LOG_S("send_key", ss->send_key),
+                 LOG_S("message_id", message_id));
         ss->fin = FIN_SUCCEED;
         json_t *extra = output ? output : json_object();
         json_object_set_new(extra, "resolved", json_string("lookup"));
@@ -536,9 +537,9 @@ static void call_provider(step_send *ss)
         return;
     }
     ss->st = SS_CALL;
-    log_info("sending", " run=%lld step=%s send_key=%s provider=%s",
-             (long long)eng_step_run_id(ss->ctx), eng_step_key(ss->ctx), ss->send_key,
-             prov_name(ss->ops->provider));
+    log_info("sending", LOG_I("run", (long long)eng_step_run_id(ss->ctx)),
+             LOG_S("step", eng_step_key(ss->ctx)), LOG_S("send_key", ss->send_key),
+             LOG_S("provider", prov_name(ss->ops->provider)));
     ss->call = ss->ops->transport(ss, ss->cfg, &ss->msg);
 }
 
@@ -552,9 +553,9 @@ static void resolve(step_send *ss, int checks)
         return;
     }
     if (checks > ss->max_checks) {
-        log_warn("send outcome unknown", " run=%lld step=%s send_key=%s checks=%d",
-                 (long long)eng_step_run_id(ss->ctx), eng_step_key(ss->ctx), ss->send_key,
-                 checks - 1);
+        log_warn("send outcome unknown", LOG_I("run", (long long)eng_step_run_id(ss->ctx)),
+                 LOG_S("step", eng_step_key(ss->ctx)), LOG_S("send_key", ss->send_key),
+                 LOG_I("checks", checks - 1));
         ss_fail(ss, true, "unknown",
                 "the provider may or may not have accepted this message (ambiguous outcome, "
                 "unresolved after %d checks); an operator must decide",
