@@ -99,7 +99,20 @@ struct prov_config {
     prov_id id;
     bool sandbox;
     json_t *settings; /* object of strings; base_url always present unless the provider has none */
+    bool tenant_base; /* the tenant chose base_url */
 };
+
+static atomic_bool allow_private_targets;
+
+void prov_allow_private_targets(bool allow)
+{
+    atomic_store(&allow_private_targets, allow);
+}
+
+bool prov_public_only(const prov_config *c)
+{
+    return !atomic_load(&allow_private_targets) && (!c || c->tenant_base);
+}
 
 bool prov_config_sandbox(const prov_config *c)
 {
@@ -153,6 +166,7 @@ prov_config *prov_config_merge(prov_id id, const json_t *tenant_settings)
     c->id = id;
     c->settings = json_object();
     bool tenant_base = json_is_string(json_object_get(tenant_settings, "base_url"));
+    c->tenant_base = tenant_base;
     if (pi->default_base)
         settings_set(c->settings, "base_url", pi->default_base);
     if (pi->base_env)
@@ -673,6 +687,9 @@ prov_class prov_classify(const prov_config *cfg, prov_id id, bool send, const en
         if (rc == ENG_ETOOBIG) {
             out->cls = PROV_PERMANENT;
             snprintf(out->code, sizeof out->code, "response_too_big");
+        } else if (rc == ENG_EINVAL) { /* public_only refused the target; nothing was sent */
+            out->cls = PROV_PERMANENT;
+            snprintf(out->code, sizeof out->code, "address_not_allowed");
         } else if (err && nothing_sent(err)) {
             out->cls = PROV_RETRYABLE;
             snprintf(out->code, sizeof out->code, "connect_error");

@@ -208,7 +208,8 @@ static eng_http_call *sms_transport(step_send *ss, const prov_config *cfg, const
                             .body = form.ptr ? form.ptr : "",
                             .body_len = form.len,
                             .timeout_ms = step_send_http_timeout_ms(ss),
-                            .max_response_bytes = 1 << 20};
+                            .max_response_bytes = 1 << 20,
+                            .public_only = prov_public_only(cfg)};
     eng_http_call *call = eng_httpc_start(step_send_httpc(ss), &req, sms_sent, ss);
     explicit_bzero(auth, strlen(auth));
     free(auth);
@@ -288,7 +289,8 @@ static eng_http_call *sms_lookup(step_send *ss, const prov_config *cfg, const se
                             .url = url,
                             .headers = headers,
                             .timeout_ms = step_send_http_timeout_ms(ss),
-                            .max_response_bytes = 4 << 20};
+                            .max_response_bytes = 4 << 20,
+                            .public_only = prov_public_only(cfg)};
     eng_http_call *call = eng_httpc_start(step_send_httpc(ss), &req, sms_looked_up, ss);
     explicit_bzero(auth, strlen(auth));
     free(auth);
