@@ -69,6 +69,7 @@ static const api_route api_routes[] = {
     {"GET", "/healthz", api_route_healthz, true, NULL, NULL},
     {"GET", "/metrics", api_route_metrics, true, NULL, NULL},
     {"GET", "/v1/openapi.json", api_route_openapi, true, NULL, NULL},
+    {"GET", "/v1/schemas/workflow.json", api_route_workflow_schema, true, NULL, NULL},
     {"GET", "/v1/workflows", api_route_workflows_list, false, NULL, NULL},
     {"PUT", "/v1/workflows/{}", api_route_workflow_put, false, NULL, NULL},
     {"GET", "/v1/workflows/{}", api_route_workflow_get, false, NULL, Q("version")},
