@@ -167,11 +167,14 @@ void api_call_respond_err(api_call *call, const eng_err *err)
             status = map[i].status;
             code = map[i].code;
         }
+    /* the database's own state for an idempotency key reused with another request */
+    const char *field = err->field;
+    if (strcmp(err->sqlstate, "FL409") == 0)
+        code = "idempotency_conflict", field = "Idempotency-Key";
     if (status >= 500)
         log_error("request failed", LOG_S("rc", eng_rc_name(err->rc)),
                   LOG_S("sqlstate", err->sqlstate), LOG_S("error", err->msg));
-    api_call_respond_error(call, status, code, status == 500 ? "internal error" : err->msg,
-                           err->field);
+    api_call_respond_error(call, status, code, status == 500 ? "internal error" : err->msg, field);
 }
 
 void api_call_respond_row_json(api_call *call, int status, const PGresult *res, const char *what)
