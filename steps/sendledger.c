@@ -469,7 +469,8 @@ eng_http_call *step_send_post_json(step_send *ss, const prov_config *cfg, const 
                             .body = text,
                             .body_len = strlen(text),
                             .timeout_ms = step_send_http_timeout_ms(ss),
-                            .max_response_bytes = 1 << 20};
+                            .max_response_bytes = 1 << 20,
+                            .public_only = prov_public_only(cfg)};
     eng_http_call *call = eng_httpc_start(step_send_httpc(ss), &req, done, ss);
     explicit_bzero(auth, strlen(auth));
     free(auth);
