@@ -66,6 +66,7 @@ static const api_route api_routes[] = {
     {"GET", "/healthz", api_route_healthz, true},
     {"GET", "/metrics", api_route_metrics, true},
     {"GET", "/v1/openapi.json", api_route_openapi, true},
+    {"GET", "/v1/schemas/workflow.json", api_route_workflow_schema, true},
     {"GET", "/v1/workflows", api_route_workflows_list, false},
     {"PUT", "/v1/workflows/{}", api_route_workflow_put, false},
     {"GET", "/v1/workflows/{}", api_route_workflow_get, false},
@@ -159,11 +160,14 @@ void api_call_respond_err(api_call *call, const eng_err *err)
             status = map[i].status;
             code = map[i].code;
         }
+    /* the database's own state for an idempotency key reused with another request */
+    const char *field = err->field;
+    if (strcmp(err->sqlstate, "FL409") == 0)
+        code = "idempotency_conflict", field = "Idempotency-Key";
     if (status >= 500)
         log_error("request failed", " rc=%s sqlstate=%s error=\"%s\"", eng_rc_name(err->rc),
                   err->sqlstate, err->msg);
-    api_call_respond_error(call, status, code, status == 500 ? "internal error" : err->msg,
-                           err->field);
+    api_call_respond_error(call, status, code, status == 500 ? "internal error" : err->msg, field);
 }
 
 void api_call_respond_row_json(api_call *call, int status, const PGresult *res, const char *what)
