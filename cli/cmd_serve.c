@@ -64,8 +64,8 @@ static eng_rc serve_clock_start(cli_env *env, bool test_clock, eng_err *err)
         return err->rc;
     json_t *r = json_loads(PQgetvalue(res, 0, 0), 0, NULL);
     PQclear(res);
-    log_info("engine clock", " test_mode=%s offset_ms=%lld", test_clock ? "true" : "false",
-             (long long)json_integer_value(json_object_get(r, "offset_ms")));
+    log_info("engine clock", LOG_S("test_mode", test_clock ? "true" : "false"),
+             LOG_I("offset_ms", json_integer_value(json_object_get(r, "offset_ms"))));
     json_decref(r);
     return ENG_OK;
 }
