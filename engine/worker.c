@@ -171,6 +171,17 @@ void eng_step_skip(eng_step_ctx *c, const char *reason)
     ctx_skip(c, reason);
 }
 
+void eng_step_released(eng_step_ctx *c, const char *why)
+{
+    log_info("step released by its kind", " run=%lld step=%s attempt=%d reason=%s",
+             (long long)c->run_id, c->key, c->attempt, why);
+    eng_metrics_step_finished(c->kind ? c->kind->name : NULL, why,
+                              eng_clock_wall_ms() - c->claim_wall_ms); /* metrics */
+    ctx_free(c);
+}
+
+const char *eng_step_owner(const eng_step_ctx *c) { return c->w->owner; }
+
 static void ctx_schedule(eng_step_ctx *c, int64_t at_ms)
 {
     ctx_report(c, json_pack("{s:s, s:I, s:b}", "s", "snooze", "at_ms", (json_int_t)at_ms, "sched", 1));
