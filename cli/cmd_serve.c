@@ -16,6 +16,7 @@
 #include "engine/log.h"
 #include "engine/mem.h"
 #include "engine/worker.h"
+#include "steps/provider.h"
 
 static void serve_signal_cb(struct ev_loop *loop, ev_signal *w, int revents)
 {
@@ -75,6 +76,7 @@ int cli_cmd_serve(cli_env *env, int argc, char **argv)
                                              {"api-threads", required_argument, NULL, 'a'},
                                              {"workflows", required_argument, NULL, 'W'},
                                              {"retention", required_argument, NULL, 'R'},
+                                             {"allow-private-targets", no_argument, NULL, 'P'},
                                              {NULL, 0, NULL, 0}};
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     int workers = cores > 0 ? (int)cores : 2, max_inflight = 1000, batch = 500, lease_ms = 30000;
@@ -83,7 +85,7 @@ int cli_cmd_serve(cli_env *env, int argc, char **argv)
     int64_t retention_ms = 0; /* keep finished runs unless --retention says otherwise */
     int ch;
     optind = 1;
-    while ((ch = getopt_long(argc, argv, "w:m:b:l:L:r:a:W:R:", longopts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "w:m:b:l:L:r:a:W:R:P", longopts, NULL)) != -1) {
         int bad = 0;
         switch (ch) {
         case 'w': bad = serve_int_opt("workers", optarg, 1, 256, &workers); break;
@@ -94,6 +96,7 @@ int cli_cmd_serve(cli_env *env, int argc, char **argv)
         case 'r': role = optarg; break;
         case 'a': bad = serve_int_opt("api-threads", optarg, 1, 64, &api_threads); break;
         case 'W': workflows_dir = optarg; break;
+        case 'P': prov_allow_private_targets(true); break;
         case 'R': {
             eng_err derr;
             if (eng_duration_parse(optarg, &retention_ms, &derr) != ENG_OK) {

@@ -23,16 +23,21 @@
  * client that never holds more calls than that uses one multi handle, as before. */
 #include "engine/httpc.h"
 
+#include <arpa/inet.h>
 #include <assert.h>
 #include <curl/curl.h>
 #include <ev.h>
+#include <netinet/in.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 
 #include "engine/buf.h"
 #include "engine/log.h"
 #include "engine/mem.h"
+#include "engine/netaddr.h"
 
 /* Connection cache floor. curl counts busy and idle connections against CURLMOPT_MAXCONNECTS and
  * closes a connection on its return once the cache is over the cap, so the cap is raised to stay
@@ -70,6 +75,7 @@ struct eng_http_call {
     void *arg;
     size_t max_response;           /* body cap, for the error message */
     bool too_big;                  /* on_write or on_header refused data over a cap */
+    char refused[80];              /* the last address refused by public_only, "" if none */
     eng_buf body;                  /* capped at max_response */
     eng_buf headers;               /* final response's headers as "name\0value\0" pairs */
     char errbuf[CURL_ERROR_SIZE];  /* curl's text for the failure, if any */
@@ -315,6 +321,47 @@ static void call_set_request(eng_http_call *c, const eng_http_request *req)
     EASY_SETOPT(c->easy, CURLOPT_HTTPHEADER, c->req_headers);
 }
 
+static void refuse(eng_http_call *c, const char *ip, const char *why)
+{
+    snprintf(c->refused, sizeof c->refused, "%s is %s", ip, why);
+    log_info("outbound call refused", " address=%s reason=%s", ip, why);
+}
+
+/* public_only: a connection to a non-public address is never opened (each address curl tries,
+ * so a name resolving to a public and a private one still reaches the public one). */
+static curl_socket_t on_open_socket(void *arg, curlsocktype purpose, struct curl_sockaddr *a)
+{
+    eng_http_call *c = arg;
+    const char *why = NULL;
+    if (purpose == CURLSOCKTYPE_IPCXN && !eng_addr_is_public(&a->addr, &why)) {
+        char ip[INET6_ADDRSTRLEN] = "?";
+        if (a->family == AF_INET)
+            inet_ntop(AF_INET, &((struct sockaddr_in *)(void *)&a->addr)->sin_addr, ip, sizeof ip);
+        else if (a->family == AF_INET6)
+            inet_ntop(AF_INET6, &((struct sockaddr_in6 *)(void *)&a->addr)->sin6_addr, ip,
+                      sizeof ip);
+        refuse(c, ip, why);
+        return CURL_SOCKET_BAD;
+    }
+    return socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+}
+
+/* public_only: runs before every request, also on a connection reused from the cache, which
+ * another call (a provider the operator configured) may have opened to a private address. */
+static int on_prereq(void *arg, char *primary_ip, char *local_ip, int primary_port, int local_port)
+{
+    (void)local_ip;
+    (void)primary_port;
+    (void)local_port;
+    eng_http_call *c = arg;
+    const char *why = NULL;
+    if (!eng_addr_text_is_public(primary_ip, &why)) {
+        refuse(c, primary_ip, why);
+        return CURL_PREREQFUNC_ABORT;
+    }
+    return CURL_PREREQFUNC_OK;
+}
+
 static void call_set_options(eng_http_call *c, const eng_http_request *req)
 {
     CURL *e = c->easy;
@@ -337,6 +384,12 @@ static void call_set_options(eng_http_call *c, const eng_http_request *req)
     EASY_SETOPT(e, CURLOPT_WRITEDATA, (void *)c);
     EASY_SETOPT(e, CURLOPT_HEADERFUNCTION, on_header);
     EASY_SETOPT(e, CURLOPT_HEADERDATA, (void *)c);
+    if (req->public_only) {
+        EASY_SETOPT(e, CURLOPT_OPENSOCKETFUNCTION, on_open_socket);
+        EASY_SETOPT(e, CURLOPT_OPENSOCKETDATA, (void *)c);
+        EASY_SETOPT(e, CURLOPT_PREREQFUNCTION, on_prereq);
+        EASY_SETOPT(e, CURLOPT_PREREQDATA, (void *)c);
+    }
     if (httpc_have_http2) {
         EASY_SETOPT(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
         /* Over TLS, wait for the first connection's ALPN answer rather than opening one
@@ -443,6 +496,10 @@ void eng_httpc_cancel(eng_http_call *c)
 static const eng_err *call_error(eng_http_call *c, CURLcode res, eng_err *err)
 {
     const char *text = c->errbuf[0] ? c->errbuf : curl_easy_strerror(res);
+    if (res != CURLE_OK && c->refused[0]) {
+        eng_err_set(err, ENG_EINVAL, "the target address is not allowed: %s", c->refused);
+        return err;
+    }
     switch (res) {
     case CURLE_OK:
         return NULL;

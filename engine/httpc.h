@@ -35,6 +35,9 @@ typedef struct eng_http_request {
     long timeout_ms;                 /* whole transfer; 0 = default 60 s */
     long connect_timeout_ms;         /* 0 = default 10 s */
     size_t max_response_bytes;       /* body cap; 0 = default 8 MiB; over it: ENG_ETOOBIG */
+    bool public_only;                /* a tenant chose the target: refuse any address that is not
+                                        public (engine/netaddr.h), checked on the resolved address
+                                        of every connection opened and of one reused (ENG_EINVAL) */
 } eng_http_request;
 
 typedef struct eng_http_response {
@@ -51,7 +54,8 @@ typedef struct eng_http_response {
 
 /* err NULL means an HTTP response arrived (any status) and resp is set. Otherwise resp is NULL and
  * err->rc is ENG_ETIMEOUT (connect or whole-transfer deadline passed), ENG_ETOOBIG (response body
- * or headers over the cap) or ENG_EHTTP (refused, reset, DNS, TLS, malformed URL, connection closed
+ * or headers over the cap), ENG_EINVAL (public_only and the target resolved to no public address:
+ * nothing was sent) or ENG_EHTTP (refused, reset, DNS, TLS, malformed URL, connection closed
  * mid-response...: curl's error text is in err->msg). The response and its headers are valid only
  * during the callback; call is the same pointer eng_httpc_start returned. */
 typedef void eng_http_cb(void *arg, const eng_err *err, const eng_http_response *resp,

@@ -208,7 +208,7 @@ static bool valid_key(const char *k)
 
 static const char *const step_fields[] = {
     "key",   "kind", "needs",  "input",           "when", "phase", "retry", "timeout",
-    "delay", "at",   "window", "concurrency_key", "continue_on_failure", NULL};
+    "delay", "at",   "window", "concurrency_key", "on_failure", "continue_on_failure", NULL};
 
 static eng_rc pass_keys(compiler *c, const json_t *steps)
 {
@@ -556,6 +556,31 @@ static eng_rc step_when(compiler *c, size_t i, const json_t *st, const char *spt
     return rc;
 }
 
+/* "on_failure" (fail_run, continue, skip_dependents), or its older spelling
+ * "continue_on_failure": true, which means "continue"; the two together must agree. */
+static eng_rc step_on_failure(compiler *c, const json_t *st, const char *sptr, const char **out)
+{
+    char ptr[96];
+    const json_t *cof = json_object_get(st, "continue_on_failure");
+    if (cof && !json_is_null(cof) && !json_is_boolean(cof)) {
+        snprintf(ptr, sizeof ptr, "%s/continue_on_failure", sptr);
+        return bad(c, ptr, "must be true or false");
+    }
+    *out = json_is_true(cof) ? "continue" : "fail_run";
+    const json_t *of = json_object_get(st, "on_failure");
+    if (!of || json_is_null(of))
+        return ENG_OK;
+    snprintf(ptr, sizeof ptr, "%s/on_failure", sptr);
+    const char *v = json_string_value(of);
+    if (!v || (strcmp(v, "fail_run") != 0 && strcmp(v, "continue") != 0 &&
+               strcmp(v, "skip_dependents") != 0))
+        return bad(c, ptr, "must be \"fail_run\", \"continue\" or \"skip_dependents\"");
+    if (cof && !json_is_null(cof) && json_is_true(cof) != (strcmp(v, "continue") == 0))
+        return bad(c, ptr, "contradicts continue_on_failure (its older spelling)");
+    *out = v;
+    return ENG_OK;
+}
+
 /* Validates step i's remaining fields and builds its normalized object (without dependents). */
 static eng_rc compile_step(compiler *c, size_t i, json_t **out)
 {
@@ -607,12 +632,9 @@ static eng_rc compile_step(compiler *c, size_t i, json_t **out)
         if ((rc = check_sql_key(c, json_string_value(ckey), ptr)) != ENG_OK)
             goto fail;
     }
-    const json_t *cof = json_object_get(st, "continue_on_failure");
-    if (cof && !json_is_boolean(cof)) {
-        snprintf(ptr, sizeof ptr, "%s/continue_on_failure", sptr);
-        rc = bad(c, ptr, "must be true or false");
+    const char *on_failure = "fail_run";
+    if ((rc = step_on_failure(c, st, sptr, &on_failure)) != ENG_OK)
         goto fail;
-    }
     /* A kind checks the shape of its input here; an input that is one whole template ("{{input}}",
      * as in a map's inline step) has no shape before it is rendered, and the kind checks it then. */
     const json_t *whole = json_object_get(st, "input");
@@ -630,7 +652,7 @@ static eng_rc compile_step(compiler *c, size_t i, json_t **out)
         if (has_dep(c, i, t))
             json_array_append_new(deps, json_string(c->steps[t].key));
     *out = json_pack("{s:s, s:s, s:I, s:o, s:o, s:o, s:s?, s:o, s:o?, s:I, s:I, s:I, s:f, s:f, "
-                     "s:I, s:I, s:o?, s:o?, s:o?, s:b}",
+                     "s:I, s:I, s:o?, s:o?, s:o?, s:s}",
                      "key", s->key, "kind", s->kind->name, "idx", (json_int_t)i, "needs", needs,
                      "dependents", json_array(), "deps", deps, "phase", phase, "input",
                      input ? json_deep_copy(input) : json_object(), "when", when, "max_attempts",
@@ -638,7 +660,7 @@ static eng_rc compile_step(compiler *c, size_t i, json_t **out)
                      "backoff_max_ms", (json_int_t)r.max_ms, "backoff_multiplier", r.multiplier,
                      "jitter", r.jitter, "timeout_ms", (json_int_t)timeout_ms, "delay_ms",
                      (json_int_t)delay_ms, "at", at, "window", window, "concurrency_key", ckey,
-                     "continue_on_failure", json_is_true(cof));
+                     "on_failure", on_failure);
     /* only when set, so that definitions that do not set it keep their digest */
     if (*out && r.max_interruptions > 0)
         json_object_set_new(*out, "max_interruptions", json_integer(r.max_interruptions));

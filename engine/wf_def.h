@@ -10,7 +10,7 @@
  *               "phase", "input", "when", "max_attempts", "backoff_initial_ms", "backoff_max_ms",
  *               "backoff_multiplier", "jitter", "timeout_ms", "delay_ms", "at",
  *               "window": {"start_min", "end_min", "days": [0=sun..6=sat], "tz"} | null,
- *               "concurrency_key"}]}
+ *               "concurrency_key", "on_failure": "fail_run" | "continue" | "skip_dependents"}]}
  *
  * "deps" holds the keys of all transitive needs in step order; templates and conditions of a step
  * may reference only those steps. "phases" lists distinct phases in first-appearance order. */

@@ -208,7 +208,8 @@ static void http_start(eng_step_ctx *ctx)
     a->expect = json_object_get(in, "expect");
     eng_http_request req = {.method = method, .url = url, .headers = hdrs, .body = payload,
                             .body_len = payload ? strlen(payload) : 0,
-                            .timeout_ms = (long)eng_step_timeout_ms(ctx)};
+                            .timeout_ms = (long)eng_step_timeout_ms(ctx),
+                            .public_only = prov_public_only(NULL)};
     eng_step_set_data(ctx, a);
     a->call = eng_httpc_start(eng_step_httpc(ctx), &req, http_done, a);
     for (size_t i = 0; i < nowned; i++)

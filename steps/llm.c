@@ -983,7 +983,8 @@ static void start_call(llm_attempt *a)
     eng_http_request req = {.method = "POST", .url = url, .headers = hdrs, .body = payload,
                             .body_len = strlen(payload),
                             .timeout_ms = budget > 0 ? (long)budget : LLM_DEFAULT_TIMEOUT_MS,
-                            .max_response_bytes = LLM_MAX_RESPONSE};
+                            .max_response_bytes = LLM_MAX_RESPONSE,
+                            .public_only = prov_public_only(a->cfg)};
     a->t0_wall_ms = eng_clock_wall_ms();
     a->call = eng_httpc_start(eng_step_httpc(a->ctx), &req, call_done, a);
     free(payload);

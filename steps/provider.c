@@ -8,6 +8,7 @@
 #include "steps/provider.h"
 
 #include <ctype.h>
+#include <openssl/evp.h>
 #include <stdarg.h>
 #include <curl/curl.h>
 #include <pthread.h>
@@ -15,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include "engine/clock.h"
@@ -97,7 +99,20 @@ struct prov_config {
     prov_id id;
     bool sandbox;
     json_t *settings; /* object of strings; base_url always present unless the provider has none */
+    bool tenant_base; /* the tenant chose base_url */
 };
+
+static atomic_bool allow_private_targets;
+
+void prov_allow_private_targets(bool allow)
+{
+    atomic_store(&allow_private_targets, allow);
+}
+
+bool prov_public_only(const prov_config *c)
+{
+    return !atomic_load(&allow_private_targets) && (!c || c->tenant_base);
+}
 
 bool prov_config_sandbox(const prov_config *c)
 {
@@ -151,6 +166,7 @@ prov_config *prov_config_merge(prov_id id, const json_t *tenant_settings)
     c->id = id;
     c->settings = json_object();
     bool tenant_base = json_is_string(json_object_get(tenant_settings, "base_url"));
+    c->tenant_base = tenant_base;
     if (pi->default_base)
         settings_set(c->settings, "base_url", pi->default_base);
     if (pi->base_env)
@@ -188,17 +204,30 @@ prov_config *prov_config_from_env(prov_id id)
 static bool is_token_char(char ch)
 {
     return isalnum((unsigned char)ch) || ch == '-' || ch == '_' || ch == '.' || ch == '+' ||
-           ch == '/' || ch == '=';
+           ch == '/' || ch == '=' || ch == '%';
 }
 
-/* Masks the token following a marker ("Bearer ", "sk-", "SG.") in place, keeping the marker. */
-static void mask_after(char *s, const char *marker, bool need_boundary)
+/* Case-insensitive strstr. */
+static char *find_ci(char *hay, const char *needle)
+{
+    size_t nl = strlen(needle);
+    for (; *hay; hay++)
+        if (strncasecmp(hay, needle, nl) == 0)
+            return hay;
+    return NULL;
+}
+
+/* Masks the token following every marker (any case) in place, keeping the marker. boundary: the
+ * marker must not continue a word ("key=" is not found inside "monkey="). */
+static void mask_after(char *s, const char *marker, bool boundary)
 {
     size_t ml = strlen(marker);
-    for (char *p = strstr(s, marker); p; p = strstr(p + 1, marker)) {
-        if (need_boundary && p > s && is_token_char(p[-1]))
+    for (char *p = find_ci(s, marker); p; p = find_ci(p + 1, marker)) {
+        if (boundary && p > s && (isalnum((unsigned char)p[-1]) || p[-1] == '_' || p[-1] == '-'))
             continue;
         char *q = p + ml;
+        while (*q == ' ' || *q == '"' || *q == '\'')
+            q++;
         char *e = q;
         while (*e && is_token_char(*e) && *e != '*')
             e++;
@@ -211,7 +240,7 @@ static void mask_after(char *s, const char *marker, bool need_boundary)
 
 static char *replace_all(char *s, const char *needle)
 {
-    size_t nl = strlen(needle);
+    size_t nl = needle ? strlen(needle) : 0;
     if (nl < 4) /* a too-short "secret" would mangle ordinary words */
         return s;
     char *p;
@@ -223,6 +252,32 @@ static char *replace_all(char *s, const char *needle)
     return s;
 }
 
+char *prov_basic_credentials(const prov_config *c)
+{
+    const char *user = prov_config_get(c, "account_sid");
+    const char *pass = prov_config_get(c, "auth_token");
+    char *plain = eng_xasprintf("%s:%s", user ? user : "", pass ? pass : "");
+    size_t n = strlen(plain);
+    unsigned char *enc = eng_xmalloc(4 * ((n + 2) / 3) + 1);
+    EVP_EncodeBlock(enc, (const unsigned char *)plain, (int)n);
+    explicit_bzero(plain, n);
+    free(plain);
+    return (char *)enc;
+}
+
+/* How every credential flowd sends can come back in a provider's text: the authorization
+ * schemes and API-key headers (any case, in echoed requests and curl's messages) and the query
+ * or form fields that carry keys. */
+static const struct {
+    const char *marker;
+    bool boundary;
+} masks[] = {
+    {"Bearer ", false},  {"Basic ", false},      {"sk-", true},       {"SG.", true},
+    {"x-api-key:", true}, {"api-key:", true},    {"x-goog-api-key:", true},
+    {"key=", true},      {"api_key=", true},     {"apikey=", true},   {"access_token=", true},
+    {"auth_token=", true}, {"token=", true},     {"secret=", true},   {"password=", true},
+};
+
 char *prov_redact(const prov_config *c, const char *text)
 {
     char *s = eng_xstrdup(text ? text : "");
@@ -232,10 +287,16 @@ char *prov_redact(const prov_config *c, const char *text)
         json_object_foreach (c->settings, k, v)
             if (field_is_secret(k))
                 s = replace_all(s, json_string_value(v));
+        /* HTTP Basic sends the secret only inside base64(user:secret) */
+        if (prov_config_get(c, "auth_token")) {
+            char *b = prov_basic_credentials(c);
+            s = replace_all(s, b);
+            explicit_bzero(b, strlen(b));
+            free(b);
+        }
     }
-    mask_after(s, "Bearer ", false);
-    mask_after(s, "sk-", true);
-    mask_after(s, "SG.", true);
+    for (size_t i = 0; i < ENG_ARRAY_LEN(masks); i++)
+        mask_after(s, masks[i].marker, masks[i].boundary);
     return s;
 }
 
@@ -539,9 +600,10 @@ static bool nothing_sent(const eng_err *err)
     return false;
 }
 
-/* Reads the provider's own error code and message out of an error body. */
-static void parse_error_body(prov_id id, const char *body, char *code, size_t codelen, char *msg,
-                             size_t msglen)
+/* Reads the provider's own error code and message out of an error body; the message is redacted
+ * whole before it is cut to msglen, so a cut cannot leave part of a secret behind. */
+static void parse_error_body(const prov_config *cfg, prov_id id, const char *body, char *code,
+                             size_t codelen, char *msg, size_t msglen)
 {
     code[0] = msg[0] = '\0';
     json_t *j = json_loads(body, 0, NULL);
@@ -567,8 +629,11 @@ static void parse_error_body(prov_id id, const char *body, char *code, size_t co
         snprintf(code, codelen, "%s", json_string_value(c));
     else if (json_is_integer(c))
         snprintf(code, codelen, "%lld", (long long)json_integer_value(c));
-    if (json_is_string(m))
-        snprintf(msg, msglen, "%s", json_string_value(m));
+    if (json_is_string(m)) {
+        char *red = prov_redact(cfg, json_string_value(m));
+        snprintf(msg, msglen, "%s", red);
+        free(red);
+    }
     /* OpenAI marks quota exhaustion in type as well as code */
     json_t *type = json_is_object(e) ? json_object_get(e, "type") : NULL;
     if (json_is_string(type) && strcmp(json_string_value(type), "insufficient_quota") == 0)
@@ -622,6 +687,9 @@ prov_class prov_classify(const prov_config *cfg, prov_id id, bool send, const en
         if (rc == ENG_ETOOBIG) {
             out->cls = PROV_PERMANENT;
             snprintf(out->code, sizeof out->code, "response_too_big");
+        } else if (rc == ENG_EINVAL) { /* public_only refused the target; nothing was sent */
+            out->cls = PROV_PERMANENT;
+            snprintf(out->code, sizeof out->code, "address_not_allowed");
         } else if (err && nothing_sent(err)) {
             out->cls = PROV_RETRYABLE;
             snprintf(out->code, sizeof out->code, "connect_error");
@@ -640,7 +708,7 @@ prov_class prov_classify(const prov_config *cfg, prov_id id, bool send, const en
         return PROV_OK;
     }
     char pmsg[200];
-    parse_error_body(id, resp->body, out->provider_code, sizeof out->provider_code, pmsg,
+    parse_error_body(cfg, id, resp->body, out->provider_code, sizeof out->provider_code, pmsg,
                      sizeof pmsg);
     out->cls = classify_status(id, send, resp->status, out->provider_code);
     /* the LLM providers' explicit override (apis.md §0) */

@@ -82,9 +82,21 @@ bool prov_config_sandbox(const prov_config *c);
 const char *prov_config_get(const prov_config *c, const char *field);
 /* base_url with path appended ("/chat/completions"); never NULL (sandbox: the default base). */
 char *prov_config_url(const prov_config *c, const char *path);
-/* A copy of text with every secret value of c replaced by "***" (NULL text gives ""). Also masks
- * anything that looks like a bearer token or "sk-"/"SG." key, since providers echo keys in 401s. */
+/* A copy of text with every secret value of c, and the base64 Basic credentials built from them,
+ * replaced by "***" (NULL text gives ""). Also masks whatever follows an authorization scheme
+ * (Bearer, Basic), an API-key header or a key-carrying query field, and "sk-"/"SG." keys, since
+ * providers echo requests and keys in their errors. */
 char *prov_redact(const prov_config *c, const char *text);
+/* base64 of "account_sid:auth_token", what HTTP Basic sends (Twilio); caller frees. */
+char *prov_basic_credentials(const prov_config *c);
+/* Whether outbound calls may reach loopback, private, link-local and metadata addresses when a
+ * tenant chose the target (the http step's url, a tenant's base_url). Off unless the operator
+ * allows it (`flowd serve --allow-private-targets`, FLOWD_ALLOW_PRIVATE_TARGETS=1); set it before
+ * workers start. */
+void prov_allow_private_targets(bool allow);
+/* eng_http_request.public_only for a call made with c: true when the tenant chose the target (c
+ * NULL: the http step, whose url is the tenant's) and the operator did not allow private ones. */
+bool prov_public_only(const prov_config *c);
 /* Another reference to c (configs are refcounted and immutable). */
 prov_config *prov_config_ref(prov_config *c);
 void prov_config_free(prov_config *c); /* drops one reference; NULL-safe */

@@ -321,7 +321,7 @@ static void park_done(void *arg, const eng_err *err, const PGresult *res)
 }
 
 /* The step waits, visibly, until a delivery webhook or an operator settles the send (the
- * database wakes it then: migrations/0022_unknown_sends.sql). */
+ * database wakes it then: migrations/0023_unknown_sends.sql). */
 static void park(step_send *ss)
 {
     ss->st = SS_PARK;
@@ -522,7 +522,8 @@ eng_http_call *step_send_post_json(step_send *ss, const prov_config *cfg, const 
                             .body = text,
                             .body_len = strlen(text),
                             .timeout_ms = step_send_http_timeout_ms(ss),
-                            .max_response_bytes = 1 << 20};
+                            .max_response_bytes = 1 << 20,
+                            .public_only = prov_public_only(cfg)};
     eng_http_call *call = eng_httpc_start(step_send_httpc(ss), &req, done, ss);
     explicit_bzero(auth, strlen(auth));
     free(auth);

@@ -11,7 +11,6 @@
  * <FLOWD_PUBLIC_URL>/v1/hooks/twilio?tenant=<id>&send_key=<key>; the query is part of the signed
  * URL. An ambiguous send is resolved with a look-up (§4: Messages.json?To=&DateSent>=) matching
  * recipient, sender and body of messages created since the send was first claimed. */
-#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -127,14 +126,9 @@ static eng_rc sms_prepare(const json_t *in, const prov_config *cfg, const char *
 /* "Authorization: Basic base64(sid:token)"; caller frees. */
 static char *basic_auth(const prov_config *cfg)
 {
-    char *plain = eng_xasprintf("%s:%s", prov_config_get(cfg, "account_sid"),
-                                prov_config_get(cfg, "auth_token"));
-    size_t n = strlen(plain);
-    unsigned char *enc = eng_xmalloc(4 * ((n + 2) / 3) + 1);
-    EVP_EncodeBlock(enc, (const unsigned char *)plain, (int)n);
-    char *h = eng_xasprintf("Authorization: Basic %s", (const char *)enc);
-    explicit_bzero(plain, n);
-    free(plain);
+    char *enc = prov_basic_credentials(cfg);
+    char *h = eng_xasprintf("Authorization: Basic %s", enc);
+    explicit_bzero(enc, strlen(enc));
     free(enc);
     return h;
 }
@@ -214,7 +208,8 @@ static eng_http_call *sms_transport(step_send *ss, const prov_config *cfg, const
                             .body = form.ptr ? form.ptr : "",
                             .body_len = form.len,
                             .timeout_ms = step_send_http_timeout_ms(ss),
-                            .max_response_bytes = 1 << 20};
+                            .max_response_bytes = 1 << 20,
+                            .public_only = prov_public_only(cfg)};
     eng_http_call *call = eng_httpc_start(step_send_httpc(ss), &req, sms_sent, ss);
     explicit_bzero(auth, strlen(auth));
     free(auth);
@@ -294,7 +289,8 @@ static eng_http_call *sms_lookup(step_send *ss, const prov_config *cfg, const se
                             .url = url,
                             .headers = headers,
                             .timeout_ms = step_send_http_timeout_ms(ss),
-                            .max_response_bytes = 4 << 20};
+                            .max_response_bytes = 4 << 20,
+                            .public_only = prov_public_only(cfg)};
     eng_http_call *call = eng_httpc_start(step_send_httpc(ss), &req, sms_looked_up, ss);
     explicit_bzero(auth, strlen(auth));
     free(auth);

@@ -361,6 +361,35 @@ static void test_inbound_sms_stops(void **state)
     assert_int_equal(sends_to(w, "+15557770003", "ada3@example.com"), sent);
 }
 
+/* Twilio refuses the first SMS for good (21211, not a valid number): that touch fails and the
+ * sequence goes on (on_failure "continue"): the 12 other touches go out and the run succeeds. */
+static void test_refused_touch_goes_on(void **state)
+{
+    world *w = *state;
+    int sg0 = th_msg_requests(w->sendgrid), tw0 = th_msg_requests(w->twilio);
+    th_msg_push(w->twilio, (th_msg_answer){.status = 400, .code = 21211});
+    char *input = lead_input("L4", "+15557770004", "ada4@example.com");
+    long long id = th_api_start_run(w->api, "lead_touchpoints", input);
+    free(input);
+    json_t *run = drive(w, id, 0);
+    assert_string_equal(json_string_value(json_object_get(run, "state")), "succeeded");
+    assert_int_equal(th_msg_requests(w->sendgrid) - sg0, 7);
+    assert_int_equal(th_msg_requests(w->twilio) - tw0, 6);
+    for (int i = 0; i < NTOUCH; i++) {
+        char *key = touch_key(i);
+        const json_t *s = step_of(run, key);
+        assert_string_equal(json_string_value(json_object_get(s, "state")),
+                            i == 1 ? "failed" : "succeeded");
+        if (i == 1) {
+            const json_t *e = json_object_get(s, "error");
+            assert_string_equal(json_string_value(json_object_get(e, "code")), "http_400");
+            assert_int_equal(json_integer_value(json_object_get(s, "attempts")), 1);
+        }
+        free(key);
+    }
+    json_decref(run);
+}
+
 static int setup(void **state)
 {
     world *w = eng_xcalloc(1, sizeof *w);
@@ -412,6 +441,7 @@ int main(void)
         cmocka_unit_test(test_thirteen_touches),
         cmocka_unit_test(test_reply_on_day_six_stops),
         cmocka_unit_test(test_inbound_sms_stops),
+        cmocka_unit_test(test_refused_touch_goes_on),
     };
     int rc = cmocka_run_group_tests(tests, setup, teardown);
     eng_httpc_global_cleanup();

@@ -438,6 +438,70 @@ static void test_map_child_failure(void **state)
     free(db);
 }
 
+/* ----------------------------------------------------------------------- failure policy -- */
+
+/* a fails with "continue": b, which needs it, runs and sees its error. c fails with
+ * "skip_dependents": d (needs c) and e (needs d and b) are skipped, though b succeeded. f, on
+ * its own, and g (needs a and f) run. The run succeeds. */
+static const char policy_def[] =
+    "{\"name\": \"policy\", \"steps\": ["
+    " {\"key\": \"a\", \"kind\": \"boom\", \"on_failure\": \"continue\", \"input\": {\"fail\": true}},"
+    " {\"key\": \"b\", \"kind\": \"transform\", \"needs\": [\"a\"],"
+    "  \"input\": {\"saw\": \"{{steps.a.output.error.code}}\"}},"
+    " {\"key\": \"c\", \"kind\": \"boom\", \"on_failure\": \"skip_dependents\","
+    "  \"input\": {\"fail\": true}},"
+    " {\"key\": \"d\", \"kind\": \"transform\", \"needs\": [\"c\"]},"
+    " {\"key\": \"e\", \"kind\": \"transform\", \"needs\": [\"d\", \"b\"]},"
+    " {\"key\": \"f\", \"kind\": \"transform\", \"input\": {\"ok\": true}},"
+    " {\"key\": \"g\", \"kind\": \"transform\", \"needs\": [\"a\", \"f\"]}]}";
+
+/* The default policy: x fails on its first attempt and fails the run; y (a long delay, still
+ * pending) is cancelled. */
+static const char fail_run_def[] =
+    "{\"name\": \"failing\", \"steps\": ["
+    " {\"key\": \"x\", \"kind\": \"boom\", \"input\": {\"fail\": true}},"
+    " {\"key\": \"y\", \"kind\": \"transform\", \"delay\": \"30d\"}]}";
+
+static void test_failure_policy(void **state)
+{
+    (void)state;
+    long long tenant;
+    char *db = th_engine_db("g_policy", &tenant);
+    long long wp = th_engine_register(db, tenant, policy_def);
+    long long wf = th_engine_register(db, tenant, fail_run_def);
+    PGconn *c = th_pgc_open(db);
+    long long r1 = th_pgc_enqueue(c, tenant, wp, "{}");
+    long long r2 = th_pgc_enqueue(c, tenant, wf, "{}");
+    th_workers *ws = th_workers_start(db, 1, "policy", 0, 0, 0);
+    bool done = th_pgc_wait(c, "SELECT count(*) = 2 FROM runs WHERE state NOT IN ('queued', 'running')",
+                            0, NULL, 30);
+    th_workers_stop(ws);
+    assert_true(done);
+
+    expect_run_state(c, r1, "succeeded");
+    expect_states(c, r1,
+                  "a=failed,b=succeeded,c=failed,d=skipped,e=skipped,f=succeeded,g=succeeded");
+    expect_output(c, r1, "b", "{\"saw\": \"boom\"}");
+    expect_output(c, r1, "e", "{\"step\": \"c\", \"reason\": \"needs failed\"}");
+    th_pgc_expect(c, "null", "SELECT coalesce(error::text, 'null') FROM runs WHERE id = $1",
+                  TH_P(th_num(r1).s));
+
+    /* the run's error says which step failed, what kind it is, on which attempt and why */
+    expect_states(c, r2, "x=failed,y=cancelled");
+    th_pgc_expect(c,
+                  "failed step_failed|x|boom|1|boom|this item always fails|"
+                  "step \"x\" (boom) failed for good on attempt 1: boom: this item always fails",
+                  "SELECT state || ' ' || concat_ws('|', error->>'code', error->>'step',"
+                  " error->>'kind', error->>'attempt', error->'step_error'->>'code',"
+                  " error->'step_error'->>'message', error->>'message') FROM runs WHERE id = $1",
+                  TH_P(th_num(r2).s));
+    th_pgc_expect(c, "x",
+                  "SELECT data->>'step' FROM run_events WHERE run_id = $1 AND type = 'run.failed'",
+                  TH_P(th_num(r2).s));
+    PQfinish(c);
+    free(db);
+}
+
 static void test_map_concurrency_bound(void **state)
 {
     (void)state;
@@ -812,6 +876,7 @@ int main(void)
         cmocka_unit_test(test_cli_event_data),
         cmocka_unit_test(test_map_10000_items_in_order),
         cmocka_unit_test(test_map_child_failure),
+        cmocka_unit_test(test_failure_policy),
         cmocka_unit_test(test_map_concurrency_bound),
         cmocka_unit_test(test_concurrency_key_serialises),
         cmocka_unit_test(test_retry_reruns_only_failed),

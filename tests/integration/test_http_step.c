@@ -20,6 +20,7 @@
 #include "engine/mem.h"
 #include "engine/step.h"
 #include "engine/wf_def.h"
+#include "steps/provider.h"
 #include "steps/steps.h"
 #include "tests/support/th.h"
 #include "tests/support/th_engine.h"
@@ -212,6 +213,53 @@ static void test_http_step(void **state)
     free(db);
 }
 
+/* Without the operator's allowance, a tenant's target on loopback is refused after resolution
+ * (by address and by a name resolving to it) and nothing reaches it; the step fails at once. */
+static void test_private_targets(void **state)
+{
+    (void)state;
+    srv s = {.mu = PTHREAD_MUTEX_INITIALIZER};
+    th_mock *m = th_mock_start(handler, &s);
+    long long tenant;
+    char *db = th_engine_db("http_private", &tenant);
+    prov_allow_private_targets(false);
+    const char *hosts[] = {"127.0.0.1", "localhost"};
+    for (size_t i = 0; i < ENG_ARRAY_LEN(hosts); i++) {
+        char *in = eng_xasprintf("{\"method\": \"GET\", \"url\": \"http://%s:%d/admin\"}",
+                                 hosts[i], th_mock_port(m));
+        json_t *row = run_http(db, tenant, in);
+        free(in);
+        assert_string_equal(state_of(row), "failed");
+        assert_int_equal(json_integer_value(json_object_get(row, "attempts")), 1);
+        json_t *e = json_object_get(row, "error");
+        assert_string_equal(json_string_value(json_object_get(e, "code")), "address_not_allowed");
+        assert_non_null(strstr(json_string_value(json_object_get(e, "message")), "loopback"));
+        json_decref(row);
+    }
+    /* a provider's base URL is the tenant's choice only when the tenant set it */
+    prov_config *env_cfg = prov_config_from_env(PROV_OPENAI);
+    json_t *ts = json_pack("{s:s, s:s}", "base_url", "http://127.0.0.1:9/v1", "api_key", "k-1234");
+    prov_config *ten_cfg = prov_config_merge(PROV_OPENAI, ts);
+    assert_false(prov_public_only(env_cfg));
+    assert_true(prov_public_only(ten_cfg));
+    prov_allow_private_targets(true);
+    assert_false(prov_public_only(ten_cfg));
+    prov_config_free(env_cfg);
+    prov_config_free(ten_cfg);
+    json_decref(ts);
+    pthread_mutex_lock(&s.mu);
+    assert_int_equal(s.seen, 0);
+    pthread_mutex_unlock(&s.mu);
+    /* allowed by the operator (the test harness sets FLOWD_ALLOW_PRIVATE_TARGETS): it is reached */
+    char *in = eng_xasprintf("{\"method\": \"GET\", \"url\": \"%s/admin\"}", th_mock_url(m));
+    json_t *row = run_http(db, tenant, in);
+    free(in);
+    assert_string_equal(state_of(row), "succeeded");
+    json_decref(row);
+    th_mock_stop(m);
+    free(db);
+}
+
 static void test_http_validation(void **state)
 {
     (void)state;
@@ -239,6 +287,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_http_validation),
         cmocka_unit_test(test_http_step),
+        cmocka_unit_test(test_private_targets),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     eng_httpc_global_cleanup();

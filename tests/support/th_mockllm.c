@@ -79,7 +79,8 @@ static const char *default_code(th_llm_flavor f, int status)
     }
 }
 
-static void error_answer(th_llm *m, const th_llm_answer *a, th_mock_resp *r)
+static void error_answer(th_llm *m, const th_llm_answer *a, th_mock_resp *r,
+                         const th_mock_req *req)
 {
     const char *code = a->code ? a->code : default_code(m->flavor, a->status);
     th_mock_resp_status(r, a->status);
@@ -112,6 +113,15 @@ static void error_answer(th_llm *m, const th_llm_answer *a, th_mock_resp *r)
     }
     if (a->message)
         json_object_set_new(json_object_get(body, "error"), "message", json_string(a->message));
+    if (a->echo) {
+        const char *auth = th_mock_req_header(req, "authorization");
+        const char *key = th_mock_req_header(req, "x-api-key");
+        char *echo = eng_xasprintf("rejected %s %s with Authorization: %s, x-api-key: %s",
+                                   req->method, req->target, auth ? auth : "(none)",
+                                   key ? key : "(none)");
+        json_object_set_new(json_object_get(body, "error"), "message", json_string(echo));
+        free(echo);
+    }
     char *s = json_dumps(body, JSON_COMPACT);
     th_mock_resp_body(r, s, strlen(s));
     free(s);
@@ -302,9 +312,9 @@ static void handler(void *arg, const th_mock_req *req, th_mock_resp *r)
     } else if (strcmp(req->method, "POST") != 0 || strcmp(req->target, want) != 0 ||
                !json_is_object(body)) {
         th_llm_answer e = {.status = strcmp(req->target, want) ? 404 : 400};
-        error_answer(m, &e, r);
+        error_answer(m, &e, r, req);
     } else if (a->status && a->status != 200) {
-        error_answer(m, a, r);
+        error_answer(m, a, r, req);
     } else {
         const char *model = json_string_value(json_object_get(body, "model"));
         bool anth = m->flavor == TH_LLM_ANTHROPIC;

@@ -33,6 +33,8 @@ typedef struct th_llm_answer {
     bool stream_error;          /* streamed: an error event after the first delta */
     bool stream_cut;            /* streamed: the connection closes before the end */
     bool drop;                  /* close the connection without answering */
+    bool echo;                  /* the error's message repeats the request's credential headers
+                                   and target, as some servers and proxies do */
 } th_llm_answer;
 
 typedef struct th_llm th_llm;

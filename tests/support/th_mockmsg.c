@@ -141,7 +141,8 @@ static const char *wa_message(long code)
     }
 }
 
-static void error_answer(th_msg *m, th_mock_resp *r, const th_msg_answer *a)
+/* echo: the message to answer instead of the documented one, or NULL. */
+static void error_answer(th_msg *m, th_mock_resp *r, const th_msg_answer *a, const char *echo)
 {
     th_mock_resp_status(r, a->status);
     th_mock_resp_header(r, "Content-Type", "application/json");
@@ -149,7 +150,9 @@ static void error_answer(th_msg *m, th_mock_resp *r, const th_msg_answer *a)
         th_mock_resp_header(r, "Retry-After", "%s", a->retry_after);
     switch (m->flavor) {
     case TH_MSG_SENDGRID:
-        if (a->status == 429) {
+        if (echo) {
+            th_mock_resp_bodyf(r, "{\"errors\":[{\"field\":null,\"message\":\"%s\"}]}", echo);
+        } else if (a->status == 429) {
             th_mock_resp_header(r, "X-RateLimit-Limit", "600");
             th_mock_resp_header(r, "X-RateLimit-Remaining", "0");
             th_mock_resp_header(r, "X-RateLimit-Reset", "%lld", (long long)time(NULL) + 2);
@@ -170,10 +173,10 @@ static void error_answer(th_msg *m, th_mock_resp *r, const th_msg_answer *a)
         return;
     case TH_MSG_TWILIO: {
         long code = a->code ? a->code : a->status == 429 ? 20429 : a->status == 401 ? 20003 : 0;
-        if (code)
+        if (code || echo)
             th_mock_resp_bodyf(r, "{\"code\":%ld,\"message\":\"%s\",\"more_info\":\"https://www."
                                   "twilio.com/docs/errors/%ld\",\"status\":%d}",
-                               code, twilio_message(code), code, a->status);
+                               code, echo ? echo : twilio_message(code), code, a->status);
         else
             th_mock_resp_bodyf(r, "{\"code\":20500,\"message\":\"Internal Server Error\","
                                   "\"more_info\":\"https://www.twilio.com/docs/errors/20500\","
@@ -186,10 +189,18 @@ static void error_answer(th_msg *m, th_mock_resp *r, const th_msg_answer *a)
         th_mock_resp_bodyf(r, "{\"error\":{\"message\":\"%s\",\"type\":\"OAuthException\",\"code\":"
                               "%ld,\"error_data\":{\"messaging_product\":\"whatsapp\",\"details\":"
                               "\"mock\"},\"fbtrace_id\":\"AbCdMock01\"}}",
-                           wa_message(code), code);
+                           echo ? echo : wa_message(code), code);
         return;
     }
     }
+}
+
+/* What an echoing server repeats of the request: its credentials and target; new string. */
+static char *th_msg_echo(const th_mock_req *req)
+{
+    const char *auth = th_mock_req_header(req, "Authorization");
+    return eng_xasprintf("rejected %s %s with Authorization: %s", req->method, req->target,
+                         auth ? auth : "(none)");
 }
 
 /* Records an accepted send and returns its provider id (borrowed from the record). */
@@ -303,7 +314,7 @@ static void handler(void *arg, const th_mock_req *req, th_mock_resp *r)
         m->lookups++;
         if (!auth_ok(m, req, req->target)) {
             th_msg_answer a = {.status = 401};
-            error_answer(m, r, &a);
+            error_answer(m, r, &a, NULL);
         } else {
             twilio_list(m, req, r);
         }
@@ -338,7 +349,9 @@ static void handler(void *arg, const th_mock_req *req, th_mock_resp *r)
     if (a.drop) {
         th_mock_resp_drop(r);
     } else if (a.status) {
-        error_answer(m, r, &a);
+        char *echo = a.echo ? th_msg_echo(req) : NULL;
+        error_answer(m, r, &a, echo);
+        free(echo);
     } else {
         success_answer(m, r, body, id, &a);
     }

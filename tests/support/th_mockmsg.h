@@ -33,6 +33,8 @@ typedef struct th_msg_answer {
     bool ratelimit_reset;    /* SendGrid: X-RateLimit-Remaining 0 and Reset = now + 2 s */
     bool held;               /* WhatsApp: message_status "held_for_quality_assessment" */
     bool drop;               /* close the connection without answering (after reading) */
+    bool echo;               /* the error's message repeats the request's Authorization header and
+                                target, as some servers and proxies do */
 } th_msg_answer;
 
 typedef struct th_msg th_msg;

@@ -621,6 +621,39 @@ static void test_start_from_completion_reuses_connection(void **state)
     free(u);
 }
 
+/* public_only: a loopback target is never connected to, and a loopback connection another call
+ * left in the cache is not reused for it; the same call without public_only goes through. */
+static void test_public_only(void **state)
+{
+    struct fx *f = *state;
+    char *u = url(f, "/echo");
+    struct rec r = {0};
+    fetch(f, &(eng_http_request){.url = u, .public_only = true}, &r);
+    assert_true(r.failed);
+    assert_int_equal(r.rc, ENG_EINVAL);
+    assert_non_null(strstr(r.msg, "127.0.0.1 is loopback"));
+    assert_int_equal(th_mock_connections(f->mock), 0);
+    memset(&r, 0, sizeof r);
+    fetch(f, &(eng_http_request){.url = u}, &r); /* leaves a keep-alive connection cached */
+    assert_false(r.failed);
+    rec_done(&r);
+    memset(&r, 0, sizeof r);
+    fetch(f, &(eng_http_request){.url = u, .public_only = true}, &r);
+    assert_true(r.failed);
+    assert_int_equal(r.rc, ENG_EINVAL);
+    assert_int_equal(th_mock_requests(f->mock), 1);
+    /* a name resolving to loopback is refused after resolution, like the address itself */
+    char *named = eng_xasprintf("http://localhost:%d/echo", th_mock_port(f->mock));
+    memset(&r, 0, sizeof r);
+    fetch(f, &(eng_http_request){.url = named, .public_only = true}, &r);
+    assert_true(r.failed);
+    assert_int_equal(r.rc, ENG_EINVAL);
+    assert_non_null(strstr(r.msg, "is loopback"));
+    assert_int_equal(th_mock_requests(f->mock), 1);
+    free(named);
+    free(u);
+}
+
 static void test_free_with_calls_in_flight(void **state)
 {
     struct fx *f = *state;
@@ -765,6 +798,7 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_start_from_completion_reuses_connection, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_public_only, setup, teardown),
         cmocka_unit_test_setup_teardown(test_free_with_calls_in_flight, setup, teardown),
         cmocka_unit_test_setup_teardown(test_free_from_inside_a_callback, setup, teardown),
         cmocka_unit_test_setup_teardown(test_two_thousand_in_flight, setup, teardown),

@@ -140,13 +140,13 @@ static void test_normalized_shape(void **state)
         "   \"when\": null, \"max_attempts\": 5, \"backoff_initial_ms\": 1000,"
         "   \"backoff_max_ms\": 300000, \"backoff_multiplier\": 2.0, \"jitter\": 0.2,"
         "   \"timeout_ms\": 0, \"delay_ms\": 0, \"at\": null, \"window\": null,"
-        "   \"concurrency_key\": null, \"continue_on_failure\": false},"
+        "   \"concurrency_key\": null, \"on_failure\": \"fail_run\"},"
         "  {\"key\": \"score\", \"kind\": \"transform\", \"idx\": 1, \"needs\": [0], "
         "\"dependents\": [2],"
         "   \"deps\": [\"research\"], \"phase\": \"analysis\", \"input\": {}, \"when\": null,"
         "   \"max_attempts\": 1, \"backoff_initial_ms\": 1000, \"backoff_max_ms\": 300000,"
         "   \"backoff_multiplier\": 2.0, \"jitter\": 0.2, \"timeout_ms\": 0, \"delay_ms\": 0,"
-        "   \"at\": null, \"window\": null, \"concurrency_key\": null, \"continue_on_failure\": false},"
+        "   \"at\": null, \"window\": null, \"concurrency_key\": null, \"on_failure\": \"fail_run\"},"
         "  {\"key\": \"send\", \"kind\": \"email\", \"idx\": 2, \"needs\": [1, 0], \"dependents\": "
         "[],"
         "   \"deps\": [\"research\", \"score\"], \"phase\": \"research\","
@@ -157,13 +157,13 @@ static void test_normalized_shape(void **state)
         "   \"at\": \"{{input.send_at}}\","
         "   \"window\": {\"start_min\": 540, \"end_min\": 1080, \"days\": [1, 2, 5],"
         "                \"tz\": \"{{input.lead.tz}}\"},"
-        "   \"concurrency_key\": \"{{input.customer}}\", \"continue_on_failure\": false},"
+        "   \"concurrency_key\": \"{{input.customer}}\", \"on_failure\": \"fail_run\"},"
         "  {\"key\": \"log\", \"kind\": \"transform\", \"idx\": 3, \"needs\": [0], \"dependents\": "
         "[],"
         "   \"deps\": [\"research\"], \"phase\": null, \"input\": {}, \"when\": null,"
         "   \"max_attempts\": 1, \"backoff_initial_ms\": 1000, \"backoff_max_ms\": 300000,"
         "   \"backoff_multiplier\": 2.0, \"jitter\": 0.2, \"timeout_ms\": 0, \"delay_ms\": 0,"
-        "   \"at\": null, \"window\": null, \"concurrency_key\": null, \"continue_on_failure\": false}"
+        "   \"at\": null, \"window\": null, \"concurrency_key\": null, \"on_failure\": \"fail_run\"}"
         " ]}",
         0, NULL);
     assert_non_null(want);
@@ -404,6 +404,11 @@ static void test_at_window_phase_ckey(void **state)
     expect_bad_step("sms", "\"phase\": 3", "/steps/1/phase", "must be a string");
     expect_bad_step("sms", "\"continue_on_failure\": 1", "/steps/1/continue_on_failure",
                     "must be true or false");
+    expect_bad_step("sms", "\"on_failure\": \"ignore\"", "/steps/1/on_failure",
+                    "must be \"fail_run\", \"continue\" or \"skip_dependents\"");
+    expect_bad_step("sms", "\"on_failure\": true", "/steps/1/on_failure", "must be \"fail_run");
+    expect_bad_step("sms", "\"on_failure\": \"skip_dependents\", \"continue_on_failure\": true",
+                    "/steps/1/on_failure", "contradicts continue_on_failure");
     expect_bad_step("sms", "\"phase\": \"\"", "/steps/1/phase", "must not be empty");
     expect_bad_step("sms", "\"concurrency_key\": {\"a\": 1}", "/steps/1/concurrency_key",
                     "must be a string");
