@@ -2,16 +2,14 @@
 -- offset into real use: `flowd serve` with FLOWD_TEST_CLOCK=1 turns it on (flowd_clock_start),
 -- a server without it turns it off and refuses a clock left ahead of real time, and the clock
 -- moves only while the database is in test mode, whoever asks (API, command line or SQL).
--- Written to be applied again: it landed first as 0022_clock_test_mode.sql, a number another
--- migration had taken, and databases that applied it under that name meet it again here.
-ALTER TABLE flowd_clock ADD COLUMN IF NOT EXISTS test_mode boolean NOT NULL DEFAULT false;
+ALTER TABLE flowd_clock ADD COLUMN test_mode boolean NOT NULL DEFAULT false;
 
 -- A clock moved before this migration was moved in test mode.
 UPDATE flowd_clock SET test_mode = true WHERE offset_ms <> 0;
 
 -- Called by every `flowd serve` at start with its own mode; answers {test_mode, offset_ms}.
 -- 55000 when a server without test mode meets a clock that test mode left ahead.
-CREATE OR REPLACE FUNCTION flowd_clock_start(p_test_mode boolean) RETURNS jsonb
+CREATE FUNCTION flowd_clock_start(p_test_mode boolean) RETURNS jsonb
 LANGUAGE plpgsql AS $$
 DECLARE
     v_offset bigint;
@@ -51,7 +49,7 @@ END $$;
 -- Moves the clock to the earliest step or timer due later than now (a delayed or retried step,
 -- a sending window's opening, a wait's timeout): {offset_ms, advanced_ms, due_at}, due_at NULL
 -- and nothing moved when nothing is scheduled later.
-CREATE OR REPLACE FUNCTION flowd_clock_advance_to_next_due() RETURNS jsonb
+CREATE FUNCTION flowd_clock_advance_to_next_due() RETURNS jsonb
 LANGUAGE plpgsql AS $$
 DECLARE
     v_now timestamptz := flowd_now();
@@ -71,7 +69,7 @@ BEGIN
 END $$;
 
 -- Brings the clock back to real time (the way out of test mode); returns the offset it had.
-CREATE OR REPLACE FUNCTION flowd_clock_reset() RETURNS bigint
+CREATE FUNCTION flowd_clock_reset() RETURNS bigint
 LANGUAGE plpgsql AS $$
 DECLARE
     v_old bigint;
