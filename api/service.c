@@ -5,9 +5,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "api/api.h"
 #include "api/api_int.h"
+#include "api/connlimit.h"
 #include "api/ratelimit.h"
 #include "api/runcache.h"
 #include "engine/clock.h"
@@ -48,6 +50,7 @@ struct api_service {
     int nloops;
     int port;
     api_ratelimit *rl; /* shared by the loops */
+    api_connlimit *connlimit; /* shared by the loops' servers */
 };
 
 typedef struct api_route {
@@ -525,6 +528,16 @@ api_service *api_service_start(const api_service_opts *opts, eng_err *err)
     s->opts.listen = s->listen;
     s->rl = api_ratelimit_new(0, 0);
     s->nloops = opts->threads > 0 ? opts->threads : 2;
+    int max_conns = opts->max_conns;
+    struct rlimit nofile;
+    if (max_conns <= 0)
+        max_conns = getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur != RLIM_INFINITY
+                        ? (int)(nofile.rlim_cur / 2 < 20000 ? nofile.rlim_cur / 2 : 20000)
+                        : 10000;
+    if (max_conns < s->nloops)
+        max_conns = s->nloops;
+    int per_client = opts->max_conns_per_client > 0 ? opts->max_conns_per_client : max_conns / 4;
+    s->connlimit = api_connlimit_new(per_client > 0 ? per_client : 1);
     int ndb = opts->db_conns > 0 ? opts->db_conns : 4;
     s->loops = eng_xcalloc((size_t)s->nloops, sizeof *s->loops);
     char listen_buf[128];
@@ -533,8 +546,10 @@ api_service *api_service_start(const api_service_opts *opts, eng_err *err)
         api_loop *lp = &s->loops[i];
         lp->svc = s;
         lp->loop = ev_loop_new(EVFLAG_AUTO);
-        api_http_opts ho = {.listen = listen_buf, .max_body = opts->max_body, .reuseport = true};
-        ho.header_timeout_s = opts->header_timeout_s;
+        api_http_opts ho = {.listen = listen_buf, .max_body = opts->max_body, .reuseport = true,
+                            .max_conns = max_conns / s->nloops, .limit = s->connlimit,
+                            .header_timeout_s = opts->header_timeout_s,
+                            .request_timeout_s = opts->request_timeout_s};
         lp->http = api_http_new(lp->loop, &ho, api_handle, lp, err);
         if (!lp->http) {
             ev_loop_destroy(lp->loop);
@@ -562,7 +577,8 @@ api_service *api_service_start(const api_service_opts *opts, eng_err *err)
     }
     for (int i = 0; i < s->nloops; i++)
         pthread_create(&s->loops[i].thread, NULL, loop_main, &s->loops[i]);
-    log_info("api listening", " address=%s threads=%d", listen_buf, s->nloops);
+    log_info("api listening", " address=%s threads=%d max_connections=%d per_client=%d",
+             listen_buf, s->nloops, max_conns, per_client);
     return s;
 }
 
@@ -590,6 +606,7 @@ void api_service_stop(api_service *s)
             ev_loop_destroy(lp->loop);
     }
     api_ratelimit_free(s->rl);
+    api_connlimit_free(s->connlimit);
     free(s->loops);
     free(s->conninfo);
     free(s->listen);
