@@ -100,6 +100,7 @@ void api_route_outbox_list(api_call *call);           /* api/routes_outbox.c */
 void api_route_run_sequencer_csv(api_call *call);     /* api/routes_export.c */
 void api_route_metrics(api_call *call);
 void api_route_openapi(api_call *call);
+void api_route_workflow_schema(api_call *call);
 void api_route_runs_list(api_call *call);
 void api_route_run_events(api_call *call);
 void api_route_batch_post(api_call *call);

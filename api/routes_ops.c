@@ -1,4 +1,5 @@
-/* api/routes_ops.c: GET /metrics (Prometheus text) and GET /v1/openapi.json. Both are open routes:
+/* api/routes_ops.c: GET /metrics (Prometheus text), GET /v1/openapi.json and
+ * GET /v1/schemas/workflow.json (the JSON Schema of workflow definitions). All are open routes:
  * they show no tenant's data (metrics count rows of all tenants together). */
 #include <stdlib.h>
 #include <string.h>
@@ -7,22 +8,34 @@
 #include "engine/buf.h"
 #include "engine/metrics.h"
 
-/* api/openapi.json, linked in as is and followed by a NUL, so that the document is edited as JSON
- * and the binary needs no file at run time. (CMake does not know this dependency: after editing
- * the document, touch this file.) */
+/* api/openapi.json and api/workflow.schema.json, linked in as they are and each followed by a NUL,
+ * so that the documents are edited as JSON and the binary needs no file at run time (CMake knows
+ * these dependencies through OBJECT_DEPENDS). */
 __asm__(".section .rodata\n"
         ".global flowd_openapi_json\n"
         ".hidden flowd_openapi_json\n"
         "flowd_openapi_json:\n"
         ".incbin \"" FLOWD_SOURCE_DIR "/api/openapi.json\"\n"
         ".byte 0\n"
+        ".global flowd_workflow_schema_json\n"
+        ".hidden flowd_workflow_schema_json\n"
+        "flowd_workflow_schema_json:\n"
+        ".incbin \"" FLOWD_SOURCE_DIR "/api/workflow.schema.json\"\n"
+        ".byte 0\n"
         ".previous\n");
 extern const char flowd_openapi_json[];
+extern const char flowd_workflow_schema_json[];
 
 void api_route_openapi(api_call *call)
 {
     api_call_respond_raw(call, 200, "application/json", flowd_openapi_json,
                          strlen(flowd_openapi_json), NULL);
+}
+
+void api_route_workflow_schema(api_call *call)
+{
+    api_call_respond_raw(call, 200, "application/schema+json", flowd_workflow_schema_json,
+                         strlen(flowd_workflow_schema_json), NULL);
 }
 
 static const char *const ops_run_states[] = {"queued", "running", "succeeded", "failed",

@@ -69,6 +69,7 @@ static const api_route api_routes[] = {
     {"GET", "/healthz", api_route_healthz, true},
     {"GET", "/metrics", api_route_metrics, true},
     {"GET", "/v1/openapi.json", api_route_openapi, true},
+    {"GET", "/v1/schemas/workflow.json", api_route_workflow_schema, true},
     {"GET", "/v1/workflows", api_route_workflows_list, false},
     {"PUT", "/v1/workflows/{}", api_route_workflow_put, false},
     {"GET", "/v1/workflows/{}", api_route_workflow_get, false},

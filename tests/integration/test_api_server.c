@@ -325,6 +325,34 @@ static void test_openapi_matches_routes(void **state)
     json_decref(doc);
 }
 
+/* The workflow JSON Schema is served without a key, as the file in the tree, and the OpenAPI
+ * document's workflow definition points at it. */
+static void test_workflow_schema_served(void **state)
+{
+    (void)state;
+    char *body = NULL;
+    assert_int_equal(req1("GET", "/v1/schemas/workflow.json", NULL, NULL, &body), 200);
+    json_t *served = json_loads(body, 0, NULL);
+    free(body);
+    char *path = eng_xasprintf("%s/api/workflow.schema.json", th_source_dir());
+    json_t *file = json_load_file(path, 0, NULL);
+    free(path);
+    assert_non_null(served);
+    assert_true(json_equal(served, file));
+    assert_string_equal(json_string_value(json_object_get(served, "$schema")),
+                        "https://json-schema.org/draft/2020-12/schema");
+    json_decref(served);
+    json_decref(file);
+    assert_int_equal(req1("GET", "/v1/openapi.json", NULL, NULL, &body), 200);
+    json_t *doc = json_loads(body, 0, NULL);
+    free(body);
+    json_t *def = json_object_get(json_object_get(json_object_get(doc, "components"), "schemas"),
+                                  "WorkflowDefinition");
+    assert_string_equal(json_string_value(json_object_get(json_object_get(def, "externalDocs"), "url")),
+                        "/v1/schemas/workflow.json");
+    json_decref(doc);
+}
+
 /* ----------------------------------------------------------------------------- metrics -- */
 
 /* The value of the sample named exactly sample ("name{labels}") in Prometheus text; -1 if absent. */
@@ -639,6 +667,7 @@ int main(void)
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_openapi_matches_routes),
+        cmocka_unit_test(test_workflow_schema_served),
         cmocka_unit_test(test_metrics_move_with_work),
         cmocka_unit_test(test_rate_limit_per_tenant),
         cmocka_unit_test(test_malformed_and_wrong_types),
