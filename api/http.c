@@ -487,7 +487,9 @@ static void conn_watch(api_conn *c)
     }
     conn_set_io(c, &c->rio, want_r);
     conn_set_io(c, &c->wio, want_w);
-    if (mode == c->tmode)
+    /* T_NONE is also what the parser sets to restart a deadline, with the old timer still
+     * running: stop it whatever tmode says, or it cuts off a request its handler still owes */
+    if (mode == c->tmode && mode != T_NONE)
         return;
     c->tmode = mode;
     if (mode == T_NONE) {

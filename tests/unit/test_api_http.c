@@ -614,6 +614,20 @@ static void test_slow_headers_closed(void **state)
     fx_stop(f);
 }
 
+/* A request that arrived in one read is answered however long its handler takes: the header
+ * deadline of the connection stops when the request is complete. */
+static void test_handler_outlives_header_deadline(void **state)
+{
+    (void)state;
+    fx *f = fx_start((api_http_opts){.header_timeout_s = 0.15});
+    cli *c = cli_new(f->port);
+    cli_sends(c, "GET /slow HTTP/1.1\r\nHost: t\r\n\r\n"); /* answered after 0.3 s */
+    assert_true(cli_wait(c, 1));
+    assert_int_equal(c->r[0].status, 200);
+    cli_free(c);
+    fx_stop(f);
+}
+
 /* A body trickled one byte at a time does not keep the request alive past its deadline. */
 static void test_trickled_body_deadline(void **state)
 {
@@ -969,6 +983,7 @@ int main(void)
         cmocka_unit_test(test_slow_headers_closed),
         cmocka_unit_test(test_idle_timeout),
         cmocka_unit_test(test_trickled_body_deadline),
+        cmocka_unit_test(test_handler_outlives_header_deadline),
         cmocka_unit_test(test_per_client_cap),
         cmocka_unit_test(test_half_close_gets_response),
         cmocka_unit_test(test_async_response),
