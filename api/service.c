@@ -186,11 +186,14 @@ void api_call_respond_err(api_call *call, const eng_err *err)
         call_unavailable(call);
         return;
     }
+    /* the database's own state for an idempotency key reused with another request */
+    const char *field = err->field;
+    if (strcmp(err->sqlstate, "FL409") == 0)
+        code = "idempotency_conflict", field = "Idempotency-Key";
     if (status >= 500)
         log_error("request failed", " rc=%s sqlstate=%s error=\"%s\"", eng_rc_name(err->rc),
                   err->sqlstate, err->msg);
-    api_call_respond_error(call, status, code, status == 500 ? "internal error" : err->msg,
-                           err->field);
+    api_call_respond_error(call, status, code, status == 500 ? "internal error" : err->msg, field);
 }
 
 void api_call_respond_row_json(api_call *call, int status, const PGresult *res, const char *what)
