@@ -308,7 +308,9 @@ bool api_route_at(size_t i, const char **method, const char **pattern)
 
 static void api_route_healthz(api_call *call)
 {
-    api_call_respond_json(call, 200, json_pack("{s:s}", "status", "ok"));
+    /* the server put the database's clock in its own mode at start (flowd_clock_start) */
+    api_call_respond_json(call, 200, json_pack("{s:s, s:b}", "status", "ok", "test_clock",
+                                               call->lp->svc->opts.test_clock));
 }
 
 /* Matches path against pattern, capturing "{}" segments into call->params. */

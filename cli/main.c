@@ -22,7 +22,7 @@ static const struct {
     {"event", cli_cmd_event, "send an event NAME KEY [--data JSON]: resumes waits, cancels runs"},
     {"cancel", cli_cmd_cancel_retry, "cancel a run"},
     {"retry", cli_cmd_cancel_retry, "retry a failed or cancelled run"},
-    {"clock", cli_cmd_clock, "move the engine clock (test mode only)"},
+    {"clock", cli_cmd_clock, "move the engine clock (test mode) or reset it to real time"},
     {"tenant", cli_cmd_tenant, "tenant create NAME [--max-running N]: a tenant and its admin key"},
 };
 
