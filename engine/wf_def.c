@@ -381,7 +381,7 @@ static eng_rc number_field(compiler *c, const json_t *obj, const char *name, con
 
 typedef struct retry_policy {
     json_int_t max_attempts;
-    json_int_t max_interruptions; /* 0: the engine's default (migrations/0022) */
+    json_int_t max_interruptions; /* 0: the engine's default (migrations/0024_interruptions_idle.sql) */
     int64_t initial_ms, max_ms;
     double multiplier, jitter;
 } retry_policy;

@@ -343,7 +343,7 @@ static void park_done(void *arg, const eng_err *err, const PGresult *res)
 }
 
 /* The step waits, visibly, until a delivery webhook or an operator settles the send (the
- * database wakes it then: migrations/0023_unknown_sends.sql). */
+ * database wakes it then: migrations/0025_unknown_sends.sql). */
 static void park(step_send *ss)
 {
     ss->st = SS_PARK;

@@ -25,7 +25,7 @@
  *            (or with resolve.checks 0) the step is parked: it waits in 'waiting' with the error
  *            code "unknown" (no attempt spent, the run goes on waiting) until the provider's
  *            delivery webhook (api/routes_hooks.c) or an operator (POST /v1/sends/{key}/outcome)
- *            settles the send, which wakes it (migrations/0023_unknown_sends.sql); its next
+ *            settles the send, which wakes it (migrations/0025_unknown_sends.sql); its next
  *            attempt then finds the send accepted (done) or failed (sends).
  *
  * The send key is "<run id>:<step key>" plus ":<item>" when the input has an "item": stable across
