@@ -6,8 +6,8 @@
  *   DELETE /v1/suppressions/{channel}/{address}
  *
  * Addresses are normalized exactly as the send ledger normalizes recipients (step_send_norm_email,
- * step_send_norm_phone), so "(555) 123-4567" style input and "Ann@Example.COM" match the sends they
- * are meant to stop. Webhooks (STOP, bounces, ...) and provider errors add to the same list;
+ * step_send_norm_phone: numbers only in E.164), so "Ann@Example.COM" matches the sends it
+ * is meant to stop. Webhooks (STOP, bounces, ...) and provider errors add to the same list;
  * entries made here have source "api". */
 #include <ctype.h>
 #include <stdio.h>

@@ -160,11 +160,14 @@ void api_call_respond_err(api_call *call, const eng_err *err)
             status = map[i].status;
             code = map[i].code;
         }
+    /* the database's own state for an idempotency key reused with another request */
+    const char *field = err->field;
+    if (strcmp(err->sqlstate, "FL409") == 0)
+        code = "idempotency_conflict", field = "Idempotency-Key";
     if (status >= 500)
         log_error("request failed", " rc=%s sqlstate=%s error=\"%s\"", eng_rc_name(err->rc),
                   err->sqlstate, err->msg);
-    api_call_respond_error(call, status, code, status == 500 ? "internal error" : err->msg,
-                           err->field);
+    api_call_respond_error(call, status, code, status == 500 ? "internal error" : err->msg, field);
 }
 
 void api_call_respond_row_json(api_call *call, int status, const PGresult *res, const char *what)
@@ -305,7 +308,9 @@ bool api_route_at(size_t i, const char **method, const char **pattern)
 
 static void api_route_healthz(api_call *call)
 {
-    api_call_respond_json(call, 200, json_pack("{s:s}", "status", "ok"));
+    /* the server put the database's clock in its own mode at start (flowd_clock_start) */
+    api_call_respond_json(call, 200, json_pack("{s:s, s:b}", "status", "ok", "test_clock",
+                                               call->lp->svc->opts.test_clock));
 }
 
 /* Matches path against pattern, capturing "{}" segments into call->params. */

@@ -137,32 +137,63 @@ int cli_cmd_status(cli_env *env, int argc, char **argv)
     return 0;
 }
 
+/* flowd clock advance --to-next-due: prints where the clock went (or that nothing is scheduled). */
+static int clock_to_next_due(cli_env *env)
+{
+    eng_err err;
+    PGresult *res = cli_exec(env, "SELECT flowd_clock_advance_to_next_due()", 0, NULL, &err);
+    if (!res)
+        return cli_fail(&err);
+    json_t *r = json_loads(PQgetvalue(res, 0, 0), 0, NULL);
+    PQclear(res);
+    const char *due = json_string_value(json_object_get(r, "due_at"));
+    long long offset = (long long)json_integer_value(json_object_get(r, "offset_ms"));
+    if (due)
+        printf("flowd: clock moved %lld ms to %s, the next due step; offset is now %lld ms\n",
+               (long long)json_integer_value(json_object_get(r, "advanced_ms")), due, offset);
+    else
+        printf("flowd: nothing is scheduled later; clock offset stays %lld ms\n", offset);
+    json_decref(r);
+    return 0;
+}
+
+/* The clock's test mode is the database's (set by `flowd serve` with FLOWD_TEST_CLOCK=1), and the
+ * database refuses to move a clock that is not in test mode: this process's environment decides
+ * nothing, so it cannot move the clock under a server in normal mode. */
 int cli_cmd_clock(cli_env *env, int argc, char **argv)
 {
     eng_err err;
-    if (argc != 3 || strcmp(argv[1], "advance") != 0) {
+    bool reset = argc == 2 && strcmp(argv[1], "reset") == 0;
+    bool advance = argc == 3 && strcmp(argv[1], "advance") == 0;
+    if (!reset && !advance) {
         cli_command_usage_error("clock");
         return 2;
     }
-    const char *mode = getenv("FLOWD_TEST_CLOCK");
-    if (!mode || strcmp(mode, "1") != 0) {
-        eng_err_set(&err, ENG_EINVAL, "the clock can only be moved in test mode (FLOWD_TEST_CLOCK=1)");
-        return cli_fail(&err);
-    }
-    int64_t ms;
-    if (eng_duration_parse(argv[2], &ms, &err) != ENG_OK) {
+    bool to_next = advance && strcmp(argv[2], "--to-next-due") == 0;
+    int64_t ms = 0;
+    if (advance && !to_next && eng_duration_parse(argv[2], &ms, &err) != ENG_OK) {
         snprintf(err.field, sizeof err.field, "DURATION");
         return cli_fail(&err);
     }
     if (cli_env_open(env, false, &err) != ENG_OK)
         return cli_fail(&err);
-    char ms_s[24];
-    snprintf(ms_s, sizeof ms_s, "%lld", (long long)ms);
-    const char *params[] = {ms_s};
-    PGresult *res = cli_exec(env, "SELECT flowd_clock_advance($1)", 1, params, &err);
+    if (to_next)
+        return clock_to_next_due(env);
+    PGresult *res;
+    if (reset) {
+        res = cli_exec(env, "SELECT flowd_clock_reset()", 0, NULL, &err);
+    } else {
+        char ms_s[24];
+        snprintf(ms_s, sizeof ms_s, "%lld", (long long)ms);
+        const char *params[] = {ms_s};
+        res = cli_exec(env, "SELECT flowd_clock_advance($1)", 1, params, &err);
+    }
     if (!res)
         return cli_fail(&err);
-    printf("flowd: clock offset is now %s ms\n", PQgetvalue(res, 0, 0));
+    if (reset)
+        printf("flowd: clock is back to real time (it was %s ms ahead)\n", PQgetvalue(res, 0, 0));
+    else
+        printf("flowd: clock offset is now %s ms\n", PQgetvalue(res, 0, 0));
     PQclear(res);
     return 0;
 }

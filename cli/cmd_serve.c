@@ -83,6 +83,23 @@ static eng_rc serve_register_dir(cli_env *env, const char *dir, eng_err *err)
     return rc;
 }
 
+/* Puts the database's clock in this server's mode; a server in normal mode refuses a clock that
+ * test mode left ahead of real time (runs would be stamped in the future and sending windows
+ * would open at the wrong hours). */
+static eng_rc serve_clock_start(cli_env *env, bool test_clock, eng_err *err)
+{
+    const char *params[] = {test_clock ? "true" : "false"};
+    PGresult *res = cli_exec(env, "SELECT flowd_clock_start($1)", 1, params, err);
+    if (!res)
+        return err->rc;
+    json_t *r = json_loads(PQgetvalue(res, 0, 0), 0, NULL);
+    PQclear(res);
+    log_info("engine clock", " test_mode=%s offset_ms=%lld", test_clock ? "true" : "false",
+             (long long)json_integer_value(json_object_get(r, "offset_ms")));
+    json_decref(r);
+    return ENG_OK;
+}
+
 /* The options of flowd serve, each with its environment form. */
 enum serve_opt { SO_WORKERS, SO_MAX_INFLIGHT, SO_BATCH, SO_LEASE_MS, SO_LISTEN, SO_ROLE, SO_API_THREADS,
                  SO_WORKFLOWS, SO_RETENTION, SO_PRIVATE, SO_N };
@@ -237,7 +254,9 @@ int cli_cmd_serve(cli_env *env, int argc, char **argv)
         cli_env_close(env);
         return status;
     }
-    if (workflows_dir && serve_register_dir(env, workflows_dir, &err) != ENG_OK) {
+    bool test_clock = getenv("FLOWD_TEST_CLOCK") && strcmp(getenv("FLOWD_TEST_CLOCK"), "1") == 0;
+    if (serve_clock_start(env, test_clock, &err) != ENG_OK ||
+        (workflows_dir && serve_register_dir(env, workflows_dir, &err) != ENG_OK)) {
         int status = cli_fail(&err);
         cli_env_close(env);
         return status;
@@ -260,9 +279,8 @@ int cli_cmd_serve(cli_env *env, int argc, char **argv)
     gethostname(host, sizeof host - 1);
     api_service *api = NULL;
     if (run_api) {
-        const char *test_clock = getenv("FLOWD_TEST_CLOCK");
         api_service_opts ao = {.conninfo = env->conninfo, .listen = listen, .threads = api_threads,
-                               .test_clock = test_clock && strcmp(test_clock, "1") == 0};
+                               .test_clock = test_clock};
         api = api_service_start(&ao, &err);
         if (!api) {
             int status = cli_fail(&err);

@@ -45,7 +45,8 @@ static const cli_command commands[] = {
      "FLOWD_RETENTION, FLOWD_MAX_INFLIGHT, FLOWD_BATCH, FLOWD_LEASE_MS, FLOWD_API_THREADS,\n"
      "FLOWD_ALLOW_PRIVATE_TARGETS=1; a flag wins over its variable.\n"
      "--workflows registers every *.json of DIR at start, all or none: a bad file is named and\n"
-     "nothing of the folder is registered."},
+     "nothing of the folder is registered. FLOWD_TEST_CLOCK=1 puts the database's clock in test\n"
+     "mode (flowd clock); FLOWD_API_KEY chooses the default tenant's key when it is created."},
     {"init", cli_cmd_init, CMD_DIRECT, false, "",
      "create the embedded cluster under --data, the default tenant and its API key", NULL},
     {"migrate", cli_cmd_migrate, CMD_DIRECT, false, "",
@@ -81,8 +82,9 @@ static const cli_command commands[] = {
      "create a new API key for an existing tenant (default: the default tenant)",
      "Works on the database (--data / --database), so a lost key can be replaced. For the default\n"
      "tenant the key is also written to DATA/api-key when that file is missing."},
-    {"clock", cli_cmd_clock, CMD_DIRECT, false, "advance DURATION",
-     "move the engine clock of every process (test mode only: FLOWD_TEST_CLOCK=1)", NULL},
+    {"clock", cli_cmd_clock, CMD_DIRECT, false, "advance DURATION | advance --to-next-due | reset",
+     "move the engine clock of every process (a database in test mode), or reset it to real time",
+     "Test mode is the database's: flowd serve with FLOWD_TEST_CLOCK=1 puts it there."},
 };
 
 static void usage(FILE *f)

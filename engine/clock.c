@@ -34,8 +34,13 @@ eng_rc eng_time_parse_rfc3339(const char *s, int64_t *out_ms, eng_err *err)
         !clock_digits(s + 11, 2, &h) || s[13] != ':' || !clock_digits(s + 14, 2, &mi) ||
         s[16] != ':' || !clock_digits(s + 17, 2, &sec))
         return eng_err_set(err, ENG_EINVAL, "\"%.40s\" is not an RFC 3339 timestamp", s);
-    if (mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || sec > 60)
+    if (mo < 1 || mo > 12 || d < 1 || h > 23 || mi > 59 || sec > 60)
         return eng_err_set(err, ENG_EINVAL, "\"%.40s\" is out of range", s);
+    /* timegm would carry 2027-02-31 into March: a date that does not exist is refused */
+    static const int mdays[12] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    bool leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    if (d > mdays[mo - 1] + (mo == 2 && leap))
+        return eng_err_set(err, ENG_EINVAL, "\"%.40s\": %04d-%02d has no day %d", s, y, mo, d);
     const char *p = s + 19;
     int ms = 0;
     if (*p == '.') {

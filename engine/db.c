@@ -506,7 +506,8 @@ eng_rc eng_db_classify(const PGresult *res, eng_err *err)
     if (strncmp(state, "40", 2) == 0 || strncmp(state, "08", 2) == 0 ||
         strcmp(state, "57P01") == 0 || strcmp(state, "53300") == 0)
         rc = ENG_EDB_RETRY;
-    else if (strcmp(state, "23505") == 0 || strcmp(state, "55000") == 0)
+    else if (strcmp(state, "23505") == 0 || strcmp(state, "55000") == 0 ||
+             strcmp(state, "FL409") == 0)
         rc = ENG_ECONFLICT;
     else if (strcmp(state, "P0002") == 0)
         rc = ENG_ENOTFOUND;

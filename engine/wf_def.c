@@ -447,8 +447,10 @@ static int parse_hhmm(const json_t *v, bool end)
     return h * 60 + m;
 }
 
-/* An IANA zone name as PostgreSQL and zoneinfo spell them ("Europe/Paris", "UTC", "Etc/GMT+5"). */
-static bool plausible_tz(const char *s)
+/* An IANA zone name as PostgreSQL and zoneinfo spell them ("Europe/Paris", "UTC", "Etc/GMT+5"),
+ * and one the zone database holds: PostgreSQL reads the same system tzdata (TZDIR, else
+ * /usr/share/zoneinfo), so a literal zone it would refuse when the step is due is refused now. */
+static bool known_tz(const char *s)
 {
     if (*s == '/' || strstr(s, "..") || strlen(s) > 64)
         return false;
@@ -456,7 +458,16 @@ static bool plausible_tz(const char *s)
         if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
               *p == '/' || *p == '_' || *p == '-' || *p == '+'))
             return false;
-    return true;
+    const char *dir = getenv("TZDIR");
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", dir && *dir ? dir : "/usr/share/zoneinfo", s);
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return false;
+    char magic[4];
+    bool ok = fread(magic, 1, 4, f) == 4 && memcmp(magic, "TZif", 4) == 0;
+    fclose(f);
+    return ok;
 }
 
 static eng_rc step_window(compiler *c, size_t i, const json_t *st, const char *sptr, json_t **out)
@@ -513,9 +524,10 @@ static eng_rc step_window(compiler *c, size_t i, const json_t *st, const char *s
     snprintf(fp, sizeof fp, "%s/tz", ptr);
     if (!tz)
         return bad(c, fp, "required: an IANA time zone name or a template");
-    if (!wf_template_is_templated(json_string_value(tz)) && !plausible_tz(json_string_value(tz))) {
+    if (!wf_template_is_templated(json_string_value(tz)) && !known_tz(json_string_value(tz))) {
         json_decref(tz);
-        return bad(c, fp, "not a time zone name");
+        return bad(c, fp, "\"%.64s\" is not an IANA time zone name (such as \"Europe/Paris\")",
+                   json_string_value(tz));
     }
     json_t *dl = json_array();
     for (int q = 0; q < 7; q++)

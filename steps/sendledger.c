@@ -121,42 +121,62 @@ const prov_config *step_send_cfg(const step_send *ss)
 
 bool step_send_norm_phone(const char *in, char out[24])
 {
-    if (!in)
+    /* Only the number as E.164 writes it: "(415) 555-0123" has no country code, and reading
+     * one into it (digits kept, separators dropped) sent it to +4155550123, in Switzerland. */
+    if (!in || in[0] != '+' || in[1] < '1' || in[1] > '9')
         return false;
-    size_t n = 0;
-    out[n++] = '+';
-    for (const char *p = in; *p; p++) {
-        if (isdigit((unsigned char)*p)) {
-            if (n >= 16)
-                return false;
-            out[n++] = *p;
-        } else if (*p == '+' && p == in) {
-            continue;
-        } else if (!strchr(" -.()", *p)) {
+    size_t n = strspn(in + 1, "0123456789");
+    if (in[1 + n] || n < 8 || n > 15)
+        return false;
+    memcpy(out, in, n + 2);
+    return true;
+}
+
+/* A dot-atom local part (RFC 5322 atext, UTF-8 allowed as SMTPUTF8 does; no quoted forms) of
+ * at most 64 bytes, '@', and a domain of at least two dot-separated labels of letters, digits,
+ * '-' (not at either end) or UTF-8, at most 63 bytes each and 253 in all, the last not all
+ * digits. */
+static bool email_syntax_ok(const char *s)
+{
+    const char *at = strrchr(s, '@');
+    size_t local = at ? (size_t)(at - s) : 0;
+    if (!at || local == 0 || local > 64 || strlen(at + 1) > 253)
+        return false;
+    for (const char *p = s; p < at; p++) {
+        unsigned char ch = (unsigned char)*p;
+        if (ch == '.' ? (p == s || p + 1 == at || p[1] == '.')
+                      : !(ch >= 0x80 || isalnum(ch) || strchr("!#$%&'*+/=?^_`{|}~-", ch)))
             return false;
-        }
     }
-    out[n] = '\0';
-    return n >= 9 && out[1] != '0';
+    size_t labels = 0;
+    bool all_digits = true;
+    for (const char *l = at + 1;; labels++) {
+        size_t n = 0;
+        all_digits = true;
+        for (; l[n] && l[n] != '.'; n++) {
+            unsigned char ch = (unsigned char)l[n];
+            if (!(ch >= 0x80 || isalnum(ch) || ch == '-'))
+                return false;
+            all_digits = all_digits && isdigit(ch);
+        }
+        if (n == 0 || n > 63 || l[0] == '-' || l[n - 1] == '-')
+            return false;
+        if (!l[n]) {
+            labels++;
+            break;
+        }
+        l += n + 1;
+    }
+    return labels >= 2 && !all_digits;
 }
 
 char *step_send_norm_email(const char *in)
 {
-    if (!in)
-        return NULL;
-    const char *at = strchr(in, '@');
-    size_t len = strlen(in);
-    if (!at || at == in || !at[1] || strchr(at + 1, '@') || len > 320)
+    if (!in || !email_syntax_ok(in))
         return NULL;
     char *out = eng_xstrdup(in);
-    for (char *p = out; *p; p++) {
-        if (isspace((unsigned char)*p) || iscntrl((unsigned char)*p) || *p == '<' || *p == '>' ||
-            *p == ',') {
-            free(out);
-            return NULL;
-        }
+    for (char *p = out; *p; p++)
         *p = (char)tolower((unsigned char)*p);
-    }
     return out;
 }
 
@@ -219,7 +239,9 @@ eng_rc step_send_validate_to(const json_t *step, const char *ptr, eng_err *err)
 eng_rc step_send_input_phone(const json_t *in, char to[24], eng_err *err)
 {
     if (!step_send_norm_phone(json_string_value(json_object_get(in, "to")), to))
-        return eng_err_field(err, ENG_EINVAL, "/input/to", "to must be a phone number in E.164");
+        return eng_err_field(err, ENG_EINVAL, "/input/to",
+                             "to must be a phone number in E.164: + and 8 to 15 digits with the "
+                             "country code, no spaces or punctuation (+14155550123)");
     return ENG_OK;
 }
 

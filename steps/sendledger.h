@@ -132,10 +132,12 @@ void step_send_no_message_id(step_send *ss, prov_outcome *o, const char *provide
 eng_http_call *step_send_post_json(step_send *ss, const prov_config *cfg, const char *path,
                                    const char *token, const json_t *body, eng_http_cb *done);
 
-/* Normalizes a phone number to +E.164 ("+15551234567"): accepts an optional leading '+', digits,
- * and the separators space, '-', '.', '(' and ')'; 8 to 15 digits. false when it is not one. */
+/* Copies a phone number written in E.164 ("+15551234567": '+', then 8 to 15 digits, the first
+ * not 0) into out; false for anything else. Nothing is stripped or guessed: a number without its
+ * country code cannot be told from another country's. */
 bool step_send_norm_phone(const char *in, char out[24]);
-/* Lowercases an email address into a new string; NULL when it is not one (no '@', spaces, ...). */
+/* Lowercases an email address into a new string; NULL when its syntax is not that of an address
+ * mail can be sent to (local@domain.tld, see email_syntax_ok in sendledger.c). */
 char *step_send_norm_email(const char *in);
 
 /* The messaging kinds (steps/email.c, steps/sms.c, steps/whatsapp.c), called by

@@ -96,7 +96,8 @@ static eng_rc sms_prepare(const json_t *in, const prov_config *cfg, const char *
     char from[24];
     if (from_s && !step_send_norm_phone(from_s, from) && strncmp(from_s, "whatsapp:", 9) != 0) {
         json_decref(media_list);
-        return eng_err_field(err, ENG_EINVAL, "/input/from", "from must be a phone number");
+        return eng_err_field(err, ENG_EINVAL, "/input/from",
+                             "from must be a phone number in E.164 (+14155550123)");
     }
     if (!from_s && !mss) {
         json_decref(media_list);

@@ -326,6 +326,61 @@ static void test_idempotent_enqueue_concurrent(void **state)
         th_pg_long(db, "SELECT count(*) FROM runs WHERE idempotency_key = 'same-key-20'"), 1);
 }
 
+/* An error response with this status, code and field. */
+static void expect_error_code(resp r, long status, const char *code, const char *field)
+{
+    json_t *j = expect(r, status);
+    json_t *e = json_object_get(j, "error");
+    assert_string_equal(json_string_value(json_object_get(e, "code")), code);
+    assert_string_equal(json_string_value(json_object_get(e, "field")), field);
+    json_decref(j);
+}
+
+/* A key reused for another request is refused (409 idempotency_conflict) and creates nothing; the
+ * same request, in any key order and spacing, keeps getting the first run or batch. */
+static void test_idempotency_conflict(void **state)
+{
+    (void)state;
+    static const char *const hdr[] = {"Idempotency-Key: conflict-1", NULL};
+    put_workflow(key_a, "other", one_step_def);
+    json_t *r = expect(call_h(NULL, "POST", "/v1/runs", key_a,
+                              "{\"workflow\": \"listed\", \"input\": {\"n\": 1, \"m\": [1, 2]}}", hdr),
+                       201);
+    long long id = jint(r, "id");
+    json_decref(r);
+    r = expect(call_h(NULL, "POST", "/v1/runs", key_a,
+                      "{\"input\":{\"m\":[1,2],\"n\":1},\"workflow\":\"listed\",\"priority\":0}", hdr),
+               200);
+    assert_int_equal(jint(r, "id"), id);
+    json_decref(r);
+    static const char *const other[] = {
+        "{\"workflow\": \"listed\", \"input\": {\"n\": 2, \"m\": [1, 2]}}",
+        "{\"workflow\": \"other\", \"input\": {\"n\": 1, \"m\": [1, 2]}}",
+        "{\"workflow\": \"listed\", \"version\": 1, \"input\": {\"n\": 1, \"m\": [1, 2]}}",
+        "{\"workflow\": \"listed\", \"priority\": 5, \"input\": {\"n\": 1, \"m\": [1, 2]}}",
+        "{\"workflow\": \"listed\", \"input\": {\"n\": 1, \"m\": [2, 1]}}"};
+    for (size_t i = 0; i < sizeof other / sizeof *other; i++)
+        expect_error_code(call_h(NULL, "POST", "/v1/runs", key_a, other[i], hdr), 409,
+                          "idempotency_conflict", "Idempotency-Key");
+    assert_int_equal(
+        th_pg_long(db, "SELECT count(*) FROM runs WHERE idempotency_key = 'conflict-1'"), 1);
+
+    static const char batch[] = "{\"workflow\": \"listed\", \"inputs\": [{\"n\": 1}, {\"n\": 2}],"
+                                " \"idempotency_key\": \"conflict-b\"}";
+    r = expect(call("POST", "/v1/batches", key_a, batch), 201);
+    long long bid = jint(r, "id");
+    json_decref(r);
+    r = expect(call("POST", "/v1/batches", key_a, batch), 200);
+    assert_int_equal(jint(r, "id"), bid);
+    json_decref(r);
+    expect_error_code(call("POST", "/v1/batches", key_a,
+                           "{\"workflow\": \"listed\", \"inputs\": [{\"n\": 2}, {\"n\": 1}],"
+                           " \"idempotency_key\": \"conflict-b\"}"),
+                      409, "idempotency_conflict", "Idempotency-Key");
+    assert_int_equal(th_pg_long(db, "SELECT count(*) FROM batches WHERE idempotency_key = 'conflict-b'"),
+                     1);
+}
+
 /* ------------------------------------------------------------------------------ batches -- */
 
 /* Counts lines ending in sep and checks each NDJSON line. */
@@ -735,6 +790,7 @@ int main(void)
         cmocka_unit_test(test_idempotent_enqueue_concurrent),
         cmocka_unit_test(test_batch_validation_and_isolation),
         cmocka_unit_test(test_batch_10000),
+        cmocka_unit_test(test_idempotency_conflict),
         cmocka_unit_test(test_sse_live_and_resume),
         cmocka_unit_test(test_sse_client_leaves),
         cmocka_unit_test(test_cli_tenant_and_url_mode),

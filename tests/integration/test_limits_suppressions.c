@@ -259,7 +259,7 @@ static void test_suppression_api(void **state)
     const char *db = th_api_db(api);
 
     json_t *s = th_api_json(api, 201, "POST", "/v1/suppressions",
-                            "{\"channel\": \"sms\", \"address\": \"+1 (555) 420-0001\", "
+                            "{\"channel\": \"sms\", \"address\": \"+15554200001\", "
                             "\"reason\": \"complaint\"}");
     assert_string_equal(json_string_value(json_object_get(s, "address")), "+15554200001");
     assert_string_equal(json_string_value(json_object_get(s, "channel")), "sms");
@@ -267,9 +267,9 @@ static void test_suppression_api(void **state)
     assert_string_equal(json_string_value(json_object_get(s, "source")), "api");
     assert_non_null(json_string_value(json_object_get(s, "created_at")));
     json_decref(s);
-    /* the same address spelled otherwise is the same entry, which keeps its first reason */
+    /* the same address again is the same entry, which keeps its first reason */
     s = th_api_json(api, 200, "POST", "/v1/suppressions",
-                    "{\"channel\": \"sms\", \"address\": \"15554200001\", \"reason\": \"other\"}");
+                    "{\"channel\": \"sms\", \"address\": \"+15554200001\", \"reason\": \"other\"}");
     assert_string_equal(json_string_value(json_object_get(s, "reason")), "complaint");
     json_decref(s);
     s = th_api_json(api, 201, "POST", "/v1/suppressions",
@@ -278,7 +278,7 @@ static void test_suppression_api(void **state)
     assert_string_equal(json_string_value(json_object_get(s, "reason")), "manual");
     json_decref(s);
     json_decref(th_api_json(api, 201, "POST", "/v1/suppressions",
-                            "{\"channel\": \"whatsapp\", \"address\": \"+44 20 7946 0958\"}"));
+                            "{\"channel\": \"whatsapp\", \"address\": \"+442079460958\"}"));
     char sql[256];
     snprintf(sql, sizeof sql,
              "SELECT count(*) FROM suppressions WHERE tenant_id = %lld AND source = 'api' AND "
@@ -296,6 +296,15 @@ static void test_suppression_api(void **state)
                  "invalid_request", "/address");
     expect_error(api, 422, "POST", p, "{\"channel\": \"whatsapp\", \"address\": \"+123\"}",
                  "invalid_request", "/address");
+    /* numbers not in E.164 are refused, never read as some number: "15554200001" is not
+     * +15554200001 for sure, "(415) 555-0123" has no country */
+    static const char *const not_e164[] = {"15554200001", "(415) 555-0123", "+1 (555) 420-0001",
+                                           "+1-555-420-0001", "+0155542000", "+1555420000123456"};
+    for (size_t i = 0; i < sizeof not_e164 / sizeof *not_e164; i++) {
+        char body[128];
+        snprintf(body, sizeof body, "{\"channel\": \"sms\", \"address\": \"%s\"}", not_e164[i]);
+        expect_error(api, 422, "POST", p, body, "invalid_request", "/address");
+    }
     expect_error(api, 422, "POST", p, "{\"channel\": \"email\", \"address\": \"nobody\"}",
                  "invalid_request", "/address");
     expect_error(api, 422, "POST", p,
@@ -341,8 +350,10 @@ static void test_suppression_api(void **state)
     expect_error(api, 400, "GET", "/v1/suppressions?channel=fax", NULL, "invalid_request",
                  "channel");
 
-    /* DELETE normalizes the path's address like POST */
-    expect_status(api, 204, "DELETE", "/v1/suppressions/sms/+1%20(555)%20420-0001");
+    /* DELETE reads the path's address like POST: a number only in E.164 */
+    expect_error(api, 404, "DELETE", "/v1/suppressions/sms/+1%20(555)%20420-0001", NULL,
+                 "not_found", NULL);
+    expect_status(api, 204, "DELETE", "/v1/suppressions/sms/+15554200001");
     expect_error(api, 404, "DELETE", "/v1/suppressions/sms/+15554200001", NULL, "not_found", NULL);
     expect_status(api, 204, "DELETE", "/v1/suppressions/email/ANN.LEE@example.com");
     expect_status(api, 204, "DELETE", "/v1/suppressions/whatsapp/+442079460958");
@@ -363,7 +374,7 @@ static void test_suppressed_send_is_skipped(void **state)
     th_api *api = w->api;
     json_decref(th_api_json(api, 201, "PUT", "/v1/workflows/lims_one_sms", one_sms_def));
     json_decref(th_api_json(api, 201, "POST", "/v1/suppressions",
-                            "{\"channel\": \"sms\", \"address\": \"+1-555-420-0002\"}"));
+                            "{\"channel\": \"sms\", \"address\": \"+15554200002\"}"));
     int before = th_msg_requests(w->twilio);
     json_t *run = run_to_end(api, "lims_one_sms", "{\"phone\": \"+15554200002\"}");
     assert_string_equal(json_string_value(json_object_get(run, "state")), "succeeded");
@@ -428,7 +439,7 @@ static void test_suppress_step(void **state)
     json_decref(th_api_json(api, 201, "PUT", "/v1/workflows/lims_optout", optout_def));
     int before = th_msg_requests(w->twilio);
     json_t *run = run_to_end(api, "lims_optout",
-                             "{\"channel\": \"sms\", \"address\": \"+1 555 420 0003\"}");
+                             "{\"channel\": \"sms\", \"address\": \"+15554200003\"}");
     assert_string_equal(json_string_value(json_object_get(run, "state")), "succeeded");
     const json_t *out = json_object_get(step_of(run, "forget"), "output");
     assert_string_equal(json_string_value(json_object_get(out, "channel")), "sms");

@@ -169,7 +169,7 @@ static void test_sms_shape(void **state)
     long long tenant;
     char *db = th_engine_db("msg_sms", &tenant);
     long long run = run_one(db, tenant,
-                            DEF("sms", "{\"to\": \"+1 (555) 123-4567\", \"body\": \"Hello + bye & co\"}", ""),
+                            DEF("sms", "{\"to\": \"+15551234567\", \"body\": \"Hello + bye & co\"}", ""),
                             NULL);
     char *st = step_state(db, run);
     assert_string_equal(st, "succeeded");
@@ -463,6 +463,67 @@ static void test_retry_classes(void **state)
     th_msg_stop(wa);
 }
 
+/* ------------------------------------------------------------------ recipients refused -- */
+
+/* A number that is not E.164 or an address that is not one fails the step for good on its first
+ * attempt, before any provider is called: nothing is guessed. What the provider refuses for good
+ * (SendGrid 400) fails the step after one call, despite retries left. */
+static void test_bad_recipients_refused(void **state)
+{
+    (void)state;
+    env_clear();
+    th_msg *sg = th_msg_start(TH_MSG_SENDGRID);
+    th_msg *tw = th_msg_start(TH_MSG_TWILIO);
+    th_msg *wa = th_msg_start(TH_MSG_WHATSAPP);
+    env_for(sg, TH_MSG_SENDGRID);
+    env_for(tw, TH_MSG_TWILIO);
+    env_for(wa, TH_MSG_WHATSAPP);
+    long long tenant;
+    char *db = th_engine_db("msg_bad_to", &tenant);
+    static const char *const defs[] = {
+        DEF("sms", "{\"to\": \"(415) 555-0123\", \"body\": \"x\"}", RETRY),
+        DEF("sms", "{\"to\": \"4155550123\", \"body\": \"x\"}", RETRY),
+        DEF("sms", "{\"to\": \"+1 415 555 0123\", \"body\": \"x\"}", RETRY),
+        DEF("whatsapp", "{\"to\": \"+41-55-550-123\", \"text\": \"x\"}", RETRY),
+        DEF("email", "{\"to\": \"ann@example\", \"from\": \"a@example.test\", \"subject\": \"s\","
+                     " \"text\": \"t\"}", RETRY),
+        DEF("email", "{\"to\": \"ann..lee@example.test\", \"from\": \"a@example.test\","
+                     " \"subject\": \"s\", \"text\": \"t\"}", RETRY),
+        DEF("email", "{\"to\": \"ann@-example.test\", \"from\": \"a@example.test\","
+                     " \"subject\": \"s\", \"text\": \"t\"}", RETRY),
+    };
+    for (size_t i = 0; i < sizeof defs / sizeof *defs; i++) {
+        long long run = run_one(db, tenant, defs[i], NULL);
+        char *st = step_state(db, run);
+        assert_string_equal(st, "failed");
+        free(st);
+        json_t *e = step_json(db, run, "error");
+        assert_string_equal(json_string_value(json_object_get(e, "code")), "invalid_input");
+        assert_int_equal(json_integer_value(json_object_get(e, "attempt")), 1);
+        json_decref(e);
+    }
+    json_t *e = step_json(db, th_pg_longf(db, "SELECT min(id) FROM runs"), "error");
+    assert_non_null(strstr(json_string_value(json_object_get(e, "message")), "E.164"));
+    json_decref(e);
+    assert_int_equal(th_msg_requests(sg) + th_msg_requests(tw) + th_msg_requests(wa), 0);
+
+    th_msg_push(sg, (th_msg_answer){.status = 400});
+    char def[1024];
+    snprintf(def, sizeof def, DEF("email", "%s}", RETRY), email_input);
+    long long run = run_one(db, tenant, def, "{\"name\": \"D\"}");
+    char *st = step_state(db, run);
+    assert_string_equal(st, "failed");
+    free(st);
+    assert_int_equal(th_msg_requests(sg), 1);
+    e = step_json(db, run, "error");
+    assert_string_equal(json_string_value(json_object_get(e, "code")), "http_400");
+    json_decref(e);
+    free(db);
+    th_msg_stop(sg);
+    th_msg_stop(tw);
+    th_msg_stop(wa);
+}
+
 /* ---------------------------------------------------------------------------- suppression -- */
 
 static void test_suppression_from_send(void **state)
@@ -644,6 +705,7 @@ int main(void)
         cmocka_unit_test(test_whatsapp_shape),
         cmocka_unit_test(test_sandbox_outbox),
         cmocka_unit_test(test_retry_classes),
+        cmocka_unit_test(test_bad_recipients_refused),
         cmocka_unit_test(test_suppression_from_send),
         cmocka_unit_test(test_kill9_mid_send),
     };

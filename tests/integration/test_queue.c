@@ -541,19 +541,6 @@ static void test_cli_status_and_clock(void **state)
     free(out);
     free(err);
 
-    /* The clock moves only in test mode. */
-    const char *adv[] = {"flowd", "--database", db, "clock", "advance", "1h", NULL};
-    const char *no_test_clock[] = {"FLOWD_TEST_CLOCK", NULL};
-    err = NULL;
-    assert_int_not_equal(th_flowd_run(adv, no_test_clock, NULL, &err), 0);
-    assert_non_null(strstr(err, "test mode"));
-    free(err);
-    assert_int_equal(th_pg_long(db, "SELECT offset_ms FROM flowd_clock"), 0);
-    const char *wrong_value[] = {"FLOWD_TEST_CLOCK=yes", NULL};
-    assert_int_not_equal(th_flowd_run(adv, wrong_value, NULL, NULL), 0);
-    assert_int_equal(th_pg_long(db, "SELECT offset_ms FROM flowd_clock"), 0);
-    assert_int_equal(th_flowd_run(adv, test_clock_env, NULL, NULL), 0);
-    assert_int_equal(th_pg_long(db, "SELECT offset_ms FROM flowd_clock"), 3600000);
     free(db);
 }
 

@@ -59,6 +59,8 @@ static void engine_db_setup(const char *db, long long *tenant)
     PGconn *c = eng_connect(db);
     const char *key[] = {"fd_test_key_not_secret"};
     PQclear(eng_exec(c, "SELECT flowd_bootstrap($1)", 1, key));
+    /* as `flowd serve` with FLOWD_TEST_CLOCK=1 would: tests move the clock */
+    PQclear(eng_exec(c, "SELECT flowd_clock_start(true)", 0, NULL));
     PGresult *r = eng_exec(c, "SELECT id FROM tenants WHERE name = 'default'", 0, NULL);
     if (tenant)
         *tenant = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
@@ -280,7 +282,8 @@ pid_t th_serve_spawn(const char *conninfo, int workers, int lease_ms)
                           NULL};
     int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
     int fds[3] = {devnull, devnull, -1};
-    pid_t pid = spawn_flowd(argv, NULL, fds);
+    static const char *const env[] = {"FLOWD_TEST_CLOCK=1", NULL}; /* keeps th_engine_db's mode */
+    pid_t pid = spawn_flowd(argv, env, fds);
     close(devnull);
     return pid;
 }

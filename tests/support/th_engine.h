@@ -7,7 +7,8 @@
 #include <stdbool.h>
 #include <sys/types.h>
 
-/* A fresh database with the embedded migrations applied and the default tenant created. Returns its
+/* A fresh database with the embedded migrations applied, the default tenant created and the clock
+ * in test mode (flowd_clock_start(true), as `flowd serve` with FLOWD_TEST_CLOCK=1). Returns its
  * conninfo (caller frees); *tenant (may be NULL) gets the default tenant's id. */
 char *th_engine_db(const char *prefix, long long *tenant);
 /* The same in another cluster: the one whose unix socket directory is pgdir (a private cluster a
@@ -36,7 +37,8 @@ th_workers *th_workers_start(const char *conninfo, int n, const char *owner_pref
 /* Stops every worker (grace 5 s) and frees the set. NULL-safe. */
 void th_workers_stop(th_workers *ws);
 
-/* Starts `flowd --database CONNINFO serve --role worker --workers N [--lease-ms L]` as a child (stdout
+/* Starts `flowd --database CONNINFO serve --role worker --workers N [--lease-ms L]` with
+ * FLOWD_TEST_CLOCK=1 as a child (stdout
  * discarded, stderr inherited); lease_ms 0 leaves the default. Returns its pid. */
 pid_t th_serve_spawn(const char *conninfo, int workers, int lease_ms);
 /* Sends sig to the child and reaps it; returns the waitpid status. */

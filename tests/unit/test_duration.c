@@ -1,4 +1,4 @@
-/* tests/unit/test_duration.c: eng_duration_parse. */
+/* tests/unit/test_duration.c: eng_duration_parse and eng_time_parse_rfc3339. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -7,6 +7,7 @@
 
 #include <cmocka.h>
 
+#include "engine/clock.h"
 #include "engine/duration.h"
 
 static int64_t ok_ms(const char *s)
@@ -81,6 +82,31 @@ static void test_overflow(void **state)
     expect_bad("316224000001ms", "too long");
 }
 
+/* Dates that do not exist are refused, not carried into the next month. */
+static void test_rfc3339_dates(void **state)
+{
+    (void)state;
+    int64_t ms = 0;
+    eng_err err;
+    assert_int_equal(eng_time_parse_rfc3339("2027-02-28T09:00:00Z", &ms, &err), ENG_OK);
+    assert_int_equal(ms, 1803805200000LL);
+    assert_int_equal(eng_time_parse_rfc3339("2028-02-29T00:00:00+01:00", &ms, &err), ENG_OK);
+    assert_int_equal(eng_time_parse_rfc3339("2000-02-29T00:00:00Z", &ms, &err), ENG_OK);
+    assert_int_equal(eng_time_parse_rfc3339("2026-12-31T23:59:59.5Z", &ms, &err), ENG_OK);
+    static const char *const bad[] = {"2027-02-31T09:00:00Z", "2027-02-29T09:00:00Z",
+                                      "1900-02-29T09:00:00Z", "2026-04-31T09:00:00Z",
+                                      "2026-11-31T00:00:00Z", "2026-01-32T00:00:00Z",
+                                      "2026-00-10T00:00:00Z", "2026-01-00T00:00:00Z"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        ms = 7;
+        if (eng_time_parse_rfc3339(bad[i], &ms, &err) != ENG_EINVAL)
+            fail_msg("%s was accepted", bad[i]);
+        assert_int_equal(ms, 7);
+    }
+    assert_int_equal(eng_time_parse_rfc3339("2027-02-31T09:00:00Z", &ms, &err), ENG_EINVAL);
+    assert_non_null(strstr(err.msg, "2027-02 has no day 31"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -88,6 +114,7 @@ int main(void)
         cmocka_unit_test(test_combinations),
         cmocka_unit_test(test_rejects),
         cmocka_unit_test(test_overflow),
+        cmocka_unit_test(test_rfc3339_dates),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

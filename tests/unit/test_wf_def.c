@@ -393,7 +393,7 @@ static void test_at_window_phase_ckey(void **state)
     expect_bad_step(
         "sms",
         "\"window\": {\"start\": \"09:00\", \"end\": \"18:00\", \"tz\": \"../../etc/passwd\"}",
-        "/steps/1/window/tz", "not a time zone");
+        "/steps/1/window/tz", "not an IANA time zone name");
     expect_bad_step(
         "sms", "\"window\": {\"start\": \"09:00\", \"end\": \"18:00\", \"tz\": \"{{input..tz}}\"}",
         "/steps/1/window/tz", "bad template path");
@@ -401,6 +401,13 @@ static void test_at_window_phase_ckey(void **state)
         "sms",
         "\"window\": {\"start\": \"09:00\", \"end\": \"18:00\", \"tz\": \"UTC\", \"from\": 1}",
         "/steps/1/window/from", "unknown field");
+    expect_bad_step("sms",
+                    "\"window\": {\"start\": \"09:00\", \"end\": \"18:00\", \"tz\": \"Mars/Olympus\"}",
+                    "/steps/1/window/tz", "not an IANA time zone name");
+    expect_bad_step("sms",
+                    "\"window\": {\"start\": \"09:00\", \"end\": \"18:00\", \"tz\": \"zone.tab\"}",
+                    "/steps/1/window/tz", "not an IANA time zone name");
+    expect_bad_step("sms", "\"at\": \"2027-02-31T09:00:00Z\"", "/steps/1/at", "RFC 3339");
     expect_bad_step("sms", "\"phase\": 3", "/steps/1/phase", "must be a string");
     expect_bad_step("sms", "\"continue_on_failure\": 1", "/steps/1/continue_on_failure",
                     "must be true or false");
