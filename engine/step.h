@@ -79,6 +79,13 @@ void eng_step_snooze(eng_step_ctx *ctx, int64_t at_ms);
 /* Ends the step 'skipped' with output {"reason": reason} (dependents see it as skipped), e.g. a
  * message to a suppressed recipient. Counts as finished, not as a failure. */
 void eng_step_skip(eng_step_ctx *ctx, const char *reason);
+/* Ends this attempt here without an outcome, after the kind took the step out of 'running' in
+ * its own transaction (the send ledger parks a step whose send is ambiguous; see
+ * steps/sendledger.h): the step is no longer this worker's. why names the reason in logs and
+ * metrics. */
+void eng_step_released(eng_step_ctx *ctx, const char *why);
+/* The claimer this attempt runs for (the lease owner in steps.lease_owner). */
+const char *eng_step_owner(const eng_step_ctx *ctx);
 
 /* Built-in outcomes, for the engine's own kinds. */
 /* Sleeps in 'waiting' until an event (name, key) arrives (or already arrived during this run), then

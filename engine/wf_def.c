@@ -381,18 +381,20 @@ static eng_rc number_field(compiler *c, const json_t *obj, const char *name, con
 
 typedef struct retry_policy {
     json_int_t max_attempts;
+    json_int_t max_interruptions; /* 0: the engine's default (migrations/0024_interruptions_idle.sql) */
     int64_t initial_ms, max_ms;
     double multiplier, jitter;
 } retry_policy;
 
 static eng_rc step_retry(compiler *c, const json_t *st, const char *sptr, retry_policy *r)
 {
-    static const char *const retry_fields[] = {"max_attempts", "backoff", "jitter", NULL};
+    static const char *const retry_fields[] = {"max_attempts", "max_interruptions", "backoff",
+                                               "jitter", NULL};
     static const char *const backoff_fields[] = {"initial", "max", "multiplier", NULL};
     const json_t *retry = json_object_get(st, "retry");
     if (!retry || json_is_null(retry))
         return ENG_OK;
-    char ptr[96], bptr[112];
+    char ptr[96], bptr[120];
     snprintf(ptr, sizeof ptr, "%s/retry", sptr);
     if (!json_is_object(retry))
         return bad(c, ptr, "must be an object");
@@ -405,6 +407,13 @@ static eng_rc step_retry(compiler *c, const json_t *st, const char *sptr, retry_
         if (!json_is_integer(ma) || json_integer_value(ma) < 1 || json_integer_value(ma) > 100)
             return bad(c, bptr, "must be an integer from 1 to 100");
         r->max_attempts = json_integer_value(ma);
+    }
+    const json_t *mi = json_object_get(retry, "max_interruptions");
+    if (mi && !json_is_null(mi)) {
+        snprintf(bptr, sizeof bptr, "%s/max_interruptions", ptr);
+        if (!json_is_integer(mi) || json_integer_value(mi) < 1 || json_integer_value(mi) > 100)
+            return bad(c, bptr, "must be an integer from 1 to 100");
+        r->max_interruptions = json_integer_value(mi);
     }
     if ((rc = number_field(c, retry, "jitter", ptr, 0, 1, &r->jitter)) != ENG_OK)
         return rc;
@@ -423,7 +432,7 @@ static eng_rc step_retry(compiler *c, const json_t *st, const char *sptr, retry_
         return rc;
     if (r->initial_ms > r->max_ms) {
         if (has_max) {
-            char mptr[128];
+            char mptr[136];
             snprintf(mptr, sizeof mptr, "%s/max", bptr);
             return bad(c, mptr, "must not be shorter than backoff.initial");
         }
@@ -664,6 +673,9 @@ static eng_rc compile_step(compiler *c, size_t i, json_t **out)
                      "jitter", r.jitter, "timeout_ms", (json_int_t)timeout_ms, "delay_ms",
                      (json_int_t)delay_ms, "at", at, "window", window, "concurrency_key", ckey,
                      "on_failure", on_failure);
+    /* only when set, so that definitions that do not set it keep their digest */
+    if (*out && r.max_interruptions > 0)
+        json_object_set_new(*out, "max_interruptions", json_integer(r.max_interruptions));
     if (!*out)
         return eng_err_field(c->err, ENG_EINTERNAL, sptr, "cannot build the normalized step");
     return ENG_OK;

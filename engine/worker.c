@@ -6,6 +6,7 @@
  *   maybe_work      claimable steps may exist (NOTIFY, timer, full batch): claim when slots are free
  *   stopping        no more claims; exit once in-flight steps are done or handed back
  *   renew_failing   lease renewals fail on a live connection: no claims until one lands
+ *   due_now_seen    a step is due that our claims do not get: wait for a NOTIFY, not a spin
  * Leases are the worker's (migrations/0016_worker_leases.sql): the heartbeat timer renews them,
  * stops steps whose lease may have run out (renewals not landing) and hands those back, and a new
  * connection's first renewal hands back what a lost round trip claimed unseen. */
@@ -73,7 +74,7 @@ struct eng_worker {
     ev_prepare prepare;
     ev_timer poll;      /* next due step / lost notifications */
     ev_timer heartbeat;
-    ev_timer reap;
+    ev_timer tick;      /* the process's maintenance: reaper, wake-up for missed NOTIFYs */
     ev_timer prune;     /* retention: finished runs past opts.retention_ms */
     ev_timer grace;
     struct def_slot defs[WORKER_DEFS];
@@ -88,8 +89,11 @@ struct eng_worker {
     uint64_t renew_seq; /* ctx_seq when the lease renewal on the wire left */
     double renew_sent;
     bool renew_inflight;
-    struct released { int64_t id; int attempt; } *release; /* attempts stopped here while still
-                                                              running in our name: to hand back */
+    struct released {
+        int64_t id;
+        int attempt;
+        int64_t claimed_ms; /* the claim's engine time: an attempt's number alone can recur */
+    } *release;            /* attempts stopped here while still running in our name: to hand back */
     size_t nrelease, release_cap;
     size_t nrelease_sent;  /* how many of release[] the renewal on the wire carries */
     bool fresh_connection; /* a round trip lost with the old connection may have claimed steps */
@@ -98,6 +102,7 @@ struct eng_worker {
     bool cycle_inflight;
     bool maybe_work;
     bool due_query_inflight;
+    bool due_now_seen;     /* the next-due answer said "now" after a claim that found nothing */
     bool stopping;
     bool grace_passed;
     double stop_grace;
@@ -165,6 +170,17 @@ void eng_step_skip(eng_step_ctx *c, const char *reason)
 {
     ctx_skip(c, reason);
 }
+
+void eng_step_released(eng_step_ctx *c, const char *why)
+{
+    log_info("step released by its kind", " run=%lld step=%s attempt=%d reason=%s",
+             (long long)c->run_id, c->key, c->attempt, why);
+    eng_metrics_step_finished(c->kind ? c->kind->name : NULL, why,
+                              eng_clock_wall_ms() - c->claim_wall_ms); /* metrics */
+    ctx_free(c);
+}
+
+const char *eng_step_owner(const eng_step_ctx *c) { return c->w->owner; }
 
 static void ctx_schedule(eng_step_ctx *c, int64_t at_ms)
 {
@@ -456,19 +472,31 @@ static void worker_requeue_sent(eng_worker *w)
     w->sent = NULL;
 }
 
+/* Sets the poll timer from the next-due answer. With nothing due the worker sleeps until a NOTIFY
+ * or its process's tick (flowd_tick, which also covers NOTIFYs that concurrent enqueues skip):
+ * an idle engine makes no round trips of its own. */
 static void worker_due_cb(void *arg, const eng_err *err, const PGresult *res)
 {
     eng_worker *w = arg;
     w->due_query_inflight = false;
-    /* Backstop for notifications that were skipped or lost: enqueues committing together send
-     * one NOTIFY between them (migrations/0002_queue.sql), so an idle worker looks again soon. */
-    double after = 0.25;
-    if (!err && PQntuples(res) == 1 && !PQgetisnull(res, 0, 0)) {
-        double due = (double)strtoll(PQgetvalue(res, 0, 0), NULL, 10) / 1000.0;
-        /* A step that is due but was not ours to claim (held by another claimer) must not spin us. */
-        after = due < 0.002 ? 0.002 : (due < after ? due : after);
-    }
     ev_timer_stop(w->loop, &w->poll);
+    double after;
+    if (err) {
+        after = 1.0;
+    } else if (PQntuples(res) != 1 || PQgetisnull(res, 0, 0)) {
+        return;
+    } else {
+        after = (double)strtoll(PQgetvalue(res, 0, 0), NULL, 10) / 1000.0;
+        if (after <= 0) {
+            /* Due now, yet our claim found nothing: another claimer holds it, it waits behind its
+             * concurrency key or tenant cap, or it committed just after our claim looked. Look
+             * once more at once; after that the step's release wakes us, not a spin. */
+            if (w->due_now_seen)
+                return;
+            w->due_now_seen = true;
+            after = 0.002;
+        }
+    }
     ev_timer_set(&w->poll, after, 0.);
     ev_timer_start(w->loop, &w->poll);
 }
@@ -491,6 +519,8 @@ static void worker_cycle_cb(void *arg, const eng_err *err, const PGresult *res)
     json_decref(w->sent);
     w->sent = NULL;
     int n = PQntuples(res);
+    if (n > 0)
+        w->due_now_seen = false;
     int64_t wall = eng_clock_wall_ms();
     claim_defs defs = {.at = n ? eng_xcalloc((size_t)n, sizeof *defs.at) : NULL};
     for (int i = 0; i < n; i++)
@@ -564,7 +594,7 @@ static void ctx_abandon(eng_step_ctx *c, const char *why, bool hand_back)
             w->release_cap = w->release_cap ? 2 * w->release_cap : 64;
             w->release = eng_xrealloc(w->release, w->release_cap * sizeof *w->release);
         }
-        w->release[w->nrelease++] = (struct released){c->id, c->attempt};
+        w->release[w->nrelease++] = (struct released){c->id, c->attempt, c->claim_now_ms};
     }
     if (c->started && c->kind->cancel)
         c->kind->cancel(c);
@@ -646,10 +676,12 @@ static void worker_renew_cb(void *arg, const eng_err *err, const PGresult *res)
 static void worker_notify_cb(void *arg, const char *channel, const char *payload)
 {
     eng_worker *w = arg;
-    if (strcmp(channel, "flowd_cancel") == 0)
+    if (strcmp(channel, "flowd_cancel") == 0) {
         worker_cancel_run(w, strtoll(payload, NULL, 10));
-    else
+    } else {
         w->maybe_work = true;
+        w->due_now_seen = false;
+    }
 }
 
 static void worker_connect_cb(void *arg)
@@ -680,19 +712,23 @@ static void worker_renew(eng_worker *w, double now)
     for (size_t i = 0; i < nsent; i++)
         held[nheld++] = json_integer_value(json_object_get(json_array_get(w->sent, i), "id"));
     int64_t *rel_ids = eng_xcalloc(w->nrelease + 1, sizeof *rel_ids),
-            *rel_attempts = eng_xcalloc(w->nrelease + 1, sizeof *rel_attempts);
+            *rel_attempts = eng_xcalloc(w->nrelease + 1, sizeof *rel_attempts),
+            *rel_claimed = eng_xcalloc(w->nrelease + 1, sizeof *rel_claimed);
     for (size_t i = 0; i < w->nrelease; i++) {
         rel_ids[i] = w->release[i].id;
         rel_attempts[i] = w->release[i].attempt;
+        rel_claimed[i] = w->release[i].claimed_ms;
     }
     char lease_s[16];
     snprintf(lease_s, sizeof lease_s, "%d", w->opts.lease_ms);
-    eng_buf held_s, rel_ids_s, rel_attempts_s;
+    eng_buf held_s, rel_ids_s, rel_attempts_s, rel_claimed_s;
     eng_buf_init(&held_s, 0);
     eng_buf_init(&rel_ids_s, 0);
     eng_buf_init(&rel_attempts_s, 0);
+    eng_buf_init(&rel_claimed_s, 0);
     if (!buf_id_array(&held_s, held, nheld) || !buf_id_array(&rel_ids_s, rel_ids, w->nrelease) ||
-        !buf_id_array(&rel_attempts_s, rel_attempts, w->nrelease)) {
+        !buf_id_array(&rel_attempts_s, rel_attempts, w->nrelease) ||
+        !buf_id_array(&rel_claimed_s, rel_claimed, w->nrelease)) {
         log_error("out of memory", " where=lease renewal");
         abort();
     }
@@ -703,21 +739,23 @@ static void worker_renew(eng_worker *w, double now)
     char pid_s[16];
     snprintf(pid_s, sizeof pid_s, "%d", pid);
     bool fresh = w->fresh_connection && pid != 0;
-    const char *params[] = {w->owner, lease_s, held_s.ptr, rel_ids_s.ptr, rel_attempts_s.ptr,
-                            fresh ? pid_s : NULL};
+    const char *params[] = {w->owner,          lease_s,           held_s.ptr, rel_ids_s.ptr,
+                            rel_attempts_s.ptr, rel_claimed_s.ptr, fresh ? pid_s : NULL};
     w->renew_seq = w->ctx_seq;
     w->renew_sent = now;
     w->renew_inflight = true;
     w->nrelease_sent = w->nrelease;
     w->fresh_sent = fresh;
     w->fresh_connection = w->fresh_connection && !fresh;
-    eng_db_query(w->db, "flowd_worker_leases", 6, params, worker_renew_cb, w);
+    eng_db_query(w->db, "flowd_worker_leases", 7, params, worker_renew_cb, w);
     eng_buf_deinit(&held_s);
     eng_buf_deinit(&rel_ids_s);
     eng_buf_deinit(&rel_attempts_s);
+    eng_buf_deinit(&rel_claimed_s);
     free(held);
     free(rel_ids);
     free(rel_attempts);
+    free(rel_claimed);
 }
 
 static void worker_heartbeat_cb(struct ev_loop *loop, ev_timer *t, int revents)
@@ -738,12 +776,12 @@ static void worker_heartbeat_cb(struct ev_loop *loop, ev_timer *t, int revents)
         worker_renew(w, now);
 }
 
-static void worker_reap_cb(struct ev_loop *loop, ev_timer *t, int revents)
+static void worker_tick_cb(struct ev_loop *loop, ev_timer *t, int revents)
 {
     (void)loop;
     (void)revents;
-    eng_worker *w = ENG_CONTAINER_OF(t, eng_worker, reap);
-    eng_db_query(w->db, "flowd_reap", 0, NULL, worker_ignore_cb, w->owner);
+    eng_worker *w = ENG_CONTAINER_OF(t, eng_worker, tick);
+    eng_db_query(w->db, "flowd_tick", 0, NULL, worker_ignore_cb, w->owner);
 }
 
 static void worker_prune_cb(struct ev_loop *loop, ev_timer *t, int revents)
@@ -785,7 +823,7 @@ static void worker_stop_cb(struct ev_loop *loop, ev_async *a, int revents)
     eng_worker *w = ENG_CONTAINER_OF(a, eng_worker, stop_signal);
     w->stopping = true;
     ev_timer_stop(loop, &w->poll);
-    ev_timer_stop(loop, &w->reap);
+    ev_timer_stop(loop, &w->tick);
     ev_timer_stop(loop, &w->prune);
     ev_timer_set(&w->grace, w->stop_grace, 0.);
     ev_timer_start(loop, &w->grace);
@@ -802,9 +840,9 @@ static void *worker_main(void *arg)
     eng_db_prepare(w->db, "flowd_next_due", "SELECT flowd_next_due_ms()", 0);
     eng_db_prepare(w->db, "flowd_worker_leases",
                    "SELECT * FROM flowd_worker_leases($1, $2, $3::bigint[], $4::bigint[], "
-                   "$5::integer[], $6::integer)",
-                   6);
-    eng_db_prepare(w->db, "flowd_reap", "SELECT flowd_reap(1000)", 0);
+                   "$5::integer[], $6::bigint[], $7::integer)",
+                   7);
+    eng_db_prepare(w->db, "flowd_tick", "SELECT flowd_tick(1000)", 0);
     eng_db_prepare(w->db, "flowd_prune",
                    "SELECT flowd_prune(flowd_now() - $1::bigint * interval '1 millisecond', 1000)", 1);
     eng_db_listen(w->db, "flowd_ready");
@@ -838,9 +876,9 @@ eng_worker *eng_worker_start(const eng_worker_opts *opts)
     double hb = (double)w->opts.lease_ms / 3000.0;
     ev_timer_init(&w->heartbeat, worker_heartbeat_cb, hb, hb);
     ev_timer_start(w->loop, &w->heartbeat);
-    ev_timer_init(&w->reap, worker_reap_cb, 1., 1.);
+    ev_timer_init(&w->tick, worker_tick_cb, 1., 1.);
     if (w->opts.reaper)
-        ev_timer_start(w->loop, &w->reap);
+        ev_timer_start(w->loop, &w->tick);
     /* a first pass soon after start, then every 10 s, 1000 runs at a time */
     ev_timer_init(&w->prune, worker_prune_cb, 1., 10.);
     if (w->opts.reaper && w->opts.retention_ms > 0)

@@ -28,12 +28,20 @@ enum send_state {
     SS_LOOKUP,  /* the provider look-up in flight (resolving an ambiguous send) */
     SS_SANDBOX, /* flowd_sandbox_send in flight */
     SS_RECORD,  /* flowd_send_record in flight */
+    SS_PARK,    /* flowd_send_park in flight: the outcome is unknown, the step waits */
 };
 
 enum send_policy { POLICY_AT_MOST_ONCE, POLICY_AT_LEAST_ONCE };
 
 /* What the attempt does once the outcome is recorded. */
-enum send_finish { FIN_SUCCEED, FIN_FAIL, FIN_SKIP, FIN_SNOOZE };
+enum send_finish {
+    FIN_SUCCEED,
+    FIN_FAIL,
+    FIN_SKIP,
+    FIN_SNOOZE,
+    FIN_PARK,    /* the outcome is unknown: park the step until the send is settled */
+    FIN_RECLAIM, /* the look-ups settled that nothing went out: claim and send again */
+};
 
 struct step_send {
     eng_step_ctx *ctx; /* NULL once cancelled: completions then only clean up */
@@ -312,6 +320,40 @@ static json_t *build_output(const step_send *ss, const char *message_id, json_t 
 
 /* ------------------------------------------------------------------------------------ finish -- */
 
+static void park_done(void *arg, const eng_err *err, const PGresult *res)
+{
+    step_send *ss = arg;
+    eng_step_ctx *ctx = ss->ctx;
+    if (!ctx) {
+        ss_free(ss);
+        return;
+    }
+    if (err) {
+        log_warn("send could not be parked", " send_key=%s error=\"%s\"", ss->send_key, err->msg);
+        ss_free(ss);
+        /* the ledger row stays unknown: the next attempt parks it again */
+        eng_step_fail(ctx, false, "ledger", "the send ledger could not park the step", 0);
+        return;
+    }
+    const char *how = PQgetvalue(res, 0, 0);
+    log_info("send outcome unknown: step parked", " run=%lld step=%s send_key=%s result=%s",
+             (long long)eng_step_run_id(ctx), eng_step_key(ctx), ss->send_key, how);
+    ss_free(ss);
+    eng_step_released(ctx, "send_unknown");
+}
+
+/* The step waits, visibly, until a delivery webhook or an operator settles the send (the
+ * database wakes it then: migrations/0025_unknown_sends.sql). */
+static void park(step_send *ss)
+{
+    ss->st = SS_PARK;
+    const char *params[] = {ss->tenant_s, ss->send_key, ss->step_s, eng_step_owner(ss->ctx)};
+    eng_db_query(eng_step_db(ss->ctx), "SELECT flowd_send_park($1, $2, $3, $4)", 4, params,
+                 park_done, ss);
+}
+
+static void claim(step_send *ss);
+
 /* Reports the pending finish and frees the attempt; the outcome call is the last thing done. */
 static void ss_finish(step_send *ss)
 {
@@ -327,8 +369,21 @@ static void ss_finish(step_send *ss)
     char reason[sizeof ss->fin_reason];
     snprintf(reason, sizeof reason, "%s", ss->fin_reason);
     int64_t at_ms = eng_step_now_ms(ctx) + ss->interval_ms;
+    if (fin == FIN_PARK) {
+        json_decref(output);
+        park(ss);
+        return;
+    }
+    if (fin == FIN_RECLAIM) {
+        json_decref(output);
+        claim(ss);
+        return;
+    }
     ss_free(ss);
     switch (fin) {
+    case FIN_PARK:
+    case FIN_RECLAIM:
+        return; /* handled above */
     case FIN_SUCCEED:
         eng_step_succeed(ctx, output);
         return;
@@ -447,12 +502,10 @@ void step_send_transport_done(step_send *ss, const prov_outcome *o, const char *
         if (ss->policy == POLICY_AT_LEAST_ONCE) {
             ss->fin = FIN_FAIL;
             ss->fin_outcome.cls = PROV_RETRYABLE;
-        } else if (ss->max_checks > 0) {
-            ss->fin = FIN_SNOOZE; /* the next run resolves it */
+        } else if (ss->ops->lookup && ss->max_checks > 0) {
+            ss->fin = FIN_SNOOZE; /* the next run looks it up */
         } else {
-            ss->fin = FIN_FAIL;
-            ss->fin_outcome.cls = PROV_PERMANENT;
-            snprintf(ss->fin_outcome.code, sizeof ss->fin_outcome.code, "unknown");
+            ss->fin = FIN_PARK;
         }
         record(ss, "unknown", NULL, NULL, o, NULL);
         return;
@@ -574,23 +627,27 @@ static void resolve(step_send *ss, int checks)
         sandbox_send(ss);
         return;
     }
+    if (!ss->ops->lookup || ss->max_checks == 0) {
+        /* no way to ask the provider: its delivery webhook or an operator settles it */
+        ss->fin = FIN_PARK;
+        ss_finish(ss);
+        return;
+    }
     if (checks > ss->max_checks) {
-        log_warn("send outcome unknown", " run=%lld step=%s send_key=%s checks=%d",
-                 (long long)eng_step_run_id(ss->ctx), eng_step_key(ss->ctx), ss->send_key,
-                 checks - 1);
-        ss_fail(ss, true, "unknown",
-                "the provider may or may not have accepted this message (ambiguous outcome, "
-                "unresolved after %d checks); an operator must decide",
-                checks - 1);
+        /* The provider's own list of messages did not have it at any of the look-ups, spaced
+         * resolve.interval_ms apart: it never went out, and is sent now. */
+        log_warn("ambiguous send not found by look-ups: sending", " run=%lld step=%s send_key=%s "
+                 "checks=%d", (long long)eng_step_run_id(ss->ctx), eng_step_key(ss->ctx),
+                 ss->send_key, checks - 1);
+        prov_outcome o = {.cls = PROV_RETRYABLE};
+        snprintf(o.code, sizeof o.code, "not_found");
+        snprintf(o.msg, sizeof o.msg, "not found by %d look-ups", checks - 1);
+        ss->fin = FIN_RECLAIM;
+        record(ss, "failed", NULL, NULL, &o, NULL);
         return;
     }
-    if (ss->ops->lookup) {
-        ss->st = SS_LOOKUP;
-        ss->call = ss->ops->lookup(ss, ss->cfg, &ss->msg, ss->created_ms);
-        return;
-    }
-    ss->fin = FIN_SNOOZE; /* wait for the delivery webhook to mark it accepted */
-    ss_finish(ss);
+    ss->st = SS_LOOKUP;
+    ss->call = ss->ops->lookup(ss, ss->cfg, &ss->msg, ss->created_ms);
 }
 
 /* The recipient opted out (reason: the suppression list's): the step ends skipped, nothing sent. */
@@ -790,6 +847,7 @@ void step_send_cancel(eng_step_ctx *ctx)
     case SS_CLAIM:
     case SS_SANDBOX:
     case SS_RECORD:
+    case SS_PARK:
         return; /* the statement's completion frees it (a record still gets written) */
     }
 }

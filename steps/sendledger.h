@@ -19,10 +19,14 @@
  *                             the recipient on the list and the step ends skipped
  *              ambiguous   -> record unknown; at_least_once retries (resends), at_most_once
  *                             RESOLVEs on its next run
- *   RESOLVE  (at_most_once) the provider look-up when the kind has one (ops->lookup: Twilio); else
- *            wait for a delivery webhook (api/routes_hooks.c marks the send accepted) by snoozing
- *            resolve.interval_ms, at most resolve.checks times; then the step fails for good with
- *            code "unknown" for an operator.
+ *   RESOLVE  (at_most_once) the provider look-up when the kind has one (ops->lookup: Twilio),
+ *            resolve.checks times resolve.interval_ms apart: found -> accepted, succeed; never
+ *            found -> it did not go out: record failed, CLAIM again and send. Without a look-up
+ *            (or with resolve.checks 0) the step is parked: it waits in 'waiting' with the error
+ *            code "unknown" (no attempt spent, the run goes on waiting) until the provider's
+ *            delivery webhook (api/routes_hooks.c) or an operator (POST /v1/sends/{key}/outcome)
+ *            settles the send, which wakes it (migrations/0025_unknown_sends.sql); its next
+ *            attempt then finds the send accepted (done) or failed (sends).
  *
  * The send key is "<run id>:<step key>" plus ":<item>" when the input has an "item": stable across
  * attempts, process restarts and run retries, never containing the attempt. The sandbox transport
@@ -30,8 +34,8 @@
  * so a sandbox send is never ambiguous.
  *
  * Common input fields of the three kinds, next to their own: policy ("at_most_once" default, or
- * "at_least_once"), item (string or integer), resolve {checks (default 3), interval_ms (default
- * 30000)}, rate_limit (the name in rate_limits the send counts against; default the provider's
+ * "at_least_once"), item (string or integer), resolve {checks (look-ups, default 3), interval_ms
+ * (default 30000)}, rate_limit (the name in rate_limits the send counts against; default the provider's
  * name: "sendgrid", "twilio", "whatsapp"). Before the ledger is touched, an attempt takes one
  * request from that limit, or sleeps (no attempt spent) until the budget allows it.
  *

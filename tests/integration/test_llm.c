@@ -588,12 +588,12 @@ static void test_unrenewed_lease_stops_call(void **state)
         "llm_unrenewed", 900,
         "CREATE OR REPLACE FUNCTION flowd_worker_leases(p_owner text, p_lease_ms integer,"
         " p_ids bigint[], p_release bigint[], p_release_attempts integer[],"
-        " p_fresh_pid integer) RETURNS SETOF bigint"
+        " p_release_claimed bigint[], p_fresh_pid integer) RETURNS SETOF bigint"
         " LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'renewals refused'; END $$");
     assert_int_equal(slow_call_finish(&sc), 0);
     assert_int_equal(th_llm_calls(sc.mock), 1);
     assert_int_equal(steps_where(sc.db, sc.wf,
-                                 "s.state = 'ready' AND s.attempts = 1"
+                                 "s.state = 'ready' AND s.attempts = 0 AND s.interruptions = 1"
                                  " AND s.error->>'code' = 'lease_expired'"),
                      1);
     slow_call_free(&sc);
@@ -630,28 +630,29 @@ static void test_renewals_leave_steps_alone(void **state)
 
 /* A renewal stuck for longer than the lease makes the worker stop the call; once renewals land
  * again, its lease is alive, so nobody else would ever hand the step back: the worker does,
- * and the step runs again (the stopped attempt counted). */
+ * and the step runs again (the stopped attempt is an interruption: its attempt is given back). */
 static void test_stopped_step_handed_back(void **state)
 {
     (void)state;
     slow_call sc = slow_call_start(
         "llm_handback", 900,
         "CREATE TABLE renew_stalls (n integer); INSERT INTO renew_stalls VALUES (1);"
-        " ALTER FUNCTION flowd_worker_leases(text, integer, bigint[], bigint[], integer[], integer)"
-        " RENAME TO flowd_worker_leases_real;"
+        " ALTER FUNCTION flowd_worker_leases(text, integer, bigint[], bigint[], integer[],"
+        " bigint[], integer) RENAME TO flowd_worker_leases_real;"
         " CREATE FUNCTION flowd_worker_leases(p_owner text, p_lease_ms integer, p_ids bigint[],"
-        " p_release bigint[], p_release_attempts integer[], p_fresh_pid integer)"
+        " p_release bigint[], p_release_attempts integer[], p_release_claimed bigint[],"
+        " p_fresh_pid integer)"
         " RETURNS SETOF bigint"
         " LANGUAGE plpgsql AS $$ BEGIN"
         " IF (SELECT n FROM renew_stalls) > 0 THEN"
         " UPDATE renew_stalls SET n = n - 1; PERFORM pg_sleep(2); END IF;"
         " RETURN QUERY SELECT * FROM flowd_worker_leases_real(p_owner, p_lease_ms, p_ids,"
-        " p_release, p_release_attempts, p_fresh_pid); END $$");
+        " p_release, p_release_attempts, p_release_claimed, p_fresh_pid); END $$");
     bool finished = run_succeeds(sc.db, sc.wf, 20);
     th_workers_stop(sc.ws);
     assert_true(finished);
     assert_int_equal(th_llm_calls(sc.mock), 2);
-    assert_int_equal(steps_where(sc.db, sc.wf, "s.attempts = 2"), 1);
+    assert_int_equal(steps_where(sc.db, sc.wf, "s.attempts = 1 AND s.interruptions = 1"), 1);
     assert_int_equal(th_pg_long(sc.db, "SELECT count(*) FROM llm_records"), 1);
     slow_call_free(&sc);
 }
@@ -680,7 +681,7 @@ static void test_unseen_claim_handed_back(void **state)
     th_workers_stop(ws);
     assert_true(finished);
     assert_int_equal(th_llm_calls(o), 1);
-    assert_int_equal(steps_where(db, wf, "s.attempts = 2"), 1);
+    assert_int_equal(steps_where(db, wf, "s.attempts = 1 AND s.interruptions = 1"), 1);
     th_llm_stop(o);
     free(db);
 }

@@ -216,14 +216,14 @@ static void test_exactly_once_threads_and_processes(void **state)
 
 /* ------------------------------------------------------------------------------- kill -9 -- */
 
+/* Default retry settings: a transform has one attempt, which a kill must not use up. */
 static const char chain_def[] =
     "{\"name\": \"chain3\", \"steps\": ["
-    " {\"key\": \"s1\", \"kind\": \"transform\", \"input\": {\"n\": \"{{input.n}}\"},"
-    "  \"retry\": {\"max_attempts\": 3}},"
+    " {\"key\": \"s1\", \"kind\": \"transform\", \"input\": {\"n\": \"{{input.n}}\"}},"
     " {\"key\": \"s2\", \"kind\": \"transform\", \"needs\": [\"s1\"],"
-    "  \"input\": {\"n\": \"{{steps.s1.output.n}}\"}, \"retry\": {\"max_attempts\": 3}},"
+    "  \"input\": {\"n\": \"{{steps.s1.output.n}}\"}},"
     " {\"key\": \"s3\", \"kind\": \"transform\", \"needs\": [\"s2\"],"
-    "  \"input\": {\"n\": \"{{steps.s2.output.n}}\"}, \"retry\": {\"max_attempts\": 3}}]}";
+    "  \"input\": {\"n\": \"{{steps.s2.output.n}}\"}}]}";
 
 static void test_kill9_loses_nothing(void **state)
 {
@@ -258,16 +258,21 @@ static void test_kill9_loses_nothing(void **state)
     assert_int_equal(th_pg_longf(db, "SELECT count(*) FROM runs WHERE state = 'succeeded'"), RUNS);
     assert_int_equal(th_pg_longf(db, "SELECT count(*) FROM steps WHERE state = 'succeeded'"),
                      3 * RUNS);
-    /* Steps held by the dead process came back through the reaper: one more attempt, counted. */
+    /* Steps held by the dead process came back through the reaper as interrupted: run again
+     * under the attempt they were on, which the kill did not use up. */
     assert_int_equal(th_pg_longf(db, "SELECT count(*) FROM steps s JOIN held_at_kill h USING (id)"
-                                     " WHERE s.attempts = 2"),
+                                     " WHERE s.attempts = 1 AND s.interruptions = 1"),
                      held);
-    assert_int_equal(th_pg_longf(db, "SELECT count(*) FROM steps WHERE attempts <> 1"
+    assert_int_equal(th_pg_longf(db, "SELECT count(*) FROM steps WHERE"
+                                     " (attempts <> 1 OR interruptions <> 0)"
                                      " AND id NOT IN (SELECT id FROM held_at_kill)"),
                      0);
-    assert_int_equal(th_pg_longf(db, "SELECT count(*) FROM run_events WHERE type = 'step.retrying'"
+    assert_int_equal(th_pg_longf(db, "SELECT count(*) FROM run_events"
+                                     " WHERE type = 'step.interrupted'"
                                      " AND data->>'code' = 'lease_expired'"),
                      held);
+    assert_int_equal(th_pg_longf(db, "SELECT count(*) FROM run_events WHERE type = 'step.retrying'"),
+                     0);
     assert_int_equal(
         th_pg_longf(db, "SELECT count(*) FROM (SELECT run_id, step_key FROM run_events"
                         " WHERE type = 'step.succeeded' GROUP BY 1, 2 HAVING count(*) <> 1) x"),

@@ -1,0 +1,241 @@
+/* tests/integration/test_durable.c: a crash never fails a run, and an idle engine is idle.
+ *
+ * `flowd serve` processes work runs of an llm -> sms -> transform workflow against the mock OpenAI
+ * and Twilio servers under default retry settings, and are killed with SIGKILL while calls are in
+ * flight, several times: every run must succeed, every SMS must reach the mock exactly once, and
+ * no recorded LLM answer may be asked for again. A step whose worker dies every time it runs is
+ * stopped after its cap with the code `interrupted`. An idle server must not keep PostgreSQL busy. */
+// clang-format off
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+// clang-format on
+#include <jansson.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+
+#include "engine/httpc.h"
+#include "engine/log.h"
+#include "engine/mem.h"
+#include "engine/step.h"
+#include "steps/steps.h"
+#include "tests/support/th.h"
+#include "tests/support/th_engine.h"
+#include "tests/support/th_mockllm.h"
+#include "tests/support/th_mockmsg.h"
+
+/* Look-ups settle an SMS that a kill cut off before it left within a second, not minutes. */
+static const char touch_def[] =
+    "{\"name\": \"touch\", \"steps\": ["
+    " {\"key\": \"ask\", \"kind\": \"llm\","
+    "  \"input\": {\"model\": \"gpt-4o-mini\", \"prompt\": \"Write to lead {{input.n}}\"}},"
+    " {\"key\": \"text\", \"kind\": \"sms\", \"needs\": [\"ask\"],"
+    "  \"input\": {\"to\": \"{{input.phone}}\", \"body\": \"{{steps.ask.output.text}}\","
+    "             \"resolve\": {\"checks\": 2, \"interval_ms\": 300}}},"
+    " {\"key\": \"done\", \"kind\": \"transform\", \"needs\": [\"text\"],"
+    "  \"input\": {\"sid\": \"{{steps.text.output.message_id}}\"}}]}";
+
+static void use_mocks(th_llm *llm, th_msg *sms)
+{
+    setenv("OPENAI_API_KEY", "sk-mock-durable", 1);
+    setenv("OPENAI_BASE_URL", th_llm_base_url(llm), 1);
+    setenv("TWILIO_ACCOUNT_SID", TH_MSG_TWILIO_SID, 1);
+    setenv("TWILIO_AUTH_TOKEN", TH_MSG_TWILIO_TOKEN, 1);
+    setenv("TWILIO_FROM", "+15005550001", 1);
+    setenv("TWILIO_BASE_URL", th_msg_url(sms), 1);
+}
+
+static long count_where(const char *db, const char *sql) { return th_pg_long(db, sql); }
+
+/* Waits until the k-th kill of the test would cut calls short: LLM requests the mock holds (the
+ * first kill), SMS requests it holds (the second), or any step running (the others). */
+static bool wait_in_flight(const char *db, th_llm *llm, th_msg *sms, int k)
+{
+    unsigned long llm0 = th_llm_calls(llm);
+    int sms0 = th_msg_requests(sms);
+    for (int i = 0; i < 3000; i++) {
+        if ((k == 0 && th_llm_calls(llm) >= llm0 + 50) || (k == 1 && th_msg_requests(sms) >= sms0 + 50))
+            return true;
+        if (k >= 2 && count_where(db, "SELECT count(*) FROM steps WHERE state = 'running'") >= 5)
+            return true;
+        th_sleep_ms(20);
+    }
+    return false;
+}
+
+static void test_kill9_in_flight_fails_nothing(void **state)
+{
+    (void)state;
+    enum { RUNS = 300, KILLS = 3 };
+    th_llm *llm = th_llm_start(TH_LLM_OPENAI);
+    th_msg *sms = th_msg_start(TH_MSG_TWILIO);
+    /* slow enough that a kill finds calls of both kinds in flight */
+    th_llm_set_default(llm, &(th_llm_answer){.delay_ms = 400});
+    for (int i = 0; i < 2 * RUNS; i++)
+        th_msg_push(sms, (th_msg_answer){.delay_ms = 400});
+    use_mocks(llm, sms);
+    long long tenant;
+    char *db = th_engine_db("durable_kill", &tenant);
+    long long wf = th_engine_register(db, tenant, touch_def);
+    for (int i = 0; i < RUNS; i++) {
+        char input[96];
+        snprintf(input, sizeof input, "{\"n\": %d, \"phone\": \"+1555%07d\"}", i, i);
+        th_engine_enqueue(db, tenant, wf, 1, input, 0);
+    }
+
+    long interrupted_in_flight = 0;
+    for (int k = 0; k < KILLS; k++) {
+        pid_t p = th_serve_spawn(db, 2, 3000);
+        bool progressed = wait_in_flight(db, llm, sms, k);
+        long held = count_where(db, "SELECT count(*) FROM steps WHERE state = 'running'");
+        int st = th_serve_kill(p, SIGKILL);
+        assert_true(progressed);
+        assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
+        print_message("kill %d: %ld steps in flight\n", k + 1, held);
+        interrupted_in_flight += held;
+    }
+    /* the kills must have cut attempts short, or nothing was tested */
+    assert_true(interrupted_in_flight > 0);
+
+    pid_t last = th_serve_spawn(db, 2, 3000);
+    bool done = th_engine_wait(
+        db, "SELECT count(*) = 300 FROM runs WHERE state IN ('succeeded', 'failed', 'cancelled')",
+        120);
+    th_serve_kill(last, SIGTERM);
+    assert_true(done);
+    char *failed = th_pg_value(db, "SELECT coalesce(string_agg(DISTINCT error::text, ' | '), '')"
+                                   " FROM runs WHERE state <> 'succeeded'");
+    print_message("runs not succeeded: %s\n", failed);
+    free(failed);
+    assert_int_equal(count_where(db, "SELECT count(*) FROM runs WHERE state = 'succeeded'"), RUNS);
+    long interruptions = count_where(db, "SELECT coalesce(sum(interruptions), 0) FROM steps");
+    print_message("%ld interruptions; %lu LLM calls; %d SMS requests, %d accepted, %d look-ups\n",
+                  interruptions, th_llm_calls(llm), th_msg_requests(sms), th_msg_accepted(sms),
+                  th_msg_lookups(sms));
+    assert_true(count_where(db, "SELECT sum(interruptions) FROM steps WHERE key = 'ask'") > 0);
+    assert_true(count_where(db, "SELECT sum(interruptions) FROM steps WHERE key = 'text'") > 0);
+    /* Every step ran on its first attempt: the kills used up none. */
+    assert_int_equal(count_where(db, "SELECT count(*) FROM steps WHERE attempts <> 1"), 0);
+    /* Exactly one SMS per lead reached the provider. */
+    assert_int_equal(th_msg_accepted(sms), RUNS);
+    /* Every answer was recorded once, and no recorded answer was asked for again: the calls beyond
+     * one per run are the ones a kill cut short before their answer was recorded. */
+    assert_int_equal(count_where(db, "SELECT count(*) FROM llm_records"), RUNS);
+    long llm_interrupted = count_where(db, "SELECT coalesce(sum(interruptions), 0) FROM steps"
+                                           " WHERE key = 'ask'");
+    assert_true((long)th_llm_calls(llm) <= RUNS + llm_interrupted);
+    th_llm_stop(llm);
+    th_msg_stop(sms);
+    free(db);
+}
+
+/* A step that takes its worker down every time it runs: here, an LLM call that never answers in a
+ * process that is killed while it waits. After its cap of interruptions the run fails with
+ * `interrupted`, naming the step; before it, each interruption put the step back. */
+static void test_poison_pill_stops_after_cap(void **state)
+{
+    (void)state;
+    th_llm *llm = th_llm_start(TH_LLM_OPENAI);
+    th_llm_set_default(llm, &(th_llm_answer){.delay_ms = 60000});
+    th_msg *sms = th_msg_start(TH_MSG_TWILIO);
+    use_mocks(llm, sms);
+    long long tenant;
+    char *db = th_engine_db("durable_pill", &tenant);
+    long long wf = th_engine_register(
+        db, tenant,
+        "{\"name\": \"pill\", \"steps\": [{\"key\": \"boom\", \"kind\": \"llm\","
+        " \"retry\": {\"max_interruptions\": 3},"
+        " \"input\": {\"model\": \"gpt-4o-mini\", \"prompt\": \"hang\"}}]}");
+    long long run = th_engine_enqueue(db, tenant, wf, 1, NULL, 0);
+    for (int i = 1; i <= 3; i++) {
+        pid_t p = th_serve_spawn(db, 1, 1000);
+        char *sql = eng_xasprintf("SELECT count(*) = 1 FROM steps WHERE state = 'running'"
+                                  " AND interruptions = %d",
+                                  i - 1);
+        bool running = th_engine_wait(db, sql, 30);
+        free(sql);
+        th_serve_kill(p, SIGKILL);
+        assert_true(running);
+    }
+    /* the reaper of the next process finds the third interruption and stops there */
+    pid_t p = th_serve_spawn(db, 1, 1000);
+    char *sql = eng_xasprintf("SELECT state = 'failed' FROM runs WHERE id = %lld", run);
+    bool failed = th_engine_wait(db, sql, 30);
+    free(sql);
+    th_serve_kill(p, SIGTERM);
+    assert_true(failed);
+    char *err = th_pg_valuef(db,
+                             "SELECT error->>'code' || ' ' || (error->>'step') || ' ' ||"
+                             " (error->>'kind') FROM runs WHERE id = %lld",
+                             run);
+    assert_string_equal(err, "interrupted boom llm");
+    free(err);
+    assert_int_equal(
+        count_where(db, "SELECT count(*) FROM steps WHERE state = 'failed' AND interruptions = 3"
+                        " AND attempts = 1 AND error->>'code' = 'interrupted'"),
+        1);
+    assert_int_equal(
+        count_where(db, "SELECT count(*) FROM run_events WHERE type = 'step.interrupted'"), 2);
+    th_llm_stop(llm);
+    th_msg_stop(sms);
+    free(db);
+}
+
+/* Transactions committed in db's database so far, as the statistics collector has them. */
+static long commits(const char *db)
+{
+    return th_pg_long(db, "SELECT xact_commit FROM pg_stat_database"
+                          " WHERE datname = current_database()");
+}
+
+/* With nothing to do, a server with two workers makes at most about one round trip a second (the
+ * process's tick); each idle worker used to ask for the next due step every 2 ms. */
+static void test_idle_engine_is_idle(void **state)
+{
+    (void)state;
+    long long tenant;
+    char *db = th_engine_db("durable_idle", &tenant);
+    pid_t p = th_serve_spawn(db, 2, 0);
+    assert_true(th_engine_wait(db, "SELECT count(*) = 2 FROM pg_stat_activity"
+                                   " WHERE datname = current_database()"
+                                   " AND application_name LIKE '%:%'",
+                               30));
+    th_sleep_ms(2000); /* start-up done, and its statistics flushed */
+    long before = commits(db);
+    long long t0 = th_now_ms();
+    th_sleep_ms(6000);
+    long after = commits(db);
+    long long t1 = th_now_ms();
+    th_serve_kill(p, SIGTERM);
+    double per_s = (double)(after - before) * 1000.0 / (double)(t1 - t0);
+    print_message("idle server: %ld commits in %lld ms (%.1f/s)\n", after - before, t1 - t0,
+                  per_s);
+    /* one tick a second, this test's own reads, and a statistics flush that may lag a second */
+    assert_true(after - before <= 12);
+    free(db);
+}
+
+int main(void)
+{
+    eng_mem_init();
+    eng_log_init();
+    eng_httpc_global_init();
+    eng_step_register_builtins();
+    step_register_all();
+    signal(SIGPIPE, SIG_IGN);
+    setenv("NO_PROXY", "*", 1);
+    unsetenv("http_proxy");
+    unsetenv("HTTP_PROXY");
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_idle_engine_is_idle),
+        cmocka_unit_test(test_poison_pill_stops_after_cap),
+        cmocka_unit_test(test_kill9_in_flight_fails_nothing),
+    };
+    int rc = cmocka_run_group_tests(tests, NULL, NULL);
+    eng_httpc_global_cleanup();
+    return rc;
+}
