@@ -158,11 +158,21 @@ eng_rc eng_migrate_up(const char *conninfo, const eng_migration *migs, size_t co
         order[i] = &migs[i];
     }
     qsort(order, count, sizeof *order, migrate_cmp);
-    for (size_t i = 1; i < count; i++)
+    for (size_t i = 1; i < count; i++) {
         if (strcmp(order[i - 1]->name, order[i]->name) == 0) {
             rc = eng_err_set(err, ENG_EINVAL, "migration %s is listed twice", order[i]->name);
             goto out;
         }
+        /* one number, one migration: work landed in parallel must be renumbered, or the order of
+         * two files redefining the same function would hang on their names */
+        size_t n = strspn(order[i]->name, "0123456789");
+        if (n > 0 && n == strspn(order[i - 1]->name, "0123456789") &&
+            strncmp(order[i - 1]->name, order[i]->name, n) == 0) {
+            rc = eng_err_set(err, ENG_EINVAL, "migrations %s and %s share a number",
+                             order[i - 1]->name, order[i]->name);
+            goto out;
+        }
+    }
 
     conn = PQconnectdb(conninfo);
     if (PQstatus(conn) != CONNECTION_OK) {

@@ -173,6 +173,9 @@ static void test_bad_lists_and_connection(void **state)
     eng_err err = {0};
     assert_int_equal(eng_migrate_up(db, dup, 2, NULL, &err), ENG_EINVAL);
     assert_non_null(strstr(err.msg, "0001_init.sql"));
+    const eng_migration same_number[] = {three[1], {"0001_other.sql", "SELECT 1;"}};
+    assert_int_equal(eng_migrate_up(db, same_number, 2, NULL, &err), ENG_EINVAL);
+    assert_non_null(strstr(err.msg, "share a number"));
     const eng_migration ends_txn[] = {{"0001_commit.sql", "CREATE TABLE mt_c (id int); COMMIT;"}};
     assert_int_equal(eng_migrate_up(db, ends_txn, 1, NULL, &err), ENG_EDB);
     assert_non_null(strstr(err.msg, "0001_commit.sql"));
