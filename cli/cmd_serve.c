@@ -102,7 +102,8 @@ static eng_rc serve_clock_start(cli_env *env, bool test_clock, eng_err *err)
 
 /* The options of flowd serve, each with its environment form. */
 enum serve_opt { SO_WORKERS, SO_MAX_INFLIGHT, SO_BATCH, SO_LEASE_MS, SO_LISTEN, SO_ROLE, SO_API_THREADS,
-                 SO_WORKFLOWS, SO_RETENTION, SO_PRIVATE, SO_N };
+                 SO_WORKFLOWS, SO_RETENTION, SO_PRIVATE, SO_MAX_CONNS, SO_MAX_CONNS_PER_CLIENT,
+                 SO_REQUEST_TIMEOUT, SO_N };
 
 static const struct {
     const char *flag;
@@ -119,6 +120,10 @@ static const struct {
     [SO_WORKFLOWS] = {"workflows", "FLOWD_WORKFLOWS", true},
     [SO_RETENTION] = {"retention", "FLOWD_RETENTION", true},
     [SO_PRIVATE] = {"allow-private-targets", "FLOWD_ALLOW_PRIVATE_TARGETS", false},
+    [SO_MAX_CONNS] = {"max-connections", "FLOWD_MAX_CONNECTIONS", true},
+    [SO_MAX_CONNS_PER_CLIENT] = {"max-connections-per-client", "FLOWD_MAX_CONNECTIONS_PER_CLIENT",
+                                 true},
+    [SO_REQUEST_TIMEOUT] = {"request-timeout", "FLOWD_REQUEST_TIMEOUT", true},
 };
 
 typedef struct serve_conf {
@@ -126,6 +131,8 @@ typedef struct serve_conf {
     const char *listen, *role, *workflows_dir;
     int64_t retention_ms; /* 0: keep finished runs */
     bool allow_private;
+    int max_conns, max_conns_per_client; /* 0: derived from the descriptor limit */
+    int64_t request_timeout_ms;          /* 0: the API's default */
 } serve_conf;
 
 static int serve_int_opt(const char *name, const char *v, int min, int max, int *out)
@@ -189,6 +196,19 @@ static int serve_apply(serve_conf *c, enum serve_opt o, const char *name, const 
         }
         c->allow_private = !v || strcmp(v, "1") == 0 || strcmp(v, "true") == 0;
         return 0;
+    case SO_MAX_CONNS: return serve_int_opt(name, v, 1, 1000000, &c->max_conns);
+    case SO_MAX_CONNS_PER_CLIENT:
+        return serve_int_opt(name, v, 1, 1000000, &c->max_conns_per_client);
+    case SO_REQUEST_TIMEOUT: {
+        eng_err derr;
+        if (eng_duration_parse(v, &c->request_timeout_ms, &derr) != ENG_OK ||
+            c->request_timeout_ms < 100) {
+            fprintf(stderr, "flowd: %s: %s\n", name,
+                    c->request_timeout_ms < 100 ? "at least 100ms" : derr.msg);
+            return -1;
+        }
+        return 0;
+    }
     case SO_N: break;
     }
     return -1;
@@ -246,6 +266,7 @@ int cli_cmd_serve(cli_env *env, int argc, char **argv)
     int lease_ms = conf.lease_ms, api_threads = conf.api_threads;
     const char *listen = conf.listen, *role = conf.role, *workflows_dir = conf.workflows_dir;
     int64_t retention_ms = conf.retention_ms;
+    int max_conns = conf.max_conns;
     bool run_api = strcmp(role, "all") == 0 || strcmp(role, "api") == 0;
     bool run_workers = strcmp(role, "all") == 0 || strcmp(role, "worker") == 0;
     eng_err err;
@@ -268,6 +289,14 @@ int cli_cmd_serve(cli_env *env, int argc, char **argv)
         nofile.rlim_cur = nofile.rlim_max;
         setrlimit(RLIMIT_NOFILE, &nofile);
     }
+    /* The API's connections get what the workers cannot need (a provider connection per step in
+     * flight, their database connections, the API's own pools and some slack), never less than a
+     * quarter of the descriptors: a flood of clients must not starve the engine. */
+    if (!max_conns && getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur != RLIM_INFINITY) {
+        long total = (long)nofile.rlim_cur;
+        long engine = (run_workers ? (long)workers * (max_inflight + 16) : 0) + 256;
+        max_conns = (int)(total - engine > total / 4 ? total - engine : total / 4);
+    }
     struct ev_loop *loop = EV_DEFAULT;
     ev_signal sigint, sigterm;
     ev_signal_init(&sigint, serve_signal_cb, SIGINT);
@@ -280,7 +309,10 @@ int cli_cmd_serve(cli_env *env, int argc, char **argv)
     api_service *api = NULL;
     if (run_api) {
         api_service_opts ao = {.conninfo = env->conninfo, .listen = listen, .threads = api_threads,
-                               .test_clock = test_clock};
+                               .test_clock = test_clock,
+                               .max_conns = max_conns,
+                               .max_conns_per_client = conf.max_conns_per_client,
+                               .request_timeout_s = (double)conf.request_timeout_ms / 1000.0};
         api = api_service_start(&ao, &err);
         if (!api) {
             int status = cli_fail(&err);

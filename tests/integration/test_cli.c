@@ -132,6 +132,9 @@ static void test_serve_options(void **state)
     expect(FLOWD_ENV("FLOWD_WORKERS=abc", "serve", "--workers", "2", "--role", "boss"), 2, NULL,
            "FLOWD_WORKERS");
     expect(FLOWD("serve", "--role", "boss"), 2, NULL, "--role: \"boss\"");
+    expect(FLOWD_ENV("FLOWD_REQUEST_TIMEOUT=50ms", "serve"), 2, NULL, "FLOWD_REQUEST_TIMEOUT");
+    expect(FLOWD_ENV("FLOWD_ALLOW_PRIVATE_TARGETS=maybe", "serve"), 2, NULL,
+           "FLOWD_ALLOW_PRIVATE_TARGETS");
     expect(FLOWD("serve", "--retention", "soon"), 2, NULL, "--retention");
     expect(FLOWD("serve", "--workers"), 2, NULL, "--workers");
     expect(FLOWD("serve", "--frob"), 2, NULL, "--frob");
