@@ -90,6 +90,7 @@ static const api_route api_routes[] = {
     {"POST", "/v1/hooks/whatsapp", api_route_hook_whatsapp, true}, /* signature-verified */
     {"GET", "/v1/hooks/whatsapp", api_route_hook_whatsapp_verify, true},
     {"GET", "/v1/outbox", api_route_outbox_list, false},
+    {"POST", "/v1/sends/{}/outcome", api_route_send_outcome, false},
     {"GET", "/v1/rate-limits", api_route_rate_limits_list, false},
     {"PUT", "/v1/rate-limits/{}", api_route_rate_limit_put, false},
     {"DELETE", "/v1/rate-limits/{}", api_route_rate_limit_delete, false},
