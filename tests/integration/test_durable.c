@@ -59,7 +59,7 @@ static bool wait_in_flight(const char *db, th_llm *llm, th_msg *sms, int k)
     unsigned long llm0 = th_llm_calls(llm);
     int sms0 = th_msg_requests(sms);
     for (int i = 0; i < 3000; i++) {
-        if ((k == 0 && th_llm_calls(llm) >= llm0 + 50) || (k == 1 && th_msg_requests(sms) >= sms0 + 50))
+        if ((k == 0 && th_llm_calls(llm) >= llm0 + 20) || (k == 1 && th_msg_requests(sms) >= sms0 + 20))
             return true;
         if (k >= 2 && count_where(db, "SELECT count(*) FROM steps WHERE state = 'running'") >= 5)
             return true;
@@ -71,7 +71,7 @@ static bool wait_in_flight(const char *db, th_llm *llm, th_msg *sms, int k)
 static void test_kill9_in_flight_fails_nothing(void **state)
 {
     (void)state;
-    enum { RUNS = 300, KILLS = 3 };
+    enum { RUNS = 120, KILLS = 3 };
     th_llm *llm = th_llm_start(TH_LLM_OPENAI);
     th_msg *sms = th_msg_start(TH_MSG_TWILIO);
     /* slow enough that a kill finds calls of both kinds in flight */
@@ -104,7 +104,7 @@ static void test_kill9_in_flight_fails_nothing(void **state)
 
     pid_t last = th_serve_spawn(db, 2, 3000);
     bool done = th_engine_wait(
-        db, "SELECT count(*) = 300 FROM runs WHERE state IN ('succeeded', 'failed', 'cancelled')",
+        db, "SELECT count(*) = 120 FROM runs WHERE state IN ('succeeded', 'failed', 'cancelled')",
         120);
     th_serve_kill(last, SIGTERM);
     assert_true(done);
