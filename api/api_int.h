@@ -103,6 +103,7 @@ void api_route_hook_sendgrid(api_call *call);
 void api_route_hook_whatsapp(api_call *call);
 void api_route_hook_whatsapp_verify(api_call *call);
 void api_route_outbox_list(api_call *call);           /* api/routes_outbox.c */
+void api_route_send_outcome(api_call *call);          /* api/routes_sends.c */
 void api_route_run_sequencer_csv(api_call *call);     /* api/routes_export.c */
 void api_route_metrics(api_call *call);
 void api_route_openapi(api_call *call);

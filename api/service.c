@@ -100,6 +100,7 @@ static const api_route api_routes[] = {
     {"POST", "/v1/hooks/whatsapp", api_route_hook_whatsapp, true, NULL, api_query_any},
     {"GET", "/v1/hooks/whatsapp", api_route_hook_whatsapp_verify, true, NULL, api_query_any},
     {"GET", "/v1/outbox", api_route_outbox_list, false, NULL, Q("run", "after", "limit")},
+    {"POST", "/v1/sends/{}/outcome", api_route_send_outcome, false, NULL, NULL},
     {"GET", "/v1/rate-limits", api_route_rate_limits_list, false, NULL, NULL},
     {"PUT", "/v1/rate-limits/{}", api_route_rate_limit_put, false, NULL, NULL},
     {"DELETE", "/v1/rate-limits/{}", api_route_rate_limit_delete, false, NULL, NULL},
