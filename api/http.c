@@ -33,6 +33,15 @@
 static void conn_drive(api_conn *c);
 static void conn_close(api_conn *c, const char *why);
 
+/* Stops the connection's timer; conn_watch starts the one the next state needs. The mode and the
+ * running timer must change together: a mode cleared over a running timer left that timer to cut
+ * the connection mid-response (a Server-Sent Events stream, at the header deadline). */
+static void conn_timer_off(api_conn *c)
+{
+    ev_timer_stop(c->srv->loop, &c->timer);
+    c->tmode = T_NONE;
+}
+
 /* ---- parser callbacks: they fill c->req and refuse oversize input ---- */
 
 static int p_refuse(llhttp_t *p, int status, const char *why)
@@ -49,7 +58,7 @@ static int p_message_begin(llhttp_t *p)
     api_http__req_reset(&c->req);
     c->req.st = REQ_READING;
     c->st = CONN_HEAD;
-    c->tmode = T_NONE; /* a new request gets a fresh header deadline */
+    conn_timer_off(c); /* a new request gets a fresh header deadline */
     c->trailer_bytes = 0;
     return 0;
 }
@@ -144,7 +153,7 @@ static int p_headers_complete(llhttp_t *p)
         (void)rc; /* out is uncapped */
     }
     c->st = CONN_BODY;
-    c->tmode = T_NONE;
+    conn_timer_off(c);
     return 0;
 }
 
