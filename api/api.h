@@ -17,6 +17,7 @@ typedef struct api_service_opts {
     size_t max_body;        /* default 1 MiB */
     double header_timeout_s; /* the request head must arrive within this (slowloris); default 10 */
     bool test_clock;        /* FLOWD_TEST_CLOCK=1: POST /v1/test/clock exists */
+    double sse_heartbeat_s; /* a quiet event stream gets a comment line this often; default 15 */
 } api_service_opts;
 
 /* Binds and starts the threads. NULL with err filled when the address cannot be bound. */

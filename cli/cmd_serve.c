@@ -93,6 +93,7 @@ int cli_cmd_serve(cli_env *env, int argc, char **argv)
                                              {"api-threads", required_argument, NULL, 'a'},
                                              {"workflows", required_argument, NULL, 'W'},
                                              {"retention", required_argument, NULL, 'R'},
+                                             {"sse-heartbeat", required_argument, NULL, 'H'},
                                              {"allow-private-targets", no_argument, NULL, 'P'},
                                              {NULL, 0, NULL, 0}};
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
@@ -100,9 +101,10 @@ int cli_cmd_serve(cli_env *env, int argc, char **argv)
     int api_threads = 2;
     const char *listen = "127.0.0.1:8080", *role = "all", *workflows_dir = NULL;
     int64_t retention_ms = 0; /* keep finished runs unless --retention says otherwise */
+    int64_t heartbeat_ms = 15000;
     int ch;
     optind = 1;
-    while ((ch = getopt_long(argc, argv, "w:m:b:l:L:r:a:W:R:P", longopts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "w:m:b:l:L:r:a:W:R:PH:", longopts, NULL)) != -1) {
         int bad = 0;
         switch (ch) {
         case 'w': bad = serve_int_opt("workers", optarg, 1, 256, &workers); break;
@@ -118,6 +120,15 @@ int cli_cmd_serve(cli_env *env, int argc, char **argv)
             eng_err derr;
             if (eng_duration_parse(optarg, &retention_ms, &derr) != ENG_OK) {
                 fprintf(stderr, "flowd: --retention: %s\n", derr.msg);
+                return 2;
+            }
+            break;
+        }
+        case 'H': {
+            eng_err derr;
+            if (eng_duration_parse(optarg, &heartbeat_ms, &derr) != ENG_OK || heartbeat_ms < 1000) {
+                fprintf(stderr, "flowd: --sse-heartbeat: \"%s\" is not a duration of 1s or more\n",
+                        optarg);
                 return 2;
             }
             break;
@@ -165,7 +176,8 @@ int cli_cmd_serve(cli_env *env, int argc, char **argv)
     api_service *api = NULL;
     if (run_api) {
         api_service_opts ao = {.conninfo = env->conninfo, .listen = listen, .threads = api_threads,
-                               .test_clock = test_clock};
+                               .test_clock = test_clock,
+                               .sse_heartbeat_s = (double)heartbeat_ms / 1000.0};
         api = api_service_start(&ao, &err);
         if (!api) {
             int status = cli_fail(&err);

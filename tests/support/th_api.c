@@ -39,7 +39,9 @@ th_api *th_api_start(const th_api_opts *opts)
     a->db = th_engine_db(opts->prefix ? opts->prefix : "api_e2e", NULL);
     api_service_opts o = {.conninfo = a->db, .listen = "127.0.0.1:0",
                           .threads = opts->threads > 0 ? opts->threads : 2, .db_conns = 4,
-                          .test_clock = opts->test_clock};
+                          .test_clock = opts->test_clock,
+                          .sse_heartbeat_s = opts->sse_heartbeat_s,
+                          .header_timeout_s = opts->header_timeout_s};
     eng_err err;
     a->svc = api_service_start(&o, &err);
     if (!a->svc) {

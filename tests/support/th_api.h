@@ -26,6 +26,8 @@ typedef struct th_api_opts {
     bool no_workers;    /* none: the rows stay as the API wrote them, or the test runs its own */
     int threads;        /* API loop threads (default 2) */
     bool test_clock;    /* POST /v1/test/clock exists (the engine's clock must be in test mode) */
+    double sse_heartbeat_s;  /* api_service_opts' (0: its default) */
+    double header_timeout_s; /* api_service_opts' (0: its default) */
 } th_api_opts;
 
 /* Process set-up of an API test binary, first thing in main: allocators, logging, the built-in
