@@ -16,6 +16,10 @@ typedef struct api_service_opts {
     int db_conns;           /* PostgreSQL connections per thread (default 4) */
     size_t max_body;        /* default 1 MiB */
     double header_timeout_s; /* the request head must arrive within this (slowloris); default 10 */
+    double request_timeout_s; /* head and body must arrive within this; default 30 */
+    int max_conns;          /* open connections in all (split over the threads); default half
+                               the descriptor limit (RLIMIT_NOFILE), the rest left to the engine */
+    int max_conns_per_client; /* open connections per client address; default max_conns / 4 */
     bool test_clock;        /* FLOWD_TEST_CLOCK=1: POST /v1/test/clock exists */
     double sse_heartbeat_s; /* a quiet event stream gets a comment line this often; default 15 */
 } api_service_opts;

@@ -27,13 +27,18 @@ struct api_call {
     char *param_buf;         /* storage behind params */
     void *data;              /* handler state, freed with data_free */
     void (*data_free)(void *data);
+    struct eng_db_op *dbop;  /* the statement api_call_db queued, until its callback: withdrawn
+                                when the client goes away before it was sent */
 };
 
 typedef void api_route_fn(api_call *call);
 typedef void api_call_db_cb(api_call *call, const eng_err *err, const PGresult *res);
 
 /* Queues a statement on one of the loop's connections; cb runs with the call still attached (a
- * detached call is freed instead of calling cb). params are copied. */
+ * detached call is freed instead of calling cb, and its statement is not sent if it was still
+ * queued). params are copied. While the database is unreachable the call is answered 503 with
+ * Retry-After at once instead, and a statement queued when the connection is lost fails with it:
+ * nothing runs later for a client that was already answered. */
 void api_call_db(api_call *call, const char *sql, int nparams, const char *const *params,
                  api_call_db_cb *cb);
 /* Answer and free the call. */

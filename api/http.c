@@ -24,6 +24,7 @@
 #include "api/http_int.h"
 #include "engine/log.h"
 #include "engine/mem.h"
+#include "engine/metrics.h"
 
 #define IBUF_START (16 * 1024)
 #define IBUF_MAX (64 * 1024) /* unparsed input held while a request is handled: backpressure */
@@ -32,15 +33,6 @@
 
 static void conn_drive(api_conn *c);
 static void conn_close(api_conn *c, const char *why);
-
-/* Stops the connection's timer; conn_watch starts the one the next state needs. The mode and the
- * running timer must change together: a mode cleared over a running timer left that timer to cut
- * the connection mid-response (a Server-Sent Events stream, at the header deadline). */
-static void conn_timer_off(api_conn *c)
-{
-    ev_timer_stop(c->srv->loop, &c->timer);
-    c->tmode = T_NONE;
-}
 
 /* ---- parser callbacks: they fill c->req and refuse oversize input ---- */
 
@@ -58,7 +50,9 @@ static int p_message_begin(llhttp_t *p)
     api_http__req_reset(&c->req);
     c->req.st = REQ_READING;
     c->st = CONN_HEAD;
-    conn_timer_off(c); /* a new request gets a fresh header deadline */
+    c->tmode = T_NONE; /* a new request gets a fresh header deadline */
+    if (c->nreq) /* the first one's deadline runs from the connection's start */
+        c->req_t0 = ev_now(c->srv->loop);
     c->trailer_bytes = 0;
     return 0;
 }
@@ -153,7 +147,7 @@ static int p_headers_complete(llhttp_t *p)
         (void)rc; /* out is uncapped */
     }
     c->st = CONN_BODY;
-    conn_timer_off(c);
+    c->tmode = T_NONE;
     return 0;
 }
 
@@ -247,6 +241,7 @@ static void conn_close(api_conn *c, const char *why)
     list_unlink(&s->live, c);
     list_push(&s->dead, c);
     s->nconns--;
+    api_connlimit_release(s->opts.limit, &c->lkey);
     srv_wake(s);
     if (s->accept_full && !s->shutting && s->lfd >= 0) {
         s->accept_full = false;
@@ -332,8 +327,6 @@ static void conn_read(api_conn *c)
     ssize_t n = recv(c->fd, c->ibuf + c->ilen, c->icap - c->ilen, 0);
     if (n > 0) {
         c->ilen += (size_t)n;
-        if (c->tmode == T_BODY)
-            ev_timer_again(c->srv->loop, &c->timer);
     } else if (n == 0) {
         c->rd_eof = true; /* maybe only half-closed: buffered requests still get answers */
     } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
@@ -469,9 +462,11 @@ static void conn_watch(api_conn *c)
         mode = T_HEAD;
         t = o->header_timeout_s;
         break;
-    case CONN_BODY:
+    case CONN_BODY: /* a trickled body must not extend it: a deadline, not an idle timer */
         mode = T_BODY;
-        t = o->idle_timeout_s;
+        t = c->req_t0 + o->request_timeout_s - ev_now(c->srv->loop);
+        if (t < 0.001)
+            t = 0.001;
         break;
     case CONN_HANDLER:
     case CONN_WRITING:
@@ -492,7 +487,9 @@ static void conn_watch(api_conn *c)
     }
     conn_set_io(c, &c->rio, want_r);
     conn_set_io(c, &c->wio, want_w);
-    if (mode == c->tmode)
+    /* T_NONE is also what the parser sets to restart a deadline, with the old timer still
+     * running: stop it whatever tmode says, or it cuts off a request its handler still owes */
+    if (mode == c->tmode && mode != T_NONE)
         return;
     c->tmode = mode;
     if (mode == T_NONE) {
@@ -543,11 +540,12 @@ static void conn_on_timer(struct ev_loop *loop, ev_timer *w, int revents)
     conn_close(c, why[c->tmode]);
 }
 
-static void conn_new(api_http *s, int fd, const char *peer)
+static api_conn *conn_new(api_http *s, int fd, const char *peer)
 {
     api_conn *c = eng_xcalloc(1, sizeof *c);
     c->fd = fd;
     c->srv = s;
+    c->req_t0 = ev_now(s->loop);
     snprintf(c->peer, sizeof c->peer, "%s", peer);
     int one = 1;
     (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one); /* fails on socketpairs */
@@ -566,6 +564,23 @@ static void conn_new(api_http *s, int fd, const char *peer)
     s->nconns++;
     log_debug("http connection opened", " peer=%s", c->peer);
     conn_watch(c);
+    return c;
+}
+
+/* A client address over its share: a short answer it can act on, then the descriptor is free
+ * again at once (the kernel takes the bytes; a client that does not read them loses nothing). */
+static void refuse_per_client(int fd, const char *peer)
+{
+    static const char answer[] =
+        "HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+        "Connection: close\r\nContent-Length: 91\r\n\r\n"
+        "{\"error\":{\"code\":\"too_many_connections\",\"message\":\"too many connections from "
+        "this client\"}}";
+    ssize_t n = send(fd, answer, sizeof answer - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+    (void)n;
+    close(fd);
+    eng_metrics_http_refused("per_client");
+    log_debug("http connection refused", " peer=%s reason=per_client", peer);
 }
 
 /* ---- the server ---- */
@@ -606,6 +621,8 @@ static void srv_on_accept(struct ev_loop *loop, ev_io *w, int revents)
                 return;
             /* out of descriptors or buffers: back off instead of spinning on a ready socket */
             log_warn("http accept failed", " err=\"%s\"", strerror(errno));
+            if (errno == EMFILE || errno == ENFILE)
+                eng_metrics_http_refused("descriptors");
             ev_io_stop(loop, w);
             ev_timer_set(&s->accept_retry, 0.1, 0.);
             ev_timer_start(loop, &s->accept_retry);
@@ -613,7 +630,12 @@ static void srv_on_accept(struct ev_loop *loop, ev_io *w, int revents)
         }
         char peer[64];
         fmt_peer(&ss, peer, sizeof peer);
-        conn_new(s, fd, peer);
+        api_connlimit_key key = {0};
+        if (s->opts.limit && !api_connlimit_take(s->opts.limit, (struct sockaddr *)&ss, &key)) {
+            refuse_per_client(fd, peer);
+            continue;
+        }
+        conn_new(s, fd, peer)->lkey = key;
     }
 }
 
@@ -721,6 +743,8 @@ api_http *api_http_new(struct ev_loop *loop, const api_http_opts *opts, api_hand
         s->opts.header_timeout_s = 10;
     if (s->opts.idle_timeout_s <= 0)
         s->opts.idle_timeout_s = 60;
+    if (s->opts.request_timeout_s <= 0)
+        s->opts.request_timeout_s = 30;
     if (s->opts.max_conns <= 0)
         s->opts.max_conns = 10000;
     s->opts.listen = NULL; /* borrowed from the caller: only used here */

@@ -30,8 +30,12 @@ typedef struct api_http_opts {
     size_t max_body;         /* default 1 MiB -> 413 */
     size_t max_header;       /* request line plus headers; default 16 KiB -> 431 */
     double header_timeout_s; /* whole request head must arrive within this (slowloris): default 10 */
-    double idle_timeout_s;   /* keep-alive idle, stalled body or stalled write: default 60 */
+    double idle_timeout_s;   /* keep-alive idle or stalled write: default 60 */
+    double request_timeout_s; /* the whole request, head and body, must arrive within this from
+                                 its start (a body trickled a byte at a time): default 30 */
     int max_conns;           /* default 10000; accepting pauses while this many are open */
+    struct api_connlimit *limit; /* shared per-client-address cap (api/connlimit.h), borrowed;
+                                    NULL: none. A connection over it is answered 429 and closed */
     bool reuseport;          /* SO_REUSEPORT so several loops/threads can each own a server */
 } api_http_opts;
 

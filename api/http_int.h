@@ -5,6 +5,7 @@
 #include <ev.h>
 #include <llhttp.h>
 
+#include "api/connlimit.h"
 #include "api/http.h"
 #include "engine/buf.h"
 
@@ -13,7 +14,7 @@ typedef struct api_conn api_conn;
 enum conn_state {
     CONN_IDLE,    /* between requests: nothing of the next one parsed yet (idle timer) */
     CONN_HEAD,    /* parsing request line and headers (header deadline, never extended) */
-    CONN_BODY,    /* parsing the body (idle timer, extended on every read) */
+    CONN_BODY,    /* parsing the body (what is left of the request's deadline, never extended) */
     CONN_HANDLER, /* request complete and parser paused: the handler owns conn->req */
     CONN_WRITING, /* response complete, flushing it; the next request waits for this */
     CONN_LINGER,  /* last response sent and write side shut: draining input so the peer
@@ -82,6 +83,8 @@ struct api_conn {
     api_conn *prev, *next; /* srv->live or srv->dead */
     api_conn *kick_next;
     char peer[64];
+    ev_tstamp req_t0;         /* the current request's deadline runs from here */
+    api_connlimit_key lkey;   /* what srv->opts.limit counted for this connection */
 };
 
 struct api_http {

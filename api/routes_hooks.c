@@ -8,9 +8,15 @@
  *                                       (HMAC-SHA256, app secret)
  *   GET  /v1/hooks/whatsapp?tenant=ID   the subscription verification (hub.verify_token)
  *
- * These routes are open (providers hold no API key): the tenant comes from the URL and the
- * signature over the raw body, checked with that tenant's secret (provider_settings) or the
- * environment's, is the authentication. A missing or bad signature gets 401 and changes nothing.
+ * These routes are open (providers hold no API key): the signature, checked with the tenant's own
+ * secret (provider_settings) or the environment's, is the authentication, and it decides the one
+ * tenant a post belongs to. A tenant's own secret binds the post to the tenant of ?tenant=. The
+ * environment's secret belongs to the operator's provider accounts, whose tenant is
+ * FLOWD_WEBHOOK_TENANT (a tenant id) or else the tenant named "default": SendGrid and WhatsApp
+ * sign the body only, so such a post is applied to that tenant and refused (401) with any other
+ * ?tenant=, which the signature does not cover. Twilio signs the whole URL, ?tenant= included
+ * (flowd puts it in the status callbacks it asks for), so there ?tenant= stands. A missing or bad
+ * signature gets 401 and changes nothing.
  * A verified POST becomes a list of items applied by flowd_hooks_apply in one transaction
  * (dedup, monotonic delivery state, suppression list, events), and 200 is sent only after it
  * committed, so a provider retries anything we did not store.
@@ -45,6 +51,7 @@ typedef void hook_fn(api_call *call, const json_t *settings);
 typedef struct hook_state {
     prov_id provider;
     hook_fn *fn;
+    long long owner; /* the tenant owning the environment's provider accounts (0: none) */
 } hook_state;
 
 /* ------------------------------------------------------------------------------ crypto -- */
@@ -125,13 +132,17 @@ out:
 
 /* ----------------------------------------------------------------------------- plumbing -- */
 
-/* A secret field: the tenant's settings first, then the environment. Borrowed or static. */
-static const char *secret_of(const json_t *settings, const char *field, const char *env)
+/* A secret field: the tenant's settings first, then the environment (then *shared is set; shared
+ * may be NULL). Borrowed or static. */
+static const char *secret_of(const json_t *settings, const char *field, const char *env,
+                             bool *shared)
 {
     const char *v = json_string_value(json_object_get(settings, field));
-    if (v && *v)
-        return v;
-    v = getenv(env);
+    bool own = v && *v;
+    if (!own)
+        v = getenv(env);
+    if (shared)
+        *shared = !own;
     return v && *v ? v : NULL;
 }
 
@@ -140,6 +151,19 @@ static void unauthorized(api_call *call, const char *provider, const char *why)
     log_warn("webhook refused", " provider=%s tenant=%lld reason=\"%s\"", provider, call->tenant,
              why);
     api_call_respond_error(call, 401, "unauthorized", why, NULL);
+}
+
+/* A post verified with the environment's secret belongs to the tenant owning the operator's
+ * provider accounts only. False (answered) for any other tenant. */
+static bool bound_to_owner(api_call *call, bool shared)
+{
+    hook_state *st = call->data;
+    if (!shared || call->tenant == st->owner)
+        return true;
+    unauthorized(call, prov_name(st->provider),
+                 "signed with the operator's secret: it belongs to the tenant owning the provider "
+                 "account, not to ?tenant=");
+    return false;
 }
 
 static void applied_cb(api_call *call, const eng_err *err, const PGresult *res)
@@ -194,34 +218,40 @@ static void settings_cb(api_call *call, const eng_err *err, const PGresult *res)
         unauthorized(call, prov_name(st->provider), "unknown tenant");
         return;
     }
-    json_t *settings = PQgetisnull(res, 0, 0) ? NULL : json_loads(PQgetvalue(res, 0, 0), 0, NULL);
+    call->tenant = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+    snprintf(call->tenant_s, sizeof call->tenant_s, "%lld", call->tenant);
+    st->owner = PQgetisnull(res, 0, 2) ? 0 : strtoll(PQgetvalue(res, 0, 2), NULL, 10);
+    json_t *settings = PQgetisnull(res, 0, 1) ? NULL : json_loads(PQgetvalue(res, 0, 1), 0, NULL);
     st->fn(call, json_is_object(settings) ? settings : NULL);
     json_decref(settings);
 }
 
-/* Reads ?tenant=, then the tenant's settings for the provider, then runs fn. */
+/* Reads ?tenant= (default: the owner of the operator's accounts), then that tenant's settings for
+ * the provider and the owner's id, then runs fn. */
 static void hook_begin(api_call *call, prov_id provider, hook_fn *fn)
 {
     const char *t = api_req_query(call->req, "tenant");
     char *end = NULL;
     long long tenant = t && *t ? strtoll(t, &end, 10) : 0;
-    if (!t || !*t || *end || tenant <= 0) {
-        api_call_respond_error(call, 400, "invalid_request",
-                               "the webhook URL must carry ?tenant=<tenant id>", "tenant");
+    if (t && (!*t || *end || tenant <= 0)) {
+        api_call_respond_error(call, 400, "invalid_request", "tenant must be a tenant id",
+                               "tenant");
         return;
     }
-    call->tenant = tenant;
-    snprintf(call->tenant_s, sizeof call->tenant_s, "%lld", tenant);
+    const char *owner = getenv("FLOWD_WEBHOOK_TENANT");
     hook_state *st = eng_xcalloc(1, sizeof *st);
     st->provider = provider;
     st->fn = fn;
     call->data = st;
     call->data_free = free;
-    const char *params[] = {call->tenant_s, prov_name(provider)};
+    const char *params[] = {t, prov_name(provider), owner && *owner ? owner : NULL};
     api_call_db(call,
-                "SELECT ps.settings FROM tenants t LEFT JOIN provider_settings ps "
-                "ON ps.tenant_id = t.id AND ps.provider = $2 WHERE t.id = $1",
-                2, params, settings_cb);
+                "WITH o AS (SELECT coalesce($3::bigint, (SELECT id FROM tenants"
+                " WHERE name = 'default')) AS id)"
+                " SELECT t.id, ps.settings, o.id FROM o JOIN tenants t"
+                " ON t.id = coalesce($1::bigint, o.id)"
+                " LEFT JOIN provider_settings ps ON ps.tenant_id = t.id AND ps.provider = $2",
+                3, params, settings_cb);
 }
 
 static json_t *item_new(const char *fmt_dedup, const char *a, const char *b)
@@ -570,7 +600,9 @@ static json_t *sendgrid_item(json_t *ev)
 
 static void sendgrid_hook(api_call *call, const json_t *settings)
 {
-    const char *key = secret_of(settings, "webhook_public_key", "SENDGRID_WEBHOOK_PUBLIC_KEY");
+    bool shared;
+    const char *key =
+        secret_of(settings, "webhook_public_key", "SENDGRID_WEBHOOK_PUBLIC_KEY", &shared);
     const char *sig = api_req_header(call->req, "X-Twilio-Email-Event-Webhook-Signature");
     const char *ts = api_req_header(call->req, "X-Twilio-Email-Event-Webhook-Timestamp");
     if (!key) {
@@ -595,6 +627,8 @@ static void sendgrid_hook(api_call *call, const json_t *settings)
         unauthorized(call, "sendgrid", "signed timestamp too far from now (replay?)");
         return;
     }
+    if (!bound_to_owner(call, shared))
+        return;
     json_t *events = json_loadb(body, len, 0, NULL);
     if (!json_is_array(events)) {
         json_decref(events);
@@ -684,7 +718,8 @@ static void wa_status_item(json_t *items, const json_t *s)
 
 static void whatsapp_hook(api_call *call, const json_t *settings)
 {
-    const char *secret = secret_of(settings, "app_secret", "WHATSAPP_APP_SECRET");
+    bool shared;
+    const char *secret = secret_of(settings, "app_secret", "WHATSAPP_APP_SECRET", &shared);
     const char *sig = api_req_header(call->req, "X-Hub-Signature-256");
     if (!secret) {
         unauthorized(call, "whatsapp", "no app secret configured");
@@ -697,6 +732,8 @@ static void whatsapp_hook(api_call *call, const json_t *settings)
         unauthorized(call, "whatsapp", "bad X-Hub-Signature-256");
         return;
     }
+    if (!bound_to_owner(call, shared))
+        return;
     json_t *doc = json_loadb(body, len, 0, NULL);
     const json_t *entries = json_object_get(doc, "entry");
     if (!json_is_object(doc) || !json_is_array(entries)) {
@@ -727,7 +764,7 @@ void api_route_hook_whatsapp(api_call *call)
 
 static void whatsapp_verify(api_call *call, const json_t *settings)
 {
-    const char *want = secret_of(settings, "verify_token", "WHATSAPP_VERIFY_TOKEN");
+    const char *want = secret_of(settings, "verify_token", "WHATSAPP_VERIFY_TOKEN", NULL);
     const char *mode = api_req_query(call->req, "hub.mode");
     const char *token = api_req_query(call->req, "hub.verify_token");
     const char *challenge = api_req_query(call->req, "hub.challenge");

@@ -1,12 +1,17 @@
 /* api/routes_ops.c: GET /metrics (Prometheus text), GET /v1/openapi.json and
- * GET /v1/schemas/workflow.json (the JSON Schema of workflow definitions). All are open routes:
- * they show no tenant's data (metrics count rows of all tenants together). */
+ * GET /v1/schemas/workflow.json (the JSON Schema of workflow definitions). The documents are open
+ * routes. Metrics count rows of all tenants together, so they are the operator's: /metrics asks
+ * for FLOWD_METRICS_TOKEN as a bearer token, or an admin key of the operator's tenant (the one
+ * named "default"), and answers 401 to anyone else. */
+#include <openssl/crypto.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "api/api_int.h"
 #include "engine/buf.h"
 #include "engine/metrics.h"
+#include "engine/wf_def.h"
 
 /* api/openapi.json and api/workflow.schema.json, linked in as they are and each followed by a NUL,
  * so that the documents are edited as JSON and the binary needs no file at run time (CMake knows
@@ -96,11 +101,50 @@ static void metrics_cb(api_call *call, const eng_err *err, const PGresult *res)
     eng_buf_deinit(&b);
 }
 
-void api_route_metrics(api_call *call)
+static void metrics_query(api_call *call)
 {
     /* One statement, so both families come from one snapshot. */
     api_call_db(call,
                 "SELECT 'runs', state, count(*) FROM runs GROUP BY state "
                 "UNION ALL SELECT 'steps', state, count(*) FROM steps GROUP BY state",
                 0, NULL, metrics_cb);
+}
+
+static void metrics_denied(api_call *call)
+{
+    api_call_respond_error(call, 401, "unauthorized",
+                           "metrics need the metrics token or an operator's admin key", NULL);
+}
+
+static void operator_cb(api_call *call, const eng_err *err, const PGresult *res)
+{
+    if (err)
+        api_call_respond_err(call, err);
+    else if (PQntuples(res) == 0)
+        metrics_denied(call);
+    else
+        metrics_query(call);
+}
+
+void api_route_metrics(api_call *call)
+{
+    const char *h = api_req_header(call->req, "Authorization");
+    if (!h || strncasecmp(h, "Bearer ", 7) != 0 || !h[7]) {
+        metrics_denied(call);
+        return;
+    }
+    const char *given = h + 7, *token = getenv("FLOWD_METRICS_TOKEN");
+    if (token && *token && strlen(given) == strlen(token) &&
+        CRYPTO_memcmp(given, token, strlen(token)) == 0) {
+        metrics_query(call);
+        return;
+    }
+    char *digest = wf_sha256_hex(given, strlen(given));
+    const char *params[] = {digest};
+    api_call_db(call,
+                "SELECT 1 FROM api_keys k JOIN tenants t ON t.id = k.tenant_id"
+                " WHERE k.key_hash = decode($1, 'hex') AND k.revoked_at IS NULL"
+                " AND k.role = 'admin' AND t.name = 'default'",
+                1, params, operator_cb);
+    free(digest);
 }

@@ -5,9 +5,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "api/api.h"
 #include "api/api_int.h"
+#include "api/connlimit.h"
 #include "api/ratelimit.h"
 #include "api/runcache.h"
 #include "api/runfeed.h"
@@ -50,6 +52,7 @@ struct api_service {
     int nloops;
     int port;
     api_ratelimit *rl; /* shared by the loops */
+    api_connlimit *connlimit; /* shared by the loops' servers */
 };
 
 typedef struct api_route {
@@ -60,12 +63,14 @@ typedef struct api_route {
 } api_route;
 
 static void api_route_healthz(api_call *call);
+static void api_route_readyz(api_call *call);
 
 /* api/routes_hooks.c and api/routes_outbox.c (their prototypes belong in api_int.h) */
 
 
 static const api_route api_routes[] = {
     {"GET", "/healthz", api_route_healthz, true},
+    {"GET", "/readyz", api_route_readyz, true},
     {"GET", "/metrics", api_route_metrics, true},
     {"GET", "/v1/openapi.json", api_route_openapi, true},
     {"GET", "/v1/schemas/workflow.json", api_route_workflow_schema, true},
@@ -104,7 +109,10 @@ static const api_route api_routes[] = {
 
 static void call_abort_cb(void *arg)
 {
-    ((api_call *)arg)->req = NULL;
+    api_call *call = arg;
+    call->req = NULL;
+    if (call->dbop) /* the client is gone: what it asked for must not happen later */
+        eng_db_cancel(call->dbop);
 }
 
 /* Every answer a call gives is counted here (handlers answer only through api_call_*); what the
@@ -144,6 +152,18 @@ void api_call_respond_error(api_call *call, int status, const char *code, const 
     api_call_free(call);
 }
 
+#define API_RETRY_AFTER_S "2" /* about the longest a connection waits between attempts */
+
+/* The database cannot be reached (or the connection was lost under the request): a prompt answer
+ * the client can retry on, in place of a wait as long as the outage. */
+static void call_unavailable(api_call *call)
+{
+    static const char body[] = "{\"error\":{\"code\":\"unavailable\",\"message\":\"the database is "
+                               "unavailable; try again shortly\"}}";
+    static const char *const headers[] = {"Retry-After: " API_RETRY_AFTER_S, NULL};
+    api_call_respond_raw(call, 503, "application/json", body, sizeof body - 1, headers);
+}
+
 void api_call_respond_err(api_call *call, const eng_err *err)
 {
     static const struct {
@@ -162,6 +182,12 @@ void api_call_respond_err(api_call *call, const eng_err *err)
             status = map[i].status;
             code = map[i].code;
         }
+    if (err->rc == ENG_EDB_RETRY) { /* the driver's words stay in the log */
+        log_info("request failed", " rc=%s sqlstate=%s error=\"%s\"", eng_rc_name(err->rc),
+                 err->sqlstate, err->msg);
+        call_unavailable(call);
+        return;
+    }
     /* the database's own state for an idempotency key reused with another request */
     const char *field = err->field;
     if (strcmp(err->sqlstate, "FL409") == 0)
@@ -211,6 +237,7 @@ static void call_db_cb(void *arg, const eng_err *err, const PGresult *res)
     api_call *call = op->call;
     api_call_db_cb *cb = op->cb;
     free(op);
+    call->dbop = NULL;
     if (!call->req) {
         api_call_free(call);
         return;
@@ -218,13 +245,16 @@ static void call_db_cb(void *arg, const eng_err *err, const PGresult *res)
     cb(call, err, res);
 }
 
-/* The loop's connection with the fewest statements queued. */
+/* The loop's connection that is up with the fewest statements queued. */
 static eng_db *loop_db(const api_loop *lp)
 {
-    eng_db *best = lp->db[0];
-    for (int i = 1; i < lp->ndb; i++)
-        if (eng_db_pending(lp->db[i]) < eng_db_pending(best))
+    eng_db *best = NULL;
+    for (int i = 0; i < lp->ndb; i++)
+        if (!eng_db_down(lp->db[i]) &&
+            (!best || eng_db_pending(lp->db[i]) < eng_db_pending(best)))
             best = lp->db[i];
+    if (!best) /* every connection is down: eng_db answers it from the loop (fail_when_down) */
+        best = lp->db[0];
     return best;
 }
 
@@ -233,7 +263,7 @@ void api_call_db(api_call *call, const char *sql, int nparams, const char *const
 {
     call_op *op = eng_xmalloc(sizeof *op);
     *op = (call_op){.call = call, .cb = cb};
-    eng_db_query(loop_db(call->lp), sql, nparams, params, call_db_cb, op);
+    call->dbop = eng_db_query(loop_db(call->lp), sql, nparams, params, call_db_cb, op);
 }
 
 json_t *api_call_body_object(api_call *call)
@@ -323,11 +353,27 @@ bool api_route_at(size_t i, const char **method, const char **pattern)
 
 /* -------------------------------------------------------------------------- routing -- */
 
+/* Liveness: the process answers, whatever the database does. */
 static void api_route_healthz(api_call *call)
 {
     /* the server put the database's clock in its own mode at start (flowd_clock_start) */
     api_call_respond_json(call, 200, json_pack("{s:s, s:b}", "status", "ok", "test_clock",
                                                call->lp->svc->opts.test_clock));
+}
+
+static void readyz_done(api_call *call, const eng_err *err, const PGresult *res)
+{
+    (void)res;
+    if (err)
+        api_call_respond_err(call, err);
+    else
+        api_call_respond_json(call, 200, json_pack("{s:s}", "status", "ready"));
+}
+
+/* Readiness: a round trip to the database (503 with Retry-After while it is unreachable). */
+static void api_route_readyz(api_call *call)
+{
+    api_call_db(call, "SELECT 1", 0, NULL, readyz_done);
 }
 
 /* Matches path against pattern, capturing "{}" segments into call->params. */
@@ -550,6 +596,16 @@ api_service *api_service_start(const api_service_opts *opts, eng_err *err)
         s->opts.sse_heartbeat_s = 15;
     s->rl = api_ratelimit_new(0, 0);
     s->nloops = opts->threads > 0 ? opts->threads : 2;
+    int max_conns = opts->max_conns;
+    struct rlimit nofile;
+    if (max_conns <= 0)
+        max_conns = getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur != RLIM_INFINITY
+                        ? (int)(nofile.rlim_cur / 2 < 20000 ? nofile.rlim_cur / 2 : 20000)
+                        : 10000;
+    if (max_conns < s->nloops)
+        max_conns = s->nloops;
+    int per_client = opts->max_conns_per_client > 0 ? opts->max_conns_per_client : max_conns / 4;
+    s->connlimit = api_connlimit_new(per_client > 0 ? per_client : 1);
     int ndb = opts->db_conns > 0 ? opts->db_conns : 4;
     s->loops = eng_xcalloc((size_t)s->nloops, sizeof *s->loops);
     char listen_buf[128];
@@ -558,8 +614,10 @@ api_service *api_service_start(const api_service_opts *opts, eng_err *err)
         api_loop *lp = &s->loops[i];
         lp->svc = s;
         lp->loop = ev_loop_new(EVFLAG_AUTO);
-        api_http_opts ho = {.listen = listen_buf, .max_body = opts->max_body, .reuseport = true};
-        ho.header_timeout_s = opts->header_timeout_s;
+        api_http_opts ho = {.listen = listen_buf, .max_body = opts->max_body, .reuseport = true,
+                            .max_conns = max_conns / s->nloops, .limit = s->connlimit,
+                            .header_timeout_s = opts->header_timeout_s,
+                            .request_timeout_s = opts->request_timeout_s};
         lp->http = api_http_new(lp->loop, &ho, api_handle, lp, err);
         if (!lp->http) {
             ev_loop_destroy(lp->loop);
@@ -578,7 +636,8 @@ api_service *api_service_start(const api_service_opts *opts, eng_err *err)
         lp->ndb = ndb;
         lp->db = eng_xcalloc((size_t)ndb, sizeof *lp->db);
         for (int j = 0; j < ndb; j++) {
-            eng_db_opts dbo = {.conninfo = s->conninfo, .application_name = "flowd-api"};
+            eng_db_opts dbo = {.conninfo = s->conninfo, .application_name = "flowd-api",
+                               .fail_when_down = true};
             lp->db[j] = eng_db_new(lp->loop, &dbo);
         }
         lp->runs = api_runcache_new();
@@ -588,7 +647,8 @@ api_service *api_service_start(const api_service_opts *opts, eng_err *err)
     }
     for (int i = 0; i < s->nloops; i++)
         pthread_create(&s->loops[i].thread, NULL, loop_main, &s->loops[i]);
-    log_info("api listening", " address=%s threads=%d", listen_buf, s->nloops);
+    log_info("api listening", " address=%s threads=%d max_connections=%d per_client=%d",
+             listen_buf, s->nloops, max_conns, per_client);
     return s;
 }
 
@@ -617,6 +677,7 @@ void api_service_stop(api_service *s)
             ev_loop_destroy(lp->loop);
     }
     api_ratelimit_free(s->rl);
+    api_connlimit_free(s->connlimit);
     free(s->loops);
     free(s->conninfo);
     free(s->listen);

@@ -95,16 +95,22 @@ int cli_cmd_serve(cli_env *env, int argc, char **argv)
                                              {"retention", required_argument, NULL, 'R'},
                                              {"sse-heartbeat", required_argument, NULL, 'H'},
                                              {"allow-private-targets", no_argument, NULL, 'P'},
+                                             {"max-connections", required_argument, NULL, 'C'},
+                                             {"max-connections-per-client", required_argument,
+                                              NULL, 'c'},
+                                             {"request-timeout", required_argument, NULL, 'T'},
                                              {NULL, 0, NULL, 0}};
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     int workers = cores > 0 ? (int)cores : 2, max_inflight = 1000, batch = 500, lease_ms = 30000;
     int api_threads = 2;
     const char *listen = "127.0.0.1:8080", *role = "all", *workflows_dir = NULL;
     int64_t retention_ms = 0; /* keep finished runs unless --retention says otherwise */
+    int max_conns = 0, max_conns_per_client = 0;
+    int64_t request_timeout_ms = 0;
     int64_t heartbeat_ms = 15000;
     int ch;
     optind = 1;
-    while ((ch = getopt_long(argc, argv, "w:m:b:l:L:r:a:W:R:PH:", longopts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "w:m:b:l:L:r:a:W:R:PC:c:T:H:", longopts, NULL)) != -1) {
         int bad = 0;
         switch (ch) {
         case 'w': bad = serve_int_opt("workers", optarg, 1, 256, &workers); break;
@@ -116,6 +122,21 @@ int cli_cmd_serve(cli_env *env, int argc, char **argv)
         case 'a': bad = serve_int_opt("api-threads", optarg, 1, 64, &api_threads); break;
         case 'W': workflows_dir = optarg; break;
         case 'P': prov_allow_private_targets(true); break;
+        case 'C': bad = serve_int_opt("max-connections", optarg, 1, 1000000, &max_conns); break;
+        case 'c':
+            bad = serve_int_opt("max-connections-per-client", optarg, 1, 1000000,
+                                &max_conns_per_client);
+            break;
+        case 'T': {
+            eng_err derr;
+            if (eng_duration_parse(optarg, &request_timeout_ms, &derr) != ENG_OK ||
+                request_timeout_ms < 100) {
+                fprintf(stderr, "flowd: --request-timeout: %s\n",
+                        request_timeout_ms < 100 ? "at least 100ms" : derr.msg);
+                return 2;
+            }
+            break;
+        }
         case 'R': {
             eng_err derr;
             if (eng_duration_parse(optarg, &retention_ms, &derr) != ENG_OK) {
@@ -164,6 +185,14 @@ int cli_cmd_serve(cli_env *env, int argc, char **argv)
         nofile.rlim_cur = nofile.rlim_max;
         setrlimit(RLIMIT_NOFILE, &nofile);
     }
+    /* The API's connections get what the workers cannot need (a provider connection per step in
+     * flight, their database connections, the API's own pools and some slack), never less than a
+     * quarter of the descriptors: a flood of clients must not starve the engine. */
+    if (!max_conns && getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur != RLIM_INFINITY) {
+        long total = (long)nofile.rlim_cur;
+        long engine = (run_workers ? (long)workers * (max_inflight + 16) : 0) + 256;
+        max_conns = (int)(total - engine > total / 4 ? total - engine : total / 4);
+    }
     struct ev_loop *loop = EV_DEFAULT;
     ev_signal sigint, sigterm;
     ev_signal_init(&sigint, serve_signal_cb, SIGINT);
@@ -177,6 +206,9 @@ int cli_cmd_serve(cli_env *env, int argc, char **argv)
     if (run_api) {
         api_service_opts ao = {.conninfo = env->conninfo, .listen = listen, .threads = api_threads,
                                .test_clock = test_clock,
+                               .max_conns = max_conns,
+                               .max_conns_per_client = max_conns_per_client,
+                               .request_timeout_s = (double)request_timeout_ms / 1000.0,
                                .sse_heartbeat_s = (double)heartbeat_ms / 1000.0};
         api = api_service_start(&ao, &err);
         if (!api) {

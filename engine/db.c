@@ -14,6 +14,7 @@
 #include "engine/db.h"
 
 #include <ev.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,8 +28,8 @@ enum db_state { DB_CONNECTING, DB_IDLE, DB_BUSY, DB_BROKEN };
 
 enum db_op_kind { OP_QUERY, OP_PREPARE, OP_LISTEN };
 
-typedef struct db_op {
-    struct db_op *next;
+typedef struct eng_db_op {
+    struct eng_db_op *next;
     enum db_op_kind kind;
     int stmt;         /* index into db->stmts (OP_QUERY, OP_PREPARE); -1 for OP_LISTEN */
     char *sql;        /* OP_LISTEN statement */
@@ -36,6 +37,7 @@ typedef struct db_op {
     char **params;
     eng_db_cb *cb;
     void *arg;
+    bool cancelled;   /* eng_db_cancel: never sent, answered ENG_ECANCELED in its turn */
 } db_op;
 
 typedef struct db_stmt {
@@ -50,6 +52,7 @@ struct eng_db {
     ev_io io;
     ev_timer retry;
     ev_timer connect_timer; /* bounds DB_CONNECTING */
+    ev_timer fail_now;      /* fail_when_down: fails what was queued while down, from the loop */
     PGconn *pg;
     enum db_state st;
     int watched;          /* events the io watcher waits for */
@@ -67,7 +70,48 @@ struct eng_db {
     char **channels;
     int nchannels;
     double backoff;
+    bool down;            /* lost, or an attempt failed, since the last successful connection */
+    ev_tstamp down_at;
 };
+
+/* Connections of this process that are down: the first to go down and the last to come back
+ * each log one line, so an outage is two lines however many connections retry through it. */
+static atomic_int db_ndown;
+
+/* libpq's messages span lines ("FATAL: ...\nserver closed the connection..."): one line each. */
+static void db_one_line(char *s)
+{
+    for (char *p = s; *p; p++)
+        if (*p == '\n' || *p == '\r' || *p == '\t')
+            *p = ' ';
+    size_t n = strlen(s);
+    while (n && s[n - 1] == ' ')
+        s[--n] = '\0';
+}
+
+static void db_mark_down(eng_db *db, const char *why)
+{
+    if (db->down) {
+        log_debug("database connection attempt failed", " app=%s reason=\"%s\"", db->appname, why);
+        return;
+    }
+    db->down = true;
+    db->down_at = ev_now(db->loop);
+    if (atomic_fetch_add(&db_ndown, 1) == 0)
+        log_warn("database unreachable", " app=%s reason=\"%s\"", db->appname, why);
+    else
+        log_debug("database connection lost", " app=%s reason=\"%s\"", db->appname, why);
+}
+
+static void db_mark_up(eng_db *db)
+{
+    if (!db->down)
+        return;
+    db->down = false;
+    if (atomic_fetch_sub(&db_ndown, 1) == 1)
+        log_warn("database reachable again", " app=%s down_s=%.1f", db->appname,
+                 ev_now(db->loop) - db->down_at);
+}
 
 static void db_drive(eng_db *db);
 
@@ -93,12 +137,40 @@ static void db_watch(eng_db *db, int events)
     }
 }
 
+/* Detaches the queued user queries and answers each with err; callbacks may queue more. */
+static void db_fail_queued(eng_db *db, const eng_err *err)
+{
+    db_op *failed = db->head;
+    db->head = db->tail = NULL;
+    while (failed) {
+        db_op *q = failed;
+        failed = q->next;
+        db->nqueries--;
+        if (q->cb)
+            q->cb(q->arg, err, NULL);
+        db_op_free(q);
+    }
+}
+
+static void db_fail_now_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    eng_db *db = ENG_CONTAINER_OF(w, eng_db, fail_now);
+    if (!db->down)
+        return;
+    eng_err err;
+    eng_err_set(&err, ENG_EDB_RETRY, "the database is unreachable");
+    db_fail_queued(db, &err);
+}
+
 static void db_broken(eng_db *db, const char *why)
 {
-    log_warn("database connection lost", " app=%s reason=\"%s\"", db->appname, why);
     /* why is usually PQerrorMessage(db->pg), which PQfinish frees: copy it first */
     eng_err err;
     eng_err_set(&err, ENG_EDB_RETRY, "connection lost: %s", why);
+    db_one_line(err.msg);
+    db_mark_down(db, err.msg + strlen("connection lost: "));
     db_watch(db, 0);
     ev_timer_stop(db->loop, &db->connect_timer);
     if (db->pg) {
@@ -129,6 +201,9 @@ static void db_broken(eng_db *db, const char *why)
             op->cb(op->arg, &err, NULL);
     }
     db_op_free(op);
+    /* the queued queries fail too where the owner asked (callbacks last, as above) */
+    if (db->opts.fail_when_down)
+        ev_feed_event(db->loop, &db->fail_now, EV_TIMER);
 }
 
 static void db_queue_setup(eng_db *db)
@@ -191,9 +266,37 @@ static void db_retry_cb(struct ev_loop *loop, ev_timer *w, int revents)
     db_connect(db);
 }
 
+static void db_send_op(eng_db *db);
+
 /* Sends the next operation: set-up first, then user queries (preparing their statement first when
- * this connection has not prepared it yet). */
+ * this connection has not prepared it yet). Withdrawn queries at the head are answered without a
+ * round trip, after the next one was sent (callbacks last: they may queue more). */
 static void db_send_next(eng_db *db)
+{
+    db_op *withdrawn = NULL, **wtail = &withdrawn;
+    while (db->head && db->head->cancelled) {
+        db_op *op = db->head;
+        db->head = op->next;
+        if (!db->head)
+            db->tail = NULL;
+        db->nqueries--;
+        op->next = NULL;
+        *wtail = op;
+        wtail = &op->next;
+    }
+    db_send_op(db);
+    while (withdrawn) {
+        db_op *op = withdrawn;
+        withdrawn = op->next;
+        eng_err err;
+        eng_err_set(&err, ENG_ECANCELED, "the query was withdrawn before it was sent");
+        if (op->cb)
+            op->cb(op->arg, &err, NULL);
+        db_op_free(op);
+    }
+}
+
+static void db_send_op(eng_db *db)
 {
     db_op *op = NULL;
     if (db->setup) {
@@ -332,6 +435,7 @@ static void db_drive(eng_db *db)
             return;
         case PGRES_POLLING_OK:
             ev_timer_stop(db->loop, &db->connect_timer);
+            db_mark_up(db);
             PQsetnonblocking(db->pg, 1);
             db->backoff = 0.05;
             db_queue_setup(db);
@@ -382,6 +486,7 @@ eng_db *eng_db_new(struct ev_loop *loop, const eng_db_opts *opts)
     ev_io_init(&db->io, db_io_cb, -1, 0);
     ev_timer_init(&db->retry, db_retry_cb, 0., 0.);
     ev_timer_init(&db->connect_timer, db_connect_timer_cb, 0., 0.);
+    ev_timer_init(&db->fail_now, db_fail_now_cb, 0., 0.);
     db_connect(db);
     return db;
 }
@@ -390,9 +495,12 @@ void eng_db_free(eng_db *db)
 {
     if (!db)
         return;
+    if (db->down)
+        atomic_fetch_sub(&db_ndown, 1);
     ev_io_stop(db->loop, &db->io);
     ev_timer_stop(db->loop, &db->retry);
     ev_timer_stop(db->loop, &db->connect_timer);
+    ev_clear_pending(db->loop, &db->fail_now);
     if (db->pg)
         PQfinish(db->pg);
     PQclear(db->last);
@@ -456,8 +564,8 @@ static int db_find_stmt(eng_db *db, const char *stmt)
     return db->nstmts - 1;
 }
 
-void eng_db_query(eng_db *db, const char *stmt, int nparams, const char *const *params,
-                  eng_db_cb *cb, void *arg)
+eng_db_op *eng_db_query(eng_db *db, const char *stmt, int nparams, const char *const *params,
+                        eng_db_cb *cb, void *arg)
 {
     db_op *op = eng_xcalloc(1, sizeof *op);
     op->kind = OP_QUERY;
@@ -476,6 +584,19 @@ void eng_db_query(eng_db *db, const char *stmt, int nparams, const char *const *
     db->tail = op;
     if (db->st == DB_IDLE)
         db_send_next(db);
+    else if (db->down && db->opts.fail_when_down)
+        ev_feed_event(db->loop, &db->fail_now, EV_TIMER);
+    return op;
+}
+
+void eng_db_cancel(eng_db_op *op)
+{
+    op->cancelled = true;
+}
+
+bool eng_db_down(const eng_db *db)
+{
+    return db->down;
 }
 
 bool eng_db_connected(const eng_db *db)

@@ -33,7 +33,14 @@ typedef struct eng_db_opts {
     eng_db_notify_cb *on_notify;     /* may be NULL */
     eng_db_connect_cb *on_connect;   /* may be NULL */
     void *arg;                       /* passed to on_notify and on_connect */
+    bool fail_when_down;             /* a lost connection also fails the queued queries, and a
+                                        query queued while the server is unreachable fails from
+                                        the loop at once (ENG_EDB_RETRY), instead of waiting for
+                                        the next connection: for callers answering someone who
+                                        will not wait */
 } eng_db_opts;
+
+typedef struct eng_db_op eng_db_op; /* a queued query, until its callback runs */
 
 /* Starts connecting at once. Never NULL. */
 eng_db *eng_db_new(struct ev_loop *loop, const eng_db_opts *opts);
@@ -47,12 +54,19 @@ void eng_db_listen(eng_db *db, const char *channel);
 
 /* Queues a query. stmt is the name of a statement registered with eng_db_prepare, or SQL text,
  * which is prepared on first use (so pass only constant, parameterized SQL). params are text-format
- * values, NULL for SQL NULL. */
-void eng_db_query(eng_db *db, const char *stmt, int nparams, const char *const *params,
-                  eng_db_cb *cb, void *arg);
+ * values, NULL for SQL NULL. Returns a handle for eng_db_cancel, valid until cb runs. */
+eng_db_op *eng_db_query(eng_db *db, const char *stmt, int nparams, const char *const *params,
+                        eng_db_cb *cb, void *arg);
+/* Withdraws a query that was not sent yet: it never runs, and its callback runs in its turn with
+ * ENG_ECANCELED. One already sent completes as usual (its outcome is the server's). */
+void eng_db_cancel(eng_db_op *op);
 
 /* True when the connection is up. */
 bool eng_db_connected(const eng_db *db);
+/* True when the server is unreachable: the connection was lost or an attempt failed, and no
+ * attempt has succeeded since (the first connection attempt is not "down" until it fails). The
+ * process logs one line when its first connection goes down and one when the last comes back. */
+bool eng_db_down(const eng_db *db);
 /* The server process of the current connection (pg_backend_pid()), 0 when not connected: tells a
  * caller whether a query ran on the connection it was prepared for. */
 int eng_db_backend_pid(const eng_db *db);

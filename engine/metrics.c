@@ -65,8 +65,15 @@ static met_family met_http = {
     .mu = PTHREAD_MUTEX_INITIALIZER,
 };
 
-static met_family *const met_families[] = {&met_claims, &met_finished, &met_latency, &met_provider,
-                                           &met_http};
+static met_family met_refused = {
+    .name = "flowd_http_connections_refused_total",
+    .help = "API connections refused or not accepted, by reason (per_client: the client address "
+            "held its share; descriptors: the process ran out of file descriptors).",
+    .mu = PTHREAD_MUTEX_INITIALIZER,
+};
+
+static met_family *const met_families[] = {&met_claims,   &met_finished, &met_latency,
+                                           &met_provider, &met_http,     &met_refused};
 
 static uint64_t met_hash(const char *s)
 {
@@ -189,6 +196,13 @@ void eng_metrics_http_request(const char *method, const char *route, int status)
     met_label(labels, sizeof labels, "route", route ? route : "unmatched");
     met_label(labels, sizeof labels, "status", status_s);
     met_count(&met_http, labels);
+}
+
+void eng_metrics_http_refused(const char *reason)
+{
+    char labels[MET_LABELS_MAX] = "";
+    met_label(labels, sizeof labels, "reason", reason);
+    met_count(&met_refused, labels);
 }
 
 static eng_rc met_render_histogram(eng_buf *b, const met_family *f, met_series *s)

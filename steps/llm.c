@@ -19,7 +19,7 @@
  * (the last one keeps the remaining attempts), so the primary gets its retries first and a
  * retryable failure moves on to the fallback; a permanent failure (bad key, unknown model,
  * insufficient_quota) fails the step at once. With json/json_schema a reply that is not JSON (or
- * does not match the schema's top-level type and required keys) is a retryable failure.
+ * does not match the schema, checked recursively by engine/jschema) is a retryable failure.
  *
  * finish_reason is normalized to "stop" and "length" (Anthropic end_turn/stop_sequence and
  * max_tokens); other values pass through. */
@@ -34,6 +34,7 @@
 #include "engine/clock.h"
 #include "engine/db.h"
 #include "engine/httpc.h"
+#include "engine/jschema.h"
 #include "engine/log.h"
 #include "engine/mem.h"
 #include "engine/step.h"
@@ -143,6 +144,15 @@ static eng_rc llm_validate(const json_t *step, const char *ptr, eng_err *err)
     v = json_object_get(in, "json_schema");
     if (v && !json_is_object(v))
         return bad(err, ptr, "/json_schema", "must be a JSON Schema object");
+    if (v) {
+        char *sptr = eng_xasprintf("%s/input/json_schema", ptr);
+        jschema *js;
+        eng_rc rc = jschema_compile(v, sptr, &js, err);
+        free(sptr);
+        if (rc != ENG_OK)
+            return rc;
+        jschema_free(js);
+    }
     v = json_object_get(in, "attempts_per_provider");
     if (v && (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > 100))
         return bad(err, ptr, "/attempts_per_provider", "must be an integer in 1..100");
@@ -549,27 +559,24 @@ static void parse_stream(int prov, const char *body, size_t len, llm_reply *r)
     eng_buf_deinit(&data);
 }
 
-/* Top-level check of a parsed JSON answer against the schema: type and required keys. */
-static bool schema_ok(const json_t *schema, const json_t *v)
+/* Checks a parsed JSON answer against the step's json_schema (the whole schema, recursively);
+ * false with the offending pointer and reason in msg. */
+static bool reply_matches(const json_t *schema, const json_t *v, char *msg, size_t size)
 {
-    const char *type = json_string_value(json_object_get(schema, "type"));
-    if (type) {
-        bool ok = (strcmp(type, "object") == 0 && json_is_object(v)) ||
-                  (strcmp(type, "array") == 0 && json_is_array(v)) ||
-                  (strcmp(type, "string") == 0 && json_is_string(v)) ||
-                  (strcmp(type, "number") == 0 && json_is_number(v)) ||
-                  (strcmp(type, "integer") == 0 && json_is_integer(v)) ||
-                  (strcmp(type, "boolean") == 0 && json_is_boolean(v)) ||
-                  (strcmp(type, "null") == 0 && json_is_null(v));
-        if (!ok)
-            return false;
+    jschema *js;
+    eng_err err;
+    eng_rc rc = jschema_compile(schema, "/json_schema", &js, &err);
+    if (rc == ENG_OK) {
+        rc = jschema_validate(js, v, "", &err);
+        jschema_free(js);
+        if (rc == ENG_OK)
+            return true;
+        snprintf(msg, size, "the reply does not match json_schema at \"%.127s\": %.200s", err.field,
+                 err.msg);
+    } else {
+        snprintf(msg, size, "json_schema is not usable: %.127s: %.200s", err.field, err.msg);
     }
-    size_t i;
-    json_t *k;
-    json_array_foreach (json_object_get(schema, "required"), i, k)
-        if (json_is_object(v) && !json_object_get(v, json_string_value(k)))
-            return false;
-    return true;
+    return false;
 }
 
 /* The JSON inside a reply (whitespace and a ``` fence tolerated), or NULL. */
@@ -929,13 +936,11 @@ static void call_done(void *arg, const eng_err *err, const eng_http_response *re
     if (json_mode(a->in)) {
         parsed = reply_json(text);
         const json_t *schema = json_object_get(a->in, "json_schema");
-        if (!parsed || (schema && !schema_ok(schema, parsed))) {
+        char why[512] = "the reply is not valid JSON";
+        if (!parsed || (schema && !reply_matches(schema, parsed, why, sizeof why))) {
             json_decref(parsed);
             eng_buf_deinit(&r.text);
-            attempt_fail(a, false, "invalid_json",
-                         parsed ? "the reply does not match json_schema"
-                                : "the reply is not valid JSON",
-                         0);
+            attempt_fail(a, false, "invalid_json", why, 0);
             return;
         }
     }

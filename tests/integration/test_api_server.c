@@ -368,7 +368,10 @@ static double sample(const char *text, const char *name)
 static char *get_metrics(void)
 {
     tconn c = tc_open();
-    tc_write(&c, "GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n", 34);
+    char req[160];
+    int n = snprintf(req, sizeof req, "GET /metrics HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer %s"
+                     "\r\n\r\n", admin_key);
+    tc_write(&c, req, (size_t)n);
     tresp r;
     assert_true(tc_read(&c, &r));
     assert_int_equal(r.status, 200);
@@ -380,6 +383,22 @@ static char *get_metrics(void)
     tresp_free(&r);
     tc_close(&c);
     return text;
+}
+
+/* Metrics are the operator's: no key, or another tenant's admin key, gets 401; the metrics
+ * token and the operator tenant's admin key get them. */
+static void test_metrics_need_operator(void **state)
+{
+    (void)state;
+    assert_int_equal(req1("GET", "/metrics", NULL, NULL, NULL), 401);
+    make_tenant("metrics-other", "NULL", "NULL", "other-admin-key-0123456789");
+    assert_int_equal(req1("GET", "/metrics", "other-admin-key-0123456789", NULL, NULL), 401);
+    assert_int_equal(req1("GET", "/metrics", "wrong-token-0123456789", NULL, NULL), 401);
+    setenv("FLOWD_METRICS_TOKEN", "metrics-token-0123456789", 1);
+    assert_int_equal(req1("GET", "/metrics", "metrics-token-0123456789", NULL, NULL), 200);
+    unsetenv("FLOWD_METRICS_TOKEN");
+    assert_int_equal(req1("GET", "/metrics", "metrics-token-0123456789", NULL, NULL), 401);
+    assert_int_equal(req1("GET", "/metrics", admin_key, NULL, NULL), 200);
 }
 
 static void test_metrics_move_with_work(void **state)
@@ -668,6 +687,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_openapi_matches_routes),
         cmocka_unit_test(test_workflow_schema_served),
+        cmocka_unit_test(test_metrics_need_operator),
         cmocka_unit_test(test_metrics_move_with_work),
         cmocka_unit_test(test_rate_limit_per_tenant),
         cmocka_unit_test(test_malformed_and_wrong_types),

@@ -149,56 +149,16 @@ static bool wait_for(const char *db, double timeout_s, const char *fmt, ...)
 
 /* ----------------------------------------------------------------------- private cluster -- */
 
-typedef struct cluster {
-    char dir[64];
-} cluster;
-
-/* pg_ctl on the private cluster, with the server options tests/support/pg_fixture.sh starts it
- * with (restart and start need them again). As root the server runs as "postgres", as there. */
-static int pg_ctl(const cluster *c, const char *action)
-{
-    char *cmd = eng_xasprintf(
-        "bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1); "
-        "if command -v pg_ctl >/dev/null 2>&1; then bindir=$(dirname \"$(command -v pg_ctl)\"); "
-        "fi; "
-        "as=; if [ \"$(id -u)\" = 0 ]; then as='runuser -u postgres --'; fi; "
-        "$as \"$bindir/pg_ctl\" -D '%s/data' -l '%s/server.log' -w -t 60 -m fast %s "
-        "-o \"-c listen_addresses='' -c unix_socket_directories='%s' -c max_connections=300"
-        " -c shared_buffers=256MB\" >/dev/null",
-        c->dir, c->dir, action, c->dir);
-    int st = system(cmd);
-    free(cmd);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
-static int fixture(const cluster *c, const char *action)
-{
-    char *cmd = eng_xasprintf("'%s/tests/support/pg_fixture.sh' %s '%s' >/dev/null",
-                              th_source_dir(), action, c->dir);
-    int st = system(cmd);
-    free(cmd);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 static int cluster_setup(void **state)
 {
-    cluster *c = eng_xcalloc(1, sizeof *c);
-    snprintf(c->dir, sizeof c->dir, "/tmp/flowd-chaos-XXXXXX");
-    if (!mkdtemp(c->dir) || fixture(c, "start") != 0) {
-        fprintf(stderr, "cannot start a private cluster in %s\n", c->dir);
-        free(c);
-        return -1;
-    }
+    th_cluster *c = th_cluster_start();
     *state = c;
-    return 0;
+    return c ? 0 : -1;
 }
 
 static int cluster_teardown(void **state)
 {
-    cluster *c = *state;
-    int rc = fixture(c, "stop");
-    free(c);
-    return rc == 0 ? 0 : -1;
+    return th_cluster_stop(*state) == 0 ? 0 : -1;
 }
 
 /* ----------------------------------------------------------------------------- checks -- */
@@ -325,7 +285,7 @@ static void test_terminate_worker_connections(void **state)
 
 static void test_server_restart(void **state)
 {
-    cluster *c = *state;
+    th_cluster *c = *state;
     enum { RUNS = 5000, STEPS = 2 * RUNS };
     reset_execs();
     long long tenant;
@@ -350,7 +310,7 @@ static void test_server_restart(void **state)
         wait_for(db, 60, "SELECT count(*) >= %d FROM steps WHERE state = 'succeeded'", STEPS / 10));
     long at_restart = q_long(db, "SELECT count(*) FROM steps WHERE state = 'succeeded'");
     long long r0 = th_now_ms();
-    assert_int_equal(pg_ctl(c, "restart"), 0);
+    assert_int_equal(th_cluster_ctl(c, "restart"), 0);
     long long r1 = th_now_ms();
     /* every worker is back on the new server, the spawned one without being restarted */
     bool reconnected = wait_for(db, 30, all_connected, prefix, (int)serve);
@@ -390,7 +350,7 @@ static void test_server_restart(void **state)
 
 static void test_outage_keeps_outcomes(void **state)
 {
-    cluster *c = *state;
+    th_cluster *c = *state;
     enum { RUNS = 400, OUTAGE_MS = 3000 };
     reset_execs();
     long long tenant;
@@ -413,12 +373,12 @@ static void test_outage_keeps_outcomes(void **state)
 
     long running_at_stop = q_long(db, "SELECT count(*) FROM steps WHERE state = 'running'");
     long long s0 = th_now_ms();
-    assert_int_equal(pg_ctl(c, "stop"), 0);
+    assert_int_equal(th_cluster_ctl(c, "stop"), 0);
     long before = atomic_load(&naps_finished);
     long long s1 = th_now_ms();
     sleep_ms(OUTAGE_MS);
     long during = atomic_load(&naps_finished) - before;
-    assert_int_equal(pg_ctl(c, "start"), 0);
+    assert_int_equal(th_cluster_ctl(c, "start"), 0);
     long long s2 = th_now_ms();
 
     bool reconnected = wait_for(db, 30,

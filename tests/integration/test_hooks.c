@@ -131,18 +131,26 @@ static const char wa_inbound[] =
     "\"wa_id\":\"15551234567\"}],\"messages\":[{\"from\":\"15551234567\",\"id\":\"wamid.IN01\","
     "\"timestamp\":\"1767225600\",\"type\":\"text\",\"text\":{\"body\":\"hi\"}}]}}]}]}";
 
-static long wa_post(env *e, const char *secret, const char *body, bool corrupt)
+/* A signed post to ?tenant=tenant (0: none). */
+static long wa_post_to(env *e, long long tenant, const char *secret, const char *body,
+                       bool corrupt)
 {
     char *sig = th_msg_hub_signature(secret, body);
     if (corrupt)
         sig[10] = sig[10] == 'a' ? 'b' : 'a';
-    char hdr[128], path[64];
+    char hdr[128], path[64] = "/v1/hooks/whatsapp";
     snprintf(hdr, sizeof hdr, "X-Hub-Signature-256: %s", sig);
-    snprintf(path, sizeof path, "/v1/hooks/whatsapp?tenant=%lld", e->tenant);
+    if (tenant)
+        snprintf(path, sizeof path, "/v1/hooks/whatsapp?tenant=%lld", tenant);
     const char *h[] = {hdr, NULL};
     long st = http(e, "POST", path, "application/json", body, h, NULL);
     free(sig);
     return st;
+}
+
+static long wa_post(env *e, const char *secret, const char *body, bool corrupt)
+{
+    return wa_post_to(e, e->tenant, secret, body, corrupt);
 }
 
 static char *wa_status(const char *id, const char *status, const char *key, long code)
@@ -235,9 +243,10 @@ static void test_whatsapp(void **state)
     assert_int_equal(wa_post(e, "test_app_secret", wa_inbound, false), 401);
     assert_int_equal(wa_post(e, "tenant-secret", wa_inbound, false), 200);
 
-    /* tenant missing or unknown */
+    /* tenant malformed or unknown */
     const char *h2[] = {hdr, NULL};
-    assert_int_equal(http(e, "POST", "/v1/hooks/whatsapp", "application/json", "{}", h2, NULL), 400);
+    assert_int_equal(http(e, "POST", "/v1/hooks/whatsapp?tenant=x", "application/json", "{}", h2,
+                          NULL), 400);
     assert_int_equal(http(e, "POST", "/v1/hooks/whatsapp?tenant=999999", "application/json", "{}",
                           h2, NULL), 401);
     env_free(e);
@@ -363,21 +372,28 @@ static void test_twilio_stop_then_skip(void **state)
 
 /* --------------------------------------------------------------------------- SendGrid -- */
 
-static long sg_post(env *e, th_msg_eckey *k, const char *ts, const char *body, bool corrupt)
+static long sg_post_to(env *e, long long tenant, th_msg_eckey *k, const char *ts,
+                       const char *body, bool corrupt)
 {
     char *sig = th_msg_ecdsa_sign(k, ts, body);
     char *b = eng_xstrdup(body);
     if (corrupt)
         b[strlen(b) - 3] ^= 1;
-    char h1[256], h2[96], path[64];
+    char h1[256], h2[96], path[64] = "/v1/hooks/sendgrid";
     snprintf(h1, sizeof h1, "X-Twilio-Email-Event-Webhook-Signature: %s", sig);
     snprintf(h2, sizeof h2, "X-Twilio-Email-Event-Webhook-Timestamp: %s", ts);
-    snprintf(path, sizeof path, "/v1/hooks/sendgrid?tenant=%lld", e->tenant);
+    if (tenant)
+        snprintf(path, sizeof path, "/v1/hooks/sendgrid?tenant=%lld", tenant);
     const char *h[] = {h1, h2, NULL};
     long st = http(e, "POST", path, "application/json", b, h, NULL);
     free(sig);
     free(b);
     return st;
+}
+
+static long sg_post(env *e, th_msg_eckey *k, const char *ts, const char *body, bool corrupt)
+{
+    return sg_post_to(e, e->tenant, k, ts, body, corrupt);
 }
 
 static void test_sendgrid(void **state)
@@ -453,6 +469,60 @@ static void test_sendgrid(void **state)
     env_free(e);
 }
 
+/* The environment's secrets belong to the operator's provider accounts: a post they verify goes
+ * to the tenant owning those (the default tenant here), whatever ?tenant= says, since neither
+ * SendGrid nor WhatsApp signs the query. A tenant's own secret binds its posts to it. */
+static void test_shared_secret_binds_owner(void **state)
+{
+    (void)state;
+    setenv("WHATSAPP_APP_SECRET", "test_app_secret", 1);
+    char *pub = NULL;
+    th_msg_eckey *k = th_msg_eckey_new(&pub);
+    setenv("SENDGRID_WEBHOOK_PUBLIC_KEY", pub, 1);
+    env *e = env_new("hooks_owner");
+    long long other = th_pg_long(e->db, "INSERT INTO tenants (name) VALUES ('other') RETURNING id");
+    char ts[32];
+    snprintf(ts, sizeof ts, "%lld", (long long)time(NULL));
+    const char *spam = "[{\"email\":\"d@example.test\",\"timestamp\":1767225703,\"event\":"
+                       "\"spamreport\",\"sg_message_id\":\"zz.filter1\"}]";
+
+    assert_int_equal(wa_post_to(e, other, "test_app_secret", wa_inbound, false), 401);
+    assert_int_equal(sg_post_to(e, other, k, ts, spam, false), 401);
+    assert_int_equal(th_pg_longf(e->db, "SELECT count(*) FROM events WHERE tenant_id = %lld",
+                                 other),
+                     0);
+    assert_int_equal(th_pg_longf(e->db, "SELECT count(*) FROM suppressions"), 0);
+
+    /* without ?tenant= (or with the owner's) they are the owner's */
+    assert_int_equal(wa_post_to(e, 0, "test_app_secret", wa_inbound, false), 200);
+    assert_int_equal(sg_post_to(e, 0, k, ts, spam, false), 200);
+    assert_int_equal(th_pg_longf(e->db, "SELECT count(*) FROM events WHERE tenant_id = %lld",
+                                 e->tenant),
+                     2);
+    assert_int_equal(th_pg_longf(e->db,
+                                 "SELECT count(*) FROM suppressions WHERE tenant_id = %lld AND "
+                                 "address = 'd@example.test'",
+                                 e->tenant),
+                     1);
+
+    /* the other tenant's own secret: its posts are its own, and the operator's are not */
+    th_pg_longf(e->db,
+                "WITH x AS (INSERT INTO provider_settings (tenant_id, provider, settings) "
+                "VALUES (%lld, 'whatsapp', '{\"app_secret\": \"other-secret\"}') RETURNING 1) "
+                "SELECT count(*) FROM x",
+                other);
+    assert_int_equal(wa_post_to(e, other, "test_app_secret", wa_inbound, false), 401);
+    assert_int_equal(wa_post_to(e, other, "other-secret", wa_inbound, false), 200);
+    assert_int_equal(th_pg_longf(e->db, "SELECT count(*) FROM events WHERE tenant_id = %lld",
+                                 other),
+                     1);
+    env_free(e);
+    free(pub);
+    th_msg_eckey_free(k);
+    unsetenv("SENDGRID_WEBHOOK_PUBLIC_KEY");
+    unsetenv("WHATSAPP_APP_SECRET");
+}
+
 int main(void)
 {
     eng_mem_init();
@@ -466,6 +536,7 @@ int main(void)
         cmocka_unit_test(test_whatsapp),
         cmocka_unit_test(test_twilio_stop_then_skip),
         cmocka_unit_test(test_sendgrid),
+        cmocka_unit_test(test_shared_secret_binds_owner),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     eng_httpc_global_cleanup();

@@ -346,6 +346,25 @@ static void test_json_mode_retry(void **state)
     json_decref(req);
     json_decref(row);
 
+    /* the schema is checked all the way down: a reply with the right top-level shape but an
+     * enum value it does not allow and a number for a string is retried, with the reason */
+    static const char intent_schema[] =
+        "{\"model\": \"m\", \"prompt\": \"classify\", \"json_schema\": {\"type\": \"object\","
+        " \"required\": [\"intent\", \"reply\"], \"properties\": {\"intent\": {\"enum\":"
+        " [\"yes\", \"no\"]}, \"reply\": {\"type\": \"string\"}}}}";
+    th_llm_push(o, &(th_llm_answer){.text = "{\"intent\": \"maybe\", \"reply\": 42}"});
+    th_llm_push(o, &(th_llm_answer){.text = "{\"intent\": \"yes\", \"reply\": 42}"});
+    th_llm_push(o, &(th_llm_answer){.text = "{\"intent\": \"yes\", \"reply\": \"ok\"}"});
+    json_decref(row);
+    row = run_once(db, tenant, intent_schema, "\"max_attempts\": 2");
+    assert_string_equal(jstr(row, "state"), "failed");
+    assert_string_equal(jstr(row, "error.code"), "invalid_json");
+    assert_non_null(strstr(jstr(row, "error.message"), "at \"/reply\": must be a string"));
+    json_decref(row);
+    row = run_once(db, tenant, intent_schema, "");
+    assert_string_equal(jstr(row, "state"), "succeeded");
+    assert_string_equal(jstr(row, "output.json.reply"), "ok");
+
     /* json: true sends json_object */
     row = run_once(db, tenant, "{\"model\": \"m\", \"prompt\": \"j\", \"json\": true}", "");
     assert_true(json_is_true(json_object_get(json_object_get(json_object_get(row, "output"),
@@ -739,6 +758,12 @@ static void test_validation(void **state)
         "/steps/0/input/messages/0/role");
     th_expect_step_invalid("llm", "{\"model\": \"m\", \"prompt\": \"x\", \"max_tokens\": 0}",
                            "/steps/0/input/max_tokens");
+    /* keywords the validator does not support are refused where they are written */
+    th_expect_step_invalid("llm",
+                           "{\"model\": \"m\", \"prompt\": \"x\", \"json_schema\": {\"type\":"
+                           " \"object\", \"properties\": {\"d\": {\"type\": \"string\","
+                           " \"format\": \"date\"}}}}",
+                           "/steps/0/input/json_schema/properties/d/format");
     th_expect_step_invalid("llm", "{\"model\": \"m\", \"prompt\": \"x\", \"temperature\": 3}",
                            "/steps/0/input/temperature");
     th_expect_step_invalid("llm",

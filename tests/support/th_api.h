@@ -26,8 +26,10 @@ typedef struct th_api_opts {
     bool no_workers;    /* none: the rows stay as the API wrote them, or the test runs its own */
     int threads;        /* API loop threads (default 2) */
     bool test_clock;    /* POST /v1/test/clock exists (the engine's clock must be in test mode) */
-    double sse_heartbeat_s;  /* api_service_opts' (0: its default) */
-    double header_timeout_s; /* api_service_opts' (0: its default) */
+    int max_conns;      /* api_service_opts' connection caps and deadlines; 0: their defaults */
+    int max_conns_per_client;
+    double header_timeout_s, request_timeout_s;
+    double sse_heartbeat_s; /* api_service_opts' (0: its default) */
 } th_api_opts;
 
 /* Process set-up of an API test binary, first thing in main: allocators, logging, the built-in

@@ -360,3 +360,53 @@ int th_flowd_run(const char *const *argv, const char *const *env, char **out, ch
         free(e);
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
+
+/* ----------------------------------------------------------------------- private cluster -- */
+
+int th_cluster_ctl(const th_cluster *c, const char *action)
+{
+    /* the server options must match tests/support/pg_fixture.sh start; as root the server runs
+     * as "postgres", as there */
+    char *cmd = eng_xasprintf(
+        "bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1); "
+        "if command -v pg_ctl >/dev/null 2>&1; then bindir=$(dirname \"$(command -v pg_ctl)\"); "
+        "fi; "
+        "as=; if [ \"$(id -u)\" = 0 ]; then as='runuser -u postgres --'; fi; "
+        "$as \"$bindir/pg_ctl\" -D '%s/data' -l '%s/server.log' -w -t 60 -m fast %s "
+        "-o \"-c listen_addresses='' -c unix_socket_directories='%s' -c max_connections=300"
+        " -c shared_buffers=256MB\" >/dev/null",
+        c->dir, c->dir, action, c->dir);
+    int st = system(cmd);
+    free(cmd);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static int cluster_fixture(const th_cluster *c, const char *action)
+{
+    char *cmd = eng_xasprintf("'%s/tests/support/pg_fixture.sh' %s '%s' >/dev/null",
+                              th_source_dir(), action, c->dir);
+    int st = system(cmd);
+    free(cmd);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+th_cluster *th_cluster_start(void)
+{
+    th_cluster *c = eng_xcalloc(1, sizeof *c);
+    snprintf(c->dir, sizeof c->dir, "/tmp/flowd-cluster-XXXXXX");
+    if (!mkdtemp(c->dir) || cluster_fixture(c, "start") != 0) {
+        fprintf(stderr, "cannot start a private cluster in %s\n", c->dir);
+        free(c);
+        return NULL;
+    }
+    return c;
+}
+
+int th_cluster_stop(th_cluster *c)
+{
+    if (!c)
+        return 0;
+    int rc = cluster_fixture(c, "stop");
+    free(c);
+    return rc;
+}

@@ -15,6 +15,19 @@ char *th_engine_db(const char *prefix, long long *tenant);
  * test starts with tests/support/pg_fixture.sh, e.g. to restart it). */
 char *th_engine_db_at(const char *pgdir, const char *prefix, long long *tenant);
 
+/* A private PostgreSQL cluster in a fresh /tmp directory (tests/support/pg_fixture.sh), for tests
+ * that stop, start or restart the server, which the shared fixture cluster must never see. */
+typedef struct th_cluster {
+    char dir[64]; /* its data and unix socket directory: pass it to th_engine_db_at */
+} th_cluster;
+/* Starts one; NULL (after a message on stderr) when it cannot. */
+th_cluster *th_cluster_start(void);
+/* pg_ctl ACTION ("stop", "start", "restart"; fast shutdown, waits) with the server options the
+ * fixture starts it with. Returns pg_ctl's exit status. */
+int th_cluster_ctl(const th_cluster *c, const char *action);
+/* Stops and removes it, frees c; returns the fixture's exit status. */
+int th_cluster_stop(th_cluster *c);
+
 /* Compiles the definition def_json (wf_def_compile) and stores it; returns the workflow id. Step
  * kinds are the caller's business: register them (eng_step_register_builtins and the test's own)
  * once in main, before any worker starts, since the registry is not thread-safe. */

@@ -29,8 +29,10 @@
 #include <jansson.h>
 #include <llhttp.h>
 
+#include "api/connlimit.h"
 #include "api/http.h"
 #include "engine/mem.h"
+#include "engine/metrics.h"
 #include "tests/support/th.h"
 
 /* ---- server fixture ---- */
@@ -293,11 +295,17 @@ static int c_done(llhttp_t *p)
     return 0;
 }
 
-static cli *cli_new(int port)
+/* A client whose connection comes from the loopback address src ("127.0.0.2"), or 127.0.0.1. */
+static cli *cli_new_from(int port, const char *src)
 {
     cli *c = calloc(1, sizeof *c);
     c->fd = socket(AF_INET, SOCK_STREAM, 0);
     assert_true(c->fd >= 0);
+    if (src) {
+        struct sockaddr_in b = {.sin_family = AF_INET};
+        inet_pton(AF_INET, src, &b.sin_addr);
+        assert_int_equal(bind(c->fd, (struct sockaddr *)&b, sizeof b), 0);
+    }
     struct timeval tv = {.tv_sec = 5};
     setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
@@ -314,6 +322,11 @@ static cli *cli_new(int port)
     llhttp_init(&c->p, HTTP_RESPONSE, &c->set);
     c->p.data = c;
     return c;
+}
+
+static cli *cli_new(int port)
+{
+    return cli_new_from(port, NULL);
 }
 
 static void cli_free(cli *c)
@@ -602,6 +615,89 @@ static void test_slow_headers_closed(void **state)
     cli_free(c);
     assert_int_equal(atomic_load(&f->handled), 0);
     fx_stop(f);
+}
+
+/* A request that arrived in one read is answered however long its handler takes: the header
+ * deadline of the connection stops when the request is complete. */
+static void test_handler_outlives_header_deadline(void **state)
+{
+    (void)state;
+    fx *f = fx_start((api_http_opts){.header_timeout_s = 0.15});
+    cli *c = cli_new(f->port);
+    cli_sends(c, "GET /slow HTTP/1.1\r\nHost: t\r\n\r\n"); /* answered after 0.3 s */
+    assert_true(cli_wait(c, 1));
+    assert_int_equal(c->r[0].status, 200);
+    cli_free(c);
+    fx_stop(f);
+}
+
+/* A body trickled one byte at a time does not keep the request alive past its deadline. */
+static void test_trickled_body_deadline(void **state)
+{
+    (void)state;
+    fx *f = fx_start((api_http_opts){.request_timeout_s = 0.6});
+    cli *c = cli_new(f->port);
+    cli_sends(c, "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 200\r\n\r\n");
+    long long t0 = th_now_ms();
+    bool closed = false;
+    for (int i = 0; i < 200 && !closed; i++) {
+        if (send(c->fd, "x", 1, MSG_NOSIGNAL) != 1)
+            closed = true;
+        else
+            closed = cli_closed_within(c, 50);
+    }
+    long long took = th_now_ms() - t0;
+    assert_true(closed);
+    assert_true(took >= 400 && took < 2500);
+    assert_int_equal(atomic_load(&f->handled), 0);
+    cli_free(c);
+    fx_stop(f);
+}
+
+/* One client address holds at most its share; it gets a 429 past it, others are still served. */
+static void test_per_client_cap(void **state)
+{
+    (void)state;
+    api_connlimit *lim = api_connlimit_new(2);
+    fx *f = fx_start((api_http_opts){.limit = lim});
+    uint64_t refused0 = eng_metrics_value("flowd_http_connections_refused_total",
+                                          "reason=\"per_client\"");
+    cli *a = cli_new_from(f->port, "127.0.0.2");
+    cli *b = cli_new_from(f->port, "127.0.0.2");
+    cli_sends(a, "GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    cli_sends(b, "GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_true(cli_wait(a, 1));
+    assert_true(cli_wait(b, 1));
+    cli *over = cli_new_from(f->port, "127.0.0.2");
+    assert_true(cli_wait(over, 1));
+    assert_int_equal(over->r[0].status, 429);
+    assert_true(has_header(&over->r[0], "Retry-After: 1"));
+    assert_true(cli_closed_within(over, 2000));
+    assert_int_equal(eng_metrics_value("flowd_http_connections_refused_total",
+                                       "reason=\"per_client\""),
+                     refused0 + 1);
+    cli *other = cli_new(f->port); /* 127.0.0.1 */
+    cli_sends(other, "GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_true(cli_wait(other, 1));
+    assert_int_equal(other->r[0].status, 200);
+    cli_free(a); /* its slot comes back */
+    long long end = th_now_ms() + 2000;
+    int status = 0;
+    while (status != 200 && th_now_ms() < end) {
+        cli *again = cli_new_from(f->port, "127.0.0.2");
+        cli_sends(again, "GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+        if (cli_wait(again, 1))
+            status = again->r[0].status;
+        cli_free(again);
+        if (status != 200)
+            usleep(20000);
+    }
+    assert_int_equal(status, 200);
+    cli_free(b);
+    cli_free(over);
+    cli_free(other);
+    fx_stop(f);
+    api_connlimit_free(lim);
 }
 
 static void test_idle_timeout(void **state)
@@ -909,6 +1005,9 @@ int main(void)
         cmocka_unit_test(test_garbage_is_400),
         cmocka_unit_test(test_slow_headers_closed),
         cmocka_unit_test(test_idle_timeout),
+        cmocka_unit_test(test_trickled_body_deadline),
+        cmocka_unit_test(test_handler_outlives_header_deadline),
+        cmocka_unit_test(test_per_client_cap),
         cmocka_unit_test(test_half_close_gets_response),
         cmocka_unit_test(test_async_response),
         cmocka_unit_test(test_client_gone_aborts),
