@@ -10,7 +10,8 @@
 # The peer figures these compare with (graphile-worker's addJob one job per call, and addJobs in
 # batches, through its own client library) come from `bench/run peer-graphile`.
 # The server is `flowd serve --role api` (no workers, so the figures are the API's and the
-# database's, not the step runner's) on a free loopback port, with FLOWD_API_KEY set. Requests use
+# database's, not the step runner's) on a free loopback port, started without FLOWD_API_KEY (a key
+# given for a database whose default tenant exists must be one of its keys). Requests use
 # a tenant created for the benchmark with a rate limit far above what it can reach.
 # PostgreSQL: FLOWD_DATABASE_URL when set, else a throw-away cluster from tests/support/pg_fixture.sh
 # (fsync on). Build dir: FLOWD_BUILD_DIR, else ./build, else <repo>/build.
@@ -56,9 +57,7 @@ fi
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 base=http://127.0.0.1:$port
-FLOWD_API_KEY=${FLOWD_API_KEY:-fd_bench_$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')}
-export FLOWD_API_KEY
-"$flowd" --database "$db" serve --role api --listen "127.0.0.1:$port" >"$work/serve.out" 2>"$work/serve.err" &
+env -u FLOWD_API_KEY "$flowd" --database "$db" serve --role api --listen "127.0.0.1:$port" >"$work/serve.out" 2>"$work/serve.err" &
 server=$!
 for _ in $(seq 1 300); do
   curl -fsS "$base/healthz" >/dev/null 2>&1 && break
@@ -66,7 +65,7 @@ for _ in $(seq 1 300); do
   sleep 0.1
 done
 
-# A tenant of our own: the default one may predate this FLOWD_API_KEY, and its rate limit is the
+# A tenant of our own: the default one's key is not ours to know, and its rate limit is the
 # default (1000/s), which the benchmark would measure instead of the server.
 key=fd_benchkey_$$_$RANDOM tenant=bench-http-$$-$RANDOM
 psql -X -q -v ON_ERROR_STOP=1 -d "$db" >/dev/null <<SQL

@@ -1,12 +1,14 @@
-/* cli/api_client.c: `flowd --url URL COMMAND`: the commands that talk to a running server over its
- * HTTP API with the key in FLOWD_API_KEY (a blocking libcurl easy client: the command line is not
- * an event loop), and `flowd tenant`, which works both directly and over the API. */
+/* cli/api_client.c: the client of a running server's HTTP API (a blocking libcurl easy client: the
+ * command line is not an event loop) and the commands that use it with --url / FLOWD_URL (enqueue,
+ * status, event, cancel, retry, tenant); `flowd tenant` and `flowd key`, which work on the
+ * database too. */
 #include <curl/curl.h>
 #include <getopt.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "cli/cli.h"
 #include "engine/buf.h"
@@ -14,19 +16,12 @@
 
 #define CLI_API_MAX_RESPONSE (64 * 1024 * 1024)
 
-typedef struct cli_api {
-    const char *url; /* without a trailing slash */
-    const char *key;
-} cli_api;
-
 static size_t api_collect(char *p, size_t sz, size_t n, void *arg)
 {
     return eng_buf_append(arg, p, sz * n) == ENG_OK ? sz * n : 0;
 }
 
-/* One request; *out gets the parsed JSON body (NULL when empty or not JSON). Returns the HTTP
- * status, or 0 with err set when the server could not be reached or its answer was an error. */
-static long api_request(const cli_api *api, const char *method, const char *path,
+long cli_api_request(const cli_api *api, const char *method, const char *path,
                         const json_t *body, json_t **out, eng_err *err)
 {
     *out = NULL;
@@ -87,15 +82,14 @@ static long api_request(const cli_api *api, const char *method, const char *path
     return status;
 }
 
-static void api_print(const json_t *j)
+void cli_print_json(const json_t *j)
 {
     char *text = json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
     printf("%s\n", text ? text : "null");
     free(text);
 }
 
-/* Percent-encodes one path segment. */
-static char *api_segment(const char *s)
+char *cli_api_escape(const char *s)
 {
     CURL *h = curl_easy_init();
     char *e = curl_easy_escape(h, s, 0);
@@ -136,8 +130,7 @@ static int api_enqueue(const cli_api *api, int argc, char **argv)
         }
     }
     if (!file) {
-        fprintf(stderr, "usage: flowd --url URL enqueue --workflow FILE.json [--input JSON] "
-                        "[--priority N] [--idempotency-key KEY]\n");
+        cli_command_usage_error("enqueue");
         return 2;
     }
     eng_err err;
@@ -169,7 +162,7 @@ static int api_enqueue(const cli_api *api, int argc, char **argv)
         eng_err_field(&err, ENG_EINVAL, "/name", "the workflow file needs a name");
         return cli_fail(&err);
     }
-    char *seg = api_segment(name);
+    char *seg = cli_api_escape(name);
     char *path = eng_xasprintf("/v1/workflows/%s", seg);
     json_t *out = NULL;
     json_t *run =
@@ -177,13 +170,13 @@ static int api_enqueue(const cli_api *api, int argc, char **argv)
     if (idem)
         json_object_set_new(run, "idempotency_key", json_string(idem));
     int status = 1;
-    if (!api_request(api, "PUT", path, def, &out, &err)) {
+    if (!cli_api_request(api, "PUT", path, def, &out, &err)) {
         status = cli_fail(&err);
         goto done;
     }
     json_object_set_new(run, "version", json_incref(json_object_get(out, "version")));
     json_decref(out);
-    if (!api_request(api, "POST", "/v1/runs", run, &out, &err)) {
+    if (!cli_api_request(api, "POST", "/v1/runs", run, &out, &err)) {
         status = cli_fail(&err);
         goto done;
     }
@@ -201,7 +194,7 @@ done:
 static int api_status(const cli_api *api, int argc, char **argv)
 {
     if (argc != 2) {
-        fprintf(stderr, "usage: flowd --url URL status RUN_ID\n");
+        cli_command_usage_error("status");
         return 2;
     }
     eng_err err;
@@ -214,9 +207,9 @@ static int api_status(const cli_api *api, int argc, char **argv)
     char path[48];
     snprintf(path, sizeof path, "/v1/runs/%lld", id);
     json_t *out;
-    if (!api_request(api, "GET", path, NULL, &out, &err))
+    if (!cli_api_request(api, "GET", path, NULL, &out, &err))
         return cli_fail(&err);
-    api_print(out);
+    cli_print_json(out);
     json_decref(out);
     return 0;
 }
@@ -225,14 +218,13 @@ static int api_event(const cli_api *api, int argc, char **argv)
 {
     const char *name, *key;
     json_t *d;
-    int status = cli_event_args(argc, argv, "flowd --url URL event NAME KEY [--data JSON]", &name,
-                                &key, &d);
+    int status = cli_event_args(argc, argv, &name, &key, &d);
     if (status)
         return status;
     eng_err err;
     json_t *body = json_pack("{s:s, s:s, s:o}", "name", name, "key", key, "data", d);
     json_t *out;
-    long st = api_request(api, "POST", "/v1/events", body, &out, &err);
+    long st = cli_api_request(api, "POST", "/v1/events", body, &out, &err);
     json_decref(body);
     if (!st)
         return cli_fail(&err);
@@ -264,8 +256,7 @@ static int tenant_args(int argc, char **argv, const char **name, long long *max_
         }
     }
     if (argc - optind != 2 || strcmp(argv[optind], "create") != 0) {
-        fprintf(stderr, "usage: flowd [--url URL] tenant create NAME [--max-running N]\n"
-                        "  prints the new tenant and its first admin key (shown once)\n");
+        cli_command_usage_error("tenant");
         return 2;
     }
     *name = argv[optind + 1];
@@ -284,77 +275,120 @@ static int api_tenant(const cli_api *api, int argc, char **argv)
     if (max_running)
         json_object_set_new(body, "max_running", json_integer(max_running));
     json_t *tenant, *key;
-    long ok = api_request(api, "POST", "/v1/tenants", body, &tenant, &err);
+    long ok = cli_api_request(api, "POST", "/v1/tenants", body, &tenant, &err);
     json_decref(body);
     if (!ok)
         return cli_fail(&err);
     body = json_pack("{s:O, s:s}", "tenant", json_object_get(tenant, "id"), "role", "admin");
-    ok = api_request(api, "POST", "/v1/keys", body, &key, &err);
+    ok = cli_api_request(api, "POST", "/v1/keys", body, &key, &err);
     json_decref(body);
     if (!ok) {
         json_decref(tenant);
         return cli_fail(&err);
     }
     json_t *both = json_pack("{s:o, s:o}", "tenant", tenant, "key", key);
-    api_print(both);
+    cli_print_json(both);
     json_decref(both);
     return 0;
 }
 
 /* ----------------------------------------------------------------------------- entry -- */
 
-const char *cli_api_url_parse(int *argc, char **argv)
+/* Trims s and its line end; false when nothing is left. */
+static bool api_trim(char *s)
 {
-    const char *url = NULL;
-    int out = 0;
-    for (int i = 0; i < *argc; i++) {
-        if (strcmp(argv[i], "--url") == 0 && i + 1 < *argc) {
-            url = argv[++i];
-            continue;
-        }
-        if (strncmp(argv[i], "--url=", 6) == 0) {
-            url = argv[i] + 6;
-            continue;
-        }
-        argv[out++] = argv[i];
-    }
-    argv[out] = NULL;
-    *argc = out;
-    return url;
+    size_t n = strcspn(s, "\r\n");
+    s[n] = '\0';
+    while (n > 0 && (s[n - 1] == ' ' || s[n - 1] == '\t'))
+        s[--n] = '\0';
+    return n > 0;
 }
 
-int cli_api_main(const char *url, int argc, char **argv)
+eng_rc cli_api_open(const cli_env *env, bool local, cli_api *api, eng_err *err)
+{
+    *api = (cli_api){0};
+    const char *url = env->url ? env->url : local ? "http://127.0.0.1:8080" : NULL;
+    if (!url)
+        return eng_err_set(err, ENG_EINVAL, "no API URL: give --url URL or set FLOWD_URL");
+    const char *key = getenv("FLOWD_API_KEY");
+    char line[256] = "";
+    char *path = eng_xasprintf("%s/api-key", env->data_dir);
+    if (!key || !*key) {
+        FILE *f = fopen(path, "r");
+        if (f) {
+            if (fgets(line, sizeof line, f) && api_trim(line))
+                key = line;
+            fclose(f);
+        }
+    }
+    if (!key || !*key) {
+        eng_err_set(err, ENG_EINVAL, "no API key: set FLOWD_API_KEY, or give --data DIR of the "
+                                     "server whose DIR/api-key to use (%s has none)", path);
+        free(path);
+        return ENG_EINVAL;
+    }
+    free(path);
+    api->url = eng_xstrdup(url);
+    size_t n = strlen(api->url);
+    while (n > 0 && api->url[n - 1] == '/')
+        api->url[--n] = '\0';
+    api->key = eng_xstrdup(key);
+    return ENG_OK;
+}
+
+void cli_api_free(cli_api *api)
+{
+    free(api->url);
+    free(api->key);
+    *api = (cli_api){0};
+}
+
+/* flowd cancel RUN_ID / flowd retry RUN_ID over the API: prints the run as the server has it then */
+static int api_cancel_retry(const cli_api *api, int argc, char **argv)
+{
+    if (argc != 2) {
+        cli_command_usage_error(argv[0]);
+        return 2;
+    }
+    eng_err err;
+    char *end;
+    long long id = strtoll(argv[1], &end, 10);
+    if (*end || id <= 0) {
+        eng_err_field(&err, ENG_EINVAL, "RUN_ID", "\"%s\" is not a run id", argv[1]);
+        return cli_fail(&err);
+    }
+    char path[64];
+    snprintf(path, sizeof path, "/v1/runs/%lld/%s", id, argv[0]);
+    json_t *out;
+    if (!cli_api_request(api, "POST", path, NULL, &out, &err))
+        return cli_fail(&err);
+    cli_print_json(out);
+    json_decref(out);
+    return 0;
+}
+
+int cli_api_main(cli_env *env, int argc, char **argv)
 {
     static const struct {
         const char *name;
         int (*run)(const cli_api *api, int argc, char **argv);
     } commands[] = {
-        {"enqueue", api_enqueue},
-        {"status", api_status},
-        {"event", api_event},
-        {"tenant", api_tenant},
+        {"enqueue", api_enqueue}, {"status", api_status},        {"event", api_event},
+        {"tenant", api_tenant},   {"cancel", api_cancel_retry}, {"retry", api_cancel_retry},
     };
     eng_err err;
-    const char *key = getenv("FLOWD_API_KEY");
-    if (!key || !*key) {
-        eng_err_set(&err, ENG_EINVAL, "--url needs an API key in FLOWD_API_KEY");
-        return cli_fail(&err);
-    }
     size_t i = 0;
     while (i < ENG_ARRAY_LEN(commands) && strcmp(commands[i].name, argv[0]) != 0)
         i++;
     if (i == ENG_ARRAY_LEN(commands)) {
-        eng_err_set(&err, ENG_EINVAL,
-                    "%s is not available with --url (enqueue, status, event, tenant are)", argv[0]);
+        eng_err_set(&err, ENG_EINVAL, "%s is not available over the API", argv[0]);
         return cli_fail(&err);
     }
-    char *base = eng_xstrdup(url);
-    size_t n = strlen(base);
-    while (n > 0 && base[n - 1] == '/')
-        base[--n] = '\0';
-    cli_api api = {.url = base, .key = key};
+    cli_api api;
+    if (cli_api_open(env, false, &api, &err) != ENG_OK)
+        return cli_fail(&err);
     int status = commands[i].run(&api, argc, argv);
-    free(base);
+    cli_api_free(&api);
     return status;
 }
 
@@ -390,7 +424,7 @@ int cli_cmd_tenant(cli_env *env, int argc, char **argv)
     eng_err err;
     char key[44];
     long long parent;
-    if (tenant_random_key(key, &err) != ENG_OK || cli_env_open(env, &err) != ENG_OK ||
+    if (tenant_random_key(key, &err) != ENG_OK || cli_env_open(env, false, &err) != ENG_OK ||
         !(parent = cli_default_tenant(env, &err)))
         return cli_fail(&err);
     char parent_s[24], max_s[24];
@@ -429,7 +463,79 @@ int cli_cmd_tenant(cli_env *env, int argc, char **argv)
     json_t *both = json_pack("{s:o, s:o}", "tenant", tenant, "key",
                              json_loads(PQgetvalue(kres, 0, 0), 0, NULL));
     PQclear(kres);
-    api_print(both);
+    cli_print_json(both);
     json_decref(both);
+    return 0;
+}
+
+/* ----------------------------------------------------------------------------- key create -- */
+
+int cli_cmd_key(cli_env *env, int argc, char **argv)
+{
+    static const struct option longopts[] = {{"tenant", required_argument, NULL, 't'},
+                                             {"role", required_argument, NULL, 'r'},
+                                             {"key", required_argument, NULL, 'k'},
+                                             {NULL, 0, NULL, 0}};
+    const char *tenant = NULL, *role = "admin", *given = NULL;
+    int ch;
+    optind = 1;
+    while ((ch = getopt_long(argc, argv, "t:r:k:", longopts, NULL)) != -1) {
+        switch (ch) {
+        case 't': tenant = optarg; break;
+        case 'r': role = optarg; break;
+        case 'k': given = optarg; break;
+        default: cli_command_usage_error("key"); return 2;
+        }
+    }
+    if (argc - optind != 1 || strcmp(argv[optind], "create") != 0) {
+        cli_command_usage_error("key");
+        return 2;
+    }
+    eng_err err;
+    if (strcmp(role, "admin") != 0 && strcmp(role, "member") != 0) {
+        eng_err_field(&err, ENG_EINVAL, "--role", "must be admin or member");
+        return cli_fail(&err);
+    }
+    char key[128];
+    if (given) {
+        if (strlen(given) < 16 || strlen(given) >= sizeof key || strpbrk(given, " \t\r\n")) {
+            eng_err_field(&err, ENG_EINVAL, "--key", "must be 16 to 127 characters without spaces");
+            return cli_fail(&err);
+        }
+        snprintf(key, sizeof key, "%s", given);
+    } else if (tenant_random_key(key, &err) != ENG_OK) {
+        return cli_fail(&err);
+    }
+    long long parent;
+    if (cli_env_open(env, false, &err) != ENG_OK || !(parent = cli_default_tenant(env, &err)))
+        return cli_fail(&err);
+    bool is_default = !tenant || strcmp(tenant, "default") == 0;
+    char parent_s[24];
+    snprintf(parent_s, sizeof parent_s, "%lld", parent);
+    const char *params[] = {parent_s, is_default ? NULL : tenant, role, key};
+    PGresult *res = cli_exec(env, "SELECT flowd_create_key($1, NULL, $2, $3, $4)", 4, params, &err);
+    if (!res)
+        return cli_fail(&err);
+    if (PQgetisnull(res, 0, 0)) {
+        PQclear(res);
+        eng_err_field(&err, ENG_ENOTFOUND, "--tenant", "no tenant named \"%s\"", tenant);
+        return cli_fail(&err);
+    }
+    json_t *out = json_loads(PQgetvalue(res, 0, 0), 0, NULL);
+    PQclear(res);
+    if (is_default) {
+        /* a lost api-key file is replaced; an existing one is left alone */
+        char *path = eng_xasprintf("%s/api-key", env->data_dir);
+        FILE *f = env->database_url ? NULL : fopen(path, "wx");
+        if (f) {
+            fchmod(fileno(f), 0600);
+            fprintf(f, "%s\n", key);
+            fclose(f);
+            json_object_set_new(out, "written_to", json_string(path));
+        }
+        free(path);
+    }
+    cli_print_json(out);
+    json_decref(out);
     return 0;
 }

@@ -1,4 +1,5 @@
-/* cli/cmd_runs.c: flowd migrate, enqueue, status and clock (direct database access). */
+/* cli/cmd_runs.c: flowd init, migrate, enqueue, status, event, cancel, retry and clock on the
+ * database (init and migrate may create the embedded cluster; the others never do). */
 #include <getopt.h>
 #include <stdbool.h>
 #include <jansson.h>
@@ -13,12 +14,31 @@
 
 int cli_cmd_migrate(cli_env *env, int argc, char **argv)
 {
-    (void)argc;
-    (void)argv;
+    if (argc != 1) {
+        cli_command_usage_error(argv[0]);
+        return 2;
+    }
     eng_err err;
-    if (cli_env_open(env, &err) != ENG_OK)
+    if (cli_env_open(env, true, &err) != ENG_OK)
         return cli_fail(&err);
     printf("flowd: database is up to date\n");
+    return 0;
+}
+
+int cli_cmd_init(cli_env *env, int argc, char **argv)
+{
+    if (argc != 1) {
+        cli_command_usage_error(argv[0]);
+        return 2;
+    }
+    eng_err err;
+    if (cli_env_open(env, true, &err) != ENG_OK)
+        return cli_fail(&err);
+    if (env->database_url)
+        printf("flowd: the database is ready\n");
+    else
+        printf("flowd: the database in %s is ready (flowd serve --data %s serves it)\n",
+               env->data_dir, env->data_dir);
     return 0;
 }
 
@@ -42,8 +62,7 @@ int cli_cmd_enqueue(cli_env *env, int argc, char **argv)
         }
     }
     if (!file) {
-        fprintf(stderr, "usage: flowd enqueue --workflow FILE.json [--input JSON] [--priority N] "
-                        "[--idempotency-key KEY]\n");
+        cli_command_usage_error("enqueue");
         return 2;
     }
     eng_err err;
@@ -58,7 +77,7 @@ int cli_cmd_enqueue(cli_env *env, int argc, char **argv)
     json_decref(inputs);
     int status = 1;
     long long tenant, workflow = 0;
-    if (cli_env_open(env, &err) != ENG_OK || !(tenant = cli_default_tenant(env, &err)) ||
+    if (cli_env_open(env, false, &err) != ENG_OK || !(tenant = cli_default_tenant(env, &err)) ||
         cli_register_file(env, tenant, file, &workflow, NULL, &err) != ENG_OK) {
         status = cli_fail(&err);
         goto out;
@@ -84,12 +103,12 @@ out:
 int cli_cmd_status(cli_env *env, int argc, char **argv)
 {
     if (argc != 2) {
-        fprintf(stderr, "usage: flowd status RUN_ID\n");
+        cli_command_usage_error("status");
         return 2;
     }
     eng_err err;
     long long tenant;
-    if (cli_env_open(env, &err) != ENG_OK || !(tenant = cli_default_tenant(env, &err)))
+    if (cli_env_open(env, false, &err) != ENG_OK || !(tenant = cli_default_tenant(env, &err)))
         return cli_fail(&err);
     char *end;
     long long id = strtoll(argv[1], &end, 10);
@@ -147,8 +166,7 @@ int cli_cmd_clock(cli_env *env, int argc, char **argv)
     bool reset = argc == 2 && strcmp(argv[1], "reset") == 0;
     bool advance = argc == 3 && strcmp(argv[1], "advance") == 0;
     if (!reset && !advance) {
-        fprintf(stderr, "usage: flowd clock advance DURATION|--to-next-due   (database in test mode)\n"
-                        "       flowd clock reset                           (back to real time)\n");
+        cli_command_usage_error("clock");
         return 2;
     }
     bool to_next = advance && strcmp(argv[2], "--to-next-due") == 0;
@@ -157,7 +175,7 @@ int cli_cmd_clock(cli_env *env, int argc, char **argv)
         snprintf(err.field, sizeof err.field, "DURATION");
         return cli_fail(&err);
     }
-    if (cli_env_open(env, &err) != ENG_OK)
+    if (cli_env_open(env, false, &err) != ENG_OK)
         return cli_fail(&err);
     if (to_next)
         return clock_to_next_due(env);
@@ -192,8 +210,7 @@ static long long runs_parse_id(const char *s, eng_err *err)
     return id;
 }
 
-int cli_event_args(int argc, char **argv, const char *usage, const char **name, const char **key,
-                   json_t **data)
+int cli_event_args(int argc, char **argv, const char **name, const char **key, json_t **data)
 {
     static const struct option longopts[] = {{"data", required_argument, NULL, 'd'},
                                              {NULL, 0, NULL, 0}};
@@ -206,7 +223,7 @@ int cli_event_args(int argc, char **argv, const char *usage, const char **name, 
         text = optarg;
     }
     if (argc - optind != 2) {
-        fprintf(stderr, "usage: %s\n", usage);
+        cli_command_usage_error("event");
         return 2;
     }
     *data = json_loads(text, 0, NULL);
@@ -226,7 +243,7 @@ int cli_cmd_event(cli_env *env, int argc, char **argv)
 {
     const char *name, *key;
     json_t *data;
-    int status = cli_event_args(argc, argv, "flowd event NAME KEY [--data JSON]", &name, &key, &data);
+    int status = cli_event_args(argc, argv, &name, &key, &data);
     if (status)
         return status;
     char *data_s = json_dumps(data, JSON_COMPACT);
@@ -234,7 +251,7 @@ int cli_cmd_event(cli_env *env, int argc, char **argv)
     eng_err err;
     long long tenant;
     PGresult *res = NULL;
-    if (cli_env_open(env, &err) == ENG_OK && (tenant = cli_default_tenant(env, &err))) {
+    if (cli_env_open(env, false, &err) == ENG_OK && (tenant = cli_default_tenant(env, &err))) {
         char tenant_s[24];
         snprintf(tenant_s, sizeof tenant_s, "%lld", tenant);
         const char *params[] = {tenant_s, name, key, data_s};
@@ -256,14 +273,14 @@ int cli_cmd_cancel_retry(cli_env *env, int argc, char **argv)
 {
     bool cancel = strcmp(argv[0], "cancel") == 0;
     if (argc != 2) {
-        fprintf(stderr, "usage: flowd %s RUN_ID\n", argv[0]);
+        cli_command_usage_error(argv[0]);
         return 2;
     }
     eng_err err;
     long long id = runs_parse_id(argv[1], &err), tenant;
     if (!id)
         return cli_fail(&err);
-    if (cli_env_open(env, &err) != ENG_OK || !(tenant = cli_default_tenant(env, &err)))
+    if (cli_env_open(env, false, &err) != ENG_OK || !(tenant = cli_default_tenant(env, &err)))
         return cli_fail(&err);
     char tenant_s[24], id_s[24];
     snprintf(tenant_s, sizeof tenant_s, "%lld", tenant);

@@ -21,11 +21,23 @@
 static void serve_signal_cb(struct ev_loop *loop, ev_signal *w, int revents)
 {
     (void)revents;
-    log_info("stopping", " signal=%d", w->signum);
+    log_info("stopping", LOG_I("signal", w->signum));
     ev_break(loop, EVBREAK_ALL);
 }
 
-/* Registers every *.json definition in dir for the default tenant, in name order. */
+/* Puts "PATH: " (and the field, which then moves into the message) in front of err's message. */
+static void serve_err_prefix(eng_err *err, const char *path)
+{
+    char *msg = err->field[0] ? eng_xasprintf("%s: %s: %s", path, err->field, err->msg)
+                              : eng_xasprintf("%s: %s", path, err->msg);
+    snprintf(err->msg, sizeof err->msg, "%s", msg);
+    err->field[0] = '\0';
+    free(msg);
+}
+
+/* Registers every *.json definition in dir for the default tenant, in name order, all or none: every
+ * file is compiled first, and the folder is registered in one transaction, so a bad file (named in
+ * the error) leaves nothing of the folder registered. */
 static eng_rc serve_register_dir(cli_env *env, const char *dir, eng_err *err)
 {
     long long tenant = cli_default_tenant(env, err);
@@ -34,8 +46,11 @@ static eng_rc serve_register_dir(cli_env *env, const char *dir, eng_err *err)
     struct dirent **names = NULL;
     int n = scandir(dir, &names, NULL, alphasort);
     if (n < 0)
-        return eng_err_set(err, ENG_ESYS, "cannot read workflows folder %s", dir);
-    eng_rc rc = ENG_OK;
+        return eng_err_set(err, ENG_ESYS, "cannot read the workflows folder %s", dir);
+    PGresult *res = cli_exec(env, "BEGIN", 0, NULL, err);
+    eng_rc rc = res ? ENG_OK : err->rc;
+    PQclear(res);
+    int registered = 0;
     for (int i = 0; i < n; i++) {
         size_t len = strlen(names[i]->d_name);
         if (rc == ENG_OK && len > 5 && strcmp(names[i]->d_name + len - 5, ".json") == 0) {
@@ -43,13 +58,28 @@ static eng_rc serve_register_dir(cli_env *env, const char *dir, eng_err *err)
             long long id;
             int version = 0;
             rc = cli_register_file(env, tenant, path, &id, &version, err);
-            if (rc == ENG_OK)
-                log_info("workflow registered", " file=%s version=%d", path, version);
+            if (rc == ENG_OK) {
+                log_info("workflow registered", LOG_S("file", path), LOG_I("version", version));
+                registered++;
+            } else if (!strstr(err->msg, path)) {
+                /* name the file: the definition's own errors only name the field */
+                serve_err_prefix(err, path);
+            }
             free(path);
         }
         free(names[i]);
     }
     free(names);
+    if (rc == ENG_OK) {
+        res = cli_exec(env, "COMMIT", 0, NULL, err);
+        rc = res ? ENG_OK : err->rc;
+        PQclear(res);
+    } else {
+        PQclear(cli_exec(env, "ROLLBACK", 0, NULL, NULL));
+        char *msg = eng_xasprintf("%s (no workflow of %s was registered)", err->msg, dir);
+        snprintf(err->msg, sizeof err->msg, "%s", msg);
+        free(msg);
+    }
     return rc;
 }
 
@@ -64,109 +94,195 @@ static eng_rc serve_clock_start(cli_env *env, bool test_clock, eng_err *err)
         return err->rc;
     json_t *r = json_loads(PQgetvalue(res, 0, 0), 0, NULL);
     PQclear(res);
-    log_info("engine clock", " test_mode=%s offset_ms=%lld", test_clock ? "true" : "false",
-             (long long)json_integer_value(json_object_get(r, "offset_ms")));
+    log_info("engine clock", LOG_S("test_mode", test_clock ? "true" : "false"),
+             LOG_I("offset_ms", json_integer_value(json_object_get(r, "offset_ms"))));
     json_decref(r);
     return ENG_OK;
 }
+
+/* The options of flowd serve, each with its environment form. */
+enum serve_opt { SO_WORKERS, SO_MAX_INFLIGHT, SO_BATCH, SO_LEASE_MS, SO_LISTEN, SO_ROLE, SO_API_THREADS,
+                 SO_WORKFLOWS, SO_RETENTION, SO_PRIVATE, SO_MAX_CONNS, SO_MAX_CONNS_PER_CLIENT,
+                 SO_REQUEST_TIMEOUT, SO_SSE_HEARTBEAT, SO_N };
+
+static const struct {
+    const char *flag;
+    const char *env;
+    bool has_arg;
+} serve_opts[SO_N] = {
+    [SO_WORKERS] = {"workers", "FLOWD_WORKERS", true},
+    [SO_MAX_INFLIGHT] = {"max-inflight", "FLOWD_MAX_INFLIGHT", true},
+    [SO_BATCH] = {"batch", "FLOWD_BATCH", true},
+    [SO_LEASE_MS] = {"lease-ms", "FLOWD_LEASE_MS", true},
+    [SO_LISTEN] = {"listen", "FLOWD_LISTEN", true},
+    [SO_ROLE] = {"role", "FLOWD_ROLE", true},
+    [SO_API_THREADS] = {"api-threads", "FLOWD_API_THREADS", true},
+    [SO_WORKFLOWS] = {"workflows", "FLOWD_WORKFLOWS", true},
+    [SO_RETENTION] = {"retention", "FLOWD_RETENTION", true},
+    [SO_PRIVATE] = {"allow-private-targets", "FLOWD_ALLOW_PRIVATE_TARGETS", false},
+    [SO_MAX_CONNS] = {"max-connections", "FLOWD_MAX_CONNECTIONS", true},
+    [SO_MAX_CONNS_PER_CLIENT] = {"max-connections-per-client", "FLOWD_MAX_CONNECTIONS_PER_CLIENT",
+                                 true},
+    [SO_REQUEST_TIMEOUT] = {"request-timeout", "FLOWD_REQUEST_TIMEOUT", true},
+    [SO_SSE_HEARTBEAT] = {"sse-heartbeat", "FLOWD_SSE_HEARTBEAT", true},
+};
+
+typedef struct serve_conf {
+    int workers, max_inflight, batch, lease_ms, api_threads;
+    const char *listen, *role, *workflows_dir;
+    int64_t retention_ms; /* 0: keep finished runs */
+    bool allow_private;
+    int max_conns, max_conns_per_client; /* 0: derived from the descriptor limit */
+    int64_t request_timeout_ms;          /* 0: the API's default */
+    int64_t sse_heartbeat_ms;            /* 0: the API's default (15 s) */
+} serve_conf;
 
 static int serve_int_opt(const char *name, const char *v, int min, int max, int *out)
 {
     char *end;
     long n = strtol(v, &end, 10);
-    if (*end || n < min || n > max) {
-        fprintf(stderr, "flowd: --%s: \"%s\" is not a number in %d..%d\n", name, v, min, max);
+    if (!*v || *end || n < min || n > max) {
+        fprintf(stderr, "flowd: %s: \"%s\" is not a number in %d..%d\n", name, v, min, max);
         return -1;
     }
     *out = (int)n;
     return 0;
 }
 
-int cli_cmd_serve(cli_env *env, int argc, char **argv)
+/* HOST:PORT with a port in 0..65535 (0: any free port) and a non-empty host. */
+static int serve_listen_opt(const char *name, const char *v)
 {
-    static const struct option longopts[] = {{"workers", required_argument, NULL, 'w'},
-                                             {"max-inflight", required_argument, NULL, 'm'},
-                                             {"batch", required_argument, NULL, 'b'},
-                                             {"lease-ms", required_argument, NULL, 'l'},
-                                             {"listen", required_argument, NULL, 'L'},
-                                             {"role", required_argument, NULL, 'r'},
-                                             {"api-threads", required_argument, NULL, 'a'},
-                                             {"workflows", required_argument, NULL, 'W'},
-                                             {"retention", required_argument, NULL, 'R'},
-                                             {"sse-heartbeat", required_argument, NULL, 'H'},
-                                             {"allow-private-targets", no_argument, NULL, 'P'},
-                                             {"max-connections", required_argument, NULL, 'C'},
-                                             {"max-connections-per-client", required_argument,
-                                              NULL, 'c'},
-                                             {"request-timeout", required_argument, NULL, 'T'},
-                                             {NULL, 0, NULL, 0}};
-    long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    int workers = cores > 0 ? (int)cores : 2, max_inflight = 1000, batch = 500, lease_ms = 30000;
-    int api_threads = 2;
-    const char *listen = "127.0.0.1:8080", *role = "all", *workflows_dir = NULL;
-    int64_t retention_ms = 0; /* keep finished runs unless --retention says otherwise */
-    int max_conns = 0, max_conns_per_client = 0;
-    int64_t request_timeout_ms = 0;
-    int64_t heartbeat_ms = 15000;
-    int ch;
-    optind = 1;
-    while ((ch = getopt_long(argc, argv, "w:m:b:l:L:r:a:W:R:PC:c:T:H:", longopts, NULL)) != -1) {
-        int bad = 0;
-        switch (ch) {
-        case 'w': bad = serve_int_opt("workers", optarg, 1, 256, &workers); break;
-        case 'm': bad = serve_int_opt("max-inflight", optarg, 1, 100000, &max_inflight); break;
-        case 'b': bad = serve_int_opt("batch", optarg, 1, 5000, &batch); break;
-        case 'l': bad = serve_int_opt("lease-ms", optarg, 1000, 3600000, &lease_ms); break;
-        case 'L': listen = optarg; break;
-        case 'r': role = optarg; break;
-        case 'a': bad = serve_int_opt("api-threads", optarg, 1, 64, &api_threads); break;
-        case 'W': workflows_dir = optarg; break;
-        case 'P': prov_allow_private_targets(true); break;
-        case 'C': bad = serve_int_opt("max-connections", optarg, 1, 1000000, &max_conns); break;
-        case 'c':
-            bad = serve_int_opt("max-connections-per-client", optarg, 1, 1000000,
-                                &max_conns_per_client);
-            break;
-        case 'T': {
-            eng_err derr;
-            if (eng_duration_parse(optarg, &request_timeout_ms, &derr) != ENG_OK ||
-                request_timeout_ms < 100) {
-                fprintf(stderr, "flowd: --request-timeout: %s\n",
-                        request_timeout_ms < 100 ? "at least 100ms" : derr.msg);
-                return 2;
-            }
-            break;
+    const char *colon = strrchr(v, ':');
+    const char *port = colon ? colon + 1 : "";
+    char *end;
+    long p = strtol(port, &end, 10);
+    if (!colon || colon == v || !*port || *end || p < 0 || p > 65535) {
+        fprintf(stderr, "flowd: %s: \"%s\" is not HOST:PORT with a port in 0..65535\n", name, v);
+        return -1;
+    }
+    return 0;
+}
+
+/* Applies one option; name is how the user wrote it ("--workers" or "FLOWD_WORKERS"). */
+static int serve_apply(serve_conf *c, enum serve_opt o, const char *name, const char *v)
+{
+    switch (o) {
+    case SO_WORKERS: return serve_int_opt(name, v, 1, 256, &c->workers);
+    case SO_MAX_INFLIGHT: return serve_int_opt(name, v, 1, 100000, &c->max_inflight);
+    case SO_BATCH: return serve_int_opt(name, v, 1, 5000, &c->batch);
+    case SO_LEASE_MS: return serve_int_opt(name, v, 1000, 3600000, &c->lease_ms);
+    case SO_API_THREADS: return serve_int_opt(name, v, 1, 64, &c->api_threads);
+    case SO_LISTEN:
+        c->listen = v;
+        return serve_listen_opt(name, v);
+    case SO_ROLE:
+        c->role = v;
+        if (strcmp(v, "all") && strcmp(v, "api") && strcmp(v, "worker")) {
+            fprintf(stderr, "flowd: %s: \"%s\" is not one of all, api, worker\n", name, v);
+            return -1;
         }
-        case 'R': {
-            eng_err derr;
-            if (eng_duration_parse(optarg, &retention_ms, &derr) != ENG_OK) {
-                fprintf(stderr, "flowd: --retention: %s\n", derr.msg);
-                return 2;
-            }
-            break;
+        return 0;
+    case SO_WORKFLOWS: c->workflows_dir = v; return 0;
+    case SO_RETENTION: {
+        eng_err derr;
+        if (eng_duration_parse(v, &c->retention_ms, &derr) != ENG_OK) {
+            fprintf(stderr, "flowd: %s: %s\n", name, derr.msg);
+            return -1;
         }
-        case 'H': {
-            eng_err derr;
-            if (eng_duration_parse(optarg, &heartbeat_ms, &derr) != ENG_OK || heartbeat_ms < 1000) {
-                fprintf(stderr, "flowd: --sse-heartbeat: \"%s\" is not a duration of 1s or more\n",
-                        optarg);
-                return 2;
-            }
-            break;
+        return 0;
+    }
+    case SO_PRIVATE:
+        if (v && strcmp(v, "1") && strcmp(v, "0") && strcmp(v, "true") && strcmp(v, "false")) {
+            fprintf(stderr, "flowd: %s: \"%s\" is not 1, 0, true or false\n", name, v);
+            return -1;
         }
-        default: return 2;
+        c->allow_private = !v || strcmp(v, "1") == 0 || strcmp(v, "true") == 0;
+        return 0;
+    case SO_MAX_CONNS: return serve_int_opt(name, v, 1, 1000000, &c->max_conns);
+    case SO_MAX_CONNS_PER_CLIENT:
+        return serve_int_opt(name, v, 1, 1000000, &c->max_conns_per_client);
+    case SO_REQUEST_TIMEOUT: {
+        eng_err derr;
+        if (eng_duration_parse(v, &c->request_timeout_ms, &derr) != ENG_OK ||
+            c->request_timeout_ms < 100) {
+            fprintf(stderr, "flowd: %s: %s\n", name,
+                    c->request_timeout_ms < 100 ? "at least 100ms" : derr.msg);
+            return -1;
         }
-        if (bad)
+        return 0;
+    }
+    case SO_SSE_HEARTBEAT: {
+        eng_err derr;
+        if (eng_duration_parse(v, &c->sse_heartbeat_ms, &derr) != ENG_OK ||
+            c->sse_heartbeat_ms < 1000) {
+            fprintf(stderr, "flowd: %s: %s\n", name,
+                    c->sse_heartbeat_ms < 1000 ? "at least 1s" : derr.msg);
+            return -1;
+        }
+        return 0;
+    }
+    case SO_N: break;
+    }
+    return -1;
+}
+
+/* Environment first, then the flags (which win). Returns 0, or the exit status 2. */
+static int serve_parse(serve_conf *c, int argc, char **argv)
+{
+    for (int o = 0; o < SO_N; o++) {
+        const char *v = getenv(serve_opts[o].env);
+        if (v && *v && serve_apply(c, (enum serve_opt)o, serve_opts[o].env, v) != 0)
             return 2;
     }
-    bool run_api = strcmp(role, "all") == 0 || strcmp(role, "api") == 0;
-    bool run_workers = strcmp(role, "all") == 0 || strcmp(role, "worker") == 0;
-    if (!run_api && !run_workers) {
-        fprintf(stderr, "flowd: --role: \"%s\" is not one of all, api, worker\n", role);
+    struct option longopts[SO_N + 1];
+    for (int o = 0; o < SO_N; o++)
+        longopts[o] = (struct option){serve_opts[o].flag,
+                                      serve_opts[o].has_arg ? required_argument : no_argument, NULL,
+                                      o};
+    longopts[SO_N] = (struct option){NULL, 0, NULL, 0};
+    int ch;
+    optind = 1;
+    opterr = 0;
+    while ((ch = getopt_long(argc, argv, ":", longopts, NULL)) != -1) {
+        if (ch == '?' || ch == ':') {
+            const char *what = argv[optind - 1];
+            fprintf(stderr, "flowd: serve: %s \"%s\"\n",
+                    ch == ':' ? "missing value for" : "unknown option", what);
+            cli_command_usage_error("serve");
+            return 2;
+        }
+        char name[64];
+        snprintf(name, sizeof name, "--%s", serve_opts[ch].flag);
+        if (serve_apply(c, (enum serve_opt)ch, name, optarg) != 0)
+            return 2;
+    }
+    if (optind < argc) {
+        fprintf(stderr, "flowd: serve: unexpected argument \"%s\"\n", argv[optind]);
+        cli_command_usage_error("serve");
         return 2;
     }
+    return 0;
+}
+
+int cli_cmd_serve(cli_env *env, int argc, char **argv)
+{
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    serve_conf conf = {.workers = cores > 0 ? (int)cores : 2, .max_inflight = 1000, .batch = 500,
+                       .lease_ms = 30000, .api_threads = 2, .listen = "127.0.0.1:8080",
+                       .role = "all"};
+    int bad = serve_parse(&conf, argc, argv);
+    if (bad)
+        return bad;
+    prov_allow_private_targets(conf.allow_private);
+    int workers = conf.workers, max_inflight = conf.max_inflight, batch = conf.batch;
+    int lease_ms = conf.lease_ms, api_threads = conf.api_threads;
+    const char *listen = conf.listen, *role = conf.role, *workflows_dir = conf.workflows_dir;
+    int64_t retention_ms = conf.retention_ms;
+    int max_conns = conf.max_conns;
+    bool run_api = strcmp(role, "all") == 0 || strcmp(role, "api") == 0;
+    bool run_workers = strcmp(role, "all") == 0 || strcmp(role, "worker") == 0;
     eng_err err;
-    if (cli_env_open(env, &err) != ENG_OK) {
+    if (cli_env_open(env, true, &err) != ENG_OK) {
         int status = cli_fail(&err);
         cli_env_close(env);
         return status;
@@ -207,9 +323,9 @@ int cli_cmd_serve(cli_env *env, int argc, char **argv)
         api_service_opts ao = {.conninfo = env->conninfo, .listen = listen, .threads = api_threads,
                                .test_clock = test_clock,
                                .max_conns = max_conns,
-                               .max_conns_per_client = max_conns_per_client,
-                               .request_timeout_s = (double)request_timeout_ms / 1000.0,
-                               .sse_heartbeat_s = (double)heartbeat_ms / 1000.0};
+                               .max_conns_per_client = conf.max_conns_per_client,
+                               .request_timeout_s = (double)conf.request_timeout_ms / 1000.0,
+                               .sse_heartbeat_s = (double)conf.sse_heartbeat_ms / 1000.0};
         api = api_service_start(&ao, &err);
         if (!api) {
             int status = cli_fail(&err);
@@ -229,14 +345,14 @@ int cli_cmd_serve(cli_env *env, int argc, char **argv)
         pool[i] = eng_worker_start(&wo);
         free(owner);
     }
-    log_info("serving", " role=%s workers=%d database=%s", role, workers,
-             env->embedded ? "embedded" : "external");
+    log_info("serving", LOG_S("role", role), LOG_I("workers", workers),
+             LOG_S("database", env->embedded ? "embedded" : "external"));
     ev_run(loop, 0);
     api_service_stop(api);
     for (int i = 0; i < workers; i++)
         eng_worker_stop(pool[i], 10.0);
     free(pool);
     cli_env_close(env);
-    log_info("stopped", NULL);
+    log_info("stopped");
     return 0;
 }

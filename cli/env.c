@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "cli/cli.h"
 #include "engine/db.h"
@@ -11,39 +12,91 @@
 #include "engine/migrate.h"
 #include "engine/wf_def.h"
 
-int cli_env_parse(cli_env *env, int argc, char **argv)
+bool cli_global_takes_value(const char *arg)
 {
-    env->data_dir = "flowd-data";
-    env->database_url = getenv("FLOWD_DATABASE_URL");
-    if (env->database_url && !*env->database_url)
-        env->database_url = NULL;
-    int out = 0, i = 0;
-    /* Global options stand before the subcommand; after it, "--data" belongs to the subcommand
-     * (flowd event NAME KEY --data JSON). */
-    for (; i < argc && argv[i][0] == '-'; i++) {
-        if ((strcmp(argv[i], "--data") == 0 || strcmp(argv[i], "--database") == 0) && i + 1 < argc) {
-            if (argv[i][6] == '\0')
-                env->data_dir = argv[i + 1];
-            else
-                env->database_url = argv[i + 1];
-            i++;
-        } else if (strncmp(argv[i], "--data=", 7) == 0) {
-            env->data_dir = argv[i] + 7;
-        } else if (strncmp(argv[i], "--database=", 11) == 0) {
-            env->database_url = argv[i] + 11;
-        } else {
-            argv[out++] = argv[i];
-            if (strcmp(argv[i], "--url") == 0 && i + 1 < argc)
-                argv[out++] = argv[++i];
-        }
+    return strcmp(arg, "--data") == 0 || strcmp(arg, "--database") == 0 || strcmp(arg, "--url") == 0;
+}
+
+/* The value of a global option at argv[*i] ("--name VALUE" or "--name=VALUE") when it is one, with
+ * *i moved past it; NULL otherwise. *missing is set when the value is absent. */
+static const char *env_global(char **argv, int argc, int *i, const char *name, bool *missing)
+{
+    size_t n = strlen(name);
+    if (strncmp(argv[*i], name, n) != 0)
+        return NULL;
+    if (argv[*i][n] == '=')
+        return argv[*i] + n + 1;
+    if (argv[*i][n] != '\0')
+        return NULL;
+    if (*i + 1 >= argc) {
+        *missing = true;
+        return NULL;
     }
-    for (; i < argc; i++)
-        argv[out++] = argv[i];
+    *i += 1;
+    return argv[*i];
+}
+
+static const char *env_nonempty(const char *name)
+{
+    const char *v = getenv(name);
+    return v && *v ? v : NULL;
+}
+
+int cli_env_parse(cli_env *env, int argc, char **argv, bool own_data, eng_err *err)
+{
+    env->data_dir = env_nonempty("FLOWD_DATA");
+    if (!env->data_dir)
+        env->data_dir = "flowd-data";
+    env->database_url = env_nonempty("FLOWD_DATABASE_URL");
+    env->url = env_nonempty("FLOWD_URL");
+    env->json = !isatty(fileno(stdout));
+    int out = 0;
+    bool seen_cmd = false, rest = false;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i], *v;
+        bool missing = false;
+        if (rest || a[0] != '-' || !a[1]) {
+            seen_cmd = true;
+            argv[out++] = argv[i];
+            continue;
+        }
+        if (strcmp(a, "--") == 0) {
+            rest = true;
+            argv[out++] = argv[i];
+            continue;
+        }
+        if (strcmp(a, "--json") == 0) {
+            env->json = true;
+        } else if (!(own_data && seen_cmd) && (v = env_global(argv, argc, &i, "--data", &missing))) {
+            env->data_dir = v;
+        } else if ((v = env_global(argv, argc, &i, "--database", &missing))) {
+            env->database_url = v;
+        } else if ((v = env_global(argv, argc, &i, "--url", &missing))) {
+            env->url = v;
+            env->url_flag = true;
+        } else if (missing) {
+            return eng_err_field(err, ENG_EINVAL, a, "needs a value"), -1;
+        } else {
+            argv[out++] = argv[i]; /* the command's own option */
+        }
+        if (missing)
+            return eng_err_field(err, ENG_EINVAL, a, "needs a value"), -1;
+    }
     argv[out] = NULL;
     return out;
 }
 
-eng_rc cli_env_open(cli_env *env, eng_err *err)
+/* Whether data_dir holds a cluster (made by flowd serve, migrate or init). */
+static bool env_has_cluster(const char *data_dir)
+{
+    char *path = eng_xasprintf("%s/pg/PG_VERSION", data_dir);
+    struct stat st;
+    bool yes = stat(path, &st) == 0;
+    free(path);
+    return yes;
+}
+
+eng_rc cli_env_open(cli_env *env, bool create, eng_err *err)
 {
     eng_rc rc;
     if (env->database_url) {
@@ -51,6 +104,15 @@ eng_rc cli_env_open(cli_env *env, eng_err *err)
     } else {
         rc = eng_pgembed_attach(env->data_dir, &env->conninfo, NULL);
         if (rc != ENG_OK) {
+            if (!create && !env_has_cluster(env->data_dir)) {
+                char cwd[512];
+                const char *where = env->data_dir[0] == '/' || !getcwd(cwd, sizeof cwd) ? "" : cwd;
+                return eng_err_set(err, ENG_ENOTFOUND,
+                                   "no flowd database in %s%s%s: run this where flowd serve runs, "
+                                   "or give --data DIR, --database URL or --url URL (flowd init "
+                                   "creates one)",
+                                   where, where[0] ? "/" : "", env->data_dir);
+            }
             rc = eng_pgembed_start(env->data_dir, &env->embedded, err);
             if (rc != ENG_OK)
                 return rc;
@@ -66,7 +128,7 @@ eng_rc cli_env_open(cli_env *env, eng_err *err)
     if (PQstatus(env->conn) != CONNECTION_OK)
         return eng_err_set(err, ENG_EDB_RETRY, "cannot connect to the database: %s",
                            PQerrorMessage(env->conn));
-    return cli_bootstrap(env, err);
+    return create ? cli_bootstrap(env, err) : ENG_OK;
 }
 
 void cli_env_close(cli_env *env)
@@ -98,7 +160,8 @@ long long cli_default_tenant(cli_env *env, eng_err *err)
     long long id = PQntuples(res) ? strtoll(PQgetvalue(res, 0, 0), NULL, 10) : 0;
     PQclear(res);
     if (!id)
-        eng_err_set(err, ENG_ENOTFOUND, "no default tenant: run flowd serve once to create it");
+        eng_err_set(err, ENG_ENOTFOUND, "no default tenant: run flowd serve or flowd init once to "
+                                        "create it");
     return id;
 }
 
@@ -144,10 +207,30 @@ eng_rc cli_bootstrap(cli_env *env, eng_err *err)
         return err->rc;
     bool created = PQgetvalue(res, 0, 0)[0] == 't';
     PQclear(res);
+    if (!created && given && *given) {
+        /* the database had its default tenant already: the key given must be one of its keys,
+         * or the operator would believe in a key that opens nothing */
+        res = cli_exec(env,
+                       "SELECT EXISTS (SELECT 1 FROM api_keys k JOIN tenants t ON t.id = k.tenant_id "
+                       "WHERE t.name = 'default' AND k.revoked_at IS NULL "
+                       "AND k.key_hash = sha256(convert_to($1, 'UTF8')))",
+                       1, params, err);
+        if (!res)
+            return err->rc;
+        bool known = PQgetvalue(res, 0, 0)[0] == 't';
+        PQclear(res);
+        if (!known)
+            return eng_err_field(err, ENG_EINVAL, "FLOWD_API_KEY",
+                                 "not a key of this database's default tenant, which exists already "
+                                 "(its key was printed when it was created and is in %s/api-key); "
+                                 "unset it, or make it a key with flowd key create",
+                                 env->data_dir);
+    }
     if (!created || (given && *given))
         return ENG_OK;
+    /* the file belongs to the embedded cluster's folder; with --database there is none */
     char *path = eng_xasprintf("%s/api-key", env->data_dir);
-    FILE *f = fopen(path, "wx");
+    FILE *f = env->database_url ? NULL : fopen(path, "wx");
     fprintf(stdout, "flowd: created the default tenant; its API key (shown once) is %s\n", key);
     if (f) {
         fchmod(fileno(f), 0600);

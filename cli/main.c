@@ -1,5 +1,10 @@
-/* cli/main.c: the flowd binary: global set-up and the subcommand table. The only place that
- * knows engine, steps and api together. */
+/* cli/main.c: the flowd binary: global options, help, and the subcommand table. The only place
+ * that knows engine, steps and api together.
+ *
+ * Conventions (as git, docker, kubectl and the Temporal CLI have them): `flowd --help`, `flowd help
+ * CMD` and `flowd CMD --help` print usage on stdout and exit 0 without running anything; global
+ * options (--data, --database, --url, --json) go before or after the command; an unknown command
+ * says so and exits 2. */
 #include <stdio.h>
 #include <string.h>
 
@@ -10,53 +15,213 @@
 #include "engine/step.h"
 #include "steps/steps.h"
 
-static const struct {
-    const char *name;
-    int (*run)(cli_env *env, int argc, char **argv);
-    const char *help;
-} commands[] = {
-    {"serve", cli_cmd_serve, "run the workers (embedded PostgreSQL unless --database)"},
-    {"migrate", cli_cmd_migrate, "apply pending database migrations"},
-    {"enqueue", cli_cmd_enqueue, "register a workflow file and start a run of it"},
-    {"status", cli_cmd_status, "print a run as JSON"},
-    {"event", cli_cmd_event, "send an event NAME KEY [--data JSON]: resumes waits, cancels runs"},
-    {"cancel", cli_cmd_cancel_retry, "cancel a run"},
-    {"retry", cli_cmd_cancel_retry, "retry a failed or cancelled run"},
-    {"clock", cli_cmd_clock, "move the engine clock (test mode) or reset it to real time"},
-    {"tenant", cli_cmd_tenant, "tenant create NAME [--max-running N]: a tenant and its admin key"},
+#ifndef FLOWD_VERSION
+#define FLOWD_VERSION "unknown"
+#endif
+
+/* How a command reaches flowd. */
+enum cmd_mode {
+    CMD_DIRECT,   /* the database only (--data / --database) */
+    CMD_EITHER,   /* the database, or the HTTP API with --url / FLOWD_URL */
+    CMD_API,      /* the HTTP API only (--url, FLOWD_URL, else the local server) */
 };
 
-static int usage(void)
+typedef struct cli_command {
+    const char *name;
+    int (*run)(cli_env *env, int argc, char **argv);
+    enum cmd_mode mode;
+    bool own_data; /* "--data" after the command is the command's own option (event's JSON) */
+    const char *args;
+    const char *summary;
+    const char *details; /* extra lines for `flowd help CMD`, or NULL */
+} cli_command;
+
+static const cli_command commands[] = {
+    {"serve", cli_cmd_serve, CMD_DIRECT, false,
+     "[--listen ADDR] [--role all|api|worker] [--workers N] [--workflows DIR] [--retention 90d] "
+     "[--max-inflight N] [--batch N] [--lease-ms MS] [--api-threads N] [--allow-private-targets] "
+     "[--max-connections N] [--max-connections-per-client N] [--request-timeout 30s] "
+     "[--sse-heartbeat 15s]",
+     "run the API and the workers (creates the embedded cluster under --data on first use)",
+     "every option has an environment form: FLOWD_LISTEN, FLOWD_ROLE, FLOWD_WORKERS, FLOWD_WORKFLOWS,\n"
+     "FLOWD_RETENTION, FLOWD_MAX_INFLIGHT, FLOWD_BATCH, FLOWD_LEASE_MS, FLOWD_API_THREADS,\n"
+     "FLOWD_ALLOW_PRIVATE_TARGETS=1, FLOWD_MAX_CONNECTIONS, FLOWD_MAX_CONNECTIONS_PER_CLIENT,\n"
+     "FLOWD_REQUEST_TIMEOUT, FLOWD_SSE_HEARTBEAT; a flag wins over its variable.\n"
+     "--sse-heartbeat: how long a run's event stream may stay quiet before a heartbeat comment.\n"
+     "--workflows registers every *.json of DIR at start, all or none: a bad file is named and\n"
+     "nothing of the folder is registered. FLOWD_TEST_CLOCK=1 puts the database's clock in test\n"
+     "mode (flowd clock); FLOWD_API_KEY chooses the default tenant's key when it is created."},
+    {"init", cli_cmd_init, CMD_DIRECT, false, "",
+     "create the embedded cluster under --data, the default tenant and its API key", NULL},
+    {"migrate", cli_cmd_migrate, CMD_DIRECT, false, "",
+     "apply pending database migrations (creates the embedded cluster on first use)", NULL},
+    {"enqueue", cli_cmd_enqueue, CMD_EITHER, false,
+     "--workflow FILE.json [--input JSON] [--priority N] [--idempotency-key KEY]",
+     "register a workflow file and start a run of it; prints the run id", NULL},
+    {"start", cli_cmd_start, CMD_API, false,
+     "WORKFLOW [--input JSON] [--version N] [--priority N] [--idempotency-key KEY] [--wait]",
+     "start a run of a registered workflow by name; prints the run id",
+     "--wait follows the run until it ends and exits as `flowd show --wait` does."},
+    {"runs", cli_cmd_runs, CMD_API, false,
+     "[--workflow NAME] [--state STATE] [--batch ID] [--limit N] [--cursor C]",
+     "list runs, newest first (the filters of GET /v1/runs)", NULL},
+    {"show", cli_cmd_show, CMD_API, false, "RUN_ID [--follow | --wait]",
+     "show a run: state, progress, steps",
+     "--follow prints the run's events as they happen until it ends; --wait prints nothing until\n"
+     "then. Both exit with the run's outcome: 0 succeeded, 1 failed, 3 cancelled."},
+    {"status", cli_cmd_status, CMD_EITHER, false, "RUN_ID", "print a run as JSON", NULL},
+    {"workflows", cli_cmd_workflows, CMD_API, false, "", "list registered workflows", NULL},
+    {"outbox", cli_cmd_outbox, CMD_API, false, "[--run ID] [--after N] [--limit N]",
+     "read the sandbox providers' outbox (what would have been sent)", NULL},
+    {"event", cli_cmd_event, CMD_EITHER, true, "NAME KEY [--data JSON]",
+     "send an event: resumes waits on (NAME, KEY), cancels runs with cancel_on it, starts triggered "
+     "runs",
+     NULL},
+    {"cancel", cli_cmd_cancel_retry, CMD_EITHER, false, "RUN_ID", "cancel a run", NULL},
+    {"retry", cli_cmd_cancel_retry, CMD_EITHER, false, "RUN_ID",
+     "retry what failed or was cancelled (finished steps keep their outputs)", NULL},
+    {"tenant", cli_cmd_tenant, CMD_EITHER, false, "create NAME [--max-running N]",
+     "create a tenant and its first admin key", NULL},
+    {"key", cli_cmd_key, CMD_DIRECT, false, "create [--tenant NAME] [--role admin|member]",
+     "create a new API key for an existing tenant (default: the default tenant)",
+     "Works on the database (--data / --database), so a lost key can be replaced. For the default\n"
+     "tenant the key is also written to DATA/api-key when that file is missing."},
+    {"clock", cli_cmd_clock, CMD_DIRECT, false, "advance DURATION | advance --to-next-due | reset",
+     "move the engine clock of every process (a database in test mode), or reset it to real time",
+     "Test mode is the database's: flowd serve with FLOWD_TEST_CLOCK=1 puts it there."},
+};
+
+static void usage(FILE *f)
 {
-    fprintf(stderr, "usage: flowd [--data DIR | --database URL | --url API_URL] COMMAND [options]\n"
-                    "  --url: enqueue, status, event and tenant over the HTTP API (FLOWD_API_KEY)\n"
-                    "\ncommands:\n");
+    fprintf(f, "usage: flowd [global options] COMMAND [options]\n"
+               "\n"
+               "global options (before or after the command):\n"
+               "  --data DIR        the embedded database's folder (default ./flowd-data; FLOWD_DATA)\n"
+               "  --database URL    an existing PostgreSQL instead (FLOWD_DATABASE_URL)\n"
+               "  --url URL         talk to a server's HTTP API (FLOWD_URL); the key comes from\n"
+               "                    FLOWD_API_KEY, else DIR/api-key\n"
+               "  --json            JSON output (the default when stdout is not a terminal)\n"
+               "  --help, -h        this text; `flowd help COMMAND` or `flowd COMMAND --help`\n"
+               "  --version         the version\n"
+               "\n"
+               "commands:\n");
     for (size_t i = 0; i < ENG_ARRAY_LEN(commands); i++)
-        fprintf(stderr, "  %-9s %s\n", commands[i].name, commands[i].help);
+        fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].summary);
+    fprintf(f, "\nruns, show, workflows, start and outbox use the HTTP API (http://127.0.0.1:8080\n"
+               "unless --url or FLOWD_URL says otherwise); enqueue, status, event, cancel, retry and\n"
+               "tenant use it when --url or FLOWD_URL is given, else the database.\n");
+}
+
+static const cli_command *find_command(const char *name)
+{
+    for (size_t i = 0; i < ENG_ARRAY_LEN(commands); i++)
+        if (strcmp(commands[i].name, name) == 0)
+            return &commands[i];
+    return NULL;
+}
+
+static void command_usage(const cli_command *c)
+{
+    printf("usage: flowd %s%s%s\n\n%s\n", c->name, c->args[0] ? " " : "", c->args, c->summary);
+    if (c->details)
+        printf("\n%s\n", c->details);
+    if (c->mode == CMD_EITHER)
+        printf("\nWith --url or FLOWD_URL it goes through the HTTP API, else to the database.\n");
+    else if (c->mode == CMD_API)
+        printf("\nGoes through the HTTP API (--url, FLOWD_URL, else http://127.0.0.1:8080).\n");
+}
+
+static int unknown_command(const char *name)
+{
+    fprintf(stderr, "flowd: unknown command \"%s\" (flowd --help lists them)\n", name);
     return 2;
+}
+
+void cli_command_usage_error(const char *name)
+{
+    const cli_command *c = find_command(name);
+    if (c)
+        fprintf(stderr, "usage: flowd %s %s\n(flowd %s --help for more)\n", c->name, c->args,
+                c->name);
 }
 
 int main(int argc, char **argv)
 {
     eng_mem_init();
     eng_log_init();
+    /* the command word: the first argument that is neither a global option nor its value */
+    const cli_command *cmd = NULL;
+    const char *word = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (cli_global_takes_value(argv[i])) {
+            i++;
+            continue;
+        }
+        if (argv[i][0] == '-' && argv[i][1])
+            continue;
+        word = argv[i];
+        cmd = find_command(word);
+        break;
+    }
+    bool help = false;
+    for (int i = 1; i < argc && !help; i++) {
+        if (strcmp(argv[i], "--") == 0)
+            break;
+        help = strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0;
+        if (strcmp(argv[i], "--version") == 0 && !word) {
+            printf("flowd %s\n", FLOWD_VERSION);
+            return 0;
+        }
+    }
+    if (word && strcmp(word, "help") == 0) {
+        /* flowd help [COMMAND] */
+        const char *topic = NULL;
+        for (int i = 1; i < argc; i++)
+            if (argv[i] != word && argv[i][0] != '-' && !topic)
+                topic = argv[i];
+        if (!topic) {
+            usage(stdout);
+            return 0;
+        }
+        const cli_command *c = find_command(topic);
+        if (!c)
+            return unknown_command(topic);
+        command_usage(c);
+        return 0;
+    }
+    if (help) {
+        if (cmd)
+            command_usage(cmd);
+        else if (word)
+            return unknown_command(word);
+        else
+            usage(stdout);
+        return 0;
+    }
+    if (!word) {
+        usage(stderr);
+        return 2;
+    }
+    if (!cmd)
+        return unknown_command(word);
+
     eng_httpc_global_init();
     eng_step_register_builtins();
     step_register_all();
     cli_env env = {0};
-    argc = cli_env_parse(&env, argc - 1, argv + 1);
-    argv++;
-    const char *api_url = cli_api_url_parse(&argc, argv);
-    int status = 2;
-    if (argc < 1) {
-        status = usage();
-    } else if (api_url) {
-        status = cli_api_main(api_url, argc, argv);
+    eng_err err;
+    int n = cli_env_parse(&env, argc - 1, argv + 1, cmd->own_data, &err);
+    int status;
+    if (n < 0) {
+        status = cli_fail(&err);
+    } else if (env.url_flag && cmd->mode == CMD_DIRECT) {
+        eng_err_set(&err, ENG_EINVAL, "%s works on the database (--data or --database), not over --url",
+                    cmd->name);
+        status = cli_fail(&err);
+    } else if (env.url && cmd->mode == CMD_EITHER) {
+        status = cli_api_main(&env, n, argv + 1);
     } else {
-        size_t i = 0;
-        while (i < ENG_ARRAY_LEN(commands) && strcmp(commands[i].name, argv[0]) != 0)
-            i++;
-        status = i < ENG_ARRAY_LEN(commands) ? commands[i].run(&env, argc, argv) : usage();
+        status = cmd->run(&env, n, argv + 1);
     }
     cli_env_close(&env);
     eng_httpc_global_cleanup();
