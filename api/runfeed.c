@@ -183,7 +183,8 @@ static void feed_poll_cb(void *arg, const eng_err *err, const PGresult *res)
     f->busy = false;
     bool events = false, more = false;
     if (err) {
-        log_warn("event stream poll failed", " rc=%s error=\"%s\"", eng_rc_name(err->rc), err->msg);
+        log_warn("event stream poll failed", LOG_S("rc", eng_rc_name(err->rc)),
+                 LOG_S("error", err->msg));
     } else {
         for (int i = 0; i < PQntuples(res); i++) {
             long long run = strtoll(PQgetvalue(res, i, 0), NULL, 10);
