@@ -262,18 +262,19 @@ static void test_idle_engine_is_idle(void **state)
                                    " WHERE datname = current_database()"
                                    " AND application_name LIKE '%:%'",
                                30));
-    th_sleep_ms(2000); /* start-up done, and its statistics flushed */
+    th_sleep_ms(3000); /* start-up done, and its statistics flushed */
     long before = commits(db);
     long long t0 = th_now_ms();
-    th_sleep_ms(6000);
+    th_sleep_ms(10000);
     long after = commits(db);
     long long t1 = th_now_ms();
     th_serve_kill(p, SIGTERM);
     double per_s = (double)(after - before) * 1000.0 / (double)(t1 - t0);
     print_message("idle server: %ld commits in %lld ms (%.1f/s)\n", after - before, t1 - t0,
                   per_s);
-    /* one tick a second, this test's own reads, and a statistics flush that may lag a second */
-    assert_true(after - before <= 12);
+    /* one tick a second, this test's own reads, and statistics flushed late from the start-up
+     * (each idle worker's polls every 2 ms made this thousands) */
+    assert_true(after - before <= 25);
     free(db);
 }
 
