@@ -676,7 +676,7 @@ static void not_sent_done(void *arg, const eng_err *err, const PGresult *res)
 
 /* The attempt was cancelled after its claim made it the sender and before any byte of its request
  * left: the ledger learns that nothing went out, so that the next attempt sends instead of asking
- * around (migrations/0026_send_not_sent.sql). Frees ss. */
+ * around (migrations/0028_send_not_sent.sql). Frees ss. */
 static void record_not_sent(step_send *ss)
 {
     char calls_s[16];
