@@ -47,7 +47,7 @@ static int flood_connect(int port, int addr_index)
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
     if (fd < 0)
         return -1;
-    char src[16];
+    char src[24]; /* room for any int: -O0 builds check the format's worst case */
     snprintf(src, sizeof src, "127.0.0.%d", 2 + addr_index);
     struct sockaddr_in b = {.sin_family = AF_INET};
     inet_pton(AF_INET, src, &b.sin_addr);
