@@ -23,6 +23,7 @@ struct api_call {
     char tenant_s[24];       /* the same as text, for statement parameters */
     bool admin;              /* the key has the admin role */
     const char *route;       /* the matched route pattern (metrics), NULL when none matched */
+    char req_id[72];         /* the request's id (api_req_id): log lines the call causes carry it */
     const char *params[3];   /* path parameters ({name}, {id}) in route order, borrowed from route match */
     char *param_buf;         /* storage behind params */
     void *data;              /* handler state, freed with data_free */
@@ -54,7 +55,7 @@ void api_call_free(api_call *call);
 /* The request body parsed as a JSON object, or NULL after answering 400/415 (call freed). */
 json_t *api_call_body_object(api_call *call);
 /* The body as api_call_body_object, refusing members not in allowed (NULL-terminated): answers
- * 400 naming the first unknown one and returns NULL (call freed). */
+ * 422 naming the first unknown one and returns NULL (call freed). */
 json_t *api_call_body_fields(api_call *call, const char *const *allowed);
 
 /* The loop's libev loop, for handlers that wait (streams polling the database). */
@@ -102,6 +103,7 @@ void api_route_hook_sendgrid(api_call *call);
 void api_route_hook_whatsapp(api_call *call);
 void api_route_hook_whatsapp_verify(api_call *call);
 void api_route_outbox_list(api_call *call);           /* api/routes_outbox.c */
+void api_route_send_outcome(api_call *call);          /* api/routes_sends.c */
 void api_route_run_sequencer_csv(api_call *call);     /* api/routes_export.c */
 void api_route_metrics(api_call *call);
 void api_route_openapi(api_call *call);

@@ -230,8 +230,8 @@ static void conn_close(api_conn *c, const char *why)
     if (c->st == CONN_CLOSED)
         return;
     api_http *s = c->srv;
-    log_debug("http connection closed", " peer=%s reason=\"%s\" requests=%lu", c->peer, why,
-              c->nreq);
+    log_debug("http connection closed", LOG_S("peer", c->peer), LOG_S("reason", why),
+              LOG_I("requests", c->nreq));
     ev_io_stop(s->loop, &c->rio);
     ev_io_stop(s->loop, &c->wio);
     ev_timer_stop(s->loop, &c->timer);
@@ -250,6 +250,7 @@ static void conn_close(api_conn *c, const char *why)
     api_req *r = &c->req;
     if (r->st == REQ_DISPATCHED || r->st == REQ_STREAMING) {
         r->st = REQ_ABORTED;
+        api_http__req_log(r, true);
         if (r->abort_cb)
             r->abort_cb(r->abort_arg);
     }
@@ -344,6 +345,7 @@ static void conn_dispatch(api_conn *c)
         return;
     }
     r->st = REQ_DISPATCHED;
+    api_http__req_start(r);
     const char *why = api_http__req_finish(r);
     if (why) {
         c->keepalive = false;
@@ -536,7 +538,8 @@ static void conn_on_timer(struct ev_loop *loop, ev_timer *w, int revents)
         [T_BODY] = "body timeout", [T_WRITE] = "write stalled", [T_LINGER] = "linger done",
     };
     if (c->tmode == T_HEAD || c->tmode == T_BODY || c->tmode == T_WRITE)
-        log_info("http connection timed out", " peer=%s reason=\"%s\"", c->peer, why[c->tmode]);
+        log_info("http connection timed out", LOG_S("peer", c->peer),
+                 LOG_S("reason", why[c->tmode]));
     conn_close(c, why[c->tmode]);
 }
 
@@ -562,7 +565,7 @@ static api_conn *conn_new(api_http *s, int fd, const char *peer)
     c->st = CONN_IDLE;
     list_push(&s->live, c);
     s->nconns++;
-    log_debug("http connection opened", " peer=%s", c->peer);
+    log_debug("http connection opened", LOG_S("peer", c->peer));
     conn_watch(c);
     return c;
 }
@@ -580,7 +583,7 @@ static void refuse_per_client(int fd, const char *peer)
     (void)n;
     close(fd);
     eng_metrics_http_refused("per_client");
-    log_debug("http connection refused", " peer=%s reason=per_client", peer);
+    log_debug("http connection refused", LOG_S("peer", peer), LOG_S("reason", "per_client"));
 }
 
 /* ---- the server ---- */
@@ -620,7 +623,7 @@ static void srv_on_accept(struct ev_loop *loop, ev_io *w, int revents)
             if (errno == EAGAIN || errno == EWOULDBLOCK)
                 return;
             /* out of descriptors or buffers: back off instead of spinning on a ready socket */
-            log_warn("http accept failed", " err=\"%s\"", strerror(errno));
+            log_warn("http accept failed", LOG_S("err", strerror(errno)));
             if (errno == EMFILE || errno == ENFILE)
                 eng_metrics_http_refused("descriptors");
             ev_io_stop(loop, w);
@@ -762,7 +765,7 @@ api_http *api_http_new(struct ev_loop *loop, const api_http_opts *opts, api_hand
         }
         ev_io_init(&s->accept_io, srv_on_accept, s->lfd, EV_READ);
         ev_io_start(loop, &s->accept_io);
-        log_info("http listening", " listen=%s port=%d", opts->listen, s->port);
+        log_info("http listening", LOG_S("listen", opts->listen), LOG_I("port", s->port));
     }
     return s;
 }

@@ -37,6 +37,7 @@ typedef struct api_http_opts {
     struct api_connlimit *limit; /* shared per-client-address cap (api/connlimit.h), borrowed;
                                     NULL: none. A connection over it is answered 429 and closed */
     bool reuseport;          /* SO_REUSEPORT so several loops/threads can each own a server */
+    bool access_log;         /* one log line per request (method, path, status, time, req id) */
 } api_http_opts;
 
 /* Called on the loop thread, once per request. */
@@ -67,12 +68,17 @@ const char *api_req_method(const api_req *r);                   /* "GET" */
 const char *api_req_path(const api_req *r);                     /* decoded path without the query */
 const char *api_req_raw_query(const api_req *r);                /* undecoded, "" when absent */
 const char *api_req_query(const api_req *r, const char *name);  /* percent-decoded value or NULL */
+const char *api_req_query_name(const api_req *r, size_t i);     /* i-th parameter's name, or NULL */
 const char *api_req_header(const api_req *r, const char *name); /* case-insensitive, NULL if absent */
 const char *api_req_body(const api_req *r, size_t *len);        /* de-chunked, NUL-terminated */
 const char *api_req_peer(const api_req *r);                     /* "127.0.0.1:51234", "[::1]:5" */
+/* The request id, also sent back as X-Request-Id: the client's own X-Request-Id when it is 1-64
+ * characters of [A-Za-z0-9._:-], else 16 random hex digits. */
+const char *api_req_id(const api_req *r);
 
 /* Responses: exactly one per request, now or later. extra_headers is a NULL-terminated array of
- * "Name: value" strings, or NULL; Content-Length, Transfer-Encoding and Connection are ours. */
+ * "Name: value" strings, or NULL; Content-Length, Transfer-Encoding, Connection, Date and
+ * X-Request-Id are ours. A HEAD request gets the headers of its GET without the body bytes. */
 void api_req_respond(api_req *r, int status, const char *content_type, const char *body, size_t len,
                      const char *const *extra_headers);
 void api_req_respond_json(api_req *r, int status, json_t *body /* stolen */);

@@ -51,6 +51,10 @@ struct api_req {
     const char *method;
     bool head_only; /* HEAD: headers as for GET, no body bytes */
     bool chunked;   /* streaming with chunked transfer encoding */
+    char id[72];    /* request id: the client's X-Request-Id when sane, else ours; "" until set */
+    int status;     /* of the response begun, 0 before */
+    size_t bytes;   /* body bytes of the response queued so far */
+    ev_tstamp t0;   /* loop time the request was dispatched (request log) */
     void (*abort_cb)(void *arg);
     void *abort_arg;
 };
@@ -113,5 +117,9 @@ void api_http__conn_kick(api_conn *c);
 void api_http__req_reset(api_req *r);
 /* Decodes the path and query; returns NULL or the reason the target is refused. */
 const char *api_http__req_finish(api_req *r);
+/* Gives a complete request its id and start time, before the handler sees it. */
+void api_http__req_start(api_req *r);
+/* Writes the request log line of r (when the server keeps one); aborted: the client went away. */
+void api_http__req_log(api_req *r, bool aborted);
 /* Answers a request the server itself refuses (malformed, too large) and closes after it. */
 void api_http__conn_error(api_conn *c, int status, const char *code, const char *msg);

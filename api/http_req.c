@@ -1,8 +1,11 @@
 /* api/http_req.c: request accessors, target decoding and response formatting (see http.h). */
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/random.h>
+#include <time.h>
 
 #include "api/http.h"
 #include "api/http_int.h"
@@ -25,6 +28,68 @@ void api_http__req_reset(api_req *r)
     r->chunked = false;
     r->abort_cb = NULL;
     r->abort_arg = NULL;
+    r->id[0] = '\0';
+    r->status = 0;
+    r->bytes = 0;
+}
+
+/* A client's own request id is kept when it cannot smuggle anything into a header or a log. */
+static bool req_id_sane(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > 64)
+        return false;
+    for (; *s; s++)
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') ||
+              *s == '.' || *s == '_' || *s == ':' || *s == '-'))
+            return false;
+    return true;
+}
+
+/* 16 hex digits from a per-thread splitmix64 seeded by the kernel: unique enough to find a
+ * request in the logs, and no system call per request. */
+static void req_id_new(char *out, size_t n)
+{
+    static _Thread_local uint64_t state;
+    static _Thread_local bool seeded;
+    if (!seeded) {
+        if (getrandom(&state, sizeof state, 0) != (ssize_t)sizeof state)
+            state = (uint64_t)time(NULL) ^ (uint64_t)(uintptr_t)&state;
+        seeded = true;
+    }
+    uint64_t z = (state += 0x9e3779b97f4a7c15u);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9u;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebu;
+    z ^= z >> 31;
+    snprintf(out, n, "%016llx", (unsigned long long)z);
+}
+
+void api_http__req_start(api_req *r)
+{
+    const char *given = api_req_header(r, "X-Request-Id");
+    if (given && req_id_sane(given))
+        snprintf(r->id, sizeof r->id, "%s", given);
+    else
+        req_id_new(r->id, sizeof r->id);
+    r->t0 = ev_now(r->conn->srv->loop);
+}
+
+void api_http__req_log(api_req *r, bool aborted)
+{
+    api_http *s = r->conn->srv;
+    if (!s->opts.access_log || LOG_INFO > eng_log_threshold)
+        return;
+    char saved[sizeof r->id];
+    const char *cur = eng_log_request();
+    snprintf(saved, sizeof saved, "%s", cur ? cur : "");
+    eng_log_request_set(r->id);
+    ev_now_update(s->loop);
+    double ms = (ev_now(s->loop) - r->t0) * 1000.0;
+    const char *path = r->dec.ptr ? r->dec.ptr : "";
+    log_info("http request", LOG_S("method", r->method), LOG_S("path", path),
+             LOG_I("status", r->status), LOG_F("ms", ms), LOG_I("bytes", r->bytes),
+             LOG_S("peer", r->conn->peer), LOG_S("outcome", aborted ? "client_gone" : "sent"));
+    eng_log_request_set(saved);
 }
 
 static int hexval(char ch)
@@ -140,6 +205,11 @@ const char *api_req_query(const api_req *r, const char *name)
     return NULL;
 }
 
+const char *api_req_query_name(const api_req *r, size_t i)
+{
+    return i < r->nq ? r->dec.ptr + r->qoffs[2 * i] : NULL;
+}
+
 const char *api_req_header(const api_req *r, const char *name)
 {
     for (size_t i = 0; i < r->nhdrs; i++)
@@ -158,6 +228,11 @@ const char *api_req_body(const api_req *r, size_t *len)
 const char *api_req_peer(const api_req *r)
 {
     return r->conn->peer;
+}
+
+const char *api_req_id(const api_req *r)
+{
+    return r->id;
 }
 
 /* ---- responses ---- */
@@ -213,8 +288,28 @@ static bool req_owed(api_req *r, enum req_state want, const char *what)
     if (r->st == want)
         return true;
     if (r->st != REQ_ABORTED)
-        log_error("http response out of order", " call=%s state=%d", what, (int)r->st);
+        log_error("http response out of order", LOG_S("call", what), LOG_I("state", (int)r->st));
     return false;
+}
+
+/* "Date: <IMF-fixdate>\r\n" (RFC 9110 6.6.1), formatted once a second per thread. */
+static const char *http_date(void)
+{
+    static _Thread_local time_t last = -1;
+    static _Thread_local char buf[64];
+    time_t now = time(NULL);
+    if (now != last) {
+        static const char days[][4] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
+        static const char months[][4] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                         "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+        struct tm tm;
+        gmtime_r(&now, &tm);
+        snprintf(buf, sizeof buf, "Date: %s, %02d %s %04d %02d:%02d:%02d GMT\r\n", days[tm.tm_wday],
+                 tm.tm_mday, months[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min,
+                 tm.tm_sec);
+        last = now;
+    }
+    return buf;
 }
 
 #define LEN_CHUNKED (-1)
@@ -226,8 +321,14 @@ static void put_head(api_req *r, int status, const char *ctype, const char *cons
     api_conn *c = r->conn;
     bool keep = c->keepalive && !c->srv->shutting && !(clen == LEN_CHUNKED && c->http10);
     c->resp_keep = keep;
-    char line[96];
+    r->status = status;
+    if (!r->id[0])
+        req_id_new(r->id, sizeof r->id);
+    char line[128];
     int n = snprintf(line, sizeof line, "HTTP/1.1 %d %s\r\n", status, reason_phrase(status));
+    out_add(c, line, (size_t)n);
+    out_str(c, http_date());
+    n = snprintf(line, sizeof line, "X-Request-Id: %s\r\n", r->id);
     out_add(c, line, (size_t)n);
     if (ctype && strpbrk(ctype, "\r\n"))
         ctype = "application/octet-stream";
@@ -245,7 +346,7 @@ static void put_head(api_req *r, int status, const char *ctype, const char *cons
     }
     for (size_t i = 0; extra && extra[i]; i++) {
         if (strpbrk(extra[i], "\r\n")) { /* no response splitting through reflected values */
-            log_error("http header dropped", " reason=\"contains a line break\"");
+            log_error("http header dropped", LOG_S("reason", "contains a line break"));
             continue;
         }
         out_str(c, extra[i]);
@@ -262,7 +363,7 @@ static int sane_status(int status)
 {
     if (status >= 200 && status <= 599)
         return status;
-    log_error("http handler gave a bad status", " status=%d", status);
+    log_error("http handler gave a bad status", LOG_I("status", status));
     return 500;
 }
 
@@ -275,9 +376,12 @@ void api_req_respond(api_req *r, int status, const char *content_type, const cha
     bool bodyless = status == 204 || status == 304;
     put_head(r, status, bodyless ? NULL : content_type, extra_headers,
              bodyless ? LEN_NONE : (long long)len);
-    if (!bodyless && !r->head_only && len)
+    if (!bodyless && !r->head_only && len) {
         out_add(r->conn, body, len);
+        r->bytes = len;
+    }
     r->st = REQ_DONE;
+    api_http__req_log(r, false);
     api_http__conn_kick(r->conn);
 }
 
@@ -286,7 +390,7 @@ void api_req_respond_json(api_req *r, int status, json_t *body)
     char *s = body ? json_dumps(body, JSON_COMPACT) : NULL;
     json_decref(body);
     if (!s) {
-        log_error("http response is not serializable json", "%s", "");
+        log_error("http response is not serializable json");
         static const char fallback[] = "{\"error\":{\"code\":\"internal\",\"message\":\"bad response\"}}";
         api_req_respond(r, 500, "application/json", fallback, sizeof fallback - 1, NULL);
         return;
@@ -307,6 +411,10 @@ void api_req_respond_error(api_req *r, int status, const char *code, const char 
 void api_http__conn_error(api_conn *c, int status, const char *code, const char *msg)
 {
     api_req *r = &c->req;
+    if (!r->id[0]) { /* a refused head may be half-stored: its X-Request-Id is not looked at */
+        req_id_new(r->id, sizeof r->id);
+        r->t0 = ev_now(c->srv->loop);
+    }
     c->keepalive = false;
     c->st = CONN_WRITING;
     r->st = REQ_DISPATCHED;
@@ -336,6 +444,7 @@ void api_req_stream_write(api_req *r, const char *data, size_t len)
         out_add(c, size, (size_t)n);
     }
     out_add(c, data, len);
+    r->bytes += len;
     if (r->chunked)
         out_add(c, "\r\n", 2);
     api_http__conn_kick(c);
@@ -348,6 +457,7 @@ void api_req_stream_end(api_req *r)
     if (r->chunked && !r->head_only)
         out_str(r->conn, "0\r\n\r\n");
     r->st = REQ_DONE;
+    api_http__req_log(r, false);
     api_http__conn_kick(r->conn);
 }
 

@@ -148,8 +148,8 @@ static const char *secret_of(const json_t *settings, const char *field, const ch
 
 static void unauthorized(api_call *call, const char *provider, const char *why)
 {
-    log_warn("webhook refused", " provider=%s tenant=%lld reason=\"%s\"", provider, call->tenant,
-             why);
+    log_warn("webhook refused", LOG_S("provider", provider), LOG_I("tenant", call->tenant),
+             LOG_S("reason", why));
     api_call_respond_error(call, 401, "unauthorized", why, NULL);
 }
 
@@ -173,9 +173,9 @@ static void applied_cb(api_call *call, const eng_err *err, const PGresult *res)
         return;
     }
     hook_state *st = call->data;
-    log_info("webhook applied", " provider=%s tenant=%lld applied=%s duplicates=%s events=%s",
-             prov_name(st->provider), call->tenant, PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1),
-             PQgetvalue(res, 0, 2));
+    log_info("webhook applied", LOG_S("provider", prov_name(st->provider)),
+             LOG_I("tenant", call->tenant), LOG_S("applied", PQgetvalue(res, 0, 0)),
+             LOG_S("duplicates", PQgetvalue(res, 0, 1)), LOG_S("events", PQgetvalue(res, 0, 2)));
     json_t *out = json_pack("{s:i, s:i, s:i}", "applied", atoi(PQgetvalue(res, 0, 0)),
                             "duplicates", atoi(PQgetvalue(res, 0, 1)), "events",
                             atoi(PQgetvalue(res, 0, 2)));
@@ -770,7 +770,8 @@ static void whatsapp_verify(api_call *call, const json_t *settings)
     const char *challenge = api_req_query(call->req, "hub.challenge");
     if (!want || !mode || strcmp(mode, "subscribe") != 0 || !token ||
         strlen(token) != strlen(want) || CRYPTO_memcmp(token, want, strlen(want)) != 0) {
-        log_warn("webhook verification refused", " provider=whatsapp tenant=%lld", call->tenant);
+        log_warn("webhook verification refused", LOG_S("provider", "whatsapp"),
+                 LOG_I("tenant", call->tenant));
         api_call_respond_error(call, 403, "forbidden", "verification token mismatch", NULL);
         return;
     }

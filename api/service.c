@@ -58,50 +58,58 @@ typedef struct api_route {
     const char *pattern; /* segments; "{}" captures one */
     api_route_fn *fn;
     bool open;           /* no key needed */
+    const char *id;      /* the first "{}" is the id of this (a run, a batch): a positive bigint */
+    const char *const *query; /* query parameters it reads (NULL-terminated); NULL: none */
 } api_route;
 
 static void api_route_healthz(api_call *call);
 static void api_route_readyz(api_call *call);
 
-/* api/routes_hooks.c and api/routes_outbox.c (their prototypes belong in api_int.h) */
-
+#define Q(...) ((const char *const[]){__VA_ARGS__, NULL})
+/* Webhook routes take the query their provider's configuration carries. */
+static const char *const api_query_any[] = {NULL};
 
 static const api_route api_routes[] = {
-    {"GET", "/healthz", api_route_healthz, true},
-    {"GET", "/readyz", api_route_readyz, true},
-    {"GET", "/metrics", api_route_metrics, true},
-    {"GET", "/v1/openapi.json", api_route_openapi, true},
-    {"GET", "/v1/schemas/workflow.json", api_route_workflow_schema, true},
-    {"GET", "/v1/workflows", api_route_workflows_list, false},
-    {"PUT", "/v1/workflows/{}", api_route_workflow_put, false},
-    {"GET", "/v1/workflows/{}", api_route_workflow_get, false},
-    {"POST", "/v1/runs", api_route_run_post, false},
-    {"GET", "/v1/runs/{}", api_route_run_get, false},
-    {"POST", "/v1/runs/{}/cancel", api_route_run_cancel, false},
-    {"POST", "/v1/runs/{}/retry", api_route_run_retry, false},
-    {"GET", "/v1/runs/{}/sequencer.csv", api_route_run_sequencer_csv, false},
-    {"POST", "/v1/events", api_route_event_post, false},
-    {"POST", "/v1/test/clock", api_route_test_clock, false},
-    {"GET", "/v1/runs", api_route_runs_list, false},
-    {"GET", "/v1/runs/{}/events", api_route_run_events, false},
-    {"POST", "/v1/batches", api_route_batch_post, false},
-    {"GET", "/v1/batches/{}", api_route_batch_get, false},
-    {"GET", "/v1/batches/{}/results", api_route_batch_results, false},
-    {"POST", "/v1/tenants", api_route_tenant_post, false},
-    {"POST", "/v1/keys", api_route_key_post, false},
-    {"DELETE", "/v1/keys/{}", api_route_key_delete, false},
-    {"POST", "/v1/hooks/twilio", api_route_hook_twilio, true},     /* signature-verified */
-    {"POST", "/v1/hooks/sendgrid", api_route_hook_sendgrid, true}, /* signature-verified */
-    {"POST", "/v1/hooks/whatsapp", api_route_hook_whatsapp, true}, /* signature-verified */
-    {"GET", "/v1/hooks/whatsapp", api_route_hook_whatsapp_verify, true},
-    {"GET", "/v1/outbox", api_route_outbox_list, false},
-    {"GET", "/v1/rate-limits", api_route_rate_limits_list, false},
-    {"PUT", "/v1/rate-limits/{}", api_route_rate_limit_put, false},
-    {"DELETE", "/v1/rate-limits/{}", api_route_rate_limit_delete, false},
-    {"POST", "/v1/suppressions", api_route_suppression_post, false},
-    {"GET", "/v1/suppressions", api_route_suppressions_list, false},
-    {"DELETE", "/v1/suppressions/{}/{}", api_route_suppression_delete, false},
+    {"GET", "/healthz", api_route_healthz, true, NULL, NULL},
+    {"GET", "/readyz", api_route_readyz, true, NULL, NULL},
+    {"GET", "/metrics", api_route_metrics, true, NULL, NULL},
+    {"GET", "/v1/openapi.json", api_route_openapi, true, NULL, NULL},
+    {"GET", "/v1/schemas/workflow.json", api_route_workflow_schema, true, NULL, NULL},
+    {"GET", "/v1/workflows", api_route_workflows_list, false, NULL, NULL},
+    {"PUT", "/v1/workflows/{}", api_route_workflow_put, false, NULL, NULL},
+    {"GET", "/v1/workflows/{}", api_route_workflow_get, false, NULL, Q("version")},
+    {"POST", "/v1/runs", api_route_run_post, false, NULL, NULL},
+    {"GET", "/v1/runs/{}", api_route_run_get, false, "run", NULL},
+    {"POST", "/v1/runs/{}/cancel", api_route_run_cancel, false, "run", NULL},
+    {"POST", "/v1/runs/{}/retry", api_route_run_retry, false, "run", NULL},
+    {"GET", "/v1/runs/{}/sequencer.csv", api_route_run_sequencer_csv, false, "run", NULL},
+    {"POST", "/v1/events", api_route_event_post, false, NULL, NULL},
+    {"POST", "/v1/test/clock", api_route_test_clock, false, NULL, NULL},
+    {"GET", "/v1/runs", api_route_runs_list, false, NULL,
+     Q("workflow", "state", "batch", "limit", "cursor")},
+    {"GET", "/v1/runs/{}/events", api_route_run_events, false, "run", Q("after", "limit")},
+    {"POST", "/v1/batches", api_route_batch_post, false, NULL, NULL},
+    {"GET", "/v1/batches/{}", api_route_batch_get, false, "batch", NULL},
+    {"GET", "/v1/batches/{}/results", api_route_batch_results, false, "batch", Q("format")},
+    {"POST", "/v1/tenants", api_route_tenant_post, false, NULL, NULL},
+    {"POST", "/v1/keys", api_route_key_post, false, NULL, NULL},
+    {"DELETE", "/v1/keys/{}", api_route_key_delete, false, "key", NULL},
+    /* signature-verified */
+    {"POST", "/v1/hooks/twilio", api_route_hook_twilio, true, NULL, api_query_any},
+    {"POST", "/v1/hooks/sendgrid", api_route_hook_sendgrid, true, NULL, api_query_any},
+    {"POST", "/v1/hooks/whatsapp", api_route_hook_whatsapp, true, NULL, api_query_any},
+    {"GET", "/v1/hooks/whatsapp", api_route_hook_whatsapp_verify, true, NULL, api_query_any},
+    {"GET", "/v1/outbox", api_route_outbox_list, false, NULL, Q("run", "after", "limit")},
+    {"POST", "/v1/sends/{}/outcome", api_route_send_outcome, false, NULL, NULL},
+    {"GET", "/v1/rate-limits", api_route_rate_limits_list, false, NULL, NULL},
+    {"PUT", "/v1/rate-limits/{}", api_route_rate_limit_put, false, NULL, NULL},
+    {"DELETE", "/v1/rate-limits/{}", api_route_rate_limit_delete, false, NULL, NULL},
+    {"POST", "/v1/suppressions", api_route_suppression_post, false, NULL, NULL},
+    {"GET", "/v1/suppressions", api_route_suppressions_list, false, NULL,
+     Q("channel", "limit", "cursor")},
+    {"DELETE", "/v1/suppressions/{}/{}", api_route_suppression_delete, false, NULL, NULL},
 };
+#undef Q
 
 /* ------------------------------------------------------------------------------- calls -- */
 
@@ -181,8 +189,8 @@ void api_call_respond_err(api_call *call, const eng_err *err)
             code = map[i].code;
         }
     if (err->rc == ENG_EDB_RETRY) { /* the driver's words stay in the log */
-        log_info("request failed", " rc=%s sqlstate=%s error=\"%s\"", eng_rc_name(err->rc),
-                 err->sqlstate, err->msg);
+        log_info("request failed", LOG_S("rc", eng_rc_name(err->rc)),
+                 LOG_S("sqlstate", err->sqlstate), LOG_S("error", err->msg));
         call_unavailable(call);
         return;
     }
@@ -191,8 +199,8 @@ void api_call_respond_err(api_call *call, const eng_err *err)
     if (strcmp(err->sqlstate, "FL409") == 0)
         code = "idempotency_conflict", field = "Idempotency-Key";
     if (status >= 500)
-        log_error("request failed", " rc=%s sqlstate=%s error=\"%s\"", eng_rc_name(err->rc),
-                  err->sqlstate, err->msg);
+        log_error("request failed", LOG_S("rc", eng_rc_name(err->rc)),
+                  LOG_S("sqlstate", err->sqlstate), LOG_S("error", err->msg));
     api_call_respond_error(call, status, code, status == 500 ? "internal error" : err->msg, field);
 }
 
@@ -236,11 +244,12 @@ static void call_db_cb(void *arg, const eng_err *err, const PGresult *res)
     api_call_db_cb *cb = op->cb;
     free(op);
     call->dbop = NULL;
-    if (!call->req) {
+    eng_log_request_set(call->req_id);
+    if (!call->req)
         api_call_free(call);
-        return;
-    }
-    cb(call, err, res);
+    else
+        cb(call, err, res);
+    eng_log_request_set(NULL);
 }
 
 void api_call_db(api_call *call, const char *sql, int nparams, const char *const *params,
@@ -298,7 +307,7 @@ static bool call_only_fields(api_call *call, const json_t *obj, const char *cons
         if (!allowed[i]) {
             char field[128];
             snprintf(field, sizeof field, "/%.120s", name);
-            api_call_respond_error(call, 400, "invalid_request", "unknown field", field);
+            api_call_respond_error(call, 422, "invalid_request", "unknown field", field);
             return false;
         }
     }
@@ -483,25 +492,106 @@ static void api_authenticate(api_call *call, const api_route *route)
                 1, params, auth_done);
 }
 
+static void api_route_call(api_loop *lp, api_call *call);
+
 static void api_handle(void *arg, api_req *req)
 {
     api_loop *lp = arg;
     api_call *call = eng_xcalloc(1, sizeof *call);
     call->req = req;
     call->lp = lp;
+    snprintf(call->req_id, sizeof call->req_id, "%s", api_req_id(req));
     api_req_on_abort(req, call_abort_cb, call);
+    eng_log_request_set(call->req_id);
+    api_route_call(lp, call);
+    eng_log_request_set(NULL);
+}
+
+/* Whether s is a positive bigint written plainly (no sign, space or leading zero). */
+static bool route_id_ok(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > 19 || s[0] == '0')
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (s[i] < '0' || s[i] > '9')
+            return false;
+    return n < 19 || strcmp(s, "9223372036854775807") <= 0;
+}
+
+/* The first query parameter of req that route does not read, or NULL. */
+static const char *route_unknown_query(const api_route *route, const api_req *req)
+{
+    if (route->query == api_query_any)
+        return NULL;
+    for (size_t i = 0;; i++) {
+        const char *name = api_req_query_name(req, i);
+        if (!name)
+            return NULL;
+        size_t k = 0;
+        while (route->query && route->query[k] && strcmp(route->query[k], name) != 0)
+            k++;
+        if (!route->query || !route->query[k])
+            return name;
+    }
+}
+
+/* Answers 405 with the methods path has (HEAD wherever GET is). */
+static void route_not_allowed(api_loop *lp, api_call *call, const char *path)
+{
+    char allow[96] = "Allow: ";
+    size_t off = strlen(allow);
+    for (size_t i = 0; i < ENG_ARRAY_LEN(api_routes); i++) {
+        const api_route *r = &api_routes[i];
+        if ((r->fn == api_route_test_clock && !lp->svc->opts.test_clock) ||
+            !route_match(r->pattern, path, call))
+            continue;
+        off += (size_t)snprintf(allow + off, sizeof allow - off, "%s%s", off > 7 ? ", " : "",
+                                r->method);
+        if (strcmp(r->method, "GET") == 0)
+            off += (size_t)snprintf(allow + off, sizeof allow - off, ", HEAD");
+    }
+    const char *headers[] = {allow, NULL};
+    json_t *body = json_pack("{s:{s:s, s:s}}", "error", "code", "method_not_allowed", "message",
+                             "method not allowed on this route");
+    char *text = json_dumps(body, JSON_COMPACT);
+    json_decref(body);
+    api_call_respond_raw(call, 405, "application/json", text, strlen(text), headers);
+    free(text);
+}
+
+/* Finds the route of call's request and runs it (or answers 404/405). HEAD runs the GET route; the
+ * HTTP layer sends its headers without the body. */
+static void api_route_call(api_loop *lp, api_call *call)
+{
+    api_req *req = call->req;
     const char *method = api_req_method(req), *path = api_req_path(req);
+    if (strcmp(method, "HEAD") == 0)
+        method = "GET";
     bool path_known = false;
     for (size_t i = 0; i < ENG_ARRAY_LEN(api_routes); i++) {
         const api_route *r = &api_routes[i];
+        if (r->fn == api_route_test_clock && !lp->svc->opts.test_clock)
+            continue;
         if (!route_match(r->pattern, path, call))
             continue;
-        if (r->fn == api_route_test_clock && !lp->svc->opts.test_clock)
-            break;
         path_known = true;
         if (strcmp(r->method, method) != 0)
             continue;
         call->route = r->pattern;
+        if (r->id && !route_id_ok(call->params[0])) {
+            char msg[64];
+            snprintf(msg, sizeof msg, "%s not found", r->id);
+            api_call_respond_error(call, 404, "not_found", msg, NULL);
+            return;
+        }
+        const char *unknown = route_unknown_query(r, req);
+        if (unknown) {
+            char field[80];
+            snprintf(field, sizeof field, "?%.64s", unknown);
+            api_call_respond_error(call, 400, "invalid_request", "unknown query parameter", field);
+            return;
+        }
         if (r->open)
             api_dispatch(call, r);
         else
@@ -509,8 +599,7 @@ static void api_handle(void *arg, api_req *req)
         return;
     }
     if (path_known)
-        api_call_respond_error(call, 405, "method_not_allowed", "method not allowed on this route",
-                               NULL);
+        route_not_allowed(lp, call, path);
     else
         api_call_respond_error(call, 404, "not_found", "no such route", NULL);
 }
@@ -598,7 +687,7 @@ api_service *api_service_start(const api_service_opts *opts, eng_err *err)
         api_http_opts ho = {.listen = listen_buf, .max_body = opts->max_body, .reuseport = true,
                             .max_conns = max_conns / s->nloops, .limit = s->connlimit,
                             .header_timeout_s = opts->header_timeout_s,
-                            .request_timeout_s = opts->request_timeout_s};
+                            .request_timeout_s = opts->request_timeout_s, .access_log = true};
         lp->http = api_http_new(lp->loop, &ho, api_handle, lp, err);
         if (!lp->http) {
             ev_loop_destroy(lp->loop);
@@ -627,8 +716,8 @@ api_service *api_service_start(const api_service_opts *opts, eng_err *err)
     }
     for (int i = 0; i < s->nloops; i++)
         pthread_create(&s->loops[i].thread, NULL, loop_main, &s->loops[i]);
-    log_info("api listening", " address=%s threads=%d max_connections=%d per_client=%d",
-             listen_buf, s->nloops, max_conns, per_client);
+    log_info("api listening", LOG_S("address", listen_buf), LOG_I("threads", s->nloops),
+             LOG_I("max_connections", max_conns), LOG_I("per_client", per_client));
     return s;
 }
 

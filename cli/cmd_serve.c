@@ -21,7 +21,7 @@
 static void serve_signal_cb(struct ev_loop *loop, ev_signal *w, int revents)
 {
     (void)revents;
-    log_info("stopping", " signal=%d", w->signum);
+    log_info("stopping", LOG_I("signal", w->signum));
     ev_break(loop, EVBREAK_ALL);
 }
 
@@ -59,7 +59,7 @@ static eng_rc serve_register_dir(cli_env *env, const char *dir, eng_err *err)
             int version = 0;
             rc = cli_register_file(env, tenant, path, &id, &version, err);
             if (rc == ENG_OK) {
-                log_info("workflow registered", " file=%s version=%d", path, version);
+                log_info("workflow registered", LOG_S("file", path), LOG_I("version", version));
                 registered++;
             } else if (!strstr(err->msg, path)) {
                 /* name the file: the definition's own errors only name the field */
@@ -94,8 +94,8 @@ static eng_rc serve_clock_start(cli_env *env, bool test_clock, eng_err *err)
         return err->rc;
     json_t *r = json_loads(PQgetvalue(res, 0, 0), 0, NULL);
     PQclear(res);
-    log_info("engine clock", " test_mode=%s offset_ms=%lld", test_clock ? "true" : "false",
-             (long long)json_integer_value(json_object_get(r, "offset_ms")));
+    log_info("engine clock", LOG_S("test_mode", test_clock ? "true" : "false"),
+             LOG_I("offset_ms", json_integer_value(json_object_get(r, "offset_ms"))));
     json_decref(r);
     return ENG_OK;
 }
@@ -332,14 +332,14 @@ int cli_cmd_serve(cli_env *env, int argc, char **argv)
         pool[i] = eng_worker_start(&wo);
         free(owner);
     }
-    log_info("serving", " role=%s workers=%d database=%s", role, workers,
-             env->embedded ? "embedded" : "external");
+    log_info("serving", LOG_S("role", role), LOG_I("workers", workers),
+             LOG_S("database", env->embedded ? "embedded" : "external"));
     ev_run(loop, 0);
     api_service_stop(api);
     for (int i = 0; i < workers; i++)
         eng_worker_stop(pool[i], 10.0);
     free(pool);
     cli_env_close(env);
-    log_info("stopped", NULL);
+    log_info("stopped");
     return 0;
 }

@@ -92,15 +92,16 @@ static void db_one_line(char *s)
 static void db_mark_down(eng_db *db, const char *why)
 {
     if (db->down) {
-        log_debug("database connection attempt failed", " app=%s reason=\"%s\"", db->appname, why);
+        log_debug("database connection attempt failed", LOG_S("app", db->appname),
+                  LOG_S("reason", why));
         return;
     }
     db->down = true;
     db->down_at = ev_now(db->loop);
     if (atomic_fetch_add(&db_ndown, 1) == 0)
-        log_warn("database unreachable", " app=%s reason=\"%s\"", db->appname, why);
+        log_warn("database unreachable", LOG_S("app", db->appname), LOG_S("reason", why));
     else
-        log_debug("database connection lost", " app=%s reason=\"%s\"", db->appname, why);
+        log_debug("database connection lost", LOG_S("app", db->appname), LOG_S("reason", why));
 }
 
 static void db_mark_up(eng_db *db)
@@ -109,8 +110,8 @@ static void db_mark_up(eng_db *db)
         return;
     db->down = false;
     if (atomic_fetch_sub(&db_ndown, 1) == 1)
-        log_warn("database reachable again", " app=%s down_s=%.1f", db->appname,
-                 ev_now(db->loop) - db->down_at);
+        log_warn("database reachable again", LOG_S("app", db->appname),
+                 LOG_F("down_s", ev_now(db->loop) - db->down_at));
 }
 
 static void db_drive(eng_db *db);
@@ -367,7 +368,8 @@ static void db_finish_op(eng_db *db)
     bool failed = res && eng_db_classify(res, &err) != ENG_OK;
     if (op->kind == OP_PREPARE) {
         if (failed)
-            log_error("prepare failed", " stmt=%s error=\"%s\"", db->stmts[op->stmt].name, err.msg);
+            log_error("prepare failed", LOG_S("stmt", db->stmts[op->stmt].name),
+                      LOG_S("error", err.msg));
         else
             db->stmts[op->stmt].prepared = true;
         if (failed) {
@@ -386,7 +388,7 @@ static void db_finish_op(eng_db *db)
             return;
         }
     } else if (op->kind == OP_LISTEN && failed) {
-        log_error("listen failed", " error=\"%s\"", err.msg);
+        log_error("listen failed", LOG_S("error", err.msg));
     }
     if (op->kind == OP_QUERY)
         db->nqueries--;

@@ -103,22 +103,23 @@ static bool httpc_have_http2;
 static void setopt_check(CURLcode rc, const char *opt)
 {
     if (rc != CURLE_OK)
-        log_error("curl option refused", " option=%s error=\"%s\"", opt, curl_easy_strerror(rc));
+        log_error("curl option refused", LOG_S("option", opt),
+                  LOG_S("error", curl_easy_strerror(rc)));
 }
 #define EASY_SETOPT(e, opt, val) setopt_check(curl_easy_setopt((e), (opt), (val)), #opt)
 
 static void msetopt_check(CURLMcode rc, const char *opt)
 {
     if (rc != CURLM_OK)
-        log_error("curl multi option refused", " option=%s error=\"%s\"", opt,
-                  curl_multi_strerror(rc));
+        log_error("curl multi option refused", LOG_S("option", opt),
+                  LOG_S("error", curl_multi_strerror(rc)));
 }
 #define MULTI_SETOPT(m, opt, val) msetopt_check(curl_multi_setopt((m), (opt), (val)), #opt)
 
 void eng_httpc_global_init(void)
 {
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
-        log_error("curl_global_init failed", NULL);
+        log_error("curl_global_init failed");
         abort();
     }
     const curl_version_info_data *v = curl_version_info(CURLVERSION_NOW);
@@ -260,7 +261,7 @@ static void call_detach(eng_http_call *c)
     assert(c->st == CALL_RUNNING);
     CURLMcode mc = curl_multi_remove_handle(c->sh->multi, c->easy);
     if (mc != CURLM_OK)
-        log_error("curl_multi_remove_handle failed", " error=\"%s\"", curl_multi_strerror(mc));
+        log_error("curl_multi_remove_handle failed", LOG_S("error", curl_multi_strerror(mc)));
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -276,7 +277,7 @@ static struct curl_slist *slist_add(struct curl_slist *l, const char *s)
 {
     struct curl_slist *r = curl_slist_append(l, s);
     if (!r) {
-        log_error("out of memory", " where=curl_slist_append");
+        log_error("out of memory", LOG_S("where", "curl_slist_append"));
         abort();
     }
     return r;
@@ -324,7 +325,7 @@ static void call_set_request(eng_http_call *c, const eng_http_request *req)
 static void refuse(eng_http_call *c, const char *ip, const char *why)
 {
     snprintf(c->refused, sizeof c->refused, "%s is %s", ip, why);
-    log_info("outbound call refused", " address=%s reason=%s", ip, why);
+    log_info("outbound call refused", LOG_S("address", ip), LOG_S("reason", why));
 }
 
 /* public_only: a connection to a non-public address is never opened (each address curl tries,
@@ -419,7 +420,7 @@ static struct httpc_shard *shard_new(eng_httpc *h)
     sh->h = h;
     sh->multi = curl_multi_init();
     if (!sh->multi) {
-        log_error("out of memory", " where=curl_multi_init");
+        log_error("out of memory", LOG_S("where", "curl_multi_init"));
         abort();
     }
     ev_timer_init(&sh->timer, on_timer, 0., 0.);
@@ -461,7 +462,7 @@ eng_http_call *eng_httpc_start(eng_httpc *h, const eng_http_request *req, eng_ht
     eng_buf_init(&c->headers, HTTPC_MAX_HEADER_BYTES);
     c->easy = curl_easy_init();
     if (!c->easy) {
-        log_error("out of memory", " where=curl_easy_init");
+        log_error("out of memory", LOG_S("where", "curl_easy_init"));
         abort();
     }
     call_set_options(c, req);
@@ -478,7 +479,7 @@ eng_http_call *eng_httpc_start(eng_httpc *h, const eng_http_request *req, eng_ht
     /* Fails only for misuse (a call from inside a curl callback) or out of memory. */
     CURLMcode mc = curl_multi_add_handle(c->sh->multi, c->easy);
     if (mc != CURLM_OK) {
-        log_error("curl_multi_add_handle failed", " error=\"%s\"", curl_multi_strerror(mc));
+        log_error("curl_multi_add_handle failed", LOG_S("error", curl_multi_strerror(mc)));
         abort();
     }
     return c;
@@ -548,8 +549,8 @@ static void call_finish(eng_http_call *c, CURLcode res)
                             ? versions[version]
                             : 0,
     };
-    log_debug("http call finished", " status=%ld ms=%.1f curl=%d", status, resp.total_ms,
-              (int)res);
+    log_debug("http call finished", LOG_I("status", status), LOG_F("ms", resp.total_ms),
+              LOG_I("curl", (int)res));
     c->cb(c->arg, err, err ? NULL : &resp, c);
     call_free(c);
 }
@@ -602,7 +603,7 @@ static void httpc_action(struct httpc_shard *sh, curl_socket_t s, int flags)
     CURLMcode mc = curl_multi_socket_action(sh->multi, s, flags, &running);
     /* BAD_SOCKET: curl already forgot a socket whose event was pending; harmless. */
     if (mc != CURLM_OK && mc != CURLM_BAD_SOCKET)
-        log_warn("curl_multi_socket_action failed", " error=\"%s\"", curl_multi_strerror(mc));
+        log_warn("curl_multi_socket_action failed", LOG_S("error", curl_multi_strerror(mc)));
     httpc_drain(sh);
 }
 

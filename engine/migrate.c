@@ -211,7 +211,7 @@ eng_rc eng_migrate_up(const char *conninfo, const eng_migration *migs, size_t co
         if (rc != ENG_OK)
             goto out;
         done++;
-        log_info("migration applied", " name=%s", order[i]->name);
+        log_info("migration applied", LOG_S("name", order[i]->name));
     }
     /* Closing the session would release the lock too; unlocking says so explicitly. */
     rc = migrate_exec(conn, MIGRATE_UNLOCK_SQL, 0, NULL, "cannot release the migration lock", NULL,

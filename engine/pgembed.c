@@ -385,7 +385,7 @@ static eng_rc pgembed_initdb(eng_pgembed *pg, eng_err *err)
     eng_rc rc = ENG_OK;
     struct stat st;
     if (lstat(tmp, &st) == 0) {
-        log_warn("removing a cluster left half-made by an earlier start", " path=%s", tmp);
+        log_warn("removing a cluster left half-made by an earlier start", LOG_S("path", tmp));
         pgembed_rmtree_cb_rc = ENG_OK;
         nftw(tmp, pgembed_rm_one, 16, FTW_DEPTH | FTW_PHYS);
         if (pgembed_rmtree_cb_rc != ENG_OK) {
@@ -393,7 +393,7 @@ static eng_rc pgembed_initdb(eng_pgembed *pg, eng_err *err)
             goto out;
         }
     }
-    log_info("creating postgresql cluster", " path=%s bindir=%s", pg->pgdata, pg->bindir);
+    log_info("creating postgresql cluster", LOG_S("path", pg->pgdata), LOG_S("bindir", pg->bindir));
     char *const argv[] = {initdb, "-D", tmp, "-U", "postgres", "-A", "trust", "-E", "UTF8",
                           "--locale=C", NULL};
     int status = 0;
@@ -458,7 +458,7 @@ static eng_rc pgembed_clear_stale(const char *path, long *live_pid, eng_err *err
         *live_pid = pid;
         return ENG_OK;
     }
-    log_warn("removing a stale postgresql lock file", " path=%s pid=%ld", path, pid);
+    log_warn("removing a stale postgresql lock file", LOG_S("path", path), LOG_I("pid", pid));
     if (unlink(path) != 0 && errno != ENOENT)
         return eng_err_set(err, ENG_ESYS, "cannot remove %s: %s", path, strerror(errno));
     return ENG_OK;
@@ -595,7 +595,7 @@ static eng_rc pgembed_boot(eng_pgembed *pg, eng_err *err)
                          live, pg->dir);
         goto out;
     }
-    log_info("starting postgresql", " path=%s", pg->pgdata);
+    log_info("starting postgresql", LOG_S("path", pg->pgdata));
     rc = pgembed_pg_ctl_start(pg, err);
     if (rc == ENG_OK)
         pg->owned = true;
@@ -643,7 +643,7 @@ eng_rc eng_pgembed_start(const char *data_dir, eng_pgembed **out, eng_err *err)
     }
     PGPing ping = PQping(admin);
     if (ping == PQPING_OK || ping == PQPING_REJECT) {
-        log_info("using the postgresql server already running", " path=%s", pg->pgdata);
+        log_info("using the postgresql server already running", LOG_S("path", pg->pgdata));
         rc = pgembed_wait_ready(admin, err);
     } else {
         rc = pgembed_boot(pg, err);
@@ -712,7 +712,7 @@ void eng_pgembed_stop(eng_pgembed *pg)
         fclose(f);
     free(pidfile);
     if (pg->owned && !pgembed_live_postgres(pid)) {
-        log_warn("postgresql was no longer running", " path=%s pid=%ld", pg->pgdata, pid);
+        log_warn("postgresql was no longer running", LOG_S("path", pg->pgdata), LOG_I("pid", pid));
     } else if (pg->owned) {
         char *ctl = eng_xasprintf("%s/pg_ctl", pg->bindir);
         char timeout[16];
@@ -722,12 +722,12 @@ void eng_pgembed_stop(eng_pgembed *pg)
         int status = 0;
         eng_err err = {0};
         if (pgembed_run(pg, argv, &status, &err) != ENG_OK)
-            log_error("cannot stop postgresql", " path=%s error=\"%s\"", pg->pgdata, err.msg);
+            log_error("cannot stop postgresql", LOG_S("path", pg->pgdata), LOG_S("error", err.msg));
         else if (status != 0)
-            log_error("pg_ctl stop failed", " path=%s status=%d log=%s", pg->pgdata, status,
-                      pg->logpath);
+            log_error("pg_ctl stop failed", LOG_S("path", pg->pgdata), LOG_I("status", status),
+                      LOG_S("log", pg->logpath));
         else
-            log_info("postgresql stopped", " path=%s", pg->pgdata);
+            log_info("postgresql stopped", LOG_S("path", pg->pgdata));
         free(ctl);
     }
     pgembed_free(pg);

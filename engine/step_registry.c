@@ -27,7 +27,7 @@ void eng_step_register(const eng_step_kind *kind)
     }
     if (step_kinds_n == STEP_KINDS_MAX) {
         /* A build-time mistake (more kinds than slots), not a runtime condition. */
-        log_error("too many step kinds", " kind=%s max=%d", kind->name, STEP_KINDS_MAX);
+        log_error("too many step kinds", LOG_S("kind", kind->name), LOG_I("max", STEP_KINDS_MAX));
         abort();
     }
     step_kinds[step_kinds_n++] = kind;

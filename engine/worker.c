@@ -3,8 +3,8 @@
  * Worker state is a handful of flags driven by worker_kick(), which the loop's prepare watcher
  * calls before every poll so that all outcomes reported in one loop iteration travel in one trip:
  *   cycle_inflight  a flowd_work() is on the wire; nothing else is sent until it returns
- *   maybe_work      claimable steps may exist (NOTIFY, timer, full batch): claim when slots are free
- *   stopping        no more claims; exit once in-flight steps are done or handed back
+ *   maybe_work      claimable steps may exist (NOTIFY, timer, full batch): claim when slots are
+ * free stopping        no more claims; exit once in-flight steps are done or handed back
  *   renew_failing   lease renewals fail on a live connection: no claims until one lands
  *   due_now_seen    a step is due that our claims do not get: wait for a NOTIFY, not a spin
  * Leases are the worker's (migrations/0016_worker_leases.sql): the heartbeat timer renews them,
@@ -93,7 +93,7 @@ struct eng_worker {
         int64_t id;
         int attempt;
         int64_t claimed_ms; /* the claim's engine time: an attempt's number alone can recur */
-    } *release;            /* attempts stopped here while still running in our name: to hand back */
+    } * release; /* attempts stopped here while still running in our name: to hand back */
     size_t nrelease, release_cap;
     size_t nrelease_sent;  /* how many of release[] the renewal on the wire carries */
     bool fresh_connection; /* a round trip lost with the old connection may have claimed steps */
@@ -102,7 +102,7 @@ struct eng_worker {
     bool cycle_inflight;
     bool maybe_work;
     bool due_query_inflight;
-    bool due_now_seen;     /* the next-due answer said "now" after a claim that found nothing */
+    bool due_now_seen; /* the next-due answer said "now" after a claim that found nothing */
     bool stopping;
     bool grace_passed;
     double stop_grace;
@@ -149,8 +149,9 @@ void eng_step_succeed(eng_step_ctx *c, json_t *output)
 void eng_step_fail(eng_step_ctx *c, bool permanent, const char *code, const char *msg,
                    int64_t retry_after_ms)
 {
-    log_info("step attempt failed", " run=%lld step=%s attempt=%d code=%s permanent=%d msg=\"%s\"",
-             (long long)c->run_id, c->key, c->attempt, code, permanent, msg);
+    log_info("step attempt failed", LOG_I("run", (long long)c->run_id), LOG_S("step", c->key),
+             LOG_I("attempt", c->attempt), LOG_S("code", code), LOG_I("permanent", permanent),
+             LOG_S("error", msg));
     ctx_report(c, json_pack("{s:s, s:{s:s, s:s}, s:b, s:I}", "s", "fail", "e", "code", code,
                             "message", msg, "permanent", permanent, "after_ms",
                             (json_int_t)retry_after_ms));
@@ -173,14 +174,17 @@ void eng_step_skip(eng_step_ctx *c, const char *reason)
 
 void eng_step_released(eng_step_ctx *c, const char *why)
 {
-    log_info("step released by its kind", " run=%lld step=%s attempt=%d reason=%s",
-             (long long)c->run_id, c->key, c->attempt, why);
+    log_info("step released by its kind", LOG_I("run", (long long)c->run_id), LOG_S("step", c->key),
+             LOG_I("attempt", c->attempt), LOG_S("reason", why));
     eng_metrics_step_finished(c->kind ? c->kind->name : NULL, why,
                               eng_clock_wall_ms() - c->claim_wall_ms); /* metrics */
     ctx_free(c);
 }
 
-const char *eng_step_owner(const eng_step_ctx *c) { return c->w->owner; }
+const char *eng_step_owner(const eng_step_ctx *c)
+{
+    return c->w->owner;
+}
 
 static void ctx_schedule(eng_step_ctx *c, int64_t at_ms)
 {
@@ -506,8 +510,8 @@ static void worker_cycle_cb(void *arg, const eng_err *err, const PGresult *res)
     eng_worker *w = arg;
     w->cycle_inflight = false;
     if (err) {
-        log_warn("worker round trip failed", " owner=%s error=\"%s\" sqlstate=%s", w->owner,
-                 err->msg, err->sqlstate);
+        log_warn("worker round trip failed", LOG_S("owner", w->owner), LOG_S("error", err->msg),
+                 LOG_S("sqlstate", err->sqlstate));
         worker_requeue_sent(w);
         w->maybe_work = true;
         /* retry soon; a lost connection reconnects by itself and on_connect kicks us */
@@ -587,8 +591,8 @@ static void worker_poll_cb(struct ev_loop *loop, ev_timer *t, int revents)
 static void ctx_abandon(eng_step_ctx *c, const char *why, bool hand_back)
 {
     eng_worker *w = c->w;
-    log_info("step stopped in flight", " run=%lld step=%s attempt=%d reason=%s",
-             (long long)c->run_id, c->key, c->attempt, why);
+    log_info("step stopped in flight", LOG_I("run", (long long)c->run_id), LOG_S("step", c->key),
+             LOG_I("attempt", c->attempt), LOG_S("reason", why));
     if (hand_back) {
         if (w->nrelease == w->release_cap) {
             w->release_cap = w->release_cap ? 2 * w->release_cap : 64;
@@ -633,7 +637,7 @@ static void worker_renew_cb(void *arg, const eng_err *err, const PGresult *res)
     eng_worker *w = arg;
     w->renew_inflight = false;
     if (err) {
-        log_warn("lease renewal failed", " owner=%s error=\"%s\"", w->owner, err->msg);
+        log_warn("lease renewal failed", LOG_S("owner", w->owner), LOG_S("error", err->msg));
         /* what it carried goes with the next one; a lost connection is the reconnect's business */
         w->nrelease_sent = 0;
         w->fresh_connection = w->fresh_connection || w->fresh_sent;
@@ -669,7 +673,7 @@ static void worker_renew_cb(void *arg, const eng_err *err, const PGresult *res)
         }
     }
     if (stopped > 0)
-        log_warn("leases lost", " owner=%s steps=%d", w->owner, stopped);
+        log_warn("leases lost", LOG_S("owner", w->owner), LOG_I("steps", stopped));
     free(lost);
 }
 
@@ -695,7 +699,8 @@ static void worker_ignore_cb(void *arg, const eng_err *err, const PGresult *res)
 {
     (void)res;
     if (err)
-        log_warn("worker maintenance query failed", " owner=%s error=\"%s\"", (char *)arg, err->msg);
+        log_warn("worker maintenance query failed", LOG_S("owner", (char *)arg),
+                 LOG_S("error", err->msg));
 }
 
 /* Sends a renewal: this worker's lease, the attempts to hand back, and which steps it holds
@@ -729,7 +734,7 @@ static void worker_renew(eng_worker *w, double now)
     if (!buf_id_array(&held_s, held, nheld) || !buf_id_array(&rel_ids_s, rel_ids, w->nrelease) ||
         !buf_id_array(&rel_attempts_s, rel_attempts, w->nrelease) ||
         !buf_id_array(&rel_claimed_s, rel_claimed, w->nrelease)) {
-        log_error("out of memory", " where=lease renewal");
+        log_error("out of memory", LOG_S("where", "lease renewal"));
         abort();
     }
     /* What a fresh connection's first renewal hands back is judged against what this worker
@@ -739,8 +744,9 @@ static void worker_renew(eng_worker *w, double now)
     char pid_s[16];
     snprintf(pid_s, sizeof pid_s, "%d", pid);
     bool fresh = w->fresh_connection && pid != 0;
-    const char *params[] = {w->owner,          lease_s,           held_s.ptr, rel_ids_s.ptr,
-                            rel_attempts_s.ptr, rel_claimed_s.ptr, fresh ? pid_s : NULL};
+    const char *params[] = {
+        w->owner,           lease_s,           held_s.ptr,          rel_ids_s.ptr,
+        rel_attempts_s.ptr, rel_claimed_s.ptr, fresh ? pid_s : NULL};
     w->renew_seq = w->ctx_seq;
     w->renew_sent = now;
     w->renew_inflight = true;
@@ -802,7 +808,7 @@ static void worker_grace_cb(struct ev_loop *loop, ev_timer *t, int revents)
     eng_worker *w = ENG_CONTAINER_OF(t, eng_worker, grace);
     if (w->grace_passed) {
         /* the database stayed unreachable: the leases will expire and the reaper re-runs them */
-        log_warn("worker stopped with outcomes unsent", " owner=%s", w->owner);
+        log_warn("worker stopped with outcomes unsent", LOG_S("owner", w->owner));
         ev_break(loop, EVBREAK_ALL);
         return;
     }
@@ -885,7 +891,7 @@ eng_worker *eng_worker_start(const eng_worker_opts *opts)
         ev_timer_start(w->loop, &w->prune);
     ev_timer_init(&w->grace, worker_grace_cb, 0., 0.);
     if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
-        log_error("cannot start worker thread", " owner=%s", w->owner);
+        log_error("cannot start worker thread", LOG_S("owner", w->owner));
         abort();
     }
     return w;

@@ -875,7 +875,7 @@ static char *batch_rows(llm_attempt **items, size_t n, int which)
         ok = ok && eng_buf_append(&rows, "}", 1) == ENG_OK;
     }
     if (!ok || eng_buf_append(&rows, "]", 1) != ENG_OK) {
-        log_error("out of memory", " where=llm batch rows");
+        log_error("out of memory", LOG_S("where", "llm batch rows"));
         abort();
     }
     return rows.ptr; /* the buffer's allocation, NUL-terminated */
@@ -1104,8 +1104,8 @@ static void lookup_result(llm_attempt *a, const eng_err *err, json_t *out)
     }
     if (out) {
         eng_step_ctx *ctx = attempt_end(a);
-        log_info("llm answer replayed from its record", " run=%lld step=%s",
-                 (long long)eng_step_run_id(ctx), eng_step_key(ctx));
+        log_info("llm answer replayed from its record",
+                 LOG_I("run", (long long)eng_step_run_id(ctx)), LOG_S("step", eng_step_key(ctx)));
         eng_step_succeed(ctx, out);
         return;
     }

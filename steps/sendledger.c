@@ -329,15 +329,17 @@ static void park_done(void *arg, const eng_err *err, const PGresult *res)
         return;
     }
     if (err) {
-        log_warn("send could not be parked", " send_key=%s error=\"%s\"", ss->send_key, err->msg);
+        log_warn("send could not be parked", LOG_S("send_key", ss->send_key),
+                 LOG_S("error", err->msg));
         ss_free(ss);
         /* the ledger row stays unknown: the next attempt parks it again */
         eng_step_fail(ctx, false, "ledger", "the send ledger could not park the step", 0);
         return;
     }
     const char *how = PQgetvalue(res, 0, 0);
-    log_info("send outcome unknown: step parked", " run=%lld step=%s send_key=%s result=%s",
-             (long long)eng_step_run_id(ctx), eng_step_key(ctx), ss->send_key, how);
+    log_info("send outcome unknown: step parked", LOG_I("run", (long long)eng_step_run_id(ctx)),
+             LOG_S("step", eng_step_key(ctx)), LOG_S("send_key", ss->send_key),
+             LOG_S("result", how));
     ss_free(ss);
     eng_step_released(ctx, "send_unknown");
 }
@@ -424,7 +426,8 @@ static void record_done(void *arg, const eng_err *err, const PGresult *res)
     if (err && ss->ctx) {
         /* The outcome is not in the ledger: the row stays pending, so the next attempt treats
          * the send as ambiguous instead of sending it again. */
-        log_warn("send outcome not recorded", " send_key=%s error=\"%s\"", ss->send_key, err->msg);
+        log_warn("send outcome not recorded", LOG_S("send_key", ss->send_key),
+                 LOG_S("error", err->msg));
         json_decref(ss->fin_output);
         ss->fin_output = NULL;
         ss_fail(ss, false, "ledger", "the send ledger could not record the outcome: %s", err->msg);
@@ -466,9 +469,9 @@ void step_send_transport_done(step_send *ss, const prov_outcome *o, const char *
         ss_free(ss);
         return;
     }
-    log_info("send call finished", " run=%lld step=%s send_key=%s class=%d code=%s",
-             (long long)eng_step_run_id(ss->ctx), eng_step_key(ss->ctx), ss->send_key, (int)o->cls,
-             o->cls == PROV_OK ? "ok" : o->code);
+    log_info("send call finished", LOG_I("run", (long long)eng_step_run_id(ss->ctx)),
+             LOG_S("step", eng_step_key(ss->ctx)), LOG_S("send_key", ss->send_key),
+             LOG_I("class", (int)o->cls), LOG_S("code", o->cls == PROV_OK ? "ok" : o->code));
     switch (o->cls) {
     case PROV_OK: {
         ss->fin = FIN_SUCCEED;
@@ -558,8 +561,8 @@ void step_send_lookup_done(step_send *ss, bool found, const char *message_id, js
 {
     ss->call = NULL;
     if (found) {
-        log_info("ambiguous send resolved by look-up", " send_key=%s message_id=%s", ss->send_key,
-                 message_id);
+        log_info("ambiguous send resolved by look-up", LOG_S("send_key", ss->send_key),
+                 LOG_S("message_id", message_id));
         ss->fin = FIN_SUCCEED;
         json_t *extra = output ? output : json_object();
         json_object_set_new(extra, "resolved", json_string("lookup"));
@@ -612,9 +615,9 @@ static void call_provider(step_send *ss)
         return;
     }
     ss->st = SS_CALL;
-    log_info("sending", " run=%lld step=%s send_key=%s provider=%s",
-             (long long)eng_step_run_id(ss->ctx), eng_step_key(ss->ctx), ss->send_key,
-             prov_name(ss->ops->provider));
+    log_info("sending", LOG_I("run", (long long)eng_step_run_id(ss->ctx)),
+             LOG_S("step", eng_step_key(ss->ctx)), LOG_S("send_key", ss->send_key),
+             LOG_S("provider", prov_name(ss->ops->provider)));
     ss->call = ss->ops->transport(ss, ss->cfg, &ss->msg);
 }
 
@@ -636,9 +639,10 @@ static void resolve(step_send *ss, int checks)
     if (checks > ss->max_checks) {
         /* The provider's own list of messages did not have it at any of the look-ups, spaced
          * resolve.interval_ms apart: it never went out, and is sent now. */
-        log_warn("ambiguous send not found by look-ups: sending", " run=%lld step=%s send_key=%s "
-                 "checks=%d", (long long)eng_step_run_id(ss->ctx), eng_step_key(ss->ctx),
-                 ss->send_key, checks - 1);
+        log_warn("ambiguous send not found by look-ups: sending",
+                 LOG_I("run", (long long)eng_step_run_id(ss->ctx)),
+                 LOG_S("step", eng_step_key(ss->ctx)), LOG_S("send_key", ss->send_key),
+                 LOG_I("checks", checks - 1));
         prov_outcome o = {.cls = PROV_RETRYABLE};
         snprintf(o.code, sizeof o.code, "not_found");
         snprintf(o.msg, sizeof o.msg, "not found by %d look-ups", checks - 1);

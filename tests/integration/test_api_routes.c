@@ -158,7 +158,7 @@ static void test_admin_tenants_and_keys(void **state)
     expect_error(
         call("POST", "/v1/tenants", ADMIN_KEY, "{\"name\": \"x\", \"max_running\": \"2\"}"), 422,
         "/max_running");
-    expect_error(call("POST", "/v1/tenants", ADMIN_KEY, "{\"name\": \"x\", \"color\": 1}"), 400,
+    expect_error(call("POST", "/v1/tenants", ADMIN_KEY, "{\"name\": \"x\", \"color\": 1}"), 422,
                  "/color");
     expect_error(call("POST", "/v1/tenants", ADMIN_KEY, "{\"name\": "), 400, NULL);
     expect_error(call("POST", "/v1/tenants", NULL, "{\"name\": \"x\"}"), 401, NULL);
@@ -409,7 +409,7 @@ static void test_batch_validation_and_isolation(void **state)
                  422, "/version");
     expect_error(call("POST", "/v1/batches", key_a,
                       "{\"workflow\": \"batched\", \"inputs\": [{}], \"extra\": 1}"),
-                 400, "/extra");
+                 422, "/extra");
     expect_error(call("POST", "/v1/batches", key_a, "[1]"), 400, NULL);
     expect_error(call("POST", "/v1/batches", key_a, "{\"workflow\": \"nope\", \"inputs\": [{}]}"),
                  404, NULL);

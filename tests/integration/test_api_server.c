@@ -21,6 +21,7 @@
 #include <strings.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "api/api.h"
@@ -530,7 +531,7 @@ static void test_malformed_and_wrong_types(void **state)
                  "invalid_request", "/priority");
     expect_error("POST", "/v1/runs", "{\"workflow\": \"w\", \"input\": [1]}", 422,
                  "invalid_request", "/input");
-    expect_error("POST", "/v1/runs", "{\"workflow\": \"w\", \"surprise\": 1}", 400,
+    expect_error("POST", "/v1/runs", "{\"workflow\": \"w\", \"surprise\": 1}", 422,
                  "invalid_request", "/surprise");
     expect_error("POST", "/v1/events", "{\"name\": \"x\", \"key\": {}}", 422, "invalid_request",
                  "/key");
@@ -552,6 +553,156 @@ static void test_malformed_and_wrong_types(void **state)
     /* no key, bad key */
     assert_int_equal(req1("GET", "/v1/workflows", NULL, NULL, NULL), 401);
     assert_int_equal(req1("GET", "/v1/workflows", "nobody-has-this-key", NULL, NULL), 401);
+}
+
+/* ----------------------------------------------------------------------- HTTP basics -- */
+
+/* Reads only a response head (a HEAD answer has no body whatever its Content-Length says). */
+static bool tc_read_head(tconn *c, tresp *r)
+{
+    *r = (tresp){0};
+    char *end;
+    while (!c->buf || !(end = strstr(c->buf, "\r\n\r\n")))
+        if (tc_fill(c) <= 0)
+            return false;
+    size_t hlen = (size_t)(end - c->buf) + 4;
+    r->head = eng_xstrndup(c->buf, hlen);
+    r->status = atoi(r->head + 9);
+    memmove(c->buf, c->buf + hlen, c->len - hlen);
+    c->len -= hlen;
+    c->buf[c->len] = '\0';
+    return true;
+}
+
+/* Date on every answer; HEAD wherever GET is, with GET's status and headers and no body. */
+static void test_date_and_head(void **state)
+{
+    (void)state;
+    tconn c = tc_open();
+    tresp r;
+    tc_req(&c, "GET", "/healthz", NULL, NULL, &r);
+    char date[64], id[80];
+    assert_true(tresp_header(&r, "Date", date, sizeof date));
+    struct tm tm = {0};
+    const char *rest = strptime(date, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+    if (!rest || *rest)
+        fail_msg("Date is no IMF-fixdate: %s", date);
+    assert_true(labs((long)(timegm(&tm) - time(NULL))) <= 2);
+    assert_true(tresp_header(&r, "X-Request-Id", id, sizeof id));
+    tresp_free(&r);
+
+    const char *method, *pattern;
+    size_t gets = 0;
+    for (size_t i = 0; api_route_at(i, &method, &pattern); i++) {
+        if (strcmp(method, "GET") != 0)
+            continue;
+        gets++;
+        char path[128];
+        size_t o = 0;
+        for (const char *p = pattern; *p && o + 2 < sizeof path; p++) {
+            if (p[0] == '{' && p[1] == '}') {
+                path[o++] = '1';
+                p++;
+            } else {
+                path[o++] = *p;
+            }
+        }
+        path[o] = '\0';
+        tresp g, h;
+        tc_req(&c, "GET", path, admin_key, NULL, &g);
+        char *text = req_text("HEAD", path, admin_key, NULL);
+        tc_write(&c, text, strlen(text));
+        free(text);
+        assert_true(tc_read_head(&c, &h));
+        if (h.status != g.status)
+            fail_msg("HEAD %s: %d, GET: %d", path, h.status, g.status);
+        char gt[128] = "", ht[128] = "";
+        tresp_header(&g, "Content-Type", gt, sizeof gt);
+        tresp_header(&h, "Content-Type", ht, sizeof ht);
+        assert_string_equal(gt, ht);
+        tresp_free(&g);
+        tresp_free(&h);
+        /* the next answer on the connection starts right after the HEAD answer's head */
+        tc_req(&c, "GET", "/healthz", NULL, NULL, &r);
+        assert_int_equal(r.status, 200);
+        tresp_free(&r);
+    }
+    assert_true(gets >= 10);
+    tc_close(&c);
+}
+
+static void expect_allow(const char *method, const char *path, const char *const *want)
+{
+    tconn c = tc_open();
+    tresp r;
+    tc_req(&c, method, path, admin_key, NULL, &r);
+    assert_int_equal(r.status, 405);
+    char allow[128];
+    if (!tresp_header(&r, "Allow", allow, sizeof allow))
+        fail_msg("%s %s: 405 without Allow", method, path);
+    size_t n = 0;
+    for (char *tok = strtok(allow, ", "); tok; tok = strtok(NULL, ", "), n++) {
+        size_t k = 0;
+        while (want[k] && strcmp(want[k], tok) != 0)
+            k++;
+        if (!want[k])
+            fail_msg("%s %s: Allow has %s", method, path, tok);
+    }
+    size_t nwant = 0;
+    while (want[nwant])
+        nwant++;
+    assert_int_equal(n, nwant);
+    tresp_free(&r);
+    tc_close(&c);
+}
+
+static void test_allow_ids_and_query(void **state)
+{
+    (void)state;
+    expect_allow("DELETE", "/v1/runs", (const char *const[]){"GET", "HEAD", "POST", NULL});
+    expect_allow("PUT", "/v1/runs/1", (const char *const[]){"GET", "HEAD", NULL});
+    expect_allow("GET", "/v1/keys/3", (const char *const[]){"DELETE", NULL});
+    expect_allow("POST", "/v1/workflows/x", (const char *const[]){"GET", "HEAD", "PUT", NULL});
+
+    /* ids that are no bigint are not found, and no PostgreSQL message comes back */
+    static const char *const ids[] = {"99999999999999999999",
+                                      "9223372036854775808",
+                                      "-1",
+                                      "0",
+                                      "+5",
+                                      "%205",
+                                      "5%20",
+                                      "abc",
+                                      "007",
+                                      "1e3"};
+    static const char *const shapes[] = {"GET /v1/runs/%s",
+                                         "POST /v1/runs/%s/cancel",
+                                         "POST /v1/runs/%s/retry",
+                                         "GET /v1/runs/%s/events",
+                                         "GET /v1/runs/%s/sequencer.csv",
+                                         "GET /v1/batches/%s",
+                                         "GET /v1/batches/%s/results",
+                                         "DELETE /v1/keys/%s"};
+    for (size_t s = 0; s < ENG_ARRAY_LEN(shapes); s++)
+        for (size_t i = 0; i < ENG_ARRAY_LEN(ids); i++) {
+            char line[128], method[16], path[112];
+            snprintf(line, sizeof line, shapes[s], ids[i]);
+            sscanf(line, "%15s %111s", method, path);
+            char *body = NULL;
+            int got = req1(method, path, admin_key, strcmp(method, "POST") ? NULL : "{}", &body);
+            if (got != 404 || strstr(body, "bigint") || strstr(body, "range") ||
+                strstr(body, "syntax"))
+                fail_msg("%s %s: %d %s", method, path, got, body);
+            free(body);
+        }
+    assert_int_equal(req1("GET", "/v1/runs/9223372036854775807", admin_key, NULL, NULL), 404);
+
+    /* a query parameter the route does not read is refused, naming it */
+    expect_error("GET", "/v1/workflows?limit=5", NULL, 400, "invalid_request", "?limit");
+    expect_error("GET", "/v1/runs?limit=5&colour=red", NULL, 400, "invalid_request", "?colour");
+    expect_error("GET", "/v1/runs/1?verbose", NULL, 400, "invalid_request", "?verbose");
+    assert_int_equal(req1("GET", "/v1/runs?limit=5&state=succeeded", admin_key, NULL, NULL), 200);
+    assert_int_equal(req1("GET", "/healthz?probe=1", NULL, NULL, NULL), 400);
 }
 
 static void test_oversized_body(void **state)
@@ -691,6 +842,8 @@ int main(void)
         cmocka_unit_test(test_metrics_move_with_work),
         cmocka_unit_test(test_rate_limit_per_tenant),
         cmocka_unit_test(test_malformed_and_wrong_types),
+        cmocka_unit_test(test_date_and_head),
+        cmocka_unit_test(test_allow_ids_and_query),
         cmocka_unit_test(test_oversized_body),
         cmocka_unit_test(test_slow_headers_are_cut_off),
         cmocka_unit_test(test_pipelined_and_half_closed),

@@ -137,7 +137,7 @@ static void test_rate_limit_api(void **state)
                  "invalid_request", "/burst_tokens");
     expect_error(api, 422, "PUT", p, "{\"requests_per_s\": 1, \"name\": \"other\"}",
                  "invalid_request", "/name");
-    expect_error(api, 400, "PUT", p, "{\"requests_per_s\": 1, \"per_day\": 5}", "invalid_request",
+    expect_error(api, 422, "PUT", p, "{\"requests_per_s\": 1, \"per_day\": 5}", "invalid_request",
                  "/per_day");
     expect_error(api, 422, "PUT", "/v1/rate-limits/two%20words", "{\"requests_per_s\": 1}",
                  "invalid_request", "name");
@@ -310,7 +310,7 @@ static void test_suppression_api(void **state)
     expect_error(api, 422, "POST", p,
                  "{\"channel\": \"sms\", \"address\": \"+15554200009\", \"reason\": \"\"}",
                  "invalid_request", "/reason");
-    expect_error(api, 400, "POST", p,
+    expect_error(api, 422, "POST", p,
                  "{\"channel\": \"sms\", \"address\": \"+15554200009\", \"until\": 5}",
                  "invalid_request", "/until");
     assert_int_equal(

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts or stops the throw-away PostgreSQL cluster the integration tests run against.
 #   pg_fixture.sh start DIR   -> initdb in DIR (fresh), listen only on the unix socket DIR
-#   pg_fixture.sh stop DIR    -> fast shutdown, remove DIR
+#   pg_fixture.sh stop DIR    -> immediate shutdown (no shutdown checkpoint: the cluster is thrown
+#                                away; on a busy machine writing it out took over a minute), remove DIR
 #   pg_fixture.sh single DIR [WRAPPER...] -> fast shutdown keeping the cluster, then its single-user
 #                                server (statements on stdin, each ended by ";" and an empty line),
 #                                run under WRAPPER (valgrind, say) when given
@@ -34,7 +35,7 @@ start)
   echo "pg_fixture: started in $dir"
   ;;
 stop)
-  if [ -f "$dir/data/postmaster.pid" ]; then as_owner "$bindir/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null; fi
+  if [ -f "$dir/data/postmaster.pid" ]; then as_owner "$bindir/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null; fi
   rm -rf "$dir"
   ;;
 single)
