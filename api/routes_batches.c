@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "api/api_int.h"
+#include "api/csv.h"
 #include "engine/buf.h"
 #include "engine/mem.h"
 
@@ -197,27 +198,11 @@ typedef struct export_state {
 
 static void export_next(api_call *call);
 
-/* Appends s as one CSV field (RFC 4180: quoted when it holds a comma, quote or line break). */
+/* The batch export's buffer is uncapped: api_csv_field cannot fail on it. */
 static void csv_field(eng_buf *out, const char *s, bool last)
 {
-    eng_rc rc;
-    if (strpbrk(s, ",\"\r\n")) {
-        rc = eng_buf_append(out, "\"", 1);
-        for (const char *p = s; *p; p++) {
-            const char *q = strchr(p, '"');
-            size_t n = q ? (size_t)(q - p) : strlen(p);
-            rc = eng_buf_append(out, p, n);
-            if (!q)
-                break;
-            rc = eng_buf_append(out, "\"\"", 2);
-            p = q;
-        }
-        rc = eng_buf_append(out, "\"", 1);
-    } else {
-        rc = eng_buf_append(out, s, strlen(s));
-    }
-    rc = eng_buf_append(out, last ? "\r\n" : ",", last ? 2 : 1);
-    (void)rc; /* uncapped */
+    eng_rc rc = api_csv_field(out, s, last);
+    (void)rc;
 }
 
 static void export_page_cb(api_call *call, const eng_err *err, const PGresult *res)

@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "api/api_int.h"
+#include "api/csv.h"
 #include "engine/buf.h"
 #include "engine/mem.h"
 
@@ -41,32 +42,6 @@ static const char export_sql[] =
     "       WITH ORDINALITY AS e(per, m) ON true "
     " WHERE r.id = $2 AND r.tenant_id = $1 "
     " ORDER BY p.n, e.m";
-
-/* Appends s as one CSV field (RFC 4180: quoted when it holds a comma, quote or line break). */
-static eng_rc export_field(eng_buf *out, const char *s, bool last)
-{
-    eng_rc rc = ENG_OK;
-    if (strpbrk(s, ",\"\r\n")) {
-        rc = eng_buf_append(out, "\"", 1);
-        for (const char *p = s; rc == ENG_OK && *p; p++) {
-            const char *q = strchr(p, '"');
-            size_t n = q ? (size_t)(q - p) : strlen(p);
-            rc = eng_buf_append(out, p, n);
-            if (!q)
-                break;
-            if (rc == ENG_OK)
-                rc = eng_buf_append(out, "\"\"", 2);
-            p = q;
-        }
-        if (rc == ENG_OK)
-            rc = eng_buf_append(out, "\"", 1);
-    } else {
-        rc = eng_buf_append(out, s, strlen(s));
-    }
-    if (rc == ENG_OK)
-        rc = eng_buf_append(out, last ? "\r\n" : ",", last ? 2 : 1);
-    return rc;
-}
 
 static void export_cb(api_call *call, const eng_err *err, const PGresult *res)
 {
@@ -98,7 +73,7 @@ static void export_cb(api_call *call, const eng_err *err, const PGresult *res)
         if (PQgetvalue(res, i, 1)[0] != 't')
             continue;
         for (int c = 2; rc == ENG_OK && c < ncols; c++)
-            rc = export_field(&out, PQgetvalue(res, i, c), c == ncols - 1);
+            rc = api_csv_field(&out, PQgetvalue(res, i, c), c == ncols - 1);
     }
     if (rc != ENG_OK) { /* the buffer is uncapped: only a broken invariant gets here */
         eng_buf_deinit(&out);

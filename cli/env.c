@@ -228,16 +228,25 @@ eng_rc cli_bootstrap(cli_env *env, eng_err *err)
     }
     if (!created || (given && *given))
         return ENG_OK;
-    /* the file belongs to the embedded cluster's folder; with --database there is none */
+    /* The key never goes to a log: stdout of a service is kept by journald and container
+     * runtimes, so it is printed only to a terminal. The file belongs to the embedded cluster's
+     * folder; with --database there is none, and flowd key create makes another key. */
     char *path = eng_xasprintf("%s/api-key", env->data_dir);
     FILE *f = env->database_url ? NULL : fopen(path, "wx");
-    fprintf(stdout, "flowd: created the default tenant; its API key (shown once) is %s\n", key);
     if (f) {
         fchmod(fileno(f), 0600);
         fprintf(f, "%s\n", key);
         fclose(f);
-        fprintf(stdout, "flowd: it is also in %s (mode 0600)\n", path);
+        fprintf(stdout, "flowd: created the default tenant; its API key is in %s (mode 0600)\n",
+                path);
+    } else {
+        fprintf(stdout, "flowd: created the default tenant\n");
     }
+    if (isatty(STDOUT_FILENO))
+        fprintf(stdout, "flowd: its API key (shown once, on this terminal only) is %s\n", key);
+    else if (!f)
+        fprintf(stdout, "flowd: its API key is not shown (stdout is not a terminal): make one with "
+                        "flowd key create\n");
     fflush(stdout);
     free(path);
     return ENG_OK;
