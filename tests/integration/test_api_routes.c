@@ -12,6 +12,7 @@
 // clang-format on
 #include <curl/curl.h>
 #include <jansson.h>
+#include <libpq-fe.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -379,6 +380,69 @@ static void test_idempotency_conflict(void **state)
                       409, "idempotency_conflict", "Idempotency-Key");
     assert_int_equal(th_pg_long(db, "SELECT count(*) FROM batches WHERE idempotency_key = 'conflict-b'"),
                      1);
+}
+
+/* ------------------------------------------------------------------- input at enqueue -- */
+
+/* A run whose input lacks what its templates need is refused when it is enqueued (422 naming
+ * the pointer), as is one that does not match the workflow's input_schema; a batch names the
+ * item. Nothing is created. */
+static void test_input_checked_at_enqueue(void **state)
+{
+    (void)state;
+    put_workflow(key_a, "hello",
+                 "{\"steps\": [{\"key\": \"greet\", \"kind\": \"transform\","
+                 " \"input\": {\"text\": \"hi {{input.name}} {{input.title | default: \\\"\\\"}}\"}}]}");
+    long long before = th_pg_long(db, "SELECT count(*) FROM runs");
+    expect_error_code(call("POST", "/v1/runs", key_a, "{\"workflow\": \"hello\"}"), 422,
+                      "invalid_input", "/input/name");
+    expect_error_code(call("POST", "/v1/runs", key_a,
+                           "{\"workflow\": \"hello\", \"input\": {\"name\": null}}"),
+                      422, "invalid_input", "/input/name");
+    json_decref(expect(call("POST", "/v1/runs", key_a,
+                            "{\"workflow\": \"hello\", \"input\": {\"name\": \"Ada\"}}"),
+                       201));
+
+    put_workflow(key_a, "schema",
+                 "{\"input_schema\": {\"type\": \"object\", \"required\": [\"lead\"],"
+                 " \"properties\": {\"lead\": {\"type\": \"object\", \"required\": [\"email\"],"
+                 " \"properties\": {\"email\": {\"type\": \"string\", \"pattern\": \"^[^@]+@[^@]+$\"},"
+                 " \"tz\": {\"type\": \"string\"}}}}},"
+                 " \"steps\": [{\"key\": \"s\", \"kind\": \"transform\","
+                 " \"input\": {\"e\": \"{{input.lead.email}}\"}}]}");
+    expect_error_code(call("POST", "/v1/runs", key_a,
+                           "{\"workflow\": \"schema\", \"input\": {\"lead\": {\"email\": 42}}}"),
+                      422, "invalid_input", "/input/lead/email");
+    expect_error_code(call("POST", "/v1/runs", key_a,
+                           "{\"workflow\": \"schema\", \"input\": {\"lead\": {\"email\": \"a@b\","
+                           " \"tz\": 1}}}"),
+                      422, "invalid_input", "/input/lead/tz");
+    expect_error_code(call("POST", "/v1/batches", key_a,
+                           "{\"workflow\": \"schema\", \"inputs\": [{\"lead\": {\"email\": \"a@b\"}},"
+                           " {\"lead\": {\"email\": \"a@b\"}}, {\"lead\": {}}]}"),
+                      422, "invalid_input", "/inputs/2/lead/email");
+    expect_error_code(call("POST", "/v1/batches", key_a,
+                           "{\"workflow\": \"hello\", \"inputs\": [{\"name\": \"a\"}, {}]}"),
+                      422, "invalid_input", "/inputs/1/name");
+    assert_int_equal(th_pg_long(db, "SELECT count(*) FROM runs"), before + 1);
+    json_t *b = expect(call("POST", "/v1/batches", key_a,
+                            "{\"workflow\": \"schema\", \"inputs\": [{\"lead\": {\"email\": \"a@b\"}}]}"),
+                       201);
+    json_decref(b);
+    assert_int_equal(th_pg_long(db, "SELECT count(*) FROM runs"), before + 2);
+
+    /* the run is created from the version its input was checked against, or not at all */
+    PGconn *c = PQconnectdb(db);
+    const char *params[] = {"hello"};
+    PGresult *r = PQexecParams(
+        c,
+        "SELECT created FROM flowd_start_run((SELECT tenant_id FROM workflows WHERE name = $1"
+        " LIMIT 1), $1, NULL, '{\"name\": \"x\"}', 0, NULL, 99)",
+        1, NULL, params, NULL, NULL, 0);
+    assert_string_equal(PQresultErrorField(r, PG_DIAG_SQLSTATE), "40001");
+    PQclear(r);
+    PQfinish(c);
+    assert_int_equal(th_pg_long(db, "SELECT count(*) FROM runs"), before + 2);
 }
 
 /* ------------------------------------------------------------------------------ batches -- */
@@ -791,6 +855,7 @@ int main(void)
         cmocka_unit_test(test_batch_validation_and_isolation),
         cmocka_unit_test(test_batch_10000),
         cmocka_unit_test(test_idempotency_conflict),
+        cmocka_unit_test(test_input_checked_at_enqueue),
         cmocka_unit_test(test_sse_live_and_resume),
         cmocka_unit_test(test_sse_client_leaves),
         cmocka_unit_test(test_cli_tenant_and_url_mode),

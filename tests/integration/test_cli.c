@@ -185,8 +185,12 @@ static const char wf_ok[] = "{\"name\": \"cli_ok\", \"steps\": ["
                             "{\"key\": \"a\", \"kind\": \"transform\", \"input\": {\"v\": \"{{input.v}}\"}},"
                             "{\"key\": \"b\", \"kind\": \"transform\", \"needs\": [\"a\"], "
                             "\"input\": {\"w\": \"{{steps.a.output.v}}\"}}]}";
+/* fails at its step: what b gave holds no "missing" (an input missing a path is refused when the
+ * run is enqueued instead) */
 static const char wf_fail[] = "{\"name\": \"cli_fail\", \"steps\": ["
-                              "{\"key\": \"a\", \"kind\": \"transform\", \"input\": {\"v\": \"{{input.missing}}\"}}]}";
+                              "{\"key\": \"b\", \"kind\": \"transform\", \"input\": {\"y\": 1}},"
+                              "{\"key\": \"a\", \"kind\": \"transform\", \"needs\": [\"b\"],"
+                              " \"input\": {\"v\": \"{{steps.b.output.missing}}\"}}]}";
 static const char wf_wait[] = "{\"name\": \"cli_wait\", \"steps\": ["
                               "{\"key\": \"w\", \"kind\": \"wait_event\", \"input\": {\"event\": \"go\", \"key\": \"{{input.k}}\"}}]}";
 
