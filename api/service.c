@@ -12,6 +12,7 @@
 #include "api/connlimit.h"
 #include "api/ratelimit.h"
 #include "api/runcache.h"
+#include "api/runfeed.h"
 #include "engine/clock.h"
 #include "engine/db.h"
 #include "engine/log.h"
@@ -40,6 +41,7 @@ struct api_loop {
     int ndb;
     api_auth_entry auth[API_AUTH_CACHE];
     api_runcache *runs; /* GET /v1/runs/{id} answers, validated per request */
+    api_feed *feed;     /* the event-log poller of this loop's Server-Sent Events streams */
 };
 
 struct api_service {
@@ -252,10 +254,9 @@ static void call_db_cb(void *arg, const eng_err *err, const PGresult *res)
     eng_log_request_set(NULL);
 }
 
-void api_call_db(api_call *call, const char *sql, int nparams, const char *const *params,
-                 api_call_db_cb *cb)
+/* The loop's connection that is up with the fewest statements queued. */
+static eng_db *loop_db(const api_loop *lp)
 {
-    api_loop *lp = call->lp;
     eng_db *best = NULL;
     for (int i = 0; i < lp->ndb; i++)
         if (!eng_db_down(lp->db[i]) &&
@@ -263,9 +264,15 @@ void api_call_db(api_call *call, const char *sql, int nparams, const char *const
             best = lp->db[i];
     if (!best) /* every connection is down: eng_db answers it from the loop (fail_when_down) */
         best = lp->db[0];
+    return best;
+}
+
+void api_call_db(api_call *call, const char *sql, int nparams, const char *const *params,
+                 api_call_db_cb *cb)
+{
     call_op *op = eng_xmalloc(sizeof *op);
     *op = (call_op){.call = call, .cb = cb};
-    call->dbop = eng_db_query(best, sql, nparams, params, call_db_cb, op);
+    call->dbop = eng_db_query(loop_db(call->lp), sql, nparams, params, call_db_cb, op);
 }
 
 json_t *api_call_body_object(api_call *call)
@@ -332,6 +339,16 @@ struct ev_loop *api_loop_ev(const api_loop *lp)
 api_runcache *api_loop_runcache(const api_loop *lp)
 {
     return lp->runs;
+}
+
+api_feed *api_loop_feed(const api_loop *lp)
+{
+    return lp->feed;
+}
+
+double api_loop_sse_heartbeat_s(const api_loop *lp)
+{
+    return lp->svc->opts.sse_heartbeat_s;
 }
 
 bool api_route_at(size_t i, const char **method, const char **pattern)
@@ -664,6 +681,8 @@ api_service *api_service_start(const api_service_opts *opts, eng_err *err)
     s->listen = eng_xstrdup(opts->listen ? opts->listen : "127.0.0.1:8080");
     s->opts.conninfo = s->conninfo;
     s->opts.listen = s->listen;
+    if (s->opts.sse_heartbeat_s <= 0)
+        s->opts.sse_heartbeat_s = 15;
     s->rl = api_ratelimit_new(0, 0);
     s->nloops = opts->threads > 0 ? opts->threads : 2;
     int max_conns = opts->max_conns;
@@ -711,6 +730,7 @@ api_service *api_service_start(const api_service_opts *opts, eng_err *err)
             lp->db[j] = eng_db_new(lp->loop, &dbo);
         }
         lp->runs = api_runcache_new();
+        lp->feed = api_feed_new(lp->loop, lp, loop_db);
         ev_async_init(&lp->stop_signal, loop_stop_cb);
         ev_async_start(lp->loop, &lp->stop_signal);
     }
@@ -736,7 +756,8 @@ void api_service_stop(api_service *s)
             ev_async_send(lp->loop, &lp->stop_signal);
             pthread_join(lp->thread, NULL);
         }
-        api_http_free(lp->http);
+        api_http_free(lp->http); /* aborts the streams, which leave the feed */
+        api_feed_free(lp->feed);
         for (int j = 0; j < lp->ndb; j++)
             eng_db_free(lp->db[j]);
         free(lp->db);

@@ -19,6 +19,10 @@
  *                             the recipient on the list and the step ends skipped
  *              ambiguous   -> record unknown; at_least_once retries (resends), at_most_once
  *                             RESOLVEs on its next run
+ *   STOPPED  an attempt cancelled (lease lost) after its claim and before any byte of its
+ *            request left (the call not started, or its connection or TLS handshake still being
+ *            set up: eng_http_call_may_have_sent) records the send as failed: nothing went out,
+ *            and the next attempt sends it instead of resolving it.
  *   RESOLVE  (at_most_once) the provider look-up when the kind has one (ops->lookup: Twilio),
  *            resolve.checks times resolve.interval_ms apart: found -> accepted, succeed; never
  *            found -> it did not go out: record failed, CLAIM again and send. Without a look-up

@@ -262,18 +262,24 @@ static void test_idle_engine_is_idle(void **state)
                                    " WHERE datname = current_database()"
                                    " AND application_name LIKE '%:%'",
                                30));
-    th_sleep_ms(2000); /* start-up done, and its statistics flushed */
-    long before = commits(db);
-    long long t0 = th_now_ms();
-    th_sleep_ms(6000);
-    long after = commits(db);
-    long long t1 = th_now_ms();
+    th_sleep_ms(2000); /* start-up done */
+    /* Statistics reach pg_stat_database late (each backend flushes at most once a second, an idle
+     * one later still), so a window may count start-up work: the lower of two back-to-back windows
+     * is the idle rate. */
+    long least = -1;
+    for (int i = 0; i < 2; i++) {
+        long before = commits(db);
+        long long t0 = th_now_ms();
+        th_sleep_ms(6000);
+        long n = commits(db) - before;
+        print_message("idle server: %ld commits in %lld ms\n", n, th_now_ms() - t0);
+        if (least < 0 || n < least)
+            least = n;
+    }
     th_serve_kill(p, SIGTERM);
-    double per_s = (double)(after - before) * 1000.0 / (double)(t1 - t0);
-    print_message("idle server: %ld commits in %lld ms (%.1f/s)\n", after - before, t1 - t0,
-                  per_s);
-    /* one tick a second, this test's own reads, and a statistics flush that may lag a second */
-    assert_true(after - before <= 12);
+    /* one tick a second and this test's own reads (each idle worker's polls every 2 ms made this
+     * thousands) */
+    assert_true(least <= 15);
     free(db);
 }
 
