@@ -73,6 +73,10 @@ static const cli_command commands[] = {
     {"workflows", cli_cmd_workflows, CMD_API, false, "", "list registered workflows", NULL},
     {"outbox", cli_cmd_outbox, CMD_API, false, "[--run ID] [--after N] [--limit N]",
      "read the sandbox providers' outbox (what would have been sent)", NULL},
+    {"send", cli_cmd_send, CMD_API, false, "settle SEND_KEY sent|not-sent [--message-id ID]",
+     "settle a message whose outcome is unknown, so that its waiting step goes on",
+     "The step waits with the error code unknown, which names the send key. sent: the provider\n"
+     "has the message (its id with --message-id); not-sent: it never went out, and is sent."},
     {"event", cli_cmd_event, CMD_EITHER, true, "NAME KEY [--data JSON]",
      "send an event: resumes waits on (NAME, KEY), cancels runs with cancel_on it, starts triggered "
      "runs",

@@ -187,7 +187,8 @@ static void test_poison_pill_stops_after_cap(void **state)
 }
 
 /* An email whose outcome is unknown (SendGrid answered 500, and has no look-up) waits, its run
- * still running, until an operator settles it over the API: "not_sent" makes the step send it. */
+ * still running, until an operator settles it (`flowd send settle KEY not-sent`, which goes
+ * through POST /v1/sends/{key}/outcome): then the step sends it. */
 static void test_unknown_send_settled_over_api(void **state)
 {
     (void)state;
@@ -225,9 +226,17 @@ static void test_unknown_send_settled_over_api(void **state)
     free(th_api_raw(api, "POST", "/v1/sends/999999:mail/outcome", "{\"outcome\": \"sent\"}",
                     &status));
     assert_int_equal(status, 404);
-    json_t *sent = th_api_json(api, 200, "POST", path, "{\"outcome\": \"not_sent\"}");
-    assert_string_equal(json_string_value(json_object_get(sent, "state")), "failed");
-    json_decref(sent);
+    /* the operator answers with the command line */
+    const char *argv[] = {"flowd", "--url", th_api_url(api), "send", "settle", key, "not-sent",
+                          NULL};
+    const char *env[] = {"FLOWD_API_KEY=" TH_API_KEY, NULL};
+    char *out = NULL, *err = NULL;
+    int st = th_flowd_run(argv, env, &out, &err);
+    print_message("flowd send settle: %s%s", out, err);
+    assert_int_equal(st, 0);
+    assert_non_null(strstr(out, "\"state\": \"failed\""));
+    free(out);
+    free(err);
     r = th_api_wait_run(api, run, 50, 30, NULL, NULL);
     assert_string_equal(json_string_value(json_object_get(r, "state")), "succeeded");
     json_decref(r);
