@@ -21,6 +21,7 @@ typedef struct api_service_opts {
                                the descriptor limit (RLIMIT_NOFILE), the rest left to the engine */
     int max_conns_per_client; /* open connections per client address; default max_conns / 4 */
     bool test_clock;        /* FLOWD_TEST_CLOCK=1: POST /v1/test/clock exists */
+    double sse_heartbeat_s; /* a quiet event stream gets a comment line this often; default 15 */
 } api_service_opts;
 
 /* Binds and starts the threads. NULL with err filled when the address cannot be bound. */

@@ -58,10 +58,25 @@ json_t *api_call_body_object(api_call *call);
  * 422 naming the first unknown one and returns NULL (call freed). */
 json_t *api_call_body_fields(api_call *call, const char *const *allowed);
 
+/* Enqueueing checks a run's input before it creates the run. api_input_check_query asks for the
+ * input check of the version a run of (workflow, version or the latest) would get, keeping body
+ * (stolen) in call->data for cb. In cb, api_input_check validates input (when batch: each
+ * element of the array input, pointers "/inputs/N/...") against it; on the first failure it
+ * answers 422 invalid_input naming the pointer and returns false. version_s receives the version
+ * checked (NULL when there is no such workflow: creating the run then answers 404). */
+void api_input_check_query(api_call *call, json_t *body, const char *workflow,
+                           const char *version, api_call_db_cb *cb);
+bool api_input_check(api_call *call, const PGresult *res, const json_t *input, bool batch,
+                     char version_s[24], const char **version_out);
+
 /* The loop's libev loop, for handlers that wait (streams polling the database). */
 struct ev_loop *api_loop_ev(const api_loop *lp);
 /* The loop's cache of run JSON (api/runcache.h). */
 struct api_runcache *api_loop_runcache(const api_loop *lp);
+/* The loop's side of the process's event-log feed for Server-Sent Events (api/runfeed.h). */
+struct api_feed *api_loop_feed(const api_loop *lp);
+/* Seconds between heartbeats of a quiet event stream (api_service_opts.sse_heartbeat_s). */
+double api_loop_sse_heartbeat_s(const api_loop *lp);
 
 /* Long responses (Server-Sent Events, exports) that span many statements and timer waits.
  * api_stream_start makes the call a stream: call->data becomes the stream, the handler keeps its own

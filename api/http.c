@@ -579,10 +579,10 @@ static void refuse_per_client(int fd, const char *peer)
         "Connection: close\r\nContent-Length: 91\r\n\r\n"
         "{\"error\":{\"code\":\"too_many_connections\",\"message\":\"too many connections from "
         "this client\"}}";
+    eng_metrics_http_refused("per_client"); /* counted before the client can see the answer */
     ssize_t n = send(fd, answer, sizeof answer - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
     (void)n;
     close(fd);
-    eng_metrics_http_refused("per_client");
     log_debug("http connection refused", LOG_S("peer", peer), LOG_S("reason", "per_client"));
 }
 

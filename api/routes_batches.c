@@ -105,6 +105,36 @@ static void batch_post_cb(api_call *call, const eng_err *err, const PGresult *re
                                     atoi(PQgetvalue(res, 0, 2))));
 }
 
+/* Every input checked (api_input_check): the batch is created from the version checked. */
+static void batch_checked_cb(api_call *call, const eng_err *err, const PGresult *res)
+{
+    if (err) {
+        api_call_respond_err(call, err);
+        return;
+    }
+    const json_t *body = call->data;
+    char checked_s[24];
+    const char *checked;
+    if (!api_input_check(call, res, json_object_get(body, "inputs"), true, checked_s, &checked))
+        return;
+    const json_t *version = json_object_get(body, "version");
+    const json_t *idem = json_object_get(body, "idempotency_key");
+    char version_s[24];
+    snprintf(version_s, sizeof version_s, "%lld", (long long)json_integer_value(version));
+    char *inputs = json_dumps(json_object_get(body, "inputs"), JSON_COMPACT);
+    const char *params[] = {call->tenant_s,
+                            json_string_value(json_object_get(body, "workflow")),
+                            json_is_integer(version) ? version_s : NULL,
+                            inputs,
+                            idem ? json_string_value(idem)
+                                 : api_req_header(call->req, "Idempotency-Key"),
+                            checked};
+    api_call_db(call,
+                "SELECT created, id, total FROM flowd_create_batch($1, $2, $3, $4::jsonb, $5, $6)",
+                6, params, batch_post_cb);
+    free(inputs);
+}
+
 /* The first problem of a batch request body, or NULL; *field names it (points into fbuf). */
 static const char *batch_check(const json_t *body, const char *header_key, char *fbuf, size_t fsize,
                                const char **field)
@@ -155,18 +185,10 @@ void api_route_batch_post(api_call *call)
         return;
     }
     const json_t *version = json_object_get(body, "version");
-    const json_t *idem = json_object_get(body, "idempotency_key");
     char version_s[24];
     snprintf(version_s, sizeof version_s, "%lld", (long long)json_integer_value(version));
-    char *inputs = json_dumps(json_object_get(body, "inputs"), JSON_COMPACT);
-    const char *params[] = {call->tenant_s, json_string_value(json_object_get(body, "workflow")),
-                            json_is_integer(version) ? version_s : NULL, inputs,
-                            idem ? json_string_value(idem) : header_key};
-    api_call_db(call,
-                "SELECT created, id, total FROM flowd_create_batch($1, $2, $3, $4::jsonb, $5)", 5,
-                params, batch_post_cb);
-    free(inputs);
-    json_decref(body);
+    api_input_check_query(call, body, json_string_value(json_object_get(body, "workflow")),
+                          json_is_integer(version) ? version_s : NULL, batch_checked_cb);
 }
 
 /* Parses the {id} of a batch route; answers 404 when it cannot be one. */

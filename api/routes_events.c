@@ -1,25 +1,29 @@
 /* api/routes_events.c: a run's event log, as one JSON page or as a live Server-Sent Events stream,
  * and the stream plumbing (api_stream_*) that the exports share.
  *
- * A stream polls flowd_run_events_json every API_SSE_POLL_S: the function reads the events after
- * the last sequence sent and the run's state in one snapshot, so "finished and nothing left" means
- * every event was sent. Events of one run are written by transactions that lock the run row first,
- * so their ids commit in order and "after the last id sent" never skips one. */
+ * Reads go through flowd_run_events_json, which reads the events after a sequence and the run's
+ * state in one snapshot, so "finished and nothing left" means every event was sent. Events of one
+ * run are written by transactions that lock the run row first, so their ids commit in order and
+ * "after the last id sent" never skips one. A live stream reads its first page itself, then takes
+ * its run's pages from the process's shared poller (api/runfeed.h), so watchers cost the database
+ * nothing each. The stream ends once the run finished and its last event was written; the
+ * client's reconnect then gets 204, which ends an EventSource. A stream also ends after
+ * API_SSE_MAX_S, or when its client falls API_STREAM_HIGH_WATER behind (the feed does not wait for
+ * one reader); the client resumes with Last-Event-ID. Event types: docs/api-streams.md. */
 #include <ev.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "api/api_int.h"
+#include "api/runfeed.h"
 #include "engine/buf.h"
 #include "engine/mem.h"
 
-#define API_SSE_POLL_S        0.15  /* poll interval of a live stream */
-#define API_SSE_HEARTBEAT_S   15.0  /* a comment line this often keeps proxies from timing out */
 #define API_SSE_MAX_S         300.0 /* then the stream ends; clients resume with Last-Event-ID */
-#define API_SSE_PAGE          500   /* events per statement */
 #define API_EVENTS_MAX_LIMIT  1000  /* ?limit of the JSON form */
-#define API_STREAM_HIGH_WATER (512 * 1024) /* bytes queued for the client before a stream waits */
+#define API_STREAM_HIGH_WATER (512 * 1024) /* bytes queued for a client: an export waits, a live
+                                              stream ends */
 
 /* ------------------------------------------------------------------------------- streams -- */
 
@@ -118,101 +122,112 @@ static bool events_parse_seq(const char *s, long long *out)
     return true;
 }
 
+/* A live stream: its first page comes from its own statement (which also answers 404, or 204 for a
+ * finished run with nothing after Last-Event-ID), the rest from the loop's feed (api/runfeed.h). */
 typedef struct sse_state {
-    char tenant[24];
-    char run[24];
-    long long after;   /* last sequence sent */
-    bool begun;        /* response head written */
+    api_feed_watch w;
+    api_call *call;
+    struct ev_loop *loop;
+    ev_timer beat;     /* heartbeat: restarted by every write */
     double started;    /* ev_now at the start */
-    double last_write; /* ev_now of the last bytes written */
 } sse_state;
 
-static void sse_poll(api_call *call);
-
-static void sse_write(api_call *call, const char *s, size_t n)
+static void sse_free(void *arg)
 {
-    sse_state *st = api_stream_user(call);
-    api_req_stream_write(call->req, s, n);
-    st->last_write = ev_now(api_loop_ev(call->lp));
+    sse_state *st = arg;
+    api_feed_unwatch(&st->w);
+    ev_timer_stop(st->loop, &st->beat);
+    free(st);
 }
 
-/* Ends the response and frees the call. */
-static void sse_end(api_call *call)
+/* Ends the response and frees the call (and with it the watch and the timer). */
+static void sse_end(sse_state *st)
 {
+    api_call *call = st->call;
     api_req_stream_end(call->req);
     api_call_free(call);
 }
 
-static void sse_page_cb(api_call *call, const eng_err *err, const PGresult *res)
+static void sse_write(sse_state *st, const char *s, size_t n)
 {
-    sse_state *st = api_stream_user(call);
-    if (err || PQntuples(res) == 0 || PQgetisnull(res, 0, 0)) {
-        if (st->begun) {
-            sse_end(call); /* the client resumes with Last-Event-ID */
-        } else if (err) {
-            api_call_respond_err(call, err);
-        } else {
-            api_call_respond_error(call, 404, "not_found", "run not found", NULL);
-        }
-        return;
-    }
-    json_t *page = json_loads(PQgetvalue(res, 0, 0), 0, NULL);
-    if (!st->begun) {
-        static const char *const headers[] = {"Cache-Control: no-cache", "X-Accel-Buffering: no",
-                                              NULL};
-        api_call_stream_begin(call, 200, "text/event-stream", headers);
-        st->begun = true;
-        sse_write(call, "retry: 1000\n\n", 13);
-    }
-    const json_t *events = json_object_get(page, "events");
-    size_t i;
-    const json_t *ev;
-    eng_buf out;
-    eng_buf_init(&out, 0);
-    json_array_foreach (events, i, ev) {
-        long long seq = (long long)json_integer_value(json_object_get(ev, "seq"));
-        char *data = json_dumps(ev, JSON_COMPACT | JSON_PRESERVE_ORDER);
-        char *frame = eng_xasprintf("id: %lld\nevent: %s\ndata: %s\n\n", seq,
-                                    json_string_value(json_object_get(ev, "type")), data);
-        eng_rc rc = eng_buf_append(&out, frame, strlen(frame));
-        (void)rc; /* uncapped */
-        free(frame);
-        free(data);
-        st->after = seq;
-    }
-    if (out.len)
-        sse_write(call, out.ptr, out.len);
-    eng_buf_deinit(&out);
-    size_t n = json_array_size(events);
-    bool finished = json_is_true(json_object_get(page, "finished"));
-    json_decref(page);
-    double now = ev_now(api_loop_ev(call->lp));
-    if (n == 0 && finished) {
-        sse_end(call);
-        return;
-    }
-    if (now - st->started > API_SSE_MAX_S) {
-        sse_end(call);
-        return;
-    }
-    if (now - st->last_write > API_SSE_HEARTBEAT_S)
-        sse_write(call, ": heartbeat\n\n", 13);
-    bool full = n == API_SSE_PAGE;
-    bool backlog = api_req_pending_bytes(call->req) > API_STREAM_HIGH_WATER;
-    if (full && !backlog)
-        sse_poll(call);
-    else
-        api_stream_after(call, API_SSE_POLL_S, sse_poll);
+    api_req_stream_write(st->call->req, s, n);
+    ev_timer_again(st->loop, &st->beat);
 }
 
-static void sse_poll(api_call *call)
+/* Whether the stream should end now, before writing more: it has run for its maximum (clients
+ * resume with Last-Event-ID), or its client reads too slowly to keep up with the shared feed. */
+static bool sse_expired(sse_state *st)
+{
+    return ev_now(st->loop) - st->started > API_SSE_MAX_S ||
+           api_req_pending_bytes(st->call->req) > API_STREAM_HIGH_WATER;
+}
+
+static void sse_beat_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    sse_state *st = ENG_CONTAINER_OF(w, sse_state, beat);
+    if (sse_expired(st))
+        sse_end(st);
+    else
+        sse_write(st, ": heartbeat\n\n", 13);
+}
+
+/* Writes the page's events after the stream's position; ends the stream once the run finished
+ * and every event was written. Returns false when the stream ended. */
+static bool sse_page(sse_state *st, const api_feed_page *page)
+{
+    if (sse_expired(st)) {
+        sse_end(st);
+        return false;
+    }
+    size_t i = 0;
+    while (i < page->n && page->seq[i] <= st->w.after)
+        i++;
+    if (i < page->n) {
+        sse_write(st, page->text + page->off[i], page->off[page->n] - page->off[i]);
+        st->w.after = page->to;
+    }
+    if (page->finished && !page->full && st->w.after >= page->to) {
+        sse_end(st);
+        return false;
+    }
+    return true;
+}
+
+static void sse_feed_cb(api_feed_watch *w, const api_feed_page *page)
+{
+    sse_page(ENG_CONTAINER_OF(w, sse_state, w), page);
+}
+
+static void sse_first_cb(api_call *call, const eng_err *err, const PGresult *res)
 {
     sse_state *st = api_stream_user(call);
-    char after[24], limit[16];
-    snprintf(after, sizeof after, "%lld", st->after);
-    snprintf(limit, sizeof limit, "%d", API_SSE_PAGE);
-    const char *params[] = {st->tenant, st->run, after, limit};
-    api_stream_db(call, "SELECT flowd_run_events_json($1, $2, $3, $4)", 4, params, sse_page_cb);
+    if (err) {
+        api_call_respond_err(call, err);
+        return;
+    }
+    if (PQntuples(res) == 0 || PQgetisnull(res, 0, 0)) {
+        api_call_respond_error(call, 404, "not_found", "run not found", NULL);
+        return;
+    }
+    api_feed_page page;
+    api_feed_page_parse(&page, PQgetvalue(res, 0, 0), st->w.after);
+    if (page.finished && page.n == 0) {
+        /* the client has every event of a finished run: 204 tells an EventSource to stop
+         * reconnecting (HTML's server-sent events: any status but 200 fails the connection) */
+        api_feed_page_deinit(&page);
+        api_call_respond_raw(call, 204, NULL, "", 0, NULL);
+        return;
+    }
+    static const char *const headers[] = {"Cache-Control: no-cache", "X-Accel-Buffering: no",
+                                          NULL};
+    api_call_stream_begin(call, 200, "text/event-stream", headers);
+    ev_timer_init(&st->beat, sse_beat_cb, 0., api_loop_sse_heartbeat_s(call->lp));
+    sse_write(st, "retry: 1000\n\n", 13);
+    if (sse_page(st, &page))
+        api_feed_watch_start(api_loop_feed(call->lp), &st->w);
+    api_feed_page_deinit(&page);
 }
 
 static void events_page_cb(api_call *call, const eng_err *err, const PGresult *res)
@@ -266,10 +281,17 @@ void api_route_run_events(api_call *call)
         return;
     }
     sse_state *st = eng_xcalloc(1, sizeof *st);
-    snprintf(st->tenant, sizeof st->tenant, "%s", call->tenant_s);
-    snprintf(st->run, sizeof st->run, "%lld", run);
-    st->after = after;
-    api_stream_start(call, st, free);
-    st->started = st->last_write = ev_now(api_loop_ev(call->lp));
-    sse_poll(call);
+    st->call = call;
+    st->loop = api_loop_ev(call->lp);
+    st->started = ev_now(st->loop);
+    st->w = (api_feed_watch){.tenant = call->tenant, .run = run, .after = after,
+                             .cb = sse_feed_cb};
+    ev_init(&st->beat, sse_beat_cb);
+    api_stream_start(call, st, sse_free);
+    char run_s[24], after_s[24], limit_s[16];
+    snprintf(run_s, sizeof run_s, "%lld", run);
+    snprintf(after_s, sizeof after_s, "%lld", after);
+    snprintf(limit_s, sizeof limit_s, "%d", API_FEED_PAGE);
+    const char *params[] = {call->tenant_s, run_s, after_s, limit_s};
+    api_stream_db(call, "SELECT flowd_run_events_json($1, $2, $3, $4)", 4, params, sse_first_cb);
 }

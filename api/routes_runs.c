@@ -7,6 +7,7 @@
 #include "api/api_int.h"
 #include "api/runcache.h"
 #include "engine/duration.h"
+#include "engine/jschema.h"
 #include "engine/mem.h"
 #include "engine/wf_def.h"
 
@@ -121,6 +122,94 @@ static void run_post_cb(api_call *call, const eng_err *err, const PGresult *res)
     api_call_respond_raw(call, created ? 201 : 200, "application/json", run, strlen(run), NULL);
 }
 
+static void body_free(void *body)
+{
+    json_decref(body);
+}
+
+void api_input_check_query(api_call *call, json_t *body, const char *workflow,
+                           const char *version, api_call_db_cb *cb)
+{
+    call->data = body;
+    call->data_free = body_free;
+    const char *params[] = {call->tenant_s, workflow, version};
+    api_call_db(call, "SELECT version, input_check FROM flowd_input_check($1, $2, $3)", 3, params,
+                cb);
+}
+
+bool api_input_check(api_call *call, const PGresult *res, const json_t *input, bool batch,
+                     char version_s[24], const char **version_out)
+{
+    *version_out = NULL;
+    if (PQntuples(res) == 0)
+        return true;
+    snprintf(version_s, 24, "%s", PQgetvalue(res, 0, 0));
+    *version_out = version_s;
+    if (PQgetisnull(res, 0, 1))
+        return true;
+    json_t *schema = json_loads(PQgetvalue(res, 0, 1), JSON_DECODE_ANY, NULL);
+    jschema *js = NULL;
+    eng_err err;
+    if (!schema || jschema_compile(schema, "", &js, &err) != ENG_OK) {
+        /* registration compiled it: a stored check that does not is a bug, not the client's */
+        json_decref(schema);
+        api_call_respond_error(call, 500, "internal", "internal error", NULL);
+        return false;
+    }
+    json_decref(schema);
+    eng_rc rc = ENG_OK;
+    char base[32] = "/input";
+    for (size_t i = 0; rc == ENG_OK && i < (batch ? json_array_size(input) : 1); i++) {
+        if (batch)
+            snprintf(base, sizeof base, "/inputs/%zu", i);
+        rc = jschema_validate(js, batch ? json_array_get(input, i) : input, base, &err);
+    }
+    jschema_free(js);
+    if (rc == ENG_OK)
+        return true;
+    char msg[sizeof err.msg + 64];
+    snprintf(msg, sizeof msg, "the input does not match the workflow's input check: %s", err.msg);
+    api_call_respond_error(call, 422, "invalid_input", msg, err.field);
+    return false;
+}
+
+static void run_checked_cb(api_call *call, const eng_err *err, const PGresult *res)
+{
+    if (err) {
+        api_call_respond_err(call, err);
+        return;
+    }
+    const json_t *body = call->data;
+    const json_t *input = json_object_get(body, "input");
+    json_t *empty = json_object();
+    char checked_s[24];
+    const char *checked;
+    bool ok = api_input_check(call, res, input ? input : empty, false, checked_s, &checked);
+    json_decref(empty);
+    if (!ok)
+        return;
+    const json_t *wf = json_object_get(body, "workflow");
+    const json_t *version = json_object_get(body, "version");
+    const json_t *priority = json_object_get(body, "priority");
+    const json_t *idem = json_object_get(body, "idempotency_key");
+    char version_s[24], priority_s[24];
+    snprintf(version_s, sizeof version_s, "%lld", (long long)json_integer_value(version));
+    snprintf(priority_s, sizeof priority_s, "%lld", (long long)json_integer_value(priority));
+    char *input_s = input ? json_dumps(input, JSON_COMPACT) : eng_xstrdup("{}");
+    const char *params[] = {call->tenant_s,
+                            json_string_value(wf),
+                            json_is_integer(version) ? version_s : NULL,
+                            input_s,
+                            priority_s,
+                            idem ? json_string_value(idem)
+                                 : api_req_header(call->req, "Idempotency-Key"),
+                            checked};
+    api_call_db(call,
+                "SELECT created, run FROM flowd_start_run($1, $2, $3, $4::jsonb, $5, $6, $7)", 7,
+                params, run_post_cb);
+    free(input_s);
+}
+
 void api_route_run_post(api_call *call)
 {
     static const char *const allowed[] = {"workflow", "version", "input", "priority",
@@ -157,17 +246,10 @@ void api_route_run_post(api_call *call)
         api_call_respond_error(call, 422, "invalid_request", msg, field);
         return;
     }
-    char version_s[24], priority_s[24];
+    char version_s[24];
     snprintf(version_s, sizeof version_s, "%lld", (long long)json_integer_value(version));
-    snprintf(priority_s, sizeof priority_s, "%lld", (long long)json_integer_value(priority));
-    char *input_s = input ? json_dumps(input, JSON_COMPACT) : eng_xstrdup("{}");
-    const char *params[] = {call->tenant_s, json_string_value(wf),
-                            json_is_integer(version) ? version_s : NULL, input_s, priority_s,
-                            idem ? json_string_value(idem) : header_key};
-    api_call_db(call, "SELECT created, run FROM flowd_start_run($1, $2, $3, $4::jsonb, $5, $6)", 6,
-                params, run_post_cb);
-    free(input_s);
-    json_decref(body);
+    api_input_check_query(call, body, json_string_value(wf),
+                          json_is_integer(version) ? version_s : NULL, run_checked_cb);
 }
 
 /* The run's version token and, unless it equals $3 (the token of the JSON this loop has cached),

@@ -12,6 +12,7 @@
 #include "api/connlimit.h"
 #include "api/ratelimit.h"
 #include "api/runcache.h"
+#include "api/runfeed.h"
 #include "engine/clock.h"
 #include "engine/db.h"
 #include "engine/log.h"
@@ -40,6 +41,7 @@ struct api_loop {
     int ndb;
     api_auth_entry auth[API_AUTH_CACHE];
     api_runcache *runs; /* GET /v1/runs/{id} answers, validated per request */
+    api_feed *feed;     /* this loop's side of the event-log feed of Server-Sent Events streams */
 };
 
 struct api_service {
@@ -50,6 +52,7 @@ struct api_service {
     int nloops;
     int port;
     api_ratelimit *rl; /* shared by the loops */
+    api_feed_hub *feeds; /* the event-log poller, shared by the loops (api/runfeed.h) */
     api_connlimit *connlimit; /* shared by the loops' servers */
 };
 
@@ -252,10 +255,9 @@ static void call_db_cb(void *arg, const eng_err *err, const PGresult *res)
     eng_log_request_set(NULL);
 }
 
-void api_call_db(api_call *call, const char *sql, int nparams, const char *const *params,
-                 api_call_db_cb *cb)
+/* The loop's connection that is up with the fewest statements queued. */
+static eng_db *loop_db(const api_loop *lp)
 {
-    api_loop *lp = call->lp;
     eng_db *best = NULL;
     for (int i = 0; i < lp->ndb; i++)
         if (!eng_db_down(lp->db[i]) &&
@@ -263,9 +265,15 @@ void api_call_db(api_call *call, const char *sql, int nparams, const char *const
             best = lp->db[i];
     if (!best) /* every connection is down: eng_db answers it from the loop (fail_when_down) */
         best = lp->db[0];
+    return best;
+}
+
+void api_call_db(api_call *call, const char *sql, int nparams, const char *const *params,
+                 api_call_db_cb *cb)
+{
     call_op *op = eng_xmalloc(sizeof *op);
     *op = (call_op){.call = call, .cb = cb};
-    call->dbop = eng_db_query(best, sql, nparams, params, call_db_cb, op);
+    call->dbop = eng_db_query(loop_db(call->lp), sql, nparams, params, call_db_cb, op);
 }
 
 json_t *api_call_body_object(api_call *call)
@@ -332,6 +340,16 @@ struct ev_loop *api_loop_ev(const api_loop *lp)
 api_runcache *api_loop_runcache(const api_loop *lp)
 {
     return lp->runs;
+}
+
+api_feed *api_loop_feed(const api_loop *lp)
+{
+    return lp->feed;
+}
+
+double api_loop_sse_heartbeat_s(const api_loop *lp)
+{
+    return lp->svc->opts.sse_heartbeat_s;
 }
 
 bool api_route_at(size_t i, const char **method, const char **pattern)
@@ -664,6 +682,8 @@ api_service *api_service_start(const api_service_opts *opts, eng_err *err)
     s->listen = eng_xstrdup(opts->listen ? opts->listen : "127.0.0.1:8080");
     s->opts.conninfo = s->conninfo;
     s->opts.listen = s->listen;
+    if (s->opts.sse_heartbeat_s <= 0)
+        s->opts.sse_heartbeat_s = 15;
     s->rl = api_ratelimit_new(0, 0);
     s->nloops = opts->threads > 0 ? opts->threads : 2;
     int max_conns = opts->max_conns;
@@ -678,6 +698,7 @@ api_service *api_service_start(const api_service_opts *opts, eng_err *err)
     s->connlimit = api_connlimit_new(per_client > 0 ? per_client : 1);
     int ndb = opts->db_conns > 0 ? opts->db_conns : 4;
     s->loops = eng_xcalloc((size_t)s->nloops, sizeof *s->loops);
+    s->feeds = api_feed_hub_new(s->nloops);
     char listen_buf[128];
     snprintf(listen_buf, sizeof listen_buf, "%s", s->listen);
     for (int i = 0; i < s->nloops; i++) {
@@ -711,6 +732,7 @@ api_service *api_service_start(const api_service_opts *opts, eng_err *err)
             lp->db[j] = eng_db_new(lp->loop, &dbo);
         }
         lp->runs = api_runcache_new();
+        lp->feed = api_feed_new(s->feeds, i, lp->loop, lp, loop_db);
         ev_async_init(&lp->stop_signal, loop_stop_cb);
         ev_async_start(lp->loop, &lp->stop_signal);
     }
@@ -730,13 +752,19 @@ void api_service_stop(api_service *s)
 {
     if (!s)
         return;
+    /* every loop stops before anything is freed: the event-log feed spans them */
     for (int i = 0; i < s->nloops; i++) {
         api_loop *lp = &s->loops[i];
         if (lp->thread) {
             ev_async_send(lp->loop, &lp->stop_signal);
             pthread_join(lp->thread, NULL);
         }
-        api_http_free(lp->http);
+    }
+    for (int i = 0; i < s->nloops; i++)
+        api_http_free(s->loops[i].http); /* aborts the streams, which leave the feed */
+    for (int i = 0; i < s->nloops; i++) {
+        api_loop *lp = &s->loops[i];
+        api_feed_free(lp->feed);
         for (int j = 0; j < lp->ndb; j++)
             eng_db_free(lp->db[j]);
         free(lp->db);
@@ -744,6 +772,7 @@ void api_service_stop(api_service *s)
         if (lp->loop)
             ev_loop_destroy(lp->loop);
     }
+    api_feed_hub_free(s->feeds);
     api_ratelimit_free(s->rl);
     api_connlimit_free(s->connlimit);
     free(s->loops);

@@ -69,6 +69,7 @@ int cli_cmd_show(cli_env *env, int argc, char **argv);
 int cli_cmd_workflows(cli_env *env, int argc, char **argv);
 int cli_cmd_start(cli_env *env, int argc, char **argv);
 int cli_cmd_outbox(cli_env *env, int argc, char **argv);
+int cli_cmd_send(cli_env *env, int argc, char **argv); /* cli/cmd_sends.c */
 
 /* Prints the usage line of the command name on stderr (after a misuse). */
 void cli_command_usage_error(const char *name);

@@ -103,7 +103,7 @@ static eng_rc serve_clock_start(cli_env *env, bool test_clock, eng_err *err)
 /* The options of flowd serve, each with its environment form. */
 enum serve_opt { SO_WORKERS, SO_MAX_INFLIGHT, SO_BATCH, SO_LEASE_MS, SO_LISTEN, SO_ROLE, SO_API_THREADS,
                  SO_WORKFLOWS, SO_RETENTION, SO_PRIVATE, SO_MAX_CONNS, SO_MAX_CONNS_PER_CLIENT,
-                 SO_REQUEST_TIMEOUT, SO_N };
+                 SO_REQUEST_TIMEOUT, SO_SSE_HEARTBEAT, SO_N };
 
 static const struct {
     const char *flag;
@@ -124,6 +124,7 @@ static const struct {
     [SO_MAX_CONNS_PER_CLIENT] = {"max-connections-per-client", "FLOWD_MAX_CONNECTIONS_PER_CLIENT",
                                  true},
     [SO_REQUEST_TIMEOUT] = {"request-timeout", "FLOWD_REQUEST_TIMEOUT", true},
+    [SO_SSE_HEARTBEAT] = {"sse-heartbeat", "FLOWD_SSE_HEARTBEAT", true},
 };
 
 typedef struct serve_conf {
@@ -133,6 +134,7 @@ typedef struct serve_conf {
     bool allow_private;
     int max_conns, max_conns_per_client; /* 0: derived from the descriptor limit */
     int64_t request_timeout_ms;          /* 0: the API's default */
+    int64_t sse_heartbeat_ms;            /* 0: the API's default (15 s) */
 } serve_conf;
 
 static int serve_int_opt(const char *name, const char *v, int min, int max, int *out)
@@ -205,6 +207,16 @@ static int serve_apply(serve_conf *c, enum serve_opt o, const char *name, const 
             c->request_timeout_ms < 100) {
             fprintf(stderr, "flowd: %s: %s\n", name,
                     c->request_timeout_ms < 100 ? "at least 100ms" : derr.msg);
+            return -1;
+        }
+        return 0;
+    }
+    case SO_SSE_HEARTBEAT: {
+        eng_err derr;
+        if (eng_duration_parse(v, &c->sse_heartbeat_ms, &derr) != ENG_OK ||
+            c->sse_heartbeat_ms < 1000) {
+            fprintf(stderr, "flowd: %s: %s\n", name,
+                    c->sse_heartbeat_ms < 1000 ? "at least 1s" : derr.msg);
             return -1;
         }
         return 0;
@@ -312,7 +324,8 @@ int cli_cmd_serve(cli_env *env, int argc, char **argv)
                                .test_clock = test_clock,
                                .max_conns = max_conns,
                                .max_conns_per_client = conf.max_conns_per_client,
-                               .request_timeout_s = (double)conf.request_timeout_ms / 1000.0};
+                               .request_timeout_s = (double)conf.request_timeout_ms / 1000.0,
+                               .sse_heartbeat_s = (double)conf.sse_heartbeat_ms / 1000.0};
         api = api_service_start(&ao, &err);
         if (!api) {
             int status = cli_fail(&err);

@@ -40,12 +40,14 @@ static const cli_command commands[] = {
     {"serve", cli_cmd_serve, CMD_DIRECT, false,
      "[--listen ADDR] [--role all|api|worker] [--workers N] [--workflows DIR] [--retention 90d] "
      "[--max-inflight N] [--batch N] [--lease-ms MS] [--api-threads N] [--allow-private-targets] "
-     "[--max-connections N] [--max-connections-per-client N] [--request-timeout 30s]",
+     "[--max-connections N] [--max-connections-per-client N] [--request-timeout 30s] "
+     "[--sse-heartbeat 15s]",
      "run the API and the workers (creates the embedded cluster under --data on first use)",
      "every option has an environment form: FLOWD_LISTEN, FLOWD_ROLE, FLOWD_WORKERS, FLOWD_WORKFLOWS,\n"
      "FLOWD_RETENTION, FLOWD_MAX_INFLIGHT, FLOWD_BATCH, FLOWD_LEASE_MS, FLOWD_API_THREADS,\n"
      "FLOWD_ALLOW_PRIVATE_TARGETS=1, FLOWD_MAX_CONNECTIONS, FLOWD_MAX_CONNECTIONS_PER_CLIENT,\n"
-     "FLOWD_REQUEST_TIMEOUT; a flag wins over its variable.\n"
+     "FLOWD_REQUEST_TIMEOUT, FLOWD_SSE_HEARTBEAT; a flag wins over its variable.\n"
+     "--sse-heartbeat: how long a run's event stream may stay quiet before a heartbeat comment.\n"
      "--workflows registers every *.json of DIR at start, all or none: a bad file is named and\n"
      "nothing of the folder is registered. FLOWD_TEST_CLOCK=1 puts the database's clock in test\n"
      "mode (flowd clock); FLOWD_API_KEY chooses the default tenant's key when it is created."},
@@ -71,6 +73,10 @@ static const cli_command commands[] = {
     {"workflows", cli_cmd_workflows, CMD_API, false, "", "list registered workflows", NULL},
     {"outbox", cli_cmd_outbox, CMD_API, false, "[--run ID] [--after N] [--limit N]",
      "read the sandbox providers' outbox (what would have been sent)", NULL},
+    {"send", cli_cmd_send, CMD_API, false, "settle SEND_KEY sent|not-sent [--message-id ID]",
+     "settle a message whose outcome is unknown, so that its waiting step goes on",
+     "The step waits with the error code unknown, which names the send key. sent: the provider\n"
+     "has the message (its id with --message-id); not-sent: it never went out, and is sent."},
     {"event", cli_cmd_event, CMD_EITHER, true, "NAME KEY [--data JSON]",
      "send an event: resumes waits on (NAME, KEY), cancels runs with cancel_on it, starts triggered "
      "runs",

@@ -76,6 +76,8 @@ struct eng_http_call {
     size_t max_response;           /* body cap, for the error message */
     bool too_big;                  /* on_write or on_header refused data over a cap */
     char refused[80];              /* the last address refused by public_only, "" if none */
+    bool public_only;              /* the request's: refuse non-public addresses */
+    bool reached_send;             /* curl got as far as sending the request (prereq ran) */
     eng_buf body;                  /* capped at max_response */
     eng_buf headers;               /* final response's headers as "name\0value\0" pairs */
     char errbuf[CURL_ERROR_SIZE];  /* curl's text for the failure, if any */
@@ -347,8 +349,10 @@ static curl_socket_t on_open_socket(void *arg, curlsocktype purpose, struct curl
     return socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
 }
 
-/* public_only: runs before every request, also on a connection reused from the cache, which
- * another call (a provider the operator configured) may have opened to a private address. */
+/* Runs once the connection is ready (TLS included), before any byte of the request is written:
+ * until then a cancelled call provably sent nothing. With public_only it also checks the address,
+ * on a connection reused from the cache too, which another call (a provider the operator
+ * configured) may have opened to a private address. */
 static int on_prereq(void *arg, char *primary_ip, char *local_ip, int primary_port, int local_port)
 {
     (void)local_ip;
@@ -356,10 +360,11 @@ static int on_prereq(void *arg, char *primary_ip, char *local_ip, int primary_po
     (void)local_port;
     eng_http_call *c = arg;
     const char *why = NULL;
-    if (!eng_addr_text_is_public(primary_ip, &why)) {
+    if (c->public_only && !eng_addr_text_is_public(primary_ip, &why)) {
         refuse(c, primary_ip, why);
         return CURL_PREREQFUNC_ABORT;
     }
+    c->reached_send = true;
     return CURL_PREREQFUNC_OK;
 }
 
@@ -388,9 +393,10 @@ static void call_set_options(eng_http_call *c, const eng_http_request *req)
     if (req->public_only) {
         EASY_SETOPT(e, CURLOPT_OPENSOCKETFUNCTION, on_open_socket);
         EASY_SETOPT(e, CURLOPT_OPENSOCKETDATA, (void *)c);
-        EASY_SETOPT(e, CURLOPT_PREREQFUNCTION, on_prereq);
-        EASY_SETOPT(e, CURLOPT_PREREQDATA, (void *)c);
     }
+    c->public_only = req->public_only;
+    EASY_SETOPT(e, CURLOPT_PREREQFUNCTION, on_prereq);
+    EASY_SETOPT(e, CURLOPT_PREREQDATA, (void *)c);
     if (httpc_have_http2) {
         EASY_SETOPT(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
         /* Over TLS, wait for the first connection's ALPN answer rather than opening one
@@ -483,6 +489,11 @@ eng_http_call *eng_httpc_start(eng_httpc *h, const eng_http_request *req, eng_ht
         abort();
     }
     return c;
+}
+
+bool eng_http_call_may_have_sent(const eng_http_call *c)
+{
+    return c && c->reached_send;
 }
 
 void eng_httpc_cancel(eng_http_call *c)

@@ -76,6 +76,10 @@ eng_http_call *eng_httpc_start(eng_httpc *h, const eng_http_request *req, eng_ht
  * connection is closed if the exchange was unfinished). Safe from any loop callback, including
  * another call's completion. On a call whose callback is running it does nothing. NULL-safe. */
 void eng_httpc_cancel(eng_http_call *call);
+/* Whether any byte of call's request may have left: false while the connection (and its TLS
+ * handshake) is still being set up, which makes a call cancelled then provably unsent. Ask before
+ * eng_httpc_cancel. NULL-safe (false). */
+bool eng_http_call_may_have_sent(const eng_http_call *call);
 
 /* Case-insensitive response header lookup (last value wins) among the final response's headers;
  * NULL when absent. Valid during the callback. */

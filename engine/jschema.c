@@ -527,6 +527,8 @@ static bool valid_type(validator *v, const json_t *t, const json_t *inst)
     for (size_t i = 0; i < json_array_size(t); i++)
         if (is_type(inst, json_string_value(json_array_get(t, i))))
             return true;
+    if (json_is_null(inst))
+        return vbad(v, NULL, "must not be null");
     return vbad(v, NULL, "has the wrong type (%s)", type_of(inst));
 }
 

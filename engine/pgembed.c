@@ -2,7 +2,9 @@
  *
  * Start-up sequence, all under an flock on DIR/flowd.lock so that concurrent starters on one DIR
  * take turns (the lock fd is close-on-exec, so the postmaster never inherits it):
- *   1. ping the socket in DIR: a server that answers (or is starting up) is used as is, not owned;
+ *   1. ping the socket in DIR: a server that answers (or is starting up) is used as is, not owned,
+ *      unless DIR/flowd.owner names a process that is gone (a flowd killed with -9): that server
+ *      is adopted, so this process stops it as its starter would have;
  *   2. else initdb into DIR/pg.tmp and rename it to DIR/pg (a crash mid-initdb leaves only pg.tmp,
  *      which the next start removes), appending our settings to postgresql.conf;
  *   3. clear pid files whose process is gone (or is a zombie, or is no postgres at all: a pid
@@ -443,6 +445,59 @@ static bool pgembed_live_postgres(long pid)
     return state != 'Z' && named;
 }
 
+/* The start time of process pid (field 22 of /proc/PID/stat, in clock ticks since boot): with the
+ * pid it names one process, whatever reuses the pid later. 0 when there is no such process (or a
+ * zombie). */
+static unsigned long long pgembed_proc_start(long pid)
+{
+    char path[64], stat[1024];
+    snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t n = read(fd, stat, sizeof stat - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    stat[n] = '\0';
+    const char *p = strrchr(stat, ')');
+    if (!p || p[1] != ' ' || p[2] == 'Z')
+        return 0;
+    p += 2; /* field 3, the state */
+    for (int field = 3; field < 22 && p; field++) {
+        p = strchr(p, ' ');
+        p = p ? p + 1 : NULL;
+    }
+    return p ? strtoull(p, NULL, 10) : 0;
+}
+
+/* Records this process as the one that stops the server (DIR/flowd.owner: "pid start-time"). */
+static void pgembed_claim(eng_pgembed *pg)
+{
+    char *path = eng_xasprintf("%s/flowd.owner", pg->dir);
+    FILE *f = fopen(path, "we");
+    if (!f || fprintf(f, "%ld %llu\n", (long)getpid(), pgembed_proc_start((long)getpid())) < 0 ||
+        fclose(f) != 0)
+        log_warn("cannot record the owner of postgresql", LOG_S("path", path),
+                 LOG_S("error", strerror(errno)));
+    free(path);
+}
+
+/* True when DIR/flowd.owner names a process that is gone: the server it started has no owner. */
+static bool pgembed_orphaned(const eng_pgembed *pg, long *owner)
+{
+    char *path = eng_xasprintf("%s/flowd.owner", pg->dir);
+    FILE *f = fopen(path, "re");
+    free(path);
+    if (!f)
+        return false;
+    unsigned long long start = 0;
+    *owner = 0;
+    bool parsed = fscanf(f, "%ld %llu", owner, &start) == 2;
+    fclose(f);
+    return parsed && *owner > 0 && pgembed_proc_start(*owner) != start;
+}
+
 /* Removes a lock file (postmaster.pid, socket lock) whose owner is gone. Sets *live_pid when its
  * owner is a live postgres. */
 static eng_rc pgembed_clear_stale(const char *path, long *live_pid, eng_err *err)
@@ -597,8 +652,10 @@ static eng_rc pgembed_boot(eng_pgembed *pg, eng_err *err)
     }
     log_info("starting postgresql", LOG_S("path", pg->pgdata));
     rc = pgembed_pg_ctl_start(pg, err);
-    if (rc == ENG_OK)
+    if (rc == ENG_OK) {
         pg->owned = true;
+        pgembed_claim(pg);
+    }
 out:
     free(socklock);
     free(pidfile);
@@ -642,7 +699,16 @@ eng_rc eng_pgembed_start(const char *data_dir, eng_pgembed **out, eng_err *err)
         goto out;
     }
     PGPing ping = PQping(admin);
-    if (ping == PQPING_OK || ping == PQPING_REJECT) {
+    long owner = 0;
+    if ((ping == PQPING_OK || ping == PQPING_REJECT) && pgembed_orphaned(pg, &owner)) {
+        log_info("adopting the postgresql server of a process that is gone",
+                 LOG_S("path", pg->pgdata), LOG_I("owner_pid", owner));
+        rc = pgembed_wait_ready(admin, err);
+        if (rc == ENG_OK) {
+            pg->owned = true;
+            pgembed_claim(pg);
+        }
+    } else if (ping == PQPING_OK || ping == PQPING_REJECT) {
         log_info("using the postgresql server already running", LOG_S("path", pg->pgdata));
         rc = pgembed_wait_ready(admin, err);
     } else {
@@ -729,6 +795,11 @@ void eng_pgembed_stop(eng_pgembed *pg)
         else
             log_info("postgresql stopped", LOG_S("path", pg->pgdata));
         free(ctl);
+    }
+    if (pg->owned) {
+        char *owner = eng_xasprintf("%s/flowd.owner", pg->dir);
+        unlink(owner);
+        free(owner);
     }
     pgembed_free(pg);
 }

@@ -5,6 +5,7 @@
  *   DIR/.s.PGSQL.5432    the server's only socket: listen_addresses is empty, DIR is mode 0700
  *   DIR/postgres.log     the server log (and initdb's output)
  *   DIR/flowd.lock       serialises concurrent starters on the same DIR (flock)
+ *   DIR/flowd.owner      the process that started the server and will stop it (pid, start time)
  * The whole socket path must fit in sockaddr_un (107 bytes), which limits DIR to about 90 bytes.
  *
  * PostgreSQL refuses to run as root: as root, initdb and pg_ctl run as the `postgres` system user and
@@ -25,7 +26,9 @@ typedef struct eng_pgembed eng_pgembed;
 /* Starts the cluster in data_dir, creating DIR and running initdb on first use (initdb from PATH,
  * else the highest /usr/lib/postgresql/<N>/bin), and creates the database "flowd" when missing.
  * When a server already runs on DIR (another flowd process or subcommand), connects to it and will
- * not stop it. A postmaster.pid left by a crash is handled. On success *out is a new handle the
+ * not stop it, unless the process that started it is gone (killed with -9): then this handle
+ * adopts the server and stops it like its starter would have. A postmaster.pid left by a crash is
+ * handled. On success *out is a new handle the
  * caller releases with eng_pgembed_stop. Errors: ENG_EINVAL (unusable path, e.g. too long),
  * ENG_ESYS (file system, fork, missing `postgres` user), ENG_EDB (initdb or start failed: the
  * message quotes the log), ENG_ETIMEOUT (server did not come up in time). */

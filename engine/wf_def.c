@@ -17,6 +17,7 @@
 
 #include "engine/clock.h"
 #include "engine/duration.h"
+#include "engine/jschema.h"
 #include "engine/mem.h"
 #include "engine/step.h"
 #include "engine/wf_cond.h"
@@ -687,6 +688,106 @@ fail:
     return rc;
 }
 
+/* ---- what a run's input must hold ---- */
+
+/* Schema types but null: what a template path without a default needs to find. */
+static json_t *not_null_schema(void)
+{
+    return json_pack("{s:[sssss]}", "type", "object", "array", "string", "number", "boolean");
+}
+
+static json_t *object_schema(void)
+{
+    return json_pack("{s:s, s:[], s:{}}", "type", "object", "required", "properties");
+}
+
+/* Adds input.a.b (the part before any [index] or all-digit segment, which may be an array's) to
+ * the schema *arg builds: a required, non-null b in a required object a. */
+static eng_rc add_required(void *arg, const char *path, const char *ptr, eng_err *err)
+{
+    (void)ptr;
+    (void)err;
+    json_t **root = arg;
+    if (strncmp(path, "input.", 6) != 0)
+        return ENG_OK;
+    char seg[WF_PATH_MAX + 1];
+    const char *p = path + 6;
+    json_t *node = NULL;
+    while (*p) {
+        size_t n = strcspn(p, ".[");
+        bool digits = n > 0 && strspn(p, "0123456789") >= n;
+        if (n == 0 || digits)
+            break;
+        memcpy(seg, p, n);
+        seg[n] = '\0';
+        /* the next segment may be an array's index: then this one only has to be there */
+        const char *next = p + n + 1;
+        size_t nn = p[n] == '.' ? strcspn(next, ".[") : 0;
+        bool last = nn == 0 || strspn(next, "0123456789") >= nn;
+        if (!*root)
+            *root = object_schema();
+        if (!node)
+            node = *root;
+        json_t *props = json_object_get(node, "properties");
+        json_t *child = json_object_get(props, seg);
+        if (!child) {
+            json_array_append_new(json_object_get(node, "required"), json_string(seg));
+            child = last ? not_null_schema() : object_schema();
+            json_object_set_new(props, seg, child);
+        } else if (!last && !json_object_get(child, "properties")) {
+            child = object_schema();
+            json_object_set_new(props, seg, child); /* an object is not null either */
+        }
+        if (last)
+            break;
+        node = child;
+        p += n + 1;
+    }
+    return ENG_OK;
+}
+
+/* A step that runs whatever the input holds: neither it nor any step it needs has a condition.
+ * Map-like kinds render their own input (per item) and are left out. */
+static bool runs_unconditionally(const compiler *c, size_t i)
+{
+    if (c->steps[i].kind->raw_input)
+        return false;
+    for (size_t t = 0; t < c->n; t++)
+        if ((t == i || has_dep(c, i, t)) && json_object_get(c->steps[t].obj, "when") &&
+            !json_is_null(json_object_get(c->steps[t].obj, "when")))
+            return false;
+    return true;
+}
+
+/* The schema a run's input is checked against when the run is enqueued: the definition's
+ * input_schema, else one requiring what the templates of unconditional steps read from the input
+ * without a default; NULL when there is nothing to check. */
+static eng_rc compile_input_check(compiler *c, json_t **out)
+{
+    *out = NULL;
+    const json_t *is = json_object_get(c->doc, "input_schema");
+    if (is && !json_is_null(is)) {
+        jschema *js;
+        eng_rc rc = jschema_compile(is, "/input_schema", &js, c->err);
+        if (rc != ENG_OK)
+            return rc;
+        jschema_free(js);
+        *out = json_deep_copy(is);
+        return ENG_OK;
+    }
+    for (size_t i = 0; i < c->n; i++) {
+        if (!runs_unconditionally(c, i))
+            continue;
+        const json_t *st = c->steps[i].obj;
+        const json_t *parts[] = {json_object_get(st, "input"), json_object_get(st, "at"),
+                                 json_object_get(json_object_get(st, "window"), "tz")};
+        for (size_t q = 0; q < ENG_ARRAY_LEN(parts); q++)
+            if (parts[q] && wf_template_required(parts[q], "", add_required, out, c->err) != ENG_OK)
+                abort(); /* the templates were parsed already; add_required cannot fail */
+    }
+    return ENG_OK;
+}
+
 /* ---- the workflow ---- */
 
 static bool valid_name(const char *s, size_t len)
@@ -754,8 +855,8 @@ static eng_rc compile_event_list(compiler *c, const char *member, bool with_key,
 
 static eng_rc compile_doc(compiler *c, json_t **out)
 {
-    static const char *const wf_fields[] = {"name", "description", "steps", "cancel_on", "triggers",
-                                            NULL};
+    static const char *const wf_fields[] = {"name",     "description",  "steps", "cancel_on",
+                                            "triggers", "input_schema", NULL};
     const json_t *doc = c->doc;
     if (!json_is_object(doc))
         return bad(c, "", "workflow definition must be a JSON object");
@@ -783,7 +884,8 @@ static eng_rc compile_doc(compiler *c, json_t **out)
         (rc = pass_graph(c)) != ENG_OK)
         return rc;
 
-    json_t *out_steps = json_array(), *phases = json_array(), *cancel_on = NULL, *triggers = NULL;
+    json_t *out_steps = json_array(), *phases = json_array(), *cancel_on = NULL, *triggers = NULL,
+           *input_check = NULL;
     for (size_t i = 0; i < c->n && rc == ENG_OK; i++) {
         json_t *st;
         if ((rc = compile_step(c, i, &st)) != ENG_OK)
@@ -800,6 +902,8 @@ static eng_rc compile_doc(compiler *c, json_t **out)
         rc = compile_event_list(c, "cancel_on", true, &cancel_on);
     if (rc == ENG_OK)
         rc = compile_event_list(c, "triggers", false, &triggers);
+    if (rc == ENG_OK)
+        rc = compile_input_check(c, &input_check);
     if (rc != ENG_OK) {
         json_decref(out_steps);
         json_decref(phases);
@@ -812,9 +916,9 @@ static eng_rc compile_doc(compiler *c, json_t **out)
             json_array_append_new(
                 json_object_get(json_array_get(out_steps, c->steps[i].needs[j]), "dependents"),
                 json_integer((json_int_t)i));
-    *out = json_pack("{s:s, s:s?, s:o, s:o, s:o, s:o}", "name", json_string_value(name),
+    *out = json_pack("{s:s, s:s?, s:o, s:o, s:o, s:o, s:o?}", "name", json_string_value(name),
                      "description", desc, "cancel_on", cancel_on, "triggers", triggers, "phases",
-                     phases, "steps", out_steps);
+                     phases, "steps", out_steps, "input_check", input_check);
     return ENG_OK;
 }
 

@@ -6,6 +6,7 @@
  * every key is always present (null when absent):
  *
  *   {"name", "description", "cancel_on": [{"event", "key"}], "phases": [...],
+ *    "input_check": JSON Schema | null (see below),
  *    "steps": [{"key", "kind", "idx", "needs": [idx...], "dependents": [idx...], "deps": [key...],
  *               "phase", "input", "when", "max_attempts", "backoff_initial_ms", "backoff_max_ms",
  *               "backoff_multiplier", "jitter", "timeout_ms", "delay_ms", "at",
@@ -13,7 +14,11 @@
  *               "concurrency_key", "on_failure": "fail_run" | "continue" | "skip_dependents"}]}
  *
  * "deps" holds the keys of all transitive needs in step order; templates and conditions of a step
- * may reference only those steps. "phases" lists distinct phases in first-appearance order. */
+ * may reference only those steps. "phases" lists distinct phases in first-appearance order.
+ * "input_check" is what a run's input is validated against when the run is enqueued (engine/
+ * jschema.h): the definition's "input_schema" when it has one, else a schema requiring, present
+ * and not null, every input path that the templates of steps without a condition (none of their
+ * needs having one either) read without a default; null when there is nothing to check. */
 #pragma once
 
 #include <jansson.h>

@@ -434,8 +434,15 @@ eng_rc wf_template_render_string(const char *s, const json_t *ctx, json_t **out,
 
 /* ---- references ---- */
 
+/* The walk's callback and whether it wants the paths that have a default too. */
+typedef struct refs_walk {
+    wf_template_ref_cb *cb;
+    void *arg;
+    bool with_defaults;
+} refs_walk;
+
 static eng_rc refs_str(const char *s, size_t len, const char *base, const frame *f,
-                       wf_template_ref_cb *cb, void *arg, eng_err *err)
+                       const refs_walk *w, eng_err *err)
 {
     char msg[200];
     tpl_span sp;
@@ -447,37 +454,40 @@ static eng_rc refs_str(const char *s, size_t len, const char *base, const frame 
         tpl_expr x;
         if (!tpl_parse_expr(sp.expr, sp.expr_len, &x, msg, sizeof msg))
             return frame_err(err, ENG_EINVAL, base, f, msg);
+        bool has_default = x.deflt != NULL;
         json_decref(x.deflt);
+        pos = sp.end;
+        if (has_default && !w->with_defaults)
+            continue;
         char *path = eng_xstrndup(x.path, x.path_len);
         char *ptr = frame_ptr(base, f);
-        eng_rc rc = cb(arg, path, ptr, err);
+        eng_rc rc = w->cb(w->arg, path, ptr, err);
         free(path);
         free(ptr);
         if (rc != ENG_OK)
             return rc;
-        pos = sp.end;
     }
     return ENG_OK;
 }
 
-static eng_rc refs_value(const json_t *t, const char *base, const frame *f, wf_template_ref_cb *cb,
-                         void *arg, eng_err *err)
+static eng_rc refs_value(const json_t *t, const char *base, const frame *f, const refs_walk *w,
+                         eng_err *err)
 {
     if (json_is_string(t))
-        return refs_str(json_string_value(t), json_string_length(t), base, f, cb, arg, err);
+        return refs_str(json_string_value(t), json_string_length(t), base, f, w, err);
     if (json_is_object(t)) {
         const char *k;
         json_t *v;
         json_object_foreach ((json_t *)t, k, v) {
             frame child = {.up = f, .key = k};
-            eng_rc rc = refs_value(v, base, &child, cb, arg, err);
+            eng_rc rc = refs_value(v, base, &child, w, err);
             if (rc != ENG_OK)
                 return rc;
         }
     } else if (json_is_array(t)) {
         for (size_t i = 0; i < json_array_size(t); i++) {
             frame child = {.up = f, .idx = i};
-            eng_rc rc = refs_value(json_array_get(t, i), base, &child, cb, arg, err);
+            eng_rc rc = refs_value(json_array_get(t, i), base, &child, w, err);
             if (rc != ENG_OK)
                 return rc;
         }
@@ -490,5 +500,15 @@ eng_rc wf_template_refs(const json_t *tmpl, const char *ptr, wf_template_ref_cb 
 {
     if (!tmpl)
         return ENG_OK;
-    return refs_value(tmpl, ptr ? ptr : "", NULL, cb, arg, err);
+    refs_walk w = {.cb = cb, .arg = arg, .with_defaults = true};
+    return refs_value(tmpl, ptr ? ptr : "", NULL, &w, err);
+}
+
+eng_rc wf_template_required(const json_t *tmpl, const char *ptr, wf_template_ref_cb *cb, void *arg,
+                            eng_err *err)
+{
+    if (!tmpl)
+        return ENG_OK;
+    refs_walk w = {.cb = cb, .arg = arg, .with_defaults = false};
+    return refs_value(tmpl, ptr ? ptr : "", NULL, &w, err);
 }

@@ -46,6 +46,10 @@ typedef eng_rc wf_template_ref_cb(void *arg, const char *path, const char *ptr, 
 eng_rc wf_template_refs(const json_t *tmpl, const char *ptr, wf_template_ref_cb *cb, void *arg,
                         eng_err *err);
 
+/* As wf_template_refs, for the paths rendering cannot do without: those without a default. */
+eng_rc wf_template_required(const json_t *tmpl, const char *ptr, wf_template_ref_cb *cb, void *arg,
+                            eng_err *err);
+
 /* True when s contains "{{" (i.e. is a template rather than a literal). */
 bool wf_template_is_templated(const char *s);
 

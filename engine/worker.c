@@ -55,6 +55,9 @@ struct eng_step_ctx {
  * would otherwise parse the same text again on every trip. Entries are read-only and shared by
  * reference; slots are reused round-robin. */
 #define WORKER_DEFS 32
+#define WORKER_PRUNE_BATCH 5000 /* runs per retention pass */
+#define WORKER_PRUNE_BATCH_S "5000"
+#define WORKER_PRUNE_IDLE_S 10.
 
 struct def_slot {
     char *text;   /* as claimed */
@@ -790,6 +793,23 @@ static void worker_tick_cb(struct ev_loop *loop, ev_timer *t, int revents)
     eng_db_query(w->db, "flowd_tick", 0, NULL, worker_ignore_cb, w->owner);
 }
 
+/* The next pass: at once after a full one (more are waiting), in a second after one that found
+ * runs (they keep coming: the runs table holds about a second's worth past the retention), else
+ * in WORKER_PRUNE_IDLE_S. Passes every 10 s of 1,000 runs each deleted 100 runs a second, and let
+ * the table hold ten seconds' worth more. */
+static void worker_prune_done(void *arg, const eng_err *err, const PGresult *res)
+{
+    eng_worker *w = arg;
+    if (err)
+        log_warn("worker maintenance query failed", LOG_S("owner", w->owner),
+                 LOG_S("error", err->msg));
+    int n = err ? 0 : atoi(PQgetvalue(res, 0, 0));
+    if (w->stopping)
+        return;
+    ev_timer_set(&w->prune, n >= WORKER_PRUNE_BATCH ? 0. : n > 0 ? 1. : WORKER_PRUNE_IDLE_S, 0.);
+    ev_timer_start(w->loop, &w->prune);
+}
+
 static void worker_prune_cb(struct ev_loop *loop, ev_timer *t, int revents)
 {
     (void)loop;
@@ -798,7 +818,7 @@ static void worker_prune_cb(struct ev_loop *loop, ev_timer *t, int revents)
     char retention_s[24];
     snprintf(retention_s, sizeof retention_s, "%lld", (long long)w->opts.retention_ms);
     const char *params[] = {retention_s};
-    eng_db_query(w->db, "flowd_prune", 1, params, worker_ignore_cb, w->owner);
+    eng_db_query(w->db, "flowd_prune", 1, params, worker_prune_done, w);
 }
 
 /* Past the grace period: stop what still runs and hand it back without spending an attempt. */
@@ -850,7 +870,9 @@ static void *worker_main(void *arg)
                    7);
     eng_db_prepare(w->db, "flowd_tick", "SELECT flowd_tick(1000)", 0);
     eng_db_prepare(w->db, "flowd_prune",
-                   "SELECT flowd_prune(flowd_now() - $1::bigint * interval '1 millisecond', 1000)", 1);
+                   "SELECT flowd_prune(flowd_now() - $1::bigint * interval '1 millisecond', "
+                   WORKER_PRUNE_BATCH_S ")",
+                   1);
     eng_db_listen(w->db, "flowd_ready");
     eng_db_listen(w->db, "flowd_cancel");
     ev_run(w->loop, 0);
@@ -885,8 +907,8 @@ eng_worker *eng_worker_start(const eng_worker_opts *opts)
     ev_timer_init(&w->tick, worker_tick_cb, 1., 1.);
     if (w->opts.reaper)
         ev_timer_start(w->loop, &w->tick);
-    /* a first pass soon after start, then every 10 s, 1000 runs at a time */
-    ev_timer_init(&w->prune, worker_prune_cb, 1., 10.);
+    /* a first pass soon after start; worker_prune_done schedules the next one */
+    ev_timer_init(&w->prune, worker_prune_cb, 1., 0.);
     if (w->opts.reaper && w->opts.retention_ms > 0)
         ev_timer_start(w->loop, &w->prune);
     ev_timer_init(&w->grace, worker_grace_cb, 0., 0.);

@@ -60,6 +60,8 @@ struct step_send {
     int max_checks;
     int64_t interval_ms;
     int64_t created_ms; /* when the ledger row was created (wall clock), for look-ups */
+    int calls;          /* the ledger's call count this attempt's claim got */
+    struct eng_db *db;  /* the worker's connection, still there once the attempt is cancelled */
     /* the pending finish after SS_RECORD */
     enum send_finish fin;
     json_t *fin_output;
@@ -242,6 +244,23 @@ eng_rc step_send_validate_to(const json_t *step, const char *ptr, eng_err *err)
     if (!json_object_get(json_object_get(step, "input"), "to"))
         return step_send_invalid(err, ptr, "/input/to", "to is required");
     return ENG_OK;
+}
+
+eng_rc step_send_validate_phone(const json_t *step, const char *ptr, const char *name,
+                                eng_err *err)
+{
+    const json_t *v = json_object_get(json_object_get(step, "input"), name);
+    char out[24];
+    if (!json_is_string(v) || is_template(v) || strncmp(json_string_value(v), "whatsapp:", 9) == 0 ||
+        step_send_norm_phone(json_string_value(v), out))
+        return ENG_OK;
+    char sub[40], msg[160];
+    snprintf(sub, sizeof sub, "/input/%s", name);
+    snprintf(msg, sizeof msg,
+             "%s must be a phone number in E.164: + and 8 to 15 digits with the country code, no "
+             "spaces or punctuation (+14155550123)",
+             name);
+    return step_send_invalid(err, ptr, sub, msg);
 }
 
 eng_rc step_send_input_phone(const json_t *in, char to[24], eng_err *err)
@@ -662,10 +681,37 @@ static void ss_skip_suppressed(step_send *ss, const char *reason)
     ss_finish(ss);
 }
 
+static void not_sent_done(void *arg, const eng_err *err, const PGresult *res)
+{
+    step_send *ss = arg;
+    (void)res;
+    if (err)
+        log_warn("unsent send not recorded", LOG_S("send_key", ss->send_key),
+                 LOG_S("error", err->msg));
+    ss_free(ss);
+}
+
+/* The attempt was cancelled after its claim made it the sender and before any byte of its request
+ * left: the ledger learns that nothing went out, so that the next attempt sends instead of asking
+ * around (migrations/0028_send_not_sent.sql). Frees ss. */
+static void record_not_sent(step_send *ss)
+{
+    char calls_s[16];
+    snprintf(calls_s, sizeof calls_s, "%d", ss->calls);
+    const char *params[] = {ss->tenant_s, ss->send_key, calls_s};
+    log_info("send stopped before its request left", LOG_S("send_key", ss->send_key));
+    eng_db_query(ss->db, "SELECT flowd_send_not_sent($1, $2, $3)", 3, params, not_sent_done, ss);
+}
+
 static void claim_done(void *arg, const eng_err *err, const PGresult *res)
 {
     step_send *ss = arg;
     if (!ss->ctx) {
+        if (!err && strcmp(PQgetvalue(res, 0, 0), "send") == 0) {
+            ss->calls = atoi(PQgetvalue(res, 0, 6));
+            record_not_sent(ss);
+            return;
+        }
         ss_free(ss);
         return;
     }
@@ -675,6 +721,7 @@ static void claim_done(void *arg, const eng_err *err, const PGresult *res)
     }
     const char *decision = PQgetvalue(res, 0, 0);
     int checks = atoi(PQgetvalue(res, 0, 5));
+    ss->calls = atoi(PQgetvalue(res, 0, 6));
     ss->created_ms = strtoll(PQgetvalue(res, 0, 7), NULL, 10);
     if (strcmp(decision, "send") == 0) {
         call_provider(ss);
@@ -807,6 +854,7 @@ void step_send_start(eng_step_ctx *ctx, const send_ops *ops)
 {
     step_send *ss = eng_xcalloc(1, sizeof *ss);
     ss->ctx = ctx;
+    ss->db = eng_step_db(ctx);
     ss->ops = ops;
     ss->st = SS_CONFIG;
     snprintf(ss->tenant_s, sizeof ss->tenant_s, "%lld", (long long)eng_step_tenant_id(ctx));
@@ -841,9 +889,20 @@ void step_send_cancel(eng_step_ctx *ctx)
         rl_take_cancel(ss->take);
         ss_free(ss);
         return;
-    case SS_CALL:
+    case SS_CALL: {
+        /* A send cut off once its request may have left stays pending in the ledger: the next
+         * attempt resolves it. One cut off before is known not to have gone out. */
+        bool unsent = !eng_http_call_may_have_sent(ss->call);
+        eng_httpc_cancel(ss->call);
+        ss->call = NULL;
+        if (unsent && !prov_config_sandbox(ss->cfg)) {
+            record_not_sent(ss);
+            return;
+        }
+        ss_free(ss);
+        return;
+    }
     case SS_LOOKUP:
-        /* A send cut off here stays pending in the ledger: the next attempt resolves it. */
         eng_httpc_cancel(ss->call);
         ss_free(ss);
         return;

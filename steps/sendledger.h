@@ -19,6 +19,10 @@
  *                             the recipient on the list and the step ends skipped
  *              ambiguous   -> record unknown; at_least_once retries (resends), at_most_once
  *                             RESOLVEs on its next run
+ *   STOPPED  an attempt cancelled (lease lost) after its claim and before any byte of its
+ *            request left (the call not started, or its connection or TLS handshake still being
+ *            set up: eng_http_call_may_have_sent) records the send as failed: nothing went out,
+ *            and the next attempt sends it instead of resolving it.
  *   RESOLVE  (at_most_once) the provider look-up when the kind has one (ops->lookup: Twilio),
  *            resolve.checks times resolve.interval_ms apart: found -> accepted, succeed; never
  *            found -> it did not go out: record failed, CLAIM again and send. Without a look-up
@@ -118,6 +122,10 @@ eng_rc step_send_validate_to(const json_t *step, const char *ptr, eng_err *err);
 /* ENG_EINVAL on the field ptr followed by suffix ("/steps/2" "/input/body"): for validate. */
 eng_rc step_send_invalid(eng_err *err, const char *ptr, const char *suffix, const char *msg);
 
+/* For validate: ENG_EINVAL on /input/NAME when it is a literal (not a template, not
+ * "whatsapp:...") that is no E.164 number; the same rule the send applies, known at registration. */
+eng_rc step_send_validate_phone(const json_t *step, const char *ptr, const char *name,
+                                eng_err *err);
 /* For prepare: input.to as +E.164 into to; ENG_EINVAL on /input/to when it is not a number. */
 eng_rc step_send_input_phone(const json_t *in, char to[24], eng_err *err);
 

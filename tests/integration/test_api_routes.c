@@ -12,6 +12,7 @@
 // clang-format on
 #include <curl/curl.h>
 #include <jansson.h>
+#include <libpq-fe.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -153,6 +154,18 @@ static void test_admin_tenants_and_keys(void **state)
     assert_int_equal(jint(t, "max_running"), 5);
     json_decref(t);
     expect_error(call("POST", "/v1/tenants", ADMIN_KEY, "{\"name\": \"tenant-a\"}"), 409, "/name");
+    /* a tenant gives another at most its own priority range (the default tenant's: 100) */
+    t = expect(call("POST", "/v1/tenants", ADMIN_KEY,
+                    "{\"name\": \"tenant-p\", \"priority_limit\": 5}"),
+               201);
+    assert_int_equal(jint(t, "priority_limit"), 5);
+    json_decref(t);
+    expect_error(call("POST", "/v1/tenants", ADMIN_KEY,
+                      "{\"name\": \"tenant-q\", \"priority_limit\": 1000}"),
+                 422, "/priority_limit");
+    expect_error(call("POST", "/v1/tenants", ADMIN_KEY,
+                      "{\"name\": \"tenant-q\", \"priority_limit\": -1}"),
+                 422, "/priority_limit");
     expect_error(call("POST", "/v1/tenants", ADMIN_KEY, "{\"name\": \"a b\"}"), 422, "/name");
     expect_error(call("POST", "/v1/tenants", ADMIN_KEY, "{\"name\": 7}"), 422, "/name");
     expect_error(
@@ -343,6 +356,11 @@ static void test_idempotency_conflict(void **state)
     (void)state;
     static const char *const hdr[] = {"Idempotency-Key: conflict-1", NULL};
     put_workflow(key_a, "other", one_step_def);
+    /* past the tenant's priority range (default 100): refused, naming the field */
+    expect_error(call("POST", "/v1/runs", key_a,
+                      "{\"workflow\": \"listed\", \"priority\": 101, \"input\": {\"n\": 1,"
+                      " \"m\": [1, 2]}}"),
+                 422, "/priority");
     json_t *r = expect(call_h(NULL, "POST", "/v1/runs", key_a,
                               "{\"workflow\": \"listed\", \"input\": {\"n\": 1, \"m\": [1, 2]}}", hdr),
                        201);
@@ -379,6 +397,69 @@ static void test_idempotency_conflict(void **state)
                       409, "idempotency_conflict", "Idempotency-Key");
     assert_int_equal(th_pg_long(db, "SELECT count(*) FROM batches WHERE idempotency_key = 'conflict-b'"),
                      1);
+}
+
+/* ------------------------------------------------------------------- input at enqueue -- */
+
+/* A run whose input lacks what its templates need is refused when it is enqueued (422 naming
+ * the pointer), as is one that does not match the workflow's input_schema; a batch names the
+ * item. Nothing is created. */
+static void test_input_checked_at_enqueue(void **state)
+{
+    (void)state;
+    put_workflow(key_a, "hello",
+                 "{\"steps\": [{\"key\": \"greet\", \"kind\": \"transform\","
+                 " \"input\": {\"text\": \"hi {{input.name}} {{input.title | default: \\\"\\\"}}\"}}]}");
+    long long before = th_pg_long(db, "SELECT count(*) FROM runs");
+    expect_error_code(call("POST", "/v1/runs", key_a, "{\"workflow\": \"hello\"}"), 422,
+                      "invalid_input", "/input/name");
+    expect_error_code(call("POST", "/v1/runs", key_a,
+                           "{\"workflow\": \"hello\", \"input\": {\"name\": null}}"),
+                      422, "invalid_input", "/input/name");
+    json_decref(expect(call("POST", "/v1/runs", key_a,
+                            "{\"workflow\": \"hello\", \"input\": {\"name\": \"Ada\"}}"),
+                       201));
+
+    put_workflow(key_a, "schema",
+                 "{\"input_schema\": {\"type\": \"object\", \"required\": [\"lead\"],"
+                 " \"properties\": {\"lead\": {\"type\": \"object\", \"required\": [\"email\"],"
+                 " \"properties\": {\"email\": {\"type\": \"string\", \"pattern\": \"^[^@]+@[^@]+$\"},"
+                 " \"tz\": {\"type\": \"string\"}}}}},"
+                 " \"steps\": [{\"key\": \"s\", \"kind\": \"transform\","
+                 " \"input\": {\"e\": \"{{input.lead.email}}\"}}]}");
+    expect_error_code(call("POST", "/v1/runs", key_a,
+                           "{\"workflow\": \"schema\", \"input\": {\"lead\": {\"email\": 42}}}"),
+                      422, "invalid_input", "/input/lead/email");
+    expect_error_code(call("POST", "/v1/runs", key_a,
+                           "{\"workflow\": \"schema\", \"input\": {\"lead\": {\"email\": \"a@b\","
+                           " \"tz\": 1}}}"),
+                      422, "invalid_input", "/input/lead/tz");
+    expect_error_code(call("POST", "/v1/batches", key_a,
+                           "{\"workflow\": \"schema\", \"inputs\": [{\"lead\": {\"email\": \"a@b\"}},"
+                           " {\"lead\": {\"email\": \"a@b\"}}, {\"lead\": {}}]}"),
+                      422, "invalid_input", "/inputs/2/lead/email");
+    expect_error_code(call("POST", "/v1/batches", key_a,
+                           "{\"workflow\": \"hello\", \"inputs\": [{\"name\": \"a\"}, {}]}"),
+                      422, "invalid_input", "/inputs/1/name");
+    assert_int_equal(th_pg_long(db, "SELECT count(*) FROM runs"), before + 1);
+    json_t *b = expect(call("POST", "/v1/batches", key_a,
+                            "{\"workflow\": \"schema\", \"inputs\": [{\"lead\": {\"email\": \"a@b\"}}]}"),
+                       201);
+    json_decref(b);
+    assert_int_equal(th_pg_long(db, "SELECT count(*) FROM runs"), before + 2);
+
+    /* the run is created from the version its input was checked against, or not at all */
+    PGconn *c = PQconnectdb(db);
+    const char *params[] = {"hello"};
+    PGresult *r = PQexecParams(
+        c,
+        "SELECT created FROM flowd_start_run((SELECT tenant_id FROM workflows WHERE name = $1"
+        " LIMIT 1), $1, NULL, '{\"name\": \"x\"}', 0, NULL, 99)",
+        1, NULL, params, NULL, NULL, 0);
+    assert_string_equal(PQresultErrorField(r, PG_DIAG_SQLSTATE), "40001");
+    PQclear(r);
+    PQfinish(c);
+    assert_int_equal(th_pg_long(db, "SELECT count(*) FROM runs"), before + 2);
 }
 
 /* ------------------------------------------------------------------------------ batches -- */
@@ -791,6 +872,7 @@ int main(void)
         cmocka_unit_test(test_batch_validation_and_isolation),
         cmocka_unit_test(test_batch_10000),
         cmocka_unit_test(test_idempotency_conflict),
+        cmocka_unit_test(test_input_checked_at_enqueue),
         cmocka_unit_test(test_sse_live_and_resume),
         cmocka_unit_test(test_sse_client_leaves),
         cmocka_unit_test(test_cli_tenant_and_url_mode),

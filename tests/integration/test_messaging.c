@@ -17,6 +17,8 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -494,20 +496,31 @@ static void test_bad_recipients_refused(void **state)
     env_for(wa, TH_MSG_WHATSAPP);
     long long tenant;
     char *db = th_engine_db("msg_bad_to", &tenant);
-    static const char *const defs[] = {
-        DEF("sms", "{\"to\": \"(415) 555-0123\", \"body\": \"x\"}", RETRY),
-        DEF("sms", "{\"to\": \"4155550123\", \"body\": \"x\"}", RETRY),
-        DEF("sms", "{\"to\": \"+1 415 555 0123\", \"body\": \"x\"}", RETRY),
-        DEF("whatsapp", "{\"to\": \"+41-55-550-123\", \"text\": \"x\"}", RETRY),
-        DEF("email", "{\"to\": \"ann@example\", \"from\": \"a@example.test\", \"subject\": \"s\","
-                     " \"text\": \"t\"}", RETRY),
-        DEF("email", "{\"to\": \"ann..lee@example.test\", \"from\": \"a@example.test\","
-                     " \"subject\": \"s\", \"text\": \"t\"}", RETRY),
-        DEF("email", "{\"to\": \"ann@-example.test\", \"from\": \"a@example.test\","
-                     " \"subject\": \"s\", \"text\": \"t\"}", RETRY),
+    /* the recipient comes from the run's input, as in real sequences (a literal one is refused
+     * at registration, below) */
+    static const struct {
+        const char *def, *input;
+    } cases[] = {
+        {DEF("sms", "{\"to\": \"{{input.to}}\", \"body\": \"x\"}", RETRY),
+         "{\"to\": \"(415) 555-0123\"}"},
+        {DEF("sms", "{\"to\": \"{{input.to}}\", \"body\": \"x\"}", RETRY),
+         "{\"to\": \"4155550123\"}"},
+        {DEF("sms", "{\"to\": \"{{input.to}}\", \"body\": \"x\"}", RETRY),
+         "{\"to\": \"+1 415 555 0123\"}"},
+        {DEF("whatsapp", "{\"to\": \"{{input.to}}\", \"text\": \"x\"}", RETRY),
+         "{\"to\": \"+41-55-550-123\"}"},
+        {DEF("email", "{\"to\": \"{{input.to}}\", \"from\": \"a@example.test\", \"subject\": \"s\","
+                      " \"text\": \"t\"}", RETRY),
+         "{\"to\": \"ann@example\"}"},
+        {DEF("email", "{\"to\": \"{{input.to}}\", \"from\": \"a@example.test\", \"subject\": \"s\","
+                      " \"text\": \"t\"}", RETRY),
+         "{\"to\": \"ann..lee@example.test\"}"},
+        {DEF("email", "{\"to\": \"{{input.to}}\", \"from\": \"a@example.test\", \"subject\": \"s\","
+                      " \"text\": \"t\"}", RETRY),
+         "{\"to\": \"ann@-example.test\"}"},
     };
-    for (size_t i = 0; i < sizeof defs / sizeof *defs; i++) {
-        long long run = run_one(db, tenant, defs[i], NULL);
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        long long run = run_one(db, tenant, cases[i].def, cases[i].input);
         char *st = step_state(db, run);
         assert_string_equal(st, "failed");
         free(st);
@@ -516,6 +529,13 @@ static void test_bad_recipients_refused(void **state)
         assert_int_equal(json_integer_value(json_object_get(e, "attempt")), 1);
         json_decref(e);
     }
+    th_expect_step_invalid("sms", "{\"to\": \"(415) 555-0123\", \"body\": \"x\"}",
+                           "/steps/0/input/to");
+    th_expect_step_invalid("sms", "{\"to\": \"+14155550123\", \"from\": \"415-555-0100\","
+                                  " \"body\": \"x\"}",
+                           "/steps/0/input/from");
+    th_expect_step_invalid("whatsapp", "{\"to\": \"0041 55 550 123\", \"text\": \"x\"}",
+                           "/steps/0/input/to");
     json_t *e = step_json(db, th_pg_longf(db, "SELECT min(id) FROM runs"), "error");
     assert_non_null(strstr(json_string_value(json_object_get(e, "message")), "E.164"));
     json_decref(e);
@@ -714,6 +734,49 @@ static void test_kill9_mid_send(void **state)
     th_msg_stop(sg);
 }
 
+/* A send stopped while its connection was still being set up (here: a TLS handshake the server
+ * never answers) provably sent nothing: the ledger records it as not sent instead of leaving it
+ * pending, which the next attempt would have to treat as possibly sent. The attempt is stopped
+ * the way a stalled worker's is: its lease renewals stop landing. */
+static void test_stalled_send_not_sent(void **state)
+{
+    (void)state;
+    env_clear();
+    int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t salen = sizeof sa;
+    assert_int_equal(bind(lfd, (struct sockaddr *)&sa, sizeof sa), 0);
+    assert_int_equal(listen(lfd, 16), 0); /* the kernel completes the TCP handshake; nobody reads */
+    assert_int_equal(getsockname(lfd, (struct sockaddr *)&sa, &salen), 0);
+    char url[64];
+    snprintf(url, sizeof url, "https://127.0.0.1:%d", ntohs(sa.sin_port));
+    setenv("TWILIO_ACCOUNT_SID", TH_MSG_TWILIO_SID, 1);
+    setenv("TWILIO_AUTH_TOKEN", TH_MSG_TWILIO_TOKEN, 1);
+    setenv("TWILIO_BASE_URL", url, 1);
+    prov_config_cache_clear();
+    long long tenant;
+    char *db = th_engine_db("msg_stall", &tenant);
+    free(th_pg_value(db, "CREATE OR REPLACE FUNCTION flowd_worker_leases(p_owner text,"
+                         " p_lease_ms integer, p_ids bigint[], p_release bigint[],"
+                         " p_release_attempts integer[], p_release_claimed bigint[],"
+                         " p_fresh_pid integer) RETURNS SETOF bigint LANGUAGE plpgsql AS"
+                         " $$ BEGIN RAISE EXCEPTION 'renewals refused'; END $$"));
+    long long wf = th_engine_register(
+        db, tenant,
+        "{\"name\": \"stall\", \"steps\": [{\"key\": \"send\", \"kind\": \"sms\","
+        " \"input\": {\"to\": \"+15550002222\", \"body\": \"hello\"}}]}");
+    th_engine_enqueue(db, tenant, wf, 1, NULL, 0);
+    th_workers *ws = th_workers_start(db, 1, "stall", 0, 0, 900);
+    bool recorded = th_engine_wait(db, "SELECT count(*) = 1 FROM sends WHERE state = 'failed'"
+                                       " AND error->>'code' = 'not_sent' AND calls = 1",
+                                   20);
+    th_workers_stop(ws);
+    close(lfd);
+    assert_true(recorded);
+    free(db);
+    env_clear();
+}
+
 int main(void)
 {
     eng_mem_init();
@@ -734,6 +797,7 @@ int main(void)
         cmocka_unit_test(test_bad_recipients_refused),
         cmocka_unit_test(test_suppression_from_send),
         cmocka_unit_test(test_kill9_mid_send),
+        cmocka_unit_test(test_stalled_send_not_sent),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     eng_httpc_global_cleanup();

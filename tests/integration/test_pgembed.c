@@ -225,6 +225,43 @@ static void test_concurrent_starters(void **state)
     tmpdir_free(tmp);
 }
 
+/* A starter killed with -9 leaves its server running; the next start adopts it and its stop stops
+ * it (the server used to be left behind for good). */
+static void test_adopt_after_kill9(void **state)
+{
+    (void)state;
+    char *tmp = tmpdir_new();
+    char *dir = eng_xasprintf("%s/data", tmp);
+    pid_t child = fork();
+    assert_true(child >= 0);
+    if (child == 0) {
+        eng_err err = {0};
+        eng_pgembed *pg = NULL;
+        if (eng_pgembed_start(dir, &pg, &err) != ENG_OK || !eng_pgembed_owned(pg))
+            _exit(2);
+        raise(SIGKILL);
+    }
+    int st = 0;
+    assert_int_equal(waitpid(child, &st, 0), child);
+    assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
+    char *pidfile = eng_xasprintf("%s/pg/postmaster.pid", dir);
+    assert_true(alive(file_long(pidfile))); /* the orphan */
+    free(pidfile);
+
+    eng_err err = {0};
+    eng_pgembed *pg = NULL;
+    assert_int_equal(eng_pgembed_start(dir, &pg, &err), ENG_OK);
+    assert_true(eng_pgembed_owned(pg));
+    eng_pgembed *again = NULL; /* while its adopter lives, a second start does not take it over */
+    assert_int_equal(eng_pgembed_start(dir, &again, &err), ENG_OK);
+    assert_false(eng_pgembed_owned(again));
+    eng_pgembed_stop(again);
+    eng_pgembed_stop(pg);
+    assert_not_running(dir);
+    free(dir);
+    tmpdir_free(tmp);
+}
+
 /* Starts, creates a row, then leaves the cluster as a crash would; returns the pid file path. */
 static char *start_and_seed(const char *dir)
 {
@@ -336,6 +373,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_start_query_stop_reuse),
         cmocka_unit_test(test_concurrent_starters),
+        cmocka_unit_test(test_adopt_after_kill9),
         cmocka_unit_test(test_crash_and_stale_pid_files),
         cmocka_unit_test(test_paths),
     };

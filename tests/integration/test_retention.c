@@ -1,5 +1,7 @@
 /* tests/integration/test_retention.c: finished runs past the retention are deleted with what hangs
- * off them; live runs, recent runs and the send ledger stay. Time moves with the test clock. */
+ * off them (their send ledger rows included), as are provider posts' dedup keys past it; live runs
+ * and recent runs stay; a backlog goes at once, not 1,000 runs per 10 s. Time moves with the test
+ * clock. */
 // clang-format off
 #include <stdarg.h>
 #include <stddef.h>
@@ -43,8 +45,19 @@ static void test_prunes_only_what_is_past_retention(void **state)
 
     /* a month later: one more run finishes, recent enough to keep */
     assert_true(th_pg_long(db, "SELECT flowd_clock_advance(31 * 86400000::bigint)") > 0);
+    long long old_run = th_pg_long(db, "SELECT min(id) FROM runs WHERE batch_id IS NULL");
+    /* a ledger row of an old run, one of a live one, and provider posts' dedup keys */
+    th_pg_longf(db, "SELECT count(*) FROM flowd_send_claim(%lld, '%lld:s', 'sms', 'x', %lld, NULL,"
+                    " '+15550000001', 'h', 'at_most_once')",
+                tenant, old_run, old_run);
+    th_pg_longf(db, "SELECT count(*) FROM flowd_send_claim(%lld, 'live:s', 'sms', 'x', NULL, NULL,"
+                    " '+15550000002', 'h', 'at_most_once')",
+                tenant);
+    th_pg_longf(db, "WITH x AS (INSERT INTO webhook_deliveries (tenant_id, provider, dedup_key,"
+                    " received_at) VALUES (%lld, 'twilio', 'old', now() - interval '40 days'),"
+                    " (%lld, 'twilio', 'new', flowd_now()) RETURNING 1) SELECT count(*) FROM x",
+                tenant, tenant);
     th_engine_enqueue(db, tenant, one, 1, NULL, 0);
-    long long sends_before = th_pg_long(db, "SELECT count(*) FROM sends");
 
     eng_worker_opts wo = {.conninfo = db, .owner = "ret-prune", .reaper = true,
                           .retention_ms = 30LL * 86400000};
@@ -61,7 +74,39 @@ static void test_prunes_only_what_is_past_retention(void **state)
                      0);
     assert_int_equal(th_pg_long(db, "SELECT count(*) FROM batches"), 0);
     assert_int_equal(th_pg_long(db, "SELECT count(*) FROM events"), 0);
-    assert_int_equal(th_pg_long(db, "SELECT count(*) FROM sends"), sends_before);
+    char *left = th_pg_value(db, "SELECT string_agg(send_key, ',') FROM sends");
+    assert_string_equal(left, "live:s");
+    free(left);
+    left = th_pg_value(db, "SELECT string_agg(dedup_key, ',') FROM webhook_deliveries");
+    assert_string_equal(left, "new");
+    free(left);
+    free(db);
+}
+
+/* A backlog of 5,000 runs past the retention goes in a few passes back to back: at 1,000 runs per
+ * 10 s it took 40 s. */
+static void test_backlog_goes_at_once(void **state)
+{
+    (void)state;
+    long long tenant;
+    char *db = th_engine_db("retention_backlog", &tenant);
+    long long one = th_engine_register(db, tenant, one_def);
+    th_engine_enqueue(db, tenant, one, 5000, NULL, 1000);
+    th_workers *ws = th_workers_start(db, 1, "ret-bl", 0, 0, 0);
+    assert_true(
+        th_engine_wait(db, "SELECT count(*) = 5000 FROM runs WHERE state = 'succeeded'", 60));
+    th_workers_stop(ws);
+    assert_true(th_pg_long(db, "SELECT flowd_clock_advance(2 * 86400000::bigint)") > 0);
+    eng_worker_opts wo = {.conninfo = db, .owner = "ret-bl-prune", .reaper = true,
+                          .retention_ms = 86400000};
+    long long t0 = th_now_ms();
+    eng_worker *w = eng_worker_start(&wo);
+    bool pruned = th_engine_wait(db, "SELECT count(*) = 0 FROM runs", 20);
+    long long took = th_now_ms() - t0;
+    eng_worker_stop(w, 5);
+    print_message("5000 runs pruned in %lld ms\n", took);
+    assert_true(pruned);
+    assert_true(took < 15000);
     free(db);
 }
 
@@ -131,6 +176,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_prunes_only_what_is_past_retention),
         cmocka_unit_test(test_no_retention_keeps_everything),
+        cmocka_unit_test(test_backlog_goes_at_once),
         cmocka_unit_test(test_created_bound),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

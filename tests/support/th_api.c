@@ -42,7 +42,8 @@ th_api *th_api_start(const th_api_opts *opts)
                           .test_clock = opts->test_clock, .max_conns = opts->max_conns,
                           .max_conns_per_client = opts->max_conns_per_client,
                           .header_timeout_s = opts->header_timeout_s,
-                          .request_timeout_s = opts->request_timeout_s};
+                          .request_timeout_s = opts->request_timeout_s,
+                          .sse_heartbeat_s = opts->sse_heartbeat_s};
     eng_err err;
     a->svc = api_service_start(&o, &err);
     if (!a->svc) {

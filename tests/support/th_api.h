@@ -29,6 +29,7 @@ typedef struct th_api_opts {
     int max_conns;      /* api_service_opts' connection caps and deadlines; 0: their defaults */
     int max_conns_per_client;
     double header_timeout_s, request_timeout_s;
+    double sse_heartbeat_s; /* api_service_opts' (0: its default) */
 } th_api_opts;
 
 /* Process set-up of an API test binary, first thing in main: allocators, logging, the built-in

@@ -428,7 +428,11 @@ static void conn_close(th_mock *m, struct mconn *c)
         m->pending--;
     if (c->hidx != SIZE_MAX)
         heap_remove(m, c);
-    close(c->fd); /* also takes it out of the epoll set */
+    /* Out of the epoll set before closing: close() alone leaves the registration (and events
+     * naming this freed connection) alive while a child forked by the test, not yet exec'd,
+     * still holds the socket. */
+    epoll_ctl(m->ep, EPOLL_CTL_DEL, c->fd, NULL);
+    close(c->fd);
     eng_buf_deinit(&c->in);
     eng_buf_deinit(&c->target);
     eng_buf_deinit(&c->body);

@@ -127,6 +127,9 @@ static void handler(void *arg, api_req *r)
         api_req_stream_begin(r, 200, "text/plain", (const char *const[]){"X-Kind: stream", NULL});
         api_req_stream_write(r, "first\n", 6);
         start_pending(f, r, 0.02, true, 3);
+    } else if (strcmp(path, "/quiet") == 0) { /* a stream that writes nothing for a second */
+        api_req_stream_begin(r, 200, "text/event-stream", NULL);
+        start_pending(f, r, 1.0, true, 0);
     } else if (strcmp(path, "/forever") == 0) {
         api_req_stream_begin(r, 200, "text/event-stream", NULL);
         start_pending(f, r, 0.02, true, -1);
@@ -811,6 +814,26 @@ static void test_streaming_response(void **state)
     fx_stop(f);
 }
 
+/* A stream quiet for longer than the header and idle timeouts is not cut: those timers measure
+ * the client, and the one running when the request arrived is stopped, on a fresh connection (the
+ * header deadline) as on a reused one (the keep-alive idle timer). */
+static void test_quiet_stream_outlives_timeouts(void **state)
+{
+    (void)state;
+    fx *f = fx_start((api_http_opts){.header_timeout_s = 0.2, .idle_timeout_s = 0.3});
+    cli *c = cli_new(f->port);
+    cli_sends(c, "GET /quiet HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_true(cli_wait(c, 1));
+    assert_int_equal(c->r[0].status, 200);
+    cli_sends(c, "GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_true(cli_wait(c, 2));
+    cli_sends(c, "GET /quiet HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_true(cli_wait(c, 3));
+    assert_int_equal(c->r[2].status, 200);
+    cli_free(c);
+    fx_stop(f);
+}
+
 static void test_large_response_slow_reader(void **state)
 {
     (void)state;
@@ -989,6 +1012,7 @@ int main(void)
         cmocka_unit_test(test_async_response),
         cmocka_unit_test(test_client_gone_aborts),
         cmocka_unit_test(test_streaming_response),
+        cmocka_unit_test(test_quiet_stream_outlives_timeouts),
         cmocka_unit_test(test_large_response_slow_reader),
         cmocka_unit_test(test_connection_close_and_http10),
         cmocka_unit_test(test_graceful_shutdown),

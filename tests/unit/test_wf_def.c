@@ -103,6 +103,66 @@ static void expect_bad_step(const char *kind, const char *body, const char *fiel
     expect_bad(src, field, msg_part);
 }
 
+/* What a run's input must hold, checked when it is enqueued: the input_schema when there is one,
+ * else what the templates of unconditional steps read without a default. */
+static void test_input_check(void **state)
+{
+    (void)state;
+    json_t *out = compile_ok(
+        "{\"name\": \"w\", \"steps\": ["
+        " {\"key\": \"a\", \"kind\": \"transform\", \"input\": {\"t\": \"{{input.lead.email}} "
+        "{{input.lead.name | default: \\\"there\\\"}} {{input.items[0].url}} {{input.rows.2}}\","
+        "  \"whole\": \"{{input}}\", \"s\": \"{{steps.b.output}}\"}, \"needs\": [\"b\"]},"
+        " {\"key\": \"b\", \"kind\": \"sms\", \"input\": {\"to\": \"{{input.lead.phone}}\","
+        "  \"body\": \"x\"}, \"window\": {\"start\": \"09:00\", \"end\": \"18:00\","
+        "  \"tz\": \"{{input.lead.tz}}\"}},"
+        " {\"key\": \"c\", \"kind\": \"transform\", \"when\": \"input.vip == true\","
+        "  \"input\": {\"v\": \"{{input.vip_note}}\"}},"
+        " {\"key\": \"d\", \"kind\": \"transform\", \"needs\": [\"c\"],"
+        "  \"input\": {\"v\": \"{{input.after_vip}}\"}}]}");
+    json_t *want = json_loads(
+        "{\"type\": \"object\", \"required\": [\"lead\", \"items\", \"rows\"], \"properties\": {"
+        " \"lead\": {\"type\": \"object\", \"required\": [\"email\", \"phone\", \"tz\"],"
+        "  \"properties\": {\"email\": {\"type\": [\"object\", \"array\", \"string\", \"number\","
+        "   \"boolean\"]}, \"phone\": {\"type\": [\"object\", \"array\", \"string\", \"number\","
+        "   \"boolean\"]}, \"tz\": {\"type\": [\"object\", \"array\", \"string\", \"number\","
+        "   \"boolean\"]}}},"
+        " \"items\": {\"type\": [\"object\", \"array\", \"string\", \"number\", \"boolean\"]},"
+        " \"rows\": {\"type\": [\"object\", \"array\", \"string\", \"number\", \"boolean\"]}}}",
+        0, NULL);
+    assert_non_null(want);
+    if (!json_equal(json_object_get(out, "input_check"), want)) {
+        char *g = json_dumps(json_object_get(out, "input_check"), JSON_INDENT(1) | JSON_SORT_KEYS);
+        fail_msg("input_check differs:\n%s", g);
+    }
+    json_decref(want);
+    json_decref(out);
+
+    /* nothing required: no check */
+    out = compile_ok("{\"name\": \"w\", \"steps\": [{\"key\": \"a\", \"kind\": \"transform\","
+                     " \"input\": {\"n\": \"{{input.n | default: 1}}\"}}]}");
+    assert_true(json_is_null(json_object_get(out, "input_check")));
+    json_decref(out);
+
+    /* an input_schema is the check, as written */
+    out = compile_ok("{\"name\": \"w\", \"input_schema\": {\"type\": \"object\", \"required\":"
+                     " [\"n\"], \"properties\": {\"n\": {\"type\": \"integer\", \"minimum\": 1}}},"
+                     " \"steps\": [{\"key\": \"a\", \"kind\": \"transform\","
+                     " \"input\": {\"n\": \"{{input.other}}\"}}]}");
+    const json_t *n = json_object_get(
+        json_object_get(json_object_get(out, "input_check"), "properties"), "n");
+    assert_int_equal(json_integer_value(json_object_get(n, "minimum")), 1);
+    assert_null(json_object_get(json_object_get(json_object_get(out, "input_check"),
+                                                "properties"), "other"));
+    json_decref(out);
+    expect_bad("{\"name\": \"w\", \"input_schema\": {\"properties\": {\"d\": {\"type\": \"string\","
+               " \"format\": \"date\"}}}, \"steps\": [{\"key\": \"a\", \"kind\": \"transform\"}]}",
+               "/input_schema/properties/d/format", "unsupported JSON Schema keyword");
+    expect_bad("{\"name\": \"w\", \"input_schema\": 3, \"steps\": [{\"key\": \"a\", \"kind\":"
+               " \"transform\"}]}",
+               "/input_schema", "object or true/false");
+}
+
 static void test_normalized_shape(void **state)
 {
     (void)state;
@@ -133,6 +193,9 @@ static void test_normalized_shape(void **state)
         " \"cancel_on\": [{\"event\": \"lead.booked\", \"key\": \"{{input.lead.id}}\"},"
         "                 {\"event\": \"x\", \"key\": \"{{run.id}}\"}],"
         " \"triggers\": [], \"phases\": [\"research\", \"analysis\"],"
+        " \"input_check\": {\"type\": \"object\", \"required\": [\"lead\"], \"properties\":"
+        "  {\"lead\": {\"type\": \"object\", \"required\": [\"email\"], \"properties\":"
+        "   {\"email\": {\"type\": [\"object\", \"array\", \"string\", \"number\", \"boolean\"]}}}}},"
         " \"steps\": ["
         "  {\"key\": \"research\", \"kind\": \"llm\", \"idx\": 0, \"needs\": [], \"dependents\": "
         "[1, 2, 3],"
@@ -685,6 +748,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_normalized_shape),
+        cmocka_unit_test(test_input_check),
         cmocka_unit_test(test_defaults_and_window_days),
         cmocka_unit_test(test_workflow_fields),
         cmocka_unit_test(test_keys_and_kinds),
