@@ -3,6 +3,7 @@
  *
  * Exports stream one page of runs per statement and wait while the client has more than
  * API_EXPORT_HIGH_WATER bytes unread, so a 10,000-run batch never sits in memory at once. */
+#include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,8 +27,9 @@ static bool batches_parse_pos(const char *s, long long max, long long *out)
     char *end;
     if (!s || *s < '0' || *s > '9')
         return false;
+    errno = 0;
     long long v = strtoll(s, &end, 10);
-    if (*end || v < 1 || v > max)
+    if (*end || errno == ERANGE || v < 1 || v > max)
         return false;
     *out = v;
     return true;

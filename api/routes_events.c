@@ -10,6 +10,7 @@
  * client's reconnect then gets 204, which ends an EventSource. A stream also ends after
  * API_SSE_MAX_S, or when its client falls API_STREAM_HIGH_WATER behind (the feed does not wait for
  * one reader); the client resumes with Last-Event-ID. Event types: docs/api-streams.md. */
+#include <errno.h>
 #include <ev.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -113,10 +114,11 @@ void api_stream_db(api_call *call, const char *sql, int nparams, const char *con
 static bool events_parse_seq(const char *s, long long *out)
 {
     char *end;
-    if (!s || !*s || *s == '-' || *s == '+')
+    if (!s || *s < '0' || *s > '9')
         return false;
+    errno = 0;
     long long v = strtoll(s, &end, 10);
-    if (*end || v < 0)
+    if (*end || errno == ERANGE || v < 0)
         return false;
     *out = v;
     return true;

@@ -1,5 +1,6 @@
 /* api/routes_runs.c: workflows, runs, events and the test clock. Each handler validates its input
  * completely before it touches the database, then makes one call of a flowd_* SQL function. */
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -93,7 +94,7 @@ void api_route_workflow_get(api_call *call)
     if (version) {
         char *end;
         long v = strtol(version, &end, 10);
-        if (*end || v <= 0) {
+        if (*end || *version < '0' || *version > '9' || v <= 0 || v > INT_MAX) {
             api_call_respond_error(call, 400, "invalid_request", "version must be a positive integer",
                                    "?version");
             return;

@@ -706,6 +706,19 @@ static void test_allow_ids_and_query(void **state)
             free(body);
         }
     assert_int_equal(req1("GET", "/v1/runs/9223372036854775807", admin_key, NULL, NULL), 404);
+    /* and so are ids in the query */
+    static const char *const queries[] = {
+        "/v1/runs?batch=99999999999999999999", "/v1/runs?cursor=99999999999999999999",
+        "/v1/workflows/w?version=99999999999", "/v1/workflows/w?version=%205",
+        "/v1/outbox?run=99999999999999999999", "/v1/runs/1/events?after=99999999999999999999"};
+    for (size_t i = 0; i < ENG_ARRAY_LEN(queries); i++) {
+        char *body = NULL;
+        int got = req1("GET", queries[i], admin_key, NULL, &body);
+        if ((got != 400 && got != 404) || strstr(body, "bigint") || strstr(body, "range") ||
+            strstr(body, "integer out"))
+            fail_msg("GET %s: %d %s", queries[i], got, body);
+        free(body);
+    }
 
     /* a query parameter the route does not read is refused, naming it */
     expect_error("GET", "/v1/workflows?limit=5", NULL, 400, "invalid_request", "?limit");
