@@ -109,7 +109,7 @@ static void *flood_main(void *arg)
     return NULL;
 }
 
-/* GET /healthz from 127.0.0.1 with a 2 s budget; returns the status (0: no answer). */
+/* GET /healthz from 127.0.0.1 with a 4 s budget; returns the status (0: no answer). */
 static long probe(const char *base)
 {
     char url[128];
@@ -117,7 +117,7 @@ static long probe(const char *base)
     CURL *e = curl_easy_init();
     th_resp r = {.body = eng_xstrdup("")};
     curl_easy_setopt(e, CURLOPT_URL, url);
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, 2000L);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, 4000L);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, th_resp_collect);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, &r);
@@ -134,7 +134,7 @@ static void test_slow_client_flood(void **state)
     (void)state;
     th_api *a = th_api_start(&(th_api_opts){.prefix = "api_flood", .max_conns = MAX_CONNS,
                                             .max_conns_per_client = PER_CLIENT,
-                                            .header_timeout_s = 1, .request_timeout_s = 2});
+                                            .header_timeout_s = 5, .request_timeout_s = 8});
     json_decref(th_api_json(a, 201, "PUT", "/v1/workflows/hello",
                             "{\"steps\": [{\"key\": \"greet\", \"kind\": \"transform\", "
                             "\"input\": {\"text\": \"hi {{input.n}}\"}}]}"));
@@ -172,8 +172,9 @@ static void test_slow_client_flood(void **state)
             "flood: %ld connections opened, %llu refused per client, worst probe and enqueue"
             " %lld ms\n",
             atomic_load(&f->opened), (unsigned long long)refused, worst_ms);
-    /* a probe waiting behind the flood for a free slot takes seconds; answered at once, ms */
-    assert_true(worst_ms < 1000);
+    /* a probe waiting behind the flood for a free slot (held up to the 5 s header deadline) takes
+     * seconds or gets no answer; answered at once, milliseconds (with room for a loaded machine) */
+    assert_true(worst_ms < 2500);
     assert_true(atomic_load(&f->opened) > FLOOD_ADDRS * FLOOD_PER_ADDR);
     assert_true(refused > 0);
     free(f);

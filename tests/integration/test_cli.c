@@ -3,7 +3,8 @@
  * options and their environment forms, commands that read never creating a cluster, all-or-nothing
  * registration of a workflows folder, FLOWD_API_KEY for an existing database, and the API commands
  * (runs, show --wait/--follow, workflows, start, outbox, cancel and retry over the API, key create)
- * against an API service and workers started in this process. */
+ * against an API service and workers started in this process; and every branch of the shipped
+ * inbound_reply workflow taken without credentials (the sandbox LLM reads the customer's words). */
 // clang-format off
 #include <stdarg.h>
 #include <stddef.h>
@@ -19,6 +20,7 @@
 #include <unistd.h>
 
 #include "engine/mem.h"
+#include "steps/steps.h"
 #include "tests/support/th.h"
 #include "tests/support/th_api.h"
 #include "tests/support/th_engine.h"
@@ -312,9 +314,53 @@ static void test_key_create(void **state)
            "--role");
 }
 
+/* The shipped inbound classifier in the sandbox: each message takes its branch. */
+static void test_sandbox_branches(void **state)
+{
+    (void)state;
+    assert_int_equal(th_api_put_shipped(api, "inbound_reply"), 1);
+    static const struct {
+        const char *from, *body, *intent, *branch;
+    } cases[] = {
+        {"+15557770001", "STOP", "opt_out", "unsubscribe_sms"},
+        {"+15557770002", "Can I book a table for Friday?", "booking", "booking"},
+        {"+15557770003", "What are your opening hours?", "question", "answer"},
+        {"+15557770004", "I want to talk to a person", "human", "handoff"},
+    };
+    const char *const env[] = {url_env, key_env, NULL};
+    for (size_t i = 0; i < ENG_ARRAY_LEN(cases); i++) {
+        char *data = eng_xasprintf("{\"body\": \"%s\", \"to\": \"+15550009999\"}", cases[i].body);
+        expect(flowd_env(env, (const char *const[]){"event", "sms.received", cases[i].from, "--data",
+                                                    data, NULL}),
+               0, "\"started\": 1", NULL);
+        free(data);
+    }
+    assert_true(th_engine_wait(th_api_db(api),
+                               "SELECT count(*) = 4 FROM runs r JOIN workflows w ON w.id = r.workflow_id "
+                               "WHERE w.name = 'inbound_reply' AND r.state = 'succeeded'",
+                               30));
+    PGconn *c = th_pgc_open(th_api_db(api));
+    for (size_t i = 0; i < ENG_ARRAY_LEN(cases); i++) {
+        const char *sql = "SELECT s.key || ':' || s.state FROM steps s JOIN runs r ON r.id = s.run_id "
+                          "WHERE r.input->'event'->>'key' = $1 AND s.key = $2";
+        char *want = eng_xasprintf("%s:succeeded", cases[i].branch);
+        th_pgc_expect(c, want, sql, TH_P(cases[i].from, cases[i].branch));
+        free(want);
+        th_pgc_expect(c, cases[i].intent,
+                      "SELECT s.output->'json'->>'intent' FROM steps s JOIN runs r ON r.id = s.run_id "
+                      "WHERE r.input->'event'->>'key' = $1 AND s.key = 'classify'",
+                      TH_P(cases[i].from));
+    }
+    PQfinish(c);
+}
+
 static int api_setup(void **state)
 {
     (void)state;
+    static const char *const creds[] = {"OPENAI_API_KEY", "ANTHROPIC_API_KEY", "SENDGRID_API_KEY",
+                                        "TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "WHATSAPP_TOKEN"};
+    for (size_t i = 0; i < ENG_ARRAY_LEN(creds); i++)
+        unsetenv(creds[i]);
     api = th_api_start(&(th_api_opts){.prefix = "cli_api", .workers = 1});
     url_env = eng_xasprintf("FLOWD_URL=%s", th_api_url(api));
     key_env = eng_xasprintf("FLOWD_API_KEY=%s", TH_API_KEY);
@@ -333,6 +379,7 @@ static int api_teardown(void **state)
 int main(void)
 {
     th_api_init();
+    step_register_all();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_help_and_version),
         cmocka_unit_test(test_reads_never_create),
@@ -341,6 +388,7 @@ int main(void)
         cmocka_unit_test(test_api_commands),
         cmocka_unit_test(test_api_key_sources),
         cmocka_unit_test(test_key_create),
+        cmocka_unit_test(test_sandbox_branches),
     };
     return cmocka_run_group_tests(tests, api_setup, api_teardown);
 }
