@@ -69,7 +69,7 @@ static void tenant_post_cb(api_call *call, const eng_err *err, const PGresult *r
 
 void api_route_tenant_post(api_call *call)
 {
-    static const char *const allowed[] = {"name", "max_running", NULL};
+    static const char *const allowed[] = {"name", "max_running", "priority_limit", NULL};
     if (!admin_only(call))
         return;
     json_t *body = api_call_body_fields(call, allowed);
@@ -77,6 +77,7 @@ void api_route_tenant_post(api_call *call)
         return;
     const json_t *name = json_object_get(body, "name");
     const json_t *max_running = json_object_get(body, "max_running");
+    const json_t *plimit = json_object_get(body, "priority_limit");
     const char *field = NULL, *msg = NULL;
     if (!json_is_string(name) ||
         !admin_valid_name(json_string_value(name), json_string_length(name)))
@@ -85,16 +86,21 @@ void api_route_tenant_post(api_call *call)
              (!json_is_integer(max_running) || json_integer_value(max_running) < 1 ||
               json_integer_value(max_running) > 1000000))
         field = "/max_running", msg = "must be an integer from 1 to 1000000, or null";
+    else if (plimit && (!json_is_integer(plimit) || json_integer_value(plimit) < 0 ||
+                        json_integer_value(plimit) > 1000))
+        field = "/priority_limit", msg = "must be an integer from 0 to 1000";
     if (field) {
         json_decref(body);
         api_call_respond_error(call, 422, "invalid_request", msg, field);
         return;
     }
-    char max_s[24];
+    char max_s[24], plimit_s[24];
     snprintf(max_s, sizeof max_s, "%lld", (long long)json_integer_value(max_running));
+    snprintf(plimit_s, sizeof plimit_s, "%lld", (long long)json_integer_value(plimit));
     const char *params[] = {call->tenant_s, json_string_value(name),
-                            json_is_integer(max_running) ? max_s : NULL};
-    api_call_db(call, "SELECT flowd_create_tenant($1, $2, $3)", 3, params, tenant_post_cb);
+                            json_is_integer(max_running) ? max_s : NULL, plimit ? plimit_s : NULL};
+    api_call_db(call, "SELECT flowd_create_tenant($1, $2, $3, $4::integer)", 4, params,
+                tenant_post_cb);
     json_decref(body);
 }
 

@@ -641,6 +641,11 @@ eng_rc eng_db_classify(const PGresult *res, eng_err *err)
     if (err) {
         strncpy(err->sqlstate, state, sizeof err->sqlstate - 1);
         err->sqlstate[sizeof err->sqlstate - 1] = '\0';
+        /* our own refusals of a bad value (RAISE ... ERRCODE 22023, COLUMN = the input field)
+         * name the field, so that the caller's error can point at it */
+        const char *col = PQresultErrorField(res, PG_DIAG_COLUMN_NAME);
+        if (col && strcmp(state, "22023") == 0)
+            snprintf(err->field, sizeof err->field, "/%s", col);
     }
     return rc;
 }

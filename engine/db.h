@@ -74,5 +74,6 @@ int eng_db_backend_pid(const eng_db *db);
 int eng_db_pending(const eng_db *db);
 
 /* Maps a failed result to an error: SQLSTATE classes 40 and 08, 57P01, 53300 -> ENG_EDB_RETRY;
- * 23505 and 55000 (object not in the required state) -> ENG_ECONFLICT; P0002 -> ENG_ENOTFOUND; 22xxx/23xxx/P0001 -> ENG_EINVAL; else ENG_EDB. */
+ * 23505 and 55000 (object not in the required state) -> ENG_ECONFLICT; P0002 -> ENG_ENOTFOUND; 22xxx/23xxx/P0001 -> ENG_EINVAL; else ENG_EDB.
+ * A 22023 raised with COLUMN = name sets err->field to "/name". */
 eng_rc eng_db_classify(const PGresult *res, eng_err *err);

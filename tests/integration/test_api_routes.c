@@ -154,6 +154,18 @@ static void test_admin_tenants_and_keys(void **state)
     assert_int_equal(jint(t, "max_running"), 5);
     json_decref(t);
     expect_error(call("POST", "/v1/tenants", ADMIN_KEY, "{\"name\": \"tenant-a\"}"), 409, "/name");
+    /* a tenant gives another at most its own priority range (the default tenant's: 100) */
+    t = expect(call("POST", "/v1/tenants", ADMIN_KEY,
+                    "{\"name\": \"tenant-p\", \"priority_limit\": 5}"),
+               201);
+    assert_int_equal(jint(t, "priority_limit"), 5);
+    json_decref(t);
+    expect_error(call("POST", "/v1/tenants", ADMIN_KEY,
+                      "{\"name\": \"tenant-q\", \"priority_limit\": 1000}"),
+                 422, "/priority_limit");
+    expect_error(call("POST", "/v1/tenants", ADMIN_KEY,
+                      "{\"name\": \"tenant-q\", \"priority_limit\": -1}"),
+                 422, "/priority_limit");
     expect_error(call("POST", "/v1/tenants", ADMIN_KEY, "{\"name\": \"a b\"}"), 422, "/name");
     expect_error(call("POST", "/v1/tenants", ADMIN_KEY, "{\"name\": 7}"), 422, "/name");
     expect_error(
@@ -344,6 +356,11 @@ static void test_idempotency_conflict(void **state)
     (void)state;
     static const char *const hdr[] = {"Idempotency-Key: conflict-1", NULL};
     put_workflow(key_a, "other", one_step_def);
+    /* past the tenant's priority range (default 100): refused, naming the field */
+    expect_error(call("POST", "/v1/runs", key_a,
+                      "{\"workflow\": \"listed\", \"priority\": 101, \"input\": {\"n\": 1,"
+                      " \"m\": [1, 2]}}"),
+                 422, "/priority");
     json_t *r = expect(call_h(NULL, "POST", "/v1/runs", key_a,
                               "{\"workflow\": \"listed\", \"input\": {\"n\": 1, \"m\": [1, 2]}}", hdr),
                        201);

@@ -10,7 +10,8 @@
  *
  * tests/schema/check.js reads the same workflow blocks for the JSON Schema. The known-bad
  * definitions of tests/schema/bad.json (which the schema must refuse) are checked here to be
- * refused by the engine too, so the two lists of rules agree. */
+ * refused by the engine too, so the two lists of rules agree. docs/operations.md must name every
+ * environment variable the sources read. */
 // clang-format off
 #include <stdarg.h>
 #include <stddef.h>
@@ -20,6 +21,8 @@
 #include <jansson.h>
 #include <libpq-fe.h>
 #include <signal.h>
+#include <ctype.h>
+#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -246,6 +249,79 @@ static void test_examples_run(void **state)
     free(db);
 }
 
+static char *slurp(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        fail_msg("cannot read %s", path);
+    char *buf = NULL;
+    size_t len = 0, cap = 0, n;
+    char chunk[4096];
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) {
+        if (len + n + 1 > cap) {
+            cap = 2 * (len + n + 1);
+            buf = eng_xrealloc(buf, cap);
+        }
+        memcpy(buf + len, chunk, n);
+        len += n;
+    }
+    fclose(f);
+    buf = eng_xrealloc(buf, len + 1);
+    buf[len] = '\0';
+    return buf;
+}
+
+/* Every string literal of engine/, steps/, api/ and cli/ that names an environment variable of
+ * flowd or of a provider appears in docs/operations.md. */
+static void test_environment_documented(void **state)
+{
+    (void)state;
+    static const char *const dirs[] = {"engine", "steps", "api", "cli"};
+    static const char *const prefixes[] = {"FLOWD_", "OPENAI_", "ANTHROPIC_", "SENDGRID_",
+                                           "TWILIO_", "WHATSAPP_"};
+    char *ops_path = eng_xasprintf("%s/docs/operations.md", th_source_dir());
+    char *ops = slurp(ops_path);
+    free(ops_path);
+    int found = 0;
+    for (size_t d = 0; d < ENG_ARRAY_LEN(dirs); d++) {
+        char *dir = eng_xasprintf("%s/%s", th_source_dir(), dirs[d]);
+        DIR *dh = opendir(dir);
+        assert_non_null(dh);
+        struct dirent *e;
+        while ((e = readdir(dh))) {
+            size_t l = strlen(e->d_name);
+            if (l < 3 || strcmp(e->d_name + l - 2, ".c") != 0)
+                continue;
+            char *path = eng_xasprintf("%s/%s", dir, e->d_name);
+            char *src = slurp(path);
+            for (char *q = strchr(src, '"'); q; q = strchr(q + 1, '"')) {
+                char *end = q + 1;
+                while (isupper((unsigned char)*end) || isdigit((unsigned char)*end) || *end == '_')
+                    end++;
+                if (*end != '"' || end == q + 1)
+                    continue;
+                bool ours = false;
+                for (size_t p = 0; p < ENG_ARRAY_LEN(prefixes) && !ours; p++)
+                    ours = strncmp(q + 1, prefixes[p], strlen(prefixes[p])) == 0;
+                if (!ours)
+                    continue;
+                char *want = eng_xasprintf("`%.*s`", (int)(end - q - 1), q + 1);
+                if (!strstr(ops, want))
+                    fail_msg("%s reads %s, which docs/operations.md does not describe", path, want);
+                free(want);
+                found++;
+                q = end;
+            }
+            free(src);
+            free(path);
+        }
+        closedir(dh);
+        free(dir);
+    }
+    free(ops);
+    assert_true(found >= 40);
+}
+
 int main(void)
 {
     eng_mem_init();
@@ -264,6 +340,7 @@ int main(void)
         cmocka_unit_test(test_examples_compile),
         cmocka_unit_test(test_schema_bad_list_refused),
         cmocka_unit_test(test_examples_run),
+        cmocka_unit_test(test_environment_documented),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     eng_httpc_global_cleanup();
