@@ -73,7 +73,7 @@ bool api_input_check(api_call *call, const PGresult *res, const json_t *input, b
 struct ev_loop *api_loop_ev(const api_loop *lp);
 /* The loop's cache of run JSON (api/runcache.h). */
 struct api_runcache *api_loop_runcache(const api_loop *lp);
-/* The loop's event-log poller for Server-Sent Events (api/runfeed.h). */
+/* The loop's side of the process's event-log feed for Server-Sent Events (api/runfeed.h). */
 struct api_feed *api_loop_feed(const api_loop *lp);
 /* Seconds between heartbeats of a quiet event stream (api_service_opts.sse_heartbeat_s). */
 double api_loop_sse_heartbeat_s(const api_loop *lp);

@@ -5,7 +5,7 @@
  * state in one snapshot, so "finished and nothing left" means every event was sent. Events of one
  * run are written by transactions that lock the run row first, so their ids commit in order and
  * "after the last id sent" never skips one. A live stream reads its first page itself, then takes
- * its run's pages from the loop's shared poller (api/runfeed.h), so watchers cost the database
+ * its run's pages from the process's shared poller (api/runfeed.h), so watchers cost the database
  * nothing each. The stream ends once the run finished and its last event was written; the
  * client's reconnect then gets 204, which ends an EventSource. A stream also ends after
  * API_SSE_MAX_S, or when its client falls API_STREAM_HIGH_WATER behind (the feed does not wait for

@@ -41,7 +41,7 @@ struct api_loop {
     int ndb;
     api_auth_entry auth[API_AUTH_CACHE];
     api_runcache *runs; /* GET /v1/runs/{id} answers, validated per request */
-    api_feed *feed;     /* the event-log poller of this loop's Server-Sent Events streams */
+    api_feed *feed;     /* this loop's side of the event-log feed of Server-Sent Events streams */
 };
 
 struct api_service {
@@ -52,6 +52,7 @@ struct api_service {
     int nloops;
     int port;
     api_ratelimit *rl; /* shared by the loops */
+    api_feed_hub *feeds; /* the event-log poller, shared by the loops (api/runfeed.h) */
     api_connlimit *connlimit; /* shared by the loops' servers */
 };
 
@@ -697,6 +698,7 @@ api_service *api_service_start(const api_service_opts *opts, eng_err *err)
     s->connlimit = api_connlimit_new(per_client > 0 ? per_client : 1);
     int ndb = opts->db_conns > 0 ? opts->db_conns : 4;
     s->loops = eng_xcalloc((size_t)s->nloops, sizeof *s->loops);
+    s->feeds = api_feed_hub_new(s->nloops);
     char listen_buf[128];
     snprintf(listen_buf, sizeof listen_buf, "%s", s->listen);
     for (int i = 0; i < s->nloops; i++) {
@@ -730,7 +732,7 @@ api_service *api_service_start(const api_service_opts *opts, eng_err *err)
             lp->db[j] = eng_db_new(lp->loop, &dbo);
         }
         lp->runs = api_runcache_new();
-        lp->feed = api_feed_new(lp->loop, lp, loop_db);
+        lp->feed = api_feed_new(s->feeds, i, lp->loop, lp, loop_db);
         ev_async_init(&lp->stop_signal, loop_stop_cb);
         ev_async_start(lp->loop, &lp->stop_signal);
     }
@@ -750,13 +752,18 @@ void api_service_stop(api_service *s)
 {
     if (!s)
         return;
+    /* every loop stops before anything is freed: the event-log feed spans them */
     for (int i = 0; i < s->nloops; i++) {
         api_loop *lp = &s->loops[i];
         if (lp->thread) {
             ev_async_send(lp->loop, &lp->stop_signal);
             pthread_join(lp->thread, NULL);
         }
-        api_http_free(lp->http); /* aborts the streams, which leave the feed */
+    }
+    for (int i = 0; i < s->nloops; i++)
+        api_http_free(s->loops[i].http); /* aborts the streams, which leave the feed */
+    for (int i = 0; i < s->nloops; i++) {
+        api_loop *lp = &s->loops[i];
         api_feed_free(lp->feed);
         for (int j = 0; j < lp->ndb; j++)
             eng_db_free(lp->db[j]);
@@ -765,6 +772,7 @@ void api_service_stop(api_service *s)
         if (lp->loop)
             ev_loop_destroy(lp->loop);
     }
+    api_feed_hub_free(s->feeds);
     api_ratelimit_free(s->rl);
     api_connlimit_free(s->connlimit);
     free(s->loops);

@@ -246,6 +246,23 @@ eng_rc step_send_validate_to(const json_t *step, const char *ptr, eng_err *err)
     return ENG_OK;
 }
 
+eng_rc step_send_validate_phone(const json_t *step, const char *ptr, const char *name,
+                                eng_err *err)
+{
+    const json_t *v = json_object_get(json_object_get(step, "input"), name);
+    char out[24];
+    if (!json_is_string(v) || is_template(v) || strncmp(json_string_value(v), "whatsapp:", 9) == 0 ||
+        step_send_norm_phone(json_string_value(v), out))
+        return ENG_OK;
+    char sub[40], msg[160];
+    snprintf(sub, sizeof sub, "/input/%s", name);
+    snprintf(msg, sizeof msg,
+             "%s must be a phone number in E.164: + and 8 to 15 digits with the country code, no "
+             "spaces or punctuation (+14155550123)",
+             name);
+    return step_send_invalid(err, ptr, sub, msg);
+}
+
 eng_rc step_send_input_phone(const json_t *in, char to[24], eng_err *err)
 {
     if (!step_send_norm_phone(json_string_value(json_object_get(in, "to")), to))

@@ -122,6 +122,10 @@ eng_rc step_send_validate_to(const json_t *step, const char *ptr, eng_err *err);
 /* ENG_EINVAL on the field ptr followed by suffix ("/steps/2" "/input/body"): for validate. */
 eng_rc step_send_invalid(eng_err *err, const char *ptr, const char *suffix, const char *msg);
 
+/* For validate: ENG_EINVAL on /input/NAME when it is a literal (not a template, not
+ * "whatsapp:...") that is no E.164 number; the same rule the send applies, known at registration. */
+eng_rc step_send_validate_phone(const json_t *step, const char *ptr, const char *name,
+                                eng_err *err);
 /* For prepare: input.to as +E.164 into to; ENG_EINVAL on /input/to when it is not a number. */
 eng_rc step_send_input_phone(const json_t *in, char to[24], eng_err *err);
 

@@ -324,6 +324,10 @@ static void sms_start(eng_step_ctx *ctx)
 static eng_rc sms_validate(const json_t *step, const char *ptr, eng_err *err)
 {
     eng_rc rc = step_send_validate_to(step, ptr, err);
+    if (rc == ENG_OK)
+        rc = step_send_validate_phone(step, ptr, "to", err);
+    if (rc == ENG_OK)
+        rc = step_send_validate_phone(step, ptr, "from", err);
     if (rc != ENG_OK)
         return rc;
     const json_t *in = json_object_get(step, "input");

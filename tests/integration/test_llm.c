@@ -355,7 +355,6 @@ static void test_json_mode_retry(void **state)
     th_llm_push(o, &(th_llm_answer){.text = "{\"intent\": \"maybe\", \"reply\": 42}"});
     th_llm_push(o, &(th_llm_answer){.text = "{\"intent\": \"yes\", \"reply\": 42}"});
     th_llm_push(o, &(th_llm_answer){.text = "{\"intent\": \"yes\", \"reply\": \"ok\"}"});
-    json_decref(row);
     row = run_once(db, tenant, intent_schema, "\"max_attempts\": 2");
     assert_string_equal(jstr(row, "state"), "failed");
     assert_string_equal(jstr(row, "error.code"), "invalid_json");
@@ -364,6 +363,7 @@ static void test_json_mode_retry(void **state)
     row = run_once(db, tenant, intent_schema, "");
     assert_string_equal(jstr(row, "state"), "succeeded");
     assert_string_equal(jstr(row, "output.json.reply"), "ok");
+    json_decref(row);
 
     /* json: true sends json_object */
     row = run_once(db, tenant, "{\"model\": \"m\", \"prompt\": \"j\", \"json\": true}", "");

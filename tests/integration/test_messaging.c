@@ -496,20 +496,31 @@ static void test_bad_recipients_refused(void **state)
     env_for(wa, TH_MSG_WHATSAPP);
     long long tenant;
     char *db = th_engine_db("msg_bad_to", &tenant);
-    static const char *const defs[] = {
-        DEF("sms", "{\"to\": \"(415) 555-0123\", \"body\": \"x\"}", RETRY),
-        DEF("sms", "{\"to\": \"4155550123\", \"body\": \"x\"}", RETRY),
-        DEF("sms", "{\"to\": \"+1 415 555 0123\", \"body\": \"x\"}", RETRY),
-        DEF("whatsapp", "{\"to\": \"+41-55-550-123\", \"text\": \"x\"}", RETRY),
-        DEF("email", "{\"to\": \"ann@example\", \"from\": \"a@example.test\", \"subject\": \"s\","
-                     " \"text\": \"t\"}", RETRY),
-        DEF("email", "{\"to\": \"ann..lee@example.test\", \"from\": \"a@example.test\","
-                     " \"subject\": \"s\", \"text\": \"t\"}", RETRY),
-        DEF("email", "{\"to\": \"ann@-example.test\", \"from\": \"a@example.test\","
-                     " \"subject\": \"s\", \"text\": \"t\"}", RETRY),
+    /* the recipient comes from the run's input, as in real sequences (a literal one is refused
+     * at registration, below) */
+    static const struct {
+        const char *def, *input;
+    } cases[] = {
+        {DEF("sms", "{\"to\": \"{{input.to}}\", \"body\": \"x\"}", RETRY),
+         "{\"to\": \"(415) 555-0123\"}"},
+        {DEF("sms", "{\"to\": \"{{input.to}}\", \"body\": \"x\"}", RETRY),
+         "{\"to\": \"4155550123\"}"},
+        {DEF("sms", "{\"to\": \"{{input.to}}\", \"body\": \"x\"}", RETRY),
+         "{\"to\": \"+1 415 555 0123\"}"},
+        {DEF("whatsapp", "{\"to\": \"{{input.to}}\", \"text\": \"x\"}", RETRY),
+         "{\"to\": \"+41-55-550-123\"}"},
+        {DEF("email", "{\"to\": \"{{input.to}}\", \"from\": \"a@example.test\", \"subject\": \"s\","
+                      " \"text\": \"t\"}", RETRY),
+         "{\"to\": \"ann@example\"}"},
+        {DEF("email", "{\"to\": \"{{input.to}}\", \"from\": \"a@example.test\", \"subject\": \"s\","
+                      " \"text\": \"t\"}", RETRY),
+         "{\"to\": \"ann..lee@example.test\"}"},
+        {DEF("email", "{\"to\": \"{{input.to}}\", \"from\": \"a@example.test\", \"subject\": \"s\","
+                      " \"text\": \"t\"}", RETRY),
+         "{\"to\": \"ann@-example.test\"}"},
     };
-    for (size_t i = 0; i < sizeof defs / sizeof *defs; i++) {
-        long long run = run_one(db, tenant, defs[i], NULL);
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        long long run = run_one(db, tenant, cases[i].def, cases[i].input);
         char *st = step_state(db, run);
         assert_string_equal(st, "failed");
         free(st);
@@ -518,6 +529,13 @@ static void test_bad_recipients_refused(void **state)
         assert_int_equal(json_integer_value(json_object_get(e, "attempt")), 1);
         json_decref(e);
     }
+    th_expect_step_invalid("sms", "{\"to\": \"(415) 555-0123\", \"body\": \"x\"}",
+                           "/steps/0/input/to");
+    th_expect_step_invalid("sms", "{\"to\": \"+14155550123\", \"from\": \"415-555-0100\","
+                                  " \"body\": \"x\"}",
+                           "/steps/0/input/from");
+    th_expect_step_invalid("whatsapp", "{\"to\": \"0041 55 550 123\", \"text\": \"x\"}",
+                           "/steps/0/input/to");
     json_t *e = step_json(db, th_pg_longf(db, "SELECT min(id) FROM runs"), "error");
     assert_non_null(strstr(json_string_value(json_object_get(e, "message")), "E.164"));
     json_decref(e);
