@@ -6,12 +6,19 @@
  *              "input": {... {{item}} {{index}} ...}, "concurrency": 10, "allow_failures": false}:
  *             one child run per item, at most `concurrency` at once; succeeds with
  *             {"results": [...]} in item order. An inline "step" becomes a one-step child workflow
- *             whose input is the step's input rendered per item. */
+ *             whose input is the step's input rendered per item. Without allow_failures, the
+ *             children's inputs are checked against the named workflow's input check (wf_def.h)
+ *             before any child starts: one that does not match fails the step for good at once
+ *             instead of after the children before it ran. */
+#include <libpq-fe.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "engine/builtin.h"
+#include "engine/db.h"
 #include "engine/duration.h"
+#include "engine/jschema.h"
 #include "engine/mem.h"
 #include "engine/step.h"
 #include "engine/wf_def.h"
@@ -165,6 +172,73 @@ static void map_fail(eng_step_ctx *ctx, const char *msg)
     eng_step_fail(ctx, true, "invalid_input", msg, 0);
 }
 
+/* A map waiting for its child workflow's input check; `cancelled` once the attempt was stopped
+ * (the query's callback then only frees this). */
+typedef struct map_check {
+    eng_step_ctx *ctx;
+    json_t *spec; /* what eng_step_map gets once the inputs are checked */
+    eng_db_op *op;
+    bool cancelled;
+} map_check;
+
+/* The first child input of spec that check (JSON text) refuses, as a message in msg; false when
+ * all match. */
+static bool map_input_refused(const json_t *spec, const char *check, char *msg, size_t size)
+{
+    json_t *schema = json_loads(check, JSON_DECODE_ANY, NULL);
+    jschema *js = NULL;
+    eng_err err;
+    bool refused = false;
+    if (schema && jschema_compile(schema, "", &js, &err) == ENG_OK) {
+        const json_t *inputs = json_object_get(spec, "inputs");
+        for (size_t i = 0; !refused && i < json_array_size(inputs); i++) {
+            if (jschema_validate(js, json_array_get(inputs, i), "", &err) != ENG_OK) {
+                snprintf(msg, size, "the input of item %zu does not match workflow %.100s's input "
+                         "check: %.120s: %.200s", i,
+                         json_string_value(json_object_get(spec, "workflow")), err.field, err.msg);
+                refused = true;
+            }
+        }
+    }
+    jschema_free(js);
+    json_decref(schema);
+    return refused;
+}
+
+static void map_checked(void *arg, const eng_err *err, const PGresult *res)
+{
+    map_check *m = arg;
+    eng_step_ctx *ctx = m->ctx;
+    json_t *spec = m->spec;
+    bool cancelled = m->cancelled;
+    free(m);
+    if (cancelled) {
+        json_decref(spec);
+        return;
+    }
+    eng_step_set_data(ctx, NULL);
+    char msg[512];
+    if (err) {
+        json_decref(spec);
+        eng_step_fail(ctx, false, "db_error", err->msg, 0);
+    } else if (PQntuples(res) > 0 && !PQgetisnull(res, 0, 1) &&
+               map_input_refused(spec, PQgetvalue(res, 0, 1), msg, sizeof msg)) {
+        json_decref(spec);
+        map_fail(ctx, msg);
+    } else {
+        eng_step_map(ctx, spec); /* an unknown workflow is the database's to report */
+    }
+}
+
+static void map_cancel(eng_step_ctx *ctx)
+{
+    map_check *m = eng_step_data(ctx);
+    if (!m)
+        return;
+    m->cancelled = true;
+    eng_db_cancel(m->op); /* its callback still runs once, and frees m */
+}
+
 static void map_start(eng_step_ctx *ctx)
 {
     const json_t *raw = eng_step_input(ctx);
@@ -223,6 +297,19 @@ static void map_start(eng_step_ctx *ctx)
         json_decref(doc);
     } else {
         json_object_set(spec, "workflow", json_object_get(raw, "workflow"));
+        if (!json_is_true(json_object_get(raw, "allow_failures"))) {
+            map_check *m = eng_xcalloc(1, sizeof *m);
+            m->ctx = ctx;
+            m->spec = spec;
+            char tenant[24];
+            snprintf(tenant, sizeof tenant, "%lld", (long long)eng_step_tenant_id(ctx));
+            const char *params[] = {tenant, json_string_value(json_object_get(raw, "workflow"))};
+            eng_step_set_data(ctx, m);
+            m->op = eng_db_query(eng_step_db(ctx),
+                                 "SELECT version, input_check FROM flowd_input_check($1, $2, NULL)",
+                                 2, params, map_checked, m);
+            return;
+        }
     }
     eng_step_map(ctx, spec);
 }
@@ -232,6 +319,7 @@ static const eng_step_kind map_kind = {
     .default_max_attempts = 3,
     .validate = map_validate,
     .start = map_start,
+    .cancel = map_cancel,
     .raw_input = true,
 };
 

@@ -502,6 +502,56 @@ static void test_failure_policy(void **state)
     free(db);
 }
 
+/* A map without allow_failures checks its children's inputs against the child workflow's input
+ * check before starting any: an item without what the child's templates need fails the step at
+ * once, naming the item, and no child runs. With allow_failures the children run and that one
+ * fails alone, as before. */
+static void test_map_child_input_checked(void **state)
+{
+    (void)state;
+    long long tenant;
+    char *db = th_engine_db("g_map_check", &tenant);
+    th_engine_register(db, tenant,
+                       "{\"name\": \"needs_email\", \"steps\": [{\"key\": \"w\", \"kind\":"
+                       " \"transform\", \"input\": {\"e\": \"{{input.email}}\"}}]}");
+    long long strict = th_engine_register(
+        db, tenant,
+        "{\"name\": \"mailer\", \"steps\": [{\"key\": \"m\", \"kind\": \"map\", \"input\":"
+        " {\"items\": \"{{input.items}}\", \"workflow\": \"needs_email\", \"input\": \"{{item}}\"}}]}");
+    long long lenient = th_engine_register(
+        db, tenant,
+        "{\"name\": \"mailer_lenient\", \"steps\": [{\"key\": \"m\", \"kind\": \"map\", \"input\":"
+        " {\"items\": \"{{input.items}}\", \"workflow\": \"needs_email\", \"input\": \"{{item}}\","
+        " \"allow_failures\": true}}]}");
+    PGconn *c = th_pgc_open(db);
+    static const char bad[] = "{\"items\": [{\"email\": \"a@x.test\"}, {\"email\": null},"
+                              " {\"email\": \"c@x.test\"}]}";
+    long long r1 = th_pgc_enqueue(c, tenant, strict, bad);
+    long long r2 = th_pgc_enqueue(c, tenant, strict, "{\"items\": [{\"email\": \"a@x.test\"}]}");
+    long long r3 = th_pgc_enqueue(c, tenant, lenient, bad);
+    th_workers *ws = th_workers_start(db, 1, "map-check", 0, 0, 0);
+    bool done = th_pgc_wait(c,
+                            "SELECT count(*) = 3 FROM runs WHERE parent_step_id IS NULL"
+                            " AND state NOT IN ('queued', 'running')",
+                            0, NULL, 30);
+    th_workers_stop(ws);
+    assert_true(done);
+    expect_run_state(c, r1, "failed");
+    th_pgc_expect(c, "invalid_input|true",
+                  "SELECT (error->>'code') || '|' || (error->>'message' LIKE"
+                  " '%item 1 does not match workflow needs_email''s input check: /email: must not"
+                  " be null%')::text FROM steps WHERE run_id = $1 AND key = 'm'",
+                  TH_P(th_num(r1).s));
+    const char *children = "SELECT count(*) FROM runs r JOIN steps s ON s.id = r.parent_step_id"
+                           " WHERE s.run_id = $1";
+    th_pgc_expect(c, "0", children, TH_P(th_num(r1).s));
+    expect_run_state(c, r2, "succeeded");
+    expect_run_state(c, r3, "succeeded");
+    th_pgc_expect(c, "3", children, TH_P(th_num(r3).s));
+    PQfinish(c);
+    free(db);
+}
+
 static void test_map_concurrency_bound(void **state)
 {
     (void)state;
@@ -876,6 +926,7 @@ int main(void)
         cmocka_unit_test(test_cli_event_data),
         cmocka_unit_test(test_map_10000_items_in_order),
         cmocka_unit_test(test_map_child_failure),
+        cmocka_unit_test(test_map_child_input_checked),
         cmocka_unit_test(test_failure_policy),
         cmocka_unit_test(test_map_concurrency_bound),
         cmocka_unit_test(test_concurrency_key_serialises),
