@@ -35,6 +35,7 @@
 typedef struct bench_opts {
     const char *conninfo;
     int runs, workers, batch, max_inflight, enqueue_batch, latency_runs, latency_interval_ms;
+    int tenants; /* the runs are split evenly over this many tenants, each enqueued in turn */
 } bench_opts;
 
 static double round2(double v)
@@ -94,10 +95,13 @@ static double phase_enqueue_single(const char *db, long long tenant, long long w
     return SINGLE_CONNS * SINGLE_PER_CONN / (now_s() - t0);
 }
 
-static double phase_enqueue(PGconn *c, long long tenant, long long wf, int runs, int batch)
+/* tenants[i] runs workflows[i]; the first gets what does not divide evenly. */
+static double phase_enqueue(PGconn *c, const long long *tenants, const long long *workflows, int n,
+                            int runs, int batch)
 {
     double t0 = now_s();
-    bench_enqueue(c, tenant, wf, runs, batch);
+    for (int i = 0; i < n; i++)
+        bench_enqueue(c, tenants[i], workflows[i], runs / n + (i == 0 ? runs % n : 0), batch);
     return runs / (now_s() - t0);
 }
 
@@ -234,14 +238,14 @@ static int usage(void)
 {
     fprintf(stderr, "usage: bench_queue --database CONNINFO [--runs N] [--workers N] [--batch N]\n"
                     "                   [--max-inflight N] [--enqueue-batch N] [--latency-runs N]\n"
-                    "                   [--latency-interval-ms N]\n");
+                    "                   [--latency-interval-ms N] [--tenants N]\n");
     return 2;
 }
 
 int main(int argc, char **argv)
 {
     bench_opts o = {.runs = 20000, .workers = 2, .enqueue_batch = 1000, .latency_runs = 500,
-                    .latency_interval_ms = 10};
+                    .latency_interval_ms = 10, .tenants = 1};
     const bench_opt opts[] = {
         {"--database", &o.conninfo, NULL, 0, 0},
         {"--runs", NULL, &o.runs, 1, INT_MAX},
@@ -251,6 +255,7 @@ int main(int argc, char **argv)
         {"--enqueue-batch", NULL, &o.enqueue_batch, 1, INT_MAX},
         {"--latency-runs", NULL, &o.latency_runs, 1, INT_MAX},
         {"--latency-interval-ms", NULL, &o.latency_interval_ms, 1, INT_MAX},
+        {"--tenants", NULL, &o.tenants, 1, 1000},
     };
     bench_set_name("bench_queue");
     if (!bench_parse_opts(argc, argv, opts, ENG_ARRAY_LEN(opts)) || !o.conninfo)
@@ -263,17 +268,29 @@ int main(int argc, char **argv)
     char dbname[64];
     char *db = bench_db_create(admin, o.conninfo, "flowd_bench", dbname);
     PGconn *c = bench_connect(db);
+    static const char def[] = "{\"name\": \"bench\", \"steps\": [{\"key\": \"s\", \"kind\":"
+                              " \"transform\", \"input\": {\"n\": \"{{input.n}}\"}}]}";
     long long tenant;
-    long long wf = bench_register(c, "bench",
-                                  "{\"name\": \"bench\", \"steps\": [{\"key\": \"s\", \"kind\":"
-                                  " \"transform\", \"input\": {\"n\": \"{{input.n}}\"}}]}",
-                                  &tenant);
+    long long wf = bench_register(c, "bench", def, &tenant);
+    long long *tenants = eng_xcalloc((size_t)o.tenants, sizeof *tenants);
+    long long *wfs = eng_xcalloc((size_t)o.tenants, sizeof *wfs);
+    tenants[0] = tenant;
+    wfs[0] = wf;
+    for (int i = 1; i < o.tenants; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "bench-%d", i);
+        const char *params[] = {name};
+        PGresult *r = bench_exec(c, "INSERT INTO tenants (name) VALUES ($1) RETURNING id", 1, params);
+        tenants[i] = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+        PQclear(r);
+        wfs[i] = bench_register_for(c, tenants[i], "bench", def);
+    }
 
     json_t *out = json_object();
     json_object_set_new(out, "benchmark", json_string("queue"));
     double single = phase_enqueue_single(db, tenant, wf);
     truncate_runs(c);
-    double enq = phase_enqueue(c, tenant, wf, o.runs, o.enqueue_batch);
+    double enq = phase_enqueue(c, tenants, wfs, o.tenants, o.runs, o.enqueue_batch);
     PQclear(bench_exec(c, "ANALYZE", 0, NULL));
     double seconds = 0;
     double steps = phase_steps(&o, c, db, &seconds, out);
@@ -287,6 +304,7 @@ int main(int argc, char **argv)
     json_object_set_new(out, "enqueue_single_connections", json_integer(SINGLE_CONNS));
     json_object_set_new(out, "steps_per_s", json_real(round2(steps)));
     json_object_set_new(out, "steps_seconds", json_real(round2(seconds * 1000) / 1000));
+    json_object_set_new(out, "tenants", json_integer(o.tenants));
     json_object_set_new(out, "workers", json_integer(o.workers));
     json_object_set_new(out, "batch", o.batch ? json_integer(o.batch) : json_string("default"));
     json_object_set_new(out, "max_inflight",
@@ -295,6 +313,8 @@ int main(int argc, char **argv)
     json_object_set_new(out, "latency_interval_ms", json_integer(o.latency_interval_ms));
     json_object_set_new(out, "cores", json_integer(sysconf(_SC_NPROCESSORS_ONLN)));
     bench_server_facts(c, out);
+    free(tenants);
+    free(wfs);
     PQfinish(c);
     free(db);
     bench_db_drop(admin, dbname);

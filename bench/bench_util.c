@@ -198,6 +198,11 @@ long long bench_register(PGconn *c, const char *name, const char *def_json, long
     char *t = bench_value(c, "SELECT id FROM tenants WHERE name = 'default'");
     *tenant = strtoll(t, NULL, 10);
     free(t);
+    return bench_register_for(c, *tenant, name, def_json);
+}
+
+long long bench_register_for(PGconn *c, long long tenant, const char *name, const char *def_json)
+{
     json_t *doc = json_loads(def_json, 0, NULL);
     json_t *def = NULL;
     eng_err err = {0};
@@ -208,7 +213,7 @@ long long bench_register(PGconn *c, const char *name, const char *def_json, long
     char *digest = wf_def_digest(doc), *src = json_dumps(doc, JSON_COMPACT),
          *defs = json_dumps(def, JSON_COMPACT);
     char tenant_s[24];
-    snprintf(tenant_s, sizeof tenant_s, "%lld", *tenant);
+    snprintf(tenant_s, sizeof tenant_s, "%lld", tenant);
     const char *params[] = {tenant_s, name, digest, src, defs};
     PGresult *r =
         bench_exec(c, "SELECT id FROM flowd_register_workflow($1, $2, $3, $4, $5)", 5, params);

@@ -57,6 +57,9 @@ void bench_db_drop(PGconn *admin, const char *dbname);
  * registers it under name; returns the workflow id. */
 long long bench_register(PGconn *c, const char *name, const char *def_json, long long *tenant);
 
+/* Compiles def_json and registers it under name for tenant; returns the workflow id. */
+long long bench_register_for(PGconn *c, long long tenant, const char *name, const char *def_json);
+
 /* Enqueues runs of workflow with inputs {"n": 0} .. {"n": runs - 1}, batch inputs per
  * flowd_enqueue call. */
 void bench_enqueue(PGconn *c, long long tenant, long long workflow, int runs, int batch);

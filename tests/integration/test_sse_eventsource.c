@@ -28,7 +28,7 @@
 
 #define HEARTBEAT_S 1.0
 #define SETTLE_MS 11000 /* an idle backend reports its counts within 10 s (PostgreSQL 15) */
-#define WINDOW_MS 8000
+#define WINDOW_MS 4000 /* two of them: the quieter one counts */
 
 static double commits_1; /* per second with one stream, from the first test */
 
@@ -84,16 +84,23 @@ static long long commits(th_api *a)
                       "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()");
 }
 
-/* Commits per second of the test database over WINDOW_MS, after SETTLE_MS for the counts of
- * what came before (opening the streams) to be reported. */
+/* Commits per second of the test database over the quieter of two WINDOW_MS windows, after
+ * SETTLE_MS for the counts of what came before (opening the streams) to be reported: a backend
+ * that reports them late on a loaded machine spoils one window at most. */
 static double commit_rate(th_api *a)
 {
     th_sleep_ms(SETTLE_MS);
-    long long c0 = commits(a);
-    long long t0 = th_now_ms();
-    th_sleep_ms(WINDOW_MS);
-    long long c1 = commits(a);
-    return (double)(c1 - c0) * 1000.0 / (double)(th_now_ms() - t0);
+    double best = -1;
+    for (int i = 0; i < 2; i++) {
+        long long c0 = commits(a);
+        long long t0 = th_now_ms();
+        th_sleep_ms(WINDOW_MS);
+        long long c1 = commits(a);
+        double rate = (double)(c1 - c0) * 1000.0 / (double)(th_now_ms() - t0);
+        if (best < 0 || rate < best)
+            best = rate;
+    }
+    return best;
 }
 
 static th_api *start_api(void)
