@@ -9,6 +9,7 @@
 
 #include "cli/cli.h"
 #include "engine/duration.h"
+#include "engine/jschema.h"
 #include "engine/mem.h"
 #include "engine/wf_def.h"
 
@@ -72,7 +73,7 @@ int cli_cmd_enqueue(cli_env *env, int argc, char **argv)
         eng_err_field(&err, ENG_EINVAL, "--input", "not JSON: %s", jerr.text);
         return cli_fail(&err);
     }
-    json_t *inputs = json_pack("[o]", in);
+    json_t *inputs = json_pack("[O]", in);
     char *inputs_s = json_dumps(inputs, JSON_COMPACT);
     json_decref(inputs);
     int status = 1;
@@ -85,6 +86,29 @@ int cli_cmd_enqueue(cli_env *env, int argc, char **argv)
     char tenant_s[24], workflow_s[24];
     snprintf(tenant_s, sizeof tenant_s, "%lld", tenant);
     snprintf(workflow_s, sizeof workflow_s, "%lld", workflow);
+    /* the input is checked as the API checks it (wf_def.h input_check), before the run exists */
+    const char *wparams[] = {workflow_s};
+    PGresult *chk = cli_exec(env, "SELECT nullif(def->'input_check', 'null') FROM workflows"
+                                  " WHERE id = $1",
+                             1, wparams, &err);
+    if (!chk) {
+        status = cli_fail(&err);
+        goto out;
+    }
+    json_t *schema = PQntuples(chk) && !PQgetisnull(chk, 0, 0)
+                         ? json_loads(PQgetvalue(chk, 0, 0), 0, NULL)
+                         : NULL;
+    PQclear(chk);
+    jschema *js = NULL;
+    eng_rc rc = schema ? jschema_compile(schema, "", &js, &err) : ENG_OK;
+    if (rc == ENG_OK && js)
+        rc = jschema_validate(js, in, "--input", &err);
+    jschema_free(js);
+    json_decref(schema);
+    if (rc != ENG_OK) {
+        status = cli_fail(&err);
+        goto out;
+    }
     const char *params[] = {tenant_s, workflow_s, inputs_s, priority, idem};
     PGresult *res = cli_exec(env, "SELECT run_id FROM flowd_enqueue($1, $2, $3::jsonb, $4, $5, NULL)",
                              5, params, &err);
@@ -97,6 +121,7 @@ int cli_cmd_enqueue(cli_env *env, int argc, char **argv)
     status = 0;
 out:
     free(inputs_s);
+    json_decref(in);
     return status;
 }
 

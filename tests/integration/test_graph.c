@@ -904,6 +904,27 @@ static void test_bad_definitions_refused(void **state)
                   "SELECT (SELECT count(*) FROM workflows) || ' ' ||"
                   " (SELECT count(*) FROM runs)",
                   0, NULL);
+    /* an input without what the templates need is refused before a run exists */
+    f = fopen(path, "w");
+    assert_non_null(f);
+    fputs("{\"name\": \"hello\", \"steps\": [{\"key\": \"a\", \"kind\": \"transform\","
+          " \"input\": {\"t\": \"hi {{input.lead.name}}\"}}]}",
+          f);
+    fclose(f);
+    char *err = NULL;
+    out = NULL;
+    assert_int_equal(flowd(db, &out, &err, "enqueue", "--workflow", path, "--input",
+                           "{\"lead\": {}}"),
+                     1);
+    assert_non_null(strstr(err, "--input/lead/name: required"));
+    free(out);
+    free(err);
+    out = NULL;
+    assert_int_equal(flowd(db, &out, NULL, "enqueue", "--workflow", path, "--input",
+                           "{\"lead\": {\"name\": \"Ada\"}}"),
+                     0);
+    free(out);
+    th_pgc_expect(c, "2", "SELECT count(*) FROM runs", 0, NULL);
     unlink(path);
     PQfinish(c);
     free(db);
