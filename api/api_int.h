@@ -54,6 +54,9 @@ void api_call_free(api_call *call);
 
 /* The request body parsed as a JSON object, or NULL after answering 400/415 (call freed). */
 json_t *api_call_body_object(api_call *call);
+/* Answers 404 to keys without the admin role (the route does not exist for them); true when the
+ * caller may go on. */
+bool api_call_admin_only(api_call *call);
 /* The body as api_call_body_object, refusing members not in allowed (NULL-terminated): answers
  * 422 naming the first unknown one and returns NULL (call freed). */
 json_t *api_call_body_fields(api_call *call, const char *const *allowed);
@@ -134,6 +137,9 @@ void api_route_key_delete(api_call *call);
 void api_route_rate_limit_put(api_call *call);        /* api/routes_limits.c */
 void api_route_rate_limits_list(api_call *call);
 void api_route_rate_limit_delete(api_call *call);
+void api_route_provider_put(api_call *call);          /* api/routes_providers.c */
+void api_route_providers_list(api_call *call);
+void api_route_provider_delete(api_call *call);
 void api_route_suppression_post(api_call *call);      /* api/routes_suppressions.c */
 void api_route_suppressions_list(api_call *call);
 void api_route_suppression_delete(api_call *call);

@@ -11,8 +11,7 @@
 #include "api/api_int.h"
 #include "engine/mem.h"
 
-/* Answers 404 to keys without the admin role; true when the caller may go on. */
-static bool admin_only(api_call *call)
+bool api_call_admin_only(api_call *call)
 {
     if (call->admin)
         return true;
@@ -70,7 +69,7 @@ static void tenant_post_cb(api_call *call, const eng_err *err, const PGresult *r
 void api_route_tenant_post(api_call *call)
 {
     static const char *const allowed[] = {"name", "max_running", "priority_limit", NULL};
-    if (!admin_only(call))
+    if (!api_call_admin_only(call))
         return;
     json_t *body = api_call_body_fields(call, allowed);
     if (!body)
@@ -122,7 +121,7 @@ static void key_post_cb(api_call *call, const eng_err *err, const PGresult *res)
 void api_route_key_post(api_call *call)
 {
     static const char *const allowed[] = {"tenant", "role", NULL};
-    if (!admin_only(call))
+    if (!api_call_admin_only(call))
         return;
     json_t *body = api_call_body_fields(call, allowed);
     if (!body)
@@ -176,7 +175,7 @@ static void key_delete_cb(api_call *call, const eng_err *err, const PGresult *re
 
 void api_route_key_delete(api_call *call)
 {
-    if (!admin_only(call))
+    if (!api_call_admin_only(call))
         return;
     char *end;
     long long id = strtoll(call->params[0], &end, 10);

@@ -43,6 +43,7 @@
 #include "engine/log.h"
 #include "engine/mem.h"
 #include "steps/provider.h"
+#include "steps/secret.h"
 
 #define HOOK_MAX_ITEMS 10000
 
@@ -222,6 +223,15 @@ static void settings_cb(api_call *call, const eng_err *err, const PGresult *res)
     snprintf(call->tenant_s, sizeof call->tenant_s, "%lld", call->tenant);
     st->owner = PQgetisnull(res, 0, 2) ? 0 : strtoll(PQgetvalue(res, 0, 2), NULL, 10);
     json_t *settings = PQgetisnull(res, 0, 1) ? NULL : json_loads(PQgetvalue(res, 0, 1), 0, NULL);
+    eng_err open_err;
+    if (json_is_object(settings) && sec_open_object(settings, &open_err) != ENG_OK) {
+        /* 503: the provider retries the delivery once the operator configured the key */
+        log_error("webhook settings cannot be opened", LOG_S("provider", prov_name(st->provider)),
+                  LOG_I("tenant", call->tenant), LOG_S("reason", open_err.msg));
+        json_decref(settings);
+        api_call_respond_error(call, 503, "unavailable", "provider settings cannot be read", NULL);
+        return;
+    }
     st->fn(call, json_is_object(settings) ? settings : NULL);
     json_decref(settings);
 }

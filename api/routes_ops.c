@@ -4,12 +4,14 @@
  * for FLOWD_METRICS_TOKEN as a bearer token, or an admin key of the operator's tenant (the one
  * named "default"), and answers 401 to anyone else. */
 #include <openssl/crypto.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
 #include "api/api_int.h"
 #include "engine/buf.h"
+#include "engine/mem.h"
 #include "engine/metrics.h"
 #include "engine/wf_def.h"
 
@@ -31,10 +33,76 @@ __asm__(".section .rodata\n"
 extern const char flowd_openapi_json[];
 extern const char flowd_workflow_schema_json[];
 
+static pthread_once_t ops_openapi_once = PTHREAD_ONCE_INIT;
+static char *ops_openapi_doc; /* the document as served, built once per process */
+
+/* Points the workflow schema's "#/$defs/NAME" references at its definitions' new home. */
+static void ops_rehome_refs(json_t *node)
+{
+    const char *k;
+    json_t *v;
+    size_t i;
+    if (json_is_array(node)) {
+        json_array_foreach (node, i, v)
+            ops_rehome_refs(v);
+        return;
+    }
+    json_object_foreach (node, k, v) {
+        const char *ref = json_string_value(v);
+        if (strcmp(k, "$ref") == 0 && ref && strncmp(ref, "#/$defs/", 8) == 0) {
+            char *to = eng_xasprintf("#/components/schemas/workflow_%s", ref + 8);
+            json_object_set_new(node, k, json_string(to));
+            free(to);
+        } else {
+            ops_rehome_refs(v);
+        }
+    }
+}
+
+/* The served document is self-contained: the workflow definition's JSON Schema (served on its own
+ * at /v1/schemas/workflow.json, the one file both documents come from) is its WorkflowDefinition,
+ * with its $defs as components named workflow_NAME, so generators that cannot follow a reference
+ * out of the document still type every step kind. Its servers say "/" (the origin it was fetched
+ * from); behind a proxy or under another name, FLOWD_PUBLIC_URL is the address clients use. */
+static void ops_openapi_build(void)
+{
+    json_t *doc = json_loads(flowd_openapi_json, 0, NULL);
+    json_t *wf = json_loads(flowd_workflow_schema_json, 0, NULL);
+    json_t *schemas = json_object_get(json_object_get(doc, "components"), "schemas");
+    if (json_is_object(schemas) && json_is_object(wf)) {
+        json_t *defs = json_incref(json_object_get(wf, "$defs"));
+        json_object_del(wf, "$defs");
+        json_object_del(wf, "$schema");
+        json_object_del(wf, "$id");
+        const char *name;
+        json_t *def;
+        json_object_foreach (defs, name, def) {
+            char *key = eng_xasprintf("workflow_%s", name);
+            ops_rehome_refs(def);
+            json_object_set(schemas, key, def);
+            free(key);
+        }
+        json_decref(defs);
+        ops_rehome_refs(wf);
+        json_t *docs =
+            json_object_get(json_object_get(schemas, "WorkflowDefinition"), "externalDocs");
+        if (docs)
+            json_object_set(wf, "externalDocs", docs);
+        json_object_set(schemas, "WorkflowDefinition", wf);
+    }
+    json_decref(wf);
+    const char *url = getenv("FLOWD_PUBLIC_URL");
+    if (doc && url && *url)
+        json_object_set_new(doc, "servers", json_pack("[{s:s}]", "url", url));
+    ops_openapi_doc = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
+    json_decref(doc);
+}
+
 void api_route_openapi(api_call *call)
 {
-    api_call_respond_raw(call, 200, "application/json", flowd_openapi_json,
-                         strlen(flowd_openapi_json), NULL);
+    pthread_once(&ops_openapi_once, ops_openapi_build);
+    const char *doc = ops_openapi_doc ? ops_openapi_doc : flowd_openapi_json;
+    api_call_respond_raw(call, 200, "application/json", doc, strlen(doc), NULL);
 }
 
 void api_route_workflow_schema(api_call *call)

@@ -17,6 +17,7 @@
 #include "engine/mem.h"
 #include "engine/worker.h"
 #include "steps/provider.h"
+#include "steps/secret.h"
 
 static void serve_signal_cb(struct ev_loop *loop, ev_signal *w, int revents)
 {
@@ -274,6 +275,10 @@ int cli_cmd_serve(cli_env *env, int argc, char **argv)
     if (bad)
         return bad;
     prov_allow_private_targets(conf.allow_private);
+    eng_err err;
+    /* a malformed key is refused here, not discovered when the first secret is stored */
+    if (sec_reload(&err) != ENG_OK)
+        return cli_fail(&err);
     int workers = conf.workers, max_inflight = conf.max_inflight, batch = conf.batch;
     int lease_ms = conf.lease_ms, api_threads = conf.api_threads;
     const char *listen = conf.listen, *role = conf.role, *workflows_dir = conf.workflows_dir;
@@ -281,7 +286,6 @@ int cli_cmd_serve(cli_env *env, int argc, char **argv)
     int max_conns = conf.max_conns;
     bool run_api = strcmp(role, "all") == 0 || strcmp(role, "api") == 0;
     bool run_workers = strcmp(role, "all") == 0 || strcmp(role, "worker") == 0;
-    eng_err err;
     if (cli_env_open(env, true, &err) != ENG_OK) {
         int status = cli_fail(&err);
         cli_env_close(env);

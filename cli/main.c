@@ -77,6 +77,19 @@ static const cli_command commands[] = {
      "settle a message whose outcome is unknown, so that its waiting step goes on",
      "The step waits with the error code unknown, which names the send key. sent: the provider\n"
      "has the message (its id with --message-id); not-sent: it never went out, and is sent."},
+    {"provider", cli_cmd_provider, CMD_API, false,
+     "set PROVIDER FIELD=VALUE... | list | delete PROVIDER",
+     "set, list or remove the tenant's provider settings (admin key; secrets shown masked)",
+     "PROVIDER: openai, anthropic, openai_compatible, sendgrid, twilio, whatsapp. set replaces all\n"
+     "of the provider's settings, e.g. flowd provider set twilio account_sid=AC.. auth_token=- from=+1..\n"
+     "FIELD=- reads that value from stdin (keeps a secret out of shell history). The server seals\n"
+     "secrets under its FLOWD_SECRET_KEY and refuses them when it has none."},
+    {"secrets", cli_cmd_secrets, CMD_DIRECT, false, "rotate",
+     "re-seal every stored provider secret under FLOWD_SECRET_KEY",
+     "Rotation: give the server the new key as FLOWD_SECRET_KEY and the old one as\n"
+     "FLOWD_SECRET_KEY_PREVIOUS, run flowd secrets rotate with the same two variables, then drop\n"
+     "FLOWD_SECRET_KEY_PREVIOUS. Secrets stored in clear (older SQL) are sealed as well. All rows or\n"
+     "none; a secret no configured key opens is named and nothing changes."},
     {"event", cli_cmd_event, CMD_EITHER, true, "NAME KEY [--data JSON]",
      "send an event: resumes waits on (NAME, KEY), cancels runs with cancel_on it, starts triggered "
      "runs",
@@ -111,9 +124,10 @@ static void usage(FILE *f)
                "commands:\n");
     for (size_t i = 0; i < ENG_ARRAY_LEN(commands); i++)
         fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].summary);
-    fprintf(f, "\nruns, show, workflows, start and outbox use the HTTP API (http://127.0.0.1:8080\n"
-               "unless --url or FLOWD_URL says otherwise); enqueue, status, event, cancel, retry and\n"
-               "tenant use it when --url or FLOWD_URL is given, else the database.\n");
+    fprintf(f, "\nruns, show, workflows, start, outbox, send and provider use the HTTP API\n"
+               "(http://127.0.0.1:8080 unless --url or FLOWD_URL says otherwise); enqueue, status,\n"
+               "event, cancel, retry and tenant use it when --url or FLOWD_URL is given, else the\n"
+               "database.\n");
 }
 
 static const cli_command *find_command(const char *name)

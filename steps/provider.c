@@ -24,6 +24,7 @@
 #include "engine/log.h"
 #include "engine/mem.h"
 #include "engine/metrics.h"
+#include "steps/secret.h"
 
 #define PROV_MAX_RETRY_AFTER_MS 3600000LL /* a provider asking for more is capped at one hour */
 #define PROV_CACHE_MAX 4096               /* entries; past it the cache is emptied */
@@ -65,11 +66,10 @@ static const prov_info infos[PROV__COUNT] = {
     [PROV_HTTP] = {"http", NULL, NULL, {{NULL, NULL, false}}, {NULL}},
 };
 
-/* Field names that are secret whatever the provider (tenants may store extra keys). */
-static bool field_is_secret(const char *name)
+bool prov_field_secret(const char *name)
 {
-    static const char *const secret_names[] = {"api_key", "auth_token", "token", "secret",
-                                               "password", "app_secret"};
+    static const char *const secret_names[] = {"api_key", "auth_token",   "token",  "secret",
+                                               "password", "app_secret", "verify_token"};
     for (size_t i = 0; i < ENG_ARRAY_LEN(secret_names); i++)
         if (strcmp(name, secret_names[i]) == 0)
             return true;
@@ -285,7 +285,7 @@ char *prov_redact(const prov_config *c, const char *text)
         const char *k;
         json_t *v;
         json_object_foreach (c->settings, k, v)
-            if (field_is_secret(k))
+            if (prov_field_secret(k))
                 s = replace_all(s, json_string_value(v));
         /* HTTP Basic sends the secret only inside base64(user:secret) */
         if (prov_config_get(c, "auth_token")) {
@@ -389,11 +389,17 @@ static void fetch_done(void *arg, const eng_err *err, const PGresult *res)
 {
     fetch *f = arg;
     prov_config *cfg = NULL;
+    eng_err open_err;
     if (!err) {
         json_t *settings = NULL;
         if (res && PQntuples(res) > 0 && !PQgetisnull(res, 0, 0))
             settings = json_loads(PQgetvalue(res, 0, 0), 0, NULL);
-        cfg = prov_config_merge(f->id, json_is_object(settings) ? settings : NULL);
+        /* a secret that cannot be opened fails the attempt: falling back to the environment's
+         * credentials or the sandbox would send from the wrong account */
+        if (json_is_object(settings) && sec_open_object(settings, &open_err) != ENG_OK)
+            err = &open_err;
+        else
+            cfg = prov_config_merge(f->id, json_is_object(settings) ? settings : NULL);
         json_decref(settings);
     }
     pthread_mutex_lock(&cache_mu);

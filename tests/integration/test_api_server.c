@@ -272,10 +272,20 @@ static void test_openapi_matches_routes(void **state)
     assert_int_equal(req1("GET", "/v1/openapi.json", NULL, NULL, &body), 200);
     json_error_t jerr;
     json_t *doc = json_loads(body, 0, &jerr);
+    bool refs_out = strstr(body, "\"$ref\":\"schemas/") != NULL;
     free(body);
     if (!doc)
         fail_msg("openapi.json does not parse: %s line %d", jerr.text, jerr.line);
     assert_string_equal(json_string_value(json_object_get(doc, "openapi")), "3.1.0");
+    /* without FLOWD_PUBLIC_URL the API is where the document came from */
+    assert_string_equal(json_string_value(json_object_get(
+                            json_array_get(json_object_get(doc, "servers"), 0), "url")),
+                        "/");
+    /* self-contained: the workflow definition is typed by kind, not a bare object */
+    json_t *wfdef = json_object_get(json_object_get(json_object_get(doc, "components"), "schemas"),
+                                    "WorkflowDefinition");
+    assert_non_null(json_object_get(json_object_get(wfdef, "properties"), "steps"));
+    assert_false(refs_out);
     json_t *paths = json_object_get(doc, "paths");
     assert_true(json_is_object(paths));
 

@@ -1,0 +1,373 @@
+// tests/contract/contract.mjs SOURCE_DIR NODE_DIR FLOWD_BIN: the OpenAPI document is the server.
+//
+// Starts `flowd serve` (API and one worker, sandbox providers, test clock) on a fresh database of
+// the fixture cluster, then drives every operation of api/openapi.json through its success and
+// error paths and validates each real answer against the document with ajv (JSON Schema 2020-12,
+// formats checked): the status must be documented for the operation, the content type must be
+// one it lists, and a JSON body must match its schema, where every object schema that lists
+// properties is closed (an undocumented field fails). Every request body sent as valid is checked
+// against the operation's request schema too. An operation no request reached fails the test.
+// Then a TypeScript client is generated from the served document (openapi-typescript), compiled
+// with tsc --strict against openapi-fetch, and runs the basic flow (register, enqueue, poll, event)
+// against the same server. Prints "N passed, N failed".
+import { spawn, execFileSync } from 'node:child_process';
+import { createRequire } from 'node:module';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+
+const [src, nodeDir, flowdBin] = process.argv.slice(2);
+const require = createRequire(path.join(nodeDir, 'package.json'));
+const Ajv2020 = require('ajv/dist/2020').default;
+const addFormats = require('ajv-formats').default;
+
+const KEY = 'fd_contract_test_key_0123456789';
+const PUBLIC_URL = 'http://flowd.contract.test:8443';
+const TWILIO_TOKEN = 'contract-twilio-token';
+const failures = [];
+let checks = 0;
+const fail = (msg) => failures.push(msg);
+
+// ---------------------------------------------------------------------------- the server --
+
+const pgdir = process.env.FLOWD_TEST_PGDIR;
+if (!pgdir) throw new Error('FLOWD_TEST_PGDIR is not set: run through ctest (fixture pg)');
+const dbname = `contract_${process.pid}`;
+execFileSync('psql', ['-X', '-q', '-h', pgdir, '-U', 'postgres', '-d', 'postgres', '-c',
+  `CREATE DATABASE ${dbname}`]);
+const server = spawn(flowdBin, ['--database', `host=${pgdir} dbname=${dbname} user=postgres`,
+  'serve', '--listen', '127.0.0.1:0', '--workers', '1'], {
+  env: { ...process.env, FLOWD_API_KEY: KEY, FLOWD_TEST_CLOCK: '1', FLOWD_PUBLIC_URL: PUBLIC_URL,
+    TWILIO_AUTH_TOKEN: TWILIO_TOKEN },
+  stdio: ['ignore', 'ignore', 'pipe'],
+});
+process.on('exit', () => server.kill('SIGTERM'));
+const base = await new Promise((resolve, reject) => {
+  let buf = '';
+  const timer = setTimeout(() => reject(new Error(`flowd did not start:\n${buf}`)), 60000);
+  server.stderr.on('data', (d) => {
+    buf += d;
+    const m = /msg="api listening" address=127\.0\.0\.1:(\d+)/.exec(buf);
+    if (m) {
+      clearTimeout(timer);
+      resolve(`http://127.0.0.1:${m[1]}`);
+    }
+  });
+  server.on('exit', (code) => reject(new Error(`flowd exited ${code}:\n${buf}`)));
+});
+server.stderr.resume();
+
+// -------------------------------------------------------------------------- the document --
+
+const doc = await (await fetch(`${base}/v1/openapi.json`)).json();
+if (JSON.stringify(doc.servers) !== JSON.stringify([{ url: PUBLIC_URL }]))
+  fail(`servers does not follow FLOWD_PUBLIC_URL: ${JSON.stringify(doc.servers)}`);
+
+// Every object schema that lists its properties is closed, so an undocumented field fails.
+function close(node) {
+  if (Array.isArray(node)) return node.forEach(close);
+  if (!node || typeof node !== 'object') return;
+  if (node.properties && node.additionalProperties === undefined &&
+      node.unevaluatedProperties === undefined)
+    node.unevaluatedProperties = false;
+  Object.values(node).forEach(close);
+}
+const strictDoc = structuredClone(doc);
+close(strictDoc.components);
+close(strictDoc.paths);
+const ajv = new Ajv2020({ strict: false, allErrors: true });
+addFormats(ajv);
+ajv.addSchema(strictDoc, 'openapi');
+
+const ptr = (s) => s.replace(/~/g, '~0').replace(/\//g, '~1');
+function deref(node) {
+  while (node && node.$ref && node.$ref.startsWith('#/')) {
+    node = node.$ref.slice(2).split('/').reduce((o, k) =>
+      o[k.replace(/~1/g, '/').replace(/~0/g, '~')], doc);
+  }
+  return node;
+}
+const validators = new Map();
+function validator(pointer) {
+  if (!validators.has(pointer)) validators.set(pointer, ajv.compile({ $ref: `openapi#${pointer}` }));
+  return validators.get(pointer);
+}
+
+// The document's path template of a concrete path and method.
+function template(method, p) {
+  for (const [t, item] of Object.entries(doc.paths)) {
+    const re = new RegExp(`^${t.replace(/\./g, '\\.').replace(/\{[^}]+\}/g, '[^/]+')}$`);
+    if (re.test(p) && item[method]) return t;
+  }
+  return null;
+}
+
+const seen = new Map(); // "method template" -> Set of statuses
+
+// One request; checks the answer against the document. opts: body (JSON, sent as is), raw (a
+// string body), ctype, key (null: none), headers, bad (the body is meant to be refused, so it is
+// not checked against the request schema). Returns {status, headers, body (parsed or text)}.
+async function call(method, p, opts = {}) {
+  const m = method.toLowerCase();
+  const url = new URL(p, base);
+  const t = template(m, url.pathname);
+  const headers = { ...(opts.headers || {}) };
+  if (opts.key !== null) headers.Authorization = `Bearer ${opts.key || KEY}`;
+  let body;
+  if (opts.body !== undefined) {
+    body = JSON.stringify(opts.body);
+    headers['Content-Type'] = 'application/json';
+  } else if (opts.raw !== undefined) {
+    body = opts.raw;
+    headers['Content-Type'] = opts.ctype || 'application/json';
+  }
+  const res = await fetch(url, { method, headers, body, signal: AbortSignal.timeout(30000) });
+  const text = await res.text();
+  const ctype = (res.headers.get('content-type') || '').split(';')[0].trim();
+  const where = `${method} ${p} -> ${res.status}`;
+  checks++;
+  if (!t) {
+    fail(`${where}: no such operation in the document`);
+    return { status: res.status, headers: res.headers, body: text };
+  }
+  const op = doc.paths[t][m];
+  const key = `${m} ${t}`;
+  if (!seen.has(key)) seen.set(key, new Set());
+  seen.get(key).add(res.status);
+  if (opts.body !== undefined && !opts.bad) {
+    const rb = deref(op.requestBody);
+    if (!rb || !rb.content || !rb.content['application/json'])
+      fail(`${where}: the document has no JSON request body`);
+    else {
+      const rbPtr = op.requestBody.$ref ? op.requestBody.$ref.slice(1)
+        : `/paths/${ptr(t)}/${m}/requestBody`;
+      const v = validator(`${rbPtr}/content/application~1json/schema`);
+      if (!v(opts.body))
+        fail(`${where}: request body not as documented: ${ajv.errorsText(v.errors)}: ${body}`);
+    }
+  }
+  if (!op.responses[String(res.status)]) {
+    fail(`${where}: status not documented (${Object.keys(op.responses)}): ${text.slice(0, 300)}`);
+    return { status: res.status, headers: res.headers, body: text };
+  }
+  const resp = deref(op.responses[String(res.status)]);
+  let parsed = text;
+  if (!resp.content) {
+    if (text.length && m !== 'head') fail(`${where}: body where the document has none: ${text}`);
+  } else {
+    const media = Object.keys(resp.content).find((c) => c.split(';')[0].trim() === ctype);
+    if (!media) {
+      fail(`${where}: content type ${ctype} not documented (${Object.keys(resp.content)})`);
+    } else if (ctype === 'application/json' || ctype === 'application/schema+json') {
+      try {
+        parsed = JSON.parse(text);
+      } catch (e) {
+        fail(`${where}: not JSON: ${text.slice(0, 200)}`);
+      }
+      const respPtr = op.responses[String(res.status)].$ref
+        ? op.responses[String(res.status)].$ref.slice(1)
+        : `/paths/${ptr(t)}/${m}/responses/${res.status}`;
+      const v = validator(`${respPtr}/content/${ptr(media)}/schema`);
+      if (!v(parsed))
+        fail(`${where}: body not as documented: ${ajv.errorsText(v.errors)}: ${text.slice(0, 600)}`);
+    }
+  }
+  if (!res.headers.get('date')) fail(`${where}: no Date header`);
+  if (!res.headers.get('x-request-id')) fail(`${where}: no X-Request-Id header`);
+  return { status: res.status, headers: res.headers, body: parsed };
+}
+
+const expect = (r, status, what) => {
+  if (r.status !== status) fail(`${what}: got ${r.status}, want ${status}: ${JSON.stringify(r.body).slice(0, 300)}`);
+  return r;
+};
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+async function waitRun(id, states) {
+  for (let i = 0; i < 600; i++) {
+    const r = await call('GET', `/v1/runs/${id}`);
+    if (states.includes(r.body.state)) return r.body;
+    await sleep(25);
+  }
+  fail(`run ${id} never reached ${states}`);
+  return null;
+}
+
+// ------------------------------------------------------------------------------ the routes --
+
+expect(await call('GET', '/healthz', { key: null }), 200, 'healthz');
+expect(await call('GET', '/readyz', { key: null }), 200, 'readyz');
+expect(await call('GET', '/metrics'), 200, 'metrics');
+expect(await call('GET', '/metrics', { key: null }), 401, 'metrics without a key');
+expect(await call('GET', '/v1/openapi.json', { key: null }), 200, 'openapi');
+expect(await call('GET', '/v1/schemas/workflow.json', { key: null }), 200, 'schema');
+
+// workflows
+const hello = {
+  name: 'hello',
+  steps: [
+    { key: 'wait', kind: 'wait_event', input: { event: 'go', key: '{{input.name}}' } },
+    { key: 'greet', kind: 'transform', needs: ['wait'], input: { text: 'hi {{input.name}}' } },
+  ],
+};
+expect(await call('PUT', '/v1/workflows/hello', { body: hello }), 201, 'register');
+expect(await call('PUT', '/v1/workflows/hello', { body: hello }), 200, 'register again');
+expect(await call('PUT', '/v1/workflows/bad', { body: { name: 'bad', steps: [{ key: 'a', kind: 'nope' }] }, bad: true }), 422, 'bad definition');
+expect(await call('PUT', '/v1/workflows/bad', { raw: '{"steps": ' }), 400, 'bad JSON');
+expect(await call('PUT', '/v1/workflows/bad', { raw: 'x=1', ctype: 'text/plain' }), 415, 'bad media type');
+expect(await call('PUT', '/v1/workflows/hello', { body: hello, key: 'fd_nobody' }), 401, 'bad key');
+expect(await call('GET', '/v1/workflows'), 200, 'workflows');
+expect(await call('GET', '/v1/workflows?verbose=1'), 400, 'unknown query parameter');
+expect(await call('GET', '/v1/workflows/hello'), 200, 'workflow');
+expect(await call('GET', '/v1/workflows/hello?version=1'), 200, 'workflow version');
+expect(await call('GET', '/v1/workflows/hello?version=x'), 400, 'bad version');
+expect(await call('GET', '/v1/workflows/nope'), 404, 'no workflow');
+
+// runs
+const created = expect(await call('POST', '/v1/runs', {
+  body: { workflow: 'hello', input: { name: 'ada' } }, headers: { 'Idempotency-Key': 'ik-1' },
+}), 201, 'enqueue').body;
+expect(await call('POST', '/v1/runs', {
+  body: { workflow: 'hello', input: { name: 'ada' } }, headers: { 'Idempotency-Key': 'ik-1' },
+}), 200, 'enqueue again');
+expect(await call('POST', '/v1/runs', {
+  body: { workflow: 'hello', input: { name: 'bob' } }, headers: { 'Idempotency-Key': 'ik-1' },
+}), 409, 'idempotency conflict');
+expect(await call('POST', '/v1/runs', { body: { workflow: 'nope' } }), 404, 'unknown workflow');
+expect(await call('POST', '/v1/runs', { body: { workflow: 5 }, bad: true }), 422, 'bad enqueue');
+expect(await call('POST', '/v1/runs', { body: { workflow: 'hello', colour: 1 }, bad: true }), 422, 'unknown field');
+const run = created.id;
+await waitRun(run, ['running']);
+expect(await call('GET', `/v1/runs/${run}`), 200, 'run');
+expect(await call('GET', '/v1/runs/99999999'), 404, 'no run');
+expect(await call('GET', '/v1/runs/99999999999999999999'), 404, 'id out of range');
+expect(await call('GET', `/v1/runs/${run}/sequencer.csv`), 409, 'export of a running run');
+expect(await call('GET', `/v1/runs/${run}/events`), 200, 'events');
+expect(await call('GET', `/v1/runs/${run}/events?after=x`), 400, 'bad after');
+expect(await call('GET', '/v1/runs?limit=2'), 200, 'runs');
+expect(await call('GET', '/v1/runs?workflow=hello&state=running'), 200, 'runs by state');
+expect(await call('GET', '/v1/runs?limit=0'), 400, 'bad limit');
+expect(await call('POST', '/v1/events', { body: { name: 'go', key: 'ada', data: { ok: true } } }), 202, 'event');
+expect(await call('POST', '/v1/events', { body: { name: 'go', key: {} }, bad: true }), 422, 'bad event');
+const done = await waitRun(run, ['succeeded', 'failed']);
+if (done && done.state !== 'succeeded') fail(`run ${run} ${done.state}`);
+expect(await call('GET', `/v1/runs/${run}`), 200, 'finished run');
+expect(await call('GET', `/v1/runs/${run}/sequencer.csv`), 200, 'export');
+expect(await call('POST', `/v1/runs/${run}/cancel`), 409, 'cancel a finished run');
+expect(await call('POST', `/v1/runs/${run}/retry`), 409, 'retry a succeeded run');
+const other = expect(await call('POST', '/v1/runs', { body: { workflow: 'hello', input: { name: 'cy' } } }), 201, 'enqueue').body;
+expect(await call('POST', `/v1/runs/${other.id}/cancel`), 200, 'cancel');
+expect(await call('POST', `/v1/runs/${other.id}/retry`), 200, 'retry a cancelled run');
+expect(await call('POST', '/v1/runs/99999999/cancel'), 404, 'cancel nothing');
+expect(await call('POST', '/v1/test/clock', { body: { advance: '1m' } }), 200, 'clock');
+expect(await call('POST', '/v1/test/clock', { body: { advance: 'soon' }, bad: true }), 422, 'bad clock');
+
+// a failed run's answer, with its error
+expect(await call('PUT', '/v1/workflows/broken', { body: {
+  name: 'broken', steps: [{ key: 'call', kind: 'http', retry: { max_attempts: 1 }, input: { method: 'GET', url: 'http://127.0.0.1:9/' } }],
+} }), 201, 'register broken');
+const broken = expect(await call('POST', '/v1/runs', { body: { workflow: 'broken' } }), 201, 'enqueue broken').body;
+await waitRun(broken.id, ['failed']);
+
+// batches
+const batch = expect(await call('POST', '/v1/batches', {
+  body: { workflow: 'hello', inputs: [{ name: 'b1' }, { name: 'b2' }] },
+}), 201, 'batch').body;
+expect(await call('POST', '/v1/batches', { body: { workflow: 'hello', inputs: 'x' }, bad: true }), 422, 'bad batch');
+expect(await call('GET', `/v1/batches/${batch.id}`), 200, 'batch');
+expect(await call('GET', '/v1/batches/99999999'), 404, 'no batch');
+expect(await call('GET', `/v1/batches/${batch.id}/results`), 200, 'results');
+expect(await call('GET', `/v1/batches/${batch.id}/results?format=csv`), 200, 'results csv');
+expect(await call('GET', `/v1/batches/${batch.id}/results?format=xml`), 400, 'bad format');
+
+// outbox: an email through the sandbox
+expect(await call('PUT', '/v1/workflows/mail', { body: {
+  name: 'mail', steps: [{ key: 'send', kind: 'email', input: { to: 'ada@example.com', from: 'me@example.com', subject: 's', text: 't' } }],
+} }), 201, 'register mail');
+const mail = expect(await call('POST', '/v1/runs', { body: { workflow: 'mail' } }), 201, 'enqueue mail').body;
+await waitRun(mail.id, ['succeeded', 'failed']);
+expect(await call('GET', `/v1/outbox?run=${mail.id}`), 200, 'outbox');
+expect(await call('GET', '/v1/outbox?limit=x'), 400, 'bad outbox');
+expect(await call('POST', '/v1/sends/nope/outcome', { body: { outcome: 'sent' } }), 404, 'no send');
+
+// tenants, keys, limits, suppressions
+const tenant = expect(await call('POST', '/v1/tenants', { body: { name: 'acme' } }), 201, 'tenant').body;
+expect(await call('POST', '/v1/tenants', { body: { name: 'acme' } }), 409, 'tenant twice');
+expect(await call('POST', '/v1/tenants', { body: { name: 'x', colour: 1 }, bad: true }), 422, 'bad tenant');
+const key = expect(await call('POST', '/v1/keys', { body: { tenant: 'acme' } }), 201, 'key').body;
+expect(await call('POST', '/v1/keys', { body: { tenant: 'nobody' } }), 404, 'key for nobody');
+expect(await call('DELETE', `/v1/keys/${key.id}`), 204, 'revoke');
+expect(await call('DELETE', '/v1/keys/99999999'), 404, 'revoke nothing');
+void tenant;
+expect(await call('PUT', '/v1/rate-limits/smtp', { body: { requests_per_s: 5 } }), 201, 'limit');
+expect(await call('PUT', '/v1/rate-limits/smtp', { body: { requests_per_s: 6 } }), 200, 'limit again');
+expect(await call('PUT', '/v1/rate-limits/smtp', { body: { per_day: 6 }, bad: true }), 422, 'bad limit');
+expect(await call('GET', '/v1/rate-limits'), 200, 'limits');
+expect(await call('DELETE', '/v1/rate-limits/smtp'), 204, 'drop limit');
+expect(await call('DELETE', '/v1/rate-limits/smtp'), 404, 'drop no limit');
+expect(await call('POST', '/v1/suppressions', { body: { channel: 'email', address: 'x@example.com', reason: 'asked' } }), 201, 'suppress');
+expect(await call('POST', '/v1/suppressions', { body: { channel: 'email', address: 'x@example.com', reason: 'asked' } }), 200, 'suppress again');
+expect(await call('POST', '/v1/suppressions', { body: { channel: 'fax', address: 'x' }, bad: true }), 422, 'bad suppression');
+expect(await call('GET', '/v1/suppressions?channel=email'), 200, 'suppressions');
+expect(await call('GET', '/v1/suppressions?limit=0'), 400, 'bad suppressions');
+expect(await call('DELETE', '/v1/suppressions/email/x@example.com'), 204, 'unsuppress');
+expect(await call('DELETE', '/v1/suppressions/email/x@example.com'), 404, 'unsuppress nothing');
+
+// provider webhooks refuse what they cannot verify
+expect(await call('POST', '/v1/hooks/twilio?tenant=1', { raw: 'MessageSid=SM1', ctype: 'application/x-www-form-urlencoded', key: null }), 401, 'twilio');
+expect(await call('POST', '/v1/hooks/twilio?tenant=x', { raw: 'MessageSid=SM1', ctype: 'application/x-www-form-urlencoded', key: null }), 400, 'twilio with a bad tenant');
+expect(await call('POST', '/v1/hooks/sendgrid?tenant=1', { raw: '[]', key: null }), 401, 'sendgrid');
+expect(await call('POST', '/v1/hooks/whatsapp?tenant=1', { raw: '{}', key: null }), 401, 'whatsapp');
+expect(await call('GET', '/v1/hooks/whatsapp?tenant=1&hub.mode=subscribe&hub.verify_token=x&hub.challenge=1', { key: null }), 403, 'whatsapp verify');
+
+{ // a signed Twilio status callback (the URL as Twilio reaches us: FLOWD_PUBLIC_URL)
+  const form = { MessageSid: 'SM0123', MessageStatus: 'delivered' };
+  const signed = `${PUBLIC_URL}/v1/hooks/twilio?tenant=1` +
+    Object.keys(form).sort().map((k) => k + form[k]).join('');
+  const sig = crypto.createHmac('sha1', TWILIO_TOKEN).update(signed).digest('base64');
+  expect(await call('POST', '/v1/hooks/twilio?tenant=1', {
+    raw: new URLSearchParams(form).toString(), ctype: 'application/x-www-form-urlencoded', key: null,
+    headers: { 'X-Twilio-Signature': sig },
+  }), 200, 'signed twilio');
+}
+
+// every documented operation was reached
+for (const [t, item] of Object.entries(doc.paths))
+  for (const m of Object.keys(item))
+    if (['get', 'put', 'post', 'delete', 'patch'].includes(m) && !seen.has(`${m} ${t}`))
+      fail(`${m.toUpperCase()} ${t}: no request reached it`);
+
+// ---------------------------------------------------------------- a generated client, strict --
+
+const work = path.join(nodeDir, 'client');
+fs.rmSync(work, { recursive: true, force: true });
+fs.mkdirSync(work, { recursive: true });
+let clientOk = false;
+try {
+  execFileSync(process.execPath, [path.join(nodeDir, 'node_modules/openapi-typescript/bin/cli.js'),
+    `${base}/v1/openapi.json`, '-o', path.join(work, 'schema.d.ts')], { stdio: 'pipe', timeout: 120000 });
+  fs.copyFileSync(path.join(src, 'tests/contract/client.ts'), path.join(work, 'client.ts'));
+  fs.writeFileSync(path.join(work, 'package.json'), '{"type": "module"}\n');
+  fs.writeFileSync(path.join(work, 'tsconfig.json'), JSON.stringify({
+    compilerOptions: {
+      strict: true, noUncheckedIndexedAccess: true, target: 'es2022', module: 'nodenext',
+      moduleResolution: 'nodenext', skipLibCheck: false, types: [], lib: ['es2022', 'dom'],
+      outDir: '.',
+    },
+    files: ['client.ts'],
+  }));
+  execFileSync(process.execPath, [path.join(nodeDir, 'node_modules/typescript/bin/tsc'), '-p', work],
+    { stdio: 'pipe', timeout: 120000 });
+  const out = execFileSync(process.execPath, [path.join(work, 'client.js'), base, KEY],
+    { stdio: 'pipe', timeout: 60000 }).toString();
+  process.stdout.write(out);
+  clientOk = true;
+} catch (e) {
+  fail(`generated client: ${e.message}\n${e.stdout || ''}${e.stderr || ''}`);
+}
+
+server.kill('SIGTERM');
+for (const f of failures) console.log(`FAIL ${f}`);
+console.log(`${checks} answers checked against the document; generated client ${clientOk ? 'ran' : 'failed'}`);
+const passed = checks + (clientOk ? 1 : 0) - failures.length;
+console.log(`${Math.max(passed, 0)} passed, ${failures.length} failed`);
+process.exit(failures.length ? 1 : 0);
