@@ -38,7 +38,7 @@ execFileSync('psql', ['-X', '-q', '-h', pgdir, '-U', 'postgres', '-d', 'postgres
 const server = spawn(flowdBin, ['--database', `host=${pgdir} dbname=${dbname} user=postgres`,
   'serve', '--listen', '127.0.0.1:0', '--workers', '1'], {
   env: { ...process.env, FLOWD_API_KEY: KEY, FLOWD_TEST_CLOCK: '1', FLOWD_PUBLIC_URL: PUBLIC_URL,
-    TWILIO_AUTH_TOKEN: TWILIO_TOKEN },
+    TWILIO_AUTH_TOKEN: TWILIO_TOKEN, FLOWD_SECRET_KEY: crypto.randomBytes(32).toString('hex') },
   stdio: ['ignore', 'ignore', 'pipe'],
 });
 process.on('exit', () => server.kill('SIGTERM'));
@@ -304,6 +304,16 @@ expect(await call('PUT', '/v1/rate-limits/smtp', { body: { per_day: 6 }, bad: tr
 expect(await call('GET', '/v1/rate-limits'), 200, 'limits');
 expect(await call('DELETE', '/v1/rate-limits/smtp'), 204, 'drop limit');
 expect(await call('DELETE', '/v1/rate-limits/smtp'), 404, 'drop no limit');
+{ // the tenant's own provider account: the secret comes back masked only
+  const secret = 'sk-contract-provider-secret-9876';
+  const put = expect(await call('PUT', '/v1/providers/openai', { body: { api_key: secret, base_url: 'https://llm.example.com/v1' } }), 201, 'provider');
+  expect(await call('PUT', '/v1/providers/openai', { body: { api_key: secret } }), 200, 'provider again');
+  expect(await call('PUT', '/v1/providers/openai', { body: { token: 'x' }, bad: true }), 422, 'bad provider field');
+  const list = expect(await call('GET', '/v1/providers'), 200, 'providers');
+  if (JSON.stringify([put.body, list.body]).includes(secret)) fail('a provider secret came back in full');
+  expect(await call('DELETE', '/v1/providers/openai'), 204, 'drop provider');
+  expect(await call('DELETE', '/v1/providers/openai'), 404, 'drop no provider');
+}
 expect(await call('POST', '/v1/suppressions', { body: { channel: 'email', address: 'x@example.com', reason: 'asked' } }), 201, 'suppress');
 expect(await call('POST', '/v1/suppressions', { body: { channel: 'email', address: 'x@example.com', reason: 'asked' } }), 200, 'suppress again');
 expect(await call('POST', '/v1/suppressions', { body: { channel: 'fax', address: 'x' }, bad: true }), 422, 'bad suppression');
