@@ -413,10 +413,10 @@ static eng_rc zone_open(const char *zone, zcal *z, eng_err *err)
         zone = "UTC";
     UChar id[64], canon[64];
     size_t len = strlen(zone);
-    for (size_t i = 0; i < len; i++)
-        if ((unsigned char)zone[i] <= ' ' || (unsigned char)zone[i] >= 0x7f)
-            len = sizeof id; /* not an IANA name: refused below */
-    if (len >= sizeof id / sizeof id[0])
+    bool printable = true; /* IANA names are printable ASCII; u_charsToUChars needs that */
+    for (size_t i = 0; i < len && printable; i++)
+        printable = (unsigned char)zone[i] > ' ' && (unsigned char)zone[i] < 0x7f;
+    if (!printable || len >= ENG_ARRAY_LEN(id))
         return eng_err_set(err, ENG_EINVAL, "unknown time zone \"%.64s\"", zone);
     u_charsToUChars(zone, id, (int32_t)len);
     UErrorCode st = U_ZERO_ERROR;

@@ -11,6 +11,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 // clang-format on
+#include <curl/curl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -245,6 +246,40 @@ static void test_rotation(void **state)
     free(kid2);
 }
 
+/* A Twilio status callback signed with the tenant's stored (sealed) auth token is verified. */
+static void test_webhook_opens_sealed_token(void **state)
+{
+    world *w = *state;
+    use_keys(KEY1_HEX, NULL);
+    free(put_twilio(w, 200));
+    static const char form[] = "MessageSid=SM0000provsettings&MessageStatus=delivered";
+    char *url = eng_xasprintf("%s/v1/hooks/twilio", th_api_url(w->api));
+    long status[2];
+    for (int i = 0; i < 2; i++) {
+        char *sig = th_msg_twilio_signature(url, form, i ? TH_MSG_TWILIO_TOKEN : "another-token");
+        char *hdr = eng_xasprintf("X-Twilio-Signature: %s", sig);
+        struct curl_slist *h = curl_slist_append(NULL, hdr);
+        h = curl_slist_append(h, "Content-Type: application/x-www-form-urlencoded");
+        th_resp r = {.body = eng_xstrdup("")};
+        CURL *c = curl_easy_init();
+        curl_easy_setopt(c, CURLOPT_URL, url);
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, form);
+        curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+        curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, th_resp_collect);
+        curl_easy_setopt(c, CURLOPT_WRITEDATA, &r);
+        assert_int_equal(curl_easy_perform(c), CURLE_OK);
+        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status[i]);
+        curl_easy_cleanup(c);
+        curl_slist_free_all(h);
+        free(r.body);
+        free(hdr);
+        free(sig);
+    }
+    free(url);
+    assert_int_equal(status[0], 401);
+    assert_int_equal(status[1], 200);
+}
+
 /* Runs `flowd --url API ARGS` with the test's admin key and stdin_text on stdin; returns its
  * stdout (new string) and its exit status in *rc. */
 static char *cli(world *w, const char *stdin_text, const char *args, int *rc)
@@ -358,6 +393,7 @@ int main(void)
         cmocka_unit_test(test_bad_input_names_field),
         cmocka_unit_test(test_missing_key_refused),
         cmocka_unit_test(test_rotation),
+        cmocka_unit_test(test_webhook_opens_sealed_token),
         cmocka_unit_test(test_cli_commands),
         cmocka_unit_test(test_log_clean),
     };

@@ -211,7 +211,8 @@ static void test_zones(void **state)
     assert_int_equal(cron_zone_check("Europe/Berlin", &err), ENG_OK);
     assert_int_equal(cron_zone_check(NULL, &err), ENG_OK);
     assert_int_equal(cron_zone_check("UTC", &err), ENG_OK);
-    const char *bad[] = {"Mars/Olympus", "Europe/Berlin ", "GMT+05:00", "europe/nowhere", "x\x01"};
+    const char *bad[] = {"Mars/Olympus", "Europe/Berlin ", "GMT+05:00", "europe/nowhere", "x\x01",
+                         "America/Argentina/Buenos_Aires/America/Argentina/Buenos_Aires/America"};
     for (size_t i = 0; i < ENG_ARRAY_LEN(bad); i++) {
         eng_err_clear(&err);
         if (cron_zone_check(bad[i], &err) != ENG_EINVAL)
