@@ -3,8 +3,9 @@
  * Worker state is a handful of flags driven by worker_kick(), which the loop's prepare watcher
  * calls before every poll so that all outcomes reported in one loop iteration travel in one trip:
  *   cycle_inflight  a flowd_work() is on the wire; nothing else is sent until it returns
- *   maybe_work      claimable steps may exist (NOTIFY, timer, full batch): claim when slots are
- * free stopping        no more claims; exit once in-flight steps are done or handed back
+ *   maybe_work      claimable steps may exist (NOTIFY, timer, full batch): claim when slots
+ *                   are free
+ *   stopping        no more claims; exit once in-flight steps are done or handed back
  *   renew_failing   lease renewals fail on a live connection: no claims until one lands
  *   due_now_seen    a step is due that our claims do not get: wait for a NOTIFY, not a spin
  * Leases are the worker's (migrations/0016_worker_leases.sql): the heartbeat timer renews them,
@@ -96,7 +97,7 @@ struct eng_worker {
         int64_t id;
         int attempt;
         int64_t claimed_ms; /* the claim's engine time: an attempt's number alone can recur */
-    } * release; /* attempts stopped here while still running in our name: to hand back */
+    } *release; /* attempts stopped here while still running in our name: to hand back */
     size_t nrelease, release_cap;
     size_t nrelease_sent;  /* how many of release[] the renewal on the wire carries */
     bool fresh_connection; /* a round trip lost with the old connection may have claimed steps */
