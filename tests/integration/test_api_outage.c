@@ -204,17 +204,6 @@ static void test_withdrawn_statement(void **state)
     free(db);
 }
 
-static int cluster_setup(void **state)
-{
-    th_cluster *c = th_cluster_start();
-    *state = c;
-    return c ? 0 : -1;
-}
-
-static int cluster_teardown(void **state)
-{
-    return th_cluster_stop(*state) == 0 ? 0 : -1;
-}
 
 int main(void)
 {
@@ -223,5 +212,5 @@ int main(void)
         cmocka_unit_test(test_withdrawn_statement),
         cmocka_unit_test(test_outage),
     };
-    return cmocka_run_group_tests(tests, cluster_setup, cluster_teardown);
+    return cmocka_run_group_tests(tests, th_cluster_setup, th_cluster_teardown);
 }

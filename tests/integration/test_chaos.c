@@ -149,17 +149,6 @@ static bool wait_for(const char *db, double timeout_s, const char *fmt, ...)
 
 /* ----------------------------------------------------------------------- private cluster -- */
 
-static int cluster_setup(void **state)
-{
-    th_cluster *c = th_cluster_start();
-    *state = c;
-    return c ? 0 : -1;
-}
-
-static int cluster_teardown(void **state)
-{
-    return th_cluster_stop(*state) == 0 ? 0 : -1;
-}
 
 /* ----------------------------------------------------------------------------- checks -- */
 
@@ -419,9 +408,10 @@ int main(void)
         cmocka_set_test_filter(getenv("FLOWD_TEST_FILTER"));
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_terminate_worker_connections),
-        cmocka_unit_test_setup_teardown(test_server_restart, cluster_setup, cluster_teardown),
-        cmocka_unit_test_setup_teardown(test_outage_keeps_outcomes, cluster_setup,
-                                        cluster_teardown),
+        cmocka_unit_test_setup_teardown(test_server_restart, th_cluster_setup,
+                                        th_cluster_teardown),
+        cmocka_unit_test_setup_teardown(test_outage_keeps_outcomes, th_cluster_setup,
+                                        th_cluster_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -296,17 +296,6 @@ static void test_idle_engine_is_idle(void **state)
     free(db);
 }
 
-static int cluster_setup(void **state)
-{
-    th_cluster *c = th_cluster_start();
-    *state = c;
-    return c ? 0 : -1;
-}
-
-static int cluster_teardown(void **state)
-{
-    return th_cluster_stop(*state) == 0 ? 0 : -1;
-}
 
 int main(void)
 {
@@ -319,7 +308,8 @@ int main(void)
     unsetenv("http_proxy");
     unsetenv("HTTP_PROXY");
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_idle_engine_is_idle, cluster_setup, cluster_teardown),
+        cmocka_unit_test_setup_teardown(test_idle_engine_is_idle, th_cluster_setup,
+                                        th_cluster_teardown),
         cmocka_unit_test(test_poison_pill_stops_after_cap),
         cmocka_unit_test(test_unknown_send_settled_over_api),
         cmocka_unit_test(test_kill9_in_flight_fails_nothing),

@@ -410,3 +410,15 @@ int th_cluster_stop(th_cluster *c)
     free(c);
     return rc;
 }
+
+int th_cluster_setup(void **state)
+{
+    th_cluster *c = th_cluster_start();
+    *state = c;
+    return c ? 0 : -1;
+}
+
+int th_cluster_teardown(void **state)
+{
+    return th_cluster_stop(*state) == 0 ? 0 : -1;
+}

@@ -27,6 +27,9 @@ th_cluster *th_cluster_start(void);
 int th_cluster_ctl(const th_cluster *c, const char *action);
 /* Stops and removes it, frees c; returns the fixture's exit status. */
 int th_cluster_stop(th_cluster *c);
+/* The same as cmocka setup and teardown: *state holds the th_cluster. */
+int th_cluster_setup(void **state);
+int th_cluster_teardown(void **state);
 
 /* Compiles the definition def_json (wf_def_compile) and stores it; returns the workflow id. Step
  * kinds are the caller's business: register them (eng_step_register_builtins and the test's own)
