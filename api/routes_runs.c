@@ -197,6 +197,11 @@ static void run_checked_cb(api_call *call, const eng_err *err, const PGresult *r
     snprintf(version_s, sizeof version_s, "%lld", (long long)json_integer_value(version));
     snprintf(priority_s, sizeof priority_s, "%lld", (long long)json_integer_value(priority));
     char *input_s = input ? json_dumps(input, JSON_COMPACT) : eng_xstrdup("{}");
+    const json_t *hook = json_object_get(body, "webhook");
+    const char *hook_url = NULL, *hook_field;
+    char *hook_events = NULL;
+    if (hook)
+        api_webhook_callback_parse(hook, &hook_url, &hook_events, &hook_field);
     const char *params[] = {call->tenant_s,
                             json_string_value(wf),
                             json_is_integer(version) ? version_s : NULL,
@@ -204,17 +209,29 @@ static void run_checked_cb(api_call *call, const eng_err *err, const PGresult *r
                             priority_s,
                             idem ? json_string_value(idem)
                                  : api_req_header(call->req, "Idempotency-Key"),
-                            checked};
-    api_call_db(call,
-                "SELECT created, run FROM flowd_start_run($1, $2, $3, $4::jsonb, $5, $6, $7)", 7,
-                params, run_post_cb);
+                            checked,
+                            hook_url,
+                            hook_events};
+    if (hook_url)
+        /* the callback is set in the statement (and so the transaction) that creates the run */
+        api_call_db(call,
+                    "SELECT s.created, s.run FROM flowd_start_run($1, $2, $3, $4::jsonb, $5, $6, $7) s"
+                    " CROSS JOIN LATERAL flowd_run_callback_set($1, (s.run->>'id')::bigint, $8,"
+                    " CASE WHEN $9::jsonb IS NULL THEN NULL"
+                    " ELSE ARRAY(SELECT jsonb_array_elements_text($9::jsonb)) END)",
+                    9, params, run_post_cb);
+    else
+        api_call_db(call,
+                    "SELECT created, run FROM flowd_start_run($1, $2, $3, $4::jsonb, $5, $6, $7)",
+                    7, params, run_post_cb);
+    free(hook_events);
     free(input_s);
 }
 
 void api_route_run_post(api_call *call)
 {
     static const char *const allowed[] = {"workflow", "version", "input", "priority",
-                                          "idempotency_key", NULL};
+                                          "idempotency_key", "webhook", NULL};
     json_t *body = api_call_body_fields(call, allowed);
     if (!body)
         return;
@@ -237,6 +254,12 @@ void api_route_run_post(api_call *call)
     else if (idem && (!json_is_string(idem) || json_string_length(idem) == 0 ||
                       json_string_length(idem) > 200))
         field = "/idempotency_key", msg = "must be a string of 1 to 200 characters";
+    const json_t *hook = json_object_get(body, "webhook");
+    const char *hook_url;
+    char *hook_events = NULL;
+    if (!field && hook)
+        msg = api_webhook_callback_parse(hook, &hook_url, &hook_events, &field);
+    free(hook_events);
     const char *header_key = api_req_header(call->req, "Idempotency-Key");
     if (!field && header_key && idem && strcmp(header_key, json_string_value(idem)) != 0)
         field = "/idempotency_key", msg = "differs from the Idempotency-Key header";

@@ -19,6 +19,9 @@
 static const double met_bounds[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                                     1,     2.5,  5,     10,   30,  60,  300};
 #define MET_NBOUNDS (sizeof met_bounds / sizeof met_bounds[0])
+/* Webhook delivery lag: milliseconds when the receiver is up, up to a day of retries. */
+static const double met_lag_bounds[MET_NBOUNDS] = {0.05, 0.1, 0.25, 0.5,  1,     2.5,   5,
+                                                   30,   60,  300,  1800, 7200, 36000, 86400};
 
 typedef struct met_series {
     atomic_bool ready;
@@ -33,6 +36,7 @@ typedef struct met_family {
     const char *name;
     const char *help;
     bool histogram;
+    const double *bounds; /* histograms: MET_NBOUNDS upper bounds; NULL: met_bounds */
     pthread_mutex_t mu; /* serializes filling slots */
     int used;           /* slots filled; under mu */
     met_series series[MET_SERIES_MAX];
@@ -72,8 +76,24 @@ static met_family met_refused = {
     .mu = PTHREAD_MUTEX_INITIALIZER,
 };
 
-static met_family *const met_families[] = {&met_claims,   &met_finished, &met_latency,
-                                           &met_provider, &met_http,     &met_refused};
+static met_family met_webhook = {
+    .name = "flowd_webhook_attempts_total",
+    .help = "Webhook delivery attempts settled by this process, by outcome (sent, retry, failed: "
+            "the retry schedule ran out, disabled: the endpoint was disabled, stale: another "
+            "process had taken the delivery over).",
+    .mu = PTHREAD_MUTEX_INITIALIZER,
+};
+static met_family met_webhook_lag = {
+    .name = "flowd_webhook_delivery_lag_seconds",
+    .help = "Time from the change a webhook reports to its successful delivery.",
+    .histogram = true,
+    .bounds = met_lag_bounds,
+    .mu = PTHREAD_MUTEX_INITIALIZER,
+};
+
+static met_family *const met_families[] = {&met_claims, &met_finished, &met_latency,
+                                           &met_provider, &met_http,   &met_refused,
+                                           &met_webhook, &met_webhook_lag};
 
 static uint64_t met_hash(const char *s)
 {
@@ -161,6 +181,18 @@ void eng_metrics_step_claimed(const char *kind)
     met_count(&met_claims, labels);
 }
 
+static void met_observe(met_series *h, const double *bounds, int64_t ms)
+{
+    if (ms < 0)
+        ms = 0;
+    double secs = (double)ms / 1000.0;
+    size_t b = 0;
+    while (b < MET_NBOUNDS && secs > bounds[b])
+        b++;
+    atomic_fetch_add_explicit(&h->buckets[b], 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&h->sum_us, (uint64_t)ms * 1000, memory_order_relaxed);
+}
+
 void eng_metrics_step_finished(const char *kind, const char *outcome, int64_t latency_ms)
 {
     char labels[MET_LABELS_MAX] = "";
@@ -168,16 +200,8 @@ void eng_metrics_step_finished(const char *kind, const char *outcome, int64_t la
     met_series *h = met_series_get(&met_latency, labels);
     met_label(labels, sizeof labels, "outcome", outcome);
     met_count(&met_finished, labels);
-    if (!h)
-        return;
-    if (latency_ms < 0)
-        latency_ms = 0;
-    double secs = (double)latency_ms / 1000.0;
-    size_t b = 0;
-    while (b < MET_NBOUNDS && secs > met_bounds[b])
-        b++;
-    atomic_fetch_add_explicit(&h->buckets[b], 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&h->sum_us, (uint64_t)latency_ms * 1000, memory_order_relaxed);
+    if (h)
+        met_observe(h, met_bounds, latency_ms);
 }
 
 void eng_metrics_provider_error(const char *provider, const char *code)
@@ -205,16 +229,31 @@ void eng_metrics_http_refused(const char *reason)
     met_count(&met_refused, labels);
 }
 
+void eng_metrics_webhook(const char *outcome)
+{
+    char labels[MET_LABELS_MAX] = "";
+    met_label(labels, sizeof labels, "outcome", outcome);
+    met_count(&met_webhook, labels);
+}
+
+void eng_metrics_webhook_lag(int64_t lag_ms)
+{
+    met_series *h = met_series_get(&met_webhook_lag, "");
+    if (h)
+        met_observe(h, met_lag_bounds, lag_ms);
+}
+
 static eng_rc met_render_histogram(eng_buf *b, const met_family *f, met_series *s)
 {
     const char *sep = s->labels[0] ? "," : "";
+    const double *bounds = f->bounds ? f->bounds : met_bounds;
     uint64_t cum = 0;
     eng_rc rc = ENG_OK;
     for (size_t i = 0; i <= MET_NBOUNDS && rc == ENG_OK; i++) {
         cum += atomic_load_explicit(&s->buckets[i], memory_order_relaxed);
         if (i < MET_NBOUNDS)
             rc = eng_buf_appendf(b, "%s_bucket{%s%sle=\"%g\"} %llu\n", f->name, s->labels, sep,
-                                 met_bounds[i], (unsigned long long)cum);
+                                 bounds[i], (unsigned long long)cum);
         else
             rc = eng_buf_appendf(b, "%s_bucket{%s%sle=\"+Inf\"} %llu\n", f->name, s->labels, sep,
                                  (unsigned long long)cum);
