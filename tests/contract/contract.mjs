@@ -211,6 +211,7 @@ const hello = {
 };
 expect(await call('PUT', '/v1/workflows/hello', { body: hello }), 201, 'register');
 expect(await call('PUT', '/v1/workflows/hello', { body: hello }), 200, 'register again');
+expect(await call('PUT', '/v1/workflows/nameless', { body: { steps: [{ key: 'a', kind: 'transform', input: {} }] } }), 201, 'register without a name in the body');
 expect(await call('PUT', '/v1/workflows/bad', { body: { name: 'bad', steps: [{ key: 'a', kind: 'nope' }] }, bad: true }), 422, 'bad definition');
 expect(await call('PUT', '/v1/workflows/bad', { raw: '{"steps": ' }), 400, 'bad JSON');
 expect(await call('PUT', '/v1/workflows/bad', { raw: 'x=1', ctype: 'text/plain' }), 415, 'bad media type');
