@@ -84,11 +84,32 @@ BEGIN
     RETURN cardinality(v_ids);
 END $$;
 
+-- Runs started by an event's triggers have their input checked before anything is written
+-- (docs/workflows.md, "Input checks"). The input check is JSON Schema, evaluated in C
+-- (engine/jschema.h), so the caller first reads the triggered versions with flowd_event_triggers,
+-- checks the input each would get, and then applies the event with flowd_event_to naming exactly
+-- the versions it checked. A version registered in between is not started by this event, as if
+-- the event had arrived a moment earlier.
+
+-- The latest version of each workflow of the tenant that has p_name as a trigger, with what its
+-- runs' input is checked against (NULL: nothing).
+CREATE OR REPLACE FUNCTION flowd_event_triggers(p_tenant bigint, p_name text)
+RETURNS TABLE (workflow_id bigint, workflow text, version integer, input_check jsonb)
+LANGUAGE sql STABLE AS $$
+    SELECT t.id, t.name, t.version, nullif(t.def->'input_check', 'null')
+      FROM (SELECT DISTINCT ON (w.name) w.id, w.name, w.version, w.def FROM workflows w
+             WHERE w.tenant_id = p_tenant ORDER BY w.name, w.version DESC) t
+     WHERE t.def->'triggers' @> jsonb_build_array(jsonb_build_object('event', p_name))
+     ORDER BY t.name
+$$;
+
 -- Stores an outside event, cancels the runs that declared cancel_on for it, resumes the steps
--- waiting on it, and starts a run of every workflow whose latest version has it as a trigger
--- (input {"event": {"name", "key", "data"}}). Returns how many of each.
-CREATE OR REPLACE FUNCTION flowd_event(p_tenant bigint, p_name text, p_key text, p_data jsonb,
-                            OUT resumed integer, OUT cancelled integer, OUT started integer)
+-- waiting on it, and starts a run of each of exactly the workflow versions p_workflows (those of
+-- the tenant that have the trigger; input {"event": {"name", "key", "data"}}). Returns how many
+-- of each.
+CREATE OR REPLACE FUNCTION flowd_event_to(p_tenant bigint, p_name text, p_key text, p_data jsonb,
+                                          p_workflows bigint[],
+                                          OUT resumed integer, OUT cancelled integer, OUT started integer)
 LANGUAGE plpgsql AS $$
 DECLARE
     v_now  timestamptz := flowd_now();
@@ -130,9 +151,10 @@ BEGIN
 
     started := 0;
     FOR v_wf IN
-        SELECT t.id FROM (SELECT DISTINCT ON (w.name) w.id, w.def FROM workflows w
-                           WHERE w.tenant_id = p_tenant ORDER BY w.name, w.version DESC) t
-         WHERE t.def->'triggers' @> jsonb_build_array(jsonb_build_object('event', p_name))
+        SELECT w.id FROM workflows w
+         WHERE w.id = ANY (p_workflows) AND w.tenant_id = p_tenant
+           AND w.def->'triggers' @> jsonb_build_array(jsonb_build_object('event', p_name))
+         ORDER BY w.name
     LOOP
         PERFORM flowd_create_runs(p_tenant, v_wf, jsonb_build_array(jsonb_build_object(
                     'event', jsonb_build_object('name', p_name, 'key', p_key,
@@ -141,6 +163,16 @@ BEGIN
         started := started + 1;
     END LOOP;
 END $$;
+
+-- flowd_event_to with the latest versions, unchecked, for the callers that cannot check in C:
+-- provider webhooks applied in SQL.
+CREATE OR REPLACE FUNCTION flowd_event(p_tenant bigint, p_name text, p_key text, p_data jsonb,
+                                       OUT resumed integer, OUT cancelled integer,
+                                       OUT started integer)
+LANGUAGE sql AS $$
+    SELECT * FROM flowd_event_to(p_tenant, p_name, p_key, p_data,
+                                 ARRAY(SELECT workflow_id FROM flowd_event_triggers(p_tenant, p_name)))
+$$;
 
 -- Retries a failed or cancelled run: failed steps and those cancelled because of them start
 -- over; succeeded steps keep their outputs and do not run again.

@@ -26,7 +26,7 @@
 /* The last numbered migration of the previous release, whose runner knew no function files. */
 #define PREVIOUS_RELEASE_LAST 31
 /* The last numbered migration that may define functions (history); later ones hold DDL only. */
-#define FUNCTIONS_CUTOVER 31
+#define FUNCTIONS_CUTOVER 32
 
 /* One row per object of the public schema, "kind name" then its definition, in a stable order. */
 static const char CATALOG_SQL[] =
