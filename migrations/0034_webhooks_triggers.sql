@@ -1,4 +1,6 @@
--- The outbox's writers: messages are written by these triggers in the transaction that makes the
+-- flowd: after-functions
+-- The outbox's writers (their functions are in sql/webhooks.sql, so this file is applied after the
+-- function files): messages are written by these triggers in the transaction that makes the
 -- change they report, whichever function made it (finishing, failing or cancelling runs, failing
 -- steps, provider webhooks updating a send's delivery), so no committed change is missed and none
 -- is reported by a rolled-back one. The WHEN clauses keep every other update free of any call.

@@ -1,7 +1,8 @@
 -- Outbound webhooks (Standard Webhooks 1.0): a tenant's endpoints, the messages its state changes
 -- produce, one delivery per (message, endpoint) and every attempt of a delivery. Messages and
 -- deliveries are written by triggers in the transaction that makes the change they report (a
--- transactional outbox, 0034), and delivered by the engine's dispatcher (engine/webhook.c).
+-- transactional outbox: the triggers are in 0034, their functions in sql/webhooks.sql), and
+-- delivered by the engine's dispatcher (engine/webhook.c).
 
 -- A tenant's endpoint. url NULL marks the tenant's callback signer: the one row whose secret signs
 -- the one-off callbacks that runs carry (each delivery then names its own url).
