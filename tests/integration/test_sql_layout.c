@@ -301,11 +301,11 @@ static void test_functions_live_in_sql(void **state)
         for (const char *line = files[i].sql; line; line = strchr(line, '\n')) {
             if (*line == '\n')
                 line++;
-            if (line_starts_with(line, "create ", NULL) && !line_function(line))
+            char *name = line_function(line);
+            if (line_starts_with(line, "create ", NULL) && !name)
                 fail_msg("sql/%s: only CREATE OR REPLACE FUNCTION belongs in sql/ (DDL goes in a "
                          "numbered migration): %.60s",
                          files[i].name, line);
-            char *name = line_function(line);
             if (!name)
                 continue;
             if (!line_starts_with(line, "create or replace function ", NULL))
