@@ -2,7 +2,8 @@
 -- produce, one delivery per (message, endpoint) and every attempt of a delivery. Messages and
 -- deliveries are written by triggers in the transaction that makes the change they report (a
 -- transactional outbox: the triggers are in 0034, their functions in sql/webhooks.sql), and
--- delivered by the engine's dispatcher (engine/webhook.c).
+-- delivered by the engine's dispatcher (engine/webhook.c). Times are the engine clock's
+-- (flowd_now()), which the functions write: a migration calls no function of sql/.
 
 -- A tenant's endpoint. url NULL marks the tenant's callback signer: the one row whose secret signs
 -- the one-off callbacks that runs carry (each delivery then names its own url).
@@ -20,8 +21,8 @@ CREATE TABLE webhook_endpoints (
                     CHECK (state IN ('active', 'paused', 'disabled')),
     disabled_reason text,
     failing_since   timestamptz,     -- first failed attempt since the last success
-    created_at      timestamptz NOT NULL DEFAULT flowd_now(),
-    updated_at      timestamptz NOT NULL DEFAULT flowd_now()
+    created_at      timestamptz NOT NULL,
+    updated_at      timestamptz NOT NULL
 );
 CREATE INDEX webhook_endpoints_tenant ON webhook_endpoints (tenant_id, id);
 CREATE UNIQUE INDEX webhook_endpoints_signer ON webhook_endpoints (tenant_id) WHERE url IS NULL;
@@ -35,7 +36,7 @@ CREATE TABLE webhook_messages (
     type       text NOT NULL,
     run_id     bigint,
     body       text NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT flowd_now()
+    created_at timestamptz NOT NULL
 );
 
 -- One message to one endpoint (or to a run's one-off callback url). Pending rows are due at
@@ -50,11 +51,11 @@ CREATE TABLE webhook_sends (
     state        text NOT NULL DEFAULT 'pending'
                  CHECK (state IN ('pending', 'succeeded', 'failed')),
     attempts     integer NOT NULL DEFAULT 0,  -- since creation or the last redelivery
-    next_at      timestamptz NOT NULL DEFAULT flowd_now(),
+    next_at      timestamptz NOT NULL,
     leased_until timestamptz,
     last_status  integer,
     last_error   text,
-    created_at   timestamptz NOT NULL DEFAULT flowd_now(),
+    created_at   timestamptz NOT NULL,
     finished_at  timestamptz
 );
 CREATE INDEX webhook_sends_due ON webhook_sends (endpoint_id, next_at) WHERE state = 'pending';
@@ -64,7 +65,7 @@ CREATE INDEX webhook_sends_message ON webhook_sends (message_id);
 CREATE TABLE webhook_attempts (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     send_id     bigint NOT NULL REFERENCES webhook_sends(id) ON DELETE CASCADE,
-    at          timestamptz NOT NULL DEFAULT flowd_now(),
+    at          timestamptz NOT NULL,
     status      integer,             -- NULL: no HTTP answer (error says why)
     latency_ms  integer NOT NULL,
     response    text,                -- the first bytes of the answer

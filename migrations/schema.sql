@@ -332,7 +332,7 @@ CREATE TABLE tenants (
 CREATE TABLE webhook_attempts (
     id bigint GENERATED ALWAYS AS IDENTITY,
     send_id bigint NOT NULL,
-    at timestamp with time zone DEFAULT flowd_now() NOT NULL,
+    at timestamp with time zone NOT NULL,
     status integer,
     latency_ms integer NOT NULL,
     response text,
@@ -367,8 +367,8 @@ CREATE TABLE webhook_endpoints (
     state text DEFAULT 'active'::text NOT NULL,
     disabled_reason text,
     failing_since timestamp with time zone,
-    created_at timestamp with time zone DEFAULT flowd_now() NOT NULL,
-    updated_at timestamp with time zone DEFAULT flowd_now() NOT NULL,
+    created_at timestamp with time zone NOT NULL,
+    updated_at timestamp with time zone NOT NULL,
     CONSTRAINT webhook_endpoints_pkey PRIMARY KEY (id),
     CONSTRAINT webhook_endpoints_state_check CHECK ((state = ANY (ARRAY['active'::text, 'paused'::text, 'disabled'::text]))),
     CONSTRAINT webhook_endpoints_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES tenants(id)
@@ -381,7 +381,7 @@ CREATE TABLE webhook_messages (
     type text NOT NULL,
     run_id bigint,
     body text NOT NULL,
-    created_at timestamp with time zone DEFAULT flowd_now() NOT NULL,
+    created_at timestamp with time zone NOT NULL,
     CONSTRAINT webhook_messages_pkey PRIMARY KEY (id)
 );
 
@@ -393,11 +393,11 @@ CREATE TABLE webhook_sends (
     url text,
     state text DEFAULT 'pending'::text NOT NULL,
     attempts integer DEFAULT 0 NOT NULL,
-    next_at timestamp with time zone DEFAULT flowd_now() NOT NULL,
+    next_at timestamp with time zone NOT NULL,
     leased_until timestamp with time zone,
     last_status integer,
     last_error text,
-    created_at timestamp with time zone DEFAULT flowd_now() NOT NULL,
+    created_at timestamp with time zone NOT NULL,
     finished_at timestamp with time zone,
     CONSTRAINT webhook_sends_endpoint_id_fkey FOREIGN KEY (endpoint_id) REFERENCES webhook_endpoints(id) ON DELETE CASCADE,
     CONSTRAINT webhook_sends_message_id_fkey FOREIGN KEY (message_id) REFERENCES webhook_messages(id) ON DELETE CASCADE,

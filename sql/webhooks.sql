@@ -28,20 +28,21 @@ CREATE OR REPLACE FUNCTION flowd_webhook_emit(p_tenant bigint, p_type text, p_wo
 LANGUAGE plpgsql AS $$
 DECLARE
     v_msg bigint;
+    v_now timestamptz := flowd_now();
 BEGIN
-    INSERT INTO webhook_messages (tenant_id, type, run_id, body)
+    INSERT INTO webhook_messages (tenant_id, type, run_id, body, created_at)
     VALUES (p_tenant, p_type, p_run,
-            jsonb_build_object('type', p_type, 'timestamp', flowd_ms(flowd_now()),
-                               'data', p_data)::text)
+            jsonb_build_object('type', p_type, 'timestamp', flowd_ms(v_now), 'data', p_data)::text,
+            v_now)
     RETURNING id INTO v_msg;
-    INSERT INTO webhook_sends (tenant_id, message_id, endpoint_id)
-    SELECT p_tenant, v_msg, e.id FROM webhook_endpoints e
+    INSERT INTO webhook_sends (tenant_id, message_id, endpoint_id, next_at, created_at)
+    SELECT p_tenant, v_msg, e.id, v_now, v_now FROM webhook_endpoints e
      WHERE e.tenant_id = p_tenant AND e.url IS NOT NULL AND e.state <> 'disabled'
        AND (e.events IS NULL OR p_type = ANY (e.events))
        AND (e.workflows IS NULL OR p_workflow = ANY (e.workflows));
     IF p_run IS NOT NULL THEN
-        INSERT INTO webhook_sends (tenant_id, message_id, endpoint_id, url)
-        SELECT p_tenant, v_msg, s.id, c.url
+        INSERT INTO webhook_sends (tenant_id, message_id, endpoint_id, url, next_at, created_at)
+        SELECT p_tenant, v_msg, s.id, c.url, v_now, v_now
           FROM run_callbacks c
           JOIN webhook_endpoints s ON s.tenant_id = p_tenant AND s.url IS NULL
          WHERE c.run_id = p_run AND (c.events IS NULL OR p_type = ANY (c.events));
@@ -343,8 +344,11 @@ RETURNS jsonb LANGUAGE plpgsql AS $$
 DECLARE
     v webhook_endpoints%ROWTYPE;
 BEGIN
-    INSERT INTO webhook_endpoints (tenant_id, url, events, workflows, description, secret)
-    VALUES (p_tenant, p_url, p_events, p_workflows, p_description, p_secret) RETURNING * INTO v;
+    INSERT INTO webhook_endpoints (tenant_id, url, events, workflows, description, secret,
+                                   created_at, updated_at)
+    VALUES (p_tenant, p_url, p_events, p_workflows, p_description, p_secret, flowd_now(),
+            flowd_now())
+    RETURNING * INTO v;
     RETURN flowd_webhook_endpoint_obj(v) || jsonb_build_object('secret', v.secret);
 END $$;
 
@@ -423,8 +427,9 @@ DECLARE
     v webhook_endpoints%ROWTYPE;
 BEGIN
     IF p_id IS NULL THEN
-        INSERT INTO webhook_endpoints (tenant_id, secret, description)
-        VALUES (p_tenant, p_secret, 'signs the one-off callbacks of runs')
+        INSERT INTO webhook_endpoints (tenant_id, secret, description, created_at, updated_at)
+        VALUES (p_tenant, p_secret, 'signs the one-off callbacks of runs', flowd_now(),
+                flowd_now())
         ON CONFLICT (tenant_id) WHERE url IS NULL DO UPDATE
            SET previous_secret = webhook_endpoints.secret,
                previous_until = flowd_now() + interval '24 hours',
