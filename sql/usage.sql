@@ -1,4 +1,5 @@
--- Functions of usage recording, rollups and reading (tables in 0032_usage.sql).
+-- sql/usage.sql: recording usage (LLM calls and accepted messages) with its cost, the rollups
+-- written with it, and what GET /v1/usage and /v1/prices read (tables: migrations/0033_usage.sql).
 
 -- The price of (kind, item) by provider for a tenant at a time: the longest matching item, the
 -- tenant's own before the default, a provider's own before "any provider", the newest in effect.
@@ -109,47 +110,6 @@ BEGIN
            sends = u.sends + EXCLUDED.sends, segments = u.segments + EXCLUDED.segments,
            send_cost_usd = u.send_cost_usd + EXCLUDED.send_cost_usd;
 END $$;
-
--- As in 0007; every row is a call the provider answered (and charged for), so it is also recorded
--- as usage. A replayed answer is read by flowd_llm_lookup_many and never comes here.
-CREATE OR REPLACE FUNCTION flowd_llm_record_many(p_rows jsonb)
-RETURNS void LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO llm_records (tenant_id, run_id, step_key, item, request_hash, output)
-    SELECT DISTINCT ON (x.run, x.step, coalesce(x.item, ''))
-           x.tenant, x.run, x.step, coalesce(x.item, ''), x.hash, x.output
-      FROM jsonb_to_recordset(p_rows)
-           AS x(tenant bigint, run bigint, step text, item text, hash text, output jsonb)
-    ON CONFLICT (run_id, step_key, item)
-    DO UPDATE SET request_hash = EXCLUDED.request_hash, output = EXCLUDED.output,
-                  created_at = now();
-    PERFORM flowd_usage_add(jsonb_agg(jsonb_build_object(
-                'tenant', x.tenant, 'run', x.run, 'step', x.step, 'kind', 'llm',
-                'provider', x.output->>'provider', 'model', x.output->>'model',
-                'input_tokens', x.output->'usage'->'input_tokens',
-                'output_tokens', x.output->'usage'->'output_tokens',
-                'cached_tokens', x.output->'usage'->'cached_input_tokens')))
-       FROM jsonb_to_recordset(p_rows) AS x(tenant bigint, run bigint, step text, output jsonb);
-END $$;
-
--- A message the provider accepted is usage, however it came to be accepted (the call's answer, a
--- delivery webhook settling an unknown send, an operator's "sent").
-CREATE OR REPLACE FUNCTION flowd_send_usage() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    IF TG_OP = 'UPDATE' AND OLD.state = 'accepted' THEN
-        RETURN NULL;
-    END IF;
-    PERFORM flowd_usage_add(jsonb_build_array(jsonb_build_object(
-                'tenant', NEW.tenant_id, 'run', NEW.run_id,
-                'step', (SELECT s.key FROM steps s WHERE s.id = NEW.step_id),
-                'kind', 'send', 'provider', NEW.provider, 'model', NEW.channel,
-                'segments', CASE WHEN NEW.result->>'segments' ~ '^[0-9]{1,6}$'
-                                 THEN (NEW.result->>'segments')::integer END)));
-    RETURN NULL;
-END $$;
-CREATE OR REPLACE TRIGGER sends_usage AFTER INSERT OR UPDATE OF state ON sends
-    FOR EACH ROW WHEN (NEW.state = 'accepted') EXECUTE FUNCTION flowd_send_usage();
 
 -- A run's (or a batch's) totals from run_usage rows: {llm: {calls, input_tokens, output_tokens,
 -- cached_input_tokens, cost_usd}, sends: {messages, segments, cost_usd}, cost_usd}.
@@ -312,92 +272,15 @@ LANGUAGE sql STABLE AS $$
       FROM prices p WHERE p.tenant_id IS NULL OR p.tenant_id = p_tenant
 $$;
 
--- As in 0024, with the run's usage.
-CREATE OR REPLACE FUNCTION flowd_run_json(p_tenant bigint, p_run bigint) RETURNS jsonb
-LANGUAGE plpgsql STABLE AS $$
-BEGIN
-    RETURN (SELECT jsonb_build_object(
-        'id', r.id,
-        'workflow', w.name,
-        'version', w.version,
-        'state', r.state,
-        'priority', r.priority,
-        'batch', r.batch_id,
-        'progress', jsonb_build_object(
-            'done', r.steps_done, 'total', r.steps_total,
-            'percent', CASE WHEN r.steps_total = 0 THEN 100
-                            ELSE floor(100.0 * r.steps_done / r.steps_total)::integer END),
-        'phase', st.phase,
-        'current_steps', st.current,
-        'input', r.input,
-        'output', CASE WHEN r.state = 'succeeded' THEN flowd_run_output(r.id) END,
-        'error', r.error,
-        'usage', flowd_run_usage(r.id),
-        'created_at', flowd_ms(r.created_at),
-        'started_at', flowd_ms(r.started_at),
-        'finished_at', flowd_ms(r.finished_at),
-        'steps', st.list)
-      FROM runs r JOIN workflows w ON w.id = r.workflow_id
-      -- one pass over the run's steps for the list, the steps running now and the current phase
-      CROSS JOIN LATERAL (
-          SELECT jsonb_agg(jsonb_build_object(
-                     'key', s.key, 'kind', s.kind, 'state', s.state, 'phase', s.phase,
-                     'attempts', s.attempts, 'max_attempts', s.max_attempts,
-                     'interruptions', s.interruptions,
-                     'run_at', CASE WHEN s.state IN ('ready', 'pending') THEN flowd_ms(s.run_at) END,
-                     'started_at', flowd_ms(s.started_at),
-                     'finished_at', flowd_ms(s.finished_at),
-                     'output', s.output, 'error', s.error)
-                     -- fan-out progress of a map step: its children by state
-                     || CASE WHEN s.kind = 'map' THEN jsonb_build_object('items', (
-                            SELECT jsonb_build_object(
-                                'total', count(*),
-                                'done', count(*) FILTER (WHERE mi.state IN
-                                        ('succeeded', 'failed', 'cancelled')),
-                                'succeeded', count(*) FILTER (WHERE mi.state = 'succeeded'),
-                                'failed', count(*) FILTER (WHERE mi.state IN
-                                          ('failed', 'cancelled')),
-                                'running', count(*) FILTER (WHERE mi.state = 'running'))
-                              FROM map_items mi WHERE mi.step_id = s.id))
-                        ELSE '{}'::jsonb END ORDER BY s.idx) AS list,
-                 coalesce(jsonb_agg(s.key ORDER BY s.idx) FILTER (WHERE s.state = 'running'),
-                          '[]') AS current,
-                 (array_agg(s.phase ORDER BY s.idx)
-                      FILTER (WHERE s.state IN ('ready', 'running', 'waiting')
-                                AND s.phase IS NOT NULL))[1] AS phase
-            FROM steps s WHERE s.run_id = r.id) st
-     WHERE r.id = p_run AND r.tenant_id = p_tenant);
-END $$;
-
--- As in 0006, with the usage of the batch's runs.
-CREATE OR REPLACE FUNCTION flowd_batch_json(p_tenant bigint, p_batch bigint) RETURNS jsonb
-LANGUAGE sql STABLE AS $$
-    SELECT jsonb_build_object(
-        'id', b.id, 'workflow', w.name, 'version', w.version,
-        'state', CASE WHEN c.queued + c.running > 0 THEN 'running'
-                      WHEN c.succeeded = b.total THEN 'succeeded'
-                      ELSE 'failed' END,
-        'total', b.total, 'queued', c.queued, 'running', c.running, 'succeeded', c.succeeded,
-        'failed', c.failed, 'cancelled', c.cancelled,
-        'done', b.total - c.queued - c.running,
-        'percent', CASE WHEN b.total = 0 THEN 100
-                        ELSE floor(100.0 * (b.total - c.queued - c.running) / b.total)::integer END,
-        'idempotency_key', b.idempotency_key,
-        'usage', (SELECT flowd_usage_json(sum(u.llm_calls)::bigint, sum(u.input_tokens)::bigint,
-                                          sum(u.output_tokens)::bigint,
-                                          sum(u.cached_tokens)::bigint, sum(u.llm_cost_usd),
-                                          sum(u.sends)::bigint, sum(u.segments)::bigint,
-                                          sum(u.send_cost_usd))
-                    FROM run_usage u WHERE u.batch_id = b.id AND u.tenant_id = p_tenant),
-        'created_at', flowd_ms(b.created_at))
-      FROM batches b
-      JOIN workflows w ON w.id = b.workflow_id
-     CROSS JOIN LATERAL (
-        SELECT count(*) FILTER (WHERE r.state = 'queued') AS queued,
-               count(*) FILTER (WHERE r.state = 'running') AS running,
-               count(*) FILTER (WHERE r.state = 'succeeded') AS succeeded,
-               count(*) FILTER (WHERE r.state = 'failed') AS failed,
-               count(*) FILTER (WHERE r.state = 'cancelled') AS cancelled
-          FROM runs r WHERE r.batch_id = b.id AND r.tenant_id = p_tenant) c
-     WHERE b.id = p_batch AND b.tenant_id = p_tenant
+-- Records the send (tenant, key) as usage: called where a send becomes accepted (its call's
+-- answer, a webhook proving an ambiguous send went out, an operator's "sent"), once per send.
+CREATE OR REPLACE FUNCTION flowd_send_usage_add(p_tenant bigint, p_key text) RETURNS void
+LANGUAGE sql AS $$
+    SELECT flowd_usage_add(jsonb_build_array(jsonb_build_object(
+               'tenant', s.tenant_id, 'run', s.run_id,
+               'step', (SELECT st.key FROM steps st WHERE st.id = s.step_id),
+               'kind', 'send', 'provider', s.provider, 'model', s.channel,
+               'segments', CASE WHEN s.result->>'segments' ~ '^[0-9]{1,6}$'
+                                THEN (s.result->>'segments')::integer END)))
+      FROM sends s WHERE s.tenant_id = p_tenant AND s.send_key = p_key
 $$;
