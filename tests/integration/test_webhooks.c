@@ -1,5 +1,5 @@
 /* tests/integration/test_webhooks.c: outbound webhooks end to end (api/routes_webhooks.c,
- * engine/webhook.c, migrations 0032-0034) against a receiver that verifies every delivery with the
+ * engine/webhook.c, migrations 0034-0035, sql/webhooks.sql) against a receiver that verifies every delivery with the
  * Standard Webhooks reference library (tests/webhooks/receiver.js, npm standardwebhooks):
  *   - endpoints: create (secret shown once), list, get, update, pause/resume, delete, 422 naming
  *     the field for bad urls and event types;
