@@ -143,3 +143,10 @@ void api_route_provider_delete(api_call *call);
 void api_route_suppression_post(api_call *call);      /* api/routes_suppressions.c */
 void api_route_suppressions_list(api_call *call);
 void api_route_suppression_delete(api_call *call);
+void api_route_schedule_put(api_call *call);          /* api/routes_schedules.c */
+void api_route_schedule_get(api_call *call);
+void api_route_schedules_list(api_call *call);
+void api_route_schedule_delete(api_call *call);
+void api_route_schedule_pause(api_call *call);
+void api_route_schedule_resume(api_call *call);
+void api_route_schedule_trigger(api_call *call);

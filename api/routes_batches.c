@@ -55,7 +55,8 @@ static void runs_list_cb(api_call *call, const eng_err *err, const PGresult *res
 
 void api_route_runs_list(api_call *call)
 {
-    static const char *const states[] = {"queued", "running", "succeeded", "failed", "cancelled"};
+    static const char *const states[] = {"scheduled", "queued",    "running",
+                                         "succeeded", "failed", "cancelled"};
     api_req *req = call->req;
     const char *workflow = api_req_query(req, "workflow");
     const char *state = api_req_query(req, "state");
@@ -71,7 +72,7 @@ void api_route_runs_list(api_call *call)
         while (i < ENG_ARRAY_LEN(states) && strcmp(states[i], state) != 0)
             i++;
         if (i == ENG_ARRAY_LEN(states))
-            field = "?state", msg = "must be queued, running, succeeded, failed or cancelled";
+            field = "?state", msg = "must be scheduled, queued, running, succeeded, failed or cancelled";
     }
     if (field) {
         /* reported below */

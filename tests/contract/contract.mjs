@@ -314,6 +314,29 @@ expect(await call('DELETE', '/v1/rate-limits/smtp'), 404, 'drop no limit');
   expect(await call('DELETE', '/v1/providers/openai'), 204, 'drop provider');
   expect(await call('DELETE', '/v1/providers/openai'), 404, 'drop no provider');
 }
+{ // schedules: a run of hello per tick (it waits for the event go/<name>, so overlap skip bites)
+  const digest = { workflow: 'hello', cron: '0 8 * * MON-FRI', tz: 'Europe/Berlin',
+    input: { name: '{{schedule.name}}' }, overlap: 'skip', catchup: 'latest', jitter: '1m' };
+  expect(await call('PUT', '/v1/schedules/digest', { body: digest }), 201, 'schedule');
+  const again = expect(await call('PUT', '/v1/schedules/digest', { body: { ...digest, paused: false } }), 200, 'schedule again').body;
+  if (!again.next_fires || again.next_fires.length !== 10) fail(`schedule without its next 10 ticks: ${JSON.stringify(again)}`);
+  expect(await call('PUT', '/v1/schedules/poll', { body: { workflow: 'hello', every: '30s', input: { name: 'p' }, paused: true } }), 201, 'interval schedule');
+  expect(await call('PUT', '/v1/schedules/digest', { body: { ...digest, cron: '0 25 * * *' }, bad: true }), 422, 'bad schedule');
+  expect(await call('PUT', '/v1/schedules/digest', { body: { ...digest, input: {} }, bad: true }), 422, 'schedule input refused by the workflow');
+  expect(await call('PUT', '/v1/schedules/digest', { raw: '{"workflow": ' }), 400, 'bad schedule JSON');
+  expect(await call('GET', '/v1/schedules/digest'), 200, 'schedule');
+  expect(await call('GET', '/v1/schedules/nope'), 404, 'no schedule');
+  expect(await call('GET', '/v1/schedules'), 200, 'schedules');
+  expect(await call('POST', '/v1/schedules/digest/pause'), 200, 'pause');
+  expect(await call('POST', '/v1/schedules/digest/resume'), 200, 'resume');
+  expect(await call('POST', '/v1/schedules/nope/pause'), 404, 'pause nothing');
+  expect(await call('POST', '/v1/schedules/nope/resume'), 404, 'resume nothing');
+  expect(await call('POST', '/v1/schedules/digest/trigger'), 201, 'trigger');
+  expect(await call('POST', '/v1/schedules/digest/trigger'), 409, 'trigger while its run waits');
+  expect(await call('POST', '/v1/schedules/nope/trigger'), 404, 'trigger nothing');
+  expect(await call('DELETE', '/v1/schedules/digest'), 204, 'drop schedule');
+  expect(await call('DELETE', '/v1/schedules/digest'), 404, 'drop no schedule');
+}
 expect(await call('POST', '/v1/suppressions', { body: { channel: 'email', address: 'x@example.com', reason: 'asked' } }), 201, 'suppress');
 expect(await call('POST', '/v1/suppressions', { body: { channel: 'email', address: 'x@example.com', reason: 'asked' } }), 200, 'suppress again');
 expect(await call('POST', '/v1/suppressions', { body: { channel: 'fax', address: 'x' }, bad: true }), 422, 'bad suppression');
