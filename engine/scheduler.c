@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "engine/clock.h"
 #include "engine/db.h"
@@ -333,12 +334,14 @@ static void sched_connect_cb(void *arg)
     sched_look(arg);
 }
 
-eng_scheduler *eng_scheduler_start(struct ev_loop *loop, const char *conninfo, const char *owner)
+eng_scheduler *eng_scheduler_start(struct ev_loop *loop, const char *conninfo)
 {
     eng_scheduler *s = eng_xcalloc(1, sizeof *s);
     s->loop = loop;
-    char app[96];
-    snprintf(app, sizeof app, "%s-schedules", owner);
+    /* not named after the worker: tools (and tests) that count a process's worker connections by
+     * their owner names must not count this one */
+    char app[64];
+    snprintf(app, sizeof app, "flowd-schedules-%ld", (long)getpid());
     eng_db_opts dbo = {.conninfo = conninfo, .application_name = app,
                        .on_notify = sched_notify_cb, .on_connect = sched_connect_cb, .arg = s};
     s->db = eng_db_new(loop, &dbo);

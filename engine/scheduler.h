@@ -15,9 +15,9 @@
 struct ev_loop;
 typedef struct eng_scheduler eng_scheduler;
 
-/* Starts on loop (call from the loop's thread). owner names the connection in pg_stat_activity.
- * Never NULL. */
-eng_scheduler *eng_scheduler_start(struct ev_loop *loop, const char *conninfo, const char *owner);
+/* Starts on loop (call from the loop's thread). Its connection is "flowd-schedules-<pid>" in
+ * pg_stat_activity. Never NULL. */
+eng_scheduler *eng_scheduler_start(struct ev_loop *loop, const char *conninfo);
 /* Stops timers and closes the connection (a pass in flight commits or not on its own: either
  * way no tick is lost or made twice). On the loop's thread; NULL-safe. */
 void eng_scheduler_stop(eng_scheduler *s);

@@ -881,7 +881,7 @@ static void *worker_main(void *arg)
     eng_db_listen(w->db, "flowd_ready");
     eng_db_listen(w->db, "flowd_cancel");
     if (w->opts.reaper)
-        w->sched = eng_scheduler_start(w->loop, w->conninfo, w->owner);
+        w->sched = eng_scheduler_start(w->loop, w->conninfo);
     ev_run(w->loop, 0);
     eng_scheduler_stop(w->sched);
     eng_httpc_free(w->httpc);

@@ -113,9 +113,12 @@ END $$;
 -- - The step definitions are decoded from the workflow's JSON once per call (sd), not once per run.
 -- - The event log rows of the call go in with one INSERT, in 0002's order: the step.scheduled rows
 --   (by run, then step), then the run.created rows (by run).
+-- Three per-input arrays (NULL: none; 0033): each run's idempotency key, its start time (its first
+-- steps wait until then; earlier than now means now) and the schedule making it.
 CREATE OR REPLACE FUNCTION flowd_create_runs(p_tenant bigint, p_workflow bigint, p_inputs jsonb,
-                                             p_priority integer, p_batch bigint, p_parent_step bigint,
-                                             p_parent_indexes integer[], p_idempotency_key text)
+                                  p_priority integer, p_batch bigint, p_parent_step bigint,
+                                  p_parent_indexes integer[], p_idempotency_key text,
+                                  p_keys text[], p_start_at timestamptz[], p_schedules bigint[])
 RETURNS bigint[]
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -137,12 +140,15 @@ BEGIN
           FROM jsonb_array_elements(v_def->'steps') AS s),
     ins AS (
         INSERT INTO runs (tenant_id, workflow_id, priority, steps_total, input, batch_id,
-                          parent_step_id, parent_index, idempotency_key, created_at)
+                          parent_step_id, parent_index, idempotency_key, created_at, start_at,
+                          schedule_id)
         SELECT p_tenant, p_workflow, p_priority, jsonb_array_length(v_def->'steps'), i.value,
-               p_batch, p_parent_step, p_parent_indexes[i.n], p_idempotency_key, v_now
+               p_batch, p_parent_step, p_parent_indexes[i.n],
+               coalesce(p_keys[i.n], p_idempotency_key), v_now,
+               CASE WHEN p_start_at[i.n] > v_now THEN p_start_at[i.n] END, p_schedules[i.n]
           FROM jsonb_array_elements(p_inputs) WITH ORDINALITY AS i(value, n)
          ORDER BY i.n
-        RETURNING id, input),
+        RETURNING id, input, coalesce(start_at, v_now) AS start),
     st AS (
         INSERT INTO steps (run_id, tenant_id, idx, priority, max_attempts, nneeds, needs_left,
                            dependents, delay_ms, send_window, state, key, kind, phase, ckey, run_at,
@@ -151,15 +157,15 @@ BEGIN
                sd.dependents, sd.delay_ms, w.win,
                CASE WHEN sd.nneeds = 0 THEN 'ready' ELSE 'pending' END,
                sd.key, sd.kind, sd.phase, flowd_render_key(sd.ckey, ins.input, ins.id),
-               coalesce(t.at, v_now + sd.delay_ms * interval '1 millisecond'),
-               CASE WHEN sd.nneeds = 0 THEN v_now END,
+               coalesce(t.at, ins.start + sd.delay_ms * interval '1 millisecond'),
+               CASE WHEN sd.nneeds = 0 THEN ins.start END,
                t.at IS NOT NULL
           FROM ins CROSS JOIN sd
           CROSS JOIN LATERAL (SELECT CASE WHEN sd.windowed IS NOT NULL
                                           THEN flowd_step_window(sd.windowed, ins.input, ins.id)
                                      END AS win) w
           CROSS JOIN LATERAL (SELECT CASE WHEN w.win IS NOT NULL AND sd.nneeds = 0
-                                          THEN flowd_window_next(v_now + sd.delay_ms
+                                          THEN flowd_window_next(ins.start + sd.delay_ms
                                                                  * interval '1 millisecond', w.win)
                                      END AS at) t
          ORDER BY sd.idx, ins.id  -- as 0002 numbered them: a step of every run, then the next
@@ -193,6 +199,19 @@ BEGIN
     END IF;
     RETURN v_ids;
 END $$;
+
+
+-- The previous signature, for callers that need none of the arrays.
+CREATE OR REPLACE FUNCTION flowd_create_runs(p_tenant bigint, p_workflow bigint, p_inputs jsonb,
+                                             p_priority integer, p_batch bigint,
+                                             p_parent_step bigint, p_parent_indexes integer[],
+                                             p_idempotency_key text)
+RETURNS bigint[]
+LANGUAGE sql AS $$
+    SELECT flowd_create_runs(p_tenant, p_workflow, p_inputs, p_priority, p_batch, p_parent_step,
+                             p_parent_indexes, p_idempotency_key, NULL::text[],
+                             NULL::timestamptz[], NULL::bigint[])
+$$;
 
 -- Creates one run per element of p_inputs (a JSON array) in one transaction. With an idempotency
 -- key (single input only) an existing run of that key is returned instead (created = false). A
