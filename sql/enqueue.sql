@@ -213,11 +213,13 @@ LANGUAGE sql AS $$
                              NULL::timestamptz[], NULL::bigint[])
 $$;
 
--- Creates one run per element of p_inputs (a JSON array) in one transaction. With an idempotency
--- key (single input only) an existing run of that key is returned instead (created = false). A
--- priority outside the tenant's range is refused (22023, naming the column).
+-- Creates one run per element of p_inputs (a JSON array) in one transaction, starting at
+-- p_start_at (NULL or earlier: now; 0033). With an idempotency key (single input only) an existing
+-- run of that key is returned instead (created = false). A priority outside the tenant's range is
+-- refused (22023, naming the column).
 CREATE OR REPLACE FUNCTION flowd_enqueue(p_tenant bigint, p_workflow bigint, p_inputs jsonb,
-                              p_priority integer, p_idempotency_key text, p_batch bigint)
+                              p_priority integer, p_idempotency_key text, p_batch bigint,
+                              p_start_at timestamptz)
 RETURNS TABLE (run_id bigint, created boolean)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -248,20 +250,44 @@ BEGIN
     RETURN QUERY
     SELECT x.id, true
       FROM unnest(flowd_create_runs(p_tenant, p_workflow, p_inputs, p_priority, p_batch, NULL, NULL,
-                                    p_idempotency_key)) AS x(id);
+                                    p_idempotency_key, NULL,
+                                    CASE WHEN p_start_at IS NOT NULL
+                                         THEN array_fill(p_start_at,
+                                                         ARRAY[jsonb_array_length(p_inputs)])
+                                    END, NULL)) AS x(id);
 END $$;
+
+
+-- The same, starting the runs now.
+CREATE OR REPLACE FUNCTION flowd_enqueue(p_tenant bigint, p_workflow bigint, p_inputs jsonb,
+                                         p_priority integer, p_idempotency_key text,
+                                         p_batch bigint)
+RETURNS TABLE (run_id bigint, created boolean)
+LANGUAGE sql AS $$
+    SELECT e.run_id, e.created
+      FROM flowd_enqueue(p_tenant, p_workflow, p_inputs, p_priority, p_idempotency_key, p_batch,
+                         NULL::timestamptz) e
+$$;
 
 CREATE OR REPLACE FUNCTION flowd_request_digest(p_request jsonb) RETURNS text
 LANGUAGE sql IMMUTABLE AS $$
     SELECT encode(sha256(convert_to(p_request::text, 'UTF8')), 'hex')
 $$;
 
+-- When a delayed start begins: at p_start_at, or p_start_in_ms after now on the engine clock.
+CREATE OR REPLACE FUNCTION flowd_start_time(p_start_at timestamptz, p_start_in_ms bigint)
+RETURNS timestamptz LANGUAGE sql STABLE AS $$
+    SELECT coalesce(p_start_at, flowd_now() + p_start_in_ms * interval '1 millisecond')
+$$;
+
 -- Starts a run of the named workflow (latest version unless one is given). Idempotent with a key;
 -- a key used for a different request is refused. p_checked_version: the version the caller checked
--- the input against (NULL: no check made).
+-- the input against (NULL: no check made). (0033) It starts at p_start_at or p_start_in_ms from now (both NULL: now). The start is not
+-- part of the idempotency digest: a retry of `start_in` computes another instant.
 CREATE OR REPLACE FUNCTION flowd_start_run(p_tenant bigint, p_workflow text, p_version integer,
                                 p_input jsonb, p_priority integer, p_idempotency_key text,
-                                p_checked_version integer,
+                                p_checked_version integer, p_start_at timestamptz,
+                                p_start_in_ms bigint,
                                 OUT created boolean, OUT run jsonb)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -298,7 +324,7 @@ BEGIN
     END IF;
     SELECT e.run_id, e.created INTO v_run, created
       FROM flowd_enqueue(p_tenant, v_wf, jsonb_build_array(p_input), p_priority,
-                         p_idempotency_key, NULL) e;
+                         p_idempotency_key, NULL, flowd_start_time(p_start_at, p_start_in_ms)) e;
     IF created AND v_digest IS NOT NULL THEN
         UPDATE runs SET idempotency_digest = v_digest WHERE id = v_run;
     END IF;
@@ -308,9 +334,11 @@ END $$;
 -- Creates the batch and all its runs; with a key already used by the tenant, returns that batch; a
 -- key used for a different request is refused. p_checked_version: the version the caller checked
 -- the inputs against (NULL: no check made).
+-- (0033) Every run of the batch starts at p_start_at or p_start_in_ms from now.
 CREATE OR REPLACE FUNCTION flowd_create_batch(p_tenant bigint, p_workflow text, p_version integer,
                                    p_inputs jsonb, p_idempotency_key text,
-                                   p_checked_version integer,
+                                   p_checked_version integer, p_start_at timestamptz,
+                                   p_start_in_ms bigint,
                                    OUT created boolean, OUT id bigint, OUT total integer)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -318,6 +346,7 @@ DECLARE
     v_version integer;
     v_digest  text;
     v_prev    text;
+    v_start   timestamptz := flowd_start_time(p_start_at, p_start_in_ms);
 BEGIN
     IF p_idempotency_key IS NOT NULL THEN
         v_digest := flowd_request_digest(jsonb_build_object(
@@ -350,7 +379,10 @@ BEGIN
     INSERT INTO batches (tenant_id, workflow_id, total, idempotency_key, idempotency_digest)
     VALUES (p_tenant, v_wf, jsonb_array_length(p_inputs), p_idempotency_key, v_digest)
     RETURNING batches.id, batches.total INTO id, total;
-    PERFORM flowd_create_runs(p_tenant, v_wf, p_inputs, 0, id, NULL, NULL, NULL);
+    PERFORM flowd_create_runs(p_tenant, v_wf, p_inputs, 0, id, NULL, NULL, NULL, NULL,
+                              CASE WHEN v_start IS NOT NULL
+                                   THEN array_fill(v_start, ARRAY[jsonb_array_length(p_inputs)])
+                              END, NULL);
     created := true;
 END $$;
 

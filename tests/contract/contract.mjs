@@ -287,6 +287,16 @@ const other = expect(await call('POST', '/v1/runs', { body: { workflow: 'hello',
 expect(await call('POST', `/v1/runs/${other.id}/cancel`), 200, 'cancel');
 expect(await call('POST', `/v1/runs/${other.id}/retry`), 200, 'retry a cancelled run');
 expect(await call('POST', '/v1/runs/99999999/cancel'), 404, 'cancel nothing');
+{ // a delayed start: scheduled until its time, cancellable
+  const later = expect(await call('POST', '/v1/runs', { body: { workflow: 'hello', input: { name: 'dz' }, start_in: '2h' } }), 201, 'enqueue for later').body;
+  if (later.state !== 'scheduled' || !later.start_at) fail(`a delayed run is ${later.state} at ${later.start_at}`);
+  expect(await call('GET', '/v1/runs?state=scheduled'), 200, 'runs scheduled');
+  expect(await call('POST', `/v1/runs/${later.id}/cancel`), 200, 'cancel a scheduled run');
+  expect(await call('POST', '/v1/runs', { body: { workflow: 'hello', start_at: '2027-02-30T09:00:00Z' }, bad: true }), 422, 'a day that does not exist');
+  expect(await call('POST', '/v1/batches', { body: { workflow: 'hello', inputs: [{ name: 'dy' }], start_at: '2030-01-01T09:00:00+01:00' } }), 201, 'batch for later');
+  expect(await call('POST', '/v1/batches', { body: { workflow: 'hello', inputs: [{ name: 'dy' }], start_in: 'soon' }, bad: true }), 422, 'bad start_in');
+}
+
 expect(await call('POST', '/v1/test/clock', { body: { advance: '1m' } }), 200, 'clock');
 expect(await call('POST', '/v1/test/clock', { body: { advance: 'soon' }, bad: true }), 422, 'bad clock');
 

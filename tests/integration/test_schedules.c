@@ -5,7 +5,7 @@
  * Covered: cron read in America/New_York across the spring-forward gap and the fall-back fold
  * (one run per tick, at the instants cron.h defines), catch-up none / latest / all after a jump,
  * overlap skip and cancel_previous, the input template, pause and resume, trigger, delete, and
- * the refusals of PUT (each naming its field). */
+ * the refusals of PUT (each naming its field); and runs enqueued to start later. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -336,6 +336,65 @@ static void test_put_refusals(void **state)
     th_api_stop(a);
 }
 
+static const char *run_state(json_t *run)
+{
+    return json_string_value(json_object_get(run, "state"));
+}
+
+/* POST /v1/runs and /v1/batches with start_in / start_at: scheduled until then, cancellable, and
+ * started at their time on the engine clock. */
+static void test_delayed_start(void **state)
+{
+    (void)state;
+    th_api *a = start("sch_delay");
+    clock_to(a, "2027-05-01T09:00:00Z");
+    json_t *r = th_api_json(a, 201, "POST", "/v1/runs",
+                            "{\"workflow\": \"tick\", \"input\": {\"at\": \"in\"},"
+                            " \"start_in\": \"2h\"}");
+    assert_string_equal(run_state(r), "scheduled");
+    assert_non_null(strstr(json_string_value(json_object_get(r, "start_at")), "2027-05-01T11:00:0"));
+    long long in = json_integer_value(json_object_get(r, "id"));
+    json_decref(r);
+    json_t *b = th_api_json(a, 201, "POST", "/v1/batches",
+                            "{\"workflow\": \"tick\", \"inputs\": [{\"at\": \"b1\"}, {\"at\": \"b2\"}],"
+                            " \"start_at\": \"2027-05-01T13:00:00+02:00\"}");
+    json_decref(b);
+    r = th_api_json(a, 201, "POST", "/v1/runs",
+                    "{\"workflow\": \"tick\", \"input\": {\"at\": \"c\"}, \"start_in\": \"1h\"}");
+    long long cancelled = json_integer_value(json_object_get(r, "id"));
+    json_decref(r);
+    char path[64];
+    snprintf(path, sizeof path, "/v1/runs/%lld/cancel", cancelled);
+    r = th_api_json(a, 200, "POST", path, NULL);
+    assert_string_equal(run_state(r), "cancelled");
+    json_decref(r);
+    r = th_api_json(a, 200, "GET", "/v1/runs?state=scheduled", NULL);
+    assert_int_equal(json_array_size(json_object_get(r, "runs")), 3);
+    json_decref(r);
+
+    clock_to(a, "2027-05-01T10:59:00Z"); /* a minute early: nothing starts */
+    snprintf(path, sizeof path, "/v1/runs/%lld", in);
+    r = th_api_json(a, 200, "GET", path, NULL);
+    assert_string_equal(run_state(r), "scheduled");
+    json_decref(r);
+    assert_int_equal(th_pg_long(th_api_db(a), "SELECT count(*) FROM runs WHERE state <> 'queued'"
+                                              " AND state <> 'cancelled'"),
+                     0);
+    clock_to(a, "2027-05-01T11:00:01Z");
+    r = th_api_wait_run(a, in, 20, 20, NULL, NULL);
+    assert_string_equal(run_state(r), "succeeded");
+    json_decref(r);
+    PGconn *c = th_pgc_open(th_api_db(a));
+    assert_true(th_pgc_wait(c, "SELECT count(*) = 3 FROM runs WHERE state = 'succeeded'"
+                               " AND started_at >= start_at",
+                            0, NULL, 20));
+    PQfinish(c);
+    assert_int_equal(th_pg_longf(th_api_db(a), "SELECT count(*) FROM runs WHERE id = %lld"
+                                                " AND state = 'cancelled'", cancelled),
+                     1);
+    th_api_stop(a);
+}
+
 int main(void)
 {
     th_api_init();
@@ -345,6 +404,7 @@ int main(void)
         cmocka_unit_test(test_overlap),
         cmocka_unit_test(test_pause_trigger_delete),
         cmocka_unit_test(test_put_refusals),
+        cmocka_unit_test(test_delayed_start),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
