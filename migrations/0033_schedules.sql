@@ -32,8 +32,8 @@ CREATE TABLE schedules (
     fires          bigint NOT NULL DEFAULT 0, -- runs made
     skips          bigint NOT NULL DEFAULT 0, -- ticks passed over (overlap, missed, failed)
     last_skip      jsonb,                   -- {fire_time, reason, message?, at} of the latest
-    created_at     timestamptz NOT NULL DEFAULT flowd_now(),
-    updated_at     timestamptz NOT NULL DEFAULT flowd_now(),
+    created_at     timestamptz NOT NULL,        -- on the engine clock, set by the schedule functions
+    updated_at     timestamptz NOT NULL,
     CHECK ((cron IS NULL) <> (every IS NULL)),
     UNIQUE (tenant_id, name)
 );
