@@ -26,7 +26,7 @@ BEGIN
 END $$;
 
 -- Moves every process's clock forward; only on a database in test mode. The schedulers of every
--- process re-read their next tick too (0033).
+-- process re-read their next tick too (0034).
 CREATE OR REPLACE FUNCTION flowd_clock_advance(p_ms bigint) RETURNS bigint
 LANGUAGE plpgsql AS $$
 DECLARE

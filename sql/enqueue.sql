@@ -113,7 +113,7 @@ END $$;
 -- - The step definitions are decoded from the workflow's JSON once per call (sd), not once per run.
 -- - The event log rows of the call go in with one INSERT, in 0002's order: the step.scheduled rows
 --   (by run, then step), then the run.created rows (by run).
--- Three per-input arrays (NULL: none; 0033): each run's idempotency key, its start time (its first
+-- Three per-input arrays (NULL: none; 0034): each run's idempotency key, its start time (its first
 -- steps wait until then; earlier than now means now) and the schedule making it.
 CREATE OR REPLACE FUNCTION flowd_create_runs(p_tenant bigint, p_workflow bigint, p_inputs jsonb,
                                   p_priority integer, p_batch bigint, p_parent_step bigint,
@@ -214,7 +214,7 @@ LANGUAGE sql AS $$
 $$;
 
 -- Creates one run per element of p_inputs (a JSON array) in one transaction, starting at
--- p_start_at (NULL or earlier: now; 0033). With an idempotency key (single input only) an existing
+-- p_start_at (NULL or earlier: now; 0034). With an idempotency key (single input only) an existing
 -- run of that key is returned instead (created = false). A priority outside the tenant's range is
 -- refused (22023, naming the column).
 CREATE OR REPLACE FUNCTION flowd_enqueue(p_tenant bigint, p_workflow bigint, p_inputs jsonb,
@@ -282,8 +282,9 @@ $$;
 
 -- Starts a run of the named workflow (latest version unless one is given). Idempotent with a key;
 -- a key used for a different request is refused. p_checked_version: the version the caller checked
--- the input against (NULL: no check made). (0033) It starts at p_start_at or p_start_in_ms from now (both NULL: now). The start is not
--- part of the idempotency digest: a retry of `start_in` computes another instant.
+-- the input against (NULL: no check made). (0034) It starts at p_start_at or p_start_in_ms from
+-- now (both NULL: now); the start is not part of the idempotency digest, since a retry of
+-- `start_in` computes another instant.
 CREATE OR REPLACE FUNCTION flowd_start_run(p_tenant bigint, p_workflow text, p_version integer,
                                 p_input jsonb, p_priority integer, p_idempotency_key text,
                                 p_checked_version integer, p_start_at timestamptz,
@@ -334,7 +335,7 @@ END $$;
 -- Creates the batch and all its runs; with a key already used by the tenant, returns that batch; a
 -- key used for a different request is refused. p_checked_version: the version the caller checked
 -- the inputs against (NULL: no check made).
--- (0033) Every run of the batch starts at p_start_at or p_start_in_ms from now.
+-- (0034) Every run of the batch starts at p_start_at or p_start_in_ms from now.
 CREATE OR REPLACE FUNCTION flowd_create_batch(p_tenant bigint, p_workflow text, p_version integer,
                                    p_inputs jsonb, p_idempotency_key text,
                                    p_checked_version integer, p_start_at timestamptz,

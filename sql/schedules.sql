@@ -1,4 +1,4 @@
--- sql/schedules.sql: Schedules (the table is in migrations/0033_schedules.sql): what the API
+-- sql/schedules.sql: Schedules (the table is in migrations/0034_schedules.sql): what the API
 -- reads and writes, and the engine's fire passes (engine/scheduler.c). The ticks themselves are
 -- computed in C (engine/schedule.h, ICU for the zones); SQL stores the next one and moves a
 -- schedule to it in the same transaction that creates the tick's runs.
