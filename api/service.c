@@ -137,6 +137,13 @@ static const api_route api_routes[] = {
      Q("endpoint", "run", "state", "before", "limit")},
     {"POST", "/v1/webhook-deliveries/{}/redeliver", api_route_webhook_redeliver, false,
      "webhook delivery", NULL},
+    {"GET", "/v1/schedules", api_route_schedules_list, false, NULL, NULL},
+    {"PUT", "/v1/schedules/{}", api_route_schedule_put, false, NULL, NULL},
+    {"GET", "/v1/schedules/{}", api_route_schedule_get, false, NULL, NULL},
+    {"DELETE", "/v1/schedules/{}", api_route_schedule_delete, false, NULL, NULL},
+    {"POST", "/v1/schedules/{}/pause", api_route_schedule_pause, false, NULL, NULL},
+    {"POST", "/v1/schedules/{}/resume", api_route_schedule_resume, false, NULL, NULL},
+    {"POST", "/v1/schedules/{}/trigger", api_route_schedule_trigger, false, NULL, NULL},
 };
 #undef Q
 

@@ -1,6 +1,7 @@
 /* tests/integration/test_webhooks.c: outbound webhooks end to end (api/routes_webhooks.c,
- * engine/webhook.c, migrations 0034-0035, sql/webhooks.sql) against a receiver that verifies every delivery with the
- * Standard Webhooks reference library (tests/webhooks/receiver.js, npm standardwebhooks):
+ * engine/webhook.c, sql/webhooks.sql, migrations 0035-0036) against a receiver that verifies
+ * every delivery with the Standard Webhooks reference library (tests/webhooks/receiver.js, npm
+ * standardwebhooks):
  *   - endpoints: create (secret shown once), list, get, update, pause/resume, delete, 422 naming
  *     the field for bad urls and event types;
  *   - run.succeeded, run.failed with step.failed, run.cancelled, batch.completed, each verified,
