@@ -165,11 +165,31 @@ static met_family met_db_latency = {
     .mu = PTHREAD_MUTEX_INITIALIZER,
 };
 
+static met_family met_sched_fires = {
+    .name = "flowd_schedule_fires_total",
+    .help = "Runs started by schedules' ticks in this process.",
+    .mu = PTHREAD_MUTEX_INITIALIZER,
+};
+static met_family met_sched_skips = {
+    .name = "flowd_schedule_skips_total",
+    .help = "Schedule ticks passed over in this process, by reason (missed: catch-up policy; "
+            "overlap: overlap policy; invalid_input, workflow_missing: the fire failed; "
+            "duplicate: the tick's run existed).",
+    .mu = PTHREAD_MUTEX_INITIALIZER,
+};
+static met_family met_sched_lag = {
+    .name = "flowd_schedule_lag_seconds",
+    .help = "Time from a schedule's tick to its run's creation.",
+    MET_HIST(met_lag_bounds),
+    .mu = PTHREAD_MUTEX_INITIALIZER,
+};
+
 static met_family *const met_families[] = {
-    &met_claims,   &met_finished,     &met_latency,       &met_lag,        &met_provider,
-    &met_prov_requests, &met_prov_latency, &met_llm_tokens, &met_llm_cost, &met_sends,
-    &met_rl_waits, &met_http,         &met_http_latency,  &met_refused,    &met_sse,
-    &met_hook_rejected, &met_db_conns, &met_db_latency};
+    &met_claims,        &met_finished,     &met_latency,     &met_lag,          &met_provider,
+    &met_prov_requests, &met_prov_latency, &met_llm_tokens,  &met_llm_cost,     &met_sends,
+    &met_rl_waits,      &met_http,         &met_http_latency, &met_refused,     &met_sse,
+    &met_hook_rejected, &met_db_conns,     &met_db_latency,  &met_sched_fires,  &met_sched_skips,
+    &met_sched_lag};
 
 static uint64_t met_hash(const char *s)
 {
@@ -285,6 +305,19 @@ void eng_metrics_step_finished(const char *kind, const char *outcome, int64_t la
     met_observe(&met_latency, labels, (double)(latency_ms < 0 ? 0 : latency_ms) / 1000.0);
     met_label(labels, sizeof labels, "outcome", outcome);
     met_count(&met_finished, labels);
+}
+
+void eng_metrics_schedule_fired(int64_t lag_ms)
+{
+    met_count(&met_sched_fires, "");
+    met_observe(&met_sched_lag, "", (double)(lag_ms < 0 ? 0 : lag_ms) / 1000.0);
+}
+
+void eng_metrics_schedule_skipped(const char *reason, uint64_t ticks)
+{
+    char labels[MET_LABELS_MAX] = "";
+    met_label(labels, sizeof labels, "reason", reason);
+    met_add(&met_sched_skips, labels, ticks);
 }
 
 void eng_metrics_provider_error(const char *provider, const char *code)
