@@ -127,6 +127,7 @@ void api_route_metrics(api_call *call);
 void api_route_openapi(api_call *call);
 void api_route_workflow_schema(api_call *call);
 void api_route_runs_list(api_call *call);
+void api_route_runs_counts(api_call *call);
 void api_route_run_events(api_call *call);
 void api_route_batch_post(api_call *call);
 void api_route_batch_get(api_call *call);

@@ -69,6 +69,10 @@ static void api_route_healthz(api_call *call);
 static void api_route_readyz(api_call *call);
 
 #define Q(...) ((const char *const[]){__VA_ARGS__, NULL})
+/* The filters of the run list and its counts (api/routes_batches.c) */
+#define API_RUNS_FILTERS                                                                      \
+    "workflow", "version", "state", "batch", "parent", "failed_step", "created_after",          \
+        "created_before", "finished_after", "finished_before", "meta."
 /* Webhook routes take the query their provider's configuration carries. */
 static const char *const api_query_any[] = {NULL};
 
@@ -82,6 +86,8 @@ static const api_route api_routes[] = {
     {"PUT", "/v1/workflows/{}", api_route_workflow_put, false, NULL, NULL},
     {"GET", "/v1/workflows/{}", api_route_workflow_get, false, NULL, Q("version")},
     {"POST", "/v1/runs", api_route_run_post, false, NULL, NULL},
+    /* before /v1/runs/{}, which would take "counts" for a run id */
+    {"GET", "/v1/runs/counts", api_route_runs_counts, false, NULL, Q(API_RUNS_FILTERS)},
     {"GET", "/v1/runs/{}", api_route_run_get, false, "run", NULL},
     {"POST", "/v1/runs/{}/cancel", api_route_run_cancel, false, "run", NULL},
     {"POST", "/v1/runs/{}/retry", api_route_run_retry, false, "run", NULL},
@@ -89,7 +95,7 @@ static const api_route api_routes[] = {
     {"POST", "/v1/events", api_route_event_post, false, NULL, NULL},
     {"POST", "/v1/test/clock", api_route_test_clock, false, NULL, NULL},
     {"GET", "/v1/runs", api_route_runs_list, false, NULL,
-     Q("workflow", "state", "batch", "limit", "cursor")},
+     Q(API_RUNS_FILTERS, "limit", "cursor")},
     {"GET", "/v1/runs/{}/events", api_route_run_events, false, "run", Q("after", "limit")},
     {"POST", "/v1/batches", api_route_batch_post, false, NULL, NULL},
     {"GET", "/v1/batches/{}", api_route_batch_get, false, "batch", NULL},
@@ -540,6 +546,16 @@ static bool route_id_ok(const char *s)
     return n < 19 || strcmp(s, "9223372036854775807") <= 0;
 }
 
+/* Whether a route reading known takes the parameter name; known ending in '.' is a family
+ * ("meta." takes meta.lead, meta.phone, ...). */
+static bool route_query_known(const char *known, const char *name)
+{
+    size_t n = strlen(known);
+    if (n > 0 && known[n - 1] == '.')
+        return strncmp(known, name, n) == 0 && name[n];
+    return strcmp(known, name) == 0;
+}
+
 /* The first query parameter of req that route does not read, or NULL. */
 static const char *route_unknown_query(const api_route *route, const api_req *req)
 {
@@ -550,7 +566,7 @@ static const char *route_unknown_query(const api_route *route, const api_req *re
         if (!name)
             return NULL;
         size_t k = 0;
-        while (route->query && route->query[k] && strcmp(route->query[k], name) != 0)
+        while (route->query && route->query[k] && !route_query_known(route->query[k], name))
             k++;
         if (!route->query || !route->query[k])
             return name;

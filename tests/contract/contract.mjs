@@ -246,6 +246,48 @@ expect(await call('GET', `/v1/runs/${run}/events?after=x`), 400, 'bad after');
 expect(await call('GET', '/v1/runs?limit=2'), 200, 'runs');
 expect(await call('GET', '/v1/runs?workflow=hello&state=running'), 200, 'runs by state');
 expect(await call('GET', '/v1/runs?limit=0'), 400, 'bad limit');
+
+// run metadata: a workflow's search paths and a client's tags, found with ?meta.NAME=VALUE
+const lead = {
+  name: 'lead', search: { lead: '{{input.lead.id}}', phone: '{{input.lead.phone}}' },
+  steps: [{ key: 'touch', kind: 'transform', input: { text: 'hi {{input.lead.id}}' } }],
+};
+expect(await call('PUT', '/v1/workflows/lead', { body: lead }), 201, 'register with search');
+expect(await call('PUT', '/v1/workflows/lead2', {
+  body: { ...lead, name: 'lead2', search: { lead: '{{run.id}}' } }, bad: true,
+}), 422, 'search reading no input');
+const tagged = expect(await call('POST', '/v1/runs', {
+  body: { workflow: 'lead', input: { lead: { id: 30012, phone: '+15555550123' } },
+    tags: { campaign: 'spring', lead: 'not-this' } },
+}), 201, 'enqueue with tags').body;
+if (JSON.stringify(Object.entries(tagged.meta).sort()) !==
+    JSON.stringify([['campaign', 'spring'], ['lead', '30012'], ['phone', '+15555550123']]))
+  fail(`run metadata: ${JSON.stringify(tagged.meta)}`);
+expect(await call('POST', '/v1/runs', { body: { workflow: 'lead', input: { lead: { id: '30013' } } } }),
+  201, 'enqueue without a phone');
+expect(await call('POST', '/v1/runs', { body: { workflow: 'lead', input: {}, tags: { 'no spaces': 'x' } }, bad: true }),
+  422, 'bad tag name');
+expect(await call('POST', '/v1/runs', { body: { workflow: 'lead', input: {}, tags: { a: 5 } }, bad: true }),
+  422, 'bad tag value');
+await waitRun(tagged.id, ['succeeded']);
+const byLead = expect(await call('GET', '/v1/runs?meta.lead=30012'), 200, 'runs by metadata').body;
+if (byLead.runs.length !== 1 || byLead.runs[0].id !== tagged.id)
+  fail(`?meta.lead=30012 found ${JSON.stringify(byLead.runs.map((r) => r.id))}, want [${tagged.id}]`);
+const both = expect(await call('GET',
+  `/v1/runs?meta.lead=30012&meta.campaign=spring&workflow=lead&version=1&state=succeeded&created_after=2000-01-01T00:00:00Z&finished_before=2999-01-01T00:00:00Z`),
+  200, 'runs by every filter').body;
+if (both.runs.length !== 1) fail(`combined filters found ${both.runs.length} runs, want 1`);
+const none = expect(await call('GET', '/v1/runs?meta.lead=30012&meta.campaign=autumn'), 200, 'no such runs').body;
+if (none.runs.length !== 0) fail('?meta.campaign=autumn found runs');
+expect(await call('GET', '/v1/runs?meta.lead=1&meta.lead=2'), 400, 'a metadata filter twice');
+expect(await call('GET', '/v1/runs?meta.a%20b=1'), 400, 'a bad metadata name');
+expect(await call('GET', '/v1/runs?created_after=yesterday'), 400, 'a bad time');
+expect(await call('GET', '/v1/runs?parent=x'), 400, 'a bad parent');
+expect(await call('GET', '/v1/runs?failed_step=touch'), 200, 'runs by failed step');
+const counts = expect(await call('GET', '/v1/runs/counts?workflow=lead'), 200, 'counts').body;
+if (counts.succeeded + counts.running + counts.queued !== 2 || counts.capped)
+  fail(`counts of lead: ${JSON.stringify(counts)}`);
+expect(await call('GET', '/v1/runs/counts?limit=5'), 400, 'counts take no limit');
 expect(await call('POST', '/v1/events', { body: { name: 'go', key: 'ada', data: { ok: true } } }), 202, 'event');
 expect(await call('POST', '/v1/events', { body: { name: 'go', key: {} }, bad: true }), 422, 'bad event');
 const done = await waitRun(run, ['succeeded', 'failed']);
