@@ -42,6 +42,17 @@ LANGUAGE sql AS $$
                            p_idempotency_key, NULL::integer) s
 $$;
 
+-- The previous signature of flowd_start_run, for callers without tags (0033).
+CREATE OR REPLACE FUNCTION flowd_start_run(p_tenant bigint, p_workflow text, p_version integer,
+                                           p_input jsonb, p_priority integer,
+                                           p_idempotency_key text, p_checked_version integer,
+                                           OUT created boolean, OUT run jsonb)
+LANGUAGE sql AS $$
+    SELECT s.created, s.run
+      FROM flowd_start_run(p_tenant, p_workflow, p_version, p_input, p_priority,
+                           p_idempotency_key, p_checked_version, NULL::jsonb) s
+$$;
+
 -- The previous signature of flowd_create_batch, for callers that check nothing.
 CREATE OR REPLACE FUNCTION flowd_create_batch(p_tenant bigint, p_workflow text, p_version integer,
                                               p_inputs jsonb, p_idempotency_key text,
@@ -101,4 +112,12 @@ LANGUAGE sql STABLE AS $$
                               'run', jsonb_build_object('id', c.run_id, 'workflow', c.workflow),
                               'steps', coalesce(c.steps, '{}'))
       FROM workflows w WHERE w.id = c.workflow_id
+$$;
+
+-- The previous signature of flowd_runs_page (0033 took the filters as one object).
+CREATE OR REPLACE FUNCTION flowd_runs_page(p_tenant bigint, p_workflow text, p_state text, p_batch bigint,
+                                           p_cursor bigint, p_limit integer) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT flowd_runs_page(p_tenant, jsonb_strip_nulls(jsonb_build_object(
+               'workflow', p_workflow, 'state', p_state, 'batch', p_batch)), p_cursor, p_limit)
 $$;

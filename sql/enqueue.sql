@@ -103,6 +103,18 @@ BEGIN
     RETURN jsonb_set(p_def->'window', '{tz}', to_jsonb(v_tz));
 END $$;
 
+-- A run's metadata (0033) from its workflow's "search" ({"name": "{{input.a.b}}"}, checked when the
+-- workflow was registered: plain input paths only) and its input; a path the input lacks leaves
+-- its name out; NULL when none is present. Values are text, so ?meta.lead=30012 matches a lead
+-- id given as a number or as a string.
+CREATE OR REPLACE FUNCTION flowd_run_meta(p_search jsonb, p_input jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT jsonb_object_agg(e.key, v.value)
+      FROM jsonb_each_text(p_search) AS e
+     CROSS JOIN LATERAL (SELECT flowd_render_key(e.value, p_input, 0) AS value) v
+     WHERE v.value IS NOT NULL
+$$;
+
 -- flowd_create_runs: same semantics as flowd_create_runs in 0002 (see there for the why of
 -- each part); what changed is how PostgreSQL gets there:
 -- - The steps are fed from the runs INSERT's RETURNING instead of re-reading the new runs by id
@@ -113,6 +125,7 @@ END $$;
 -- - The step definitions are decoded from the workflow's JSON once per call (sd), not once per run.
 -- - The event log rows of the call go in with one INSERT, in 0002's order: the step.scheduled rows
 --   (by run, then step), then the run.created rows (by run).
+-- Each run keeps its metadata from the workflow's search (flowd_run_meta, 0033).
 CREATE OR REPLACE FUNCTION flowd_create_runs(p_tenant bigint, p_workflow bigint, p_inputs jsonb,
                                              p_priority integer, p_batch bigint, p_parent_step bigint,
                                              p_parent_indexes integer[], p_idempotency_key text)
@@ -137,9 +150,11 @@ BEGIN
           FROM jsonb_array_elements(v_def->'steps') AS s),
     ins AS (
         INSERT INTO runs (tenant_id, workflow_id, priority, steps_total, input, batch_id,
-                          parent_step_id, parent_index, idempotency_key, created_at)
+                          parent_step_id, parent_index, idempotency_key, created_at, meta)
         SELECT p_tenant, p_workflow, p_priority, jsonb_array_length(v_def->'steps'), i.value,
-               p_batch, p_parent_step, p_parent_indexes[i.n], p_idempotency_key, v_now
+               p_batch, p_parent_step, p_parent_indexes[i.n], p_idempotency_key, v_now,
+               CASE WHEN jsonb_typeof(v_def->'search') = 'object'
+                    THEN flowd_run_meta(v_def->'search', i.value) END
           FROM jsonb_array_elements(p_inputs) WITH ORDINALITY AS i(value, n)
          ORDER BY i.n
         RETURNING id, input),
@@ -239,11 +254,14 @@ $$;
 
 -- Starts a run of the named workflow (latest version unless one is given). Idempotent with a key;
 -- a key used for a different request is refused. p_checked_version: the version the caller checked
--- the input against (NULL: no check made).
+-- the input against (NULL: no check made). p_tags: the client's tags (an object of strings, checked
+-- by the API, or NULL), kept in the run's metadata under the workflow's own search values, which
+-- win on a shared name (0033); they are part of the request a key stands for.
 CREATE OR REPLACE FUNCTION flowd_start_run(p_tenant bigint, p_workflow text, p_version integer,
-                                p_input jsonb, p_priority integer, p_idempotency_key text,
-                                p_checked_version integer,
-                                OUT created boolean, OUT run jsonb)
+                                           p_input jsonb, p_priority integer,
+                                           p_idempotency_key text, p_checked_version integer,
+                                           p_tags jsonb,
+                                           OUT created boolean, OUT run jsonb)
 LANGUAGE plpgsql AS $$
 DECLARE
     v_wf      bigint;
@@ -253,9 +271,12 @@ DECLARE
     v_prev    text;
 BEGIN
     IF p_idempotency_key IS NOT NULL THEN
+        -- without tags the digest is the one 0023 recorded, so keys used before still match
         v_digest := flowd_request_digest(jsonb_build_object(
             'workflow', p_workflow, 'version', p_version, 'input', p_input,
-            'priority', coalesce(p_priority, 0)));
+            'priority', coalesce(p_priority, 0))
+            || CASE WHEN p_tags IS NOT NULL THEN jsonb_build_object('tags', p_tags)
+                    ELSE '{}' END);
         -- the same lock flowd_enqueue takes: same-key callers are serialized
         PERFORM pg_advisory_xact_lock(p_tenant::integer, hashtext(p_idempotency_key));
         SELECT r.id, r.idempotency_digest INTO v_run, v_prev FROM runs r
@@ -280,8 +301,10 @@ BEGIN
     SELECT e.run_id, e.created INTO v_run, created
       FROM flowd_enqueue(p_tenant, v_wf, jsonb_build_array(p_input), p_priority,
                          p_idempotency_key, NULL) e;
-    IF created AND v_digest IS NOT NULL THEN
-        UPDATE runs SET idempotency_digest = v_digest WHERE id = v_run;
+    IF created AND (v_digest IS NOT NULL OR p_tags IS NOT NULL) THEN
+        UPDATE runs SET idempotency_digest = v_digest,
+                        meta = CASE WHEN p_tags IS NULL THEN meta ELSE p_tags || coalesce(meta, '{}') END
+         WHERE id = v_run;
     END IF;
     run := flowd_run_json(p_tenant, v_run);
 END $$;

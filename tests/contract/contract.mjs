@@ -296,6 +296,28 @@ const counts = expect(await call('GET', '/v1/runs/counts?workflow=lead'), 200, '
 if (counts.succeeded + counts.running + counts.queued !== 2 || counts.capped)
   fail(`counts of lead: ${JSON.stringify(counts)}`);
 expect(await call('GET', '/v1/runs/counts?limit=5'), 400, 'counts take no limit');
+expect(await call('GET', `/v1/runs/${tagged.id}/sends`), 200, 'a run\'s sends');
+expect(await call('GET', '/v1/runs/99999999/sends'), 404, 'sends of no run');
+
+// the console: its files, and sessions that trade a key for a cookie
+expect(await call('GET', '/', { key: null }), 200, 'console page');
+expect(await call('GET', '/console/app.js', { key: null }), 200, 'console script');
+expect(await call('GET', '/console/app.css', { key: null }), 200, 'console styles');
+expect(await call('GET', '/console/nope.js', { key: null }), 404, 'no such console file');
+expect(await call('POST', '/v1/console/session', { key: null, body: { key: 'fd_nobody' } }), 401, 'sign in with a bad key');
+expect(await call('POST', '/v1/console/session', { key: null, body: { key: 5 }, bad: true }), 422, 'sign in without a key');
+const signedIn = expect(await call('POST', '/v1/console/session', { key: null, body: { key: KEY } }), 201, 'sign in');
+const cookie = (signedIn.headers.get('set-cookie') || '').split(';')[0];
+if (!/^flowd_session=[0-9a-f]{64}$/.test(cookie) || !/HttpOnly/.test(signedIn.headers.get('set-cookie')) ||
+    !/SameSite=Strict/.test(signedIn.headers.get('set-cookie')))
+  fail(`session cookie: ${signedIn.headers.get('set-cookie')}`);
+const who = expect(await call('GET', '/v1/console/session', { key: null, headers: { Cookie: cookie } }), 200, 'who with a session').body;
+if (who.csrf !== signedIn.body.csrf) fail('the session\'s csrf value is not given back');
+expect(await call('GET', '/v1/console/session'), 200, 'who with a key');
+expect(await call('GET', '/v1/console/session', { key: null }), 401, 'who without credentials');
+expect(await call('DELETE', '/v1/console/session'), 404, 'sign out with a key');
+expect(await call('DELETE', '/v1/console/session', { key: null, headers: { Cookie: cookie } }), 403, 'sign out without the csrf value');
+expect(await call('DELETE', '/v1/console/session', { key: null, headers: { Cookie: cookie, 'X-CSRF-Token': who.csrf } }), 204, 'sign out');
 expect(await call('POST', '/v1/events', { body: { name: 'go', key: 'ada', data: { ok: true } } }), 202, 'event');
 expect(await call('POST', '/v1/events', { body: { name: 'go', key: {} }, bad: true }), 422, 'bad event');
 const done = await waitRun(run, ['succeeded', 'failed']);

@@ -6,6 +6,3 @@
 -- meta never changes once a run exists, so the index does not stop progress updates being HOT.
 ALTER TABLE runs ADD COLUMN meta jsonb;
 CREATE INDEX runs_meta ON runs USING gin (meta jsonb_path_ops) WHERE meta IS NOT NULL;
-
--- GET /v1/runs takes its filters as one object now (flowd_runs_page(tenant, filter, cursor, limit)).
-DROP FUNCTION flowd_runs_page(bigint, text, text, bigint, bigint, integer);
