@@ -30,15 +30,17 @@ LANGUAGE sql AS $$
 $$;
 
 -- Hands the running steps among p_ids back: ready again with the attempt they were on given
--- back, or failed with `interrupted` once a step has been interrupted max_interruptions times.
--- Returns how many.
+-- back, or failed with `interrupted` once a step has been interrupted max_interruptions times,
+-- which then fails its run or lets it go on as the step's on_failure says. Returns how many.
 CREATE OR REPLACE FUNCTION flowd_reap_steps(p_ids bigint[]) RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_now    timestamptz := flowd_now();
-    v_n      integer;
-    v_failed jsonb;
-    v_run    record;
+    v_now     timestamptz := flowd_now();
+    v_n       integer;
+    v_failed  jsonb;     -- steps given up on whose policy fails their run
+    v_went_on bigint[];  -- given up on, on_failure "continue"
+    v_cut     bigint[];  -- given up on, on_failure "skip_dependents"
+    v_run     record;
 BEGIN
     IF cardinality(p_ids) = 0 THEN
         RETURN 0;
@@ -47,32 +49,37 @@ BEGIN
       WHERE id IN (SELECT s.run_id FROM steps s WHERE s.id = ANY (p_ids))
       ORDER BY id FOR UPDATE;
     WITH x AS (
-        SELECT s.id, coalesce((w.def->'steps'->s.idx->>'max_interruptions')::integer, 5) AS cap
+        SELECT s.id, s.interruptions + 1 < c.cap AS again, c.policy,
+               CASE WHEN s.interruptions + 1 < c.cap THEN
+                        jsonb_build_object('code', 'lease_expired', 'attempt', s.attempts,
+                                           'interruptions', s.interruptions + 1,
+                                           'message', 'the worker running this attempt stopped '
+                                                      'or lost its lease; the attempt runs again')
+                    ELSE jsonb_build_object('code', 'interrupted', 'attempt', s.attempts,
+                                            'interruptions', s.interruptions + 1,
+                                            'message', format('step %s was interrupted %s times '
+                                                '(its worker stopped or lost its lease each time); '
+                                                'giving up', s.key, s.interruptions + 1))
+               END AS error
           FROM steps s JOIN runs r ON r.id = s.run_id JOIN workflows w ON w.id = r.workflow_id
+         CROSS JOIN LATERAL (
+               SELECT coalesce((w.def->'steps'->s.idx->>'max_interruptions')::integer, 5) AS cap,
+                      flowd_on_failure(w.def->'steps'->s.idx) AS policy) c
          WHERE s.id = ANY (p_ids) AND s.state = 'running'
            FOR UPDATE OF s SKIP LOCKED),
     upd AS (
         UPDATE steps s
-           SET state = CASE WHEN s.interruptions + 1 < x.cap THEN 'ready' ELSE 'failed' END,
-               attempts = CASE WHEN s.interruptions + 1 < x.cap THEN s.attempts - 1
-                               ELSE s.attempts END,
+           SET state = CASE WHEN x.again THEN 'ready' ELSE 'failed' END,
+               attempts = CASE WHEN x.again THEN s.attempts - 1 ELSE s.attempts END,
                interruptions = s.interruptions + 1,
                run_at = v_now, lease_owner = NULL, lease_expires_at = NULL,
-               error = CASE
-                   WHEN s.interruptions + 1 < x.cap THEN
-                       jsonb_build_object('code', 'lease_expired', 'attempt', s.attempts,
-                                          'interruptions', s.interruptions + 1,
-                                          'message', 'the worker running this attempt stopped '
-                                                     'or lost its lease; the attempt runs again')
-                   ELSE jsonb_build_object('code', 'interrupted', 'attempt', s.attempts,
-                                           'interruptions', s.interruptions + 1,
-                                           'message', format('step %s was interrupted %s times '
-                                               '(its worker stopped or lost its lease each time); '
-                                               'giving up', s.key, s.interruptions + 1))
-               END,
-               finished_at = CASE WHEN s.interruptions + 1 < x.cap THEN NULL ELSE v_now END
+               error = x.error,
+               finished_at = CASE WHEN x.again THEN NULL ELSE v_now END,
+               -- a step that may fail without failing its run exposes the error as its output
+               output = CASE WHEN NOT x.again AND x.policy <> 'fail_run'
+                             THEN jsonb_build_object('error', x.error) ELSE s.output END
           FROM x WHERE s.id = x.id
-        RETURNING s.id, s.run_id, s.tenant_id, s.key, s.kind, s.state, s.error),
+        RETURNING s.id, s.run_id, s.tenant_id, s.key, s.kind, s.state, s.error, x.policy),
     ev AS (
         INSERT INTO run_events (run_id, tenant_id, at, type, step_key, data)
         SELECT upd.run_id, upd.tenant_id, v_now,
@@ -81,8 +88,11 @@ BEGIN
     SELECT count(*),
            jsonb_agg(jsonb_build_object('run', upd.run_id, 'step', upd.key, 'kind', upd.kind,
                                         'error', upd.error))
-               FILTER (WHERE upd.state = 'failed')
-      INTO v_n, v_failed FROM upd;
+               FILTER (WHERE upd.state = 'failed' AND upd.policy = 'fail_run'),
+           array_agg(upd.id) FILTER (WHERE upd.state = 'failed' AND upd.policy = 'continue'),
+           array_agg(upd.id) FILTER (WHERE upd.state = 'failed' AND upd.policy = 'skip_dependents')
+      INTO v_n, v_failed, v_went_on, v_cut FROM upd;
+    PERFORM flowd_failed_steps_go_on(v_went_on, v_cut);
     -- each failed run is told which of its steps gave up
     FOR v_run IN SELECT DISTINCT ON ((f->>'run')::bigint) (f->>'run')::bigint AS id, f
                    FROM jsonb_array_elements(coalesce(v_failed, '[]')) f

@@ -219,33 +219,7 @@ BEGIN
           INTO v_failed, v_went_on, v_cut FROM upd;
     END IF;
 
-    -- what needs a step that failed with "skip_dependents" cannot run: skip it (the steps that need
-    -- it too), whatever its other needs; every such step is still pending, as its need had not
-    -- finished
-    IF v_cut IS NOT NULL THEN
-        WITH RECURSIVE t(run_id, idx, cause) AS (
-            SELECT s.run_id, d.idx, s.key
-              FROM steps s CROSS JOIN LATERAL unnest(s.dependents) AS d(idx)
-             WHERE s.id = ANY (v_cut)
-            UNION
-            SELECT s.run_id, d.idx, t.cause
-              FROM t JOIN steps s ON s.run_id = t.run_id AND s.idx = t.idx
-             CROSS JOIN LATERAL unnest(s.dependents) AS d(idx)),
-        one AS (
-            SELECT DISTINCT ON (t.run_id, t.idx) t.run_id, t.idx, t.cause FROM t
-             ORDER BY t.run_id, t.idx, t.cause),
-        upd AS (
-            UPDATE steps s
-               SET state = 'skipped', finished_at = v_now,
-                   output = jsonb_build_object('reason', 'needs failed', 'step', one.cause)
-              FROM one
-             WHERE s.run_id = one.run_id AND s.idx = one.idx AND s.state = 'pending'
-            RETURNING s.id, s.run_id, s.tenant_id, s.key, s.output),
-        ev AS (
-            INSERT INTO run_events (run_id, tenant_id, at, type, step_key, data)
-            SELECT upd.run_id, upd.tenant_id, v_now, 'step.skipped', upd.key, upd.output FROM upd)
-        SELECT array_agg(upd.id) INTO v_skipped FROM upd;
-    END IF;
+    v_skipped := flowd_skip_dependents(v_cut);
 
     IF 'snooze' = ANY (v_kinds) THEN
         WITH r AS MATERIALIZED (
@@ -280,14 +254,72 @@ BEGIN
     END IF;
 END $$;
 
--- Fails one running step of p_owner for good (and its run).
+-- Skips what needs a step that failed for good with on_failure "skip_dependents" (p_cut), and
+-- what needs those, transitively, whatever their other needs; every such step is still pending, as
+-- its need had not finished. Returns the skipped steps (NULL: none), which the caller finishes
+-- with the failed ones (flowd_finish_steps). The runs must already be locked.
+CREATE OR REPLACE FUNCTION flowd_skip_dependents(p_cut bigint[]) RETURNS bigint[]
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_now     timestamptz := flowd_now();
+    v_skipped bigint[];
+BEGIN
+    IF p_cut IS NULL THEN
+        RETURN NULL;
+    END IF;
+    WITH RECURSIVE t(run_id, idx, cause) AS (
+        SELECT s.run_id, d.idx, s.key
+          FROM steps s CROSS JOIN LATERAL unnest(s.dependents) AS d(idx)
+         WHERE s.id = ANY (p_cut)
+        UNION
+        SELECT s.run_id, d.idx, t.cause
+          FROM t JOIN steps s ON s.run_id = t.run_id AND s.idx = t.idx
+         CROSS JOIN LATERAL unnest(s.dependents) AS d(idx)),
+    one AS (
+        SELECT DISTINCT ON (t.run_id, t.idx) t.run_id, t.idx, t.cause FROM t
+         ORDER BY t.run_id, t.idx, t.cause),
+    upd AS (
+        UPDATE steps s
+           SET state = 'skipped', finished_at = v_now,
+               output = jsonb_build_object('reason', 'needs failed', 'step', one.cause)
+          FROM one
+         WHERE s.run_id = one.run_id AND s.idx = one.idx AND s.state = 'pending'
+        RETURNING s.id, s.run_id, s.tenant_id, s.key, s.output),
+    ev AS (
+        INSERT INTO run_events (run_id, tenant_id, at, type, step_key, data)
+        SELECT upd.run_id, upd.tenant_id, v_now, 'step.skipped', upd.key, upd.output FROM upd)
+    SELECT array_agg(upd.id) INTO v_skipped FROM upd;
+    RETURN v_skipped;
+END $$;
+
+-- Carries on after steps of locked runs failed for good with a policy other than "fail_run":
+-- "continue" (p_went_on) lets their dependents run, "skip_dependents" (p_cut) skips what needs
+-- them. For the failures outside flowd_apply (the reaper's, a window's, a map's).
+CREATE OR REPLACE FUNCTION flowd_failed_steps_go_on(p_went_on bigint[], p_cut bigint[])
+RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF p_went_on IS NOT NULL OR p_cut IS NOT NULL THEN
+        PERFORM flowd_finish_steps(coalesce(p_went_on, '{}') || coalesce(p_cut, '{}')
+                                   || coalesce(flowd_skip_dependents(p_cut), '{}'));
+    END IF;
+END $$;
+
+-- Fails one running (or waiting) step of p_owner for good, then applies its failure policy:
+-- its run fails ("fail_run"), or the run goes on (flowd_failed_steps_go_on).
 CREATE OR REPLACE FUNCTION flowd_fail_step(p_owner text, p_step bigint, p_error jsonb) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_run bigint;
+    v_run    bigint;
+    v_policy text;
 BEGIN
+    SELECT flowd_on_failure(w.def->'steps'->s.idx) INTO v_policy
+      FROM steps s JOIN runs r ON r.id = s.run_id JOIN workflows w ON w.id = r.workflow_id
+     WHERE s.id = p_step;
     UPDATE steps SET state = 'failed', error = p_error, finished_at = flowd_now(),
-                     lease_owner = NULL, lease_expires_at = NULL
+                     lease_owner = NULL, lease_expires_at = NULL,
+                     output = CASE WHEN v_policy <> 'fail_run'
+                                   THEN jsonb_build_object('error', p_error) END
      WHERE id = p_step AND state IN ('running', 'waiting')
        AND (p_owner IS NULL OR lease_owner = p_owner)
     RETURNING run_id INTO v_run;
@@ -296,8 +328,14 @@ BEGIN
     END IF;
     INSERT INTO run_events (run_id, tenant_id, at, type, step_key, data)
     SELECT s.run_id, s.tenant_id, flowd_now(), 'step.failed', s.key, p_error FROM steps s WHERE s.id = p_step;
-    PERFORM flowd_fail_runs(ARRAY[v_run], jsonb_build_object('code', 'step_failed',
-                            'message', 'a step failed for good'));
+    IF v_policy = 'fail_run' THEN
+        PERFORM flowd_fail_runs(ARRAY[v_run], jsonb_build_object('code', 'step_failed',
+                                'message', 'a step failed for good'));
+    ELSE
+        PERFORM 1 FROM runs WHERE id = v_run FOR UPDATE;
+        PERFORM flowd_failed_steps_go_on(CASE WHEN v_policy = 'continue' THEN ARRAY[p_step] END,
+                                         CASE WHEN v_policy = 'skip_dependents' THEN ARRAY[p_step] END);
+    END IF;
 END $$;
 
 -- Window outcomes: put each step back to sleep until its window opens (attempt not counted).

@@ -6,7 +6,7 @@
  *   catalogs: function definitions, columns, constraints, indexes, triggers, types, views.
  * - Every function of the schema is defined in sql/, each signature once (an old signature kept
  *   for the previous release lives in compat.sql), and no numbered migration after the cut-over
- *   defines one.
+ *   defines or calls one.
  * - migrations/schema.sql is the snapshot of the schema the runner builds today. */
 // clang-format off
 #include <stdarg.h>
@@ -254,6 +254,40 @@ static int defined_cmp(const void *a, const void *b)
     return strcmp(((const defined *)a)->name, ((const defined *)b)->name);
 }
 
+/* The function of defs that line calls, or NULL. Lines that only name a function are not calls:
+ * comments, a trigger's EXECUTE FUNCTION, and DROP, ALTER or COMMENT ON FUNCTION (a numbered
+ * migration drops what compat.sql no longer keeps). */
+static const char *migration_call(const char *line, const defined *defs, size_t ndefs)
+{
+    size_t len = strcspn(line, "\n");
+    char *text = eng_xstrndup(line, len);
+    for (char *p = text; *p; p++)
+        *p = (char)tolower((unsigned char)*p);
+    char *comment = strstr(text, "--");
+    if (comment)
+        *comment = '\0';
+    const char *found = NULL;
+    if (!strstr(text, "execute function") && !strstr(text, "execute procedure") &&
+        !line_starts_with(text, "drop function ", NULL) &&
+        !line_starts_with(text, "alter function ", NULL) &&
+        !line_starts_with(text, "comment on function ", NULL)) {
+        for (size_t i = 0; i < ndefs && !found; i++) {
+            size_t n = strlen(defs[i].name);
+            for (const char *p = strstr(text, defs[i].name); p && !found;
+                 p = strstr(p + 1, defs[i].name)) {
+                const char *q = p + n;
+                while (*q == ' ' || *q == '\t')
+                    q++;
+                bool starts = p == text || !(isalnum((unsigned char)p[-1]) || p[-1] == '_');
+                if (starts && *q == '(')
+                    found = defs[i].name;
+            }
+        }
+    }
+    free(text);
+    return found;
+}
+
 static void test_functions_live_in_sql(void **state)
 {
     (void)state;
@@ -267,11 +301,11 @@ static void test_functions_live_in_sql(void **state)
         for (const char *line = files[i].sql; line; line = strchr(line, '\n')) {
             if (*line == '\n')
                 line++;
-            if (line_starts_with(line, "create ", NULL) && !line_function(line))
+            char *name = line_function(line);
+            if (line_starts_with(line, "create ", NULL) && !name)
                 fail_msg("sql/%s: only CREATE OR REPLACE FUNCTION belongs in sql/ (DDL goes in a "
                          "numbered migration): %.60s",
                          files[i].name, line);
-            char *name = line_function(line);
             if (!name)
                 continue;
             if (!line_starts_with(line, "create or replace function ", NULL))
@@ -310,6 +344,12 @@ static void test_functions_live_in_sql(void **state)
             if (name)
                 fail_msg("migrations/%s defines %s: functions live in sql/ (migrations/README.md)",
                          migs[i].name, name);
+            const char *call = migration_call(line, defs, ndefs);
+            if (call)
+                fail_msg("migrations/%s calls %s: a numbered migration runs before the function "
+                         "files and may meet any older version of it; write plain SQL "
+                         "(migrations/README.md)",
+                         migs[i].name, call);
         }
     }
 
