@@ -19,15 +19,15 @@ function jsonBlock(v) {
   return h('pre', { class: 'json' }, json(v));
 }
 
-// What an llm step's output says it used: token counts and cost, when it reports them.
+// What an llm step's output says it used: tokens, cost, model and provider, when it reports them.
 function usageOf(output) {
-  if (!output || typeof output !== 'object') return null;
-  const u = output.usage;
-  if (!u || typeof u !== 'object') return null;
+  if (!output || typeof output !== 'object' || !output.usage || typeof output.usage !== 'object') return null;
   const parts = [];
-  for (const [k, v] of Object.entries(u)) if (typeof v === 'number' || typeof v === 'string') parts.push(`${k} ${v}`);
-  if (output.cost !== undefined) parts.push(`cost ${output.cost}`);
-  if (output.model) parts.push(`model ${output.model}`);
+  for (const [k, v] of Object.entries(output.usage)) if (typeof v === 'number') parts.push(`${k.replace(/_/g, ' ')} ${v}`);
+  if (typeof output.cost_usd === 'number') parts.push(`$${output.cost_usd}`);
+  if (typeof output.model === 'string') parts.push(`model ${output.model}`);
+  if (typeof output.provider === 'string') parts.push(`via ${output.provider}`);
+  if (typeof output.latency_ms === 'number') parts.push(`${output.latency_ms} ms`);
   return parts.join(' · ');
 }
 

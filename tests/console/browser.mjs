@@ -103,6 +103,7 @@ await api('PUT', '/v1/workflows/lead_touch', {
     { key: 'wait', kind: 'wait_event', input: { event: 'lead.go', key: '{{input.lead.id}}' } },
     { key: 'note', kind: 'transform', needs: ['wait'], phase: XSS,
       input: { text: 'hello {{input.lead.name}}', link: '{{input.lead.site}}' } },
+    { key: 'draft', kind: 'llm', needs: ['note'], input: { model: 'gpt-4o-mini', prompt: `Reply to ${XSS} {{input.lead.name}}` } },
   ],
 });
 // a second version, for the diff
@@ -113,6 +114,7 @@ await api('PUT', '/v1/workflows/lead_touch', {
     { key: 'wait', kind: 'wait_event', input: { event: 'lead.go', key: '{{input.lead.id}}' } },
     { key: 'note', kind: 'transform', needs: ['wait'], phase: XSS,
       input: { text: 'hi there {{input.lead.name}}', link: '{{input.lead.site}}' } },
+    { key: 'draft', kind: 'llm', needs: ['note'], input: { model: 'gpt-4o-mini', prompt: `Reply to ${XSS} {{input.lead.name}}` } },
   ],
 });
 await api('PUT', '/v1/workflows/flaky', {
@@ -287,6 +289,8 @@ try {
   figures.live_step_ms = seenAt - committed;
   check(figures.live_step_ms <= 1000, `the finished step shows within 1 s of its commit (${figures.live_step_ms} ms)`);
   await page.waitForFunction(() => document.querySelector('main').dataset.state === 'succeeded');
+  check(await page.$eval('details[data-step="draft"] .usage', (d) => /input tokens \d+/.test(d.textContent)),
+    'the llm step shows its usage');
   await shot('05-run-succeeded');
   await xssInert('finished run');
 
