@@ -42,7 +42,7 @@ LANGUAGE sql AS $$
                            p_idempotency_key, NULL::integer) s
 $$;
 
--- The previous signature of flowd_start_run, for callers without tags (0033).
+-- The previous signature of flowd_start_run, for callers without tags (0034).
 CREATE OR REPLACE FUNCTION flowd_start_run(p_tenant bigint, p_workflow text, p_version integer,
                                            p_input jsonb, p_priority integer,
                                            p_idempotency_key text, p_checked_version integer,
@@ -114,7 +114,7 @@ LANGUAGE sql STABLE AS $$
       FROM workflows w WHERE w.id = c.workflow_id
 $$;
 
--- The previous signature of flowd_runs_page (0033 took the filters as one object).
+-- The previous signature of flowd_runs_page (0034 took the filters as one object).
 CREATE OR REPLACE FUNCTION flowd_runs_page(p_tenant bigint, p_workflow text, p_state text, p_batch bigint,
                                            p_cursor bigint, p_limit integer) RETURNS jsonb
 LANGUAGE sql STABLE AS $$

@@ -103,7 +103,7 @@ BEGIN
     RETURN jsonb_set(p_def->'window', '{tz}', to_jsonb(v_tz));
 END $$;
 
--- A run's metadata (0033) from its workflow's "search" ({"name": "{{input.a.b}}"}, checked when the
+-- A run's metadata (0034) from its workflow's "search" ({"name": "{{input.a.b}}"}, checked when the
 -- workflow was registered: plain input paths only) and its input; a path the input lacks leaves
 -- its name out; NULL when none is present. Values are text, so ?meta.lead=30012 matches a lead
 -- id given as a number or as a string.
@@ -125,7 +125,7 @@ $$;
 -- - The step definitions are decoded from the workflow's JSON once per call (sd), not once per run.
 -- - The event log rows of the call go in with one INSERT, in 0002's order: the step.scheduled rows
 --   (by run, then step), then the run.created rows (by run).
--- Each run keeps its metadata from the workflow's search (flowd_run_meta, 0033).
+-- Each run keeps its metadata from the workflow's search (flowd_run_meta, 0034).
 CREATE OR REPLACE FUNCTION flowd_create_runs(p_tenant bigint, p_workflow bigint, p_inputs jsonb,
                                              p_priority integer, p_batch bigint, p_parent_step bigint,
                                              p_parent_indexes integer[], p_idempotency_key text)
@@ -256,7 +256,7 @@ $$;
 -- a key used for a different request is refused. p_checked_version: the version the caller checked
 -- the input against (NULL: no check made). p_tags: the client's tags (an object of strings, checked
 -- by the API, or NULL), kept in the run's metadata under the workflow's own search values, which
--- win on a shared name (0033); they are part of the request a key stands for.
+-- win on a shared name (0034); they are part of the request a key stands for.
 CREATE OR REPLACE FUNCTION flowd_start_run(p_tenant bigint, p_workflow text, p_version integer,
                                            p_input jsonb, p_priority integer,
                                            p_idempotency_key text, p_checked_version integer,

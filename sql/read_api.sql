@@ -9,7 +9,7 @@
 -- The run as a client sees it; NULL when the tenant cannot see it. PL/pgSQL rather than SQL so
 -- that its plan is cached: an SQL function with a FROM clause is planned again on every call.
 -- Its output is read from the steps; its steps show their interruptions; it carries its metadata
--- and its parent run (0033).
+-- and its parent run (0034).
 CREATE OR REPLACE FUNCTION flowd_run_json(p_tenant bigint, p_run bigint) RETURNS jsonb
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
@@ -31,6 +31,7 @@ BEGIN
         'error', r.error,
         'meta', coalesce(r.meta, '{}'),
         'parent', (SELECT ps.run_id FROM steps ps WHERE ps.id = r.parent_step_id),
+        'usage', flowd_run_usage(r.id),
         'created_at', flowd_ms(r.created_at),
         'started_at', flowd_ms(r.started_at),
         'finished_at', flowd_ms(r.finished_at),
@@ -102,6 +103,12 @@ LANGUAGE sql STABLE AS $$
         'percent', CASE WHEN b.total = 0 THEN 100
                         ELSE floor(100.0 * (b.total - c.queued - c.running) / b.total)::integer END,
         'idempotency_key', b.idempotency_key,
+        'usage', (SELECT flowd_usage_json(sum(u.llm_calls)::bigint, sum(u.input_tokens)::bigint,
+                                          sum(u.output_tokens)::bigint,
+                                          sum(u.cached_tokens)::bigint, sum(u.llm_cost_usd),
+                                          sum(u.sends)::bigint, sum(u.segments)::bigint,
+                                          sum(u.send_cost_usd))
+                    FROM run_usage u WHERE u.batch_id = b.id AND u.tenant_id = p_tenant),
         'created_at', flowd_ms(b.created_at))
       FROM batches b
       JOIN workflows w ON w.id = b.workflow_id
