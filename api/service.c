@@ -72,8 +72,8 @@ static void api_route_readyz(api_call *call);
 #define Q(...) ((const char *const[]){__VA_ARGS__, NULL})
 /* The filters of the run list and its counts (api/routes_batches.c) */
 #define API_RUNS_FILTERS                                                                      \
-    "workflow", "version", "state", "batch", "parent", "failed_step", "created_after",          \
-        "created_before", "finished_after", "finished_before", "meta."
+    "workflow", "version", "state", "batch", "parent", "schedule", "failed_step",               \
+        "created_after", "created_before", "finished_after", "finished_before", "meta."
 /* Webhook routes take the query their provider's configuration carries. */
 static const char *const api_query_any[] = {NULL};
 
@@ -126,6 +126,13 @@ static const api_route api_routes[] = {
     {"GET", "/v1/suppressions", api_route_suppressions_list, false, NULL,
      Q("channel", "limit", "cursor")},
     {"DELETE", "/v1/suppressions/{}/{}", api_route_suppression_delete, false, NULL, NULL},
+    {"GET", "/v1/schedules", api_route_schedules_list, false, NULL, NULL},
+    {"PUT", "/v1/schedules/{}", api_route_schedule_put, false, NULL, NULL},
+    {"GET", "/v1/schedules/{}", api_route_schedule_get, false, NULL, NULL},
+    {"DELETE", "/v1/schedules/{}", api_route_schedule_delete, false, NULL, NULL},
+    {"POST", "/v1/schedules/{}/pause", api_route_schedule_pause, false, NULL, NULL},
+    {"POST", "/v1/schedules/{}/resume", api_route_schedule_resume, false, NULL, NULL},
+    {"POST", "/v1/schedules/{}/trigger", api_route_schedule_trigger, false, NULL, NULL},
     /* the browser console: its files, and sign-in (the key is checked by the route itself) */
     {"GET", "/", api_route_console_index, true, NULL, NULL},
     {"GET", "/console/{}", api_route_console_file, true, NULL, NULL},

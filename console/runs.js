@@ -5,8 +5,8 @@ import * as api from './api.js';
 import { h, replace } from './dom.js';
 import { ago, count, duration, span } from './fmt.js';
 
-const STATES = ['queued', 'running', 'succeeded', 'failed', 'cancelled'];
-const FIELDS = ['workflow', 'version', 'state', 'batch', 'parent', 'failed_step', 'created_after',
+const STATES = ['scheduled', 'queued', 'running', 'succeeded', 'failed', 'cancelled'];
+const FIELDS = ['workflow', 'version', 'state', 'batch', 'parent', 'schedule', 'failed_step', 'created_after',
   'created_before', 'finished_after', 'finished_before'];
 const REFRESH_MS = 2000;
 

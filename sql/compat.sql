@@ -31,6 +31,31 @@ BEGIN
              WHERE id = ANY (p_ids) AND state = 'running' AND lease_owner = p_owner);
 END $$;
 
+-- The previous signature of flowd_start_run (0027), starting the run now.
+CREATE OR REPLACE FUNCTION flowd_start_run(p_tenant bigint, p_workflow text, p_version integer,
+                                           p_input jsonb, p_priority integer,
+                                           p_idempotency_key text, p_checked_version integer,
+                                           OUT created boolean, OUT run jsonb)
+LANGUAGE sql AS $$
+    SELECT s.created, s.run
+      FROM flowd_start_run(p_tenant, p_workflow, p_version, p_input, p_priority,
+                           p_idempotency_key, p_checked_version, NULL::timestamptz,
+                           NULL::bigint, NULL::jsonb) s
+$$;
+
+
+-- The previous signature of flowd_create_batch (0027), starting the runs now.
+CREATE OR REPLACE FUNCTION flowd_create_batch(p_tenant bigint, p_workflow text, p_version integer,
+                                              p_inputs jsonb, p_idempotency_key text,
+                                              p_checked_version integer,
+                                              OUT created boolean, OUT id bigint, OUT total integer)
+LANGUAGE sql AS $$
+    SELECT b.created, b.id, b.total
+      FROM flowd_create_batch(p_tenant, p_workflow, p_version, p_inputs, p_idempotency_key,
+                              p_checked_version, NULL::timestamptz, NULL::bigint) b
+$$;
+
+
 -- The previous signature of flowd_start_run, for callers that check nothing.
 CREATE OR REPLACE FUNCTION flowd_start_run(p_tenant bigint, p_workflow text, p_version integer,
                                            p_input jsonb, p_priority integer,
@@ -40,17 +65,6 @@ LANGUAGE sql AS $$
     SELECT s.created, s.run
       FROM flowd_start_run(p_tenant, p_workflow, p_version, p_input, p_priority,
                            p_idempotency_key, NULL::integer) s
-$$;
-
--- The previous signature of flowd_start_run, for callers without tags (0034).
-CREATE OR REPLACE FUNCTION flowd_start_run(p_tenant bigint, p_workflow text, p_version integer,
-                                           p_input jsonb, p_priority integer,
-                                           p_idempotency_key text, p_checked_version integer,
-                                           OUT created boolean, OUT run jsonb)
-LANGUAGE sql AS $$
-    SELECT s.created, s.run
-      FROM flowd_start_run(p_tenant, p_workflow, p_version, p_input, p_priority,
-                           p_idempotency_key, p_checked_version, NULL::jsonb) s
 $$;
 
 -- The previous signature of flowd_create_batch, for callers that check nothing.
@@ -114,7 +128,7 @@ LANGUAGE sql STABLE AS $$
       FROM workflows w WHERE w.id = c.workflow_id
 $$;
 
--- The previous signature of flowd_runs_page (0034 took the filters as one object).
+-- The previous signature of flowd_runs_page (0035 took the filters as one object).
 CREATE OR REPLACE FUNCTION flowd_runs_page(p_tenant bigint, p_workflow text, p_state text, p_batch bigint,
                                            p_cursor bigint, p_limit integer) RETURNS jsonb
 LANGUAGE sql STABLE AS $$

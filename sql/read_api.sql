@@ -6,10 +6,19 @@
 -- applies this file again whenever its checksum changes (sql/README.md). A four-digit number names
 -- the migration in migrations/ where a function or a table was first written or changed (history).
 
+-- A run the API shows: a queued run whose start time lies ahead is "scheduled".
+CREATE OR REPLACE FUNCTION flowd_run_state(p_state text, p_start_at timestamptz) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN p_state = 'queued' AND p_start_at > flowd_now() THEN 'scheduled'
+                ELSE p_state END
+$$;
+
+
 -- The run as a client sees it; NULL when the tenant cannot see it. PL/pgSQL rather than SQL so
 -- that its plan is cached: an SQL function with a FROM clause is planned again on every call.
--- Its output is read from the steps; its steps show their interruptions; it carries its metadata
--- and its parent run (0034).
+-- Its output is read from the steps; its steps show their interruptions; it names its schedule
+-- and start time, and a delayed run shows as scheduled until it starts (0034); it carries its
+-- metadata and its parent run (0035).
 CREATE OR REPLACE FUNCTION flowd_run_json(p_tenant bigint, p_run bigint) RETURNS jsonb
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
@@ -17,9 +26,11 @@ BEGIN
         'id', r.id,
         'workflow', w.name,
         'version', w.version,
-        'state', r.state,
+        'state', flowd_run_state(r.state, r.start_at),
         'priority', r.priority,
         'batch', r.batch_id,
+        'schedule', (SELECT sc.name FROM schedules sc WHERE sc.id = r.schedule_id),
+        'start_at', flowd_ms(r.start_at),
         'progress', jsonb_build_object(
             'done', r.steps_done, 'total', r.steps_total,
             'percent', CASE WHEN r.steps_total = 0 THEN 100
@@ -143,8 +154,9 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- The WHERE clause of GET /v1/runs for the filters present in p_filter (an object the API
--- checked: workflow, version, state, batch, parent, meta, failed_step, created_after,
--- created_before, finished_after, finished_before). Only filters given are in the statement, so
+-- checked: workflow, version, state, batch, parent, schedule, meta, failed_step, created_after,
+-- created_before, finished_after, finished_before). A queued run whose start is still ahead is
+-- 'scheduled' (flowd_run_state), as its JSON says. Only filters given are in the statement, so
 -- each query is planned for what it asks (the metadata GIN index, the recent-runs index) instead
 -- of one generic plan with every filter optional. The values stay parameters: the statement
 -- reads them from $2 (the filter) and $1 (the tenant).
@@ -154,11 +166,17 @@ LANGUAGE sql IMMUTABLE AS $$
         || CASE WHEN p_filter ? 'workflow' THEN ' AND w.name = $2->>''workflow''' ELSE '' END
         || CASE WHEN p_filter ? 'version'
                 THEN ' AND w.version = ($2->>''version'')::integer' ELSE '' END
-        || CASE WHEN p_filter ? 'state' THEN ' AND r.state = $2->>''state''' ELSE '' END
+        || CASE WHEN p_filter->>'state' IN ('queued', 'scheduled')
+                THEN ' AND r.state = ''queued'' AND flowd_run_state(r.state, r.start_at) = $2->>''state'''
+                WHEN p_filter ? 'state' THEN ' AND r.state = $2->>''state''' ELSE '' END
         || CASE WHEN p_filter ? 'batch' THEN ' AND r.batch_id = ($2->>''batch'')::bigint' ELSE '' END
         || CASE WHEN p_filter ? 'parent'
                 THEN ' AND r.parent_step_id IN (SELECT ps.id FROM steps ps'
                      ' WHERE ps.run_id = ($2->>''parent'')::bigint AND ps.tenant_id = $1)'
+                ELSE '' END
+        || CASE WHEN p_filter ? 'schedule'
+                THEN ' AND r.schedule_id = (SELECT sc.id FROM schedules sc'
+                     ' WHERE sc.tenant_id = $1 AND sc.name = $2->>''schedule'')'
                 ELSE '' END
         || CASE WHEN p_filter ? 'meta' THEN ' AND r.meta @> ($2->''meta'')' ELSE '' END
         || CASE WHEN p_filter ? 'failed_step'
@@ -191,7 +209,8 @@ BEGIN
        INTO v_ids USING p_tenant, p_filter, p_cursor, p_limit + 1;
     RETURN jsonb_build_object(
         'runs', coalesce((SELECT jsonb_agg(jsonb_build_object(
-                    'id', r.id, 'workflow', w.name, 'version', w.version, 'state', r.state,
+                    'id', r.id, 'workflow', w.name, 'version', w.version,
+                    'state', flowd_run_state(r.state, r.start_at),
                     'priority', r.priority, 'batch', r.batch_id,
                     'progress', jsonb_build_object(
                         'done', r.steps_done, 'total', r.steps_total,
@@ -219,13 +238,14 @@ DECLARE
     v jsonb;
 BEGIN
     EXECUTE 'SELECT jsonb_build_object('
+         || '''scheduled'', count(*) FILTER (WHERE x.state = ''scheduled''),'
          || '''queued'', count(*) FILTER (WHERE x.state = ''queued''),'
          || '''running'', count(*) FILTER (WHERE x.state = ''running''),'
          || '''succeeded'', count(*) FILTER (WHERE x.state = ''succeeded''),'
          || '''failed'', count(*) FILTER (WHERE x.state = ''failed''),'
          || '''cancelled'', count(*) FILTER (WHERE x.state = ''cancelled''),'
          || '''capped'', count(*) > $3)'
-         || ' FROM (SELECT r.state FROM runs r JOIN workflows w ON w.id = r.workflow_id WHERE '
+         || ' FROM (SELECT flowd_run_state(r.state, r.start_at) AS state FROM runs r JOIN workflows w ON w.id = r.workflow_id WHERE '
          || flowd_runs_where(p_filter) || ' ORDER BY r.id DESC LIMIT $3 + 1) x'
        INTO v USING p_tenant, p_filter, p_cap;
     RETURN v;
