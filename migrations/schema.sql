@@ -487,6 +487,7 @@ CREATE UNIQUE INDEX rate_limits_name ON public.rate_limits USING btree (name, CO
 CREATE INDEX run_events_run ON public.run_events USING btree (run_id, id);
 CREATE INDEX run_usage_batch ON public.run_usage USING btree (batch_id) WHERE (batch_id IS NOT NULL);
 CREATE INDEX run_usage_tenant_day ON public.run_usage USING btree (tenant_id, day);
+CREATE INDEX runs_active ON public.runs USING btree (state) WHERE (state = ANY (ARRAY['queued'::text, 'running'::text]));
 CREATE INDEX runs_batch ON public.runs USING btree (batch_id, id) WHERE (batch_id IS NOT NULL);
 CREATE UNIQUE INDEX runs_idempotency ON public.runs USING btree (tenant_id, idempotency_key) WHERE (idempotency_key IS NOT NULL);
 CREATE INDEX runs_meta ON public.runs USING gin (meta jsonb_path_ops) WHERE (meta IS NOT NULL);

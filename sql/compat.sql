@@ -128,7 +128,7 @@ LANGUAGE sql STABLE AS $$
       FROM workflows w WHERE w.id = c.workflow_id
 $$;
 
--- The previous signature of flowd_runs_page (0035 took the filters as one object).
+-- The previous signature of flowd_runs_page (0036 took the filters as one object).
 CREATE OR REPLACE FUNCTION flowd_runs_page(p_tenant bigint, p_workflow text, p_state text, p_batch bigint,
                                            p_cursor bigint, p_limit integer) RETURNS jsonb
 LANGUAGE sql STABLE AS $$

@@ -1,4 +1,4 @@
--- sql/console.sql: The browser console's sign-in sessions (console_sessions, 0036).
+-- sql/console.sql: The browser console's sign-in sessions (console_sessions, 0037).
 --
 -- Functions only, each defined once, CREATE OR REPLACE, edited in place: the migration runner
 -- applies this file again whenever its checksum changes (sql/README.md). A four-digit number names

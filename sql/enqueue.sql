@@ -103,7 +103,7 @@ BEGIN
     RETURN jsonb_set(p_def->'window', '{tz}', to_jsonb(v_tz));
 END $$;
 
--- A run's metadata (0035) from its workflow's "search" ({"name": "{{input.a.b}}"}, checked when the
+-- A run's metadata (0036) from its workflow's "search" ({"name": "{{input.a.b}}"}, checked when the
 -- workflow was registered: plain input paths only) and its input; a path the input lacks leaves
 -- its name out; NULL when none is present. Values are text, so ?meta.lead=30012 matches a lead
 -- id given as a number or as a string.
@@ -128,7 +128,7 @@ $$;
 --   (by run, then step), then the run.created rows (by run).
 -- Three per-input arrays (NULL: none; 0034): each run's idempotency key, its start time (its first
 -- steps wait until then; earlier than now means now) and the schedule making it.
--- Each run keeps its metadata from the workflow's search (flowd_run_meta, 0035).
+-- Each run keeps its metadata from the workflow's search (flowd_run_meta, 0036).
 CREATE OR REPLACE FUNCTION flowd_create_runs(p_tenant bigint, p_workflow bigint, p_inputs jsonb,
                                   p_priority integer, p_batch bigint, p_parent_step bigint,
                                   p_parent_indexes integer[], p_idempotency_key text,
@@ -302,7 +302,7 @@ $$;
 -- now (both NULL: now); the start is not part of the idempotency digest, since a retry of
 -- `start_in` computes another instant. p_tags: the client's tags (an object of strings, checked by
 -- the API, or NULL), kept in the run's metadata under the workflow's own search values, which win
--- on a shared name (0035); they are part of the request a key stands for.
+-- on a shared name (0036); they are part of the request a key stands for.
 CREATE OR REPLACE FUNCTION flowd_start_run(p_tenant bigint, p_workflow text, p_version integer,
                                 p_input jsonb, p_priority integer, p_idempotency_key text,
                                 p_checked_version integer, p_start_at timestamptz,

@@ -18,7 +18,7 @@ $$;
 -- that its plan is cached: an SQL function with a FROM clause is planned again on every call.
 -- Its output is read from the steps; its steps show their interruptions; it names its schedule
 -- and start time, and a delayed run shows as scheduled until it starts (0034); it carries its
--- metadata and its parent run (0035).
+-- metadata and its parent run (0036).
 CREATE OR REPLACE FUNCTION flowd_run_json(p_tenant bigint, p_run bigint) RETURNS jsonb
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
