@@ -1,5 +1,5 @@
 /* engine/webhook.h: outbound webhooks, signed per Standard Webhooks 1.0, delivered from the
- * transactional outbox (migrations 0036, 0037 and sql/webhooks.sql).
+ * transactional outbox (migrations 0038, 0039 and sql/webhooks.sql).
  *
  * Messages and their deliveries are written by SQL triggers in the transaction that makes the
  * change they report. A dispatcher (one thread per `flowd serve` that runs workers) claims due

@@ -1,11 +1,11 @@
--- sql/webhooks.sql: Outbound webhooks: writing messages (the triggers of migrations/0037 call these
+-- sql/webhooks.sql: Outbound webhooks: writing messages (the triggers of migrations/0039 call these
 -- inside the transaction that makes the change), claiming and settling deliveries
 -- (engine/webhook.c), and the API's endpoint and delivery functions (api/routes_webhooks.c).
 -- Every API function takes the caller's tenant first; what it cannot see reads as NULL (404).
 --
 -- Functions only, each defined once, CREATE OR REPLACE, edited in place: the migration runner
 -- applies this file again whenever its checksum changes (sql/README.md). The tables are in
--- migrations/0036.
+-- migrations/0038.
 
 -- Whether anything subscribes to an event of this type, workflow and run: an endpoint that is not
 -- disabled, or the run's own callback. Cheap (index probes), so triggers ask it before rendering.

@@ -1,5 +1,5 @@
 /* tests/integration/test_webhooks.c: outbound webhooks end to end (api/routes_webhooks.c,
- * engine/webhook.c, sql/webhooks.sql, migrations 0036-0037) against a receiver that verifies
+ * engine/webhook.c, sql/webhooks.sql, migrations 0038-0039) against a receiver that verifies
  * every delivery with the Standard Webhooks reference library (tests/webhooks/receiver.js, npm
  * standardwebhooks):
  *   - endpoints: create (secret shown once), list, get, update, pause/resume, delete, 422 naming

@@ -1,7 +1,7 @@
 -- Outbound webhooks (Standard Webhooks 1.0): a tenant's endpoints, the messages its state changes
 -- produce, one delivery per (message, endpoint) and every attempt of a delivery. Messages and
 -- deliveries are written by triggers in the transaction that makes the change they report (a
--- transactional outbox: the triggers are in 0037, their functions in sql/webhooks.sql), and
+-- transactional outbox: the triggers are in 0039, their functions in sql/webhooks.sql), and
 -- delivered by the engine's dispatcher (engine/webhook.c). Times are the engine clock's
 -- (flowd_now()), which the functions write: a migration calls no function of sql/.
 
