@@ -103,8 +103,9 @@ BEGIN
     RETURN jsonb_set(p_def->'window', '{tz}', to_jsonb(v_tz));
 END $$;
 
--- flowd_create_runs: same semantics as flowd_create_runs in 0002 (see there for the why of
--- each part); what changed is how PostgreSQL gets there:
+-- Creates one run per element of p_inputs with all its steps; returns their ids in input order.
+-- Map children pass their parent step and their items' positions. (0002 wrote it first and says
+-- the why of each part; 0012 made it one statement:)
 -- - The steps are fed from the runs INSERT's RETURNING instead of re-reading the new runs by id
 --   (r.id = ANY (v_ids)): no table is looked up, so the plan does not depend on the parameters and
 --   PL/pgSQL's cached generic plan is as good for one input as for 10,000 (0002's statements were
