@@ -75,6 +75,8 @@ const char *api_req_peer(const api_req *r);                     /* "127.0.0.1:51
 /* The request id, also sent back as X-Request-Id: the client's own X-Request-Id when it is 1-64
  * characters of [A-Za-z0-9._:-], else 16 random hex digits. */
 const char *api_req_id(const api_req *r);
+/* Seconds since the request was dispatched to its handler (loop time, brought up to date). */
+double api_req_elapsed_s(const api_req *r);
 
 /* Responses: exactly one per request, now or later. extra_headers is a NULL-terminated array of
  * "Name: value" strings, or NULL; Content-Length, Transfer-Encoding, Connection, Date and

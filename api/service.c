@@ -143,7 +143,8 @@ static void call_abort_cb(void *arg)
 static void call_count(const api_call *call, int status)
 {
     if (call->req)
-        eng_metrics_http_request(api_req_method(call->req), call->route, status);
+        eng_metrics_http_request(api_req_method(call->req), call->route, status,
+                                 api_req_elapsed_s(call->req));
 }
 
 void api_call_free(api_call *call)

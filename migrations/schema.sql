@@ -474,6 +474,7 @@ CREATE UNIQUE INDEX rate_limits_name ON public.rate_limits USING btree (name, CO
 CREATE INDEX run_events_run ON public.run_events USING btree (run_id, id);
 CREATE INDEX run_usage_batch ON public.run_usage USING btree (batch_id) WHERE (batch_id IS NOT NULL);
 CREATE INDEX run_usage_tenant_day ON public.run_usage USING btree (tenant_id, day);
+CREATE INDEX runs_active ON public.runs USING btree (state) WHERE (state = ANY (ARRAY['queued'::text, 'running'::text]));
 CREATE INDEX runs_batch ON public.runs USING btree (batch_id, id) WHERE (batch_id IS NOT NULL);
 CREATE UNIQUE INDEX runs_idempotency ON public.runs USING btree (tenant_id, idempotency_key) WHERE (idempotency_key IS NOT NULL);
 CREATE INDEX runs_parent ON public.runs USING btree (parent_step_id) WHERE (parent_step_id IS NOT NULL);
