@@ -10,6 +10,7 @@
 
 #include <curl/curl.h>
 #include <ev.h>
+#include <jansson.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <pthread.h>
@@ -47,12 +48,17 @@ struct eng_webhooks {
     bool stopping;
     double stop_grace;
     struct wh_delivery *list; /* claimed and not yet settled, freed at the end if abandoned */
+    json_t *answered;         /* attempts done, waiting for the next settle statement */
+    struct wh_delivery **settling; /* the deliveries of the settle statement in flight */
+    size_t nsettling;
 };
 
 typedef struct wh_delivery {
     eng_webhooks *d;
     struct wh_delivery *prev, *next;
+    bool answered; /* its attempt waits in answered for the next settle statement */
     long long id;
+    long long endpoint;
     int attempt;
     char *url;
     int64_t created_ms;
@@ -139,27 +145,56 @@ int64_t eng_webhook_retry_after_ms(const char *value, int64_t now_ms)
 
 /* ----------------------------------------------------------------------- delivering -- */
 
+static void wh_flush(eng_webhooks *d);
+
+/* The settle statement of a batch of attempts returned: one row per attempt, in no given order. */
 static void wh_settled_cb(void *arg, const eng_err *err, const PGresult *res)
 {
-    wh_delivery *w = arg;
-    eng_webhooks *d = w->d;
+    eng_webhooks *d = arg;
     if (err) {
-        /* the lease lapses and the delivery goes out again: at least once */
-        log_warn("webhook attempt not recorded", LOG_I("delivery", w->id), LOG_S("error", err->msg));
+        /* their leases lapse and the deliveries go out again: at least once */
+        log_warn("webhook attempts not recorded", LOG_I("attempts", d->nsettling),
+                 LOG_S("error", err->msg));
     } else {
-        const char *outcome = PQgetvalue(res, 0, 0);
-        eng_metrics_webhook(outcome);
-        if (strcmp(outcome, "sent") == 0)
-            eng_metrics_webhook_lag(atoll(PQgetvalue(res, 0, 1)));
-        else if (strcmp(outcome, "disabled") == 0)
-            log_warn("webhook endpoint disabled", LOG_I("delivery", w->id), LOG_S("url", w->url));
+        for (int i = 0; i < PQntuples(res); i++) {
+            const char *outcome = PQgetvalue(res, i, 1);
+            eng_metrics_webhook(outcome);
+            if (strcmp(outcome, "sent") == 0)
+                eng_metrics_webhook_lag(atoll(PQgetvalue(res, i, 2)));
+            else if (strcmp(outcome, "disabled") == 0)
+                log_warn("webhook endpoint disabled", LOG_S("delivery", PQgetvalue(res, i, 0)));
+        }
     }
-    wh_delivery_free(w);
+    for (size_t i = 0; i < d->nsettling; i++)
+        wh_delivery_free(d->settling[i]);
+    free(d->settling);
+    d->settling = NULL;
+    d->nsettling = 0;
     d->want = true;
-    if (d->stopping && d->inflight == 0)
+    if (d->stopping && d->inflight == 0) {
         ev_break(d->loop, EVBREAK_ALL);
-    else
-        wh_maybe_claim(d);
+        return;
+    }
+    wh_flush(d);
+    wh_maybe_claim(d);
+}
+
+/* Sends the attempts answered so far in one statement (one commit for all of them), unless one is
+ * in flight: its return sends the next batch. */
+static void wh_flush(eng_webhooks *d)
+{
+    size_t n = json_array_size(d->answered);
+    if (d->settling || n == 0)
+        return;
+    d->settling = eng_xcalloc(n, sizeof *d->settling);
+    for (wh_delivery *w = d->list; w; w = w->next)
+        if (w->answered)
+            d->settling[d->nsettling++] = w, w->answered = false;
+    char *text = json_dumps(d->answered, JSON_COMPACT);
+    json_array_clear(d->answered);
+    const char *params[] = {text};
+    eng_db_query(d->db, "wh_results", 1, params, wh_settled_cb, d);
+    free(text);
 }
 
 /* Text PostgreSQL accepts whatever the receiver answered: printable ASCII, the rest as '?'. */
@@ -179,15 +214,20 @@ static char *wh_snippet(const char *s, size_t len)
 static void wh_settle(wh_delivery *w, long status, int64_t latency_ms, const char *response,
                       const char *error, int64_t retry_after_ms)
 {
-    char id_s[24], attempt_s[16], status_s[16], latency_s[24], ra_s[24];
-    snprintf(id_s, sizeof id_s, "%lld", w->id);
-    snprintf(attempt_s, sizeof attempt_s, "%d", w->attempt);
-    snprintf(status_s, sizeof status_s, "%ld", status);
-    snprintf(latency_s, sizeof latency_s, "%lld", (long long)latency_ms);
-    snprintf(ra_s, sizeof ra_s, "%lld", (long long)retry_after_ms);
-    const char *params[] = {id_s,     attempt_s, status ? status_s : NULL, latency_s,
-                            response, error,     retry_after_ms > 0 ? ra_s : NULL};
-    eng_db_query(w->d->db, "wh_result", 7, params, wh_settled_cb, w);
+    json_t *a = json_pack("{s:I, s:I, s:i, s:I}", "id", (json_int_t)w->id, "endpoint",
+                          (json_int_t)w->endpoint, "attempt", w->attempt, "latency_ms",
+                          (json_int_t)latency_ms);
+    if (status)
+        json_object_set_new(a, "status", json_integer(status));
+    if (response)
+        json_object_set_new(a, "response", json_string(response));
+    if (error)
+        json_object_set_new(a, "error", json_string(error));
+    if (retry_after_ms > 0)
+        json_object_set_new(a, "retry_after_ms", json_integer(retry_after_ms));
+    json_array_append_new(w->d->answered, a);
+    w->answered = true;
+    wh_flush(w->d);
 }
 
 static void wh_answer_cb(void *arg, const eng_err *err, const eng_http_response *resp,
@@ -216,6 +256,7 @@ static void wh_post(eng_webhooks *d, const PGresult *res, int row)
     w->d = d;
     w->id = atoll(PQgetvalue(res, row, 0));
     w->attempt = atoi(PQgetvalue(res, row, 1));
+    w->endpoint = atoll(PQgetvalue(res, row, 6));
     w->url = eng_xstrdup(PQgetvalue(res, row, 2));
     w->created_ms = atoll(PQgetvalue(res, row, 8));
     w->started_ms = eng_clock_wall_ms();
@@ -396,8 +437,7 @@ static void *wh_main(void *arg)
     d->db = eng_db_new(d->loop, &dbo);
     d->httpc = eng_httpc_new(d->loop);
     eng_db_prepare(d->db, "wh_claim", "SELECT * FROM flowd_webhook_claim($1, $2, $3)", 3);
-    eng_db_prepare(d->db, "wh_result",
-                   "SELECT * FROM flowd_webhook_result($1, $2, $3, $4, $5, $6, $7)", 7);
+    eng_db_prepare(d->db, "wh_results", "SELECT * FROM flowd_webhook_results($1::jsonb)", 1);
     eng_db_prepare(d->db, "wh_next_due", "SELECT flowd_webhook_next_due_ms()", 0);
     eng_db_prepare(d->db, "wh_sweep", "SELECT flowd_webhook_sweep()", 0);
     eng_db_listen(d->db, "flowd_webhooks");
@@ -408,6 +448,7 @@ static void *wh_main(void *arg)
     eng_db_free(d->db);
     while (d->list)
         wh_delivery_free(d->list);
+    free(d->settling);
     return NULL;
 }
 
@@ -422,6 +463,7 @@ eng_webhooks *eng_webhooks_start(const eng_webhook_opts *opts)
     if (d->opts.timeout_ms <= 0)
         d->opts.timeout_ms = 15000;
     d->conninfo = eng_xstrdup(opts->conninfo);
+    d->answered = json_array();
     d->opts.conninfo = d->conninfo;
     d->loop = ev_loop_new(EVFLAG_AUTO);
     ev_async_init(&d->stop_signal, wh_stop_cb);
@@ -445,6 +487,7 @@ void eng_webhooks_stop(eng_webhooks *d, double grace_s)
     ev_async_send(d->loop, &d->stop_signal);
     pthread_join(d->thread, NULL);
     ev_loop_destroy(d->loop);
+    json_decref(d->answered);
     free(d->conninfo);
     free(d);
 }

@@ -308,6 +308,30 @@ BEGIN
     outcome := 'retry';
 END $$;
 
+-- Settles a batch of attempts in one transaction (one commit for all): p_attempts is an array of
+-- {id, endpoint, attempt, status?, latency_ms, response?, error?, retry_after_ms?}. They are taken
+-- in (endpoint, id) order, the order every process locks endpoints and deliveries in, so
+-- concurrent batches never deadlock. One row per attempt (see flowd_webhook_result).
+CREATE OR REPLACE FUNCTION flowd_webhook_results(p_attempts jsonb)
+RETURNS TABLE (id bigint, outcome text, lag_ms bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v jsonb;
+    r record;
+BEGIN
+    FOR v IN SELECT x FROM jsonb_array_elements(p_attempts) x
+              ORDER BY (x->>'endpoint')::bigint, (x->>'id')::bigint LOOP
+        SELECT * INTO r FROM flowd_webhook_result((v->>'id')::bigint, (v->>'attempt')::integer,
+                                                  (v->>'status')::integer,
+                                                  (v->>'latency_ms')::integer, v->>'response',
+                                                  v->>'error', (v->>'retry_after_ms')::bigint);
+        id := (v->>'id')::bigint;
+        outcome := r.outcome;
+        lag_ms := r.lag_ms;
+        RETURN NEXT;
+    END LOOP;
+END $$;
+
 -- The earliest time a pending delivery of an active endpoint is due, in ms from now (0 when one
 -- is due), NULL when none: the dispatcher sleeps until then or a NOTIFY.
 CREATE OR REPLACE FUNCTION flowd_webhook_next_due_ms() RETURNS bigint
