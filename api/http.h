@@ -69,6 +69,7 @@ const char *api_req_path(const api_req *r);                     /* decoded path 
 const char *api_req_raw_query(const api_req *r);                /* undecoded, "" when absent */
 const char *api_req_query(const api_req *r, const char *name);  /* percent-decoded value or NULL */
 const char *api_req_query_name(const api_req *r, size_t i);     /* i-th parameter's name, or NULL */
+const char *api_req_query_value(const api_req *r, size_t i);    /* its decoded value, or NULL */
 const char *api_req_header(const api_req *r, const char *name); /* case-insensitive, NULL if absent */
 const char *api_req_body(const api_req *r, size_t *len);        /* de-chunked, NUL-terminated */
 const char *api_req_peer(const api_req *r);                     /* "127.0.0.1:51234", "[::1]:5" */

@@ -216,6 +216,11 @@ const char *api_req_query_name(const api_req *r, size_t i)
     return i < r->nq ? r->dec.ptr + r->qoffs[2 * i] : NULL;
 }
 
+const char *api_req_query_value(const api_req *r, size_t i)
+{
+    return i < r->nq ? r->dec.ptr + r->qoffs[2 * i + 1] : NULL;
+}
+
 const char *api_req_header(const api_req *r, const char *name)
 {
     for (size_t i = 0; i < r->nhdrs; i++)
