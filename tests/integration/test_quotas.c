@@ -98,7 +98,7 @@ static void enqueuer(const char *db, long long tenant)
         const char *params[] = {t};
         PGresult *r = PQexecParams(c,
                                    "SELECT created FROM flowd_start_run($1, 'q', NULL, '{}', 0,"
-                                   " NULL, NULL, NULL, NULL)",
+                                   " NULL, NULL, NULL, NULL, NULL)",
                                    1, NULL, params, NULL, NULL, 0);
         const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
         if (PQresultStatus(r) == PGRES_TUPLES_OK)
