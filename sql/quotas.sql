@@ -1,4 +1,4 @@
--- sql/quotas.sql: tenants' quotas (tables: migrations/0038_quotas.sql).
+-- sql/quotas.sql: tenants' quotas (tables: migrations/0040_quotas.sql).
 
 -- The start of the month (UTC) of the engine clock, and of the next one.
 CREATE OR REPLACE FUNCTION flowd_quota_month(OUT period_start timestamptz, OUT resets_at timestamptz)
