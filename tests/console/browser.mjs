@@ -374,9 +374,11 @@ try {
   check(true, 'a suppression added and lifted from the console');
   await page.goto(`${base}/#/schedules`, { waitUntil: 'load' });
   await page.waitForSelector('tr[data-schedule="nightly"]');
-  await page.click('tr[data-schedule="nightly"] button[data-action="trigger"]');
+  // the list redraws every 5 s: find and press the button in one step
+  const press = (sel) => page.evaluate((q) => document.querySelector(q).click(), sel);
+  await press('tr[data-schedule="nightly"] button[data-action="trigger"]');
   await page.waitForFunction(() => /Triggered: run #\d+/.test(document.querySelector('.action-result').textContent));
-  await page.click('tr[data-schedule="nightly"] button[data-action="pause"]');
+  await press('tr[data-schedule="nightly"] button[data-action="pause"]');
   await page.waitForSelector('tr[data-schedule="nightly"] button[data-action="resume"]');
   check(true, 'a schedule triggered and paused from the console');
   await page.click('a[href="#/schedules/nightly"]');
