@@ -38,6 +38,7 @@
 #include "engine/jschema.h"
 #include "engine/log.h"
 #include "engine/mem.h"
+#include "engine/metrics.h"
 #include "engine/step.h"
 #include "engine/wf_def.h"
 #include "engine/wf_template.h"
@@ -965,6 +966,38 @@ static void finish_with(llm_attempt *a, json_t *out)
     batch_enqueue(a, BQ_RECORD);
 }
 
+static void paid_usage_done(void *arg, const eng_err *err, const PGresult *res)
+{
+    (void)arg;
+    (void)res;
+    if (err)
+        log_warn("could not record a paid llm attempt as usage", LOG_S("error", err->msg));
+}
+
+/* The provider answered (and charged for) an attempt that fails anyway (a reply that is not the
+ * JSON asked for): recorded as usage (ok false) and counted, like an answer that succeeds. */
+static void paid_failure(const llm_attempt *a, const llm_reply *r)
+{
+    const char *pname = prov_name((prov_id)a->prov);
+    double pin, pout;
+    double cost = price_of(a->model, &pin, &pout)
+                      ? ((double)r->in_tokens * pin + (double)r->out_tokens * pout) / 1e6
+                      : 0;
+    eng_metrics_llm_usage(pname, a->model, r->in_tokens, r->out_tokens, 0, cost);
+    char tenant[24], run[24], in[24], out[24];
+    snprintf(tenant, sizeof tenant, "%lld", (long long)eng_step_tenant_id(a->ctx));
+    snprintf(run, sizeof run, "%lld", (long long)eng_step_run_id(a->ctx));
+    snprintf(in, sizeof in, "%lld", (long long)r->in_tokens);
+    snprintf(out, sizeof out, "%lld", (long long)r->out_tokens);
+    const char *params[] = {tenant, run, eng_step_key(a->ctx), pname, a->model, in, out};
+    eng_db_query(eng_step_db(a->ctx),
+                 "SELECT flowd_usage_add(jsonb_build_array(jsonb_build_object('tenant', $1::bigint,"
+                 " 'run', $2::bigint, 'step', $3::text, 'kind', 'llm', 'provider', $4::text,"
+                 " 'model', $5::text, 'input_tokens', $6::bigint, 'output_tokens', $7::bigint,"
+                 " 'ok', false)))",
+                 7, params, paid_usage_done, NULL);
+}
+
 static void call_done(void *arg, const eng_err *err, const eng_http_response *resp,
                       eng_http_call *call)
 {
@@ -999,6 +1032,7 @@ static void call_done(void *arg, const eng_err *err, const eng_http_response *re
         if (!parsed || (schema && !reply_matches(schema, parsed, why, sizeof why))) {
             json_decref(parsed);
             eng_buf_deinit(&r.text);
+            paid_failure(a, &r);
             attempt_fail(a, false, "invalid_json", why, 0);
             return;
         }
@@ -1006,6 +1040,8 @@ static void call_done(void *arg, const eng_err *err, const eng_http_response *re
     int64_t latency = eng_clock_wall_ms() - a->t0_wall_ms;
     json_t *out = make_output(a, text, parsed, r.finish, r.in_tokens, r.out_tokens, latency);
     eng_buf_deinit(&r.text);
+    eng_metrics_llm_usage(prov_name(pid), a->model, r.in_tokens, r.out_tokens, 0,
+                          json_number_value(json_object_get(out, "cost_usd")));
     rl_adjust(eng_step_db(a->ctx), eng_step_tenant_id(a->ctx), a->rl_name,
               r.in_tokens + r.out_tokens - a->est_tokens);
     finish_with(a, out);
