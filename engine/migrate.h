@@ -29,8 +29,9 @@ const eng_migration *eng_migrations_embedded(size_t *count);
  * conninfo. Before applying anything it checks every already recorded file: one whose checksum (the
  * sha256 hex of its bytes, computed by PostgreSQL) differs stops with ENG_ECONFLICT and a message
  * naming the file. A failing file rolls back its transaction and returns ENG_EDB (or
- * ENG_EDB_RETRY for a lost connection) naming the file, with err->sqlstate set; files applied
- * before it stay applied. Duplicate names give ENG_EINVAL. *applied (may be NULL) gets the number
+ * ENG_EDB_RETRY when trying again may succeed: a lost connection, or a SQLSTATE that
+ * eng_db_sqlstate_rc calls retryable, like a deadlock) naming the file, with err->sqlstate set;
+ * files applied before it stay applied. Duplicate names give ENG_EINVAL. *applied (may be NULL) gets the number
  * of files newly applied by this call. migs is borrowed. */
 ENG_MUST_CHECK eng_rc eng_migrate_up(const char *conninfo, const eng_migration *migs, size_t count,
                                      int *applied, eng_err *err);

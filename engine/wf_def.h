@@ -48,5 +48,6 @@ eng_rc wf_def_compile(const json_t *doc, json_t **out, eng_err *err);
  * whatever its key order or whitespace was. NULL only when doc cannot be encoded. */
 char *wf_def_digest(const json_t *doc);
 
-/* Lowercase hex SHA-256 of len bytes (caller frees); exposed for the test vectors. */
+/* Lowercase hex SHA-256 of len bytes (OpenSSL's; caller frees): definition digests, API key
+ * digests, request hashes. */
 char *wf_sha256_hex(const void *data, size_t len);
