@@ -59,6 +59,21 @@ static void ops_rehome_refs(json_t *node)
     }
 }
 
+/* PUT /v1/workflows/{name} takes the name from its path: its body is the definition with "name"
+ * not required (and checked against the path when given). */
+static void ops_registration_build(json_t *schemas, const json_t *wf)
+{
+    json_t *reg = json_deep_copy(wf);
+    json_t *required = json_object_get(reg, "required");
+    for (size_t i = json_array_size(required); i-- > 0;)
+        if (strcmp(json_string_value(json_array_get(required, i)), "name") == 0)
+            json_array_remove(required, i);
+    json_t *desc = json_object_get(json_object_get(schemas, "WorkflowRegistration"), "description");
+    if (desc)
+        json_object_set(reg, "description", desc);
+    json_object_set_new(schemas, "WorkflowRegistration", reg);
+}
+
 /* The served document is self-contained: the workflow definition's JSON Schema (served on its own
  * at /v1/schemas/workflow.json, the one file both documents come from) is its WorkflowDefinition,
  * with its $defs as components named workflow_NAME, so generators that cannot follow a reference
@@ -89,6 +104,7 @@ static void ops_openapi_build(void)
         if (docs)
             json_object_set(wf, "externalDocs", docs);
         json_object_set(schemas, "WorkflowDefinition", wf);
+        ops_registration_build(schemas, wf);
     }
     json_decref(wf);
     const char *url = getenv("FLOWD_PUBLIC_URL");

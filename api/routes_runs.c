@@ -11,6 +11,7 @@
 #include "engine/jschema.h"
 #include "engine/mem.h"
 #include "engine/wf_def.h"
+#include "engine/wf_trigger.h"
 
 /* Parses a path id; answers 404 (ids that cannot exist are simply not found) when bad. */
 static bool runs_path_id(api_call *call, const char *s)
@@ -357,6 +358,47 @@ static void event_post_cb(api_call *call, const eng_err *err, const PGresult *re
                                                atoi(PQgetvalue(res, 0, 2))));
 }
 
+/* The event as flowd_event_to takes it, kept in call->data between the two statements. */
+typedef struct event_post {
+    char *name, *key, *data;
+} event_post;
+
+static void event_post_free(void *arg)
+{
+    event_post *ev = arg;
+    free(ev->name);
+    free(ev->key);
+    free(ev->data);
+    free(ev);
+}
+
+/* The triggered versions: when every check passed, the event is applied starting exactly those
+ * versions (engine/wf_trigger.h). */
+static void event_triggers_cb(api_call *call, const eng_err *err, const PGresult *res)
+{
+    if (err) {
+        api_call_respond_err(call, err);
+        return;
+    }
+    const event_post *ev = call->data;
+    json_t *data = json_loads(ev->data, 0, NULL);
+    char *ids = NULL;
+    eng_err why;
+    eng_rc rc = wf_trigger_check_rows(res, ev->name, ev->key, data, &ids, &why);
+    json_decref(data);
+    if (rc == ENG_EINVAL) {
+        api_call_respond_error(call, 422, "invalid_input", why.msg, why.field);
+        return;
+    }
+    if (rc != ENG_OK) {
+        api_call_respond_err(call, &why);
+        return;
+    }
+    const char *params[] = {call->tenant_s, ev->name, ev->key, ev->data, ids};
+    api_call_db(call, WF_TRIGGER_APPLY_SQL, 5, params, event_post_cb);
+    free(ids);
+}
+
 void api_route_event_post(api_call *call)
 {
     static const char *const allowed[] = {"name", "key", "data", NULL};
@@ -382,13 +424,15 @@ void api_route_event_post(api_call *call)
     char key_s[32];
     if (json_is_integer(key))
         snprintf(key_s, sizeof key_s, "%lld", (long long)json_integer_value(key));
-    char *data_s = json_is_object(data) ? json_dumps(data, JSON_COMPACT) : eng_xstrdup("{}");
-    const char *params[] = {call->tenant_s, json_string_value(name),
-                            json_is_integer(key) ? key_s : json_string_value(key), data_s};
-    api_call_db(call, "SELECT resumed, cancelled, started FROM flowd_event($1, $2, $3, $4::jsonb)", 4,
-                params, event_post_cb);
-    free(data_s);
+    event_post *ev = eng_xmalloc(sizeof *ev);
+    ev->name = eng_xstrdup(json_string_value(name));
+    ev->key = eng_xstrdup(json_is_integer(key) ? key_s : json_string_value(key));
+    ev->data = json_is_object(data) ? json_dumps(data, JSON_COMPACT) : eng_xstrdup("{}");
     json_decref(body);
+    call->data = ev;
+    call->data_free = event_post_free;
+    const char *params[] = {call->tenant_s, ev->name};
+    api_call_db(call, WF_TRIGGER_ROWS_SQL, 2, params, event_triggers_cb);
 }
 
 /* -------------------------------------------------------------------------- test clock -- */

@@ -12,6 +12,7 @@
 #include "engine/jschema.h"
 #include "engine/mem.h"
 #include "engine/wf_def.h"
+#include "engine/wf_trigger.h"
 
 int cli_cmd_migrate(cli_env *env, int argc, char **argv)
 {
@@ -264,6 +265,27 @@ int cli_event_args(int argc, char **argv, const char **name, const char **key, j
     return 0;
 }
 
+/* Applies an event as the API does: every run its triggers would start has its input checked
+ * first (engine/wf_trigger.h), and only the versions checked are started. */
+static PGresult *cli_event_apply(cli_env *env, const char *tenant_s, const char *name,
+                                 const char *key, const json_t *data, const char *data_s,
+                                 eng_err *err)
+{
+    const char *tparams[] = {tenant_s, name};
+    PGresult *trig = cli_exec(env, WF_TRIGGER_ROWS_SQL, 2, tparams, err);
+    if (!trig)
+        return NULL;
+    char *ids = NULL;
+    eng_rc rc = wf_trigger_check_rows(trig, name, key, data, &ids, err);
+    PQclear(trig);
+    if (rc != ENG_OK)
+        return NULL;
+    const char *params[] = {tenant_s, name, key, data_s, ids};
+    PGresult *res = cli_exec(env, WF_TRIGGER_APPLY_SQL, 5, params, err);
+    free(ids);
+    return res;
+}
+
 int cli_cmd_event(cli_env *env, int argc, char **argv)
 {
     const char *name, *key;
@@ -272,18 +294,15 @@ int cli_cmd_event(cli_env *env, int argc, char **argv)
     if (status)
         return status;
     char *data_s = json_dumps(data, JSON_COMPACT);
-    json_decref(data);
     eng_err err;
     long long tenant;
     PGresult *res = NULL;
     if (cli_env_open(env, false, &err) == ENG_OK && (tenant = cli_default_tenant(env, &err))) {
         char tenant_s[24];
         snprintf(tenant_s, sizeof tenant_s, "%lld", tenant);
-        const char *params[] = {tenant_s, name, key, data_s};
-        res = cli_exec(env,
-                       "SELECT resumed, cancelled, started FROM flowd_event($1, $2, $3, $4::jsonb)",
-                       4, params, &err);
+        res = cli_event_apply(env, tenant_s, name, key, data, data_s, &err);
     }
+    json_decref(data);
     free(data_s);
     if (!res)
         return cli_fail(&err);

@@ -24,6 +24,11 @@ const addFormats = require('ajv-formats').default;
 const KEY = 'fd_contract_test_key_0123456789';
 const PUBLIC_URL = 'http://flowd.contract.test:8443';
 const TWILIO_TOKEN = 'contract-twilio-token';
+const WHATSAPP_SECRET = 'contract-whatsapp-app-secret';
+const WHATSAPP_VERIFY = 'contract-whatsapp-verify';
+// SendGrid signs its event webhook with ECDSA P-256; flowd is given the public key (base64 DER)
+const sendgridKeys = crypto.generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
+const SENDGRID_PUBLIC_KEY = sendgridKeys.publicKey.export({ type: 'spki', format: 'der' }).toString('base64');
 const failures = [];
 let checks = 0;
 const fail = (msg) => failures.push(msg);
@@ -38,7 +43,9 @@ execFileSync('psql', ['-X', '-q', '-h', pgdir, '-U', 'postgres', '-d', 'postgres
 const server = spawn(flowdBin, ['--database', `host=${pgdir} dbname=${dbname} user=postgres`,
   'serve', '--listen', '127.0.0.1:0', '--workers', '1'], {
   env: { ...process.env, FLOWD_API_KEY: KEY, FLOWD_TEST_CLOCK: '1', FLOWD_PUBLIC_URL: PUBLIC_URL,
-    TWILIO_AUTH_TOKEN: TWILIO_TOKEN, FLOWD_SECRET_KEY: crypto.randomBytes(32).toString('hex') },
+    TWILIO_AUTH_TOKEN: TWILIO_TOKEN, SENDGRID_WEBHOOK_PUBLIC_KEY: SENDGRID_PUBLIC_KEY,
+    WHATSAPP_APP_SECRET: WHATSAPP_SECRET, WHATSAPP_VERIFY_TOKEN: WHATSAPP_VERIFY,
+    FLOWD_SECRET_KEY: crypto.randomBytes(32).toString('hex') },
   stdio: ['ignore', 'ignore', 'pipe'],
 });
 process.on('exit', () => server.kill('SIGTERM'));
@@ -211,6 +218,7 @@ const hello = {
 };
 expect(await call('PUT', '/v1/workflows/hello', { body: hello }), 201, 'register');
 expect(await call('PUT', '/v1/workflows/hello', { body: hello }), 200, 'register again');
+expect(await call('PUT', '/v1/workflows/nameless', { body: { steps: [{ key: 'a', kind: 'transform', input: {} }] } }), 201, 'register without a name in the body');
 expect(await call('PUT', '/v1/workflows/bad', { body: { name: 'bad', steps: [{ key: 'a', kind: 'nope' }] }, bad: true }), 422, 'bad definition');
 expect(await call('PUT', '/v1/workflows/bad', { raw: '{"steps": ' }), 400, 'bad JSON');
 expect(await call('PUT', '/v1/workflows/bad', { raw: 'x=1', ctype: 'text/plain' }), 415, 'bad media type');
@@ -251,6 +259,27 @@ expect(await call('POST', '/v1/events', { body: { name: 'go', key: {} }, bad: tr
 const done = await waitRun(run, ['succeeded', 'failed']);
 if (done && done.state !== 'succeeded') fail(`run ${run} ${done.state}`);
 expect(await call('GET', `/v1/runs/${run}`), 200, 'finished run');
+{ // the event stream of a finished run: every data: line is a documented event, then 204
+  const r = expect(await call('GET', `/v1/runs/${run}/events`, { headers: { Accept: 'text/event-stream' } }), 200, 'event stream');
+  const one = validator('/components/schemas/RunEvents/properties/events/items');
+  let last = null, n = 0;
+  for (const block of String(r.body).split('\n\n')) {
+    const lines = block.split('\n').filter((l) => l && !l.startsWith(':'));
+    if (!lines.length) continue;
+    const field = (k) => lines.filter((l) => l.startsWith(`${k}:`)).map((l) => l.slice(k.length + 1).trim());
+    const other = lines.filter((l) => !/^(id|event|data|retry):/.test(l));
+    if (other.length) fail(`event stream: lines that are no SSE field: ${other}`);
+    if (!field('data').length) continue; // the retry: advice
+    const data = JSON.parse(field('data').join('\n'));
+    n++;
+    if (!one(data)) fail(`event stream: event not as documented: ${ajv.errorsText(one.errors)}: ${block}`);
+    if (String(data.seq) !== field('id')[0] || data.type !== field('event')[0])
+      fail(`event stream: id/event lines do not match the data: ${block}`);
+    last = field('id')[0];
+  }
+  if (n < 3) fail(`event stream: ${n} events`);
+  expect(await call('GET', `/v1/runs/${run}/events`, { headers: { Accept: 'text/event-stream', 'Last-Event-ID': last } }), 204, 'event stream resumed at its end');
+}
 expect(await call('GET', `/v1/runs/${run}/sequencer.csv`), 200, 'export');
 expect(await call('POST', `/v1/runs/${run}/cancel`), 409, 'cancel a finished run');
 expect(await call('POST', `/v1/runs/${run}/retry`), 409, 'retry a succeeded run');
@@ -329,6 +358,23 @@ expect(await call('POST', '/v1/hooks/sendgrid?tenant=1', { raw: '[]', key: null 
 expect(await call('POST', '/v1/hooks/whatsapp?tenant=1', { raw: '{}', key: null }), 401, 'whatsapp');
 expect(await call('GET', '/v1/hooks/whatsapp?tenant=1&hub.mode=subscribe&hub.verify_token=x&hub.challenge=1', { key: null }), 403, 'whatsapp verify');
 
+{ // a signed SendGrid event webhook: the signature covers timestamp + body
+  const body = JSON.stringify([{ email: 'x@example.com', event: 'delivered', sg_message_id: 'sg-contract.1', timestamp: 1 }]);
+  const ts = String(Math.floor(Date.now() / 1000));
+  const sig = crypto.sign('sha256', Buffer.from(ts + body), sendgridKeys.privateKey).toString('base64');
+  expect(await call('POST', '/v1/hooks/sendgrid?tenant=1', {
+    raw: body, key: null,
+    headers: { 'X-Twilio-Email-Event-Webhook-Signature': sig, 'X-Twilio-Email-Event-Webhook-Timestamp': ts },
+  }), 200, 'signed sendgrid');
+}
+{ // a signed WhatsApp notification, and the subscription check
+  const body = JSON.stringify({ object: 'whatsapp_business_account', entry: [{ id: '1', changes: [{ field: 'messages', value: {
+    statuses: [{ id: 'wamid.contract', status: 'delivered', timestamp: '1', recipient_id: '15550001111' }] } }] }] });
+  const sig = 'sha256=' + crypto.createHmac('sha256', WHATSAPP_SECRET).update(body).digest('hex');
+  expect(await call('POST', '/v1/hooks/whatsapp?tenant=1', { raw: body, key: null, headers: { 'X-Hub-Signature-256': sig } }), 200, 'signed whatsapp');
+  const v = expect(await call('GET', `/v1/hooks/whatsapp?tenant=1&hub.mode=subscribe&hub.verify_token=${WHATSAPP_VERIFY}&hub.challenge=1158201444`, { key: null }), 200, 'whatsapp verified');
+  if (v.body !== '1158201444') fail(`whatsapp verify answered ${v.body}`);
+}
 { // a signed Twilio status callback (the URL as Twilio reaches us: FLOWD_PUBLIC_URL)
   const form = { MessageSid: 'SM0123', MessageStatus: 'delivered' };
   const signed = `${PUBLIC_URL}/v1/hooks/twilio?tenant=1` +

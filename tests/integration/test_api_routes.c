@@ -462,6 +462,46 @@ static void test_input_checked_at_enqueue(void **state)
     assert_int_equal(th_pg_long(db, "SELECT count(*) FROM runs"), before + 2);
 }
 
+/* An event whose triggers would start a run with an input its workflow refuses is refused as a
+ * whole (422 naming the pointer in the event), before anything is written: no event stored (the
+ * event's waits and cancellations are applied in the same statement), no run started. With the
+ * input it needs, it starts the run. */
+static void test_trigger_input_checked(void **state)
+{
+    (void)state;
+    put_workflow(key_a, "on_order",
+                 "{\"triggers\": [{\"event\": \"crm.order\"}],"
+                 " \"steps\": [{\"key\": \"s\", \"kind\": \"transform\","
+                 " \"input\": {\"to\": \"{{input.event.data.email}}\"}}]}");
+    long long runs = th_pg_long(db, "SELECT count(*) FROM runs");
+    long long events = th_pg_long(db, "SELECT count(*) FROM events");
+    expect_error_code(call("POST", "/v1/events", key_a,
+                           "{\"name\": \"crm.order\", \"key\": \"o-1\", \"data\": {\"id\": 1}}"),
+                      422, "invalid_input", "/data/email");
+    expect_error_code(call("POST", "/v1/events", key_a,
+                           "{\"name\": \"crm.order\", \"key\": \"o-1\","
+                           " \"data\": {\"email\": null}}"),
+                      422, "invalid_input", "/data/email");
+    assert_int_equal(th_pg_long(db, "SELECT count(*) FROM runs"), runs);
+    assert_int_equal(th_pg_long(db, "SELECT count(*) FROM events"), events);
+    json_t *ok = expect(call("POST", "/v1/events", key_a,
+                             "{\"name\": \"crm.order\", \"key\": \"o-1\","
+                             " \"data\": {\"email\": \"a@example.com\"}}"),
+                        202);
+    assert_int_equal(json_integer_value(json_object_get(ok, "started")), 1);
+    json_decref(ok);
+    assert_int_equal(th_pg_long(db, "SELECT count(*) FROM runs"), runs + 1);
+    /* another tenant's trigger of the same event name is not started by tenant a's event */
+    put_workflow(key_b, "on_order", "{\"triggers\": [{\"event\": \"crm.order\"}],"
+                                    " \"steps\": [{\"key\": \"s\", \"kind\": \"transform\","
+                                    " \"input\": {\"x\": 1}}]}");
+    json_decref(expect(call("POST", "/v1/events", key_a,
+                            "{\"name\": \"crm.order\", \"key\": \"o-2\","
+                            " \"data\": {\"email\": \"b@example.com\"}}"),
+                       202));
+    assert_int_equal(th_pg_long(db, "SELECT count(*) FROM runs"), runs + 2);
+}
+
 /* ------------------------------------------------------------------------------ batches -- */
 
 /* Counts lines ending in sep and checks each NDJSON line. */
@@ -873,6 +913,7 @@ int main(void)
         cmocka_unit_test(test_batch_10000),
         cmocka_unit_test(test_idempotency_conflict),
         cmocka_unit_test(test_input_checked_at_enqueue),
+        cmocka_unit_test(test_trigger_input_checked),
         cmocka_unit_test(test_sse_live_and_resume),
         cmocka_unit_test(test_sse_client_leaves),
         cmocka_unit_test(test_cli_tenant_and_url_mode),
