@@ -177,7 +177,8 @@ char *bench_db_create(PGconn *admin, const char *base_conninfo, const char *pref
     size_t nmig;
     const eng_migration *migs = eng_migrations_embedded(&nmig);
     eng_err err = {0};
-    if (eng_migrate_up(db, migs, nmig, NULL, &err) != ENG_OK) {
+    eng_migrate_opts opts = eng_migrate_embedded_opts();
+    if (eng_migrate_up(db, migs, nmig, &opts, NULL, &err) != ENG_OK) {
         fprintf(stderr, "%s: migrate: %s\n", prog, err.msg);
         exit(1);
     }

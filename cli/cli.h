@@ -16,6 +16,7 @@ typedef struct cli_env {
     const char *url;          /* --url or FLOWD_URL: the HTTP API; NULL = none given */
     bool url_flag;            /* url came from --url (FLOWD_URL alone does not redirect serve) */
     bool json;                /* --json, or stdout is not a terminal */
+    bool allow_breaking;      /* flowd migrate --allow-breaking (engine/migrate.h) */
     eng_pgembed *embedded;    /* started by this process (stopped by cli_env_close) */
     char *conninfo;
     PGconn *conn;

@@ -16,7 +16,8 @@
 
 int cli_cmd_migrate(cli_env *env, int argc, char **argv)
 {
-    if (argc != 1) {
+    env->allow_breaking = argc == 2 && strcmp(argv[1], "--allow-breaking") == 0;
+    if (argc != 1 && !env->allow_breaking) {
         cli_command_usage_error(argv[0]);
         return 2;
     }

@@ -122,7 +122,9 @@ eng_rc cli_env_open(cli_env *env, bool create, eng_err *err)
     }
     size_t n;
     const eng_migration *migs = eng_migrations_embedded(&n);
-    rc = eng_migrate_up(env->conninfo, migs, n, NULL, err);
+    eng_migrate_opts opts = eng_migrate_embedded_opts();
+    opts.allow_breaking = env->allow_breaking;
+    rc = eng_migrate_up(env->conninfo, migs, n, &opts, NULL, err);
     if (rc != ENG_OK)
         return rc;
     env->conn = PQconnectdb(env->conninfo);

@@ -53,8 +53,10 @@ static const cli_command commands[] = {
      "mode (flowd clock); FLOWD_API_KEY chooses the default tenant's key when it is created."},
     {"init", cli_cmd_init, CMD_DIRECT, false, "",
      "create the embedded cluster under --data, the default tenant and its API key", NULL},
-    {"migrate", cli_cmd_migrate, CMD_DIRECT, false, "",
-     "apply pending database migrations (creates the embedded cluster on first use)", NULL},
+    {"migrate", cli_cmd_migrate, CMD_DIRECT, false, "[--allow-breaking]",
+     "apply pending database migrations (creates the embedded cluster on first use)",
+     "--allow-breaking also applies migrations marked breaking (migrations/README.md), which\n"
+     "workers of the previous release cannot run with: stop them first. Other starts refuse them."},
     {"enqueue", cli_cmd_enqueue, CMD_EITHER, false,
      "--workflow FILE.json [--input JSON] [--priority N] [--idempotency-key KEY]",
      "register a workflow file and start a run of it; prints the run id", NULL},

@@ -850,7 +850,7 @@ static void test_pipelined_and_half_closed(void **state)
 }
 
 /* Fairness (tenants.max_running), which the claim enforces (flowd_claim_work,
- * migrations/0018_claim_parts.sql), is tested in test_fairness.c. */
+ * sql/work.sql), is tested in test_fairness.c. */
 
 int main(void)
 {

@@ -502,6 +502,58 @@ static void test_failure_policy(void **state)
     free(db);
 }
 
+/* A step the reaper gives up on (interrupted max_interruptions times) follows its failure policy
+ * like any other final failure: "continue" lets its dependents run with the error as its output,
+ * "skip_dependents" skips what needs it, and only "fail_run" (the default) fails the run. The
+ * steps are made to look claimed by a worker that vanished, and handed back as the reaper does. */
+static void test_interrupted_failure_policy(void **state)
+{
+    (void)state;
+    long long tenant;
+    char *db = th_engine_db("g_interrupted", &tenant);
+    long long wf = th_engine_register(
+        db, tenant,
+        "{\"name\": \"interrupted_policy\", \"steps\": ["
+        " {\"key\": \"a\", \"kind\": \"transform\", \"on_failure\": \"continue\","
+        "  \"retry\": {\"max_interruptions\": 1}},"
+        " {\"key\": \"b\", \"kind\": \"transform\", \"needs\": [\"a\"]},"
+        " {\"key\": \"c\", \"kind\": \"transform\", \"on_failure\": \"skip_dependents\","
+        "  \"retry\": {\"max_interruptions\": 1}},"
+        " {\"key\": \"d\", \"kind\": \"transform\", \"needs\": [\"c\"]}]}");
+    long long wd = th_engine_register(
+        db, tenant,
+        "{\"name\": \"interrupted_default\", \"steps\": ["
+        " {\"key\": \"x\", \"kind\": \"transform\", \"retry\": {\"max_interruptions\": 1}},"
+        " {\"key\": \"y\", \"kind\": \"transform\", \"needs\": [\"x\"]}]}");
+    PGconn *c = th_pgc_open(db);
+    long long r1 = th_pgc_enqueue(c, tenant, wf, "{}");
+    long long r2 = th_pgc_enqueue(c, tenant, wd, "{}");
+    free(th_pgc_str(c,
+                    "UPDATE steps SET state = 'running', attempts = 1, lease_owner = 'vanished',"
+                    " started_at = flowd_now(), lease_expires_at = flowd_now()"
+                    " WHERE run_id IN ($1, $2) AND state = 'ready' RETURNING 1",
+                    TH_P(th_num(r1).s, th_num(r2).s)));
+    free(th_pgc_str(c, "UPDATE runs SET state = 'running' WHERE id IN ($1, $2)",
+                    TH_P(th_num(r1).s, th_num(r2).s)));
+    th_pgc_expect(c, "3", /* a, c and x: b, d and y wait on them */
+                  "SELECT flowd_reap_steps(ARRAY(SELECT id FROM steps WHERE run_id IN ($1, $2)"
+                  " AND state = 'running'))",
+                  TH_P(th_num(r1).s, th_num(r2).s));
+    expect_run_state(c, r1, "running");
+    expect_states(c, r1, "a=failed,b=ready,c=failed,d=skipped");
+    th_pgc_expect(c, "interrupted",
+                  "SELECT output->'error'->>'code' FROM steps WHERE run_id = $1 AND key = 'a'",
+                  TH_P(th_num(r1).s));
+    expect_output(c, r1, "d", "{\"step\": \"c\", \"reason\": \"needs failed\"}");
+    expect_run_state(c, r2, "failed");
+    expect_states(c, r2, "x=failed,y=cancelled");
+    th_pgc_expect(c, "interrupted|x",
+                  "SELECT concat_ws('|', error->>'code', error->>'step') FROM runs WHERE id = $1",
+                  TH_P(th_num(r2).s));
+    PQfinish(c);
+    free(db);
+}
+
 /* A map without allow_failures checks its children's inputs against the child workflow's input
  * check before starting any: an item without what the child's templates need fails the step at
  * once, naming the item, and no child runs. With allow_failures the children run and that one
@@ -949,6 +1001,7 @@ int main(void)
         cmocka_unit_test(test_map_child_failure),
         cmocka_unit_test(test_map_child_input_checked),
         cmocka_unit_test(test_failure_policy),
+        cmocka_unit_test(test_interrupted_failure_policy),
         cmocka_unit_test(test_map_concurrency_bound),
         cmocka_unit_test(test_concurrency_key_serialises),
         cmocka_unit_test(test_retry_reruns_only_failed),

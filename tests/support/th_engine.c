@@ -52,7 +52,8 @@ static void engine_db_setup(const char *db, long long *tenant)
     size_t n;
     const eng_migration *migs = eng_migrations_embedded(&n);
     eng_err err = {0};
-    if (eng_migrate_up(db, migs, n, NULL, &err) != ENG_OK) {
+    eng_migrate_opts opts = eng_migrate_embedded_opts();
+    if (eng_migrate_up(db, migs, n, &opts, NULL, &err) != ENG_OK) {
         fprintf(stderr, "th_engine: migrate: %s\n", err.msg);
         abort();
     }
