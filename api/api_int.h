@@ -3,7 +3,8 @@
  * A request becomes an api_call: the route handler runs with the authenticated tenant and the path
  * parameters, starts database work with api_call_db, and ends with exactly one api_call_respond*,
  * which answers and frees the call. If the client goes away first, the call is marked detached and
- * freed when its database work returns, without answering (STYLE.md: detach, never free in flight). */
+ * freed when its database work returns, without answering (detach, never free in flight:
+ * docs/internals/event-loop.md). */
 #pragma once
 
 #include <jansson.h>

@@ -1,4 +1,5 @@
-/* api/routes_hooks.c: inbound provider webhooks (reference/apis.md §3.1, §4.1, §5.1).
+/* api/routes_hooks.c: inbound provider webhooks (docs/internals/provider-apis.md §3.1, §4.1,
+ * §5.1).
  *
  *   POST /v1/hooks/twilio?tenant=ID     status callbacks and inbound SMS (form-encoded),
  *                                       X-Twilio-Signature (HMAC-SHA1, auth token)

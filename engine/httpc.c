@@ -1,4 +1,4 @@
-/* engine/httpc.c: libcurl multi on a libev loop (see httpc.h and STYLE.md §4.2).
+/* engine/httpc.c: libcurl multi on a libev loop (see httpc.h and docs/internals/event-loop.md).
  *
  * curl tells us which sockets to watch (on_socket) and when to wake it up (on_timer_change); we
  * answer with curl_multi_socket_action from the ev_io and ev_timer callbacks, then drain finished

@@ -1,11 +1,13 @@
 /* engine/wf_def.h: workflow definitions: validation, normalization and digest.
  *
- * A definition is {"name", "description"?, "steps": [...], "cancel_on"?: [...]} (see issue 3 and
- * docs). wf_def_compile refuses anything doubtful before it can be stored and returns the
- * normalized form that the engine stores and SQL reads with jsonb functions, so its shape is fixed:
- * every key is always present (null when absent):
+ * A definition is {"name", "description"?, "steps": [...], "cancel_on"?: [...], ...}
+ * (docs/workflows.md). wf_def_compile refuses anything doubtful before it can be stored and
+ * returns the normalized form that the engine stores and SQL reads with jsonb functions, so its
+ * shape is fixed: every key is always present (null when absent), except "max_interruptions",
+ * present only when set (docs/internals/definition.md says who reads each key):
  *
- *   {"name", "description", "cancel_on": [{"event", "key"}], "phases": [...],
+ *   {"name", "description", "cancel_on": [{"event", "key"}], "triggers": [{"event"}],
+ *    "phases": [...],
  *    "input_check": JSON Schema | null (see below),
  *    "steps": [{"key", "kind", "idx", "needs": [idx...], "dependents": [idx...], "deps": [key...],
  *               "phase", "input", "when", "max_attempts", "backoff_initial_ms", "backoff_max_ms",

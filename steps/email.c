@@ -1,5 +1,5 @@
-/* steps/email.c: the "email" kind, SendGrid v3 Mail Send (reference/apis.md §3) through the send
- * ledger (steps/sendledger.h).
+/* steps/email.c: the "email" kind, SendGrid v3 Mail Send (docs/internals/provider-apis.md §3)
+ * through the send ledger (steps/sendledger.h).
  *
  * input: {to: "a@x" | {email, name?}, from?: "b@x" | {email, name?} (default: the provider's
  *         "from" setting), reply_to?, subject (unless template_id), text? and/or html? (one needed

@@ -709,7 +709,7 @@ prov_class prov_classify(const prov_config *cfg, prov_id id, bool send, const en
     parse_error_body(cfg, id, resp->body, out->provider_code, sizeof out->provider_code, pmsg,
                      sizeof pmsg);
     out->cls = classify_status(id, send, resp->status, out->provider_code);
-    /* the LLM providers' explicit override (apis.md §0) */
+    /* the LLM providers' explicit override (provider-apis.md §0) */
     const char *xsr = call && id != PROV_HTTP && !send ? eng_http_call_header(call, "x-should-retry")
                                                        : NULL;
     if (xsr && strcmp(xsr, "true") == 0 && out->cls == PROV_PERMANENT &&

@@ -32,12 +32,13 @@
  *    Secret fields (api_key, auth_token, token) must never reach logs, outputs, events or error
  *    messages: build messages with prov_redact() whenever they include text from a provider.
  *
- * 2. Failure classification per reference/apis.md §0: prov_classify() turns a finished exchange
- *    (transport error or HTTP status + body + headers) into ok / retryable / permanent / ambiguous,
- *    with a short code, the provider's own error code, a redacted message and the delay the
- *    provider asked for (retry-after-ms, retry-after, x-ratelimit-reset-*, anthropic-ratelimit-*-
- *    reset, X-RateLimit-Reset). prov_fail_step() reports a retryable/permanent outcome to the
- *    engine; kinds that send messages handle PROV_AMBIGUOUS themselves (send ledger).
+ * 2. Failure classification per docs/internals/provider-apis.md §0: prov_classify() turns a
+ *    finished exchange (transport error or HTTP status + body + headers) into ok / retryable /
+ *    permanent / ambiguous, with a short code, the provider's own error code, a redacted message
+ *    and the delay the provider asked for (retry-after-ms, retry-after, x-ratelimit-reset-*,
+ *    anthropic-ratelimit-*-reset, X-RateLimit-Reset). prov_fail_step() reports a
+ *    retryable/permanent outcome to the engine; kinds that send messages handle PROV_AMBIGUOUS
+ *    themselves (send ledger).
  *
  * Threads: everything here may be called from any worker loop thread; the settings cache is
  * shared by all workers of the process (mutex) and each entry lives PROV_CONFIG_TTL_MS.

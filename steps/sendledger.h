@@ -2,7 +2,7 @@
  *
  * A messaging step has an effect in the world, while its execution is at-least-once (a crash or
  * a lost lease re-runs it). The ledger (table sends, migrations/0008_sends.sql) turns that into an
- * exactly-once effect, per reference/apis.md §7. One attempt goes:
+ * exactly-once effect, per docs/internals/provider-apis.md §7. One attempt goes:
  *
  *   CONFIG   load the provider's settings for the tenant (steps/provider.h)
  *   PREPARE  the kind builds the provider request from the rendered input (ops->prepare)

@@ -1,5 +1,5 @@
-/* steps/sms.c: the "sms" kind, Twilio Messages (reference/apis.md §4) through the send ledger
- * (steps/sendledger.h).
+/* steps/sms.c: the "sms" kind, Twilio Messages (docs/internals/provider-apis.md §4) through the
+ * send ledger (steps/sendledger.h).
  *
  * input: {to: E.164, body, from? (default: the provider's "from" setting, TWILIO_FROM),
  *         messaging_service_sid? (instead of from), media_url?: string | [string],

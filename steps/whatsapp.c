@@ -1,5 +1,5 @@
-/* steps/whatsapp.c: the "whatsapp" kind, WhatsApp Cloud API messages (reference/apis.md §5)
- * through the send ledger (steps/sendledger.h).
+/* steps/whatsapp.c: the "whatsapp" kind, WhatsApp Cloud API messages
+ * (docs/internals/provider-apis.md §5) through the send ledger (steps/sendledger.h).
  *
  * input: {to: E.164, text?: string, preview_url?: bool,
  *         template?: {name, language: "en_US" | {code}, components?: [...]},
@@ -103,7 +103,7 @@ static const char *wa_suppress(const prov_outcome *o)
 {
     if (strcmp(o->provider_code, "131026") == 0)
         return "131026";
-    if (strcmp(o->provider_code, "131049") == 0) /* apis.md §7.8 */
+    if (strcmp(o->provider_code, "131049") == 0) /* provider-apis.md §7.8 */
         return "131049";
     return NULL;
 }

@@ -1,5 +1,5 @@
 /* tests/support/th_mockllm.h: mock OpenAI (Chat Completions) and Anthropic (Messages) servers on
- * th_mockhttp, speaking the wire formats of reference/apis.md §1-§2.
+ * th_mockhttp, speaking the wire formats of docs/internals/provider-apis.md §1-§2.
  *
  * Each request is answered by the next scripted answer (th_llm_push), or by the default answer
  * when the script is empty. Success answers carry the provider's full JSON (or its SSE stream when

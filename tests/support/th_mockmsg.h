@@ -1,5 +1,6 @@
 /* tests/support/th_mockmsg.h: mock SendGrid, Twilio and WhatsApp Cloud API servers on th_mockhttp,
- * speaking the wire formats of reference/apis.md §3-§5, plus the signing side of their webhooks.
+ * speaking the wire formats of docs/internals/provider-apis.md §3-§5, plus the signing side of
+ * their webhooks.
  *
  * Each send request is answered by the next scripted answer (th_msg_push), or by success when the
  * script is empty:
@@ -71,7 +72,7 @@ char *th_msg_request_target(th_msg *m, int n);
 char *th_msg_message_id(th_msg *m, const char *send_key);
 
 /* ---- the webhook side: what providers sign (independent of api/routes_hooks.c) ---- */
-/* X-Twilio-Signature of a form POST to url with form body (apis.md §4.1); new string. */
+/* X-Twilio-Signature of a form POST to url with form body (provider-apis.md §4.1); new string. */
 char *th_msg_twilio_signature(const char *url, const char *form, const char *token);
 /* "sha256=<hex>" of HMAC-SHA256(secret, body) (X-Hub-Signature-256); new string. */
 char *th_msg_hub_signature(const char *secret, const char *body);
