@@ -20,7 +20,14 @@
  * call with n connections open: O(n^2) for a burst of thousands of HTTP/1.1 calls (one connection
  * each). Calls are therefore spread over several multi handles (shards), each with its own
  * connection cache, created as the calls in flight grow past HTTPC_SHARD_CALLS per shard. A
- * client that never holds more calls than that uses one multi handle, as before. */
+ * client that never holds more calls than that uses one multi handle, as before.
+ *
+ * HTTP/2: curl 7.88 puts at most 100 streams on a connection (CURLMOPT_MAX_CONCURRENT_STREAMS),
+ * and once a connection is full every further call of a burst opens a connection of its own, even
+ * with CURLOPT_PIPEWAIT (a burst of 200 calls to nginx opened 101 connections; 200 at
+ * once over 2 connections now, tests/unit/test_httpc_reuse.c). A shard holds at
+ * most 100 calls, so all of a shard's calls to one HTTP/2 host share its one connection, and a
+ * burst of n calls opens about n / 100 connections, each kept for the next bursts. */
 #include "engine/httpc.h"
 
 #include <arpa/inet.h>
@@ -45,8 +52,9 @@
 #define HTTPC_MIN_CONNECTS 64L
 /* Response headers of one call: curl caps a single header at 100 KiB; this caps their total. */
 #define HTTPC_MAX_HEADER_BYTES ((size_t)256 << 10)
-/* Calls in flight per shard before another shard is opened (see the file comment). */
-#define HTTPC_SHARD_CALLS 256
+/* Calls in flight per shard before another shard is opened: curl's streams per HTTP/2
+ * connection (see the file comment). */
+#define HTTPC_SHARD_CALLS 100
 /* curl's receive buffer per easy handle (its default is 16 KiB, allocated up front): thousands of
  * calls in flight would hold tens of MiB of it. Larger bodies only take more reads. */
 #define HTTPC_RECV_BUFFER 4096L
@@ -101,6 +109,9 @@ struct eng_httpc {
 };
 
 static bool httpc_have_http2;
+/* FLOWD_CA_BUNDLE: PEM certificates to trust instead of the system's (a private CA in front of a
+ * self-hosted model, a test provider's self-signed certificate). Read once at global init. */
+static char *httpc_ca_bundle;
 
 static void setopt_check(CURLcode rc, const char *opt)
 {
@@ -126,10 +137,15 @@ void eng_httpc_global_init(void)
     }
     const curl_version_info_data *v = curl_version_info(CURLVERSION_NOW);
     httpc_have_http2 = v && (v->features & CURL_VERSION_HTTP2);
+    const char *ca = getenv("FLOWD_CA_BUNDLE");
+    free(httpc_ca_bundle);
+    httpc_ca_bundle = ca && *ca ? eng_xstrdup(ca) : NULL;
 }
 
 void eng_httpc_global_cleanup(void)
 {
+    free(httpc_ca_bundle);
+    httpc_ca_bundle = NULL;
     curl_global_cleanup();
 }
 
@@ -397,6 +413,8 @@ static void call_set_options(eng_http_call *c, const eng_http_request *req)
     c->public_only = req->public_only;
     EASY_SETOPT(e, CURLOPT_PREREQFUNCTION, on_prereq);
     EASY_SETOPT(e, CURLOPT_PREREQDATA, (void *)c);
+    if (httpc_ca_bundle)
+        EASY_SETOPT(e, CURLOPT_CAINFO, httpc_ca_bundle);
     if (httpc_have_http2) {
         EASY_SETOPT(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
         /* Over TLS, wait for the first connection's ALPN answer rather than opening one

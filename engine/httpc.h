@@ -4,7 +4,7 @@
  * loop: eng_httpc_start never blocks and never calls back before returning; the callback runs from
  * a loop watcher, exactly once, unless the call is cancelled first. Keep-alive connections are
  * reused and HTTP/2 connections are multiplexed (HTTPS only: HTTP/2 is negotiated by ALPN, plain
- * http:// stays HTTP/1.1). Up to 256 calls in flight share one curl multi handle and its
+ * http:// stays HTTP/1.1). Up to 100 calls in flight share one curl multi handle and its
  * connection cache; past that the calls are spread over more of them (see httpc.c).
  *
  * Ownership: the client owns every call in flight. A call's request (URL, headers, body) is copied
@@ -94,6 +94,8 @@ bool eng_http_call_header_next(const eng_http_call *call, size_t *pos, const cha
 size_t eng_httpc_in_flight(const eng_httpc *h);
 
 /* Global curl init/cleanup, once per process, before any other thread uses curl and after all
- * clients are freed (curl_global_init is not thread-safe). Aborts if curl cannot initialise. */
+ * clients are freed (curl_global_init is not thread-safe). Aborts if curl cannot initialise. Init
+ * reads FLOWD_CA_BUNDLE: a PEM file of the certificates that HTTPS calls trust instead of the
+ * system's. */
 void eng_httpc_global_init(void);
 void eng_httpc_global_cleanup(void);

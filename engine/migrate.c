@@ -296,7 +296,8 @@ static eng_rc migrate_functions(PGconn *conn, const eng_migrate_opts *o, int *do
                           set_param, "cannot record the function files", NULL, err);
     if (rc == ENG_OK)
         rc = migrate_exec(conn,
-                          "DELETE FROM flowd_sql_files WHERE name <> ALL (string_to_array($1, '/'))",
+                          "DELETE FROM flowd_sql_files "
+                          "WHERE name <> ALL (string_to_array($1, '/'))",
                           1, names_param, "cannot record the function files", NULL, err);
     if (rc == ENG_OK)
         rc = migrate_exec(conn, "COMMIT", 0, NULL, "cannot apply the function files", NULL, err);

@@ -36,9 +36,10 @@ typedef struct eng_migration {
     const char *sql;  /* the file's bytes, NUL-terminated */
 } eng_migration;
 
-/* The function-set number of the embedded sql/ files. Raise it once per release whose sql/ differs
- * from the previous release's (sql/README.md): a binary with a lower number leaves them alone. */
-#define ENG_SQL_SET 1
+/* The function-set number of the embedded sql/ files: the project version (CMakeLists.txt) as
+ * major * 1000000 + minor * 1000 + patch, so every release raises it (sql/README.md). A binary
+ * with a lower number leaves the functions of a higher one alone. */
+#define ENG_SQL_SET FLOWD_SQL_SET
 
 /* The marker line of a numbered migration that live workers of the previous release cannot
  * survive. */

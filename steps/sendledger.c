@@ -339,6 +339,8 @@ static json_t *build_output(const step_send *ss, const char *message_id, json_t 
 
 /* ------------------------------------------------------------------------------------ finish -- */
 
+static void ss_ledger_error(step_send *ss, const eng_err *err, const char *what);
+
 static void park_done(void *arg, const eng_err *err, const PGresult *res)
 {
     step_send *ss = arg;
@@ -350,9 +352,8 @@ static void park_done(void *arg, const eng_err *err, const PGresult *res)
     if (err) {
         log_warn("send could not be parked", LOG_S("send_key", ss->send_key),
                  LOG_S("error", err->msg));
-        ss_free(ss);
         /* the ledger row stays unknown: the next attempt parks it again */
-        eng_step_fail(ctx, false, "ledger", "the send ledger could not park the step", 0);
+        ss_ledger_error(ss, err, "park the step");
         return;
     }
     const char *how = PQgetvalue(res, 0, 0);
@@ -438,6 +439,28 @@ static void ss_fail(step_send *ss, bool permanent, const char *code, const char 
     ss_finish(ss);
 }
 
+/* A ledger statement that failed with the connection (a failover, a server restart) or on a
+ * transient conflict says nothing about the send: the step goes back to the queue without using
+ * an attempt, and its next attempt finds the ledger row as this one left it (a send that may
+ * have gone out is ambiguous there and is looked up, never sent blindly). Other errors fail the
+ * attempt. */
+static void ss_ledger_error(step_send *ss, const eng_err *err, const char *what)
+{
+    if (err->rc == ENG_EDB_RETRY) {
+        log_info("send attempt interrupted by the database", LOG_S("send_key", ss->send_key),
+                 LOG_S("during", what), LOG_S("error", err->msg));
+        json_decref(ss->fin_output);
+        ss->fin_output = NULL;
+        ss->fin = FIN_SNOOZE;
+        ss->interval_ms = SEND_BUSY_RETRY_MS;
+        ss_finish(ss);
+        return;
+    }
+    json_decref(ss->fin_output);
+    ss->fin_output = NULL;
+    ss_fail(ss, false, "ledger", "the send ledger could not %s: %s", what, err->msg);
+}
+
 static void record_done(void *arg, const eng_err *err, const PGresult *res)
 {
     step_send *ss = arg;
@@ -447,9 +470,7 @@ static void record_done(void *arg, const eng_err *err, const PGresult *res)
          * the send as ambiguous instead of sending it again. */
         log_warn("send outcome not recorded", LOG_S("send_key", ss->send_key),
                  LOG_S("error", err->msg));
-        json_decref(ss->fin_output);
-        ss->fin_output = NULL;
-        ss_fail(ss, false, "ledger", "the send ledger could not record the outcome: %s", err->msg);
+        ss_ledger_error(ss, err, "record the outcome");
         return;
     }
     ss_finish(ss);
@@ -602,7 +623,7 @@ static void sandbox_done(void *arg, const eng_err *err, const PGresult *res)
         return;
     }
     if (err) {
-        ss_fail(ss, false, "ledger", "the sandbox could not record the message: %s", err->msg);
+        ss_ledger_error(ss, err, "record the sandbox message");
         return;
     }
     ss->fin = FIN_SUCCEED;
@@ -716,7 +737,7 @@ static void claim_done(void *arg, const eng_err *err, const PGresult *res)
         return;
     }
     if (err) {
-        ss_fail(ss, false, "ledger", "the send ledger is unavailable: %s", err->msg);
+        ss_ledger_error(ss, err, "claim the send");
         return;
     }
     const char *decision = PQgetvalue(res, 0, 0);
@@ -801,7 +822,7 @@ static void gate_done(void *arg, const eng_err *err, const PGresult *res)
         return;
     }
     if (err) {
-        ss_fail(ss, false, "ledger", "the suppression list is unavailable: %s", err->msg);
+        ss_ledger_error(ss, err, "read the suppression list");
         return;
     }
     if (PQntuples(res) > 0) {

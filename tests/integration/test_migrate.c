@@ -168,7 +168,8 @@ static void test_failing_file_rolls_back(void **state)
 /* mt_f in a.sql calls mt_g of b.sql, applied after it: only a run with check_function_bodies off
  * creates a SQL function whose body names a function that does not exist yet. */
 #define FUNC_A "CREATE OR REPLACE FUNCTION mt_f() RETURNS int LANGUAGE sql AS $$ SELECT mt_g() $$;"
-#define FUNC_B(n) "CREATE OR REPLACE FUNCTION mt_g() RETURNS int LANGUAGE sql AS $$ SELECT " n " $$;"
+#define FUNC_B(n)                                                                                  \
+    "CREATE OR REPLACE FUNCTION mt_g() RETURNS int LANGUAGE sql AS $$ SELECT " n " $$;"
 
 static void test_function_files(void **state)
 {
@@ -181,7 +182,8 @@ static void test_function_files(void **state)
     assert_int_equal(eng_migrate_up(db, three, 3, &opts, &applied, &err), ENG_OK);
     assert_int_equal(applied, 5);
     assert_int_equal(th_pg_long(db, "SELECT mt_f()"), 1);
-    assert_int_equal(th_pg_long(db, "SELECT count(*) FROM flowd_sql_files WHERE set_number = 1"), 2);
+    assert_int_equal(th_pg_long(db, "SELECT count(*) FROM flowd_sql_files WHERE set_number = 1"),
+                     2);
 
     /* unchanged: nothing applied */
     assert_int_equal(eng_migrate_up(db, three, 3, &opts, &applied, &err), ENG_OK);
@@ -200,7 +202,8 @@ static void test_function_files(void **state)
     free(a_at);
 
     /* a failing file leaves every file of the run as it was, recorded checksums included */
-    const eng_migration bad[] = {{"a.sql", FUNC_A}, {"b.sql", FUNC_B("3")}, {"c.sql", "SELECT 1/0;"}};
+    const eng_migration bad[] = {
+        {"a.sql", FUNC_A}, {"b.sql", FUNC_B("3")}, {"c.sql", "SELECT 1/0;"}};
     opts.funcs = bad;
     opts.nfuncs = 3;
     assert_int_equal(eng_migrate_up(db, three, 3, &opts, &applied, &err), ENG_EDB);
@@ -220,7 +223,8 @@ static void test_function_files(void **state)
     opts = (eng_migrate_opts){.funcs = v3, .nfuncs = 1, .set = 2};
     assert_int_equal(eng_migrate_up(db, three, 3, &opts, &applied, &err), ENG_OK);
     assert_int_equal(applied, 0);
-    char *rows = th_pg_value(db, "SELECT string_agg(name || ':' || set_number, ',') FROM flowd_sql_files");
+    char *rows =
+        th_pg_value(db, "SELECT string_agg(name || ':' || set_number, ',') FROM flowd_sql_files");
     assert_string_equal(rows, "b.sql:2");
     free(rows);
     free(db);
@@ -251,7 +255,8 @@ static void test_breaking_refused(void **state)
     assert_int_equal(applied, 0);
     assert_int_equal(th_pg_long(db, "SELECT count(*) FROM flowd_migrations"), 1);
     /* the marker counts only as a line of its own */
-    const eng_migration quoted[] = {marked[0], {"0002_note.sql", "SELECT '" ENG_MIGRATION_BREAKING "';"}};
+    const eng_migration quoted[] = {marked[0],
+                                    {"0002_note.sql", "SELECT '" ENG_MIGRATION_BREAKING "';"}};
     assert_int_equal(eng_migrate_up(db, quoted, 2, NULL, &applied, &err), ENG_OK);
     assert_int_equal(applied, 1);
 

@@ -32,8 +32,8 @@
 static const char CATALOG_SQL[] =
     "SELECT kind || ' ' || name || E'\\n' || def FROM ("
     "  SELECT 'function' AS kind, p.oid::regprocedure::text AS name,"
-    "         pg_get_functiondef(p.oid) || coalesce(E'\\ncomment: ' || obj_description(p.oid, 'pg_proc'),"
-    "                                               '') AS def"
+    "         pg_get_functiondef(p.oid)"
+    "         || coalesce(E'\\ncomment: ' || obj_description(p.oid, 'pg_proc'), '') AS def"
     "    FROM pg_proc p"
     "   WHERE p.pronamespace = 'public'::regnamespace"
     "     AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass"
@@ -59,8 +59,8 @@ static const char CATALOG_SQL[] =
     "  SELECT 'trigger', tgrelid::regclass::text || '.' || tgname, pg_get_triggerdef(oid)"
     "    FROM pg_trigger WHERE NOT tgisinternal"
     "  UNION ALL"
-    "  SELECT 'type', t.typname, t.typtype::text || ' ' || coalesce((SELECT string_agg(enumlabel, ','"
-    "         ORDER BY enumsortorder) FROM pg_enum WHERE enumtypid = t.oid), '')"
+    "  SELECT 'type', t.typname, t.typtype::text || ' ' || coalesce((SELECT string_agg(enumlabel,"
+    "         ',' ORDER BY enumsortorder) FROM pg_enum WHERE enumtypid = t.oid), '')"
     "    FROM pg_type t WHERE t.typnamespace = 'public'::regnamespace"
     "  UNION ALL"
     "  SELECT 'view', viewname, definition FROM pg_views WHERE schemaname = 'public'"
@@ -144,8 +144,8 @@ static void test_catalog_equivalence(void **state)
                                  "SELECT count(*) FROM flowd_sql_files WHERE set_number = %d",
                                  ENG_SQL_SET),
                      (long)nfuncs);
-    free(fresh);
-    free(upgraded);
+    th_pg_drop_db(fresh);
+    th_pg_drop_db(upgraded);
 }
 
 /* Whether line (up to its end) starts, after blanks, with words (lower case, single spaces),
@@ -368,7 +368,7 @@ static void test_functions_live_in_sql(void **state)
     assert_int_equal((size_t)PQntuples(res), ndefs);
     PQclear(res);
     PQfinish(c);
-    free(db);
+    th_pg_drop_db(db);
     for (size_t i = 0; i < ndefs; i++)
         free(defs[i].name);
     free(defs);
@@ -421,7 +421,7 @@ static void test_schema_snapshot(void **state)
     free(stored);
     free(path);
     free(built);
-    free(db);
+    th_pg_drop_db(db);
     free(query);
     free(query_path);
 }

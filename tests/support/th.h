@@ -11,6 +11,9 @@
  * conninfo (caller frees). Aborts the test binary when the fixture is not running: in CI a missing
  * PostgreSQL fails rather than skips. */
 char *th_pg_new_db(const char *prefix);
+/* Drops the database of conninfo (made by th_pg_new_db) and frees conninfo: a test that builds
+ * several whole schemas gives their space back before the fixture removes the cluster. */
+void th_pg_drop_db(char *conninfo);
 
 /* Runs one SQL statement on conninfo and returns the first column of the first row as a new
  * string (caller frees), or NULL when there is no row. Aborts on error. Blocking: tests only. */

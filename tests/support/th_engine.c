@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -400,6 +401,33 @@ th_cluster *th_cluster_start(void)
         free(c);
         return NULL;
     }
+    return c;
+}
+
+th_cluster *th_cluster_standby(const th_cluster *primary)
+{
+    th_cluster *c = eng_xcalloc(1, sizeof *c);
+    snprintf(c->dir, sizeof c->dir, "/tmp/flowd-standby-XXXXXX");
+    if (!mkdtemp(c->dir)) {
+        free(c);
+        return NULL;
+    }
+    char *cmd = eng_xasprintf(
+        "bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1); "
+        "if command -v pg_basebackup >/dev/null 2>&1; then "
+        "bindir=$(dirname \"$(command -v pg_basebackup)\"); fi; "
+        "as=; if [ \"$(id -u)\" = 0 ]; then as='runuser -u postgres --'; chown postgres: '%s'; fi; "
+        "$as \"$bindir/pg_basebackup\" -h '%s' -U postgres -D '%s/data' -R -X stream -c fast",
+        c->dir, primary->dir, c->dir);
+    int st = system(cmd);
+    free(cmd);
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0 || th_cluster_ctl(c, "start") != 0) {
+        fprintf(stderr, "cannot start a standby of %s in %s\n", primary->dir, c->dir);
+        cluster_fixture(c, "stop");
+        free(c);
+        return NULL;
+    }
+    chmod(c->dir, 0777);
     return c;
 }
 

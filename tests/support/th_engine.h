@@ -22,8 +22,11 @@ typedef struct th_cluster {
 } th_cluster;
 /* Starts one; NULL (after a message on stderr) when it cannot. */
 th_cluster *th_cluster_start(void);
-/* pg_ctl ACTION ("stop", "start", "restart"; fast shutdown, waits) with the server options the
- * fixture starts it with. Returns pg_ctl's exit status. */
+/* A streaming standby of primary in a fresh /tmp directory (pg_basebackup -R over primary's unix
+ * socket, started with the fixture's server options); NULL (after a message) when it cannot. */
+th_cluster *th_cluster_standby(const th_cluster *primary);
+/* pg_ctl ACTION ("stop", "start", "restart"; fast shutdown, waits; "promote" for a standby) with
+ * the server options the fixture starts it with. Returns pg_ctl's exit status. */
 int th_cluster_ctl(const th_cluster *c, const char *action);
 /* Stops and removes it, frees c; returns the fixture's exit status. */
 int th_cluster_stop(th_cluster *c);

@@ -57,6 +57,25 @@ char *th_pg_new_db(const char *prefix)
     return eng_xasprintf("host=%s dbname=%s user=postgres", th_pgdir(), name);
 }
 
+void th_pg_drop_db(char *conninfo)
+{
+    PGconn *c = th_connect(conninfo);
+    char *sql = eng_xasprintf("DROP DATABASE \"%s\"", PQdb(c)); /* th_pg_new_db's own name */
+    PQfinish(c);
+    char *admin = eng_xasprintf("host=%s dbname=postgres user=postgres", th_pgdir());
+    c = th_connect(admin);
+    free(admin);
+    PGresult *r = PQexec(c, sql);
+    if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+        fprintf(stderr, "%s: %s", sql, PQerrorMessage(c));
+        exit(1);
+    }
+    PQclear(r);
+    PQfinish(c);
+    free(sql);
+    free(conninfo);
+}
+
 char *th_pg_value(const char *conninfo, const char *sql)
 {
     PGconn *c = th_connect(conninfo);
