@@ -138,6 +138,9 @@ void api_route_key_delete(api_call *call);
 void api_route_rate_limit_put(api_call *call);        /* api/routes_limits.c */
 void api_route_rate_limits_list(api_call *call);
 void api_route_rate_limit_delete(api_call *call);
+void api_route_usage(api_call *call);                 /* api/routes_usage.c */
+void api_route_price_put(api_call *call);
+void api_route_prices_list(api_call *call);
 void api_route_provider_put(api_call *call);          /* api/routes_providers.c */
 void api_route_providers_list(api_call *call);
 void api_route_provider_delete(api_call *call);

@@ -260,15 +260,19 @@ void api_route_run_post(api_call *call)
  * writes a new row version with the xid of its transaction, so any change to what flowd_run_json
  * reads from them (state, progress, outputs, timestamps, attempts, ...) gives a token never seen
  * before, whether or not the change logged a run event (a snooze does not). Workflow rows never
- * change. A map step's item counts come from map_items, which is not in the token: runs with a
- * map step get a NULL token and are never served from the cache. */
+ * change. The run's usage rows (run_usage) are in it the same way. A map step's item counts come
+ * from map_items, which is not in the token: runs with a map step get a NULL token and are never
+ * served from the cache. */
 static const char run_get_sql[] =
     "SELECT f.token, CASE WHEN f.token = $3 THEN NULL ELSE flowd_run_json($1, $2) END"
-    "  FROM (SELECT CASE WHEN NOT s.has_map THEN r.xmin::text || s.xmins END AS token"
+    "  FROM (SELECT CASE WHEN NOT s.has_map THEN r.xmin::text || s.xmins || u.xmins END AS token"
     "          FROM runs r CROSS JOIN LATERAL ("
     "               SELECT string_agg(':' || x.xmin::text, '' ORDER BY x.idx) AS xmins,"
     "                      coalesce(bool_or(x.kind = 'map'), false) AS has_map"
     "                 FROM steps x WHERE x.run_id = r.id) s"
+    "         CROSS JOIN LATERAL ("
+    "               SELECT coalesce(string_agg('/' || y.xmin::text, '' ORDER BY y.day), '')"
+    "                      AS xmins FROM run_usage y WHERE y.run_id = r.id) u"
     "         WHERE r.id = $2 AND r.tenant_id = $1) f";
 
 static void run_get_query(api_call *call);

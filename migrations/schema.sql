@@ -151,6 +151,28 @@ CREATE TABLE outbox (
     CONSTRAINT outbox_tenant_id_send_key_key UNIQUE (tenant_id, send_key)
 );
 
+CREATE TABLE prices (
+    id bigint GENERATED ALWAYS AS IDENTITY,
+    tenant_id bigint,
+    kind text NOT NULL,
+    item text NOT NULL,
+    provider text,
+    effective_from timestamp with time zone NOT NULL,
+    input_usd_per_mtok numeric,
+    output_usd_per_mtok numeric,
+    cached_usd_per_mtok numeric,
+    usd_per_unit numeric,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT prices_cached_usd_per_mtok_check CHECK ((cached_usd_per_mtok >= (0)::numeric)),
+    CONSTRAINT prices_input_usd_per_mtok_check CHECK ((input_usd_per_mtok >= (0)::numeric)),
+    CONSTRAINT prices_item_check CHECK ((item <> ''::text)),
+    CONSTRAINT prices_kind_check CHECK ((kind = ANY (ARRAY['llm'::text, 'send'::text]))),
+    CONSTRAINT prices_output_usd_per_mtok_check CHECK ((output_usd_per_mtok >= (0)::numeric)),
+    CONSTRAINT prices_pkey PRIMARY KEY (id),
+    CONSTRAINT prices_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES tenants(id) ON DELETE CASCADE,
+    CONSTRAINT prices_usd_per_unit_check CHECK ((usd_per_unit >= (0)::numeric))
+);
+
 CREATE TABLE provider_settings (
     tenant_id bigint NOT NULL,
     provider text NOT NULL,
@@ -203,6 +225,22 @@ CREATE TABLE run_events (
     type text NOT NULL,
     step_key text,
     data jsonb
+);
+
+CREATE TABLE run_usage (
+    run_id bigint NOT NULL,
+    day date NOT NULL,
+    tenant_id bigint NOT NULL,
+    batch_id bigint,
+    llm_calls bigint NOT NULL,
+    input_tokens bigint NOT NULL,
+    output_tokens bigint NOT NULL,
+    cached_tokens bigint NOT NULL,
+    llm_cost_usd numeric NOT NULL,
+    sends bigint NOT NULL,
+    segments bigint NOT NULL,
+    send_cost_usd numeric NOT NULL,
+    CONSTRAINT run_usage_pkey PRIMARY KEY (run_id, day)
 );
 
 CREATE TABLE runs (
@@ -320,6 +358,43 @@ CREATE TABLE tenants (
     CONSTRAINT tenants_priority_limit_check CHECK (((priority_limit >= 0) AND (priority_limit <= 1000)))
 );
 
+CREATE TABLE usage_daily (
+    tenant_id bigint NOT NULL,
+    day date NOT NULL,
+    kind text NOT NULL,
+    workflow text NOT NULL,
+    provider text NOT NULL,
+    model text NOT NULL,
+    calls bigint NOT NULL,
+    input_tokens bigint NOT NULL,
+    output_tokens bigint NOT NULL,
+    cached_tokens bigint NOT NULL,
+    segments bigint NOT NULL,
+    cost_usd numeric NOT NULL,
+    CONSTRAINT usage_daily_pkey PRIMARY KEY (tenant_id, day, kind, workflow, provider, model)
+);
+
+CREATE TABLE usage_records (
+    id bigint GENERATED ALWAYS AS IDENTITY,
+    tenant_id bigint NOT NULL,
+    at timestamp with time zone NOT NULL,
+    kind text NOT NULL,
+    workflow text NOT NULL,
+    run_id bigint,
+    step_key text,
+    provider text NOT NULL,
+    model text NOT NULL,
+    input_tokens bigint DEFAULT 0 NOT NULL,
+    output_tokens bigint DEFAULT 0 NOT NULL,
+    cached_tokens bigint DEFAULT 0 NOT NULL,
+    segments integer DEFAULT 0 NOT NULL,
+    cost_usd numeric DEFAULT 0 NOT NULL,
+    price_id bigint,
+    ok boolean DEFAULT true NOT NULL,
+    CONSTRAINT usage_records_kind_check CHECK ((kind = ANY (ARRAY['llm'::text, 'send'::text]))),
+    CONSTRAINT usage_records_pkey PRIMARY KEY (id)
+);
+
 CREATE TABLE webhook_deliveries (
     tenant_id bigint NOT NULL,
     provider text NOT NULL,
@@ -358,8 +433,11 @@ CREATE INDEX events_received ON public.events USING btree (received_at);
 CREATE INDEX map_items_child ON public.map_items USING btree (child_run_id) WHERE (child_run_id IS NOT NULL);
 CREATE INDEX outbox_by_run ON public.outbox USING btree (run_id) WHERE (run_id IS NOT NULL);
 CREATE INDEX outbox_run ON public.outbox USING btree (tenant_id, run_id, id);
+CREATE UNIQUE INDEX prices_version ON public.prices USING btree (COALESCE(tenant_id, (0)::bigint), kind, item, COALESCE(provider, ''::text), effective_from);
 CREATE UNIQUE INDEX rate_limits_name ON public.rate_limits USING btree (name, COALESCE(tenant_id, (0)::bigint));
 CREATE INDEX run_events_run ON public.run_events USING btree (run_id, id);
+CREATE INDEX run_usage_batch ON public.run_usage USING btree (batch_id) WHERE (batch_id IS NOT NULL);
+CREATE INDEX run_usage_tenant_day ON public.run_usage USING btree (tenant_id, day);
 CREATE INDEX runs_batch ON public.runs USING btree (batch_id, id) WHERE (batch_id IS NOT NULL);
 CREATE UNIQUE INDEX runs_idempotency ON public.runs USING btree (tenant_id, idempotency_key) WHERE (idempotency_key IS NOT NULL);
 CREATE INDEX runs_parent ON public.runs USING btree (parent_step_id) WHERE (parent_step_id IS NOT NULL);
@@ -373,6 +451,8 @@ CREATE INDEX steps_due ON public.steps USING btree (run_at) WHERE (state = 'read
 CREATE INDEX steps_running_owner ON public.steps USING btree (lease_owner) WHERE (state = 'running'::text);
 CREATE INDEX steps_wait_due ON public.steps USING btree (run_at) WHERE ((state = 'waiting'::text) AND (wait_event IS NOT NULL));
 CREATE INDEX steps_waiting ON public.steps USING btree (tenant_id, wait_event, wait_key) WHERE (state = 'waiting'::text);
+CREATE INDEX usage_records_run ON public.usage_records USING btree (run_id) WHERE (run_id IS NOT NULL);
+CREATE INDEX usage_records_tenant_at ON public.usage_records USING btree (tenant_id, at);
 CREATE INDEX webhook_deliveries_received ON public.webhook_deliveries USING btree (received_at);
 
 -- Triggers

@@ -14,9 +14,12 @@ RETURNS TABLE (i integer, output jsonb) LANGUAGE sql STABLE AS $$
                         AND r.item = coalesce(k.item, '') AND r.request_hash = k.hash
 $$;
 
--- p_rows: [{"tenant", "run", "step", "item", "hash", "output"}]
+-- p_rows: [{"tenant", "run", "step", "item", "hash", "output"}]. Every row is an answer a provider
+-- gave (and charged for), so it is also recorded as usage (sql/usage.sql); a replayed answer is
+-- read by flowd_llm_lookup_many and never comes here.
 CREATE OR REPLACE FUNCTION flowd_llm_record_many(p_rows jsonb)
-RETURNS void LANGUAGE sql AS $$
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
     INSERT INTO llm_records (tenant_id, run_id, step_key, item, request_hash, output)
     SELECT DISTINCT ON (x.run, x.step, coalesce(x.item, ''))
            x.tenant, x.run, x.step, coalesce(x.item, ''), x.hash, x.output
@@ -24,5 +27,12 @@ RETURNS void LANGUAGE sql AS $$
            AS x(tenant bigint, run bigint, step text, item text, hash text, output jsonb)
     ON CONFLICT (run_id, step_key, item)
     DO UPDATE SET request_hash = EXCLUDED.request_hash, output = EXCLUDED.output,
-                  created_at = now()
-$$;
+                  created_at = now();
+    PERFORM flowd_usage_add(jsonb_agg(jsonb_build_object(
+                'tenant', x.tenant, 'run', x.run, 'step', x.step, 'kind', 'llm',
+                'provider', x.output->>'provider', 'model', x.output->>'model',
+                'input_tokens', x.output->'usage'->'input_tokens',
+                'output_tokens', x.output->'usage'->'output_tokens',
+                'cached_tokens', x.output->'usage'->'cached_input_tokens')))
+       FROM jsonb_to_recordset(p_rows) AS x(tenant bigint, run bigint, step text, output jsonb);
+END $$;

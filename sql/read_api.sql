@@ -28,6 +28,7 @@ BEGIN
         'input', r.input,
         'output', CASE WHEN r.state = 'succeeded' THEN flowd_run_output(r.id) END,
         'error', r.error,
+        'usage', flowd_run_usage(r.id),
         'created_at', flowd_ms(r.created_at),
         'started_at', flowd_ms(r.started_at),
         'finished_at', flowd_ms(r.finished_at),
@@ -99,6 +100,12 @@ LANGUAGE sql STABLE AS $$
         'percent', CASE WHEN b.total = 0 THEN 100
                         ELSE floor(100.0 * (b.total - c.queued - c.running) / b.total)::integer END,
         'idempotency_key', b.idempotency_key,
+        'usage', (SELECT flowd_usage_json(sum(u.llm_calls)::bigint, sum(u.input_tokens)::bigint,
+                                          sum(u.output_tokens)::bigint,
+                                          sum(u.cached_tokens)::bigint, sum(u.llm_cost_usd),
+                                          sum(u.sends)::bigint, sum(u.segments)::bigint,
+                                          sum(u.send_cost_usd))
+                    FROM run_usage u WHERE u.batch_id = b.id AND u.tenant_id = p_tenant),
         'created_at', flowd_ms(b.created_at))
       FROM batches b
       JOIN workflows w ON w.id = b.workflow_id

@@ -89,7 +89,10 @@ CREATE OR REPLACE FUNCTION flowd_send_record(p_tenant bigint, p_key text, p_stat
 RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
     v_state text;
+    v_was   text;
 BEGIN
+    SELECT s.state INTO v_was FROM sends s
+     WHERE s.tenant_id = p_tenant AND s.send_key = p_key FOR UPDATE;
     UPDATE sends s
        SET state = p_state,
            provider_message_id = coalesce(p_message_id, s.provider_message_id),
@@ -101,6 +104,9 @@ BEGIN
      WHERE s.tenant_id = p_tenant AND s.send_key = p_key
        AND (s.state <> 'accepted' OR (p_state = 'accepted' AND s.result->>'resolved' = 'webhook'))
     RETURNING s.state INTO v_state;
+    IF v_state = 'accepted' AND v_was IS DISTINCT FROM 'accepted' THEN
+        PERFORM flowd_send_usage_add(p_tenant, p_key);
+    END IF;
     IF p_suppress IS NOT NULL THEN
         INSERT INTO suppressions (tenant_id, channel, address, reason, source)
         SELECT s.tenant_id, s.channel, s.recipient, p_suppress, 'send' FROM sends s
@@ -183,6 +189,9 @@ BEGIN
                    error = NULL, updated_at = now()
              WHERE s.tenant_id = p_tenant AND s.send_key = v_key
                AND s.state IN ('pending', 'unknown') AND coalesce(s.provider_message_id, v_mid) IS NOT NULL;
+            IF FOUND THEN
+                PERFORM flowd_send_usage_add(p_tenant, v_key);
+            END IF;
             IF v_del IS NOT NULL THEN
                 UPDATE sends s
                    SET delivery = v_del,
@@ -333,14 +342,18 @@ BEGIN
                                            'resolved', 'operator'),
                error = NULL, updated_at = now()
          WHERE s.tenant_id = p_tenant AND s.send_key = p_key AND s.state IN ('pending', 'unknown');
+        v_settled := FOUND;
+        IF v_settled THEN
+            PERFORM flowd_send_usage_add(p_tenant, p_key);
+        END IF;
     ELSE
         UPDATE sends s
            SET state = 'failed', updated_at = now(),
                error = jsonb_build_object('code', 'not_sent', 'resolved', 'operator',
                                           'message', 'an operator said it never went out')
          WHERE s.tenant_id = p_tenant AND s.send_key = p_key AND s.state IN ('pending', 'unknown');
+        v_settled := FOUND;
     END IF;
-    v_settled := FOUND;
     RETURN (SELECT jsonb_build_object(
                 'send_key', s.send_key, 'channel', s.channel, 'provider', s.provider,
                 'to', s.recipient, 'run', s.run_id, 'state', s.state,

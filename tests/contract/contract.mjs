@@ -333,6 +333,17 @@ expect(await call('PUT', '/v1/rate-limits/smtp', { body: { per_day: 6 }, bad: tr
 expect(await call('GET', '/v1/rate-limits'), 200, 'limits');
 expect(await call('DELETE', '/v1/rate-limits/smtp'), 204, 'drop limit');
 expect(await call('DELETE', '/v1/rate-limits/smtp'), 404, 'drop no limit');
+{ // usage and prices: the mail run above sent one message (sandbox: no cost)
+  const u = expect(await call('GET', '/v1/usage?group_by=channel'), 200, 'usage').body;
+  if (!u.groups || !u.groups.some((g) => g.key === 'email' && g.sends.messages >= 1))
+    fail(`usage by channel misses the email sent: ${JSON.stringify(u)}`);
+  expect(await call('GET', '/v1/usage?group_by=run&limit=5&format=csv'), 200, 'usage csv');
+  expect(await call('GET', '/v1/usage?from=2026-02-30'), 400, 'bad usage');
+  expect(await call('PUT', '/v1/prices', { body: { model: 'gpt-4o-mini', input_usd_per_mtok: 0.2, output_usd_per_mtok: 0.8 } }), 201, 'price');
+  expect(await call('PUT', '/v1/prices', { body: { channel: 'sms', usd_per_message: 0.01, provider: 'twilio', effective_from: '2099-01-01' } }), 201, 'future price');
+  expect(await call('PUT', '/v1/prices', { body: { channel: 'sms', input_usd_per_mtok: 1 }, bad: true }), 422, 'bad price');
+  expect(await call('GET', '/v1/prices'), 200, 'prices');
+}
 { // the tenant's own provider account: the secret comes back masked only
   const secret = 'sk-contract-provider-secret-9876';
   const put = expect(await call('PUT', '/v1/providers/openai', { body: { api_key: secret, base_url: 'https://llm.example.com/v1' } }), 201, 'provider');
