@@ -73,6 +73,13 @@ void api_input_check_query(api_call *call, json_t *body, const char *workflow,
 bool api_input_check(api_call *call, const PGresult *res, const json_t *input, bool batch,
                      char version_s[24], const char **version_out);
 
+/* Checks the delayed start of a run or batch request: "start_at" (RFC 3339, a day that exists)
+ * or "start_in" (a duration), not both. Returns NULL and fills start_at (normalized RFC 3339 UTC)
+ * or start_in (milliseconds) with text for the statement ("" when absent); else the message, with
+ * *field naming the member. */
+const char *api_start_fields(const json_t *body, char start_at[40], char start_in[24],
+                             const char **field);
+
 /* The loop's libev loop, for handlers that wait (streams polling the database). */
 struct ev_loop *api_loop_ev(const api_loop *lp);
 /* The loop's cache of run JSON (api/runcache.h). */
@@ -147,3 +154,10 @@ void api_route_provider_delete(api_call *call);
 void api_route_suppression_post(api_call *call);      /* api/routes_suppressions.c */
 void api_route_suppressions_list(api_call *call);
 void api_route_suppression_delete(api_call *call);
+void api_route_schedule_put(api_call *call);          /* api/routes_schedules.c */
+void api_route_schedule_get(api_call *call);
+void api_route_schedules_list(api_call *call);
+void api_route_schedule_delete(api_call *call);
+void api_route_schedule_pause(api_call *call);
+void api_route_schedule_resume(api_call *call);
+void api_route_schedule_trigger(api_call *call);

@@ -55,7 +55,8 @@ static void runs_list_cb(api_call *call, const eng_err *err, const PGresult *res
 
 void api_route_runs_list(api_call *call)
 {
-    static const char *const states[] = {"queued", "running", "succeeded", "failed", "cancelled"};
+    static const char *const states[] = {"scheduled", "queued",    "running",
+                                         "succeeded", "failed", "cancelled"};
     api_req *req = call->req;
     const char *workflow = api_req_query(req, "workflow");
     const char *state = api_req_query(req, "state");
@@ -71,7 +72,7 @@ void api_route_runs_list(api_call *call)
         while (i < ENG_ARRAY_LEN(states) && strcmp(states[i], state) != 0)
             i++;
         if (i == ENG_ARRAY_LEN(states))
-            field = "?state", msg = "must be queued, running, succeeded, failed or cancelled";
+            field = "?state", msg = "must be scheduled, queued, running, succeeded, failed or cancelled";
     }
     if (field) {
         /* reported below */
@@ -124,16 +125,22 @@ static void batch_checked_cb(api_call *call, const eng_err *err, const PGresult 
     char version_s[24];
     snprintf(version_s, sizeof version_s, "%lld", (long long)json_integer_value(version));
     char *inputs = json_dumps(json_object_get(body, "inputs"), JSON_COMPACT);
+    char start_at[40], start_in[24];
+    const char *field;
+    api_start_fields(body, start_at, start_in, &field); /* checked by api_route_batch_post */
     const char *params[] = {call->tenant_s,
                             json_string_value(json_object_get(body, "workflow")),
                             json_is_integer(version) ? version_s : NULL,
                             inputs,
                             idem ? json_string_value(idem)
                                  : api_req_header(call->req, "Idempotency-Key"),
-                            checked};
+                            checked,
+                            *start_at ? start_at : NULL,
+                            *start_in ? start_in : NULL};
     api_call_db(call,
-                "SELECT created, id, total FROM flowd_create_batch($1, $2, $3, $4::jsonb, $5, $6)",
-                6, params, batch_post_cb);
+                "SELECT created, id, total"
+                "  FROM flowd_create_batch($1, $2, $3, $4::jsonb, $5, $6, $7::timestamptz, $8)",
+                8, params, batch_post_cb);
     free(inputs);
 }
 
@@ -168,12 +175,14 @@ static const char *batch_check(const json_t *body, const char *header_key, char 
         return *field = "Idempotency-Key", "must be 1 to 200 characters";
     if (header_key && idem && strcmp(header_key, json_string_value(idem)) != 0)
         return *field = "/idempotency_key", "differs from the Idempotency-Key header";
-    return NULL;
+    char start_at[40], start_in[24];
+    return api_start_fields(body, start_at, start_in, field);
 }
 
 void api_route_batch_post(api_call *call)
 {
-    static const char *const allowed[] = {"workflow", "version", "inputs", "idempotency_key", NULL};
+    static const char *const allowed[] = {"workflow",        "version",  "inputs",
+                                          "idempotency_key", "start_at", "start_in", NULL};
     json_t *body = api_call_body_fields(call, allowed);
     if (!body)
         return;

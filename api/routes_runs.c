@@ -7,6 +7,9 @@
 
 #include "api/api_int.h"
 #include "api/runcache.h"
+#include "engine/clock.h"
+#include "engine/cron.h"
+#include "engine/duration.h"
 #include "engine/duration.h"
 #include "engine/jschema.h"
 #include "engine/mem.h"
@@ -175,6 +178,31 @@ bool api_input_check(api_call *call, const PGresult *res, const json_t *input, b
     return false;
 }
 
+const char *api_start_fields(const json_t *body, char start_at[40], char start_in[24],
+                             const char **field)
+{
+    const json_t *at = json_object_get(body, "start_at"), *in = json_object_get(body, "start_in");
+    start_at[0] = start_in[0] = '\0';
+    eng_err err;
+    int64_t ms;
+    if (at && !json_is_null(at) && in && !json_is_null(in))
+        return *field = "/start_in", "give start_at or start_in, not both";
+    if (at && !json_is_null(at)) {
+        if (!json_is_string(at) ||
+            eng_time_parse_rfc3339(json_string_value(at), &ms, &err) != ENG_OK)
+            return *field = "/start_at", "must be an RFC 3339 timestamp of a day that exists";
+        if (ms < 0 || ms > CRON_MAX_MS)
+            return *field = "/start_at", "must lie between 1970 and 9999";
+        eng_time_format_rfc3339(ms, start_at, 40);
+    }
+    if (in && !json_is_null(in)) {
+        if (!json_is_string(in) || eng_duration_parse(json_string_value(in), &ms, &err) != ENG_OK)
+            return *field = "/start_in", "must be a duration such as \"90s\", \"2h\" or \"1d\"";
+        snprintf(start_in, 24, "%lld", (long long)ms);
+    }
+    return NULL;
+}
+
 static void run_checked_cb(api_call *call, const eng_err *err, const PGresult *res)
 {
     if (err) {
@@ -198,6 +226,9 @@ static void run_checked_cb(api_call *call, const eng_err *err, const PGresult *r
     snprintf(version_s, sizeof version_s, "%lld", (long long)json_integer_value(version));
     snprintf(priority_s, sizeof priority_s, "%lld", (long long)json_integer_value(priority));
     char *input_s = input ? json_dumps(input, JSON_COMPACT) : eng_xstrdup("{}");
+    char start_at[40], start_in[24];
+    const char *field;
+    api_start_fields(body, start_at, start_in, &field); /* checked by api_route_run_post */
     const char *params[] = {call->tenant_s,
                             json_string_value(wf),
                             json_is_integer(version) ? version_s : NULL,
@@ -205,17 +236,20 @@ static void run_checked_cb(api_call *call, const eng_err *err, const PGresult *r
                             priority_s,
                             idem ? json_string_value(idem)
                                  : api_req_header(call->req, "Idempotency-Key"),
-                            checked};
+                            checked,
+                            *start_at ? start_at : NULL,
+                            *start_in ? start_in : NULL};
     api_call_db(call,
-                "SELECT created, run FROM flowd_start_run($1, $2, $3, $4::jsonb, $5, $6, $7)", 7,
-                params, run_post_cb);
+                "SELECT created, run"
+                "  FROM flowd_start_run($1, $2, $3, $4::jsonb, $5, $6, $7, $8::timestamptz, $9)",
+                9, params, run_post_cb);
     free(input_s);
 }
 
 void api_route_run_post(api_call *call)
 {
-    static const char *const allowed[] = {"workflow", "version", "input", "priority",
-                                          "idempotency_key", NULL};
+    static const char *const allowed[] = {"workflow",        "version",  "input",    "priority",
+                                          "idempotency_key", "start_at", "start_in", NULL};
     json_t *body = api_call_body_fields(call, allowed);
     if (!body)
         return;
@@ -238,6 +272,9 @@ void api_route_run_post(api_call *call)
     else if (idem && (!json_is_string(idem) || json_string_length(idem) == 0 ||
                       json_string_length(idem) > 200))
         field = "/idempotency_key", msg = "must be a string of 1 to 200 characters";
+    char start_at[40], start_in[24];
+    if (!field)
+        msg = api_start_fields(body, start_at, start_in, &field);
     const char *header_key = api_req_header(call->req, "Idempotency-Key");
     if (!field && header_key && idem && strcmp(header_key, json_string_value(idem)) != 0)
         field = "/idempotency_key", msg = "differs from the Idempotency-Key header";
@@ -262,10 +299,13 @@ void api_route_run_post(api_call *call)
  * before, whether or not the change logged a run event (a snooze does not). Workflow rows never
  * change. The run's usage rows (run_usage) are in it the same way. A map step's item counts come
  * from map_items, which is not in the token: runs with a map step get a NULL token and are never
- * served from the cache. */
+ * served from the cache. The shown state is in the token too: a delayed run turns from
+ * "scheduled" to "queued" with no row changing. */
 static const char run_get_sql[] =
     "SELECT f.token, CASE WHEN f.token = $3 THEN NULL ELSE flowd_run_json($1, $2) END"
-    "  FROM (SELECT CASE WHEN NOT s.has_map THEN r.xmin::text || s.xmins || u.xmins END AS token"
+    "  FROM (SELECT CASE WHEN NOT s.has_map"
+    "                    THEN r.xmin::text || s.xmins || u.xmins"
+    "                         || flowd_run_state(r.state, r.start_at) END AS token"
     "          FROM runs r CROSS JOIN LATERAL ("
     "               SELECT string_agg(':' || x.xmin::text, '' ORDER BY x.idx) AS xmins,"
     "                      coalesce(bool_or(x.kind = 'map'), false) AS has_map"

@@ -118,6 +118,13 @@ static const api_route api_routes[] = {
     {"GET", "/v1/suppressions", api_route_suppressions_list, false, NULL,
      Q("channel", "limit", "cursor")},
     {"DELETE", "/v1/suppressions/{}/{}", api_route_suppression_delete, false, NULL, NULL},
+    {"GET", "/v1/schedules", api_route_schedules_list, false, NULL, NULL},
+    {"PUT", "/v1/schedules/{}", api_route_schedule_put, false, NULL, NULL},
+    {"GET", "/v1/schedules/{}", api_route_schedule_get, false, NULL, NULL},
+    {"DELETE", "/v1/schedules/{}", api_route_schedule_delete, false, NULL, NULL},
+    {"POST", "/v1/schedules/{}/pause", api_route_schedule_pause, false, NULL, NULL},
+    {"POST", "/v1/schedules/{}/resume", api_route_schedule_resume, false, NULL, NULL},
+    {"POST", "/v1/schedules/{}/trigger", api_route_schedule_trigger, false, NULL, NULL},
 };
 #undef Q
 

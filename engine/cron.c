@@ -546,3 +546,26 @@ out:
     ucal_close(z.cal);
     return rc;
 }
+
+eng_rc cron_local_time(const char *zone, int64_t ms, char *out, size_t outlen, eng_err *err)
+{
+    if (ms < 0 || ms > CRON_MAX_MS)
+        return eng_err_set(err, ENG_EINVAL, "instant %lld is outside the supported range",
+                           (long long)ms);
+    zcal z;
+    eng_rc rc = zone_open(zone, &z, err);
+    if (rc != ENG_OK)
+        return rc;
+    UErrorCode st = U_ZERO_ERROR;
+    ucal_setMillis(z.cal, (UDate)ms, &st);
+    int32_t off = ucal_get(z.cal, UCAL_ZONE_OFFSET, &st) + ucal_get(z.cal, UCAL_DST_OFFSET, &st);
+    ucal_close(z.cal);
+    if (U_FAILURE(st))
+        return eng_err_set(err, ENG_EINTERNAL, "time zone conversion failed: %s", u_errorName(st));
+    int64_t local = (ms + off) / 1000, day = local / 86400, y;
+    int tod = (int)(local % 86400), m, d, aoff = (off < 0 ? -off : off) / 60000;
+    civil_from_days(day, &y, &m, &d);
+    snprintf(out, outlen, "%04lld-%02d-%02dT%02d:%02d:%02d%c%02d:%02d", (long long)y, m, d,
+             tod / 3600, tod / 60 % 60, tod % 60, off < 0 ? '-' : '+', aoff / 60, aoff % 60);
+    return ENG_OK;
+}

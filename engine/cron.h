@@ -43,6 +43,7 @@
 #pragma once
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "engine/err.h"
@@ -73,3 +74,9 @@ ENG_MUST_CHECK eng_rc cron_zone_check(const char *zone, eng_err *err);
  * next fire time would be after CRON_MAX_MS. */
 ENG_MUST_CHECK eng_rc cron_next(const cron *c, const char *zone, int64_t after_ms, int64_t *out_ms,
                                 eng_err *err);
+
+/* Writes instant ms as RFC 3339 local time of zone with its UTC offset at that instant
+ * ("2026-03-08T03:00:00-04:00"; "Z" never appears, UTC is "+00:00") into out (at least 32 bytes).
+ * ENG_EINVAL for an unknown zone or ms outside [0, CRON_MAX_MS]. */
+ENG_MUST_CHECK eng_rc cron_local_time(const char *zone, int64_t ms, char *out, size_t outlen,
+                                      eng_err *err);

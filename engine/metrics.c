@@ -72,8 +72,28 @@ static met_family met_refused = {
     .mu = PTHREAD_MUTEX_INITIALIZER,
 };
 
-static met_family *const met_families[] = {&met_claims,   &met_finished, &met_latency,
-                                           &met_provider, &met_http,     &met_refused};
+static met_family met_sched_fires = {
+    .name = "flowd_schedule_fires_total",
+    .help = "Runs started by schedules' ticks in this process.",
+    .mu = PTHREAD_MUTEX_INITIALIZER,
+};
+static met_family met_sched_skips = {
+    .name = "flowd_schedule_skips_total",
+    .help = "Schedule ticks passed over in this process, by reason (missed: catch-up policy; "
+            "overlap: overlap policy; invalid_input, workflow_missing: the fire failed; "
+            "duplicate: the tick's run existed).",
+    .mu = PTHREAD_MUTEX_INITIALIZER,
+};
+static met_family met_sched_lag = {
+    .name = "flowd_schedule_lag_seconds",
+    .help = "Time from a schedule's tick to its run's creation.",
+    .histogram = true,
+    .mu = PTHREAD_MUTEX_INITIALIZER,
+};
+
+static met_family *const met_families[] = {&met_claims,      &met_finished,    &met_latency,
+                                           &met_provider,    &met_http,        &met_refused,
+                                           &met_sched_fires, &met_sched_skips, &met_sched_lag};
 
 static uint64_t met_hash(const char *s)
 {
@@ -147,11 +167,28 @@ static void met_label(char *out, size_t outlen, const char *name, const char *va
     out[off] = '\0';
 }
 
-static void met_count(met_family *f, const char *labels)
+static void met_add(met_family *f, const char *labels, uint64_t n)
 {
     met_series *s = met_series_get(f, labels);
     if (s)
-        atomic_fetch_add_explicit(&s->value, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&s->value, n, memory_order_relaxed);
+}
+
+static void met_count(met_family *f, const char *labels)
+{
+    met_add(f, labels, 1);
+}
+
+static void met_observe(met_series *h, int64_t latency_ms)
+{
+    if (latency_ms < 0)
+        latency_ms = 0;
+    double secs = (double)latency_ms / 1000.0;
+    size_t b = 0;
+    while (b < MET_NBOUNDS && secs > met_bounds[b])
+        b++;
+    atomic_fetch_add_explicit(&h->buckets[b], 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&h->sum_us, (uint64_t)latency_ms * 1000, memory_order_relaxed);
 }
 
 void eng_metrics_step_claimed(const char *kind)
@@ -168,16 +205,23 @@ void eng_metrics_step_finished(const char *kind, const char *outcome, int64_t la
     met_series *h = met_series_get(&met_latency, labels);
     met_label(labels, sizeof labels, "outcome", outcome);
     met_count(&met_finished, labels);
-    if (!h)
-        return;
-    if (latency_ms < 0)
-        latency_ms = 0;
-    double secs = (double)latency_ms / 1000.0;
-    size_t b = 0;
-    while (b < MET_NBOUNDS && secs > met_bounds[b])
-        b++;
-    atomic_fetch_add_explicit(&h->buckets[b], 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&h->sum_us, (uint64_t)latency_ms * 1000, memory_order_relaxed);
+    if (h)
+        met_observe(h, latency_ms);
+}
+
+void eng_metrics_schedule_fired(int64_t lag_ms)
+{
+    met_count(&met_sched_fires, "");
+    met_series *h = met_series_get(&met_sched_lag, "");
+    if (h)
+        met_observe(h, lag_ms);
+}
+
+void eng_metrics_schedule_skipped(const char *reason, uint64_t ticks)
+{
+    char labels[MET_LABELS_MAX] = "";
+    met_label(labels, sizeof labels, "reason", reason);
+    met_add(&met_sched_skips, labels, ticks);
 }
 
 void eng_metrics_provider_error(const char *provider, const char *code)

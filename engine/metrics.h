@@ -28,12 +28,20 @@ void eng_metrics_http_request(const char *method, const char *route, int status)
 /* The API refused a connection ("per_client") or could not accept one ("descriptors"). */
 void eng_metrics_http_refused(const char *reason);
 
+/* A schedule's tick started a run lag_ms after the tick (flowd_schedule_fires_total and the
+ * flowd_schedule_lag_seconds histogram). */
+void eng_metrics_schedule_fired(int64_t lag_ms);
+/* A schedule passed over ticks ticks for reason ("missed", "overlap", "duplicate",
+ * "invalid_input", "workflow_missing"). */
+void eng_metrics_schedule_skipped(const char *reason, uint64_t ticks);
+
 /* Appends the text exposition of every family (HELP, TYPE, samples) to b. */
 ENG_MUST_CHECK eng_rc eng_metrics_render(eng_buf *b);
 
 /* The current value of one counter sample, for tests: family is the metric name
  * ("flowd_step_claims_total", "flowd_steps_finished_total", "flowd_step_duration_seconds_count",
  * "flowd_provider_errors_total", "flowd_http_requests_total",
- * "flowd_http_connections_refused_total") and labels the rendered label text
+ * "flowd_http_connections_refused_total", "flowd_schedule_fires_total",
+ * "flowd_schedule_skips_total", "flowd_schedule_lag_seconds_count") and labels the rendered label text
  * without braces, as in the exposition: kind="transform",outcome="ok". 0 when absent. */
 uint64_t eng_metrics_value(const char *family, const char *labels);

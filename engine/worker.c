@@ -37,6 +37,7 @@
 #include "engine/lease.h"
 #include "engine/log.h"
 #include "engine/mem.h"
+#include "engine/scheduler.h"
 #include "engine/step_ctx.h"
 
 #define WORKER_PRUNE_BATCH 5000 /* runs per retention pass */
@@ -58,6 +59,7 @@ struct eng_worker {
     struct ev_loop *loop;
     eng_db *db;
     eng_httpc *httpc;   /* outbound calls of the steps running here */
+    eng_scheduler *sched; /* with reaper: the process's schedule fires (engine/scheduler.h) */
     ev_async stop_signal;
     ev_prepare prepare;
     ev_timer poll;      /* next due step / lost notifications */
@@ -379,6 +381,8 @@ static void worker_stop_cb(struct ev_loop *loop, ev_async *a, int revents)
     ev_timer_stop(loop, &w->poll);
     ev_timer_stop(loop, &w->tick);
     ev_timer_stop(loop, &w->prune);
+    eng_scheduler_stop(w->sched);
+    w->sched = NULL;
     ev_timer_set(&w->grace, w->stop_grace, 0.);
     ev_timer_start(loop, &w->grace);
 }
@@ -405,7 +409,10 @@ static void *worker_main(void *arg)
                    1);
     eng_db_listen(w->db, "flowd_ready");
     eng_db_listen(w->db, "flowd_cancel");
+    if (w->opts.reaper)
+        w->sched = eng_scheduler_start(w->loop, w->conninfo);
     ev_run(w->loop, 0);
+    eng_scheduler_stop(w->sched);
     eng_httpc_free(w->httpc);
     eng_db_free(w->db);
     return NULL;

@@ -25,7 +25,8 @@ typedef struct eng_worker_opts {
     int max_inflight;    /* steps running at once on this worker */
     int batch;           /* most steps claimed per round trip */
     int lease_ms;        /* lease per claim, renewed every lease_ms/3 */
-    bool reaper;         /* also the process tick: reap lapsed leases, wake for missed work */
+    bool reaper;         /* also the process tick: reap lapsed leases, wake for missed work, and
+                            fire schedules (engine/scheduler.h) */
     int64_t retention_ms; /* with reaper: delete runs finished longer ago than this; 0 keeps all */
 } eng_worker_opts;
 

@@ -261,10 +261,46 @@ CREATE TABLE runs (
     started_at timestamp with time zone,
     finished_at timestamp with time zone,
     idempotency_digest text,
+    schedule_id bigint,
+    start_at timestamp with time zone,
     CONSTRAINT runs_pkey PRIMARY KEY (id),
     CONSTRAINT runs_state_check CHECK ((state = ANY (ARRAY['queued'::text, 'running'::text, 'succeeded'::text, 'failed'::text, 'cancelled'::text])))
 );
 ALTER TABLE runs SET (fillfactor=50);
+
+CREATE TABLE schedules (
+    id bigint GENERATED ALWAYS AS IDENTITY,
+    tenant_id bigint NOT NULL,
+    name text NOT NULL,
+    workflow text NOT NULL,
+    version integer,
+    cron text,
+    every text,
+    tz text DEFAULT 'UTC'::text NOT NULL,
+    input jsonb DEFAULT '{}'::jsonb NOT NULL,
+    overlap text DEFAULT 'allow'::text NOT NULL,
+    catchup text DEFAULT 'none'::text NOT NULL,
+    catchup_window text DEFAULT '1d'::text NOT NULL,
+    jitter text DEFAULT '0s'::text NOT NULL,
+    start_at timestamp with time zone,
+    end_at timestamp with time zone,
+    paused boolean DEFAULT false NOT NULL,
+    next_fire timestamp with time zone,
+    last_fire timestamp with time zone,
+    last_run_id bigint,
+    open_from bigint DEFAULT 0 NOT NULL,
+    fires bigint DEFAULT 0 NOT NULL,
+    skips bigint DEFAULT 0 NOT NULL,
+    last_skip jsonb,
+    created_at timestamp with time zone NOT NULL,
+    updated_at timestamp with time zone NOT NULL,
+    CONSTRAINT schedules_catchup_check CHECK ((catchup = ANY (ARRAY['none'::text, 'latest'::text, 'all'::text]))),
+    CONSTRAINT schedules_check CHECK (((cron IS NULL) <> (every IS NULL))),
+    CONSTRAINT schedules_overlap_check CHECK ((overlap = ANY (ARRAY['allow'::text, 'skip'::text, 'cancel_previous'::text]))),
+    CONSTRAINT schedules_pkey PRIMARY KEY (id),
+    CONSTRAINT schedules_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES tenants(id),
+    CONSTRAINT schedules_tenant_id_name_key UNIQUE (tenant_id, name)
+);
 
 CREATE TABLE sends (
     tenant_id bigint NOT NULL,
@@ -441,7 +477,9 @@ CREATE INDEX run_usage_tenant_day ON public.run_usage USING btree (tenant_id, da
 CREATE INDEX runs_batch ON public.runs USING btree (batch_id, id) WHERE (batch_id IS NOT NULL);
 CREATE UNIQUE INDEX runs_idempotency ON public.runs USING btree (tenant_id, idempotency_key) WHERE (idempotency_key IS NOT NULL);
 CREATE INDEX runs_parent ON public.runs USING btree (parent_step_id) WHERE (parent_step_id IS NOT NULL);
+CREATE INDEX runs_schedule ON public.runs USING btree (schedule_id, id) WHERE (schedule_id IS NOT NULL);
 CREATE INDEX runs_tenant_recent ON public.runs USING btree (tenant_id, id DESC);
+CREATE INDEX schedules_due ON public.schedules USING btree (next_fire) WHERE ((NOT paused) AND (next_fire IS NOT NULL));
 CREATE INDEX sends_message_id ON public.sends USING btree (tenant_id, provider_message_id) WHERE (provider_message_id IS NOT NULL);
 CREATE INDEX sends_run ON public.sends USING btree (run_id);
 CREATE INDEX steps_ckey ON public.steps USING btree (tenant_id, ckey, id) WHERE ((ckey IS NOT NULL) AND (state = ANY (ARRAY['pending'::text, 'ready'::text, 'running'::text, 'waiting'::text])));

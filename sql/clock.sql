@@ -25,7 +25,8 @@ BEGIN
                     SELECT min(run_at) FROM steps WHERE state = 'waiting' AND wait_event IS NOT NULL) x);
 END $$;
 
--- Moves every process's clock forward; only on a database in test mode.
+-- Moves every process's clock forward; only on a database in test mode. The schedulers of every
+-- process re-read their next tick too (0034).
 CREATE OR REPLACE FUNCTION flowd_clock_advance(p_ms bigint) RETURNS bigint
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -42,6 +43,7 @@ BEGIN
               USING ERRCODE = '55000';
     END IF;
     PERFORM pg_notify('flowd_ready', 'clock');
+    PERFORM pg_notify('flowd_schedules', 'clock');
     RETURN v_offset;
 END $$;
 
@@ -73,8 +75,8 @@ BEGIN
 END $$;
 
 -- Moves the clock to the earliest step or timer due later than now (a delayed or retried step,
--- a sending window's opening, a wait's timeout): {offset_ms, advanced_ms, due_at}, due_at NULL
--- and nothing moved when nothing is scheduled later.
+-- a sending window's opening, a wait's timeout, a schedule's tick): {offset_ms, advanced_ms,
+-- due_at}, due_at NULL and nothing moved when nothing is scheduled later.
 CREATE OR REPLACE FUNCTION flowd_clock_advance_to_next_due() RETURNS jsonb
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -86,7 +88,10 @@ BEGIN
       FROM (SELECT min(run_at) AS t FROM steps WHERE state = 'ready' AND run_at > v_now
             UNION ALL
             SELECT min(run_at) FROM steps
-             WHERE state = 'waiting' AND wait_event IS NOT NULL AND run_at > v_now) x;
+             WHERE state = 'waiting' AND wait_event IS NOT NULL AND run_at > v_now
+            UNION ALL
+            SELECT min(next_fire) FROM schedules
+             WHERE NOT paused AND next_fire IS NOT NULL AND next_fire > v_now) x;
     IF v_due IS NOT NULL THEN
         v_ms := ceil(extract(epoch FROM v_due - v_now) * 1000)::bigint;
     END IF;
@@ -103,5 +108,19 @@ BEGIN
     SELECT offset_ms INTO v_old FROM flowd_clock FOR UPDATE;
     UPDATE flowd_clock SET offset_ms = 0;
     PERFORM pg_notify('flowd_ready', 'clock');
+    PERFORM pg_notify('flowd_schedules', 'clock');
     RETURN v_old;
 END $$;
+
+-- Epoch milliseconds (as the engine computes ticks) to a timestamp and back.
+CREATE OR REPLACE FUNCTION flowd_epoch_ms(p_ms bigint) RETURNS timestamptz
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT timestamptz 'epoch' + p_ms * interval '1 millisecond'
+$$;
+
+
+CREATE OR REPLACE FUNCTION flowd_ms_of(p_t timestamptz) RETURNS bigint
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT (extract(epoch FROM p_t) * 1000)::bigint
+$$;
+

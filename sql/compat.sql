@@ -31,6 +31,31 @@ BEGIN
              WHERE id = ANY (p_ids) AND state = 'running' AND lease_owner = p_owner);
 END $$;
 
+-- The previous signature of flowd_start_run (0027), starting the run now.
+CREATE OR REPLACE FUNCTION flowd_start_run(p_tenant bigint, p_workflow text, p_version integer,
+                                           p_input jsonb, p_priority integer,
+                                           p_idempotency_key text, p_checked_version integer,
+                                           OUT created boolean, OUT run jsonb)
+LANGUAGE sql AS $$
+    SELECT s.created, s.run
+      FROM flowd_start_run(p_tenant, p_workflow, p_version, p_input, p_priority,
+                           p_idempotency_key, p_checked_version, NULL::timestamptz,
+                           NULL::bigint) s
+$$;
+
+
+-- The previous signature of flowd_create_batch (0027), starting the runs now.
+CREATE OR REPLACE FUNCTION flowd_create_batch(p_tenant bigint, p_workflow text, p_version integer,
+                                              p_inputs jsonb, p_idempotency_key text,
+                                              p_checked_version integer,
+                                              OUT created boolean, OUT id bigint, OUT total integer)
+LANGUAGE sql AS $$
+    SELECT b.created, b.id, b.total
+      FROM flowd_create_batch(p_tenant, p_workflow, p_version, p_inputs, p_idempotency_key,
+                              p_checked_version, NULL::timestamptz, NULL::bigint) b
+$$;
+
+
 -- The previous signature of flowd_start_run, for callers that check nothing.
 CREATE OR REPLACE FUNCTION flowd_start_run(p_tenant bigint, p_workflow text, p_version integer,
                                            p_input jsonb, p_priority integer,

@@ -103,8 +103,9 @@ BEGIN
     RETURN jsonb_set(p_def->'window', '{tz}', to_jsonb(v_tz));
 END $$;
 
--- flowd_create_runs: same semantics as flowd_create_runs in 0002 (see there for the why of
--- each part); what changed is how PostgreSQL gets there:
+-- Creates one run per element of p_inputs with all its steps; returns their ids in input order.
+-- Map children pass their parent step and their items' positions. (0002 wrote it first and says
+-- the why of each part; 0012 made it one statement:)
 -- - The steps are fed from the runs INSERT's RETURNING instead of re-reading the new runs by id
 --   (r.id = ANY (v_ids)): no table is looked up, so the plan does not depend on the parameters and
 --   PL/pgSQL's cached generic plan is as good for one input as for 10,000 (0002's statements were
@@ -113,9 +114,12 @@ END $$;
 -- - The step definitions are decoded from the workflow's JSON once per call (sd), not once per run.
 -- - The event log rows of the call go in with one INSERT, in 0002's order: the step.scheduled rows
 --   (by run, then step), then the run.created rows (by run).
+-- Three per-input arrays (NULL: none; 0034): each run's idempotency key, its start time (its first
+-- steps wait until then; earlier than now means now) and the schedule making it.
 CREATE OR REPLACE FUNCTION flowd_create_runs(p_tenant bigint, p_workflow bigint, p_inputs jsonb,
-                                             p_priority integer, p_batch bigint, p_parent_step bigint,
-                                             p_parent_indexes integer[], p_idempotency_key text)
+                                  p_priority integer, p_batch bigint, p_parent_step bigint,
+                                  p_parent_indexes integer[], p_idempotency_key text,
+                                  p_keys text[], p_start_at timestamptz[], p_schedules bigint[])
 RETURNS bigint[]
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -137,12 +141,15 @@ BEGIN
           FROM jsonb_array_elements(v_def->'steps') AS s),
     ins AS (
         INSERT INTO runs (tenant_id, workflow_id, priority, steps_total, input, batch_id,
-                          parent_step_id, parent_index, idempotency_key, created_at)
+                          parent_step_id, parent_index, idempotency_key, created_at, start_at,
+                          schedule_id)
         SELECT p_tenant, p_workflow, p_priority, jsonb_array_length(v_def->'steps'), i.value,
-               p_batch, p_parent_step, p_parent_indexes[i.n], p_idempotency_key, v_now
+               p_batch, p_parent_step, p_parent_indexes[i.n],
+               coalesce(p_keys[i.n], p_idempotency_key), v_now,
+               CASE WHEN p_start_at[i.n] > v_now THEN p_start_at[i.n] END, p_schedules[i.n]
           FROM jsonb_array_elements(p_inputs) WITH ORDINALITY AS i(value, n)
          ORDER BY i.n
-        RETURNING id, input),
+        RETURNING id, input, coalesce(start_at, v_now) AS start),
     st AS (
         INSERT INTO steps (run_id, tenant_id, idx, priority, max_attempts, nneeds, needs_left,
                            dependents, delay_ms, send_window, state, key, kind, phase, ckey, run_at,
@@ -151,15 +158,15 @@ BEGIN
                sd.dependents, sd.delay_ms, w.win,
                CASE WHEN sd.nneeds = 0 THEN 'ready' ELSE 'pending' END,
                sd.key, sd.kind, sd.phase, flowd_render_key(sd.ckey, ins.input, ins.id),
-               coalesce(t.at, v_now + sd.delay_ms * interval '1 millisecond'),
-               CASE WHEN sd.nneeds = 0 THEN v_now END,
+               coalesce(t.at, ins.start + sd.delay_ms * interval '1 millisecond'),
+               CASE WHEN sd.nneeds = 0 THEN ins.start END,
                t.at IS NOT NULL
           FROM ins CROSS JOIN sd
           CROSS JOIN LATERAL (SELECT CASE WHEN sd.windowed IS NOT NULL
                                           THEN flowd_step_window(sd.windowed, ins.input, ins.id)
                                      END AS win) w
           CROSS JOIN LATERAL (SELECT CASE WHEN w.win IS NOT NULL AND sd.nneeds = 0
-                                          THEN flowd_window_next(v_now + sd.delay_ms
+                                          THEN flowd_window_next(ins.start + sd.delay_ms
                                                                  * interval '1 millisecond', w.win)
                                      END AS at) t
          ORDER BY sd.idx, ins.id  -- as 0002 numbered them: a step of every run, then the next
@@ -194,11 +201,26 @@ BEGIN
     RETURN v_ids;
 END $$;
 
--- Creates one run per element of p_inputs (a JSON array) in one transaction. With an idempotency
--- key (single input only) an existing run of that key is returned instead (created = false). A
--- priority outside the tenant's range is refused (22023, naming the column).
+
+-- The previous signature, for callers that need none of the arrays.
+CREATE OR REPLACE FUNCTION flowd_create_runs(p_tenant bigint, p_workflow bigint, p_inputs jsonb,
+                                             p_priority integer, p_batch bigint,
+                                             p_parent_step bigint, p_parent_indexes integer[],
+                                             p_idempotency_key text)
+RETURNS bigint[]
+LANGUAGE sql AS $$
+    SELECT flowd_create_runs(p_tenant, p_workflow, p_inputs, p_priority, p_batch, p_parent_step,
+                             p_parent_indexes, p_idempotency_key, NULL::text[],
+                             NULL::timestamptz[], NULL::bigint[])
+$$;
+
+-- Creates one run per element of p_inputs (a JSON array) in one transaction, starting at
+-- p_start_at (NULL or earlier: now; 0034). With an idempotency key (single input only) an existing
+-- run of that key is returned instead (created = false). A priority outside the tenant's range is
+-- refused (22023, naming the column).
 CREATE OR REPLACE FUNCTION flowd_enqueue(p_tenant bigint, p_workflow bigint, p_inputs jsonb,
-                              p_priority integer, p_idempotency_key text, p_batch bigint)
+                              p_priority integer, p_idempotency_key text, p_batch bigint,
+                              p_start_at timestamptz)
 RETURNS TABLE (run_id bigint, created boolean)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -229,20 +251,45 @@ BEGIN
     RETURN QUERY
     SELECT x.id, true
       FROM unnest(flowd_create_runs(p_tenant, p_workflow, p_inputs, p_priority, p_batch, NULL, NULL,
-                                    p_idempotency_key)) AS x(id);
+                                    p_idempotency_key, NULL,
+                                    CASE WHEN p_start_at IS NOT NULL
+                                         THEN array_fill(p_start_at,
+                                                         ARRAY[jsonb_array_length(p_inputs)])
+                                    END, NULL)) AS x(id);
 END $$;
+
+
+-- The same, starting the runs now.
+CREATE OR REPLACE FUNCTION flowd_enqueue(p_tenant bigint, p_workflow bigint, p_inputs jsonb,
+                                         p_priority integer, p_idempotency_key text,
+                                         p_batch bigint)
+RETURNS TABLE (run_id bigint, created boolean)
+LANGUAGE sql AS $$
+    SELECT e.run_id, e.created
+      FROM flowd_enqueue(p_tenant, p_workflow, p_inputs, p_priority, p_idempotency_key, p_batch,
+                         NULL::timestamptz) e
+$$;
 
 CREATE OR REPLACE FUNCTION flowd_request_digest(p_request jsonb) RETURNS text
 LANGUAGE sql IMMUTABLE AS $$
     SELECT encode(sha256(convert_to(p_request::text, 'UTF8')), 'hex')
 $$;
 
+-- When a delayed start begins: at p_start_at, or p_start_in_ms after now on the engine clock.
+CREATE OR REPLACE FUNCTION flowd_start_time(p_start_at timestamptz, p_start_in_ms bigint)
+RETURNS timestamptz LANGUAGE sql STABLE AS $$
+    SELECT coalesce(p_start_at, flowd_now() + p_start_in_ms * interval '1 millisecond')
+$$;
+
 -- Starts a run of the named workflow (latest version unless one is given). Idempotent with a key;
 -- a key used for a different request is refused. p_checked_version: the version the caller checked
--- the input against (NULL: no check made).
+-- the input against (NULL: no check made). (0034) It starts at p_start_at or p_start_in_ms from
+-- now (both NULL: now); the start is not part of the idempotency digest, since a retry of
+-- `start_in` computes another instant.
 CREATE OR REPLACE FUNCTION flowd_start_run(p_tenant bigint, p_workflow text, p_version integer,
                                 p_input jsonb, p_priority integer, p_idempotency_key text,
-                                p_checked_version integer,
+                                p_checked_version integer, p_start_at timestamptz,
+                                p_start_in_ms bigint,
                                 OUT created boolean, OUT run jsonb)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -279,7 +326,7 @@ BEGIN
     END IF;
     SELECT e.run_id, e.created INTO v_run, created
       FROM flowd_enqueue(p_tenant, v_wf, jsonb_build_array(p_input), p_priority,
-                         p_idempotency_key, NULL) e;
+                         p_idempotency_key, NULL, flowd_start_time(p_start_at, p_start_in_ms)) e;
     IF created AND v_digest IS NOT NULL THEN
         UPDATE runs SET idempotency_digest = v_digest WHERE id = v_run;
     END IF;
@@ -289,9 +336,11 @@ END $$;
 -- Creates the batch and all its runs; with a key already used by the tenant, returns that batch; a
 -- key used for a different request is refused. p_checked_version: the version the caller checked
 -- the inputs against (NULL: no check made).
+-- (0034) Every run of the batch starts at p_start_at or p_start_in_ms from now.
 CREATE OR REPLACE FUNCTION flowd_create_batch(p_tenant bigint, p_workflow text, p_version integer,
                                    p_inputs jsonb, p_idempotency_key text,
-                                   p_checked_version integer,
+                                   p_checked_version integer, p_start_at timestamptz,
+                                   p_start_in_ms bigint,
                                    OUT created boolean, OUT id bigint, OUT total integer)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -299,6 +348,7 @@ DECLARE
     v_version integer;
     v_digest  text;
     v_prev    text;
+    v_start   timestamptz := flowd_start_time(p_start_at, p_start_in_ms);
 BEGIN
     IF p_idempotency_key IS NOT NULL THEN
         v_digest := flowd_request_digest(jsonb_build_object(
@@ -331,7 +381,10 @@ BEGIN
     INSERT INTO batches (tenant_id, workflow_id, total, idempotency_key, idempotency_digest)
     VALUES (p_tenant, v_wf, jsonb_array_length(p_inputs), p_idempotency_key, v_digest)
     RETURNING batches.id, batches.total INTO id, total;
-    PERFORM flowd_create_runs(p_tenant, v_wf, p_inputs, 0, id, NULL, NULL, NULL);
+    PERFORM flowd_create_runs(p_tenant, v_wf, p_inputs, 0, id, NULL, NULL, NULL, NULL,
+                              CASE WHEN v_start IS NOT NULL
+                                   THEN array_fill(v_start, ARRAY[jsonb_array_length(p_inputs)])
+                              END, NULL);
     created := true;
 END $$;
 

@@ -6,9 +6,18 @@
 -- applies this file again whenever its checksum changes (sql/README.md). A four-digit number names
 -- the migration in migrations/ where a function or a table was first written or changed (history).
 
+-- A run the API shows: a queued run whose start time lies ahead is "scheduled".
+CREATE OR REPLACE FUNCTION flowd_run_state(p_state text, p_start_at timestamptz) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN p_state = 'queued' AND p_start_at > flowd_now() THEN 'scheduled'
+                ELSE p_state END
+$$;
+
+
 -- The run as a client sees it; NULL when the tenant cannot see it. PL/pgSQL rather than SQL so
 -- that its plan is cached: an SQL function with a FROM clause is planned again on every call.
--- Its output is read from the steps; its steps show their interruptions.
+-- Its output is read from the steps; its steps show their interruptions; it names its schedule
+-- and start time, and a delayed run shows as scheduled until it starts (0034).
 CREATE OR REPLACE FUNCTION flowd_run_json(p_tenant bigint, p_run bigint) RETURNS jsonb
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
@@ -16,9 +25,11 @@ BEGIN
         'id', r.id,
         'workflow', w.name,
         'version', w.version,
-        'state', r.state,
+        'state', flowd_run_state(r.state, r.start_at),
         'priority', r.priority,
         'batch', r.batch_id,
+        'schedule', (SELECT sc.name FROM schedules sc WHERE sc.id = r.schedule_id),
+        'start_at', flowd_ms(r.start_at),
         'progress', jsonb_build_object(
             'done', r.steps_done, 'total', r.steps_total,
             'percent', CASE WHEN r.steps_total = 0 THEN 100
@@ -141,8 +152,9 @@ $$;
 
 -- The tenant's runs, newest first, after the cursor (a run id) with optional filters:
 -- {"runs": [...], "next_cursor": "<id>" | null}.
-CREATE OR REPLACE FUNCTION flowd_runs_page(p_tenant bigint, p_workflow text, p_state text, p_batch bigint,
-                                p_cursor bigint, p_limit integer) RETURNS jsonb
+CREATE OR REPLACE FUNCTION flowd_runs_page(p_tenant bigint, p_workflow text, p_state text,
+                                           p_batch bigint, p_cursor bigint, p_limit integer)
+RETURNS jsonb
 LANGUAGE sql STABLE AS $$
     WITH page AS (
         SELECT r.*, w.name AS wf_name, w.version AS wf_version
@@ -150,14 +162,18 @@ LANGUAGE sql STABLE AS $$
          WHERE r.tenant_id = p_tenant
            AND (p_cursor IS NULL OR r.id < p_cursor)
            AND (p_workflow IS NULL OR w.name = p_workflow)
-           AND (p_state IS NULL OR r.state = p_state)
+           AND (p_state IS NULL OR r.state = CASE WHEN p_state = 'scheduled' THEN 'queued'
+                                                  ELSE p_state END)
+           AND (p_state IS NULL OR p_state NOT IN ('queued', 'scheduled')
+                OR (flowd_run_state(r.state, r.start_at) = p_state))
            AND (p_batch IS NULL OR r.batch_id = p_batch)
          ORDER BY r.id DESC
          LIMIT p_limit + 1),
     shown AS (SELECT * FROM page ORDER BY id DESC LIMIT p_limit)
     SELECT jsonb_build_object(
         'runs', coalesce((SELECT jsonb_agg(jsonb_build_object(
-                    'id', s.id, 'workflow', s.wf_name, 'version', s.wf_version, 'state', s.state,
+                    'id', s.id, 'workflow', s.wf_name, 'version', s.wf_version,
+                    'state', flowd_run_state(s.state, s.start_at),
                     'priority', s.priority, 'batch', s.batch_id,
                     'progress', jsonb_build_object(
                         'done', s.steps_done, 'total', s.steps_total,

@@ -127,7 +127,18 @@ BEGIN
     END IF;
 END $$;
 
--- As in 0002, with the step's failure policy (flowd_on_failure).
+-- Applies a batch of attempt outcomes reported by one worker (their format:
+-- docs/internals/outcomes.md). p_results is a JSON array of objects with the step's "id" and its
+-- run "r", and
+--   {"id": step, "s": "ok", "o": output}
+--   {"id": step, "s": "skip", "o": {"reason": ...}}                 (condition false, suppressed)
+--   {"id": step, "s": "fail", "e": {"code", "message"}, "permanent": bool, "after_ms": n}
+--   {"id": step, "s": "snooze", "at_ms": epoch ms, "sched": bool}  (durable timers, `at`)
+--   {"id": step, "s": "window", "after_ms", "tz", "start_min", "end_min", "days"}  (sending hours)
+--   {"id": step, "s": "wait", "event", "key", "until_ms"}           (wait_event)
+--   {"id": step, "s": "map", "workflow" | "def"+"digest", "inputs", "concurrency", "allow_failures"}
+-- Outcomes of steps this owner no longer holds (lease lost, run cancelled) are ignored. A final
+-- failure does what the step's failure policy says (flowd_on_failure).
 CREATE OR REPLACE FUNCTION flowd_apply(p_owner text, p_results jsonb) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -570,8 +581,10 @@ BEGIN
      ORDER BY u.id;
 END $$;
 
--- What flowd_cycle did, with the new answer: outcomes applied, waits expired, the worker's lease
--- made sure of (see 0016), and steps claimed.
+-- The worker's round trip: applies the outcomes it reports (flowd_apply), expires waits, makes
+-- sure its worker holds a lease before a step runs in its name (the row may be new, or gone after
+-- a long stall; it is extended when less than half is left), and claims up to p_want steps
+-- (flowd_claim_work). The answer's rows: docs/internals/claim-row.md.
 CREATE OR REPLACE FUNCTION flowd_work(p_owner text, p_results jsonb, p_want integer, p_lease_ms integer)
 RETURNS SETOF flowd_work_item
 LANGUAGE plpgsql AS $$

@@ -287,6 +287,16 @@ const other = expect(await call('POST', '/v1/runs', { body: { workflow: 'hello',
 expect(await call('POST', `/v1/runs/${other.id}/cancel`), 200, 'cancel');
 expect(await call('POST', `/v1/runs/${other.id}/retry`), 200, 'retry a cancelled run');
 expect(await call('POST', '/v1/runs/99999999/cancel'), 404, 'cancel nothing');
+{ // a delayed start: scheduled until its time, cancellable
+  const later = expect(await call('POST', '/v1/runs', { body: { workflow: 'hello', input: { name: 'dz' }, start_in: '2h' } }), 201, 'enqueue for later').body;
+  if (later.state !== 'scheduled' || !later.start_at) fail(`a delayed run is ${later.state} at ${later.start_at}`);
+  expect(await call('GET', '/v1/runs?state=scheduled'), 200, 'runs scheduled');
+  expect(await call('POST', `/v1/runs/${later.id}/cancel`), 200, 'cancel a scheduled run');
+  expect(await call('POST', '/v1/runs', { body: { workflow: 'hello', start_at: '2027-02-30T09:00:00Z' }, bad: true }), 422, 'a day that does not exist');
+  expect(await call('POST', '/v1/batches', { body: { workflow: 'hello', inputs: [{ name: 'dy' }], start_at: '2030-01-01T09:00:00+01:00' } }), 201, 'batch for later');
+  expect(await call('POST', '/v1/batches', { body: { workflow: 'hello', inputs: [{ name: 'dy' }], start_in: 'soon' }, bad: true }), 422, 'bad start_in');
+}
+
 expect(await call('POST', '/v1/test/clock', { body: { advance: '1m' } }), 200, 'clock');
 expect(await call('POST', '/v1/test/clock', { body: { advance: 'soon' }, bad: true }), 422, 'bad clock');
 
@@ -353,6 +363,29 @@ expect(await call('DELETE', '/v1/rate-limits/smtp'), 404, 'drop no limit');
   if (JSON.stringify([put.body, list.body]).includes(secret)) fail('a provider secret came back in full');
   expect(await call('DELETE', '/v1/providers/openai'), 204, 'drop provider');
   expect(await call('DELETE', '/v1/providers/openai'), 404, 'drop no provider');
+}
+{ // schedules: a run of hello per tick (it waits for the event go/<name>, so overlap skip bites)
+  const digest = { workflow: 'hello', cron: '0 8 * * MON-FRI', tz: 'Europe/Berlin',
+    input: { name: '{{schedule.name}}' }, overlap: 'skip', catchup: 'latest', jitter: '1m' };
+  expect(await call('PUT', '/v1/schedules/digest', { body: digest }), 201, 'schedule');
+  const again = expect(await call('PUT', '/v1/schedules/digest', { body: { ...digest, paused: false } }), 200, 'schedule again').body;
+  if (!again.next_fires || again.next_fires.length !== 10) fail(`schedule without its next 10 ticks: ${JSON.stringify(again)}`);
+  expect(await call('PUT', '/v1/schedules/poll', { body: { workflow: 'hello', every: '30s', input: { name: 'p' }, paused: true } }), 201, 'interval schedule');
+  expect(await call('PUT', '/v1/schedules/digest', { body: { ...digest, cron: '0 25 * * *' }, bad: true }), 422, 'bad schedule');
+  expect(await call('PUT', '/v1/schedules/digest', { body: { ...digest, input: {} }, bad: true }), 422, 'schedule input refused by the workflow');
+  expect(await call('PUT', '/v1/schedules/digest', { raw: '{"workflow": ' }), 400, 'bad schedule JSON');
+  expect(await call('GET', '/v1/schedules/digest'), 200, 'schedule');
+  expect(await call('GET', '/v1/schedules/nope'), 404, 'no schedule');
+  expect(await call('GET', '/v1/schedules'), 200, 'schedules');
+  expect(await call('POST', '/v1/schedules/digest/pause'), 200, 'pause');
+  expect(await call('POST', '/v1/schedules/digest/resume'), 200, 'resume');
+  expect(await call('POST', '/v1/schedules/nope/pause'), 404, 'pause nothing');
+  expect(await call('POST', '/v1/schedules/nope/resume'), 404, 'resume nothing');
+  expect(await call('POST', '/v1/schedules/digest/trigger'), 201, 'trigger');
+  expect(await call('POST', '/v1/schedules/digest/trigger'), 409, 'trigger while its run waits');
+  expect(await call('POST', '/v1/schedules/nope/trigger'), 404, 'trigger nothing');
+  expect(await call('DELETE', '/v1/schedules/digest'), 204, 'drop schedule');
+  expect(await call('DELETE', '/v1/schedules/digest'), 404, 'drop no schedule');
 }
 expect(await call('POST', '/v1/suppressions', { body: { channel: 'email', address: 'x@example.com', reason: 'asked' } }), 201, 'suppress');
 expect(await call('POST', '/v1/suppressions', { body: { channel: 'email', address: 'x@example.com', reason: 'asked' } }), 200, 'suppress again');
