@@ -74,6 +74,8 @@ int cli_cmd_send(cli_env *env, int argc, char **argv); /* cli/cmd_sends.c */
 /* flowd provider set|list|delete (HTTP API) and flowd secrets rotate (database); cli/cmd_providers.c */
 int cli_cmd_provider(cli_env *env, int argc, char **argv);
 int cli_cmd_secrets(cli_env *env, int argc, char **argv);
+/* flowd schedule set|show|list|delete|pause|resume|trigger (HTTP API); cli/cmd_schedules.c */
+int cli_cmd_schedule(cli_env *env, int argc, char **argv);
 
 /* Prints the usage line of the command name on stderr (after a misuse). */
 void cli_command_usage_error(const char *name);
