@@ -23,6 +23,8 @@ struct api_call {
     long long tenant;        /* authenticated tenant, 0 for open routes */
     char tenant_s[24];       /* the same as text, for statement parameters */
     bool admin;              /* the key has the admin role */
+    bool session;            /* authenticated by a console session's cookie, not a key */
+    char csrf[33];           /* that session's CSRF value; empty for a key */
     const char *route;       /* the matched route pattern (metrics), NULL when none matched */
     char req_id[72];         /* the request's id (api_req_id): log lines the call causes carry it */
     const char *params[3];   /* path parameters ({name}, {id}) in route order, borrowed from route match */
@@ -52,6 +54,12 @@ void api_call_respond_err(api_call *call, const eng_err *err);
 /* Answers with the JSON text of column 0 of row 0 (already JSON from SQL), or 404 when NULL. */
 void api_call_respond_row_json(api_call *call, int status, const PGresult *res, const char *what);
 void api_call_free(api_call *call);
+
+/* The console's session cookie (api/routes_console.c) */
+#define API_SESSION_COOKIE "flowd_session"
+/* The session token of the call's cookie when it authenticated with one (no Authorization
+ * header), else NULL; borrowed from the request. */
+const char *api_call_session_token(const api_call *call);
 
 /* The request body parsed as a JSON object, or NULL after answering 400/415 (call freed). */
 json_t *api_call_body_object(api_call *call);
@@ -135,6 +143,7 @@ void api_route_metrics(api_call *call);
 void api_route_openapi(api_call *call);
 void api_route_workflow_schema(api_call *call);
 void api_route_runs_list(api_call *call);
+void api_route_runs_counts(api_call *call);
 void api_route_run_events(api_call *call);
 void api_route_batch_post(api_call *call);
 void api_route_batch_get(api_call *call);
@@ -161,3 +170,9 @@ void api_route_schedule_delete(api_call *call);
 void api_route_schedule_pause(api_call *call);
 void api_route_schedule_resume(api_call *call);
 void api_route_schedule_trigger(api_call *call);
+void api_route_console_index(api_call *call);         /* api/routes_console.c */
+void api_route_console_file(api_call *call);
+void api_route_console_session_post(api_call *call);
+void api_route_console_session_get(api_call *call);
+void api_route_console_session_delete(api_call *call);
+void api_route_run_sends(api_call *call);             /* api/routes_sends.c */

@@ -69,12 +69,15 @@ const char *api_req_path(const api_req *r);                     /* decoded path 
 const char *api_req_raw_query(const api_req *r);                /* undecoded, "" when absent */
 const char *api_req_query(const api_req *r, const char *name);  /* percent-decoded value or NULL */
 const char *api_req_query_name(const api_req *r, size_t i);     /* i-th parameter's name, or NULL */
+const char *api_req_query_value(const api_req *r, size_t i);    /* its decoded value, or NULL */
 const char *api_req_header(const api_req *r, const char *name); /* case-insensitive, NULL if absent */
 const char *api_req_body(const api_req *r, size_t *len);        /* de-chunked, NUL-terminated */
 const char *api_req_peer(const api_req *r);                     /* "127.0.0.1:51234", "[::1]:5" */
 /* The request id, also sent back as X-Request-Id: the client's own X-Request-Id when it is 1-64
  * characters of [A-Za-z0-9._:-], else 16 random hex digits. */
 const char *api_req_id(const api_req *r);
+/* Seconds since the request was dispatched to its handler (loop time, brought up to date). */
+double api_req_elapsed_s(const api_req *r);
 
 /* Responses: exactly one per request, now or later. extra_headers is a NULL-terminated array of
  * "Name: value" strings, or NULL; Content-Length, Transfer-Encoding, Connection, Date and

@@ -74,6 +74,12 @@ void api_http__req_start(api_req *r)
     r->t0 = ev_now(r->conn->srv->loop);
 }
 
+double api_req_elapsed_s(const api_req *r)
+{
+    ev_now_update(r->conn->srv->loop);
+    return ev_now(r->conn->srv->loop) - r->t0;
+}
+
 void api_http__req_log(api_req *r, bool aborted)
 {
     api_http *s = r->conn->srv;
@@ -208,6 +214,11 @@ const char *api_req_query(const api_req *r, const char *name)
 const char *api_req_query_name(const api_req *r, size_t i)
 {
     return i < r->nq ? r->dec.ptr + r->qoffs[2 * i] : NULL;
+}
+
+const char *api_req_query_value(const api_req *r, size_t i)
+{
+    return i < r->nq ? r->dec.ptr + r->qoffs[2 * i + 1] : NULL;
 }
 
 const char *api_req_header(const api_req *r, const char *name)

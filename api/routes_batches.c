@@ -12,11 +12,15 @@
 #include "api/api_int.h"
 #include "api/csv.h"
 #include "engine/buf.h"
+#include "engine/clock.h"
 #include "engine/mem.h"
+#include "engine/wf_def.h"
 
 #define API_BATCH_MAX_INPUTS   10000
 #define API_RUNS_DEFAULT_LIMIT 50
 #define API_RUNS_MAX_LIMIT     500
+#define API_RUNS_COUNT_CAP     100000 /* runs counted by state at most (flowd_runs_counts) */
+#define API_META_MAX_VALUE     500
 #define API_EXPORT_PAGE        500
 #define API_EXPORT_HIGH_WATER  (512 * 1024)
 #define API_EXPORT_WAIT_S      0.02
@@ -53,44 +57,148 @@ static void runs_list_cb(api_call *call, const eng_err *err, const PGresult *res
         api_call_respond_row_json(call, 200, res, "runs");
 }
 
-void api_route_runs_list(api_call *call)
+/* A time filter (?created_after=...): RFC 3339, kept in the filter in one normal form. */
+static bool runs_filter_time(json_t *filter, const char *name, const char *value)
 {
-    static const char *const states[] = {"scheduled", "queued",    "running",
-                                         "succeeded", "failed", "cancelled"};
-    api_req *req = call->req;
-    const char *workflow = api_req_query(req, "workflow");
-    const char *state = api_req_query(req, "state");
-    const char *batch = api_req_query(req, "batch");
-    const char *limit_q = api_req_query(req, "limit");
-    const char *cursor = api_req_query(req, "cursor");
-    long long v, limit = API_RUNS_DEFAULT_LIMIT;
-    const char *field = NULL, *msg = NULL;
-    if (workflow && (!*workflow || strlen(workflow) > 200)) {
-        field = "?workflow", msg = "must be a workflow name";
-    } else if (state) {
+    int64_t ms;
+    if (eng_time_parse_rfc3339(value, &ms, NULL) != ENG_OK)
+        return false;
+    char iso[32];
+    eng_time_format_rfc3339(ms, iso, sizeof iso);
+    json_object_set_new(filter, name, json_string(iso));
+    return true;
+}
+
+/* One ?meta.NAME=VALUE into filter's "meta" object; the message of what is wrong, or NULL. */
+static const char *runs_filter_meta(json_t *filter, const char *name, const char *value)
+{
+    const char *key = name + 5; /* after "meta." */
+    if (!wf_meta_name_ok(key, strlen(key)))
+        return "metadata names match [A-Za-z0-9_-]{1,64}";
+    if (!*value || strlen(value) > API_META_MAX_VALUE)
+        return "must be a value of 1 to 500 bytes";
+    json_t *meta = json_object_get(filter, "meta");
+    if (!meta) {
+        meta = json_object();
+        json_object_set_new(filter, "meta", meta);
+    }
+    if (json_object_get(meta, key))
+        return "given twice";
+    if (json_object_size(meta) >= WF_DEF_MAX_META)
+        return "too many metadata filters";
+    json_object_set_new(meta, key, json_string(value));
+    return NULL;
+}
+
+/* One filter parameter of the run list into filter; the message of what is wrong, or NULL (a
+ * parameter the filters do not know, limit and cursor, is left to the caller). */
+static const char *runs_filter_param(json_t *filter, const char *name, const char *value)
+{
+    static const char *const states[] = {"scheduled", "queued", "running",
+                                         "succeeded", "failed",  "cancelled"};
+    static const char *const times[] = {"created_after", "created_before", "finished_after",
+                                        "finished_before"};
+    long long v;
+    if (strncmp(name, "meta.", 5) == 0)
+        return runs_filter_meta(filter, name, value);
+    if (json_object_get(filter, name))
+        return "given twice";
+    if (strcmp(name, "workflow") == 0) {
+        if (!*value || strlen(value) > 200)
+            return "must be a workflow name";
+        json_object_set_new(filter, name, json_string(value));
+    } else if (strcmp(name, "schedule") == 0) {
+        if (!*value || strlen(value) > 200)
+            return "must be a schedule name";
+        json_object_set_new(filter, name, json_string(value));
+    } else if (strcmp(name, "failed_step") == 0) {
+        if (!*value || strlen(value) > 64)
+            return "must be a step key";
+        json_object_set_new(filter, name, json_string(value));
+    } else if (strcmp(name, "state") == 0) {
         size_t i = 0;
-        while (i < ENG_ARRAY_LEN(states) && strcmp(states[i], state) != 0)
+        while (i < ENG_ARRAY_LEN(states) && strcmp(states[i], value) != 0)
             i++;
         if (i == ENG_ARRAY_LEN(states))
-            field = "?state", msg = "must be scheduled, queued, running, succeeded, failed or cancelled";
+            return "must be scheduled, queued, running, succeeded, failed or cancelled";
+        json_object_set_new(filter, name, json_string(value));
+    } else if (strcmp(name, "version") == 0) {
+        if (!batches_parse_pos(value, INT32_MAX, &v))
+            return "must be a positive integer";
+        json_object_set_new(filter, name, json_integer(v));
+    } else if (strcmp(name, "batch") == 0 || strcmp(name, "parent") == 0) {
+        if (!batches_parse_pos(value, INT64_MAX, &v))
+            return strcmp(name, "batch") == 0 ? "must be a batch id" : "must be a run id";
+        json_object_set_new(filter, name, json_integer(v));
+    } else {
+        for (size_t i = 0; i < ENG_ARRAY_LEN(times); i++)
+            if (strcmp(name, times[i]) == 0)
+                return runs_filter_time(filter, name, value)
+                           ? NULL
+                           : "must be an RFC 3339 time such as 2026-11-23T14:00:00Z";
     }
-    if (field) {
-        /* reported below */
-    } else if (batch && !batches_parse_pos(batch, INT64_MAX, &v)) {
-        field = "?batch", msg = "must be a batch id";
-    } else if (limit_q && !batches_parse_pos(limit_q, API_RUNS_MAX_LIMIT, &limit)) {
+    return NULL;
+}
+
+/* The filter object of the run list and its counts, from the request's query; NULL after
+ * answering 400 naming the parameter. */
+static json_t *runs_filter(api_call *call)
+{
+    json_t *filter = json_object();
+    for (size_t i = 0;; i++) {
+        const char *name = api_req_query_name(call->req, i);
+        if (!name)
+            return filter;
+        const char *msg = runs_filter_param(filter, name, api_req_query_value(call->req, i));
+        if (msg) {
+            char field[80];
+            snprintf(field, sizeof field, "?%.64s", name);
+            json_decref(filter);
+            api_call_respond_error(call, 400, "invalid_request", msg, field);
+            return NULL;
+        }
+    }
+}
+
+void api_route_runs_list(api_call *call)
+{
+    json_t *filter = runs_filter(call);
+    if (!filter)
+        return;
+    const char *limit_q = api_req_query(call->req, "limit");
+    const char *cursor = api_req_query(call->req, "cursor");
+    long long v, limit = API_RUNS_DEFAULT_LIMIT;
+    const char *field = NULL, *msg = NULL;
+    if (limit_q && !batches_parse_pos(limit_q, API_RUNS_MAX_LIMIT, &limit))
         field = "?limit", msg = "must be an integer from 1 to 500";
-    } else if (cursor && !batches_parse_pos(cursor, INT64_MAX, &v)) {
+    else if (cursor && !batches_parse_pos(cursor, INT64_MAX, &v))
         field = "?cursor", msg = "must be a next_cursor value from an earlier page";
-    }
     if (field) {
+        json_decref(filter);
         api_call_respond_error(call, 400, "invalid_request", msg, field);
         return;
     }
     char limit_s[24];
     snprintf(limit_s, sizeof limit_s, "%lld", limit);
-    const char *params[] = {call->tenant_s, workflow, state, batch, cursor, limit_s};
-    api_call_db(call, "SELECT flowd_runs_page($1, $2, $3, $4, $5, $6)", 6, params, runs_list_cb);
+    char *filter_s = json_dumps(filter, JSON_COMPACT);
+    json_decref(filter);
+    const char *params[] = {call->tenant_s, filter_s, cursor, limit_s};
+    api_call_db(call, "SELECT flowd_runs_page($1, $2::jsonb, $3, $4)", 4, params, runs_list_cb);
+    free(filter_s);
+}
+
+void api_route_runs_counts(api_call *call)
+{
+    json_t *filter = runs_filter(call);
+    if (!filter)
+        return;
+    char *filter_s = json_dumps(filter, JSON_COMPACT);
+    json_decref(filter);
+    char cap_s[24];
+    snprintf(cap_s, sizeof cap_s, "%d", API_RUNS_COUNT_CAP);
+    const char *params[] = {call->tenant_s, filter_s, cap_s};
+    api_call_db(call, "SELECT flowd_runs_counts($1, $2::jsonb, $3)", 3, params, runs_list_cb);
+    free(filter_s);
 }
 
 /* ------------------------------------------------------------------------------ batches -- */

@@ -20,6 +20,7 @@
 #include "api/runfeed.h"
 #include "engine/buf.h"
 #include "engine/mem.h"
+#include "engine/metrics.h"
 
 #define API_SSE_MAX_S         300.0 /* then the stream ends; clients resume with Last-Event-ID */
 #define API_EVENTS_MAX_LIMIT  1000  /* ?limit of the JSON form */
@@ -132,11 +133,14 @@ typedef struct sse_state {
     struct ev_loop *loop;
     ev_timer beat;     /* heartbeat: restarted by every write */
     double started;    /* ev_now at the start */
+    bool open;         /* the stream began: counted in flowd_sse_streams */
 } sse_state;
 
 static void sse_free(void *arg)
 {
     sse_state *st = arg;
+    if (st->open)
+        eng_metrics_sse_streams(-1);
     api_feed_unwatch(&st->w);
     ev_timer_stop(st->loop, &st->beat);
     free(st);
@@ -225,6 +229,8 @@ static void sse_first_cb(api_call *call, const eng_err *err, const PGresult *res
     static const char *const headers[] = {"Cache-Control: no-cache", "X-Accel-Buffering: no",
                                           NULL};
     api_call_stream_begin(call, 200, "text/event-stream", headers);
+    st->open = true;
+    eng_metrics_sse_streams(1);
     ev_timer_init(&st->beat, sse_beat_cb, 0., api_loop_sse_heartbeat_s(call->lp));
     sse_write(st, "retry: 1000\n\n", 13);
     if (sse_page(st, &page))

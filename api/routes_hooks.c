@@ -43,6 +43,7 @@
 #include "engine/buf.h"
 #include "engine/log.h"
 #include "engine/mem.h"
+#include "engine/metrics.h"
 #include "steps/provider.h"
 #include "steps/secret.h"
 
@@ -150,6 +151,7 @@ static const char *secret_of(const json_t *settings, const char *field, const ch
 
 static void unauthorized(api_call *call, const char *provider, const char *why)
 {
+    eng_metrics_webhook_rejected(provider);
     log_warn("webhook refused", LOG_S("provider", provider), LOG_I("tenant", call->tenant),
              LOG_S("reason", why));
     api_call_respond_error(call, 401, "unauthorized", why, NULL);
@@ -199,6 +201,23 @@ static void apply_items(api_call *call, json_t *items)
         json_decref(items);
         api_call_respond_error(call, 413, "too_large", "too many events in one delivery", NULL);
         return;
+    }
+    /* delivery outcomes as they arrive (a provider's retried delivery counts again) */
+    static const char *const finals[][2] = {{"delivered", "delivered"},
+                                            {"read", "read"},
+                                            {"bounced", "bounced"},
+                                            {"undelivered", "undelivered"},
+                                            {"failed", "delivery_failed"}};
+    size_t i;
+    const json_t *it;
+    json_array_foreach (items, i, it) {
+        const char *del = json_string_value(json_object_get(it, "delivery"));
+        for (size_t f = 0; del && f < ENG_ARRAY_LEN(finals); f++)
+            if (strcmp(del, finals[f][0]) == 0)
+                eng_metrics_send(st->provider == PROV_SENDGRID    ? "email"
+                                 : st->provider == PROV_WHATSAPP ? "whatsapp"
+                                                                 : "sms",
+                                 finals[f][1]);
     }
     char *items_s = json_dumps(items, JSON_COMPACT);
     json_decref(items);
@@ -781,6 +800,7 @@ static void whatsapp_verify(api_call *call, const json_t *settings)
     const char *challenge = api_req_query(call->req, "hub.challenge");
     if (!want || !mode || strcmp(mode, "subscribe") != 0 || !token ||
         strlen(token) != strlen(want) || CRYPTO_memcmp(token, want, strlen(want)) != 0) {
+        eng_metrics_webhook_rejected("whatsapp");
         log_warn("webhook verification refused", LOG_S("provider", "whatsapp"),
                  LOG_I("tenant", call->tenant));
         api_call_respond_error(call, 403, "forbidden", "verification token mismatch", NULL);

@@ -127,13 +127,17 @@ void api_route_workflow_schema(api_call *call)
                          strlen(flowd_workflow_schema_json), NULL);
 }
 
-static const char *const ops_run_states[] = {"queued", "running", "succeeded", "failed",
-                                             "cancelled", NULL};
-static const char *const ops_step_states[] = {"pending", "ready",   "running", "waiting",
-                                              "succeeded", "failed", "skipped", "cancelled", NULL};
+/* The state gauges count what is in flight now: the states with a partial index (runs_active,
+ * steps_due, steps_running_owner, steps_waiting), so a scrape reads the unfinished rows only,
+ * never the finished ones (which grow until retention). Pending steps (their needs unfinished)
+ * have no index and are not counted. */
+static const char *const ops_run_states[] = {"queued", "running", NULL};
+static const char *const ops_step_states[] = {"ready", "running", "waiting", NULL};
 
-/* One gauge family from the rows of res whose column 0 is table: every known state (0 when it has
- * no rows), then any state the schema gained since this list was written. */
+#define OPS_QUEUE_WORKFLOWS 50 /* queue series: the workflows with the most due steps */
+
+/* One gauge family from the rows of res whose column 0 is table: every state of states, 0 when it
+ * has no row. */
 static eng_rc ops_gauge(eng_buf *b, const PGresult *res, const char *table, const char *name,
                         const char *help, const char *const *states)
 {
@@ -142,19 +146,45 @@ static eng_rc ops_gauge(eng_buf *b, const PGresult *res, const char *table, cons
     for (size_t i = 0; states[i] && rc == ENG_OK; i++) {
         const char *count = "0";
         for (int r = 0; r < n; r++)
-            if (strcmp(PQgetvalue(res, r, 0), table) == 0 && strcmp(PQgetvalue(res, r, 1), states[i]) == 0)
+            if (strcmp(PQgetvalue(res, r, 0), table) == 0 &&
+                strcmp(PQgetvalue(res, r, 1), states[i]) == 0)
                 count = PQgetvalue(res, r, 2);
         rc = eng_buf_appendf(b, "%s{state=\"%s\"} %s\n", name, states[i], count);
     }
-    for (int r = 0; r < n && rc == ENG_OK; r++) {
-        if (strcmp(PQgetvalue(res, r, 0), table) != 0)
-            continue;
-        size_t i = 0;
-        while (states[i] && strcmp(states[i], PQgetvalue(res, r, 1)) != 0)
-            i++;
-        if (!states[i]) /* states come from CHECK constraints: no quoting needed */
-            rc = eng_buf_appendf(b, "%s{state=\"%s\"} %s\n", name, PQgetvalue(res, r, 1),
-                                 PQgetvalue(res, r, 2));
+    return rc;
+}
+
+/* The queue families from the rows whose column 0 is "queue": (workflow, due steps, age in
+ * seconds of the oldest). */
+static eng_rc ops_queue(eng_buf *b, const PGresult *res)
+{
+    static const char *const heads[] = {
+        "# HELP flowd_queue_due_steps Ready steps whose time has come, waiting for a worker, by "
+        "workflow (all tenants; the workflows with the most).\n"
+        "# TYPE flowd_queue_due_steps gauge\n",
+        "# HELP flowd_queue_oldest_due_age_seconds How long the longest-waiting due step of the "
+        "workflow has been due.\n"
+        "# TYPE flowd_queue_oldest_due_age_seconds gauge\n"};
+    static const char *const names[] = {"flowd_queue_due_steps",
+                                        "flowd_queue_oldest_due_age_seconds"};
+    eng_rc rc = ENG_OK;
+    for (int pass = 0; pass < 2 && rc == ENG_OK; pass++) {
+        rc = eng_buf_appendf(b, "%s", heads[pass]);
+        for (int r = 0; r < PQntuples(res) && rc == ENG_OK; r++) {
+            if (strcmp(PQgetvalue(res, r, 0), "queue") != 0)
+                continue;
+            /* workflow names are free text: escaped as the exposition format wants */
+            eng_buf label;
+            eng_buf_init(&label, 0);
+            for (const char *p = PQgetvalue(res, r, 1); *p && rc == ENG_OK; p++)
+                rc = *p == '\\' || *p == '"' ? eng_buf_appendf(&label, "\\%c", *p)
+                     : *p == '\n'            ? eng_buf_append(&label, "\\n", 2)
+                                             : eng_buf_append(&label, p, 1);
+            if (rc == ENG_OK)
+                rc = eng_buf_appendf(b, "%s{workflow=\"%s\"} %s\n", names[pass],
+                                     label.ptr ? label.ptr : "", PQgetvalue(res, r, 2 + pass));
+            eng_buf_deinit(&label);
+        }
     }
     return rc;
 }
@@ -167,11 +197,14 @@ static void metrics_cb(api_call *call, const eng_err *err, const PGresult *res)
     }
     eng_buf b;
     eng_buf_init(&b, 0);
-    eng_rc rc = ops_gauge(&b, res, "runs", "flowd_runs", "Runs of all tenants by state.",
-                          ops_run_states);
+    eng_rc rc = ops_gauge(&b, res, "runs", "flowd_runs",
+                          "Runs of all tenants not finished now, by state.", ops_run_states);
     if (rc == ENG_OK)
-        rc = ops_gauge(&b, res, "steps", "flowd_steps", "Steps of all tenants by state.",
+        rc = ops_gauge(&b, res, "steps", "flowd_steps",
+                       "Steps of all tenants in flight now, by state (ready: may be due later).",
                        ops_step_states);
+    if (rc == ENG_OK)
+        rc = ops_queue(&b, res);
     if (rc == ENG_OK)
         rc = eng_metrics_render(&b);
     if (rc != ENG_OK) {
@@ -185,13 +218,30 @@ static void metrics_cb(api_call *call, const eng_err *err, const PGresult *res)
     eng_buf_deinit(&b);
 }
 
+/* One statement, so every family comes from one snapshot; each part reads a partial index of
+ * unfinished rows (the queue part: the due ready steps, with their runs and workflows). */
+#define OPS_STR2(x) #x
+#define OPS_STR(x) OPS_STR2(x)
+static const char ops_metrics_sql[] =
+    "SELECT 'runs', state, count(*)::text, NULL FROM runs"
+    " WHERE state IN ('queued', 'running') GROUP BY state"
+    " UNION ALL SELECT 'steps', 'ready', count(*)::text, NULL FROM steps WHERE state = 'ready'"
+    " UNION ALL SELECT 'steps', 'running', count(*)::text, NULL FROM steps WHERE state = 'running'"
+    " UNION ALL SELECT 'steps', 'waiting', count(*)::text, NULL FROM steps WHERE state = 'waiting'"
+    /* each due step's run looked up by id (a join could scan all runs), then the workflows;
+     * (SELECT flowd_now()) is read once, not once a row */
+    " UNION ALL (SELECT 'queue', w.name, sum(q.n)::text,"
+    "        round(extract(epoch FROM (SELECT flowd_now()) - min(q.oldest))::numeric, 3)::text"
+    "   FROM (SELECT (SELECT r.workflow_id FROM runs r WHERE r.id = s.run_id) AS wf,"
+    "                count(*) AS n, min(s.run_at) AS oldest"
+    "           FROM steps s WHERE s.state = 'ready' AND s.run_at <= (SELECT flowd_now())"
+    "          GROUP BY 1) q"
+    "   JOIN workflows w ON w.id = q.wf"
+    "  GROUP BY w.name ORDER BY sum(q.n) DESC, w.name LIMIT " OPS_STR(OPS_QUEUE_WORKFLOWS) ")";
+
 static void metrics_query(api_call *call)
 {
-    /* One statement, so both families come from one snapshot. */
-    api_call_db(call,
-                "SELECT 'runs', state, count(*) FROM runs GROUP BY state "
-                "UNION ALL SELECT 'steps', state, count(*) FROM steps GROUP BY state",
-                0, NULL, metrics_cb);
+    api_call_db(call, ops_metrics_sql, 0, NULL, metrics_cb);
 }
 
 static void metrics_denied(api_call *call)

@@ -222,10 +222,12 @@ static void run_checked_cb(api_call *call, const eng_err *err, const PGresult *r
     const json_t *version = json_object_get(body, "version");
     const json_t *priority = json_object_get(body, "priority");
     const json_t *idem = json_object_get(body, "idempotency_key");
+    const json_t *tags = json_object_get(body, "tags");
     char version_s[24], priority_s[24];
     snprintf(version_s, sizeof version_s, "%lld", (long long)json_integer_value(version));
     snprintf(priority_s, sizeof priority_s, "%lld", (long long)json_integer_value(priority));
     char *input_s = input ? json_dumps(input, JSON_COMPACT) : eng_xstrdup("{}");
+    char *tags_s = json_object_size(tags) ? json_dumps(tags, JSON_COMPACT) : NULL;
     char start_at[40], start_in[24];
     const char *field;
     api_start_fields(body, start_at, start_in, &field); /* checked by api_route_run_post */
@@ -238,18 +240,45 @@ static void run_checked_cb(api_call *call, const eng_err *err, const PGresult *r
                                  : api_req_header(call->req, "Idempotency-Key"),
                             checked,
                             *start_at ? start_at : NULL,
-                            *start_in ? start_in : NULL};
+                            *start_in ? start_in : NULL,
+                            tags_s};
     api_call_db(call,
                 "SELECT created, run"
-                "  FROM flowd_start_run($1, $2, $3, $4::jsonb, $5, $6, $7, $8::timestamptz, $9)",
-                9, params, run_post_cb);
+                "  FROM flowd_start_run($1, $2, $3, $4::jsonb, $5, $6, $7, $8::timestamptz, $9,"
+                "                       $10::jsonb)",
+                10, params, run_post_cb);
     free(input_s);
+    free(tags_s);
+}
+
+/* The first problem of a run's tags ({"name": "value"}, names as metadata names), or NULL: the
+ * pointer (in fbuf) and *msg say what. */
+static const char *runs_tags_check(const json_t *tags, char fbuf[80], const char **msg)
+{
+    if (!tags)
+        return NULL;
+    if (!json_is_object(tags))
+        return *msg = "must be an object of names to string values", "/tags";
+    if (json_object_size(tags) > WF_DEF_MAX_META)
+        return *msg = "more than 16 tags", "/tags";
+    const char *name;
+    const json_t *v;
+    json_object_foreach ((json_t *)tags, name, v) {
+        snprintf(fbuf, 80, "/tags/%.64s", name);
+        if (!wf_meta_name_ok(name, strlen(name)))
+            return *msg = "tag names match [A-Za-z0-9_-]{1,64}", fbuf;
+        if (!json_is_string(v) || json_string_length(v) == 0 || json_string_length(v) > 500 ||
+            strlen(json_string_value(v)) != json_string_length(v))
+            return *msg = "must be a string of 1 to 500 bytes", fbuf;
+    }
+    return NULL;
 }
 
 void api_route_run_post(api_call *call)
 {
-    static const char *const allowed[] = {"workflow",        "version",  "input",    "priority",
-                                          "idempotency_key", "start_at", "start_in", NULL};
+    static const char *const allowed[] = {"workflow", "version",         "input",    "priority",
+                                          "tags",     "idempotency_key", "start_at", "start_in",
+                                          NULL};
     json_t *body = api_call_body_fields(call, allowed);
     if (!body)
         return;
@@ -258,8 +287,12 @@ void api_route_run_post(api_call *call)
     const json_t *input = json_object_get(body, "input");
     const json_t *priority = json_object_get(body, "priority");
     const json_t *idem = json_object_get(body, "idempotency_key");
-    const char *field = NULL, *msg = NULL;
-    if (!json_is_string(wf) || json_string_length(wf) == 0)
+    char tag_field[80];
+    const char *msg = NULL;
+    const char *field = runs_tags_check(json_object_get(body, "tags"), tag_field, &msg);
+    if (field)
+        ; /* reported below */
+    else if (!json_is_string(wf) || json_string_length(wf) == 0)
         field = "/workflow", msg = "must be a workflow name";
     else if (version && !json_is_null(version) &&
              (!json_is_integer(version) || json_integer_value(version) < 1))

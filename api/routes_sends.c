@@ -1,6 +1,7 @@
-/* api/routes_sends.c: POST /v1/sends/{send_key}/outcome {"outcome": "sent" | "not_sent",
- * "message_id"?}: an operator settles a send whose outcome is unknown (steps/sendledger.h): the
- * provider may or may not have accepted it, and no delivery webhook or look-up has said which.
+/* api/routes_sends.c: a run's sends (GET /v1/runs/{id}/sends), and
+ * POST /v1/sends/{send_key}/outcome {"outcome": "sent" | "not_sent", "message_id"?}: an operator
+ * settles a send whose outcome is unknown (steps/sendledger.h): the provider may or may not have
+ * accepted it, and no delivery webhook or look-up has said which.
  * "sent" makes the waiting step go on with that outcome; "not_sent" makes it send. A send that is
  * already settled is answered 409 with its state, and left as it is. */
 #include <stdio.h>
@@ -61,4 +62,19 @@ void api_route_send_outcome(api_call *call)
                             json_is_string(mid) ? json_string_value(mid) : NULL};
     api_call_db(call, "SELECT flowd_send_resolve($1, $2, $3, $4)", 4, params, sends_outcome_cb);
     json_decref(body);
+}
+
+static void run_sends_cb(api_call *call, const eng_err *err, const PGresult *res)
+{
+    if (err)
+        api_call_respond_err(call, err);
+    else
+        api_call_respond_row_json(call, 200, res, "run");
+}
+
+/* GET /v1/runs/{id}/sends: the send ledger's rows of a run, with their delivery states. */
+void api_route_run_sends(api_call *call)
+{
+    const char *params[] = {call->tenant_s, call->params[0]};
+    api_call_db(call, "SELECT flowd_run_sends_json($1, $2)", 2, params, run_sends_cb);
 }

@@ -24,9 +24,10 @@
 #define API_AUTH_TTL_MS 2000 /* a revoked key stops working within this */
 
 typedef struct api_auth_entry {
-    char digest[65];
+    char digest[65]; /* of an API key, or of a console session's token */
     long long tenant;
     bool admin;
+    char csrf[33];   /* a session's CSRF value; empty for a key */
     int64_t expires_ms;
 } api_auth_entry;
 
@@ -69,6 +70,10 @@ static void api_route_healthz(api_call *call);
 static void api_route_readyz(api_call *call);
 
 #define Q(...) ((const char *const[]){__VA_ARGS__, NULL})
+/* The filters of the run list and its counts (api/routes_batches.c) */
+#define API_RUNS_FILTERS                                                                      \
+    "workflow", "version", "state", "batch", "parent", "schedule", "failed_step",               \
+        "created_after", "created_before", "finished_after", "finished_before", "meta."
 /* Webhook routes take the query their provider's configuration carries. */
 static const char *const api_query_any[] = {NULL};
 
@@ -82,6 +87,8 @@ static const api_route api_routes[] = {
     {"PUT", "/v1/workflows/{}", api_route_workflow_put, false, NULL, NULL},
     {"GET", "/v1/workflows/{}", api_route_workflow_get, false, NULL, Q("version")},
     {"POST", "/v1/runs", api_route_run_post, false, NULL, NULL},
+    /* before /v1/runs/{}, which would take "counts" for a run id */
+    {"GET", "/v1/runs/counts", api_route_runs_counts, false, NULL, Q(API_RUNS_FILTERS)},
     {"GET", "/v1/runs/{}", api_route_run_get, false, "run", NULL},
     {"POST", "/v1/runs/{}/cancel", api_route_run_cancel, false, "run", NULL},
     {"POST", "/v1/runs/{}/retry", api_route_run_retry, false, "run", NULL},
@@ -89,8 +96,9 @@ static const api_route api_routes[] = {
     {"POST", "/v1/events", api_route_event_post, false, NULL, NULL},
     {"POST", "/v1/test/clock", api_route_test_clock, false, NULL, NULL},
     {"GET", "/v1/runs", api_route_runs_list, false, NULL,
-     Q("workflow", "state", "batch", "limit", "cursor")},
+     Q(API_RUNS_FILTERS, "limit", "cursor")},
     {"GET", "/v1/runs/{}/events", api_route_run_events, false, "run", Q("after", "limit")},
+    {"GET", "/v1/runs/{}/sends", api_route_run_sends, false, "run", NULL},
     {"POST", "/v1/batches", api_route_batch_post, false, NULL, NULL},
     {"GET", "/v1/batches/{}", api_route_batch_get, false, "batch", NULL},
     {"GET", "/v1/batches/{}/results", api_route_batch_results, false, "batch", Q("format")},
@@ -125,6 +133,12 @@ static const api_route api_routes[] = {
     {"POST", "/v1/schedules/{}/pause", api_route_schedule_pause, false, NULL, NULL},
     {"POST", "/v1/schedules/{}/resume", api_route_schedule_resume, false, NULL, NULL},
     {"POST", "/v1/schedules/{}/trigger", api_route_schedule_trigger, false, NULL, NULL},
+    /* the browser console: its files, and sign-in (the key is checked by the route itself) */
+    {"GET", "/", api_route_console_index, true, NULL, NULL},
+    {"GET", "/console/{}", api_route_console_file, true, NULL, NULL},
+    {"POST", "/v1/console/session", api_route_console_session_post, true, NULL, NULL},
+    {"GET", "/v1/console/session", api_route_console_session_get, false, NULL, NULL},
+    {"DELETE", "/v1/console/session", api_route_console_session_delete, false, NULL, NULL},
 };
 #undef Q
 
@@ -143,7 +157,8 @@ static void call_abort_cb(void *arg)
 static void call_count(const api_call *call, int status)
 {
     if (call->req)
-        eng_metrics_http_request(api_req_method(call->req), call->route, status);
+        eng_metrics_http_request(api_req_method(call->req), call->route, status,
+                                 api_req_elapsed_s(call->req));
 }
 
 void api_call_free(api_call *call)
@@ -467,6 +482,8 @@ static api_auth_entry *auth_slot(api_loop *lp, const char *digest)
     return &lp->auth[(hi * 16 + lo) % API_AUTH_CACHE];
 }
 
+static void auth_admit(api_call *call, const api_route *route);
+
 static void auth_done(api_call *call, const eng_err *err, const PGresult *res)
 {
     auth_state *st = call->data;
@@ -480,35 +497,94 @@ static void auth_done(api_call *call, const eng_err *err, const PGresult *res)
     }
     if (PQntuples(res) == 0) {
         free(st);
-        api_call_respond_error(call, 401, "unauthorized", "unknown or revoked API key", NULL);
+        api_call_respond_error(call, 401, "unauthorized",
+                               call->session ? "the console session ended: sign in again"
+                                             : "unknown or revoked API key",
+                               NULL);
         return;
     }
     call->tenant = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
     call->admin = strcmp(PQgetvalue(res, 0, 1), "admin") == 0;
+    if (PQnfields(res) > 2) /* a console session */
+        snprintf(call->csrf, sizeof call->csrf, "%s", PQgetvalue(res, 0, 2));
     api_auth_entry *e = auth_slot(call->lp, st->digest);
     memcpy(e->digest, st->digest, sizeof e->digest);
     e->tenant = call->tenant;
     e->admin = call->admin;
+    memcpy(e->csrf, call->csrf, sizeof e->csrf);
     e->expires_ms = eng_clock_wall_ms() + API_AUTH_TTL_MS;
     free(st);
+    auth_admit(call, route);
+}
+
+const char *api_call_session_token(const api_call *call)
+{
+    if (!call->req || api_req_header(call->req, "Authorization"))
+        return NULL;
+    const char *c = api_req_header(call->req, "Cookie");
+    static const char name[] = API_SESSION_COOKIE "=";
+    for (const char *p = c; p && *p;) {
+        while (*p == ' ' || *p == ';')
+            p++;
+        if (strncmp(p, name, sizeof name - 1) == 0) {
+            /* the token is 64 hex digits; anything else is no session of ours */
+            const char *v = p + sizeof name - 1;
+            size_t n = strspn(v, "0123456789abcdef");
+            return n == 64 && (v[n] == '\0' || v[n] == ';' || v[n] == ' ') ? v : NULL;
+        }
+        p = strchr(p, ';');
+    }
+    return NULL;
+}
+
+/* A console session may change something only with its CSRF value in X-CSRF-Token: a page of
+ * another site can make the browser send the cookie (not with SameSite=Strict, but older
+ * browsers ignore it), never read the value. */
+static void auth_admit(api_call *call, const api_route *route)
+{
+    const char *m = api_req_method(call->req);
+    if (call->session && strcmp(m, "GET") != 0 && strcmp(m, "HEAD") != 0) {
+        const char *sent = api_req_header(call->req, "X-CSRF-Token");
+        size_t n = strlen(call->csrf);
+        bool ok = sent && n > 0 && strlen(sent) == n;
+        unsigned char diff = 0;
+        for (size_t i = 0; ok && i < n; i++)
+            diff |= (unsigned char)(sent[i] ^ call->csrf[i]);
+        if (!ok || diff) {
+            api_call_respond_error(call, 403, "csrf",
+                                   "a console session's changes need its X-CSRF-Token header",
+                                   "X-CSRF-Token");
+            return;
+        }
+    }
     api_dispatch(call, route);
 }
 
 static void api_authenticate(api_call *call, const api_route *route)
 {
     const char *h = api_req_header(call->req, "Authorization");
-    if (!h || strncasecmp(h, "Bearer ", 7) != 0 || !h[7]) {
+    const char *token = api_call_session_token(call);
+    const char *secret = token;
+    size_t secret_len = token ? 64 : 0;
+    if (!token && (!h || strncasecmp(h, "Bearer ", 7) != 0 || !h[7])) {
         api_call_respond_error(call, 401, "unauthorized",
                                "missing Authorization: Bearer <key> header", NULL);
         return;
     }
-    char *digest = wf_sha256_hex(h + 7, strlen(h + 7));
+    if (!token) {
+        secret = h + 7;
+        secret_len = strlen(secret);
+    }
+    call->session = token != NULL;
+    char *digest = wf_sha256_hex(secret, secret_len);
     api_auth_entry *e = auth_slot(call->lp, digest);
-    if (e->expires_ms > eng_clock_wall_ms() && strcmp(e->digest, digest) == 0) {
+    if (e->expires_ms > eng_clock_wall_ms() && strcmp(e->digest, digest) == 0 &&
+        (e->csrf[0] != '\0') == call->session) {
         free(digest);
         call->tenant = e->tenant;
         call->admin = e->admin;
-        api_dispatch(call, route);
+        memcpy(call->csrf, e->csrf, sizeof call->csrf);
+        auth_admit(call, route);
         return;
     }
     auth_state *st = eng_xcalloc(1, sizeof *st);
@@ -518,10 +594,15 @@ static void api_authenticate(api_call *call, const api_route *route)
     call->data = st;
     call->data_free = free;
     const char *params[] = {st->digest};
-    api_call_db(call,
-                "SELECT tenant_id, role FROM api_keys WHERE key_hash = decode($1, 'hex') "
-                "AND revoked_at IS NULL",
-                1, params, auth_done);
+    if (call->session)
+        api_call_db(call,
+                    "SELECT tenant_id, role, csrf FROM flowd_console_session(decode($1, 'hex'))",
+                    1, params, auth_done);
+    else
+        api_call_db(call,
+                    "SELECT tenant_id, role FROM api_keys WHERE key_hash = decode($1, 'hex') "
+                    "AND revoked_at IS NULL",
+                    1, params, auth_done);
 }
 
 static void api_route_call(api_loop *lp, api_call *call);
@@ -551,6 +632,16 @@ static bool route_id_ok(const char *s)
     return n < 19 || strcmp(s, "9223372036854775807") <= 0;
 }
 
+/* Whether a route reading known takes the parameter name; known ending in '.' is a family
+ * ("meta." takes meta.lead, meta.phone, ...). */
+static bool route_query_known(const char *known, const char *name)
+{
+    size_t n = strlen(known);
+    if (n > 0 && known[n - 1] == '.')
+        return strncmp(known, name, n) == 0 && name[n];
+    return strcmp(known, name) == 0;
+}
+
 /* The first query parameter of req that route does not read, or NULL. */
 static const char *route_unknown_query(const api_route *route, const api_req *req)
 {
@@ -561,7 +652,7 @@ static const char *route_unknown_query(const api_route *route, const api_req *re
         if (!name)
             return NULL;
         size_t k = 0;
-        while (route->query && route->query[k] && strcmp(route->query[k], name) != 0)
+        while (route->query && route->query[k] && !route_query_known(route->query[k], name))
             k++;
         if (!route->query || !route->query[k])
             return name;

@@ -21,6 +21,7 @@
 
 #include "engine/log.h"
 #include "engine/mem.h"
+#include "engine/metrics.h"
 
 enum db_state { DB_CONNECTING, DB_IDLE, DB_BUSY, DB_BROKEN };
 
@@ -38,6 +39,7 @@ typedef struct eng_db_op {
     eng_db_cb *cb;
     void *arg;
     bool cancelled;   /* eng_db_cancel: never sent, answered ENG_ECANCELED in its turn */
+    double sent_at;   /* ev_time() when sent (flowd_db_round_trip_seconds) */
 } db_op;
 
 typedef struct db_stmt {
@@ -72,6 +74,7 @@ struct eng_db {
     double backoff;
     bool down;            /* lost, or an attempt failed, since the last successful connection */
     ev_tstamp down_at;
+    bool connected;       /* counted in flowd_db_connections */
 };
 
 /* Connections of this process that are down: the first to go down and the last to come back
@@ -178,6 +181,9 @@ static void db_broken(eng_db *db, const char *why)
         PQfinish(db->pg);
         db->pg = NULL;
     }
+    if (db->connected)
+        eng_metrics_db_connections(-1);
+    db->connected = false;
     PQclear(db->last);
     db->last = NULL;
     db->st = DB_BROKEN;
@@ -333,6 +339,7 @@ static void db_send_op(eng_db *db)
                                  (const char *const *)op->params, NULL, NULL, 0);
     }
     db->inflight = op;
+    op->sent_at = ev_time();
     if (!ok) {
         db_broken(db, PQerrorMessage(db->pg));
         return;
@@ -390,8 +397,10 @@ static void db_finish_op(eng_db *db)
     } else if (op->kind == OP_LISTEN && failed) {
         log_error("listen failed", LOG_S("error", err.msg));
     }
-    if (op->kind == OP_QUERY)
+    if (op->kind == OP_QUERY) {
         db->nqueries--;
+        eng_metrics_db_round_trip((ev_time() - op->sent_at) * 1000.0);
+    }
     db_send_next(db);
     if (op->kind == OP_QUERY && op->cb)
         op->cb(op->arg, failed ? &err : NULL, res);
@@ -438,6 +447,8 @@ static void db_drive(eng_db *db)
         case PGRES_POLLING_OK:
             ev_timer_stop(db->loop, &db->connect_timer);
             db_mark_up(db);
+            db->connected = true;
+            eng_metrics_db_connections(1);
             PQsetnonblocking(db->pg, 1);
             db->backoff = 0.05;
             db_queue_setup(db);
@@ -505,6 +516,8 @@ void eng_db_free(eng_db *db)
     ev_clear_pending(db->loop, &db->fail_now);
     if (db->pg)
         PQfinish(db->pg);
+    if (db->connected)
+        eng_metrics_db_connections(-1);
     PQclear(db->last);
     db_op_free(db->inflight);
     for (db_op *op = db->head; op;) {

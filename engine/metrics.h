@@ -13,8 +13,8 @@
 
 #include "engine/buf.h"
 
-/* A worker claimed a step of this kind. */
-void eng_metrics_step_claimed(const char *kind);
+/* A worker claimed a step of this kind, lag_ms after it was due (negative: not known). */
+void eng_metrics_step_claimed(const char *kind, int64_t lag_ms);
 /* A claimed step reached an outcome ("ok", "fail", "skip", "snooze", "wait", "map", "window",
  * "cancelled") after latency_ms from its claim; feeds flowd_steps_finished_total and the
  * flowd_step_duration_seconds histogram. */
@@ -22,11 +22,30 @@ void eng_metrics_step_finished(const char *kind, const char *outcome, int64_t la
 /* An outbound provider call failed (provider: "openai", "twilio", ...; code: a short machine name
  * such as "http_429", "timeout", "connect"). */
 void eng_metrics_provider_error(const char *provider, const char *code);
-/* The API answered a request. route is the matched pattern ("/v1/runs/{id}") or NULL when no
- * route matched. */
-void eng_metrics_http_request(const char *method, const char *route, int status);
+/* An outbound provider call ended after ms (negative: not measured) with an HTTP status (0: no
+ * answer). */
+void eng_metrics_provider_request(const char *provider, long status, double ms);
+/* An LLM call was recorded: its tokens (cached_input is part of input) and its cost. */
+void eng_metrics_llm_usage(const char *provider, const char *model, int64_t input,
+                           int64_t output, int64_t cached_input, double cost_usd);
+/* A message reached an outcome on a channel (email, sms, whatsapp): accepted, failed, unknown,
+ * suppressed, skipped, or a delivery state a webhook reported. */
+void eng_metrics_send(const char *channel, const char *outcome);
+/* A step found no budget in the named rate limit and waits. */
+void eng_metrics_rate_limit_wait(const char *name);
+/* The API answered a request, secs after it arrived. route is the matched pattern
+ * ("/v1/runs/{id}") or NULL when no route matched. */
+void eng_metrics_http_request(const char *method, const char *route, int status, double secs);
 /* The API refused a connection ("per_client") or could not accept one ("descriptors"). */
 void eng_metrics_http_refused(const char *reason);
+/* A Server-Sent Events stream opened (+1) or closed (-1). */
+void eng_metrics_sse_streams(int delta);
+/* An inbound webhook of provider failed its signature check. */
+void eng_metrics_webhook_rejected(const char *provider);
+/* A pooled database connection came up (+1) or went down (-1). */
+void eng_metrics_db_connections(int delta);
+/* A statement's round trip took ms. */
+void eng_metrics_db_round_trip(double ms);
 
 /* A schedule's tick started a run lag_ms after the tick (flowd_schedule_fires_total and the
  * flowd_schedule_lag_seconds histogram). */
@@ -35,7 +54,8 @@ void eng_metrics_schedule_fired(int64_t lag_ms);
  * "invalid_input", "workflow_missing", "invalid_schedule"). */
 void eng_metrics_schedule_skipped(const char *reason, uint64_t ticks);
 
-/* Appends the text exposition of every family (HELP, TYPE, samples) to b. */
+/* Appends the text exposition of every family (HELP, TYPE, samples) to b, with flowd_build_info
+ * and the process_* families of the standard clients. */
 ENG_MUST_CHECK eng_rc eng_metrics_render(eng_buf *b);
 
 /* The current value of one counter sample, for tests: family is the metric name

@@ -227,8 +227,8 @@ static eng_rc migrate_functions(PGconn *conn, const eng_migrate_opts *o, int *do
     char *names = NULL;
     eng_rc rc = migrate_sort(o->funcs, o->nfuncs, false, order, err);
     if (rc == ENG_OK)
-        rc = migrate_exec(conn, SQL_FILES_TABLE_SQL, 0, NULL, "cannot create flowd_sql_files",
-                          NULL, err);
+        rc = migrate_exec(conn, SQL_FILES_TABLE_SQL, 0, NULL, "cannot create flowd_sql_files", NULL,
+                          err);
     if (rc == ENG_OK)
         rc = migrate_exec(conn, "SELECT name, checksum, set_number FROM flowd_sql_files", 0, NULL,
                           "cannot read flowd_sql_files", &recorded, err);
@@ -290,8 +290,8 @@ static eng_rc migrate_functions(PGconn *conn, const eng_migrate_opts *o, int *do
         n++;
     }
     if (rc == ENG_OK)
-        rc = migrate_exec(conn, "UPDATE flowd_sql_files SET set_number = $1::integer", 1,
-                          set_param, "cannot record the function files", NULL, err);
+        rc = migrate_exec(conn, "UPDATE flowd_sql_files SET set_number = $1::integer", 1, set_param,
+                          "cannot record the function files", NULL, err);
     if (rc == ENG_OK)
         rc = migrate_exec(conn,
                           "DELETE FROM flowd_sql_files "
@@ -307,8 +307,7 @@ static eng_rc migrate_functions(PGconn *conn, const eng_migrate_opts *o, int *do
     *done += n;
     for (size_t i = 0; i < o->nfuncs; i++)
         if (changed[i])
-            log_info("function file applied", LOG_S("name", order[i]->name),
-                     LOG_I("set", o->set));
+            log_info("function file applied", LOG_S("name", order[i]->name), LOG_I("set", o->set));
 
 out:
     for (size_t i = 0; i < o->nfuncs; i++)

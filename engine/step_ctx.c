@@ -381,7 +381,10 @@ void eng_steps_dispatch(eng_steps *s, eng_steps_claim *claim, const PGresult *re
 
     const char *kind_name = PQgetvalue(res, row, COL_KIND);
     c->kind = eng_step_kind_find(kind_name);
-    eng_metrics_step_claimed(kind_name); /* metrics */
+    /* the claim carries when a step became ready, which is when it was due only for a first
+     * attempt of a step that was not scheduled (delay, at, window) */
+    eng_metrics_step_claimed(kind_name,
+                             !scheduled && c->attempt == 1 ? c->claim_now_ms - c->ready_at_ms : -1);
     if (!c->def || !tctx) {
         eng_step_fail(c, true, "internal",
                       "claimed step has an unreadable definition or template context", 0);

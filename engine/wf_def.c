@@ -853,10 +853,55 @@ static eng_rc compile_event_list(compiler *c, const char *member, bool with_key,
     return ENG_OK;
 }
 
+bool wf_meta_name_ok(const char *s, size_t len)
+{
+    if (len == 0 || len > WF_DEF_MAX_META_NAME || strlen(s) != len)
+        return false;
+    for (; *s; s++)
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') ||
+              *s == '_' || *s == '-'))
+            return false;
+    return true;
+}
+
+/* "search": {"lead": "{{input.lead.id}}"}: the input values each run keeps as its metadata,
+ * rendered by SQL when the run is created (flowd_run_meta), so plain input paths only. */
+static eng_rc compile_search(compiler *c, json_t **out)
+{
+    *out = NULL;
+    const json_t *search = json_object_get(c->doc, "search");
+    if (!search || json_is_null(search))
+        return ENG_OK;
+    if (!json_is_object(search))
+        return bad(c, "/search", "must be an object of names to templates such as "
+                                 "\"{{input.lead.id}}\"");
+    if (json_object_size(search) > WF_DEF_MAX_META)
+        return bad(c, "/search", "more than %d names", WF_DEF_MAX_META);
+    const char *name;
+    const json_t *tmpl;
+    json_object_foreach ((json_t *)search, name, tmpl) {
+        char *p = wf_ptr_join("/search", name);
+        eng_rc rc = ENG_OK;
+        if (!wf_meta_name_ok(name, strlen(name)))
+            rc = bad(c, p, "names must match [A-Za-z0-9_-]{1,%d}", WF_DEF_MAX_META_NAME);
+        else if (!json_is_string(tmpl) || !strstr(json_string_value(tmpl), "{{"))
+            rc = bad(c, p, "must be a template reading the input, such as \"{{input.lead.id}}\"");
+        else if (strstr(json_string_value(tmpl), "run.id"))
+            rc = bad(c, p, "metadata comes from the input only: {{run.id}} is not known yet");
+        else if ((rc = check_template(c, SIZE_MAX, tmpl, p)) == ENG_OK)
+            rc = check_sql_key(c, json_string_value(tmpl), p);
+        free(p);
+        if (rc != ENG_OK)
+            return rc;
+    }
+    *out = json_deep_copy(search);
+    return ENG_OK;
+}
+
 static eng_rc compile_doc(compiler *c, json_t **out)
 {
-    static const char *const wf_fields[] = {"name",     "description",  "steps", "cancel_on",
-                                            "triggers", "input_schema", NULL};
+    static const char *const wf_fields[] = {"name",     "description",  "steps",  "cancel_on",
+                                            "triggers", "input_schema", "search", NULL};
     const json_t *doc = c->doc;
     if (!json_is_object(doc))
         return bad(c, "", "workflow definition must be a JSON object");
@@ -885,7 +930,7 @@ static eng_rc compile_doc(compiler *c, json_t **out)
         return rc;
 
     json_t *out_steps = json_array(), *phases = json_array(), *cancel_on = NULL, *triggers = NULL,
-           *input_check = NULL;
+           *input_check = NULL, *search = NULL;
     for (size_t i = 0; i < c->n && rc == ENG_OK; i++) {
         json_t *st;
         if ((rc = compile_step(c, i, &st)) != ENG_OK)
@@ -904,11 +949,14 @@ static eng_rc compile_doc(compiler *c, json_t **out)
         rc = compile_event_list(c, "triggers", false, &triggers);
     if (rc == ENG_OK)
         rc = compile_input_check(c, &input_check);
+    if (rc == ENG_OK)
+        rc = compile_search(c, &search);
     if (rc != ENG_OK) {
         json_decref(out_steps);
         json_decref(phases);
         json_decref(cancel_on);
         json_decref(triggers);
+        json_decref(input_check);
         return rc;
     }
     for (size_t i = 0; i < c->n; i++)
@@ -916,9 +964,10 @@ static eng_rc compile_doc(compiler *c, json_t **out)
             json_array_append_new(
                 json_object_get(json_array_get(out_steps, c->steps[i].needs[j]), "dependents"),
                 json_integer((json_int_t)i));
-    *out = json_pack("{s:s, s:s?, s:o, s:o, s:o, s:o, s:o?}", "name", json_string_value(name),
-                     "description", desc, "cancel_on", cancel_on, "triggers", triggers, "phases",
-                     phases, "steps", out_steps, "input_check", input_check);
+    *out = json_pack("{s:s, s:s?, s:o, s:o, s:o, s:o, s:o?, s:o?}", "name",
+                     json_string_value(name), "description", desc, "cancel_on", cancel_on,
+                     "triggers", triggers, "phases", phases, "steps", out_steps, "input_check",
+                     input_check, "search", search);
     return ENG_OK;
 }
 

@@ -9,6 +9,7 @@
  *   {"name", "description", "cancel_on": [{"event", "key"}], "triggers": [{"event"}],
  *    "phases": [...],
  *    "input_check": JSON Schema | null (see below),
+ *    "search": {name: "{{input.a.b}}"} | null,
  *    "steps": [{"key", "kind", "idx", "needs": [idx...], "dependents": [idx...], "deps": [key...],
  *               "phase", "input", "when", "max_attempts", "backoff_initial_ms", "backoff_max_ms",
  *               "backoff_multiplier", "jitter", "timeout_ms", "delay_ms", "at",
@@ -24,6 +25,7 @@
 #pragma once
 
 #include <jansson.h>
+#include <stdbool.h>
 
 #include "engine/err.h"
 
@@ -32,6 +34,8 @@
 #define WF_DEF_MAX_NAME      100
 #define WF_DEF_MAX_TEXT      4096 /* description, phase, event names, template strings of scalars */
 #define WF_DEF_MAX_CANCEL_ON 32
+#define WF_DEF_MAX_META      16 /* names in "search"; also the most tags a run may carry */
+#define WF_DEF_MAX_META_NAME 64
 
 /* Default retry policy of a step that does not say (max_attempts comes from its kind). */
 #define WF_DEF_BACKOFF_INITIAL_MS 1000
@@ -44,6 +48,9 @@
  * pointer of the bad field and a reason; *out is untouched and nothing stays allocated. Step kinds
  * must be registered (eng_step_register) before the call. */
 eng_rc wf_def_compile(const json_t *doc, json_t **out, eng_err *err);
+
+/* Whether s (len bytes) may name run metadata: a "search" entry or a tag, [A-Za-z0-9_-]{1,64}. */
+bool wf_meta_name_ok(const char *s, size_t len);
 
 /* Lowercase hex SHA-256 (64 characters, caller frees) of doc's canonical form: compact JSON with
  * sorted keys, reals in jansson's 17-digit form. The same JSON value always gives the same digest,

@@ -65,6 +65,16 @@ CREATE TABLE batches (
     CONSTRAINT batches_workflow_id_fkey FOREIGN KEY (workflow_id) REFERENCES workflows(id)
 );
 
+CREATE TABLE console_sessions (
+    token_hash bytea NOT NULL,
+    key_id bigint NOT NULL,
+    csrf text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    expires_at timestamp with time zone NOT NULL,
+    CONSTRAINT console_sessions_key_id_fkey FOREIGN KEY (key_id) REFERENCES api_keys(id),
+    CONSTRAINT console_sessions_pkey PRIMARY KEY (token_hash)
+);
+
 CREATE TABLE events (
     id bigint GENERATED ALWAYS AS IDENTITY,
     tenant_id bigint NOT NULL,
@@ -263,6 +273,7 @@ CREATE TABLE runs (
     idempotency_digest text,
     schedule_id bigint,
     start_at timestamp with time zone,
+    meta jsonb,
     CONSTRAINT runs_pkey PRIMARY KEY (id),
     CONSTRAINT runs_state_check CHECK ((state = ANY (ARRAY['queued'::text, 'running'::text, 'succeeded'::text, 'failed'::text, 'cancelled'::text])))
 );
@@ -464,6 +475,8 @@ CREATE TABLE workflows (
 -- Indexes
 
 CREATE UNIQUE INDEX batches_idempotency ON public.batches USING btree (tenant_id, idempotency_key) WHERE (idempotency_key IS NOT NULL);
+CREATE INDEX console_sessions_expires ON public.console_sessions USING btree (expires_at);
+CREATE INDEX console_sessions_key ON public.console_sessions USING btree (key_id);
 CREATE INDEX events_lookup ON public.events USING btree (tenant_id, name, key, received_at);
 CREATE INDEX events_received ON public.events USING btree (received_at);
 CREATE INDEX map_items_child ON public.map_items USING btree (child_run_id) WHERE (child_run_id IS NOT NULL);
@@ -474,8 +487,10 @@ CREATE UNIQUE INDEX rate_limits_name ON public.rate_limits USING btree (name, CO
 CREATE INDEX run_events_run ON public.run_events USING btree (run_id, id);
 CREATE INDEX run_usage_batch ON public.run_usage USING btree (batch_id) WHERE (batch_id IS NOT NULL);
 CREATE INDEX run_usage_tenant_day ON public.run_usage USING btree (tenant_id, day);
+CREATE INDEX runs_active ON public.runs USING btree (state) WHERE (state = ANY (ARRAY['queued'::text, 'running'::text]));
 CREATE INDEX runs_batch ON public.runs USING btree (batch_id, id) WHERE (batch_id IS NOT NULL);
 CREATE UNIQUE INDEX runs_idempotency ON public.runs USING btree (tenant_id, idempotency_key) WHERE (idempotency_key IS NOT NULL);
+CREATE INDEX runs_meta ON public.runs USING gin (meta jsonb_path_ops) WHERE (meta IS NOT NULL);
 CREATE INDEX runs_parent ON public.runs USING btree (parent_step_id) WHERE (parent_step_id IS NOT NULL);
 CREATE INDEX runs_schedule ON public.runs USING btree (schedule_id, id) WHERE (schedule_id IS NOT NULL);
 CREATE INDEX runs_tenant_recent ON public.runs USING btree (tenant_id, id DESC);

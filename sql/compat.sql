@@ -40,7 +40,7 @@ LANGUAGE sql AS $$
     SELECT s.created, s.run
       FROM flowd_start_run(p_tenant, p_workflow, p_version, p_input, p_priority,
                            p_idempotency_key, p_checked_version, NULL::timestamptz,
-                           NULL::bigint) s
+                           NULL::bigint, NULL::jsonb) s
 $$;
 
 
@@ -126,4 +126,12 @@ LANGUAGE sql STABLE AS $$
                               'run', jsonb_build_object('id', c.run_id, 'workflow', c.workflow),
                               'steps', coalesce(c.steps, '{}'))
       FROM workflows w WHERE w.id = c.workflow_id
+$$;
+
+-- The previous signature of flowd_runs_page (0036 took the filters as one object).
+CREATE OR REPLACE FUNCTION flowd_runs_page(p_tenant bigint, p_workflow text, p_state text, p_batch bigint,
+                                           p_cursor bigint, p_limit integer) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT flowd_runs_page(p_tenant, jsonb_strip_nulls(jsonb_build_object(
+               'workflow', p_workflow, 'state', p_state, 'batch', p_batch)), p_cursor, p_limit)
 $$;

@@ -103,6 +103,18 @@ BEGIN
     RETURN jsonb_set(p_def->'window', '{tz}', to_jsonb(v_tz));
 END $$;
 
+-- A run's metadata (0036) from its workflow's "search" ({"name": "{{input.a.b}}"}, checked when the
+-- workflow was registered: plain input paths only) and its input; a path the input lacks leaves
+-- its name out; NULL when none is present. Values are text, so ?meta.lead=30012 matches a lead
+-- id given as a number or as a string.
+CREATE OR REPLACE FUNCTION flowd_run_meta(p_search jsonb, p_input jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT jsonb_object_agg(e.key, v.value)
+      FROM jsonb_each_text(p_search) AS e
+     CROSS JOIN LATERAL (SELECT flowd_render_key(e.value, p_input, 0) AS value) v
+     WHERE v.value IS NOT NULL
+$$;
+
 -- Creates one run per element of p_inputs with all its steps; returns their ids in input order.
 -- Map children pass their parent step and their items' positions. (0002 wrote it first and says
 -- the why of each part; 0012 made it one statement:)
@@ -116,6 +128,7 @@ END $$;
 --   (by run, then step), then the run.created rows (by run).
 -- Three per-input arrays (NULL: none; 0034): each run's idempotency key, its start time (its first
 -- steps wait until then; earlier than now means now) and the schedule making it.
+-- Each run keeps its metadata from the workflow's search (flowd_run_meta, 0036).
 CREATE OR REPLACE FUNCTION flowd_create_runs(p_tenant bigint, p_workflow bigint, p_inputs jsonb,
                                   p_priority integer, p_batch bigint, p_parent_step bigint,
                                   p_parent_indexes integer[], p_idempotency_key text,
@@ -142,11 +155,13 @@ BEGIN
     ins AS (
         INSERT INTO runs (tenant_id, workflow_id, priority, steps_total, input, batch_id,
                           parent_step_id, parent_index, idempotency_key, created_at, start_at,
-                          schedule_id)
+                          schedule_id, meta)
         SELECT p_tenant, p_workflow, p_priority, jsonb_array_length(v_def->'steps'), i.value,
                p_batch, p_parent_step, p_parent_indexes[i.n],
                coalesce(p_keys[i.n], p_idempotency_key), v_now,
-               CASE WHEN p_start_at[i.n] > v_now THEN p_start_at[i.n] END, p_schedules[i.n]
+               CASE WHEN p_start_at[i.n] > v_now THEN p_start_at[i.n] END, p_schedules[i.n],
+               CASE WHEN jsonb_typeof(v_def->'search') = 'object'
+                    THEN flowd_run_meta(v_def->'search', i.value) END
           FROM jsonb_array_elements(p_inputs) WITH ORDINALITY AS i(value, n)
          ORDER BY i.n
         RETURNING id, input, coalesce(start_at, v_now) AS start),
@@ -285,11 +300,13 @@ $$;
 -- a key used for a different request is refused. p_checked_version: the version the caller checked
 -- the input against (NULL: no check made). (0034) It starts at p_start_at or p_start_in_ms from
 -- now (both NULL: now); the start is not part of the idempotency digest, since a retry of
--- `start_in` computes another instant.
+-- `start_in` computes another instant. p_tags: the client's tags (an object of strings, checked by
+-- the API, or NULL), kept in the run's metadata under the workflow's own search values, which win
+-- on a shared name (0036); they are part of the request a key stands for.
 CREATE OR REPLACE FUNCTION flowd_start_run(p_tenant bigint, p_workflow text, p_version integer,
                                 p_input jsonb, p_priority integer, p_idempotency_key text,
                                 p_checked_version integer, p_start_at timestamptz,
-                                p_start_in_ms bigint,
+                                p_start_in_ms bigint, p_tags jsonb,
                                 OUT created boolean, OUT run jsonb)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -300,9 +317,12 @@ DECLARE
     v_prev    text;
 BEGIN
     IF p_idempotency_key IS NOT NULL THEN
+        -- without tags the digest is the one 0023 recorded, so keys used before still match
         v_digest := flowd_request_digest(jsonb_build_object(
             'workflow', p_workflow, 'version', p_version, 'input', p_input,
-            'priority', coalesce(p_priority, 0)));
+            'priority', coalesce(p_priority, 0))
+            || CASE WHEN p_tags IS NOT NULL THEN jsonb_build_object('tags', p_tags)
+                    ELSE '{}' END);
         -- the same lock flowd_enqueue takes: same-key callers are serialized
         PERFORM pg_advisory_xact_lock(p_tenant::integer, hashtext(p_idempotency_key));
         SELECT r.id, r.idempotency_digest INTO v_run, v_prev FROM runs r
@@ -327,8 +347,10 @@ BEGIN
     SELECT e.run_id, e.created INTO v_run, created
       FROM flowd_enqueue(p_tenant, v_wf, jsonb_build_array(p_input), p_priority,
                          p_idempotency_key, NULL, flowd_start_time(p_start_at, p_start_in_ms)) e;
-    IF created AND v_digest IS NOT NULL THEN
-        UPDATE runs SET idempotency_digest = v_digest WHERE id = v_run;
+    IF created AND (v_digest IS NOT NULL OR p_tags IS NOT NULL) THEN
+        UPDATE runs SET idempotency_digest = v_digest,
+                        meta = CASE WHEN p_tags IS NULL THEN meta ELSE p_tags || coalesce(meta, '{}') END
+         WHERE id = v_run;
     END IF;
     run := flowd_run_json(p_tenant, v_run);
 END $$;

@@ -17,7 +17,8 @@ $$;
 -- The run as a client sees it; NULL when the tenant cannot see it. PL/pgSQL rather than SQL so
 -- that its plan is cached: an SQL function with a FROM clause is planned again on every call.
 -- Its output is read from the steps; its steps show their interruptions; it names its schedule
--- and start time, and a delayed run shows as scheduled until it starts (0034).
+-- and start time, and a delayed run shows as scheduled until it starts (0034); it carries its
+-- metadata and its parent run (0036).
 CREATE OR REPLACE FUNCTION flowd_run_json(p_tenant bigint, p_run bigint) RETURNS jsonb
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
@@ -39,6 +40,8 @@ BEGIN
         'input', r.input,
         'output', CASE WHEN r.state = 'succeeded' THEN flowd_run_output(r.id) END,
         'error', r.error,
+        'meta', coalesce(r.meta, '{}'),
+        'parent', (SELECT ps.run_id FROM steps ps WHERE ps.id = r.parent_step_id),
         'usage', flowd_run_usage(r.id),
         'created_at', flowd_ms(r.created_at),
         'started_at', flowd_ms(r.started_at),
@@ -150,41 +153,103 @@ LANGUAGE sql STABLE AS $$
      ORDER BY p.id
 $$;
 
--- The tenant's runs, newest first, after the cursor (a run id) with optional filters:
--- {"runs": [...], "next_cursor": "<id>" | null}.
-CREATE OR REPLACE FUNCTION flowd_runs_page(p_tenant bigint, p_workflow text, p_state text,
-                                           p_batch bigint, p_cursor bigint, p_limit integer)
-RETURNS jsonb
-LANGUAGE sql STABLE AS $$
-    WITH page AS (
-        SELECT r.*, w.name AS wf_name, w.version AS wf_version
-          FROM runs r JOIN workflows w ON w.id = r.workflow_id
-         WHERE r.tenant_id = p_tenant
-           AND (p_cursor IS NULL OR r.id < p_cursor)
-           AND (p_workflow IS NULL OR w.name = p_workflow)
-           AND (p_state IS NULL OR r.state = CASE WHEN p_state = 'scheduled' THEN 'queued'
-                                                  ELSE p_state END)
-           AND (p_state IS NULL OR p_state NOT IN ('queued', 'scheduled')
-                OR (flowd_run_state(r.state, r.start_at) = p_state))
-           AND (p_batch IS NULL OR r.batch_id = p_batch)
-         ORDER BY r.id DESC
-         LIMIT p_limit + 1),
-    shown AS (SELECT * FROM page ORDER BY id DESC LIMIT p_limit)
-    SELECT jsonb_build_object(
-        'runs', coalesce((SELECT jsonb_agg(jsonb_build_object(
-                    'id', s.id, 'workflow', s.wf_name, 'version', s.wf_version,
-                    'state', flowd_run_state(s.state, s.start_at),
-                    'priority', s.priority, 'batch', s.batch_id,
-                    'progress', jsonb_build_object(
-                        'done', s.steps_done, 'total', s.steps_total,
-                        'percent', CASE WHEN s.steps_total = 0 THEN 100
-                                        ELSE floor(100.0 * s.steps_done / s.steps_total)::integer END),
-                    'created_at', flowd_ms(s.created_at), 'started_at', flowd_ms(s.started_at),
-                    'finished_at', flowd_ms(s.finished_at)) ORDER BY s.id DESC)
-                  FROM shown s), '[]'),
-        'next_cursor', CASE WHEN (SELECT count(*) FROM page) > p_limit
-                            THEN (SELECT min(id) FROM shown)::text END)
+-- The WHERE clause of GET /v1/runs for the filters present in p_filter (an object the API
+-- checked: workflow, version, state, batch, parent, schedule, meta, failed_step, created_after,
+-- created_before, finished_after, finished_before). A queued run whose start is still ahead is
+-- 'scheduled' (flowd_run_state), as its JSON says. Only filters given are in the statement, so
+-- each query is planned for what it asks (the metadata GIN index, the recent-runs index) instead
+-- of one generic plan with every filter optional. The values stay parameters: the statement
+-- reads them from $2 (the filter) and $1 (the tenant).
+CREATE OR REPLACE FUNCTION flowd_runs_where(p_filter jsonb) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT 'r.tenant_id = $1'
+        || CASE WHEN p_filter ? 'workflow' THEN ' AND w.name = $2->>''workflow''' ELSE '' END
+        || CASE WHEN p_filter ? 'version'
+                THEN ' AND w.version = ($2->>''version'')::integer' ELSE '' END
+        || CASE WHEN p_filter->>'state' IN ('queued', 'scheduled')
+                THEN ' AND r.state = ''queued'' AND flowd_run_state(r.state, r.start_at) = $2->>''state'''
+                WHEN p_filter ? 'state' THEN ' AND r.state = $2->>''state''' ELSE '' END
+        || CASE WHEN p_filter ? 'batch' THEN ' AND r.batch_id = ($2->>''batch'')::bigint' ELSE '' END
+        || CASE WHEN p_filter ? 'parent'
+                THEN ' AND r.parent_step_id IN (SELECT ps.id FROM steps ps'
+                     ' WHERE ps.run_id = ($2->>''parent'')::bigint AND ps.tenant_id = $1)'
+                ELSE '' END
+        || CASE WHEN p_filter ? 'schedule'
+                THEN ' AND r.schedule_id = (SELECT sc.id FROM schedules sc'
+                     ' WHERE sc.tenant_id = $1 AND sc.name = $2->>''schedule'')'
+                ELSE '' END
+        || CASE WHEN p_filter ? 'meta' THEN ' AND r.meta @> ($2->''meta'')' ELSE '' END
+        || CASE WHEN p_filter ? 'failed_step'
+                THEN ' AND EXISTS (SELECT 1 FROM steps fs WHERE fs.run_id = r.id'
+                     ' AND fs.key = $2->>''failed_step'' AND fs.state = ''failed'')'
+                ELSE '' END
+        || CASE WHEN p_filter ? 'created_after'
+                THEN ' AND r.created_at >= ($2->>''created_after'')::timestamptz' ELSE '' END
+        || CASE WHEN p_filter ? 'created_before'
+                THEN ' AND r.created_at < ($2->>''created_before'')::timestamptz' ELSE '' END
+        || CASE WHEN p_filter ? 'finished_after'
+                THEN ' AND r.finished_at >= ($2->>''finished_after'')::timestamptz' ELSE '' END
+        || CASE WHEN p_filter ? 'finished_before'
+                THEN ' AND r.finished_at < ($2->>''finished_before'')::timestamptz' ELSE '' END
 $$;
+
+-- A page of the tenant's runs matching p_filter (flowd_runs_where), newest first, after the
+-- cursor (the smallest id of the previous page). Each row carries its metadata, its parent run
+-- (a map's item) and a summary of its error.
+CREATE OR REPLACE FUNCTION flowd_runs_page(p_tenant bigint, p_filter jsonb, p_cursor bigint,
+                                           p_limit integer) RETURNS jsonb
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_ids bigint[];
+BEGIN
+    EXECUTE 'SELECT array_agg(x.id ORDER BY x.id DESC) FROM ('
+         || 'SELECT r.id FROM runs r JOIN workflows w ON w.id = r.workflow_id WHERE '
+         || flowd_runs_where(p_filter) || ' AND ($3::bigint IS NULL OR r.id < $3)'
+         || ' ORDER BY r.id DESC LIMIT $4) x'
+       INTO v_ids USING p_tenant, p_filter, p_cursor, p_limit + 1;
+    RETURN jsonb_build_object(
+        'runs', coalesce((SELECT jsonb_agg(jsonb_build_object(
+                    'id', r.id, 'workflow', w.name, 'version', w.version,
+                    'state', flowd_run_state(r.state, r.start_at),
+                    'priority', r.priority, 'batch', r.batch_id,
+                    'progress', jsonb_build_object(
+                        'done', r.steps_done, 'total', r.steps_total,
+                        'percent', CASE WHEN r.steps_total = 0 THEN 100
+                                        ELSE floor(100.0 * r.steps_done / r.steps_total)::integer END),
+                    'meta', coalesce(r.meta, '{}'),
+                    'parent', (SELECT ps.run_id FROM steps ps WHERE ps.id = r.parent_step_id),
+                    'error', CASE WHEN r.error IS NOT NULL THEN jsonb_strip_nulls(jsonb_build_object(
+                                 'code', r.error->'code', 'step', r.error->'step',
+                                 'message', left(r.error->>'message', 300))) END,
+                    'created_at', flowd_ms(r.created_at), 'started_at', flowd_ms(r.started_at),
+                    'finished_at', flowd_ms(r.finished_at)) ORDER BY r.id DESC)
+                  FROM runs r JOIN workflows w ON w.id = r.workflow_id
+                 WHERE r.id = ANY (v_ids[1:p_limit])), '[]'),
+        'next_cursor', CASE WHEN cardinality(v_ids) > p_limit THEN v_ids[p_limit]::text END);
+END $$;
+
+-- How many of the tenant's runs matching p_filter are in each state, counting the newest
+-- p_cap + 1 at most (a busy tenant's totals would cost a scan of all its runs on every refresh
+-- of a console): 'capped' says the counts stopped there.
+CREATE OR REPLACE FUNCTION flowd_runs_counts(p_tenant bigint, p_filter jsonb, p_cap integer)
+RETURNS jsonb
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v jsonb;
+BEGIN
+    EXECUTE 'SELECT jsonb_build_object('
+         || '''scheduled'', count(*) FILTER (WHERE x.state = ''scheduled''),'
+         || '''queued'', count(*) FILTER (WHERE x.state = ''queued''),'
+         || '''running'', count(*) FILTER (WHERE x.state = ''running''),'
+         || '''succeeded'', count(*) FILTER (WHERE x.state = ''succeeded''),'
+         || '''failed'', count(*) FILTER (WHERE x.state = ''failed''),'
+         || '''cancelled'', count(*) FILTER (WHERE x.state = ''cancelled''),'
+         || '''capped'', count(*) > $3)'
+         || ' FROM (SELECT flowd_run_state(r.state, r.start_at) AS state FROM runs r JOIN workflows w ON w.id = r.workflow_id WHERE '
+         || flowd_runs_where(p_filter) || ' ORDER BY r.id DESC LIMIT $3 + 1) x'
+       INTO v USING p_tenant, p_filter, p_cap;
+    RETURN v;
+END $$;
 
 -- The run's event log after sequence p_after (at most p_limit events) and whether the run has
 -- finished, read in one snapshot: a stream that saw "finished" with no events left is complete.

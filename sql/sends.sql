@@ -380,3 +380,21 @@ LANGUAGE sql AS $$
        AND s.calls = p_calls
     RETURNING true
 $$;
+
+-- The send ledger's rows of a run for GET /v1/runs/{id}/sends: every message its steps sent or
+-- tried to, with the delivery state the provider's webhooks reported, oldest first; NULL when the
+-- tenant has no such run.
+CREATE OR REPLACE FUNCTION flowd_run_sends_json(p_tenant bigint, p_run bigint) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object('sends', coalesce((
+        SELECT jsonb_agg(jsonb_build_object(
+                   'send_key', s.send_key, 'step', st.key, 'channel', s.channel,
+                   'provider', s.provider, 'to', s.recipient, 'state', s.state,
+                   'delivery', s.delivery, 'provider_message_id', s.provider_message_id,
+                   'calls', s.calls, 'error', s.error, 'delivery_error', s.delivery_error,
+                   'created_at', flowd_ms(s.created_at), 'updated_at', flowd_ms(s.updated_at))
+                   ORDER BY s.created_at, s.send_key)
+          FROM sends s LEFT JOIN steps st ON st.id = s.step_id
+         WHERE s.run_id = r.id AND s.tenant_id = p_tenant), '[]'))
+      FROM runs r WHERE r.id = p_run AND r.tenant_id = p_tenant
+$$;

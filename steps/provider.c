@@ -687,6 +687,8 @@ prov_class prov_classify(const prov_config *cfg, prov_id id, bool send, const en
 {
     memset(out, 0, sizeof *out);
     const char *pname = prov_name(id);
+    eng_metrics_provider_request(pname, err || !resp ? 0 : resp->status,
+                                 err || !resp ? -1 : resp->total_ms);
     if (err || !resp) {
         eng_rc rc = err ? err->rc : ENG_EHTTP;
         const char *text = err ? err->msg : "no response";

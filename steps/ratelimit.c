@@ -9,6 +9,7 @@
 
 #include "engine/db.h"
 #include "engine/mem.h"
+#include "engine/metrics.h"
 
 #define RL_CACHE_MAX 1024
 
@@ -166,6 +167,8 @@ static void take_done(void *arg, const eng_err *err, const PGresult *res)
         probe_unlink_locked(p);
         pthread_mutex_unlock(&rl_mu);
     }
+    if (wait > 0)
+        eng_metrics_rate_limit_wait(t->name);
     if (!t->cancelled)
         t->cb(t->arg, err, wait);
     take_free(t);

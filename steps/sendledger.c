@@ -11,6 +11,7 @@
 #include "engine/db.h"
 #include "engine/log.h"
 #include "engine/mem.h"
+#include "engine/metrics.h"
 #include "engine/wf_def.h"
 #include "steps/ratelimit.h"
 #include "steps/sendledger.h"
@@ -57,6 +58,7 @@ struct step_send {
     char *hash;
     char tenant_s[24], run_s[24], step_s[24];
     enum send_policy policy;
+    bool done_before;   /* the ledger had it accepted already: not sent again (metrics: skipped) */
     int max_checks;
     int64_t interval_ms;
     int64_t created_ms; /* when the ledger row was created (wall clock), for look-ups */
@@ -391,6 +393,10 @@ static void ss_finish(step_send *ss)
     char reason[sizeof ss->fin_reason];
     snprintf(reason, sizeof reason, "%s", ss->fin_reason);
     int64_t at_ms = eng_step_now_ms(ctx) + ss->interval_ms;
+    static const char *const outcomes[] = {[FIN_SUCCEED] = "accepted", [FIN_FAIL] = "failed",
+                                           [FIN_SKIP] = "suppressed", [FIN_PARK] = "unknown"};
+    if (fin < ENG_ARRAY_LEN(outcomes) && outcomes[fin])
+        eng_metrics_send(ss->ops->channel, ss->done_before ? "skipped" : outcomes[fin]);
     if (fin == FIN_PARK) {
         json_decref(output);
         park(ss);
@@ -748,6 +754,7 @@ static void claim_done(void *arg, const eng_err *err, const PGresult *res)
         call_provider(ss);
     } else if (strcmp(decision, "done") == 0) {
         ss->fin = FIN_SUCCEED;
+        ss->done_before = true;
         ss->fin_output = PQgetisnull(res, 0, 3) ? NULL : json_loads(PQgetvalue(res, 0, 3), 0, NULL);
         if (!ss->fin_output)
             ss->fin_output = build_output(ss, PQgetvalue(res, 0, 2), NULL);

@@ -254,6 +254,73 @@ expect(await call('GET', `/v1/runs/${run}/events?after=x`), 400, 'bad after');
 expect(await call('GET', '/v1/runs?limit=2'), 200, 'runs');
 expect(await call('GET', '/v1/runs?workflow=hello&state=running'), 200, 'runs by state');
 expect(await call('GET', '/v1/runs?limit=0'), 400, 'bad limit');
+
+// run metadata: a workflow's search paths and a client's tags, found with ?meta.NAME=VALUE
+const lead = {
+  name: 'lead', search: { lead: '{{input.lead.id}}', phone: '{{input.lead.phone}}' },
+  steps: [{ key: 'touch', kind: 'transform', input: { text: 'hi {{input.lead.id}}' } }],
+};
+expect(await call('PUT', '/v1/workflows/lead', { body: lead }), 201, 'register with search');
+expect(await call('PUT', '/v1/workflows/lead2', {
+  body: { ...lead, name: 'lead2', search: { lead: '{{run.id}}' } }, bad: true,
+}), 422, 'search reading no input');
+const tagged = expect(await call('POST', '/v1/runs', {
+  body: { workflow: 'lead', input: { lead: { id: 30012, phone: '+15555550123' } },
+    tags: { campaign: 'spring', lead: 'not-this' } },
+}), 201, 'enqueue with tags').body;
+if (JSON.stringify(Object.entries(tagged.meta).sort()) !==
+    JSON.stringify([['campaign', 'spring'], ['lead', '30012'], ['phone', '+15555550123']]))
+  fail(`run metadata: ${JSON.stringify(tagged.meta)}`);
+expect(await call('POST', '/v1/runs', { body: { workflow: 'lead', input: { lead: { id: '30013' } } } }),
+  201, 'enqueue without a phone');
+expect(await call('POST', '/v1/runs', { body: { workflow: 'lead', input: {}, tags: { 'no spaces': 'x' } }, bad: true }),
+  422, 'bad tag name');
+expect(await call('POST', '/v1/runs', { body: { workflow: 'lead', input: {}, tags: { a: 5 } }, bad: true }),
+  422, 'bad tag value');
+await waitRun(tagged.id, ['succeeded']);
+const byLead = expect(await call('GET', '/v1/runs?meta.lead=30012'), 200, 'runs by metadata').body;
+if (byLead.runs.length !== 1 || byLead.runs[0].id !== tagged.id)
+  fail(`?meta.lead=30012 found ${JSON.stringify(byLead.runs.map((r) => r.id))}, want [${tagged.id}]`);
+const both = expect(await call('GET',
+  `/v1/runs?meta.lead=30012&meta.campaign=spring&workflow=lead&version=1&state=succeeded&created_after=2000-01-01T00:00:00Z&finished_before=2999-01-01T00:00:00Z`),
+  200, 'runs by every filter').body;
+if (both.runs.length !== 1) fail(`combined filters found ${both.runs.length} runs, want 1`);
+const none = expect(await call('GET', '/v1/runs?meta.lead=30012&meta.campaign=autumn'), 200, 'no such runs').body;
+if (none.runs.length !== 0) fail('?meta.campaign=autumn found runs');
+expect(await call('GET', '/v1/runs?meta.lead=1&meta.lead=2'), 400, 'a metadata filter twice');
+expect(await call('GET', '/v1/runs?meta.a%20b=1'), 400, 'a bad metadata name');
+expect(await call('GET', '/v1/runs?created_after=yesterday'), 400, 'a bad time');
+expect(await call('GET', '/v1/runs?parent=x'), 400, 'a bad parent');
+expect(await call('GET', '/v1/runs?failed_step=touch'), 200, 'runs by failed step');
+const bySchedule = expect(await call('GET', '/v1/runs?schedule=nightly&meta.lead=30012'), 200, 'runs by schedule').body;
+if (bySchedule.runs.length !== 0) fail('?schedule=nightly found runs no schedule started');
+expect(await call('GET', '/v1/runs?state=scheduled&workflow=lead'), 200, 'scheduled runs');
+const counts = expect(await call('GET', '/v1/runs/counts?workflow=lead'), 200, 'counts').body;
+if (counts.succeeded + counts.running + counts.queued !== 2 || counts.capped)
+  fail(`counts of lead: ${JSON.stringify(counts)}`);
+expect(await call('GET', '/v1/runs/counts?limit=5'), 400, 'counts take no limit');
+expect(await call('GET', `/v1/runs/${tagged.id}/sends`), 200, 'a run\'s sends');
+expect(await call('GET', '/v1/runs/99999999/sends'), 404, 'sends of no run');
+
+// the console: its files, and sessions that trade a key for a cookie
+expect(await call('GET', '/', { key: null }), 200, 'console page');
+expect(await call('GET', '/console/app.js', { key: null }), 200, 'console script');
+expect(await call('GET', '/console/app.css', { key: null }), 200, 'console styles');
+expect(await call('GET', '/console/nope.js', { key: null }), 404, 'no such console file');
+expect(await call('POST', '/v1/console/session', { key: null, body: { key: 'fd_nobody' } }), 401, 'sign in with a bad key');
+expect(await call('POST', '/v1/console/session', { key: null, body: { key: 5 }, bad: true }), 422, 'sign in without a key');
+const signedIn = expect(await call('POST', '/v1/console/session', { key: null, body: { key: KEY } }), 201, 'sign in');
+const cookie = (signedIn.headers.get('set-cookie') || '').split(';')[0];
+if (!/^flowd_session=[0-9a-f]{64}$/.test(cookie) || !/HttpOnly/.test(signedIn.headers.get('set-cookie')) ||
+    !/SameSite=Strict/.test(signedIn.headers.get('set-cookie')))
+  fail(`session cookie: ${signedIn.headers.get('set-cookie')}`);
+const who = expect(await call('GET', '/v1/console/session', { key: null, headers: { Cookie: cookie } }), 200, 'who with a session').body;
+if (who.csrf !== signedIn.body.csrf) fail('the session\'s csrf value is not given back');
+expect(await call('GET', '/v1/console/session'), 200, 'who with a key');
+expect(await call('GET', '/v1/console/session', { key: null }), 401, 'who without credentials');
+expect(await call('DELETE', '/v1/console/session'), 404, 'sign out with a key');
+expect(await call('DELETE', '/v1/console/session', { key: null, headers: { Cookie: cookie } }), 403, 'sign out without the csrf value');
+expect(await call('DELETE', '/v1/console/session', { key: null, headers: { Cookie: cookie, 'X-CSRF-Token': who.csrf } }), 204, 'sign out');
 expect(await call('POST', '/v1/events', { body: { name: 'go', key: 'ada', data: { ok: true } } }), 202, 'event');
 expect(await call('POST', '/v1/events', { body: { name: 'go', key: {} }, bad: true }), 422, 'bad event');
 const done = await waitRun(run, ['succeeded', 'failed']);

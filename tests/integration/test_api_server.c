@@ -422,7 +422,15 @@ static void test_metrics_move_with_work(void **state)
 
     char *before = get_metrics();
     static const char *const families[] = {
-        "# TYPE flowd_runs gauge", "# TYPE flowd_steps gauge",
+        "# TYPE flowd_runs gauge", "# TYPE flowd_steps gauge", "# TYPE flowd_queue_due_steps gauge",
+        "# TYPE flowd_build_info gauge", "# TYPE process_cpu_seconds_total counter",
+        "# TYPE process_resident_memory_bytes gauge", "# TYPE process_open_fds gauge",
+        "# TYPE flowd_db_connections gauge", "# TYPE flowd_db_round_trip_seconds histogram",
+        "# TYPE flowd_sse_streams gauge", "# TYPE flowd_llm_tokens_total counter",
+        "# TYPE flowd_llm_cost_usd_total counter", "# TYPE flowd_sends_total counter",
+        "# TYPE flowd_provider_requests_total counter",
+        "# TYPE flowd_rate_limit_waits_total counter",
+        "# TYPE flowd_webhook_verification_failures_total counter",
         "# TYPE flowd_step_claims_total counter", "# TYPE flowd_steps_finished_total counter",
         "# TYPE flowd_step_duration_seconds histogram", "# TYPE flowd_provider_errors_total counter",
         "# TYPE flowd_http_requests_total counter"};
@@ -430,6 +438,9 @@ static void test_metrics_move_with_work(void **state)
         if (!strstr(before, families[i]))
             fail_msg("/metrics lacks \"%s\"", families[i]);
     assert_true(sample(before, "flowd_runs{state=\"queued\"}") >= 0); /* zero-filled states */
+    /* the state gauges say what is in flight now: finished states are not gauges */
+    assert_null(strstr(before, "flowd_runs{state=\"succeeded\"}"));
+    assert_null(strstr(before, "flowd_steps{state=\"succeeded\"}"));
 
     char *run = NULL;
     assert_int_equal(req1("POST", "/v1/runs", admin_key,
@@ -440,6 +451,14 @@ static void test_metrics_move_with_work(void **state)
     long long id = json_integer_value(json_object_get(rj, "id"));
     json_decref(rj);
     assert_true(id > 0);
+    char *queued = get_metrics();
+    assert_true(sample(queued, "flowd_runs{state=\"queued\"}") ==
+                (sample(before, "flowd_runs{state=\"queued\"}") < 0
+                     ? 0
+                     : sample(before, "flowd_runs{state=\"queued\"}")) + 1);
+    assert_true(sample(queued, "flowd_queue_due_steps{workflow=\"metered\"}") == 1);
+    assert_true(sample(queued, "flowd_queue_oldest_due_age_seconds{workflow=\"metered\"}") >= 0);
+    free(queued);
 
     th_workers *ws = th_workers_start(db, 1, "ops-metrics", 0, 0, 0);
     char *sql = eng_xasprintf("SELECT state = 'succeeded' FROM runs WHERE id = %lld", id);
@@ -455,8 +474,10 @@ static void test_metrics_move_with_work(void **state)
 
     char *after = get_metrics();
     static const char *const moved[][2] = {
-        {"flowd_runs{state=\"succeeded\"}", "1"},
+        {"flowd_runs{state=\"queued\"}", "0"},
         {"flowd_step_claims_total{kind=\"transform\"}", "2"},
+        {"flowd_step_start_lag_seconds_count", "2"},
+        {"flowd_http_request_duration_seconds_count{method=\"POST\",route=\"/v1/runs\"}", "1"},
         {"flowd_steps_finished_total{kind=\"transform\",outcome=\"ok\"}", "2"},
         {"flowd_step_duration_seconds_count{kind=\"transform\"}", "2"},
         {"flowd_step_duration_seconds_bucket{kind=\"transform\",le=\"+Inf\"}", "2"},

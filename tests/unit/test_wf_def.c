@@ -192,7 +192,7 @@ static void test_normalized_shape(void **state)
         "{\"name\": \"lead_touchpoints\", \"description\": null,"
         " \"cancel_on\": [{\"event\": \"lead.booked\", \"key\": \"{{input.lead.id}}\"},"
         "                 {\"event\": \"x\", \"key\": \"{{run.id}}\"}],"
-        " \"triggers\": [], \"phases\": [\"research\", \"analysis\"],"
+        " \"triggers\": [], \"phases\": [\"research\", \"analysis\"], \"search\": null,"
         " \"input_check\": {\"type\": \"object\", \"required\": [\"lead\"], \"properties\":"
         "  {\"lead\": {\"type\": \"object\", \"required\": [\"email\"], \"properties\":"
         "   {\"email\": {\"type\": [\"object\", \"array\", \"string\", \"number\", \"boolean\"]}}}}},"

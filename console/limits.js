@@ -1,0 +1,74 @@
+// console/limits.js: the tenant's named rate limits and its suppression list (#/limits): add a
+// suppression, lift one. A key that may not change them is answered by the server, and the page
+// says so.
+import * as api from './api.js';
+import { h, replace } from './dom.js';
+import { ago } from './fmt.js';
+
+export function render(root) {
+  const limitsBody = h('tbody');
+  const supBody = h('tbody');
+  const channel = h('select', { name: 'channel', 'aria-label': 'channel' }, ['email', 'sms', 'whatsapp'].map((c) => h('option', { value: c }, c)));
+  const address = h('input', { name: 'address', placeholder: 'address or +E.164 number', 'aria-label': 'address', required: true });
+  const reason = h('input', { name: 'reason', placeholder: 'reason', 'aria-label': 'reason' });
+  const result = h('p', { class: 'action-result', role: 'status' });
+  const filter = h('select', { 'aria-label': 'show channel' }, h('option', { value: '' }, 'every channel'),
+    ['email', 'sms', 'whatsapp'].map((c) => h('option', { value: c }, c)));
+
+  const loadLimits = async () => {
+    try {
+      const l = await api.get('/v1/rate-limits');
+      replace(limitsBody, l.rate_limits.length ? l.rate_limits.map((r) => h('tr', null,
+        h('td', null, r.name), h('td', null, r.requests_per_s ?? '—'), h('td', null, r.burst_requests ?? '—'),
+        h('td', null, r.tokens_per_min ?? '—'), h('td', null, r.burst_tokens ?? '—')))
+        : h('tr', null, h('td', { colspan: 5, class: 'empty' }, 'No named rate limits.')));
+    } catch (err) {
+      replace(limitsBody, h('tr', null, h('td', { colspan: 5, class: 'error' }, err.message)));
+    }
+  };
+  const loadSuppressions = async () => {
+    try {
+      const l = await api.get(`/v1/suppressions${api.query({ channel: filter.value, limit: 200 })}`);
+      replace(supBody, l.suppressions.length ? l.suppressions.map((x) => h('tr', null,
+        h('td', null, x.channel), h('td', null, x.address), h('td', null, x.reason), h('td', null, x.source),
+        h('td', { title: x.created_at }, ago(x.created_at)),
+        h('td', null, h('button', { type: 'button', 'data-action': 'lift', onclick: async () => {
+          try {
+            await api.del(`/v1/suppressions/${encodeURIComponent(x.channel)}/${encodeURIComponent(x.address)}`);
+            result.textContent = `Lifted ${x.channel} ${x.address}.`;
+          } catch (err) {
+            result.textContent = err.message;
+          }
+          loadSuppressions();
+        } }, 'Lift'))))
+        : h('tr', null, h('td', { colspan: 6, class: 'empty' }, 'Nobody is suppressed.')));
+    } catch (err) {
+      replace(supBody, h('tr', null, h('td', { colspan: 6, class: 'error' }, err.message)));
+    }
+  };
+  filter.addEventListener('change', loadSuppressions);
+
+  replace(root, h('h1', null, 'Limits & suppressions'),
+    h('h2', null, 'Rate limits'),
+    h('table', null, h('thead', null, h('tr', null, ['name', 'requests/s', 'burst', 'tokens/min', 'token burst'].map((t) => h('th', null, t)))), limitsBody),
+    h('h2', null, 'Suppressions'),
+    h('form', { class: 'filters', onsubmit: async (e) => {
+      e.preventDefault();
+      try {
+        await api.post('/v1/suppressions', { channel: channel.value, address: address.value, reason: reason.value || undefined });
+        result.textContent = `Suppressed ${channel.value} ${address.value}.`;
+        address.value = '';
+        reason.value = '';
+      } catch (err) {
+        result.textContent = err.field ? `${err.field}: ${err.message}` : err.message;
+      }
+      loadSuppressions();
+    } }, channel, address, reason, h('button', { type: 'submit' }, 'Suppress')),
+    result,
+    h('p', null, 'Show ', filter),
+    h('table', { class: 'suppressions' }, h('thead', null, h('tr', null, ['channel', 'address', 'reason', 'source', 'since', ''].map((t) => h('th', null, t)))), supBody));
+  loadLimits();
+  loadSuppressions();
+  const timer = setInterval(loadLimits, 5000);
+  return () => clearInterval(timer);
+}

@@ -1,0 +1,100 @@
+// console/timeline.js: a run's waterfall from its event log: per step, the waits before it could
+// start (needs, delay or window, then the queue: claims, rate limits, concurrency keys, quotas),
+// each attempt with its outcome, the waits between retries, and waits for an event or a map's
+// children.
+import { h } from './dom.js';
+import { duration } from './fmt.js';
+
+const END = { 'step.succeeded': 'ok', 'step.failed': 'failed', 'step.retrying': 'retry',
+  'step.interrupted': 'interrupted', 'step.cancelled': 'cancelled', 'step.skipped': 'skipped' };
+
+// segments per step key: [{kind, from, to, label}] (ms since the epoch; to null: still open)
+export function segments(steps, events, run) {
+  const t = (iso) => new Date(iso).getTime();
+  const created = t(run.created_at);
+  const finishedAt = new Map();
+  const out = new Map(steps.map((st) => [st.key, []]));
+  const open = new Map();
+  for (const e of events) {
+    if (!e.step || !out.has(e.step)) continue;
+    const list = out.get(e.step);
+    const at = t(e.at);
+    const o = open.get(e.step);
+    const close = (kind) => {
+      if (o) {
+        o.to = at;
+        if (kind) o.outcome = kind;
+        open.delete(e.step);
+      }
+    };
+    if (e.type === 'step.scheduled') {
+      close();
+      const seg = { kind: 'wait', from: at, to: null, label: `waits until ${e.data && e.data.run_at}${e.data && e.data.tz ? ` (${e.data.tz})` : ''}` };
+      list.push(seg);
+      open.set(e.step, seg);
+    } else if (e.type === 'step.started') {
+      if (o) close();
+      else if (!list.some((x) => x.kind === 'attempt')) {
+        const st = steps.find((x) => x.key === e.step);
+        const needs = (st && st.needs) || [];
+        const ready = needs.length ? Math.max(...needs.map((n) => finishedAt.get(n) || created)) : created;
+        if (at > ready) list.push({ kind: 'queued', from: ready, to: at, label: 'ready, waiting to be claimed (queue, rate limit, concurrency key, quota)' });
+      }
+      const seg = { kind: 'attempt', from: at, to: null, label: `attempt ${(e.data && e.data.attempt) || list.filter((x) => x.kind === 'attempt').length + 1}` };
+      list.push(seg);
+      open.set(e.step, seg);
+    } else if (e.type === 'step.waiting') {
+      close('ok');
+      const what = e.data && e.data.event ? `waits for event ${e.data.event} ${e.data.key}` : 'waits for its items';
+      const seg = { kind: 'waiting', from: at, to: null, label: what };
+      list.push(seg);
+      open.set(e.step, seg);
+    } else if (e.type === 'step.unknown') {
+      close('unknown');
+      const seg = { kind: 'waiting', from: at, to: null, label: `send ${e.data && e.data.send_key} outcome unknown` };
+      list.push(seg);
+      open.set(e.step, seg);
+    } else if (END[e.type]) {
+      close(END[e.type]);
+      if (e.type === 'step.retrying') {
+        const retryAt = e.data && e.data.retry_at ? t(e.data.retry_at) : null;
+        const seg = { kind: 'retrywait', from: at, to: null, label: `retry at ${e.data && e.data.retry_at}`, until: retryAt };
+        list.push(seg);
+        open.set(e.step, seg);
+      } else if (e.type !== 'step.interrupted') {
+        finishedAt.set(e.step, at);
+      }
+    }
+  }
+  return out;
+}
+
+export function waterfall(steps, events, run) {
+  const segs = segments(steps, events, run);
+  const t0 = new Date(run.created_at).getTime();
+  const end = run.finished_at ? new Date(run.finished_at).getTime() : Date.now();
+  const total = Math.max(end - t0, 1);
+  const rows = steps.map((st) => {
+    const bars = segs.get(st.key).map((g) => {
+      const to = g.to === null ? end : g.to;
+      const bar = h('span', { class: `seg k-${g.kind}${g.outcome ? ` o-${g.outcome}` : ''}`,
+        title: `${g.label}: ${duration(to - g.from)}${g.outcome ? ` (${g.outcome})` : ''}` });
+      bar.style.left = `${(100 * (g.from - t0)) / total}%`;
+      bar.style.width = `${Math.max((100 * (to - g.from)) / total, 0.3)}%`;
+      return bar;
+    });
+    const attempts = segs.get(st.key).filter((g) => g.kind === 'attempt');
+    const took = attempts.length ? duration((attempts[attempts.length - 1].to || end) - attempts[0].from) : '';
+    return h('div', { class: 'wf-row', 'data-step': st.key },
+      h('span', { class: 'wf-key', title: st.key }, st.key),
+      h('span', { class: 'wf-track' }, bars),
+      h('span', { class: 'wf-took' }, attempts.length > 1 ? `${took} · ${attempts.length} attempts` : took));
+  });
+  return h('div', { class: 'waterfall', role: 'group', 'aria-label': 'timeline' },
+    h('div', { class: 'wf-axis' }, h('span', null, '0'), h('span', null, duration(total))),
+    rows,
+    h('p', { class: 'legend' },
+      h('span', { class: 'seg-key k-queued' }), ' queued ', h('span', { class: 'seg-key k-wait' }), ' delay / window ',
+      h('span', { class: 'seg-key k-attempt' }), ' attempt ', h('span', { class: 'seg-key k-retrywait' }), ' retry backoff ',
+      h('span', { class: 'seg-key k-waiting' }), ' waiting for an event or items'));
+}
