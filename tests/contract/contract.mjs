@@ -497,6 +497,39 @@ expect(await call('GET', '/v1/hooks/whatsapp?tenant=1&hub.mode=subscribe&hub.ver
   }), 200, 'signed twilio');
 }
 
+{ // outbound webhooks: endpoints (the target need not answer: deliveries are only listed here)
+  const ep = expect(await call('POST', '/v1/webhook-endpoints', { body: { url: 'https://hooks.example.com/flowd', events: ['run.succeeded', 'run.failed'], description: 'ops' } }), 201, 'webhook endpoint').body;
+  if (!/^whsec_/.test(ep.secret || '')) fail('a new webhook endpoint has no whsec_ secret');
+  expect(await call('POST', '/v1/webhook-endpoints', { body: { url: 'http://127.0.0.1/x' }, bad: true }), 422, 'private webhook url');
+  expect(await call('POST', '/v1/webhook-endpoints', { body: { url: 'https://hooks.example.com/', events: ['run.exploded'] }, bad: true }), 422, 'bad webhook event');
+  expect(await call('GET', '/v1/webhook-endpoints'), 200, 'webhook endpoints');
+  const got = expect(await call('GET', `/v1/webhook-endpoints/${ep.id}`), 200, 'webhook endpoint get').body;
+  if (got.secret !== undefined) fail('GET of a webhook endpoint shows its secret');
+  expect(await call('GET', '/v1/webhook-endpoints/99999999'), 404, 'no webhook endpoint');
+  expect(await call('PATCH', `/v1/webhook-endpoints/${ep.id}`, { body: { workflows: ['hello'], description: null } }), 200, 'webhook endpoint update');
+  expect(await call('PATCH', `/v1/webhook-endpoints/${ep.id}`, { body: { url: 'ftp://x' }, bad: true }), 422, 'bad webhook update');
+  expect(await call('POST', `/v1/webhook-endpoints/${ep.id}/pause`), 200, 'webhook pause');
+  expect(await call('POST', `/v1/webhook-endpoints/${ep.id}/resume`), 200, 'webhook resume');
+  expect(await call('POST', `/v1/webhook-endpoints/${ep.id}/rotate`), 200, 'webhook rotate');
+  expect(await call('POST', '/v1/webhook-endpoints/99999999/rotate'), 404, 'rotate no endpoint');
+  expect(await call('POST', '/v1/runs', { body: { workflow: 'mail', webhook: { url: 'https://hooks.example.com/cb' } } }), 409, 'callback without a secret');
+  expect(await call('POST', '/v1/webhook-callback-secret'), 200, 'callback secret');
+  const cb = expect(await call('POST', '/v1/runs', { body: { workflow: 'mail', webhook: { url: 'https://hooks.example.com/cb', events: ['run.succeeded'] } } }), 201, 'run with a callback').body;
+  await waitRun(cb.id, ['succeeded', 'failed']);
+  let list;
+  for (let i = 0; i < 100; i++) { // the trigger wrote it with the run's end; it may still be in its first attempt
+    list = expect(await call('GET', `/v1/webhook-deliveries?run=${cb.id}`), 200, 'webhook deliveries').body;
+    if (list.deliveries.length) break;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  if (!list.deliveries.length) fail('no webhook delivery for a run with a callback');
+  else expect(await call('POST', `/v1/webhook-deliveries/${list.deliveries[0].id}/redeliver`), 202, 'redeliver');
+  expect(await call('GET', '/v1/webhook-deliveries?state=lost'), 400, 'bad delivery state');
+  expect(await call('POST', '/v1/webhook-deliveries/99999999/redeliver'), 404, 'redeliver nothing');
+  expect(await call('DELETE', `/v1/webhook-endpoints/${ep.id}`), 204, 'drop webhook endpoint');
+  expect(await call('DELETE', `/v1/webhook-endpoints/${ep.id}`), 404, 'drop no webhook endpoint');
+}
+
 // every documented operation was reached
 for (const [t, item] of Object.entries(doc.paths))
   for (const m of Object.keys(item))

@@ -623,6 +623,13 @@ static void *mock_main(void *arg)
     return NULL;
 }
 
+static bool listen_any;
+
+void th_mock_listen_any(void)
+{
+    listen_any = true;
+}
+
 th_mock *th_mock_start(th_mock_handler *handler, void *arg)
 {
     th_mock *m = eng_xcalloc(1, sizeof *m);
@@ -644,7 +651,8 @@ th_mock *th_mock_start(th_mock_handler *handler, void *arg)
         mock_die("socket");
     int one = 1;
     setsockopt(m->lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_addr.s_addr = htonl(listen_any ? INADDR_ANY : INADDR_LOOPBACK)};
     socklen_t len = sizeof sa;
     if (bind(m->lfd, (struct sockaddr *)&sa, sizeof sa) < 0)
         mock_die("bind");

@@ -30,6 +30,9 @@ typedef struct th_mock_req {
  * sent at once. */
 typedef void th_mock_handler(void *arg, const th_mock_req *req, th_mock_resp *resp);
 
+/* Servers started afterwards listen on every address of the process's network namespace, not
+ * only 127.0.0.1 (for flowd processes in other namespaces; th_mock_url still names 127.0.0.1). */
+void th_mock_listen_any(void);
 /* Starts a server; handler NULL answers 200 with an empty body. Aborts on failure. */
 th_mock *th_mock_start(th_mock_handler *handler, void *arg);
 /* Closes every connection (answers still pending are dropped), joins the thread and frees.
