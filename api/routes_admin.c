@@ -10,6 +10,7 @@
 
 #include "api/api_int.h"
 #include "engine/mem.h"
+#include "engine/rand.h"
 
 bool api_call_admin_only(api_call *call)
 {
@@ -17,27 +18,6 @@ bool api_call_admin_only(api_call *call)
         return true;
     api_call_respond_error(call, 404, "not_found", "no such route", NULL);
     return false;
-}
-
-/* "fd_" and 40 hex characters (160 bits) from /dev/urandom; false when it cannot be read. */
-static bool admin_random_key(char out[44])
-{
-    unsigned char raw[20];
-    FILE *f = fopen("/dev/urandom", "rb");
-    if (!f)
-        return false;
-    size_t got = fread(raw, 1, sizeof raw, f);
-    fclose(f);
-    if (got != sizeof raw)
-        return false;
-    static const char hex[] = "0123456789abcdef";
-    memcpy(out, "fd_", 3);
-    for (size_t i = 0; i < sizeof raw; i++) {
-        out[3 + 2 * i] = hex[raw[i] >> 4];
-        out[4 + 2 * i] = hex[raw[i] & 15];
-    }
-    out[43] = '\0';
-    return true;
 }
 
 /* Tenant names: 1 to 63 of [A-Za-z0-9._-], starting with a letter or digit (they appear in CLI
@@ -142,11 +122,10 @@ void api_route_key_post(api_call *call)
         api_call_respond_error(call, 422, "invalid_request", msg, field);
         return;
     }
-    char key[44];
-    if (!admin_random_key(key)) {
+    char key[ENG_API_KEY_SIZE];
+    eng_err err;
+    if (eng_rand_api_key(key, &err) != ENG_OK) {
         json_decref(body);
-        eng_err err;
-        eng_err_set(&err, ENG_ESYS, "cannot read /dev/urandom");
         api_call_respond_err(call, &err);
         return;
     }
@@ -185,4 +164,51 @@ void api_route_key_delete(api_call *call)
     }
     const char *params[] = {call->tenant_s, call->params[0]};
     api_call_db(call, "SELECT flowd_revoke_key($1, $2)", 2, params, key_delete_cb);
+}
+
+/* ------------------------------------------------------------------------------- quotas -- */
+
+/* PUT /v1/tenants/{name}/quotas {"runs_per_month": N | null}: by the admin key of the tenant that
+ * created it, or of "default" (a tenant cannot raise its own). GET: also the tenant's own admin
+ * key. Both answer the quotas with what is used and when it resets; 404 for a tenant the key
+ * cannot see (or set). */
+static void quotas_cb(api_call *call, const eng_err *err, const PGresult *res)
+{
+    if (err)
+        api_call_respond_err(call, err);
+    else
+        api_call_respond_row_json(call, 200, res, "tenant");
+}
+
+void api_route_quotas_get(api_call *call)
+{
+    if (!api_call_admin_only(call))
+        return;
+    const char *params[] = {call->tenant_s, call->params[0]};
+    api_call_db(call, "SELECT flowd_quotas_json($1, $2)", 2, params, quotas_cb);
+}
+
+void api_route_quotas_put(api_call *call)
+{
+    static const char *const allowed[] = {"runs_per_month", NULL};
+    if (!api_call_admin_only(call))
+        return;
+    json_t *body = api_call_body_fields(call, allowed);
+    if (!body)
+        return;
+    const json_t *runs = json_object_get(body, "runs_per_month");
+    if (runs && !json_is_null(runs) &&
+        (!json_is_integer(runs) || json_integer_value(runs) < 0)) {
+        json_decref(body);
+        api_call_respond_error(call, 422, "invalid_request",
+                               "must be a non-negative integer, or null for no limit",
+                               "/runs_per_month");
+        return;
+    }
+    char runs_s[24];
+    snprintf(runs_s, sizeof runs_s, "%lld", (long long)json_integer_value(runs));
+    const char *params[] = {call->tenant_s, call->params[0],
+                            runs && !json_is_null(runs) ? runs_s : NULL};
+    api_call_db(call, "SELECT flowd_quotas_put($1, $2, $3)", 3, params, quotas_cb);
+    json_decref(body);
 }
