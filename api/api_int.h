@@ -151,6 +151,8 @@ void api_route_batch_results(api_call *call);
 void api_route_tenant_post(api_call *call);
 void api_route_key_post(api_call *call);
 void api_route_key_delete(api_call *call);
+void api_route_quotas_get(api_call *call);
+void api_route_quotas_put(api_call *call);
 void api_route_rate_limit_put(api_call *call);        /* api/routes_limits.c */
 void api_route_rate_limits_list(api_call *call);
 void api_route_rate_limit_delete(api_call *call);

@@ -193,6 +193,15 @@ CREATE TABLE provider_settings (
     CONSTRAINT provider_settings_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES tenants(id)
 );
 
+CREATE TABLE quota_usage (
+    tenant_id bigint NOT NULL,
+    quota text NOT NULL,
+    period_start timestamp with time zone NOT NULL,
+    used bigint NOT NULL,
+    CONSTRAINT quota_usage_pkey PRIMARY KEY (tenant_id, quota, period_start),
+    CONSTRAINT quota_usage_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES tenants(id) ON DELETE CASCADE
+);
+
 CREATE TABLE rate_buckets (
     limit_id bigint NOT NULL,
     requests double precision NOT NULL,
@@ -397,6 +406,15 @@ CREATE TABLE suppressions (
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     CONSTRAINT suppressions_channel_check CHECK ((channel = ANY (ARRAY['email'::text, 'sms'::text, 'whatsapp'::text]))),
     CONSTRAINT suppressions_pkey PRIMARY KEY (tenant_id, channel, address)
+);
+
+CREATE TABLE tenant_quotas (
+    tenant_id bigint NOT NULL,
+    runs_per_month bigint,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT tenant_quotas_pkey PRIMARY KEY (tenant_id),
+    CONSTRAINT tenant_quotas_runs_per_month_check CHECK ((runs_per_month >= 0)),
+    CONSTRAINT tenant_quotas_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES tenants(id) ON DELETE CASCADE
 );
 
 CREATE TABLE tenants (

@@ -404,6 +404,17 @@ expect(await call('POST', '/v1/keys', { body: { tenant: 'nobody' } }), 404, 'key
 expect(await call('DELETE', `/v1/keys/${key.id}`), 204, 'revoke');
 expect(await call('DELETE', '/v1/keys/99999999'), 404, 'revoke nothing');
 void tenant;
+{ // quotas: acme may start one run a month; the second is refused 429 quota_exceeded
+  expect(await call('GET', '/v1/tenants/acme/quotas'), 200, 'quotas');
+  expect(await call('PUT', '/v1/tenants/acme/quotas', { body: { runs_per_month: -1 }, bad: true }), 422, 'bad quota');
+  expect(await call('PUT', '/v1/tenants/nobody/quotas', { body: { runs_per_month: 1 } }), 404, 'quota of nobody');
+  expect(await call('GET', '/v1/tenants/nobody/quotas'), 404, 'quotas of nobody');
+  expect(await call('PUT', '/v1/tenants/default/quotas', { body: { runs_per_month: 0 } }), 200, 'quota');
+  const refused = expect(await call('POST', '/v1/runs', { body: { workflow: 'mail' } }), 429, 'over quota');
+  if (refused.body?.error?.code !== 'quota_exceeded' || refused.headers.get('x-quota-name') !== 'runs_per_month')
+    fail(`over quota: ${JSON.stringify(refused.body)}`);
+  expect(await call('PUT', '/v1/tenants/default/quotas', { body: { runs_per_month: null } }), 200, 'no quota');
+}
 expect(await call('PUT', '/v1/rate-limits/smtp', { body: { requests_per_s: 5 } }), 201, 'limit');
 expect(await call('PUT', '/v1/rate-limits/smtp', { body: { requests_per_s: 6 } }), 200, 'limit again');
 expect(await call('PUT', '/v1/rate-limits/smtp', { body: { per_day: 6 }, bad: true }), 422, 'bad limit');
