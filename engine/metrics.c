@@ -177,7 +177,8 @@ static met_family met_sched_fires = {
 static met_family met_sched_skips = {
     .name = "flowd_schedule_skips_total",
     .help = "Schedule ticks passed over in this process, by reason (missed: catch-up policy; "
-            "overlap: overlap policy; invalid_input, workflow_missing: the fire failed; "
+            "overlap: overlap policy; invalid_input, workflow_missing, invalid_schedule: the fire "
+            "failed; "
             "duplicate: the tick's run existed).",
     .mu = PTHREAD_MUTEX_INITIALIZER,
 };

@@ -395,6 +395,27 @@ static void test_delayed_start(void **state)
     th_api_stop(a);
 }
 
+/* A stored schedule the engine can no longer read (here its zone, as if the time-zone data had
+ * dropped it) is stopped with the reason, not planned again on every pass. */
+static void test_unreadable_schedule_stops(void **state)
+{
+    (void)state;
+    th_api *a = start("sch_unreadable");
+    clock_to(a, "2027-06-01T00:00:30Z");
+    put(a, 201, "z", "{\"workflow\": \"tick\", \"every\": \"1m\", \"input\": {\"at\": \"x\"}}");
+    free(th_pg_value(th_api_db(a), "UPDATE schedules SET tz = 'Mars/Olympus'"));
+    clock_next(a);
+    wait_fires(a, "z", 1);
+    json_t *s = th_api_json(a, 200, "GET", "/v1/schedules/z", NULL);
+    assert_true(json_is_null(json_object_get(s, "next_fire")));
+    assert_string_equal(
+        json_string_value(json_object_get(json_object_get(s, "last_skip"), "reason")),
+        "invalid_schedule");
+    assert_int_equal(json_integer_value(json_object_get(s, "fires")), 0);
+    json_decref(s);
+    th_api_stop(a);
+}
+
 int main(void)
 {
     th_api_init();
@@ -405,6 +426,7 @@ int main(void)
         cmocka_unit_test(test_pause_trigger_delete),
         cmocka_unit_test(test_put_refusals),
         cmocka_unit_test(test_delayed_start),
+        cmocka_unit_test(test_unreadable_schedule_stops),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
