@@ -5,8 +5,8 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <time.h>
 
+#include "engine/clock.h"
 #include "engine/mem.h"
 
 #define RL_BUCKETS 256 /* hash chains; tenants are few per process */
@@ -135,20 +135,13 @@ typedef struct rl_wait {
     bool answered; /* the settings query came back */
 } rl_wait;
 
-static int64_t rl_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* A call freed while its settings query is out (client gone) must not leave the tenant marked as
  * being read forever. */
 static void rl_wait_free(void *data)
 {
     rl_wait *w = data;
     if (!w->answered)
-        api_ratelimit_fetch_failed(w->rl, w->tenant, rl_now_ms());
+        api_ratelimit_fetch_failed(w->rl, w->tenant, eng_clock_mono_ms());
     free(w);
 }
 
@@ -173,7 +166,7 @@ static void rl_settings_cb(api_call *call, const eng_err *err, const PGresult *r
 {
     rl_wait *w = call->data;
     w->answered = true;
-    int64_t now = rl_now_ms();
+    int64_t now = eng_clock_mono_ms();
     if (err || PQntuples(res) != 1)
         api_ratelimit_fetch_failed(w->rl, w->tenant, now);
     else
@@ -200,7 +193,7 @@ bool api_ratelimit_admit(api_ratelimit *rl, api_call *call,
                          void (*cont)(api_call *call, const void *arg), const void *arg)
 {
     int retry_after = 1;
-    switch (api_ratelimit_take(rl, call->tenant, rl_now_ms(), &retry_after)) {
+    switch (api_ratelimit_take(rl, call->tenant, eng_clock_mono_ms(), &retry_after)) {
     case API_RL_ALLOW:
         return true;
     case API_RL_DENY:

@@ -10,6 +10,7 @@
 
 #include "api/api_int.h"
 #include "engine/mem.h"
+#include "engine/rand.h"
 
 bool api_call_admin_only(api_call *call)
 {
@@ -17,27 +18,6 @@ bool api_call_admin_only(api_call *call)
         return true;
     api_call_respond_error(call, 404, "not_found", "no such route", NULL);
     return false;
-}
-
-/* "fd_" and 40 hex characters (160 bits) from /dev/urandom; false when it cannot be read. */
-static bool admin_random_key(char out[44])
-{
-    unsigned char raw[20];
-    FILE *f = fopen("/dev/urandom", "rb");
-    if (!f)
-        return false;
-    size_t got = fread(raw, 1, sizeof raw, f);
-    fclose(f);
-    if (got != sizeof raw)
-        return false;
-    static const char hex[] = "0123456789abcdef";
-    memcpy(out, "fd_", 3);
-    for (size_t i = 0; i < sizeof raw; i++) {
-        out[3 + 2 * i] = hex[raw[i] >> 4];
-        out[4 + 2 * i] = hex[raw[i] & 15];
-    }
-    out[43] = '\0';
-    return true;
 }
 
 /* Tenant names: 1 to 63 of [A-Za-z0-9._-], starting with a letter or digit (they appear in CLI
@@ -142,11 +122,10 @@ void api_route_key_post(api_call *call)
         api_call_respond_error(call, 422, "invalid_request", msg, field);
         return;
     }
-    char key[44];
-    if (!admin_random_key(key)) {
+    char key[ENG_API_KEY_SIZE];
+    eng_err err;
+    if (eng_rand_api_key(key, &err) != ENG_OK) {
         json_decref(body);
-        eng_err err;
-        eng_err_set(&err, ENG_ESYS, "cannot read /dev/urandom");
         api_call_respond_err(call, &err);
         return;
     }

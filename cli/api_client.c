@@ -13,6 +13,7 @@
 #include "cli/cli.h"
 #include "engine/buf.h"
 #include "engine/mem.h"
+#include "engine/rand.h"
 
 #define CLI_API_MAX_RESPONSE (64 * 1024 * 1024)
 
@@ -394,26 +395,6 @@ int cli_api_main(cli_env *env, int argc, char **argv)
 
 /* ----------------------------------------------------------------------- direct tenant -- */
 
-/* "fd_" and 40 hex characters from the kernel's generator. */
-static eng_rc tenant_random_key(char out[44], eng_err *err)
-{
-    unsigned char raw[20];
-    FILE *f = fopen("/dev/urandom", "rb");
-    size_t got = f ? fread(raw, 1, sizeof raw, f) : 0;
-    if (f)
-        fclose(f);
-    if (got != sizeof raw)
-        return eng_err_set(err, ENG_ESYS, "cannot read /dev/urandom");
-    static const char hex[] = "0123456789abcdef";
-    memcpy(out, "fd_", 3);
-    for (size_t i = 0; i < sizeof raw; i++) {
-        out[3 + 2 * i] = hex[raw[i] >> 4];
-        out[4 + 2 * i] = hex[raw[i] & 15];
-    }
-    out[43] = '\0';
-    return ENG_OK;
-}
-
 int cli_cmd_tenant(cli_env *env, int argc, char **argv)
 {
     const char *name;
@@ -422,9 +403,9 @@ int cli_cmd_tenant(cli_env *env, int argc, char **argv)
     if (st)
         return st;
     eng_err err;
-    char key[44];
+    char key[ENG_API_KEY_SIZE];
     long long parent;
-    if (tenant_random_key(key, &err) != ENG_OK || cli_env_open(env, false, &err) != ENG_OK ||
+    if (eng_rand_api_key(key, &err) != ENG_OK || cli_env_open(env, false, &err) != ENG_OK ||
         !(parent = cli_default_tenant(env, &err)))
         return cli_fail(&err);
     char parent_s[24], max_s[24];
@@ -503,7 +484,7 @@ int cli_cmd_key(cli_env *env, int argc, char **argv)
             return cli_fail(&err);
         }
         snprintf(key, sizeof key, "%s", given);
-    } else if (tenant_random_key(key, &err) != ENG_OK) {
+    } else if (eng_rand_api_key(key, &err) != ENG_OK) {
         return cli_fail(&err);
     }
     long long parent;

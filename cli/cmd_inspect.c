@@ -364,13 +364,18 @@ int cli_cmd_start(cli_env *env, int argc, char **argv)
                                              {"priority", required_argument, NULL, 'p'},
                                              {"idempotency-key", required_argument, NULL, 'k'},
                                              {"wait", no_argument, NULL, 'W'},
+                                             {"start-at", required_argument, NULL, 'a'},
+                                             {"start-in", required_argument, NULL, 'n'},
                                              {NULL, 0, NULL, 0}};
-    const char *input = "{}", *version = NULL, *priority = NULL, *idem = NULL;
+    const char *input = "{}", *version = NULL, *priority = NULL, *idem = NULL, *start_at = NULL,
+               *start_in = NULL;
     bool wait = false;
     int ch;
     optind = 1;
     while ((ch = getopt_long(argc, argv, "i:v:p:k:W", longopts, NULL)) != -1) {
         switch (ch) {
+        case 'a': start_at = optarg; break;
+        case 'n': start_in = optarg; break;
         case 'i': input = optarg; break;
         case 'v': version = optarg; break;
         case 'p': priority = optarg; break;
@@ -399,6 +404,10 @@ int cli_cmd_start(cli_env *env, int argc, char **argv)
     }
     if (idem)
         json_object_set_new(body, "idempotency_key", json_string(idem));
+    if (start_at) /* the server checks both, naming the field */
+        json_object_set_new(body, "start_at", json_string(start_at));
+    if (start_in)
+        json_object_set_new(body, "start_in", json_string(start_in));
     cli_api api;
     if (cli_api_open(env, true, &api, &err) != ENG_OK) {
         json_decref(body);

@@ -269,9 +269,10 @@ static int serve_parse(serve_conf *c, int argc, char **argv)
 int cli_cmd_serve(cli_env *env, int argc, char **argv)
 {
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    serve_conf conf = {.workers = cores > 0 ? (int)cores : 2, .max_inflight = 1000, .batch = 500,
-                       .lease_ms = 30000, .api_threads = 2, .listen = "127.0.0.1:8080",
-                       .role = "all"};
+    serve_conf conf = {.workers = cores > 0 ? (int)cores : 2,
+                       .max_inflight = ENG_WORKER_DEFAULT_MAX_INFLIGHT,
+                       .batch = ENG_WORKER_DEFAULT_BATCH, .lease_ms = ENG_WORKER_DEFAULT_LEASE_MS,
+                       .api_threads = 2, .listen = "127.0.0.1:8080", .role = "all"};
     int bad = serve_parse(&conf, argc, argv);
     if (bad)
         return bad;

@@ -10,6 +10,7 @@
 #include "engine/db.h"
 #include "engine/mem.h"
 #include "engine/migrate.h"
+#include "engine/rand.h"
 #include "engine/wf_def.h"
 
 bool cli_global_takes_value(const char *arg)
@@ -176,23 +177,6 @@ int cli_fail(const eng_err *err)
     return 1;
 }
 
-/* A new random key: "fd_" and 40 hex characters from the kernel's generator. */
-static eng_rc env_random_key(char *out, size_t outlen, eng_err *err)
-{
-    unsigned char raw[20];
-    FILE *f = fopen("/dev/urandom", "rb");
-    if (!f || fread(raw, 1, sizeof raw, f) != sizeof raw) {
-        if (f)
-            fclose(f);
-        return eng_err_set(err, ENG_ESYS, "cannot read /dev/urandom");
-    }
-    fclose(f);
-    size_t off = (size_t)snprintf(out, outlen, "fd_");
-    for (size_t i = 0; i < sizeof raw && off + 2 < outlen; i++)
-        off += (size_t)snprintf(out + off, outlen - off, "%02x", raw[i]);
-    return ENG_OK;
-}
-
 eng_rc cli_bootstrap(cli_env *env, eng_err *err)
 {
     const char *given = getenv("FLOWD_API_KEY");
@@ -200,7 +184,7 @@ eng_rc cli_bootstrap(cli_env *env, eng_err *err)
     eng_rc rc;
     if (given && *given) {
         snprintf(key, sizeof key, "%s", given);
-    } else if ((rc = env_random_key(key, sizeof key, err)) != ENG_OK) {
+    } else if ((rc = eng_rand_api_key(key, err)) != ENG_OK) {
         return rc;
     }
     const char *params[] = {key};

@@ -61,9 +61,11 @@ static const cli_command commands[] = {
      "--workflow FILE.json [--input JSON] [--priority N] [--idempotency-key KEY]",
      "register a workflow file and start a run of it; prints the run id", NULL},
     {"start", cli_cmd_start, CMD_API, false,
-     "WORKFLOW [--input JSON] [--version N] [--priority N] [--idempotency-key KEY] [--wait]",
+     "WORKFLOW [--input JSON] [--version N] [--priority N] [--idempotency-key KEY] "
+     "[--start-at TIME | --start-in DURATION] [--wait]",
      "start a run of a registered workflow by name; prints the run id",
-     "--wait follows the run until it ends and exits as `flowd show --wait` does."},
+     "--wait follows the run until it ends and exits as `flowd show --wait` does. --start-at\n"
+     "(RFC 3339) or --start-in (\"2h\") starts it later: it is scheduled until then."},
     {"runs", cli_cmd_runs, CMD_API, false,
      "[--workflow NAME] [--state STATE] [--batch ID] [--limit N] [--cursor C]",
      "list runs, newest first (the filters of GET /v1/runs)", NULL},
@@ -86,6 +88,16 @@ static const cli_command commands[] = {
      "of the provider's settings, e.g. flowd provider set twilio account_sid=AC.. auth_token=- from=+1..\n"
      "FIELD=- reads that value from stdin (keeps a secret out of shell history). The server seals\n"
      "secrets under its FLOWD_SECRET_KEY and refuses them when it has none."},
+    {"schedule", cli_cmd_schedule, CMD_API, false,
+     "set NAME --workflow W (--cron EXPR | --every DURATION) [options] | show NAME | list | "
+     "delete NAME | pause NAME | resume NAME | trigger NAME",
+     "create or change, show, list, remove, pause, resume or fire the tenant's schedules",
+     "set options: --tz ZONE (IANA, default UTC; the cron is read in its local time), --input JSON\n"
+     "(a template: {{schedule.name}}, {{schedule.fire_time}}, {{schedule.previous_fire_time}}),\n"
+     "--version N, --overlap allow|skip|cancel_previous, --catchup none|latest|all,\n"
+     "--catchup-window DURATION, --jitter DURATION, --start-at TIME, --end-at TIME, --paused.\n"
+     "show prints the next 10 ticks in UTC and in the schedule's zone; trigger fires it once now\n"
+     "and prints the run id."},
     {"quotas", cli_cmd_quotas, CMD_API, false, "TENANT [--runs-per-month N|none]",
      "show a tenant's quotas, or set them (admin key of the tenant that created it, or of default)",
      "Enqueueing past runs_per_month (runs created through the API in a calendar month, UTC) is\n"
@@ -131,7 +143,7 @@ static void usage(FILE *f)
                "commands:\n");
     for (size_t i = 0; i < ENG_ARRAY_LEN(commands); i++)
         fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].summary);
-    fprintf(f, "\nruns, show, workflows, start, outbox, send and provider use the HTTP API\n"
+    fprintf(f, "\nruns, show, workflows, start, outbox, send, provider and schedule use the HTTP API\n"
                "(http://127.0.0.1:8080 unless --url or FLOWD_URL says otherwise); enqueue, status,\n"
                "event, cancel, retry and tenant use it when --url or FLOWD_URL is given, else the\n"
                "database.\n");

@@ -1,7 +1,7 @@
 // console/app.js: sign-in, the layout and the router. Views live at #/runs, #/runs/ID,
-// #/workflows, #/workflows/NAME, #/batches, #/limits and #/sends; each page module exports
-// render(root, ctx) and returns a function that stops what it started (timers, streams). A page
-// for a new API is one module and one entry in PAGES.
+// #/workflows, #/workflows/NAME, #/batches, #/schedules, #/usage, #/limits and #/sends; each page
+// module exports render(root, ctx) and returns a function that stops what it started (timers,
+// streams). A page for a new API is one module and one entry in PAGES.
 import * as api from './api.js';
 import { h, replace } from './dom.js';
 import * as runs from './runs.js';
@@ -10,6 +10,8 @@ import * as workflows from './workflows.js';
 import * as batches from './batches.js';
 import * as limits from './limits.js';
 import * as sends from './sends.js';
+import * as schedules from './schedules.js';
+import * as usage from './usage.js';
 
 const PAGES = [
   { path: /^\/runs\/(\d+)$/, page: run, nav: 'runs' },
@@ -17,6 +19,9 @@ const PAGES = [
   { path: /^\/workflows\/([^/]+)$/, page: workflows, nav: 'workflows' },
   { path: /^\/workflows$/, page: workflows, nav: 'workflows', label: 'Workflows' },
   { path: /^\/batches(?:\/(\d+))?$/, page: batches, nav: 'batches', label: 'Batches' },
+  { path: /^\/schedules\/([^/]+)$/, page: schedules, nav: 'schedules' },
+  { path: /^\/schedules$/, page: schedules, nav: 'schedules', label: 'Schedules' },
+  { path: /^\/usage$/, page: usage, nav: 'usage', label: 'Usage' },
   { path: /^\/limits$/, page: limits, nav: 'limits', label: 'Limits & suppressions' },
   { path: /^\/sends$/, page: sends, nav: 'sends', label: 'Sends' },
 ];
@@ -102,12 +107,21 @@ api.whenSignedOut(() => {
   signInView('Your session ended: sign in again.');
 });
 
-// Keyboard: "/" focuses the page's search field; g then r/w/b/l/s goes to a view.
+// Keyboard: "/" focuses the page's search field; j and k move between the runs of a list; g then
+// r/w/b/c/u/l/s goes to a view.
 let pendingG = false;
 document.addEventListener('keydown', (e) => {
   const t = e.target;
   if (t && (t.tagName === 'INPUT' || t.tagName === 'TEXTAREA' || t.tagName === 'SELECT')) return;
-  if (e.key === '/') {
+  if (e.key === 'j' || e.key === 'k') {
+    // the next or previous row's link in a list of runs
+    const links = [...document.querySelectorAll('a.run-link')];
+    if (!links.length) return;
+    const i = links.indexOf(document.activeElement);
+    const next = links[Math.max(0, Math.min(links.length - 1, i < 0 ? 0 : i + (e.key === 'j' ? 1 : -1)))];
+    e.preventDefault();
+    next.focus();
+  } else if (e.key === '/') {
     const f = document.querySelector('[data-search]');
     if (f) {
       e.preventDefault();
@@ -115,7 +129,7 @@ document.addEventListener('keydown', (e) => {
     }
   } else if (pendingG) {
     pendingG = false;
-    const to = { r: '#/runs', w: '#/workflows', b: '#/batches', l: '#/limits', s: '#/sends' }[e.key];
+    const to = { r: '#/runs', w: '#/workflows', b: '#/batches', c: '#/schedules', u: '#/usage', l: '#/limits', s: '#/sends' }[e.key];
     if (to) location.hash = to;
   } else if (e.key === 'g') {
     pendingG = true;

@@ -1,4 +1,4 @@
-/* engine/clock.c: wall-clock helpers (see clock.h). */
+/* engine/clock.c: wall-clock and monotonic-clock helpers (see clock.h). */
 #include "engine/clock.h"
 
 #include <ctype.h>
@@ -10,6 +10,13 @@ int64_t eng_clock_wall_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t eng_clock_mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 

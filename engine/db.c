@@ -629,6 +629,26 @@ int eng_db_pending(const eng_db *db)
     return db->nqueries;
 }
 
+eng_rc eng_db_sqlstate_rc(const char *state)
+{
+    if (!state || strlen(state) != 5)
+        return ENG_EDB;
+    /* class 40: the server rolled the whole transaction back (serialization failure, deadlock),
+     * so nothing is half-done and running it again is the remedy; 53300: no connection slot free
+     * right now, which passes like an unreachable server */
+    if (strncmp(state, "40", 2) == 0 || strncmp(state, "08", 2) == 0 ||
+        strcmp(state, "57P01") == 0 || strcmp(state, "53300") == 0)
+        return ENG_EDB_RETRY;
+    if (strcmp(state, "23505") == 0 || strcmp(state, "55000") == 0 || strcmp(state, "FL409") == 0)
+        return ENG_ECONFLICT;
+    if (strcmp(state, "P0002") == 0)
+        return ENG_ENOTFOUND;
+    if (strncmp(state, "22", 2) == 0 || strncmp(state, "23", 2) == 0 ||
+        strcmp(state, "P0001") == 0)
+        return ENG_EINVAL;
+    return ENG_EDB;
+}
+
 eng_rc eng_db_classify(const PGresult *res, eng_err *err)
 {
     ExecStatusType st = PQresultStatus(res);
@@ -638,18 +658,7 @@ eng_rc eng_db_classify(const PGresult *res, eng_err *err)
     const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
     if (!state)
         state = "";
-    eng_rc rc = ENG_EDB;
-    if (strncmp(state, "40", 2) == 0 || strncmp(state, "08", 2) == 0 ||
-        strcmp(state, "57P01") == 0 || strcmp(state, "53300") == 0)
-        rc = ENG_EDB_RETRY;
-    else if (strcmp(state, "23505") == 0 || strcmp(state, "55000") == 0 ||
-             strcmp(state, "FL409") == 0)
-        rc = ENG_ECONFLICT;
-    else if (strcmp(state, "P0002") == 0)
-        rc = ENG_ENOTFOUND;
-    else if (strncmp(state, "22", 2) == 0 || strncmp(state, "23", 2) == 0 ||
-             strcmp(state, "P0001") == 0)
-        rc = ENG_EINVAL;
+    eng_rc rc = eng_db_sqlstate_rc(state);
     eng_err_set(err, rc, "%s", msg ? msg : PQresStatus(st));
     if (err) {
         strncpy(err->sqlstate, state, sizeof err->sqlstate - 1);

@@ -73,7 +73,18 @@ int eng_db_backend_pid(const eng_db *db);
 /* Queries queued or in flight. */
 int eng_db_pending(const eng_db *db);
 
-/* Maps a failed result to an error: SQLSTATE classes 40 and 08, 57P01, 53300 -> ENG_EDB_RETRY;
- * 23505 and 55000 (object not in the required state) -> ENG_ECONFLICT; P0002 -> ENG_ENOTFOUND; 22xxx/23xxx/P0001 -> ENG_EINVAL; else ENG_EDB.
- * A 22023 raised with COLUMN = name sets err->field to "/name". */
+/* The one map from a SQLSTATE to eng_rc (NULL or malformed: ENG_EDB):
+ * - ENG_EDB_RETRY: class 08 (connection exception) and 57P01 (admin shutdown): the connection is
+ *   gone; class 40 (transaction rollback: 40001 serialization failure, 40P01 deadlock): the server
+ *   undid the whole transaction, so running it again is both safe and the remedy; 53300 (too many
+ *   connections): the server is full for now, which passes like an unreachable one.
+ * - ENG_ECONFLICT: 23505 (unique violation), 55000 (object not in the required state), FL409 (an
+ *   idempotency key reused with another request).
+ * - ENG_ENOTFOUND: P0002. ENG_EINVAL: classes 22 and 23 (bad data), P0001 (our RAISE).
+ * - ENG_EDB: everything else (the statement is refused for good). */
+eng_rc eng_db_sqlstate_rc(const char *sqlstate);
+
+/* Maps a failed result to an error with eng_db_sqlstate_rc (success statuses give ENG_OK), with
+ * the server's primary message and err->sqlstate. A 22023 raised with COLUMN = name sets err->field
+ * to "/name". */
 eng_rc eng_db_classify(const PGresult *res, eng_err *err);

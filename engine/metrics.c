@@ -103,14 +103,15 @@ static met_family met_prov_latency = {
 };
 static met_family met_llm_tokens = {
     .name = "flowd_llm_tokens_total",
-    .help = "LLM tokens of the calls this process made and recorded, by provider, model and "
-            "direction (input, output; cached_input is the part of input read from a cache).",
+    .help = "LLM tokens of the calls this process made (answers replayed from their record are "
+            "not calls), by provider, model and direction (input, output; cached_input is the "
+            "part of input read from a cache).",
     .mu = PTHREAD_MUTEX_INITIALIZER,
 };
 static met_family met_llm_cost = {
     .name = "flowd_llm_cost_usd_total",
-    .help = "Cost in USD of the LLM calls this process recorded, by provider and model (the "
-            "price table's, as GET /v1/usage reports it).",
+    .help = "Cost in USD of the LLM calls this process made, by provider and model, at the "
+            "shipped list prices (GET /v1/usage applies the tenant's own prices too).",
     .scale = 1e-9,
     .mu = PTHREAD_MUTEX_INITIALIZER,
 };
@@ -176,7 +177,8 @@ static met_family met_sched_fires = {
 static met_family met_sched_skips = {
     .name = "flowd_schedule_skips_total",
     .help = "Schedule ticks passed over in this process, by reason (missed: catch-up policy; "
-            "overlap: overlap policy; invalid_input, workflow_missing: the fire failed; "
+            "overlap: overlap policy; invalid_input, workflow_missing, invalid_schedule: the fire "
+            "failed; "
             "duplicate: the tick's run existed).",
     .mu = PTHREAD_MUTEX_INITIALIZER,
 };

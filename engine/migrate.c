@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "engine/db.h"
 #include "engine/log.h"
 #include "engine/mem.h"
 
@@ -53,7 +54,8 @@ static int migrate_cmp(const void *a, const void *b)
 }
 
 /* Fills err from a failed statement: the server's primary message (or libpq's when there is no
- * result), the SQLSTATE, and ENG_EDB_RETRY when the connection rather than the statement failed. */
+ * result), the SQLSTATE, and ENG_EDB_RETRY when running it again may succeed (the connection was
+ * lost, or eng_db_sqlstate_rc says so: a deadlock with live workers, a full server), else ENG_EDB. */
 static eng_rc migrate_db_error(eng_err *err, PGconn *conn, const PGresult *res, const char *what)
 {
     const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
@@ -63,8 +65,8 @@ static eng_rc migrate_db_error(eng_err *err, PGconn *conn, const PGresult *res, 
     size_t n = strlen(msg);
     while (n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == ' '))
         n--;
-    bool lost = PQstatus(conn) != CONNECTION_OK || !state || strncmp(state, "08", 2) == 0 ||
-                strcmp(state, "57P01") == 0;
+    bool lost = PQstatus(conn) != CONNECTION_OK || !state ||
+                eng_db_sqlstate_rc(state) == ENG_EDB_RETRY;
     eng_rc rc = eng_err_set(err, lost ? ENG_EDB_RETRY : ENG_EDB, "%s: %.*s", what, (int)n, msg);
     if (err && state)
         snprintf(err->sqlstate, sizeof err->sqlstate, "%s", state);

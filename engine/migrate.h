@@ -72,8 +72,9 @@ eng_migrate_opts eng_migrate_embedded_opts(void);
  * checks every already recorded migration: one whose checksum (the sha256 hex of its bytes,
  * computed by PostgreSQL) differs stops with ENG_ECONFLICT and a message naming the file, and so
  * does a pending breaking migration that is not allowed. A failing file rolls back its transaction
- * and returns ENG_EDB (or ENG_EDB_RETRY for a lost connection) naming the file, with err->sqlstate
- * set; migrations applied before it stay applied. Duplicate names give ENG_EINVAL. *applied (may
+ * and returns ENG_EDB (or ENG_EDB_RETRY when trying again may succeed: a lost connection, or a
+ * SQLSTATE that eng_db_sqlstate_rc calls retryable, like a deadlock) naming the file, with
+ * err->sqlstate set; migrations applied before it stay applied. Duplicate names give ENG_EINVAL. *applied (may
  * be NULL) gets the number of migrations and function files newly applied by this call. migs is
  * borrowed. */
 ENG_MUST_CHECK eng_rc eng_migrate_up(const char *conninfo, const eng_migration *migs, size_t count,

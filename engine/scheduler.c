@@ -138,8 +138,9 @@ static json_t *order_error(json_t *order, int64_t fire_ms, const char *reason, c
     return order;
 }
 
-/* The order of one due row (see flowd_schedules_fire), or NULL when the row cannot be planned at
- * all (logged; the schedule is left as it is). */
+/* The order of one due row (see flowd_schedules_fire). A schedule that cannot be planned at all
+ * (its stored definition no longer parses, say a time zone the ICU data dropped) is stopped with
+ * the reason in its last_skip rather than looked at again and again. */
 static json_t *sched_plan_row(const PGresult *res, int row, check_cache *checks)
 {
     int64_t id = strtoll(PQgetvalue(res, row, DUE_ID), NULL, 10);
@@ -155,10 +156,13 @@ static json_t *sched_plan_row(const PGresult *res, int row, check_cache *checks)
         rc = eng_sched_plan_due(sc, next, now, &plan, &err);
     json_decref(def);
     if (rc != ENG_OK) {
+        const char *why = def ? err.msg : "unreadable definition";
         log_error("schedule cannot be planned", LOG_S("schedule", name), LOG_I("id", (long long)id),
-                  LOG_S("error", def ? err.msg : "unreadable definition"));
+                  LOG_S("error", why));
         eng_sched_free(sc);
-        return NULL;
+        json_t *order = json_pack("{s:I, s:I, s:n, s:[], s:i}", "id", (json_int_t)id, "expect",
+                                  (json_int_t)next, "next", "fires", "missed", 0);
+        return order_error(order, next, "invalid_schedule", why, NULL);
     }
     json_t *order = json_pack("{s:I, s:I, s:o, s:[], s:I}", "id", (json_int_t)id, "expect",
                               (json_int_t)next, "next",
@@ -285,19 +289,9 @@ static void sched_due_cb(void *arg, const eng_err *err, const PGresult *res)
     s->pass_now_ms = col_ms(res, 0, DUE_NOW);
     check_cache checks = {0};
     json_t *orders = json_array();
-    for (int i = 0; i < n; i++) {
-        json_t *order = sched_plan_row(res, i, &checks);
-        if (order)
-            json_array_append_new(orders, order);
-    }
+    for (int i = 0; i < n; i++)
+        json_array_append_new(orders, sched_plan_row(res, i, &checks));
     check_cache_free(&checks);
-    if (json_array_size(orders) == 0) {
-        json_decref(orders);
-        s->inflight = false;
-        sched_arm(s, SCHED_ERROR_RETRY_S); /* unplannable rows: logged, looked at again later */
-        sched_done(s);
-        return;
-    }
     char *text = json_dumps(orders, JSON_COMPACT);
     const char *params[] = {text};
     s->orders = orders;

@@ -57,5 +57,6 @@ bool wf_meta_name_ok(const char *s, size_t len);
  * whatever its key order or whitespace was. NULL only when doc cannot be encoded. */
 char *wf_def_digest(const json_t *doc);
 
-/* Lowercase hex SHA-256 of len bytes (caller frees); exposed for the test vectors. */
+/* Lowercase hex SHA-256 of len bytes (OpenSSL's; caller frees): definition digests, API key
+ * digests, request hashes. */
 char *wf_sha256_hex(const void *data, size_t len);

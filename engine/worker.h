@@ -14,12 +14,17 @@
 
 typedef struct eng_worker eng_worker;
 
+/* What a worker uses for an option left 0, and what flowd serve starts with. */
+#define ENG_WORKER_DEFAULT_MAX_INFLIGHT 1000
+#define ENG_WORKER_DEFAULT_BATCH 500
+#define ENG_WORKER_DEFAULT_LEASE_MS 30000
+
 typedef struct eng_worker_opts {
     const char *conninfo;
     const char *owner;   /* unique among all live workers: lease owner name */
-    int max_inflight;    /* steps running at once on this worker (default 1000) */
-    int batch;           /* most steps claimed per round trip (default 500) */
-    int lease_ms;        /* lease per claim, renewed every lease_ms/3 (default 30000) */
+    int max_inflight;    /* steps running at once on this worker */
+    int batch;           /* most steps claimed per round trip */
+    int lease_ms;        /* lease per claim, renewed every lease_ms/3 */
     bool reaper;         /* also the process tick: reap lapsed leases, wake for missed work, and
                             fire schedules (engine/scheduler.h) */
     int64_t retention_ms; /* with reaper: delete runs finished longer ago than this; 0 keeps all */

@@ -134,18 +134,32 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- The schedules due now, earliest first, with what the engine needs to plan their fires: the
--- definition (engine/schedule.h), the tick of the previous run, and the workflow's input check.
+-- definition (the members engine/schedule.h reads), the tick of the previous run, and the
+-- workflow's input check (looked up once per workflow of the page, not once per schedule).
 CREATE OR REPLACE FUNCTION flowd_schedules_due(p_limit integer)
 RETURNS TABLE (id bigint, name text, def jsonb, next_ms bigint, last_ms bigint, now_ms bigint,
                workflow_found boolean, input_check jsonb)
 LANGUAGE sql STABLE AS $$
-    SELECT s.id, s.name, flowd_schedule_json(s), flowd_ms_of(s.next_fire),
-           flowd_ms_of(s.last_fire), flowd_ms_of(flowd_now()), w.found, w.input_check
-      FROM schedules s
-     CROSS JOIN LATERAL flowd_schedule_workflow(s.tenant_id, s.workflow, s.version) w
-     WHERE NOT s.paused AND s.next_fire <= flowd_now()
-     ORDER BY s.next_fire
-     LIMIT p_limit
+    WITH page AS MATERIALIZED (
+        SELECT s.* FROM schedules s
+         WHERE NOT s.paused AND s.next_fire <= flowd_now()
+         ORDER BY s.next_fire LIMIT p_limit),
+    wf AS (
+        SELECT k.tenant_id, k.workflow, k.version, w.found, w.input_check
+          FROM (SELECT DISTINCT p.tenant_id, p.workflow, p.version FROM page p) k
+         CROSS JOIN LATERAL flowd_schedule_workflow(k.tenant_id, k.workflow, k.version) w)
+    SELECT p.id, p.name,
+           jsonb_build_object('workflow', p.workflow, 'version', p.version, 'cron', p.cron,
+                              'every', p.every, 'tz', p.tz, 'input', p.input,
+                              'catchup', p.catchup, 'catchup_window', p.catchup_window,
+                              'jitter', p.jitter, 'start_at', flowd_ms(p.start_at),
+                              'end_at', flowd_ms(p.end_at)),
+           flowd_ms_of(p.next_fire), flowd_ms_of(p.last_fire), flowd_ms_of(flowd_now()),
+           wf.found, wf.input_check
+      FROM page p
+      JOIN wf ON wf.tenant_id = p.tenant_id AND wf.workflow = p.workflow
+             AND wf.version IS NOT DISTINCT FROM p.version
+     ORDER BY p.next_fire
 $$;
 
 -- Whether a new run of schedule p_id may start by its overlap policy, with the row locked:
@@ -192,6 +206,8 @@ RETURNS TABLE (id bigint, outcome text, runs integer, overlap integer, duplicate
 LANGUAGE plpgsql AS $$
 DECLARE
     v_now     timestamptz := flowd_now();
+    v_orders  bigint[];  -- the orders' schedules and the ticks they expect
+    v_expects bigint[];
     v_locked  bigint[];
     v_skip    bigint[] := '{}';  -- overlap: every fire of the pass skipped
     v_first   bigint[] := '{}';  -- overlap skip: only the first fire of the pass
@@ -204,10 +220,13 @@ DECLARE
     v_ids     bigint[];
     r         record;
 BEGIN
+    SELECT array_agg(o.id), array_agg(o.expect) INTO v_orders, v_expects
+      FROM jsonb_to_recordset(p_orders) AS o(id bigint, expect bigint);
     SELECT array_agg(x.id) INTO v_locked FROM (
         SELECT s.id FROM schedules s
-          JOIN jsonb_to_recordset(p_orders) AS o(id bigint, expect bigint) ON o.id = s.id
-         WHERE s.next_fire = flowd_epoch_ms(o.expect) AND NOT s.paused
+          JOIN unnest(v_orders, v_expects) AS o(id, expect) ON o.id = s.id
+         WHERE s.id = ANY (v_orders)  -- (the primary key's index, whatever the join is estimated)
+           AND s.next_fire = flowd_epoch_ms(o.expect) AND NOT s.paused
          ORDER BY s.id
            FOR UPDATE OF s SKIP LOCKED) x;
     v_locked := coalesce(v_locked, '{}');

@@ -17,7 +17,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <time.h>
 
 #include "engine/clock.h"
 #include "engine/db.h"
@@ -329,13 +328,6 @@ static cache_entry *cache;
 static size_t ncache, cache_cap;
 static fetch *fetches;
 
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* With cache_mu held: a new reference or NULL. */
 static prov_config *cache_find_locked(int64_t tenant, prov_id id, int64_t now)
 {
@@ -404,7 +396,7 @@ static void fetch_done(void *arg, const eng_err *err, const PGresult *res)
     }
     pthread_mutex_lock(&cache_mu);
     if (cfg)
-        cache_put_locked(f->tenant, f->id, cfg, mono_ms());
+        cache_put_locked(f->tenant, f->id, cfg, eng_clock_mono_ms());
     for (fetch **pp = &fetches; *pp; pp = &(*pp)->next) {
         if (*pp == f) {
             *pp = f->next;
@@ -440,7 +432,7 @@ prov_load *prov_config_load(eng_step_ctx *ctx, prov_id id, prov_config_cb *cb, v
         return NULL;
     }
     pthread_mutex_lock(&cache_mu);
-    prov_config *hit = cache_find_locked(tenant, id, mono_ms());
+    prov_config *hit = cache_find_locked(tenant, id, eng_clock_mono_ms());
     if (hit) {
         pthread_mutex_unlock(&cache_mu);
         cb(arg, NULL, hit);

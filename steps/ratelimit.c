@@ -5,8 +5,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "engine/clock.h"
 #include "engine/db.h"
 #include "engine/mem.h"
 #include "engine/metrics.h"
@@ -49,16 +49,9 @@ static unlimited *unl;
 static size_t nunl, unl_cap;
 static probe *probes; /* all connections' probes; each probe is only touched by its loop */
 
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 bool rl_known_unlimited(int64_t tenant, const char *name)
 {
-    int64_t now = mono_ms();
+    int64_t now = eng_clock_mono_ms();
     bool found = false;
     pthread_mutex_lock(&rl_mu);
     for (size_t i = 0; i < nunl; i++) {
@@ -78,7 +71,7 @@ bool rl_known_unlimited(int64_t tenant, const char *name)
 
 static void remember_unlimited(int64_t tenant, const char *name)
 {
-    int64_t now = mono_ms();
+    int64_t now = eng_clock_mono_ms();
     pthread_mutex_lock(&rl_mu);
     size_t i = 0;
     while (i < nunl && !(unl[i].tenant == tenant && strcmp(unl[i].name, name) == 0))

@@ -160,6 +160,8 @@ const bulkB = await api('POST', '/v1/runs', { workflow: 'lead_touch', input: { l
 const flaky = await api('POST', '/v1/runs', { workflow: 'flaky', input: { lead: 'flaky-1' } });
 const fan = await api('POST', '/v1/runs', { workflow: 'fanout', input: { items: Array.from({ length: 1000 }, (_, i) => i) } });
 const member = await api('POST', '/v1/keys', { tenant: 1, role: 'member' });
+await api('PUT', '/v1/schedules/nightly', { workflow: 'note', cron: '0 3 * * *', tz: 'Europe/Berlin',
+  input: { lead: 'scheduled', text: XSS } });
 await waitRun(flaky.id, ['failed']);
 await waitRun(target.id, ['running']);
 await waitRun(fan.id, ['succeeded'], 60000);
@@ -264,9 +266,13 @@ try {
   await shot('03-runs-by-lead');
   await xssInert('filtered list');
 
-  // keyboard: Tab to the run's link, Enter opens it
+  // keyboard: j focuses the first run's link; Tab also reaches it (through the filters); Enter opens it
+  await page.keyboard.press('j');
+  check(await page.evaluate(() => document.activeElement && document.activeElement.classList.contains('run-link')),
+    'j focuses the first run');
+  await page.evaluate(() => document.activeElement.blur());
   let reached = false;
-  for (let i = 0; i < 40 && !reached; i++) {
+  for (let i = 0; i < 80 && !reached; i++) {
     await page.keyboard.press('Tab');
     reached = await page.evaluate(() => document.activeElement && document.activeElement.classList.contains('run-link'));
   }
@@ -366,9 +372,26 @@ try {
   await page.click('button[data-action="lift"]');
   await page.waitForFunction(() => !document.querySelector('table.suppressions').innerText.includes('blocked@example.com'));
   check(true, 'a suppression added and lifted from the console');
+  await page.goto(`${base}/#/schedules`, { waitUntil: 'load' });
+  await page.waitForSelector('tr[data-schedule="nightly"]');
+  // the list redraws every 5 s: find and press the button in one step
+  const press = (sel) => page.evaluate((q) => document.querySelector(q).click(), sel);
+  await press('tr[data-schedule="nightly"] button[data-action="trigger"]');
+  await page.waitForFunction(() => /Triggered: run #\d+/.test(document.querySelector('.action-result').textContent));
+  await press('tr[data-schedule="nightly"] button[data-action="pause"]');
+  await page.waitForSelector('tr[data-schedule="nightly"] button[data-action="resume"]');
+  check(true, 'a schedule triggered and paused from the console');
+  await page.click('a[href="#/schedules/nightly"]');
+  await page.waitForFunction(() => document.querySelectorAll('table.ticks tbody tr').length === 10);
+  await shot('13-schedule');
+  await xssInert('schedule');
+  await page.goto(`${base}/#/usage`, { waitUntil: 'load' });
+  await page.waitForSelector('svg.chart');
+  check((await text()).includes('LLM calls'), 'the usage page shows its totals');
+  await shot('14-usage');
   await page.goto(`${base}/#/sends`, { waitUntil: 'load' });
   await page.waitForSelector('table.outbox tbody tr');
-  await shot('13-sends');
+  await shot('15-sends');
 
   // a session cannot change anything without its CSRF value
   expected.push(['POST', '/v1/events', 403]);
@@ -388,7 +411,7 @@ try {
   expected.push(['GET', '/v1/providers', 404]);
   const admin = await page.evaluate(async () => (await fetch('/v1/providers')).status);
   check(admin === 404, `a member session cannot reach admin routes (${admin})`);
-  await shot('14-member');
+  await shot('16-member');
 
   check(!urls.some((u) => u.includes(KEY) || u.includes(member.key)), 'no API key in any URL');
   check(!serverLog.includes(KEY) && !serverLog.includes(member.key), 'no API key in the log');

@@ -314,6 +314,50 @@ static void test_key_create(void **state)
            "--role");
 }
 
+/* flowd schedule set/show/list/pause/resume/trigger/delete and flowd start --start-in, through the
+ * HTTP API; refusals name the option or the field. */
+static void test_schedule_commands(void **state)
+{
+    (void)state;
+    const char *const env[] = {url_env, key_env, NULL};
+    json_t *s = out_json(flowd_env(env, (const char *const[]){
+        "schedule", "set", "cli-daily", "--workflow", "cli_ok", "--cron", "30 2 * * *", "--tz",
+        "America/New_York", "--input", "{\"v\": 1}", "--overlap", "skip", NULL}));
+    assert_string_equal(json_string_value(json_object_get(s, "tz")), "America/New_York");
+    assert_int_equal(json_array_size(json_object_get(s, "next_fires")), 10);
+    json_decref(s);
+    expect(flowd_env(env, (const char *const[]){"schedule", "show", "cli-daily", NULL}), 0,
+           "\"local\"", NULL);
+    expect(flowd_env(env, (const char *const[]){"schedule", "list", NULL}), 0, "cli-daily", NULL);
+    expect(flowd_env(env, (const char *const[]){"schedule", "pause", "cli-daily", NULL}), 0,
+           "\"paused\": true", NULL);
+    expect(flowd_env(env, (const char *const[]){"schedule", "resume", "cli-daily", NULL}), 0,
+           "\"paused\": false", NULL);
+    expect(flowd_env(env, (const char *const[]){"schedule", "trigger", "cli-daily", NULL}), 0,
+           "\"schedule\": \"cli-daily\"", NULL);
+    expect(flowd_env(env, (const char *const[]){"schedule", "set", "cli-bad", "--workflow",
+                                                "cli_ok", "--cron", "0 25 * * *", NULL}),
+           1, NULL, "/cron");
+    expect(flowd_env(env, (const char *const[]){"schedule", "set", "cli-bad", "--workflow",
+                                                "cli_ok", "--every", "1m", "--version", "x",
+                                                NULL}),
+           1, NULL, "--version");
+    expect(flowd_env(env, (const char *const[]){"schedule", "delete", "cli-daily", NULL}), 0, NULL,
+           NULL);
+    expect(flowd_env(env, (const char *const[]){"schedule", "show", "cli-daily", NULL}), 1, NULL,
+           "not found");
+    expect(flowd_env(env, (const char *const[]){"schedule", "frobnicate", NULL}), 2, NULL, NULL);
+
+    json_t *run = out_json(flowd_env(env, (const char *const[]){"start", "cli_ok", "--input",
+                                                                "{\"v\": 2}", "--start-in", "2h",
+                                                                NULL}));
+    assert_string_equal(json_string_value(json_object_get(run, "state")), "scheduled");
+    json_decref(run);
+    expect(flowd_env(env, (const char *const[]){"start", "cli_ok", "--start-at",
+                                                "2027-02-30T00:00:00Z", NULL}),
+           1, NULL, "/start_at");
+}
+
 /* The shipped inbound classifier in the sandbox: each message takes its branch. */
 static void test_sandbox_branches(void **state)
 {
@@ -389,6 +433,7 @@ int main(void)
         cmocka_unit_test(test_api_key_sources),
         cmocka_unit_test(test_key_create),
         cmocka_unit_test(test_sandbox_branches),
+        cmocka_unit_test(test_schedule_commands),
     };
     return cmocka_run_group_tests(tests, api_setup, api_teardown);
 }

@@ -315,6 +315,13 @@ static void test_bad_lists_and_connection(void **state)
     assert_int_equal(eng_migrate_up(db, ends_txn, 1, NULL, NULL, &err), ENG_EDB);
     assert_non_null(strstr(err.msg, "0001_commit.sql"));
     assert_int_equal(th_pg_long(db, "SELECT count(*) FROM flowd_migrations"), 0);
+    /* a file rolled back by a deadlock (with live workers, say) is worth another try */
+    const eng_migration deadlock[] = {
+        {"0001_deadlock.sql",
+         "DO $$ BEGIN RAISE EXCEPTION 'deadlock detected' USING ERRCODE = '40P01'; END $$;"}};
+    assert_int_equal(eng_migrate_up(db, deadlock, 1, NULL, NULL, &err), ENG_EDB_RETRY);
+    assert_string_equal(err.sqlstate, "40P01");
+    assert_int_equal(th_pg_long(db, "SELECT count(*) FROM flowd_migrations"), 0);
     assert_int_equal(eng_migrate_up(db, NULL, 0, NULL, NULL, &err), ENG_OK);
     free(db);
 

@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "engine/mem.h"
+#include "engine/metrics.h"
 #include "tests/support/th.h"
 #include "tests/support/th_api.h"
 
@@ -132,6 +133,15 @@ static void test_dst_new_york(void **state)
     th_api_stop(a);
 }
 
+/* The scheduler counts a pass once its transaction has answered, a moment after the rows the test
+ * waited for were committed: the metric reaches want within a few seconds. */
+static void metric_is(const char *family, const char *labels, uint64_t want)
+{
+    for (int i = 0; i < 500 && eng_metrics_value(family, labels) < want; i++)
+        th_sleep_ms(10);
+    assert_int_equal(eng_metrics_value(family, labels), want);
+}
+
 /* An hourly schedule 5 h 30 min past its tick: each policy on its own schedule. */
 static void test_catchup(void **state)
 {
@@ -171,6 +181,10 @@ static void test_catchup(void **state)
     json_decref(s);
     /* one run per tick: nothing fires twice while the clock stands */
     assert_int_equal(th_pg_long(th_api_db(a), "SELECT count(*) FROM runs"), 6);
+    /* counted by this process's scheduler: 6 fires with their lag, 5 + 4 ticks passed over */
+    metric_is("flowd_schedule_fires_total", "", 6);
+    metric_is("flowd_schedule_lag_seconds_count", "", 6);
+    metric_is("flowd_schedule_skips_total", "reason=\"missed\"", 9);
 
     /* a tick on time under none fires; and previous_fire_time is the tick of the last run */
     put(a, 200, "none",
@@ -395,16 +409,38 @@ static void test_delayed_start(void **state)
     th_api_stop(a);
 }
 
+/* A stored schedule the engine can no longer read (here its zone, as if the time-zone data had
+ * dropped it) is stopped with the reason, not planned again on every pass. */
+static void test_unreadable_schedule_stops(void **state)
+{
+    (void)state;
+    th_api *a = start("sch_unreadable");
+    clock_to(a, "2027-06-01T00:00:30Z");
+    put(a, 201, "z", "{\"workflow\": \"tick\", \"every\": \"1m\", \"input\": {\"at\": \"x\"}}");
+    free(th_pg_value(th_api_db(a), "UPDATE schedules SET tz = 'Mars/Olympus'"));
+    clock_next(a);
+    wait_fires(a, "z", 1);
+    json_t *s = th_api_json(a, 200, "GET", "/v1/schedules/z", NULL);
+    assert_true(json_is_null(json_object_get(s, "next_fire")));
+    assert_string_equal(
+        json_string_value(json_object_get(json_object_get(s, "last_skip"), "reason")),
+        "invalid_schedule");
+    assert_int_equal(json_integer_value(json_object_get(s, "fires")), 0);
+    json_decref(s);
+    th_api_stop(a);
+}
+
 int main(void)
 {
     th_api_init();
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_catchup), /* first: it counts this process's metrics */
         cmocka_unit_test(test_dst_new_york),
-        cmocka_unit_test(test_catchup),
         cmocka_unit_test(test_overlap),
         cmocka_unit_test(test_pause_trigger_delete),
         cmocka_unit_test(test_put_refusals),
         cmocka_unit_test(test_delayed_start),
+        cmocka_unit_test(test_unreadable_schedule_stops),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "engine/mem.h"
+#include "engine/metrics.h"
 #include "steps/provider.h"
 #include "steps/steps.h"
 #include "tests/support/th.h"
@@ -129,6 +130,30 @@ static void test_llm_usage(void **state)
     assert_int_equal(jpath_int(body, "usage", "llm", "calls"), 1);
     json_decref(body);
     free(path);
+
+    /* a reply that is not the JSON asked for was answered and paid for: it is usage too */
+    put_workflow(a, "js",
+                 "[{\"key\": \"ask\", \"kind\": \"llm\", \"retry\": {\"backoff\": {\"initial\": "
+                 "\"50ms\"}, \"jitter\": 0}, \"input\": {\"provider\": \"anthropic\", \"model\":"
+                 " \"claude-sonnet-4-5\", \"prompt\": \"x\", \"json\": true}}]");
+    uint64_t tok0 = eng_metrics_value("flowd_llm_tokens_total",
+                                      "provider=\"anthropic\",model=\"claude-sonnet-4-5\","
+                                      "direction=\"output\"");
+    th_llm_push(an, &(th_llm_answer){.text = "Sure! {broken"});
+    th_llm_push(an, &(th_llm_answer){.text = "{\"ok\": true}"});
+    long long jrun = th_api_start_run(a, "js", "{}");
+    json_decref(th_api_wait_run(a, jrun, 20, 30, NULL, NULL));
+    char *paid = eng_xasprintf("SELECT count(*) = 2 FROM usage_records WHERE run_id = %lld", jrun);
+    assert_true(th_engine_wait(db, paid, 10));
+    free(paid);
+    assert_int_equal(th_pg_longf(db,
+                                 "SELECT count(*) FROM usage_records WHERE run_id = %lld AND"
+                                 " NOT ok AND output_tokens > 0 AND cost_usd > 0",
+                                 jrun),
+                     1);
+    assert_true(eng_metrics_value("flowd_llm_tokens_total",
+                                  "provider=\"anthropic\",model=\"claude-sonnet-4-5\","
+                                  "direction=\"output\"") > tok0);
 
     /* a tenant's own price applies from now on; the recorded cost stays what it was */
     char *before = th_pg_valuef(db, "SELECT cost_usd::text FROM usage_records WHERE run_id = %lld",

@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include "engine/buf.h"
+#include "engine/clock.h"
 #include "engine/err.h"
 #include "engine/mem.h"
 
@@ -96,13 +97,6 @@ struct th_mock {
     unsigned long pending; /* server thread only; peak published below */
     atomic_ulong requests, connections, peak_pending;
 };
-
-static long long mock_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void mock_die(const char *what)
 {
@@ -336,7 +330,7 @@ static void conn_encode(struct mconn *c, th_mock_resp *r, bool keep_alive)
     c->pause_ms = r->pause_ms;
     c->limit = r->close_after == SIZE_MAX ? SIZE_MAX : head + r->close_after;
     c->drop = r->drop;
-    c->due_ms = mock_now_ms() + r->delay_ms;
+    c->due_ms = eng_clock_mono_ms() + r->delay_ms;
 }
 
 /* ---- connections ---- */
@@ -550,7 +544,7 @@ static bool conn_write(th_mock *m, struct mconn *c)
         return false;
     if (c->off < c->out.len) {
         c->mark++;
-        c->due_ms = mock_now_ms() + c->pause_ms;
+        c->due_ms = eng_clock_mono_ms() + c->pause_ms;
         return true;
     }
     m->pending--;
@@ -594,13 +588,13 @@ static void *mock_main(void *arg)
     for (;;) {
         int timeout = -1;
         if (m->nheap > 0) {
-            long long wait = m->heap[0]->due_ms - mock_now_ms();
+            long long wait = m->heap[0]->due_ms - eng_clock_mono_ms();
             timeout = wait < 0 ? 0 : wait > INT32_MAX ? INT32_MAX : (int)wait;
         }
         int n = epoll_wait(m->ep, evs, MAX_EVENTS, timeout);
         if (n < 0 && errno != EINTR)
             mock_die("epoll_wait");
-        long long now = mock_now_ms();
+        long long now = eng_clock_mono_ms();
         bool stop = false, accept_now = false;
         for (int k = 0; k < n; k++) {
             if (evs[k].data.ptr == &m->wake)

@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "engine/clock.h"
 #include "engine/mem.h"
 #include "tests/support/th.h"
 
@@ -216,9 +217,7 @@ const char *th_source_dir(void)
 
 long long th_now_ms(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return (long long)eng_clock_mono_ms();
 }
 
 void th_sleep_ms(long ms)

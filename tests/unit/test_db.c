@@ -171,9 +171,35 @@ static void test_tcp_keepalive_defaults(void **state)
     fx_stop(&f);
 }
 
+/* One map from SQLSTATE to eng_rc, for the asynchronous connection and the migration runner alike:
+ * what a retry can fix (a lost connection, a rolled-back transaction, a full server) is
+ * ENG_EDB_RETRY, and nothing else is. */
+static void test_sqlstate_map(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *sqlstate;
+        eng_rc rc;
+    } cases[] = {
+        {"08006", ENG_EDB_RETRY}, {"08P01", ENG_EDB_RETRY}, {"57P01", ENG_EDB_RETRY},
+        {"40001", ENG_EDB_RETRY}, {"40P01", ENG_EDB_RETRY}, {"53300", ENG_EDB_RETRY},
+        {"53100", ENG_EDB},       {"57014", ENG_EDB},       {"42P01", ENG_EDB},
+        {"23505", ENG_ECONFLICT}, {"55000", ENG_ECONFLICT}, {"FL409", ENG_ECONFLICT},
+        {"P0002", ENG_ENOTFOUND}, {"22023", ENG_EINVAL},    {"23503", ENG_EINVAL},
+        {"P0001", ENG_EINVAL},    {"", ENG_EDB},            {"40", ENG_EDB},
+    };
+    for (size_t i = 0; i < ENG_ARRAY_LEN(cases); i++) {
+        if (eng_db_sqlstate_rc(cases[i].sqlstate) != cases[i].rc)
+            fail_msg("%s: %s, want %s", cases[i].sqlstate,
+                     eng_rc_name(eng_db_sqlstate_rc(cases[i].sqlstate)), eng_rc_name(cases[i].rc));
+    }
+    assert_int_equal(eng_db_sqlstate_rc(NULL), ENG_EDB);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_sqlstate_map),
         cmocka_unit_test(test_connect_attempt_times_out),
         cmocka_unit_test(test_tcp_keepalive_defaults),
     };
