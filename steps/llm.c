@@ -51,6 +51,7 @@
 
 #define LLM_DEFAULT_TIMEOUT_MS 120000L
 #define LLM_ATTEMPTS_PER_PROVIDER 2
+#define LLM_DB_RETRY_MS 1000 /* an attempt the database interrupted before the call runs again */
 #define LLM_SANDBOX (-1) /* target provider "sandbox": never leaves the process */
 
 /* ------------------------------------------------------------------------------ the attempt -- */
@@ -276,10 +277,26 @@ static void start_call(llm_attempt *a)
     free(auth);
 }
 
+/* A statement before the call that failed with the connection (a failover, a server restart)
+ * or on a transient conflict is no failure of the step: it goes back to the queue without using
+ * an attempt. Nothing was reserved or sent yet. */
+static bool attempt_db_interrupted(llm_attempt *a, const eng_err *err, const char *during)
+{
+    if (err->rc != ENG_EDB_RETRY)
+        return false;
+    log_info("llm attempt interrupted by the database", LOG_S("during", during),
+             LOG_S("error", err->msg));
+    eng_step_ctx *ctx = attempt_end(a);
+    eng_step_snooze(ctx, eng_step_now_ms(ctx) + LLM_DB_RETRY_MS);
+    return true;
+}
+
 static void budget_done(void *arg, const eng_err *err, int64_t wait_ms)
 {
     llm_attempt *a = arg;
     a->take = NULL;
+    if (err && attempt_db_interrupted(a, err, "rate limit"))
+        return;
     if (err) {
         attempt_fail(a, false, "db_error", "could not check the rate limit", 0);
         return;
@@ -296,6 +313,8 @@ static void config_done(void *arg, const eng_err *err, prov_config *cfg)
 {
     llm_attempt *a = arg;
     a->load = NULL;
+    if (err && attempt_db_interrupted(a, err, "provider settings"))
+        return;
     if (err) {
         attempt_fail(a, false, "db_error", "could not load the provider settings", 0);
         return;

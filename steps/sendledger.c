@@ -445,8 +445,8 @@ static void ss_fail(step_send *ss, bool permanent, const char *code, const char 
     ss_finish(ss);
 }
 
-/* A ledger statement that failed with the connection (a failover, a server restart) or on a
- * transient conflict says nothing about the send: the step goes back to the queue without using
+/* A ledger statement (or the provider settings' read before it) that failed with the connection
+ * (a failover, a server restart) or on a transient conflict says nothing about the send: the step goes back to the queue without using
  * an attempt, and its next attempt finds the ledger row as this one left it (a send that may
  * have gone out is ambiguous there and is looked up, never sent blindly). Other errors fail the
  * attempt. */
@@ -863,6 +863,10 @@ static void config_done(void *arg, const eng_err *err, prov_config *cfg)
 {
     step_send *ss = arg;
     ss->load = NULL;
+    if (err && err->rc == ENG_EDB_RETRY) {
+        ss_ledger_error(ss, err, "be reached for the provider settings");
+        return;
+    }
     if (err) {
         ss_fail(ss, false, "config", "provider settings unavailable: %s", err->msg);
         return;
