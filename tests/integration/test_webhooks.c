@@ -136,7 +136,8 @@ static int rx_count(receiver *r, const char *type, long long run)
     size_t i;
     json_t *e;
     json_array_foreach(log, i, e) {
-        if (type && !json_equal(json_object_get(e, "type"), json_string_nocheck(type)))
+        const char *t = json_string_value(json_object_get(e, "type"));
+        if (type && (!t || strcmp(t, type) != 0))
             continue;
         if (run && json_integer_value(json_object_get(e, "run")) != run)
             continue;
