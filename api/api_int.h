@@ -151,6 +151,8 @@ void api_route_batch_results(api_call *call);
 void api_route_tenant_post(api_call *call);
 void api_route_key_post(api_call *call);
 void api_route_key_delete(api_call *call);
+void api_route_quotas_get(api_call *call);
+void api_route_quotas_put(api_call *call);
 void api_route_rate_limit_put(api_call *call);        /* api/routes_limits.c */
 void api_route_rate_limits_list(api_call *call);
 void api_route_rate_limit_delete(api_call *call);
@@ -163,6 +165,21 @@ void api_route_provider_delete(api_call *call);
 void api_route_suppression_post(api_call *call);      /* api/routes_suppressions.c */
 void api_route_suppressions_list(api_call *call);
 void api_route_suppression_delete(api_call *call);
+void api_route_webhook_endpoint_post(api_call *call); /* api/routes_webhooks.c */
+void api_route_webhook_endpoints_list(api_call *call);
+void api_route_webhook_endpoint_get(api_call *call);
+void api_route_webhook_endpoint_patch(api_call *call);
+void api_route_webhook_endpoint_delete(api_call *call);
+void api_route_webhook_endpoint_pause(api_call *call);
+void api_route_webhook_endpoint_resume(api_call *call);
+void api_route_webhook_endpoint_rotate(api_call *call);
+void api_route_webhook_callback_secret(api_call *call);
+void api_route_webhook_deliveries_list(api_call *call);
+void api_route_webhook_redeliver(api_call *call);
+/* A run's "webhook" member {url, events?}: NULL when valid (*url borrowed from v, *events the
+ * JSON text of the events or NULL, caller frees), else the problem and *field its pointer. */
+const char *api_webhook_callback_parse(const json_t *v, const char **url, char **events,
+                                       const char **field);
 void api_route_schedule_put(api_call *call);          /* api/routes_schedules.c */
 void api_route_schedule_get(api_call *call);
 void api_route_schedules_list(api_call *call);

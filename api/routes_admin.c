@@ -165,3 +165,50 @@ void api_route_key_delete(api_call *call)
     const char *params[] = {call->tenant_s, call->params[0]};
     api_call_db(call, "SELECT flowd_revoke_key($1, $2)", 2, params, key_delete_cb);
 }
+
+/* ------------------------------------------------------------------------------- quotas -- */
+
+/* PUT /v1/tenants/{name}/quotas {"runs_per_month": N | null}: by the admin key of the tenant that
+ * created it, or of "default" (a tenant cannot raise its own). GET: also the tenant's own admin
+ * key. Both answer the quotas with what is used and when it resets; 404 for a tenant the key
+ * cannot see (or set). */
+static void quotas_cb(api_call *call, const eng_err *err, const PGresult *res)
+{
+    if (err)
+        api_call_respond_err(call, err);
+    else
+        api_call_respond_row_json(call, 200, res, "tenant");
+}
+
+void api_route_quotas_get(api_call *call)
+{
+    if (!api_call_admin_only(call))
+        return;
+    const char *params[] = {call->tenant_s, call->params[0]};
+    api_call_db(call, "SELECT flowd_quotas_json($1, $2)", 2, params, quotas_cb);
+}
+
+void api_route_quotas_put(api_call *call)
+{
+    static const char *const allowed[] = {"runs_per_month", NULL};
+    if (!api_call_admin_only(call))
+        return;
+    json_t *body = api_call_body_fields(call, allowed);
+    if (!body)
+        return;
+    const json_t *runs = json_object_get(body, "runs_per_month");
+    if (runs && !json_is_null(runs) &&
+        (!json_is_integer(runs) || json_integer_value(runs) < 0)) {
+        json_decref(body);
+        api_call_respond_error(call, 422, "invalid_request",
+                               "must be a non-negative integer, or null for no limit",
+                               "/runs_per_month");
+        return;
+    }
+    char runs_s[24];
+    snprintf(runs_s, sizeof runs_s, "%lld", (long long)json_integer_value(runs));
+    const char *params[] = {call->tenant_s, call->params[0],
+                            runs && !json_is_null(runs) ? runs_s : NULL};
+    api_call_db(call, "SELECT flowd_quotas_put($1, $2, $3)", 3, params, quotas_cb);
+    json_decref(body);
+}

@@ -231,6 +231,11 @@ static void run_checked_cb(api_call *call, const eng_err *err, const PGresult *r
     char start_at[40], start_in[24];
     const char *field;
     api_start_fields(body, start_at, start_in, &field); /* checked by api_route_run_post */
+    const json_t *hook = json_object_get(body, "webhook");
+    const char *hook_url = NULL, *hook_field;
+    char *hook_events = NULL;
+    if (hook)
+        api_webhook_callback_parse(hook, &hook_url, &hook_events, &hook_field);
     const char *params[] = {call->tenant_s,
                             json_string_value(wf),
                             json_is_integer(version) ? version_s : NULL,
@@ -241,12 +246,25 @@ static void run_checked_cb(api_call *call, const eng_err *err, const PGresult *r
                             checked,
                             *start_at ? start_at : NULL,
                             *start_in ? start_in : NULL,
-                            tags_s};
-    api_call_db(call,
-                "SELECT created, run"
-                "  FROM flowd_start_run($1, $2, $3, $4::jsonb, $5, $6, $7, $8::timestamptz, $9,"
-                "                       $10::jsonb)",
-                10, params, run_post_cb);
+                            tags_s,
+                            hook_url,
+                            hook_events};
+    if (hook_url)
+        /* the callback is set in the statement (and so the transaction) that creates the run */
+        api_call_db(call,
+                    "SELECT s.created, s.run FROM flowd_start_run($1, $2, $3, $4::jsonb, $5, $6,"
+                    " $7, $8::timestamptz, $9, $10::jsonb) s"
+                    " CROSS JOIN LATERAL flowd_run_callback_set($1, (s.run->>'id')::bigint, $11,"
+                    " CASE WHEN $12::jsonb IS NULL THEN NULL"
+                    " ELSE ARRAY(SELECT jsonb_array_elements_text($12::jsonb)) END)",
+                    12, params, run_post_cb);
+    else
+        api_call_db(call,
+                    "SELECT created, run"
+                    "  FROM flowd_start_run($1, $2, $3, $4::jsonb, $5, $6, $7, $8::timestamptz, $9,"
+                    "                       $10::jsonb)",
+                    10, params, run_post_cb);
+    free(hook_events);
     free(input_s);
     free(tags_s);
 }
@@ -278,6 +296,7 @@ void api_route_run_post(api_call *call)
 {
     static const char *const allowed[] = {"workflow", "version",         "input",    "priority",
                                           "tags",     "idempotency_key", "start_at", "start_in",
+                                          "webhook",
                                           NULL};
     json_t *body = api_call_body_fields(call, allowed);
     if (!body)
@@ -308,6 +327,12 @@ void api_route_run_post(api_call *call)
     char start_at[40], start_in[24];
     if (!field)
         msg = api_start_fields(body, start_at, start_in, &field);
+    const json_t *hook = json_object_get(body, "webhook");
+    const char *hook_url;
+    char *hook_events = NULL;
+    if (!field && hook)
+        msg = api_webhook_callback_parse(hook, &hook_url, &hook_events, &field);
+    free(hook_events);
     const char *header_key = api_req_header(call->req, "Idempotency-Key");
     if (!field && header_key && idem && strcmp(header_key, json_string_value(idem)) != 0)
         field = "/idempotency_key", msg = "differs from the Idempotency-Key header";

@@ -105,6 +105,8 @@ static const api_route api_routes[] = {
     {"POST", "/v1/tenants", api_route_tenant_post, false, NULL, NULL},
     {"POST", "/v1/keys", api_route_key_post, false, NULL, NULL},
     {"DELETE", "/v1/keys/{}", api_route_key_delete, false, "key", NULL},
+    {"GET", "/v1/tenants/{}/quotas", api_route_quotas_get, false, NULL, NULL},
+    {"PUT", "/v1/tenants/{}/quotas", api_route_quotas_put, false, NULL, NULL},
     /* signature-verified */
     {"POST", "/v1/hooks/twilio", api_route_hook_twilio, true, NULL, api_query_any},
     {"POST", "/v1/hooks/sendgrid", api_route_hook_sendgrid, true, NULL, api_query_any},
@@ -126,6 +128,25 @@ static const api_route api_routes[] = {
     {"GET", "/v1/suppressions", api_route_suppressions_list, false, NULL,
      Q("channel", "limit", "cursor")},
     {"DELETE", "/v1/suppressions/{}/{}", api_route_suppression_delete, false, NULL, NULL},
+    {"POST", "/v1/webhook-endpoints", api_route_webhook_endpoint_post, false, NULL, NULL},
+    {"GET", "/v1/webhook-endpoints", api_route_webhook_endpoints_list, false, NULL, NULL},
+    {"GET", "/v1/webhook-endpoints/{}", api_route_webhook_endpoint_get, false,
+     "webhook endpoint", NULL},
+    {"PATCH", "/v1/webhook-endpoints/{}", api_route_webhook_endpoint_patch, false,
+     "webhook endpoint", NULL},
+    {"DELETE", "/v1/webhook-endpoints/{}", api_route_webhook_endpoint_delete, false,
+     "webhook endpoint", NULL},
+    {"POST", "/v1/webhook-endpoints/{}/pause", api_route_webhook_endpoint_pause, false,
+     "webhook endpoint", NULL},
+    {"POST", "/v1/webhook-endpoints/{}/resume", api_route_webhook_endpoint_resume, false,
+     "webhook endpoint", NULL},
+    {"POST", "/v1/webhook-endpoints/{}/rotate", api_route_webhook_endpoint_rotate, false,
+     "webhook endpoint", NULL},
+    {"POST", "/v1/webhook-callback-secret", api_route_webhook_callback_secret, false, NULL, NULL},
+    {"GET", "/v1/webhook-deliveries", api_route_webhook_deliveries_list, false, NULL,
+     Q("endpoint", "run", "state", "before", "limit")},
+    {"POST", "/v1/webhook-deliveries/{}/redeliver", api_route_webhook_redeliver, false,
+     "webhook delivery", NULL},
     {"GET", "/v1/schedules", api_route_schedules_list, false, NULL, NULL},
     {"PUT", "/v1/schedules/{}", api_route_schedule_put, false, NULL, NULL},
     {"GET", "/v1/schedules/{}", api_route_schedule_get, false, NULL, NULL},
@@ -202,8 +223,48 @@ static void call_unavailable(api_call *call)
     api_call_respond_raw(call, 503, "application/json", body, sizeof body - 1, headers);
 }
 
+/* 429 quota_exceeded from the JSON a quota's refusal carries as its message (sql/quotas.sql): the
+ * quota, its limit, what is used and when it resets, in the body and as headers. */
+static void call_quota_exceeded(api_call *call, const char *detail)
+{
+    json_t *d = json_loads(detail, 0, NULL);
+    const char *quota = json_string_value(json_object_get(d, "quota"));
+    const char *resets = json_string_value(json_object_get(d, "resets_at"));
+    json_int_t limit = json_integer_value(json_object_get(d, "limit"));
+    json_int_t used = json_integer_value(json_object_get(d, "used"));
+    double retry = json_number_value(json_object_get(d, "retry_after_s"));
+    if (!quota || !resets) {
+        json_decref(d);
+        log_error("quota refusal without its detail", LOG_S("detail", detail));
+        api_call_respond_error(call, 500, "internal", "internal error", NULL);
+        return;
+    }
+    char msg[200];
+    snprintf(msg, sizeof msg, "quota %s is used up: %lld of %lld; it resets at %s", quota,
+             (long long)used, (long long)limit, resets);
+    json_t *body = json_pack("{s:{s:s, s:s, s:s, s:I, s:I, s:s}}", "error", "code",
+                             "quota_exceeded", "message", msg, "quota", quota, "limit", limit,
+                             "used", used, "resets_at", resets);
+    char *text = json_dumps(body, JSON_COMPACT);
+    char h[5][96];
+    snprintf(h[0], sizeof h[0], "Retry-After: %.0f", retry > 1 ? retry : 1);
+    snprintf(h[1], sizeof h[1], "X-Quota-Name: %s", quota);
+    snprintf(h[2], sizeof h[2], "X-Quota-Limit: %lld", (long long)limit);
+    snprintf(h[3], sizeof h[3], "X-Quota-Used: %lld", (long long)used);
+    snprintf(h[4], sizeof h[4], "X-Quota-Reset: %s", resets);
+    const char *const headers[] = {h[0], h[1], h[2], h[3], h[4], NULL};
+    api_call_respond_raw(call, 429, "application/json", text, strlen(text), headers);
+    free(text);
+    json_decref(body);
+    json_decref(d);
+}
+
 void api_call_respond_err(api_call *call, const eng_err *err)
 {
+    if (strcmp(err->sqlstate, "FL429") == 0) {
+        call_quota_exceeded(call, err->msg);
+        return;
+    }
     static const struct {
         eng_rc rc;
         int status;

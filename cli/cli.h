@@ -73,6 +73,7 @@ int cli_cmd_outbox(cli_env *env, int argc, char **argv);
 int cli_cmd_send(cli_env *env, int argc, char **argv); /* cli/cmd_sends.c */
 /* flowd provider set|list|delete (HTTP API) and flowd secrets rotate (database); cli/cmd_providers.c */
 int cli_cmd_provider(cli_env *env, int argc, char **argv);
+int cli_cmd_quotas(cli_env *env, int argc, char **argv); /* cli/cmd_quotas.c */
 int cli_cmd_secrets(cli_env *env, int argc, char **argv);
 
 /* Prints the usage line of the command name on stderr (after a misuse). */

@@ -15,6 +15,7 @@
 #include "engine/duration.h"
 #include "engine/log.h"
 #include "engine/mem.h"
+#include "engine/webhook.h"
 #include "engine/worker.h"
 #include "steps/provider.h"
 #include "steps/secret.h"
@@ -350,12 +351,19 @@ int cli_cmd_serve(cli_env *env, int argc, char **argv)
         pool[i] = eng_worker_start(&wo);
         free(owner);
     }
+    /* outbound webhooks go out from every process that works the queue */
+    eng_webhooks *webhooks = NULL;
+    if (workers) {
+        eng_webhook_opts who = {.conninfo = env->conninfo, .public_only = !conf.allow_private};
+        webhooks = eng_webhooks_start(&who);
+    }
     log_info("serving", LOG_S("role", role), LOG_I("workers", workers),
              LOG_S("database", env->embedded ? "embedded" : "external"));
     ev_run(loop, 0);
     api_service_stop(api);
     for (int i = 0; i < workers; i++)
         eng_worker_stop(pool[i], 10.0);
+    eng_webhooks_stop(webhooks, 5.0);
     free(pool);
     cli_env_close(env);
     log_info("stopped");

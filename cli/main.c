@@ -86,6 +86,11 @@ static const cli_command commands[] = {
      "of the provider's settings, e.g. flowd provider set twilio account_sid=AC.. auth_token=- from=+1..\n"
      "FIELD=- reads that value from stdin (keeps a secret out of shell history). The server seals\n"
      "secrets under its FLOWD_SECRET_KEY and refuses them when it has none."},
+    {"quotas", cli_cmd_quotas, CMD_API, false, "TENANT [--runs-per-month N|none]",
+     "show a tenant's quotas, or set them (admin key of the tenant that created it, or of default)",
+     "Enqueueing past runs_per_month (runs created through the API in a calendar month, UTC) is\n"
+     "refused with 429 quota_exceeded, naming the quota, its limit, what is used and when it\n"
+     "resets."},
     {"secrets", cli_cmd_secrets, CMD_DIRECT, false, "rotate",
      "re-seal every stored provider secret under FLOWD_SECRET_KEY",
      "Rotation: give the server the new key as FLOWD_SECRET_KEY and the old one as\n"

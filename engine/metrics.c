@@ -29,6 +29,9 @@ static const double met_fast_bounds[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.0
                                          0.1,    0.25,  0.5,    1,     2.5,  5,     10};
 /* Provider calls: messaging APIs answer in milliseconds, LLMs in seconds to minutes. */
 static const double met_call_bounds[] = {0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300};
+/* Webhook delivery lag: milliseconds when the receiver is up, up to a day of retries. */
+static const double met_webhook_bounds[] = {0.05, 0.1, 0.25, 0.5,  1,     2.5,   5,
+                                            30,   60,  300,  1800, 7200, 36000, 86400};
 /* Due to started: milliseconds on an idle engine, up to hours behind a backlog. */
 static const double met_lag_bounds[] = {0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5,
                                         10,    30,    60,   300,  900, 3600};
@@ -184,12 +187,26 @@ static met_family met_sched_lag = {
     .mu = PTHREAD_MUTEX_INITIALIZER,
 };
 
+static met_family met_webhook = {
+    .name = "flowd_webhook_attempts_total",
+    .help = "Webhook delivery attempts settled by this process, by outcome (sent, retry, failed: "
+            "the retry schedule ran out, disabled: the endpoint was disabled, stale: another "
+            "process had taken the delivery over).",
+    .mu = PTHREAD_MUTEX_INITIALIZER,
+};
+static met_family met_webhook_lag = {
+    .name = "flowd_webhook_delivery_lag_seconds",
+    .help = "Time from the change a webhook reports to its successful delivery.",
+    MET_HIST(met_webhook_bounds),
+    .mu = PTHREAD_MUTEX_INITIALIZER,
+};
+
 static met_family *const met_families[] = {
     &met_claims,        &met_finished,     &met_latency,     &met_lag,          &met_provider,
     &met_prov_requests, &met_prov_latency, &met_llm_tokens,  &met_llm_cost,     &met_sends,
     &met_rl_waits,      &met_http,         &met_http_latency, &met_refused,     &met_sse,
     &met_hook_rejected, &met_db_conns,     &met_db_latency,  &met_sched_fires,  &met_sched_skips,
-    &met_sched_lag};
+    &met_sched_lag,     &met_webhook,      &met_webhook_lag};
 
 static uint64_t met_hash(const char *s)
 {
@@ -305,6 +322,18 @@ void eng_metrics_step_finished(const char *kind, const char *outcome, int64_t la
     met_observe(&met_latency, labels, (double)(latency_ms < 0 ? 0 : latency_ms) / 1000.0);
     met_label(labels, sizeof labels, "outcome", outcome);
     met_count(&met_finished, labels);
+}
+
+void eng_metrics_webhook(const char *outcome)
+{
+    char labels[MET_LABELS_MAX] = "";
+    met_label(labels, sizeof labels, "outcome", outcome);
+    met_count(&met_webhook, labels);
+}
+
+void eng_metrics_webhook_lag(int64_t lag_ms)
+{
+    met_observe(&met_webhook_lag, "", (double)(lag_ms < 0 ? 0 : lag_ms) / 1000.0);
 }
 
 void eng_metrics_schedule_fired(int64_t lag_ms)

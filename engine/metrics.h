@@ -47,6 +47,11 @@ void eng_metrics_db_connections(int delta);
 /* A statement's round trip took ms. */
 void eng_metrics_db_round_trip(double ms);
 
+/* A webhook attempt was settled: outcome "sent", "retry", "failed" (the schedule ran out),
+ * "disabled" (its endpoint was disabled: 410 or 5 days of failures) or "stale". */
+void eng_metrics_webhook(const char *outcome);
+/* A webhook was delivered lag_ms after the change it reports. */
+void eng_metrics_webhook_lag(int64_t lag_ms);
 /* A schedule's tick started a run lag_ms after the tick (flowd_schedule_fires_total and the
  * flowd_schedule_lag_seconds histogram). */
 void eng_metrics_schedule_fired(int64_t lag_ms);
@@ -62,6 +67,8 @@ ENG_MUST_CHECK eng_rc eng_metrics_render(eng_buf *b);
  * ("flowd_step_claims_total", "flowd_steps_finished_total", "flowd_step_duration_seconds_count",
  * "flowd_provider_errors_total", "flowd_http_requests_total",
  * "flowd_http_connections_refused_total", "flowd_schedule_fires_total",
- * "flowd_schedule_skips_total", "flowd_schedule_lag_seconds_count") and labels the rendered label text
+ * "flowd_schedule_skips_total", "flowd_schedule_lag_seconds_count",
+ * "flowd_webhook_attempts_total", "flowd_webhook_delivery_lag_seconds_count") and labels the
+ * rendered label text
  * without braces, as in the exposition: kind="transform",outcome="ok". 0 when absent. */
 uint64_t eng_metrics_value(const char *family, const char *labels);

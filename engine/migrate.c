@@ -141,14 +141,14 @@ static eng_rc migrate_apply(PGconn *conn, const eng_migration *m, const char *ch
     return rc;
 }
 
-/* Whether m carries the breaking marker at the start of one of its lines. */
-static bool migrate_breaking(const eng_migration *m)
+/* Whether m carries marker at the start of one of its lines. */
+static bool migrate_marked(const eng_migration *m, const char *marker)
 {
-    size_t n = strlen(ENG_MIGRATION_BREAKING);
+    size_t n = strlen(marker);
     for (const char *p = m->sql; p; p = strchr(p, '\n')) {
         if (*p == '\n')
             p++;
-        if (strncmp(p, ENG_MIGRATION_BREAKING, n) == 0 &&
+        if (strncmp(p, marker, n) == 0 &&
             (p[n] == '\0' || p[n] == '\n' || p[n] == '\r' || p[n] == ' '))
             return true;
     }
@@ -377,7 +377,7 @@ eng_rc eng_migrate_up(const char *conninfo, const eng_migration *migs, size_t co
                              order[i]->name, sums[i], had);
             goto out;
         }
-        if (!had && !fresh && !allow_breaking && migrate_breaking(order[i])) {
+        if (!had && !fresh && !allow_breaking && migrate_marked(order[i], ENG_MIGRATION_BREAKING)) {
             rc = eng_err_set(err, ENG_ECONFLICT,
                              "migration %s is marked breaking: workers of the previous release "
                              "cannot run once it is applied; stop them, then run `flowd migrate "
@@ -386,19 +386,23 @@ eng_rc eng_migrate_up(const char *conninfo, const eng_migration *migs, size_t co
             goto out;
         }
     }
-    for (size_t i = 0; i < count; i++) {
-        if (migrate_recorded(recorded, order[i]->name))
-            continue;
-        rc = migrate_apply(conn, order[i], sums[i], err);
-        if (rc != ENG_OK)
-            goto out;
-        done++;
-        log_info("migration applied", LOG_S("name", order[i]->name));
-    }
-    if (opts && opts->funcs) {
-        rc = migrate_functions(conn, opts, &done, err);
-        if (rc != ENG_OK)
-            goto out;
+    /* pass 0: the migrations, but those marked to follow the function files; pass 1: those */
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass == 1 && opts && opts->funcs) {
+            rc = migrate_functions(conn, opts, &done, err);
+            if (rc != ENG_OK)
+                goto out;
+        }
+        for (size_t i = 0; i < count; i++) {
+            if (migrate_recorded(recorded, order[i]->name) ||
+                migrate_marked(order[i], ENG_MIGRATION_AFTER_FUNCTIONS) != (pass == 1))
+                continue;
+            rc = migrate_apply(conn, order[i], sums[i], err);
+            if (rc != ENG_OK)
+                goto out;
+            done++;
+            log_info("migration applied", LOG_S("name", order[i]->name));
+        }
     }
     /* Closing the session would release the lock too; unlocking says so explicitly. */
     rc = migrate_exec(conn, MIGRATE_UNLOCK_SQL, 0, NULL, "cannot release the migration lock", NULL,

@@ -44,6 +44,10 @@ typedef struct eng_migration {
 /* The marker line of a numbered migration that live workers of the previous release cannot
  * survive. */
 #define ENG_MIGRATION_BREAKING "-- flowd: breaking"
+/* A migration carrying this line is applied after the function files (all other pending migrations
+ * come before them): one whose DDL names a function of sql/, such as CREATE TRIGGER ... EXECUTE
+ * FUNCTION f(), needs f to exist, and a new f only exists once the function files ran. */
+#define ENG_MIGRATION_AFTER_FUNCTIONS "-- flowd: after-functions"
 
 /* The numbered migrations compiled into the binary from migrations/[0-9]*.sql (generated at build
  * time by cmake/embed_migrations.cmake), sorted by name; *count is set. Static storage: never free. */

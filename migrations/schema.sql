@@ -193,6 +193,15 @@ CREATE TABLE provider_settings (
     CONSTRAINT provider_settings_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES tenants(id)
 );
 
+CREATE TABLE quota_usage (
+    tenant_id bigint NOT NULL,
+    quota text NOT NULL,
+    period_start timestamp with time zone NOT NULL,
+    used bigint NOT NULL,
+    CONSTRAINT quota_usage_pkey PRIMARY KEY (tenant_id, quota, period_start),
+    CONSTRAINT quota_usage_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES tenants(id) ON DELETE CASCADE
+);
+
 CREATE TABLE rate_buckets (
     limit_id bigint NOT NULL,
     requests double precision NOT NULL,
@@ -216,6 +225,15 @@ CREATE TABLE rate_limits (
     CONSTRAINT rate_limits_requests_per_s_check CHECK ((requests_per_s > (0)::double precision)),
     CONSTRAINT rate_limits_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES tenants(id),
     CONSTRAINT rate_limits_tokens_per_min_check CHECK ((tokens_per_min > (0)::double precision))
+);
+
+CREATE TABLE run_callbacks (
+    run_id bigint NOT NULL,
+    tenant_id bigint NOT NULL,
+    url text NOT NULL,
+    events text[],
+    CONSTRAINT run_callbacks_pkey PRIMARY KEY (run_id),
+    CONSTRAINT run_callbacks_run_id_fkey FOREIGN KEY (run_id) REFERENCES runs(id) ON DELETE CASCADE
 );
 
 CREATE TABLE run_cancel_on (
@@ -390,6 +408,15 @@ CREATE TABLE suppressions (
     CONSTRAINT suppressions_pkey PRIMARY KEY (tenant_id, channel, address)
 );
 
+CREATE TABLE tenant_quotas (
+    tenant_id bigint NOT NULL,
+    runs_per_month bigint,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT tenant_quotas_pkey PRIMARY KEY (tenant_id),
+    CONSTRAINT tenant_quotas_runs_per_month_check CHECK ((runs_per_month >= 0)),
+    CONSTRAINT tenant_quotas_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES tenants(id) ON DELETE CASCADE
+);
+
 CREATE TABLE tenants (
     id bigint GENERATED ALWAYS AS IDENTITY,
     name text NOT NULL,
@@ -442,12 +469,80 @@ CREATE TABLE usage_records (
     CONSTRAINT usage_records_pkey PRIMARY KEY (id)
 );
 
+CREATE TABLE webhook_attempts (
+    id bigint GENERATED ALWAYS AS IDENTITY,
+    send_id bigint NOT NULL,
+    at timestamp with time zone NOT NULL,
+    status integer,
+    latency_ms integer NOT NULL,
+    response text,
+    error text,
+    CONSTRAINT webhook_attempts_pkey PRIMARY KEY (id),
+    CONSTRAINT webhook_attempts_send_id_fkey FOREIGN KEY (send_id) REFERENCES webhook_sends(id) ON DELETE CASCADE
+);
+
+CREATE TABLE webhook_batches_done (
+    batch_id bigint NOT NULL,
+    CONSTRAINT webhook_batches_done_pkey PRIMARY KEY (batch_id)
+);
+
 CREATE TABLE webhook_deliveries (
     tenant_id bigint NOT NULL,
     provider text NOT NULL,
     dedup_key text NOT NULL,
     received_at timestamp with time zone DEFAULT now() NOT NULL,
     CONSTRAINT webhook_deliveries_pkey PRIMARY KEY (tenant_id, provider, dedup_key)
+);
+
+CREATE TABLE webhook_endpoints (
+    id bigint GENERATED ALWAYS AS IDENTITY,
+    tenant_id bigint NOT NULL,
+    url text,
+    events text[],
+    workflows text[],
+    description text,
+    secret text NOT NULL,
+    previous_secret text,
+    previous_until timestamp with time zone,
+    state text DEFAULT 'active'::text NOT NULL,
+    disabled_reason text,
+    failing_since timestamp with time zone,
+    created_at timestamp with time zone NOT NULL,
+    updated_at timestamp with time zone NOT NULL,
+    CONSTRAINT webhook_endpoints_pkey PRIMARY KEY (id),
+    CONSTRAINT webhook_endpoints_state_check CHECK ((state = ANY (ARRAY['active'::text, 'paused'::text, 'disabled'::text]))),
+    CONSTRAINT webhook_endpoints_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES tenants(id)
+);
+
+CREATE TABLE webhook_messages (
+    id bigint GENERATED ALWAYS AS IDENTITY,
+    tenant_id bigint NOT NULL,
+    uid text DEFAULT ('msg_'::text || replace((gen_random_uuid())::text, '-'::text, ''::text)) NOT NULL,
+    type text NOT NULL,
+    run_id bigint,
+    body text NOT NULL,
+    created_at timestamp with time zone NOT NULL,
+    CONSTRAINT webhook_messages_pkey PRIMARY KEY (id)
+);
+
+CREATE TABLE webhook_sends (
+    id bigint GENERATED ALWAYS AS IDENTITY,
+    tenant_id bigint NOT NULL,
+    message_id bigint NOT NULL,
+    endpoint_id bigint NOT NULL,
+    url text,
+    state text DEFAULT 'pending'::text NOT NULL,
+    attempts integer DEFAULT 0 NOT NULL,
+    next_at timestamp with time zone NOT NULL,
+    leased_until timestamp with time zone,
+    last_status integer,
+    last_error text,
+    created_at timestamp with time zone NOT NULL,
+    finished_at timestamp with time zone,
+    CONSTRAINT webhook_sends_endpoint_id_fkey FOREIGN KEY (endpoint_id) REFERENCES webhook_endpoints(id) ON DELETE CASCADE,
+    CONSTRAINT webhook_sends_message_id_fkey FOREIGN KEY (message_id) REFERENCES webhook_messages(id) ON DELETE CASCADE,
+    CONSTRAINT webhook_sends_pkey PRIMARY KEY (id),
+    CONSTRAINT webhook_sends_state_check CHECK ((state = ANY (ARRAY['pending'::text, 'succeeded'::text, 'failed'::text])))
 );
 
 CREATE TABLE worker_leases (
@@ -506,8 +601,17 @@ CREATE INDEX steps_wait_due ON public.steps USING btree (run_at) WHERE ((state =
 CREATE INDEX steps_waiting ON public.steps USING btree (tenant_id, wait_event, wait_key) WHERE (state = 'waiting'::text);
 CREATE INDEX usage_records_run ON public.usage_records USING btree (run_id) WHERE (run_id IS NOT NULL);
 CREATE INDEX usage_records_tenant_at ON public.usage_records USING btree (tenant_id, at);
+CREATE INDEX webhook_attempts_send ON public.webhook_attempts USING btree (send_id, id);
 CREATE INDEX webhook_deliveries_received ON public.webhook_deliveries USING btree (received_at);
+CREATE UNIQUE INDEX webhook_endpoints_signer ON public.webhook_endpoints USING btree (tenant_id) WHERE (url IS NULL);
+CREATE INDEX webhook_endpoints_tenant ON public.webhook_endpoints USING btree (tenant_id, id);
+CREATE INDEX webhook_sends_due ON public.webhook_sends USING btree (endpoint_id, next_at) WHERE (state = 'pending'::text);
+CREATE INDEX webhook_sends_message ON public.webhook_sends USING btree (message_id);
+CREATE INDEX webhook_sends_tenant ON public.webhook_sends USING btree (tenant_id, id);
 
 -- Triggers
 
+CREATE TRIGGER runs_webhook AFTER UPDATE OF state ON public.runs FOR EACH ROW WHEN (((new.state = ANY (ARRAY['succeeded'::text, 'failed'::text, 'cancelled'::text])) AND (old.state IS DISTINCT FROM new.state))) EXECUTE FUNCTION flowd_webhook_run_ended();
 CREATE TRIGGER sends_settled AFTER UPDATE OF state ON public.sends FOR EACH ROW WHEN (((old.state = 'unknown'::text) AND (new.state = ANY (ARRAY['accepted'::text, 'failed'::text])))) EXECUTE FUNCTION flowd_send_settled();
+CREATE TRIGGER sends_webhook AFTER UPDATE OF delivery ON public.sends FOR EACH ROW WHEN (((new.delivery = ANY (ARRAY['delivered'::text, 'bounced'::text])) AND (old.delivery IS DISTINCT FROM new.delivery))) EXECUTE FUNCTION flowd_webhook_send_outcome();
+CREATE TRIGGER steps_webhook AFTER UPDATE OF state ON public.steps FOR EACH ROW WHEN (((new.state = 'failed'::text) AND (old.state IS DISTINCT FROM new.state))) EXECUTE FUNCTION flowd_webhook_step_failed();

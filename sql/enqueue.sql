@@ -263,6 +263,7 @@ BEGIN
             RETURN;
         END IF;
     END IF;
+    PERFORM flowd_quota_take_runs(p_tenant, jsonb_array_length(p_inputs));
     RETURN QUERY
     SELECT x.id, true
       FROM unnest(flowd_create_runs(p_tenant, p_workflow, p_inputs, p_priority, p_batch, NULL, NULL,
@@ -400,6 +401,7 @@ BEGIN
         RAISE EXCEPTION 'workflow % changed while the request was checked: send it again',
             p_workflow USING ERRCODE = '40001';
     END IF;
+    PERFORM flowd_quota_take_runs(p_tenant, jsonb_array_length(p_inputs));
     INSERT INTO batches (tenant_id, workflow_id, total, idempotency_key, idempotency_digest)
     VALUES (p_tenant, v_wf, jsonb_array_length(p_inputs), p_idempotency_key, v_digest)
     RETURNING batches.id, batches.total INTO id, total;

@@ -404,6 +404,17 @@ expect(await call('POST', '/v1/keys', { body: { tenant: 'nobody' } }), 404, 'key
 expect(await call('DELETE', `/v1/keys/${key.id}`), 204, 'revoke');
 expect(await call('DELETE', '/v1/keys/99999999'), 404, 'revoke nothing');
 void tenant;
+{ // quotas: acme may start one run a month; the second is refused 429 quota_exceeded
+  expect(await call('GET', '/v1/tenants/acme/quotas'), 200, 'quotas');
+  expect(await call('PUT', '/v1/tenants/acme/quotas', { body: { runs_per_month: -1 }, bad: true }), 422, 'bad quota');
+  expect(await call('PUT', '/v1/tenants/nobody/quotas', { body: { runs_per_month: 1 } }), 404, 'quota of nobody');
+  expect(await call('GET', '/v1/tenants/nobody/quotas'), 404, 'quotas of nobody');
+  expect(await call('PUT', '/v1/tenants/default/quotas', { body: { runs_per_month: 0 } }), 200, 'quota');
+  const refused = expect(await call('POST', '/v1/runs', { body: { workflow: 'mail' } }), 429, 'over quota');
+  if (refused.body?.error?.code !== 'quota_exceeded' || refused.headers.get('x-quota-name') !== 'runs_per_month')
+    fail(`over quota: ${JSON.stringify(refused.body)}`);
+  expect(await call('PUT', '/v1/tenants/default/quotas', { body: { runs_per_month: null } }), 200, 'no quota');
+}
 expect(await call('PUT', '/v1/rate-limits/smtp', { body: { requests_per_s: 5 } }), 201, 'limit');
 expect(await call('PUT', '/v1/rate-limits/smtp', { body: { requests_per_s: 6 } }), 200, 'limit again');
 expect(await call('PUT', '/v1/rate-limits/smtp', { body: { per_day: 6 }, bad: true }), 422, 'bad limit');
@@ -495,6 +506,39 @@ expect(await call('GET', '/v1/hooks/whatsapp?tenant=1&hub.mode=subscribe&hub.ver
     raw: new URLSearchParams(form).toString(), ctype: 'application/x-www-form-urlencoded', key: null,
     headers: { 'X-Twilio-Signature': sig },
   }), 200, 'signed twilio');
+}
+
+{ // outbound webhooks: endpoints (the target need not answer: deliveries are only listed here)
+  const ep = expect(await call('POST', '/v1/webhook-endpoints', { body: { url: 'https://hooks.example.com/flowd', events: ['run.succeeded', 'run.failed'], description: 'ops' } }), 201, 'webhook endpoint').body;
+  if (!/^whsec_/.test(ep.secret || '')) fail('a new webhook endpoint has no whsec_ secret');
+  expect(await call('POST', '/v1/webhook-endpoints', { body: { url: 'http://127.0.0.1/x' }, bad: true }), 422, 'private webhook url');
+  expect(await call('POST', '/v1/webhook-endpoints', { body: { url: 'https://hooks.example.com/', events: ['run.exploded'] }, bad: true }), 422, 'bad webhook event');
+  expect(await call('GET', '/v1/webhook-endpoints'), 200, 'webhook endpoints');
+  const got = expect(await call('GET', `/v1/webhook-endpoints/${ep.id}`), 200, 'webhook endpoint get').body;
+  if (got.secret !== undefined) fail('GET of a webhook endpoint shows its secret');
+  expect(await call('GET', '/v1/webhook-endpoints/99999999'), 404, 'no webhook endpoint');
+  expect(await call('PATCH', `/v1/webhook-endpoints/${ep.id}`, { body: { workflows: ['hello'], description: null } }), 200, 'webhook endpoint update');
+  expect(await call('PATCH', `/v1/webhook-endpoints/${ep.id}`, { body: { url: 'ftp://x' }, bad: true }), 422, 'bad webhook update');
+  expect(await call('POST', `/v1/webhook-endpoints/${ep.id}/pause`), 200, 'webhook pause');
+  expect(await call('POST', `/v1/webhook-endpoints/${ep.id}/resume`), 200, 'webhook resume');
+  expect(await call('POST', `/v1/webhook-endpoints/${ep.id}/rotate`), 200, 'webhook rotate');
+  expect(await call('POST', '/v1/webhook-endpoints/99999999/rotate'), 404, 'rotate no endpoint');
+  expect(await call('POST', '/v1/runs', { body: { workflow: 'mail', webhook: { url: 'https://hooks.example.com/cb' } } }), 409, 'callback without a secret');
+  expect(await call('POST', '/v1/webhook-callback-secret'), 200, 'callback secret');
+  const cb = expect(await call('POST', '/v1/runs', { body: { workflow: 'mail', webhook: { url: 'https://hooks.example.com/cb', events: ['run.succeeded'] } } }), 201, 'run with a callback').body;
+  await waitRun(cb.id, ['succeeded', 'failed']);
+  let list;
+  for (let i = 0; i < 100; i++) { // the trigger wrote it with the run's end; it may still be in its first attempt
+    list = expect(await call('GET', `/v1/webhook-deliveries?run=${cb.id}`), 200, 'webhook deliveries').body;
+    if (list.deliveries.length) break;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  if (!list.deliveries.length) fail('no webhook delivery for a run with a callback');
+  else expect(await call('POST', `/v1/webhook-deliveries/${list.deliveries[0].id}/redeliver`), 202, 'redeliver');
+  expect(await call('GET', '/v1/webhook-deliveries?state=lost'), 400, 'bad delivery state');
+  expect(await call('POST', '/v1/webhook-deliveries/99999999/redeliver'), 404, 'redeliver nothing');
+  expect(await call('DELETE', `/v1/webhook-endpoints/${ep.id}`), 204, 'drop webhook endpoint');
+  expect(await call('DELETE', `/v1/webhook-endpoints/${ep.id}`), 404, 'drop no webhook endpoint');
 }
 
 // every documented operation was reached

@@ -230,6 +230,39 @@ static void test_function_files(void **state)
     free(db);
 }
 
+/* A trigger on a function of the function files: its migration, marked, runs after them (on a
+ * fresh database and on one that already has the earlier migrations), the later unmarked ones
+ * before them. */
+static void test_after_functions(void **state)
+{
+    (void)state;
+    static const eng_migration migs[] = {
+        {"0001_init.sql", MIG1_SQL},
+        {"0002_trigger.sql", ENG_MIGRATION_AFTER_FUNCTIONS "\n"
+                             "CREATE TRIGGER mt_stamp BEFORE INSERT ON mt_log FOR EACH ROW "
+                             "EXECUTE FUNCTION mt_stamp();"},
+        {"0003_last.sql", "ALTER TABLE mt_log ADD COLUMN extra int;"},
+    };
+    static const eng_migration funcs[] = {
+        {"t.sql", "CREATE OR REPLACE FUNCTION mt_stamp() RETURNS trigger LANGUAGE plpgsql AS "
+                  "$$ BEGIN NEW.extra := 7; RETURN NEW; END $$;"}};
+    eng_migrate_opts opts = {.funcs = funcs, .nfuncs = 1, .set = 1};
+    eng_err err = {0};
+    int applied = -1;
+    char *db = th_pg_new_db("mig_after");
+    assert_int_equal(eng_migrate_up(db, migs, 3, &opts, &applied, &err), ENG_OK);
+    assert_int_equal(applied, 4);
+    free(th_pg_value(db, "INSERT INTO mt_log (note) VALUES ('x') RETURNING id"));
+    assert_int_equal(th_pg_long(db, "SELECT extra FROM mt_log WHERE note = 'x'"), 7);
+    free(db);
+    db = th_pg_new_db("mig_after_upgrade");
+    assert_int_equal(eng_migrate_up(db, migs, 1, NULL, &applied, &err), ENG_OK);
+    assert_int_equal(eng_migrate_up(db, migs, 3, &opts, &applied, &err), ENG_OK);
+    assert_int_equal(applied, 3);
+    assert_int_equal(th_pg_long(db, "SELECT count(*) FROM pg_trigger WHERE tgname = 'mt_stamp'"), 1);
+    free(db);
+}
+
 static void test_breaking_refused(void **state)
 {
     (void)state;
@@ -362,6 +395,7 @@ int main(void)
         cmocka_unit_test(test_changed_file_refused),
         cmocka_unit_test(test_failing_file_rolls_back),
         cmocka_unit_test(test_function_files),
+        cmocka_unit_test(test_after_functions),
         cmocka_unit_test(test_breaking_refused),
         cmocka_unit_test(test_bad_lists_and_connection),
         cmocka_unit_test(test_embedded),

@@ -62,33 +62,47 @@ static int netns(const char *fmt, ...)
 }
 
 /* flowd in namespace i (1-based), talking to the database over its database link and to the
- * mock over its provider link, under the path prefix /p<i>. */
+ * mock over its provider link, under the path prefix /p<i>. The environment and arguments are
+ * built before fork: the child of this multi-threaded process (the mock's thread) only makes
+ * async-signal-safe calls. */
 static pid_t spawn_in(int i, const char *dbname, int mock_port)
 {
-    char ns[64], conninfo[160], twilio[96], lease[16];
+    char ns[64], conninfo[160], twilio[128], lease[16];
     snprintf(ns, sizeof ns, "/run/netns/%s-%d", tag, i);
     snprintf(conninfo, sizeof conninfo,
              "host=%s.%d port=5432 dbname=%s user=postgres connect_timeout=2", net, 8 * i + 1,
              dbname);
-    snprintf(twilio, sizeof twilio, "http://%s.%d:%d/p%d", net, 8 * i + 5, mock_port, i);
+    snprintf(twilio, sizeof twilio, "TWILIO_BASE_URL=http://%s.%d:%d/p%d", net, 8 * i + 5,
+             mock_port, i);
     snprintf(lease, sizeof lease, "%d", LEASE_MS);
+    size_t n = 0;
+    while (environ[n])
+        n++;
+    const char **envp = eng_xcalloc(n + 3, sizeof *envp);
+    size_t k = 0;
+    for (size_t j = 0; j < n; j++)
+        if (strncmp(environ[j], "TWILIO_BASE_URL=", 16) != 0 &&
+            strncmp(environ[j], "FLOWD_TEST_CLOCK=", 17) != 0)
+            envp[k++] = environ[j];
+    envp[k++] = twilio;
+    envp[k++] = "FLOWD_TEST_CLOCK=1";
+    const char *argv[] = {"flowd",       "--database", conninfo, "serve",          "--role",
+                          "worker",      "--workers",  "1",      "--max-inflight", "8",
+                          "--lease-ms",  lease,        NULL};
+    const char *bin = th_flowd_bin();
+    int fd = open(ns, O_RDONLY | O_CLOEXEC), devnull = open("/dev/null", O_WRONLY | O_CLOEXEC);
+    assert_true(fd >= 0 && devnull >= 0);
     pid_t pid = fork();
     assert_true(pid >= 0);
     if (pid == 0) {
-        int fd = open(ns, O_RDONLY | O_CLOEXEC);
-        if (fd < 0 || setns(fd, CLONE_NEWNET) != 0) {
-            perror("test_partition: setns");
+        if (setns(fd, CLONE_NEWNET) != 0 || dup2(devnull, 1) < 0)
             _exit(126);
-        }
-        setenv("TWILIO_BASE_URL", twilio, 1);
-        setenv("FLOWD_TEST_CLOCK", "1", 1);
-        int devnull = open("/dev/null", O_WRONLY);
-        dup2(devnull, 1);
-        execl(th_flowd_bin(), "flowd", "--database", conninfo, "serve", "--role", "worker",
-              "--workers", "1", "--max-inflight", "8", "--lease-ms", lease, (char *)NULL);
-        perror("test_partition: exec flowd");
+        execve(bin, (char *const *)argv, (char *const *)envp);
         _exit(127);
     }
+    close(fd);
+    close(devnull);
+    free(envp);
     return pid;
 }
 
