@@ -49,6 +49,14 @@ typedef struct db_stmt {
     bool prepared; /* on the current connection */
 } db_stmt;
 
+/* State another module keeps per connection (eng_db_slot_set), freed with the connection. */
+typedef struct db_slot {
+    const void *key;
+    void *data;
+    eng_db_slot_free *free_fn;
+    struct db_slot *next;
+} db_slot;
+
 struct eng_db {
     struct ev_loop *loop;
     ev_io io;
@@ -75,6 +83,7 @@ struct eng_db {
     bool down;            /* lost, or an attempt failed, since the last successful connection */
     ev_tstamp down_at;
     bool connected;       /* counted in flowd_db_connections */
+    db_slot *slots;
 };
 
 /* Connections of this process that are down: the first to go down and the last to come back
@@ -530,6 +539,14 @@ void eng_db_free(eng_db *db)
         db_op_free(op);
         op = n;
     }
+    /* after the queued ops: no callback can reach the owners' state any more */
+    for (db_slot *sl = db->slots; sl;) {
+        db_slot *n = sl->next;
+        if (sl->free_fn)
+            sl->free_fn(sl->data);
+        free(sl);
+        sl = n;
+    }
     for (int i = 0; i < db->nstmts; i++) {
         free(db->stmts[i].name);
         free(db->stmts[i].sql);
@@ -627,6 +644,31 @@ int eng_db_backend_pid(const eng_db *db)
 int eng_db_pending(const eng_db *db)
 {
     return db->nqueries;
+}
+
+void *eng_db_slot(const eng_db *db, const void *key)
+{
+    for (const db_slot *sl = db->slots; sl; sl = sl->next)
+        if (sl->key == key)
+            return sl->data;
+    return NULL;
+}
+
+void eng_db_slot_set(eng_db *db, const void *key, void *data, eng_db_slot_free *free_fn)
+{
+    db_slot *sl = db->slots;
+    while (sl && sl->key != key)
+        sl = sl->next;
+    if (!sl) {
+        sl = eng_xcalloc(1, sizeof *sl);
+        sl->key = key;
+        sl->next = db->slots;
+        db->slots = sl;
+    } else if (sl->free_fn && sl->data != data) {
+        sl->free_fn(sl->data);
+    }
+    sl->data = data;
+    sl->free_fn = free_fn;
 }
 
 eng_rc eng_db_sqlstate_rc(const char *state)

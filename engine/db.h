@@ -73,6 +73,16 @@ int eng_db_backend_pid(const eng_db *db);
 /* Queries queued or in flight. */
 int eng_db_pending(const eng_db *db);
 
+/* Per-connection state of other modules (the llm answer batcher, the rate-limit probes): each
+ * module keys its slot with the address of one of its own statics, so keys never collide. The
+ * connection owns what is set: eng_db_free calls free_fn(data) (when non-NULL) after dropping the
+ * queued queries, whose callbacks are not called, so free_fn also releases what those callbacks
+ * would have. Setting a key again frees the previous data. Loop thread only, like the rest. */
+typedef void eng_db_slot_free(void *data);
+/* The data set under key, or NULL. */
+void *eng_db_slot(const eng_db *db, const void *key);
+void eng_db_slot_set(eng_db *db, const void *key, void *data, eng_db_slot_free *free_fn);
+
 /* The one map from a SQLSTATE to eng_rc (NULL or malformed: ENG_EDB):
  * - ENG_EDB_RETRY: class 08 (connection exception) and 57P01 (admin shutdown): the connection is
  *   gone; class 40 (transaction rollback: 40001 serialization failure, 40P01 deadlock): the server

@@ -309,6 +309,17 @@ static void budget_done(void *arg, const eng_err *err, int64_t wait_ms)
     start_call(a);
 }
 
+/* With the provider's settings: takes budget, then calls. */
+static void config_ready(llm_attempt *a, prov_config *cfg)
+{
+    a->cfg = cfg;
+    a->st = LLM_BUDGET;
+    a->est_tokens = (int64_t)(llm_input_chars(a->in) + 3) / 4 + llm_input_max_tokens(a->in);
+    if (rl_take_start(eng_step_db(a->ctx), eng_step_tenant_id(a->ctx), a->rl_name, 1,
+                      a->est_tokens, budget_done, a, &a->take))
+        start_call(a); /* an unlimited name: granted at once */
+}
+
 static void config_done(void *arg, const eng_err *err, prov_config *cfg)
 {
     llm_attempt *a = arg;
@@ -319,14 +330,7 @@ static void config_done(void *arg, const eng_err *err, prov_config *cfg)
         attempt_fail(a, false, "db_error", "could not load the provider settings", 0);
         return;
     }
-    a->cfg = cfg;
-    a->st = LLM_BUDGET;
-    a->est_tokens = (int64_t)(llm_input_chars(a->in) + 3) / 4 + llm_input_max_tokens(a->in);
-    /* an unlimited name runs budget_done (and maybe ends the attempt) before this returns */
-    rl_take *t = rl_take_start(eng_step_db(a->ctx), eng_step_tenant_id(a->ctx), a->rl_name, 1,
-                               a->est_tokens, budget_done, a);
-    if (t)
-        a->take = t;
+    config_ready(a, cfg);
 }
 
 static void lookup_result(llm_batch_item *it, const eng_err *err, json_t *out)
@@ -354,10 +358,9 @@ static void lookup_result(llm_batch_item *it, const eng_err *err, json_t *out)
         start_call(a);
         return;
     }
-    /* a cache hit runs config_done (and maybe ends the attempt) before this returns */
-    prov_load *l = prov_config_load(a->ctx, (prov_id)a->prov, config_done, a);
-    if (l)
-        a->load = l;
+    prov_config *cfg = prov_config_load(a->ctx, (prov_id)a->prov, config_done, a, &a->load);
+    if (cfg)
+        config_ready(a, cfg); /* cached */
 }
 
 /* The provider and model serving this attempt (see the header comment). */

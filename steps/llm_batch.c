@@ -1,7 +1,6 @@
 /* steps/llm_batch.c: recorded llm answers, looked up and written in batches (see llm_batch.h). */
 #include "steps/llm_batch.h"
 
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,40 +12,51 @@
 
 enum { BQ_LOOKUP = 0, BQ_RECORD = 1 };
 
+typedef struct llm_batch llm_batch;
+
+/* One per connection, in its slot (eng_db_slot): freed with it. */
 typedef struct llm_batcher {
     struct eng_db *db;
     llm_batch_item *head[2], *tail[2]; /* waiting, per queue */
-    bool busy[2];                      /* a batch of that queue is in flight */
-    struct llm_batcher *next;
+    llm_batch *inflight[2];            /* the batch of that queue on the wire, or NULL */
 } llm_batcher;
 
-typedef struct llm_batch {
+struct llm_batch {
     llm_batcher *b;
     int which;
     size_t n;
     llm_batch_item **items;
-} llm_batch;
+};
 
-static pthread_mutex_t batchers_mu = PTHREAD_MUTEX_INITIALIZER;
-static llm_batcher *batchers; /* one per connection ever used; each only touched by its loop */
+static const char batcher_key; /* the slot's key: its address */
+
+/* The connection is going (eng_db_free) and drops the batches on the wire without answering them:
+ * their items hear ENG_ECANCELED instead, so their owners can let go of them. */
+static void batcher_free(void *data)
+{
+    llm_batcher *b = data;
+    eng_err err;
+    eng_err_set(&err, ENG_ECANCELED, "the connection was closed");
+    for (int q = 0; q < 2; q++) {
+        llm_batch *bt = b->inflight[q];
+        if (!bt)
+            continue;
+        for (size_t i = 0; i < bt->n; i++)
+            bt->items[i]->done(bt->items[i], &err, NULL);
+        free(bt->items);
+        free(bt);
+    }
+    free(b);
+}
 
 static llm_batcher *batcher_for(struct eng_db *db)
 {
-    pthread_mutex_lock(&batchers_mu);
-    llm_batcher *b = batchers;
-    while (b && b->db != db)
-        b = b->next;
+    llm_batcher *b = eng_db_slot(db, &batcher_key);
     if (!b) {
         b = eng_xcalloc(1, sizeof *b);
         b->db = db;
-        b->next = batchers;
-        batchers = b;
+        eng_db_slot_set(db, &batcher_key, b, batcher_free);
     }
-    pthread_mutex_unlock(&batchers_mu);
-    /* a connection freed with our batch in flight, and a new one at the same address */
-    for (int q = 0; q < 2; q++)
-        if (b->busy[q] && eng_db_pending(db) == 0)
-            b->busy[q] = false;
     return b;
 }
 
@@ -56,7 +66,7 @@ static void batch_done(void *arg, const eng_err *err, const PGresult *res)
 {
     llm_batch *bt = arg;
     llm_batcher *b = bt->b;
-    b->busy[bt->which] = false;
+    b->inflight[bt->which] = NULL;
     json_t **found = NULL;
     if (bt->which == BQ_LOOKUP) {
         found = eng_xcalloc(bt->n, sizeof *found);
@@ -74,7 +84,7 @@ static void batch_done(void *arg, const eng_err *err, const PGresult *res)
     free(bt->items);
     int which = bt->which;
     free(bt);
-    if (b->head[which] && !b->busy[which])
+    if (b->head[which] && !b->inflight[which])
         batch_flush(b, which);
 }
 
@@ -130,7 +140,7 @@ static void batch_flush(llm_batcher *b, int which)
         bt->items[i] = it;
     }
     b->head[which] = b->tail[which] = NULL;
-    b->busy[which] = true;
+    b->inflight[which] = bt;
     char *s = batch_rows(bt->items, bt->n, which);
     const char *params[] = {s};
     eng_db_query(b->db,
@@ -150,7 +160,7 @@ static void batch_enqueue(struct eng_db *db, llm_batch_item *it, int which)
     else
         b->head[which] = it;
     b->tail[which] = it;
-    if (!b->busy[which])
+    if (!b->inflight[which])
         batch_flush(b, which);
 }
 

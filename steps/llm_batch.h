@@ -9,7 +9,10 @@
  *
  * Ownership: an item is the caller's (embed it), and must stay valid until its callback runs or
  * llm_batch_withdraw returns true. What it points at is read when its batch is sent. Everything
- * runs on the loop thread of the connection. */
+ * runs on the loop thread of the connection. The batcher's state lives in the connection's slot
+ * (eng_db_slot): when the connection is freed with a batch on the wire, that batch's callbacks run
+ * from eng_db_free with ENG_ECANCELED (by then their owners must only let go of them: a worker
+ * cancels its steps before it frees its connection); waiting items are dropped unanswered. */
 #pragma once
 
 #include <jansson.h>

@@ -423,20 +423,19 @@ static void fetch_done(void *arg, const eng_err *err, const PGresult *res)
     prov_config_free(cfg);
 }
 
-prov_load *prov_config_load(eng_step_ctx *ctx, prov_id id, prov_config_cb *cb, void *arg)
+prov_config *prov_config_load(eng_step_ctx *ctx, prov_id id, prov_config_cb *cb, void *arg,
+                              prov_load **pending)
 {
     int64_t tenant = eng_step_tenant_id(ctx);
     struct eng_db *db = eng_step_db(ctx);
-    if (id == PROV_HTTP) {
-        cb(arg, NULL, prov_config_merge(id, NULL));
-        return NULL;
-    }
+    *pending = NULL;
+    if (id == PROV_HTTP)
+        return prov_config_merge(id, NULL);
     pthread_mutex_lock(&cache_mu);
     prov_config *hit = cache_find_locked(tenant, id, eng_clock_mono_ms());
     if (hit) {
         pthread_mutex_unlock(&cache_mu);
-        cb(arg, NULL, hit);
-        return NULL;
+        return hit;
     }
     prov_load *l = eng_xcalloc(1, sizeof *l);
     l->cb = cb;
@@ -464,7 +463,8 @@ prov_load *prov_config_load(eng_step_ctx *ctx, prov_id id, prov_config_cb *cb, v
                      "SELECT settings FROM provider_settings WHERE tenant_id = $1 AND provider = $2",
                      2, params, fetch_done, f);
     }
-    return l;
+    *pending = l;
+    return NULL;
 }
 
 void prov_load_cancel(prov_load *l)

@@ -120,10 +120,12 @@ typedef void prov_config_cb(void *arg, const eng_err *err, prov_config *cfg);
 typedef struct prov_load prov_load; /* a pending load, opaque */
 
 /* The effective config of provider id for the attempt's tenant, read through eng_step_db(ctx) and
- * cached. On a cache hit cb runs BEFORE this returns and the result is NULL; otherwise cb runs
- * later from the loop and the returned handle may be passed to prov_load_cancel (e.g. from the
- * kind's cancel callback) until cb runs. */
-prov_load *prov_config_load(eng_step_ctx *ctx, prov_id id, prov_config_cb *cb, void *arg);
+ * cached. On a cache hit it is returned (a new reference), cb will not run and *pending is NULL.
+ * Otherwise the result is NULL, *pending is the load, and cb runs later from the loop (never before
+ * this returns); *pending may be passed to prov_load_cancel (e.g. from the kind's cancel callback)
+ * until cb runs. */
+prov_config *prov_config_load(eng_step_ctx *ctx, prov_id id, prov_config_cb *cb, void *arg,
+                              prov_load **pending);
 /* cb will not be called. NULL-safe. Only before cb ran. */
 void prov_load_cancel(prov_load *l);
 /* Forgets every cached config (tests, or after the settings table changed). */

@@ -40,14 +40,21 @@ typedef struct probe {
     struct eng_db *db;
     int64_t tenant;
     char *name;
+    rl_take *owner;       /* the take whose query is out */
     rl_take *head, *tail; /* waiters, in order of arrival */
     struct probe *next;
 } probe;
 
-static pthread_mutex_t rl_mu = PTHREAD_MUTEX_INITIALIZER;
+/* A connection's probes, in its slot (eng_db_slot): freed with it. */
+typedef struct rl_conn {
+    probe *probes;
+} rl_conn;
+
+static const char conn_key; /* the slot's key: its address */
+
+static pthread_mutex_t rl_mu = PTHREAD_MUTEX_INITIALIZER; /* guards the unlimited cache */
 static unlimited *unl;
 static size_t nunl, unl_cap;
-static probe *probes; /* all connections' probes; each probe is only touched by its loop */
 
 bool rl_known_unlimited(int64_t tenant, const char *name)
 {
@@ -111,9 +118,37 @@ static void take_free(rl_take *t)
     free(t);
 }
 
-static void probe_unlink_locked(probe *p)
+/* The connection is going (eng_db_free) and drops the probes' queries unanswered: their takes,
+ * cancelled by then or never to be answered, go with it. */
+static void conn_free(void *data)
 {
-    for (probe **pp = &probes; *pp; pp = &(*pp)->next) {
+    rl_conn *rc = data;
+    for (probe *p = rc->probes, *pn; p; p = pn) {
+        pn = p->next;
+        take_free(p->owner);
+        for (rl_take *w = p->head, *wn; w; w = wn) {
+            wn = w->next;
+            take_free(w);
+        }
+        free(p->name);
+        free(p);
+    }
+    free(rc);
+}
+
+static rl_conn *conn_of(struct eng_db *db)
+{
+    rl_conn *rc = eng_db_slot(db, &conn_key);
+    if (!rc) {
+        rc = eng_xcalloc(1, sizeof *rc);
+        eng_db_slot_set(db, &conn_key, rc, conn_free);
+    }
+    return rc;
+}
+
+static void probe_unlink(probe *p)
+{
+    for (probe **pp = &conn_of(p->db)->probes; *pp; pp = &(*pp)->next) {
         if (*pp == p) {
             *pp = p->next;
             return;
@@ -155,11 +190,8 @@ static void take_done(void *arg, const eng_err *err, const PGresult *res)
             remember_unlimited(t->tenant, t->name);
     }
     probe *p = t->probe;
-    if (p) { /* takes starting from the callbacks below send their own query or hit the cache */
-        pthread_mutex_lock(&rl_mu);
-        probe_unlink_locked(p);
-        pthread_mutex_unlock(&rl_mu);
-    }
+    if (p) /* takes starting from the callbacks below send their own query or hit the cache */
+        probe_unlink(p);
     if (wait > 0)
         eng_metrics_rate_limit_wait(t->name);
     if (!t->cancelled)
@@ -180,32 +212,19 @@ static void take_send(rl_take *t)
                  take_done, t);
 }
 
-rl_take *rl_take_start(struct eng_db *db, int64_t tenant, const char *name, int requests,
-                       int64_t tokens, rl_cb *cb, void *arg)
+bool rl_take_start(struct eng_db *db, int64_t tenant, const char *name, int requests,
+                   int64_t tokens, rl_cb *cb, void *arg, rl_take **pending)
 {
-    if (rl_known_unlimited(tenant, name)) {
-        cb(arg, NULL, 0);
-        return NULL;
-    }
+    *pending = NULL;
+    if (rl_known_unlimited(tenant, name))
+        return true;
     rl_take *t = eng_xcalloc(1, sizeof *t);
     *t = (rl_take){.cb = cb, .arg = arg, .db = db, .tenant = tenant, .name = eng_xstrdup(name),
                    .requests = requests, .tokens = tokens};
-    pthread_mutex_lock(&rl_mu);
-    probe *p = probes;
-    while (p && !(p->db == db && p->tenant == tenant && strcmp(p->name, name) == 0))
+    rl_conn *rc = conn_of(db);
+    probe *p = rc->probes;
+    while (p && !(p->tenant == tenant && strcmp(p->name, name) == 0))
         p = p->next;
-    if (p && eng_db_pending(db) == 0) {
-        /* its connection was freed with the query queued, and this one has the same address:
-         * the probe's takes were abandoned with it */
-        probe_unlink_locked(p);
-        for (rl_take *w = p->head, *next; w; w = next) {
-            next = w->next;
-            take_free(w);
-        }
-        free(p->name);
-        free(p);
-        p = NULL;
-    }
     if (p) {
         if (p->tail)
             p->tail->next = t;
@@ -214,14 +233,14 @@ rl_take *rl_take_start(struct eng_db *db, int64_t tenant, const char *name, int 
         p->tail = t;
     } else {
         p = eng_xcalloc(1, sizeof *p);
-        *p = (probe){.db = db, .tenant = tenant, .name = eng_xstrdup(name), .next = probes};
-        probes = p;
+        *p = (probe){.db = db, .tenant = tenant, .name = eng_xstrdup(name), .owner = t,
+                     .next = rc->probes};
+        rc->probes = p;
         t->probe = p;
-    }
-    pthread_mutex_unlock(&rl_mu);
-    if (t->probe)
         take_send(t);
-    return t;
+    }
+    *pending = t;
+    return false;
 }
 
 void rl_take_cancel(rl_take *t)

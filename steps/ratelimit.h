@@ -32,11 +32,12 @@ typedef void rl_cb(void *arg, const eng_err *err, int64_t wait_ms);
 typedef struct rl_take rl_take; /* a pending request, opaque */
 
 /* Asks for `requests` requests and `tokens` tokens (0 = none) under the limits named name that
- * apply to tenant, on db (a worker connection, eng_step_db). When the name is known to be
- * unlimited, cb runs before this returns with wait_ms 0 and the result is NULL; otherwise cb runs
- * later from db's loop and the handle can be cancelled until then. */
-rl_take *rl_take_start(struct eng_db *db, int64_t tenant, const char *name, int requests,
-                       int64_t tokens, rl_cb *cb, void *arg);
+ * apply to tenant, on db (a worker connection, eng_step_db). true: granted at once, because the
+ * name is known to be unlimited; cb will not run and *pending is NULL, so the caller goes on.
+ * false: *pending is the request, cb runs later from db's loop (never before this returns), and
+ * the request can be cancelled until then. */
+bool rl_take_start(struct eng_db *db, int64_t tenant, const char *name, int requests,
+                   int64_t tokens, rl_cb *cb, void *arg, rl_take **pending);
 /* cb will not be called. NULL-safe. Only before cb ran. */
 void rl_take_cancel(rl_take *t);
 

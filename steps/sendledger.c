@@ -814,11 +814,9 @@ static void budget_done(void *arg, const eng_err *err, int64_t wait_ms)
 static void take_budget(step_send *ss)
 {
     ss->st = SS_BUDGET;
-    /* an unlimited name runs budget_done (and maybe ends the attempt) before this returns */
-    rl_take *t = rl_take_start(eng_step_db(ss->ctx), eng_step_tenant_id(ss->ctx), ss->rl_name, 1, 0,
-                               budget_done, ss);
-    if (t)
-        ss->take = t;
+    if (rl_take_start(eng_step_db(ss->ctx), eng_step_tenant_id(ss->ctx), ss->rl_name, 1, 0,
+                      budget_done, ss, &ss->take))
+        claim(ss); /* an unlimited name: granted at once */
 }
 
 static void gate_done(void *arg, const eng_err *err, const PGresult *res)
@@ -859,6 +857,21 @@ static void gate(step_send *ss)
                  4, params, gate_done, ss);
 }
 
+/* With the provider's settings: builds the message, then asks the suppression list and the rate
+ * limit. */
+static void config_ready(step_send *ss, prov_config *cfg)
+{
+    ss->cfg = cfg;
+    eng_err perr;
+    eng_err_clear(&perr);
+    if (ss->ops->prepare(eng_step_input(ss->ctx), cfg, ss->send_key, &ss->msg, &perr) != ENG_OK) {
+        ss_fail(ss, true, "invalid_input", "%.180s%s%.60s", perr.msg, *perr.field ? " at " : "",
+                perr.field);
+        return;
+    }
+    gate(ss);
+}
+
 static void config_done(void *arg, const eng_err *err, prov_config *cfg)
 {
     step_send *ss = arg;
@@ -871,15 +884,7 @@ static void config_done(void *arg, const eng_err *err, prov_config *cfg)
         ss_fail(ss, false, "config", "provider settings unavailable: %s", err->msg);
         return;
     }
-    ss->cfg = cfg;
-    eng_err perr;
-    eng_err_clear(&perr);
-    if (ss->ops->prepare(eng_step_input(ss->ctx), cfg, ss->send_key, &ss->msg, &perr) != ENG_OK) {
-        ss_fail(ss, true, "invalid_input", "%.180s%s%.60s", perr.msg, *perr.field ? " at " : "",
-                perr.field);
-        return;
-    }
-    gate(ss);
+    config_ready(ss, cfg);
 }
 
 void step_send_start(eng_step_ctx *ctx, const send_ops *ops)
@@ -899,10 +904,9 @@ void step_send_start(eng_step_ctx *ctx, const send_ops *ops)
         ss_fail(ss, true, "invalid_input", "%s at %s", err.msg, err.field);
         return;
     }
-    /* on a cache hit config_done runs (and may finish the attempt) before this returns */
-    prov_load *l = prov_config_load(ctx, ops->provider, config_done, ss);
-    if (l)
-        ss->load = l;
+    prov_config *cfg = prov_config_load(ctx, ops->provider, config_done, ss, &ss->load);
+    if (cfg)
+        config_ready(ss, cfg); /* cached */
 }
 
 void step_send_cancel(eng_step_ctx *ctx)

@@ -196,9 +196,49 @@ static void test_sqlstate_map(void **state)
     assert_int_equal(eng_db_sqlstate_rc(NULL), ENG_EDB);
 }
 
+static int slot_frees;
+static const void *slot_freed[4];
+
+static void slot_free(void *data)
+{
+    slot_freed[slot_frees++ % 4] = data;
+}
+
+/* A module's per-connection state is the connection's: freed with it (after its queued queries,
+ * whose callbacks never run), and replaced state is freed at once. */
+static void test_slots(void **state)
+{
+    (void)state;
+    fx f;
+    fx_start(&f);
+    char conninfo[160];
+    snprintf(conninfo, sizeof conninfo, "host=127.0.0.1 port=%d dbname=x user=x sslmode=disable",
+             f.port);
+    static const char key_a, key_b;
+    static int one, two, three;
+    slot_frees = 0;
+    eng_db *db = eng_db_new(f.loop, &(eng_db_opts){.conninfo = conninfo});
+    assert_null(eng_db_slot(db, &key_a));
+    eng_db_slot_set(db, &key_a, &one, slot_free);
+    eng_db_slot_set(db, &key_b, &two, slot_free);
+    assert_ptr_equal(eng_db_slot(db, &key_a), &one);
+    assert_ptr_equal(eng_db_slot(db, &key_b), &two);
+    eng_db_slot_set(db, &key_a, &three, slot_free);
+    assert_int_equal(slot_frees, 1);
+    assert_ptr_equal(slot_freed[0], &one);
+    assert_ptr_equal(eng_db_slot(db, &key_a), &three);
+    eng_db_query(db, "SELECT 1", 0, NULL, never_called, NULL);
+    eng_db_free(db);
+    assert_int_equal(slot_frees, 3);
+    assert_true((slot_freed[1] == &three && slot_freed[2] == &two) ||
+                (slot_freed[1] == &two && slot_freed[2] == &three));
+    fx_stop(&f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_slots),
         cmocka_unit_test(test_sqlstate_map),
         cmocka_unit_test(test_connect_attempt_times_out),
         cmocka_unit_test(test_tcp_keepalive_defaults),
