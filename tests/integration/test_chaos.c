@@ -120,20 +120,6 @@ static void sleep_ms(long ms)
     nanosleep(&ts, NULL);
 }
 
-static long q_long(const char *db, const char *fmt, ...) ENG_PRINTF(2, 3);
-static long q_long(const char *db, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    char *sql = NULL;
-    if (vasprintf(&sql, fmt, ap) < 0)
-        abort();
-    va_end(ap);
-    long v = th_pg_long(db, sql);
-    free(sql);
-    return v;
-}
-
 static bool wait_for(const char *db, double timeout_s, const char *fmt, ...) ENG_PRINTF(3, 4);
 static bool wait_for(const char *db, double timeout_s, const char *fmt, ...)
 {
@@ -150,7 +136,6 @@ static bool wait_for(const char *db, double timeout_s, const char *fmt, ...)
 
 /* ----------------------------------------------------------------------- private cluster -- */
 
-
 /* ----------------------------------------------------------------------------- checks -- */
 
 static const char chain2_def[] =
@@ -165,30 +150,30 @@ static const char chain2_def[] =
  */
 static long assert_once(const char *db, long runs, long steps)
 {
-    assert_int_equal(q_long(db, "SELECT count(*) FROM runs WHERE state = 'succeeded'"), runs);
-    assert_int_equal(q_long(db, "SELECT count(*) FROM steps WHERE state = 'succeeded'"), steps);
-    assert_int_equal(q_long(db, "SELECT count(*) FROM steps"), steps);
+    assert_int_equal(th_pg_longf(db, "SELECT count(*) FROM runs WHERE state = 'succeeded'"), runs);
+    assert_int_equal(th_pg_longf(db, "SELECT count(*) FROM steps WHERE state = 'succeeded'"), steps);
+    assert_int_equal(th_pg_longf(db, "SELECT count(*) FROM steps"), steps);
     /* one step.succeeded event per step */
-    assert_int_equal(q_long(db, "SELECT count(*) FROM run_events WHERE type = 'step.succeeded'"),
+    assert_int_equal(th_pg_longf(db, "SELECT count(*) FROM run_events WHERE type = 'step.succeeded'"),
                      steps);
-    assert_int_equal(q_long(db,
+    assert_int_equal(th_pg_longf(db,
                             "SELECT count(*) FROM (SELECT run_id, step_key FROM run_events"
                             " WHERE type = 'step.succeeded' GROUP BY 1, 2 HAVING count(*) <> 1) x"),
                      0);
     /* the only retries are lease expiries; nothing failed */
-    assert_int_equal(q_long(db, "SELECT count(*) FROM run_events WHERE type IN ('step.failed',"
+    assert_int_equal(th_pg_longf(db, "SELECT count(*) FROM run_events WHERE type IN ('step.failed',"
                                 " 'run.failed') OR (type = 'step.retrying'"
                                 " AND data->>'code' IS DISTINCT FROM 'lease_expired')"),
                      0);
     /* attempts = 1 + the step's lease expiries, and each attempt has its step.started */
     assert_int_equal(
-        q_long(db, "SELECT count(*) FROM steps s WHERE s.attempts <> 1 + (SELECT count(*)"
+        th_pg_longf(db, "SELECT count(*) FROM steps s WHERE s.attempts <> 1 + (SELECT count(*)"
                    " FROM run_events e WHERE e.run_id = s.run_id AND e.step_key = s.key"
                    " AND e.type = 'step.retrying')"
                    " OR s.attempts <> (SELECT count(*) FROM run_events e WHERE e.run_id = s.run_id"
                    " AND e.step_key = s.key AND e.type = 'step.started')"),
         0);
-    return q_long(db, "SELECT count(*) FROM steps WHERE attempts > 1");
+    return th_pg_longf(db, "SELECT count(*) FROM steps WHERE attempts > 1");
 }
 
 /* Executions counted here: none past the table, none beyond the attempts the database recorded for
@@ -204,7 +189,7 @@ static long assert_execs(const char *db, long max_id, bool all_here)
             never++;
         if (n > 1) {
             twice++;
-            long attempts = q_long(db, "SELECT attempts FROM steps WHERE id = %ld", id);
+            long attempts = th_pg_longf(db, "SELECT attempts FROM steps WHERE id = %ld", id);
             if (attempts < n)
                 fail_msg("step %ld ran %d times here with %ld attempts recorded", id, n, attempts);
         }
@@ -240,8 +225,8 @@ static void test_terminate_worker_connections(void **state)
                              " WHERE application_name LIKE '%s-%%'",
                              prefix));
         sleep_ms(20 + rand_r(&seed) % 80);
-        long done = q_long(db, "SELECT count(*) FROM steps WHERE state = 'succeeded'");
-        long n = q_long(db,
+        long done = th_pg_longf(db, "SELECT count(*) FROM steps WHERE state = 'succeeded'");
+        long n = th_pg_longf(db,
                         "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid))"
                         " FROM pg_stat_activity WHERE application_name LIKE '%s-%%'",
                         prefix);
@@ -298,7 +283,7 @@ static void test_server_restart(void **state)
     th_engine_enqueue(db, tenant, wf, RUNS, "{\"n\": 4}", 1000);
     assert_true(
         wait_for(db, 60, "SELECT count(*) >= %d FROM steps WHERE state = 'succeeded'", STEPS / 10));
-    long at_restart = q_long(db, "SELECT count(*) FROM steps WHERE state = 'succeeded'");
+    long at_restart = th_pg_longf(db, "SELECT count(*) FROM steps WHERE state = 'succeeded'");
     long long r0 = th_now_ms();
     assert_int_equal(th_cluster_ctl(c, "restart"), 0);
     long long r1 = th_now_ms();
@@ -308,7 +293,7 @@ static void test_server_restart(void **state)
     bool finished =
         wait_for(db, 60, "SELECT count(*) = %d FROM runs WHERE state = 'succeeded'", RUNS);
     long long t1 = th_now_ms();
-    long after = q_long(db, "SELECT count(*) FROM steps WHERE state = 'succeeded'"
+    long after = th_pg_longf(db, "SELECT count(*) FROM steps WHERE state = 'succeeded'"
                             " AND finished_at >= pg_postmaster_start_time()");
     int wst = 0;
     bool serve_alive = waitpid(serve, &wst, WNOHANG) == 0;
@@ -361,7 +346,7 @@ static void test_outage_keeps_outcomes(void **state)
     th_engine_enqueue(db, tenant, wf, RUNS, NULL, 0);
     assert_true(wait_for(db, 30, "SELECT count(*) >= 40 FROM steps WHERE state = 'succeeded'"));
 
-    long running_at_stop = q_long(db, "SELECT count(*) FROM steps WHERE state = 'running'");
+    long running_at_stop = th_pg_longf(db, "SELECT count(*) FROM steps WHERE state = 'running'");
     long long s0 = th_now_ms();
     assert_int_equal(th_cluster_ctl(c, "stop"), 0);
     long before = atomic_load(&naps_finished);
@@ -382,7 +367,7 @@ static void test_outage_keeps_outcomes(void **state)
     assert_true(reconnected);
     assert_true(finished);
     /* the outcomes that finished while the database was away arrived after it came back */
-    long reported_after = q_long(db, "SELECT count(*) FROM steps WHERE state = 'succeeded'"
+    long reported_after = th_pg_longf(db, "SELECT count(*) FROM steps WHERE state = 'succeeded'"
                                      " AND finished_at >= pg_postmaster_start_time()");
     print_message("outage: %ld running at the stop (%lld ms), %ld finished in the %lld ms outage,"
                   " workers back %lld ms after the start; %ld reported after it\n",
@@ -392,7 +377,7 @@ static void test_outage_keeps_outcomes(void **state)
     /* nothing ran twice and no lease expired: the outage was shorter than the lease */
     assert_int_equal(assert_once(db, RUNS, RUNS), 0);
     assert_int_equal(assert_execs(db, RUNS, true), 0);
-    assert_int_equal(q_long(db, "SELECT count(*) FROM steps WHERE attempts <> 1"), 0);
+    assert_int_equal(th_pg_longf(db, "SELECT count(*) FROM steps WHERE attempts <> 1"), 0);
     free(db);
 }
 

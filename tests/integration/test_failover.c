@@ -37,20 +37,6 @@ static const char notify_def[] =
     "  \"input\": {\"to\": \"{{steps.shape.output.to}}\", \"body\": \"{{steps.shape.output.text}}\","
     "             \"resolve\": {\"checks\": 2, \"interval_ms\": 300}}}]}";
 
-static long q_long(const char *db, const char *fmt, ...) ENG_PRINTF(2, 3);
-static long q_long(const char *db, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    char *sql = NULL;
-    if (vasprintf(&sql, fmt, ap) < 0)
-        abort();
-    va_end(ap);
-    long v = th_pg_long(db, sql);
-    free(sql);
-    return v;
-}
-
 static void test_failover_to_promoted_standby(void **state)
 {
     (void)state;
@@ -59,25 +45,7 @@ static void test_failover_to_promoted_standby(void **state)
     long long tenant;
     char *db_p = th_engine_db_at(primary->dir, "failover", &tenant);
     long long wf = th_engine_register(db_p, tenant, notify_def);
-    PGconn *c = th_pgc_open(db_p);
-    for (int i = 0; i < RUNS; i += 100) {
-        /* one flowd_enqueue per 100 runs, each with its own phone number and text */
-        char *inputs = eng_xstrdup("[");
-        for (int k = i; k < i + 100; k++) {
-            char *next = eng_xasprintf("%s%s{\"n\": %d, \"phone\": \"+1555%07d\"}", inputs,
-                                       k > i ? ", " : "", k, k);
-            free(inputs);
-            inputs = next;
-        }
-        char *arr = eng_xasprintf("%s]", inputs);
-        assert_int_equal(th_pgc_ll(c, "SELECT count(*) FROM flowd_enqueue($1, $2, $3::jsonb, 0,"
-                                      " NULL, NULL)",
-                                   TH_P(th_num(tenant).s, th_num(wf).s, arr)),
-                         100);
-        free(arr);
-        free(inputs);
-    }
-    PQfinish(c);
+    th_engine_enqueue_phones(db_p, tenant, wf, RUNS);
     th_cluster *standby = th_cluster_standby(primary);
     assert_non_null(standby);
     const char *dbname = strstr(db_p, "dbname=") + 7;
@@ -106,11 +74,11 @@ static void test_failover_to_promoted_standby(void **state)
     /* What the primary has committed just before it stops: all of it must survive. */
     th_pg_value(db_p, "CREATE TABLE failover_seen AS SELECT id, attempts, finished_at FROM steps"
                       " WHERE state = 'succeeded'");
-    long seen = q_long(db_p, "SELECT count(*) FROM failover_seen");
+    long seen = th_pg_longf(db_p, "SELECT count(*) FROM failover_seen");
     long long t_stop = th_now_ms();
     assert_int_equal(th_cluster_ctl(primary, "stop"), 0);
     long long t_stopped = th_now_ms();
-    long done_at_stop = q_long(db_s, "SELECT count(*) FROM runs WHERE state = 'succeeded'");
+    long done_at_stop = th_pg_longf(db_s, "SELECT count(*) FROM runs WHERE state = 'succeeded'");
     assert_int_equal(th_cluster_ctl(standby, "promote"), 0);
     long long t_promoted = th_now_ms();
     /* the first step finished on the new primary */
@@ -125,7 +93,7 @@ static void test_failover_to_promoted_standby(void **state)
     int st1 = th_serve_kill(p1, SIGTERM), st2 = th_serve_kill(p2, SIGTERM);
 
     /* The longest stretch without a step finishing, from the steps' own finish times. */
-    double gap_s = (double)q_long(db_s, "SELECT (1000 * max(gap))::bigint FROM (SELECT"
+    double gap_s = (double)th_pg_longf(db_s, "SELECT (1000 * max(gap))::bigint FROM (SELECT"
                                         " extract(epoch FROM finished_at - lag(finished_at)"
                                         " OVER (ORDER BY finished_at)) AS gap FROM steps"
                                         " WHERE finished_at IS NOT NULL) g") / 1000.0;
@@ -136,15 +104,15 @@ static void test_failover_to_promoted_standby(void **state)
                   t_progress - t_stop, gap_s);
     print_message("failover: %d SMS requests, %d accepted, %d look-ups; %ld interruptions\n",
                   th_msg_requests(sms), th_msg_accepted(sms), th_msg_lookups(sms),
-                  q_long(db_s, "SELECT coalesce(sum(interruptions), 0) FROM steps"));
+                  th_pg_longf(db_s, "SELECT coalesce(sum(interruptions), 0) FROM steps"));
     assert_true(all);
     assert_true(WIFEXITED(st1) && WEXITSTATUS(st1) == 0);
     assert_true(WIFEXITED(st2) && WEXITSTATUS(st2) == 0);
     /* the failover landed on work in progress */
     assert_true(done_at_stop < RUNS);
-    assert_int_equal(q_long(db_s, "SELECT count(*) FROM runs WHERE state = 'succeeded'"), RUNS);
+    assert_int_equal(th_pg_longf(db_s, "SELECT count(*) FROM runs WHERE state = 'succeeded'"), RUNS);
     /* nothing committed was lost: every step that had succeeded is untouched */
-    assert_int_equal(q_long(db_s, "SELECT count(*) FROM failover_seen f JOIN steps s USING (id)"
+    assert_int_equal(th_pg_longf(db_s, "SELECT count(*) FROM failover_seen f JOIN steps s USING (id)"
                                   " WHERE s.state = 'succeeded' AND s.attempts = f.attempts"
                                   " AND s.finished_at = f.finished_at"),
                      seen);
@@ -158,7 +126,7 @@ static void test_failover_to_promoted_standby(void **state)
     if (*retried)
         print_message("steps with more than one attempt: %s\n", retried);
     free(retried);
-    assert_int_equal(q_long(db_s, "SELECT count(*) FROM steps WHERE attempts <> 1"), 0);
+    assert_int_equal(th_pg_longf(db_s, "SELECT count(*) FROM steps WHERE attempts <> 1"), 0);
     /* every SMS reached the provider exactly once */
     assert_int_equal(th_msg_accepted(sms), RUNS);
     for (int i = 0; i < RUNS; i++) {

@@ -120,20 +120,6 @@ static int requests_of(th_msg *sms, int i)
     return n;
 }
 
-static long q_long(const char *db, const char *fmt, ...) ENG_PRINTF(2, 3);
-static long q_long(const char *db, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    char *sql = NULL;
-    if (vasprintf(&sql, fmt, ap) < 0)
-        abort();
-    va_end(ap);
-    long v = th_pg_long(db, sql);
-    free(sql);
-    return v;
-}
-
 static void test_kill_and_partition(void **state)
 {
     (void)state;
@@ -144,24 +130,7 @@ static void test_kill_and_partition(void **state)
     long long tenant;
     char *db = th_engine_db_at(pg->dir, "partition", &tenant);
     long long wf = th_engine_register(db, tenant, notify_def);
-    PGconn *c = th_pgc_open(db);
-    for (int i = 0; i < RUNS; i += 100) {
-        char *inputs = eng_xstrdup("[");
-        for (int k = i; k < i + 100; k++) {
-            char *next = eng_xasprintf("%s%s{\"n\": %d, \"phone\": \"+1555%07d\"}", inputs,
-                                       k > i ? ", " : "", k, k);
-            free(inputs);
-            inputs = next;
-        }
-        char *arr = eng_xasprintf("%s]", inputs);
-        assert_int_equal(th_pgc_ll(c, "SELECT count(*) FROM flowd_enqueue($1, $2, $3::jsonb, 0,"
-                                      " NULL, NULL)",
-                                   TH_P(th_num(tenant).s, th_num(wf).s, arr)),
-                         100);
-        free(arr);
-        free(inputs);
-    }
-    PQfinish(c);
+    th_engine_enqueue_phones(db, tenant, wf, RUNS);
     const char *dbname = strstr(db, "dbname=") + 7;
     char name[96];
     snprintf(name, sizeof name, "%.*s", (int)strcspn(dbname, " "), dbname);
@@ -205,7 +174,7 @@ static void test_kill_and_partition(void **state)
     procs[2] = spawn_in(2, name, port);
     th_sleep_ms(2 * LEASE_MS);
     int before_heal = requests_of(sms, 1);
-    long done_before_heal = q_long(db, "SELECT count(*) FROM runs WHERE state = 'succeeded'");
+    long done_before_heal = th_pg_longf(db, "SELECT count(*) FROM runs WHERE state = 'succeeded'");
     assert_int_equal(netns("heal %s 1", tag), 0);
     long long t_heal = th_now_ms();
 
@@ -222,15 +191,15 @@ static void test_kill_and_partition(void **state)
                   after_heal - before_heal, done_before_heal);
     print_message("partition: %d SMS requests, %d accepted, %d look-ups; %ld steps interrupted\n",
                   th_msg_requests(sms), th_msg_accepted(sms), th_msg_lookups(sms),
-                  q_long(db, "SELECT count(*) FROM steps WHERE interruptions > 0"));
+                  th_pg_longf(db, "SELECT count(*) FROM steps WHERE interruptions > 0"));
     assert_int_equal(netns("down %s %d", tag, NPROC), 0);
 
     assert_true(all);
     /* the cut-off process sent nothing once its lease could have been reclaimed */
     assert_int_equal(before_heal, at_lease);
-    assert_int_equal(q_long(db, "SELECT count(*) FROM runs WHERE state = 'succeeded'"), RUNS);
-    assert_int_equal(q_long(db, "SELECT count(*) FROM steps WHERE state = 'succeeded'"), 2 * RUNS);
-    assert_int_equal(q_long(db, "SELECT count(*) FROM steps WHERE attempts <> 1"), 0);
+    assert_int_equal(th_pg_longf(db, "SELECT count(*) FROM runs WHERE state = 'succeeded'"), RUNS);
+    assert_int_equal(th_pg_longf(db, "SELECT count(*) FROM steps WHERE state = 'succeeded'"), 2 * RUNS);
+    assert_int_equal(th_pg_longf(db, "SELECT count(*) FROM steps WHERE attempts <> 1"), 0);
     assert_int_equal(th_msg_accepted(sms), RUNS);
     for (int i = 0; i < RUNS; i++) {
         char key[64];

@@ -1,6 +1,11 @@
 /* tests/support/th_engine.c: driving the queue engine from tests (see th_engine.h). */
 #include "tests/support/th_engine.h"
 
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
@@ -166,6 +171,29 @@ long long th_engine_enqueue(const char *conninfo, long long tenant, long long wo
     }
     PQfinish(c);
     return last;
+}
+
+void th_engine_enqueue_phones(const char *conninfo, long long tenant, long long workflow, int n)
+{
+    PGconn *c = th_pgc_open(conninfo);
+    for (int i = 0; i < n; i += 100) {
+        int k_end = i + 100 < n ? i + 100 : n;
+        char *inputs = eng_xstrdup("[");
+        for (int k = i; k < k_end; k++) {
+            char *next = eng_xasprintf("%s%s{\"n\": %d, \"phone\": \"+1555%07d\"}", inputs,
+                                       k > i ? ", " : "", k, k);
+            free(inputs);
+            inputs = next;
+        }
+        char *arr = eng_xasprintf("%s]", inputs);
+        assert_int_equal(th_pgc_ll(c, "SELECT count(*) FROM flowd_enqueue($1, $2, $3::jsonb, 0,"
+                                      " NULL, NULL)",
+                                   TH_P(th_num(tenant).s, th_num(workflow).s, arr)),
+                         k_end - i);
+        free(arr);
+        free(inputs);
+    }
+    PQfinish(c);
 }
 
 bool th_engine_wait(const char *conninfo, const char *sql, double timeout_s)

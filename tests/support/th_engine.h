@@ -44,6 +44,10 @@ long long th_engine_register(const char *conninfo, long long tenant, const char 
 long long th_engine_enqueue(const char *conninfo, long long tenant, long long workflow, int n,
                             const char *input_json, int batch);
 
+/* Enqueues n runs of workflow whose inputs differ: run k gets {"n": k, "phone": "+1555" k as 7
+ * digits}, so each run's send has its own recipient (100 runs per flowd_enqueue call). */
+void th_engine_enqueue_phones(const char *conninfo, long long tenant, long long workflow, int n);
+
 /* Polls sql (one row, one boolean column) every 20 ms on one connection until it is true; returns
  * false when timeout_s passes first. */
 bool th_engine_wait(const char *conninfo, const char *sql, double timeout_s);
