@@ -98,11 +98,16 @@ static const cli_command commands[] = {
      "--catchup-window DURATION, --jitter DURATION, --start-at TIME, --end-at TIME, --paused.\n"
      "show prints the next 10 ticks in UTC and in the schedule's zone; trigger fires it once now\n"
      "and prints the run id."},
-    {"quotas", cli_cmd_quotas, CMD_API, false, "TENANT [--runs-per-month N|none]",
+    {"quotas", cli_cmd_quotas, CMD_API, false,
+     "TENANT [--runs-per-month N|none] [--llm-tokens-per-month N|none] "
+     "[--llm-cost-usd-per-month USD|none] [--sends-per-day N|none]",
      "show a tenant's quotas, or set them (admin key of the tenant that created it, or of default)",
-     "Enqueueing past runs_per_month (runs created through the API in a calendar month, UTC) is\n"
-     "refused with 429 quota_exceeded, naming the quota, its limit, what is used and when it\n"
-     "resets."},
+     "Quotas not named keep their value. Enqueueing past runs_per_month (runs created through\n"
+     "the API in a calendar month, UTC) is refused with 429 quota_exceeded, naming the quota, its\n"
+     "limit, what is used and when it resets. An llm step past llm_tokens_per_month or\n"
+     "llm_cost_usd_per_month (calendar month, UTC), and an email, sms or whatsapp step past\n"
+     "sends_per_day (UTC day), waits in the state blocked until the quota resets or is raised\n"
+     "(or fails, when its workflow says \"quota\": {\"on_exceeded\": \"fail\"})."},
     {"secrets", cli_cmd_secrets, CMD_DIRECT, false, "rotate",
      "re-seal every stored provider secret under FLOWD_SECRET_KEY",
      "Rotation: give the server the new key as FLOWD_SECRET_KEY and the old one as\n"
