@@ -75,6 +75,18 @@ CREATE TABLE console_sessions (
     CONSTRAINT console_sessions_pkey PRIMARY KEY (token_hash)
 );
 
+CREATE TABLE custom_hooks (
+    tenant_id bigint NOT NULL,
+    name text NOT NULL,
+    verify jsonb NOT NULL,
+    event jsonb NOT NULL,
+    dedup text,
+    created_at timestamp with time zone NOT NULL,
+    updated_at timestamp with time zone NOT NULL,
+    CONSTRAINT custom_hooks_pkey PRIMARY KEY (tenant_id, name),
+    CONSTRAINT custom_hooks_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES tenants(id)
+);
+
 CREATE TABLE events (
     id bigint GENERATED ALWAYS AS IDENTITY,
     tenant_id bigint NOT NULL,
