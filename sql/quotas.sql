@@ -1,4 +1,4 @@
--- sql/quotas.sql: tenants' quotas (tables: migrations/0040_quotas.sql, 0042_quota_steps.sql):
+-- sql/quotas.sql: tenants' quotas (tables: migrations/0040_quotas.sql, 0043_quota_steps.sql):
 -- runs taken when they are created, steps blocked before a call that a quota has no room for.
 
 -- The start of the month (UTC) of the engine clock, and of the next one.
