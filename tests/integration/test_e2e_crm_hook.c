@@ -27,6 +27,7 @@
 #include "steps/steps.h"
 #include "tests/support/th.h"
 #include "tests/support/th_api.h"
+#include "tests/support/th_engine.h"
 
 #define SW_SECRET "whsec_c2hvcC1kZW1vLXN0YW5kYXJkLXdlYmhvb2tzLWtleQ=="
 
@@ -98,8 +99,11 @@ static long runs_of(world *w, const char *workflow)
 /* Waits until n lead_touchpoints runs exist (the map of crm_new_order starts them). */
 static void wait_sequences(world *w, long n)
 {
-    for (int i = 0; i < 500 && runs_of(w, "lead_touchpoints") < n; i++)
-        th_sleep_ms(20);
+    char *cond = eng_xasprintf("SELECT count(*) >= %ld FROM runs r JOIN workflows w"
+                               " ON w.id = r.workflow_id WHERE w.name = 'lead_touchpoints'",
+                               n);
+    assert_true(th_engine_wait(th_api_db(w->api), cond, 60));
+    free(cond);
     assert_int_equal(runs_of(w, "lead_touchpoints"), n);
 }
 
