@@ -186,11 +186,12 @@ static json_t *sched_plan_row(const PGresult *res, int row, check_cache *checks)
                    (check && jschema_validate(check, input, "/input", &err) != ENG_OK)) {
             order_error(order, at, "invalid_input", err.msg, err.field);
         } else {
+            /* a tick made ahead waits for its instant like any delayed start */
             int64_t jitter = eng_sched_jitter_ms(sc, id, at);
             json_array_append_new(fires, json_pack("{s:I, s:o, s:o}", "at", (json_int_t)at,
                                                    "input", input, "start",
-                                                   jitter ? json_integer(at + jitter)
-                                                          : json_null()));
+                                                   jitter || at > now ? json_integer(at + jitter)
+                                                                      : json_null()));
             prev = at;
             continue;
         }
@@ -249,11 +250,12 @@ static void sched_fire_cb(void *arg, const eng_err *err, const PGresult *res)
             continue;
         int made = atoi(PQgetvalue(res, i, 2));
         const json_t *fires = json_object_get(order, "fires");
-        /* runs are made for the ticks in order, less the skipped: their lag is that of the last */
+        /* runs are made for the ticks in order, less the skipped: their lag is that of the last;
+         * a run made ahead of its tick is not late */
         for (int k = 0; k < made; k++) {
             size_t idx = json_array_size(fires) - (size_t)made + (size_t)k;
-            eng_metrics_schedule_fired(made_ms - json_integer_value(json_object_get(
-                                                     json_array_get(fires, idx), "at")));
+            int64_t at = json_integer_value(json_object_get(json_array_get(fires, idx), "at"));
+            eng_metrics_schedule_fired(made_ms > at ? made_ms - at : 0);
         }
         sched_count_skips(order, res, i);
     }
