@@ -1,7 +1,7 @@
 // console/app.js: sign-in, the layout and the router. Views live at #/runs, #/runs/ID,
-// #/workflows, #/workflows/NAME, #/batches, #/schedules, #/usage, #/limits and #/sends; each page
-// module exports render(root, ctx) and returns a function that stops what it started (timers,
-// streams). A page for a new API is one module and one entry in PAGES.
+// #/workflows, #/workflows/NAME, #/batches, #/schedules, #/usage, #/limits, #/sends and
+// #/webhooks; each page module exports render(root, ctx) and returns a function that stops what
+// it started (timers, streams). A page for a new API is one module and one entry in PAGES.
 import * as api from './api.js';
 import { h, replace } from './dom.js';
 import * as runs from './runs.js';
@@ -12,6 +12,7 @@ import * as limits from './limits.js';
 import * as sends from './sends.js';
 import * as schedules from './schedules.js';
 import * as usage from './usage.js';
+import * as webhooks from './webhooks.js';
 
 const PAGES = [
   { path: /^\/runs\/(\d+)$/, page: run, nav: 'runs' },
@@ -24,6 +25,7 @@ const PAGES = [
   { path: /^\/usage$/, page: usage, nav: 'usage', label: 'Usage' },
   { path: /^\/limits$/, page: limits, nav: 'limits', label: 'Limits & suppressions' },
   { path: /^\/sends$/, page: sends, nav: 'sends', label: 'Sends' },
+  { path: /^\/webhooks$/, page: webhooks, nav: 'webhooks', label: 'Webhooks' },
 ];
 
 const app = document.getElementById('app');
@@ -108,7 +110,7 @@ api.whenSignedOut(() => {
 });
 
 // Keyboard: "/" focuses the page's search field; j and k move between the runs of a list; g then
-// r/w/b/c/u/l/s goes to a view.
+// r/w/b/c/u/l/s/h goes to a view.
 let pendingG = false;
 document.addEventListener('keydown', (e) => {
   const t = e.target;
@@ -129,7 +131,7 @@ document.addEventListener('keydown', (e) => {
     }
   } else if (pendingG) {
     pendingG = false;
-    const to = { r: '#/runs', w: '#/workflows', b: '#/batches', c: '#/schedules', u: '#/usage', l: '#/limits', s: '#/sends' }[e.key];
+    const to = { r: '#/runs', w: '#/workflows', b: '#/batches', c: '#/schedules', u: '#/usage', l: '#/limits', s: '#/sends', h: '#/webhooks' }[e.key];
     if (to) location.hash = to;
   } else if (e.key === 'g') {
     pendingG = true;

@@ -4,7 +4,7 @@
 // through the API, and drives the console in Debian's headless chromium with puppeteer-core: sign
 // in, the run list and its metadata filter, a run whose step finishes while the page watches
 // (within 1 s of the step's commit), retry of a failed run until it succeeds, cancel, bulk cancel,
-// the workflow, batch, limits and sends views, a member key's session, XSS payloads in everything a
+// the workflow, batch, limits, sends and webhooks views, a member key's session, XSS payloads in everything a
 // run holds, keyboard navigation. Any console error, failed request or unexpected HTTP error fails
 // the test. Screenshots of each view go to SHOTS_DIR; timing figures are printed. Prints "N passed,
 // N failed".
@@ -49,6 +49,20 @@ const upstream = http.createServer((req, res) => {
 await new Promise((r) => upstream.listen(0, '127.0.0.1', r));
 const upstreamUrl = `http://127.0.0.1:${upstream.address().port}/flaky`;
 
+// A webhook receiver: records what it is sent and answers with markup in its body.
+const hooks = [];
+const receiver = http.createServer((req, res) => {
+  let body = '';
+  req.on('data', (d) => { body += d; });
+  req.on('end', () => {
+    hooks.push({ id: req.headers['webhook-id'], body });
+    res.writeHead(200, { 'Content-Type': 'text/html' });
+    res.end(`thanks ${XSS}`);
+  });
+});
+await new Promise((r) => receiver.listen(0, '127.0.0.1', r));
+const receiverUrl = `http://127.0.0.1:${receiver.address().port}/hook?x=<script>window.__xss=4</script>`;
+
 let serverLog = '';
 const server = spawn(flowdBin, ['--database', `host=${pgdir} dbname=${dbname} user=postgres`,
   'serve', '--listen', '127.0.0.1:0', '--workers', '2'], {
@@ -59,6 +73,7 @@ let browser = null;
 const cleanup = () => {
   server.kill('SIGTERM');
   upstream.close();
+  receiver.close();
 };
 process.on('exit', cleanup);
 const base = await new Promise((resolve, reject) => {
@@ -393,6 +408,51 @@ try {
   await page.waitForSelector('table.outbox tbody tr');
   await shot('15-sends');
 
+  // webhooks: add an endpoint (its secret shown once), see a run's delivery reach the receiver
+  // with its attempt, redeliver it, rotate, pause and resume, delete
+  await page.keyboard.press('g');
+  await page.keyboard.press('h');
+  await page.waitForSelector('table.endpoints tbody tr');
+  await page.type('input[name=url]', receiverUrl);
+  await page.type('input[name=description]', XSS);
+  await page.click('input[name=events][value="run.succeeded"]');
+  await page.click('form.webhook-new button[type=submit]');
+  await page.waitForSelector('pre.secret');
+  const secret1 = await page.$eval('pre.secret', (p) => p.textContent);
+  check(/^whsec_/.test(secret1), 'a new endpoint shows its secret once');
+  const endpoint = (await api('GET', '/v1/webhook-endpoints')).endpoints.find((e) => e.url === receiverUrl);
+  check(endpoint && endpoint.description === XSS && !('secret' in endpoint), 'the endpoint is kept as typed, its secret not listed');
+  const hooked = await api('POST', '/v1/runs', { workflow: 'note', input: { lead: 'hooked', text: 'x' } });
+  await page.evaluate(() => { document.querySelector('input[name=run]').value = ''; });
+  await page.type('input[name=run]', String(hooked.id));
+  await page.keyboard.press('Enter');
+  await page.waitForFunction(() => document.querySelectorAll('table.deliveries tbody tr[data-delivery]').length === 1 &&
+    document.querySelector('table.deliveries tbody tr[data-delivery]').innerText.includes('succeeded'), { timeout: 15000 });
+  check(hooks.length === 1 && JSON.parse(hooks[0].body).data.id === hooked.id, `the receiver got the run's webhook (${hooks.length})`);
+  check((await page.evaluate(() => location.hash)).includes(`run=${hooked.id}`), 'the delivery filter is in the address');
+  await press('table.deliveries tbody tr[data-delivery] button.link');
+  await page.waitForSelector('tr.attempt-log table.attempts tbody tr');
+  check(await page.$eval('tr.attempt-log', (t) => /200/.test(t.innerText) && /\d+ ms/.test(t.innerText) && t.innerText.includes('thanks <img')),
+    'the attempt shows its status, latency and the first bytes of the answer');
+  await press('table.deliveries tbody tr[data-delivery] button[data-action="redeliver"]');
+  await page.waitForFunction(() => document.querySelectorAll('tr.attempt-log table.attempts tbody tr').length === 2, { timeout: 15000 });
+  check(hooks.length === 2 && hooks[1].id === hooks[0].id, 'a redelivery goes out again with the same webhook-id');
+  await shot('17-webhooks');
+  await xssInert('webhooks');
+  await press(`tr[data-endpoint="${endpoint.id}"] button[data-action="rotate"]`);
+  await page.waitForFunction((s1) => document.querySelector('pre.secret') && document.querySelector('pre.secret').textContent !== s1, {}, secret1);
+  check(true, 'a rotated secret is shown once');
+  await press(`tr[data-endpoint="${endpoint.id}"] button[data-action="pause"]`);
+  await page.waitForSelector(`tr[data-endpoint="${endpoint.id}"] button[data-action="resume"]`);
+  check((await api('GET', `/v1/webhook-endpoints/${endpoint.id}`)).state === 'paused', 'pause an endpoint');
+  await press(`tr[data-endpoint="${endpoint.id}"] button[data-action="resume"]`);
+  await page.waitForSelector(`tr[data-endpoint="${endpoint.id}"] button[data-action="pause"]`);
+  await press(`tr[data-endpoint="${endpoint.id}"] button[data-action="delete"]`);
+  await page.waitForFunction((id) => document.querySelector(`tr[data-endpoint="${id}"] button[data-action="delete"]`).textContent.includes('Really'), {}, endpoint.id);
+  await press(`tr[data-endpoint="${endpoint.id}"] button[data-action="delete"]`);
+  await page.waitForFunction((id) => !document.querySelector(`tr[data-endpoint="${id}"]`), {}, endpoint.id);
+  check((await api('GET', '/v1/webhook-endpoints')).endpoints.length === 0, 'delete an endpoint (asked twice)');
+
   // a session cannot change anything without its CSRF value
   expected.push(['POST', '/v1/events', 403]);
   const csrf = await page.evaluate(async () => (await fetch('/v1/events', {
@@ -411,6 +471,9 @@ try {
   expected.push(['GET', '/v1/providers', 404]);
   const admin = await page.evaluate(async () => (await fetch('/v1/providers')).status);
   check(admin === 404, `a member session cannot reach admin routes (${admin})`);
+  await page.goto(`${base}/#/webhooks`, { waitUntil: 'load' });
+  await page.waitForFunction(() => document.querySelector('main').innerText.includes('admin key'));
+  check(true, 'a member session is told webhooks need an admin key');
   await shot('16-member');
 
   check(!urls.some((u) => u.includes(KEY) || u.includes(member.key)), 'no API key in any URL');
