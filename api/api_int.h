@@ -122,6 +122,12 @@ void api_call_respond_raw(api_call *call, int status, const char *content_type, 
 /* Entry i of the route table (method, pattern with "{}" for a parameter); false past the end. */
 bool api_route_at(size_t i, const char **method, const char **pattern);
 
+/* Whether want is the HMAC (SHA-1 or SHA-256, keyed with key[0..keylen)) of data, as lower-case
+ * hex or as base64; compared in constant time (api/routes_hooks.c). */
+typedef enum api_hmac_alg { API_HMAC_SHA1, API_HMAC_SHA256 } api_hmac_alg;
+bool api_hmac_matches(api_hmac_alg alg, const char *key, size_t keylen, const char *data,
+                      size_t len, bool hex, const char *want);
+
 /* Route handlers (api/routes_*.c). */
 void api_route_workflow_put(api_call *call);
 void api_route_workflow_get(api_call *call);
@@ -136,6 +142,11 @@ void api_route_hook_twilio(api_call *call);           /* api/routes_hooks.c */
 void api_route_hook_sendgrid(api_call *call);
 void api_route_hook_whatsapp(api_call *call);
 void api_route_hook_whatsapp_verify(api_call *call);
+void api_route_custom_hook_put(api_call *call);     /* api/routes_custom_hooks.c */
+void api_route_custom_hook_get(api_call *call);
+void api_route_custom_hooks_list(api_call *call);
+void api_route_custom_hook_delete(api_call *call);
+void api_route_custom_hook_post(api_call *call);
 void api_route_outbox_list(api_call *call);           /* api/routes_outbox.c */
 void api_route_send_outcome(api_call *call);          /* api/routes_sends.c */
 void api_route_run_sequencer_csv(api_call *call);     /* api/routes_export.c */

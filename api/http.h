@@ -71,6 +71,8 @@ const char *api_req_query(const api_req *r, const char *name);  /* percent-decod
 const char *api_req_query_name(const api_req *r, size_t i);     /* i-th parameter's name, or NULL */
 const char *api_req_query_value(const api_req *r, size_t i);    /* its decoded value, or NULL */
 const char *api_req_header(const api_req *r, const char *name); /* case-insensitive, NULL if absent */
+/* The i-th header as received: false past the last. */
+bool api_req_header_at(const api_req *r, size_t i, const char **name, const char **value);
 const char *api_req_body(const api_req *r, size_t *len);        /* de-chunked, NUL-terminated */
 const char *api_req_peer(const api_req *r);                     /* "127.0.0.1:51234", "[::1]:5" */
 /* The request id, also sent back as X-Request-Id: the client's own X-Request-Id when it is 1-64

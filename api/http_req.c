@@ -229,6 +229,15 @@ const char *api_req_header(const api_req *r, const char *name)
     return NULL;
 }
 
+bool api_req_header_at(const api_req *r, size_t i, const char **name, const char **value)
+{
+    if (i >= r->nhdrs)
+        return false;
+    *name = r->raw.ptr + r->hdrs[2 * i];
+    *value = r->raw.ptr + r->hdrs[2 * i + 1];
+    return true;
+}
+
 const char *api_req_body(const api_req *r, size_t *len)
 {
     if (len)

@@ -80,29 +80,24 @@ static unsigned char *b64_decode(const char *in, size_t *outlen)
     return out;
 }
 
-static bool hmac_b64_equal(const EVP_MD *md, const char *key, const char *data, size_t len,
-                           const char *want_b64)
+bool api_hmac_matches(api_hmac_alg alg, const char *key, size_t keylen, const char *data,
+                      size_t len, bool hex, const char *want)
 {
     unsigned char mac[EVP_MAX_MD_SIZE];
     unsigned int maclen = 0;
-    if (!HMAC(md, key, (int)strlen(key), (const unsigned char *)data, len, mac, &maclen))
+    if (!HMAC(alg == API_HMAC_SHA1 ? EVP_sha1() : EVP_sha256(), key, (int)keylen,
+              (const unsigned char *)data, len, mac, &maclen))
         return false;
-    unsigned char b64[2 * EVP_MAX_MD_SIZE];
-    int n = EVP_EncodeBlock(b64, mac, (int)maclen);
-    return strlen(want_b64) == (size_t)n && CRYPTO_memcmp(b64, want_b64, (size_t)n) == 0;
-}
-
-static bool hmac_hex_equal(const EVP_MD *md, const char *key, const char *data, size_t len,
-                           const char *want_hex)
-{
-    unsigned char mac[EVP_MAX_MD_SIZE];
-    unsigned int maclen = 0;
-    if (!HMAC(md, key, (int)strlen(key), (const unsigned char *)data, len, mac, &maclen))
-        return false;
-    char hex[2 * EVP_MAX_MD_SIZE + 1];
-    for (unsigned int i = 0; i < maclen; i++)
-        snprintf(hex + 2 * i, 3, "%02x", mac[i]);
-    return strlen(want_hex) == 2 * maclen && CRYPTO_memcmp(hex, want_hex, 2 * maclen) == 0;
+    char enc[2 * EVP_MAX_MD_SIZE + 1];
+    size_t n;
+    if (hex) {
+        for (unsigned int i = 0; i < maclen; i++)
+            snprintf(enc + 2 * i, 3, "%02x", mac[i]);
+        n = 2 * (size_t)maclen;
+    } else {
+        n = (size_t)EVP_EncodeBlock((unsigned char *)enc, mac, (int)maclen);
+    }
+    return strlen(want) == n && CRYPTO_memcmp(enc, want, n) == 0;
 }
 
 /* ECDSA (P-256) with SHA-256 over timestamp + body, key = base64 DER SubjectPublicKeyInfo. */
@@ -510,13 +505,14 @@ static void twilio_hook(api_call *call, const json_t *settings)
     eng_buf_init(&sa, 0);
     bool ok = eng_buf_append(&sa, url_a, strlen(url_a)) == ENG_OK;
     json_t *params = ok ? form_parse(body, len, &sa) : NULL;
-    ok = params && hmac_b64_equal(EVP_sha1(), token, sa.ptr, sa.len, sig);
+    ok = params && api_hmac_matches(API_HMAC_SHA1, token, strlen(token), sa.ptr, sa.len, false, sig);
     if (!ok && params && url_b) {
         eng_buf tmp;
         eng_buf_init(&tmp, 0);
         json_t *again = eng_buf_append(&tmp, url_b, strlen(url_b)) == ENG_OK
                             ? form_parse(body, len, &tmp) : NULL;
-        ok = again && hmac_b64_equal(EVP_sha1(), token, tmp.ptr, tmp.len, sig);
+        ok = again &&
+             api_hmac_matches(API_HMAC_SHA1, token, strlen(token), tmp.ptr, tmp.len, false, sig);
         json_decref(again);
         eng_buf_deinit(&tmp);
     }
@@ -758,7 +754,7 @@ static void whatsapp_hook(api_call *call, const json_t *settings)
     size_t len;
     const char *body = api_req_body(call->req, &len);
     if (!sig || strncmp(sig, "sha256=", 7) != 0 ||
-        !hmac_hex_equal(EVP_sha256(), secret, body, len, sig + 7)) {
+        !api_hmac_matches(API_HMAC_SHA256, secret, strlen(secret), body, len, true, sig + 7)) {
         unauthorized(call, "whatsapp", "bad X-Hub-Signature-256");
         return;
     }

@@ -224,7 +224,7 @@ static void metrics_cb(api_call *call, const eng_err *err, const PGresult *res)
 #define OPS_STR(x) OPS_STR2(x)
 static const char ops_metrics_sql[] =
     "SELECT 'runs', state, count(*)::text, NULL FROM runs"
-    " WHERE state IN ('queued', 'running') GROUP BY state"
+    " WHERE finished_at IS NULL AND state IN ('queued', 'running') GROUP BY state"
     " UNION ALL SELECT 'steps', 'ready', count(*)::text, NULL FROM steps WHERE state = 'ready'"
     " UNION ALL SELECT 'steps', 'running', count(*)::text, NULL FROM steps WHERE state = 'running'"
     " UNION ALL SELECT 'steps', 'waiting', count(*)::text, NULL FROM steps WHERE state = 'waiting'"

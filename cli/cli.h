@@ -77,6 +77,8 @@ int cli_cmd_quotas(cli_env *env, int argc, char **argv); /* cli/cmd_quotas.c */
 int cli_cmd_secrets(cli_env *env, int argc, char **argv);
 /* flowd schedule set|show|list|delete|pause|resume|trigger (HTTP API); cli/cmd_schedules.c */
 int cli_cmd_schedule(cli_env *env, int argc, char **argv);
+/* flowd hook set|show|list|delete (HTTP API); cli/cmd_hooks.c */
+int cli_cmd_hook(cli_env *env, int argc, char **argv);
 
 /* Prints the usage line of the command name on stderr (after a misuse). */
 void cli_command_usage_error(const char *name);

@@ -139,6 +139,37 @@ static eng_rc reseal(json_t *settings, bool *changed, eng_err *err)
     return ENG_OK;
 }
 
+/* Re-seals the secrets of every row of one table inside the caller's transaction: select reads
+ * (id 1, id 2, the JSON object holding the secrets) FOR UPDATE, update writes $3 for ids $1, $2. */
+static eng_rc reseal_rows(cli_env *env, const char *select, const char *update, const char *what,
+                          int *rows, int *resealed, eng_err *err)
+{
+    PGresult *res = cli_exec(env, select, 0, NULL, err);
+    *rows = res ? PQntuples(res) : 0;
+    *resealed = 0;
+    eng_rc rc = res ? ENG_OK : err->rc;
+    for (int i = 0; rc == ENG_OK && i < *rows; i++) {
+        json_t *settings = json_loads(PQgetvalue(res, i, 2), 0, NULL);
+        bool changed = false;
+        rc = reseal(settings, &changed, err);
+        if (rc == ENG_OK && changed) {
+            char *text = json_dumps(settings, JSON_COMPACT | JSON_SORT_KEYS);
+            const char *params[] = {PQgetvalue(res, i, 0), PQgetvalue(res, i, 1), text};
+            PGresult *u = cli_exec(env, update, 3, params, err);
+            rc = u ? ENG_OK : err->rc;
+            PQclear(u);
+            free(text);
+            (*resealed)++;
+        }
+        if (rc != ENG_OK && !err->field[0])
+            snprintf(err->field, sizeof err->field, "tenant %s %s %s", PQgetvalue(res, i, 0),
+                     what, PQgetvalue(res, i, 1));
+        json_decref(settings);
+    }
+    PQclear(res);
+    return rc;
+}
+
 int cli_cmd_secrets(cli_env *env, int argc, char **argv)
 {
     if (argc != 2 || strcmp(argv[1], "rotate") != 0) {
@@ -161,40 +192,27 @@ int cli_cmd_secrets(cli_env *env, int argc, char **argv)
     if (!res)
         return cli_fail(&err);
     PQclear(res);
-    res = cli_exec(env,
-                   "SELECT tenant_id, provider, settings::text FROM provider_settings"
-                   " ORDER BY tenant_id, provider FOR UPDATE",
-                   0, NULL, &err);
-    int rows = res ? PQntuples(res) : 0, resealed = 0;
-    eng_rc rc = res ? ENG_OK : err.rc;
-    for (int i = 0; rc == ENG_OK && i < rows; i++) {
-        json_t *settings = json_loads(PQgetvalue(res, i, 2), 0, NULL);
-        bool changed = false;
-        rc = reseal(settings, &changed, &err);
-        if (rc == ENG_OK && changed) {
-            char *text = json_dumps(settings, JSON_COMPACT | JSON_SORT_KEYS);
-            const char *params[] = {PQgetvalue(res, i, 0), PQgetvalue(res, i, 1), text};
-            PGresult *u = cli_exec(env,
-                                   "UPDATE provider_settings SET settings = $3::jsonb,"
-                                   " updated_at = now() WHERE tenant_id = $1 AND provider = $2",
-                                   3, params, &err);
-            rc = u ? ENG_OK : err.rc;
-            PQclear(u);
-            free(text);
-            resealed++;
-        }
-        if (rc != ENG_OK && !err.field[0])
-            snprintf(err.field, sizeof err.field, "tenant %s provider %s", PQgetvalue(res, i, 0),
-                     PQgetvalue(res, i, 1));
-        json_decref(settings);
-    }
-    PQclear(res);
+    int rows = 0, resealed = 0, hooks = 0, hooks_resealed = 0;
+    eng_rc rc = reseal_rows(env,
+                            "SELECT tenant_id, provider, settings::text FROM provider_settings"
+                            " ORDER BY tenant_id, provider FOR UPDATE",
+                            "UPDATE provider_settings SET settings = $3::jsonb, updated_at = now()"
+                            " WHERE tenant_id = $1 AND provider = $2",
+                            "provider", &rows, &resealed, &err);
+    if (rc == ENG_OK)
+        rc = reseal_rows(env,
+                         "SELECT tenant_id, name, verify::text FROM custom_hooks"
+                         " ORDER BY tenant_id, name FOR UPDATE",
+                         "UPDATE custom_hooks SET verify = $3::jsonb"
+                         " WHERE tenant_id = $1 AND name = $2",
+                         "hook", &hooks, &hooks_resealed, &err);
     PGresult *commit = rc == ENG_OK ? cli_exec(env, "COMMIT", 0, NULL, &err) : NULL;
     if (!commit) {
         PQclear(cli_exec(env, "ROLLBACK", 0, NULL, NULL));
         return cli_fail(&err);
     }
     PQclear(commit);
-    printf("%d of %d provider settings re-sealed under the current key\n", resealed, rows);
+    printf("%d of %d provider settings and %d of %d custom hooks re-sealed under the current key\n",
+           resealed, rows, hooks_resealed, hooks);
     return 0;
 }

@@ -98,13 +98,19 @@ static const cli_command commands[] = {
      "--catchup-window DURATION, --jitter DURATION, --start-at TIME, --end-at TIME, --paused.\n"
      "show prints the next 10 ticks in UTC and in the schedule's zone; trigger fires it once now\n"
      "and prints the run id."},
+    {"hook", cli_cmd_hook, CMD_API, false, "set NAME FILE | show NAME | list | delete NAME",
+     "create or replace, show, list or remove the tenant's inbound custom hooks (admin key)",
+     "FILE (\"-\": stdin) is the hook's JSON, e.g. {\"verify\": {\"hmac\": \"sha256\", \"header\":\n"
+     "\"X-Signature\", \"secret\": \"...\"}, \"event\": {\"name\": \"crm.order\", \"key\":\n"
+     "\"{{body.order_id}}\"}} (docs/webhooks.md). Deliveries go to POST /v1/hooks/custom/NAME?tenant=ID.\n"
+     "The server seals the secret under its FLOWD_SECRET_KEY and refuses it when it has none."},
     {"quotas", cli_cmd_quotas, CMD_API, false, "TENANT [--runs-per-month N|none]",
      "show a tenant's quotas, or set them (admin key of the tenant that created it, or of default)",
      "Enqueueing past runs_per_month (runs created through the API in a calendar month, UTC) is\n"
      "refused with 429 quota_exceeded, naming the quota, its limit, what is used and when it\n"
      "resets."},
     {"secrets", cli_cmd_secrets, CMD_DIRECT, false, "rotate",
-     "re-seal every stored provider secret under FLOWD_SECRET_KEY",
+     "re-seal every stored secret (providers, custom hooks) under FLOWD_SECRET_KEY",
      "Rotation: give the server the new key as FLOWD_SECRET_KEY and the old one as\n"
      "FLOWD_SECRET_KEY_PREVIOUS, run flowd secrets rotate with the same two variables, then drop\n"
      "FLOWD_SECRET_KEY_PREVIOUS. Secrets stored in clear (older SQL) are sealed as well. All rows or\n"

@@ -75,6 +75,18 @@ CREATE TABLE console_sessions (
     CONSTRAINT console_sessions_pkey PRIMARY KEY (token_hash)
 );
 
+CREATE TABLE custom_hooks (
+    tenant_id bigint NOT NULL,
+    name text NOT NULL,
+    verify jsonb NOT NULL,
+    event jsonb NOT NULL,
+    dedup text,
+    created_at timestamp with time zone NOT NULL,
+    updated_at timestamp with time zone NOT NULL,
+    CONSTRAINT custom_hooks_pkey PRIMARY KEY (tenant_id, name),
+    CONSTRAINT custom_hooks_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES tenants(id)
+);
+
 CREATE TABLE events (
     id bigint GENERATED ALWAYS AS IDENTITY,
     tenant_id bigint NOT NULL,
@@ -582,7 +594,7 @@ CREATE UNIQUE INDEX rate_limits_name ON public.rate_limits USING btree (name, CO
 CREATE INDEX run_events_run ON public.run_events USING btree (run_id, id);
 CREATE INDEX run_usage_batch ON public.run_usage USING btree (batch_id) WHERE (batch_id IS NOT NULL);
 CREATE INDEX run_usage_tenant_day ON public.run_usage USING btree (tenant_id, day);
-CREATE INDEX runs_active ON public.runs USING btree (state) WHERE (state = ANY (ARRAY['queued'::text, 'running'::text]));
+CREATE INDEX runs_active ON public.runs USING btree (id) WHERE (finished_at IS NULL);
 CREATE INDEX runs_batch ON public.runs USING btree (batch_id, id) WHERE (batch_id IS NOT NULL);
 CREATE UNIQUE INDEX runs_idempotency ON public.runs USING btree (tenant_id, idempotency_key) WHERE (idempotency_key IS NOT NULL);
 CREATE INDEX runs_meta ON public.runs USING gin (meta jsonb_path_ops) WHERE (meta IS NOT NULL);
@@ -611,7 +623,7 @@ CREATE INDEX webhook_sends_tenant ON public.webhook_sends USING btree (tenant_id
 
 -- Triggers
 
-CREATE TRIGGER runs_webhook AFTER UPDATE OF state ON public.runs FOR EACH ROW WHEN (((new.state = ANY (ARRAY['succeeded'::text, 'failed'::text, 'cancelled'::text])) AND (old.state IS DISTINCT FROM new.state))) EXECUTE FUNCTION flowd_webhook_run_ended();
+CREATE TRIGGER runs_webhook AFTER UPDATE ON public.runs REFERENCING OLD TABLE AS old_runs NEW TABLE AS new_runs FOR EACH STATEMENT EXECUTE FUNCTION flowd_webhook_run_ended();
 CREATE TRIGGER sends_settled AFTER UPDATE OF state ON public.sends FOR EACH ROW WHEN (((old.state = 'unknown'::text) AND (new.state = ANY (ARRAY['accepted'::text, 'failed'::text])))) EXECUTE FUNCTION flowd_send_settled();
 CREATE TRIGGER sends_webhook AFTER UPDATE OF delivery ON public.sends FOR EACH ROW WHEN (((new.delivery = ANY (ARRAY['delivered'::text, 'bounced'::text])) AND (old.delivery IS DISTINCT FROM new.delivery))) EXECUTE FUNCTION flowd_webhook_send_outcome();
 CREATE TRIGGER steps_webhook AFTER UPDATE OF state ON public.steps FOR EACH ROW WHEN (((new.state = 'failed'::text) AND (old.state IS DISTINCT FROM new.state))) EXECUTE FUNCTION flowd_webhook_step_failed();

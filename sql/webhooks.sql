@@ -74,27 +74,52 @@ BEGIN
     END IF;
 END $$;
 
--- Trigger on runs reaching succeeded, failed or cancelled: run.<state>, and batch.completed.
+-- run.<state> for a run that reached succeeded, failed or cancelled, and batch.completed when it
+-- was its batch's last open run.
+CREATE OR REPLACE FUNCTION flowd_webhook_run_end(p_tenant bigint, p_run bigint, p_state text,
+                                                 p_batch bigint, p_workflow text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF flowd_webhook_wanted(p_tenant, 'run.' || p_state, p_workflow, p_run) THEN
+        PERFORM flowd_webhook_emit(p_tenant, 'run.' || p_state, p_workflow, p_run,
+                                   flowd_run_json(p_tenant, p_run));
+    END IF;
+    IF p_batch IS NOT NULL THEN
+        PERFORM flowd_webhook_batch_check(p_tenant, p_batch);
+    END IF;
+END $$;
+
+-- Trigger on runs: a statement trigger (0042) reading the transition tables old_runs and new_runs,
+-- so finishing a batch of runs is one call instead of one per run, and when nobody listens (no
+-- endpoint, no run callback) it returns after one query. Runs are reported in id order. Until 0042
+-- replaces it (it is applied after this file), 0039's row trigger calls it for each run ending.
 CREATE OR REPLACE FUNCTION flowd_webhook_run_ended() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_wf text;
-    v_type text := 'run.' || NEW.state;
+    r record;
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM webhook_endpoints e
-                    WHERE e.tenant_id = NEW.tenant_id AND e.url IS NOT NULL
-                      AND e.state <> 'disabled')
-       AND NOT EXISTS (SELECT 1 FROM run_callbacks c WHERE c.run_id = NEW.id) THEN
+    IF NOT EXISTS (SELECT 1 FROM webhook_endpoints e WHERE e.url IS NOT NULL
+                                                       AND e.state <> 'disabled')
+       AND NOT EXISTS (SELECT 1 FROM run_callbacks) THEN
         RETURN NULL;
     END IF;
-    SELECT w.name INTO v_wf FROM workflows w WHERE w.id = NEW.workflow_id;
-    IF flowd_webhook_wanted(NEW.tenant_id, v_type, v_wf, NEW.id) THEN
-        PERFORM flowd_webhook_emit(NEW.tenant_id, v_type, v_wf, NEW.id,
-                                   flowd_run_json(NEW.tenant_id, NEW.id));
+    IF TG_LEVEL = 'ROW' THEN
+        PERFORM flowd_webhook_run_end(NEW.tenant_id, NEW.id, NEW.state, NEW.batch_id,
+                                      (SELECT w.name FROM workflows w WHERE w.id = NEW.workflow_id));
+        RETURN NULL;
     END IF;
-    IF NEW.batch_id IS NOT NULL THEN
-        PERFORM flowd_webhook_batch_check(NEW.tenant_id, NEW.batch_id);
-    END IF;
+    FOR r IN SELECT n.id, n.tenant_id, n.state, n.batch_id, w.name AS workflow
+               FROM new_runs n JOIN old_runs o ON o.id = n.id
+               JOIN workflows w ON w.id = n.workflow_id
+              WHERE n.state IN ('succeeded', 'failed', 'cancelled')
+                AND o.state IS DISTINCT FROM n.state
+                AND (EXISTS (SELECT 1 FROM webhook_endpoints e
+                              WHERE e.tenant_id = n.tenant_id AND e.url IS NOT NULL
+                                AND e.state <> 'disabled')
+                     OR EXISTS (SELECT 1 FROM run_callbacks c WHERE c.run_id = n.id))
+              ORDER BY n.id LOOP
+        PERFORM flowd_webhook_run_end(r.tenant_id, r.id, r.state, r.batch_id, r.workflow);
+    END LOOP;
     RETURN NULL;
 END $$;
 

@@ -508,6 +508,33 @@ expect(await call('GET', '/v1/hooks/whatsapp?tenant=1&hub.mode=subscribe&hub.ver
   }), 200, 'signed twilio');
 }
 
+{ // inbound custom hooks: configuration, and signed, corrupted and replayed deliveries
+  const secret = 'contract-hook-secret';
+  const def = { verify: { hmac: 'sha256', header: 'X-Signature', encoding: 'hex', prefix: 'sha256=', secret },
+    event: { name: 'crm.order', key: '{{body.order_id}}' } };
+  const h = expect(await call('PUT', '/v1/hooks/custom/crm', { body: def }), 201, 'custom hook').body;
+  if (!h.verify || h.verify.secret !== undefined || h.verify.secret_set !== true) fail(`a custom hook shows its secret or not secret_set: ${JSON.stringify(h)}`);
+  expect(await call('PUT', '/v1/hooks/custom/crm', { body: def }), 200, 'custom hook replaced');
+  expect(await call('PUT', '/v1/hooks/custom/crm', { body: { ...def, verify: { hmac: 'md5', header: 'X', secret } }, bad: true }), 422, 'bad custom hook');
+  expect(await call('PUT', '/v1/hooks/custom/sw', { body: { verify: { standard_webhooks: true, secret: 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw' }, event: { name: 'crm.order', key: '{{body.id}}', data: { id: '{{body.id}}' } } } }), 201, 'standard webhooks hook');
+  expect(await call('GET', '/v1/hooks/custom'), 200, 'custom hooks');
+  expect(await call('GET', '/v1/hooks/custom/crm'), 200, 'custom hook get');
+  expect(await call('GET', '/v1/hooks/custom/nope'), 404, 'no custom hook');
+  const body = JSON.stringify({ order_id: 'C-1', total: 12 });
+  const sig = 'sha256=' + crypto.createHmac('sha256', secret).update(body).digest('hex');
+  expect(await call('POST', '/v1/hooks/custom/crm?tenant=1', { raw: body, key: null, headers: { 'X-Signature': 'sha256=00' } }), 401, 'custom hook corrupted');
+  expect(await call('POST', '/v1/hooks/custom/crm?tenant=x', { raw: body, key: null, headers: { 'X-Signature': sig } }), 400, 'custom hook with a bad tenant');
+  expect(await call('POST', '/v1/hooks/custom/nope?tenant=1', { raw: body, key: null, headers: { 'X-Signature': sig } }), 404, 'delivery to no hook');
+  const first = expect(await call('POST', '/v1/hooks/custom/crm?tenant=1', { raw: body, key: null, headers: { 'X-Signature': sig } }), 200, 'custom hook delivery').body;
+  const again = expect(await call('POST', '/v1/hooks/custom/crm?tenant=1', { raw: body, key: null, headers: { 'X-Signature': sig } }), 200, 'custom hook replay').body;
+  if (first.duplicate !== false || again.duplicate !== true) fail(`custom hook dedup: ${JSON.stringify([first, again])}`);
+  const odd = '{"total": 1}';
+  const oddSig = 'sha256=' + crypto.createHmac('sha256', secret).update(odd).digest('hex');
+  expect(await call('POST', '/v1/hooks/custom/crm?tenant=1', { raw: odd, key: null, headers: { 'X-Signature': oddSig } }), 422, 'custom hook delivery without its key');
+  expect(await call('DELETE', '/v1/hooks/custom/crm'), 204, 'drop custom hook');
+  expect(await call('DELETE', '/v1/hooks/custom/crm'), 404, 'drop no custom hook');
+}
+
 { // outbound webhooks: endpoints (the target need not answer: deliveries are only listed here)
   const ep = expect(await call('POST', '/v1/webhook-endpoints', { body: { url: 'https://hooks.example.com/flowd', events: ['run.succeeded', 'run.failed'], description: 'ops' } }), 201, 'webhook endpoint').body;
   if (!/^whsec_/.test(ep.secret || '')) fail('a new webhook endpoint has no whsec_ secret');

@@ -398,9 +398,46 @@ static void test_sandbox_branches(void **state)
     PQfinish(c);
 }
 
+/* flowd hook set/show/list/delete through the HTTP API; a refusal names the field. */
+static void test_hook_commands(void **state)
+{
+    (void)state;
+    const char *const env[] = {url_env, key_env, NULL};
+    char good[] = "/tmp/flowd-cli-hook-XXXXXX", bad[] = "/tmp/flowd-cli-hook-XXXXXX";
+    int fd = mkstemp(good);
+    assert_true(fd >= 0);
+    const char def[] = "{\"verify\": {\"hmac\": \"sha256\", \"header\": \"X-Signature\","
+                       " \"secret\": \"cli-secret\"}, \"event\": {\"name\": \"crm.order\","
+                       " \"key\": \"{{body.order_id}}\"}}";
+    assert_int_equal(write(fd, def, sizeof def - 1), (ssize_t)(sizeof def - 1));
+    close(fd);
+    fd = mkstemp(bad);
+    assert_true(fd >= 0);
+    const char wrong[] = "{\"verify\": {\"hmac\": \"md5\", \"header\": \"X\", \"secret\": \"s\"},"
+                         " \"event\": {\"name\": \"x\", \"key\": \"k\"}}";
+    assert_int_equal(write(fd, wrong, sizeof wrong - 1), (ssize_t)(sizeof wrong - 1));
+    close(fd);
+    expect(flowd_env(env, (const char *const[]){"hook", "set", "cli-crm", good, NULL}), 0,
+           "\"secret_set\": true", NULL);
+    expect(flowd_env(env, (const char *const[]){"hook", "show", "cli-crm", NULL}), 0,
+           "crm.order", NULL);
+    expect(flowd_env(env, (const char *const[]){"hook", "list", NULL}), 0, "cli-crm", NULL);
+    expect(flowd_env(env, (const char *const[]){"hook", "set", "cli-bad", bad, NULL}), 1, NULL,
+           "/verify/hmac");
+    expect(flowd_env(env, (const char *const[]){"hook", "delete", "cli-crm", NULL}), 0, NULL,
+           NULL);
+    expect(flowd_env(env, (const char *const[]){"hook", "show", "cli-crm", NULL}), 1, NULL,
+           "not found");
+    expect(flowd_env(env, (const char *const[]){"hook", "frobnicate", NULL}), 2, NULL, NULL);
+    unlink(good);
+    unlink(bad);
+}
+
 static int api_setup(void **state)
 {
     (void)state;
+    /* the in-process server seals hooks' secrets under it */
+    setenv("FLOWD_SECRET_KEY", "8a1e3f0c6b2d4e5f8a1e3f0c6b2d4e5f8a1e3f0c6b2d4e5f8a1e3f0c6b2d4e5f", 1);
     static const char *const creds[] = {"OPENAI_API_KEY", "ANTHROPIC_API_KEY", "SENDGRID_API_KEY",
                                         "TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "WHATSAPP_TOKEN"};
     for (size_t i = 0; i < ENG_ARRAY_LEN(creds); i++)
@@ -434,6 +471,7 @@ int main(void)
         cmocka_unit_test(test_key_create),
         cmocka_unit_test(test_sandbox_branches),
         cmocka_unit_test(test_schedule_commands),
+        cmocka_unit_test(test_hook_commands),
     };
     return cmocka_run_group_tests(tests, api_setup, api_teardown);
 }

@@ -195,6 +195,13 @@ static char *token_kid(world *w)
                                           " FROM provider_settings WHERE provider = 'twilio'");
 }
 
+/* Key id of the sealed secret of the custom hook "rot". */
+static char *hook_kid(world *w)
+{
+    return th_pg_value(th_api_db(w->api), "SELECT split_part(verify->>'secret', ':', 3)"
+                                          " FROM custom_hooks WHERE name = 'rot'");
+}
+
 static void rotate(world *w, int want_rc)
 {
     char *cmd = eng_xasprintf("'%s' secrets rotate --database '%s' >/dev/null", th_flowd_bin(),
@@ -210,7 +217,13 @@ static void test_rotation(void **state)
     use_keys(KEY1_HEX, NULL);
     free(put_twilio(w, 200));
     json_decref(th_api_json(w->api, 200, "PUT", "/v1/workflows/prov_sms", sms_def));
+    /* an inbound custom hook's secret is sealed the same way, and rotated with the rest */
+    json_decref(th_api_json(w->api, 201, "PUT", "/v1/hooks/custom/rot",
+                            "{\"verify\": {\"token\": true, \"header\": \"X-Token\", \"secret\":"
+                            " \"hook-secret\"}, \"event\": {\"name\": \"x\", \"key\": \"k\"}}"));
     char *kid1 = token_kid(w);
+    char *hook_kid1 = hook_kid(w);
+    assert_string_equal(hook_kid1, kid1);
 
     /* the new key alone cannot open what the old one sealed: rotation refuses and changes nothing */
     use_keys(KEY2_B64, NULL);
@@ -227,6 +240,10 @@ static void test_rotation(void **state)
     rotate(w, 0);
     char *kid2 = token_kid(w);
     assert_string_not_equal(kid2, kid1);
+    char *hook_kid2 = hook_kid(w);
+    assert_string_equal(hook_kid2, kid2);
+    free(hook_kid1);
+    free(hook_kid2);
     char *row = stored_settings(w);
     assert_no_secret(row, "the re-sealed row");
     free(row);

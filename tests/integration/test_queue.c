@@ -590,6 +590,26 @@ static void test_claim_answers(void **state)
     free(db);
 }
 
+/* Starting a run changes no column an index of runs reads (migrations/0042): the claim's update of
+ * its runs (queued -> running) is HOT, adding no index entries. The counts are this transaction's
+ * own, read in the statement that claims. */
+static void test_run_start_is_hot(void **state)
+{
+    (void)state;
+    long long tenant;
+    char *db = th_engine_db("q_hot", &tenant);
+    long long wf = th_engine_register(
+        db, tenant, "{\"name\": \"one\", \"steps\": [{\"key\": \"a\", \"kind\": \"transform\"}]}");
+    th_engine_enqueue(db, tenant, wf, 3, "{}", 0);
+    char *got = th_pg_value(db, "SELECT format('%s claimed, %s updated, %s hot', c.n,"
+                                " pg_stat_get_xact_tuples_updated('runs'::regclass),"
+                                " pg_stat_get_xact_tuples_hot_updated('runs'::regclass))"
+                                " FROM (SELECT count(*) AS n FROM flowd_work('hot', NULL, 10, 60000)) c");
+    assert_string_equal(got, "3 claimed, 3 updated, 3 hot");
+    free(got);
+    free(db);
+}
+
 int main(void)
 {
     eng_mem_init();
@@ -601,6 +621,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_diamond_order),
         cmocka_unit_test(test_claim_answers),
+        cmocka_unit_test(test_run_start_is_hot),
         cmocka_unit_test(test_exactly_once_threads_and_processes),
         cmocka_unit_test(test_kill9_loses_nothing),
         cmocka_unit_test(test_retry_backoff),

@@ -10,6 +10,7 @@
  *     Retry-After honoured, the attempt log listed by GET /v1/webhook-deliveries; redeliver;
  *   - 410 disables the endpoint with a reason; five days of failures disable it too;
  *   - a rotated secret: deliveries carry two signatures, each secret verifies alone;
+ *   - runs ended by one statement: one message each, in run id order, only those wanted;
  *   - a run's one-off callback, signed with the tenant's callback secret;
  *   - kill -9 of the flowd process delivering: the delivery goes out again after its lease, with
  *     the same webhook-id, and is recorded once as succeeded. */
@@ -417,6 +418,41 @@ static void test_failed_run_and_filters(void **state)
     endpoint_delete(w, e);
 }
 
+/* Runs ended by one statement (a cancel of several): the run trigger reads them together, and each
+ * run of a workflow the endpoint wants gets exactly one run.cancelled, in run id order; the others
+ * none. */
+static void test_runs_ended_together(void **state)
+{
+    world *w = *state;
+    put_workflow(w, "wh_wait", wf_wait);
+    put_workflow(w, "wh_quiet", wf_wait);
+    json_t *e = endpoint_new(w, "/together", "\"workflows\": [\"wh_wait\"]");
+    long long runs[6];
+    for (int i = 0; i < 6; i++)
+        runs[i] = th_api_start_run(w->api, i % 2 ? "wh_quiet" : "wh_wait", "{}");
+    const char *db = th_api_db(w->api);
+    assert_int_equal(th_pg_longf(db,
+                                 "SELECT flowd_cancel_runs(ARRAY[%lld, %lld, %lld, %lld, %lld, "
+                                 "%lld], '{\"code\": \"test\"}')",
+                                 runs[0], runs[1], runs[2], runs[3], runs[4], runs[5]),
+                     6);
+    for (int i = 0; i < 6; i++)
+        assert_int_equal(th_pg_longf(db,
+                                     "SELECT count(*) FROM webhook_messages WHERE run_id = %lld "
+                                     "AND type = 'run.cancelled'",
+                                     runs[i]),
+                         i % 2 ? 0 : 1);
+    assert_int_equal(th_pg_longf(db,
+                                 "SELECT count(*) FROM (SELECT run_id, lag(run_id) OVER (ORDER BY "
+                                 "id) AS prev FROM webhook_messages WHERE run_id IN (%lld, %lld, "
+                                 "%lld)) m WHERE m.prev > m.run_id",
+                                 runs[0], runs[2], runs[4]),
+                     0);
+    for (int i = 0; i < 6; i += 2)
+        rx_wait(&w->rx, "run.cancelled", runs[i], 1);
+    endpoint_delete(w, e);
+}
+
 static void test_retries_on_schedule(void **state)
 {
     world *w = *state;
@@ -719,6 +755,7 @@ int main(void)
         cmocka_unit_test(test_endpoint_api),
         cmocka_unit_test(test_run_events_verified),
         cmocka_unit_test(test_failed_run_and_filters),
+        cmocka_unit_test(test_runs_ended_together),
         cmocka_unit_test(test_retries_on_schedule),
         cmocka_unit_test(test_gone_and_failing_disable),
         cmocka_unit_test(test_rotation),
