@@ -1,10 +1,11 @@
 // console/timeline.js: a run's waterfall from its event log and the version's definition: per
 // step, the waits before it could start (its delay, its sending window, an `at` time or the run's
-// start time, then the queue), each attempt with its outcome, the waits between retries, and
-// waits for an event or a map's children. The log says when a window or a time held a step
-// (step.scheduled, with the window's zone); a delay is the definition's, from the moment the
-// step's needs were done. What held a ready step in the queue (no free worker, a rate limit, a
-// concurrency key, a quota) is not recorded: the queue's label names those its definition has.
+// start time, then the queue), each attempt with its outcome, the waits between retries, waits for
+// an event or a map's children, and the time a quota blocked it. The log says when a window or a
+// time held a step (step.scheduled, with the window's zone) and when a quota did (step.blocked); a
+// delay is the definition's, from the moment the step's needs were done. What held a ready step in
+// the queue (no free worker, a rate limit, a concurrency key) is not recorded: the queue's label
+// names those its definition has.
 import { h } from './dom.js';
 import { duration } from './fmt.js';
 
@@ -23,7 +24,6 @@ function queueLabel(st) {
   if (st && st.concurrency_key) why.push(`concurrency key ${st.concurrency_key}`);
   if (typeof input.rate_limit === 'string') why.push(`rate limit ${input.rate_limit}`);
   else if (st && ['llm', 'email', 'sms', 'whatsapp'].includes(st.kind)) why.push('its provider\'s rate limit');
-  why.push('a quota');
   return `ready, waiting to be claimed (${why.join(', ')})`;
 }
 
@@ -63,9 +63,11 @@ export function segments(steps, events, run) {
       else if (!list.some((x) => x.kind === 'attempt')) {
         const needs = (st && st.needs) || [];
         const ready = needs.length ? Math.max(...needs.map((n) => finishedAt.get(n) || created)) : created;
+        // after a wait already drawn (a quota's block), not over it
+        const from = list.length ? Math.max(ready, list[list.length - 1].to || ready) : ready;
         const due = Math.min(at, ready + durationMs(st && st.delay));
-        if (due > ready) list.push({ kind: 'delay', from: ready, to: due, label: `delay ${st.delay}` });
-        if (at > due) list.push({ kind: 'queued', from: due, to: at, label: queueLabel(st) });
+        if (due > from) list.push({ kind: 'delay', from, to: due, label: `delay ${st.delay}` });
+        if (at > Math.max(from, due)) list.push({ kind: 'queued', from: Math.max(from, due), to: at, label: queueLabel(st) });
       }
       const seg = { kind: 'attempt', from: at, to: null, label: `attempt ${(e.data && e.data.attempt) || list.filter((x) => x.kind === 'attempt').length + 1}` };
       list.push(seg);
@@ -76,6 +78,14 @@ export function segments(steps, events, run) {
       const seg = { kind: 'waiting', from: at, to: null, label: what };
       list.push(seg);
       open.set(e.step, seg);
+    } else if (e.type === 'step.blocked') {
+      close('blocked');
+      const d = e.data || {};
+      const seg = { kind: 'blocked', from: at, to: null, label: `blocked: quota ${d.quota} used up (${d.used} of ${d.limit}), resets ${d.resets_at}` };
+      list.push(seg);
+      open.set(e.step, seg);
+    } else if (e.type === 'step.unblocked') {
+      close();
     } else if (e.type === 'step.unknown') {
       close('unknown');
       const seg = { kind: 'waiting', from: at, to: null, label: `send ${e.data && e.data.send_key} outcome unknown` };
@@ -124,5 +134,6 @@ export function waterfall(steps, events, run) {
       h('span', { class: 'seg-key k-queued' }), ' queued ', h('span', { class: 'seg-key k-delay' }), ' delay ',
       h('span', { class: 'seg-key k-window' }), ' sending window ', h('span', { class: 'seg-key k-wait' }), ' at / start time ',
       h('span', { class: 'seg-key k-attempt' }), ' attempt ', h('span', { class: 'seg-key k-retrywait' }), ' retry backoff ',
-      h('span', { class: 'seg-key k-waiting' }), ' waiting for an event or items'));
+      h('span', { class: 'seg-key k-waiting' }), ' waiting for an event or items ',
+      h('span', { class: 'seg-key k-blocked' }), ' blocked by a quota'));
 }

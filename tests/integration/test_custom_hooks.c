@@ -29,6 +29,7 @@
 #include "steps/steps.h"
 #include "tests/support/th.h"
 #include "tests/support/th_api.h"
+#include "tests/support/th_engine.h"
 
 #define SECRET "crm-shared-secret"
 #define SW_SECRET "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -343,13 +344,12 @@ static void test_event_semantics(void **state)
                        " \"dedup\": \"{{body.id}}\"}");
     long long waiting = th_api_start_run(a, "ch_wait", "{\"order\": \"P-1\"}");
     long long doomed = th_api_start_run(a, "ch_cancel", "{\"order\": \"P-2\"}");
-    /* the wait must be in place before the event comes */
-    for (int i = 0; i < 200 && th_pg_longf(th_api_db(a),
-                                           "SELECT count(*) FROM steps WHERE run_id = %lld"
-                                           " AND state = 'waiting'",
-                                           waiting) == 0;
-         i++)
-        th_sleep_ms(20);
+    /* the wait must be in place before the event comes (a loaded machine claims it late) */
+    char *cond = eng_xasprintf("SELECT count(*) = 1 FROM steps WHERE run_id = %lld"
+                               " AND state = 'waiting'",
+                               waiting);
+    assert_true(th_engine_wait(th_api_db(a), cond, 60));
+    free(cond);
     const char *h[] = {"X-Hook-Token: " SECRET, NULL};
     json_t *r = NULL;
     assert_int_equal(deliver(a, "pay", "{\"id\": \"e1\", \"type\": \"order.paid\", \"order\": \"P-1\"}",
