@@ -14,14 +14,7 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 dir=$root/bench/peer_graphile
 
-command -v node >/dev/null && command -v npm >/dev/null \
-  || { echo "bench/run peer-graphile: node and npm are needed (apt-get install nodejs npm)" >&2; exit 1; }
-# npm ci (exactly the lock file) unless the pinned version is already installed.
-want=$(node -p 'require(process.argv[1]).dependencies["graphile-worker"]' "$dir/package.json")
-have=$(node -p 'require(process.argv[1]).version' "$dir/node_modules/graphile-worker/package.json" 2>/dev/null || true)
-if [ "$want" != "$have" ]; then
-  (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error) >&2
-fi
+"$dir/install.sh"
 
 if [ -n "${FLOWD_DATABASE_URL:-}" ]; then
   exec node "$dir/driver.js" sweep --database "$FLOWD_DATABASE_URL" "$@"

@@ -40,15 +40,31 @@ BEGIN
 END $$;
 
 -- Marks steps finished (succeeded, skipped, or failed with continue_on_failure) and carries the
--- consequences: dependents whose needs are all met become ready (or skipped, when every need was
--- skipped), and runs whose steps are all finished succeed. Loops because skipping propagates. The
--- runs must already be locked. A run's output is not written: readers gather it (flowd_run_output).
+-- consequences (flowd_steps_finished), for callers that know only the steps' ids.
 CREATE OR REPLACE FUNCTION flowd_finish_steps(p_ids bigint[]) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
+    v_parents bigint[];
+    v_runs    bigint[];
+BEGIN
+    SELECT array_agg(s.id) FILTER (WHERE cardinality(s.dependents) > 0), array_agg(s.run_id)
+      INTO v_parents, v_runs FROM steps s WHERE s.id = ANY (p_ids);
+    PERFORM flowd_steps_finished(v_parents, v_runs);
+END $$;
+
+-- The consequences of steps that just finished, given what their caller already holds: p_parents,
+-- those of them that have dependents, and p_runs, the run of each of them (one element per step),
+-- so that a step nothing depends on is not read again. Dependents whose needs are all met become
+-- ready (or skipped, when every need was skipped), and runs whose steps are all finished succeed.
+-- Loops because skipping propagates. The runs must already be locked. A run's output is not
+-- written: readers gather it (flowd_run_output).
+CREATE OR REPLACE FUNCTION flowd_steps_finished(p_parents bigint[], p_runs bigint[]) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
     v_now  timestamptz := flowd_now();
-    v_ids  bigint[] := p_ids;
-    v_all  bigint[] := p_ids;   -- every step finished here, skipped dependents included
+    v_ids  bigint[] := p_parents;
+    v_runs bigint[] := p_runs;  -- the run of every step finished here, skipped dependents included
+    v_more bigint[];
 BEGIN
     WHILE v_ids IS NOT NULL AND cardinality(v_ids) > 0 LOOP
         WITH grouped AS (
@@ -82,28 +98,29 @@ BEGIN
               FROM deps
              WHERE s.run_id = deps.run_id AND s.idx = deps.didx AND s.state = 'pending'
             RETURNING s.id, s.state, s.run_id, s.tenant_id, s.key, s.run_at, s.scheduled,
-                      s.delay_ms, s.send_window),
+                      s.delay_ms, s.send_window, s.dependents, s.output),
         pushed AS (
             -- dependents their window moved past their natural start get a step.scheduled event
             INSERT INTO run_events (run_id, tenant_id, at, type, step_key, data)
             SELECT upd.run_id, upd.tenant_id, v_now, 'step.scheduled', upd.key,
                    jsonb_build_object('run_at', flowd_ms(upd.run_at), 'tz', upd.send_window->>'tz')
               FROM upd
-             WHERE upd.scheduled AND upd.run_at > v_now + upd.delay_ms * interval '1 millisecond')
-        SELECT array_agg(upd.id) FILTER (WHERE upd.state = 'skipped') INTO v_ids FROM upd;
-
-        IF v_ids IS NOT NULL THEN
+             WHERE upd.scheduled AND upd.run_at > v_now + upd.delay_ms * interval '1 millisecond'),
+        skipped AS (
             INSERT INTO run_events (run_id, tenant_id, at, type, step_key, data)
-            SELECT s.run_id, s.tenant_id, v_now, 'step.skipped', s.key, '{"reason":"needs skipped"}'
-              FROM steps s WHERE s.id = ANY (v_ids);
-            v_all := v_all || v_ids;
-        END IF;
+            SELECT upd.run_id, upd.tenant_id, v_now, 'step.skipped', upd.key, upd.output
+              FROM upd WHERE upd.state = 'skipped')
+        SELECT array_agg(upd.id) FILTER (WHERE upd.state = 'skipped'
+                                           AND cardinality(upd.dependents) > 0),
+               array_agg(upd.run_id) FILTER (WHERE upd.state = 'skipped')
+          INTO v_ids, v_more FROM upd;
+        v_runs := v_runs || v_more;
     END LOOP;
 
     -- progress and completion of the runs involved: each step finishes exactly once, so the
     -- count moves by what finished here
     WITH counts AS (
-        SELECT s.run_id, count(*) AS n FROM steps s WHERE s.id = ANY (v_all) GROUP BY s.run_id),
+        SELECT c.run_id, count(*) AS n FROM unnest(v_runs) AS c(run_id) GROUP BY c.run_id),
     upd AS (
         UPDATE runs r
            SET steps_done = r.steps_done + c.n,
@@ -146,6 +163,8 @@ DECLARE
     v_runs     bigint[];
     v_kinds    text[];     -- the kinds of outcome in this batch
     v_finished bigint[];
+    v_fin_parents bigint[]; -- those of v_finished that have dependents
+    v_fin_runs bigint[];   -- the run of each of v_finished
     v_failed   bigint[];
     v_went_on  bigint[];   -- failed for good, on_failure "continue": dependents go on
     v_cut      bigint[];   -- failed for good, on_failure "skip_dependents"
@@ -173,13 +192,15 @@ BEGIN
           FROM r
          WHERE r.s IN ('ok', 'skip') AND st.id = r.id
            AND (st.state = 'running' AND st.lease_owner = p_owner) IS TRUE
-        RETURNING st.id, st.run_id, st.tenant_id, st.key, st.state, st.output),
+        RETURNING st.id, st.run_id, st.tenant_id, st.key, st.state, st.output, st.dependents),
     ev AS (
         INSERT INTO run_events (run_id, tenant_id, at, type, step_key, data)
         SELECT fin.run_id, fin.tenant_id, v_now, 'step.' || fin.state, fin.key,
                CASE WHEN fin.state = 'skipped' THEN fin.output END
           FROM fin)
-    SELECT array_agg(fin.id) INTO v_finished FROM fin;
+    SELECT array_agg(fin.id), array_agg(fin.id) FILTER (WHERE cardinality(fin.dependents) > 0),
+           array_agg(fin.run_id)
+      INTO v_finished, v_fin_parents, v_fin_runs FROM fin;
 
     -- each kind of outcome costs a pass over the batch only when the batch has it
     IF 'fail' = ANY (v_kinds) THEN
@@ -255,9 +276,12 @@ BEGIN
           WHERE x->>'s' = 'map';
     END IF;
 
-    IF v_finished IS NOT NULL OR v_went_on IS NOT NULL OR v_cut IS NOT NULL THEN
+    IF v_went_on IS NOT NULL OR v_cut IS NOT NULL THEN
         PERFORM flowd_finish_steps(coalesce(v_finished, '{}') || coalesce(v_went_on, '{}')
                                    || coalesce(v_cut, '{}') || coalesce(v_skipped, '{}'));
+    ELSIF v_finished IS NOT NULL THEN
+        -- the usual batch: what the update above returned is all the consequences need
+        PERFORM flowd_steps_finished(v_fin_parents, v_fin_runs);
     END IF;
     IF v_failed IS NOT NULL THEN
         PERFORM flowd_fail_runs(v_failed, jsonb_build_object('code', 'step_failed',

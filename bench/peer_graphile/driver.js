@@ -6,9 +6,13 @@
 //
 //   node driver.js trial --database CONN [--jobs 20000] [--enqueue-batch 1000] --concurrency N
 //                        --local-queue N --complete-delay MS --fail-delay MS [--pool N]
+//                        [--sleep-ms MS]
 //   node driver.js sweep --database CONN [--jobs 20000] [--repeat 3]
 //   node driver.js enqueue --database CONN [--jobs 20000] [--in-flight 64] [--enqueue-batch 1000]
 //                          [--batch-jobs 100000] [--batch-in-flight 8] [--pool N]
+//
+// --sleep-ms makes each job wait that long before it completes (a timer, no CPU), the peer of
+// flowd's `llm` steps waiting on a mock provider (bench/run versus, W3).
 //
 // enqueue is the peer figure for `bench/run http`: a client enqueuing through graphile-worker's own
 // library, one job per call (WorkerUtils.addJob with --in-flight calls outstanding over its pool,
@@ -45,6 +49,7 @@ function parseArgs(argv) {
     "--in-flight": ["inFlight", Number],
     "--batch-jobs": ["batchJobs", Number],
     "--batch-in-flight": ["batchInFlight", Number],
+    "--sleep-ms": ["sleepMs", Number],
   };
   for (let i = 0; i < argv.length; i += 2) {
     const k = keys[argv[i]];
@@ -150,6 +155,7 @@ async function trial(o) {
     const allWorkedP = new Promise((resolve) => (allWorked = resolve));
     const taskList = {
       noop: async () => {
+        if (o.sleepMs) await new Promise((resolve) => setTimeout(resolve, o.sleepMs));
         if (++worked === o.jobs) allWorked();
       },
     };
@@ -166,6 +172,7 @@ async function trial(o) {
     if (o.localQueue >= 1 && localQueues !== 1) throw new Error(`${localQueues} local queues started, expected 1`);
     return {
       jobs_per_s: round2(o.jobs / workS),
+      sleep_ms: o.sleepMs || 0,
       work_seconds: round3(workS),
       last_handler_seconds: round3(lastHandlerS),
       enqueue_per_s: round2(o.jobs / enqueueS),
