@@ -325,10 +325,12 @@ eng_rc eng_sched_plan_due(const eng_sched *s, int64_t next_ms, int64_t now, eng_
                           eng_err *err)
 {
     *p = (eng_sched_plan){.next_ms = -1};
-    if (next_ms > now)
-        return eng_err_set(err, ENG_EINVAL, "the tick is not due");
     eng_rc rc;
-    if (s->catchup == ENG_SCHED_ALL)
+    if (next_ms > now) { /* made ahead: that tick alone, whatever the catch-up policy */
+        rc = plan_after(s, next_ms, p, err);
+        if (rc == ENG_OK)
+            plan_add(p, next_ms);
+    } else if (s->catchup == ENG_SCHED_ALL)
         rc = plan_all(s, next_ms, now, p, err);
     else {
         /* the usual case, a tick fired on time, takes one step; the rest finds the latest */

@@ -75,7 +75,8 @@ typedef struct eng_sched_plan {
     int64_t next_ms; /* the earliest tick left unhandled, -1 when none is left */
 } eng_sched_plan;
 
-/* Fills *p (see the catch-up rules above). ENG_EINVAL when next_ms > now_ms. */
+/* Fills *p (see the catch-up rules above). A tick ahead of now_ms is being made ahead (see
+ * flowd_schedules_due): the plan is that tick alone, and the next. */
 ENG_MUST_CHECK eng_rc eng_sched_plan_due(const eng_sched *s, int64_t next_ms, int64_t now_ms,
                                          eng_sched_plan *p, eng_err *err);
 

@@ -1,8 +1,11 @@
 /* engine/scheduler.c: the fire passes of schedules (see scheduler.h).
  *
  * States: idle (timer set to the next tick, or none), looking (next-due query in flight), passing
- * (due query or fire in flight). Anything that asks for a look while a statement is in flight
- * sets `again`, served when it returns, so there is never more than one statement on the wire. */
+ * (due query or fire in flight). A look or a pass asked for while a statement is in flight is
+ * remembered (want_look, want_pass) and served when it returns, a pass first, so there is never
+ * more than one statement on the wire. A pass asked for during a look must stay a pass: served as
+ * a look, it answered "due now" and re-armed the timer, whose pass met the next look in flight,
+ * and so on without a pass ever running. */
 #include "engine/scheduler.h"
 
 #include <ev.h>
@@ -29,7 +32,8 @@ struct eng_scheduler {
     eng_db *db;
     ev_timer timer;
     bool inflight; /* a statement is on the wire */
-    bool again;    /* look for the next tick once it returns */
+    bool want_look; /* look for the next tick once it returns */
+    bool want_pass; /* run a pass once it returns */
     int64_t pass_wall_ms; /* when the pass's due query answered */
     int64_t pass_now_ms;  /* the engine clock it answered with */
     json_t *orders;       /* the pass's plan, kept to count what it made */
@@ -48,8 +52,12 @@ static void sched_arm(eng_scheduler *s, double after_s)
 static void sched_done(eng_scheduler *s)
 {
     s->inflight = false;
-    if (s->again) {
-        s->again = false;
+    if (s->want_pass) { /* a pass ends with a look of its own */
+        s->want_pass = false;
+        s->want_look = false;
+        sched_pass(s);
+    } else if (s->want_look) {
+        s->want_look = false;
         sched_look(s);
     }
 }
@@ -70,7 +78,7 @@ static void sched_next_due_cb(void *arg, const eng_err *err, const PGresult *res
 static void sched_look(eng_scheduler *s)
 {
     if (s->inflight) {
-        s->again = true;
+        s->want_look = true;
         return;
     }
     s->inflight = true;
@@ -186,11 +194,12 @@ static json_t *sched_plan_row(const PGresult *res, int row, check_cache *checks)
                    (check && jschema_validate(check, input, "/input", &err) != ENG_OK)) {
             order_error(order, at, "invalid_input", err.msg, err.field);
         } else {
+            /* a tick made ahead waits for its instant like any delayed start */
             int64_t jitter = eng_sched_jitter_ms(sc, id, at);
             json_array_append_new(fires, json_pack("{s:I, s:o, s:o}", "at", (json_int_t)at,
                                                    "input", input, "start",
-                                                   jitter ? json_integer(at + jitter)
-                                                          : json_null()));
+                                                   jitter || at > now ? json_integer(at + jitter)
+                                                                      : json_null()));
             prev = at;
             continue;
         }
@@ -249,11 +258,12 @@ static void sched_fire_cb(void *arg, const eng_err *err, const PGresult *res)
             continue;
         int made = atoi(PQgetvalue(res, i, 2));
         const json_t *fires = json_object_get(order, "fires");
-        /* runs are made for the ticks in order, less the skipped: their lag is that of the last */
+        /* runs are made for the ticks in order, less the skipped: their lag is that of the last;
+         * a run made ahead of its tick is not late */
         for (int k = 0; k < made; k++) {
             size_t idx = json_array_size(fires) - (size_t)made + (size_t)k;
-            eng_metrics_schedule_fired(made_ms - json_integer_value(json_object_get(
-                                                     json_array_get(fires, idx), "at")));
+            int64_t at = json_integer_value(json_object_get(json_array_get(fires, idx), "at"));
+            eng_metrics_schedule_fired(made_ms > at ? made_ms - at : 0);
         }
         sched_count_skips(order, res, i);
     }
@@ -263,7 +273,7 @@ static void sched_fire_cb(void *arg, const eng_err *err, const PGresult *res)
     else if (n >= SCHED_PASS_ROWS)
         sched_arm(s, 0.); /* more may be due: the next pass at once */
     else
-        s->again = true;
+        s->want_look = true;
     sched_done(s);
 }
 
@@ -281,7 +291,7 @@ static void sched_due_cb(void *arg, const eng_err *err, const PGresult *res)
     int n = PQntuples(res);
     if (n == 0) {
         s->inflight = false;
-        s->again = true;
+        s->want_look = true;
         sched_done(s);
         return;
     }
@@ -302,7 +312,7 @@ static void sched_due_cb(void *arg, const eng_err *err, const PGresult *res)
 static void sched_pass(eng_scheduler *s)
 {
     if (s->inflight) {
-        s->again = true;
+        s->want_pass = true;
         return;
     }
     s->inflight = true;

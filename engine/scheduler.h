@@ -3,7 +3,9 @@
  * The scheduler sleeps on a timer set to the earliest tick of any schedule that will fire
  * (flowd_schedule_next_due_ms) and on NOTIFY flowd_schedules (a schedule put, deleted, paused or
  * resumed, the test clock moved); an idle schedule table costs nothing between ticks. When a tick
- * is due, a pass reads the due schedules (flowd_schedules_due), plans each in C (its ticks by the
+ * is due, or within the lead before it at which a schedule that allows overlap makes its run ahead
+ * as a delayed start (flowd_schedule_lead), a pass reads the due schedules (flowd_schedules_due),
+ * plans each in C (its ticks by the
  * catch-up policy, its next tick, each run's rendered and checked input) and hands the plan to
  * flowd_schedules_fire, which creates the runs and moves the schedules on in one transaction,
  * only where the next tick is still what the pass read. Every process may run one: exactly one

@@ -58,16 +58,27 @@ END $$;
 
 -- Creates or replaces the schedule p_name from its definition p_def (checked by the caller). With
 -- p_reset its next tick becomes p_next_ms (NULL: none left); without, a stored schedule keeps its
--- next tick. `paused` left out of p_def keeps the stored state. Wakes every process's scheduler.
+-- next tick. `paused` left out of p_def keeps the stored state. Runs it made ahead of ticks still
+-- to come are taken back when what they would be changes. Wakes every process's scheduler.
 CREATE OR REPLACE FUNCTION flowd_schedule_put(p_tenant bigint, p_name text, p_def jsonb, p_next_ms bigint,
                                    p_reset boolean, OUT created boolean, OUT schedule jsonb)
 LANGUAGE plpgsql AS $$
 DECLARE
     s schedules;
     v_now timestamptz := flowd_now();
+    v_old schedules;
 BEGIN
-    created := NOT EXISTS (SELECT 1 FROM schedules x WHERE x.tenant_id = p_tenant
-                                                        AND x.name = p_name);
+    SELECT * INTO v_old FROM schedules x WHERE x.tenant_id = p_tenant AND x.name = p_name
+       FOR UPDATE;
+    created := NOT FOUND;
+    IF NOT created AND (p_reset OR v_old.workflow IS DISTINCT FROM p_def->>'workflow'
+                        OR v_old.version IS DISTINCT FROM (p_def->>'version')::integer
+                        OR v_old.input IS DISTINCT FROM coalesce(p_def->'input', '{}')
+                        OR v_old.jitter IS DISTINCT FROM coalesce(p_def->>'jitter', '0s')
+                        OR v_old.overlap IS DISTINCT FROM coalesce(p_def->>'overlap', 'allow')
+                        OR coalesce((p_def->>'paused')::boolean, false)) THEN
+        PERFORM flowd_schedule_withdraw(v_old.id, 'schedule_changed');
+    END IF;
     INSERT INTO schedules AS x (tenant_id, name, workflow, version, cron, every, tz, input,
                                 overlap, catchup, catchup_window, jitter, start_at, end_at,
                                 paused, next_fire, created_at, updated_at)
@@ -100,13 +111,55 @@ $$;
 
 CREATE OR REPLACE FUNCTION flowd_schedule_delete(p_tenant bigint, p_name text) RETURNS boolean
 LANGUAGE plpgsql AS $$
+DECLARE
+    v_id bigint;
 BEGIN
-    DELETE FROM schedules WHERE tenant_id = p_tenant AND name = p_name;
+    SELECT id INTO v_id FROM schedules WHERE tenant_id = p_tenant AND name = p_name FOR UPDATE;
     IF NOT FOUND THEN
         RETURN false;
     END IF;
+    PERFORM flowd_schedule_withdraw(v_id, 'schedule_deleted');
+    DELETE FROM schedules WHERE id = v_id;
     PERFORM pg_notify('flowd_schedules', 'delete');
     RETURN true;
+END $$;
+
+-- Takes back what schedule p_id made ahead of ticks still to come, when a pause, a change or its
+-- deletion comes between the making and the tick: those runs have not started; they are cancelled
+-- with p_code, their ticks' idempotency keys are freed and the schedule's next tick goes back to
+-- the earliest of them, so that the schedule as it now stands decides again what those ticks do.
+CREATE OR REPLACE FUNCTION flowd_schedule_withdraw(p_id bigint, p_code text) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_ids  bigint[];
+    v_tick bigint;
+BEGIN
+    -- runs made ahead are the schedule's newest but for those triggered since: at most
+    -- lead / (the shortest `every`) + 1 of them
+    SELECT array_agg(r.id), min(r.tick) INTO v_ids, v_tick
+      FROM (SELECT x.id, x.state, x.start_at,
+                   split_part(x.idempotency_key, ':', 3)::bigint AS tick
+              FROM runs x WHERE x.schedule_id = p_id AND x.idempotency_key IS NOT NULL
+             ORDER BY x.id DESC LIMIT 64) r
+     WHERE r.state = 'queued' AND r.start_at > flowd_now() AND r.tick > flowd_ms_of(flowd_now());
+    IF v_ids IS NULL THEN
+        RETURN;
+    END IF;
+    UPDATE runs SET idempotency_key = NULL WHERE id = ANY (v_ids);
+    PERFORM flowd_cancel_runs(v_ids, jsonb_build_object(
+        'code', p_code, 'message', 'made ahead of its tick, and taken back when its schedule '
+                                   || CASE p_code WHEN 'schedule_paused' THEN 'was paused'
+                                                  WHEN 'schedule_deleted' THEN 'was deleted'
+                                                  ELSE 'changed' END));
+    UPDATE schedules s
+       SET next_fire = least(s.next_fire, flowd_epoch_ms(v_tick)),
+           fires = s.fires - cardinality(v_ids),
+           last_run_id = l.id, last_fire = flowd_epoch_ms(l.tick)
+      FROM (SELECT NULL) n
+      LEFT JOIN LATERAL (SELECT x.id, split_part(x.idempotency_key, ':', 3)::bigint AS tick
+                           FROM runs x WHERE x.schedule_id = p_id AND x.idempotency_key IS NOT NULL
+                          ORDER BY x.id DESC LIMIT 1) l ON true
+     WHERE s.id = p_id;
 END $$;
 
 -- Pauses or resumes; a resumed schedule catches up on the ticks it missed by its policy. NULL
@@ -121,28 +174,48 @@ BEGIN
     IF NOT FOUND THEN
         RETURN NULL;
     END IF;
+    IF p_paused THEN
+        PERFORM flowd_schedule_withdraw(s.id, 'schedule_paused');
+        SELECT * INTO s FROM schedules WHERE id = s.id;
+    END IF;
     PERFORM pg_notify('flowd_schedules', 'pause');
     RETURN flowd_schedule_json(s);
 END $$;
 
--- Milliseconds until the earliest tick of a schedule that will fire (0 when due), NULL when none.
+-- How long before its tick a schedule whose runs may overlap (overlap: allow) makes the tick's
+-- run: the run waits as a delayed start, so a burst of ticks in one second is created before it
+-- and starts on time. Schedules with another overlap policy are made at their tick, when whether
+-- a previous run is unfinished can be known. See flowd_schedule_withdraw for what a change to a
+-- schedule does to the runs it made ahead.
+CREATE OR REPLACE FUNCTION flowd_schedule_lead() RETURNS interval
+LANGUAGE sql IMMUTABLE AS $$ SELECT interval '2 seconds' $$;
+
+-- Milliseconds until a fire pass has something to make (0 when due), NULL when nothing will.
 CREATE OR REPLACE FUNCTION flowd_schedule_next_due_ms() RETURNS bigint
 LANGUAGE sql STABLE AS $$
-    SELECT CASE WHEN min(next_fire) IS NOT NULL  -- (greatest() would turn NULL into 0)
-                THEN greatest(0, flowd_ms_of(min(next_fire)) - flowd_ms_of(flowd_now())) END
-      FROM schedules WHERE NOT paused AND next_fire IS NOT NULL
+    SELECT CASE WHEN t.at IS NOT NULL  -- (greatest() would turn NULL into 0)
+                THEN greatest(0, flowd_ms_of(t.at) - flowd_ms_of(flowd_now())) END
+      FROM (SELECT least(
+                (SELECT s.next_fire - flowd_schedule_lead() FROM schedules s
+                  WHERE NOT s.paused AND s.next_fire IS NOT NULL AND s.overlap = 'allow'
+                  ORDER BY s.next_fire LIMIT 1),
+                (SELECT s.next_fire FROM schedules s
+                  WHERE NOT s.paused AND s.next_fire IS NOT NULL AND s.overlap <> 'allow'
+                  ORDER BY s.next_fire LIMIT 1)) AS at) t
 $$;
 
--- The schedules due now, earliest first, with what the engine needs to plan their fires: the
--- definition (the members engine/schedule.h reads), the tick of the previous run, and the
--- workflow's input check (looked up once per workflow of the page, not once per schedule).
+-- The schedules due now, and those made ahead (flowd_schedule_lead), earliest first, with what
+-- the engine needs to plan their fires: the definition (the members engine/schedule.h reads), the
+-- tick of the previous run, and the workflow's input check (looked up once per workflow of the
+-- page, not once per schedule).
 CREATE OR REPLACE FUNCTION flowd_schedules_due(p_limit integer)
 RETURNS TABLE (id bigint, name text, def jsonb, next_ms bigint, last_ms bigint, now_ms bigint,
                workflow_found boolean, input_check jsonb)
 LANGUAGE sql STABLE AS $$
     WITH page AS MATERIALIZED (
         SELECT s.* FROM schedules s
-         WHERE NOT s.paused AND s.next_fire <= flowd_now()
+         WHERE NOT s.paused AND s.next_fire <= flowd_now() + flowd_schedule_lead()
+           AND (s.next_fire <= flowd_now() OR s.overlap = 'allow')
          ORDER BY s.next_fire LIMIT p_limit),
     wf AS (
         SELECT k.tenant_id, k.workflow, k.version, w.found, w.input_check

@@ -409,6 +409,121 @@ static void test_delayed_start(void **state)
     th_api_stop(a);
 }
 
+/* The run of schedule name in state state (the only one: fails otherwise), as the API shows it. */
+static json_t *schedule_run(th_api *a, const char *name, const char *state)
+{
+    char *id = th_pg_valuef(th_api_db(a),
+                            "SELECT r.id FROM runs r JOIN schedules s ON s.id = r.schedule_id"
+                            " WHERE s.name = '%s' AND r.state = '%s'",
+                            name, state);
+    assert_non_null(id);
+    char path[64];
+    snprintf(path, sizeof path, "/v1/runs/%s", id);
+    free(id);
+    return th_api_json(a, 200, "GET", path, NULL);
+}
+
+static const char *run_error_code(const json_t *run)
+{
+    return json_string_value(json_object_get(json_object_get(run, "error"), "code"));
+}
+
+/* Waits until schedule name has n runs waiting for their tick (made ahead). */
+static void wait_ahead(th_api *a, const char *name, long n)
+{
+    char sql[256];
+    snprintf(sql, sizeof sql,
+             "SELECT count(*) = %ld FROM runs r JOIN schedules s ON s.id = r.schedule_id"
+             " WHERE s.name = '%s' AND r.state = 'queued'",
+             n, name);
+    PGconn *c = th_pgc_open(th_api_db(a));
+    assert_true(th_pgc_wait(c, sql, 0, NULL, 20));
+    PQfinish(c);
+}
+
+/* A schedule whose runs may overlap makes a tick's run up to flowd_schedule_lead() (2 s) ahead of
+ * it, as a delayed start that begins at the tick; a change, a pause or a deletion before the tick
+ * takes that run back, and the schedule as it then stands decides what the tick does. A schedule
+ * with another overlap policy is made at its tick. The engine clock runs on in real time after a
+ * move: each step that must come before a tick starts 1.9 s before it. */
+static void test_made_ahead(void **state)
+{
+    (void)state;
+    th_api *a = start("sch_ahead");
+    clock_to(a, "2027-07-01T09:00:00Z");
+    put(a, 201, "early",
+        "{\"workflow\": \"tick\", \"every\": \"1h\", \"input\": {\"at\": \"v1 {{schedule.fire_time}}\"}}");
+    put(a, 201, "strict",
+        "{\"workflow\": \"tick\", \"every\": \"1h\", \"overlap\": \"skip\","
+        " \"input\": {\"at\": \"{{schedule.fire_time}}\"}}");
+    clock_to(a, "2027-07-01T09:59:58.100Z");
+    wait_ahead(a, "early", 1);
+    /* a new input before the tick: the run made with the old one is taken back, and made anew */
+    put(a, 200, "early",
+        "{\"workflow\": \"tick\", \"every\": \"1h\", \"input\": {\"at\": \"v2 {{schedule.fire_time}}\"}}");
+    json_t *run = schedule_run(a, "early", "cancelled");
+    assert_string_equal(run_error_code(run), "schedule_changed");
+    json_decref(run);
+    wait_ahead(a, "early", 1);
+    run = schedule_run(a, "early", "queued");
+    assert_string_equal(run_state(run), "scheduled");
+    assert_string_equal(json_string_value(json_object_get(run, "start_at")),
+                        "2027-07-01T10:00:00.000Z");
+    assert_string_equal(json_string_value(json_object_get(json_object_get(run, "input"), "at")),
+                        "v2 2027-07-01T10:00:00.000Z");
+    json_decref(run);
+    json_t *s = th_api_json(a, 200, "GET", "/v1/schedules/early", NULL);
+    assert_string_equal(json_string_value(json_object_get(s, "next_fire")),
+                        "2027-07-01T11:00:00.000Z");
+    assert_int_equal(json_integer_value(json_object_get(s, "fires")), 1);
+    json_decref(s);
+    /* the tick: the run made ahead starts then, not before; the strict schedule fires then */
+    clock_to(a, "2027-07-01T10:00:00.200Z");
+    wait_fires(a, "strict", 1);
+    PGconn *c = th_pgc_open(th_api_db(a));
+    assert_true(th_pgc_wait(c, "SELECT count(*) = 2 FROM runs WHERE state = 'succeeded'"
+                               " AND started_at >= '2027-07-01T10:00:00Z'",
+                            0, NULL, 20));
+
+    /* paused before the tick: taken back too, and the tick is the schedule's next again */
+    clock_to(a, "2027-07-01T10:59:58.100Z");
+    wait_ahead(a, "early", 1);
+    s = th_api_json(a, 200, "POST", "/v1/schedules/early/pause", NULL);
+    assert_string_equal(json_string_value(json_object_get(s, "next_fire")),
+                        "2027-07-01T11:00:00.000Z");
+    assert_string_equal(json_string_value(json_object_get(s, "last_fire")),
+                        "2027-07-01T10:00:00.000Z");
+    assert_int_equal(json_integer_value(json_object_get(s, "fires")), 1);
+    json_decref(s);
+    assert_int_equal(th_pg_long(th_api_db(a), "SELECT count(*) FROM runs r"
+                                              " WHERE r.error->>'code' = 'schedule_paused'"),
+                     1);
+    /* resumed, the schedule makes the tick again and it runs */
+    json_decref(th_api_json(a, 200, "POST", "/v1/schedules/early/resume", NULL));
+    clock_to(a, "2027-07-01T11:00:00.200Z");
+    assert_true(th_pgc_wait(c, "SELECT count(*) = 4 FROM runs WHERE state = 'succeeded'", 0, NULL,
+                            20));
+
+    /* deleted before its next tick: the run made for it is taken back */
+    clock_to(a, "2027-07-01T11:59:58.100Z");
+    wait_ahead(a, "early", 1);
+    del(a, 204, "early");
+    assert_int_equal(th_pg_long(th_api_db(a), "SELECT count(*) FROM runs r"
+                                              " WHERE r.error->>'code' = 'schedule_deleted'"),
+                     1);
+    PQfinish(c);
+    char *got = th_pg_value(th_api_db(a), "SELECT string_agg(r.input->>'at' || ' ' || r.state,"
+                                          " ',' ORDER BY r.id) FROM runs r"
+                                          " WHERE r.input->>'at' LIKE 'v%'");
+    assert_string_equal(got, "v1 2027-07-01T10:00:00.000Z cancelled,"
+                             "v2 2027-07-01T10:00:00.000Z succeeded,"
+                             "v2 2027-07-01T11:00:00.000Z cancelled,"
+                             "v2 2027-07-01T11:00:00.000Z succeeded,"
+                             "v2 2027-07-01T12:00:00.000Z cancelled");
+    free(got);
+    th_api_stop(a);
+}
+
 /* A stored schedule the engine can no longer read (here its zone, as if the time-zone data had
  * dropped it) is stopped with the reason, not planned again on every pass. */
 static void test_unreadable_schedule_stops(void **state)
@@ -441,6 +556,7 @@ int main(void)
         cmocka_unit_test(test_put_refusals),
         cmocka_unit_test(test_delayed_start),
         cmocka_unit_test(test_unreadable_schedule_stops),
+        cmocka_unit_test(test_made_ahead),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
