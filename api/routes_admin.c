@@ -168,10 +168,11 @@ void api_route_key_delete(api_call *call)
 
 /* ------------------------------------------------------------------------------- quotas -- */
 
-/* PUT /v1/tenants/{name}/quotas {"runs_per_month": N | null}: by the admin key of the tenant that
- * created it, or of "default" (a tenant cannot raise its own). GET: also the tenant's own admin
- * key. Both answer the quotas with what is used and when it resets; 404 for a tenant the key
- * cannot see (or set). */
+/* PUT /v1/tenants/{name}/quotas {"runs_per_month", "llm_tokens_per_month",
+ * "llm_cost_usd_per_month", "sends_per_day": N | null}: the quotas named are set (null: no limit),
+ * the others keep theirs; by the admin key of the tenant that created it, or of "default" (a
+ * tenant cannot raise its own). GET: also the tenant's own admin key. Both answer the quotas with
+ * what is used and when it resets; 404 for a tenant the key cannot see (or set). */
 static void quotas_cb(api_call *call, const eng_err *err, const PGresult *res)
 {
     if (err)
@@ -190,25 +191,32 @@ void api_route_quotas_get(api_call *call)
 
 void api_route_quotas_put(api_call *call)
 {
-    static const char *const allowed[] = {"runs_per_month", NULL};
+    static const char *const allowed[] = {"runs_per_month", "llm_tokens_per_month",
+                                          "llm_cost_usd_per_month", "sends_per_day", NULL};
     if (!api_call_admin_only(call))
         return;
     json_t *body = api_call_body_fields(call, allowed);
     if (!body)
         return;
-    const json_t *runs = json_object_get(body, "runs_per_month");
-    if (runs && !json_is_null(runs) &&
-        (!json_is_integer(runs) || json_integer_value(runs) < 0)) {
+    const char *name;
+    const json_t *v;
+    json_object_foreach (body, name, v) {
+        bool money = strcmp(name, "llm_cost_usd_per_month") == 0;
+        if (json_is_null(v) || (json_is_integer(v) && json_integer_value(v) >= 0) ||
+            (money && json_is_real(v) && json_real_value(v) >= 0))
+            continue;
+        char field[64];
+        snprintf(field, sizeof field, "/%s", name);
         json_decref(body);
         api_call_respond_error(call, 422, "invalid_request",
-                               "must be a non-negative integer, or null for no limit",
-                               "/runs_per_month");
+                               money ? "must be a non-negative number of USD, or null for no limit"
+                                     : "must be a non-negative integer, or null for no limit",
+                               field);
         return;
     }
-    char runs_s[24];
-    snprintf(runs_s, sizeof runs_s, "%lld", (long long)json_integer_value(runs));
-    const char *params[] = {call->tenant_s, call->params[0],
-                            runs && !json_is_null(runs) ? runs_s : NULL};
-    api_call_db(call, "SELECT flowd_quotas_put($1, $2, $3)", 3, params, quotas_cb);
+    char *quotas = json_dumps(body, JSON_COMPACT);
+    const char *params[] = {call->tenant_s, call->params[0], quotas};
+    api_call_db(call, "SELECT flowd_quotas_put($1, $2, $3::jsonb)", 3, params, quotas_cb);
+    free(quotas);
     json_decref(body);
 }

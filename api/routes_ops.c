@@ -128,11 +128,11 @@ void api_route_workflow_schema(api_call *call)
 }
 
 /* The state gauges count what is in flight now: the states with a partial index (runs_active,
- * steps_due, steps_running_owner, steps_waiting), so a scrape reads the unfinished rows only,
- * never the finished ones (which grow until retention). Pending steps (their needs unfinished)
- * have no index and are not counted. */
+ * steps_due, steps_running_owner, steps_waiting) or a table of their own (quota_blocked_steps), so
+ * a scrape reads the unfinished rows only, never the finished ones (which grow until retention).
+ * Pending steps (their needs unfinished) have no index and are not counted. */
 static const char *const ops_run_states[] = {"queued", "running", NULL};
-static const char *const ops_step_states[] = {"ready", "running", "waiting", NULL};
+static const char *const ops_step_states[] = {"ready", "running", "waiting", "blocked", NULL};
 
 #define OPS_QUEUE_WORKFLOWS 50 /* queue series: the workflows with the most due steps */
 
@@ -228,6 +228,8 @@ static const char ops_metrics_sql[] =
     " UNION ALL SELECT 'steps', 'ready', count(*)::text, NULL FROM steps WHERE state = 'ready'"
     " UNION ALL SELECT 'steps', 'running', count(*)::text, NULL FROM steps WHERE state = 'running'"
     " UNION ALL SELECT 'steps', 'waiting', count(*)::text, NULL FROM steps WHERE state = 'waiting'"
+    " UNION ALL SELECT 'steps', 'blocked', count(*)::text, NULL FROM quota_blocked_steps b"
+    "  WHERE EXISTS (SELECT 1 FROM steps s WHERE s.id = b.step_id AND s.state = 'blocked')"
     /* each due step's run looked up by id (a join could scan all runs), then the workflows;
      * (SELECT flowd_now()) is read once, not once a row */
     " UNION ALL (SELECT 'queue', w.name, sum(q.n)::text,"

@@ -1,4 +1,5 @@
-/* cli/cmd_quotas.c: flowd quotas TENANT [--runs-per-month N|none] — read or set a tenant's quotas
+/* cli/cmd_quotas.c: flowd quotas TENANT [--runs-per-month N|none] [--llm-tokens-per-month N|none]
+ * [--llm-cost-usd-per-month USD|none] [--sends-per-day N|none] — read or set a tenant's quotas
  * through the API (PUT/GET /v1/tenants/{name}/quotas; admin key of the tenant that created it, or
  * of default, to set them). */
 #include <getopt.h>
@@ -9,30 +10,59 @@
 #include "cli/cli.h"
 #include "engine/mem.h"
 
+static const char *const quota_names[] = {"runs_per_month", "llm_tokens_per_month",
+                                          "llm_cost_usd_per_month", "sends_per_day"};
+enum { QUOTA_COST = 2 }; /* the one in USD, a number; the others are counts */
+
+/* Adds the option's value for quota i to body; false (err set) when it is not one. */
+static bool quota_value(json_t *body, int i, const char *arg, eng_err *err)
+{
+    char opt[64], *end;
+    snprintf(opt, sizeof opt, "--%s", quota_names[i]);
+    for (char *p = opt; *p; p++)
+        if (*p == '_')
+            *p = '-';
+    if (strcmp(arg, "none") == 0) {
+        json_object_set_new(body, quota_names[i], json_null());
+        return true;
+    }
+    if (i == QUOTA_COST) {
+        double usd = strtod(arg, &end);
+        if (*arg && !*end && usd >= 0) {
+            json_object_set_new(body, quota_names[i], json_real(usd));
+            return true;
+        }
+        eng_err_field(err, ENG_EINVAL, opt, "must be a non-negative number of USD, or none");
+        return false;
+    }
+    long long n = strtoll(arg, &end, 10);
+    if (*arg && !*end && n >= 0) {
+        json_object_set_new(body, quota_names[i], json_integer((json_int_t)n));
+        return true;
+    }
+    eng_err_field(err, ENG_EINVAL, opt, "must be a non-negative integer, or none for no limit");
+    return false;
+}
+
 int cli_cmd_quotas(cli_env *env, int argc, char **argv)
 {
-    static const struct option longopts[] = {{"runs-per-month", required_argument, NULL, 'r'},
+    static const struct option longopts[] = {{"runs-per-month", required_argument, NULL, 0},
+                                             {"llm-tokens-per-month", required_argument, NULL, 1},
+                                             {"llm-cost-usd-per-month", required_argument, NULL, 2},
+                                             {"sends-per-day", required_argument, NULL, 3},
                                              {NULL, 0, NULL, 0}};
-    json_t *body = NULL;
+    json_t *body = json_object();
+    eng_err err;
     int ch;
     optind = 1;
-    while ((ch = getopt_long(argc, argv, "r:", longopts, NULL)) != -1) {
-        if (ch != 'r') {
+    while ((ch = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+        if (ch < 0 || ch > 3) {
             json_decref(body);
             return 2;
         }
-        char *end;
-        long long n = strtoll(optarg, &end, 10);
-        json_decref(body);
-        if (strcmp(optarg, "none") == 0) {
-            body = json_pack("{s:n}", "runs_per_month");
-        } else if (!*optarg || *end || n < 0) {
-            eng_err err;
-            eng_err_field(&err, ENG_EINVAL, "--runs-per-month",
-                          "must be a non-negative integer, or none for no limit");
+        if (!quota_value(body, ch, optarg, &err)) {
+            json_decref(body);
             return cli_fail(&err);
-        } else {
-            body = json_pack("{s:I}", "runs_per_month", (json_int_t)n);
         }
     }
     if (argc - optind != 1) {
@@ -40,29 +70,31 @@ int cli_cmd_quotas(cli_env *env, int argc, char **argv)
         cli_command_usage_error("quotas");
         return 2;
     }
-    eng_err err;
     cli_api api;
     if (cli_api_open(env, true, &api, &err) != ENG_OK) {
         json_decref(body);
         return cli_fail(&err);
     }
+    bool set = json_object_size(body) > 0;
     char *name = cli_api_escape(argv[optind]);
     char *path = eng_xasprintf("/v1/tenants/%s/quotas", name);
     json_t *out = NULL;
     int status = 0;
-    if (!cli_api_request(&api, body ? "PUT" : "GET", path, body, &out, &err)) {
+    if (!cli_api_request(&api, set ? "PUT" : "GET", path, set ? body : NULL, &out, &err)) {
         status = cli_fail(&err);
     } else if (env->json) {
         cli_print_json(out);
     } else {
-        const json_t *runs = json_object_get(out, "runs_per_month");
-        if (json_is_object(runs))
-            printf("%s: runs_per_month %lld of %lld used, resets %s\n", argv[optind],
-                   (long long)json_integer_value(json_object_get(runs, "used")),
-                   (long long)json_integer_value(json_object_get(runs, "limit")),
-                   json_string_value(json_object_get(runs, "resets_at")));
-        else
-            printf("%s: runs_per_month not limited\n", argv[optind]);
+        for (size_t i = 0; i < sizeof quota_names / sizeof *quota_names; i++) {
+            const json_t *q = json_object_get(out, quota_names[i]);
+            if (json_is_object(q))
+                printf("%s: %s %.15g of %.15g used, resets %s\n", argv[optind], quota_names[i],
+                       json_number_value(json_object_get(q, "used")),
+                       json_number_value(json_object_get(q, "limit")),
+                       json_string_value(json_object_get(q, "resets_at")));
+            else
+                printf("%s: %s not limited\n", argv[optind], quota_names[i]);
+        }
     }
     json_decref(out);
     json_decref(body);

@@ -104,11 +104,16 @@ static const cli_command commands[] = {
      "\"X-Signature\", \"secret\": \"...\"}, \"event\": {\"name\": \"crm.order\", \"key\":\n"
      "\"{{body.order_id}}\"}} (docs/webhooks.md). Deliveries go to POST /v1/hooks/custom/NAME?tenant=ID.\n"
      "The server seals the secret under its FLOWD_SECRET_KEY and refuses it when it has none."},
-    {"quotas", cli_cmd_quotas, CMD_API, false, "TENANT [--runs-per-month N|none]",
+    {"quotas", cli_cmd_quotas, CMD_API, false,
+     "TENANT [--runs-per-month N|none] [--llm-tokens-per-month N|none] "
+     "[--llm-cost-usd-per-month USD|none] [--sends-per-day N|none]",
      "show a tenant's quotas, or set them (admin key of the tenant that created it, or of default)",
-     "Enqueueing past runs_per_month (runs created through the API in a calendar month, UTC) is\n"
-     "refused with 429 quota_exceeded, naming the quota, its limit, what is used and when it\n"
-     "resets."},
+     "Quotas not named keep their value. Enqueueing past runs_per_month (runs created through\n"
+     "the API in a calendar month, UTC) is refused with 429 quota_exceeded, naming the quota, its\n"
+     "limit, what is used and when it resets. An llm step past llm_tokens_per_month or\n"
+     "llm_cost_usd_per_month (calendar month, UTC), and an email, sms or whatsapp step past\n"
+     "sends_per_day (UTC day), waits in the state blocked until the quota resets or is raised\n"
+     "(or fails, when its workflow says \"quota\": {\"on_exceeded\": \"fail\"})."},
     {"secrets", cli_cmd_secrets, CMD_DIRECT, false, "rotate",
      "re-seal every stored secret (providers, custom hooks) under FLOWD_SECRET_KEY",
      "Rotation: give the server the new key as FLOWD_SECRET_KEY and the old one as\n"

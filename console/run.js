@@ -12,7 +12,8 @@ import { waterfall } from './timeline.js';
 
 const TYPES = ['run.created', 'run.started', 'run.succeeded', 'run.failed', 'run.cancelled',
   'run.retried', 'step.scheduled', 'step.started', 'step.succeeded', 'step.failed', 'step.retrying',
-  'step.interrupted', 'step.skipped', 'step.waiting', 'step.unknown', 'step.resolved', 'step.cancelled'];
+  'step.interrupted', 'step.skipped', 'step.waiting', 'step.unknown', 'step.resolved', 'step.cancelled',
+  'step.blocked', 'step.unblocked'];
 const FINISHED = ['succeeded', 'failed', 'cancelled'];
 
 function jsonBlock(v) {

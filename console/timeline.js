@@ -1,7 +1,7 @@
 // console/timeline.js: a run's waterfall from its event log: per step, the waits before it could
 // start (needs, delay or window, then the queue: claims, rate limits, concurrency keys, quotas),
-// each attempt with its outcome, the waits between retries, and waits for an event or a map's
-// children.
+// each attempt with its outcome, the waits between retries, waits for an event or a map's
+// children, and the time a quota blocked it.
 import { h } from './dom.js';
 import { duration } from './fmt.js';
 
@@ -49,6 +49,14 @@ export function segments(steps, events, run) {
       const seg = { kind: 'waiting', from: at, to: null, label: what };
       list.push(seg);
       open.set(e.step, seg);
+    } else if (e.type === 'step.blocked') {
+      close('blocked');
+      const d = e.data || {};
+      const seg = { kind: 'blocked', from: at, to: null, label: `blocked: quota ${d.quota} used up (${d.used} of ${d.limit}), resets ${d.resets_at}` };
+      list.push(seg);
+      open.set(e.step, seg);
+    } else if (e.type === 'step.unblocked') {
+      close();
     } else if (e.type === 'step.unknown') {
       close('unknown');
       const seg = { kind: 'waiting', from: at, to: null, label: `send ${e.data && e.data.send_key} outcome unknown` };
@@ -96,5 +104,6 @@ export function waterfall(steps, events, run) {
     h('p', { class: 'legend' },
       h('span', { class: 'seg-key k-queued' }), ' queued ', h('span', { class: 'seg-key k-wait' }), ' delay / window ',
       h('span', { class: 'seg-key k-attempt' }), ' attempt ', h('span', { class: 'seg-key k-retrywait' }), ' retry backoff ',
-      h('span', { class: 'seg-key k-waiting' }), ' waiting for an event or items'));
+      h('span', { class: 'seg-key k-waiting' }), ' waiting for an event or items ',
+      h('span', { class: 'seg-key k-blocked' }), ' blocked by a quota'));
 }

@@ -902,10 +902,34 @@ static eng_rc compile_search(compiler *c, json_t **out)
     return ENG_OK;
 }
 
+/* "quota": {"on_exceeded": "wait" | "fail"}: what an llm or messaging step does when a quota of
+ * its tenant has no room: wait in 'blocked' (the default) or fail. Kept only when it says fail. */
+static eng_rc compile_quota(compiler *c, json_t **out)
+{
+    static const char *const quota_fields[] = {"on_exceeded", NULL};
+    *out = NULL;
+    const json_t *quota = json_object_get(c->doc, "quota");
+    if (!quota || json_is_null(quota))
+        return ENG_OK;
+    if (!json_is_object(quota))
+        return bad(c, "/quota", "must be an object: {\"on_exceeded\": \"wait\" | \"fail\"}");
+    eng_rc rc = check_fields(c, quota, "/quota", quota_fields);
+    if (rc != ENG_OK)
+        return rc;
+    const json_t *on = json_object_get(quota, "on_exceeded");
+    const char *v = json_string_value(on);
+    if (on && (!v || (strcmp(v, "wait") != 0 && strcmp(v, "fail") != 0)))
+        return bad(c, "/quota/on_exceeded", "must be \"wait\" or \"fail\"");
+    if (v && strcmp(v, "fail") == 0)
+        *out = json_pack("{s:s}", "on_exceeded", "fail");
+    return ENG_OK;
+}
+
 static eng_rc compile_doc(compiler *c, json_t **out)
 {
     static const char *const wf_fields[] = {"name",     "description",  "steps",  "cancel_on",
-                                            "triggers", "input_schema", "search", NULL};
+                                            "triggers", "input_schema", "search", "quota",
+                                            NULL};
     const json_t *doc = c->doc;
     if (!json_is_object(doc))
         return bad(c, "", "workflow definition must be a JSON object");
@@ -934,7 +958,7 @@ static eng_rc compile_doc(compiler *c, json_t **out)
         return rc;
 
     json_t *out_steps = json_array(), *phases = json_array(), *cancel_on = NULL, *triggers = NULL,
-           *input_check = NULL, *search = NULL;
+           *input_check = NULL, *search = NULL, *quota = NULL;
     for (size_t i = 0; i < c->n && rc == ENG_OK; i++) {
         json_t *st;
         if ((rc = compile_step(c, i, &st)) != ENG_OK)
@@ -955,12 +979,15 @@ static eng_rc compile_doc(compiler *c, json_t **out)
         rc = compile_input_check(c, &input_check);
     if (rc == ENG_OK)
         rc = compile_search(c, &search);
+    if (rc == ENG_OK)
+        rc = compile_quota(c, &quota);
     if (rc != ENG_OK) {
         json_decref(out_steps);
         json_decref(phases);
         json_decref(cancel_on);
         json_decref(triggers);
         json_decref(input_check);
+        json_decref(search);
         return rc;
     }
     for (size_t i = 0; i < c->n; i++)
@@ -972,6 +999,8 @@ static eng_rc compile_doc(compiler *c, json_t **out)
                      json_string_value(name), "description", desc, "cancel_on", cancel_on,
                      "triggers", triggers, "phases", phases, "steps", out_steps, "input_check",
                      input_check, "search", search);
+    if (quota)
+        json_object_set_new(*out, "quota", quota);
     return ENG_OK;
 }
 

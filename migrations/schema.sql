@@ -205,6 +205,13 @@ CREATE TABLE provider_settings (
     CONSTRAINT provider_settings_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES tenants(id)
 );
 
+CREATE TABLE quota_blocked_steps (
+    step_id bigint NOT NULL,
+    tenant_id bigint NOT NULL,
+    run_at timestamp with time zone NOT NULL,
+    CONSTRAINT quota_blocked_steps_pkey PRIMARY KEY (step_id)
+);
+
 CREATE TABLE quota_usage (
     tenant_id bigint NOT NULL,
     quota text NOT NULL,
@@ -403,7 +410,7 @@ CREATE TABLE steps (
     interruptions integer DEFAULT 0 NOT NULL,
     CONSTRAINT steps_pkey PRIMARY KEY (id),
     CONSTRAINT steps_run_id_idx_key UNIQUE (run_id, idx),
-    CONSTRAINT steps_state_check CHECK ((state = ANY (ARRAY['pending'::text, 'ready'::text, 'running'::text, 'waiting'::text, 'succeeded'::text, 'failed'::text, 'skipped'::text, 'cancelled'::text])))
+    CONSTRAINT steps_state_check CHECK ((state = ANY (ARRAY['pending'::text, 'ready'::text, 'running'::text, 'waiting'::text, 'succeeded'::text, 'failed'::text, 'skipped'::text, 'cancelled'::text, 'blocked'::text])))
 );
 ALTER TABLE steps SET (fillfactor=80);
 ALTER TABLE steps SET (autovacuum_vacuum_scale_factor=0.02);
@@ -424,8 +431,14 @@ CREATE TABLE tenant_quotas (
     tenant_id bigint NOT NULL,
     runs_per_month bigint,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    llm_tokens_per_month bigint,
+    llm_cost_usd_per_month numeric,
+    sends_per_day bigint,
+    CONSTRAINT tenant_quotas_llm_cost_usd_per_month_check CHECK ((llm_cost_usd_per_month >= (0)::numeric)),
+    CONSTRAINT tenant_quotas_llm_tokens_per_month_check CHECK ((llm_tokens_per_month >= 0)),
     CONSTRAINT tenant_quotas_pkey PRIMARY KEY (tenant_id),
     CONSTRAINT tenant_quotas_runs_per_month_check CHECK ((runs_per_month >= 0)),
+    CONSTRAINT tenant_quotas_sends_per_day_check CHECK ((sends_per_day >= 0)),
     CONSTRAINT tenant_quotas_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES tenants(id) ON DELETE CASCADE
 );
 
@@ -590,6 +603,8 @@ CREATE INDEX map_items_child ON public.map_items USING btree (child_run_id) WHER
 CREATE INDEX outbox_by_run ON public.outbox USING btree (run_id) WHERE (run_id IS NOT NULL);
 CREATE INDEX outbox_run ON public.outbox USING btree (tenant_id, run_id, id);
 CREATE UNIQUE INDEX prices_version ON public.prices USING btree (COALESCE(tenant_id, (0)::bigint), kind, item, COALESCE(provider, ''::text), effective_from);
+CREATE INDEX quota_blocked_steps_run_at ON public.quota_blocked_steps USING btree (run_at);
+CREATE INDEX quota_blocked_steps_tenant ON public.quota_blocked_steps USING btree (tenant_id);
 CREATE UNIQUE INDEX rate_limits_name ON public.rate_limits USING btree (name, COALESCE(tenant_id, (0)::bigint));
 CREATE INDEX run_events_run ON public.run_events USING btree (run_id, id);
 CREATE INDEX run_usage_batch ON public.run_usage USING btree (batch_id) WHERE (batch_id IS NOT NULL);
@@ -604,7 +619,7 @@ CREATE INDEX runs_tenant_recent ON public.runs USING btree (tenant_id, id DESC);
 CREATE INDEX schedules_due ON public.schedules USING btree (next_fire) WHERE ((NOT paused) AND (next_fire IS NOT NULL));
 CREATE INDEX sends_message_id ON public.sends USING btree (tenant_id, provider_message_id) WHERE (provider_message_id IS NOT NULL);
 CREATE INDEX sends_run ON public.sends USING btree (run_id);
-CREATE INDEX steps_ckey ON public.steps USING btree (tenant_id, ckey, id) WHERE ((ckey IS NOT NULL) AND (state = ANY (ARRAY['pending'::text, 'ready'::text, 'running'::text, 'waiting'::text])));
+CREATE INDEX steps_ckey ON public.steps USING btree (tenant_id, ckey, id) WHERE ((ckey IS NOT NULL) AND (state = ANY (ARRAY['pending'::text, 'ready'::text, 'running'::text, 'waiting'::text, 'blocked'::text])));
 CREATE INDEX steps_claim ON public.steps USING btree (priority DESC, run_at, id) WHERE (state = 'ready'::text);
 CREATE INDEX steps_claim_tenant ON public.steps USING btree (tenant_id, priority DESC, run_at, id) WHERE (state = 'ready'::text);
 CREATE INDEX steps_due ON public.steps USING btree (run_at) WHERE (state = 'ready'::text);

@@ -75,8 +75,8 @@ BEGIN
 END $$;
 
 -- Moves the clock to the earliest step or timer due later than now (a delayed or retried step,
--- a sending window's opening, a wait's timeout, a schedule's tick): {offset_ms, advanced_ms,
--- due_at}, due_at NULL and nothing moved when nothing is scheduled later.
+-- a sending window's opening, a wait's timeout, a quota's reset, a schedule's tick): {offset_ms,
+-- advanced_ms, due_at}, due_at NULL and nothing moved when nothing is scheduled later.
 CREATE OR REPLACE FUNCTION flowd_clock_advance_to_next_due() RETURNS jsonb
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -89,6 +89,10 @@ BEGIN
             UNION ALL
             SELECT min(run_at) FROM steps
              WHERE state = 'waiting' AND wait_event IS NOT NULL AND run_at > v_now
+            UNION ALL
+            SELECT min(b.run_at) FROM quota_blocked_steps b
+             WHERE b.run_at > v_now
+               AND EXISTS (SELECT 1 FROM steps s WHERE s.id = b.step_id AND s.state = 'blocked')
             UNION ALL
             SELECT min(next_fire) FROM schedules
              WHERE NOT paused AND next_fire IS NOT NULL AND next_fire > v_now) x;

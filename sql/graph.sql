@@ -68,7 +68,7 @@ BEGIN
     WITH c AS (
         UPDATE steps SET state = 'cancelled', finished_at = v_now,
                          lease_owner = NULL, lease_expires_at = NULL
-         WHERE run_id = ANY (v_ids) AND state IN ('pending', 'ready', 'running', 'waiting')
+         WHERE run_id = ANY (v_ids) AND state IN ('pending', 'ready', 'running', 'waiting', 'blocked')
         RETURNING run_id, tenant_id, key)
     INSERT INTO run_events (run_id, tenant_id, at, type, step_key)
     SELECT c.run_id, c.tenant_id, v_now, 'step.cancelled', c.key FROM c;

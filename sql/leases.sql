@@ -140,8 +140,9 @@ BEGIN
                         WHERE s.id = x.id AND s.state = 'running' AND s.lease_owner = p_owner);
 END $$;
 
--- The process's maintenance tick, once a second from one worker: reaps lapsed leases (flowd_reap)
--- and wakes the workers with a NOTIFY when a step is due that nobody has claimed (its enqueue's
+-- The process's maintenance tick, once a second from one worker: reaps lapsed leases (flowd_reap),
+-- makes the steps a quota blocked ready again once its period has reset (flowd_quota_unblock), and
+-- wakes the workers with a NOTIFY when a step is due that nobody has claimed (its enqueue's
 -- NOTIFY skipped or missed, or its time reached while no worker's timer was set for it; see 0002
 -- for why concurrent enqueues send one NOTIFY between them). Returns the number of steps reaped.
 CREATE OR REPLACE FUNCTION flowd_tick(p_limit integer) RETURNS integer
@@ -149,6 +150,9 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_n integer := flowd_reap(p_limit);
 BEGIN
+    IF EXISTS (SELECT 1 FROM quota_blocked_steps WHERE run_at <= flowd_now()) THEN
+        PERFORM flowd_quota_unblock(NULL);
+    END IF;
     IF v_n = 0 AND (EXISTS (SELECT 1 FROM steps WHERE state = 'ready' AND run_at <= flowd_now())
                     OR EXISTS (SELECT 1 FROM steps WHERE state = 'waiting'
                                   AND wait_event IS NOT NULL AND run_at <= flowd_now())) THEN

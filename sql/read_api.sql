@@ -54,7 +54,7 @@ BEGIN
                      'key', s.key, 'kind', s.kind, 'state', s.state, 'phase', s.phase,
                      'attempts', s.attempts, 'max_attempts', s.max_attempts,
                      'interruptions', s.interruptions,
-                     'run_at', CASE WHEN s.state IN ('ready', 'pending') THEN flowd_ms(s.run_at) END,
+                     'run_at', CASE WHEN s.state IN ('ready', 'pending', 'blocked') THEN flowd_ms(s.run_at) END,
                      'started_at', flowd_ms(s.started_at),
                      'finished_at', flowd_ms(s.finished_at),
                      'output', s.output, 'error', s.error)
@@ -73,7 +73,7 @@ BEGIN
                  coalesce(jsonb_agg(s.key ORDER BY s.idx) FILTER (WHERE s.state = 'running'),
                           '[]') AS current,
                  (array_agg(s.phase ORDER BY s.idx)
-                      FILTER (WHERE s.state IN ('ready', 'running', 'waiting')
+                      FILTER (WHERE s.state IN ('ready', 'running', 'waiting', 'blocked')
                                 AND s.phase IS NOT NULL))[1] AS phase
             FROM steps s WHERE s.run_id = r.id) st
      WHERE r.id = p_run AND r.tenant_id = p_tenant);

@@ -25,7 +25,7 @@ BEGIN
     SELECT f.id, f.tenant_id, v_now, 'run.failed', f.error FROM f;
     WITH c AS (
         UPDATE steps SET state = 'cancelled', finished_at = v_now
-         WHERE run_id = ANY (p_runs) AND state IN ('pending', 'ready', 'waiting')
+         WHERE run_id = ANY (p_runs) AND state IN ('pending', 'ready', 'waiting', 'blocked')
         RETURNING run_id, tenant_id, key)
     INSERT INTO run_events (run_id, tenant_id, at, type, step_key)
     SELECT c.run_id, c.tenant_id, v_now, 'step.cancelled', c.key FROM c;
@@ -506,7 +506,7 @@ BEGIN
                AND (s.ckey IS NULL OR NOT EXISTS (
                         SELECT 1 FROM steps o
                          WHERE o.tenant_id = s.tenant_id AND o.ckey = s.ckey AND o.id <> s.id
-                           AND o.state IN ('pending', 'ready', 'running', 'waiting')
+                           AND o.state IN ('pending', 'ready', 'running', 'waiting', 'blocked')
                            AND (o.id < s.id OR o.state = 'running')))
              ORDER BY s.priority DESC, s.run_at, s.id
              LIMIT least(p_want, coalesce((v_caps->>(v_tenants[1]::text))::integer, p_want))
@@ -527,7 +527,7 @@ BEGIN
                    AND (s.ckey IS NULL OR NOT EXISTS (
                             SELECT 1 FROM steps o
                              WHERE o.tenant_id = s.tenant_id AND o.ckey = s.ckey AND o.id <> s.id
-                               AND o.state IN ('pending', 'ready', 'running', 'waiting')
+                               AND o.state IN ('pending', 'ready', 'running', 'waiting', 'blocked')
                                AND (o.id < s.id OR o.state = 'running')))
                  ORDER BY s.priority DESC, s.run_at, s.id
                  LIMIT least(v_share, coalesce((v_caps->>(t.tenant_id::text))::integer, v_share))

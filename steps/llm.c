@@ -10,7 +10,8 @@
  *
  * One attempt is a small state machine (llm_state). Before calling, the attempt looks for an
  * answer recorded under (run, step, item) — never the attempt — with the same request hash: a step
- * re-run after a crash returns that answer instead of paying twice. Then it loads the provider's
+ * re-run after a crash returns that answer instead of paying twice. Then it asks the tenant's
+ * token and cost quotas (steps/quota.h: no room blocks the step), loads the provider's
  * settings (steps/provider.h; no credential = sandbox), takes budget from the shared rate limits
  * (snoozing without spending an attempt when there is none), calls, records the answer and only
  * then reports success.
@@ -46,6 +47,7 @@
 #include "steps/llm_sandbox.h"
 #include "steps/llm_wire.h"
 #include "steps/provider.h"
+#include "steps/quota.h"
 #include "steps/ratelimit.h"
 #include "steps/steps.h"
 
@@ -58,6 +60,7 @@
 
 typedef enum llm_state {
     LLM_LOOKUP, /* asking llm_records for a recorded answer (db query in flight) */
+    LLM_QUOTA,  /* asking the tenant's quotas (quota_check pending) */
     LLM_CONFIG, /* loading the target provider's settings (prov_load pending) */
     LLM_BUDGET, /* asking the shared rate limits (rl_take pending) */
     LLM_CALL,   /* the provider call is in flight */
@@ -76,6 +79,7 @@ typedef struct llm_attempt {
     char *rl_name;
     prov_config *cfg;
     prov_load *load;
+    quota_check *quota;
     rl_take *take;
     eng_http_call *call;
     int64_t est_tokens; /* reserved from the token budget */
@@ -333,6 +337,9 @@ static void config_done(void *arg, const eng_err *err, prov_config *cfg)
     config_ready(a, cfg);
 }
 
+static void load_config(llm_attempt *a);
+static void quota_done(void *arg, const eng_err *err, quota_verdict verdict, const char *msg);
+
 static void lookup_result(llm_batch_item *it, const eng_err *err, json_t *out)
 {
     llm_attempt *a = ENG_CONTAINER_OF(it, llm_attempt, batch);
@@ -353,6 +360,36 @@ static void lookup_result(llm_batch_item *it, const eng_err *err, json_t *out)
         eng_step_succeed(ctx, out);
         return;
     }
+    /* a call is to be made (and paid for): the tenant's token and cost quotas come first */
+    a->st = LLM_QUOTA;
+    if (quota_check_start(a->ctx, QUOTA_LLM, NULL, quota_done, a, &a->quota))
+        load_config(a);
+}
+
+static void quota_done(void *arg, const eng_err *err, quota_verdict verdict, const char *msg)
+{
+    llm_attempt *a = arg;
+    a->quota = NULL;
+    if (err && attempt_db_interrupted(a, err, "quota"))
+        return;
+    if (err) {
+        attempt_fail(a, false, "db_error", "could not check the quotas", 0);
+        return;
+    }
+    if (verdict == QUOTA_FAIL) {
+        attempt_fail(a, true, "quota_exceeded", msg, 0);
+        return;
+    }
+    if (verdict == QUOTA_RELEASED) {
+        eng_step_released(attempt_end(a), "quota_blocked");
+        return;
+    }
+    load_config(a);
+}
+
+/* With the quotas' leave: the provider's settings, then the rate limit, then the call. */
+static void load_config(llm_attempt *a)
+{
     a->st = LLM_CONFIG;
     if (a->prov == LLM_SANDBOX) {
         start_call(a);
@@ -442,6 +479,9 @@ static void llm_cancel(eng_step_ctx *ctx)
     case LLM_RECORD:
         if (!llm_batch_withdraw(eng_step_db(ctx), &a->batch))
             return; /* its batch is on the wire: its callback sees ctx == NULL and frees */
+        break;
+    case LLM_QUOTA:
+        quota_check_cancel(a->quota);
         break;
     case LLM_CONFIG:
         prov_load_cancel(a->load);

@@ -13,6 +13,7 @@
 #include "engine/mem.h"
 #include "engine/metrics.h"
 #include "engine/wf_def.h"
+#include "steps/quota.h"
 #include "steps/ratelimit.h"
 #include "steps/sendledger.h"
 
@@ -22,6 +23,7 @@
 
 enum send_state {
     SS_CONFIG,  /* waiting for the provider settings */
+    SS_QUOTA,   /* asking the tenant's sends_per_day (quota_check pending) */
     SS_GATE,    /* is the recipient suppressed? (asked before spending rate-limit budget) */
     SS_BUDGET,  /* waiting for the named rate limit's answer */
     SS_CLAIM,   /* flowd_send_claim in flight */
@@ -50,6 +52,7 @@ struct step_send {
     enum send_state st;
     prov_config *cfg;
     prov_load *load;
+    quota_check *quota;
     rl_take *take;
     char *rl_name;      /* the rate limit sends are counted against (default: the provider) */
     eng_http_call *call;
@@ -857,8 +860,30 @@ static void gate(step_send *ss)
                  4, params, gate_done, ss);
 }
 
-/* With the provider's settings: builds the message, then asks the suppression list and the rate
- * limit. */
+static void quota_done(void *arg, const eng_err *err, quota_verdict verdict, const char *msg)
+{
+    step_send *ss = arg;
+    ss->quota = NULL;
+    if (err) {
+        ss_ledger_error(ss, err, "check the quotas");
+        return;
+    }
+    if (verdict == QUOTA_FAIL) {
+        ss_fail(ss, true, "quota_exceeded", "%s", msg);
+        return;
+    }
+    if (verdict == QUOTA_RELEASED) {
+        eng_step_ctx *ctx = ss->ctx;
+        ss_free(ss);
+        eng_step_released(ctx, "quota_blocked");
+        return;
+    }
+    gate(ss);
+}
+
+/* With the provider's settings: builds the message, then asks the tenant's sends_per_day, the
+ * suppression list and the rate limit, before the ledger is touched (a blocked step leaves no
+ * claim behind). */
 static void config_ready(step_send *ss, prov_config *cfg)
 {
     ss->cfg = cfg;
@@ -869,7 +894,9 @@ static void config_ready(step_send *ss, prov_config *cfg)
                 perr.field);
         return;
     }
-    gate(ss);
+    ss->st = SS_QUOTA;
+    if (quota_check_start(ss->ctx, QUOTA_SEND, ss->send_key, quota_done, ss, &ss->quota))
+        gate(ss);
 }
 
 static void config_done(void *arg, const eng_err *err, prov_config *cfg)
@@ -919,6 +946,10 @@ void step_send_cancel(eng_step_ctx *ctx)
     switch (ss->st) {
     case SS_CONFIG:
         prov_load_cancel(ss->load);
+        ss_free(ss);
+        return;
+    case SS_QUOTA:
+        quota_check_cancel(ss->quota);
         ss_free(ss);
         return;
     case SS_BUDGET:

@@ -6,6 +6,8 @@
  *
  *   CONFIG   load the provider's settings for the tenant (steps/provider.h)
  *   PREPARE  the kind builds the provider request from the rendered input (ops->prepare)
+ *   QUOTA    the tenant's sends_per_day (steps/quota.h): no room blocks the step (or fails it,
+ *            as the workflow's quota policy says) before anything is claimed
  *   CLAIM    flowd_send_claim(tenant, send key, recipient, request hash, policy):
  *              done        -> succeed with the output recorded when it was accepted (no call)
  *              suppressed  -> the step ends skipped with the reason (no call)

@@ -294,6 +294,25 @@ static void test_workflow_fields(void **state)
     json_t *ok = compile_ok("{\"name\": \"Lead-touch_points.v2\", \"steps\": [{\"key\": \"a\","
                             " \"kind\": \"delay\"}]}");
     json_decref(ok);
+    /* the quota policy: kept when it says fail, left out when it says what no policy does */
+    expect_bad("{\"name\": \"w\", \"quota\": {\"on_exceeded\": \"later\"},"
+               " \"steps\": [{\"key\": \"a\", \"kind\": \"delay\"}]}",
+               "/quota/on_exceeded", "must be");
+    expect_bad("{\"name\": \"w\", \"quota\": {\"when\": 1},"
+               " \"steps\": [{\"key\": \"a\", \"kind\": \"delay\"}]}",
+               "/quota/when", "unknown field");
+    expect_bad("{\"name\": \"w\", \"quota\": \"fail\","
+               " \"steps\": [{\"key\": \"a\", \"kind\": \"delay\"}]}",
+               "/quota", "must be an object");
+    ok = compile_ok("{\"name\": \"w\", \"quota\": {\"on_exceeded\": \"fail\"},"
+                    " \"steps\": [{\"key\": \"a\", \"kind\": \"delay\"}]}");
+    assert_string_equal(
+        json_string_value(json_object_get(json_object_get(ok, "quota"), "on_exceeded")), "fail");
+    json_decref(ok);
+    ok = compile_ok("{\"name\": \"w\", \"quota\": {\"on_exceeded\": \"wait\"},"
+                    " \"steps\": [{\"key\": \"a\", \"kind\": \"delay\"}]}");
+    assert_null(json_object_get(ok, "quota"));
+    json_decref(ok);
 }
 
 static void test_keys_and_kinds(void **state)
