@@ -187,10 +187,11 @@ void api_route_webhook_endpoint_rotate(api_call *call);
 void api_route_webhook_callback_secret(api_call *call);
 void api_route_webhook_deliveries_list(api_call *call);
 void api_route_webhook_redeliver(api_call *call);
-/* A run's "webhook" member {url, events?}: NULL when valid (*url borrowed from v, *events the
- * JSON text of the events or NULL, caller frees), else the problem and *field its pointer. */
-const char *api_webhook_callback_parse(const json_t *v, const char **url, char **events,
-                                       const char **field);
+/* A run's or (batch) a batch's "webhook" member {url, events?}: NULL when valid (*url borrowed
+ * from v, *events the JSON text of the events or NULL, caller frees), else the problem and *field
+ * its pointer. A batch's events may also name batch.completed. */
+const char *api_webhook_callback_parse(const json_t *v, bool batch, const char **url,
+                                       char **events, const char **field);
 void api_route_schedule_put(api_call *call);          /* api/routes_schedules.c */
 void api_route_schedule_get(api_call *call);
 void api_route_schedules_list(api_call *call);

@@ -236,6 +236,11 @@ static void batch_checked_cb(api_call *call, const eng_err *err, const PGresult 
     char start_at[40], start_in[24];
     const char *field;
     api_start_fields(body, start_at, start_in, &field); /* checked by api_route_batch_post */
+    const json_t *hook = json_object_get(body, "webhook");
+    const char *hook_url = NULL;
+    char *hook_events = NULL;
+    if (hook)
+        api_webhook_callback_parse(hook, true, &hook_url, &hook_events, &field);
     const char *params[] = {call->tenant_s,
                             json_string_value(json_object_get(body, "workflow")),
                             json_is_integer(version) ? version_s : NULL,
@@ -244,11 +249,24 @@ static void batch_checked_cb(api_call *call, const eng_err *err, const PGresult 
                                  : api_req_header(call->req, "Idempotency-Key"),
                             checked,
                             *start_at ? start_at : NULL,
-                            *start_in ? start_in : NULL};
-    api_call_db(call,
-                "SELECT created, id, total"
-                "  FROM flowd_create_batch($1, $2, $3, $4::jsonb, $5, $6, $7::timestamptz, $8)",
-                8, params, batch_post_cb);
+                            *start_in ? start_in : NULL,
+                            hook_url,
+                            hook_events};
+    if (hook_url)
+        /* the callback is set in the statement (and so the transaction) that creates the batch */
+        api_call_db(call,
+                    "SELECT b.created, b.id, b.total"
+                    "  FROM flowd_create_batch($1, $2, $3, $4::jsonb, $5, $6, $7::timestamptz, $8) b"
+                    " CROSS JOIN LATERAL flowd_batch_callback_set($1, b.id, $9,"
+                    " CASE WHEN $10::jsonb IS NULL THEN NULL"
+                    " ELSE ARRAY(SELECT jsonb_array_elements_text($10::jsonb)) END)",
+                    10, params, batch_post_cb);
+    else
+        api_call_db(call,
+                    "SELECT created, id, total"
+                    "  FROM flowd_create_batch($1, $2, $3, $4::jsonb, $5, $6, $7::timestamptz, $8)",
+                    8, params, batch_post_cb);
+    free(hook_events);
     free(inputs);
 }
 
@@ -284,13 +302,21 @@ static const char *batch_check(const json_t *body, const char *header_key, char 
     if (header_key && idem && strcmp(header_key, json_string_value(idem)) != 0)
         return *field = "/idempotency_key", "differs from the Idempotency-Key header";
     char start_at[40], start_in[24];
-    return api_start_fields(body, start_at, start_in, field);
+    const char *msg = api_start_fields(body, start_at, start_in, field);
+    const json_t *hook = json_object_get(body, "webhook");
+    if (!msg && hook) {
+        const char *url;
+        char *events = NULL;
+        msg = api_webhook_callback_parse(hook, true, &url, &events, field);
+        free(events);
+    }
+    return msg;
 }
 
 void api_route_batch_post(api_call *call)
 {
-    static const char *const allowed[] = {"workflow",        "version",  "inputs",
-                                          "idempotency_key", "start_at", "start_in", NULL};
+    static const char *const allowed[] = {"workflow", "version",  "inputs",  "idempotency_key",
+                                          "start_at", "start_in", "webhook", NULL};
     json_t *body = api_call_body_fields(call, allowed);
     if (!body)
         return;

@@ -235,7 +235,7 @@ static void run_checked_cb(api_call *call, const eng_err *err, const PGresult *r
     const char *hook_url = NULL, *hook_field;
     char *hook_events = NULL;
     if (hook)
-        api_webhook_callback_parse(hook, &hook_url, &hook_events, &hook_field);
+        api_webhook_callback_parse(hook, false, &hook_url, &hook_events, &hook_field);
     const char *params[] = {call->tenant_s,
                             json_string_value(wf),
                             json_is_integer(version) ? version_s : NULL,
@@ -331,7 +331,7 @@ void api_route_run_post(api_call *call)
     const char *hook_url;
     char *hook_events = NULL;
     if (!field && hook)
-        msg = api_webhook_callback_parse(hook, &hook_url, &hook_events, &field);
+        msg = api_webhook_callback_parse(hook, false, &hook_url, &hook_events, &field);
     free(hook_events);
     const char *header_key = api_req_header(call->req, "Idempotency-Key");
     if (!field && header_key && idem && strcmp(header_key, json_string_value(idem)) != 0)

@@ -31,9 +31,9 @@
 #define WH_PAGE_DEFAULT 50
 #define WH_PAGE_MAX 500
 
-static const char *const wh_event_types[] = {"run.succeeded",  "run.failed",    "run.cancelled",
-                                             "batch.completed", "step.failed", "send.delivered",
-                                             "send.bounced",   NULL};
+static const char *const wh_event_types[] = {"run.succeeded",   "run.failed",     "run.cancelled",
+                                             "batch.completed", "step.failed",    "send.delivered",
+                                             "send.bounced",    "schedule.fired", NULL};
 
 /* What is wrong with url as a webhook target, or NULL. */
 static const char *wh_url_problem(const char *url)
@@ -369,12 +369,15 @@ void api_route_webhook_redeliver(api_call *call)
 
 /* --------------------------------------------------------------- runs' own callbacks -- */
 
-const char *api_webhook_callback_parse(const json_t *v, const char **url, char **events,
-                                       const char **field)
+const char *api_webhook_callback_parse(const json_t *v, bool batch, const char **url,
+                                       char **events, const char **field)
 {
     static const char *const run_events[] = {"run.succeeded", "run.failed", "run.cancelled",
                                              "step.failed", "send.delivered", "send.bounced",
                                              NULL};
+    static const char *const batch_events[] = {"batch.completed", "run.succeeded", "run.failed",
+                                               "run.cancelled",   "step.failed",   "send.delivered",
+                                               "send.bounced",    NULL};
     *events = NULL;
     const char *msg = NULL;
     const json_t *u = json_object_get(v, "url");
@@ -395,7 +398,8 @@ const char *api_webhook_callback_parse(const json_t *v, const char **url, char *
     if ((msg = wh_url_problem(json_string_value(u))))
         return msg;
     *field = "/webhook/events";
-    if ((msg = wh_string_list(json_object_get(v, "events"), run_events, events)))
+    if ((msg = wh_string_list(json_object_get(v, "events"), batch ? batch_events : run_events,
+                              events)))
         return msg;
     *url = json_string_value(u);
     *field = NULL;

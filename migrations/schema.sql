@@ -52,6 +52,15 @@ CREATE TABLE api_keys (
     CONSTRAINT api_keys_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES tenants(id)
 );
 
+CREATE TABLE batch_callbacks (
+    batch_id bigint NOT NULL,
+    tenant_id bigint NOT NULL,
+    url text NOT NULL,
+    events text[],
+    CONSTRAINT batch_callbacks_batch_id_fkey FOREIGN KEY (batch_id) REFERENCES batches(id) ON DELETE CASCADE,
+    CONSTRAINT batch_callbacks_pkey PRIMARY KEY (batch_id)
+);
+
 CREATE TABLE batches (
     id bigint GENERATED ALWAYS AS IDENTITY,
     tenant_id bigint NOT NULL,
@@ -639,6 +648,7 @@ CREATE INDEX webhook_sends_tenant ON public.webhook_sends USING btree (tenant_id
 -- Triggers
 
 CREATE TRIGGER runs_webhook AFTER UPDATE ON public.runs REFERENCING OLD TABLE AS old_runs NEW TABLE AS new_runs FOR EACH STATEMENT EXECUTE FUNCTION flowd_webhook_run_ended();
+CREATE TRIGGER schedules_webhook AFTER UPDATE OF fires ON public.schedules FOR EACH ROW WHEN ((new.fires > old.fires)) EXECUTE FUNCTION flowd_webhook_schedule_fired();
 CREATE TRIGGER sends_settled AFTER UPDATE OF state ON public.sends FOR EACH ROW WHEN (((old.state = 'unknown'::text) AND (new.state = ANY (ARRAY['accepted'::text, 'failed'::text])))) EXECUTE FUNCTION flowd_send_settled();
 CREATE TRIGGER sends_webhook AFTER UPDATE OF delivery ON public.sends FOR EACH ROW WHEN (((new.delivery = ANY (ARRAY['delivered'::text, 'bounced'::text])) AND (old.delivery IS DISTINCT FROM new.delivery))) EXECUTE FUNCTION flowd_webhook_send_outcome();
 CREATE TRIGGER steps_webhook AFTER UPDATE OF state ON public.steps FOR EACH ROW WHEN (((new.state = 'failed'::text) AND (old.state IS DISTINCT FROM new.state))) EXECUTE FUNCTION flowd_webhook_step_failed();

@@ -8,7 +8,8 @@
 -- migrations/0038.
 
 -- Whether anything subscribes to an event of this type, workflow and run: an endpoint that is not
--- disabled, or the run's own callback. Cheap (index probes), so triggers ask it before rendering.
+-- disabled, the run's own callback, or its batch's. Cheap (index probes), so triggers ask it
+-- before rendering.
 CREATE OR REPLACE FUNCTION flowd_webhook_wanted(p_tenant bigint, p_type text, p_workflow text,
                                                 p_run bigint) RETURNS boolean
 LANGUAGE sql STABLE AS $$
@@ -19,9 +20,13 @@ LANGUAGE sql STABLE AS $$
         OR (p_run IS NOT NULL AND EXISTS (
                SELECT 1 FROM run_callbacks c
                 WHERE c.run_id = p_run AND (c.events IS NULL OR p_type = ANY (c.events))))
+        OR (p_run IS NOT NULL AND EXISTS (
+               SELECT 1 FROM runs r JOIN batch_callbacks c ON c.batch_id = r.batch_id
+                WHERE r.id = p_run AND (c.events IS NULL OR p_type = ANY (c.events))))
 $$;
 
--- Writes one message and a delivery for each subscriber (see flowd_webhook_wanted), and wakes the
+-- Writes one message and a delivery for each subscriber (see flowd_webhook_wanted; for
+-- batch.completed, whose p_data is the batch, also the batch's own callback), and wakes the
 -- dispatchers. The body is rendered once here: every attempt sends the same bytes.
 CREATE OR REPLACE FUNCTION flowd_webhook_emit(p_tenant bigint, p_type text, p_workflow text,
                                               p_run bigint, p_data jsonb) RETURNS void
@@ -47,6 +52,13 @@ BEGIN
           JOIN webhook_endpoints s ON s.tenant_id = p_tenant AND s.url IS NULL
          WHERE c.run_id = p_run AND (c.events IS NULL OR p_type = ANY (c.events));
     END IF;
+    INSERT INTO webhook_sends (tenant_id, message_id, endpoint_id, url, next_at, created_at)
+    SELECT p_tenant, v_msg, s.id, c.url, v_now, v_now
+      FROM batch_callbacks c
+      JOIN webhook_endpoints s ON s.tenant_id = p_tenant AND s.url IS NULL
+     WHERE c.batch_id = CASE WHEN p_type = 'batch.completed' THEN (p_data->>'id')::bigint
+                             ELSE (SELECT r.batch_id FROM runs r WHERE r.id = p_run) END
+       AND (c.events IS NULL OR p_type = ANY (c.events));
     PERFORM pg_notify('flowd_webhooks', '');
 END $$;
 
@@ -61,7 +73,11 @@ DECLARE
 BEGIN
     SELECT w.name INTO v_wf FROM batches b JOIN workflows w ON w.id = b.workflow_id
      WHERE b.id = p_batch AND b.tenant_id = p_tenant;
-    IF NOT FOUND OR NOT flowd_webhook_wanted(p_tenant, 'batch.completed', v_wf, NULL)
+    IF NOT FOUND
+       OR NOT (flowd_webhook_wanted(p_tenant, 'batch.completed', v_wf, NULL)
+               OR EXISTS (SELECT 1 FROM batch_callbacks c
+                           WHERE c.batch_id = p_batch
+                             AND (c.events IS NULL OR 'batch.completed' = ANY (c.events))))
        OR EXISTS (SELECT 1 FROM runs r WHERE r.batch_id = p_batch
                                          AND r.state IN ('queued', 'running')) THEN
         RETURN;
@@ -91,8 +107,9 @@ END $$;
 
 -- Trigger on runs: a statement trigger (0042) reading the transition tables old_runs and new_runs,
 -- so finishing a batch of runs is one call instead of one per run, and when nobody listens (no
--- endpoint, no run callback) it returns after one query. Runs are reported in id order. Until 0042
--- replaces it (it is applied after this file), 0039's row trigger calls it for each run ending.
+-- endpoint, no run or batch callback) it returns after a query or two. Runs are reported in id
+-- order. Until 0042 replaces it (it is applied after this file), 0039's row trigger calls it for
+-- each run ending.
 CREATE OR REPLACE FUNCTION flowd_webhook_run_ended() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -100,7 +117,8 @@ DECLARE
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM webhook_endpoints e WHERE e.url IS NOT NULL
                                                        AND e.state <> 'disabled')
-       AND NOT EXISTS (SELECT 1 FROM run_callbacks) THEN
+       AND NOT EXISTS (SELECT 1 FROM run_callbacks)
+       AND NOT EXISTS (SELECT 1 FROM batch_callbacks) THEN
         RETURN NULL;
     END IF;
     IF TG_LEVEL = 'ROW' THEN
@@ -116,7 +134,8 @@ BEGIN
                 AND (EXISTS (SELECT 1 FROM webhook_endpoints e
                               WHERE e.tenant_id = n.tenant_id AND e.url IS NOT NULL
                                 AND e.state <> 'disabled')
-                     OR EXISTS (SELECT 1 FROM run_callbacks c WHERE c.run_id = n.id))
+                     OR EXISTS (SELECT 1 FROM run_callbacks c WHERE c.run_id = n.id)
+                     OR EXISTS (SELECT 1 FROM batch_callbacks c WHERE c.batch_id = n.batch_id))
               ORDER BY n.id LOOP
         PERFORM flowd_webhook_run_end(r.tenant_id, r.id, r.state, r.batch_id, r.workflow);
     END LOOP;
@@ -132,7 +151,9 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM webhook_endpoints e
                     WHERE e.tenant_id = NEW.tenant_id AND e.url IS NOT NULL
                       AND e.state <> 'disabled')
-       AND NOT EXISTS (SELECT 1 FROM run_callbacks c WHERE c.run_id = NEW.run_id) THEN
+       AND NOT EXISTS (SELECT 1 FROM run_callbacks c WHERE c.run_id = NEW.run_id)
+       AND NOT EXISTS (SELECT 1 FROM runs r JOIN batch_callbacks c ON c.batch_id = r.batch_id
+                        WHERE r.id = NEW.run_id) THEN
         RETURN NULL;
     END IF;
     SELECT w.name INTO v_wf FROM runs r JOIN workflows w ON w.id = r.workflow_id
@@ -160,7 +181,9 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM webhook_endpoints e
                     WHERE e.tenant_id = NEW.tenant_id AND e.url IS NOT NULL
                       AND e.state <> 'disabled')
-       AND NOT EXISTS (SELECT 1 FROM run_callbacks c WHERE c.run_id = NEW.run_id) THEN
+       AND NOT EXISTS (SELECT 1 FROM run_callbacks c WHERE c.run_id = NEW.run_id)
+       AND NOT EXISTS (SELECT 1 FROM runs r JOIN batch_callbacks c ON c.batch_id = r.batch_id
+                        WHERE r.id = NEW.run_id) THEN
         RETURN NULL;
     END IF;
     SELECT w.name INTO v_wf FROM runs r JOIN workflows w ON w.id = r.workflow_id
@@ -177,9 +200,21 @@ BEGIN
     RETURN NULL;
 END $$;
 
+-- Trigger on schedules whose fire made runs (a tick's pass, or POST .../trigger): schedule.fired,
+-- with the schedule as GET /v1/schedules/{name} returns it (its last_run is the fire's latest run).
+CREATE OR REPLACE FUNCTION flowd_webhook_schedule_fired() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF flowd_webhook_wanted(NEW.tenant_id, 'schedule.fired', NEW.workflow, NULL) THEN
+        PERFORM flowd_webhook_emit(NEW.tenant_id, 'schedule.fired', NEW.workflow, NULL,
+                                   flowd_schedule_json(NEW));
+    END IF;
+    RETURN NULL;
+END $$;
+
 -- The dispatcher's periodic pass: batch.completed for batches the race in
--- flowd_webhook_batch_check left out (created after a subscribing endpoint, none of their runs
--- open, not yet written). Returns how many were written.
+-- flowd_webhook_batch_check left out (created after a subscribing endpoint or with their own
+-- callback, none of their runs open, not yet written). Returns how many were written.
 CREATE OR REPLACE FUNCTION flowd_webhook_sweep() RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -188,10 +223,13 @@ DECLARE
 BEGIN
     FOR v IN
         SELECT b.tenant_id, b.id FROM batches b
-         WHERE EXISTS (SELECT 1 FROM webhook_endpoints e
-                        WHERE e.tenant_id = b.tenant_id AND e.url IS NOT NULL
-                          AND e.state <> 'disabled' AND e.created_at <= b.created_at
-                          AND (e.events IS NULL OR 'batch.completed' = ANY (e.events)))
+         WHERE (EXISTS (SELECT 1 FROM webhook_endpoints e
+                         WHERE e.tenant_id = b.tenant_id AND e.url IS NOT NULL
+                           AND e.state <> 'disabled' AND e.created_at <= b.created_at
+                           AND (e.events IS NULL OR 'batch.completed' = ANY (e.events)))
+                OR EXISTS (SELECT 1 FROM batch_callbacks c
+                            WHERE c.batch_id = b.id
+                              AND (c.events IS NULL OR 'batch.completed' = ANY (c.events))))
            AND NOT EXISTS (SELECT 1 FROM webhook_batches_done d WHERE d.batch_id = b.id)
            AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.batch_id = b.id
                                                   AND r.state IN ('queued', 'running'))
@@ -576,4 +614,21 @@ BEGIN
     INSERT INTO run_callbacks (run_id, tenant_id, url, events)
     VALUES (p_run, p_tenant, p_url, p_events)
     ON CONFLICT (run_id) DO NOTHING;
+END $$;
+
+-- Gives batch p_batch a one-off callback (in the transaction that creates it; a repeated request
+-- with the batch's idempotency key keeps the first). The tenant's callback signer must exist:
+-- 55000 otherwise.
+CREATE OR REPLACE FUNCTION flowd_batch_callback_set(p_tenant bigint, p_batch bigint, p_url text,
+                                                    p_events text[]) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM webhook_endpoints e WHERE e.tenant_id = p_tenant
+                                                       AND e.url IS NULL) THEN
+        RAISE EXCEPTION 'the tenant has no callback secret yet: POST /v1/webhook-callback-secret'
+              USING ERRCODE = '55000', COLUMN = 'webhook';
+    END IF;
+    INSERT INTO batch_callbacks (batch_id, tenant_id, url, events)
+    VALUES (p_batch, p_tenant, p_url, p_events)
+    ON CONFLICT (batch_id) DO NOTHING;
 END $$;

@@ -11,7 +11,9 @@
  *   - 410 disables the endpoint with a reason; five days of failures disable it too;
  *   - a rotated secret: deliveries carry two signatures, each secret verifies alone;
  *   - runs ended by one statement: one message each, in run id order, only those wanted;
- *   - a run's one-off callback, signed with the tenant's callback secret;
+ *   - a run's one-off callback, signed with the tenant's callback secret; a batch's, with
+ *     batch.completed and the run events of its runs;
+ *   - schedule.fired, written with the fire (POST .../trigger and a tick of the test clock);
  *   - kill -9 of the flowd process delivering: the delivery goes out again after its lease, with
  *     the same webhook-id, and is recorded once as succeeded. */
 // clang-format off
@@ -667,6 +669,96 @@ static void test_run_callback(void **state)
     json_decref(r);
 }
 
+/* Entries of the receiver's log at path with type. */
+static int rx_count_path(receiver *r, const char *path, const char *type)
+{
+    json_t *log = rx_log(r);
+    int n = 0;
+    size_t i;
+    json_t *e;
+    json_array_foreach(log, i, e) {
+        n += strcmp(json_string_value(json_object_get(e, "path")), path) == 0 &&
+             json_is_string(json_object_get(e, "type")) &&
+             strcmp(json_string_value(json_object_get(e, "type")), type) == 0 &&
+             json_is_true(json_object_get(e, "verified"));
+    }
+    json_decref(log);
+    return n;
+}
+
+static void test_batch_callback(void **state)
+{
+    world *w = *state;
+    put_workflow(w, "wh_ok", wf_ok);
+    json_t *s = th_api_json(w->api, 200, "POST", "/v1/webhook-callback-secret", NULL);
+    char cfg[256];
+    snprintf(cfg, sizeof cfg, "{\"secrets\": [\"%s\"], \"status\": 204}",
+             json_string_value(json_object_get(s, "secret")));
+    json_decref(s);
+    rx_config(&w->rx, cfg);
+    char body[512];
+    snprintf(body, sizeof body,
+             "{\"workflow\": \"wh_ok\", \"inputs\": [{\"x\": 21}, {\"x\": 22}], \"webhook\":"
+             " {\"url\": \"%s/batch-callback\", \"events\": [\"batch.completed\","
+             " \"run.succeeded\"]}}",
+             w->rx.url);
+    json_t *b = th_api_json(w->api, 201, "POST", "/v1/batches", body);
+    long long batch = json_integer_value(json_object_get(b, "id"));
+    json_decref(b);
+    rx_wait(&w->rx, "batch.completed", batch, 1);
+    long long until = th_now_ms() + 20000;
+    while (rx_count_path(&w->rx, "/batch-callback", "run.succeeded") < 2 && th_now_ms() < until)
+        th_sleep_ms(20);
+    assert_int_equal(rx_count_path(&w->rx, "/batch-callback", "run.succeeded"), 2);
+    assert_int_equal(rx_count_path(&w->rx, "/batch-callback", "batch.completed"), 1);
+    /* written once, whatever the sweep finds later */
+    assert_int_equal(th_pg_longf(th_api_db(w->api),
+                                 "SELECT count(*) FROM webhook_messages WHERE type ="
+                                 " 'batch.completed' AND body::jsonb->'data'->>'id' = '%lld'",
+                                 batch),
+                     1);
+    /* a batch's callback takes batch and run events only */
+    json_t *r = th_api_json(w->api, 422, "POST", "/v1/batches",
+                            "{\"workflow\": \"wh_ok\", \"inputs\": [{\"x\": 1}], \"webhook\":"
+                            " {\"url\": \"https://x.example/\", \"events\": [\"schedule.fired\"]}}");
+    assert_string_equal(json_string_value(json_object_get(json_object_get(r, "error"), "field")),
+                        "/webhook/events");
+    json_decref(r);
+}
+
+/* schedule.fired is written with the fire: by POST .../trigger and by a tick. */
+static void test_schedule_fired(void **state)
+{
+    world *w = *state;
+    put_workflow(w, "wh_ok", wf_ok);
+    json_t *e = endpoint_new(w, "/schedules", "\"events\": [\"schedule.fired\"]");
+    json_decref(th_api_json(w->api, 201, "PUT", "/v1/schedules/wh-hourly",
+                            "{\"workflow\": \"wh_ok\", \"every\": \"1h\", \"input\": {\"x\": 5}}"));
+    json_t *run = th_api_json(w->api, 201, "POST", "/v1/schedules/wh-hourly/trigger", NULL);
+    long long id = json_integer_value(json_object_get(run, "id"));
+    json_decref(run);
+    rx_wait(&w->rx, "schedule.fired", 0, 1);
+    assert_int_equal(rx_count_path(&w->rx, "/schedules", "schedule.fired"), 1);
+    assert_int_equal(th_pg_longf(th_api_db(w->api),
+                                 "SELECT count(*) FROM webhook_messages WHERE type ="
+                                 " 'schedule.fired' AND body::jsonb->'data'->>'name' = 'wh-hourly'"
+                                 " AND body::jsonb->'data'->'last_run'->>'id' = '%lld'",
+                                 id),
+                     1);
+    /* the clock to the schedule's next tick: the scheduler of the workers fires it */
+    free(th_pg_value(th_api_db(w->api),
+                     "SELECT flowd_clock_advance(flowd_ms_of(next_fire) - flowd_ms_of(flowd_now()))"
+                     " FROM schedules WHERE name = 'wh-hourly'"));
+    rx_wait(&w->rx, "schedule.fired", 0, 2);
+    assert_int_equal(th_pg_long(th_api_db(w->api),
+                                "SELECT count(*) FROM webhook_messages WHERE type = 'schedule.fired'"),
+                     2);
+    long status;
+    free(th_api_raw(w->api, "DELETE", "/v1/schedules/wh-hourly", NULL, &status));
+    assert_int_equal(status, 204);
+    endpoint_delete(w, e);
+}
+
 /* kill -9 of the process delivering, with the receiver holding the request: the delivery goes out
  * again once its lease lapses, with the same webhook-id, and is recorded once as succeeded. */
 static void test_kill_mid_delivery(void **state)
@@ -760,6 +852,8 @@ int main(void)
         cmocka_unit_test(test_gone_and_failing_disable),
         cmocka_unit_test(test_rotation),
         cmocka_unit_test(test_run_callback),
+        cmocka_unit_test(test_batch_callback),
+        cmocka_unit_test(test_schedule_fired),
         cmocka_unit_test(test_kill_mid_delivery),
     };
     int rc = cmocka_run_group_tests(tests, setup, teardown);
