@@ -1,6 +1,6 @@
 // console/workers.js: workers and queue (#/workers), refreshed every 5 s. The queue is the
-// tenant's (GET /v1/queue): due steps by workflow with the age of the oldest, delayed and running
-// steps, and its runs of the last hour by minute as a chart. The processes (GET /v1/workers) are
+// tenant's (GET /v1/queue): due steps by workflow with the age of the oldest, delayed, running
+// and quota-blocked steps, and its runs of the last hour by minute as a chart. The processes (GET /v1/workers) are
 // shared by every tenant, so only the operator's admin keys get them; other keys see the queue.
 import * as api from './api.js';
 import { h, replace, s } from './dom.js';
@@ -86,13 +86,15 @@ export function render(root, ctx) {
         h('span', { class: 'count' }, `due ${count(q.due)}${q.due > 100000 ? '+' : ''}`), ' ',
         h('span', { class: 'count' }, `oldest due ${q.oldest_due_age_ms === null ? '—' : duration(q.oldest_due_age_ms)}`), ' ',
         h('span', { class: 'count' }, `delayed ${count(q.delayed)}${q.delayed > 100000 ? '+' : ''}`), ' ',
-        h('span', { class: 'count' }, `running ${count(q.running)}`));
+        h('span', { class: 'count' }, `running ${count(q.running)}`), ' ',
+        h('span', { class: q.blocked ? 'count s-blocked' : 'count' }, `blocked by a quota ${count(q.blocked)}${q.blocked > 100000 ? '+' : ''}`));
       replace(wfBody, q.workflows.length ? q.workflows.map((w) => h('tr', { 'data-workflow': w.workflow },
         h('td', null, h('a', { href: `#/runs${api.query({ workflow: w.workflow })}` }, w.workflow)),
         h('td', null, count(w.due)),
         h('td', null, w.oldest_due_age_ms === null ? '—' : duration(w.oldest_due_age_ms)),
-        h('td', null, count(w.running))))
-        : h('tr', null, h('td', { colspan: 4, class: 'empty' }, 'Nothing is due or running.')));
+        h('td', null, count(w.running)),
+        h('td', null, w.blocked ? h('a', { href: `#/runs${api.query({ workflow: w.workflow, state: 'running' })}`, title: 'their runs' }, count(w.blocked)) : '0')))
+        : h('tr', null, h('td', { colspan: 5, class: 'empty' }, 'Nothing is due, running or blocked.')));
       replace(chartBox, minuteChart(q.minutes));
       const sum = (k) => q.minutes.reduce((n, m) => n + m[k], 0);
       replace(hourLine, `Last hour (runs created in it): ${count(sum('created'))} created, ${count(sum('succeeded'))} succeeded, `,
@@ -127,7 +129,7 @@ export function render(root, ctx) {
 
   replace(root, h('h1', null, 'Workers & queue'),
     h('h2', null, 'Queue'), totals,
-    h('table', { class: 'queue' }, h('thead', null, h('tr', null, ['workflow', 'due', 'oldest due', 'running steps'].map((t) => h('th', null, t)))), wfBody),
+    h('table', { class: 'queue' }, h('thead', null, h('tr', null, ['workflow', 'due', 'oldest due', 'running steps', 'blocked by a quota'].map((t) => h('th', null, t)))), wfBody),
     h('h2', null, 'Throughput'), chartBox, hourLine,
     h('h2', null, 'Processes'), procBox);
   load();

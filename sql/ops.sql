@@ -72,12 +72,13 @@ LANGUAGE sql STABLE SET jit = off AS $$
 $$;
 
 -- A tenant's queue: its due steps (ready, their time come) by workflow with the age of the
--- longest-waiting one, steps delayed to later, steps running by workflow, and its runs created in
--- the last hour by the minute they were created and the minute they finished. Each part reads
--- a partial index of unfinished steps (steps_claim_tenant, steps_running_owner) or the runs
--- created since the hour's bound (flowd_runs_created_bound, then runs_tenant_recent), so the cost
--- follows what is queued and what the hour made, not the size of the tables; the due and delayed
--- counts stop at 100,001 (a backlog that deep is reported as "at least").
+-- longest-waiting one, steps delayed to later, steps running and steps a quota blocked by
+-- workflow, and its runs created in the last hour by the minute they were created and the minute
+-- they finished. Each part reads a partial index of unfinished steps (steps_claim_tenant,
+-- steps_running_owner), quota_blocked_steps, or the runs created since the hour's bound
+-- (flowd_runs_created_bound, then runs_tenant_recent), so the cost follows what is queued and
+-- what the hour made, not the size of the tables; the due, delayed and blocked counts stop at
+-- 100,001 (a backlog that deep is reported as "at least").
 CREATE OR REPLACE FUNCTION flowd_queue_json(p_tenant bigint) RETURNS jsonb
 LANGUAGE sql STABLE SET jit = off AS $$
     WITH now AS (SELECT flowd_now() AS t),
@@ -86,14 +87,21 @@ LANGUAGE sql STABLE SET jit = off AS $$
              WHERE s.tenant_id = p_tenant AND s.state = 'ready' AND s.run_at <= (SELECT t FROM now)
              LIMIT 100001),
     -- each step's run looked up by id (a join could scan all runs)
+    -- steps a quota stopped, found through their own small table (0043)
+    blocked AS (SELECT s.run_id FROM quota_blocked_steps q JOIN steps s ON s.id = q.step_id
+                 WHERE q.tenant_id = p_tenant AND s.state = 'blocked'
+                 LIMIT 100001),
     per_run AS (SELECT (SELECT r.workflow_id FROM runs r WHERE r.id = d.run_id) AS wf,
-                       1 AS due, d.run_at AS due_at, 0 AS running
+                       1 AS due, d.run_at AS due_at, 0 AS running, 0 AS blocked
                   FROM due d
                 UNION ALL
-                SELECT (SELECT r.workflow_id FROM runs r WHERE r.id = s.run_id), 0, NULL, 1
-                  FROM steps s WHERE s.state = 'running' AND s.tenant_id = p_tenant),
+                SELECT (SELECT r.workflow_id FROM runs r WHERE r.id = s.run_id), 0, NULL, 1, 0
+                  FROM steps s WHERE s.state = 'running' AND s.tenant_id = p_tenant
+                UNION ALL
+                SELECT (SELECT r.workflow_id FROM runs r WHERE r.id = b.run_id), 0, NULL, 0, 1
+                  FROM blocked b),
     by_wf AS (SELECT w.name, sum(x.due) AS due, min(x.due_at) AS oldest,
-                     sum(x.running) AS running
+                     sum(x.running) AS running, sum(x.blocked) AS blocked
                 FROM per_run x JOIN workflows w ON w.id = x.wf
                GROUP BY w.name),
     delayed AS (SELECT count(*) AS n FROM (
@@ -118,13 +126,14 @@ LANGUAGE sql STABLE SET jit = off AS $$
         'due', (SELECT count(*) FROM due),
         'delayed', (SELECT n FROM delayed),
         'running', (SELECT coalesce(sum(running), 0) FROM by_wf),
+        'blocked', (SELECT count(*) FROM blocked),
         'oldest_due_age_ms', (SELECT (extract(epoch FROM now.t - min(d.run_at)) * 1000)::bigint
                                 FROM due d),
         'workflows', coalesce((SELECT jsonb_agg(jsonb_build_object(
                                    'workflow', b.name, 'due', b.due,
                                    'oldest_due_age_ms',
                                        (extract(epoch FROM now.t - b.oldest) * 1000)::bigint,
-                                   'running', b.running)
+                                   'running', b.running, 'blocked', b.blocked)
                                    ORDER BY b.due DESC, b.running DESC, b.name)
                                  FROM by_wf b), '[]'),
         'minutes', (SELECT jsonb_agg(jsonb_build_object(

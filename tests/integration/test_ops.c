@@ -4,8 +4,8 @@
  * as stopped after SIGTERM, and as missing once its beats stop (the beat time is moved back
  * rather than waited for); a worker whose lease ran out while steps run in its name shows them
  * and a lapsed lease, an idle one none. Only the operator's tenant sees the registry. The queue:
- * a tenant's due steps by workflow with the oldest's age, delayed and running steps, its runs of
- * the hour by minute, and nothing of another tenant's. */
+ * a tenant's due steps by workflow with the oldest's age, delayed, running and quota-blocked
+ * steps, its runs of the hour by minute, and nothing of another tenant's. */
 // clang-format off
 #include <stdarg.h>
 #include <stddef.h>
@@ -135,9 +135,14 @@ static void test_queue(void **state)
         " \"delay\": \"1h\"}]}");
     th_engine_enqueue(db, tenant, now_wf, 5, NULL, 0);
     th_engine_enqueue(db, tenant, later_wf, 3, NULL, 0);
-    /* one of "now"'s steps is running; another tenant's due step is not counted */
+    /* one of "now"'s steps is running, one a quota blocked; another tenant's due steps are not
+     * counted */
     free(th_pg_value(db, "UPDATE steps SET state = 'running', lease_owner = 'x:1:0'"
                          " WHERE id = (SELECT min(id) FROM steps)"));
+    free(th_pg_value(db, "WITH b AS (UPDATE steps SET state = 'blocked', run_at = flowd_now()"
+                         " + interval '1 day' WHERE id = (SELECT min(id) + 1 FROM steps)"
+                         " RETURNING id, tenant_id, run_at)"
+                         " INSERT INTO quota_blocked_steps SELECT id, tenant_id, run_at FROM b"));
     char *other = th_pg_value(db, "INSERT INTO tenants (name) VALUES ('acme') RETURNING id");
     long long other_wf = th_engine_register(
         db, atoll(other),
@@ -147,16 +152,18 @@ static void test_queue(void **state)
     free(th_pg_value(db, "UPDATE flowd_clock SET offset_ms = offset_ms + 1000"));
 
     json_t *q = json_of(db, "SELECT flowd_queue_json(%lld)", tenant);
-    assert_int_equal(json_integer_value(json_object_get(q, "due")), 4);
+    assert_int_equal(json_integer_value(json_object_get(q, "due")), 3);
     assert_int_equal(json_integer_value(json_object_get(q, "delayed")), 3);
     assert_int_equal(json_integer_value(json_object_get(q, "running")), 1);
+    assert_int_equal(json_integer_value(json_object_get(q, "blocked")), 1);
     assert_true(json_integer_value(json_object_get(q, "oldest_due_age_ms")) >= 1000);
     json_t *wfs = json_object_get(q, "workflows");
     assert_int_equal(json_array_size(wfs), 1);
     json_t *w = json_array_get(wfs, 0);
     assert_string_equal(str(w, "workflow"), "now");
-    assert_int_equal(json_integer_value(json_object_get(w, "due")), 4);
+    assert_int_equal(json_integer_value(json_object_get(w, "due")), 3);
     assert_int_equal(json_integer_value(json_object_get(w, "running")), 1);
+    assert_int_equal(json_integer_value(json_object_get(w, "blocked")), 1);
     assert_true(json_integer_value(json_object_get(w, "oldest_due_age_ms")) >= 1000);
     json_t *minutes = json_object_get(q, "minutes");
     assert_int_equal(json_array_size(minutes), 60);
@@ -186,7 +193,7 @@ static void test_queue(void **state)
     }
     assert_int_equal(created, 0);
     /* the delayed steps are due by now */
-    assert_int_equal(json_integer_value(json_object_get(q, "due")), 4 + 3);
+    assert_int_equal(json_integer_value(json_object_get(q, "due")), 3 + 3);
     json_decref(q);
     free(other);
     free(db);
