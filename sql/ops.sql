@@ -1,4 +1,4 @@
--- sql/ops.sql: What operators watch: the process registry (processes, 0046) that GET /v1/workers
+-- sql/ops.sql: What operators watch: the process registry (processes, 0047) that GET /v1/workers
 -- reads, and a tenant's queue for GET /v1/queue.
 --
 -- Functions only, each defined once, CREATE OR REPLACE, edited in place: the migration runner
