@@ -44,6 +44,14 @@ BEGIN
                     segments integer, ok boolean)
           LEFT JOIN runs r ON r.id = x.run
           LEFT JOIN workflows w ON w.id = r.workflow_id),
+    -- a batch is mostly calls of one model: each (tenant, kind, model, provider) is priced once
+    priced AS MATERIALIZED (
+        SELECT k.tenant, k.kind, k.model, k.provider, q.id, q.input_usd_per_mtok,
+               q.output_usd_per_mtok, q.cached_usd_per_mtok, q.usd_per_unit
+          FROM (SELECT DISTINCT x.tenant, x.kind, x.model, x.provider FROM x
+                 WHERE x.provider <> 'sandbox') k
+          CROSS JOIN LATERAL flowd_price_at(k.tenant, k.kind, k.model, k.provider, v_now) q
+         WHERE q.id IS NOT NULL),
     b AS MATERIALIZED (
         SELECT x.*, p.id AS price_id,
                CASE WHEN p.id IS NULL THEN 0
@@ -55,11 +63,8 @@ BEGIN
                     ELSE round(greatest(x.segments, 1) * coalesce(p.usd_per_unit, 0), 10)
                END AS cost_usd
           FROM x
-          LEFT JOIN LATERAL (
-              SELECT q.id, q.input_usd_per_mtok, q.output_usd_per_mtok, q.cached_usd_per_mtok,
-                     q.usd_per_unit
-                FROM flowd_price_at(x.tenant, x.kind, x.model, x.provider, v_now) q
-               WHERE q.id IS NOT NULL) p ON x.provider <> 'sandbox'),
+          LEFT JOIN priced p ON p.tenant = x.tenant AND p.kind = x.kind AND p.model = x.model
+                            AND p.provider = x.provider),
     rec AS (
         INSERT INTO usage_records (tenant_id, at, kind, workflow, run_id, step_key, provider,
                                    model, input_tokens, output_tokens, cached_tokens, segments,

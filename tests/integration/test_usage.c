@@ -5,7 +5,7 @@
  * replayed from its record is not recorded again; an accepted message is recorded once however
  * often its row is written. Prices: a tenant's price applies to later calls only. Rollups: two
  * processes writing usage at once, over several days of the engine clock, leave rollups equal to
- * the sums of the raw records. */
+ * the sums of the raw records; a batch is priced once per model, each record at its price. */
 // clang-format off
 #include <stdarg.h>
 #include <stddef.h>
@@ -460,6 +460,42 @@ static void test_rollups_equal_raw(void **state)
     free(db);
 }
 
+/* A batch of usage is priced once per (tenant, kind, model, provider), not once per record, and
+ * each record still gets its price: three gpt-4o-mini calls and one claude-sonnet-4 call, two
+ * lookups (the count is this transaction's own, read in the statement that writes). */
+static void test_priced_once_per_model(void **state)
+{
+    (void)state;
+    long long tenant;
+    char *db = th_engine_db("usage_priced", &tenant);
+    PGconn *c = th_pgc_open(db);
+    free(th_pgc_str(c, "SET track_functions = 'all'", 0, NULL));
+    char rows[1024];
+    snprintf(rows, sizeof rows,
+             "[{\"tenant\": %lld, \"step\": \"a\", \"kind\": \"llm\", \"provider\": \"openai\","
+             " \"model\": \"gpt-4o-mini\", \"input_tokens\": 1000, \"output_tokens\": 1000},"
+             " {\"tenant\": %lld, \"step\": \"b\", \"kind\": \"llm\", \"provider\": \"openai\","
+             " \"model\": \"gpt-4o-mini\", \"input_tokens\": 1000, \"output_tokens\": 1000},"
+             " {\"tenant\": %lld, \"step\": \"c\", \"kind\": \"llm\", \"provider\": \"openai\","
+             " \"model\": \"gpt-4o-mini\", \"input_tokens\": 1000, \"output_tokens\": 1000},"
+             " {\"tenant\": %lld, \"step\": \"d\", \"kind\": \"llm\", \"provider\": \"anthropic\","
+             " \"model\": \"claude-sonnet-4\", \"input_tokens\": 1000, \"output_tokens\": 1000}]",
+             tenant, tenant, tenant, tenant);
+    assert_int_equal(th_pgc_ll(c,
+                               "SELECT pg_stat_get_xact_function_calls('flowd_price_at'::regproc)"
+                               " FROM (SELECT flowd_usage_add($1::jsonb)) x",
+                               TH_P(rows)),
+                     2);
+    PQfinish(c);
+    /* gpt-4o-mini: 0.15 + 0.60 USD per million; claude-sonnet-4: 3 + 15 */
+    char *costs = th_pg_value(db, "SELECT string_agg(step_key || '=' || cost_usd::float8 || ' '"
+                                  " || (price_id IS NOT NULL), ', ' ORDER BY step_key)"
+                                  " FROM usage_records");
+    assert_string_equal(costs, "a=0.00075 true, b=0.00075 true, c=0.00075 true, d=0.018 true");
+    free(costs);
+    free(db);
+}
+
 int main(void)
 {
     th_api_init();
@@ -468,6 +504,7 @@ int main(void)
         cmocka_unit_test(test_llm_usage),
         cmocka_unit_test(test_send_usage_and_api),
         cmocka_unit_test(test_rollups_equal_raw),
+        cmocka_unit_test(test_priced_once_per_model),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
