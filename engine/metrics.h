@@ -56,7 +56,7 @@ void eng_metrics_webhook_lag(int64_t lag_ms);
  * flowd_schedule_lag_seconds histogram). */
 void eng_metrics_schedule_fired(int64_t lag_ms);
 /* A schedule passed over ticks ticks for reason ("missed", "overlap", "duplicate",
- * "invalid_input", "workflow_missing", "invalid_schedule"). */
+ * "invalid_input", "workflow_missing", "invalid_schedule", "quota"). */
 void eng_metrics_schedule_skipped(const char *reason, uint64_t ticks);
 
 /* Appends the text exposition of every family (HELP, TYPE, samples) to b, with flowd_build_info

@@ -223,8 +223,8 @@ static void sched_count_skips(const json_t *order, const PGresult *res, int row)
         eng_metrics_schedule_skipped("missed", (uint64_t)missed);
     if (error)
         eng_metrics_schedule_skipped(json_string_value(json_object_get(error, "reason")), 1);
-    static const char *const reasons[] = {"overlap", "duplicate", "workflow_missing"};
-    for (int i = 0; i < 3; i++) {
+    static const char *const reasons[] = {"overlap", "duplicate", "workflow_missing", "quota"};
+    for (int i = 0; i < 4; i++) {
         int n = atoi(PQgetvalue(res, row, 3 + i));
         if (n > 0)
             eng_metrics_schedule_skipped(reasons[i], (uint64_t)n);

@@ -106,7 +106,8 @@ $$;
 -- Stores an outside event, cancels the runs that declared cancel_on for it, resumes the steps
 -- waiting on it, and starts a run of each of exactly the workflow versions p_workflows (those of
 -- the tenant that have the trigger; input {"event": {"name", "key", "data"}}). Returns how many
--- of each.
+-- of each. The runs it starts are taken from the tenant's runs_per_month first: without room,
+-- SQLSTATE FL429 (flowd_quota_take_runs) and nothing of the event is applied.
 CREATE OR REPLACE FUNCTION flowd_event_to(p_tenant bigint, p_name text, p_key text, p_data jsonb,
                                           p_workflows bigint[],
                                           OUT resumed integer, OUT cancelled integer, OUT started integer)
@@ -116,7 +117,16 @@ DECLARE
     v_runs bigint[];
     v_ids  bigint[];
     v_wf   bigint;
+    v_wfs  bigint[];
 BEGIN
+    v_wfs := ARRAY(
+        SELECT w.id FROM workflows w
+         WHERE w.id = ANY (p_workflows) AND w.tenant_id = p_tenant
+           AND w.def->'triggers' @> jsonb_build_array(jsonb_build_object('event', p_name))
+         ORDER BY w.name);
+    IF cardinality(v_wfs) > 0 THEN
+        PERFORM flowd_quota_take_runs(p_tenant, cardinality(v_wfs));
+    END IF;
     INSERT INTO events (tenant_id, name, key, data, received_at)
     VALUES (p_tenant, p_name, p_key, coalesce(p_data, '{}'), v_now);
 
@@ -150,11 +160,7 @@ BEGIN
     END IF;
 
     started := 0;
-    FOR v_wf IN
-        SELECT w.id FROM workflows w
-         WHERE w.id = ANY (p_workflows) AND w.tenant_id = p_tenant
-           AND w.def->'triggers' @> jsonb_build_array(jsonb_build_object('event', p_name))
-         ORDER BY w.name
+    FOREACH v_wf IN ARRAY v_wfs
     LOOP
         PERFORM flowd_create_runs(p_tenant, v_wf, jsonb_build_array(jsonb_build_object(
                     'event', jsonb_build_object('name', p_name, 'key', p_key,
@@ -165,14 +171,25 @@ BEGIN
 END $$;
 
 -- flowd_event_to with the latest versions, unchecked, for the callers that cannot check in C:
--- provider webhooks applied in SQL.
+-- provider webhooks applied in SQL. What the provider tells has happened (an inbound message), so
+-- a tenant whose runs_per_month has no room for the runs it would start still gets the rest of
+-- the event (waits resumed, cancel_on); the runs are not started, and a warning says so.
 CREATE OR REPLACE FUNCTION flowd_event(p_tenant bigint, p_name text, p_key text, p_data jsonb,
                                        OUT resumed integer, OUT cancelled integer,
                                        OUT started integer)
-LANGUAGE sql AS $$
-    SELECT * FROM flowd_event_to(p_tenant, p_name, p_key, p_data,
-                                 ARRAY(SELECT workflow_id FROM flowd_event_triggers(p_tenant, p_name)))
-$$;
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_wfs bigint[] := ARRAY(SELECT workflow_id FROM flowd_event_triggers(p_tenant, p_name));
+BEGIN
+    BEGIN
+        SELECT * INTO resumed, cancelled, started
+          FROM flowd_event_to(p_tenant, p_name, p_key, p_data, v_wfs);
+    EXCEPTION WHEN SQLSTATE 'FL429' THEN
+        RAISE WARNING 'event % of tenant %: no run started: %', p_name, p_tenant, SQLERRM;
+        SELECT * INTO resumed, cancelled, started
+          FROM flowd_event_to(p_tenant, p_name, p_key, p_data, '{}');
+    END;
+END $$;
 
 -- Retries a failed or cancelled run: failed steps and those cancelled because of them start
 -- over; succeeded steps keep their outputs and do not run again.

@@ -272,10 +272,11 @@ END $$;
 -- flowd_create_runs per workflow) and its next tick becomes `next`, all or nothing. Answers per
 -- order: outcome "fired", "busy" (another pass holds it: look again shortly) or "moved" (already
 -- handled, paused or gone), with the runs made and the ticks skipped by overlap, by an existing
--- run of the same tick, and for want of the workflow.
+-- run of the same tick, for want of the workflow, and because the tenant's runs_per_month had no
+-- room for them (the runs of one workflow in a pass fit all together or not at all).
 CREATE OR REPLACE FUNCTION flowd_schedules_fire(p_orders jsonb)
 RETURNS TABLE (id bigint, outcome text, runs integer, overlap integer, duplicate integer,
-               missing integer)
+               missing integer, quota integer)
 LANGUAGE plpgsql AS $$
 DECLARE
     v_now     timestamptz := flowd_now();
@@ -286,6 +287,8 @@ DECLARE
     v_first   bigint[] := '{}';  -- overlap skip: only the first fire of the pass
     v_last    bigint[] := '{}';  -- overlap cancel_previous: only the last
     v_missing bigint[] := '{}';
+    v_quota   bigint[] := '{}';  -- ticks runs_per_month had no room for
+    v_refusal jsonb;             -- the quota's refusal (flowd_quota_take_runs)
     v_sids    bigint[] := '{}';  -- runs made: schedule, tick, run
     v_ats     bigint[] := '{}';
     v_runs    bigint[] := '{}';
@@ -351,6 +354,16 @@ BEGIN
             v_missing := v_missing || r.sids;
             CONTINUE;
         END IF;
+        IF EXISTS (SELECT 1 FROM tenant_quotas q
+                    WHERE q.tenant_id = r.tenant_id AND q.runs_per_month IS NOT NULL) THEN
+            BEGIN
+                PERFORM flowd_quota_take_runs(r.tenant_id, cardinality(r.sids));
+            EXCEPTION WHEN SQLSTATE 'FL429' THEN
+                v_quota := v_quota || r.sids;
+                v_refusal := SQLERRM::jsonb;
+                CONTINUE;
+            END;
+        END IF;
         v_ids := flowd_create_runs(r.tenant_id, v_wf, r.inputs, 0, NULL, NULL, NULL, NULL, r.keys,
                                    r.starts, r.sids);
         v_sids := v_sids || r.sids;
@@ -369,13 +382,16 @@ BEGIN
           FROM unnest(v_sids, v_ats, v_runs) AS u(sid, at, run) GROUP BY u.sid),
     miss AS (
         SELECT m.sid, count(*)::integer AS n FROM unnest(v_missing) AS m(sid) GROUP BY m.sid),
+    over AS (
+        SELECT m.sid, count(*)::integer AS n FROM unnest(v_quota) AS m(sid) GROUP BY m.sid),
     tally AS (
         SELECT o.*, coalesce(made.n, 0) AS made_n, made.last_at, made.last_run,
-               coalesce(miss.n, 0) AS missing_n,
+               coalesce(miss.n, 0) AS missing_n, coalesce(over.n, 0) AS quota_n,
                CASE WHEN o.id = ANY (v_skip) THEN jsonb_array_length(o.fires)
                     WHEN o.id = ANY (v_first) OR o.id = ANY (v_last)
                     THEN jsonb_array_length(o.fires) - 1 ELSE 0 END AS overlap_n
           FROM o LEFT JOIN made ON made.sid = o.id LEFT JOIN miss ON miss.sid = o.id
+          LEFT JOIN over ON over.sid = o.id
          WHERE o.id = ANY (v_locked)),
     upd AS (
         UPDATE schedules s
@@ -388,6 +404,9 @@ BEGIN
                last_skip = CASE
                    WHEN t.error IS NOT NULL
                    THEN t.error || jsonb_build_object('at', flowd_ms(v_now))
+                   WHEN t.quota_n > 0
+                   THEN (v_refusal || jsonb_build_object('reason', 'quota', 'at', flowd_ms(v_now)))
+                        - 'retry_after_s'
                    WHEN t.missing_n > 0
                    THEN jsonb_build_object('reason', 'workflow_missing', 'at', flowd_ms(v_now),
                                            'message', 'no workflow ' || s.workflow
@@ -410,8 +429,9 @@ BEGIN
                                 AND s.next_fire = flowd_epoch_ms(o.expect)) THEN 'busy'
                 ELSE 'moved' END,
            coalesce(t.made_n, 0), coalesce(t.overlap_n, 0),
-           coalesce(jsonb_array_length(t.fires) - t.made_n - t.overlap_n - t.missing_n, 0),
-           coalesce(t.missing_n, 0)
+           coalesce(jsonb_array_length(t.fires) - t.made_n - t.overlap_n - t.missing_n
+                    - t.quota_n, 0),
+           coalesce(t.missing_n, 0), coalesce(t.quota_n, 0)
       FROM o LEFT JOIN tally t ON t.id = o.id;
 END $$;
 
@@ -450,6 +470,7 @@ BEGIN
         RAISE EXCEPTION 'workflow % not found', s.workflow || coalesce(' version ' || s.version, '')
             USING ERRCODE = 'P0002';
     END IF;
+    PERFORM flowd_quota_take_runs(p_tenant, 1);
     v_ids := flowd_create_runs(p_tenant, v_wf, jsonb_build_array(p_input), 0, NULL, NULL, NULL,
                                NULL, ARRAY[v_key], ARRAY[flowd_epoch_ms(p_start_ms)],
                                ARRAY[s.id]);

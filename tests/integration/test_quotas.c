@@ -1,4 +1,5 @@
-/* tests/integration/test_quotas.c: a tenant's runs_per_month.
+/* tests/integration/test_quotas.c: a tenant's runs_per_month, also for runs that events and
+ * schedules start.
  *
  * The bound under concurrency: two processes enqueue at once through the statement the API sends
  * (flowd_start_run), 80 runs wanted against a limit of 40; exactly 40 are created, since taking
@@ -245,12 +246,99 @@ static void test_runs_per_month(void **state)
     th_api_stop(a);
 }
 
+/* Runs not created through /v1/runs or /v1/batches: an event's triggered runs and a schedule's
+ * count too (an event without room is refused whole, unless a provider's webhook told it: then
+ * only its runs are left out; a tick without room is skipped with the reason quota); a map's
+ * children are part of their parent's run and do not. */
+static void test_runs_started_elsewhere(void **state)
+{
+    (void)state;
+    th_api *a = th_api_start(&(th_api_opts){.prefix = "quotas_else"});
+    const char *db = th_api_db(a);
+    json_decref(th_api_json(a, 201, "PUT", "/v1/workflows/t",
+                            "{\"steps\": [{\"key\": \"t\", \"kind\": \"transform\","
+                            " \"input\": {}}]}"));
+    json_decref(th_api_json(a, 201, "PUT", "/v1/workflows/on_lead",
+                            "{\"triggers\": [{\"event\": \"lead.new\"}], \"steps\": [{\"key\": \"t\","
+                            " \"kind\": \"transform\", \"input\": {}}]}"));
+    json_decref(th_api_json(a, 201, "PUT", "/v1/workflows/hold",
+                            "{\"steps\": [{\"key\": \"w\", \"kind\": \"wait_event\","
+                            " \"input\": {\"event\": \"lead.new\", \"key\": \"2\"}}]}"));
+    json_decref(th_api_json(a, 201, "PUT", "/v1/workflows/fan",
+                            "{\"steps\": [{\"key\": \"m\", \"kind\": \"map\", \"input\": {"
+                            "\"items\": [1, 2, 3], \"workflow\": \"t\"}}]}"));
+    json_decref(th_api_json(a, 200, "PUT", "/v1/tenants/default/quotas", "{\"runs_per_month\": 4}"));
+
+    /* a map of three children is one run */
+    json_t *run = th_api_wait_run(a, th_api_start_run(a, "fan", "{}"), 20, 60, NULL, NULL);
+    assert_string_equal(json_string_value(json_object_get(run, "state")), "succeeded");
+    json_decref(run);
+    assert_int_equal(th_pg_long(db, "SELECT count(*) FROM runs WHERE parent_step_id IS NOT NULL"), 3);
+    th_api_start_run(a, "hold", "{}");
+    json_t *q = th_api_json(a, 200, "GET", "/v1/tenants/default/quotas", NULL);
+    assert_int_equal(jget(q, "runs_per_month", "used"), 2);
+    json_decref(q);
+
+    /* an event's triggered run counts */
+    json_t *ev = th_api_json(a, 202, "POST", "/v1/events", "{\"name\": \"lead.new\", \"key\": \"1\"}");
+    assert_int_equal(json_integer_value(json_object_get(ev, "started")), 1);
+    json_decref(ev);
+
+    /* a schedule's tick counts; the next one finds no room and is skipped, with the reason */
+    json_decref(th_api_json(a, 201, "PUT", "/v1/schedules/hourly",
+                            "{\"workflow\": \"t\", \"every\": \"1h\"}"));
+    free(th_pg_value(db, "SELECT flowd_clock_advance_to_next_due()"));
+    assert_true(th_engine_wait(db, "SELECT fires = 1 FROM schedules", 20));
+    q = th_api_json(a, 200, "GET", "/v1/tenants/default/quotas", NULL);
+    assert_int_equal(jget(q, "runs_per_month", "used"), 4);
+    json_decref(q);
+    free(th_pg_value(db, "SELECT flowd_clock_advance_to_next_due()"));
+    assert_true(th_engine_wait(db, "SELECT skips = 1 FROM schedules", 20));
+    json_t *sch = th_api_json(a, 200, "GET", "/v1/schedules/hourly", NULL);
+    const json_t *skip = json_object_get(sch, "last_skip");
+    assert_string_equal(json_string_value(json_object_get(skip, "reason")), "quota");
+    assert_string_equal(json_string_value(json_object_get(skip, "quota")), "runs_per_month");
+    json_decref(sch);
+    assert_int_equal(th_pg_long(db, "SELECT fires FROM schedules"), 1);
+    char *metrics = th_api_raw(a, "GET", "/metrics", NULL, &(long){0});
+    assert_non_null(strstr(metrics, "flowd_schedule_skips_total{reason=\"quota\"} 1\n"));
+    free(metrics);
+    long status;
+    hdrs h;
+    free(req(a, TH_API_KEY, "POST", "/v1/schedules/hourly/trigger", NULL, &status, &h));
+    assert_int_equal(status, 429);
+
+    /* an event that would start a run without room is refused whole: not stored, the wait it
+     * would resume still waits */
+    long events = th_pg_long(db, "SELECT count(*) FROM events");
+    char *body = req(a, TH_API_KEY, "POST", "/v1/events",
+                     "{\"name\": \"lead.new\", \"key\": \"2\"}", &status, &h);
+    assert_int_equal(status, 429);
+    assert_non_null(strstr(body, "\"quota_exceeded\""));
+    free(body);
+    assert_true(has_header(&h, "X-Quota-Name: runs_per_month"));
+    assert_int_equal(th_pg_long(db, "SELECT count(*) FROM events"), events);
+    assert_int_equal(th_pg_long(db, "SELECT count(*) FROM steps WHERE kind = 'wait_event'"
+                                    " AND state = 'waiting'"),
+                     1);
+    assert_int_equal(th_pg_long(db, "SELECT count(*) FROM runs WHERE parent_step_id IS NULL"), 4);
+
+    /* the same event told by a provider's webhook (an inbound message: it happened) is applied
+     * without the run it would start */
+    assert_int_equal(th_pg_long(db, "SELECT resumed * 10 + started FROM flowd_event((SELECT id"
+                                    " FROM tenants WHERE name = 'default'), 'lead.new', '2', '{}')"),
+                     10);
+    assert_int_equal(th_pg_long(db, "SELECT count(*) FROM runs WHERE parent_step_id IS NULL"), 4);
+    th_api_stop(a);
+}
+
 int main(void)
 {
     th_api_init();
     step_register_all();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_runs_per_month),
+        cmocka_unit_test(test_runs_started_elsewhere),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
