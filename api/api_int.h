@@ -158,6 +158,7 @@ void api_route_runs_counts(api_call *call);
 void api_route_run_events(api_call *call);
 void api_route_batch_post(api_call *call);
 void api_route_batch_get(api_call *call);
+void api_route_batches_list(api_call *call);
 void api_route_batch_results(api_call *call);
 void api_route_tenant_post(api_call *call);
 void api_route_key_post(api_call *call);
@@ -168,6 +169,8 @@ void api_route_rate_limit_put(api_call *call);        /* api/routes_limits.c */
 void api_route_rate_limits_list(api_call *call);
 void api_route_rate_limit_delete(api_call *call);
 void api_route_usage(api_call *call);                 /* api/routes_usage.c */
+void api_route_workers(api_call *call);               /* api/routes_queue.c */
+void api_route_queue(api_call *call);
 void api_route_price_put(api_call *call);
 void api_route_prices_list(api_call *call);
 void api_route_provider_put(api_call *call);          /* api/routes_providers.c */

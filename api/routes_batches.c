@@ -354,6 +354,31 @@ void api_route_batch_get(api_call *call)
     api_call_db(call, "SELECT flowd_batch_json($1, $2)", 2, params, batches_row_json_cb);
 }
 
+#define API_BATCHES_DEFAULT_LIMIT 20
+#define API_BATCHES_MAX_LIMIT     100 /* each batch's runs are counted by state */
+
+/* GET /v1/batches?before=&limit=: the tenant's batches, newest first, each with its progress. */
+void api_route_batches_list(api_call *call)
+{
+    const char *before_q = api_req_query(call->req, "before");
+    const char *limit_q = api_req_query(call->req, "limit");
+    long long before = 0, limit = API_BATCHES_DEFAULT_LIMIT;
+    if (before_q && !batches_parse_pos(before_q, INT64_MAX, &before)) {
+        api_call_respond_error(call, 400, "invalid_request", "must be a batch id", "?before");
+        return;
+    }
+    if (limit_q && !batches_parse_pos(limit_q, API_BATCHES_MAX_LIMIT, &limit)) {
+        api_call_respond_error(call, 400, "invalid_request", "must be an integer from 1 to 100",
+                               "?limit");
+        return;
+    }
+    char before_s[24], limit_s[24];
+    snprintf(before_s, sizeof before_s, "%lld", before);
+    snprintf(limit_s, sizeof limit_s, "%lld", limit);
+    const char *params[] = {call->tenant_s, before_q ? before_s : NULL, limit_s};
+    api_call_db(call, "SELECT flowd_batches_json($1, $2, $3)", 3, params, batches_row_json_cb);
+}
+
 /* ------------------------------------------------------------------------------ exports -- */
 
 typedef struct export_state {

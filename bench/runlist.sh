@@ -2,10 +2,11 @@
 # bench/run runlist [--runs N]: how long GET /v1/runs takes over a tenant with N runs (default
 # 1,000,000), each with search metadata (a unique lead id, one of 10 campaigns): the newest page,
 # an exact metadata match (?meta.lead=), a metadata value shared by a tenth of the runs, state and
-# workflow filters, a failed step, a time range, the state counts, and (when the console's browser
-# test tools are installed in the build tree: ctest -R console_browser once) the console's run list
-# in headless chromium, from navigation to the rows shown. Prints one JSON object (milliseconds,
-# median of 7 requests after one warm-up, as a client on this machine sees them).
+# workflow filters, a failed step, a time range, the state counts, GET /v1/queue and /v1/workers,
+# and (when the console's browser test tools are installed in the build tree: ctest -R
+# console_browser once) the console's run list in headless chromium, from navigation to the rows
+# shown. Prints one JSON object (milliseconds, median of 7 requests after one warm-up, as a client
+# on this machine sees them).
 # The runs are made by flowd_create_runs in batches of 10,000 (steps, event log and all), then
 # marked finished (a tenth failed in their step) without a worker: seeding a million takes a few
 # minutes. A throw-away cluster (tests/support/pg_fixture.sh) and a build (FLOWD_BUILD_DIR, else
@@ -99,6 +100,17 @@ range=$(median_ms "/v1/runs?created_after=$week&created_before=$six")
 counts=$(median_ms '/v1/runs/counts')
 found=$(curl -fsS "$url/v1/runs?meta.lead=$lead" -H "$auth" | grep -o '"id": [0-9]*' | wc -l)
 [ "$found" -eq 1 ] || { echo "bench/run runlist: ?meta.lead=$lead found $found runs, want 1" >&2; exit 1; }
+# the queue page's API: the runs of the last hour by minute (about 1,400 of the million), then
+# again with a backlog of 10,000 due steps (runs created and left for workers this server lacks)
+queue=$(median_ms '/v1/queue')
+psql_ "SELECT cardinality(flowd_create_runs($tenant, $wf,
+         (SELECT jsonb_agg(jsonb_build_object('lead', jsonb_build_object('id', i)))
+            FROM generate_series(1, 10000) i), 0, NULL, NULL, NULL, NULL))" >/dev/null
+psql_ "VACUUM ANALYZE steps" >/dev/null
+queue_backlog=$(median_ms '/v1/queue')
+due=$(curl -fsS "$url/v1/queue" -H "$auth" | grep -o '"due": [0-9]*' | head -1)
+[ "$due" = '"due": 10000' ] || { echo "bench/run runlist: /v1/queue says $due, want 10000" >&2; exit 1; }
+workers=$(median_ms '/v1/workers')
 console=null
 runner=$build/npm-console/node_modules/puppeteer-core
 if [ -d "$runner" ] && command -v chromium >/dev/null; then
@@ -109,5 +121,6 @@ cat <<EOF
  "list_ms": {"newest": $newest, "meta_lead": $by_lead, "meta_campaign_tenth": $by_campaign,
              "meta_lead_state_workflow": $by_lead_state, "state_failed": $failed,
              "failed_step": $failed_step, "created_one_day": $range, "counts": $counts},
+ "queue_ms": {"hour_of_runs": $queue, "with_10000_due": $queue_backlog}, "workers_ms": $workers,
  "console_first_show_ms": $console}
 EOF

@@ -15,6 +15,7 @@
 #include "engine/duration.h"
 #include "engine/log.h"
 #include "engine/mem.h"
+#include "engine/procreg.h"
 #include "engine/webhook.h"
 #include "engine/worker.h"
 #include "steps/provider.h"
@@ -357,6 +358,18 @@ int cli_cmd_serve(cli_env *env, int argc, char **argv)
         eng_webhook_opts who = {.conninfo = env->conninfo, .public_only = !conf.allow_private};
         webhooks = eng_webhooks_start(&who);
     }
+    /* the API's bound address: the listen host with the port it got */
+    char *bound = NULL;
+    if (api) {
+        const char *colon = strrchr(listen, ':');
+        bound = eng_xasprintf("%.*s:%d", colon ? (int)(colon - listen) : (int)strlen(listen),
+                              listen, api_service_port(api));
+    }
+    eng_procreg_opts ro = {.conninfo = env->conninfo, .host = host, .pid = (int)getpid(),
+                           .version = FLOWD_VERSION, .role = role, .listen = bound,
+                           .workers = workers, .api_threads = api ? api_threads : 0};
+    eng_procreg *registry = eng_procreg_start(loop, &ro);
+    free(bound);
     log_info("serving", LOG_S("role", role), LOG_I("workers", workers),
              LOG_S("database", env->embedded ? "embedded" : "external"));
     ev_run(loop, 0);
@@ -364,6 +377,7 @@ int cli_cmd_serve(cli_env *env, int argc, char **argv)
     for (int i = 0; i < workers; i++)
         eng_worker_stop(pool[i], 10.0);
     eng_webhooks_stop(webhooks, 5.0);
+    eng_procreg_stop(registry, 2.0);
     free(pool);
     cli_env_close(env);
     log_info("stopped");

@@ -1,6 +1,6 @@
 // console/app.js: sign-in, the layout and the router. Views live at #/runs, #/runs/ID,
-// #/workflows, #/workflows/NAME, #/batches, #/schedules, #/usage, #/limits, #/sends and
-// #/webhooks; each page module exports render(root, ctx) and returns a function that stops what
+// #/workflows, #/workflows/NAME, #/batches, #/schedules, #/usage, #/limits, #/sends, #/webhooks
+// and #/workers; each page module exports render(root, ctx) and returns a function that stops what
 // it started (timers, streams). A page for a new API is one module and one entry in PAGES.
 import * as api from './api.js';
 import { h, replace } from './dom.js';
@@ -13,6 +13,7 @@ import * as sends from './sends.js';
 import * as schedules from './schedules.js';
 import * as usage from './usage.js';
 import * as webhooks from './webhooks.js';
+import * as workers from './workers.js';
 
 const PAGES = [
   { path: /^\/runs\/(\d+)$/, page: run, nav: 'runs' },
@@ -26,6 +27,7 @@ const PAGES = [
   { path: /^\/limits$/, page: limits, nav: 'limits', label: 'Limits & suppressions' },
   { path: /^\/sends$/, page: sends, nav: 'sends', label: 'Sends' },
   { path: /^\/webhooks$/, page: webhooks, nav: 'webhooks', label: 'Webhooks' },
+  { path: /^\/workers$/, page: workers, nav: 'workers', label: 'Workers & queue' },
 ];
 
 const app = document.getElementById('app');
@@ -110,7 +112,7 @@ api.whenSignedOut(() => {
 });
 
 // Keyboard: "/" focuses the page's search field; j and k move between the runs of a list; g then
-// r/w/b/c/u/l/s/h goes to a view.
+// r/w/b/c/u/l/s/h/q goes to a view.
 let pendingG = false;
 document.addEventListener('keydown', (e) => {
   const t = e.target;
@@ -131,7 +133,7 @@ document.addEventListener('keydown', (e) => {
     }
   } else if (pendingG) {
     pendingG = false;
-    const to = { r: '#/runs', w: '#/workflows', b: '#/batches', c: '#/schedules', u: '#/usage', l: '#/limits', s: '#/sends', h: '#/webhooks' }[e.key];
+    const to = { r: '#/runs', w: '#/workflows', b: '#/batches', c: '#/schedules', u: '#/usage', l: '#/limits', s: '#/sends', h: '#/webhooks', q: '#/workers' }[e.key];
     if (to) location.hash = to;
   } else if (e.key === 'g') {
     pendingG = true;

@@ -1,9 +1,18 @@
-// console/limits.js: the tenant's named rate limits and its suppression list (#/limits): add a
-// suppression, lift one. A key that may not change them is answered by the server, and the page
-// says so.
+// console/limits.js: the tenant's named rate limits with the budget each has left now (refreshed
+// every 5 s), and its suppression list (#/limits): add a suppression, lift one. A key that may
+// not change them is answered by the server, and the page says so.
 import * as api from './api.js';
 import { h, replace } from './dom.js';
 import { ago } from './fmt.js';
+
+// What a bucket has left now, of the level it refills to (below zero: a debt later steps wait out).
+function left(level, burst, what) {
+  if (level === null) return null;
+  const pct = Math.max(0, Math.min(100, Math.round((100 * level) / burst)));
+  return h('div', { class: level < 1 ? 'error' : null },
+    h('span', { class: 'bar' }, h('span', { class: 'fill', 'data-pct': pct })),
+    ` ${Number(level).toLocaleString('en-US', { maximumFractionDigits: 1 })} of ${Number(burst).toLocaleString('en-US')} ${what}`);
+}
 
 export function render(root) {
   const limitsBody = h('tbody');
@@ -18,12 +27,16 @@ export function render(root) {
   const loadLimits = async () => {
     try {
       const l = await api.get('/v1/rate-limits');
-      replace(limitsBody, l.rate_limits.length ? l.rate_limits.map((r) => h('tr', null,
+      replace(limitsBody, l.rate_limits.length ? l.rate_limits.map((r) => h('tr', { 'data-limit': r.name },
         h('td', null, r.name), h('td', null, r.requests_per_s ?? '—'), h('td', null, r.burst_requests ?? '—'),
-        h('td', null, r.tokens_per_min ?? '—'), h('td', null, r.burst_tokens ?? '—')))
-        : h('tr', null, h('td', { colspan: 5, class: 'empty' }, 'No named rate limits.')));
+        h('td', null, r.tokens_per_min ?? '—'), h('td', null, r.burst_tokens ?? '—'),
+        h('td', { class: 'budget' }, left(r.budget.requests, r.budget.burst_requests, 'requests'),
+          left(r.budget.tokens, r.budget.burst_tokens, 'tokens'),
+          h('div', { class: 'dim small-text' }, r.budget.taken_at ? `last taken ${ago(r.budget.taken_at)}` : 'never taken'))))
+        : h('tr', null, h('td', { colspan: 6, class: 'empty' }, 'No named rate limits.')));
+      for (const el of limitsBody.querySelectorAll('.fill[data-pct]')) el.style.width = `${el.dataset.pct}%`;
     } catch (err) {
-      replace(limitsBody, h('tr', null, h('td', { colspan: 5, class: 'error' }, err.message)));
+      replace(limitsBody, h('tr', null, h('td', { colspan: 6, class: 'error' }, err.message)));
     }
   };
   const loadSuppressions = async () => {
@@ -50,7 +63,7 @@ export function render(root) {
 
   replace(root, h('h1', null, 'Limits & suppressions'),
     h('h2', null, 'Rate limits'),
-    h('table', null, h('thead', null, h('tr', null, ['name', 'requests/s', 'burst', 'tokens/min', 'token burst'].map((t) => h('th', null, t)))), limitsBody),
+    h('table', null, h('thead', null, h('tr', null, ['name', 'requests/s', 'burst', 'tokens/min', 'token burst', 'left now'].map((t) => h('th', null, t)))), limitsBody),
     h('h2', null, 'Suppressions'),
     h('form', { class: 'filters', onsubmit: async (e) => {
       e.preventDefault();

@@ -1,9 +1,31 @@
-// console/timeline.js: a run's waterfall from its event log: per step, the waits before it could
-// start (needs, delay or window, then the queue: claims, rate limits, concurrency keys, quotas),
-// each attempt with its outcome, the waits between retries, waits for an event or a map's
-// children, and the time a quota blocked it.
+// console/timeline.js: a run's waterfall from its event log and the version's definition: per
+// step, the waits before it could start (its delay, its sending window, an `at` time or the run's
+// start time, then the queue), each attempt with its outcome, the waits between retries, waits for
+// an event or a map's children, and the time a quota blocked it. The log says when a window or a
+// time held a step (step.scheduled, with the window's zone) and when a quota did (step.blocked); a
+// delay is the definition's, from the moment the step's needs were done. What held a ready step in
+// the queue (no free worker, a rate limit, a concurrency key) is not recorded: the queue's label
+// names those its definition has.
 import { h } from './dom.js';
 import { duration } from './fmt.js';
+
+// "1h30m" (engine/duration.h: digits and a unit, ms s m h d, summed) in ms; 0 when absent.
+function durationMs(text) {
+  const unit = { ms: 1, s: 1000, m: 60000, h: 3600000, d: 86400000 };
+  let ms = 0;
+  for (const [, n, u] of String(text || '').matchAll(/(\d+)(ms|s|m|h|d)/g)) ms += Number(n) * unit[u];
+  return ms;
+}
+
+// What may hold a ready step of this definition in the queue besides the lack of a free worker.
+function queueLabel(st) {
+  const why = ['no free worker'];
+  const input = (st && st.input) || {};
+  if (st && st.concurrency_key) why.push(`concurrency key ${st.concurrency_key}`);
+  if (typeof input.rate_limit === 'string') why.push(`rate limit ${input.rate_limit}`);
+  else if (st && ['llm', 'email', 'sms', 'whatsapp'].includes(st.kind)) why.push('its provider\'s rate limit');
+  return `ready, waiting to be claimed (${why.join(', ')})`;
+}
 
 const END = { 'step.succeeded': 'ok', 'step.failed': 'failed', 'step.retrying': 'retry',
   'step.interrupted': 'interrupted', 'step.cancelled': 'cancelled', 'step.skipped': 'skipped' };
@@ -27,18 +49,25 @@ export function segments(steps, events, run) {
         open.delete(e.step);
       }
     };
+    const st = steps.find((x) => x.key === e.step);
     if (e.type === 'step.scheduled') {
       close();
-      const seg = { kind: 'wait', from: at, to: null, label: `waits until ${e.data && e.data.run_at}${e.data && e.data.tz ? ` (${e.data.tz})` : ''}` };
+      const tz = e.data && e.data.tz;
+      const seg = tz
+        ? { kind: 'window', from: at, to: null, label: `sending window: waits until ${e.data.run_at} (${tz})` }
+        : { kind: 'wait', from: at, to: null, label: `waits until ${e.data && e.data.run_at}` };
       list.push(seg);
       open.set(e.step, seg);
     } else if (e.type === 'step.started') {
       if (o) close();
       else if (!list.some((x) => x.kind === 'attempt')) {
-        const st = steps.find((x) => x.key === e.step);
         const needs = (st && st.needs) || [];
         const ready = needs.length ? Math.max(...needs.map((n) => finishedAt.get(n) || created)) : created;
-        if (at > ready) list.push({ kind: 'queued', from: ready, to: at, label: 'ready, waiting to be claimed (queue, rate limit, concurrency key, quota)' });
+        // after a wait already drawn (a quota's block), not over it
+        const from = list.length ? Math.max(ready, list[list.length - 1].to || ready) : ready;
+        const due = Math.min(at, ready + durationMs(st && st.delay));
+        if (due > from) list.push({ kind: 'delay', from, to: due, label: `delay ${st.delay}` });
+        if (at > Math.max(from, due)) list.push({ kind: 'queued', from: Math.max(from, due), to: at, label: queueLabel(st) });
       }
       const seg = { kind: 'attempt', from: at, to: null, label: `attempt ${(e.data && e.data.attempt) || list.filter((x) => x.kind === 'attempt').length + 1}` };
       list.push(seg);
@@ -102,7 +131,8 @@ export function waterfall(steps, events, run) {
     h('div', { class: 'wf-axis' }, h('span', null, '0'), h('span', null, duration(total))),
     rows,
     h('p', { class: 'legend' },
-      h('span', { class: 'seg-key k-queued' }), ' queued ', h('span', { class: 'seg-key k-wait' }), ' delay / window ',
+      h('span', { class: 'seg-key k-queued' }), ' queued ', h('span', { class: 'seg-key k-delay' }), ' delay ',
+      h('span', { class: 'seg-key k-window' }), ' sending window ', h('span', { class: 'seg-key k-wait' }), ' at / start time ',
       h('span', { class: 'seg-key k-attempt' }), ' attempt ', h('span', { class: 'seg-key k-retrywait' }), ' retry backoff ',
       h('span', { class: 'seg-key k-waiting' }), ' waiting for an event or items ',
       h('span', { class: 'seg-key k-blocked' }), ' blocked by a quota'));

@@ -204,6 +204,22 @@ CREATE TABLE prices (
     CONSTRAINT prices_usd_per_unit_check CHECK ((usd_per_unit >= (0)::numeric))
 );
 
+CREATE TABLE processes (
+    id text NOT NULL,
+    host text NOT NULL,
+    pid integer NOT NULL,
+    version text NOT NULL,
+    role text NOT NULL,
+    listen text,
+    workers integer NOT NULL,
+    api_threads integer NOT NULL,
+    beat_ms integer NOT NULL,
+    started_at timestamp with time zone NOT NULL,
+    heartbeat_at timestamp with time zone NOT NULL,
+    stopped_at timestamp with time zone,
+    CONSTRAINT processes_pkey PRIMARY KEY (id)
+);
+
 CREATE TABLE provider_settings (
     tenant_id bigint NOT NULL,
     provider text NOT NULL,
@@ -604,6 +620,7 @@ CREATE TABLE workflows (
 -- Indexes
 
 CREATE UNIQUE INDEX batches_idempotency ON public.batches USING btree (tenant_id, idempotency_key) WHERE (idempotency_key IS NOT NULL);
+CREATE INDEX batches_tenant_recent ON public.batches USING btree (tenant_id, id DESC);
 CREATE INDEX console_sessions_expires ON public.console_sessions USING btree (expires_at);
 CREATE INDEX console_sessions_key ON public.console_sessions USING btree (key_id);
 CREATE INDEX events_lookup ON public.events USING btree (tenant_id, name, key, received_at);

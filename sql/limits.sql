@@ -121,11 +121,32 @@ BEGIN
     rate_limit := flowd_rate_limit_obj(v);
 END $$;
 
+-- What limit l has left now: its bucket refilled up to this instant as flowd_rl_take would see
+-- it (a limit never taken from has its full burst), and the burst it refills to. A level below
+-- zero is a debt that later takers wait out (flowd_rl_adjust).
+CREATE OR REPLACE FUNCTION flowd_rate_limit_budget(l rate_limits, b rate_buckets) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object(
+        'requests', CASE WHEN l.requests_per_s IS NOT NULL THEN
+                        round(least(c.breq, coalesce(b.requests + c.dt * l.requests_per_s, c.breq))::numeric, 3) END,
+        'burst_requests', CASE WHEN l.requests_per_s IS NOT NULL THEN c.breq END,
+        'tokens', CASE WHEN l.tokens_per_min IS NOT NULL THEN
+                      round(least(c.btok, coalesce(b.tokens + c.dt * l.tokens_per_min / 60.0, c.btok))::numeric, 1) END,
+        'burst_tokens', CASE WHEN l.tokens_per_min IS NOT NULL THEN c.btok END,
+        'taken_at', flowd_ms(b.updated_at))
+      FROM (SELECT coalesce(l.burst_requests, greatest(1, l.requests_per_s), 1) AS breq,
+                   coalesce(l.burst_tokens, l.tokens_per_min, 1) AS btok,
+                   greatest(0, extract(epoch FROM clock_timestamp() - b.updated_at)) AS dt) c
+$$;
+
+-- The tenant's limits with the budget each has left now.
 CREATE OR REPLACE FUNCTION flowd_rate_limits_json(p_tenant bigint) RETURNS jsonb
 LANGUAGE sql STABLE AS $$
-    SELECT jsonb_build_object('rate_limits', coalesce(jsonb_agg(flowd_rate_limit_obj(l)
-                                                                ORDER BY l.name), '[]'))
-      FROM rate_limits l WHERE l.tenant_id = p_tenant
+    SELECT jsonb_build_object('rate_limits', coalesce(jsonb_agg(
+               flowd_rate_limit_obj(l) || jsonb_build_object('budget', flowd_rate_limit_budget(l, b))
+               ORDER BY l.name), '[]'))
+      FROM rate_limits l LEFT JOIN rate_buckets b ON b.limit_id = l.id
+     WHERE l.tenant_id = p_tenant
 $$;
 
 -- false when the tenant has no limit of that name (the shared one is never the tenant's to drop).

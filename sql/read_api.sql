@@ -133,6 +133,17 @@ LANGUAGE sql STABLE AS $$
      WHERE b.id = p_batch AND b.tenant_id = p_tenant
 $$;
 
+-- The tenant's batches, newest first, below id p_before (paging), each as flowd_batch_json
+-- (its runs counted by state through runs_batch).
+CREATE OR REPLACE FUNCTION flowd_batches_json(p_tenant bigint, p_before bigint, p_limit integer)
+RETURNS jsonb LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object('batches', coalesce(jsonb_agg(flowd_batch_json(p_tenant, b.id)
+                                                            ORDER BY b.id DESC), '[]'))
+      FROM (SELECT x.id FROM batches x
+             WHERE x.tenant_id = p_tenant AND (p_before IS NULL OR x.id < p_before)
+             ORDER BY x.id DESC LIMIT p_limit) b
+$$;
+
 -- One page of a batch's results in run order, after run id p_after. Values are JSON text. The
 -- outputs are read from the steps, gathered for the page in one pass (flowd_run_outputs).
 CREATE OR REPLACE FUNCTION flowd_batch_results(p_tenant bigint, p_batch bigint, p_after bigint,

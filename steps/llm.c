@@ -5,8 +5,8 @@
  *           json?: true, json_schema?: {...}, stream?: bool, base_url? (openai_compatible only),
  *           fallback?: [{provider, model}], attempts_per_provider? (default 2),
  *           rate_limit? (name in rate_limits; default the provider's name)}
- *   output {text, json?, provider, model, finish_reason, usage: {input_tokens, output_tokens},
- *           cost_usd?, latency_ms, fallback?: true}
+ *   output {text, json?, provider, model, finish_reason, usage: {input_tokens, output_tokens,
+ *           cached_input_tokens?}, cost_usd?, latency_ms, fallback?: true}
  *
  * One attempt is a small state machine (llm_state). Before calling, the attempt looks for an
  * answer recorded under (run, step, item) — never the attempt — with the same request hash: a step
@@ -168,23 +168,22 @@ static void paid_usage_done(void *arg, const eng_err *err, const PGresult *res)
 static void paid_failure(const llm_attempt *a, const llm_reply *r)
 {
     const char *pname = prov_name((prov_id)a->prov);
-    double pin, pout;
-    double cost = llm_answer_price(a->model, &pin, &pout)
-                      ? ((double)r->in_tokens * pin + (double)r->out_tokens * pout) / 1e6
-                      : 0;
-    eng_metrics_llm_usage(pname, a->model, r->in_tokens, r->out_tokens, 0, cost);
-    char tenant[24], run[24], in[24], out[24];
+    double cost = llm_answer_cost(a->model, r->in_tokens, r->out_tokens, r->cached_tokens);
+    eng_metrics_llm_usage(pname, a->model, r->in_tokens, r->out_tokens, r->cached_tokens,
+                          cost > 0 ? cost : 0);
+    char tenant[24], run[24], in[24], out[24], cached[24];
     snprintf(tenant, sizeof tenant, "%lld", (long long)eng_step_tenant_id(a->ctx));
     snprintf(run, sizeof run, "%lld", (long long)eng_step_run_id(a->ctx));
     snprintf(in, sizeof in, "%lld", (long long)r->in_tokens);
     snprintf(out, sizeof out, "%lld", (long long)r->out_tokens);
-    const char *params[] = {tenant, run, eng_step_key(a->ctx), pname, a->model, in, out};
+    snprintf(cached, sizeof cached, "%lld", (long long)r->cached_tokens);
+    const char *params[] = {tenant, run, eng_step_key(a->ctx), pname, a->model, in, out, cached};
     eng_db_query(eng_step_db(a->ctx),
                  "SELECT flowd_usage_add(jsonb_build_array(jsonb_build_object('tenant', $1::bigint,"
                  " 'run', $2::bigint, 'step', $3::text, 'kind', 'llm', 'provider', $4::text,"
                  " 'model', $5::text, 'input_tokens', $6::bigint, 'output_tokens', $7::bigint,"
-                 " 'ok', false)))",
-                 7, params, paid_usage_done, NULL);
+                 " 'cached_tokens', $8::bigint, 'ok', false)))",
+                 8, params, paid_usage_done, NULL);
 }
 
 static void call_done(void *arg, const eng_err *err, const eng_http_response *resp,
@@ -226,9 +225,10 @@ static void call_done(void *arg, const eng_err *err, const eng_http_response *re
     llm_answer ans = {.provider = prov_name(pid), .model = a->model, .fallback = a->is_fallback,
                       .text = text, .json = parsed, .finish = r.finish,
                       .in_tokens = r.in_tokens, .out_tokens = r.out_tokens,
+                      .cached_tokens = r.cached_tokens,
                       .latency_ms = eng_clock_wall_ms() - a->t0_wall_ms};
     json_t *out = llm_answer_output(&ans);
-    eng_metrics_llm_usage(prov_name(pid), a->model, r.in_tokens, r.out_tokens, 0,
+    eng_metrics_llm_usage(prov_name(pid), a->model, r.in_tokens, r.out_tokens, r.cached_tokens,
                           json_number_value(json_object_get(out, "cost_usd")));
     llm_reply_deinit(&r);
     rl_adjust(eng_step_db(a->ctx), eng_step_tenant_id(a->ctx), a->rl_name,

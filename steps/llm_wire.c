@@ -115,15 +115,23 @@ static void openai_usage(llm_reply *r, const json_t *u)
     if (json_is_object(u)) {
         r->in_tokens = json_integer_value(json_object_get(u, "prompt_tokens"));
         r->out_tokens = json_integer_value(json_object_get(u, "completion_tokens"));
+        r->cached_tokens = json_integer_value(
+            json_object_get(json_object_get(u, "prompt_tokens_details"), "cached_tokens"));
     }
 }
 
+/* Anthropic's input_tokens leaves out the tokens read from the cache and those written to it,
+ * which are input all the same (and billed): in_tokens is their sum. */
 static void anthropic_usage(llm_reply *r, const json_t *u, bool delta)
 {
     if (!json_is_object(u))
         return;
-    if (!delta || json_object_get(u, "input_tokens"))
-        r->in_tokens = json_integer_value(json_object_get(u, "input_tokens"));
+    if (!delta || json_object_get(u, "input_tokens")) {
+        int64_t read = json_integer_value(json_object_get(u, "cache_read_input_tokens"));
+        r->in_tokens = json_integer_value(json_object_get(u, "input_tokens")) + read +
+                       json_integer_value(json_object_get(u, "cache_creation_input_tokens"));
+        r->cached_tokens = read;
+    }
     if (json_object_get(u, "output_tokens")) /* cumulative in message_delta */
         r->out_tokens = json_integer_value(json_object_get(u, "output_tokens"));
 }

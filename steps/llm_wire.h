@@ -21,7 +21,11 @@ typedef struct llm_reply {
     eng_buf text;      /* the answer's text, capped at LLM_MAX_RESPONSE */
     char finish[32];   /* "stop", "length" (Anthropic's end_turn/stop_sequence and max_tokens
                           normalized) or the provider's own word; "" when it gave none */
-    int64_t in_tokens, out_tokens; /* 0 when not reported */
+    int64_t in_tokens, out_tokens; /* 0 when not reported; in_tokens counts every input token,
+                                      cached or written to the cache included */
+    int64_t cached_tokens; /* of in_tokens, read from the provider's prompt cache (OpenAI
+                              prompt_tokens_details.cached_tokens, Anthropic
+                              cache_read_input_tokens); 0 when not reported */
     bool done;         /* a complete answer (stream terminator seen, or not streamed) */
     char error[200];   /* what is wrong with a 200: a stream error event, an answer with no
                           message, an answer too long; "" when nothing */

@@ -4,7 +4,7 @@
 // through the API, and drives the console in Debian's headless chromium with puppeteer-core: sign
 // in, the run list and its metadata filter, a run whose step finishes while the page watches
 // (within 1 s of the step's commit), retry of a failed run until it succeeds, cancel, bulk cancel,
-// the workflow, batch, limits, sends and webhooks views, a member key's session, XSS payloads in everything a
+// the workflow, batch, limits, sends, webhooks and workers views, a member key's session, XSS payloads in everything a
 // run holds, keyboard navigation. Any console error, failed request or unexpected HTTP error fails
 // the test. Screenshots of each view go to SHOTS_DIR; timing figures are printed. Prints "N passed,
 // N failed".
@@ -141,6 +141,10 @@ await api('PUT', '/v1/workflows/note', {
   search: { lead: '{{input.lead}}' },
   steps: [{ key: 'note', kind: 'transform', input: { lead: '{{input.lead}}', text: '{{input.text}}' } }],
 });
+await api('PUT', '/v1/workflows/paced', {
+  steps: [{ key: 'first', kind: 'transform', input: { k: '{{input.k}}' } },
+    { key: 'later', kind: 'transform', needs: ['first'], delay: '1s', concurrency_key: '{{input.k}}', input: {} }],
+});
 await api('PUT', '/v1/workflows/fanout', {
   steps: [{ key: 'each', kind: 'map',
     input: { items: '{{input.items}}', concurrency: 200, step: { kind: 'transform', input: { n: '{{index}}' } } } }],
@@ -173,6 +177,7 @@ const toCancel = await api('POST', '/v1/runs', {
 const bulkA = await api('POST', '/v1/runs', { workflow: 'lead_touch', input: { lead: { id: 40001, name: 'a', site: 'x' } }, tags: { bulk: 'yes' } });
 const bulkB = await api('POST', '/v1/runs', { workflow: 'lead_touch', input: { lead: { id: 40002, name: 'b', site: 'x' } }, tags: { bulk: 'yes' } });
 const flaky = await api('POST', '/v1/runs', { workflow: 'flaky', input: { lead: 'flaky-1' } });
+const paced = await api('POST', '/v1/runs', { workflow: 'paced', input: { k: 'lane-1' } });
 const fan = await api('POST', '/v1/runs', { workflow: 'fanout', input: { items: Array.from({ length: 1000 }, (_, i) => i) } });
 const member = await api('POST', '/v1/keys', { tenant: 1, role: 'member' });
 await api('PUT', '/v1/schedules/nightly', { workflow: 'note', cron: '0 3 * * *', tz: 'Europe/Berlin',
@@ -180,6 +185,7 @@ await api('PUT', '/v1/schedules/nightly', { workflow: 'note', cron: '0 3 * * *',
 await waitRun(flaky.id, ['failed']);
 await waitRun(target.id, ['running']);
 await waitRun(fan.id, ['succeeded'], 60000);
+await waitRun(paced.id, ['succeeded']);
 for (;;) {
   const b = await api('GET', `/v1/batches/${batch.id}`);
   if (b.state !== 'running') break;
@@ -352,6 +358,14 @@ try {
   check((await page.$$('.children-box tbody tr')).length === 100, 'the map items list its children');
   await shot('09-map-1000');
 
+  // the waterfall names its waits: the delay of 1 s after "first", apart from the queue
+  await page.goto(`${base}/#/runs/${paced.id}`, { waitUntil: 'load' });
+  await page.waitForSelector('.wf-row[data-step="later"] .seg.k-attempt');
+  const waits = await page.$$eval('.wf-row[data-step="later"] .seg', (segs) => segs.map((x) => x.getAttribute('title')));
+  check(/^delay 1s: (9\d\d ms|1\.\d\d s)/.test(waits[0]) && waits.every((w) => !/^ready/.test(w) || w.includes('concurrency key {{input.k}}')),
+    `the waterfall shows the step's delay apart from the queue (${waits.join(' | ')})`);
+  await shot('09b-run-delay');
+
   // workflows: versions, definition, diff, start a run (the input is checked by the server)
   await page.keyboard.press('g');
   await page.keyboard.press('w');
@@ -373,11 +387,27 @@ try {
   check((await text()).includes('source=console'), 'a run started from the workflow page carries its tags');
 
   // batches, limits & suppressions, sends
-  await page.goto(`${base}/#/batches/${batch.id}`, { waitUntil: 'load' });
+  await page.keyboard.press('g');
+  await page.keyboard.press('b');
+  await page.waitForSelector(`table.batches tr[data-batch="${batch.id}"]`);
+  const listed = await page.$eval(`tr[data-batch="${batch.id}"]`, (tr) => ({
+    text: tr.innerText, csv: tr.querySelector('a[download$=".csv"]').getAttribute('href') }));
+  check(listed.text.includes(`${seedN.toLocaleString('en-US')}/${seedN.toLocaleString('en-US')}`) &&
+    listed.text.includes('succeeded') && listed.csv === `/v1/batches/${batch.id}/results?format=csv`,
+  `the batch list shows the batch's progress and export (${listed.text.replace(/\s+/g, ' ')})`);
+  await shot('11a-batches');
+  await page.click(`tr[data-batch="${batch.id}"] a[href="#/batches/${batch.id}"]`);
   await page.waitForFunction((n) => document.querySelector('.batch') && document.querySelector('.batch').innerText.includes(`${n.toLocaleString('en-US')} of`), {}, seedN);
   await shot('11-batch');
+  // a limit two requests were taken from (as two steps would): its budget shows what is left
+  await api('PUT', '/v1/rate-limits/crm', { requests_per_s: 0.001, burst_requests: 5 });
+  execFileSync('psql', ['-X', '-q', '-h', pgdir, '-U', 'postgres', '-d', dbname, '-c',
+    "SELECT flowd_rl_take(1, 'crm', 2, 0)"]);
   await page.goto(`${base}/#/limits`, { waitUntil: 'load' });
   await page.waitForSelector('table.suppressions tbody tr');
+  await page.waitForSelector('tr[data-limit="crm"] td.budget .fill[data-pct="60"]');
+  check(/3 of 5 requests/.test(await page.$eval('tr[data-limit="crm"] td.budget', (td) => td.innerText)),
+    'a rate limit shows the budget it has left');
   await page.type('input[name=address]', 'blocked@example.com');
   await page.type('input[name=reason]', XSS.slice(0, 100));
   await page.click('form.filters button[type=submit]');
@@ -453,6 +483,20 @@ try {
   await page.waitForFunction((id) => !document.querySelector(`tr[data-endpoint="${id}"]`), {}, endpoint.id);
   check((await api('GET', '/v1/webhook-endpoints')).endpoints.length === 0, 'delete an endpoint (asked twice)');
 
+  // workers and queue: this server's process with its two workers, the tenant's queue and the
+  // hour's throughput (the seeded runs were all created within it)
+  await page.keyboard.press('g');
+  await page.keyboard.press('q');
+  await page.waitForSelector('table.processes tbody tr[data-process]');
+  const proc = await page.$eval(`tr[data-process]`, (tr) => tr.innerText);
+  check(/\bup\b/.test(proc) && proc.includes(`pid ${server.pid}`), `the processes list this server as up (${proc.replace(/\s+/g, ' ')})`);
+  check((await page.$$('table.workers tbody tr[data-worker]')).length === 2, 'the process shows its two workers');
+  await page.waitForSelector('svg.throughput rect.bar-created');
+  const hour = await page.$eval('.chart-box + p', (p) => p.textContent);
+  const made = Number((/([\d,]+) created/.exec(hour) || ['', '0'])[1].replace(/,/g, ''));
+  check(made >= seedN, `the hour's throughput counts the seeded runs (${hour})`);
+  await shot('18-workers-queue');
+
   // a session cannot change anything without its CSRF value
   expected.push(['POST', '/v1/events', 403]);
   const csrf = await page.evaluate(async () => (await fetch('/v1/events', {
@@ -471,6 +515,10 @@ try {
   expected.push(['GET', '/v1/providers', 404]);
   const admin = await page.evaluate(async () => (await fetch('/v1/providers')).status);
   check(admin === 404, `a member session cannot reach admin routes (${admin})`);
+  await page.goto(`${base}/#/workers`, { waitUntil: 'load' });
+  await page.waitForFunction(() => document.querySelector('section.processes').innerText.includes('operator'));
+  await page.waitForSelector('table.queue tbody tr');
+  check(true, 'a member session sees the queue and not the processes');
   await page.goto(`${base}/#/webhooks`, { waitUntil: 'load' });
   await page.waitForFunction(() => document.querySelector('main').innerText.includes('admin key'));
   check(true, 'a member session is told webhooks need an admin key');

@@ -381,6 +381,14 @@ const batch = expect(await call('POST', '/v1/batches', {
 expect(await call('POST', '/v1/batches', { body: { workflow: 'hello', inputs: 'x' }, bad: true }), 422, 'bad batch');
 expect(await call('GET', `/v1/batches/${batch.id}`), 200, 'batch');
 expect(await call('GET', '/v1/batches/99999999'), 404, 'no batch');
+{ // the list: newest first, paged with ?before
+  const page = expect(await call('GET', '/v1/batches?limit=1'), 200, 'batches').body;
+  if (page.batches.length !== 1 || page.batches[0].id !== batch.id)
+    fail(`batches: the newest is not first: ${JSON.stringify(page).slice(0, 300)}`);
+  const older = expect(await call('GET', `/v1/batches?before=${batch.id}`), 200, 'older batches').body;
+  if (older.batches.some((b) => b.id >= batch.id)) fail(`batches?before: ${JSON.stringify(older).slice(0, 300)}`);
+  expect(await call('GET', '/v1/batches?limit=101'), 400, 'batches limit too big');
+}
 expect(await call('GET', `/v1/batches/${batch.id}/results`), 200, 'results');
 expect(await call('GET', `/v1/batches/${batch.id}/results?format=csv`), 200, 'results csv');
 expect(await call('GET', `/v1/batches/${batch.id}/results?format=xml`), 400, 'bad format');
@@ -418,9 +426,27 @@ void tenant;
 expect(await call('PUT', '/v1/rate-limits/smtp', { body: { requests_per_s: 5 } }), 201, 'limit');
 expect(await call('PUT', '/v1/rate-limits/smtp', { body: { requests_per_s: 6 } }), 200, 'limit again');
 expect(await call('PUT', '/v1/rate-limits/smtp', { body: { per_day: 6 }, bad: true }), 422, 'bad limit');
-expect(await call('GET', '/v1/rate-limits'), 200, 'limits');
+{ // a limit never taken from has its whole burst left
+  const l = expect(await call('GET', '/v1/rate-limits'), 200, 'limits').body.rate_limits.find((x) => x.name === 'smtp');
+  if (!l || l.budget.requests !== 6 || l.budget.burst_requests !== 6 || l.budget.tokens !== null || l.budget.taken_at !== null)
+    fail(`limits: the budget of an untouched limit: ${JSON.stringify(l)}`);
+}
 expect(await call('DELETE', '/v1/rate-limits/smtp'), 204, 'drop limit');
 expect(await call('DELETE', '/v1/rate-limits/smtp'), 404, 'drop no limit');
+{ // the process registry (the operator's admin keys only) and the tenant's queue
+  const w = expect(await call('GET', '/v1/workers'), 200, 'workers').body;
+  const me = w.processes.find((p) => p.listen === new URL(base).host);
+  if (!me || me.state !== 'up' || me.workers.length !== 1 || !me.workers[0].tick || !me.webhooks)
+    fail(`workers: this server is not listed as up with its one worker: ${JSON.stringify(w)}`);
+  const other = expect(await call('POST', '/v1/keys', { body: { tenant: 'acme', role: 'admin' } }), 201, 'acme admin key').body;
+  expect(await call('GET', '/v1/workers', { key: other.key }), 404, 'workers for another tenant\'s admin');
+  const q = expect(await call('GET', '/v1/queue', { key: other.key }), 200, 'queue of acme').body;
+  if (q.workflows.length !== 0 || q.due !== 0) fail(`acme's queue holds another tenant's steps: ${JSON.stringify(q)}`);
+  expect(await call('DELETE', `/v1/keys/${other.id}`), 204, 'revoke acme admin key');
+  const mine = expect(await call('GET', '/v1/queue'), 200, 'queue').body;
+  if (mine.minutes.length !== 60 || mine.minutes.reduce((n, m) => n + m.created, 0) < 1)
+    fail(`queue: the last hour shows none of this test's runs: ${JSON.stringify(mine.minutes.slice(-3))}`);
+}
 { // usage and prices: the mail run above sent one message (sandbox: no cost)
   const u = expect(await call('GET', '/v1/usage?group_by=channel'), 200, 'usage').body;
   if (!u.groups || !u.groups.some((g) => g.key === 'email' && g.sends.messages >= 1))

@@ -164,6 +164,25 @@ static void test_rate_limit_api(void **state)
     }
     assert_int_equal(mine, 1);
     json_decref(list);
+    /* the budget left: 400 of the 1,000 tokens taken, a few refilled since */
+    snprintf(sql, sizeof sql, "SELECT wait_ms FROM flowd_rl_take(%lld, 'lims_api', 0, 400)",
+             w->tenant);
+    assert_int_equal(th_pg_long(db, sql), 0);
+    list = th_api_json(api, 200, "GET", "/v1/rate-limits", NULL);
+    json_array_foreach (json_object_get(list, "rate_limits"), i, r) {
+        if (strcmp(json_string_value(json_object_get(r, "name")), "lims_api") != 0)
+            continue;
+        const json_t *b = json_object_get(r, "budget");
+        double left = json_number_value(json_object_get(b, "tokens"));
+        print_message("lims_api budget: %.1f tokens\n", left);
+        assert_true(left >= 600.0 && left < 700.0);
+        assert_true(json_number_value(json_object_get(b, "burst_tokens")) == 1000.0);
+        assert_true(json_is_null(json_object_get(b, "requests")));
+        assert_true(json_is_string(json_object_get(b, "taken_at")));
+        mine++;
+    }
+    assert_int_equal(mine, 2);
+    json_decref(list);
     expect_error(api, 404, "DELETE", "/v1/rate-limits/lims_theirs", NULL, "not_found", NULL);
     expect_status(api, 204, "DELETE", "/v1/rate-limits/lims_api");
     expect_error(api, 404, "DELETE", "/v1/rate-limits/lims_api", NULL, "not_found", NULL);

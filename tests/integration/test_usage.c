@@ -155,6 +155,24 @@ static void test_llm_usage(void **state)
                                   "provider=\"anthropic\",model=\"claude-sonnet-4-5\","
                                   "direction=\"output\"") > tok0);
 
+    /* tokens read from the prompt cache are recorded with the call and priced at the cached
+     * rate (claude-sonnet-4: $0.30 per million): Anthropic reports them besides input_tokens */
+    th_llm_push(an, &(th_llm_answer){.text = "{\"ok\": true}", .cache_read = 1000});
+    long long crun = th_api_start_run(a, "js", "{}");
+    json_decref(th_api_wait_run(a, crun, 20, 30, NULL, NULL));
+    assert_int_equal(th_pg_longf(db,
+                                 "SELECT count(*) FROM usage_records WHERE run_id = %lld AND"
+                                 " input_tokens = 1012 AND cached_tokens = 1000 AND"
+                                 " cost_usd = round((12 * 3.0 + 1000 * 0.30 + output_tokens * 15.0)"
+                                 " / 1000000, 10)",
+                                 crun),
+                     1);
+    char *cpath = eng_xasprintf("/v1/runs/%lld", crun);
+    body = th_api_json(a, 200, "GET", cpath, NULL);
+    assert_int_equal(jpath_int(body, "usage", "llm", "cached_input_tokens"), 1000);
+    json_decref(body);
+    free(cpath);
+
     /* a tenant's own price applies from now on; the recorded cost stays what it was */
     char *before = th_pg_valuef(db, "SELECT cost_usd::text FROM usage_records WHERE run_id = %lld",
                                 run);

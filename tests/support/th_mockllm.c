@@ -128,28 +128,32 @@ static void error_answer(th_llm *m, const th_llm_answer *a, th_mock_resp *r,
     json_decref(body);
 }
 
-static char *openai_success(const char *model, const char *text, const char *finish)
+static char *openai_success(const char *model, const char *text, const char *finish,
+                            int cache_read)
 {
     json_t *j = json_pack("{s:s, s:s, s:i, s:s, s:[{s:i, s:{s:s, s:s, s:n}, s:n, s:s}], "
-                          "s:{s:i, s:i, s:i}, s:s}",
+                          "s:{s:i, s:i, s:i, s:{s:i}}, s:s}",
                           "id", "chatcmpl-MOCK01", "object", "chat.completion", "created",
                           1767225600, "model", model, "choices", "index", 0, "message", "role",
                           "assistant", "content", text, "refusal", "logprobs", "finish_reason",
                           finish, "usage", "prompt_tokens", 14, "completion_tokens", 2,
-                          "total_tokens", 16, "system_fingerprint", "fp_mock01");
+                          "total_tokens", 16, "prompt_tokens_details", "cached_tokens",
+                          cache_read, "system_fingerprint", "fp_mock01");
     char *s = json_dumps(j, JSON_COMPACT);
     json_decref(j);
     return s;
 }
 
-static char *anthropic_success(const char *model, const char *text, const char *finish)
+static char *anthropic_success(const char *model, const char *text, const char *finish,
+                               int cache_read)
 {
     json_t *j = json_pack("{s:s, s:s, s:s, s:s, s:[{s:s, s:s}], s:s, s:n, s:{s:i, s:i, s:i, "
                           "s:i}}",
                           "id", "msg_MOCK01", "type", "message", "role", "assistant", "model",
                           model, "content", "type", "text", "text", text, "stop_reason", finish,
                           "stop_sequence", "usage", "input_tokens", 12, "output_tokens", 3,
-                          "cache_creation_input_tokens", 0, "cache_read_input_tokens", 0);
+                          "cache_creation_input_tokens", 0, "cache_read_input_tokens",
+                          cache_read);
     char *s = json_dumps(j, JSON_COMPACT);
     json_decref(j);
     return s;
@@ -335,7 +339,7 @@ static void handler(void *arg, const th_mock_req *req, th_mock_resp *r)
             eng_buf_deinit(&b);
         } else {
             char *s = (anth ? anthropic_success : openai_success)(model ? model : "?", text,
-                                                                  finish);
+                                                                  finish, a->cache_read);
             th_mock_resp_header(r, "Content-Type", "application/json");
             th_mock_resp_header(r, anth ? "request-id" : "x-request-id", "req_mock01");
             th_mock_resp_body(r, s, strlen(s));

@@ -35,6 +35,8 @@ typedef struct th_llm_answer {
     bool drop;                  /* close the connection without answering */
     bool echo;                  /* the error's message repeats the request's credential headers
                                    and target, as some servers and proxies do */
+    int cache_read;             /* plain success: input tokens read from the prompt cache
+                                   (OpenAI: of the 14 prompt tokens; Anthropic: besides the 12) */
 } th_llm_answer;
 
 typedef struct th_llm th_llm;

@@ -29,11 +29,23 @@ static void test_output(void **state)
     json_decref(want);
     json_decref(out);
 
+    /* cached input tokens, part of the input, at the cached price: 1000 - 800 at 0.15, 800 at
+     * 0.075 and 500 at 0.60 per million */
+    a = (llm_answer){.provider = "openai", .model = "gpt-4o-mini", .text = "x", .finish = "",
+                     .in_tokens = 1000, .out_tokens = 500, .cached_tokens = 800};
+    out = llm_answer_output(&a);
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(out, "usage"),
+                                                        "cached_input_tokens")),
+                     800);
+    assert_true(json_real_value(json_object_get(out, "cost_usd")) == 0.00039);
+    json_decref(out);
+
     /* an unknown model has no cost; the sandbox never has one */
-    double pin, pout;
-    assert_false(llm_answer_price("llama-3", &pin, &pout));
-    assert_true(llm_answer_price("gpt-4o-2024-08-06", &pin, &pout));
-    assert_true(pin == 2.50 && pout == 10.00);
+    double pin, pout, pcached;
+    assert_false(llm_answer_price("llama-3", &pin, &pout, &pcached));
+    assert_true(llm_answer_cost("llama-3", 10, 10, 0) < 0);
+    assert_true(llm_answer_price("gpt-4o-2024-08-06", &pin, &pout, &pcached));
+    assert_true(pin == 2.50 && pout == 10.00 && pcached == 1.25);
     a = (llm_answer){.provider = "sandbox", .model = "gpt-4o", .text = "x", .finish = "length"};
     out = llm_answer_output(&a);
     assert_null(json_object_get(out, "cost_usd"));

@@ -38,6 +38,7 @@ typedef struct expected {
     const char *text, *finish, *error;
     long long in_tokens, out_tokens;
     bool done;
+    long long cached_tokens; /* of in_tokens */
 } expected;
 
 static void check_parse(prov_id prov, bool stream, const char *name, const expected *w)
@@ -53,6 +54,7 @@ static void check_parse(prov_id prov, bool stream, const char *name, const expec
     assert_int_equal(r.in_tokens, w->in_tokens);
     assert_int_equal(r.out_tokens, w->out_tokens);
     assert_int_equal(r.done, w->done);
+    assert_int_equal(r.cached_tokens, w->cached_tokens);
     llm_reply_deinit(&r);
     free(body);
 }
@@ -110,6 +112,28 @@ static void test_anthropic(void **state)
     check_parse(PROV_ANTHROPIC, true, "anthropic_stream_error.sse",
                 &(expected){.text = "Hi", .finish = "", .error = "overloaded_error: Overloaded", 12, 1,
                         false});
+}
+
+/* Prompt-cache reads, as each provider reports them: OpenAI counts them inside prompt_tokens
+ * (prompt_tokens_details.cached_tokens); Anthropic leaves them and the tokens written to the cache
+ * out of input_tokens (cache_read_input_tokens, cache_creation_input_tokens), so they are added. */
+static void test_cached_tokens(void **state)
+{
+    (void)state;
+    check_parse(PROV_OPENAI, false, "openai_cached.json",
+                &(expected){.text = "Same again.", .finish = "stop", .error = "", .in_tokens = 2006,
+                            .out_tokens = 300, .done = true, .cached_tokens = 1920});
+    check_parse(PROV_OPENAI, true, "openai_stream_cached.sse",
+                &(expected){.text = "Cached.", .finish = "stop", .error = "", .in_tokens = 1500,
+                            .out_tokens = 3, .done = true, .cached_tokens = 1408});
+    check_parse(PROV_ANTHROPIC, false, "anthropic_cached.json",
+                &(expected){.text = "Same again.", .finish = "stop", .error = "",
+                            .in_tokens = 21 + 188 + 1800, .out_tokens = 393, .done = true,
+                            .cached_tokens = 1800});
+    check_parse(PROV_ANTHROPIC, true, "anthropic_stream_cached.sse",
+                &(expected){.text = "Cached.", .finish = "stop", .error = "",
+                            .in_tokens = 21 + 1988, .out_tokens = 5, .done = true,
+                            .cached_tokens = 1988});
 }
 
 static void test_not_an_answer(void **state)
@@ -240,6 +264,7 @@ int main(void)
         cmocka_unit_test(test_openai_stream),
         cmocka_unit_test(test_local_stream_without_done),
         cmocka_unit_test(test_anthropic),
+        cmocka_unit_test(test_cached_tokens),
         cmocka_unit_test(test_not_an_answer),
         cmocka_unit_test(test_openai_bodies),
         cmocka_unit_test(test_anthropic_bodies),
