@@ -51,6 +51,12 @@ void api_call_respond_error(api_call *call, int status, const char *code, const 
                             const char *field);
 /* Maps err->rc to a status and code (one table for the whole API) and answers. */
 void api_call_respond_err(api_call *call, const eng_err *err);
+/* Checks the input an event (name, key, data: JSON text) gives each version it triggers
+ * (triggers: the rows of WF_TRIGGER_ROWS_SQL, engine/wf_trigger.h) for POST /v1/events and the
+ * custom hooks: the ids of the versions to start (caller frees), or NULL when the call was
+ * answered (422 invalid_input naming the field in the event, or the error). */
+char *api_trigger_ids(api_call *call, const PGresult *triggers, const char *name,
+                      const char *key, const char *data_json);
 /* Answers with the JSON text of column 0 of row 0 (already JSON from SQL), or 404 when NULL. */
 void api_call_respond_row_json(api_call *call, int status, const PGresult *res, const char *what);
 void api_call_free(api_call *call);

@@ -562,19 +562,9 @@ static void ch_triggers_cb(api_call *call, const eng_err *err, const PGresult *r
         return;
     }
     const ch_post *p = call->data;
-    json_t *data = json_loads(p->data, 0, NULL);
-    char *ids = NULL;
-    eng_err why;
-    eng_rc rc = wf_trigger_check_rows(res, p->name, p->key, data, &ids, &why);
-    json_decref(data);
-    if (rc == ENG_EINVAL) {
-        api_call_respond_error(call, 422, "invalid_input", why.msg, why.field);
+    char *ids = api_trigger_ids(call, res, p->name, p->key, p->data);
+    if (!ids)
         return;
-    }
-    if (rc != ENG_OK) {
-        api_call_respond_err(call, &why);
-        return;
-    }
     const char *params[] = {call->tenant_s, call->params[0], p->dedup, p->name,
                             p->key,         p->data,         ids};
     api_call_db(call,

@@ -474,6 +474,21 @@ static void event_post_free(void *arg)
     free(ev);
 }
 
+char *api_trigger_ids(api_call *call, const PGresult *triggers, const char *name,
+                      const char *key, const char *data_json)
+{
+    json_t *data = json_loads(data_json, 0, NULL);
+    char *ids = NULL;
+    eng_err why;
+    eng_rc rc = wf_trigger_check_rows(triggers, name, key, data, &ids, &why);
+    json_decref(data);
+    if (rc == ENG_EINVAL)
+        api_call_respond_error(call, 422, "invalid_input", why.msg, why.field);
+    else if (rc != ENG_OK)
+        api_call_respond_err(call, &why);
+    return ids;
+}
+
 /* The triggered versions: when every check passed, the event is applied starting exactly those
  * versions (engine/wf_trigger.h). */
 static void event_triggers_cb(api_call *call, const eng_err *err, const PGresult *res)
@@ -483,19 +498,9 @@ static void event_triggers_cb(api_call *call, const eng_err *err, const PGresult
         return;
     }
     const event_post *ev = call->data;
-    json_t *data = json_loads(ev->data, 0, NULL);
-    char *ids = NULL;
-    eng_err why;
-    eng_rc rc = wf_trigger_check_rows(res, ev->name, ev->key, data, &ids, &why);
-    json_decref(data);
-    if (rc == ENG_EINVAL) {
-        api_call_respond_error(call, 422, "invalid_input", why.msg, why.field);
+    char *ids = api_trigger_ids(call, res, ev->name, ev->key, ev->data);
+    if (!ids)
         return;
-    }
-    if (rc != ENG_OK) {
-        api_call_respond_err(call, &why);
-        return;
-    }
     const char *params[] = {call->tenant_s, ev->name, ev->key, ev->data, ids};
     api_call_db(call, WF_TRIGGER_APPLY_SQL, 5, params, event_post_cb);
     free(ids);

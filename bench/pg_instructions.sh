@@ -1,24 +1,27 @@
 #!/usr/bin/env bash
-# bench/run instructions [--runs N] [--batch N]: the instructions PostgreSQL executes per one-step
-# run worked through flowd_work(), counted by callgrind; prints one JSON object. Unlike CPU time on
-# a shared VM, the count repeats to within a fraction of a percent, so it shows changes of a few
-# percent in the server's work per step that throughput figures cannot.
+# bench/run instructions [--runs N] [--batch N] [--setup SQL]: the instructions PostgreSQL executes
+# per one-step run worked through flowd_work(), counted by callgrind; prints one JSON object. Unlike
+# CPU time on a shared VM, the count repeats to within a fraction of a percent, so it shows changes
+# of a few percent in the server's work per step that throughput figures cannot.
 #
 # A throw-away cluster gets the migrations of the build (flowd migrate), one single-step transform
 # workflow and N runs of it (default 4,000). The server is then stopped and started again in
 # single-user mode under valgrind, where a DO block works every run the way a worker does: each
 # flowd_work() call reports the outcomes of the steps the previous call claimed and claims up to
 # --batch more (default 500). Only the DO block is counted (--toggle-collect=ExecuteDoStmt).
+# --setup runs SQL on the database after the migrations, before the runs are made: what a part of
+# the schema costs is the difference it makes when dropped (--setup 'DROP INDEX runs_active').
 # Reported: ir_per_step. Needs valgrind (apt-get install valgrind) and a build (FLOWD_BUILD_DIR,
 # else ./build, else <repo>/build). Takes about a minute.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-runs=4000 batch=500
+runs=4000 batch=500 setup=
 while [ $# -gt 0 ]; do
   case "$1" in
   --runs) runs=${2:?}; shift 2 ;;
   --batch) batch=${2:?}; shift 2 ;;
-  *) echo "usage: bench/run instructions [--runs N] [--batch N]" >&2; exit 2 ;;
+  --setup) setup=${2:?}; shift 2 ;;
+  *) echo "usage: bench/run instructions [--runs N] [--batch N] [--setup SQL]" >&2; exit 2 ;;
   esac
 done
 [[ $runs =~ ^[1-9][0-9]*$ && $batch =~ ^[1-9][0-9]*$ ]] \
@@ -39,6 +42,7 @@ cat >"$dir/one.json" <<'EOF'
 EOF
 FLOWD_LOG_LEVEL=warn "$build/flowd" --database "$db" migrate >/dev/null
 FLOWD_LOG_LEVEL=warn "$build/flowd" --database "$db" enqueue --workflow "$dir/one.json" --input '{"n": 0}' >/dev/null
+[ -z "$setup" ] || psql "$db" -q -v ON_ERROR_STOP=1 -c "$setup" >/dev/null
 psql "$db" -q -v ON_ERROR_STOP=1 -v runs="$runs" >/dev/null <<'EOF'
 SET client_min_messages = warning;
 TRUNCATE runs, steps, run_events CASCADE;
@@ -69,5 +73,5 @@ EOF
   <"$dir/work.sql" >"$dir/single.log" 2>&1 || { cat "$dir/single.log" >&2; exit 1; }
 grep -q 'not_succeeded = "0"' "$dir/single.log" || { echo "bench/run instructions: not every run succeeded" >&2; cat "$dir/single.log" >&2; exit 1; }
 ir=$(awk '/^(summary|totals):/ {print $2; exit}' "$dir/callgrind.out")
-printf '{"benchmark":"instructions","runs":%d,"batch":%d,"ir_per_step":%d,"postgres_version":"%s"}\n' \
-  "$runs" "$batch" $((ir / runs)) "$version"
+printf '{"benchmark":"instructions","runs":%d,"batch":%d,"ir_per_step":%d,"postgres_version":"%s","setup":%s}\n' \
+  "$runs" "$batch" $((ir / runs)) "$version" "$(python3 -c 'import json,sys; print(json.dumps(sys.argv[1] or None))' "$setup")"

@@ -658,6 +658,7 @@ CREATE INDEX webhook_attempts_send ON public.webhook_attempts USING btree (send_
 CREATE INDEX webhook_deliveries_received ON public.webhook_deliveries USING btree (received_at);
 CREATE UNIQUE INDEX webhook_endpoints_signer ON public.webhook_endpoints USING btree (tenant_id) WHERE (url IS NULL);
 CREATE INDEX webhook_endpoints_tenant ON public.webhook_endpoints USING btree (tenant_id, id);
+CREATE INDEX webhook_messages_created ON public.webhook_messages USING btree (created_at);
 CREATE INDEX webhook_sends_due ON public.webhook_sends USING btree (endpoint_id, next_at) WHERE (state = 'pending'::text);
 CREATE INDEX webhook_sends_message ON public.webhook_sends USING btree (message_id);
 CREATE INDEX webhook_sends_tenant ON public.webhook_sends USING btree (tenant_id, id);

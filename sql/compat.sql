@@ -135,3 +135,11 @@ LANGUAGE sql STABLE AS $$
     SELECT flowd_runs_page(p_tenant, jsonb_strip_nulls(jsonb_build_object(
                'workflow', p_workflow, 'state', p_state, 'batch', p_batch)), p_cursor, p_limit)
 $$;
+
+-- The previous release's recording of llm answers (flowd_llm_record_costs without the costs), for
+-- its workers during a rolling upgrade.
+CREATE OR REPLACE FUNCTION flowd_llm_record_many(p_rows jsonb)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM 1 FROM flowd_llm_record_costs(p_rows);
+END $$;

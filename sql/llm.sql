@@ -14,11 +14,12 @@ RETURNS TABLE (i integer, output jsonb) LANGUAGE sql STABLE AS $$
                         AND r.item = coalesce(k.item, '') AND r.request_hash = k.hash
 $$;
 
--- p_rows: [{"tenant", "run", "step", "item", "hash", "output"}]. Every row is an answer a provider
--- gave (and charged for), so it is also recorded as usage (sql/usage.sql); a replayed answer is
--- read by flowd_llm_lookup_many and never comes here.
-CREATE OR REPLACE FUNCTION flowd_llm_record_many(p_rows jsonb)
-RETURNS void LANGUAGE plpgsql AS $$
+-- p_rows: [{"i", "tenant", "run", "step", "item", "hash", "output"}]. Every row is an answer a
+-- provider gave (and charged for), so it is also recorded as usage (sql/usage.sql); a replayed
+-- answer is read by flowd_llm_lookup_many and never comes here. Answers each row's cost as usage
+-- recorded it (the tenant's prices), by i.
+CREATE OR REPLACE FUNCTION flowd_llm_record_costs(p_rows jsonb)
+RETURNS TABLE (i integer, cost_usd numeric) LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO llm_records (tenant_id, run_id, step_key, item, request_hash, output)
     SELECT DISTINCT ON (x.run, x.step, coalesce(x.item, ''))
@@ -28,11 +29,19 @@ BEGIN
     ON CONFLICT (run_id, step_key, item)
     DO UPDATE SET request_hash = EXCLUDED.request_hash, output = EXCLUDED.output,
                   created_at = now();
-    PERFORM flowd_usage_add(jsonb_agg(jsonb_build_object(
-                'tenant', x.tenant, 'run', x.run, 'step', x.step, 'kind', 'llm',
-                'provider', x.output->>'provider', 'model', x.output->>'model',
-                'input_tokens', x.output->'usage'->'input_tokens',
-                'output_tokens', x.output->'usage'->'output_tokens',
-                'cached_tokens', x.output->'usage'->'cached_input_tokens')))
-       FROM jsonb_to_recordset(p_rows) AS x(tenant bigint, run bigint, step text, output jsonb);
+    RETURN QUERY
+    WITH r AS (
+        SELECT x.* FROM ROWS FROM (jsonb_to_recordset(p_rows)
+                            AS (i integer, tenant bigint, run bigint, step text, output jsonb))
+                        WITH ORDINALITY AS x(i, tenant, run, step, output, ord))
+    SELECT r.i, u.cost_usd
+      FROM flowd_usage_add((SELECT jsonb_agg(jsonb_build_object(
+                                'tenant', r.tenant, 'run', r.run, 'step', r.step, 'kind', 'llm',
+                                'provider', r.output->>'provider', 'model', r.output->>'model',
+                                'input_tokens', r.output->'usage'->'input_tokens',
+                                'output_tokens', r.output->'usage'->'output_tokens',
+                                'cached_tokens', r.output->'usage'->'cached_input_tokens')
+                                ORDER BY r.ord)
+                              FROM r)) u
+      JOIN r ON r.ord = u.ord;
 END $$;

@@ -4,8 +4,10 @@
 -- applies this file again whenever its checksum changes (sql/README.md). A four-digit number names
 -- the migration in migrations/ where a function or a table was first written or changed (history).
 
--- Deletes up to about p_limit runs finished before p_before (and their batches when whole);
--- returns how many runs went. Safe to run from many processes at once (SKIP LOCKED). The runs to
+-- Deletes up to about p_limit runs finished before p_before (and their batches when whole), and
+-- up to p_limit outbound webhook messages created before it whose deliveries all ended (with their
+-- deliveries and attempts); returns the larger of the two counts, so a caller goes on at once
+-- while either has a backlog. Safe to run from many processes at once (SKIP LOCKED). The runs to
 -- delete are found below flowd_runs_created_bound(p_before), oldest first, instead of through an
 -- index on finished_at; the tables without a run (webhook dedup keys, the answer cache) are pruned
 -- too.
@@ -15,6 +17,7 @@ DECLARE
     v_bound   bigint := flowd_runs_created_bound(p_before);
     v_runs    bigint[];
     v_batches bigint[];
+    v_msgs    integer;
 BEGIN
     SELECT array_agg(r.id) INTO v_runs FROM (
         SELECT id FROM runs
@@ -43,8 +46,18 @@ BEGIN
         SELECT tenant_id, provider, dedup_key FROM webhook_deliveries
          WHERE received_at < p_before ORDER BY received_at LIMIT p_limit) old
      WHERE (d.tenant_id, d.provider, d.dedup_key) = (old.tenant_id, old.provider, old.dedup_key);
+    -- a message still pending for some endpoint (a paused one, say) stays until it is delivered
+    -- or given up; one whose endpoints were all deleted has no delivery left and goes
+    DELETE FROM webhook_messages m WHERE m.id IN (
+        SELECT x.id FROM webhook_messages x
+         WHERE x.created_at < p_before
+           AND NOT EXISTS (SELECT 1 FROM webhook_sends s
+                            WHERE s.message_id = x.id AND s.state = 'pending')
+         ORDER BY x.created_at LIMIT p_limit
+           FOR UPDATE SKIP LOCKED);
+    GET DIAGNOSTICS v_msgs = ROW_COUNT;
     IF v_runs IS NULL OR cardinality(v_runs) = 0 THEN
-        RETURN 0;
+        RETURN v_msgs;
     END IF;
     DELETE FROM run_events WHERE run_id = ANY (v_runs);
     DELETE FROM outbox WHERE run_id = ANY (v_runs);
@@ -53,9 +66,10 @@ BEGIN
     DELETE FROM steps WHERE run_id = ANY (v_runs);  -- maps and their items cascade
     DELETE FROM runs WHERE id = ANY (v_runs);  -- cancel_on rows cascade
     IF v_batches IS NOT NULL THEN
-        DELETE FROM batches WHERE id = ANY (v_batches);
+        DELETE FROM webhook_batches_done WHERE batch_id = ANY (v_batches);
+        DELETE FROM batches WHERE id = ANY (v_batches);  -- their callbacks cascade
     END IF;
-    RETURN cardinality(v_runs);
+    RETURN greatest(cardinality(v_runs), v_msgs);
 END $$;
 
 -- The id of the first run created at or after p_at, or one past the last run: a bisection over

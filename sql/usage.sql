@@ -20,7 +20,10 @@ $$;
 -- step, kind: "llm"|"send", provider, model (the channel for a send), input_tokens?,
 -- output_tokens?, cached_tokens? (part of input_tokens), segments?, ok?}]. Sandbox providers cost
 -- nothing. The rollup rows are updated in key order, so concurrent writers cannot deadlock on them.
-CREATE OR REPLACE FUNCTION flowd_usage_add(p_rows jsonb) RETURNS void
+-- Answers each row's cost as recorded (ord: its place in p_rows, from 1), at the tenant's prices,
+-- which is what the processes' cost metrics count.
+CREATE OR REPLACE FUNCTION flowd_usage_add(p_rows jsonb)
+RETURNS TABLE (ord integer, cost_usd numeric)
 LANGUAGE plpgsql AS $$
 DECLARE
     v_now timestamptz := flowd_now();
@@ -29,8 +32,10 @@ BEGIN
     IF p_rows IS NULL OR jsonb_array_length(p_rows) = 0 THEN
         RETURN;
     END IF;
+    RETURN QUERY
     WITH x AS (
-        SELECT x.tenant, x.run, r.batch_id, coalesce(w.name, '') AS workflow, x.step, x.kind,
+        SELECT x.ord::integer, x.tenant, x.run, r.batch_id, coalesce(w.name, '') AS workflow,
+               x.step, x.kind,
                x.provider, x.model, greatest(coalesce(x.input_tokens, 0), 0) AS input_tokens,
                greatest(coalesce(x.output_tokens, 0), 0) AS output_tokens,
                least(greatest(coalesce(x.cached_tokens, 0), 0),
@@ -38,10 +43,12 @@ BEGIN
                CASE WHEN x.kind = 'send' AND x.model = 'sms'
                     THEN greatest(coalesce(x.segments, 1), 1) ELSE 0 END AS segments,
                coalesce(x.ok, true) AS ok
-          FROM jsonb_to_recordset(p_rows)
-               AS x(tenant bigint, run bigint, step text, kind text, provider text, model text,
-                    input_tokens bigint, output_tokens bigint, cached_tokens bigint,
-                    segments integer, ok boolean)
+          FROM ROWS FROM (jsonb_to_recordset(p_rows)
+               AS (tenant bigint, run bigint, step text, kind text, provider text, model text,
+                   input_tokens bigint, output_tokens bigint, cached_tokens bigint,
+                   segments integer, ok boolean)) WITH ORDINALITY
+               AS x(tenant, run, step, kind, provider, model, input_tokens, output_tokens,
+                    cached_tokens, segments, ok, ord)
           LEFT JOIN runs r ON r.id = x.run
           LEFT JOIN workflows w ON w.id = r.workflow_id),
     -- a batch is mostly calls of one model: each (tenant, kind, model, provider) is priced once
@@ -89,31 +96,33 @@ BEGIN
                output_tokens = d.output_tokens + EXCLUDED.output_tokens,
                cached_tokens = d.cached_tokens + EXCLUDED.cached_tokens,
                segments = d.segments + EXCLUDED.segments,
-               cost_usd = d.cost_usd + EXCLUDED.cost_usd)
-    INSERT INTO run_usage AS u (run_id, day, tenant_id, batch_id, llm_calls, input_tokens,
-                                output_tokens, cached_tokens, llm_cost_usd, sends, segments,
-                                send_cost_usd)
-    SELECT b.run, v_day, min(b.tenant), min(b.batch_id),
-           count(*) FILTER (WHERE b.kind = 'llm'),
-           coalesce(sum(b.input_tokens) FILTER (WHERE b.kind = 'llm'), 0),
-           coalesce(sum(b.output_tokens) FILTER (WHERE b.kind = 'llm'), 0),
-           coalesce(sum(b.cached_tokens) FILTER (WHERE b.kind = 'llm'), 0),
-           coalesce(sum(b.cost_usd) FILTER (WHERE b.kind = 'llm'), 0),
-           count(*) FILTER (WHERE b.kind = 'send'),
-           coalesce(sum(b.segments) FILTER (WHERE b.kind = 'send'), 0),
-           coalesce(sum(b.cost_usd) FILTER (WHERE b.kind = 'send'), 0)
-      FROM b
-     WHERE b.run IS NOT NULL
-     GROUP BY b.run
-     ORDER BY b.run
-    ON CONFLICT (run_id, day) DO UPDATE
-       SET llm_calls = u.llm_calls + EXCLUDED.llm_calls,
-           input_tokens = u.input_tokens + EXCLUDED.input_tokens,
-           output_tokens = u.output_tokens + EXCLUDED.output_tokens,
-           cached_tokens = u.cached_tokens + EXCLUDED.cached_tokens,
-           llm_cost_usd = u.llm_cost_usd + EXCLUDED.llm_cost_usd,
-           sends = u.sends + EXCLUDED.sends, segments = u.segments + EXCLUDED.segments,
-           send_cost_usd = u.send_cost_usd + EXCLUDED.send_cost_usd;
+               cost_usd = d.cost_usd + EXCLUDED.cost_usd),
+    ru AS (
+        INSERT INTO run_usage AS u (run_id, day, tenant_id, batch_id, llm_calls, input_tokens,
+                                    output_tokens, cached_tokens, llm_cost_usd, sends, segments,
+                                    send_cost_usd)
+        SELECT b.run, v_day, min(b.tenant), min(b.batch_id),
+               count(*) FILTER (WHERE b.kind = 'llm'),
+               coalesce(sum(b.input_tokens) FILTER (WHERE b.kind = 'llm'), 0),
+               coalesce(sum(b.output_tokens) FILTER (WHERE b.kind = 'llm'), 0),
+               coalesce(sum(b.cached_tokens) FILTER (WHERE b.kind = 'llm'), 0),
+               coalesce(sum(b.cost_usd) FILTER (WHERE b.kind = 'llm'), 0),
+               count(*) FILTER (WHERE b.kind = 'send'),
+               coalesce(sum(b.segments) FILTER (WHERE b.kind = 'send'), 0),
+               coalesce(sum(b.cost_usd) FILTER (WHERE b.kind = 'send'), 0)
+          FROM b
+         WHERE b.run IS NOT NULL
+         GROUP BY b.run
+         ORDER BY b.run
+        ON CONFLICT (run_id, day) DO UPDATE
+           SET llm_calls = u.llm_calls + EXCLUDED.llm_calls,
+               input_tokens = u.input_tokens + EXCLUDED.input_tokens,
+               output_tokens = u.output_tokens + EXCLUDED.output_tokens,
+               cached_tokens = u.cached_tokens + EXCLUDED.cached_tokens,
+               llm_cost_usd = u.llm_cost_usd + EXCLUDED.llm_cost_usd,
+               sends = u.sends + EXCLUDED.sends, segments = u.segments + EXCLUDED.segments,
+               send_cost_usd = u.send_cost_usd + EXCLUDED.send_cost_usd)
+    SELECT b.ord, b.cost_usd FROM b ORDER BY b.ord;
 END $$;
 
 -- A run's (or a batch's) totals from run_usage rows: {llm: {calls, input_tokens, output_tokens,

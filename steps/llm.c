@@ -133,6 +133,15 @@ static void record_result(llm_batch_item *it, const eng_err *err, json_t *found)
     }
     json_t *out = a->output;
     a->output = NULL;
+    /* counted once recorded, at the cost usage recorded (the tenant's prices) */
+    const char *provider = json_string_value(json_object_get(out, "provider"));
+    const json_t *usage = json_object_get(out, "usage");
+    if (provider && strcmp(provider, "sandbox") != 0)
+        eng_metrics_llm_usage(
+            provider, json_string_value(json_object_get(out, "model")),
+            json_integer_value(json_object_get(usage, "input_tokens")),
+            json_integer_value(json_object_get(usage, "output_tokens")),
+            json_integer_value(json_object_get(usage, "cached_input_tokens")), it->cost_usd);
     eng_step_ctx *ctx = attempt_end(a);
     eng_step_succeed(ctx, out);
 }
@@ -155,12 +164,21 @@ static void finish_with(llm_attempt *a, json_t *out)
     llm_batch_record(eng_step_db(a->ctx), batch_item(a, record_result));
 }
 
+/* The statement answers the cost usage recorded with what the call used (the query's own
+ * parameters), so that nothing needs to outlive it: a connection going away drops it unanswered. */
 static void paid_usage_done(void *arg, const eng_err *err, const PGresult *res)
 {
     (void)arg;
-    (void)res;
-    if (err)
+    if (err) {
         log_warn("could not record a paid llm attempt as usage", LOG_S("error", err->msg));
+        return;
+    }
+    if (PQntuples(res) > 0)
+        eng_metrics_llm_usage(PQgetvalue(res, 0, 1), PQgetvalue(res, 0, 2),
+                              strtoll(PQgetvalue(res, 0, 3), NULL, 10),
+                              strtoll(PQgetvalue(res, 0, 4), NULL, 10),
+                              strtoll(PQgetvalue(res, 0, 5), NULL, 10),
+                              strtod(PQgetvalue(res, 0, 0), NULL));
 }
 
 /* The provider answered (and charged for) an attempt that fails anyway (a reply that is not the
@@ -168,9 +186,6 @@ static void paid_usage_done(void *arg, const eng_err *err, const PGresult *res)
 static void paid_failure(const llm_attempt *a, const llm_reply *r)
 {
     const char *pname = prov_name((prov_id)a->prov);
-    double cost = llm_answer_cost(a->model, r->in_tokens, r->out_tokens, r->cached_tokens);
-    eng_metrics_llm_usage(pname, a->model, r->in_tokens, r->out_tokens, r->cached_tokens,
-                          cost > 0 ? cost : 0);
     char tenant[24], run[24], in[24], out[24], cached[24];
     snprintf(tenant, sizeof tenant, "%lld", (long long)eng_step_tenant_id(a->ctx));
     snprintf(run, sizeof run, "%lld", (long long)eng_step_run_id(a->ctx));
@@ -179,10 +194,11 @@ static void paid_failure(const llm_attempt *a, const llm_reply *r)
     snprintf(cached, sizeof cached, "%lld", (long long)r->cached_tokens);
     const char *params[] = {tenant, run, eng_step_key(a->ctx), pname, a->model, in, out, cached};
     eng_db_query(eng_step_db(a->ctx),
-                 "SELECT flowd_usage_add(jsonb_build_array(jsonb_build_object('tenant', $1::bigint,"
-                 " 'run', $2::bigint, 'step', $3::text, 'kind', 'llm', 'provider', $4::text,"
-                 " 'model', $5::text, 'input_tokens', $6::bigint, 'output_tokens', $7::bigint,"
-                 " 'cached_tokens', $8::bigint, 'ok', false)))",
+                 "SELECT u.cost_usd, $4::text, $5::text, $6::bigint, $7::bigint, $8::bigint"
+                 "  FROM flowd_usage_add(jsonb_build_array(jsonb_build_object("
+                 "'tenant', $1::bigint, 'run', $2::bigint, 'step', $3::text, 'kind', 'llm',"
+                 " 'provider', $4::text, 'model', $5::text, 'input_tokens', $6::bigint,"
+                 " 'output_tokens', $7::bigint, 'cached_tokens', $8::bigint, 'ok', false))) u",
                  8, params, paid_usage_done, NULL);
 }
 
@@ -228,8 +244,6 @@ static void call_done(void *arg, const eng_err *err, const eng_http_response *re
                       .cached_tokens = r.cached_tokens,
                       .latency_ms = eng_clock_wall_ms() - a->t0_wall_ms};
     json_t *out = llm_answer_output(&ans);
-    eng_metrics_llm_usage(prov_name(pid), a->model, r.in_tokens, r.out_tokens, r.cached_tokens,
-                          json_number_value(json_object_get(out, "cost_usd")));
     llm_reply_deinit(&r);
     rl_adjust(eng_step_db(a->ctx), eng_step_tenant_id(a->ctx), a->rl_name,
               r.in_tokens + r.out_tokens - a->est_tokens);

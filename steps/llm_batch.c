@@ -68,13 +68,16 @@ static void batch_done(void *arg, const eng_err *err, const PGresult *res)
     llm_batcher *b = bt->b;
     b->inflight[bt->which] = NULL;
     json_t **found = NULL;
-    if (bt->which == BQ_LOOKUP) {
+    if (bt->which == BQ_LOOKUP)
         found = eng_xcalloc(bt->n, sizeof *found);
-        for (int r = 0; !err && res && r < PQntuples(res); r++) {
-            long i = strtol(PQgetvalue(res, r, 0), NULL, 10);
-            if (i >= 0 && (size_t)i < bt->n && !found[i])
-                found[i] = json_loads(PQgetvalue(res, r, 1), 0, NULL);
-        }
+    for (int r = 0; !err && res && r < PQntuples(res); r++) {
+        long i = strtol(PQgetvalue(res, r, 0), NULL, 10);
+        if (i < 0 || (size_t)i >= bt->n)
+            continue;
+        if (found && !found[i])
+            found[i] = json_loads(PQgetvalue(res, r, 1), 0, NULL);
+        else if (!found)
+            bt->items[i]->cost_usd = strtod(PQgetvalue(res, r, 1), NULL);
     }
     for (size_t i = 0; i < bt->n; i++) {
         llm_batch_item *it = bt->items[i];
@@ -145,7 +148,7 @@ static void batch_flush(llm_batcher *b, int which)
     const char *params[] = {s};
     eng_db_query(b->db,
                  which == BQ_LOOKUP ? "SELECT i, output FROM flowd_llm_lookup_many($1::jsonb)"
-                                    : "SELECT flowd_llm_record_many($1::jsonb)",
+                                    : "SELECT i, cost_usd FROM flowd_llm_record_costs($1::jsonb)",
                  1, params, batch_done, bt);
     free(s);
 }

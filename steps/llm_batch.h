@@ -35,6 +35,8 @@ struct llm_batch_item {
     const char *hash;     /* the request hash (lowercase hex) */
     const json_t *output; /* the answer to record (records only) */
     llm_batch_cb *done;
+    /* set by the batcher before done (records only) */
+    double cost_usd; /* what usage recorded the answer to cost, at the tenant's prices */
     /* the batcher's */
     llm_batch_item *next; /* in its waiting list */
     bool queued;          /* waiting, not sent yet */

@@ -39,28 +39,9 @@
 static long deliver(th_api *a, const char *name, const char *body, const char *const *headers,
                     json_t **out)
 {
-    char url[256];
-    snprintf(url, sizeof url, "%s/v1/hooks/custom/%s?tenant=1", th_api_url(a), name);
-    CURL *c = curl_easy_init();
-    struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
-    for (size_t i = 0; headers && headers[i]; i++)
-        h = curl_slist_append(h, headers[i]);
-    th_resp resp = {.body = eng_xstrdup("")};
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-    curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, th_resp_collect);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, &resp);
-    curl_easy_setopt(c, CURLOPT_NOPROXY, "*");
-    assert_int_equal(curl_easy_perform(c), CURLE_OK);
-    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &resp.status);
-    curl_slist_free_all(h);
-    curl_easy_cleanup(c);
-    if (out)
-        *out = json_loads(resp.body, 0, NULL);
-    free(resp.body);
-    return resp.status;
+    char path[256];
+    snprintf(path, sizeof path, "/v1/hooks/custom/%s?tenant=1", name);
+    return th_api_deliver(a, path, body, headers, out);
 }
 
 /* "Name: prefix<HMAC of body>" with sha256/sha1, hex or base64. */

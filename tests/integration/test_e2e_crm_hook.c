@@ -46,28 +46,9 @@ static const char order_1001[] =
 static long deliver(world *w, const char *hook, const char *body, const char *const *headers,
                     json_t **out)
 {
-    char url[256];
-    snprintf(url, sizeof url, "%s/v1/hooks/custom/%s?tenant=1", th_api_url(w->api), hook);
-    CURL *c = curl_easy_init();
-    struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
-    for (size_t i = 0; headers && headers[i]; i++)
-        h = curl_slist_append(h, headers[i]);
-    th_resp resp = {.body = eng_xstrdup("")};
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-    curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, th_resp_collect);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, &resp);
-    curl_easy_setopt(c, CURLOPT_NOPROXY, "*");
-    assert_int_equal(curl_easy_perform(c), CURLE_OK);
-    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &resp.status);
-    curl_slist_free_all(h);
-    curl_easy_cleanup(c);
-    if (out)
-        *out = json_loads(resp.body, 0, NULL);
-    free(resp.body);
-    return resp.status;
+    char path[256];
+    snprintf(path, sizeof path, "/v1/hooks/custom/%s?tenant=1", hook);
+    return th_api_deliver(w->api, path, body, headers, out);
 }
 
 /* "X-Shop-Signature: sha256=<hex HMAC-SHA256 of body>", as the shop computes it. */

@@ -1,7 +1,7 @@
 /* tests/integration/test_retention.c: finished runs past the retention are deleted with what hangs
  * off them (their send ledger rows included), as are provider posts' dedup keys past it; live runs
- * and recent runs stay; a backlog goes at once, not 1,000 runs per 10 s. Time moves with the test
- * clock. */
+ * and recent runs stay; a backlog goes at once, not 1,000 runs per 10 s; outbound webhook messages
+ * past it go, in bounded batches, once their deliveries ended. Time moves with the test clock. */
 // clang-format off
 #include <stdarg.h>
 #include <stddef.h>
@@ -110,6 +110,54 @@ static void test_backlog_goes_at_once(void **state)
     free(db);
 }
 
+/* A webhook message with n deliveries in state (none when n is 0), created days_ago on the engine
+ * clock; each delivery has one attempt. */
+static void webhook_message(const char *db, long long tenant, long long endpoint, int days_ago,
+                            const char *state, int n)
+{
+    th_pg_longf(db,
+                "WITH m AS (INSERT INTO webhook_messages (tenant_id, type, body, created_at)"
+                " VALUES (%lld, 'run.succeeded', '{}', flowd_now() - %d * interval '1 day')"
+                " RETURNING id),"
+                " s AS (INSERT INTO webhook_sends (tenant_id, message_id, endpoint_id, state,"
+                " next_at, created_at) SELECT %lld, m.id, %lld, '%s', flowd_now(), flowd_now()"
+                " FROM m, generate_series(1, %d) RETURNING id),"
+                " a AS (INSERT INTO webhook_attempts (send_id, at, status, latency_ms)"
+                " SELECT s.id, flowd_now(), 200, 1 FROM s RETURNING 1)"
+                " SELECT count(*) FROM a",
+                tenant, days_ago, tenant, endpoint, state, n);
+}
+
+/* Delivered and failed messages past the retention go with their deliveries and attempts, at most
+ * p_limit a pass; a pending one and a recent one stay. */
+static void test_webhook_messages(void **state)
+{
+    (void)state;
+    long long tenant;
+    char *db = th_engine_db("retention_webhooks", &tenant);
+    long long ep = th_pg_longf(db, "INSERT INTO webhook_endpoints (tenant_id, url, secret,"
+                                   " created_at, updated_at) VALUES (%lld, 'https://x.example/',"
+                                   " 'whsec_eA==', now(), now()) RETURNING id",
+                               tenant);
+    for (int i = 0; i < 4; i++)
+        webhook_message(db, tenant, ep, 40, "succeeded", 2);
+    webhook_message(db, tenant, ep, 40, "failed", 1);
+    webhook_message(db, tenant, ep, 40, "succeeded", 0); /* its endpoint was deleted */
+    webhook_message(db, tenant, ep, 40, "pending", 1);
+    webhook_message(db, tenant, ep, 1, "succeeded", 1);
+    const char *prune = "SELECT flowd_prune(flowd_now() - interval '30 days', 4)";
+    assert_int_equal(th_pg_long(db, prune), 4);
+    assert_int_equal(th_pg_long(db, "SELECT count(*) FROM webhook_messages"), 4);
+    assert_int_equal(th_pg_long(db, prune), 2);
+    assert_int_equal(th_pg_long(db, prune), 0);
+    assert_int_equal(th_pg_long(db, "SELECT count(*) FROM webhook_messages"), 2);
+    assert_int_equal(th_pg_long(db, "SELECT count(*) FROM webhook_sends"), 2);
+    assert_int_equal(th_pg_long(db, "SELECT count(*) FROM webhook_sends WHERE state = 'pending'"),
+                     1);
+    assert_int_equal(th_pg_long(db, "SELECT count(*) FROM webhook_attempts"), 2);
+    free(db);
+}
+
 static void test_no_retention_keeps_everything(void **state)
 {
     (void)state;
@@ -175,6 +223,7 @@ int main(void)
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_prunes_only_what_is_past_retention),
+        cmocka_unit_test(test_webhook_messages),
         cmocka_unit_test(test_no_retention_keeps_everything),
         cmocka_unit_test(test_backlog_goes_at_once),
         cmocka_unit_test(test_created_bound),

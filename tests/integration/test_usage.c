@@ -181,8 +181,15 @@ static void test_llm_usage(void **state)
                        " \"input_usd_per_mtok\": 100, \"output_usd_per_mtok\": 200}");
     assert_string_equal(json_string_value(json_object_get(body, "scope")), "tenant");
     json_decref(body);
+    const char *cost_labels = "provider=\"anthropic\",model=\"claude-sonnet-4-5\"";
+    uint64_t nusd0 = eng_metrics_value("flowd_llm_cost_usd_total", cost_labels);
     long long run2 = th_api_start_run(a, "fb", "{\"q\": \"two\"}");
     json_decref(th_api_wait_run(a, run2, 20, 30, NULL, NULL));
+    /* the metric counts the cost usage recorded, at the tenant's price (not the list price):
+     * the counter is kept in units of 1e-9 USD */
+    assert_int_equal(eng_metrics_value("flowd_llm_cost_usd_total", cost_labels) - nusd0,
+                     th_pg_longf(db, "SELECT round(cost_usd * 1000000000) FROM usage_records"
+                                     " WHERE run_id = %lld AND cost_usd > 0.001", run2));
     assert_int_equal(th_pg_longf(db,
                                  "SELECT count(*) FROM usage_records WHERE run_id = %lld AND"
                                  " cost_usd = round((input_tokens * 100.0 + output_tokens * 200.0)"

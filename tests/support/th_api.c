@@ -4,6 +4,7 @@
 #include <curl/curl.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -89,19 +90,26 @@ size_t th_resp_collect(char *p, size_t sz, size_t n, void *arg)
     return sz * n;
 }
 
-char *th_api_raw(th_api *a, const char *method, const char *path, const char *body, long *status)
+/* One request; headers (NULL-terminated "Name: value" lines) after the key when with_key. */
+static char *api_request(th_api *a, const char *method, const char *path, const char *body,
+                         bool with_key, const char *const *headers, long *status)
 {
     CURL *h = curl_easy_init();
     th_resp r = {0, eng_xstrdup(""), 0};
     char url[1024];
     snprintf(url, sizeof url, "%s%s", a->url, path);
-    struct curl_slist *hl = curl_slist_append(NULL, "Authorization: Bearer " TH_API_KEY);
+    struct curl_slist *hl = NULL;
+    if (with_key)
+        hl = curl_slist_append(hl, "Authorization: Bearer " TH_API_KEY);
     if (body)
         hl = curl_slist_append(hl, "Content-Type: application/json");
+    for (size_t i = 0; headers && headers[i]; i++)
+        hl = curl_slist_append(hl, headers[i]);
     curl_easy_setopt(h, CURLOPT_URL, url);
     curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, hl);
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(h, CURLOPT_NOPROXY, "*");
     curl_easy_setopt(h, CURLOPT_TIMEOUT, 120L);
     if (body) {
         curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
@@ -118,6 +126,22 @@ char *th_api_raw(th_api *a, const char *method, const char *path, const char *bo
     curl_slist_free_all(hl);
     curl_easy_cleanup(h);
     return r.body;
+}
+
+char *th_api_raw(th_api *a, const char *method, const char *path, const char *body, long *status)
+{
+    return api_request(a, method, path, body, true, NULL, status);
+}
+
+long th_api_deliver(th_api *a, const char *path, const char *body, const char *const *headers,
+                    json_t **out)
+{
+    long status = 0;
+    char *text = api_request(a, "POST", path, body, false, headers, &status);
+    if (out)
+        *out = json_loads(text, 0, NULL);
+    free(text);
+    return status;
 }
 
 json_t *th_api_json(th_api *a, long status, const char *method, const char *path,

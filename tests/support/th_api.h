@@ -56,6 +56,11 @@ size_t th_resp_collect(char *p, size_t sz, size_t n, void *arg);
  * frees) and the status in *status. */
 char *th_api_raw(th_api *a, const char *method, const char *path, const char *body, long *status);
 /* th_api_raw that must answer `status` and JSON: returns the parsed body (new reference). */
+/* POST body (JSON text) to path without a key, with headers (NULL-terminated "Name: value"
+ * lines), as a service's webhook arrives. Returns the status; *out (when out is not NULL) gets the
+ * answer parsed as JSON, or NULL. */
+long th_api_deliver(th_api *a, const char *path, const char *body, const char *const *headers,
+                    json_t **out);
 json_t *th_api_json(th_api *a, long status, const char *method, const char *path,
                     const char *body);
 /* PUTs workflows/NAME.json of the source tree (th_source_dir) as NAME; returns its version. */
