@@ -457,7 +457,8 @@ try {
   await page.type('input[name=run]', String(hooked.id));
   await page.keyboard.press('Enter');
   await page.waitForFunction(() => document.querySelectorAll('table.deliveries tbody tr[data-delivery]').length === 1 &&
-    document.querySelector('table.deliveries tbody tr[data-delivery]').innerText.includes('succeeded'), { timeout: 15000 });
+    // the delivery's state badge, not the row's text: its event type (run.succeeded) says "succeeded" while pending
+    document.querySelector('table.deliveries tbody tr[data-delivery] span.badge.s-succeeded'), { timeout: 15000 });
   check(hooks.length === 1 && JSON.parse(hooks[0].body).data.id === hooked.id, `the receiver got the run's webhook (${hooks.length})`);
   check((await page.evaluate(() => location.hash)).includes(`run=${hooked.id}`), 'the delivery filter is in the address');
   await press('table.deliveries tbody tr[data-delivery] button.link');
