@@ -42,6 +42,11 @@ static int64_t json_ms(const json_t *v)
     return ms;
 }
 
+/* What PUT, GET and trigger read first: tenant, name, workflow and version (NULL: the stored
+ * schedule's). */
+#define SCHED_GET_SQL                                                                              \
+    "SELECT now_ms, schedule, workflow_found, input_check FROM flowd_schedule_get($1, $2, $3, $4)"
+
 /* Adds "next_fires": the schedule's next ticks from its next_fire, each in UTC and in its zone
  * ([] when none is left or the stored definition cannot be read). Takes schedule (stolen). */
 static json_t *sched_with_ticks(json_t *schedule)
@@ -224,8 +229,7 @@ void api_route_schedule_put(api_call *call)
                             json_string_value(json_object_get(body, "workflow")),
                             json_is_integer(version) ? version_s : NULL};
     api_call_db(call,
-                "SELECT now_ms, schedule, workflow_found, input_check"
-                "  FROM flowd_schedule_get($1, $2, $3, $4)",
+                SCHED_GET_SQL,
                 4, params, sched_prepared_cb);
 }
 
@@ -247,8 +251,7 @@ void api_route_schedule_get(api_call *call)
         return;
     const char *params[] = {call->tenant_s, call->params[0], NULL, NULL};
     api_call_db(call,
-                "SELECT now_ms, schedule, workflow_found, input_check"
-                "  FROM flowd_schedule_get($1, $2, $3, $4)",
+                SCHED_GET_SQL,
                 4, params, sched_get_cb);
 }
 
@@ -366,7 +369,6 @@ void api_route_schedule_trigger(api_call *call)
         return;
     const char *params[] = {call->tenant_s, call->params[0], NULL, NULL};
     api_call_db(call,
-                "SELECT now_ms, schedule, workflow_found, input_check"
-                "  FROM flowd_schedule_get($1, $2, $3, $4)",
+                SCHED_GET_SQL,
                 4, params, sched_trigger_cb);
 }

@@ -600,17 +600,25 @@ BEGIN
     RETURN flowd_webhook_send_obj(v);
 END $$;
 
--- Gives run p_run a one-off callback (in the transaction that creates it). The tenant's callback
--- signer must exist: 55000 otherwise.
-CREATE OR REPLACE FUNCTION flowd_run_callback_set(p_tenant bigint, p_run bigint, p_url text,
-                                                  p_events text[]) RETURNS void
-LANGUAGE plpgsql AS $$
+-- Checks that the tenant's callback signer (the endpoint row without a URL whose secret signs
+-- one-off callbacks of runs and batches) exists: 55000 naming the request's `webhook` otherwise.
+CREATE OR REPLACE FUNCTION flowd_callback_signer(p_tenant bigint) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM webhook_endpoints e WHERE e.tenant_id = p_tenant
                                                        AND e.url IS NULL) THEN
         RAISE EXCEPTION 'the tenant has no callback secret yet: POST /v1/webhook-callback-secret'
               USING ERRCODE = '55000', COLUMN = 'webhook';
     END IF;
+END $$;
+
+-- Gives run p_run a one-off callback (in the transaction that creates it). The tenant's callback
+-- signer must exist: 55000 otherwise.
+CREATE OR REPLACE FUNCTION flowd_run_callback_set(p_tenant bigint, p_run bigint, p_url text,
+                                                  p_events text[]) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM flowd_callback_signer(p_tenant);
     INSERT INTO run_callbacks (run_id, tenant_id, url, events)
     VALUES (p_run, p_tenant, p_url, p_events)
     ON CONFLICT (run_id) DO NOTHING;
@@ -623,11 +631,7 @@ CREATE OR REPLACE FUNCTION flowd_batch_callback_set(p_tenant bigint, p_batch big
                                                     p_events text[]) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM webhook_endpoints e WHERE e.tenant_id = p_tenant
-                                                       AND e.url IS NULL) THEN
-        RAISE EXCEPTION 'the tenant has no callback secret yet: POST /v1/webhook-callback-secret'
-              USING ERRCODE = '55000', COLUMN = 'webhook';
-    END IF;
+    PERFORM flowd_callback_signer(p_tenant);
     INSERT INTO batch_callbacks (batch_id, tenant_id, url, events)
     VALUES (p_batch, p_tenant, p_url, p_events)
     ON CONFLICT (batch_id) DO NOTHING;
