@@ -131,8 +131,10 @@ END $$;
 CREATE OR REPLACE FUNCTION flowd_schedule_withdraw(p_id bigint, p_code text) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_ids  bigint[];
-    v_tick bigint;
+    v_ids       bigint[];
+    v_tick      bigint;
+    v_last      bigint;
+    v_last_tick bigint;
 BEGIN
     -- runs made ahead are the schedule's newest but for those triggered since: at most
     -- lead / (the shortest `every`) + 1 of them
@@ -151,15 +153,15 @@ BEGIN
                                    || CASE p_code WHEN 'schedule_paused' THEN 'was paused'
                                                   WHEN 'schedule_deleted' THEN 'was deleted'
                                                   ELSE 'changed' END));
-    UPDATE schedules s
-       SET next_fire = least(s.next_fire, flowd_epoch_ms(v_tick)),
-           fires = s.fires - cardinality(v_ids),
-           last_run_id = l.id, last_fire = flowd_epoch_ms(l.tick)
-      FROM (SELECT NULL) n
-      LEFT JOIN LATERAL (SELECT x.id, split_part(x.idempotency_key, ':', 3)::bigint AS tick
-                           FROM runs x WHERE x.schedule_id = p_id AND x.idempotency_key IS NOT NULL
-                          ORDER BY x.id DESC LIMIT 1) l ON true
-     WHERE s.id = p_id;
+    -- the latest run left stands as the schedule's last (none: NULL)
+    SELECT x.id, split_part(x.idempotency_key, ':', 3)::bigint INTO v_last, v_last_tick
+      FROM runs x WHERE x.schedule_id = p_id AND x.idempotency_key IS NOT NULL
+     ORDER BY x.id DESC LIMIT 1;
+    UPDATE schedules
+       SET next_fire = least(next_fire, flowd_epoch_ms(v_tick)),
+           fires = fires - cardinality(v_ids),
+           last_run_id = v_last, last_fire = flowd_epoch_ms(v_last_tick)
+     WHERE id = p_id;
 END $$;
 
 -- Pauses or resumes; a resumed schedule catches up on the ticks it missed by its policy. NULL
