@@ -13,8 +13,8 @@
 
 #include "cli/cli.h"
 #include "engine/mem.h"
+#include "engine/secret.h"
 #include "steps/provider.h"
-#include "steps/secret.h"
 
 /* One line of stdin without its line end, or NULL when there is none. */
 static char *stdin_line(void)
@@ -206,13 +206,32 @@ int cli_cmd_secrets(cli_env *env, int argc, char **argv)
                          "UPDATE custom_hooks SET verify = $3::jsonb"
                          " WHERE tenant_id = $1 AND name = $2",
                          "hook", &hooks, &hooks_resealed, &err);
+    /* webhook signing secrets: the current one, then the one still signing after a rotation */
+    int endpoints = 0, endpoints_resealed = 0, previous = 0, previous_resealed = 0;
+    if (rc == ENG_OK)
+        rc = reseal_rows(env,
+                         "SELECT tenant_id, id, jsonb_build_object('secret', secret)::text"
+                         " FROM webhook_endpoints ORDER BY tenant_id, id FOR UPDATE",
+                         "UPDATE webhook_endpoints SET secret = $3::jsonb->>'secret'"
+                         " WHERE tenant_id = $1 AND id = $2",
+                         "webhook endpoint", &endpoints, &endpoints_resealed, &err);
+    if (rc == ENG_OK)
+        rc = reseal_rows(env,
+                         "SELECT tenant_id, id, jsonb_build_object('secret', previous_secret)::text"
+                         " FROM webhook_endpoints WHERE previous_secret IS NOT NULL"
+                         " ORDER BY tenant_id, id FOR UPDATE",
+                         "UPDATE webhook_endpoints SET previous_secret = $3::jsonb->>'secret'"
+                         " WHERE tenant_id = $1 AND id = $2",
+                         "webhook endpoint", &previous, &previous_resealed, &err);
     PGresult *commit = rc == ENG_OK ? cli_exec(env, "COMMIT", 0, NULL, &err) : NULL;
     if (!commit) {
         PQclear(cli_exec(env, "ROLLBACK", 0, NULL, NULL));
         return cli_fail(&err);
     }
     PQclear(commit);
-    printf("%d of %d provider settings and %d of %d custom hooks re-sealed under the current key\n",
-           resealed, rows, hooks_resealed, hooks);
+    printf("%d of %d provider settings, %d of %d custom hooks and %d of %d webhook signing secrets "
+           "re-sealed under the current key\n",
+           resealed, rows, hooks_resealed, hooks, endpoints_resealed + previous_resealed,
+           endpoints + previous);
     return 0;
 }
