@@ -273,7 +273,8 @@ END $$;
 
 -- The run's event log after sequence p_after (at most p_limit events) and whether the run has
 -- finished, read in one snapshot: a stream that saw "finished" with no events left is complete.
--- NULL when the tenant cannot see the run.
+-- The log is run_log: the rows of run_events merged with the routine transitions read from the
+-- run's steps and the run itself, by one sequence. NULL when the tenant cannot see the run.
 CREATE OR REPLACE FUNCTION flowd_run_events_json(p_tenant bigint, p_run bigint, p_after bigint,
                                       p_limit integer) RETURNS jsonb
 LANGUAGE sql STABLE AS $$
@@ -282,7 +283,7 @@ LANGUAGE sql STABLE AS $$
         'events', coalesce((SELECT jsonb_agg(jsonb_build_object(
                         'seq', e.id, 'at', flowd_ms(e.at), 'type', e.type, 'step', e.step_key,
                         'data', e.data) ORDER BY e.id)
-                      FROM (SELECT * FROM run_events x
+                      FROM (SELECT * FROM run_log x
                              WHERE x.run_id = r.id AND x.id > p_after
                              ORDER BY x.id LIMIT p_limit) e), '[]'))
       FROM runs r

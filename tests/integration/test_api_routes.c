@@ -828,13 +828,13 @@ static void test_sse_live_and_resume(void **state)
     assert_non_null(strstr(live.r.body, "event: run.created\n"));
     size_t n;
     long long *ids = sse_ids(live.r.body, &n);
-    char *sql = eng_xasprintf("SELECT count(*) FROM run_events WHERE run_id = %lld", run);
+    char *sql = eng_xasprintf("SELECT count(*) FROM run_log WHERE run_id = %lld", run);
     long total = th_pg_long(db, sql);
     free(sql);
     assert_true(total >= 8); /* created, started, 3 x (step started + succeeded), succeeded */
     assert_int_equal((long)n, total);
     for (size_t i = 0; i < n; i++) {
-        sql = eng_xasprintf("SELECT id FROM run_events WHERE run_id = %lld ORDER BY id OFFSET %zu "
+        sql = eng_xasprintf("SELECT id FROM run_log WHERE run_id = %lld ORDER BY id OFFSET %zu "
                             "LIMIT 1",
                             run, i);
         assert_int_equal(ids[i], th_pg_long(db, sql)); /* each once, in order */
@@ -885,6 +885,75 @@ static void test_sse_live_and_resume(void **state)
     free(ids);
     free(live.r.body);
     free(again.r.body);
+}
+
+/* A run whose log mixes events read from its rows (its start, a's and c's steps, its success) with
+ * logged ones (its creation, b skipped because its need was): nothing routine is written as a row,
+ * and a client resuming after any event, by Last-Event-ID or ?after, gets exactly the events that
+ * follow it, none twice, none left out. */
+static void test_sse_resume_merged_log(void **state)
+{
+    (void)state;
+    put_workflow(key_a, "mixed",
+                 "{\"steps\": [{\"key\": \"a\", \"kind\": \"transform\", \"when\": \"input.go\","
+                 " \"input\": {}},"
+                 " {\"key\": \"b\", \"kind\": \"transform\", \"needs\": [\"a\"], \"input\": {}},"
+                 " {\"key\": \"c\", \"kind\": \"transform\", \"input\": {}}]}");
+    long long run = start_run(key_a, "mixed", "{\"go\": false}");
+    th_workers *ws = th_workers_start(db, 1, "api-mixed", 0, 0, 0);
+    char *sql = eng_xasprintf("SELECT state = 'succeeded' FROM runs WHERE id = %lld", run);
+    assert_true(th_engine_wait(db, sql, 30));
+    free(sql);
+    th_workers_stop(ws);
+    char *rows = th_pg_valuef(db, "SELECT string_agg(type || coalesce(':' || step_key, ''), ','"
+                                  " ORDER BY id) FROM run_events WHERE run_id = %lld", run);
+    assert_string_equal(rows, "run.created,step.skipped:b");
+    free(rows);
+
+    sse_arg all = {.run = run};
+    sse_thread(&all);
+    assert_int_equal(all.r.status, 200);
+    size_t n;
+    long long *ids = sse_ids(all.r.body, &n);
+    assert_int_equal(n, 8);
+    char *types = th_pg_valuef(db, "SELECT string_agg(type || coalesce(':' || step_key, ''), ','"
+                                   " ORDER BY id) FROM run_log WHERE run_id = %lld", run);
+    assert_string_equal(types + strlen(types) - strlen("step.skipped:b,run.succeeded"),
+                        "step.skipped:b,run.succeeded");
+    assert_memory_equal(types, "run.created,run.started,step.started:", 36);
+    free(types);
+    for (size_t i = 0; i < n; i++) {
+        char *q = eng_xasprintf("SELECT id FROM run_log WHERE run_id = %lld ORDER BY id OFFSET %zu"
+                                " LIMIT 1", run, i);
+        assert_int_equal(ids[i], th_pg_long(db, q));
+        free(q);
+    }
+    for (size_t i = 0; i < n; i++) {
+        char last[24];
+        snprintf(last, sizeof last, "%lld", ids[i]);
+        sse_arg again = {.run = run, .last_event_id = last};
+        sse_thread(&again);
+        size_t n2;
+        long long *ids2 = sse_ids(again.r.body, &n2);
+        /* after the last event of a finished run: 204, which ends an EventSource */
+        assert_int_equal(again.r.status, i + 1 == n ? 204 : 200);
+        assert_int_equal(n2, n - i - 1);
+        for (size_t j = 0; j < n2; j++)
+            assert_int_equal(ids2[j], ids[i + 1 + j]);
+        free(ids2);
+        free(again.r.body);
+
+        char path[96];
+        snprintf(path, sizeof path, "/v1/runs/%lld/events?after=%lld", run, ids[i]);
+        json_t *p = expect(call("GET", path, key_a, NULL), 200);
+        json_t *evs = json_object_get(p, "events");
+        assert_int_equal(json_array_size(evs), n - i - 1);
+        for (size_t j = 0; j < json_array_size(evs); j++)
+            assert_int_equal(jint(json_array_get(evs, j), "seq"), ids[i + 1 + j]);
+        json_decref(p);
+    }
+    free(ids);
+    free(all.r.body);
 }
 
 static void test_sse_client_leaves(void **state)
@@ -1015,6 +1084,7 @@ int main(void)
         cmocka_unit_test(test_input_checked_at_enqueue),
         cmocka_unit_test(test_trigger_input_checked),
         cmocka_unit_test(test_sse_live_and_resume),
+        cmocka_unit_test(test_sse_resume_merged_log),
         cmocka_unit_test(test_sse_client_leaves),
         cmocka_unit_test(test_cli_tenant_and_url_mode),
     };
