@@ -115,7 +115,7 @@ LANGUAGE sql IMMUTABLE AS $$
      WHERE v.value IS NOT NULL
 $$;
 
--- A metadata value as free search keeps it (run_search, 0051): lowercased, at most 200 characters
+-- A metadata value as free search keeps it (run_search, 0052): lowercased, at most 200 characters
 -- (the API takes a search of at most 200 bytes, so no prefix it can ask for is cut).
 CREATE OR REPLACE FUNCTION flowd_search_value(p_value text) RETURNS text
 LANGUAGE sql IMMUTABLE AS $$
@@ -136,7 +136,7 @@ $$;
 -- Three per-input arrays (NULL: none; 0034): each run's idempotency key, its start time (its first
 -- steps wait until then; earlier than now means now) and the schedule making it.
 -- Each run keeps its metadata from the workflow's search (flowd_run_meta, 0036), and its values
--- for free search (run_search, 0051).
+-- for free search (run_search, 0052).
 CREATE OR REPLACE FUNCTION flowd_create_runs(p_tenant bigint, p_workflow bigint, p_inputs jsonb,
                                   p_priority integer, p_batch bigint, p_parent_step bigint,
                                   p_parent_indexes integer[], p_idempotency_key text,

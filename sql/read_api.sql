@@ -168,7 +168,7 @@ $$;
 -- checked: workflow, version, state, batch, parent, schedule, meta, q, failed_step, created_after,
 -- created_before, finished_after, finished_before). A queued run whose start is still ahead is
 -- 'scheduled' (flowd_run_state), as its JSON says. q finds the runs with a metadata value that
--- starts with it, ignoring case: a range of run_search_value (0051), the upper bound being q
+-- starts with it, ignoring case: a range of run_search_value (0052), the upper bound being q
 -- followed by the highest code point (U+10FFFF, bytes F4 8F BF BF, above every byte any longer
 -- value can have there), and starts_with the exact test. Only filters given are in the statement, so
 -- each query is planned for what it asks (the metadata GIN index, the recent-runs index) instead
