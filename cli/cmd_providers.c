@@ -13,8 +13,8 @@
 
 #include "cli/cli.h"
 #include "engine/mem.h"
+#include "engine/secret.h"
 #include "steps/provider.h"
-#include "steps/secret.h"
 
 /* One line of stdin without its line end, or NULL when there is none. */
 static char *stdin_line(void)
@@ -170,6 +170,30 @@ static eng_rc reseal_rows(cli_env *env, const char *select, const char *update, 
     return rc;
 }
 
+/* Where secrets are stored, for reseal_rows. Webhook endpoints have two: the current signing
+ * secret and the one still signing after a rotation. */
+static const struct {
+    const char *what, *select, *update;
+} sealed_columns[] = {
+    {"provider",
+     "SELECT tenant_id, provider, settings::text FROM provider_settings"
+     " ORDER BY tenant_id, provider FOR UPDATE",
+     "UPDATE provider_settings SET settings = $3::jsonb, updated_at = now()"
+     " WHERE tenant_id = $1 AND provider = $2"},
+    {"hook",
+     "SELECT tenant_id, name, verify::text FROM custom_hooks ORDER BY tenant_id, name FOR UPDATE",
+     "UPDATE custom_hooks SET verify = $3::jsonb WHERE tenant_id = $1 AND name = $2"},
+    {"webhook endpoint",
+     "SELECT tenant_id, id, jsonb_build_object('secret', secret)::text"
+     " FROM webhook_endpoints ORDER BY tenant_id, id FOR UPDATE",
+     "UPDATE webhook_endpoints SET secret = $3::jsonb->>'secret' WHERE tenant_id = $1 AND id = $2"},
+    {"webhook endpoint",
+     "SELECT tenant_id, id, jsonb_build_object('secret', previous_secret)::text"
+     " FROM webhook_endpoints WHERE previous_secret IS NOT NULL ORDER BY tenant_id, id FOR UPDATE",
+     "UPDATE webhook_endpoints SET previous_secret = $3::jsonb->>'secret'"
+     " WHERE tenant_id = $1 AND id = $2"},
+};
+
 int cli_cmd_secrets(cli_env *env, int argc, char **argv)
 {
     if (argc != 2 || strcmp(argv[1], "rotate") != 0) {
@@ -192,27 +216,20 @@ int cli_cmd_secrets(cli_env *env, int argc, char **argv)
     if (!res)
         return cli_fail(&err);
     PQclear(res);
-    int rows = 0, resealed = 0, hooks = 0, hooks_resealed = 0;
-    eng_rc rc = reseal_rows(env,
-                            "SELECT tenant_id, provider, settings::text FROM provider_settings"
-                            " ORDER BY tenant_id, provider FOR UPDATE",
-                            "UPDATE provider_settings SET settings = $3::jsonb, updated_at = now()"
-                            " WHERE tenant_id = $1 AND provider = $2",
-                            "provider", &rows, &resealed, &err);
-    if (rc == ENG_OK)
-        rc = reseal_rows(env,
-                         "SELECT tenant_id, name, verify::text FROM custom_hooks"
-                         " ORDER BY tenant_id, name FOR UPDATE",
-                         "UPDATE custom_hooks SET verify = $3::jsonb"
-                         " WHERE tenant_id = $1 AND name = $2",
-                         "hook", &hooks, &hooks_resealed, &err);
+    int rows[ENG_ARRAY_LEN(sealed_columns)] = {0}, resealed[ENG_ARRAY_LEN(sealed_columns)] = {0};
+    eng_rc rc = ENG_OK;
+    for (size_t i = 0; rc == ENG_OK && i < ENG_ARRAY_LEN(sealed_columns); i++)
+        rc = reseal_rows(env, sealed_columns[i].select, sealed_columns[i].update,
+                         sealed_columns[i].what, &rows[i], &resealed[i], &err);
     PGresult *commit = rc == ENG_OK ? cli_exec(env, "COMMIT", 0, NULL, &err) : NULL;
     if (!commit) {
         PQclear(cli_exec(env, "ROLLBACK", 0, NULL, NULL));
         return cli_fail(&err);
     }
     PQclear(commit);
-    printf("%d of %d provider settings and %d of %d custom hooks re-sealed under the current key\n",
-           resealed, rows, hooks_resealed, hooks);
+    printf("%d of %d provider settings, %d of %d custom hooks and %d of %d webhook signing secrets "
+           "re-sealed under the current key\n",
+           resealed[0], rows[0], resealed[1], rows[1], resealed[2] + resealed[3],
+           rows[2] + rows[3]);
     return 0;
 }
