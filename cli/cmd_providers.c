@@ -70,6 +70,18 @@ static void print_provider(const json_t *p)
         printf("  %-22s %s\n", k, json_string_value(v));
 }
 
+static void show_provider_answer(const json_t *out, const void *arg)
+{
+    char *const *argv = arg;
+    if (strcmp(argv[1], "list") == 0)
+        cli_show_list(out, "providers", print_provider,
+                      "no provider settings: steps use the environment's");
+    else if (strcmp(argv[1], "delete") == 0)
+        printf("%s: settings removed\n", argv[2]);
+    else
+        print_provider(out);
+}
+
 int cli_cmd_provider(cli_env *env, int argc, char **argv)
 {
     const char *sub = argc > 1 ? argv[1] : "";
@@ -82,37 +94,13 @@ int cli_cmd_provider(cli_env *env, int argc, char **argv)
     json_t *body = set ? set_body(argc - 3, argv + 3) : NULL;
     if (set && !body)
         return 2;
-    eng_err err;
-    cli_api api;
-    if (cli_api_open(env, true, &api, &err) != ENG_OK) {
-        json_decref(body);
-        return cli_fail(&err);
-    }
     char *name = list ? NULL : cli_api_escape(argv[2]);
     char *path = list ? eng_xstrdup("/v1/providers") : eng_xasprintf("/v1/providers/%s", name);
-    json_t *out = NULL;
-    int status = 0;
-    if (!cli_api_request(&api, set ? "PUT" : list ? "GET" : "DELETE", path, body, &out, &err)) {
-        status = cli_fail(&err);
-    } else if (env->json && out) {
-        cli_print_json(out);
-    } else if (set) {
-        print_provider(out);
-    } else if (list) {
-        const json_t *p;
-        size_t i;
-        json_array_foreach (json_object_get(out, "providers"), i, p)
-            print_provider(p);
-        if (json_array_size(json_object_get(out, "providers")) == 0)
-            printf("no provider settings: steps use the environment's\n");
-    } else {
-        printf("%s: settings removed\n", argv[2]);
-    }
-    json_decref(out);
+    int status = cli_api_command(env, set ? "PUT" : list ? "GET" : "DELETE", path, body,
+                                 show_provider_answer, argv);
     json_decref(body);
     free(path);
     free(name);
-    cli_api_free(&api);
     return status;
 }
 
