@@ -183,7 +183,7 @@ void api_route_runs_list(api_call *call)
     char *filter_s = json_dumps(filter, JSON_COMPACT);
     json_decref(filter);
     const char *params[] = {call->tenant_s, filter_s, cursor, limit_s};
-    api_call_db(call, "SELECT flowd_runs_page($1, $2::jsonb, $3, $4)", 4, params, runs_list_cb);
+    api_call_read(call, "SELECT flowd_runs_page($1, $2::jsonb, $3, $4)", 4, params, runs_list_cb);
     free(filter_s);
 }
 
@@ -197,7 +197,7 @@ void api_route_runs_counts(api_call *call)
     char cap_s[24];
     snprintf(cap_s, sizeof cap_s, "%d", API_RUNS_COUNT_CAP);
     const char *params[] = {call->tenant_s, filter_s, cap_s};
-    api_call_db(call, "SELECT flowd_runs_counts($1, $2::jsonb, $3)", 3, params, runs_list_cb);
+    api_call_read(call, "SELECT flowd_runs_counts($1, $2::jsonb, $3)", 3, params, runs_list_cb);
     free(filter_s);
 }
 
@@ -351,7 +351,7 @@ void api_route_batch_get(api_call *call)
     if (!batches_path_id(call))
         return;
     const char *params[] = {call->tenant_s, call->params[0]};
-    api_call_db(call, "SELECT flowd_batch_json($1, $2)", 2, params, batches_row_json_cb);
+    api_call_read(call, "SELECT flowd_batch_json($1, $2)", 2, params, batches_row_json_cb);
 }
 
 #define API_BATCHES_DEFAULT_LIMIT 20
@@ -376,7 +376,7 @@ void api_route_batches_list(api_call *call)
     snprintf(before_s, sizeof before_s, "%lld", before);
     snprintf(limit_s, sizeof limit_s, "%lld", limit);
     const char *params[] = {call->tenant_s, before_q ? before_s : NULL, limit_s};
-    api_call_db(call, "SELECT flowd_batches_json($1, $2, $3)", 3, params, batches_row_json_cb);
+    api_call_read(call, "SELECT flowd_batches_json($1, $2, $3)", 3, params, batches_row_json_cb);
 }
 
 /* ------------------------------------------------------------------------------ exports -- */
