@@ -69,6 +69,16 @@ BEGIN
                                           ('failed', 'cancelled')),
                                 'running', count(*) FILTER (WHERE mi.state = 'running'))
                               FROM map_items mi WHERE mi.step_id = s.id))
+                        ELSE '{}'::jsonb END
+                     -- a step with a concurrency key: the key, and the step it queued behind
+                     -- (0051) as that step is now
+                     || CASE WHEN s.ckey IS NOT NULL THEN jsonb_build_object('concurrency_key',
+                            jsonb_build_object('key', s.ckey, 'queued_behind', (
+                                SELECT jsonb_build_object('run', b.run_id, 'step', b.key,
+                                                          'state', b.state,
+                                                          'finished_at', flowd_ms(b.finished_at))
+                                  FROM ckey_queue q JOIN steps b ON b.id = q.behind
+                                 WHERE q.run_id = s.run_id AND q.step_id = s.id)))
                         ELSE '{}'::jsonb END ORDER BY s.idx) AS list,
                  coalesce(jsonb_agg(s.key ORDER BY s.idx) FILTER (WHERE s.state = 'running'),
                           '[]') AS current,
