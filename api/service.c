@@ -76,7 +76,7 @@ static void api_route_readyz(api_call *call);
 /* The filters of the run list and its counts (api/routes_batches.c) */
 #define API_RUNS_FILTERS                                                                      \
     "workflow", "version", "state", "batch", "parent", "schedule", "failed_step",               \
-        "created_after", "created_before", "finished_after", "finished_before", "meta."
+        "created_after", "created_before", "finished_after", "finished_before", "meta.", "q"
 /* Webhook routes take the query their provider's configuration carries. */
 static const char *const api_query_any[] = {NULL};
 

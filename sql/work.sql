@@ -57,7 +57,8 @@ END $$;
 -- so that a step nothing depends on is not read again. Dependents whose needs are all met become
 -- ready (or skipped, when every need was skipped), and runs whose steps are all finished succeed.
 -- Loops because skipping propagates. The runs must already be locked. A run's output is not
--- written: readers gather it (flowd_run_output).
+-- written: readers gather it (flowd_run_output). A run that succeeds here logs no row: its
+-- run.succeeded is read from the run (finish_seq, the view run_log).
 CREATE OR REPLACE FUNCTION flowd_steps_finished(p_parents bigint[], p_runs bigint[]) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -128,14 +129,13 @@ BEGIN
                              AND r.state IN ('queued', 'running') THEN 'succeeded' ELSE r.state END,
                finished_at = CASE WHEN r.steps_done + c.n >= r.steps_total
                                    AND r.state IN ('queued', 'running') THEN v_now
-                                  ELSE r.finished_at END
+                                  ELSE r.finished_at END,
+               finish_seq = CASE WHEN r.steps_done + c.n >= r.steps_total
+                                  AND r.state IN ('queued', 'running')
+                                 THEN nextval('run_events_id_seq') ELSE r.finish_seq END
           FROM counts c
          WHERE r.id = c.run_id
         RETURNING r.id, r.tenant_id, r.state, r.finished_at)
-    , ev AS (
-        INSERT INTO run_events (run_id, tenant_id, at, type)
-        SELECT upd.id, upd.tenant_id, v_now, 'run.succeeded' FROM upd
-         WHERE upd.state = 'succeeded' AND upd.finished_at = v_now)
     SELECT array_agg(upd.id) FILTER (WHERE upd.state = 'succeeded' AND upd.finished_at = v_now)
       INTO v_ids FROM upd;
     IF v_ids IS NOT NULL THEN
@@ -151,6 +151,7 @@ END $$;
 --   {"id": step, "s": "skip", "o": {"reason": ...}}                 (condition false, suppressed)
 --   {"id": step, "s": "fail", "e": {"code", "message"}, "permanent": bool, "after_ms": n}
 --   {"id": step, "s": "snooze", "at_ms": epoch ms, "sched": bool}  (durable timers, `at`)
+--   {"id": step, "s": "snooze", "at_ms": epoch ms, "rate_limit": name}  (no budget: step.rate_limited)
 --   {"id": step, "s": "window", "after_ms", "tz", "start_min", "end_min", "days"}  (sending hours)
 --   {"id": step, "s": "wait", "event", "key", "until_ms"}           (wait_event)
 --   {"id": step, "s": "map", "workflow" | "def"+"digest", "inputs", "concurrency", "allow_failures"}
@@ -180,6 +181,7 @@ BEGIN
 
     -- "(...) IS TRUE" keeps the planner from driving these updates through the partial index on
     -- running steps (it would re-scan the whole batch per row); the primary key drives them.
+    -- Their step.succeeded / step.skipped is read from the step (finish_seq, the view run_log).
     WITH r AS MATERIALIZED (
         SELECT * FROM jsonb_to_recordset(p_results)
             AS x(id bigint, s text, o jsonb, e jsonb, permanent boolean, after_ms bigint,
@@ -188,16 +190,12 @@ BEGIN
         UPDATE steps st
            SET state = CASE WHEN r.s = 'ok' THEN 'succeeded' ELSE 'skipped' END,
                output = coalesce(r.o, '{}'), error = NULL, finished_at = v_now,
+               finish_seq = nextval('run_events_id_seq'),
                lease_owner = NULL, lease_expires_at = NULL
           FROM r
          WHERE r.s IN ('ok', 'skip') AND st.id = r.id
            AND (st.state = 'running' AND st.lease_owner = p_owner) IS TRUE
-        RETURNING st.id, st.run_id, st.tenant_id, st.key, st.state, st.output, st.dependents),
-    ev AS (
-        INSERT INTO run_events (run_id, tenant_id, at, type, step_key, data)
-        SELECT fin.run_id, fin.tenant_id, v_now, 'step.' || fin.state, fin.key,
-               CASE WHEN fin.state = 'skipped' THEN fin.output END
-          FROM fin)
+        RETURNING st.id, st.run_id, st.dependents)
     SELECT array_agg(fin.id), array_agg(fin.id) FILTER (WHERE cardinality(fin.dependents) > 0),
            array_agg(fin.run_id)
       INTO v_finished, v_fin_parents, v_fin_runs FROM fin;
@@ -255,14 +253,22 @@ BEGIN
 
     IF 'snooze' = ANY (v_kinds) THEN
         WITH r AS MATERIALIZED (
-            SELECT * FROM jsonb_to_recordset(p_results) AS x(id bigint, s text, at_ms bigint, sched boolean)
-             WHERE x.s = 'snooze')
-        UPDATE steps st
-           SET state = 'ready', attempts = st.attempts - 1,
-               run_at = to_timestamp(r.at_ms / 1000.0), scheduled = coalesce(r.sched, st.scheduled),
-               lease_owner = NULL, lease_expires_at = NULL
-          FROM r
-         WHERE st.id = r.id AND (st.state = 'running' AND st.lease_owner = p_owner) IS TRUE;
+            SELECT * FROM jsonb_to_recordset(p_results)
+                AS x(id bigint, s text, at_ms bigint, sched boolean, rate_limit text)
+             WHERE x.s = 'snooze'),
+        u AS (
+            UPDATE steps st
+               SET state = 'ready', attempts = st.attempts - 1,
+                   run_at = to_timestamp(r.at_ms / 1000.0), scheduled = coalesce(r.sched, st.scheduled),
+                   lease_owner = NULL, lease_expires_at = NULL
+              FROM r
+             WHERE st.id = r.id AND (st.state = 'running' AND st.lease_owner = p_owner) IS TRUE
+            RETURNING st.run_id, st.tenant_id, st.key, st.run_at, r.rate_limit)
+        -- a step its rate limit held back says so: nothing else tells that wait from the queue
+        INSERT INTO run_events (run_id, tenant_id, at, type, step_key, data)
+        SELECT u.run_id, u.tenant_id, v_now, 'step.rate_limited', u.key,
+               jsonb_build_object('rate_limit', u.rate_limit, 'run_at', flowd_ms(u.run_at))
+          FROM u WHERE u.rate_limit IS NOT NULL;
     END IF;
 
     IF 'window' = ANY (v_kinds) THEN
@@ -460,8 +466,9 @@ BEGIN
 END $$;
 
 -- Claims up to p_want due steps for p_owner, choosing fairly between tenants and oldest first
--- within priority, skipping rows other claimers hold. A claim updates, logs and answers in one
--- statement: what a worker needs to run each step (flowd_work_item).
+-- within priority, skipping rows other claimers hold. A claim updates and answers in one
+-- statement: what a worker needs to run each step (flowd_work_item). Its step.started and
+-- run.started are read from the rows (start_seq, the view run_log), not logged.
 CREATE OR REPLACE FUNCTION flowd_claim_work(p_owner text, p_want integer, p_lease_ms integer)
 RETURNS SETOF flowd_work_item
 LANGUAGE plpgsql AS $$
@@ -469,6 +476,8 @@ DECLARE
     v_now  timestamptz := flowd_now();
     v_caps jsonb;        -- {tenant: steps it may still start} for tenants with max_running
     v_ids  bigint[];
+    v_runs bigint[];     -- the run of each of v_ids
+    v_again bigint[];    -- those of v_ids that started before (their start is read from the row)
     v_late bigint[];
     v_tenants bigint[]; -- tenants with ready steps (and room under their cap)
     v_share integer;     -- how many steps each of them may offer this claim
@@ -500,8 +509,10 @@ BEGIN
     END IF;
     IF cardinality(v_tenants) = 1 THEN
         -- one tenant has work: its steps in its order, as before
-        SELECT array_agg(c.id) INTO v_ids FROM (
-            SELECT s.id FROM steps s
+        SELECT array_agg(c.id), array_agg(c.run_id),
+               array_agg(c.id) FILTER (WHERE c.start_seq IS NOT NULL)
+          INTO v_ids, v_runs, v_again FROM (
+            SELECT s.id, s.run_id, s.start_seq FROM steps s
              WHERE s.tenant_id = v_tenants[1] AND s.state = 'ready' AND s.run_at <= v_now
                AND (s.ckey IS NULL OR NOT EXISTS (
                         SELECT 1 FROM steps o
@@ -518,11 +529,11 @@ BEGIN
         -- for about what is claimed.
         v_share := (p_want + cardinality(v_tenants) - 1) / cardinality(v_tenants);
         WITH c0 AS MATERIALIZED (
-            SELECT c.id, c.priority, c.run_at,
+            SELECT c.id, c.run_id, c.start_seq, c.priority, c.run_at,
                    row_number() OVER (PARTITION BY t.tenant_id
                                       ORDER BY c.priority DESC, c.run_at, c.id) AS rn
               FROM unnest(v_tenants) AS t(tenant_id) CROSS JOIN LATERAL (
-                SELECT s.id, s.priority, s.run_at FROM steps s
+                SELECT s.id, s.run_id, s.start_seq, s.priority, s.run_at FROM steps s
                  WHERE s.tenant_id = t.tenant_id AND s.state = 'ready' AND s.run_at <= v_now
                    AND (s.ckey IS NULL OR NOT EXISTS (
                             SELECT 1 FROM steps o
@@ -532,8 +543,11 @@ BEGIN
                  ORDER BY s.priority DESC, s.run_at, s.id
                  LIMIT least(v_share, coalesce((v_caps->>(t.tenant_id::text))::integer, v_share))
                    FOR UPDATE SKIP LOCKED) c)
-        SELECT array_agg(x.id) INTO v_ids FROM (
-            SELECT c0.id FROM c0 ORDER BY c0.rn, c0.priority DESC, c0.run_at, c0.id
+        SELECT array_agg(x.id), array_agg(x.run_id),
+               array_agg(x.id) FILTER (WHERE x.start_seq IS NOT NULL)
+          INTO v_ids, v_runs, v_again FROM (
+            SELECT c0.id, c0.run_id, c0.start_seq FROM c0
+             ORDER BY c0.rn, c0.priority DESC, c0.run_at, c0.id
              LIMIT p_want) x;
     END IF;
     IF v_ids IS NULL THEN
@@ -561,33 +575,39 @@ BEGIN
             IF cardinality(v_ids) = 0 THEN
                 RETURN;
             END IF;
+            SELECT array_agg(s.run_id), array_agg(s.id) FILTER (WHERE s.start_seq IS NOT NULL)
+              INTO v_runs, v_again FROM steps s WHERE s.id = ANY (v_ids);
         END IF;
     END IF;
 
-    -- Claim, log and answer in one statement: the answer comes from the update's RETURNING
-    -- instead of reading every claimed step again.
+    -- A step's row holds the start of its latest attempt only: the start of the one before goes
+    -- to the log, under the position readers already know it by.
+    IF v_again IS NOT NULL THEN
+        INSERT INTO run_events (id, run_id, tenant_id, at, type, step_key, data)
+        OVERRIDING SYSTEM VALUE
+        SELECT s.start_seq, s.run_id, s.tenant_id, s.started_at, 'step.started', s.key,
+               jsonb_build_object('attempt', s.start_attempt)
+          FROM steps s WHERE s.id = ANY (v_again);
+    END IF;
+
+    -- Another claimer may be starting the same run: whoever locks it first marks it started. Runs
+    -- start before their steps, so run.started comes first in the log (run_log reads both events
+    -- from the rows).
+    UPDATE runs r SET state = 'running', started_at = v_now, start_seq = nextval('run_events_id_seq')
+     WHERE r.id IN (SELECT x.id FROM runs x WHERE x.id = ANY (v_runs) AND x.state = 'queued'
+                     ORDER BY x.id FOR UPDATE SKIP LOCKED);
+
+    -- Claim and answer in one statement: the answer comes from the update's RETURNING instead of
+    -- reading every claimed step again.
     RETURN QUERY
     WITH u AS (
         UPDATE steps s
            SET state = 'running', attempts = s.attempts + 1, lease_owner = p_owner,
-               lease_expires_at = now() + p_lease_ms * interval '1 millisecond', started_at = v_now
+               lease_expires_at = now() + p_lease_ms * interval '1 millisecond', started_at = v_now,
+               start_seq = nextval('run_events_id_seq'), start_attempt = s.attempts + 1
          WHERE s.id = ANY (v_ids)
         RETURNING s.id, s.run_id, s.tenant_id, s.idx, s.key, s.kind, s.attempts, s.ready_at,
-                  s.scheduled),
-    ev AS (
-        INSERT INTO run_events (run_id, tenant_id, at, type, step_key, data)
-        SELECT u.run_id, u.tenant_id, v_now, 'step.started', u.key,
-               jsonb_build_object('attempt', u.attempts) FROM u),
-    -- another claimer may be starting the same run: whoever locks it first marks it started
-    started AS (
-        UPDATE runs r SET state = 'running', started_at = v_now
-         WHERE r.id IN (SELECT x.id FROM runs x
-                         WHERE x.id IN (SELECT u.run_id FROM u) AND x.state = 'queued'
-                         ORDER BY x.id FOR UPDATE SKIP LOCKED)
-        RETURNING r.id, r.tenant_id),
-    ev_run AS (
-        INSERT INTO run_events (run_id, tenant_id, at, type)
-        SELECT started.id, started.tenant_id, v_now, 'run.started' FROM started)
+                  s.scheduled)
     SELECT u.id, u.run_id, u.tenant_id, u.key, u.kind, u.attempts,
            (extract(epoch FROM coalesce(u.ready_at, v_now)) * 1000)::bigint,
            (extract(epoch FROM v_now) * 1000)::bigint,
