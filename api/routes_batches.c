@@ -21,6 +21,7 @@
 #define API_RUNS_MAX_LIMIT     500
 #define API_RUNS_COUNT_CAP     100000 /* runs counted by state at most (flowd_runs_counts) */
 #define API_META_MAX_VALUE     500
+#define API_SEARCH_MAX         200 /* bytes of ?q: run_search keeps 200 characters of a value */
 #define API_EXPORT_PAGE        500
 #define API_EXPORT_HIGH_WATER  (512 * 1024)
 #define API_EXPORT_WAIT_S      0.02
@@ -111,6 +112,11 @@ static const char *runs_filter_param(json_t *filter, const char *name, const cha
         if (!*value || strlen(value) > 200)
             return "must be a schedule name";
         json_object_set_new(filter, name, json_string(value));
+    } else if (strcmp(name, "q") == 0) {
+        json_t *q = *value && strlen(value) <= API_SEARCH_MAX ? json_string(value) : NULL;
+        if (!q)
+            return "must be UTF-8 text of 1 to 200 bytes";
+        json_object_set_new(filter, name, q);
     } else if (strcmp(name, "failed_step") == 0) {
         if (!*value || strlen(value) > 64)
             return "must be a step key";

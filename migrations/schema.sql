@@ -74,6 +74,14 @@ CREATE TABLE batches (
     CONSTRAINT batches_workflow_id_fkey FOREIGN KEY (workflow_id) REFERENCES workflows(id)
 );
 
+CREATE TABLE ckey_queue (
+    tenant_id bigint NOT NULL,
+    run_id bigint NOT NULL,
+    step_id bigint NOT NULL,
+    behind bigint NOT NULL,
+    CONSTRAINT ckey_queue_pkey PRIMARY KEY (run_id, step_id)
+);
+
 CREATE TABLE console_sessions (
     token_hash bytea NOT NULL,
     key_id bigint NOT NULL,
@@ -297,6 +305,13 @@ CREATE TABLE run_events (
     type text NOT NULL,
     step_key text,
     data jsonb
+);
+
+CREATE TABLE run_search (
+    run_id bigint NOT NULL,
+    tenant_id bigint NOT NULL,
+    value text NOT NULL,
+    CONSTRAINT run_search_run_id_fkey FOREIGN KEY (run_id) REFERENCES runs(id) ON DELETE CASCADE
 );
 
 CREATE TABLE run_usage (
@@ -638,6 +653,8 @@ CREATE INDEX quota_blocked_steps_run_at ON public.quota_blocked_steps USING btre
 CREATE INDEX quota_blocked_steps_tenant ON public.quota_blocked_steps USING btree (tenant_id);
 CREATE UNIQUE INDEX rate_limits_name ON public.rate_limits USING btree (name, COALESCE(tenant_id, (0)::bigint));
 CREATE INDEX run_events_run ON public.run_events USING btree (run_id, id);
+CREATE INDEX run_search_run ON public.run_search USING btree (run_id);
+CREATE INDEX run_search_value ON public.run_search USING btree (tenant_id, value, run_id);
 CREATE INDEX run_usage_batch ON public.run_usage USING btree (batch_id) WHERE (batch_id IS NOT NULL);
 CREATE INDEX run_usage_tenant_day ON public.run_usage USING btree (tenant_id, day);
 CREATE INDEX runs_active ON public.runs USING btree (id) WHERE (finished_at IS NULL);

@@ -115,6 +115,13 @@ LANGUAGE sql IMMUTABLE AS $$
      WHERE v.value IS NOT NULL
 $$;
 
+-- A metadata value as free search keeps it (run_search, 0052): lowercased, at most 200 characters
+-- (the API takes a search of at most 200 bytes, so no prefix it can ask for is cut).
+CREATE OR REPLACE FUNCTION flowd_search_value(p_value text) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT left(lower(p_value), 200)
+$$;
+
 -- Creates one run per element of p_inputs with all its steps; returns their ids in input order.
 -- Map children pass their parent step and their items' positions. (0002 wrote it first and says
 -- the why of each part; 0012 made it one statement:)
@@ -128,7 +135,8 @@ $$;
 --   (by run, then step), then the run.created rows (by run).
 -- Three per-input arrays (NULL: none; 0034): each run's idempotency key, its start time (its first
 -- steps wait until then; earlier than now means now) and the schedule making it.
--- Each run keeps its metadata from the workflow's search (flowd_run_meta, 0036).
+-- Each run keeps its metadata from the workflow's search (flowd_run_meta, 0036), and its values
+-- for free search (run_search, 0052).
 CREATE OR REPLACE FUNCTION flowd_create_runs(p_tenant bigint, p_workflow bigint, p_inputs jsonb,
                                   p_priority integer, p_batch bigint, p_parent_step bigint,
                                   p_parent_indexes integer[], p_idempotency_key text,
@@ -139,6 +147,7 @@ DECLARE
     v_def jsonb;
     v_now timestamptz := flowd_now();
     v_ids bigint[];
+    v_keyed boolean;  -- some step of the workflow has a concurrency key
 BEGIN
     SELECT w.def INTO v_def FROM workflows w WHERE w.id = p_workflow AND w.tenant_id = p_tenant;
     IF NOT FOUND THEN
@@ -164,7 +173,11 @@ BEGIN
                     THEN flowd_run_meta(v_def->'search', i.value) END
           FROM jsonb_array_elements(p_inputs) WITH ORDINALITY AS i(value, n)
          ORDER BY i.n
-        RETURNING id, input, coalesce(start_at, v_now) AS start),
+        RETURNING id, input, coalesce(start_at, v_now) AS start, meta),
+    se AS (
+        INSERT INTO run_search (run_id, tenant_id, value)
+        SELECT ins.id, p_tenant, flowd_search_value(m.value)
+          FROM ins CROSS JOIN LATERAL jsonb_each_text(ins.meta) m),
     st AS (
         INSERT INTO steps (run_id, tenant_id, idx, priority, max_attempts, nneeds, needs_left,
                            dependents, delay_ms, send_window, state, key, kind, phase, ckey, run_at,
@@ -205,9 +218,21 @@ BEGIN
                 UNION ALL
                 SELECT 1, ins.id, 0, 'run.created', NULL, NULL FROM ins) x
          ORDER BY x.part, x.run_id, x.idx)
-    SELECT array_agg(ins.id ORDER BY ins.id) INTO v_ids FROM ins;
+    SELECT array_agg(ins.id ORDER BY ins.id), (SELECT bool_or(sd.ckey IS NOT NULL) FROM sd)
+      INTO v_ids, v_keyed FROM ins;
     IF v_ids IS NULL THEN
         RETURN '{}';
+    END IF;
+    IF v_keyed THEN
+        -- each new step with a concurrency key remembers the step it queues behind (0053): the
+        -- latest unfinished one of its key, this call's own steps included (visible only now)
+        INSERT INTO ckey_queue (tenant_id, run_id, step_id, behind)
+        SELECT s.tenant_id, s.run_id, s.id, b.id
+          FROM steps s CROSS JOIN LATERAL (
+               SELECT max(o.id) AS id FROM steps o
+                WHERE o.tenant_id = s.tenant_id AND o.ckey = s.ckey AND o.id < s.id
+                  AND o.state IN ('pending', 'ready', 'running', 'waiting', 'blocked')) b
+         WHERE s.run_id = ANY (v_ids) AND s.ckey IS NOT NULL AND b.id IS NOT NULL;
     END IF;
     -- Wake idle workers; see 0002 for why only one of the enqueues committing at once notifies.
     IF pg_try_advisory_xact_lock(hashtext('flowd_notify_ready')) THEN
@@ -349,9 +374,19 @@ BEGIN
       FROM flowd_enqueue(p_tenant, v_wf, jsonb_build_array(p_input), p_priority,
                          p_idempotency_key, NULL, flowd_start_time(p_start_at, p_start_in_ms)) e;
     IF created AND (v_digest IS NOT NULL OR p_tags IS NOT NULL) THEN
-        UPDATE runs SET idempotency_digest = v_digest,
-                        meta = CASE WHEN p_tags IS NULL THEN meta ELSE p_tags || coalesce(meta, '{}') END
-         WHERE id = v_run;
+        -- the tags the workflow's values left in the run's meta become searchable too
+        WITH u AS (
+            UPDATE runs SET idempotency_digest = v_digest,
+                            meta = CASE WHEN p_tags IS NULL THEN meta
+                                        ELSE p_tags || coalesce(meta, '{}') END
+             WHERE id = v_run
+            RETURNING meta)
+        INSERT INTO run_search (run_id, tenant_id, value)
+        SELECT v_run, p_tenant, flowd_search_value(t.value)
+          FROM u CROSS JOIN LATERAL jsonb_each_text(p_tags) t
+         WHERE u.meta->>t.key = t.value
+           AND NOT EXISTS (SELECT 1 FROM run_search x
+                            WHERE x.run_id = v_run AND x.value = flowd_search_value(t.value));
     END IF;
     run := flowd_run_json(p_tenant, v_run);
 END $$;

@@ -69,6 +69,16 @@ BEGIN
                                           ('failed', 'cancelled')),
                                 'running', count(*) FILTER (WHERE mi.state = 'running'))
                               FROM map_items mi WHERE mi.step_id = s.id))
+                        ELSE '{}'::jsonb END
+                     -- a step with a concurrency key: the key, and the step it queued behind
+                     -- (0053) as that step is now
+                     || CASE WHEN s.ckey IS NOT NULL THEN jsonb_build_object('concurrency_key',
+                            jsonb_build_object('key', s.ckey, 'queued_behind', (
+                                SELECT jsonb_build_object('run', b.run_id, 'step', b.key,
+                                                          'state', b.state,
+                                                          'finished_at', flowd_ms(b.finished_at))
+                                  FROM ckey_queue q JOIN steps b ON b.id = q.behind
+                                 WHERE q.run_id = s.run_id AND q.step_id = s.id)))
                         ELSE '{}'::jsonb END ORDER BY s.idx) AS list,
                  coalesce(jsonb_agg(s.key ORDER BY s.idx) FILTER (WHERE s.state = 'running'),
                           '[]') AS current,
@@ -165,9 +175,12 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- The WHERE clause of GET /v1/runs for the filters present in p_filter (an object the API
--- checked: workflow, version, state, batch, parent, schedule, meta, failed_step, created_after,
+-- checked: workflow, version, state, batch, parent, schedule, meta, q, failed_step, created_after,
 -- created_before, finished_after, finished_before). A queued run whose start is still ahead is
--- 'scheduled' (flowd_run_state), as its JSON says. Only filters given are in the statement, so
+-- 'scheduled' (flowd_run_state), as its JSON says. q finds the runs with a metadata value that
+-- starts with it, ignoring case: a range of run_search_value (0052), the upper bound being q
+-- followed by the highest code point (U+10FFFF, bytes F4 8F BF BF, above every byte any longer
+-- value can have there), and starts_with the exact test. Only filters given are in the statement, so
 -- each query is planned for what it asks (the metadata GIN index, the recent-runs index) instead
 -- of one generic plan with every filter optional. The values stay parameters: the statement
 -- reads them from $2 (the filter) and $1 (the tenant).
@@ -190,6 +203,12 @@ LANGUAGE sql IMMUTABLE AS $$
                      ' WHERE sc.tenant_id = $1 AND sc.name = $2->>''schedule'')'
                 ELSE '' END
         || CASE WHEN p_filter ? 'meta' THEN ' AND r.meta @> ($2->''meta'')' ELSE '' END
+        || CASE WHEN p_filter ? 'q'
+                THEN ' AND EXISTS (SELECT 1 FROM run_search rs WHERE rs.run_id = r.id'
+                     ' AND rs.tenant_id = $1 AND rs.value >= flowd_search_value($2->>''q'')'
+                     ' AND rs.value < flowd_search_value($2->>''q'') || E''\xf4\x8f\xbf\xbf'''
+                     ' AND starts_with(rs.value, flowd_search_value($2->>''q'')))'
+                ELSE '' END
         || CASE WHEN p_filter ? 'failed_step'
                 THEN ' AND EXISTS (SELECT 1 FROM steps fs WHERE fs.run_id = r.id'
                      ' AND fs.key = $2->>''failed_step'' AND fs.state = ''failed'')'

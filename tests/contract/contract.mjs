@@ -213,7 +213,7 @@ const hello = {
   name: 'hello',
   steps: [
     { key: 'wait', kind: 'wait_event', input: { event: 'go', key: '{{input.name}}' } },
-    { key: 'greet', kind: 'transform', needs: ['wait'], input: { text: 'hi {{input.name}}' } },
+    { key: 'greet', kind: 'transform', needs: ['wait'], concurrency_key: 'greet-{{input.name}}', input: { text: 'hi {{input.name}}' } },
   ],
 };
 expect(await call('PUT', '/v1/workflows/hello', { body: hello }), 201, 'register');
@@ -246,6 +246,13 @@ expect(await call('POST', '/v1/runs', { body: { workflow: 'hello', colour: 1 }, 
 const run = created.id;
 await waitRun(run, ['running']);
 expect(await call('GET', `/v1/runs/${run}`), 200, 'run');
+{ // a second run of the name: its keyed step queues behind the first run's
+  const second = expect(await call('POST', '/v1/runs', { body: { workflow: 'hello', input: { name: 'ada' } } }), 201, 'enqueue behind a key').body;
+  const got = expect(await call('GET', `/v1/runs/${second.id}`), 200, 'run queued behind a key').body;
+  const ck = got && got.steps.find((st) => st.key === 'greet').concurrency_key;
+  if (!ck || ck.key !== 'greet-ada' || !ck.queued_behind || ck.queued_behind.run !== run || ck.queued_behind.step !== 'greet')
+    fail(`the greet step of run ${second.id} does not queue behind run ${run}'s: ${JSON.stringify(ck)}`);
+}
 expect(await call('GET', '/v1/runs/99999999'), 404, 'no run');
 expect(await call('GET', '/v1/runs/99999999999999999999'), 404, 'id out of range');
 expect(await call('GET', `/v1/runs/${run}/sequencer.csv`), 409, 'export of a running run');
@@ -287,6 +294,12 @@ const both = expect(await call('GET',
 if (both.runs.length !== 1) fail(`combined filters found ${both.runs.length} runs, want 1`);
 const none = expect(await call('GET', '/v1/runs?meta.lead=30012&meta.campaign=autumn'), 200, 'no such runs').body;
 if (none.runs.length !== 0) fail('?meta.campaign=autumn found runs');
+const searched = expect(await call('GET', '/v1/runs?q=%2B1555555&state=succeeded&limit=5'), 200,
+  'free search on metadata').body;
+if (searched.runs.length !== 1 || searched.runs[0].id !== tagged.id)
+  fail(`?q=+1555555 found ${JSON.stringify(searched.runs.map((r) => r.id))}, want [${tagged.id}]`);
+expect(await call('GET', '/v1/runs/counts?q=SPR'), 200, 'counts of a free search');
+expect(await call('GET', '/v1/runs?q='), 400, 'an empty free search');
 expect(await call('GET', '/v1/runs?meta.lead=1&meta.lead=2'), 400, 'a metadata filter twice');
 expect(await call('GET', '/v1/runs?meta.a%20b=1'), 400, 'a bad metadata name');
 expect(await call('GET', '/v1/runs?created_after=yesterday'), 400, 'a bad time');

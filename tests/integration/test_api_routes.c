@@ -295,6 +295,105 @@ static void test_runs_list_paging_and_filters(void **state)
     expect_error(call("POST", "/v1/runs", key_b, "{\"workflow\": \"listed\"}"), 404, NULL);
 }
 
+/* The ids of a run list page's runs, newest first, as "id,id,..." (empty: none); frees p. */
+static void list_ids(json_t *p, char *out, size_t size)
+{
+    size_t off = 0;
+    out[0] = '\0';
+    json_t *r;
+    size_t i;
+    json_array_foreach (json_object_get(p, "runs"), i, r)
+        off += (size_t)snprintf(out + off, size - off, "%s%lld", i ? "," : "", jint(r, "id"));
+    json_decref(p);
+}
+
+/* GET path as key: the ids it lists (list_ids). */
+static void list_of(const char *key, const char *path, char *out, size_t size)
+{
+    list_ids(expect(call("GET", path, key, NULL), 200), out, size);
+}
+
+static void test_runs_free_search(void **state)
+{
+    (void)state;
+    static const char def[] =
+        "{\"search\": {\"phone\": \"{{input.phone}}\", \"email\": \"{{input.email}}\"},"
+        " \"steps\": [{\"key\": \"only\", \"kind\": \"transform\", \"input\": {}}]}";
+    put_workflow(key_a, "contact", def);
+    put_workflow(key_b, "contact", def);
+    long long phone = start_run(key_a, "contact", "{\"phone\": \"+1 555 0100\"}");
+    long long email = start_run(key_a, "contact", "{\"email\": \"Ada.Byron@Example.com\"}");
+    /* tags are searched too; the workflow's own value wins a shared name, so 999 is not kept */
+    json_t *run = expect(call("POST", "/v1/runs", key_a,
+                              "{\"workflow\": \"contact\", \"input\": {\"phone\": \"+1 555 0199\"},"
+                              " \"tags\": {\"crm\": \"ZED-Ünïcode 7\", \"phone\": \"999\"}}"),
+                         201);
+    long long tagged = jint(run, "id");
+    json_decref(run);
+    start_run(key_b, "contact", "{\"email\": \"ada@b.example\"}"); /* B's: never in A's answers */
+
+    char got[256], want[256];
+    list_of(key_a, "/v1/runs?q=ADA", got, sizeof got); /* any case */
+    snprintf(want, sizeof want, "%lld", email);
+    assert_string_equal(got, want);
+    list_of(key_a, "/v1/runs?q=%2B1%20555%200", got, sizeof got); /* a prefix of either phone */
+    snprintf(want, sizeof want, "%lld,%lld", tagged, phone);
+    assert_string_equal(got, want);
+    list_of(key_a, "/v1/runs?q=%2B1%20555%20010", got, sizeof got);
+    snprintf(want, sizeof want, "%lld", phone);
+    assert_string_equal(got, want);
+    list_of(key_a, "/v1/runs?q=zed-%C3%BC", got, sizeof got); /* a tag; ü lowered as Ü */
+    snprintf(want, sizeof want, "%lld", tagged);
+    assert_string_equal(got, want);
+    /* a prefix, not a substring; a losing tag's value is not kept; a workflow or state of no
+     * match leaves none */
+    static const char *const none[] = {"/v1/runs?q=555",
+                                       "/v1/runs?q=example.com",
+                                       "/v1/runs?q=999",
+                                       "/v1/runs?q=ada.byron%40example.com.",
+                                       "/v1/runs?q=ada&workflow=listed",
+                                       "/v1/runs?q=ada&state=failed",
+                                       "/v1/runs?q=%25",
+                                       "/v1/runs?q=_"};
+    for (size_t i = 0; i < ENG_ARRAY_LEN(none); i++) {
+        list_of(key_a, none[i], got, sizeof got);
+        if (*got)
+            fail_msg("%s found %s", none[i], got);
+    }
+    /* combined with the other filters and the cursor */
+    list_of(key_a, "/v1/runs?q=%2B1&workflow=contact&state=queued&meta.phone=%2B1%20555%200100", got,
+            sizeof got);
+    snprintf(want, sizeof want, "%lld", phone);
+    assert_string_equal(got, want);
+    json_t *p = expect(call("GET", "/v1/runs?q=%2B1%20555&limit=1", key_a, NULL), 200);
+    const char *cursor = json_string_value(json_object_get(p, "next_cursor"));
+    assert_non_null(cursor);
+    char path[128];
+    snprintf(path, sizeof path, "/v1/runs?q=%%2B1%%20555&limit=1&cursor=%s", cursor);
+    list_ids(p, got, sizeof got);
+    snprintf(want, sizeof want, "%lld", tagged);
+    assert_string_equal(got, want);
+    list_of(key_a, path, got, sizeof got);
+    snprintf(want, sizeof want, "%lld", phone);
+    assert_string_equal(got, want);
+    p = expect(call("GET", "/v1/runs/counts?q=%2b1", key_a, NULL), 200);
+    assert_int_equal(jint(p, "queued"), 2);
+    json_decref(p);
+    list_of(key_b, "/v1/runs?q=ada", got, sizeof got);
+    assert_int_equal(strlen(got) > 0 && !strchr(got, ','), 1);
+    snprintf(want, sizeof want, "%lld", email);
+    assert_string_not_equal(got, want);
+
+    char *long_q = eng_xasprintf("/v1/runs?q=%0201d", 1);
+    expect_error(call("GET", long_q, key_a, NULL), 400, "?q");
+    long_q[strlen(long_q) - 1] = '\0'; /* 200 bytes are fine */
+    json_decref(expect(call("GET", long_q, key_a, NULL), 200));
+    free(long_q);
+    expect_error(call("GET", "/v1/runs?q=", key_a, NULL), 400, "?q");
+    expect_error(call("GET", "/v1/runs?q=%FF", key_a, NULL), 400, "?q");
+    expect_error(call("GET", "/v1/runs?q=a&q=b", key_a, NULL), 400, "?q");
+}
+
 /* ------------------------------------------------------------------ idempotent enqueue -- */
 
 typedef struct idem_arg {
@@ -977,6 +1076,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_admin_tenants_and_keys),
         cmocka_unit_test(test_runs_list_paging_and_filters),
+        cmocka_unit_test(test_runs_free_search),
         cmocka_unit_test(test_idempotent_enqueue_concurrent),
         cmocka_unit_test(test_batch_validation_and_isolation),
         cmocka_unit_test(test_batch_10000),
