@@ -11,7 +11,8 @@
  *   replay paused or not; a run created through B is found through A (not on the standby: asked
  *   again on the primary).
  * - The lag bound: B answers every poll sent 0.3 s after a commit with that commit in it.
- * - The standby stopped: polls still answer, from the primary. */
+ * - The standby stopped: polls still answer, from the primary; started again, it answers again.
+ * - A live event stream takes its pages from the standby. */
 // clang-format off
 #include <stdarg.h>
 #include <stddef.h>
@@ -224,6 +225,9 @@ static void test_polls_read_the_standby(void **state)
     long status;
     free(th_api_raw(a, "GET", "/readyz", NULL, &status));
     assert_int_equal(status, 200);
+    /* back: its connections come back by themselves, and so do the reads */
+    assert_int_equal(th_cluster_ctl(standby, "start"), 0);
+    assert_true(standby_answers(a, r1));
 
     print_message("standby reads: current %llu, waited %llu; primary: missing %llu, behind %llu, "
                   "lag %llu, down %llu, error %llu\n",
