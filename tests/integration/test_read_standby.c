@@ -137,8 +137,8 @@ static void test_polls_read_the_standby(void **state)
     assert_true(standby_answers(b, r1)); /* B knows the standby fresh too */
 
     /* replay paused: a change behind A's back is not in A's answer, which is the standby's */
-    th_pg_value(db_s, "SELECT pg_wal_replay_pause()");
-    th_pg_valuef(db_p, "SELECT flowd_cancel_run(%lld, %lld)", tenant, r1);
+    free(th_pg_value(db_s, "SELECT pg_wal_replay_pause()"));
+    free(th_pg_valuef(db_p, "SELECT flowd_cancel_run(%lld, %lld)", tenant, r1));
     long long t_commit = th_now_ms();
     unsigned long long before = standby_reads();
     assert_true(run_state_is(a, r1, "queued"));
@@ -190,7 +190,7 @@ static void test_polls_read_the_standby(void **state)
     assert_true(reads("primary", "lag") > lag);
 
     /* replay resumed: A's standby catches up and answers with the change */
-    th_pg_value(db_s, "SELECT pg_wal_replay_resume()");
+    free(th_pg_value(db_s, "SELECT pg_wal_replay_resume()"));
     bool caught_up = false;
     for (int i = 0; i < 500 && !caught_up; i++) {
         caught_up = run_state_is(a, r1, "cancelled");
