@@ -478,6 +478,7 @@ DECLARE
     v_ids  bigint[];
     v_runs bigint[];     -- the run of each of v_ids
     v_again bigint[];    -- those of v_ids that started before (their start is read from the row)
+    v_held bigint[];     -- the runs of v_ids this claim holds
     v_late bigint[];
     v_tenants bigint[]; -- tenants with ready steps (and room under their cap)
     v_share integer;     -- how many steps each of them may offer this claim
@@ -554,6 +555,21 @@ BEGIN
         RETURN;
     END IF;
 
+    -- Events of a run take their positions in its log only in transactions that hold the run (as
+    -- every other writer of the log does), so positions commit in order and a reader's cursor never
+    -- passes one still to come. A step whose run another transaction holds (finishing a step of
+    -- it, say) is left for a later claim.
+    SELECT array_agg(x.id) INTO v_held FROM (
+        SELECT r.id FROM runs r WHERE r.id = ANY (v_runs) ORDER BY r.id FOR UPDATE SKIP LOCKED) x;
+    IF v_held IS NULL THEN
+        RETURN;
+    END IF;
+    IF cardinality(v_held) < (SELECT count(DISTINCT x.run) FROM unnest(v_runs) AS x(run)) THEN
+        SELECT array_agg(x.id), array_agg(x.run), array_agg(x.id) FILTER (WHERE x.id = ANY (v_again))
+          INTO v_ids, v_runs, v_again
+          FROM unnest(v_ids, v_runs) AS x(id, run) WHERE x.run = ANY (v_held);
+    END IF;
+
     -- Sending hours are a hard rule: a step whose window closed while it waited (a backlog, the
     -- engine down, the test clock moved) goes back to sleep until the next opening.
     IF EXISTS (SELECT 1 FROM steps s WHERE s.id = ANY (v_ids) AND s.send_window IS NOT NULL) THEN
@@ -590,12 +606,10 @@ BEGIN
           FROM steps s WHERE s.id = ANY (v_again);
     END IF;
 
-    -- Another claimer may be starting the same run: whoever locks it first marks it started. Runs
-    -- start before their steps, so run.started comes first in the log (run_log reads both events
-    -- from the rows).
+    -- Runs start before their steps, so run.started comes first in the log (run_log reads both
+    -- events from the rows).
     UPDATE runs r SET state = 'running', started_at = v_now, start_seq = nextval('run_events_id_seq')
-     WHERE r.id IN (SELECT x.id FROM runs x WHERE x.id = ANY (v_runs) AND x.state = 'queued'
-                     ORDER BY x.id FOR UPDATE SKIP LOCKED);
+     WHERE r.id = ANY (v_runs) AND r.state = 'queued';
 
     -- Claim and answer in one statement: the answer comes from the update's RETURNING instead of
     -- reading every claimed step again.
