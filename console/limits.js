@@ -1,4 +1,5 @@
-// console/limits.js: the tenant's named rate limits with the budget each has left now (refreshed
+// console/limits.js: the named rate limits that bind the tenant's steps (its own, and the ones the
+// operator shares with every tenant, labelled so) with the budget each has left now (refreshed
 // every 5 s), and its suppression list (#/limits): add a suppression, lift one. A key that may
 // not change them is answered by the server, and the page says so.
 import * as api from './api.js';
@@ -27,8 +28,10 @@ export function render(root) {
   const loadLimits = async () => {
     try {
       const l = await api.get('/v1/rate-limits');
-      replace(limitsBody, l.rate_limits.length ? l.rate_limits.map((r) => h('tr', { 'data-limit': r.name },
-        h('td', null, r.name), h('td', null, r.requests_per_s ?? '—'), h('td', null, r.burst_requests ?? '—'),
+      replace(limitsBody, l.rate_limits.length ? l.rate_limits.map((r) => h('tr', { 'data-limit': r.name, 'data-scope': r.scope },
+        h('td', null, r.name, r.scope === 'shared' ? ' ' : null, r.scope === 'shared'
+          ? h('span', { class: 'badge scope-shared', title: 'set by the operator for every tenant: it binds your steps too' }, 'shared')
+          : null), h('td', null, r.requests_per_s ?? '—'), h('td', null, r.burst_requests ?? '—'),
         h('td', null, r.tokens_per_min ?? '—'), h('td', null, r.burst_tokens ?? '—'),
         h('td', { class: 'budget' }, left(r.budget.requests, r.budget.burst_requests, 'requests'),
           left(r.budget.tokens, r.budget.burst_tokens, 'tokens'),

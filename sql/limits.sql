@@ -88,10 +88,13 @@ $$;
 -- API entry points for a tenant's named rate limits (rate_limits, 0007), used by
 -- api/routes_limits.c.
 
--- One limit of the tenant as the API shows it.
+-- One limit as the API shows it: the tenant's own ("scope": "tenant") or one the operator set for
+-- every tenant ("shared", tenant_id NULL), which binds the tenant's steps of that name too.
 CREATE OR REPLACE FUNCTION flowd_rate_limit_obj(l rate_limits) RETURNS jsonb
 LANGUAGE sql IMMUTABLE AS $$
-    SELECT jsonb_build_object('name', l.name, 'requests_per_s', l.requests_per_s,
+    SELECT jsonb_build_object('name', l.name,
+                              'scope', CASE WHEN l.tenant_id IS NULL THEN 'shared' ELSE 'tenant' END,
+                              'requests_per_s', l.requests_per_s,
                               'tokens_per_min', l.tokens_per_min,
                               'burst_requests', l.burst_requests, 'burst_tokens', l.burst_tokens)
 $$;
@@ -139,14 +142,17 @@ LANGUAGE sql STABLE AS $$
                    greatest(0, extract(epoch FROM clock_timestamp() - b.updated_at)) AS dt) c
 $$;
 
--- The tenant's limits with the budget each has left now.
+-- Every limit that binds the tenant's steps with the budget each has left now: its own and the
+-- shared ones (flowd_rl_take takes from both), a name's own first. No other tenant's limit is
+-- shown; a shared bucket's level is what all tenants' steps left in it, which is what this
+-- tenant's next step waits on.
 CREATE OR REPLACE FUNCTION flowd_rate_limits_json(p_tenant bigint) RETURNS jsonb
 LANGUAGE sql STABLE AS $$
     SELECT jsonb_build_object('rate_limits', coalesce(jsonb_agg(
                flowd_rate_limit_obj(l) || jsonb_build_object('budget', flowd_rate_limit_budget(l, b))
-               ORDER BY l.name), '[]'))
+               ORDER BY l.name, l.tenant_id IS NULL), '[]'))
       FROM rate_limits l LEFT JOIN rate_buckets b ON b.limit_id = l.id
-     WHERE l.tenant_id = p_tenant
+     WHERE l.tenant_id = p_tenant OR l.tenant_id IS NULL
 $$;
 
 -- false when the tenant has no limit of that name (the shared one is never the tenant's to drop).

@@ -504,11 +504,20 @@ try {
   await api('PUT', '/v1/rate-limits/crm', { requests_per_s: 0.001, burst_requests: 5 });
   execFileSync('psql', ['-X', '-q', '-h', pgdir, '-U', 'postgres', '-d', dbname, '-c',
     "SELECT flowd_rl_take(1, 'crm', 2, 0)"]);
+  // a limit the operator set for every tenant (no tenant), four requests taken from it by steps
+  execFileSync('psql', ['-X', '-q', '-h', pgdir, '-U', 'postgres', '-d', dbname, '-c',
+    "INSERT INTO rate_limits (name, requests_per_s, burst_requests) VALUES ('provider_wide', 0.001, 10);" +
+    " SELECT flowd_rl_take(1, 'provider_wide', 4, 0)"]);
   await page.goto(`${base}/#/limits`, { waitUntil: 'load' });
   await page.waitForSelector('table.suppressions tbody tr');
   await page.waitForSelector('tr[data-limit="crm"] td.budget .fill[data-pct="60"]');
   check(/3 of 5 requests/.test(await page.$eval('tr[data-limit="crm"] td.budget', (td) => td.innerText)),
     'a rate limit shows the budget it has left');
+  await page.waitForSelector('tr[data-limit="provider_wide"][data-scope="shared"] td.budget .fill[data-pct="60"]');
+  check(await page.$eval('tr[data-limit="provider_wide"]', (tr) => /shared/.test(tr.cells[0].innerText) &&
+    /6 of 10 requests/.test(tr.innerText)) &&
+    await page.$eval('tr[data-limit="crm"]', (tr) => tr.dataset.scope === 'tenant' && !/shared/.test(tr.innerText)),
+  'a shared limit that binds the tenant\'s steps shows with its budget, labelled shared');
   await page.type('input[name=address]', 'blocked@example.com');
   await page.type('input[name=reason]', XSS.slice(0, 100));
   await page.click('form.filters button[type=submit]');

@@ -150,20 +150,34 @@ static void test_rate_limit_api(void **state)
                    "SELECT 'lims_theirs', id, 1 FROM t RETURNING id");
     th_pg_long(db, "INSERT INTO rate_limits (name, requests_per_s) VALUES ('lims_api', 1000) "
                    "RETURNING id");
+    /* the list has every limit that binds the tenant's steps: its own lims_api first, then the
+     * shared one, labelled; never another tenant's */
     json_t *list = th_api_json(api, 200, "GET", "/v1/rate-limits", NULL);
     const json_t *rows = json_object_get(list, "rate_limits");
     size_t i;
     const json_t *r;
-    int mine = 0;
+    int mine = 0, shared = 0;
     json_array_foreach (rows, i, r) {
         const char *name = json_string_value(json_object_get(r, "name"));
+        const char *scope = json_string_value(json_object_get(r, "scope"));
         assert_string_not_equal(name, "lims_theirs");
-        if (strcmp(name, "lims_api") == 0) {
+        if (strcmp(name, "lims_api") != 0)
+            continue;
+        if (strcmp(scope, "tenant") == 0) {
+            assert_int_equal(shared, 0);
             mine++;
             assert_true(json_number_value(json_object_get(r, "tokens_per_min")) == 1000.0);
+        } else {
+            assert_string_equal(scope, "shared");
+            shared++;
+            assert_true(json_number_value(json_object_get(r, "requests_per_s")) == 1000.0);
+            assert_true(json_is_null(json_object_get(r, "tokens_per_min")));
+            assert_true(json_number_value(json_object_get(json_object_get(r, "budget"),
+                                                          "requests")) == 1000.0);
         }
     }
     assert_int_equal(mine, 1);
+    assert_int_equal(shared, 1);
     json_decref(list);
     /* the budget left: 400 of the 1,000 tokens taken, a few refilled since */
     snprintf(sql, sizeof sql, "SELECT wait_ms FROM flowd_rl_take(%lld, 'lims_api', 0, 400)",
@@ -171,7 +185,8 @@ static void test_rate_limit_api(void **state)
     assert_int_equal(th_pg_long(db, sql), 0);
     list = th_api_json(api, 200, "GET", "/v1/rate-limits", NULL);
     json_array_foreach (json_object_get(list, "rate_limits"), i, r) {
-        if (strcmp(json_string_value(json_object_get(r, "name")), "lims_api") != 0)
+        if (strcmp(json_string_value(json_object_get(r, "name")), "lims_api") != 0 ||
+            strcmp(json_string_value(json_object_get(r, "scope")), "tenant") != 0)
             continue;
         const json_t *b = json_object_get(r, "budget");
         double left = json_number_value(json_object_get(b, "tokens"));
