@@ -19,7 +19,7 @@
  * A delivery that does not verify gets 401 and changes nothing. One that does is checked as
  * POST /v1/events checks an event (the input of every run its triggers would start), then applied
  * with its dedup key in one transaction (flowd_custom_hook_apply): a replay answers 200 with
- * "duplicate": true and no effect. Secrets are sealed at rest like providers' (steps/secret.h). */
+ * "duplicate": true and no effect. Secrets are sealed at rest like providers' (engine/secret.h). */
 #include <ctype.h>
 #include <openssl/crypto.h>
 #include <stdio.h>
@@ -31,11 +31,11 @@
 #include "engine/log.h"
 #include "engine/mem.h"
 #include "engine/metrics.h"
+#include "engine/secret.h"
 #include "engine/webhook.h"
 #include "engine/wf_def.h"
 #include "engine/wf_template.h"
 #include "engine/wf_trigger.h"
-#include "steps/secret.h"
 
 #define CH_NAME_MAX      100
 #define CH_HEADER_MAX    100

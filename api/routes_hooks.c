@@ -44,8 +44,8 @@
 #include "engine/log.h"
 #include "engine/mem.h"
 #include "engine/metrics.h"
+#include "engine/secret.h"
 #include "steps/provider.h"
-#include "steps/secret.h"
 
 #define HOOK_MAX_ITEMS 10000
 

@@ -5,7 +5,7 @@
  *   DELETE /v1/providers/{provider}
  *
  * Secret fields (prov_field_secret) are sealed under the operator's key before they reach the
- * database (steps/secret.h) and are shown only masked ("****" and the last 4 characters); without
+ * database (engine/secret.h) and are shown only masked ("****" and the last 4 characters); without
  * a key a PUT carrying a secret is refused. Other fields (base_url, from, account ids) are stored
  * and shown as given. Responses never hold a secret in full, and nothing here logs a value.
  *
@@ -15,8 +15,8 @@
 
 #include "api/api_int.h"
 #include "engine/mem.h"
+#include "engine/secret.h"
 #include "steps/provider.h"
-#include "steps/secret.h"
 
 #define PROVIDER_VALUE_MAX 4096
 

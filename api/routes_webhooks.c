@@ -10,7 +10,10 @@
  *   GET    /v1/webhook-deliveries?endpoint=&run=&state=&before=&limit=
  *   POST   /v1/webhook-deliveries/{id}/redeliver
  *
- * A secret is shown once: when the endpoint is created and when it is rotated. URLs must be https
+ * A secret is shown once: when the endpoint is created and when it is rotated. The database keeps it
+ * sealed under the operator's FLOWD_SECRET_KEY when one is set (engine/secret.h), so a copy of
+ * the database cannot forge deliveries; without a key it is kept in clear, and `flowd secrets
+ * rotate` seals it once a key is set. URLs must be https
  * and must not name a non-public address unless the operator allows private targets (the
  * dispatcher checks the resolved address of every connection too). */
 #include <curl/curl.h>
@@ -22,6 +25,7 @@
 #include "api/api_int.h"
 #include "engine/mem.h"
 #include "engine/netaddr.h"
+#include "engine/secret.h"
 #include "engine/webhook.h"
 #include "steps/provider.h"
 
@@ -146,12 +150,54 @@ static void wh_fields_free(wh_fields *f)
 #define WH_ARRAY(n) "CASE WHEN $" #n "::jsonb IS NULL THEN NULL ELSE " \
                     "ARRAY(SELECT jsonb_array_elements_text($" #n "::jsonb)) END"
 
+static void wh_secret_free(void *plain)
+{
+    sec_free(plain);
+}
+
+/* A new signing secret for the call. Its plain value stays with the call (call->data) for the
+ * one answer that shows it; the returned value is what the database keeps: sealed when a key is
+ * configured. NULL, the call answered, when sealing fails. */
+static char *wh_secret_new(api_call *call)
+{
+    char *plain = eng_xcalloc(1, 64);
+    eng_webhook_secret_new(plain, 64);
+    call->data = plain;
+    call->data_free = wh_secret_free;
+    if (!sec_have_key())
+        return eng_xstrdup(plain);
+    eng_err err;
+    char *sealed = sec_seal(plain, &err);
+    if (!sealed)
+        api_call_respond_err(call, &err);
+    return sealed;
+}
+
+/* Answers the endpoint of the row with the call's new secret in plain. */
+static void wh_respond_with_secret(api_call *call, int status, const eng_err *err,
+                                   const PGresult *res)
+{
+    if (err) {
+        api_call_respond_err(call, err);
+        return;
+    }
+    json_t *e = PQgetisnull(res, 0, 0) ? NULL : json_loads(PQgetvalue(res, 0, 0), 0, NULL);
+    if (!e) {
+        api_call_respond_error(call, 404, "not_found", "webhook endpoint not found", NULL);
+        return;
+    }
+    json_object_set_new(e, "secret", json_string(call->data));
+    api_call_respond_json(call, status, e);
+}
+
 static void wh_created_cb(api_call *call, const eng_err *err, const PGresult *res)
 {
-    if (err)
-        api_call_respond_err(call, err);
-    else
-        api_call_respond_row_json(call, 201, res, "webhook endpoint");
+    wh_respond_with_secret(call, 201, err, res);
+}
+
+static void wh_rotated_cb(api_call *call, const eng_err *err, const PGresult *res)
+{
+    wh_respond_with_secret(call, 200, err, res);
 }
 
 static void wh_row_cb(api_call *call, const eng_err *err, const PGresult *res)
@@ -172,17 +218,19 @@ void api_route_webhook_endpoint_post(api_call *call)
     if (!body)
         return;
     wh_fields f;
+    char *stored = NULL;
     if (wh_fields_parse(call, body, false, &f)) {
-        char secret[64];
-        eng_webhook_secret_new(secret, sizeof secret);
+        stored = wh_secret_new(call);
         const char *params[] = {call->tenant_s, f.url, f.events, f.workflows, f.description,
-                                secret};
-        api_call_db(call,
-                    "SELECT flowd_webhook_endpoint_create($1, $2, " WH_ARRAY(3) ", " WH_ARRAY(4)
-                    ", $5, $6)",
-                    6, params, wh_created_cb);
+                                stored};
+        if (stored)
+            api_call_db(call,
+                        "SELECT flowd_webhook_endpoint_create($1, $2, " WH_ARRAY(3) ", "
+                        WH_ARRAY(4) ", $5, $6)",
+                        6, params, wh_created_cb);
         wh_fields_free(&f);
     }
+    sec_free(stored);
     json_decref(body);
 }
 
@@ -262,10 +310,12 @@ void api_route_webhook_endpoint_rotate(api_call *call)
 {
     if (!api_call_admin_only(call))
         return;
-    char secret[64];
-    eng_webhook_secret_new(secret, sizeof secret);
-    const char *params[] = {call->tenant_s, call->params[0], secret};
-    api_call_db(call, "SELECT flowd_webhook_endpoint_rotate($1, $2, $3)", 3, params, wh_row_cb);
+    char *stored = wh_secret_new(call);
+    if (!stored)
+        return;
+    const char *params[] = {call->tenant_s, call->params[0], stored};
+    api_call_db(call, "SELECT flowd_webhook_endpoint_rotate($1, $2, $3)", 3, params, wh_rotated_cb);
+    sec_free(stored);
 }
 
 static void wh_signer_cb(api_call *call, const eng_err *err, const PGresult *res)
@@ -275,7 +325,7 @@ static void wh_signer_cb(api_call *call, const eng_err *err, const PGresult *res
         return;
     }
     json_t *e = json_loads(PQgetvalue(res, 0, 0), 0, NULL);
-    json_t *out = json_pack("{s:O, s:O}", "secret", json_object_get(e, "secret"),
+    json_t *out = json_pack("{s:s, s:O}", "secret", (const char *)call->data,
                             "previous_secret_expires_at",
                             json_object_get(e, "previous_secret_expires_at"));
     json_decref(e);
@@ -286,11 +336,13 @@ void api_route_webhook_callback_secret(api_call *call)
 {
     if (!api_call_admin_only(call))
         return;
-    char secret[64];
-    eng_webhook_secret_new(secret, sizeof secret);
-    const char *params[] = {call->tenant_s, secret};
+    char *stored = wh_secret_new(call);
+    if (!stored)
+        return;
+    const char *params[] = {call->tenant_s, stored};
     api_call_db(call, "SELECT flowd_webhook_endpoint_rotate($1, NULL, $2)", 2, params,
                 wh_signer_cb);
+    sec_free(stored);
 }
 
 /* ------------------------------------------------------------------------ deliveries -- */

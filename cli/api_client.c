@@ -90,6 +90,37 @@ void cli_print_json(const json_t *j)
     free(text);
 }
 
+int cli_api_command(cli_env *env, const char *method, const char *path, const json_t *body,
+                    cli_show_fn *show, const void *arg)
+{
+    eng_err err;
+    cli_api api;
+    if (cli_api_open(env, true, &api, &err) != ENG_OK)
+        return cli_fail(&err);
+    json_t *out = NULL;
+    int status = 0;
+    if (!cli_api_request(&api, method, path, body, &out, &err))
+        status = cli_fail(&err);
+    else if (env->json && out)
+        cli_print_json(out);
+    else if (show)
+        show(out, arg);
+    json_decref(out);
+    cli_api_free(&api);
+    return status;
+}
+
+void cli_show_list(const json_t *out, const char *member, void (*show_one)(const json_t *item),
+                   const char *empty)
+{
+    const json_t *items = json_object_get(out, member), *item;
+    size_t i;
+    json_array_foreach (items, i, item)
+        show_one(item);
+    if (json_array_size(items) == 0)
+        printf("%s\n", empty);
+}
+
 char *cli_api_escape(const char *s)
 {
     CURL *h = curl_easy_init();

@@ -98,6 +98,16 @@ void cli_api_free(cli_api *api);
  * status, or 0 with err set when the server could not be reached or answered with an error. */
 long cli_api_request(const cli_api *api, const char *method, const char *path, const json_t *body,
                      json_t **out, eng_err *err);
+/* How an API command shows the answer when not asked for JSON; arg is the command's own. */
+typedef void cli_show_fn(const json_t *out, const void *arg);
+/* One request as a whole command: opens the API (cli_api_open, local), sends method path with body
+ * (NULL for none; not stolen), prints the answer as JSON under --json, else through show (NULL:
+ * nothing), and returns the exit status. */
+int cli_api_command(cli_env *env, const char *method, const char *path, const json_t *body,
+                    cli_show_fn *show, const void *arg);
+/* Shows each element of out's array member with show_one, or the line empty when there is none. */
+void cli_show_list(const json_t *out, const char *member, void (*show_one)(const json_t *item),
+                   const char *empty);
 /* Percent-encodes one path or query segment (caller frees). */
 char *cli_api_escape(const char *s);
 /* Prints j as indented JSON on stdout. */

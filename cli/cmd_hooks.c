@@ -31,6 +31,17 @@ static void print_hook(const json_t *h)
            json_string_value(json_object_get(e, "key")), dedup ? dedup : "body sha256");
 }
 
+static void show_hook_answer(const json_t *out, const void *arg)
+{
+    char *const *argv = arg;
+    if (strcmp(argv[1], "list") == 0)
+        cli_show_list(out, "hooks", print_hook, "no hooks");
+    else if (strcmp(argv[1], "delete") == 0)
+        printf("%s: deleted\n", argv[2]);
+    else
+        print_hook(out);
+}
+
 int cli_cmd_hook(cli_env *env, int argc, char **argv)
 {
     const char *sub = argc > 1 ? argv[1] : "";
@@ -55,35 +66,12 @@ int cli_cmd_hook(cli_env *env, int argc, char **argv)
             return cli_fail(&err);
         }
     }
-    cli_api api;
-    if (cli_api_open(env, true, &api, &err) != ENG_OK) {
-        json_decref(body);
-        return cli_fail(&err);
-    }
     char *name = list ? NULL : cli_api_escape(argv[2]);
     char *path = list ? eng_xstrdup("/v1/hooks/custom") : eng_xasprintf("/v1/hooks/custom/%s", name);
-    json_t *out = NULL;
-    int status = 0;
-    if (!cli_api_request(&api, set ? "PUT" : del ? "DELETE" : "GET", path, body, &out, &err)) {
-        status = cli_fail(&err);
-    } else if (env->json && out) {
-        cli_print_json(out);
-    } else if (list) {
-        const json_t *h;
-        size_t i;
-        json_array_foreach (json_object_get(out, "hooks"), i, h)
-            print_hook(h);
-        if (json_array_size(json_object_get(out, "hooks")) == 0)
-            printf("no hooks\n");
-    } else if (del) {
-        printf("%s: deleted\n", argv[2]);
-    } else {
-        print_hook(out);
-    }
-    json_decref(out);
+    int status = cli_api_command(env, set ? "PUT" : del ? "DELETE" : "GET", path, body,
+                                 show_hook_answer, argv);
     json_decref(body);
     free(path);
     free(name);
-    cli_api_free(&api);
     return status;
 }

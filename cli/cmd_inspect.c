@@ -306,37 +306,28 @@ int cli_cmd_show(cli_env *env, int argc, char **argv)
 
 /* ------------------------------------------------------------------------------- workflows -- */
 
+static void show_workflows(const json_t *out, const void *arg)
+{
+    (void)arg;
+    printf("%-32s %-8s %-9s %s\n", "NAME", "VERSION", "VERSIONS", "UPDATED (UTC)");
+    size_t i;
+    const json_t *w;
+    json_array_foreach (json_object_get(out, "workflows"), i, w) {
+        char t[32];
+        printf("%-32s %-8lld %-9lld %s\n", insp_str(w, "name"),
+               (long long)json_integer_value(json_object_get(w, "version")),
+               (long long)json_integer_value(json_object_get(w, "versions")),
+               insp_time(json_object_get(w, "updated_at"), t));
+    }
+}
+
 int cli_cmd_workflows(cli_env *env, int argc, char **argv)
 {
     if (argc != 1) {
         cli_command_usage_error(argv[0]);
         return 2;
     }
-    eng_err err;
-    cli_api api;
-    if (cli_api_open(env, true, &api, &err) != ENG_OK)
-        return cli_fail(&err);
-    json_t *out;
-    int status = 0;
-    if (!cli_api_request(&api, "GET", "/v1/workflows", NULL, &out, &err)) {
-        status = cli_fail(&err);
-    } else if (env->json) {
-        cli_print_json(out);
-    } else {
-        printf("%-32s %-8s %-9s %s\n", "NAME", "VERSION", "VERSIONS", "UPDATED (UTC)");
-        size_t i;
-        json_t *w;
-        json_array_foreach (json_object_get(out, "workflows"), i, w) {
-            char t[32];
-            printf("%-32s %-8lld %-9lld %s\n", insp_str(w, "name"),
-                   (long long)json_integer_value(json_object_get(w, "version")),
-                   (long long)json_integer_value(json_object_get(w, "versions")),
-                   insp_time(json_object_get(w, "updated_at"), t));
-        }
-    }
-    json_decref(out);
-    cli_api_free(&api);
-    return status;
+    return cli_api_command(env, "GET", "/v1/workflows", NULL, show_workflows, NULL);
 }
 
 /* ----------------------------------------------------------------------------------- start -- */
@@ -434,6 +425,23 @@ int cli_cmd_start(cli_env *env, int argc, char **argv)
 
 /* ---------------------------------------------------------------------------------- outbox -- */
 
+static void show_outbox(const json_t *out, const void *arg)
+{
+    (void)arg;
+    printf("%-7s %-7s %-20s %-9s %-28s %s\n", "ID", "RUN", "STEP", "CHANNEL", "TO",
+           "CREATED (UTC)");
+    size_t i;
+    const json_t *m;
+    json_array_foreach (json_object_get(out, "messages"), i, m) {
+        char t[32];
+        printf("%-7lld %-7lld %-20s %-9s %-28s %s\n",
+               (long long)json_integer_value(json_object_get(m, "id")),
+               (long long)json_integer_value(json_object_get(m, "run_id")), insp_str(m, "step"),
+               insp_str(m, "channel"), insp_str(m, "to"),
+               insp_time(json_object_get(m, "created_at"), t));
+    }
+}
+
 int cli_cmd_outbox(cli_env *env, int argc, char **argv)
 {
     static const struct option longopts[] = {{"run", required_argument, NULL, 'r'},
@@ -455,36 +463,11 @@ int cli_cmd_outbox(cli_env *env, int argc, char **argv)
         cli_command_usage_error("outbox");
         return 2;
     }
-    eng_err err;
-    cli_api api;
-    if (cli_api_open(env, true, &api, &err) != ENG_OK)
-        return cli_fail(&err);
     char *path = eng_xstrdup("/v1/outbox");
     insp_query(&path, "run", run);
     insp_query(&path, "after", after);
     insp_query(&path, "limit", limit);
-    json_t *out;
-    int status = 0;
-    if (!cli_api_request(&api, "GET", path, NULL, &out, &err)) {
-        status = cli_fail(&err);
-    } else if (env->json) {
-        cli_print_json(out);
-    } else {
-        printf("%-7s %-7s %-20s %-9s %-28s %s\n", "ID", "RUN", "STEP", "CHANNEL", "TO",
-               "CREATED (UTC)");
-        size_t i;
-        json_t *m;
-        json_array_foreach (json_object_get(out, "messages"), i, m) {
-            char t[32];
-            printf("%-7lld %-7lld %-20s %-9s %-28s %s\n",
-                   (long long)json_integer_value(json_object_get(m, "id")),
-                   (long long)json_integer_value(json_object_get(m, "run_id")), insp_str(m, "step"),
-                   insp_str(m, "channel"), insp_str(m, "to"),
-                   insp_time(json_object_get(m, "created_at"), t));
-        }
-    }
-    json_decref(out);
+    int status = cli_api_command(env, "GET", path, NULL, show_outbox, NULL);
     free(path);
-    cli_api_free(&api);
     return status;
 }

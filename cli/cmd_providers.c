@@ -13,8 +13,8 @@
 
 #include "cli/cli.h"
 #include "engine/mem.h"
+#include "engine/secret.h"
 #include "steps/provider.h"
-#include "steps/secret.h"
 
 /* One line of stdin without its line end, or NULL when there is none. */
 static char *stdin_line(void)
@@ -70,6 +70,18 @@ static void print_provider(const json_t *p)
         printf("  %-22s %s\n", k, json_string_value(v));
 }
 
+static void show_provider_answer(const json_t *out, const void *arg)
+{
+    char *const *argv = arg;
+    if (strcmp(argv[1], "list") == 0)
+        cli_show_list(out, "providers", print_provider,
+                      "no provider settings: steps use the environment's");
+    else if (strcmp(argv[1], "delete") == 0)
+        printf("%s: settings removed\n", argv[2]);
+    else
+        print_provider(out);
+}
+
 int cli_cmd_provider(cli_env *env, int argc, char **argv)
 {
     const char *sub = argc > 1 ? argv[1] : "";
@@ -82,37 +94,13 @@ int cli_cmd_provider(cli_env *env, int argc, char **argv)
     json_t *body = set ? set_body(argc - 3, argv + 3) : NULL;
     if (set && !body)
         return 2;
-    eng_err err;
-    cli_api api;
-    if (cli_api_open(env, true, &api, &err) != ENG_OK) {
-        json_decref(body);
-        return cli_fail(&err);
-    }
     char *name = list ? NULL : cli_api_escape(argv[2]);
     char *path = list ? eng_xstrdup("/v1/providers") : eng_xasprintf("/v1/providers/%s", name);
-    json_t *out = NULL;
-    int status = 0;
-    if (!cli_api_request(&api, set ? "PUT" : list ? "GET" : "DELETE", path, body, &out, &err)) {
-        status = cli_fail(&err);
-    } else if (env->json && out) {
-        cli_print_json(out);
-    } else if (set) {
-        print_provider(out);
-    } else if (list) {
-        const json_t *p;
-        size_t i;
-        json_array_foreach (json_object_get(out, "providers"), i, p)
-            print_provider(p);
-        if (json_array_size(json_object_get(out, "providers")) == 0)
-            printf("no provider settings: steps use the environment's\n");
-    } else {
-        printf("%s: settings removed\n", argv[2]);
-    }
-    json_decref(out);
+    int status = cli_api_command(env, set ? "PUT" : list ? "GET" : "DELETE", path, body,
+                                 show_provider_answer, argv);
     json_decref(body);
     free(path);
     free(name);
-    cli_api_free(&api);
     return status;
 }
 
@@ -170,6 +158,30 @@ static eng_rc reseal_rows(cli_env *env, const char *select, const char *update, 
     return rc;
 }
 
+/* Where secrets are stored, for reseal_rows. Webhook endpoints have two: the current signing
+ * secret and the one still signing after a rotation. */
+static const struct {
+    const char *what, *select, *update;
+} sealed_columns[] = {
+    {"provider",
+     "SELECT tenant_id, provider, settings::text FROM provider_settings"
+     " ORDER BY tenant_id, provider FOR UPDATE",
+     "UPDATE provider_settings SET settings = $3::jsonb, updated_at = now()"
+     " WHERE tenant_id = $1 AND provider = $2"},
+    {"hook",
+     "SELECT tenant_id, name, verify::text FROM custom_hooks ORDER BY tenant_id, name FOR UPDATE",
+     "UPDATE custom_hooks SET verify = $3::jsonb WHERE tenant_id = $1 AND name = $2"},
+    {"webhook endpoint",
+     "SELECT tenant_id, id, jsonb_build_object('secret', secret)::text"
+     " FROM webhook_endpoints ORDER BY tenant_id, id FOR UPDATE",
+     "UPDATE webhook_endpoints SET secret = $3::jsonb->>'secret' WHERE tenant_id = $1 AND id = $2"},
+    {"webhook endpoint",
+     "SELECT tenant_id, id, jsonb_build_object('secret', previous_secret)::text"
+     " FROM webhook_endpoints WHERE previous_secret IS NOT NULL ORDER BY tenant_id, id FOR UPDATE",
+     "UPDATE webhook_endpoints SET previous_secret = $3::jsonb->>'secret'"
+     " WHERE tenant_id = $1 AND id = $2"},
+};
+
 int cli_cmd_secrets(cli_env *env, int argc, char **argv)
 {
     if (argc != 2 || strcmp(argv[1], "rotate") != 0) {
@@ -192,27 +204,20 @@ int cli_cmd_secrets(cli_env *env, int argc, char **argv)
     if (!res)
         return cli_fail(&err);
     PQclear(res);
-    int rows = 0, resealed = 0, hooks = 0, hooks_resealed = 0;
-    eng_rc rc = reseal_rows(env,
-                            "SELECT tenant_id, provider, settings::text FROM provider_settings"
-                            " ORDER BY tenant_id, provider FOR UPDATE",
-                            "UPDATE provider_settings SET settings = $3::jsonb, updated_at = now()"
-                            " WHERE tenant_id = $1 AND provider = $2",
-                            "provider", &rows, &resealed, &err);
-    if (rc == ENG_OK)
-        rc = reseal_rows(env,
-                         "SELECT tenant_id, name, verify::text FROM custom_hooks"
-                         " ORDER BY tenant_id, name FOR UPDATE",
-                         "UPDATE custom_hooks SET verify = $3::jsonb"
-                         " WHERE tenant_id = $1 AND name = $2",
-                         "hook", &hooks, &hooks_resealed, &err);
+    int rows[ENG_ARRAY_LEN(sealed_columns)] = {0}, resealed[ENG_ARRAY_LEN(sealed_columns)] = {0};
+    eng_rc rc = ENG_OK;
+    for (size_t i = 0; rc == ENG_OK && i < ENG_ARRAY_LEN(sealed_columns); i++)
+        rc = reseal_rows(env, sealed_columns[i].select, sealed_columns[i].update,
+                         sealed_columns[i].what, &rows[i], &resealed[i], &err);
     PGresult *commit = rc == ENG_OK ? cli_exec(env, "COMMIT", 0, NULL, &err) : NULL;
     if (!commit) {
         PQclear(cli_exec(env, "ROLLBACK", 0, NULL, NULL));
         return cli_fail(&err);
     }
     PQclear(commit);
-    printf("%d of %d provider settings and %d of %d custom hooks re-sealed under the current key\n",
-           resealed, rows, hooks_resealed, hooks);
+    printf("%d of %d provider settings, %d of %d custom hooks and %d of %d webhook signing secrets "
+           "re-sealed under the current key\n",
+           resealed[0], rows[0], resealed[1], rows[1], resealed[2] + resealed[3],
+           rows[2] + rows[3]);
     return 0;
 }

@@ -44,6 +44,21 @@ static bool quota_value(json_t *body, int i, const char *arg, eng_err *err)
     return false;
 }
 
+static void show_quotas(const json_t *out, const void *arg)
+{
+    const char *tenant = arg;
+    for (size_t i = 0; i < ENG_ARRAY_LEN(quota_names); i++) {
+        const json_t *q = json_object_get(out, quota_names[i]);
+        if (json_is_object(q))
+            printf("%s: %s %.15g of %.15g used, resets %s\n", tenant, quota_names[i],
+                   json_number_value(json_object_get(q, "used")),
+                   json_number_value(json_object_get(q, "limit")),
+                   json_string_value(json_object_get(q, "resets_at")));
+        else
+            printf("%s: %s not limited\n", tenant, quota_names[i]);
+    }
+}
+
 int cli_cmd_quotas(cli_env *env, int argc, char **argv)
 {
     static const struct option longopts[] = {{"runs-per-month", required_argument, NULL, 0},
@@ -70,36 +85,13 @@ int cli_cmd_quotas(cli_env *env, int argc, char **argv)
         cli_command_usage_error("quotas");
         return 2;
     }
-    cli_api api;
-    if (cli_api_open(env, true, &api, &err) != ENG_OK) {
-        json_decref(body);
-        return cli_fail(&err);
-    }
     bool set = json_object_size(body) > 0;
     char *name = cli_api_escape(argv[optind]);
     char *path = eng_xasprintf("/v1/tenants/%s/quotas", name);
-    json_t *out = NULL;
-    int status = 0;
-    if (!cli_api_request(&api, set ? "PUT" : "GET", path, set ? body : NULL, &out, &err)) {
-        status = cli_fail(&err);
-    } else if (env->json) {
-        cli_print_json(out);
-    } else {
-        for (size_t i = 0; i < sizeof quota_names / sizeof *quota_names; i++) {
-            const json_t *q = json_object_get(out, quota_names[i]);
-            if (json_is_object(q))
-                printf("%s: %s %.15g of %.15g used, resets %s\n", argv[optind], quota_names[i],
-                       json_number_value(json_object_get(q, "used")),
-                       json_number_value(json_object_get(q, "limit")),
-                       json_string_value(json_object_get(q, "resets_at")));
-            else
-                printf("%s: %s not limited\n", argv[optind], quota_names[i]);
-        }
-    }
-    json_decref(out);
+    int status = cli_api_command(env, set ? "PUT" : "GET", path, set ? body : NULL,
+                                 show_quotas, argv[optind]);
     json_decref(body);
     free(path);
     free(name);
-    cli_api_free(&api);
     return status;
 }

@@ -97,6 +97,24 @@ static void print_schedule(const json_t *s, bool ticks)
                    json_string_value(json_object_get(t, "local")));
 }
 
+static void print_schedule_line(const json_t *s)
+{
+    print_schedule(s, false);
+}
+
+static void show_schedule_answer(const json_t *out, const void *arg)
+{
+    char *const *argv = arg;
+    if (strcmp(argv[1], "list") == 0)
+        cli_show_list(out, "schedules", print_schedule_line, "no schedules");
+    else if (strcmp(argv[1], "delete") == 0)
+        printf("%s: deleted\n", argv[2]);
+    else if (strcmp(argv[1], "trigger") == 0)
+        printf("%lld\n", (long long)json_integer_value(json_object_get(out, "id")));
+    else
+        print_schedule(out, true);
+}
+
 int cli_cmd_schedule(cli_env *env, int argc, char **argv)
 {
     const char *sub = argc > 1 ? argv[1] : "";
@@ -118,11 +136,6 @@ int cli_cmd_schedule(cli_env *env, int argc, char **argv)
         cli_command_usage_error("schedule");
         return 2;
     }
-    cli_api api;
-    if (cli_api_open(env, true, &api, &err) != ENG_OK) {
-        json_decref(body);
-        return cli_fail(&err);
-    }
     char *name = list ? NULL : cli_api_escape(argv[2]);
     bool action = single && strcmp(sub, "show") != 0 && strcmp(sub, "delete") != 0;
     char *path = list     ? eng_xstrdup("/v1/schedules")
@@ -130,30 +143,9 @@ int cli_cmd_schedule(cli_env *env, int argc, char **argv)
                           : eng_xasprintf("/v1/schedules/%s", name);
     const char *method = set ? "PUT" : action ? "POST" : strcmp(sub, "delete") == 0 ? "DELETE"
                                                                                     : "GET";
-    json_t *out = NULL;
-    int status = 0;
-    if (!cli_api_request(&api, method, path, body, &out, &err)) {
-        status = cli_fail(&err);
-    } else if (env->json && out) {
-        cli_print_json(out);
-    } else if (list) {
-        const json_t *s;
-        size_t i;
-        json_array_foreach (json_object_get(out, "schedules"), i, s)
-            print_schedule(s, false);
-        if (json_array_size(json_object_get(out, "schedules")) == 0)
-            printf("no schedules\n");
-    } else if (strcmp(sub, "delete") == 0) {
-        printf("%s: deleted\n", argv[2]);
-    } else if (strcmp(sub, "trigger") == 0) {
-        printf("%lld\n", (long long)json_integer_value(json_object_get(out, "id")));
-    } else {
-        print_schedule(out, true);
-    }
-    json_decref(out);
+    int status = cli_api_command(env, method, path, body, show_schedule_answer, argv);
     json_decref(body);
     free(path);
     free(name);
-    cli_api_free(&api);
     return status;
 }

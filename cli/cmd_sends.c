@@ -10,6 +10,15 @@
 #include "cli/cli.h"
 #include "engine/mem.h"
 
+static void show_outcome(const json_t *out, const void *arg)
+{
+    (void)arg;
+    const char *mid = json_string_value(json_object_get(out, "message_id"));
+    printf("send %s: %s%s%s\n", json_string_value(json_object_get(out, "send_key")),
+           json_string_value(json_object_get(out, "state")), mid ? ", message " : "",
+           mid ? mid : "");
+}
+
 int cli_cmd_send(cli_env *env, int argc, char **argv)
 {
     static const struct option longopts[] = {{"message-id", required_argument, NULL, 'm'},
@@ -30,32 +39,15 @@ int cli_cmd_send(cli_env *env, int argc, char **argv)
         cli_command_usage_error("send");
         return 2;
     }
-    eng_err err;
-    cli_api api;
-    if (cli_api_open(env, true, &api, &err) != ENG_OK)
-        return cli_fail(&err);
     char *key = cli_api_escape(argv[optind + 1]);
     char *path = eng_xasprintf("/v1/sends/%s/outcome", key);
     json_t *body = json_pack("{s:s}", "outcome",
                              strcmp(argv[optind + 2], "sent") == 0 ? "sent" : "not_sent");
     if (message_id)
         json_object_set_new(body, "message_id", json_string(message_id));
-    json_t *out = NULL;
-    int status = 0;
-    if (!cli_api_request(&api, "POST", path, body, &out, &err)) {
-        status = cli_fail(&err);
-    } else if (env->json) {
-        cli_print_json(out);
-    } else {
-        const char *mid = json_string_value(json_object_get(out, "message_id"));
-        printf("send %s: %s%s%s\n", json_string_value(json_object_get(out, "send_key")),
-               json_string_value(json_object_get(out, "state")), mid ? ", message " : "",
-               mid ? mid : "");
-    }
-    json_decref(out);
+    int status = cli_api_command(env, "POST", path, body, show_outcome, NULL);
     json_decref(body);
     free(path);
     free(key);
-    cli_api_free(&api);
     return status;
 }

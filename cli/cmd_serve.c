@@ -16,10 +16,10 @@
 #include "engine/log.h"
 #include "engine/mem.h"
 #include "engine/procreg.h"
+#include "engine/secret.h"
 #include "engine/webhook.h"
 #include "engine/worker.h"
 #include "steps/provider.h"
-#include "steps/secret.h"
 
 static void serve_signal_cb(struct ev_loop *loop, ev_signal *w, int revents)
 {

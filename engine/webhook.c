@@ -25,6 +25,7 @@
 #include "engine/log.h"
 #include "engine/mem.h"
 #include "engine/metrics.h"
+#include "engine/secret.h"
 
 #define WH_RESPONSE_KEEP 200  /* bytes of an answer kept in the attempt log */
 #define WH_LEASE_SLACK_MS 30000 /* lease = attempt timeout + this (the settle statement included) */
@@ -275,20 +276,33 @@ static void wh_post(eng_webhooks *d, const PGresult *res, int row)
     /* the receiver checks the timestamp against its own clock: real time, never the test clock */
     char ts[24];
     snprintf(ts, sizeof ts, "%lld", (long long)(w->started_ms / 1000));
-    /* secrets come as a text[] literal of base64 words: {whsec_a,whsec_b} */
+    /* secrets come as a text[] literal of words without commas or quotes: {whsec_a,enc:v1:..},
+     * each sealed (engine/secret.h) or, stored before a key was set, in clear */
     char *list = eng_xstrdup(PQgetvalue(res, row, 5));
     char sig_hdr[512] = "webhook-signature: ";
-    size_t off = strlen(sig_hdr);
+    const size_t empty = strlen(sig_hdr);
+    size_t off = empty;
+    eng_err open_err = {0};
     for (char *save = NULL, *s = strtok_r(list, "{},\"", &save); s;
          s = strtok_r(NULL, "{},\"", &save)) {
         char sig[128];
-        if (!eng_webhook_sign(s, uid, ts, body, body_len, sig, sizeof sig) ||
-            off + strlen(sig) + 2 >= sizeof sig_hdr)
+        char *plain = sec_open(s, &open_err);
+        bool signed_ok = plain && eng_webhook_sign(plain, uid, ts, body, body_len, sig, sizeof sig);
+        sec_free(plain);
+        if (!signed_ok || off + strlen(sig) + 2 >= sizeof sig_hdr)
             continue;
         off += (size_t)snprintf(sig_hdr + off, sizeof sig_hdr - off, "%s%s",
                                 sig_hdr[off - 1] == ' ' ? "" : " ", sig);
     }
     free(list);
+    if (off == empty) {
+        /* never an unsigned delivery: it waits for the operator's key like a failed attempt */
+        char msg[sizeof open_err.msg + 64];
+        snprintf(msg, sizeof msg, "the endpoint's signing secret cannot be used: %s",
+                 open_err.msg[0] ? open_err.msg : "malformed");
+        wh_settle(w, 0, 0, NULL, msg, 0);
+        return;
+    }
     char id_hdr[96], ts_hdr[48];
     snprintf(id_hdr, sizeof id_hdr, "webhook-id: %s", uid);
     snprintf(ts_hdr, sizeof ts_hdr, "webhook-timestamp: %s", ts);

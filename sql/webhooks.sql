@@ -423,7 +423,8 @@ LANGUAGE sql STABLE AS $$
         'created_at', flowd_ms(e.created_at), 'updated_at', flowd_ms(e.updated_at))
 $$;
 
--- Creates an endpoint; returns it with its secret (the only time the secret is shown).
+-- Creates an endpoint and returns it. p_secret is what is kept: sealed by the caller when the
+-- operator set a key; the caller shows its plain value once.
 CREATE OR REPLACE FUNCTION flowd_webhook_endpoint_create(p_tenant bigint, p_url text,
                                                          p_events text[], p_workflows text[],
                                                          p_description text, p_secret text)
@@ -436,7 +437,7 @@ BEGIN
     VALUES (p_tenant, p_url, p_events, p_workflows, p_description, p_secret, flowd_now(),
             flowd_now())
     RETURNING * INTO v;
-    RETURN flowd_webhook_endpoint_obj(v) || jsonb_build_object('secret', v.secret);
+    RETURN flowd_webhook_endpoint_obj(v);
 END $$;
 
 CREATE OR REPLACE FUNCTION flowd_webhook_endpoints_json(p_tenant bigint) RETURNS jsonb
@@ -506,7 +507,7 @@ BEGIN
 END $$;
 
 -- A new secret; the current one keeps signing alongside it for 24 hours. p_id NULL rotates (or
--- creates) the tenant's callback signer. Returns the endpoint with its new secret.
+-- creates) the tenant's callback signer. Returns the endpoint (the caller shows the new secret).
 CREATE OR REPLACE FUNCTION flowd_webhook_endpoint_rotate(p_tenant bigint, p_id bigint,
                                                          p_secret text)
 RETURNS jsonb LANGUAGE plpgsql AS $$
@@ -532,7 +533,7 @@ BEGIN
             RETURN NULL;
         END IF;
     END IF;
-    RETURN flowd_webhook_endpoint_obj(v) || jsonb_build_object('secret', v.secret);
+    RETURN flowd_webhook_endpoint_obj(v);
 END $$;
 
 CREATE OR REPLACE FUNCTION flowd_webhook_send_obj(s webhook_sends) RETURNS jsonb

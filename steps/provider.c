@@ -23,7 +23,7 @@
 #include "engine/log.h"
 #include "engine/mem.h"
 #include "engine/metrics.h"
-#include "steps/secret.h"
+#include "engine/secret.h"
 
 #define PROV_MAX_RETRY_AFTER_MS 3600000LL /* a provider asking for more is capped at one hour */
 #define PROV_CACHE_MAX 4096               /* entries; past it the cache is emptied */

@@ -3,7 +3,7 @@
  * 1. Configuration. A provider's settings are a flat set of named string fields (below). They come
  *    from the environment and can be overridden per tenant by a row of provider_settings
  *    (tenant_id, provider, settings jsonb; migrations/0007_providers.sql; set with
- *    PUT /v1/providers/{provider}, secrets sealed by steps/secret.h). A provider without its
+ *    PUT /v1/providers/{provider}, secrets sealed by engine/secret.h). A provider without its
  *    credential fields is in *sandbox* mode: the kind runs every code path except the final
  *    transport (LLM: deterministic answer; messaging: outbox row).
  *
@@ -75,7 +75,7 @@ const char *prov_name(prov_id id);
 bool prov_from_name(const char *name, prov_id *out);
 
 /* True for setting names that hold a secret whatever the provider ("api_key", "auth_token",
- * "token", "app_secret", "verify_token", ...): sealed at rest (steps/secret.h), masked in
+ * "token", "app_secret", "verify_token", ...): sealed at rest (engine/secret.h), masked in
  * responses, redacted from messages. */
 bool prov_field_secret(const char *name);
 

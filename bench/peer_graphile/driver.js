@@ -10,6 +10,7 @@
 //   node driver.js sweep --database CONN [--jobs 20000] [--repeat 3]
 //   node driver.js enqueue --database CONN [--jobs 20000] [--in-flight 64] [--enqueue-batch 1000]
 //                          [--batch-jobs 100000] [--batch-in-flight 8] [--pool N]
+//   node driver.js latency --database CONN [--jobs 500] [--interval-ms 10] [--concurrency 2]
 //
 // --sleep-ms makes each job wait that long before it completes (a timer, no CPU), the peer of
 // flowd's `llm` steps waiting on a mock provider (bench/run versus, W3).
@@ -20,6 +21,13 @@
 // --batch-in-flight calls outstanding, as bench/run http's POST /v1/batches connections).
 // Its JSON has enqueue_single_per_s and enqueue_batch_per_s (jobs per second). A sweep runs it too,
 // once per repeat over pool sizes 10 (graphile-worker's default) and 32, and reports the best.
+//
+// latency is the peer of bench_queue's latency phase (bench/run versus, W2): an idle pool, one job
+// every --interval-ms added by the SQL function graphile_worker.add_job on one connection (flowd's
+// side calls flowd_enqueue the same way), enqueue-to-start being the job's locked_at (the claim's
+// time) less its created_at, both by the database's clock. Completed jobs are deleted, so a trigger
+// on their deletion keeps the two times; it runs at completion, after the start was measured.
+// Its JSON has latency_p50_ms, latency_p99_ms, latency_max_ms and latency_avg_ms.
 //
 // CONN is a postgres:// URL or a libpq keyword string ("host=/dir dbname=postgres user=postgres").
 // Each trial runs in a fresh database (created next to CONN's, dropped at the end) and in a fresh Node
@@ -33,8 +41,8 @@ const os = require("node:os");
 const { Pool } = require("pg");
 const gw = require("graphile-worker");
 
-function parseArgs(argv) {
-  const o = { jobs: 20000, enqueueBatch: 1000, repeat: 3, inFlight: 64, batchJobs: 100000,
+function parseArgs(argv, mode) {
+  const o = { jobs: mode === "latency" ? 500 : 20000, enqueueBatch: 1000, repeat: 3, inFlight: 64, batchJobs: 100000,
               batchInFlight: 8 };
   const keys = {
     "--database": ["database", String],
@@ -50,6 +58,7 @@ function parseArgs(argv) {
     "--batch-jobs": ["batchJobs", Number],
     "--batch-in-flight": ["batchInFlight", Number],
     "--sleep-ms": ["sleepMs", Number],
+    "--interval-ms": ["intervalMs", Number],
   };
   for (let i = 0; i < argv.length; i += 2) {
     const k = keys[argv[i]];
@@ -63,7 +72,7 @@ function parseArgs(argv) {
 }
 
 function usage(why) {
-  process.stderr.write(`driver.js: ${why}\nusage: driver.js trial|sweep|enqueue --database CONN [options]\n`);
+  process.stderr.write(`driver.js: ${why}\nusage: driver.js trial|sweep|enqueue|latency --database CONN [options]\n`);
   process.exit(2);
 }
 
@@ -252,6 +261,66 @@ async function enqueueTrial(o) {
   }
 }
 
+async function latencyTrial(o) {
+  const jobs = o.jobs;
+  const intervalMs = o.intervalMs || 10;
+  const admin = new Pool({ ...pgConfig(o.database), max: 1 });
+  const dbname = `peer_graphile_lat_${process.pid}_${Date.now()}`;
+  await admin.query(`CREATE DATABASE ${dbname}`); // our own generated identifier
+  const common = {
+    connectionString: connectionUrl(o.database, dbname), logger: quiet,
+    preset: { worker: { concurrentJobs: o.concurrency || 2, maxPoolSize: (o.concurrency || 2) + 2 } },
+  };
+  const client = new Pool({ ...pgConfig(o.database, dbname), max: 1 });
+  client.on("error", (e) => process.stderr.write(`driver.js: idle client error: ${e.message}\n`));
+  let runner;
+  try {
+    await gw.runMigrations(common);
+    await client.query(`
+      CREATE TABLE public.latency (created_at timestamptz NOT NULL, locked_at timestamptz);
+      CREATE FUNCTION public.keep_latency() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN
+        INSERT INTO public.latency VALUES (OLD.created_at, OLD.locked_at);
+        RETURN OLD;
+      END $$;
+      CREATE TRIGGER keep_latency AFTER DELETE ON graphile_worker._private_jobs
+        FOR EACH ROW EXECUTE FUNCTION public.keep_latency();`);
+    const taskList = { noop: async () => {} };
+    runner = await gw.run({ ...common, taskList, noHandleSignals: true });
+    await new Promise((resolve) => setTimeout(resolve, 500)); // connected, listening and idle
+    let next = Number(process.hrtime.bigint()) / 1e6;
+    for (let i = 0; i < jobs; i++) {
+      const wait = next - Number(process.hrtime.bigint()) / 1e6;
+      if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
+      next += intervalMs;
+      await client.query("SELECT graphile_worker.add_job('noop', json_build_object('n', $1::int))", [i]);
+    }
+    const until = Date.now() + 60000;
+    while (Number(await scalar(client, "SELECT count(*) FROM public.latency")) < jobs) {
+      if (Date.now() > until) throw new Error("latency jobs did not finish within 60 s");
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    await runner.stop();
+    runner = null;
+    const r = await client.query(`
+      SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms) AS p50,
+             percentile_cont(0.99) WITHIN GROUP (ORDER BY ms) AS p99, max(ms) AS max, avg(ms) AS avg
+        FROM (SELECT extract(epoch FROM locked_at - created_at) * 1000 AS ms FROM public.latency) x`);
+    const row = r.rows[0];
+    return {
+      latency_p50_ms: round3(Number(row.p50)), latency_p99_ms: round3(Number(row.p99)),
+      latency_max_ms: round3(Number(row.max)), latency_avg_ms: round3(Number(row.avg)),
+      jobs, interval_ms: intervalMs, concurrency: o.concurrency || 2,
+      fsync: await scalar(client, "SHOW fsync"),
+    };
+  } finally {
+    if (runner) await runner.stop();
+    await client.end();
+    await admin.query(`DROP DATABASE IF EXISTS ${dbname}`);
+    await admin.end();
+  }
+}
+
 const round2 = (v) => Math.round(v * 100) / 100;
 const round3 = (v) => Math.round(v * 1000) / 1000;
 
@@ -345,11 +414,12 @@ async function sweep(o) {
 
 async function main() {
   const [mode, ...rest] = process.argv.slice(2);
-  const o = parseArgs(rest);
+  const o = parseArgs(rest, mode);
   let out;
   if (mode === "trial") out = await trial(o);
   else if (mode === "sweep") out = await sweep(o);
   else if (mode === "enqueue") out = await enqueueTrial(o);
+  else if (mode === "latency") out = await latencyTrial(o);
   else usage(`unknown mode ${mode}`);
   process.stdout.write(JSON.stringify(out) + "\n");
 }

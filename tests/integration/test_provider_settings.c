@@ -21,9 +21,9 @@
 #include "engine/httpc.h"
 #include "engine/log.h"
 #include "engine/mem.h"
+#include "engine/secret.h"
 #include "engine/step.h"
 #include "steps/provider.h"
-#include "steps/secret.h"
 #include "steps/steps.h"
 #include "tests/support/th.h"
 #include "tests/support/th_api.h"
@@ -202,6 +202,14 @@ static char *hook_kid(world *w)
                                           " FROM custom_hooks WHERE name = 'rot'");
 }
 
+/* The key ids of a webhook endpoint's two signing secrets, "current previous". */
+static char *endpoint_kids(world *w)
+{
+    return th_pg_value(th_api_db(w->api), "SELECT split_part(secret, ':', 3) || ' '"
+                                          " || split_part(previous_secret, ':', 3)"
+                                          " FROM webhook_endpoints WHERE description = 'rot'");
+}
+
 static void rotate(world *w, int want_rc)
 {
     char *cmd = eng_xasprintf("'%s' secrets rotate --database '%s' >/dev/null", th_flowd_bin(),
@@ -221,9 +229,22 @@ static void test_rotation(void **state)
     json_decref(th_api_json(w->api, 201, "PUT", "/v1/hooks/custom/rot",
                             "{\"verify\": {\"token\": true, \"header\": \"X-Token\", \"secret\":"
                             " \"hook-secret\"}, \"event\": {\"name\": \"x\", \"key\": \"k\"}}"));
+    /* and an outbound webhook endpoint's signing secrets, the one rotated out too */
+    json_t *ep = th_api_json(w->api, 201, "POST", "/v1/webhook-endpoints",
+                             "{\"url\": \"https://hooks.example.com/rot\", \"events\": "
+                             "[\"schedule.fired\"], \"description\": \"rot\"}");
+    char path[96];
+    snprintf(path, sizeof path, "/v1/webhook-endpoints/%lld/rotate",
+             (long long)json_integer_value(json_object_get(ep, "id")));
+    json_decref(th_api_json(w->api, 200, "POST", path, NULL));
+    json_decref(ep);
     char *kid1 = token_kid(w);
     char *hook_kid1 = hook_kid(w);
     assert_string_equal(hook_kid1, kid1);
+    char *ep_kids = endpoint_kids(w), *want = eng_xasprintf("%s %s", kid1, kid1);
+    assert_string_equal(ep_kids, want);
+    free(ep_kids);
+    free(want);
 
     /* the new key alone cannot open what the old one sealed: rotation refuses and changes nothing */
     use_keys(KEY2_B64, NULL);
@@ -242,6 +263,11 @@ static void test_rotation(void **state)
     assert_string_not_equal(kid2, kid1);
     char *hook_kid2 = hook_kid(w);
     assert_string_equal(hook_kid2, kid2);
+    ep_kids = endpoint_kids(w);
+    want = eng_xasprintf("%s %s", kid2, kid2);
+    assert_string_equal(ep_kids, want);
+    free(ep_kids);
+    free(want);
     free(hook_kid1);
     free(hook_kid2);
     char *row = stored_settings(w);

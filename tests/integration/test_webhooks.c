@@ -10,6 +10,8 @@
  *     Retry-After honoured, the attempt log listed by GET /v1/webhook-deliveries; redeliver;
  *   - 410 disables the endpoint with a reason; five days of failures disable it too;
  *   - a rotated secret: deliveries carry two signatures, each secret verifies alone;
+ *   - with the operator's key set, secrets are stored sealed and deliveries still verify; without
+ *     the key a delivery is never sent unsigned: its attempt says why and it waits;
  *   - runs ended by one statement: one message each, in run id order, only those wanted;
  *   - a run's one-off callback, signed with the tenant's callback secret; a batch's, with
  *     batch.completed and the run events of its runs;
@@ -35,6 +37,7 @@
 #include "engine/log.h"
 #include "engine/mem.h"
 #include "engine/metrics.h"
+#include "engine/secret.h"
 #include "engine/step.h"
 #include "engine/webhook.h"
 #include "steps/steps.h"
@@ -631,6 +634,69 @@ static void test_rotation(void **state)
     endpoint_delete(w, e);
 }
 
+static void use_seal_key(const char *key)
+{
+    if (key)
+        setenv("FLOWD_SECRET_KEY", key, 1);
+    else
+        unsetenv("FLOWD_SECRET_KEY");
+    assert_int_equal(sec_reload(NULL), ENG_OK);
+}
+
+static void test_sealed_secrets(void **state)
+{
+    world *w = *state;
+    use_seal_key("6a0c2e4f81a3b5c7d9e0f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6");
+    json_t *e = endpoint_new(w, "/sealed", "");
+    long long id = (long long)json_integer_value(json_object_get(e, "id"));
+    const char *first = json_string_value(json_object_get(e, "secret"));
+    assert_int_equal(strncmp(first, "whsec_", 6), 0);
+    char path[96];
+    snprintf(path, sizeof path, "/v1/webhook-endpoints/%lld/rotate", id);
+    json_t *r = th_api_json(w->api, 200, "POST", path, NULL);
+    const char *fresh = json_string_value(json_object_get(r, "secret"));
+    assert_int_equal(strncmp(fresh, "whsec_", 6), 0);
+    /* what the database keeps cannot sign: both secrets sealed, neither readable in it */
+    char *kept = th_pg_valuef(th_api_db(w->api),
+                              "SELECT secret || ' ' || previous_secret FROM webhook_endpoints"
+                              " WHERE id = %lld", id);
+    assert_true(sec_is_sealed(kept));
+    assert_true(sec_is_sealed(strchr(kept, ' ') + 1));
+    assert_null(strstr(kept, first + 6));
+    assert_null(strstr(kept, fresh + 6));
+    free(kept);
+    char cfg[256];
+    snprintf(cfg, sizeof cfg, "{\"secrets\": [\"%s\"], \"status\": 204}", fresh);
+    rx_config(&w->rx, cfg);
+    long long a = th_api_start_run(w->api, "wh_ok", "{\"x\": 20}");
+    json_decref(wait_delivery_state(w, a, "succeeded", 1));
+    json_t *log = rx_log(&w->rx);
+    json_t *last = json_array_get(log, json_array_size(log) - 1);
+    assert_int_equal(json_integer_value(json_object_get(last, "run")), a);
+    assert_true(json_is_true(json_object_get(last, "verified")));
+    assert_int_equal(json_integer_value(json_object_get(last, "signatures")), 2);
+    json_decref(log);
+
+    /* the key gone: the attempt fails without a request, and goes out once the key is back */
+    use_seal_key(NULL);
+    long long b = th_api_start_run(w->api, "wh_ok", "{\"x\": 21}");
+    json_t *d = wait_delivery_state(w, b, "pending", 1);
+    const char *why = json_string_value(json_object_get(
+        json_array_get(json_object_get(d, "attempt_log"), 0), "error"));
+    assert_non_null(why);
+    assert_non_null(strstr(why, "signing secret"));
+    assert_non_null(strstr(why, "FLOWD_SECRET_KEY"));
+    json_decref(d);
+    assert_int_equal(rx_count(&w->rx, NULL, b), 0);
+    use_seal_key("6a0c2e4f81a3b5c7d9e0f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6");
+    advance(w, "6s");
+    json_decref(wait_delivery_state(w, b, "succeeded", 2));
+    assert_int_equal(rx_count(&w->rx, "run.succeeded", b), 1);
+    use_seal_key(NULL);
+    json_decref(r);
+    endpoint_delete(w, e);
+}
+
 static void test_run_callback(void **state)
 {
     world *w = *state;
@@ -851,6 +917,7 @@ int main(void)
         cmocka_unit_test(test_retries_on_schedule),
         cmocka_unit_test(test_gone_and_failing_disable),
         cmocka_unit_test(test_rotation),
+        cmocka_unit_test(test_sealed_secrets),
         cmocka_unit_test(test_run_callback),
         cmocka_unit_test(test_batch_callback),
         cmocka_unit_test(test_schedule_fired),

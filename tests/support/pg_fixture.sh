@@ -6,6 +6,9 @@
 #   pg_fixture.sh single DIR [WRAPPER...] -> fast shutdown keeping the cluster, then its single-user
 #                                server (statements on stdin, each ended by ";" and an empty line),
 #                                run under WRAPPER (valgrind, say) when given
+#   pg_fixture.sh watch DIR PID -> in the background, stop DIR as above once process PID is gone, so
+#                                a test that dies without its teardown (a crash, an abort, a kill)
+#                                leaves no cluster running
 # PostgreSQL refuses to run as root, so as root the server runs as the unprivileged "postgres" user.
 set -euo pipefail
 cmd=${1:?start|stop}
@@ -43,5 +46,11 @@ single)
   if [ -f "$dir/data/postmaster.pid" ]; then as_owner "$bindir/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null; fi
   as_owner "$@" "$bindir/postgres" --single -j -D "$dir/data" postgres
   ;;
-*) echo "usage: $0 start|stop|single DIR" >&2; exit 2 ;;
+watch)
+  pid=${3:?owner pid}
+  self=$(readlink -f "$0")
+  setsid sh -c 'while kill -0 "$1" 2>/dev/null; do sleep 1; done; [ ! -d "$2" ] || "$3" stop "$2"' \
+    watch "$pid" "$dir" "$self" </dev/null >/dev/null 2>&1 &
+  ;;
+*) echo "usage: $0 start|stop|single|watch DIR [PID]" >&2; exit 2 ;;
 esac

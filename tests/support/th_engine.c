@@ -420,6 +420,18 @@ static int cluster_fixture(const th_cluster *c, const char *action)
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
+/* A test process that dies before its teardown must not leave its cluster running (it held CPU,
+ * memory and sockets for later runs): a watcher stops it once this process is gone. */
+static void cluster_watch(const th_cluster *c)
+{
+    char *cmd = eng_xasprintf("'%s/tests/support/pg_fixture.sh' watch '%s' %ld",
+                              th_source_dir(), c->dir, (long)getpid());
+    if (system(cmd) != 0)
+        fprintf(stderr, "cannot watch the cluster in %s: stop it by hand if this test dies\n",
+                c->dir);
+    free(cmd);
+}
+
 th_cluster *th_cluster_start(void)
 {
     th_cluster *c = eng_xcalloc(1, sizeof *c);
@@ -429,6 +441,7 @@ th_cluster *th_cluster_start(void)
         free(c);
         return NULL;
     }
+    cluster_watch(c);
     return c;
 }
 
@@ -456,6 +469,7 @@ th_cluster *th_cluster_standby(const th_cluster *primary)
         return NULL;
     }
     chmod(c->dir, 0777);
+    cluster_watch(c);
     return c;
 }
 

@@ -1,5 +1,5 @@
-/* steps/secret.c: see secret.h. */
-#include "steps/secret.h"
+/* engine/secret.c: see secret.h. */
+#include "engine/secret.h"
 
 #include <pthread.h>
 #include <sodium.h>
@@ -173,7 +173,7 @@ char *sec_open(const char *v, eng_err *err)
         return eng_xstrdup(v);
     const char *kid = v + strlen(SEC_PREFIX);
     if (strlen(kid) < SEC_KID_HEX + 1 || kid[SEC_KID_HEX] != ':') {
-        eng_err_set(err, ENG_EPROTO, "a sealed provider secret is malformed");
+        eng_err_set(err, ENG_EPROTO, "a sealed secret is malformed");
         return NULL;
     }
     const char *b64 = kid + SEC_KID_HEX + 1;
@@ -184,7 +184,7 @@ char *sec_open(const char *v, eng_err *err)
                           sodium_base64_VARIANT_ORIGINAL) != 0 ||
         boxlen < crypto_secretbox_NONCEBYTES + crypto_secretbox_MACBYTES) {
         free(box);
-        eng_err_set(err, ENG_EPROTO, "a sealed provider secret is malformed");
+        eng_err_set(err, ENG_EPROTO, "a sealed secret is malformed");
         return NULL;
     }
     size_t n = boxlen - crypto_secretbox_NONCEBYTES - crypto_secretbox_MACBYTES;
@@ -206,11 +206,11 @@ char *sec_open(const char *v, eng_err *err)
         free(out);
         if (!k)
             eng_err_set(err, ENG_EINVAL,
-                        "a provider secret is sealed under key %.*s, which is neither "
+                        "a secret is sealed under key %.*s, which is neither "
                         "FLOWD_SECRET_KEY nor FLOWD_SECRET_KEY_PREVIOUS",
                         SEC_KID_HEX, kid);
         else
-            eng_err_set(err, ENG_EPROTO, "a sealed provider secret failed authentication");
+            eng_err_set(err, ENG_EPROTO, "a sealed secret failed authentication");
         return NULL;
     }
     out[n] = '\0';

@@ -1,4 +1,5 @@
-/* steps/secret.h: provider secrets sealed at rest under a key the operator supplies.
+/* engine/secret.h: secrets sealed at rest under a key the operator supplies: providers'
+ * credentials, inbound hooks' verification secrets and outbound webhooks' signing secrets.
  *
  * A tenant's secret settings (api_key, auth_token, token, app_secret, verify_token, ...) are stored
  * in provider_settings as "enc:v1:<key id>:<base64 of nonce || secretbox>" (libsodium
@@ -9,7 +10,9 @@
  *   FLOWD_SECRET_KEY           the current key: seals new values, opens values sealed under it
  *   FLOWD_SECRET_KEY_FILE      a file holding it instead (first line; FLOWD_SECRET_KEY wins)
  *   FLOWD_SECRET_KEY_PREVIOUS  an older key that still opens values during a rotation
- * Without a current key nothing can be sealed: storing a secret is refused, never done in clear.
+ * Without a current key nothing can be sealed: storing a provider's or a hook's secret is refused,
+ * never done in clear. The one exception is the signing secret flowd makes for a webhook endpoint:
+ * without a key it is kept in clear (webhooks work out of the box) until `flowd secrets rotate`.
  * Values stored in clear before this existed (hand-written SQL) are still read as they are;
  * writing them again through the API or `flowd secrets rotate` seals them.
  *
