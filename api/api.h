@@ -22,6 +22,9 @@ typedef struct api_service_opts {
     int max_conns_per_client; /* open connections per client address; default max_conns / 4 */
     bool test_clock;        /* FLOWD_TEST_CLOCK=1: POST /v1/test/clock exists */
     double sse_heartbeat_s; /* a quiet event stream gets a comment line this often; default 15 */
+    const char *read_conninfo; /* a streaming standby for the polls (api/standby.h); NULL: none */
+    double read_max_lag_s;     /* a read goes to the standby only while it is at most this stale;
+                               default 1 */
 } api_service_opts;
 
 /* Binds and starts the threads. NULL with err filled when the address cannot be bound. */

@@ -45,6 +45,11 @@ typedef void api_call_db_cb(api_call *call, const eng_err *err, const PGresult *
  * nothing runs later for a client that was already answered. */
 void api_call_db(api_call *call, const char *sql, int nparams, const char *const *params,
                  api_call_db_cb *cb);
+/* api_call_db for a statement that only reads (a poll): with a standby configured it may run there
+ * (api/standby.h says when, and what the answer is then guaranteed to show); without one, or
+ * when the standby cannot answer, it is api_call_db. sql is constant text; params are copied. */
+void api_call_read(api_call *call, const char *sql, int nparams, const char *const *params,
+                   api_call_db_cb *cb);
 /* Answer and free the call. */
 void api_call_respond_json(api_call *call, int status, json_t *body /* stolen */);
 void api_call_respond_error(api_call *call, int status, const char *code, const char *msg,
@@ -94,6 +99,14 @@ bool api_input_check(api_call *call, const PGresult *res, const json_t *input, b
 const char *api_start_fields(const json_t *body, char start_at[40], char start_in[24],
                              const char **field);
 
+/* The connection of db[0..n) that is up with the fewest statements queued; NULL when all are
+ * down. */
+struct eng_db *api_db_least_busy(struct eng_db *const *db, int n);
+/* The loop's primary connection for the next statement (the least busy; the first when all are
+ * down, which then answers at once: eng_db_opts.fail_when_down). */
+struct eng_db *api_loop_db(const api_loop *lp);
+/* The loop's side of the standby (api/standby.h), NULL when none is configured. */
+struct api_standby_loop *api_loop_standby(const api_loop *lp);
 /* The loop's libev loop, for handlers that wait (streams polling the database). */
 struct ev_loop *api_loop_ev(const api_loop *lp);
 /* The loop's cache of run JSON (api/runcache.h). */

@@ -21,6 +21,7 @@
 #define API_RUNS_MAX_LIMIT     500
 #define API_RUNS_COUNT_CAP     100000 /* runs counted by state at most (flowd_runs_counts) */
 #define API_META_MAX_VALUE     500
+#define API_SEARCH_MAX         200 /* bytes of ?q: run_search keeps 200 characters of a value */
 #define API_EXPORT_PAGE        500
 #define API_EXPORT_HIGH_WATER  (512 * 1024)
 #define API_EXPORT_WAIT_S      0.02
@@ -111,6 +112,11 @@ static const char *runs_filter_param(json_t *filter, const char *name, const cha
         if (!*value || strlen(value) > 200)
             return "must be a schedule name";
         json_object_set_new(filter, name, json_string(value));
+    } else if (strcmp(name, "q") == 0) {
+        json_t *q = *value && strlen(value) <= API_SEARCH_MAX ? json_string(value) : NULL;
+        if (!q)
+            return "must be UTF-8 text of 1 to 200 bytes";
+        json_object_set_new(filter, name, q);
     } else if (strcmp(name, "failed_step") == 0) {
         if (!*value || strlen(value) > 64)
             return "must be a step key";
@@ -183,7 +189,7 @@ void api_route_runs_list(api_call *call)
     char *filter_s = json_dumps(filter, JSON_COMPACT);
     json_decref(filter);
     const char *params[] = {call->tenant_s, filter_s, cursor, limit_s};
-    api_call_db(call, "SELECT flowd_runs_page($1, $2::jsonb, $3, $4)", 4, params, runs_list_cb);
+    api_call_read(call, "SELECT flowd_runs_page($1, $2::jsonb, $3, $4)", 4, params, runs_list_cb);
     free(filter_s);
 }
 
@@ -197,7 +203,7 @@ void api_route_runs_counts(api_call *call)
     char cap_s[24];
     snprintf(cap_s, sizeof cap_s, "%d", API_RUNS_COUNT_CAP);
     const char *params[] = {call->tenant_s, filter_s, cap_s};
-    api_call_db(call, "SELECT flowd_runs_counts($1, $2::jsonb, $3)", 3, params, runs_list_cb);
+    api_call_read(call, "SELECT flowd_runs_counts($1, $2::jsonb, $3)", 3, params, runs_list_cb);
     free(filter_s);
 }
 
@@ -351,7 +357,7 @@ void api_route_batch_get(api_call *call)
     if (!batches_path_id(call))
         return;
     const char *params[] = {call->tenant_s, call->params[0]};
-    api_call_db(call, "SELECT flowd_batch_json($1, $2)", 2, params, batches_row_json_cb);
+    api_call_read(call, "SELECT flowd_batch_json($1, $2)", 2, params, batches_row_json_cb);
 }
 
 #define API_BATCHES_DEFAULT_LIMIT 20
@@ -376,7 +382,7 @@ void api_route_batches_list(api_call *call)
     snprintf(before_s, sizeof before_s, "%lld", before);
     snprintf(limit_s, sizeof limit_s, "%lld", limit);
     const char *params[] = {call->tenant_s, before_q ? before_s : NULL, limit_s};
-    api_call_db(call, "SELECT flowd_batches_json($1, $2, $3)", 3, params, batches_row_json_cb);
+    api_call_read(call, "SELECT flowd_batches_json($1, $2, $3)", 3, params, batches_row_json_cb);
 }
 
 /* ------------------------------------------------------------------------------ exports -- */

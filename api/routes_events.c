@@ -277,8 +277,8 @@ void api_route_run_events(api_call *call)
         snprintf(after_s, sizeof after_s, "%lld", after);
         snprintf(limit_s, sizeof limit_s, "%lld", limit);
         const char *params[] = {call->tenant_s, run_s, after_s, limit_s};
-        api_call_db(call, "SELECT flowd_run_events_json($1, $2, $3, $4)", 4, params,
-                    events_page_cb);
+        api_call_read(call, "SELECT flowd_run_events_json($1, $2, $3, $4)", 4, params,
+                      events_page_cb);
         return;
     }
     /* a reconnecting EventSource names the last event it got; it wins over ?after */

@@ -31,5 +31,5 @@ void api_route_workers(api_call *call)
 void api_route_queue(api_call *call)
 {
     const char *params[] = {call->tenant_s};
-    api_call_db(call, "SELECT flowd_queue_json($1)", 1, params, queue_row_cb);
+    api_call_read(call, "SELECT flowd_queue_json($1)", 1, params, queue_row_cb);
 }

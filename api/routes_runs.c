@@ -410,7 +410,7 @@ static void run_get_query(api_call *call)
     long long run = strtoll(call->params[0], NULL, 10);
     const char *params[] = {call->tenant_s, call->params[0],
                             api_runcache_token(api_loop_runcache(call->lp), call->tenant, run)};
-    api_call_db(call, run_get_sql, 3, params, run_get_cb);
+    api_call_read(call, run_get_sql, 3, params, run_get_cb);
 }
 
 void api_route_run_get(api_call *call)

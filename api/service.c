@@ -13,6 +13,7 @@
 #include "api/ratelimit.h"
 #include "api/runcache.h"
 #include "api/runfeed.h"
+#include "api/standby.h"
 #include "engine/clock.h"
 #include "engine/db.h"
 #include "engine/log.h"
@@ -43,6 +44,7 @@ struct api_loop {
     api_auth_entry auth[API_AUTH_CACHE];
     api_runcache *runs; /* GET /v1/runs/{id} answers, validated per request */
     api_feed *feed;     /* this loop's side of the event-log feed of Server-Sent Events streams */
+    api_standby_loop *standby; /* NULL without a read database */
 };
 
 struct api_service {
@@ -55,6 +57,7 @@ struct api_service {
     api_ratelimit *rl; /* shared by the loops */
     api_feed_hub *feeds; /* the event-log poller, shared by the loops (api/runfeed.h) */
     api_connlimit *connlimit; /* shared by the loops' servers */
+    api_standby *standby;     /* NULL without a read database */
 };
 
 typedef struct api_route {
@@ -73,7 +76,7 @@ static void api_route_readyz(api_call *call);
 /* The filters of the run list and its counts (api/routes_batches.c) */
 #define API_RUNS_FILTERS                                                                      \
     "workflow", "version", "state", "batch", "parent", "schedule", "failed_step",               \
-        "created_after", "created_before", "finished_after", "finished_before", "meta."
+        "created_after", "created_before", "finished_after", "finished_before", "meta.", "q"
 /* Webhook routes take the query their provider's configuration carries. */
 static const char *const api_query_any[] = {NULL};
 
@@ -345,6 +348,8 @@ static void call_db_cb(void *arg, const eng_err *err, const PGresult *res)
     api_call_db_cb *cb = op->cb;
     free(op);
     call->dbop = NULL;
+    if (call->tenant && call->lp->svc->standby)
+        api_standby_fence(call->lp->svc->standby, call->tenant);
     eng_log_request_set(call->req_id);
     if (!call->req)
         api_call_free(call);
@@ -353,17 +358,25 @@ static void call_db_cb(void *arg, const eng_err *err, const PGresult *res)
     eng_log_request_set(NULL);
 }
 
-/* The loop's connection that is up with the fewest statements queued. */
-static eng_db *loop_db(const api_loop *lp)
+eng_db *api_db_least_busy(eng_db *const *db, int n)
 {
     eng_db *best = NULL;
-    for (int i = 0; i < lp->ndb; i++)
-        if (!eng_db_down(lp->db[i]) &&
-            (!best || eng_db_pending(lp->db[i]) < eng_db_pending(best)))
-            best = lp->db[i];
-    if (!best) /* every connection is down: eng_db answers it from the loop (fail_when_down) */
-        best = lp->db[0];
+    for (int i = 0; i < n; i++)
+        if (!eng_db_down(db[i]) && (!best || eng_db_pending(db[i]) < eng_db_pending(best)))
+            best = db[i];
     return best;
+}
+
+eng_db *api_loop_db(const api_loop *lp)
+{
+    eng_db *best = api_db_least_busy(lp->db, lp->ndb);
+    /* every connection is down: eng_db answers it from the loop (fail_when_down) */
+    return best ? best : lp->db[0];
+}
+
+api_standby_loop *api_loop_standby(const api_loop *lp)
+{
+    return lp->standby;
 }
 
 void api_call_db(api_call *call, const char *sql, int nparams, const char *const *params,
@@ -371,7 +384,7 @@ void api_call_db(api_call *call, const char *sql, int nparams, const char *const
 {
     call_op *op = eng_xmalloc(sizeof *op);
     *op = (call_op){.call = call, .cb = cb};
-    call->dbop = eng_db_query(loop_db(call->lp), sql, nparams, params, call_db_cb, op);
+    call->dbop = eng_db_query(api_loop_db(call->lp), sql, nparams, params, call_db_cb, op);
 }
 
 json_t *api_call_body_object(api_call *call)
@@ -856,6 +869,7 @@ api_service *api_service_start(const api_service_opts *opts, eng_err *err)
     s->listen = eng_xstrdup(opts->listen ? opts->listen : "127.0.0.1:8080");
     s->opts.conninfo = s->conninfo;
     s->opts.listen = s->listen;
+    s->opts.read_conninfo = NULL; /* the standby keeps its own copy */
     if (s->opts.sse_heartbeat_s <= 0)
         s->opts.sse_heartbeat_s = 15;
     s->rl = api_ratelimit_new(0, 0);
@@ -871,6 +885,9 @@ api_service *api_service_start(const api_service_opts *opts, eng_err *err)
     int per_client = opts->max_conns_per_client > 0 ? opts->max_conns_per_client : max_conns / 4;
     s->connlimit = api_connlimit_new(per_client > 0 ? per_client : 1);
     int ndb = opts->db_conns > 0 ? opts->db_conns : 4;
+    if (opts->read_conninfo && *opts->read_conninfo)
+        s->standby = api_standby_new(opts->read_conninfo,
+                                     opts->read_max_lag_s > 0 ? opts->read_max_lag_s : 1.0);
     s->loops = eng_xcalloc((size_t)s->nloops, sizeof *s->loops);
     s->feeds = api_feed_hub_new(s->nloops);
     char listen_buf[128];
@@ -906,7 +923,9 @@ api_service *api_service_start(const api_service_opts *opts, eng_err *err)
             lp->db[j] = eng_db_new(lp->loop, &dbo);
         }
         lp->runs = api_runcache_new();
-        lp->feed = api_feed_new(s->feeds, i, lp->loop, lp, loop_db);
+        lp->feed = api_feed_new(s->feeds, i, lp->loop, lp, api_loop_db);
+        if (s->standby)
+            lp->standby = api_standby_loop_new(s->standby, lp->loop, lp, ndb);
         ev_async_init(&lp->stop_signal, loop_stop_cb);
         ev_async_start(lp->loop, &lp->stop_signal);
     }
@@ -939,6 +958,7 @@ void api_service_stop(api_service *s)
     for (int i = 0; i < s->nloops; i++) {
         api_loop *lp = &s->loops[i];
         api_feed_free(lp->feed);
+        api_standby_loop_free(lp->standby);
         for (int j = 0; j < lp->ndb; j++)
             eng_db_free(lp->db[j]);
         free(lp->db);
@@ -947,6 +967,7 @@ void api_service_stop(api_service *s)
             ev_loop_destroy(lp->loop);
     }
     api_feed_hub_free(s->feeds);
+    api_standby_free(s->standby);
     api_ratelimit_free(s->rl);
     api_connlimit_free(s->connlimit);
     free(s->loops);

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # bench/run runlist [--runs N]: how long GET /v1/runs takes over a tenant with N runs (default
 # 1,000,000), each with search metadata (a unique lead id, one of 10 campaigns): the newest page,
-# an exact metadata match (?meta.lead=), a metadata value shared by a tenth of the runs, state and
+# an exact metadata match (?meta.lead=), a metadata value shared by a tenth of the runs, free search
+# (?q=, prefixes of metadata values), state and
 # workflow filters, a failed step, a time range, the state counts, GET /v1/queue and /v1/workers,
 # and (when the console's browser test tools are installed in the build tree: ctest -R
 # console_browser once) the console's run list in headless chromium, from navigation to the rows
@@ -100,6 +101,21 @@ range=$(median_ms "/v1/runs?created_after=$week&created_before=$six")
 counts=$(median_ms '/v1/runs/counts')
 found=$(curl -fsS "$url/v1/runs?meta.lead=$lead" -H "$auth" | grep -o '"id": [0-9]*' | wc -l)
 [ "$found" -eq 1 ] || { echo "bench/run runlist: ?meta.lead=$lead found $found runs, want 1" >&2; exit 1; }
+# free search (?q=, a prefix of any metadata value): one lead's whole id, the 100 leads of a
+# four-digit prefix, the 100 of them on the second page (their cursor), a prefix of every run (the
+# campaigns c0..c9), a prefix of every run with a state none of them has (campaign c3's runs all
+# succeeded: every run is looked at), no match, and the counts of the 100
+q_one=$(median_ms "/v1/runs?q=$lead")
+q_hundred=$(median_ms "/v1/runs?q=${lead:0:4}")
+cur=$(curl -fsS "$url/v1/runs?q=${lead:0:4}" -H "$auth" | sed -n 's/.*"next_cursor": "\([0-9]*\)".*/\1/p')
+[ -n "$cur" ] || { echo "bench/run runlist: ?q=${lead:0:4} has no second page" >&2; exit 1; }
+q_page2=$(median_ms "/v1/runs?q=${lead:0:4}&cursor=$cur")
+q_all=$(median_ms '/v1/runs?q=c')
+q_all_none=$(median_ms '/v1/runs?q=c3&state=failed')
+q_no_match=$(median_ms '/v1/runs?q=zz')
+q_counts=$(median_ms "/v1/runs/counts?q=${lead:0:4}")
+found=$(curl -fsS "$url/v1/runs?q=${lead:0:4}&limit=500" -H "$auth" | grep -o '"id": [0-9]*' | wc -l)
+[ "$found" -eq 100 ] || { echo "bench/run runlist: ?q=${lead:0:4} found $found runs, want 100" >&2; exit 1; }
 # the queue page's API: the runs of the last hour by minute (about 1,400 of the million), then
 # again with a backlog of 10,000 due steps (runs created and left for workers this server lacks)
 queue=$(median_ms '/v1/queue')
@@ -121,6 +137,9 @@ cat <<EOF
  "list_ms": {"newest": $newest, "meta_lead": $by_lead, "meta_campaign_tenth": $by_campaign,
              "meta_lead_state_workflow": $by_lead_state, "state_failed": $failed,
              "failed_step": $failed_step, "created_one_day": $range, "counts": $counts},
+ "search_ms": {"q_one_lead": $q_one, "q_prefix_100": $q_hundred, "q_prefix_100_page2": $q_page2,
+               "q_prefix_all": $q_all, "q_prefix_all_state_none": $q_all_none,
+               "q_no_match": $q_no_match, "q_prefix_100_counts": $q_counts},
  "queue_ms": {"hour_of_runs": $queue, "with_10000_due": $queue_backlog}, "workers_ms": $workers,
  "console_first_show_ms": $console}
 EOF

@@ -106,7 +106,7 @@ static eng_rc serve_clock_start(cli_env *env, bool test_clock, eng_err *err)
 /* The options of flowd serve, each with its environment form. */
 enum serve_opt { SO_WORKERS, SO_MAX_INFLIGHT, SO_BATCH, SO_LEASE_MS, SO_LISTEN, SO_ROLE, SO_API_THREADS,
                  SO_WORKFLOWS, SO_RETENTION, SO_PRIVATE, SO_MAX_CONNS, SO_MAX_CONNS_PER_CLIENT,
-                 SO_REQUEST_TIMEOUT, SO_SSE_HEARTBEAT, SO_N };
+                 SO_REQUEST_TIMEOUT, SO_SSE_HEARTBEAT, SO_READ_DATABASE, SO_READ_MAX_LAG, SO_N };
 
 static const struct {
     const char *flag;
@@ -128,6 +128,8 @@ static const struct {
                                  true},
     [SO_REQUEST_TIMEOUT] = {"request-timeout", "FLOWD_REQUEST_TIMEOUT", true},
     [SO_SSE_HEARTBEAT] = {"sse-heartbeat", "FLOWD_SSE_HEARTBEAT", true},
+    [SO_READ_DATABASE] = {"read-database", "FLOWD_READ_DATABASE_URL", true},
+    [SO_READ_MAX_LAG] = {"read-max-lag", "FLOWD_READ_MAX_LAG", true},
 };
 
 typedef struct serve_conf {
@@ -138,6 +140,8 @@ typedef struct serve_conf {
     int max_conns, max_conns_per_client; /* 0: derived from the descriptor limit */
     int64_t request_timeout_ms;          /* 0: the API's default */
     int64_t sse_heartbeat_ms;            /* 0: the API's default (15 s) */
+    const char *read_database;           /* a streaming standby for the API's polls, or NULL */
+    int64_t read_max_lag_ms;             /* 0: the API's default (1 s) */
 } serve_conf;
 
 static int serve_int_opt(const char *name, const char *v, int min, int max, int *out)
@@ -220,6 +224,17 @@ static int serve_apply(serve_conf *c, enum serve_opt o, const char *name, const 
             c->sse_heartbeat_ms < 1000) {
             fprintf(stderr, "flowd: %s: %s\n", name,
                     c->sse_heartbeat_ms < 1000 ? "at least 1s" : derr.msg);
+            return -1;
+        }
+        return 0;
+    }
+    case SO_READ_DATABASE: c->read_database = v; return 0;
+    case SO_READ_MAX_LAG: {
+        eng_err derr;
+        if (eng_duration_parse(v, &c->read_max_lag_ms, &derr) != ENG_OK ||
+            c->read_max_lag_ms < 10) {
+            fprintf(stderr, "flowd: %s: %s\n", name,
+                    c->read_max_lag_ms < 10 ? "at least 10ms" : derr.msg);
             return -1;
         }
         return 0;
@@ -332,7 +347,9 @@ int cli_cmd_serve(cli_env *env, int argc, char **argv)
                                .max_conns = max_conns,
                                .max_conns_per_client = conf.max_conns_per_client,
                                .request_timeout_s = (double)conf.request_timeout_ms / 1000.0,
-                               .sse_heartbeat_s = (double)conf.sse_heartbeat_ms / 1000.0};
+                               .sse_heartbeat_s = (double)conf.sse_heartbeat_ms / 1000.0,
+                               .read_conninfo = conf.read_database,
+                               .read_max_lag_s = (double)conf.read_max_lag_ms / 1000.0};
         api = api_service_start(&ao, &err);
         if (!api) {
             int status = cli_fail(&err);

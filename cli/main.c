@@ -41,12 +41,16 @@ static const cli_command commands[] = {
      "[--listen ADDR] [--role all|api|worker] [--workers N] [--workflows DIR] [--retention 90d] "
      "[--max-inflight N] [--batch N] [--lease-ms MS] [--api-threads N] [--allow-private-targets] "
      "[--max-connections N] [--max-connections-per-client N] [--request-timeout 30s] "
-     "[--sse-heartbeat 15s]",
+     "[--sse-heartbeat 15s] [--read-database URL] [--read-max-lag 1s]",
      "run the API and the workers (creates the embedded cluster under --data on first use)",
      "every option has an environment form: FLOWD_LISTEN, FLOWD_ROLE, FLOWD_WORKERS, FLOWD_WORKFLOWS,\n"
      "FLOWD_RETENTION, FLOWD_MAX_INFLIGHT, FLOWD_BATCH, FLOWD_LEASE_MS, FLOWD_API_THREADS,\n"
      "FLOWD_ALLOW_PRIVATE_TARGETS=1, FLOWD_MAX_CONNECTIONS, FLOWD_MAX_CONNECTIONS_PER_CLIENT,\n"
-     "FLOWD_REQUEST_TIMEOUT, FLOWD_SSE_HEARTBEAT; a flag wins over its variable.\n"
+     "FLOWD_REQUEST_TIMEOUT, FLOWD_SSE_HEARTBEAT, FLOWD_READ_DATABASE_URL, FLOWD_READ_MAX_LAG; a\n"
+     "flag wins over its variable.\n"
+     "--read-database: a streaming standby (or a conninfo listing standbys) that the API's polls\n"
+     "read from while it is at most --read-max-lag behind; a tenant never sees its own writes\n"
+     "missing there, and the primary answers whenever the standby cannot (README, Scaling out).\n"
      "--sse-heartbeat: how long a run's event stream may stay quiet before a heartbeat comment.\n"
      "--workflows registers every *.json of DIR at start, all or none: a bad file is named and\n"
      "nothing of the folder is registered. FLOWD_TEST_CLOCK=1 puts the database's clock in test\n"

@@ -130,6 +130,7 @@ document.addEventListener('keydown', (e) => {
     if (f) {
       e.preventDefault();
       f.focus();
+      f.select(); // what is typed next replaces the search
     }
   } else if (pendingG) {
     pendingG = false;

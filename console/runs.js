@@ -1,5 +1,5 @@
-// console/runs.js: the run list (#/runs?filters): filters including metadata (name=value words),
-// counts by state, a live refresh every 2 s, and cancel or retry of the selected runs. The
+// console/runs.js: the run list (#/runs?filters): filters including metadata (name=value words,
+// and free search: other words are the start of any metadata value), counts by state, a live refresh every 2 s, and cancel or retry of the selected runs. The
 // filters live in the address, so a filtered list can be bookmarked or sent to a colleague.
 import * as api from './api.js';
 import { h, replace } from './dom.js';
@@ -10,25 +10,35 @@ const FIELDS = ['workflow', 'version', 'state', 'batch', 'parent', 'schedule', '
   'created_before', 'finished_after', 'finished_before'];
 const REFRESH_MS = 2000;
 
-// "lead=30012 campaign=spring" -> {"meta.lead": "30012", ...}; words without "=" are refused.
+// "lead=30012 campaign=spring" -> {"meta.lead": "30012", ...}; the words without "=" are a free
+// search, joined by one space: "ada lovelace campaign=spring" -> {q: "ada lovelace", ...} finds the
+// runs with a metadata value starting so (any name, any case).
 export function parseMeta(text) {
   const out = {};
+  const free = [];
   for (const word of text.trim().split(/\s+/).filter(Boolean)) {
     const i = word.indexOf('=');
-    if (i <= 0 || i === word.length - 1) throw new Error(`"${word}": write metadata as name=value`);
+    if (i < 0) {
+      free.push(word);
+      continue;
+    }
+    if (i === 0 || i === word.length - 1) throw new Error(`"${word}": write metadata as name=value`);
     out[`meta.${word.slice(0, i)}`] = word.slice(i + 1);
   }
+  if (free.length) out.q = free.join(' ');
   return out;
 }
 
 function metaText(params) {
   const words = [];
+  if (params.get('q')) words.push(params.get('q'));
   for (const [k, v] of params) if (k.startsWith('meta.')) words.push(`${k.slice(5)}=${v}`);
   return words.join(' ');
 }
 
 function filtersOf(params) {
   const f = {};
+  if (params.get('q')) f.q = params.get('q');
   for (const k of FIELDS) if (params.get(k)) f[k] = params.get(k);
   for (const [k, v] of params) if (k.startsWith('meta.')) f[k] = v;
   return f;
@@ -69,8 +79,8 @@ export function render(root, ctx) {
   let stopped = false;
 
   const metaInput = h('input', { type: 'search', name: 'meta', 'data-search': true,
-    placeholder: 'lead=30012 campaign=spring', value: metaText(ctx.params),
-    'aria-label': 'metadata (name=value words)' });
+    placeholder: 'search: +1 555… or lead=30012', value: metaText(ctx.params),
+    'aria-label': 'search metadata: the start of any value, or name=value words' });
   const wfSelect = h('select', { name: 'workflow', 'aria-label': 'workflow' },
     h('option', { value: '' }, 'any workflow'));
   const stateSelect = h('select', { name: 'state', 'aria-label': 'state' },

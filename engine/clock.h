@@ -12,6 +12,8 @@ int64_t eng_clock_wall_ms(void);
 /* Milliseconds of the monotonic clock (unaffected by clock steps): for intervals and cache ages
  * only, never for times stored or shown. */
 int64_t eng_clock_mono_ms(void);
+/* The same in microseconds, for orderings finer than a millisecond. */
+int64_t eng_clock_mono_us(void);
 /* Parses an RFC 3339 timestamp ("2026-11-22T09:30:00Z", "...+01:00", fractional seconds allowed). */
 eng_rc eng_time_parse_rfc3339(const char *s, int64_t *out_ms, eng_err *err);
 /* Formats ms since the epoch as RFC 3339 UTC with milliseconds into out (at least 25 bytes). */

@@ -162,6 +162,12 @@ static met_family met_db_conns = {
     .type = MET_GAUGE,
     .mu = PTHREAD_MUTEX_INITIALIZER,
 };
+static met_family met_api_reads = {
+    .name = "flowd_api_reads_total",
+    .help = "API reads routed with a standby configured, by server (standby, primary) and reason "
+            "(standby: current, waited; primary: lag, behind, down, error, missing, not_standby).",
+    .mu = PTHREAD_MUTEX_INITIALIZER,
+};
 static met_family met_db_latency = {
     .name = "flowd_db_round_trip_seconds",
     .help = "Time from sending a statement to its last result, on this process's pools.",
@@ -208,7 +214,8 @@ static met_family *const met_families[] = {
     &met_prov_requests, &met_prov_latency, &met_llm_tokens,  &met_llm_cost,     &met_sends,
     &met_rl_waits,      &met_http,         &met_http_latency, &met_refused,     &met_sse,
     &met_hook_rejected, &met_db_conns,     &met_db_latency,  &met_sched_fires,  &met_sched_skips,
-    &met_sched_lag,     &met_webhook,      &met_webhook_lag};
+    &met_sched_lag,     &met_webhook,      &met_webhook_lag,
+    &met_api_reads};
 
 static uint64_t met_hash(const char *s)
 {
@@ -425,6 +432,14 @@ void eng_metrics_http_refused(const char *reason)
     char labels[MET_LABELS_MAX] = "";
     met_label(labels, sizeof labels, "reason", reason);
     met_count(&met_refused, labels);
+}
+
+void eng_metrics_api_read(const char *server, const char *reason)
+{
+    char labels[MET_LABELS_MAX] = "";
+    met_label(labels, sizeof labels, "server", server);
+    met_label(labels, sizeof labels, "reason", reason);
+    met_count(&met_api_reads, labels);
 }
 
 void eng_metrics_sse_streams(int delta)

@@ -44,6 +44,13 @@ void eng_metrics_sse_streams(int delta);
 void eng_metrics_webhook_rejected(const char *provider);
 /* A pooled database connection came up (+1) or went down (-1). */
 void eng_metrics_db_connections(int delta);
+/* The API sent a read to server ("standby" or "primary") for reason: on the standby "current" (it
+ * was known to be fresh enough) or "waited" (after the read waited for it to catch up); on the
+ * primary "lag" (the standby is behind the lag bound), "behind" (it did not catch up with what the
+ * tenant saw within the wait), "down" (unreachable), "error" (the statement failed there),
+ * "missing" (not found there: asked again on the primary) or "not_standby" (the read server is not
+ * in recovery). Counted only where a standby is configured. */
+void eng_metrics_api_read(const char *server, const char *reason);
 /* A statement's round trip took ms. */
 void eng_metrics_db_round_trip(double ms);
 

@@ -300,6 +300,13 @@ CREATE TABLE run_events (
     data jsonb
 );
 
+CREATE TABLE run_search (
+    run_id bigint NOT NULL,
+    tenant_id bigint NOT NULL,
+    value text NOT NULL,
+    CONSTRAINT run_search_run_id_fkey FOREIGN KEY (run_id) REFERENCES runs(id) ON DELETE CASCADE
+);
+
 CREATE TABLE run_usage (
     run_id bigint NOT NULL,
     day date NOT NULL,
@@ -337,6 +344,8 @@ CREATE TABLE runs (
     schedule_id bigint,
     start_at timestamp with time zone,
     meta jsonb,
+    start_seq bigint,
+    finish_seq bigint,
     CONSTRAINT runs_pkey PRIMARY KEY (id),
     CONSTRAINT runs_state_check CHECK ((state = ANY (ARRAY['queued'::text, 'running'::text, 'succeeded'::text, 'failed'::text, 'cancelled'::text])))
 );
@@ -434,6 +443,9 @@ CREATE TABLE steps (
     started_at timestamp with time zone,
     finished_at timestamp with time zone,
     interruptions integer DEFAULT 0 NOT NULL,
+    start_seq bigint,
+    start_attempt integer,
+    finish_seq bigint,
     CONSTRAINT steps_pkey PRIMARY KEY (id),
     CONSTRAINT steps_run_id_idx_key UNIQUE (run_id, idx),
     CONSTRAINT steps_state_check CHECK ((state = ANY (ARRAY['pending'::text, 'ready'::text, 'running'::text, 'waiting'::text, 'succeeded'::text, 'failed'::text, 'skipped'::text, 'cancelled'::text, 'blocked'::text])))
@@ -634,6 +646,8 @@ CREATE INDEX quota_blocked_steps_run_at ON public.quota_blocked_steps USING btre
 CREATE INDEX quota_blocked_steps_tenant ON public.quota_blocked_steps USING btree (tenant_id);
 CREATE UNIQUE INDEX rate_limits_name ON public.rate_limits USING btree (name, COALESCE(tenant_id, (0)::bigint));
 CREATE INDEX run_events_run ON public.run_events USING btree (run_id, id);
+CREATE INDEX run_search_run ON public.run_search USING btree (run_id);
+CREATE INDEX run_search_value ON public.run_search USING btree (tenant_id, value, run_id);
 CREATE INDEX run_usage_batch ON public.run_usage USING btree (batch_id) WHERE (batch_id IS NOT NULL);
 CREATE INDEX run_usage_tenant_day ON public.run_usage USING btree (tenant_id, day);
 CREATE INDEX runs_active ON public.runs USING btree (id) WHERE (finished_at IS NULL);
@@ -671,3 +685,41 @@ CREATE TRIGGER schedules_webhook AFTER UPDATE OF fires ON public.schedules FOR E
 CREATE TRIGGER sends_settled AFTER UPDATE OF state ON public.sends FOR EACH ROW WHEN (((old.state = 'unknown'::text) AND (new.state = ANY (ARRAY['accepted'::text, 'failed'::text])))) EXECUTE FUNCTION flowd_send_settled();
 CREATE TRIGGER sends_webhook AFTER UPDATE OF delivery ON public.sends FOR EACH ROW WHEN (((new.delivery = ANY (ARRAY['delivered'::text, 'bounced'::text])) AND (old.delivery IS DISTINCT FROM new.delivery))) EXECUTE FUNCTION flowd_webhook_send_outcome();
 CREATE TRIGGER steps_webhook AFTER UPDATE OF state ON public.steps FOR EACH ROW WHEN (((new.state = 'failed'::text) AND (old.state IS DISTINCT FROM new.state))) EXECUTE FUNCTION flowd_webhook_step_failed();
+
+-- Views
+
+CREATE VIEW run_log AS
+ SELECT e.id,
+    e.run_id,
+    e.tenant_id,
+    e.at,
+    e.type,
+    e.step_key,
+    e.data
+   FROM run_events e
+UNION ALL
+ SELECT d.id,
+    s.run_id,
+    s.tenant_id,
+    d.at,
+    d.type,
+    s.key AS step_key,
+    d.data
+   FROM (steps s
+     CROSS JOIN LATERAL ( VALUES (s.start_seq,s.started_at,'step.started'::text,jsonb_build_object('attempt', s.start_attempt)), (s.finish_seq,s.finished_at,('step.'::text || s.state),
+                CASE
+                    WHEN (s.state = 'skipped'::text) THEN s.output
+                    ELSE NULL::jsonb
+                END)) d(id, at, type, data))
+  WHERE (d.id IS NOT NULL)
+UNION ALL
+ SELECT d.id,
+    r.id AS run_id,
+    r.tenant_id,
+    d.at,
+    d.type,
+    NULL::text AS step_key,
+    NULL::jsonb AS data
+   FROM (runs r
+     CROSS JOIN LATERAL ( VALUES (r.start_seq,r.started_at,'run.started'::text), (r.finish_seq,r.finished_at,'run.succeeded'::text)) d(id, at, type))
+  WHERE (d.id IS NOT NULL);

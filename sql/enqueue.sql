@@ -115,6 +115,13 @@ LANGUAGE sql IMMUTABLE AS $$
      WHERE v.value IS NOT NULL
 $$;
 
+-- A metadata value as free search keeps it (run_search, 0051): lowercased, at most 200 characters
+-- (the API takes a search of at most 200 bytes, so no prefix it can ask for is cut).
+CREATE OR REPLACE FUNCTION flowd_search_value(p_value text) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT left(lower(p_value), 200)
+$$;
+
 -- Creates one run per element of p_inputs with all its steps; returns their ids in input order.
 -- Map children pass their parent step and their items' positions. (0002 wrote it first and says
 -- the why of each part; 0012 made it one statement:)
@@ -128,7 +135,8 @@ $$;
 --   (by run, then step), then the run.created rows (by run).
 -- Three per-input arrays (NULL: none; 0034): each run's idempotency key, its start time (its first
 -- steps wait until then; earlier than now means now) and the schedule making it.
--- Each run keeps its metadata from the workflow's search (flowd_run_meta, 0036).
+-- Each run keeps its metadata from the workflow's search (flowd_run_meta, 0036), and its values
+-- for free search (run_search, 0051).
 CREATE OR REPLACE FUNCTION flowd_create_runs(p_tenant bigint, p_workflow bigint, p_inputs jsonb,
                                   p_priority integer, p_batch bigint, p_parent_step bigint,
                                   p_parent_indexes integer[], p_idempotency_key text,
@@ -164,7 +172,11 @@ BEGIN
                     THEN flowd_run_meta(v_def->'search', i.value) END
           FROM jsonb_array_elements(p_inputs) WITH ORDINALITY AS i(value, n)
          ORDER BY i.n
-        RETURNING id, input, coalesce(start_at, v_now) AS start),
+        RETURNING id, input, coalesce(start_at, v_now) AS start, meta),
+    se AS (
+        INSERT INTO run_search (run_id, tenant_id, value)
+        SELECT ins.id, p_tenant, flowd_search_value(m.value)
+          FROM ins CROSS JOIN LATERAL jsonb_each_text(ins.meta) m),
     st AS (
         INSERT INTO steps (run_id, tenant_id, idx, priority, max_attempts, nneeds, needs_left,
                            dependents, delay_ms, send_window, state, key, kind, phase, ckey, run_at,
@@ -349,9 +361,19 @@ BEGIN
       FROM flowd_enqueue(p_tenant, v_wf, jsonb_build_array(p_input), p_priority,
                          p_idempotency_key, NULL, flowd_start_time(p_start_at, p_start_in_ms)) e;
     IF created AND (v_digest IS NOT NULL OR p_tags IS NOT NULL) THEN
-        UPDATE runs SET idempotency_digest = v_digest,
-                        meta = CASE WHEN p_tags IS NULL THEN meta ELSE p_tags || coalesce(meta, '{}') END
-         WHERE id = v_run;
+        -- the tags the workflow's values left in the run's meta become searchable too
+        WITH u AS (
+            UPDATE runs SET idempotency_digest = v_digest,
+                            meta = CASE WHEN p_tags IS NULL THEN meta
+                                        ELSE p_tags || coalesce(meta, '{}') END
+             WHERE id = v_run
+            RETURNING meta)
+        INSERT INTO run_search (run_id, tenant_id, value)
+        SELECT v_run, p_tenant, flowd_search_value(t.value)
+          FROM u CROSS JOIN LATERAL jsonb_each_text(p_tags) t
+         WHERE u.meta->>t.key = t.value
+           AND NOT EXISTS (SELECT 1 FROM run_search x
+                            WHERE x.run_id = v_run AND x.value = flowd_search_value(t.value));
     END IF;
     run := flowd_run_json(p_tenant, v_run);
 END $$;

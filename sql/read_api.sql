@@ -165,9 +165,12 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- The WHERE clause of GET /v1/runs for the filters present in p_filter (an object the API
--- checked: workflow, version, state, batch, parent, schedule, meta, failed_step, created_after,
+-- checked: workflow, version, state, batch, parent, schedule, meta, q, failed_step, created_after,
 -- created_before, finished_after, finished_before). A queued run whose start is still ahead is
--- 'scheduled' (flowd_run_state), as its JSON says. Only filters given are in the statement, so
+-- 'scheduled' (flowd_run_state), as its JSON says. q finds the runs with a metadata value that
+-- starts with it, ignoring case: a range of run_search_value (0051), the upper bound being q
+-- followed by the highest code point (U+10FFFF, bytes F4 8F BF BF, above every byte any longer
+-- value can have there), and starts_with the exact test. Only filters given are in the statement, so
 -- each query is planned for what it asks (the metadata GIN index, the recent-runs index) instead
 -- of one generic plan with every filter optional. The values stay parameters: the statement
 -- reads them from $2 (the filter) and $1 (the tenant).
@@ -190,6 +193,12 @@ LANGUAGE sql IMMUTABLE AS $$
                      ' WHERE sc.tenant_id = $1 AND sc.name = $2->>''schedule'')'
                 ELSE '' END
         || CASE WHEN p_filter ? 'meta' THEN ' AND r.meta @> ($2->''meta'')' ELSE '' END
+        || CASE WHEN p_filter ? 'q'
+                THEN ' AND EXISTS (SELECT 1 FROM run_search rs WHERE rs.run_id = r.id'
+                     ' AND rs.tenant_id = $1 AND rs.value >= flowd_search_value($2->>''q'')'
+                     ' AND rs.value < flowd_search_value($2->>''q'') || E''\xf4\x8f\xbf\xbf'''
+                     ' AND starts_with(rs.value, flowd_search_value($2->>''q'')))'
+                ELSE '' END
         || CASE WHEN p_filter ? 'failed_step'
                 THEN ' AND EXISTS (SELECT 1 FROM steps fs WHERE fs.run_id = r.id'
                      ' AND fs.key = $2->>''failed_step'' AND fs.state = ''failed'')'
@@ -264,7 +273,8 @@ END $$;
 
 -- The run's event log after sequence p_after (at most p_limit events) and whether the run has
 -- finished, read in one snapshot: a stream that saw "finished" with no events left is complete.
--- NULL when the tenant cannot see the run.
+-- The log is run_log: the rows of run_events merged with the routine transitions read from the
+-- run's steps and the run itself, by one sequence. NULL when the tenant cannot see the run.
 CREATE OR REPLACE FUNCTION flowd_run_events_json(p_tenant bigint, p_run bigint, p_after bigint,
                                       p_limit integer) RETURNS jsonb
 LANGUAGE sql STABLE AS $$
@@ -273,7 +283,7 @@ LANGUAGE sql STABLE AS $$
         'events', coalesce((SELECT jsonb_agg(jsonb_build_object(
                         'seq', e.id, 'at', flowd_ms(e.at), 'type', e.type, 'step', e.step_key,
                         'data', e.data) ORDER BY e.id)
-                      FROM (SELECT * FROM run_events x
+                      FROM (SELECT * FROM run_log x
                              WHERE x.run_id = r.id AND x.id > p_after
                              ORDER BY x.id LIMIT p_limit) e), '[]'))
       FROM runs r

@@ -57,7 +57,8 @@ END $$;
 -- so that a step nothing depends on is not read again. Dependents whose needs are all met become
 -- ready (or skipped, when every need was skipped), and runs whose steps are all finished succeed.
 -- Loops because skipping propagates. The runs must already be locked. A run's output is not
--- written: readers gather it (flowd_run_output).
+-- written: readers gather it (flowd_run_output). A run that succeeds here logs no row: its
+-- run.succeeded is read from the run (finish_seq, the view run_log).
 CREATE OR REPLACE FUNCTION flowd_steps_finished(p_parents bigint[], p_runs bigint[]) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -118,27 +119,23 @@ BEGIN
     END LOOP;
 
     -- progress and completion of the runs involved: each step finishes exactly once, so the
-    -- count moves by what finished here; a run still queued starts here (a claim that finished its
-    -- steps in its own transaction did not start it: flowd_finish_pure)
+    -- count moves by what finished here
     WITH counts AS (
         SELECT c.run_id, count(*) AS n FROM unnest(v_runs) AS c(run_id) GROUP BY c.run_id),
     upd AS (
         UPDATE runs r
            SET steps_done = r.steps_done + c.n,
                state = CASE WHEN r.steps_done + c.n >= r.steps_total
-                             AND r.state IN ('queued', 'running') THEN 'succeeded'
-                            WHEN r.state = 'queued' THEN 'running' ELSE r.state END,
-               started_at = CASE WHEN r.state = 'queued' THEN v_now ELSE r.started_at END,
+                             AND r.state IN ('queued', 'running') THEN 'succeeded' ELSE r.state END,
                finished_at = CASE WHEN r.steps_done + c.n >= r.steps_total
                                    AND r.state IN ('queued', 'running') THEN v_now
-                                  ELSE r.finished_at END
+                                  ELSE r.finished_at END,
+               finish_seq = CASE WHEN r.steps_done + c.n >= r.steps_total
+                                  AND r.state IN ('queued', 'running')
+                                 THEN nextval('run_events_id_seq') ELSE r.finish_seq END
           FROM counts c
          WHERE r.id = c.run_id
         RETURNING r.id, r.tenant_id, r.state, r.finished_at)
-    , ev AS (
-        INSERT INTO run_events (run_id, tenant_id, at, type)
-        SELECT upd.id, upd.tenant_id, v_now, 'run.succeeded' FROM upd
-         WHERE upd.state = 'succeeded' AND upd.finished_at = v_now)
     SELECT array_agg(upd.id) FILTER (WHERE upd.state = 'succeeded' AND upd.finished_at = v_now)
       INTO v_ids FROM upd;
     IF v_ids IS NOT NULL THEN
@@ -183,6 +180,7 @@ BEGIN
 
     -- "(...) IS TRUE" keeps the planner from driving these updates through the partial index on
     -- running steps (it would re-scan the whole batch per row); the primary key drives them.
+    -- Their step.succeeded / step.skipped is read from the step (finish_seq, the view run_log).
     WITH r AS MATERIALIZED (
         SELECT * FROM jsonb_to_recordset(p_results)
             AS x(id bigint, s text, o jsonb, e jsonb, permanent boolean, after_ms bigint,
@@ -191,16 +189,12 @@ BEGIN
         UPDATE steps st
            SET state = CASE WHEN r.s = 'ok' THEN 'succeeded' ELSE 'skipped' END,
                output = coalesce(r.o, '{}'), error = NULL, finished_at = v_now,
+               finish_seq = nextval('run_events_id_seq'),
                lease_owner = NULL, lease_expires_at = NULL
           FROM r
          WHERE r.s IN ('ok', 'skip') AND st.id = r.id
            AND (st.state = 'running' AND st.lease_owner = p_owner) IS TRUE
-        RETURNING st.id, st.run_id, st.tenant_id, st.key, st.state, st.output, st.dependents),
-    ev AS (
-        INSERT INTO run_events (run_id, tenant_id, at, type, step_key, data)
-        SELECT fin.run_id, fin.tenant_id, v_now, 'step.' || fin.state, fin.key,
-               CASE WHEN fin.state = 'skipped' THEN fin.output END
-          FROM fin)
+        RETURNING st.id, st.run_id, st.dependents)
     SELECT array_agg(fin.id), array_agg(fin.id) FILTER (WHERE cardinality(fin.dependents) > 0),
            array_agg(fin.run_id)
       INTO v_finished, v_fin_parents, v_fin_runs FROM fin;
@@ -463,11 +457,12 @@ BEGIN
 END $$;
 
 -- Claims up to p_want due steps for p_owner, choosing fairly between tenants and oldest first
--- within priority, skipping rows other claimers hold. A claim updates, logs and answers in one
--- statement: what a worker needs to run each step (flowd_work_item). Steps of the kinds in p_pure
--- are only locked, not written: their row says pure, and the worker computes them inside this
--- transaction and reports them with flowd_finish_pure before it commits (a transaction that does
--- not commit leaves them ready, as they were).
+-- within priority, skipping rows other claimers hold. A claim updates and answers in one
+-- statement: what a worker needs to run each step (flowd_work_item). Its step.started and
+-- run.started are read from the rows (start_seq, the view run_log), not logged. Steps of the kinds
+-- in p_pure are only locked, not written: their row says pure, and the worker computes them inside
+-- this transaction and reports them with flowd_finish_pure before it commits (a transaction that
+-- does not commit leaves them ready, as they were).
 CREATE OR REPLACE FUNCTION flowd_claim_work(p_owner text, p_want integer, p_lease_ms integer,
                                             p_pure text[])
 RETURNS SETOF flowd_work_item
@@ -477,6 +472,8 @@ DECLARE
     v_pure text[] := coalesce(p_pure, '{}');
     v_caps jsonb;        -- {tenant: steps it may still start} for tenants with max_running
     v_ids  bigint[];
+    v_runs bigint[];     -- the run of each of v_ids
+    v_again bigint[];    -- those of v_ids that started before (their start is read from the row)
     v_late bigint[];
     v_tenants bigint[]; -- tenants with ready steps (and room under their cap)
     v_share integer;     -- how many steps each of them may offer this claim
@@ -508,8 +505,10 @@ BEGIN
     END IF;
     IF cardinality(v_tenants) = 1 THEN
         -- one tenant has work: its steps in its order, as before
-        SELECT array_agg(c.id) INTO v_ids FROM (
-            SELECT s.id FROM steps s
+        SELECT array_agg(c.id), array_agg(c.run_id),
+               array_agg(c.id) FILTER (WHERE c.start_seq IS NOT NULL)
+          INTO v_ids, v_runs, v_again FROM (
+            SELECT s.id, s.run_id, s.start_seq FROM steps s
              WHERE s.tenant_id = v_tenants[1] AND s.state = 'ready' AND s.run_at <= v_now
                AND (s.ckey IS NULL OR NOT EXISTS (
                         SELECT 1 FROM steps o
@@ -526,11 +525,11 @@ BEGIN
         -- for about what is claimed.
         v_share := (p_want + cardinality(v_tenants) - 1) / cardinality(v_tenants);
         WITH c0 AS MATERIALIZED (
-            SELECT c.id, c.priority, c.run_at,
+            SELECT c.id, c.run_id, c.start_seq, c.priority, c.run_at,
                    row_number() OVER (PARTITION BY t.tenant_id
                                       ORDER BY c.priority DESC, c.run_at, c.id) AS rn
               FROM unnest(v_tenants) AS t(tenant_id) CROSS JOIN LATERAL (
-                SELECT s.id, s.priority, s.run_at FROM steps s
+                SELECT s.id, s.run_id, s.start_seq, s.priority, s.run_at FROM steps s
                  WHERE s.tenant_id = t.tenant_id AND s.state = 'ready' AND s.run_at <= v_now
                    AND (s.ckey IS NULL OR NOT EXISTS (
                             SELECT 1 FROM steps o
@@ -540,8 +539,11 @@ BEGIN
                  ORDER BY s.priority DESC, s.run_at, s.id
                  LIMIT least(v_share, coalesce((v_caps->>(t.tenant_id::text))::integer, v_share))
                    FOR UPDATE SKIP LOCKED) c)
-        SELECT array_agg(x.id) INTO v_ids FROM (
-            SELECT c0.id FROM c0 ORDER BY c0.rn, c0.priority DESC, c0.run_at, c0.id
+        SELECT array_agg(x.id), array_agg(x.run_id),
+               array_agg(x.id) FILTER (WHERE x.start_seq IS NOT NULL)
+          INTO v_ids, v_runs, v_again FROM (
+            SELECT c0.id, c0.run_id, c0.start_seq FROM c0
+             ORDER BY c0.rn, c0.priority DESC, c0.run_at, c0.id
              LIMIT p_want) x;
     END IF;
     IF v_ids IS NULL THEN
@@ -569,34 +571,40 @@ BEGIN
             IF cardinality(v_ids) = 0 THEN
                 RETURN;
             END IF;
+            SELECT array_agg(s.run_id), array_agg(s.id) FILTER (WHERE s.start_seq IS NOT NULL)
+              INTO v_runs, v_again FROM steps s WHERE s.id = ANY (v_ids);
         END IF;
     END IF;
 
-    -- Claim, log and answer in one statement: the answer comes from the update's RETURNING
-    -- instead of reading every claimed step again. Pure steps are answered as they are, with the
-    -- attempt they will count, and their run is started when they finish (flowd_finish_pure).
+    -- A step's row holds the start of its latest attempt only: the start of the one before goes
+    -- to the log, under the position readers already know it by.
+    IF v_again IS NOT NULL THEN
+        INSERT INTO run_events (id, run_id, tenant_id, at, type, step_key, data)
+        OVERRIDING SYSTEM VALUE
+        SELECT s.start_seq, s.run_id, s.tenant_id, s.started_at, 'step.started', s.key,
+               jsonb_build_object('attempt', s.start_attempt)
+          FROM steps s WHERE s.id = ANY (v_again);
+    END IF;
+
+    -- Another claimer may be starting the same run: whoever locks it first marks it started. Runs
+    -- start before their steps, so run.started comes first in the log (run_log reads both events
+    -- from the rows).
+    UPDATE runs r SET state = 'running', started_at = v_now, start_seq = nextval('run_events_id_seq')
+     WHERE r.id IN (SELECT x.id FROM runs x WHERE x.id = ANY (v_runs) AND x.state = 'queued'
+                     ORDER BY x.id FOR UPDATE SKIP LOCKED);
+
+    -- Claim and answer in one statement: the answer comes from the update's RETURNING instead of
+    -- reading every claimed step again. Pure steps are answered as they are, with the attempt
+    -- they will count; flowd_finish_pure writes their start with their outcome.
     RETURN QUERY
     WITH u AS (
         UPDATE steps s
            SET state = 'running', attempts = s.attempts + 1, lease_owner = p_owner,
-               lease_expires_at = now() + p_lease_ms * interval '1 millisecond', started_at = v_now
+               lease_expires_at = now() + p_lease_ms * interval '1 millisecond', started_at = v_now,
+               start_seq = nextval('run_events_id_seq'), start_attempt = s.attempts + 1
          WHERE s.id = ANY (v_ids) AND s.kind <> ALL (v_pure)
         RETURNING s.id, s.run_id, s.tenant_id, s.idx, s.key, s.kind, s.attempts, s.ready_at,
                   s.scheduled),
-    ev AS (
-        INSERT INTO run_events (run_id, tenant_id, at, type, step_key, data)
-        SELECT u.run_id, u.tenant_id, v_now, 'step.started', u.key,
-               jsonb_build_object('attempt', u.attempts) FROM u),
-    -- another claimer may be starting the same run: whoever locks it first marks it started
-    started AS (
-        UPDATE runs r SET state = 'running', started_at = v_now
-         WHERE r.id IN (SELECT x.id FROM runs x
-                         WHERE x.id IN (SELECT u.run_id FROM u) AND x.state = 'queued'
-                         ORDER BY x.id FOR UPDATE SKIP LOCKED)
-        RETURNING r.id, r.tenant_id),
-    ev_run AS (
-        INSERT INTO run_events (run_id, tenant_id, at, type)
-        SELECT started.id, started.tenant_id, v_now, 'run.started' FROM started),
     a AS (
         SELECT u.*, false AS pure FROM u
         UNION ALL
@@ -650,11 +658,12 @@ END $$;
 -- Finishes the pure steps this transaction's claim locked (flowd_claim_work, p_pure), with the
 -- outcomes the worker computed for them (p_results, as for flowd_apply), before the transaction
 -- commits: a step that succeeds or is skipped is written once, from ready to finished, with its
--- attempt counted; any other outcome (a failure, a window, a snooze) first takes the claim's
--- running write and then goes the usual way (flowd_apply). Only rows this transaction holds are
--- changed. A run another transaction holds is skipped rather than waited for (this transaction
--- already holds the rows it claimed, so waiting could deadlock): its steps stay ready for a later
--- claim. Returns how many runs were skipped so.
+-- attempt counted and its start and outcome placed in the log (start_seq, finish_seq: the view
+-- run_log); any other outcome (a failure, a window, a snooze) first takes the claim's running
+-- write and then goes the usual way (flowd_apply). Only rows this transaction holds are changed.
+-- A run another transaction holds is skipped rather than waited for (this transaction already
+-- holds the rows it claimed, so waiting could deadlock): its steps stay ready for a later claim.
+-- Returns how many runs were skipped so.
 CREATE OR REPLACE FUNCTION flowd_finish_pure(p_owner text, p_results jsonb) RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -677,38 +686,37 @@ BEGIN
     SELECT (SELECT array_agg(held.id) FROM held),
            (SELECT count(*) FROM want) - (SELECT count(*) FROM held)
       INTO v_runs, v_skipped;
-    IF v_runs IS NULL THEN
+    v_runs := coalesce(v_runs, '{}');
+    IF v_skipped > 0 THEN
+        -- the claim moved the previous start of a step claimed again into the log, for the row to
+        -- take the new one; a step left as it was keeps its start in its row
+        DELETE FROM run_events e
+         WHERE e.id IN (SELECT s.start_seq FROM jsonb_array_elements(p_results) x
+                          JOIN steps s ON s.id = (x->>'id')::bigint
+                         WHERE (x->>'r')::bigint <> ALL (v_runs) AND s.start_seq IS NOT NULL
+                           AND s.state = 'ready' AND s.xmax = pg_current_xact_id()::xid);
+    END IF;
+    IF cardinality(v_runs) = 0 THEN
         RETURN v_skipped;
     END IF;
-    -- the runs start with their first step's outcome: flowd_steps_finished writes the start into
-    -- the same update as the progress (one write of the run's row, not two), its event goes first
-    INSERT INTO run_events (run_id, tenant_id, at, type)
-    SELECT ru.id, ru.tenant_id, v_now, 'run.started' FROM runs ru
-     WHERE ru.id = ANY (v_runs) AND ru.state = 'queued';
 
-    -- the row lock this transaction's claim took is what says the step is still ours: its xmax
+    -- the row lock this transaction's claim took is what says the step is still ours: its xmax;
+    -- the start takes its position before the outcome
     WITH r AS MATERIALIZED (
-        SELECT x.* FROM jsonb_to_recordset(p_results) AS x(id bigint, r bigint, s text, o jsonb)
+        SELECT x.*, nextval('run_events_id_seq') AS start_seq
+          FROM jsonb_to_recordset(p_results) AS x(id bigint, r bigint, s text, o jsonb)
           JOIN unnest(v_runs) AS h(id) ON h.id = x.r
          WHERE x.s IN ('ok', 'skip')),
     fin AS (
         UPDATE steps st
            SET state = CASE WHEN r.s = 'ok' THEN 'succeeded' ELSE 'skipped' END,
                output = coalesce(r.o, '{}'), error = NULL, attempts = st.attempts + 1,
-               started_at = v_now, finished_at = v_now
+               started_at = v_now, finished_at = v_now, start_seq = r.start_seq,
+               start_attempt = st.attempts + 1, finish_seq = nextval('run_events_id_seq')
           FROM r
          WHERE st.id = r.id
            AND (st.state = 'ready' AND st.xmax = pg_current_xact_id()::xid) IS TRUE
-        RETURNING st.id, st.run_id, st.tenant_id, st.key, st.state, st.output, st.dependents,
-                  st.attempts),
-    ev AS (
-        INSERT INTO run_events (run_id, tenant_id, at, type, step_key, data)
-        SELECT fin.run_id, fin.tenant_id, v_now, e.type, fin.key, e.data
-          FROM fin CROSS JOIN LATERAL (VALUES
-               (1, 'step.started', jsonb_build_object('attempt', fin.attempts)),
-               (2, 'step.' || fin.state, CASE WHEN fin.state = 'skipped' THEN fin.output END))
-               AS e(n, type, data)
-         ORDER BY fin.id, e.n)
+        RETURNING st.id, st.run_id, st.dependents)
     SELECT array_agg(fin.id), array_agg(fin.id) FILTER (WHERE cardinality(fin.dependents) > 0),
            array_agg(fin.run_id)
       INTO v_finished, v_fin_parents, v_fin_runs FROM fin;
@@ -720,19 +728,12 @@ BEGIN
       JOIN unnest(v_runs) AS h(id) ON h.id = (x->>'r')::bigint
      WHERE x->>'s' NOT IN ('ok', 'skip');
     IF v_other IS NOT NULL THEN
-        UPDATE runs SET state = 'running', started_at = v_now
-         WHERE id IN (SELECT (x->>'r')::bigint FROM jsonb_array_elements(v_other) x)
-           AND state = 'queued';
-        WITH u AS (
-            UPDATE steps st
-               SET state = 'running', attempts = st.attempts + 1, lease_owner = p_owner,
-                   lease_expires_at = now(), started_at = v_now
-             WHERE st.id IN (SELECT (x->>'id')::bigint FROM jsonb_array_elements(v_other) x)
-               AND (st.state = 'ready' AND st.xmax = pg_current_xact_id()::xid) IS TRUE
-            RETURNING st.run_id, st.tenant_id, st.key, st.attempts)
-        INSERT INTO run_events (run_id, tenant_id, at, type, step_key, data)
-        SELECT u.run_id, u.tenant_id, v_now, 'step.started', u.key,
-               jsonb_build_object('attempt', u.attempts) FROM u;
+        UPDATE steps st
+           SET state = 'running', attempts = st.attempts + 1, lease_owner = p_owner,
+               lease_expires_at = now(), started_at = v_now,
+               start_seq = nextval('run_events_id_seq'), start_attempt = st.attempts + 1
+         WHERE st.id IN (SELECT (x->>'id')::bigint FROM jsonb_array_elements(v_other) x)
+           AND (st.state = 'ready' AND st.xmax = pg_current_xact_id()::xid) IS TRUE;
         PERFORM flowd_apply(p_owner, v_other);
     END IF;
     RETURN v_skipped;

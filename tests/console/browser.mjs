@@ -275,6 +275,32 @@ try {
   await shot('02-runs');
   await xssInert('run list');
 
+  // free search: the start of any metadata value, any case; markup typed there and found in a tag
+  // stays text
+  await page.keyboard.press('/');
+  await page.keyboard.type('+155555501');
+  await page.keyboard.press('Enter');
+  await page.waitForFunction((ids) => {
+    const r = [...document.querySelectorAll('table.runs tbody tr[data-id]')].map((x) => Number(x.dataset.id));
+    return r.length === 2 && r[0] === ids[0] && r[1] === ids[1];
+  }, {}, [toCancel.id, target.id]);
+  check(decodeURIComponent(await page.evaluate(() => location.hash)).includes('q=+155555501'),
+    'the free search is in the address');
+  await page.keyboard.press('/'); // focuses the search with its text selected
+  await page.keyboard.type('<IMG SRC');
+  await page.keyboard.press('Enter');
+  await page.waitForFunction(() => location.hash.includes('IMG'));
+  await page.waitForFunction((id) => {
+    const r = document.querySelectorAll('table.runs tbody tr[data-id]');
+    return r.length === 1 && r[0].dataset.id === String(id);
+  }, {}, target.id);
+  check(true, 'free search finds a tag by the start of its value, ignoring case');
+  await shot('03-runs-free-search');
+  await xssInert('free search');
+  await page.goto(`${base}/#/runs`, { waitUntil: 'load' });
+  await page.waitForFunction(() => document.querySelector('[data-search]').value === '' &&
+    document.querySelectorAll('table.runs tbody tr[data-id]').length === 50);
+
   // filter by metadata with the keyboard: "/" focuses the search field
   await page.keyboard.press('/');
   await page.keyboard.type('lead=30012');

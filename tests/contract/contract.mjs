@@ -287,6 +287,12 @@ const both = expect(await call('GET',
 if (both.runs.length !== 1) fail(`combined filters found ${both.runs.length} runs, want 1`);
 const none = expect(await call('GET', '/v1/runs?meta.lead=30012&meta.campaign=autumn'), 200, 'no such runs').body;
 if (none.runs.length !== 0) fail('?meta.campaign=autumn found runs');
+const searched = expect(await call('GET', '/v1/runs?q=%2B1555555&state=succeeded&limit=5'), 200,
+  'free search on metadata').body;
+if (searched.runs.length !== 1 || searched.runs[0].id !== tagged.id)
+  fail(`?q=+1555555 found ${JSON.stringify(searched.runs.map((r) => r.id))}, want [${tagged.id}]`);
+expect(await call('GET', '/v1/runs/counts?q=SPR'), 200, 'counts of a free search');
+expect(await call('GET', '/v1/runs?q='), 400, 'an empty free search');
 expect(await call('GET', '/v1/runs?meta.lead=1&meta.lead=2'), 400, 'a metadata filter twice');
 expect(await call('GET', '/v1/runs?meta.a%20b=1'), 400, 'a bad metadata name');
 expect(await call('GET', '/v1/runs?created_after=yesterday'), 400, 'a bad time');

@@ -99,10 +99,10 @@ static void test_batch_rows(void **state)
                 "run.created:1:-,run.created:2:-,run.created:3:-",
                 "SELECT string_agg(e.type || ':' || (r.input->>'n') || ':' || coalesce(e.step_key, '-'),"
                 "       ',' ORDER BY e.id)"
-                "  FROM run_events e JOIN runs r ON r.id = e.run_id WHERE r.batch_id = $1",
+                "  FROM run_log e JOIN runs r ON r.id = e.run_id WHERE r.batch_id = $1",
                 batch);
     expect_rows("t", "SELECT bool_and(e.at = r.created_at AND (e.type <> 'step.scheduled' OR"
-                     " e.data->>'tz' = 'UTC')) FROM run_events e JOIN runs r ON r.id = e.run_id"
+                     " e.data->>'tz' = 'UTC')) FROM run_log e JOIN runs r ON r.id = e.run_id"
                      " WHERE r.batch_id = $1",
                 batch);
 }
@@ -126,7 +126,7 @@ static void test_single_run_rows(void **state)
                 " FROM steps WHERE run_id = $1",
                 id);
     expect_rows("step.scheduled,run.created",
-                "SELECT string_agg(type, ',' ORDER BY id) FROM run_events WHERE run_id = $1", id);
+                "SELECT string_agg(type, ',' ORDER BY id) FROM run_log WHERE run_id = $1", id);
     expect_rows("s", "SELECT key FROM run_cancel_on WHERE run_id = $1", id);
 }
 

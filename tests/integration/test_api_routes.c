@@ -295,6 +295,105 @@ static void test_runs_list_paging_and_filters(void **state)
     expect_error(call("POST", "/v1/runs", key_b, "{\"workflow\": \"listed\"}"), 404, NULL);
 }
 
+/* The ids of a run list page's runs, newest first, as "id,id,..." (empty: none); frees p. */
+static void list_ids(json_t *p, char *out, size_t size)
+{
+    size_t off = 0;
+    out[0] = '\0';
+    json_t *r;
+    size_t i;
+    json_array_foreach (json_object_get(p, "runs"), i, r)
+        off += (size_t)snprintf(out + off, size - off, "%s%lld", i ? "," : "", jint(r, "id"));
+    json_decref(p);
+}
+
+/* GET path as key: the ids it lists (list_ids). */
+static void list_of(const char *key, const char *path, char *out, size_t size)
+{
+    list_ids(expect(call("GET", path, key, NULL), 200), out, size);
+}
+
+static void test_runs_free_search(void **state)
+{
+    (void)state;
+    static const char def[] =
+        "{\"search\": {\"phone\": \"{{input.phone}}\", \"email\": \"{{input.email}}\"},"
+        " \"steps\": [{\"key\": \"only\", \"kind\": \"transform\", \"input\": {}}]}";
+    put_workflow(key_a, "contact", def);
+    put_workflow(key_b, "contact", def);
+    long long phone = start_run(key_a, "contact", "{\"phone\": \"+1 555 0100\"}");
+    long long email = start_run(key_a, "contact", "{\"email\": \"Ada.Byron@Example.com\"}");
+    /* tags are searched too; the workflow's own value wins a shared name, so 999 is not kept */
+    json_t *run = expect(call("POST", "/v1/runs", key_a,
+                              "{\"workflow\": \"contact\", \"input\": {\"phone\": \"+1 555 0199\"},"
+                              " \"tags\": {\"crm\": \"ZED-Ünïcode 7\", \"phone\": \"999\"}}"),
+                         201);
+    long long tagged = jint(run, "id");
+    json_decref(run);
+    start_run(key_b, "contact", "{\"email\": \"ada@b.example\"}"); /* B's: never in A's answers */
+
+    char got[256], want[256];
+    list_of(key_a, "/v1/runs?q=ADA", got, sizeof got); /* any case */
+    snprintf(want, sizeof want, "%lld", email);
+    assert_string_equal(got, want);
+    list_of(key_a, "/v1/runs?q=%2B1%20555%200", got, sizeof got); /* a prefix of either phone */
+    snprintf(want, sizeof want, "%lld,%lld", tagged, phone);
+    assert_string_equal(got, want);
+    list_of(key_a, "/v1/runs?q=%2B1%20555%20010", got, sizeof got);
+    snprintf(want, sizeof want, "%lld", phone);
+    assert_string_equal(got, want);
+    list_of(key_a, "/v1/runs?q=zed-%C3%BC", got, sizeof got); /* a tag; ü lowered as Ü */
+    snprintf(want, sizeof want, "%lld", tagged);
+    assert_string_equal(got, want);
+    /* a prefix, not a substring; a losing tag's value is not kept; a workflow or state of no
+     * match leaves none */
+    static const char *const none[] = {"/v1/runs?q=555",
+                                       "/v1/runs?q=example.com",
+                                       "/v1/runs?q=999",
+                                       "/v1/runs?q=ada.byron%40example.com.",
+                                       "/v1/runs?q=ada&workflow=listed",
+                                       "/v1/runs?q=ada&state=failed",
+                                       "/v1/runs?q=%25",
+                                       "/v1/runs?q=_"};
+    for (size_t i = 0; i < ENG_ARRAY_LEN(none); i++) {
+        list_of(key_a, none[i], got, sizeof got);
+        if (*got)
+            fail_msg("%s found %s", none[i], got);
+    }
+    /* combined with the other filters and the cursor */
+    list_of(key_a, "/v1/runs?q=%2B1&workflow=contact&state=queued&meta.phone=%2B1%20555%200100", got,
+            sizeof got);
+    snprintf(want, sizeof want, "%lld", phone);
+    assert_string_equal(got, want);
+    json_t *p = expect(call("GET", "/v1/runs?q=%2B1%20555&limit=1", key_a, NULL), 200);
+    const char *cursor = json_string_value(json_object_get(p, "next_cursor"));
+    assert_non_null(cursor);
+    char path[128];
+    snprintf(path, sizeof path, "/v1/runs?q=%%2B1%%20555&limit=1&cursor=%s", cursor);
+    list_ids(p, got, sizeof got);
+    snprintf(want, sizeof want, "%lld", tagged);
+    assert_string_equal(got, want);
+    list_of(key_a, path, got, sizeof got);
+    snprintf(want, sizeof want, "%lld", phone);
+    assert_string_equal(got, want);
+    p = expect(call("GET", "/v1/runs/counts?q=%2b1", key_a, NULL), 200);
+    assert_int_equal(jint(p, "queued"), 2);
+    json_decref(p);
+    list_of(key_b, "/v1/runs?q=ada", got, sizeof got);
+    assert_int_equal(strlen(got) > 0 && !strchr(got, ','), 1);
+    snprintf(want, sizeof want, "%lld", email);
+    assert_string_not_equal(got, want);
+
+    char *long_q = eng_xasprintf("/v1/runs?q=%0201d", 1);
+    expect_error(call("GET", long_q, key_a, NULL), 400, "?q");
+    long_q[strlen(long_q) - 1] = '\0'; /* 200 bytes are fine */
+    json_decref(expect(call("GET", long_q, key_a, NULL), 200));
+    free(long_q);
+    expect_error(call("GET", "/v1/runs?q=", key_a, NULL), 400, "?q");
+    expect_error(call("GET", "/v1/runs?q=%FF", key_a, NULL), 400, "?q");
+    expect_error(call("GET", "/v1/runs?q=a&q=b", key_a, NULL), 400, "?q");
+}
+
 /* ------------------------------------------------------------------ idempotent enqueue -- */
 
 typedef struct idem_arg {
@@ -729,13 +828,13 @@ static void test_sse_live_and_resume(void **state)
     assert_non_null(strstr(live.r.body, "event: run.created\n"));
     size_t n;
     long long *ids = sse_ids(live.r.body, &n);
-    char *sql = eng_xasprintf("SELECT count(*) FROM run_events WHERE run_id = %lld", run);
+    char *sql = eng_xasprintf("SELECT count(*) FROM run_log WHERE run_id = %lld", run);
     long total = th_pg_long(db, sql);
     free(sql);
     assert_true(total >= 8); /* created, started, 3 x (step started + succeeded), succeeded */
     assert_int_equal((long)n, total);
     for (size_t i = 0; i < n; i++) {
-        sql = eng_xasprintf("SELECT id FROM run_events WHERE run_id = %lld ORDER BY id OFFSET %zu "
+        sql = eng_xasprintf("SELECT id FROM run_log WHERE run_id = %lld ORDER BY id OFFSET %zu "
                             "LIMIT 1",
                             run, i);
         assert_int_equal(ids[i], th_pg_long(db, sql)); /* each once, in order */
@@ -786,6 +885,75 @@ static void test_sse_live_and_resume(void **state)
     free(ids);
     free(live.r.body);
     free(again.r.body);
+}
+
+/* A run whose log mixes events read from its rows (its start, a's and c's steps, its success) with
+ * logged ones (its creation, b skipped because its need was): nothing routine is written as a row,
+ * and a client resuming after any event, by Last-Event-ID or ?after, gets exactly the events that
+ * follow it, none twice, none left out. */
+static void test_sse_resume_merged_log(void **state)
+{
+    (void)state;
+    put_workflow(key_a, "mixed",
+                 "{\"steps\": [{\"key\": \"a\", \"kind\": \"transform\", \"when\": \"input.go\","
+                 " \"input\": {}},"
+                 " {\"key\": \"b\", \"kind\": \"transform\", \"needs\": [\"a\"], \"input\": {}},"
+                 " {\"key\": \"c\", \"kind\": \"transform\", \"input\": {}}]}");
+    long long run = start_run(key_a, "mixed", "{\"go\": false}");
+    th_workers *ws = th_workers_start(db, 1, "api-mixed", 0, 0, 0);
+    char *sql = eng_xasprintf("SELECT state = 'succeeded' FROM runs WHERE id = %lld", run);
+    assert_true(th_engine_wait(db, sql, 30));
+    free(sql);
+    th_workers_stop(ws);
+    char *rows = th_pg_valuef(db, "SELECT string_agg(type || coalesce(':' || step_key, ''), ','"
+                                  " ORDER BY id) FROM run_events WHERE run_id = %lld", run);
+    assert_string_equal(rows, "run.created,step.skipped:b");
+    free(rows);
+
+    sse_arg all = {.run = run};
+    sse_thread(&all);
+    assert_int_equal(all.r.status, 200);
+    size_t n;
+    long long *ids = sse_ids(all.r.body, &n);
+    assert_int_equal(n, 8);
+    char *types = th_pg_valuef(db, "SELECT string_agg(type || coalesce(':' || step_key, ''), ','"
+                                   " ORDER BY id) FROM run_log WHERE run_id = %lld", run);
+    assert_string_equal(types + strlen(types) - strlen("step.skipped:b,run.succeeded"),
+                        "step.skipped:b,run.succeeded");
+    assert_memory_equal(types, "run.created,run.started,step.started:", 36);
+    free(types);
+    for (size_t i = 0; i < n; i++) {
+        char *q = eng_xasprintf("SELECT id FROM run_log WHERE run_id = %lld ORDER BY id OFFSET %zu"
+                                " LIMIT 1", run, i);
+        assert_int_equal(ids[i], th_pg_long(db, q));
+        free(q);
+    }
+    for (size_t i = 0; i < n; i++) {
+        char last[24];
+        snprintf(last, sizeof last, "%lld", ids[i]);
+        sse_arg again = {.run = run, .last_event_id = last};
+        sse_thread(&again);
+        size_t n2;
+        long long *ids2 = sse_ids(again.r.body, &n2);
+        /* after the last event of a finished run: 204, which ends an EventSource */
+        assert_int_equal(again.r.status, i + 1 == n ? 204 : 200);
+        assert_int_equal(n2, n - i - 1);
+        for (size_t j = 0; j < n2; j++)
+            assert_int_equal(ids2[j], ids[i + 1 + j]);
+        free(ids2);
+        free(again.r.body);
+
+        char path[96];
+        snprintf(path, sizeof path, "/v1/runs/%lld/events?after=%lld", run, ids[i]);
+        json_t *p = expect(call("GET", path, key_a, NULL), 200);
+        json_t *evs = json_object_get(p, "events");
+        assert_int_equal(json_array_size(evs), n - i - 1);
+        for (size_t j = 0; j < json_array_size(evs); j++)
+            assert_int_equal(jint(json_array_get(evs, j), "seq"), ids[i + 1 + j]);
+        json_decref(p);
+    }
+    free(ids);
+    free(all.r.body);
 }
 
 static void test_sse_client_leaves(void **state)
@@ -908,6 +1076,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_admin_tenants_and_keys),
         cmocka_unit_test(test_runs_list_paging_and_filters),
+        cmocka_unit_test(test_runs_free_search),
         cmocka_unit_test(test_idempotent_enqueue_concurrent),
         cmocka_unit_test(test_batch_validation_and_isolation),
         cmocka_unit_test(test_batch_10000),
@@ -915,6 +1084,7 @@ int main(void)
         cmocka_unit_test(test_input_checked_at_enqueue),
         cmocka_unit_test(test_trigger_input_checked),
         cmocka_unit_test(test_sse_live_and_resume),
+        cmocka_unit_test(test_sse_resume_merged_log),
         cmocka_unit_test(test_sse_client_leaves),
         cmocka_unit_test(test_cli_tenant_and_url_mode),
     };

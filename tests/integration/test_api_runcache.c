@@ -200,7 +200,7 @@ static void test_changes_without_events(void **state)
     (void)state;
     long long run = enqueue(one_step_def, "{\"n\": 1}");
     json_decref(expect_fresh(run));
-    long long events = th_pgc_ll(pg, "SELECT count(*) FROM run_events WHERE run_id = $1",
+    long long events = th_pgc_ll(pg, "SELECT count(*) FROM run_log WHERE run_id = $1",
                                  TH_P(th_num(run).s));
     th_pgc_str(pg, "UPDATE steps SET run_at = run_at + interval '1 hour' WHERE run_id = $1",
                TH_P(th_num(run).s));
@@ -209,7 +209,7 @@ static void test_changes_without_events(void **state)
     json_t *j = expect_fresh(run);
     assert_int_equal(json_integer_value(json_object_get(j, "priority")), 9);
     json_decref(j);
-    assert_int_equal(th_pgc_ll(pg, "SELECT count(*) FROM run_events WHERE run_id = $1",
+    assert_int_equal(th_pgc_ll(pg, "SELECT count(*) FROM run_log WHERE run_id = $1",
                                TH_P(th_num(run).s)),
                      events);
 }

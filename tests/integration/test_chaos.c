@@ -154,23 +154,23 @@ static long assert_once(const char *db, long runs, long steps)
     assert_int_equal(th_pg_longf(db, "SELECT count(*) FROM steps WHERE state = 'succeeded'"), steps);
     assert_int_equal(th_pg_longf(db, "SELECT count(*) FROM steps"), steps);
     /* one step.succeeded event per step */
-    assert_int_equal(th_pg_longf(db, "SELECT count(*) FROM run_events WHERE type = 'step.succeeded'"),
+    assert_int_equal(th_pg_longf(db, "SELECT count(*) FROM run_log WHERE type = 'step.succeeded'"),
                      steps);
     assert_int_equal(th_pg_longf(db,
-                            "SELECT count(*) FROM (SELECT run_id, step_key FROM run_events"
+                            "SELECT count(*) FROM (SELECT run_id, step_key FROM run_log"
                             " WHERE type = 'step.succeeded' GROUP BY 1, 2 HAVING count(*) <> 1) x"),
                      0);
     /* the only retries are lease expiries; nothing failed */
-    assert_int_equal(th_pg_longf(db, "SELECT count(*) FROM run_events WHERE type IN ('step.failed',"
+    assert_int_equal(th_pg_longf(db, "SELECT count(*) FROM run_log WHERE type IN ('step.failed',"
                                 " 'run.failed') OR (type = 'step.retrying'"
                                 " AND data->>'code' IS DISTINCT FROM 'lease_expired')"),
                      0);
     /* attempts = 1 + the step's lease expiries, and each attempt has its step.started */
     assert_int_equal(
         th_pg_longf(db, "SELECT count(*) FROM steps s WHERE s.attempts <> 1 + (SELECT count(*)"
-                   " FROM run_events e WHERE e.run_id = s.run_id AND e.step_key = s.key"
+                   " FROM run_log e WHERE e.run_id = s.run_id AND e.step_key = s.key"
                    " AND e.type = 'step.retrying')"
-                   " OR s.attempts <> (SELECT count(*) FROM run_events e WHERE e.run_id = s.run_id"
+                   " OR s.attempts <> (SELECT count(*) FROM run_log e WHERE e.run_id = s.run_id"
                    " AND e.step_key = s.key AND e.type = 'step.started')"),
         0);
     return th_pg_longf(db, "SELECT count(*) FROM steps WHERE attempts > 1");

@@ -180,7 +180,7 @@ static void test_poison_pill_stops_after_cap(void **state)
                         " AND attempts = 1 AND error->>'code' = 'interrupted'"),
         1);
     assert_int_equal(
-        count_where(db, "SELECT count(*) FROM run_events WHERE type = 'step.interrupted'"), 2);
+        count_where(db, "SELECT count(*) FROM run_log WHERE type = 'step.interrupted'"), 2);
     th_llm_stop(llm);
     th_msg_stop(sms);
     free(db);

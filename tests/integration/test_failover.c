@@ -120,7 +120,7 @@ static void test_failover_to_promoted_standby(void **state)
     char *retried = th_pg_value(db_s, "SELECT coalesce(string_agg(s.key || ' attempts ' ||"
                                       " s.attempts || ': ' || coalesce((SELECT string_agg(e.type"
                                       " || ' ' || coalesce(e.data::text, ''), '; ' ORDER BY e.id)"
-                                      " FROM run_events e WHERE e.run_id = s.run_id AND"
+                                      " FROM run_log e WHERE e.run_id = s.run_id AND"
                                       " e.step_key = s.key), ''), ' | '), '')"
                                       " FROM steps s WHERE s.attempts <> 1");
     if (*retried)

@@ -235,7 +235,7 @@ static void test_wait_event_timeout_branches(void **state)
     expect_output(c, run, "w", "{\"timed_out\": true}");
     /* The skipped steps never started; skipped counts as done. */
     th_pgc_expect(c, "0",
-                  "SELECT count(*) FROM run_events WHERE run_id = $1 AND type = 'step.started'"
+                  "SELECT count(*) FROM run_log WHERE run_id = $1 AND type = 'step.started'"
                   " AND step_key = 'after_thank'",
                   TH_P(th_num(run).s));
     th_pgc_expect(c, "5 5", "SELECT steps_done || ' ' || steps_total FROM runs WHERE id = $1",
@@ -273,7 +273,7 @@ static void test_wait_event_early_event(void **state)
     expect_output(c, run, "w", "{\"n\": 2}");
     /* Delivered at once: it never slept in 'waiting'. */
     th_pgc_expect(c, "0",
-                  "SELECT count(*) FROM run_events WHERE run_id = $1 AND type = 'step.waiting'",
+                  "SELECT count(*) FROM run_log WHERE run_id = $1 AND type = 'step.waiting'",
                   TH_P(th_num(run).s));
     PQfinish(c);
     free(db);
@@ -496,7 +496,7 @@ static void test_failure_policy(void **state)
                   " error->'step_error'->>'message', error->>'message') FROM runs WHERE id = $1",
                   TH_P(th_num(r2).s));
     th_pgc_expect(c, "x",
-                  "SELECT data->>'step' FROM run_events WHERE run_id = $1 AND type = 'run.failed'",
+                  "SELECT data->>'step' FROM run_log WHERE run_id = $1 AND type = 'run.failed'",
                   TH_P(th_num(r2).s));
     PQfinish(c);
     free(db);
@@ -741,13 +741,13 @@ static void test_retry_reruns_only_failed(void **state)
     th_pgc_expect(
         c, "a:1/1,b:1/2,c:1/1",
         "SELECT string_agg(s.key || ':' || s.attempts || '/' || (SELECT count(*)"
-        " FROM run_events e WHERE e.run_id = s.run_id AND e.step_key = s.key"
+        " FROM run_log e WHERE e.run_id = s.run_id AND e.step_key = s.key"
         " AND e.type = 'step.started'), ',' ORDER BY s.idx) FROM steps s WHERE s.run_id = $1",
         TH_P(th_num(run).s));
     th_pgc_expect(c, "{\"a\": 7, \"b\": 1}", "SELECT flowd_run_output(id)->'c'::text FROM runs WHERE id = $1",
                   TH_P(th_num(run).s));
     th_pgc_expect(c, "1",
-                  "SELECT count(*) FROM run_events WHERE run_id = $1 AND type = 'run.retried'",
+                  "SELECT count(*) FROM run_log WHERE run_id = $1 AND type = 'run.retried'",
                   TH_P(th_num(run).s));
     /* A succeeded run cannot be retried. */
     out = err = NULL;
@@ -805,8 +805,8 @@ static void test_cancel_running_run(void **state)
     th_workers_stop(ws);
     th_pgc_expect(
         c, "0",
-        "SELECT count(*) FROM run_events WHERE run_id = $1 AND type = 'step.started'"
-        " AND id > (SELECT id FROM run_events WHERE run_id = $1 AND type = 'run.cancelled')",
+        "SELECT count(*) FROM run_log WHERE run_id = $1 AND type = 'step.started'"
+        " AND id > (SELECT id FROM run_log WHERE run_id = $1 AND type = 'run.cancelled')",
         TH_P(th_num(run).s));
     th_pgc_expect(c, "0", "SELECT count(*) FROM steps WHERE run_id = $1 AND state <> 'cancelled'",
                   TH_P(th_num(run).s));

@@ -119,7 +119,7 @@ static void print_schedule(PGconn *c, long long run, const char *tz)
     PGresult *r = PQexecParams(
         c,
         "SELECT s.key, to_char(s.started_at AT TIME ZONE $2, 'Dy YYYY-MM-DD HH24:MI'),"
-        " EXISTS (SELECT 1 FROM run_events e WHERE e.run_id = s.run_id AND e.step_key = s.key"
+        " EXISTS (SELECT 1 FROM run_log e WHERE e.run_id = s.run_id AND e.step_key = s.key"
         "         AND e.type = 'step.scheduled')"
         " FROM steps s WHERE s.run_id = $1 ORDER BY s.idx",
         2, NULL, (const char *const[]){th_num(run).s, tz}, NULL, NULL, 0);
@@ -171,7 +171,7 @@ static void assert_sequence_times(PGconn *c, long long run, const char *tz, cons
      * event names a later instant): they start at exactly 09:00 local, whatever the zone's UTC
      * offset is by then. Some of those pushes come after the daylight-saving change. */
     static const char pushed[] =
-        "SELECT count(*) FROM steps s WHERE s.run_id = $1 AND EXISTS (SELECT 1 FROM run_events e"
+        "SELECT count(*) FROM steps s WHERE s.run_id = $1 AND EXISTS (SELECT 1 FROM run_log e"
         " WHERE e.run_id = s.run_id AND e.step_key = s.key AND e.type = 'step.scheduled'"
         " AND (e.data->>'run_at')::timestamptz > e.at + interval '1 s')";
     char *sql = eng_xasprintf("%s AND to_char(s.started_at AT TIME ZONE $2, 'HH24:MI') <> '09:00'",
@@ -271,7 +271,7 @@ static void test_cancel_on_stops_sequence(void **state)
     assert_string_equal(run, "cancelled cancel_on l-7");
     free(run);
     long long cancel_ev = th_pgc_ll(c,
-                                    "SELECT id FROM run_events WHERE run_id = $1"
+                                    "SELECT id FROM run_log WHERE run_id = $1"
                                     " AND type = 'run.cancelled'",
                                     TH_P(th_num(booked).s));
     assert_int_equal(th_pgc_ll(c,
@@ -293,12 +293,12 @@ static void test_cancel_on_stops_sequence(void **state)
                                "cancelled:0,cancelled:0,cancelled:0");
     free(steps);
     assert_int_equal(th_pgc_ll(c,
-                               "SELECT count(*) FROM run_events WHERE run_id = $1 AND id > $2"
+                               "SELECT count(*) FROM run_log WHERE run_id = $1 AND id > $2"
                                " AND type IN ('step.started', 'step.succeeded', 'step.scheduled')",
                                TH_P(th_num(booked).s, th_num(cancel_ev).s)),
                      0);
     assert_int_equal(th_pgc_ll(c,
-                               "SELECT count(*) FROM run_events WHERE run_id = $1"
+                               "SELECT count(*) FROM run_log WHERE run_id = $1"
                                " AND type = 'step.cancelled'",
                                TH_P(th_num(booked).s)),
                      TOUCHES - 6);

@@ -962,7 +962,7 @@ static void test_secrets_not_logged(void **state)
     char *all = th_pg_value(db, "SELECT coalesce(string_agg(coalesce(output::text, '') ||"
                                 " coalesce(error::text, ''), ' '), '') FROM steps");
     char *events = th_pg_value(db, "SELECT coalesce(string_agg(coalesce(data::text, ''), ' '),"
-                                   " '') FROM run_events");
+                                   " '') FROM run_log");
     assert_null(strstr(all, "Secret0123456789"));
     assert_null(strstr(events, "Secret0123456789"));
     assert_non_null(strstr(all, "invalid_api_key")); /* the reason itself is kept */

@@ -125,13 +125,13 @@ static void test_diamond_order(void **state)
         th_pg_longf(
             db,
             "SELECT count(*) FROM runs r WHERE"
-            " (SELECT min(id) FROM run_events e WHERE e.run_id = r.id AND e.type = 'step.started'"
+            " (SELECT min(id) FROM run_log e WHERE e.run_id = r.id AND e.type = 'step.started'"
             "   AND e.step_key = 'd') <"
-            " (SELECT max(id) FROM run_events e WHERE e.run_id = r.id"
+            " (SELECT max(id) FROM run_log e WHERE e.run_id = r.id"
             "   AND e.type = 'step.succeeded' AND e.step_key IN ('b', 'c'))"
-            " OR (SELECT min(id) FROM run_events e WHERE e.run_id = r.id"
+            " OR (SELECT min(id) FROM run_log e WHERE e.run_id = r.id"
             "   AND e.type = 'step.started' AND e.step_key IN ('b', 'c')) <"
-            " (SELECT id FROM run_events e WHERE e.run_id = r.id"
+            " (SELECT id FROM run_log e WHERE e.run_id = r.id"
             "   AND e.type = 'step.succeeded' AND e.step_key = 'a')"),
         0);
     /* d's rendered input carries b's and c's outputs, and it is the run's output (the only leaf). */
@@ -201,16 +201,16 @@ static void test_exactly_once_threads_and_processes(void **state)
         th_pg_longf(db, "SELECT count(*) FROM steps WHERE state = 'succeeded' AND attempts = 1"),
         RUNS);
     assert_int_equal(th_pg_longf(db, "SELECT count(*) FROM steps"), RUNS);
-    assert_int_equal(th_pg_longf(db, "SELECT count(*) FROM run_events WHERE type = 'step.started'"),
+    assert_int_equal(th_pg_longf(db, "SELECT count(*) FROM run_log WHERE type = 'step.started'"),
                      RUNS);
     assert_int_equal(
-        th_pg_longf(db, "SELECT count(*) FROM (SELECT run_id FROM run_events"
+        th_pg_longf(db, "SELECT count(*) FROM (SELECT run_id FROM run_log"
                         " WHERE type = 'step.started' GROUP BY run_id HAVING count(*) <> 1) x"),
         0);
     assert_int_equal(
-        th_pg_longf(db, "SELECT count(*) FROM run_events WHERE type = 'step.succeeded'"), RUNS);
+        th_pg_longf(db, "SELECT count(*) FROM run_log WHERE type = 'step.succeeded'"), RUNS);
     assert_int_equal(
-        th_pg_longf(db, "SELECT count(*) FROM run_events WHERE type = 'step.retrying'"), 0);
+        th_pg_longf(db, "SELECT count(*) FROM run_log WHERE type = 'step.retrying'"), 0);
     assert_int_equal(
         th_pg_longf(db, "SELECT count(*) FROM runs WHERE state = 'succeeded' AND steps_done = 1"),
         RUNS);
@@ -275,14 +275,14 @@ static void test_kill9_loses_nothing(void **state)
                                      " (attempts <> 1 OR interruptions <> 0)"
                                      " AND id NOT IN (SELECT id FROM held_at_kill)"),
                      0);
-    assert_int_equal(th_pg_longf(db, "SELECT count(*) FROM run_events"
+    assert_int_equal(th_pg_longf(db, "SELECT count(*) FROM run_log"
                                      " WHERE type = 'step.interrupted'"
                                      " AND data->>'code' = 'lease_expired'"),
                      held);
-    assert_int_equal(th_pg_longf(db, "SELECT count(*) FROM run_events WHERE type = 'step.retrying'"),
+    assert_int_equal(th_pg_longf(db, "SELECT count(*) FROM run_log WHERE type = 'step.retrying'"),
                      0);
     assert_int_equal(
-        th_pg_longf(db, "SELECT count(*) FROM (SELECT run_id, step_key FROM run_events"
+        th_pg_longf(db, "SELECT count(*) FROM (SELECT run_id, step_key FROM run_log"
                         " WHERE type = 'step.succeeded' GROUP BY 1, 2 HAVING count(*) <> 1) x"),
         0);
     char *out = th_pg_value(db, "SELECT DISTINCT flowd_run_output(id)::text FROM runs");
@@ -305,6 +305,31 @@ static void clock_advance_cli(const char *db, const char *by)
     free(err);
 }
 
+/* The types of a run's log as the API reads it (flowd_run_events_json), "type[:attempt]" each. */
+static char *log_types(const char *db, long long tenant, long long run)
+{
+    return th_pg_valuef(db,
+                        "SELECT string_agg((e->>'type') || coalesce(':' || (e->'data'->>'attempt'), ''),"
+                        " ',' ORDER BY o) FROM jsonb_array_elements(flowd_run_events_json(%lld, %lld,"
+                        " 0, 100)->'events') WITH ORDINALITY AS x(e, o)",
+                        tenant, run);
+}
+
+/* How many of a run's events a read after that event's own sequence does not answer with exactly
+ * the events that follow it: 0 when a cursor at any event neither skips nor repeats one. */
+static long log_cursor_faults(const char *db, long long tenant, long long run)
+{
+    return th_pg_longf(
+        db,
+        "WITH f AS (SELECT (e->>'seq')::bigint AS seq, o FROM jsonb_array_elements("
+        "  flowd_run_events_json(%lld, %lld, 0, 100)->'events') WITH ORDINALITY AS x(e, o))"
+        " SELECT count(*) FROM f a"
+        " WHERE (SELECT coalesce(jsonb_agg(e->'seq' ORDER BY o), '[]') FROM jsonb_array_elements("
+        "          flowd_run_events_json(%lld, %lld, a.seq, 100)->'events') WITH ORDINALITY AS x(e, o))"
+        "   <> (SELECT coalesce(jsonb_agg(b.seq ORDER BY b.o), '[]') FROM f b WHERE b.o > a.o)",
+        tenant, run, tenant, run);
+}
+
 static void test_retry_backoff(void **state)
 {
     (void)state;
@@ -323,7 +348,7 @@ static void test_retry_backoff(void **state)
     assert_true(th_engine_wait(db, "SELECT attempts = 1 AND state = 'ready' FROM steps", 30));
     /* Exactly the configured backoff after the failure, on the engine clock. */
     assert_int_equal(th_pg_longf(db, "SELECT (extract(epoch FROM s.run_at - e.at) * 1000)::bigint"
-                                     " FROM steps s, run_events e WHERE e.type = 'step.retrying'"),
+                                     " FROM steps s, run_log e WHERE e.type = 'step.retrying'"),
                      10000);
     char *due = th_pg_value(db, "SELECT run_at > flowd_now() + interval '9 s' FROM steps");
     assert_string_equal(due, "t");
@@ -336,10 +361,10 @@ static void test_retry_backoff(void **state)
     clock_advance_cli(db, "10s");
     assert_true(th_engine_wait(db, "SELECT attempts = 2 AND state = 'ready' FROM steps", 30));
     assert_int_equal(th_pg_longf(db, "SELECT (extract(epoch FROM s.run_at - e.at) * 1000)::bigint"
-                                     " FROM steps s, run_events e WHERE e.type = 'step.retrying'"
+                                     " FROM steps s, run_log e WHERE e.type = 'step.retrying'"
                                      " ORDER BY e.id DESC LIMIT 1"),
                      20000);
-    char *retry_at = th_pg_value(db, "SELECT data->>'retry_at' IS NOT NULL FROM run_events"
+    char *retry_at = th_pg_value(db, "SELECT data->>'retry_at' IS NOT NULL FROM run_log"
                                      " WHERE type = 'step.retrying' ORDER BY id DESC LIMIT 1");
     assert_string_equal(retry_at, "t");
     free(retry_at);
@@ -354,9 +379,19 @@ static void test_retry_backoff(void **state)
     assert_int_equal(th_pg_longf(db, "SELECT attempts FROM steps"), 3);
     assert_int_equal(atomic_load(&flaky_attempts) - before, 3);
     assert_int_equal(
-        th_pg_longf(db, "SELECT count(*) FROM run_events WHERE type = 'step.retrying'"), 2);
-    assert_int_equal(th_pg_longf(db, "SELECT count(*) FROM run_events WHERE type = 'step.started'"),
+        th_pg_longf(db, "SELECT count(*) FROM run_log WHERE type = 'step.retrying'"), 2);
+    assert_int_equal(th_pg_longf(db, "SELECT count(*) FROM run_log WHERE type = 'step.started'"),
                      3);
+    /* The step's row holds its last start; each start before it was moved to the log when the
+     * step was claimed again, under the sequence it was read by until then. */
+    assert_int_equal(
+        th_pg_longf(db, "SELECT count(*) FROM run_events WHERE type = 'step.started'"), 2);
+    char *types = log_types(db, tenant, run);
+    assert_string_equal(types, "run.created,run.started,step.started:1,step.retrying:1,"
+                               "step.started:2,step.retrying:2,step.started:3,step.succeeded,"
+                               "run.succeeded");
+    free(types);
+    assert_int_equal(log_cursor_faults(db, tenant, run), 0);
     char *st = th_pg_valuef(
         db,
         "SELECT state || ' ' || (flowd_run_output(id)->'f'->>'attempt') FROM runs WHERE id = %lld",
@@ -402,12 +437,12 @@ static void test_permanent_failure(void **state)
                                  " ORDER BY idx) FROM steps WHERE key <> 'boom'");
     assert_string_equal(rest, "after=cancelled/0,last=cancelled/0,later=cancelled/0");
     free(rest);
-    assert_int_equal(th_pg_longf(db, "SELECT count(*) FROM run_events WHERE type = 'run.failed'"),
+    assert_int_equal(th_pg_longf(db, "SELECT count(*) FROM run_log WHERE type = 'run.failed'"),
                      1);
     assert_int_equal(
-        th_pg_longf(db, "SELECT count(*) FROM run_events WHERE type = 'step.cancelled'"), 3);
+        th_pg_longf(db, "SELECT count(*) FROM run_log WHERE type = 'step.cancelled'"), 3);
     assert_int_equal(
-        th_pg_longf(db, "SELECT count(*) FROM run_events WHERE type = 'step.retrying'"), 0);
+        th_pg_longf(db, "SELECT count(*) FROM run_log WHERE type = 'step.retrying'"), 0);
     assert_int_equal(th_pg_longf(db, "SELECT count(*) FROM steps WHERE finished_at IS NULL"), 0);
     free(db);
 }
@@ -429,7 +464,7 @@ static void test_delay_is_durable_timer(void **state)
     th_workers *ws = th_workers_start(db, 1, "delay", 0, 0, 0);
 
     /* The delay claims once, sees its time has not come, and goes back to sleep in the queue. */
-    assert_true(th_engine_wait(db, "SELECT count(*) = 1 FROM run_events WHERE type = 'step.started'"
+    assert_true(th_engine_wait(db, "SELECT count(*) = 1 FROM run_log WHERE type = 'step.started'"
                                    " AND step_key = 'wait'", 30));
     assert_true(th_engine_wait(db, "SELECT state = 'ready' FROM steps WHERE key = 'wait'", 30));
     /* Due 2 h after it became ready, to the millisecond the claim reports ready_at in. */
@@ -441,7 +476,7 @@ static void test_delay_is_durable_timer(void **state)
     th_sleep_ms(1200);
     assert_int_equal(th_pg_longf(db, "SELECT count(*) FROM steps WHERE state = 'running'"), 0);
     assert_int_equal(th_pg_longf(db, "SELECT count(*) FROM steps WHERE state = 'succeeded'"), 0);
-    assert_int_equal(th_pg_longf(db, "SELECT count(*) FROM run_events WHERE type = 'step.started'"),
+    assert_int_equal(th_pg_longf(db, "SELECT count(*) FROM run_log WHERE type = 'step.started'"),
                      1);
 
     free(th_pg_value(db, "SELECT flowd_clock_advance(3600000)"));
@@ -629,6 +664,16 @@ static void test_one_step_path(void **state)
     got = th_pg_value(db, "SELECT count(*) || ' runs succeeded' FROM runs WHERE state = 'succeeded'");
     assert_string_equal(got, "3 runs succeeded");
     free(got);
+    /* Routine transitions are read from the rows they changed: the log keeps only what the rows
+     * cannot tell (here each run's run.created), and readers see every event in order. */
+    got = th_pg_value(db, "SELECT string_agg(DISTINCT type, ',') || ' ' || count(*) FROM run_events");
+    assert_string_equal(got, "run.created 3");
+    free(got);
+    long long run = th_pg_long(db, "SELECT min(id) FROM runs");
+    got = log_types(db, tenant, run);
+    assert_string_equal(got, "run.created,run.started,step.started:1,step.succeeded,run.succeeded");
+    free(got);
+    assert_int_equal(log_cursor_faults(db, tenant, run), 0);
     PQfinish(c);
     free(results);
     free(db);
@@ -669,10 +714,15 @@ static void test_pure_step_written_once(void **state)
                                     " AND attempts = 1 AND output = '{\"n\": \"4\"}'"
                                     " AND lease_owner IS NULL AND started_at IS NOT NULL"),
                      3);
-    char *events = th_pg_value(db, "SELECT string_agg(type, ' ' ORDER BY id) FROM run_events"
-                                   " WHERE run_id = (SELECT min(id) FROM runs)");
-    assert_string_equal(events, "run.created run.started step.started step.succeeded run.succeeded");
-    free(events);
+    /* the log reads in order, every event from the rows but run.created */
+    char *got = th_pg_value(db, "SELECT string_agg(DISTINCT type, ',') || ' ' || count(*) FROM run_events");
+    assert_string_equal(got, "run.created 3");
+    free(got);
+    long long run = th_pg_long(db, "SELECT min(id) FROM runs");
+    got = log_types(db, tenant, run);
+    assert_string_equal(got, "run.created,run.started,step.started:1,step.succeeded,run.succeeded");
+    free(got);
+    assert_int_equal(log_cursor_faults(db, tenant, run), 0);
     assert_int_equal(th_pg_long(db, "SELECT count(*) FROM runs WHERE state = 'succeeded'"
                                     " AND steps_done = 1 AND started_at IS NOT NULL"),
                      3);
@@ -728,8 +778,7 @@ static void test_pure_claim_lost(void **state)
     assert_int_equal(th_pg_long(db, "SELECT count(*) FROM steps WHERE attempts = 0"
                                     " AND state IN ('ready', 'pending')"),
                      8);
-    assert_int_equal(th_pg_long(db, "SELECT count(*) FROM run_events WHERE type <> 'run.created'"),
-                     0);
+    assert_int_equal(th_pg_long(db, "SELECT count(*) FROM run_log WHERE type <> 'run.created'"), 0);
 
     long before = atomic_load(&transforms_here);
     th_workers *ws = th_workers_start(db, 2, "pl", 0, 0, 0);
@@ -741,7 +790,7 @@ static void test_pure_claim_lost(void **state)
                                     " AND attempts = 1 AND interruptions = 0"),
                      8);
     assert_int_equal(th_pg_long(db, "SELECT count(*) FROM (SELECT run_id, step_key, type"
-                                    " FROM run_events WHERE type LIKE 'step.%'"
+                                    " FROM run_log WHERE type LIKE 'step.%'"
                                     " GROUP BY 1, 2, 3 HAVING count(*) = 1) x"),
                      16);
     free(db);

@@ -60,7 +60,7 @@ static json_t *get_run(th_api *a, long long run)
 static long count_events(th_api *a, long long run, const char *type)
 {
     return th_pg_longf(th_api_db(a),
-                       "SELECT count(*) FROM run_events WHERE run_id = %lld AND type = '%s'", run,
+                       "SELECT count(*) FROM run_log WHERE run_id = %lld AND type = '%s'", run,
                        type);
 }
 
@@ -244,7 +244,7 @@ static void test_sends_two_processes(void **state)
                                     " AND run_at = date_trunc('day', flowd_now() AT TIME ZONE"
                                     " 'UTC') AT TIME ZONE 'UTC' + interval '1 day'"),
                      70);
-    assert_int_equal(th_pg_long(db, "SELECT count(*) FROM run_events WHERE type = 'step.blocked'"),
+    assert_int_equal(th_pg_long(db, "SELECT count(*) FROM run_log WHERE type = 'step.blocked'"),
                      70);
     assert_int_equal(th_pg_long(db, "SELECT count(*) FROM runs WHERE state = 'running'"), 70);
     assert_true(th_pg_long(db, "SELECT count(*) FROM worker_leases") >= 8); /* both processes */

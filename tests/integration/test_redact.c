@@ -53,7 +53,7 @@ static char *stored_text(const char *db, long long run)
         db,
         "SELECT concat_ws(' | ', (SELECT string_agg(coalesce(error::text, ''), ',') FROM steps"
         " WHERE run_id = %lld), (SELECT error::text FROM runs WHERE id = %lld),"
-        " (SELECT string_agg(coalesce(data::text, ''), ',') FROM run_events WHERE run_id = %lld),"
+        " (SELECT string_agg(coalesce(data::text, ''), ',') FROM run_log WHERE run_id = %lld),"
         " (SELECT string_agg(coalesce(error::text, ''), ',') FROM sends),"
         " (SELECT string_agg(coalesce(reason, ''), ',') FROM suppressions))",
         run, run, run);

@@ -154,11 +154,11 @@ static void test_quiet_stream_stays_up_and_ends(void **state)
     assert_true(cancelled);
     const json_t *last = json_array_get(events, json_array_size(events) - 1);
     assert_int_equal(jint(last, "seq"),
-                     th_pg_longf(th_api_db(a), "SELECT max(id) FROM run_events WHERE run_id = %lld",
+                     th_pg_longf(th_api_db(a), "SELECT max(id) FROM run_log WHERE run_id = %lld",
                                  run));
     assert_int_equal((long long)json_array_size(events),
                      th_pg_longf(th_api_db(a),
-                                 "SELECT count(*) FROM run_events WHERE run_id = %lld", run));
+                                 "SELECT count(*) FROM run_log WHERE run_id = %lld", run));
     for (size_t i = 1; i < json_array_size(events); i++)
         assert_true(jint(json_array_get(events, i), "seq") >
                     jint(json_array_get(events, i - 1), "seq"));
@@ -197,7 +197,7 @@ static void test_thousand_streams_cost_what_one_does(void **state)
     /* every stream, whichever API loop took it, got every event once */
     assert_int_equal(jint(d, "events"),
                      N * th_pg_longf(th_api_db(a),
-                                     "SELECT count(*) FROM run_events WHERE run_id = %lld", run));
+                                     "SELECT count(*) FROM run_log WHERE run_id = %lld", run));
     json_decref(d);
     th_api_stop(a);
 }

@@ -37,14 +37,17 @@ void th_api_init(void)
 th_api *th_api_start(const th_api_opts *opts)
 {
     th_api *a = eng_xcalloc(1, sizeof *a);
-    a->db = th_engine_db(opts->prefix ? opts->prefix : "api_e2e", NULL);
+    a->db = opts->conninfo ? eng_xstrdup(opts->conninfo)
+                           : th_engine_db(opts->prefix ? opts->prefix : "api_e2e", NULL);
     api_service_opts o = {.conninfo = a->db, .listen = "127.0.0.1:0",
                           .threads = opts->threads > 0 ? opts->threads : 2, .db_conns = 4,
                           .test_clock = opts->test_clock, .max_conns = opts->max_conns,
                           .max_conns_per_client = opts->max_conns_per_client,
                           .header_timeout_s = opts->header_timeout_s,
                           .request_timeout_s = opts->request_timeout_s,
-                          .sse_heartbeat_s = opts->sse_heartbeat_s};
+                          .sse_heartbeat_s = opts->sse_heartbeat_s,
+                          .read_conninfo = opts->read_conninfo,
+                          .read_max_lag_s = opts->read_max_lag_s};
     eng_err err;
     a->svc = api_service_start(&o, &err);
     if (!a->svc) {

@@ -30,6 +30,9 @@ typedef struct th_api_opts {
     int max_conns_per_client;
     double header_timeout_s, request_timeout_s;
     double sse_heartbeat_s; /* api_service_opts' (0: its default) */
+    const char *conninfo;   /* serve this database (th_engine_db_at's) instead of a fresh one */
+    const char *read_conninfo; /* api_service_opts' standby for polls, and its lag bound */
+    double read_max_lag_s;
 } th_api_opts;
 
 /* Process set-up of an API test binary, first thing in main: allocators, logging, the built-in
