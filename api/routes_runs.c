@@ -358,14 +358,20 @@ void api_route_run_post(api_call *call)
  * change. The run's usage rows (run_usage) are in it the same way. A map step's item counts come
  * from map_items, which is not in the token: runs with a map step get a NULL token and are never
  * served from the cache. The shown state is in the token too: a delayed run turns from
- * "scheduled" to "queued" with no row changing. */
+ * "scheduled" to "queued" with no row changing. A step with a concurrency key shows the step it
+ * queued behind (ckey_queue), usually a row of another run: that row's xmin is in the token. */
 static const char run_get_sql[] =
     "SELECT f.token, CASE WHEN f.token = $3 THEN NULL ELSE flowd_run_json($1, $2) END"
     "  FROM (SELECT CASE WHEN NOT s.has_map"
     "                    THEN r.xmin::text || s.xmins || u.xmins"
     "                         || flowd_run_state(r.state, r.start_at) END AS token"
     "          FROM runs r CROSS JOIN LATERAL ("
-    "               SELECT string_agg(':' || x.xmin::text, '' ORDER BY x.idx) AS xmins,"
+    "               SELECT string_agg(':' || x.xmin::text"
+    "                                 || CASE WHEN x.ckey IS NOT NULL THEN '<' || coalesce(("
+    "                                        SELECT b.xmin::text FROM ckey_queue q"
+    "                                          JOIN steps b ON b.id = q.behind"
+    "                                         WHERE q.run_id = x.run_id AND q.step_id = x.id), '')"
+    "                                    ELSE '' END, '' ORDER BY x.idx) AS xmins,"
     "                      coalesce(bool_or(x.kind = 'map'), false) AS has_map"
     "                 FROM steps x WHERE x.run_id = r.id) s"
     "         CROSS JOIN LATERAL ("

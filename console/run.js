@@ -13,7 +13,7 @@ import { waterfall } from './timeline.js';
 const TYPES = ['run.created', 'run.started', 'run.succeeded', 'run.failed', 'run.cancelled',
   'run.retried', 'step.scheduled', 'step.started', 'step.succeeded', 'step.failed', 'step.retrying',
   'step.interrupted', 'step.skipped', 'step.waiting', 'step.unknown', 'step.resolved', 'step.cancelled',
-  'step.blocked', 'step.unblocked'];
+  'step.blocked', 'step.unblocked', 'step.rate_limited'];
 const FINISHED = ['succeeded', 'failed', 'cancelled'];
 
 function jsonBlock(v) {
@@ -30,6 +30,14 @@ function usageOf(output) {
   if (typeof output.provider === 'string') parts.push(`via ${output.provider}`);
   if (typeof output.latency_ms === 'number') parts.push(`${output.latency_ms} ms`);
   return parts.join(' · ');
+}
+
+// A step's concurrency key and the step it queued behind, with a link to that step's run.
+function keyHolder(ck) {
+  const b = ck.queued_behind;
+  if (!b) return [ck.key, ' (no step of its key before it)'];
+  return [ck.key, ' · queued behind ', h('a', { href: `#/runs/${b.run}` }, `run #${b.run}`), ` step ${b.step} `,
+    b.finished_at ? `(finished ${time(b.finished_at)})` : `(${b.state})`];
 }
 
 export function render(root, ctx) {
@@ -156,6 +164,7 @@ export function render(root, ctx) {
           st.run_at ? [h('dt', null, 'due'), h('dd', null, time(st.run_at))] : null,
           st.started_at ? [h('dt', null, 'started'), h('dd', null, time(st.started_at))] : null,
           st.finished_at ? [h('dt', null, 'finished'), h('dd', null, time(st.finished_at))] : null,
+          st.concurrency_key ? [h('dt', null, 'concurrency key'), h('dd', { class: 'ckey' }, keyHolder(st.concurrency_key))] : null,
           usage ? [h('dt', null, 'LLM usage'), h('dd', { class: 'usage' }, usage)] : null),
         st.error ? [h('h4', null, 'Error'), jsonBlock(st.error)] : null,
         st.output !== null && st.output !== undefined ? [h('h4', null, 'Output'), jsonBlock(st.output)] : null,

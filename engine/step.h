@@ -83,6 +83,10 @@ void eng_step_fail(eng_step_ctx *ctx, bool permanent, const char *code, const ch
 /* Puts the step back to sleep until at_ms (engine clock) without counting an attempt: durable
  * timers keep nothing in flight while they wait. */
 void eng_step_snooze(eng_step_ctx *ctx, int64_t at_ms);
+/* eng_step_snooze for a step its named rate limit had no budget for: the run's event log says so
+ * (step.rate_limited, with the limit's name and at_ms), which is what tells that wait apart from
+ * the queue. rate_limit is borrowed. */
+void eng_step_snooze_rate_limited(eng_step_ctx *ctx, int64_t at_ms, const char *rate_limit);
 /* Ends the step 'skipped' with output {"reason": reason} (dependents see it as skipped), e.g. a
  * message to a suppressed recipient. Counts as finished, not as a failure. */
 void eng_step_skip(eng_step_ctx *ctx, const char *reason);

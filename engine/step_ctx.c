@@ -94,6 +94,12 @@ void eng_step_snooze(eng_step_ctx *c, int64_t at_ms)
     ctx_report(c, json_pack("{s:s, s:I}", "s", "snooze", "at_ms", (json_int_t)at_ms));
 }
 
+void eng_step_snooze_rate_limited(eng_step_ctx *c, int64_t at_ms, const char *rate_limit)
+{
+    ctx_report(c, json_pack("{s:s, s:I, s:s}", "s", "snooze", "at_ms", (json_int_t)at_ms,
+                            "rate_limit", rate_limit));
+}
+
 static void ctx_skip(eng_step_ctx *c, const char *reason)
 {
     ctx_report(c, json_pack("{s:s, s:{s:s}}", "s", "skip", "o", "reason", reason));

@@ -75,6 +75,14 @@ CREATE TABLE batches (
     CONSTRAINT batches_workflow_id_fkey FOREIGN KEY (workflow_id) REFERENCES workflows(id)
 );
 
+CREATE TABLE ckey_queue (
+    tenant_id bigint NOT NULL,
+    run_id bigint NOT NULL,
+    step_id bigint NOT NULL,
+    behind bigint NOT NULL,
+    CONSTRAINT ckey_queue_pkey PRIMARY KEY (run_id, step_id)
+);
+
 CREATE TABLE console_sessions (
     token_hash bytea NOT NULL,
     key_id bigint NOT NULL,

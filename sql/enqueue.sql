@@ -115,7 +115,7 @@ LANGUAGE sql IMMUTABLE AS $$
      WHERE v.value IS NOT NULL
 $$;
 
--- A metadata value as free search keeps it (run_search, 0051): lowercased, at most 200 characters
+-- A metadata value as free search keeps it (run_search, 0052): lowercased, at most 200 characters
 -- (the API takes a search of at most 200 bytes, so no prefix it can ask for is cut).
 CREATE OR REPLACE FUNCTION flowd_search_value(p_value text) RETURNS text
 LANGUAGE sql IMMUTABLE AS $$
@@ -136,7 +136,7 @@ $$;
 -- Three per-input arrays (NULL: none; 0034): each run's idempotency key, its start time (its first
 -- steps wait until then; earlier than now means now) and the schedule making it.
 -- Each run keeps its metadata from the workflow's search (flowd_run_meta, 0036), and its values
--- for free search (run_search, 0051).
+-- for free search (run_search, 0052).
 CREATE OR REPLACE FUNCTION flowd_create_runs(p_tenant bigint, p_workflow bigint, p_inputs jsonb,
                                   p_priority integer, p_batch bigint, p_parent_step bigint,
                                   p_parent_indexes integer[], p_idempotency_key text,
@@ -147,6 +147,7 @@ DECLARE
     v_def jsonb;
     v_now timestamptz := flowd_now();
     v_ids bigint[];
+    v_keyed boolean;  -- some step of the workflow has a concurrency key
 BEGIN
     SELECT w.def INTO v_def FROM workflows w WHERE w.id = p_workflow AND w.tenant_id = p_tenant;
     IF NOT FOUND THEN
@@ -217,9 +218,21 @@ BEGIN
                 UNION ALL
                 SELECT 1, ins.id, 0, 'run.created', NULL, NULL FROM ins) x
          ORDER BY x.part, x.run_id, x.idx)
-    SELECT array_agg(ins.id ORDER BY ins.id) INTO v_ids FROM ins;
+    SELECT array_agg(ins.id ORDER BY ins.id), (SELECT bool_or(sd.ckey IS NOT NULL) FROM sd)
+      INTO v_ids, v_keyed FROM ins;
     IF v_ids IS NULL THEN
         RETURN '{}';
+    END IF;
+    IF v_keyed THEN
+        -- each new step with a concurrency key remembers the step it queues behind (0051): the
+        -- latest unfinished one of its key, this call's own steps included (visible only now)
+        INSERT INTO ckey_queue (tenant_id, run_id, step_id, behind)
+        SELECT s.tenant_id, s.run_id, s.id, b.id
+          FROM steps s CROSS JOIN LATERAL (
+               SELECT max(o.id) AS id FROM steps o
+                WHERE o.tenant_id = s.tenant_id AND o.ckey = s.ckey AND o.id < s.id
+                  AND o.state IN ('pending', 'ready', 'running', 'waiting', 'blocked')) b
+         WHERE s.run_id = ANY (v_ids) AND s.ckey IS NOT NULL AND b.id IS NOT NULL;
     END IF;
     -- Wake idle workers; see 0002 for why only one of the enqueues committing at once notifies.
     IF pg_try_advisory_xact_lock(hashtext('flowd_notify_ready')) THEN

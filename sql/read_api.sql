@@ -69,6 +69,16 @@ BEGIN
                                           ('failed', 'cancelled')),
                                 'running', count(*) FILTER (WHERE mi.state = 'running'))
                               FROM map_items mi WHERE mi.step_id = s.id))
+                        ELSE '{}'::jsonb END
+                     -- a step with a concurrency key: the key, and the step it queued behind
+                     -- (0051) as that step is now
+                     || CASE WHEN s.ckey IS NOT NULL THEN jsonb_build_object('concurrency_key',
+                            jsonb_build_object('key', s.ckey, 'queued_behind', (
+                                SELECT jsonb_build_object('run', b.run_id, 'step', b.key,
+                                                          'state', b.state,
+                                                          'finished_at', flowd_ms(b.finished_at))
+                                  FROM ckey_queue q JOIN steps b ON b.id = q.behind
+                                 WHERE q.run_id = s.run_id AND q.step_id = s.id)))
                         ELSE '{}'::jsonb END ORDER BY s.idx) AS list,
                  coalesce(jsonb_agg(s.key ORDER BY s.idx) FILTER (WHERE s.state = 'running'),
                           '[]') AS current,
@@ -168,7 +178,7 @@ $$;
 -- checked: workflow, version, state, batch, parent, schedule, meta, q, failed_step, created_after,
 -- created_before, finished_after, finished_before). A queued run whose start is still ahead is
 -- 'scheduled' (flowd_run_state), as its JSON says. q finds the runs with a metadata value that
--- starts with it, ignoring case: a range of run_search_value (0051), the upper bound being q
+-- starts with it, ignoring case: a range of run_search_value (0052), the upper bound being q
 -- followed by the highest code point (U+10FFFF, bytes F4 8F BF BF, above every byte any longer
 -- value can have there), and starts_with the exact test. Only filters given are in the statement, so
 -- each query is planned for what it asks (the metadata GIN index, the recent-runs index) instead

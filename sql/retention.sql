@@ -63,6 +63,7 @@ BEGIN
     DELETE FROM outbox WHERE run_id = ANY (v_runs);
     DELETE FROM llm_records WHERE run_id = ANY (v_runs);
     DELETE FROM sends WHERE run_id = ANY (v_runs);
+    DELETE FROM ckey_queue WHERE run_id = ANY (v_runs);
     DELETE FROM steps WHERE run_id = ANY (v_runs);  -- maps and their items cascade
     DELETE FROM runs WHERE id = ANY (v_runs);  -- cancel_on rows cascade
     IF v_batches IS NOT NULL THEN

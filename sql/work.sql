@@ -151,6 +151,7 @@ END $$;
 --   {"id": step, "s": "skip", "o": {"reason": ...}}                 (condition false, suppressed)
 --   {"id": step, "s": "fail", "e": {"code", "message"}, "permanent": bool, "after_ms": n}
 --   {"id": step, "s": "snooze", "at_ms": epoch ms, "sched": bool}  (durable timers, `at`)
+--   {"id": step, "s": "snooze", "at_ms": epoch ms, "rate_limit": name}  (no budget: step.rate_limited)
 --   {"id": step, "s": "window", "after_ms", "tz", "start_min", "end_min", "days"}  (sending hours)
 --   {"id": step, "s": "wait", "event", "key", "until_ms"}           (wait_event)
 --   {"id": step, "s": "map", "workflow" | "def"+"digest", "inputs", "concurrency", "allow_failures"}
@@ -252,14 +253,22 @@ BEGIN
 
     IF 'snooze' = ANY (v_kinds) THEN
         WITH r AS MATERIALIZED (
-            SELECT * FROM jsonb_to_recordset(p_results) AS x(id bigint, s text, at_ms bigint, sched boolean)
-             WHERE x.s = 'snooze')
-        UPDATE steps st
-           SET state = 'ready', attempts = st.attempts - 1,
-               run_at = to_timestamp(r.at_ms / 1000.0), scheduled = coalesce(r.sched, st.scheduled),
-               lease_owner = NULL, lease_expires_at = NULL
-          FROM r
-         WHERE st.id = r.id AND (st.state = 'running' AND st.lease_owner = p_owner) IS TRUE;
+            SELECT * FROM jsonb_to_recordset(p_results)
+                AS x(id bigint, s text, at_ms bigint, sched boolean, rate_limit text)
+             WHERE x.s = 'snooze'),
+        u AS (
+            UPDATE steps st
+               SET state = 'ready', attempts = st.attempts - 1,
+                   run_at = to_timestamp(r.at_ms / 1000.0), scheduled = coalesce(r.sched, st.scheduled),
+                   lease_owner = NULL, lease_expires_at = NULL
+              FROM r
+             WHERE st.id = r.id AND (st.state = 'running' AND st.lease_owner = p_owner) IS TRUE
+            RETURNING st.run_id, st.tenant_id, st.key, st.run_at, r.rate_limit)
+        -- a step its rate limit held back says so: nothing else tells that wait from the queue
+        INSERT INTO run_events (run_id, tenant_id, at, type, step_key, data)
+        SELECT u.run_id, u.tenant_id, v_now, 'step.rate_limited', u.key,
+               jsonb_build_object('rate_limit', u.rate_limit, 'run_at', flowd_ms(u.run_at))
+          FROM u WHERE u.rate_limit IS NOT NULL;
     END IF;
 
     IF 'window' = ANY (v_kinds) THEN

@@ -320,8 +320,11 @@ static void budget_done(void *arg, const eng_err *err, int64_t wait_ms)
         return;
     }
     if (wait_ms > 0) {
+        char *name = a->rl_name; /* outlives the attempt, for the outcome */
+        a->rl_name = NULL;
         eng_step_ctx *ctx = attempt_end(a);
-        eng_step_snooze(ctx, rl_wake_at(eng_step_now_ms(ctx), wait_ms));
+        eng_step_snooze_rate_limited(ctx, rl_wake_at(eng_step_now_ms(ctx), wait_ms), name);
+        free(name);
         return;
     }
     start_call(a);

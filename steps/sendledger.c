@@ -807,8 +807,11 @@ static void budget_done(void *arg, const eng_err *err, int64_t wait_ms)
     }
     if (wait_ms > 0) {
         eng_step_ctx *ctx = ss->ctx;
+        char *name = ss->rl_name; /* outlives the send, for the outcome */
+        ss->rl_name = NULL;
         ss_free(ss);
-        eng_step_snooze(ctx, rl_wake_at(eng_step_now_ms(ctx), wait_ms));
+        eng_step_snooze_rate_limited(ctx, rl_wake_at(eng_step_now_ms(ctx), wait_ms), name);
+        free(name);
         return;
     }
     claim(ss);

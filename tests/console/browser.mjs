@@ -4,6 +4,7 @@
 // through the API, and drives the console in Debian's headless chromium with puppeteer-core: sign
 // in, the run list and its metadata filter, a run whose step finishes while the page watches
 // (within 1 s of the step's commit), retry of a failed run until it succeeds, cancel, bulk cancel,
+// the waterfall's waits (a delay, a rate limit's budget, a concurrency key held by another run),
 // the workflow, batch, limits, sends, webhooks and workers views, a member key's session, XSS payloads in everything a
 // run holds, keyboard navigation. Any console error, failed request or unexpected HTTP error fails
 // the test. Screenshots of each view go to SHOTS_DIR; timing figures are printed. Prints "N passed,
@@ -145,6 +146,13 @@ await api('PUT', '/v1/workflows/paced', {
   steps: [{ key: 'first', kind: 'transform', input: { k: '{{input.k}}' } },
     { key: 'later', kind: 'transform', needs: ['first'], delay: '1s', concurrency_key: '{{input.k}}', input: {} }],
 });
+// waits the engine records: a send its rate limit holds back, a step queued behind its key
+await api('PUT', '/v1/workflows/limited', {
+  steps: [{ key: 'text', kind: 'sms', input: { to: '{{input.to}}', body: 'hi', from: '+15005550006', rate_limit: 'console_sms' } }],
+});
+await api('PUT', '/v1/workflows/keyed', {
+  steps: [{ key: 'hold', kind: 'wait_event', concurrency_key: 'lane-{{input.lane}}', input: { event: 'keyed.go', key: '{{input.n}}' } }],
+});
 await api('PUT', '/v1/workflows/fanout', {
   steps: [{ key: 'each', kind: 'map',
     input: { items: '{{input.items}}', concurrency: 200, step: { kind: 'transform', input: { n: '{{index}}' } } } }],
@@ -179,6 +187,8 @@ const bulkB = await api('POST', '/v1/runs', { workflow: 'lead_touch', input: { l
 const flaky = await api('POST', '/v1/runs', { workflow: 'flaky', input: { lead: 'flaky-1' } });
 const paced = await api('POST', '/v1/runs', { workflow: 'paced', input: { k: 'lane-1' } });
 const fan = await api('POST', '/v1/runs', { workflow: 'fanout', input: { items: Array.from({ length: 1000 }, (_, i) => i) } });
+const keyed1 = await api('POST', '/v1/runs', { workflow: 'keyed', input: { lane: XSS, n: 'one' } });
+const keyed2 = await api('POST', '/v1/runs', { workflow: 'keyed', input: { lane: XSS, n: 'two' } });
 const member = await api('POST', '/v1/keys', { tenant: 1, role: 'member' });
 await api('PUT', '/v1/schedules/nightly', { workflow: 'note', cron: '0 3 * * *', tz: 'Europe/Berlin',
   input: { lead: 'scheduled', text: XSS } });
@@ -186,11 +196,19 @@ await waitRun(flaky.id, ['failed']);
 await waitRun(target.id, ['running']);
 await waitRun(fan.id, ['succeeded'], 60000);
 await waitRun(paced.id, ['succeeded']);
+await waitRun(keyed1.id, ['running']);
 for (;;) {
   const b = await api('GET', `/v1/batches/${batch.id}`);
   if (b.state !== 'running') break;
   await sleep(100);
 }
+// once the seed is worked (a busy worker could take budget only after it refilled): the one
+// request of the limit's burst is taken, so the send waits about a second for budget
+await api('PUT', '/v1/rate-limits/console_sms', { requests_per_s: 1, burst_requests: 1 });
+execFileSync('psql', ['-X', '-q', '-h', pgdir, '-U', 'postgres', '-d', dbname, '-c',
+  "SELECT flowd_rl_take(1, 'console_sms', 1, 0)"]);
+const limited = await api('POST', '/v1/runs', { workflow: 'limited', input: { to: '+15555550199' } });
+await waitRun(limited.id, ['succeeded']);
 figures.seed_ms = Date.now() - t0;
 
 // ------------------------------------------------------------------------------ the browser --
@@ -268,7 +286,7 @@ try {
   await page.reload({ waitUntil: 'load' });
   await page.waitForFunction(() => performance.getEntriesByName('runs-shown').length > 0);
   figures.runs_first_show_ms = Math.round(await page.evaluate(() => performance.getEntriesByName('runs-shown')[0].startTime));
-  figures.runs_in_tenant = seedN + 1000 + 6;
+  figures.runs_in_tenant = seedN + 1000 + 9;
   const rows = await page.$$eval('table.runs tbody tr[data-id]', (t) => t.length);
   check(rows === 50, `the list shows a page of 50 runs (${rows})`);
   await page.waitForFunction(() => /succeeded [0-9,]+/.test(document.querySelector('.counts').innerText));
@@ -388,9 +406,39 @@ try {
   await page.goto(`${base}/#/runs/${paced.id}`, { waitUntil: 'load' });
   await page.waitForSelector('.wf-row[data-step="later"] .seg.k-attempt');
   const waits = await page.$$eval('.wf-row[data-step="later"] .seg', (segs) => segs.map((x) => x.getAttribute('title')));
-  check(/^delay 1s: (9\d\d ms|1\.\d\d s)/.test(waits[0]) && waits.every((w) => !/^ready/.test(w) || w.includes('concurrency key {{input.k}}')),
-    `the waterfall shows the step's delay apart from the queue (${waits.join(' | ')})`);
+  check(/^delay 1s: (9\d\d ms|1\.\d\d s)/.test(waits[0]) && waits.every((w) => !/concurrency key/.test(w)),
+    `the waterfall shows the step's delay apart from the queue, and no wait for a key no step held (${waits.join(' | ')})`);
   await shot('09b-run-delay');
+
+  // ... a wait for budget under a rate limit, which spent no attempt
+  await page.goto(`${base}/#/runs/${limited.id}`, { waitUntil: 'load' });
+  await page.waitForSelector('.wf-row[data-step="text"] .seg.k-attempt.o-ok');
+  const sent = await page.$$eval('.wf-row[data-step="text"] .seg', (segs) => segs.map((x) => [x.classList[1], x.getAttribute('title')]));
+  check(sent.some(([k, w]) => k === 'k-ratelimit' && w.startsWith('rate limit console_sms: no budget, tries again at ')) &&
+    sent.filter(([k]) => k === 'k-attempt').length === 1 && sent[sent.length - 1][0] === 'k-attempt',
+  `the waterfall shows the wait for the rate limit's budget, then one attempt (${sent.join(' | ')})`);
+  check(await page.$eval('.waterfall .legend', (p) => p.textContent.includes('rate limit') && p.textContent.includes('concurrency key')),
+    'the legend names the rate limit and concurrency key waits');
+  await shot('09c-run-rate-limited');
+
+  // ... and a wait for a concurrency key, live: held by another run's step, then free
+  await page.goto(`${base}/#/runs/${keyed2.id}`, { waitUntil: 'load' });
+  await page.waitForSelector('.wf-row[data-step="hold"] .seg.k-ckey');
+  const held = await page.$eval('.wf-row[data-step="hold"] .seg.k-ckey', (x) => x.getAttribute('title'));
+  check(held.startsWith(`concurrency key lane-${XSS}: queued behind run #${keyed1.id} step hold (waiting)`),
+    `a step waiting for its key names the key and the step holding it (${held})`);
+  check(await page.$eval('details[data-step="hold"] dd.ckey', (dd, id) => dd.textContent.includes('queued behind') &&
+    dd.querySelector(`a[href="#/runs/${id}"]`) !== null, keyed1.id), 'the step\'s details link the run holding its key');
+  await xssInert('run waiting for its key');
+  await shot('09d-run-key-held');
+  await api('POST', '/v1/events', { name: 'keyed.go', key: 'one' });
+  await page.waitForSelector('.wf-row[data-step="hold"] .seg.k-waiting');
+  const freed = await page.$$eval('.wf-row[data-step="hold"] .seg', (segs) => segs.map((x) => [x.classList[1], x.getAttribute('title')]));
+  check(freed[0][0] === 'k-ckey' && freed[0][1].includes(`run #${keyed1.id} step hold, free at `) && freed.some(([k]) => k === 'k-attempt'),
+    `once the key is free the wait for it ends and the step runs (${freed.join(' | ')})`);
+  await api('POST', '/v1/events', { name: 'keyed.go', key: 'two' });
+  await page.waitForFunction(() => document.querySelector('main').dataset.state === 'succeeded');
+  await shot('09e-run-key-freed');
 
   // workflows: versions, definition, diff, start a run (the input is checked by the server)
   await page.keyboard.press('g');

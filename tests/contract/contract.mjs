@@ -213,7 +213,7 @@ const hello = {
   name: 'hello',
   steps: [
     { key: 'wait', kind: 'wait_event', input: { event: 'go', key: '{{input.name}}' } },
-    { key: 'greet', kind: 'transform', needs: ['wait'], input: { text: 'hi {{input.name}}' } },
+    { key: 'greet', kind: 'transform', needs: ['wait'], concurrency_key: 'greet-{{input.name}}', input: { text: 'hi {{input.name}}' } },
   ],
 };
 expect(await call('PUT', '/v1/workflows/hello', { body: hello }), 201, 'register');
@@ -246,6 +246,13 @@ expect(await call('POST', '/v1/runs', { body: { workflow: 'hello', colour: 1 }, 
 const run = created.id;
 await waitRun(run, ['running']);
 expect(await call('GET', `/v1/runs/${run}`), 200, 'run');
+{ // a second run of the name: its keyed step queues behind the first run's
+  const second = expect(await call('POST', '/v1/runs', { body: { workflow: 'hello', input: { name: 'ada' } } }), 201, 'enqueue behind a key').body;
+  const got = expect(await call('GET', `/v1/runs/${second.id}`), 200, 'run queued behind a key').body;
+  const ck = got && got.steps.find((st) => st.key === 'greet').concurrency_key;
+  if (!ck || ck.key !== 'greet-ada' || !ck.queued_behind || ck.queued_behind.run !== run || ck.queued_behind.step !== 'greet')
+    fail(`the greet step of run ${second.id} does not queue behind run ${run}'s: ${JSON.stringify(ck)}`);
+}
 expect(await call('GET', '/v1/runs/99999999'), 404, 'no run');
 expect(await call('GET', '/v1/runs/99999999999999999999'), 404, 'id out of range');
 expect(await call('GET', `/v1/runs/${run}/sequencer.csv`), 409, 'export of a running run');

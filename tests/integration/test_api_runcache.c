@@ -42,6 +42,9 @@ static const char wait_def[] =
     "  \"input\": {\"event\": \"rc.replied\", \"key\": \"{{input.lead}}\", \"timeout\": \"2h\"}},"
     " {\"key\": \"thank\", \"kind\": \"transform\", \"needs\": [\"w\"],"
     "  \"input\": {\"reply\": \"{{steps.w.output.text}}\"}}]}";
+static const char keyed_def[] =
+    "{\"name\": \"rc_keyed\", \"steps\": [{\"key\": \"reply\", \"kind\": \"transform\","
+    " \"concurrency_key\": \"cust-{{input.c}}\", \"input\": {\"c\": \"{{input.c}}\"}}]}";
 static const char map_def[] =
     "{\"name\": \"rc_map\", \"steps\": ["
     " {\"key\": \"m\", \"kind\": \"map\", \"input\": {\"items\": \"{{input.items}}\","
@@ -298,6 +301,104 @@ static void test_map_items(void **state)
     json_decref(j);
 }
 
+/* The claim of this test's worker (a PL/pgSQL block: flowd_work returns a set): reports outcome
+ * (a JSON array, or NULL) and claims up to want steps; the claimed steps' ids, "|"-separated. */
+static char *work(const char *outcome, int want)
+{
+    return th_pgc_str(pg,
+                      "SELECT coalesce(string_agg(c.id::text, '|' ORDER BY c.id), '')"
+                      " FROM flowd_work('rc-keyed', $1::jsonb, $2::integer, 60000) c",
+                      TH_P(outcome, th_num(want).s));
+}
+
+static const json_t *ckey_of(const json_t *run)
+{
+    return json_object_get(json_array_get(json_object_get(run, "steps"), 0), "concurrency_key");
+}
+
+static const json_t *behind_of(const json_t *run)
+{
+    return json_object_get(ckey_of(run), "queued_behind");
+}
+
+/* A step with a concurrency key shows the step it queued behind, as that step is now: its state
+ * changes (claimed, finished) change the waiting run's answer although none of the waiting run's
+ * rows changed, and its finish is when the key came free. A first step of its key, and a step
+ * whose key was free when it was created, queue behind none. */
+static void test_concurrency_key_queued_behind(void **state)
+{
+    (void)state;
+    /* what earlier tests left ready would be claimed too */
+    th_pgc_str(pg,
+               "SELECT count(flowd_cancel_run($1, id)) FROM runs"
+               " WHERE tenant_id = $1 AND state IN ('queued', 'running')",
+               TH_P(th_num(tenant).s));
+    long long first = enqueue(keyed_def, "{\"c\": \"k1\"}");
+    long long second = enqueue(keyed_def, "{\"c\": \"k1\"}");
+    long long other = enqueue(keyed_def, "{\"c\": \"k2\"}");
+    json_t *j = expect_fresh(first);
+    assert_string_equal(jstr(ckey_of(j), "key"), "cust-k1");
+    assert_true(json_is_null(behind_of(j)));
+    json_decref(j);
+    json_decref(expect_fresh(other));
+    j = expect_fresh(second);
+    assert_string_equal(jstr(ckey_of(j), "key"), "cust-k1");
+    assert_int_equal(json_integer_value(json_object_get(behind_of(j), "run")), first);
+    assert_string_equal(jstr(behind_of(j), "step"), "reply");
+    assert_string_equal(jstr(behind_of(j), "state"), "ready");
+    assert_true(json_is_null(json_object_get(behind_of(j), "finished_at")));
+    json_decref(j);
+    json_decref(expect_fresh(second)); /* cached */
+
+    /* the claim takes the first and the other key's step, not the second: its key is held */
+    char *claimed = work(NULL, 10);
+    char *want = th_pgc_str(pg,
+                            "SELECT string_agg(id::text, '|' ORDER BY id) FROM steps"
+                            " WHERE run_id IN ($1, $2)",
+                            TH_P(th_num(first).s, th_num(other).s));
+    assert_string_equal(claimed, want);
+    free(want);
+    j = expect_fresh(second);
+    assert_string_equal(jstr(behind_of(j), "state"), "running");
+    assert_string_equal(step_state(j, 0), "ready");
+    json_decref(j);
+
+    char *done = th_pgc_str(pg,
+                            "SELECT jsonb_agg(jsonb_build_object('id', id, 'r', run_id, 's', 'ok'))"
+                            " FROM steps WHERE run_id IN ($1, $2)",
+                            TH_P(th_num(first).s, th_num(other).s));
+    free(claimed);
+    claimed = work(done, 0);
+    free(done);
+    j = expect_fresh(second);
+    assert_string_equal(jstr(behind_of(j), "state"), "succeeded");
+    char *finished = th_pgc_str(pg, "SELECT flowd_ms(finished_at) FROM steps WHERE run_id = $1",
+                                TH_P(th_num(first).s));
+    assert_string_equal(jstr(behind_of(j), "finished_at"), finished);
+    json_decref(j);
+    free(claimed);
+    claimed = work(NULL, 10); /* the key is free: now the second is claimed */
+    char *second_step = th_pgc_str(pg, "SELECT id::text FROM steps WHERE run_id = $1",
+                                   TH_P(th_num(second).s));
+    assert_string_equal(claimed, second_step);
+    j = expect_fresh(second);
+    assert_true(strcmp(jstr(json_array_get(json_object_get(j, "steps"), 0), "started_at"),
+                       finished) >= 0);
+    json_decref(j);
+    free(finished);
+    free(claimed);
+    done = eng_xasprintf("[{\"id\": %s, \"r\": %lld, \"s\": \"ok\"}]", second_step, second);
+    free(work(done, 0));
+    free(done);
+    free(second_step);
+
+    /* created while its key was free: behind none, though earlier steps of its key exist */
+    long long later = enqueue(keyed_def, "{\"c\": \"k2\"}");
+    j = expect_fresh(later);
+    assert_true(json_is_null(behind_of(j)));
+    json_decref(j);
+}
+
 /* ------------------------------------------------------------------------------- setup -- */
 
 static int group_setup(void **state)
@@ -336,6 +437,7 @@ int main(void)
         cmocka_unit_test(test_racing_polls),
         cmocka_unit_test(test_other_tenant),
         cmocka_unit_test(test_map_items),
+        cmocka_unit_test(test_concurrency_key_queued_behind),
     };
     int rc = cmocka_run_group_tests(tests, group_setup, group_teardown);
     curl_global_cleanup();

@@ -4,6 +4,7 @@
  *   - PUT/GET/DELETE /v1/rate-limits: 201/200, 422 naming the field, rows of the caller's tenant
  *     only (another tenant's and the shared rows are neither listed nor deletable);
  *   - a limit PUT after the workers cached "no such limit" paces the very next sends;
+ *   - a send its limit held back is logged as such (step.rate_limited: the limit, until when);
  *   - POST/GET/DELETE /v1/suppressions: normalized addresses, first reason kept, pages through a
  *     cursor, 422/400 naming the field;
  *   - a send to an address suppressed through the API ends skipped (no provider call) and goes out
@@ -267,6 +268,60 @@ static void test_rate_limit_applies_at_once(void **state)
     assert_true(paced_s >= 2.0 - 0.05);
     assert_true(paced_s < 10.0);
     expect_status(api, 204, "DELETE", "/v1/rate-limits/lims_paced");
+}
+
+static const char waited_def[] =
+    "{\"name\": \"lims_waited\", \"steps\": [{\"key\": \"send\", \"kind\": \"sms\", \"input\": {"
+    "\"to\": \"{{input.phone}}\", \"body\": \"later\", \"from\": \"" BUSINESS "\", "
+    "\"rate_limit\": \"lims_waited\"}}]}";
+
+/* A send its limit has no budget for goes back to the queue without spending an attempt, and the
+ * run's event log says why and until when (step.rate_limited), before the claim that sends it:
+ * the console's timeline draws that wait apart from the queue. */
+static void test_rate_limit_wait_is_recorded(void **state)
+{
+    world *w = *state;
+    th_api *api = w->api;
+    json_decref(th_api_json(api, 201, "PUT", "/v1/workflows/lims_waited", waited_def));
+    json_decref(th_api_json(api, 201, "PUT", "/v1/rate-limits/lims_waited",
+                            "{\"requests_per_s\": 1, \"burst_requests\": 1}"));
+    char sql[128]; /* the one request of the burst is gone: the send waits about a second */
+    snprintf(sql, sizeof sql, "SELECT wait_ms FROM flowd_rl_take(%lld, 'lims_waited', 1, 0)",
+             w->tenant);
+    assert_int_equal(th_pg_long(th_api_db(api), sql), 0);
+    json_t *run = run_to_end(api, "lims_waited", "{\"phone\": \"+15554200031\"}");
+    const json_t *send = step_of(run, "send");
+    assert_string_equal(json_string_value(json_object_get(send, "state")), "succeeded");
+    assert_int_equal(json_integer_value(json_object_get(send, "attempts")), 1);
+    char path[64];
+    snprintf(path, sizeof path, "/v1/runs/%lld/events",
+             (long long)json_integer_value(json_object_get(run, "id")));
+    json_t *log = th_api_json(api, 200, "GET", path, NULL);
+    size_t i;
+    const json_t *e;
+    int limited = 0, started_after = 0;
+    json_array_foreach (json_object_get(log, "events"), i, e) {
+        const char *type = json_string_value(json_object_get(e, "type"));
+        if (strcmp(type, "step.rate_limited") == 0) {
+            const json_t *d = json_object_get(e, "data");
+            assert_string_equal(json_string_value(json_object_get(e, "step")), "send");
+            assert_string_equal(json_string_value(json_object_get(d, "rate_limit")), "lims_waited");
+            /* RFC 3339 UTC with milliseconds: text order is time order */
+            const char *at = json_string_value(json_object_get(e, "at"));
+            const char *until = json_string_value(json_object_get(d, "run_at"));
+            assert_non_null(until);
+            assert_true(strcmp(until, at) > 0);
+            limited++;
+            started_after = 0;
+        } else if (limited && strcmp(type, "step.started") == 0) {
+            started_after++;
+        }
+    }
+    assert_true(limited >= 1);
+    assert_int_equal(started_after, 1); /* the claim that sent it came after the last wait */
+    json_decref(log);
+    json_decref(run);
+    expect_status(api, 204, "DELETE", "/v1/rate-limits/lims_waited");
 }
 
 /* ---------------------------------------------------------------------------- suppressions -- */
@@ -554,6 +609,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_rate_limit_api),
         cmocka_unit_test(test_rate_limit_applies_at_once),
+        cmocka_unit_test(test_rate_limit_wait_is_recorded),
         cmocka_unit_test(test_suppression_api),
         cmocka_unit_test(test_suppressed_send_is_skipped),
         cmocka_unit_test(test_suppressed_send_spends_no_budget),

@@ -19,6 +19,9 @@
 #include "tests/support/th_engine.h"
 
 static const char one_def[] = "{\"name\": \"one\", \"steps\": [{\"key\": \"s\", \"kind\": \"transform\"}]}";
+static const char keyed_def[] =
+    "{\"name\": \"keyed\", \"steps\": [{\"key\": \"s\", \"kind\": \"transform\","
+    " \"concurrency_key\": \"k\"}]}";
 static const char wait_def[] =
     "{\"name\": \"waits\", \"steps\": [{\"key\": \"w\", \"kind\": \"wait_event\","
     " \"input\": {\"event\": \"never\", \"key\": \"k\"}}]}";
@@ -32,6 +35,9 @@ static void test_prunes_only_what_is_past_retention(void **state)
     long long waits = th_engine_register(db, tenant, wait_def);
     th_engine_enqueue(db, tenant, one, 20, NULL, 0);
     th_engine_enqueue(db, tenant, waits, 1, NULL, 0);
+    /* the second queues behind the first (ckey_queue) */
+    th_engine_enqueue(db, tenant, th_engine_register(db, tenant, keyed_def), 2, NULL, 0);
+    assert_int_equal(th_pg_long(db, "SELECT count(*) FROM ckey_queue"), 1);
     assert_int_equal(th_pg_longf(db, "SELECT total FROM flowd_create_batch(%lld, 'one', NULL,"
                                      " '[{}, {}, {}, {}, {}]', NULL)", tenant),
                      5);
@@ -39,7 +45,7 @@ static void test_prunes_only_what_is_past_retention(void **state)
                                  tenant),
                      0);
     th_workers *ws = th_workers_start(db, 1, "ret-work", 0, 0, 0);
-    assert_true(th_engine_wait(db, "SELECT count(*) = 25 FROM runs WHERE state = 'succeeded'", 30));
+    assert_true(th_engine_wait(db, "SELECT count(*) = 27 FROM runs WHERE state = 'succeeded'", 30));
     assert_true(th_engine_wait(db, "SELECT count(*) = 1 FROM steps WHERE state = 'waiting'", 30));
     th_workers_stop(ws);
 
@@ -73,6 +79,7 @@ static void test_prunes_only_what_is_past_retention(void **state)
                                     " WHERE run_id NOT IN (SELECT id FROM runs)"),
                      0);
     assert_int_equal(th_pg_long(db, "SELECT count(*) FROM batches"), 0);
+    assert_int_equal(th_pg_long(db, "SELECT count(*) FROM ckey_queue"), 0);
     assert_int_equal(th_pg_long(db, "SELECT count(*) FROM events"), 0);
     char *left = th_pg_value(db, "SELECT string_agg(send_key, ',') FROM sends");
     assert_string_equal(left, "live:s");

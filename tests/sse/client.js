@@ -16,7 +16,7 @@ const streams = [];
 const EVENT_TYPES = ['run.created', 'run.started', 'run.succeeded', 'run.failed', 'run.cancelled',
   'run.retried', 'step.scheduled', 'step.started', 'step.succeeded', 'step.failed',
   'step.retrying', 'step.skipped', 'step.waiting', 'step.cancelled', 'step.interrupted',
-  'step.unknown', 'step.resolved', 'step.blocked', 'step.unblocked'];
+  'step.unknown', 'step.resolved', 'step.blocked', 'step.unblocked', 'step.rate_limited'];
 
 function countHeartbeats(stream, st) {
   const reader = stream.getReader();
