@@ -224,7 +224,7 @@ BEGIN
         RETURN '{}';
     END IF;
     IF v_keyed THEN
-        -- each new step with a concurrency key remembers the step it queues behind (0051): the
+        -- each new step with a concurrency key remembers the step it queues behind (0053): the
         -- latest unfinished one of its key, this call's own steps included (visible only now)
         INSERT INTO ckey_queue (tenant_id, run_id, step_id, behind)
         SELECT s.tenant_id, s.run_id, s.id, b.id

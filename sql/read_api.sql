@@ -71,7 +71,7 @@ BEGIN
                               FROM map_items mi WHERE mi.step_id = s.id))
                         ELSE '{}'::jsonb END
                      -- a step with a concurrency key: the key, and the step it queued behind
-                     -- (0051) as that step is now
+                     -- (0053) as that step is now
                      || CASE WHEN s.ckey IS NOT NULL THEN jsonb_build_object('concurrency_key',
                             jsonb_build_object('key', s.ckey, 'queued_behind', (
                                 SELECT jsonb_build_object('run', b.run_id, 'step', b.key,
