@@ -46,7 +46,7 @@ typedef struct eng_db_op {
     struct eng_db_op *next;
     enum db_op_kind kind;
     int stmt;         /* index into db->stmts (OP_QUERY, OP_PREPARE); -1 for OP_LISTEN */
-    char *sql;        /* OP_LISTEN, OP_CONTROL statement */
+    char *sql;        /* OP_LISTEN, OP_CONTROL statement; an OP_QUERY's COMMIT (stmt -1) */
     enum db_txn_role txn;
     int nparams;
     char **params;
@@ -388,7 +388,7 @@ static void db_send_op(eng_db *db)
     if (op->kind == OP_PREPARE) {
         db_stmt *s = &db->stmts[op->stmt];
         ok = PQsendPrepare(db->pg, s->name, s->sql, s->nparams, NULL);
-    } else if (op->kind == OP_LISTEN || op->kind == OP_CONTROL) {
+    } else if (op->kind == OP_LISTEN || op->kind == OP_CONTROL || op->stmt < 0) {
         ok = PQsendQuery(db->pg, op->sql);
     } else {
         ok = PQsendQueryPrepared(db->pg, db->stmts[op->stmt].name, op->nparams,
@@ -684,7 +684,16 @@ static db_op *db_op_new(eng_db *db, const char *stmt, int nparams, const char *c
 {
     db_op *op = eng_xcalloc(1, sizeof *op);
     op->kind = OP_QUERY;
-    op->stmt = db_find_stmt(db, stmt);
+    if (txn == TXN_COMMIT) {
+        /* in the simple protocol the server answers a COMMIT before it reads anything else, so a
+         * session ended (pg_terminate_backend) while the commit waits for its WAL flush does not
+         * take the answer of a transaction that did commit (in the extended protocol the Sync read
+         * after the Execute would end the session first) */
+        op->stmt = -1;
+        op->sql = eng_xstrdup("COMMIT");
+    } else {
+        op->stmt = db_find_stmt(db, stmt);
+    }
     op->nparams = nparams;
     op->params = eng_xcalloc((size_t)(nparams ? nparams : 1), sizeof *op->params);
     for (int i = 0; i < nparams; i++)
@@ -744,7 +753,7 @@ void eng_db_txn_query(eng_db *db, const char *stmt, int nparams, const char *con
 
 void eng_db_commit(eng_db *db, eng_db_cb *cb, void *arg)
 {
-    db_txn_continue(db, "COMMIT", 0, NULL, cb, arg, TXN_COMMIT);
+    db_txn_continue(db, NULL, 0, NULL, cb, arg, TXN_COMMIT);
 }
 
 void eng_db_cancel(eng_db_op *op)
