@@ -923,7 +923,7 @@ api_service *api_service_start(const api_service_opts *opts, eng_err *err)
             lp->db[j] = eng_db_new(lp->loop, &dbo);
         }
         lp->runs = api_runcache_new();
-        lp->feed = api_feed_new(s->feeds, i, lp->loop, lp, api_loop_db);
+        lp->feed = api_feed_new(s->feeds, i, lp->loop, lp, api_standby_feed_db);
         if (s->standby)
             lp->standby = api_standby_loop_new(s->standby, lp->loop, lp, ndb);
         ev_async_init(&lp->stop_signal, loop_stop_cb);

@@ -364,6 +364,23 @@ void api_call_read(api_call *call, const char *sql, int nparams, const char *con
     sb_probe_start(sl);
 }
 
+eng_db *api_standby_feed_db(const api_loop *lp)
+{
+    api_standby_loop *sl = api_loop_standby(lp);
+    if (!sl)
+        return api_loop_db(lp);
+    eng_db *db;
+    const char *reason;
+    /* no tenant's fence: a page read after a position never goes back, a stale one only comes
+     * later, and a run the standby does not have yet is asked for again at the next poll */
+    if (sb_route(sl, 0, eng_clock_mono_us(), &db, &reason) && db) {
+        eng_metrics_api_read("standby", "current");
+        return db;
+    }
+    eng_metrics_api_read("primary", reason ? reason : "lag");
+    return api_loop_db(lp);
+}
+
 /* ----------------------------------------------------------------------------- set-up -- */
 
 api_standby *api_standby_new(const char *conninfo, double max_lag_s)

@@ -25,6 +25,7 @@
 #include <stdbool.h>
 
 #include "api/api_int.h"
+#include "engine/db.h"
 
 #define API_STANDBY_WAIT_S 0.1 /* longest a read waits for the standby to pass its tenant's fence */
 
@@ -43,6 +44,10 @@ api_standby_loop *api_standby_loop_new(api_standby *sb, struct ev_loop *loop, ap
 /* Answers the reads still waiting (they are detached by then) and closes the connections.
  * NULL-safe. */
 void api_standby_loop_free(api_standby_loop *sl);
+/* The connection for the process's event-log feed (api/runfeed.h) on loop lp: the standby's when
+ * it is within the lag bound, else the primary's (api_loop_db). The feed needs no fence: it reads
+ * after a position, so an older snapshot only delivers later, never goes back. */
+eng_db *api_standby_feed_db(const api_loop *lp);
 /* The primary just answered a call of tenant: later reads of the tenant go to the standby only
  * once it is known to hold all that answer could show. Any thread. */
 void api_standby_fence(api_standby *sb, long long tenant);

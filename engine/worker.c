@@ -221,14 +221,12 @@ static void worker_commit_cb(void *arg, const eng_err *err, const PGresult *res)
 
 static void worker_finish_cb(void *arg, const eng_err *err, const PGresult *res)
 {
+    (void)res;
     eng_worker *w = arg;
     if (err) {
         worker_trip_failed(w, err);
         return;
     }
-    /* pure steps of runs another transaction held were left ready: claim again soon */
-    if (PQntuples(res) == 1 && atoi(PQgetvalue(res, 0, 0)) > 0)
-        w->maybe_work = true;
     w->trip = TRIP_COMMIT;
     eng_db_commit(w->db, worker_commit_cb, w);
 }

@@ -483,6 +483,7 @@ DECLARE
     v_ids  bigint[];
     v_runs bigint[];     -- the run of each of v_ids
     v_again bigint[];    -- those of v_ids that started before (their start is read from the row)
+    v_held bigint[];     -- the runs of v_ids this claim holds
     v_late bigint[];
     v_tenants bigint[]; -- tenants with ready steps (and room under their cap)
     v_share integer;     -- how many steps each of them may offer this claim
@@ -559,6 +560,21 @@ BEGIN
         RETURN;
     END IF;
 
+    -- Events of a run take their positions in its log only in transactions that hold the run (as
+    -- every other writer of the log does), so positions commit in order and a reader's cursor never
+    -- passes one still to come. A step whose run another transaction holds (finishing a step of
+    -- it, say) is left for a later claim.
+    SELECT array_agg(x.id) INTO v_held FROM (
+        SELECT r.id FROM runs r WHERE r.id = ANY (v_runs) ORDER BY r.id FOR UPDATE SKIP LOCKED) x;
+    IF v_held IS NULL THEN
+        RETURN;
+    END IF;
+    IF cardinality(v_held) < (SELECT count(DISTINCT x.run) FROM unnest(v_runs) AS x(run)) THEN
+        SELECT array_agg(x.id), array_agg(x.run), array_agg(x.id) FILTER (WHERE x.id = ANY (v_again))
+          INTO v_ids, v_runs, v_again
+          FROM unnest(v_ids, v_runs) AS x(id, run) WHERE x.run = ANY (v_held);
+    END IF;
+
     -- Sending hours are a hard rule: a step whose window closed while it waited (a backlog, the
     -- engine down, the test clock moved) goes back to sleep until the next opening.
     IF EXISTS (SELECT 1 FROM steps s WHERE s.id = ANY (v_ids) AND s.send_window IS NOT NULL) THEN
@@ -595,12 +611,10 @@ BEGIN
           FROM steps s WHERE s.id = ANY (v_again);
     END IF;
 
-    -- Another claimer may be starting the same run: whoever locks it first marks it started. Runs
-    -- start before their steps, so run.started comes first in the log (run_log reads both events
-    -- from the rows).
+    -- Runs start before their steps, so run.started comes first in the log (run_log reads both
+    -- events from the rows).
     UPDATE runs r SET state = 'running', started_at = v_now, start_seq = nextval('run_events_id_seq')
-     WHERE r.id IN (SELECT x.id FROM runs x WHERE x.id = ANY (v_runs) AND x.state = 'queued'
-                     ORDER BY x.id FOR UPDATE SKIP LOCKED);
+     WHERE r.id = ANY (v_runs) AND r.state = 'queued';
 
     -- Claim and answer in one statement: the answer comes from the update's RETURNING instead of
     -- reading every claimed step again. Pure steps are answered as they are, with the attempt
@@ -669,52 +683,25 @@ END $$;
 -- commits: a step that succeeds or is skipped is written once, from ready to finished, with its
 -- attempt counted and its start and outcome placed in the log (start_seq, finish_seq: the view
 -- run_log); any other outcome (a failure, a window, a snooze) first takes the claim's running
--- write and then goes the usual way (flowd_apply). Only rows this transaction holds are changed.
--- A run another transaction holds is skipped rather than waited for (this transaction already
--- holds the rows it claimed, so waiting could deadlock): its steps stay ready for a later claim.
--- Returns how many runs were skipped so.
-CREATE OR REPLACE FUNCTION flowd_finish_pure(p_owner text, p_results jsonb) RETURNS integer
+-- write and then goes the usual way (flowd_apply). Only rows this transaction holds are changed:
+-- the claim locked the steps, and the runs of the steps it chose.
+CREATE OR REPLACE FUNCTION flowd_finish_pure(p_owner text, p_results jsonb) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     v_now      timestamptz := flowd_now();
-    v_runs     bigint[];   -- the runs of the outcomes that this transaction holds
-    v_skipped  integer;
     v_other    jsonb;      -- the outcomes that take the usual way
     v_finished bigint[];
     v_fin_parents bigint[];
     v_fin_runs bigint[];
 BEGIN
     IF p_results IS NULL OR jsonb_array_length(p_results) = 0 THEN
-        RETURN 0;
+        RETURN;
     END IF;
-    WITH want AS (
-        SELECT DISTINCT (x->>'r')::bigint AS id FROM jsonb_array_elements(p_results) x),
-    held AS (
-        SELECT ru.id FROM runs ru WHERE ru.id IN (SELECT want.id FROM want)
-         ORDER BY ru.id FOR UPDATE SKIP LOCKED)
-    SELECT (SELECT array_agg(held.id) FROM held),
-           (SELECT count(*) FROM want) - (SELECT count(*) FROM held)
-      INTO v_runs, v_skipped;
-    v_runs := coalesce(v_runs, '{}');
-    IF v_skipped > 0 THEN
-        -- the claim moved the previous start of a step claimed again into the log, for the row to
-        -- take the new one; a step left as it was keeps its start in its row
-        DELETE FROM run_events e
-         WHERE e.id IN (SELECT s.start_seq FROM jsonb_array_elements(p_results) x
-                          JOIN steps s ON s.id = (x->>'id')::bigint
-                         WHERE (x->>'r')::bigint <> ALL (v_runs) AND s.start_seq IS NOT NULL
-                           AND s.state = 'ready' AND s.xmax = pg_current_xact_id()::xid);
-    END IF;
-    IF cardinality(v_runs) = 0 THEN
-        RETURN v_skipped;
-    END IF;
-
     -- the row lock this transaction's claim took is what says the step is still ours: its xmax;
     -- the start takes its position before the outcome
     WITH r AS MATERIALIZED (
         SELECT x.*, nextval('run_events_id_seq') AS start_seq
-          FROM jsonb_to_recordset(p_results) AS x(id bigint, r bigint, s text, o jsonb)
-          JOIN unnest(v_runs) AS h(id) ON h.id = x.r
+          FROM jsonb_to_recordset(p_results) AS x(id bigint, s text, o jsonb)
          WHERE x.s IN ('ok', 'skip')),
     fin AS (
         UPDATE steps st
@@ -734,7 +721,6 @@ BEGIN
     END IF;
 
     SELECT jsonb_agg(x) INTO v_other FROM jsonb_array_elements(p_results) x
-      JOIN unnest(v_runs) AS h(id) ON h.id = (x->>'r')::bigint
      WHERE x->>'s' NOT IN ('ok', 'skip');
     IF v_other IS NOT NULL THEN
         UPDATE steps st
@@ -745,7 +731,6 @@ BEGIN
            AND (st.state = 'ready' AND st.xmax = pg_current_xact_id()::xid) IS TRUE;
         PERFORM flowd_apply(p_owner, v_other);
     END IF;
-    RETURN v_skipped;
 END $$;
 
 -- A run that fails because a step failed for good carried {"code": "step_failed", "message": "a

@@ -18,6 +18,8 @@
 #include <setjmp.h>
 #include <cmocka.h>
 // clang-format on
+#include <curl/curl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -74,6 +76,35 @@ static bool standby_answers(th_api *a, long long id)
         th_sleep_ms(10);
     }
     return false;
+}
+
+/* A run's live event stream, read to its end. */
+typedef struct sse_arg {
+    th_api *api;
+    long long run;
+    th_resp r;
+} sse_arg;
+
+static void *sse_thread(void *arg)
+{
+    sse_arg *s = arg;
+    CURL *h = curl_easy_init();
+    char url[256];
+    snprintf(url, sizeof url, "%s/v1/runs/%lld/events", th_api_url(s->api), s->run);
+    struct curl_slist *hl = curl_slist_append(NULL, "Authorization: Bearer " TH_API_KEY);
+    hl = curl_slist_append(hl, "Accept: text/event-stream");
+    s->r.body = eng_xstrdup("");
+    curl_easy_setopt(h, CURLOPT_URL, url);
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, hl);
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT, 60L);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, th_resp_collect);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, &s->r);
+    curl_easy_perform(h);
+    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &s->r.status);
+    curl_slist_free_all(hl);
+    curl_easy_cleanup(h);
+    return NULL;
 }
 
 static void test_polls_read_the_standby(void **state)
@@ -166,6 +197,23 @@ static void test_polls_read_the_standby(void **state)
     }
     assert_true(caught_up);
     assert_true(standby_answers(a, r1));
+
+    /* a live event stream takes its pages from the standby too (the process's feed polls it) */
+    long long r4 = th_api_start_run(a, "hello", "{}");
+    sse_arg live = {.api = a, .run = r4};
+    pthread_t th;
+    pthread_create(&th, NULL, sse_thread, &live);
+    before = standby_reads();
+    for (int i = 0; i < 500 && standby_reads() < before + 3; i++)
+        th_sleep_ms(10);
+    assert_true(standby_reads() >= before + 3);
+    snprintf(path, sizeof path, "/v1/runs/%lld/cancel", r4);
+    json_decref(th_api_json(a, 200, "POST", path, NULL));
+    pthread_join(th, NULL); /* the stream ends with the run */
+    assert_int_equal(live.r.status, 200);
+    assert_non_null(strstr(live.r.body, "event: run.created\n"));
+    assert_non_null(strstr(live.r.body, "event: run.cancelled\n"));
+    free(live.r.body);
 
     /* the standby stopped: every poll still answers (the primary does) */
     unsigned long long primary_before = reads("primary", "down") + reads("primary", "error");
