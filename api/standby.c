@@ -113,6 +113,14 @@ static void sb_to_primary(sb_read *rd, const char *reason)
     sb_read_free(rd);
 }
 
+/* Why a statement the standby failed goes to the primary: the connection went ("down"), or the
+ * standby refused it (a recovery conflict, say: "error"). */
+static const char *sb_error_reason(const eng_err *err)
+{
+    const char *st = err->sqlstate;
+    return !*st || strncmp(st, "08", 2) == 0 || strcmp(st, "57P01") == 0 ? "down" : "error";
+}
+
 /* Whether the answer says "not found": no row, or one NULL value. */
 static bool sb_missing(const PGresult *res)
 {
@@ -130,7 +138,7 @@ static void sb_standby_cb(void *arg, const eng_err *err, const PGresult *res)
         return;
     }
     if (err || sb_missing(res)) {
-        const char *reason = !err ? "missing" : err->rc == ENG_EDB_RETRY ? "down" : "error";
+        const char *reason = err ? sb_error_reason(err) : "missing";
         if (err)
             log_debug("standby read failed", LOG_S("sqlstate", err->sqlstate),
                       LOG_S("error", err->msg));
@@ -169,7 +177,7 @@ static void sb_probe_standby_cb(void *arg, const eng_err *err, const PGresult *r
     if (err) {
         log_debug("standby probe failed", LOG_S("error", err->msg));
         sb_mode_set(sb, SB_MODE_DOWN, "the standby is unreachable");
-        sb_probe_end(sl, err->rc == ENG_EDB_RETRY ? "down" : "error");
+        sb_probe_end(sl, sb_error_reason(err));
         return;
     }
     if (PQgetvalue(res, 0, 0)[0] != 't') {

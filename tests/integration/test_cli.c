@@ -138,6 +138,8 @@ static void test_serve_options(void **state)
     expect(FLOWD_ENV("FLOWD_ALLOW_PRIVATE_TARGETS=maybe", "serve"), 2, NULL,
            "FLOWD_ALLOW_PRIVATE_TARGETS");
     expect(FLOWD("serve", "--retention", "soon"), 2, NULL, "--retention");
+    expect(FLOWD("serve", "--read-max-lag", "5ms"), 2, NULL, "--read-max-lag: at least 10ms");
+    expect(FLOWD_ENV("FLOWD_READ_MAX_LAG=soon", "serve"), 2, NULL, "FLOWD_READ_MAX_LAG");
     expect(FLOWD("serve", "--workers"), 2, NULL, "--workers");
     expect(FLOWD("serve", "--frob"), 2, NULL, "--frob");
     expect(FLOWD("serve", "--url", "http://127.0.0.1:1"), 1, NULL, "--url");

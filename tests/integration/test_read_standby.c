@@ -11,7 +11,8 @@
  *   replay paused or not; a run created through B is found through A (not on the standby: asked
  *   again on the primary).
  * - The lag bound: B answers every poll sent 0.3 s after a commit with that commit in it.
- * - The standby stopped: polls still answer, from the primary. */
+ * - The standby stopped: polls still answer, from the primary; started again, it answers again.
+ * - A live event stream takes its pages from the standby. */
 // clang-format off
 #include <stdarg.h>
 #include <stddef.h>
@@ -136,8 +137,8 @@ static void test_polls_read_the_standby(void **state)
     assert_true(standby_answers(b, r1)); /* B knows the standby fresh too */
 
     /* replay paused: a change behind A's back is not in A's answer, which is the standby's */
-    th_pg_value(db_s, "SELECT pg_wal_replay_pause()");
-    th_pg_valuef(db_p, "SELECT flowd_cancel_run(%lld, %lld)", tenant, r1);
+    free(th_pg_value(db_s, "SELECT pg_wal_replay_pause()"));
+    free(th_pg_valuef(db_p, "SELECT flowd_cancel_run(%lld, %lld)", tenant, r1));
     long long t_commit = th_now_ms();
     unsigned long long before = standby_reads();
     assert_true(run_state_is(a, r1, "queued"));
@@ -189,7 +190,7 @@ static void test_polls_read_the_standby(void **state)
     assert_true(reads("primary", "lag") > lag);
 
     /* replay resumed: A's standby catches up and answers with the change */
-    th_pg_value(db_s, "SELECT pg_wal_replay_resume()");
+    free(th_pg_value(db_s, "SELECT pg_wal_replay_resume()"));
     bool caught_up = false;
     for (int i = 0; i < 500 && !caught_up; i++) {
         caught_up = run_state_is(a, r1, "cancelled");
@@ -224,6 +225,9 @@ static void test_polls_read_the_standby(void **state)
     long status;
     free(th_api_raw(a, "GET", "/readyz", NULL, &status));
     assert_int_equal(status, 200);
+    /* back: its connections come back by themselves, and so do the reads */
+    assert_int_equal(th_cluster_ctl(standby, "start"), 0);
+    assert_true(standby_answers(a, r1));
 
     print_message("standby reads: current %llu, waited %llu; primary: missing %llu, behind %llu, "
                   "lag %llu, down %llu, error %llu\n",
