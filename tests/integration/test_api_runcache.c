@@ -329,10 +329,10 @@ static void test_concurrency_key_queued_behind(void **state)
 {
     (void)state;
     /* what earlier tests left ready would be claimed too */
-    th_pgc_str(pg,
-               "SELECT count(flowd_cancel_run($1, id)) FROM runs"
-               " WHERE tenant_id = $1 AND state IN ('queued', 'running')",
-               TH_P(th_num(tenant).s));
+    th_pgc_ll(pg,
+              "SELECT count(flowd_cancel_run($1, id)) FROM runs"
+              " WHERE tenant_id = $1 AND state IN ('queued', 'running')",
+              TH_P(th_num(tenant).s));
     long long first = enqueue(keyed_def, "{\"c\": \"k1\"}");
     long long second = enqueue(keyed_def, "{\"c\": \"k1\"}");
     long long other = enqueue(keyed_def, "{\"c\": \"k2\"}");
