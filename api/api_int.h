@@ -153,6 +153,7 @@ void api_route_workflow_get(api_call *call);
 void api_route_workflows_list(api_call *call);
 void api_route_run_post(api_call *call);
 void api_route_run_get(api_call *call);
+void api_route_run_steps(api_call *call);
 void api_route_run_cancel(api_call *call);
 void api_route_run_retry(api_call *call);
 void api_route_event_post(api_call *call);

@@ -425,6 +425,15 @@ void api_route_run_get(api_call *call)
         run_get_query(call);
 }
 
+/* GET /v1/runs/{id}/steps: the run's steps with the input each was given (sql/step_inputs.sql). */
+void api_route_run_steps(api_call *call)
+{
+    if (!runs_path_id(call, call->params[0]))
+        return;
+    const char *params[] = {call->tenant_s, call->params[0]};
+    api_call_db(call, "SELECT flowd_run_steps_json($1, $2)", 2, params, runs_row_json_cb);
+}
+
 void api_route_run_cancel(api_call *call)
 {
     if (!runs_path_id(call, call->params[0]))

@@ -102,6 +102,7 @@ static const api_route api_routes[] = {
      Q(API_RUNS_FILTERS, "limit", "cursor")},
     {"GET", "/v1/runs/{}/events", api_route_run_events, false, "run", Q("after", "limit")},
     {"GET", "/v1/runs/{}/sends", api_route_run_sends, false, "run", NULL},
+    {"GET", "/v1/runs/{}/steps", api_route_run_steps, false, "run", NULL},
     {"POST", "/v1/batches", api_route_batch_post, false, NULL, NULL},
     {"GET", "/v1/batches", api_route_batches_list, false, NULL, Q("before", "limit")},
     {"GET", "/v1/batches/{}", api_route_batch_get, false, "batch", NULL},

@@ -1,6 +1,6 @@
 // console/run.js: one run (#/runs/ID): its state and actions, the step graph of its workflow
-// version, the waterfall of its attempts and waits, each step's output, error, attempts and LLM
-// usage, the messages it sent with their delivery states, a map's items, and its event log. While
+// version, the waterfall of its attempts and waits, each step's rendered input, output, error,
+// attempts and LLM usage, the messages it sent with their delivery states, a map's items, and its event log. While
 // the run is not finished its event stream (Server-Sent Events, authenticated by the session
 // cookie) brings each change, and the page redraws from the run's JSON.
 import * as api from './api.js';
@@ -47,6 +47,7 @@ export function render(root, ctx) {
   let events = [];
   let sends = [];
   let outbox = [];
+  let rendered = new Map(); // step key -> its rendered_input (GET /v1/runs/ID/steps)
   let children = null;
   let es = null;
   let stopped = false;
@@ -155,6 +156,7 @@ export function render(root, ctx) {
     replace(stepsBox, h('h2', null, 'Step details'), run.steps.map((st) => {
       const usage = usageOf(st.output);
       const stepSends = sends.filter((x) => x.step === st.key);
+      const given = rendered.get(st.key);
       return h('details', { 'data-step': st.key, open: picked === st.key || st.state === 'failed' },
         h('summary', null, h('span', { class: 'step-key' }, st.key), ` ${st.kind} `, stateBadge(st.state),
           ` attempts ${st.attempts}/${st.max_attempts}`, st.interruptions ? ` · ${st.interruptions} interrupted` : '',
@@ -166,10 +168,12 @@ export function render(root, ctx) {
           st.finished_at ? [h('dt', null, 'finished'), h('dd', null, time(st.finished_at))] : null,
           st.concurrency_key ? [h('dt', null, 'concurrency key'), h('dd', { class: 'ckey' }, keyHolder(st.concurrency_key))] : null,
           usage ? [h('dt', null, 'LLM usage'), h('dd', { class: 'usage' }, usage)] : null),
+        given ? [h('h4', null, `Rendered input (attempt ${given.attempt})`),
+          given.input === null ? h('p', { class: 'dim' }, `${given.bytes} bytes: too big to keep`) : jsonBlock(given.input)] : null,
         st.error ? [h('h4', null, 'Error'), jsonBlock(st.error)] : null,
         st.output !== null && st.output !== undefined ? [h('h4', null, 'Output'), jsonBlock(st.output)] : null,
         stepSends.length ? [h('h4', null, 'Sends'), sendTable(stepSends)] : null);
-    }), h('h3', null, 'Input'), jsonBlock(run.input));
+    }), h('h3', null, 'Run input'), jsonBlock(run.input));
   }
 
   function sendTable(list) {
@@ -235,12 +239,14 @@ export function render(root, ctx) {
   }
 
   async function loadExtras() {
-    const [sx, ob] = await Promise.all([
+    const [sx, ob, si] = await Promise.all([
       api.get(`/v1/runs/${id}/sends`).catch(() => ({ sends: [] })),
       api.get(`/v1/outbox${api.query({ run: id })}`).catch(() => ({ messages: [] })),
+      api.get(`/v1/runs/${id}/steps`).catch(() => ({ steps: [] })),
     ]);
     sends = sx.sends;
     outbox = ob.messages;
+    rendered = new Map(si.steps.filter((st) => st.rendered_input).map((st) => [st.key, st.rendered_input]));
     if (run.steps.some((st) => st.kind === 'map')) children = await api.get(`/v1/runs${api.query({ parent: id, limit: 100 })}`);
   }
 

@@ -311,8 +311,7 @@ CREATE TABLE run_events (
 CREATE TABLE run_search (
     run_id bigint NOT NULL,
     tenant_id bigint NOT NULL,
-    value text NOT NULL,
-    CONSTRAINT run_search_run_id_fkey FOREIGN KEY (run_id) REFERENCES runs(id) ON DELETE CASCADE
+    value text NOT NULL
 );
 
 CREATE TABLE run_usage (
@@ -418,6 +417,16 @@ CREATE TABLE sends (
     CONSTRAINT sends_pkey PRIMARY KEY (tenant_id, send_key),
     CONSTRAINT sends_policy_check CHECK ((policy = ANY (ARRAY['at_most_once'::text, 'at_least_once'::text]))),
     CONSTRAINT sends_state_check CHECK ((state = ANY (ARRAY['pending'::text, 'accepted'::text, 'failed'::text, 'unknown'::text])))
+);
+
+CREATE TABLE step_inputs (
+    step_id bigint NOT NULL,
+    tenant_id bigint NOT NULL,
+    attempt integer NOT NULL,
+    bytes integer NOT NULL,
+    input jsonb,
+    rendered_at timestamp with time zone NOT NULL,
+    CONSTRAINT step_inputs_pkey PRIMARY KEY (step_id)
 );
 
 CREATE TABLE steps (

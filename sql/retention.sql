@@ -59,6 +59,16 @@ BEGIN
     IF v_runs IS NULL OR cardinality(v_runs) = 0 THEN
         RETURN v_msgs;
     END IF;
+    -- run_search and step_inputs have no foreign key (0054): their rows go here, with those of
+    -- the runs that map steps started (deleted below through the cascade from their parent step)
+    WITH RECURSIVE tree(id) AS (
+        SELECT unnest(v_runs)
+        UNION
+        SELECT r.id FROM tree t JOIN steps s ON s.run_id = t.id AND s.kind = 'map'
+          JOIN runs r ON r.parent_step_id = s.id),
+    si AS (DELETE FROM step_inputs
+            WHERE step_id IN (SELECT s.id FROM steps s WHERE s.run_id IN (SELECT id FROM tree)))
+    DELETE FROM run_search WHERE run_id IN (SELECT id FROM tree);
     DELETE FROM run_events WHERE run_id = ANY (v_runs);
     DELETE FROM outbox WHERE run_id = ANY (v_runs);
     DELETE FROM llm_records WHERE run_id = ANY (v_runs);

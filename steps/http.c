@@ -19,6 +19,7 @@
 #include "engine/mem.h"
 #include "engine/step.h"
 #include "engine/wf_template.h"
+#include "steps/inputs.h"
 #include "steps/provider.h"
 #include "steps/steps.h"
 
@@ -159,6 +160,7 @@ static void http_done(void *arg, const eng_err *err, const eng_http_response *re
 
 static void http_start(eng_step_ctx *ctx)
 {
+    stepin_record(ctx);
     const json_t *in = eng_step_input(ctx);
     const char *method = json_string_value(json_object_get(in, "method"));
     const char *url = json_string_value(json_object_get(in, "url"));

@@ -41,6 +41,7 @@
 #include "engine/metrics.h"
 #include "engine/step.h"
 #include "engine/wf_def.h"
+#include "steps/inputs.h"
 #include "steps/llm_answer.h"
 #include "steps/llm_batch.h"
 #include "steps/llm_input.h"
@@ -449,6 +450,7 @@ static bool pick_target(llm_attempt *a, const json_t *in, int attempt)
 
 static void llm_start(eng_step_ctx *ctx)
 {
+    stepin_record(ctx);
     const json_t *in = eng_step_input(ctx);
     json_t *step = json_pack("{s:O}", "input", in);
     eng_err verr;

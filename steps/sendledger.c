@@ -13,6 +13,7 @@
 #include "engine/mem.h"
 #include "engine/metrics.h"
 #include "engine/wf_def.h"
+#include "steps/inputs.h"
 #include "steps/quota.h"
 #include "steps/ratelimit.h"
 #include "steps/sendledger.h"
@@ -919,6 +920,7 @@ static void config_done(void *arg, const eng_err *err, prov_config *cfg)
 
 void step_send_start(eng_step_ctx *ctx, const send_ops *ops)
 {
+    stepin_record(ctx);
     step_send *ss = eng_xcalloc(1, sizeof *ss);
     ss->ctx = ctx;
     ss->db = eng_step_db(ctx);

@@ -365,9 +365,36 @@ try {
   await shot('05-run-succeeded');
   await xssInert('finished run');
 
+  // the llm step's rendered input (its prompt with the lead's name filled in), shown as text; it
+  // is recorded apart from the step's outcome, so the page is loaded again once the API has it
+  const renderedOf = async (run, key) => {
+    for (let i = 0; i < 100; i++) {
+      const st = (await api('GET', `/v1/runs/${run}/steps`)).steps.find((x) => x.key === key);
+      if (st && st.rendered_input) return st.rendered_input;
+      await sleep(50);
+    }
+    return null;
+  };
+  const draftGiven = await renderedOf(target.id, 'draft');
+  check(draftGiven && draftGiven.input.prompt === `Reply to ${XSS} ${XSS}`, 'the API has the llm step\'s rendered prompt');
+  await page.reload({ waitUntil: 'load' });
+  await page.waitForSelector('details[data-step="draft"] h4');
+  await page.evaluate(() => { document.querySelector('details[data-step="draft"]').open = true; });
+  check(await page.$eval('details[data-step="draft"]', (d, x) => d.innerText.includes('Rendered input (attempt 1)') &&
+    d.innerText.includes(JSON.stringify(`Reply to ${x} ${x}`)), XSS),
+  'the step panel shows the rendered input as text');
+  await shot('05b-run-rendered-input');
+  await xssInert('rendered input');
+
   // retry a failed run from the console and see it succeed
+  check((await renderedOf(flaky.id, 'fetch')) !== null, 'the failed http step has its rendered input');
   await page.goto(`${base}/#/runs/${flaky.id}`, { waitUntil: 'load' });
   await page.waitForSelector('g.node[data-step="fetch"][data-state="failed"]');
+  await page.waitForFunction((u) => {
+    const d = document.querySelector('details[data-step="fetch"]');
+    return d && d.open && d.innerText.includes('Rendered input (attempt 1)') && d.innerText.includes(u);
+  }, {}, upstreamUrl);
+  check(true, 'the failed http step\'s panel shows the URL it called');
   await shot('06-run-failed');
   upstreamOk = true;
   await page.click('button[data-action="retry"]');

@@ -412,6 +412,15 @@ expect(await call('PUT', '/v1/workflows/mail', { body: {
 } }), 201, 'register mail');
 const mail = expect(await call('POST', '/v1/runs', { body: { workflow: 'mail' } }), 201, 'enqueue mail').body;
 await waitRun(mail.id, ['succeeded', 'failed']);
+{ // a run's steps with the input each was given: the email's is kept apart from its outcome
+  let given = null;
+  for (let i = 0; i < 100 && !given; i++) {
+    given = expect(await call('GET', `/v1/runs/${mail.id}/steps`), 200, 'a run\'s steps').body.steps[0].rendered_input;
+    if (!given) await new Promise((r) => setTimeout(r, 50));
+  }
+  if (!given || given.input.to !== 'ada@example.com') fail(`the email's rendered input: ${JSON.stringify(given)}`);
+  expect(await call('GET', '/v1/runs/99999999/steps'), 404, 'no run\'s steps');
+}
 expect(await call('GET', `/v1/outbox?run=${mail.id}`), 200, 'outbox');
 expect(await call('GET', '/v1/outbox?limit=x'), 400, 'bad outbox');
 expect(await call('POST', '/v1/sends/nope/outcome', { body: { outcome: 'sent' } }), 404, 'no send');

@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "engine/mem.h"
+#include "steps/steps.h"
 #include "tests/support/th.h"
 #include "tests/support/th_api.h"
 #include "tests/support/th_engine.h"
@@ -125,7 +126,8 @@ static void put_workflow(const char *key, const char *name, const char *def)
     char path[128];
     snprintf(path, sizeof path, "/v1/workflows/%s", name);
     resp r = call("PUT", path, key, def);
-    assert_true(r.status == 201 || r.status == 200);
+    if (r.status != 201 && r.status != 200)
+        fail_msg("PUT %s: %ld %s", name, r.status, r.body);
     free(r.body);
 }
 
@@ -392,6 +394,97 @@ static void test_runs_free_search(void **state)
     expect_error(call("GET", "/v1/runs?q=", key_a, NULL), 400, "?q");
     expect_error(call("GET", "/v1/runs?q=%FF", key_a, NULL), 400, "?q");
     expect_error(call("GET", "/v1/runs?q=a&q=b", key_a, NULL), 400, "?q");
+}
+
+/* GET /v1/runs/{id}/steps: an http step's input as the worker rendered it (templates of the run's
+ * input and an earlier step's output filled in) is kept, for a call that failed too; a transform
+ * and a step that never started have none; an input too big to keep keeps its size; an older
+ * attempt's record never replaces a newer one's; other tenants see nothing. */
+static void test_run_steps_rendered_input(void **state)
+{
+    (void)state;
+    put_workflow(key_a, "rendered",
+                 "{\"steps\": [{\"key\": \"shape\", \"kind\": \"transform\","
+                 " \"input\": {\"who\": \"{{input.name}}\"}},"
+                 " {\"key\": \"call\", \"kind\": \"http\", \"needs\": [\"shape\"],"
+                 " \"retry\": {\"max_attempts\": 1}, \"input\": {\"method\": \"POST\","
+                 " \"url\": \"http://127.0.0.1:9/leads/{{input.lead}}\","
+                 " \"body\": {\"name\": \"{{steps.shape.output.who}}\"}}},"
+                 " {\"key\": \"after\", \"kind\": \"transform\", \"needs\": [\"call\"],"
+                 " \"input\": {}}]}");
+    static const char name[] = "<script>window.x=1</script>";
+    char *input = eng_xasprintf("{\"lead\": 30012, \"name\": \"%s\"}", name);
+    long long run = start_run(key_a, "rendered", input);
+    free(input);
+    /* a name of 300,000 bytes: its rendered body is over what is kept */
+    size_t big_n = 300000;
+    char *big_name = eng_xcalloc(1, big_n + 1);
+    memset(big_name, 'x', big_n);
+    input = eng_xasprintf("{\"lead\": 1, \"name\": \"%s\"}", big_name);
+    free(big_name);
+    long long big = start_run(key_a, "rendered", input);
+    free(input);
+    th_workers *ws = th_workers_start(db, 1, "api-rendered", 0, 0, 0);
+    /* the record is written apart from the outcome: wait for both */
+    char *sql = eng_xasprintf("SELECT count(*) = 2 FROM runs r JOIN steps s ON s.run_id = r.id"
+                              " JOIN step_inputs si ON si.step_id = s.id"
+                              " WHERE r.id IN (%lld, %lld) AND r.state = 'failed'",
+                              run, big);
+    assert_true(th_engine_wait(db, sql, 30));
+    free(sql);
+    th_workers_stop(ws);
+
+    char path[96];
+    snprintf(path, sizeof path, "/v1/runs/%lld/steps", run);
+    json_t *p = expect(call("GET", path, key_a, NULL), 200);
+    json_t *steps = json_object_get(p, "steps");
+    assert_int_equal(json_array_size(steps), 3);
+    json_t *shape = json_array_get(steps, 0), *callst = json_array_get(steps, 1);
+    assert_string_equal(json_string_value(json_object_get(shape, "key")), "shape");
+    assert_true(json_is_null(json_object_get(shape, "rendered_input")));
+    assert_true(json_is_null(json_object_get(json_array_get(steps, 2), "rendered_input")));
+    assert_string_equal(json_string_value(json_object_get(callst, "state")), "failed");
+    json_t *given = json_object_get(callst, "rendered_input");
+    assert_int_equal(jint(given, "attempt"), 1);
+    assert_non_null(json_string_value(json_object_get(given, "at")));
+    json_t *in = json_object_get(given, "input");
+    assert_string_equal(json_string_value(json_object_get(in, "url")),
+                        "http://127.0.0.1:9/leads/30012");
+    assert_string_equal(json_string_value(json_object_get(json_object_get(in, "body"), "name")),
+                        name);
+    char *dumped = json_dumps(in, JSON_COMPACT);
+    assert_int_equal(jint(given, "bytes"), (long long)strlen(dumped));
+    free(dumped);
+    json_decref(p);
+
+    snprintf(path, sizeof path, "/v1/runs/%lld/steps", big);
+    p = expect(call("GET", path, key_a, NULL), 200);
+    given = json_object_get(json_array_get(json_object_get(p, "steps"), 1), "rendered_input");
+    assert_true(json_is_null(json_object_get(given, "input")));
+    assert_true(jint(given, "bytes") > (long long)big_n);
+    json_decref(p);
+
+    /* an attempt 0 (older than the one kept) changes nothing */
+    char *before = th_pg_valuef(db, "SELECT si.input::text FROM step_inputs si JOIN steps s ON"
+                                    " s.id = si.step_id WHERE s.run_id = %lld", run);
+    char *older = th_pg_valuef(
+        db,
+        "SELECT flowd_step_inputs_put(jsonb_build_array(jsonb_build_object('step', s.id,"
+        " 'tenant', s.tenant_id, 'attempt', 0, 'bytes', 2, 'input', '{}'::jsonb)))::text"
+        " FROM steps s WHERE s.run_id = %lld AND s.key = 'call'",
+        run);
+    free(older);
+    char *after = th_pg_valuef(db, "SELECT si.input::text || si.attempt FROM step_inputs si JOIN"
+                                   " steps s ON s.id = si.step_id WHERE s.run_id = %lld", run);
+    char *want = eng_xasprintf("%s1", before);
+    assert_string_equal(after, want);
+    free(before);
+    free(after);
+    free(want);
+
+    snprintf(path, sizeof path, "/v1/runs/%lld/steps", run);
+    expect_error(call("GET", path, key_b, NULL), 404, NULL);
+    expect_error(call("GET", "/v1/runs/99999999/steps", key_a, NULL), 404, NULL);
 }
 
 /* ------------------------------------------------------------------ idempotent enqueue -- */
@@ -1073,10 +1166,12 @@ static int group_teardown(void **state)
 int main(void)
 {
     th_api_init();
+    step_register_all(); /* the http kind of test_run_steps_rendered_input */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_admin_tenants_and_keys),
         cmocka_unit_test(test_runs_list_paging_and_filters),
         cmocka_unit_test(test_runs_free_search),
+        cmocka_unit_test(test_run_steps_rendered_input),
         cmocka_unit_test(test_idempotent_enqueue_concurrent),
         cmocka_unit_test(test_batch_validation_and_isolation),
         cmocka_unit_test(test_batch_10000),

@@ -26,6 +26,14 @@ static const char wait_def[] =
     "{\"name\": \"waits\", \"steps\": [{\"key\": \"w\", \"kind\": \"wait_event\","
     " \"input\": {\"event\": \"never\", \"key\": \"k\"}}]}";
 
+/* runs with search values, two of them started by a map step (their search values too) */
+static const char child_def[] = "{\"name\": \"child\", \"search\": {\"n\": \"{{input.n}}\"},"
+                                " \"steps\": [{\"key\": \"c\", \"kind\": \"transform\"}]}";
+static const char mapped_def[] =
+    "{\"name\": \"mapped\", \"search\": {\"lead\": \"{{input.lead}}\"}, \"steps\": [{\"key\": \"m\","
+    " \"kind\": \"map\", \"input\": {\"items\": [\"a\", \"b\"], \"workflow\": \"child\","
+    " \"input\": {\"n\": \"{{item}}\"}}}]}";
+
 static void test_prunes_only_what_is_past_retention(void **state)
 {
     (void)state;
@@ -44,10 +52,20 @@ static void test_prunes_only_what_is_past_retention(void **state)
     assert_int_equal(th_pg_longf(db, "SELECT resumed FROM flowd_event(%lld, 'old', 'k', '{}')",
                                  tenant),
                      0);
+    th_engine_register(db, tenant, child_def);
+    th_engine_enqueue(db, tenant, th_engine_register(db, tenant, mapped_def), 1,
+                      "{\"lead\": \"30012\"}", 0);
     th_workers *ws = th_workers_start(db, 1, "ret-work", 0, 0, 0);
-    assert_true(th_engine_wait(db, "SELECT count(*) = 27 FROM runs WHERE state = 'succeeded'", 30));
+    assert_true(th_engine_wait(db, "SELECT count(*) = 30 FROM runs WHERE state = 'succeeded'", 30));
     assert_true(th_engine_wait(db, "SELECT count(*) = 1 FROM steps WHERE state = 'waiting'", 30));
     th_workers_stop(ws);
+    assert_int_equal(th_pg_long(db, "SELECT count(*) FROM run_search"), 3);
+    /* a rendered input kept for every step (the kinds that keep one are not needed to test this) */
+    th_pg_long(db, "SELECT count(*) FROM (SELECT flowd_step_inputs_put(jsonb_agg(jsonb_build_object("
+                   "'step', id, 'tenant', tenant_id, 'attempt', 1, 'bytes', 2, 'input', '{}'::jsonb)))"
+                   " FROM steps) x");
+    assert_int_equal(th_pg_long(db, "SELECT count(*) FROM step_inputs"),
+                     th_pg_long(db, "SELECT count(*) FROM steps"));
 
     /* a month later: one more run finishes, recent enough to keep */
     assert_true(th_pg_long(db, "SELECT flowd_clock_advance(31 * 86400000::bigint)") > 0);
@@ -75,6 +93,10 @@ static void test_prunes_only_what_is_past_retention(void **state)
     assert_int_equal(th_pg_long(db, "SELECT count(*) FROM runs WHERE state = 'running'"), 1);
     assert_int_equal(th_pg_long(db, "SELECT count(*) FROM runs WHERE state = 'succeeded'"), 1);
     assert_int_equal(th_pg_long(db, "SELECT count(*) FROM steps"), 2);
+    assert_int_equal(th_pg_long(db, "SELECT count(*) FROM run_search"), 0);
+    assert_int_equal(th_pg_long(db, "SELECT count(*) FROM step_inputs"
+                                    " WHERE step_id NOT IN (SELECT id FROM steps)"),
+                     0);
     assert_int_equal(th_pg_long(db, "SELECT count(*) FROM run_events"
                                     " WHERE run_id NOT IN (SELECT id FROM runs)"),
                      0);
