@@ -99,9 +99,6 @@ bool api_input_check(api_call *call, const PGresult *res, const json_t *input, b
 const char *api_start_fields(const json_t *body, char start_at[40], char start_in[24],
                              const char **field);
 
-/* The connection of db[0..n) that is up with the fewest statements queued; NULL when all are
- * down. */
-struct eng_db *api_db_least_busy(struct eng_db *const *db, int n);
 /* The loop's primary connection for the next statement (the least busy; the first when all are
  * down, which then answers at once: eng_db_opts.fail_when_down). */
 struct eng_db *api_loop_db(const api_loop *lp);

@@ -359,20 +359,17 @@ static void call_db_cb(void *arg, const eng_err *err, const PGresult *res)
     eng_log_request_set(NULL);
 }
 
-eng_db *api_db_least_busy(eng_db *const *db, int n)
-{
-    eng_db *best = NULL;
-    for (int i = 0; i < n; i++)
-        if (!eng_db_down(db[i]) && (!best || eng_db_pending(db[i]) < eng_db_pending(best)))
-            best = db[i];
-    return best;
-}
-
+/* The loop's connection that is up with the fewest statements queued. */
 eng_db *api_loop_db(const api_loop *lp)
 {
-    eng_db *best = api_db_least_busy(lp->db, lp->ndb);
-    /* every connection is down: eng_db answers it from the loop (fail_when_down) */
-    return best ? best : lp->db[0];
+    eng_db *best = NULL;
+    for (int i = 0; i < lp->ndb; i++)
+        if (!eng_db_down(lp->db[i]) &&
+            (!best || eng_db_pending(lp->db[i]) < eng_db_pending(best)))
+            best = lp->db[i];
+    if (!best) /* every connection is down: eng_db answers it from the loop (fail_when_down) */
+        best = lp->db[0];
+    return best;
 }
 
 api_standby_loop *api_loop_standby(const api_loop *lp)

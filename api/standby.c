@@ -94,6 +94,29 @@ void api_standby_fence(api_standby *sb, long long tenant)
     sb_atomic_max(sb_fence_of(sb, tenant), eng_clock_mono_us());
 }
 
+/* The standby connection that is up with the fewest statements queued, or NULL. Only connected
+ * ones: a read queued on a connection still making its first attempt could wait out the whole
+ * connect timeout. */
+static eng_db *sb_pick(const api_standby_loop *sl)
+{
+    eng_db *best = NULL;
+    for (int i = 0; i < sl->ndb; i++)
+        if (eng_db_connected(sl->db[i]) &&
+            (!best || eng_db_pending(sl->db[i]) < eng_db_pending(best)))
+            best = sl->db[i];
+    return best;
+}
+
+/* No standby connection is up: logged once as unreachable, unless they are still making their
+ * first attempts (a start is no outage). */
+static void sb_no_connection(api_standby_loop *sl)
+{
+    for (int i = 0; i < sl->ndb; i++)
+        if (!eng_db_down(sl->db[i]))
+            return;
+    sb_mode_set(sl->sb, SB_MODE_DOWN, "the standby is unreachable");
+}
+
 /* ------------------------------------------------------------------------------ reads -- */
 
 static void sb_read_free(sb_read *rd)
@@ -208,9 +231,9 @@ static void sb_probe_standby_cb(void *arg, const eng_err *err, const PGresult *r
 
 static void sb_probe_ask_standby(api_standby_loop *sl)
 {
-    eng_db *db = api_db_least_busy(sl->db, sl->ndb);
+    eng_db *db = sb_pick(sl);
     if (!db) {
-        sb_mode_set(sl->sb, SB_MODE_DOWN, "the standby is unreachable");
+        sb_no_connection(sl);
         sb_probe_end(sl, "down");
         return;
     }
@@ -263,9 +286,9 @@ static bool sb_route(api_standby_loop *sl, int64_t need, int64_t now, eng_db **d
     *reason = NULL;
     if (sl->not_standby)
         return *reason = "not_standby", true;
-    eng_db *sdb = api_db_least_busy(sl->db, sl->ndb);
+    eng_db *sdb = sb_pick(sl);
     if (!sdb) {
-        sb_mode_set(sb, SB_MODE_DOWN, "the standby is unreachable");
+        sb_no_connection(sl);
         return *reason = "down", true;
     }
     int64_t fresh = atomic_load(&sb->fresh_us);

@@ -47,7 +47,7 @@ void eng_metrics_db_connections(int delta);
 /* The API sent a read to server ("standby" or "primary") for reason: on the standby "current" (it
  * was known to be fresh enough) or "waited" (after the read waited for it to catch up); on the
  * primary "lag" (the standby is not known to be within the lag bound), "behind" (it did not catch up with what the
- * tenant saw within the wait), "down" (unreachable), "error" (the statement failed there),
+ * tenant saw within the wait), "down" (no connection to it up), "error" (the statement failed there),
  * "missing" (not found there: asked again on the primary) or "not_standby" (the read server is not
  * in recovery). Counted only where a standby is configured. */
 void eng_metrics_api_read(const char *server, const char *reason);
