@@ -27,7 +27,8 @@
  *                   and runs carry only a primary key and the claim index; no run start, no event
  *                   log, no template context read
  *   flowd_step      flowd's own round trip, flowd_work(): one-step transform runs as
- *                   bench/run queue works them, on flowd's schema
+ *                   bench/run queue works them, on flowd's schema (transform is pure: claimed
+ *                   with a row lock and finished in the claim's transaction, flowd_finish_pure)
  * The benchmark creates its own database next to CONNINFO's and drops it at the end. The server
  * must run on this machine (its processes' CPU is read from /proc). */
 #include <jansson.h>
@@ -148,12 +149,16 @@ static const floor_case cases[] = {
     {"flowd_step",
      {NULL}, /* filled through flowd's own functions: see fill_flowd */
      "CREATE PROCEDURE floor_work(p_batch integer) LANGUAGE plpgsql AS $$\n"
-     "DECLARE v_results jsonb; v_n integer;\n"
+     "DECLARE v_results jsonb; v_pure jsonb; v_n integer;\n"
      "BEGIN\n"
      "  LOOP\n"
      "    SELECT jsonb_agg(jsonb_build_object('id', c.id, 'r', c.run_id, 's', 'ok',\n"
-     "                                        'o', c.input)), count(*)\n"
-     "      INTO v_results, v_n FROM flowd_work('floor', v_results, p_batch, 60000) c;\n"
+     "                                        'o', c.input)) FILTER (WHERE NOT c.pure),\n"
+     "           jsonb_agg(jsonb_build_object('id', c.id, 'r', c.run_id, 's', 'ok',\n"
+     "                                        'o', c.input)) FILTER (WHERE c.pure), count(*)\n"
+     "      INTO v_results, v_pure, v_n\n"
+     "      FROM flowd_work('floor', v_results, p_batch, 60000, '{transform}') c;\n"
+     "    PERFORM flowd_finish_pure('floor', v_pure);\n"
      "    COMMIT;\n"
      "    EXIT WHEN v_n = 0;\n"
      "  END LOOP;\n"

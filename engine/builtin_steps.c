@@ -1,6 +1,7 @@
 /* engine/builtin_steps.c: the step kinds the engine itself provides.
  *
- * transform  output = its rendered input
+ * transform  output = its rendered input; pure (engine/step.h): computed inside its claim's
+ *            transaction
  * delay      {"for": "2h"} after the step became ready, or {"until": RFC 3339}: a durable timer.
  *            While it waits nothing is in flight: the step sleeps in the queue (snooze). */
 #include <stdio.h>
@@ -21,6 +22,7 @@ static const eng_step_kind transform_kind = {
     .name = "transform",
     .default_max_attempts = 1,
     .start = transform_start,
+    .pure = true,
 };
 
 static eng_rc delay_validate(const json_t *step, const char *ptr, eng_err *err)

@@ -8,6 +8,11 @@
  * Operations are either user queries or internal set-up (PREPARE, LISTEN) that run before the
  * queued user queries after every connection.
  *
+ * A transaction (eng_db_begin) holds the connection from its BEGIN to its end: while txn is set,
+ * only the transaction's next statement (txn_next, queued from the previous one's callback) is
+ * sent, and the other queries wait in the queue. A statement of it that fails is followed by a
+ * ROLLBACK, sent before anything else.
+ *
  * libpq enforces connect_timeout only in its blocking calls: a connection attempt here is bounded by
  * the connect timer instead (the conninfo's connect_timeout, else DB_CONNECT_TIMEOUT_S), so a server
  * that accepts and then says nothing cannot hold the connection, and the queries behind it, forever. */
@@ -27,13 +32,22 @@ enum db_state { DB_CONNECTING, DB_IDLE, DB_BUSY, DB_BROKEN };
 
 #define DB_CONNECT_TIMEOUT_S 10
 
-enum db_op_kind { OP_QUERY, OP_PREPARE, OP_LISTEN };
+enum db_op_kind { OP_QUERY, OP_PREPARE, OP_LISTEN, OP_CONTROL /* BEGIN, ROLLBACK */ };
+
+/* A user query's place in a transaction. */
+enum db_txn_role {
+    TXN_NONE,   /* a query of its own */
+    TXN_FIRST,  /* eng_db_begin: BEGIN goes just before it */
+    TXN_NEXT,   /* eng_db_txn_query: the transaction goes on after it */
+    TXN_COMMIT, /* eng_db_commit: the transaction ends with it, whatever its outcome */
+};
 
 typedef struct eng_db_op {
     struct eng_db_op *next;
     enum db_op_kind kind;
     int stmt;         /* index into db->stmts (OP_QUERY, OP_PREPARE); -1 for OP_LISTEN */
-    char *sql;        /* OP_LISTEN statement */
+    char *sql;        /* OP_LISTEN, OP_CONTROL statement; an OP_QUERY's COMMIT (stmt -1) */
+    enum db_txn_role txn;
     int nparams;
     char **params;
     eng_db_cb *cb;
@@ -73,6 +87,8 @@ struct eng_db {
     db_op *head, *tail;   /* user queries, FIFO */
     db_op *setup;         /* internal ops to run first on a fresh connection */
     db_op *inflight;
+    bool txn;             /* a transaction is open: only its statements are sent */
+    db_op *txn_next;      /* the transaction's next statement, not sent yet */
     int nqueries;         /* user queries queued or in flight: asked often, so counted */
     PGresult *last;       /* last result of the operation in flight */
     db_stmt *stmts;
@@ -201,6 +217,9 @@ static void db_broken(eng_db *db, const char *why)
         db->stmts[i].prepared = false;
     db_op *op = db->inflight;
     db->inflight = NULL;
+    db_op *txn_next = db->txn_next; /* waiting for its BEGIN or PREPARE */
+    db->txn_next = NULL;
+    db->txn = false;
     while (db->setup) {
         db_op *n = db->setup->next;
         if (db->setup != op)
@@ -217,6 +236,12 @@ static void db_broken(eng_db *db, const char *why)
             op->cb(op->arg, &err, NULL);
     }
     db_op_free(op);
+    if (txn_next) {
+        db->nqueries--;
+        if (txn_next->cb)
+            txn_next->cb(txn_next->arg, &err, NULL);
+        db_op_free(txn_next);
+    }
     /* the queued queries fail too where the owner asked (callbacks last, as above) */
     if (db->opts.fail_when_down)
         ev_feed_event(db->loop, &db->fail_now, EV_TIMER);
@@ -312,23 +337,45 @@ static void db_send_next(eng_db *db)
     }
 }
 
+static db_op *db_control_op(const char *sql)
+{
+    db_op *op = eng_xcalloc(1, sizeof *op);
+    op->kind = OP_CONTROL;
+    op->stmt = -1;
+    op->sql = eng_xstrdup(sql);
+    return op;
+}
+
+/* The user query to send next: the open transaction's, else the queue's head. */
+static db_op *db_next_query(const eng_db *db)
+{
+    return db->txn ? db->txn_next : db->head;
+}
+
 static void db_send_op(eng_db *db)
 {
     db_op *op = NULL;
+    db_op *next = db_next_query(db);
     if (db->setup) {
         op = db->setup;
         db->setup = op->next;
-    } else if (db->head) {
-        op = db->head;
-        if (op->stmt >= 0 && !db->stmts[op->stmt].prepared) {
-            db_op *prep = eng_xcalloc(1, sizeof *prep);
-            prep->kind = OP_PREPARE;
-            prep->stmt = op->stmt;
-            op = prep;
-        } else {
-            db->head = op->next;
-            if (!db->head)
-                db->tail = NULL;
+    } else if (next && next->stmt >= 0 && !db->stmts[next->stmt].prepared) {
+        op = eng_xcalloc(1, sizeof *op);
+        op->kind = OP_PREPARE;
+        op->stmt = next->stmt;
+    } else if (next && db->txn) {
+        op = next;
+        db->txn_next = NULL;
+    } else if (next) {
+        op = next;
+        db->head = op->next;
+        if (!db->head)
+            db->tail = NULL;
+        if (op->txn == TXN_FIRST) {
+            /* BEGIN first; the statement follows as the transaction's next */
+            db->txn = true;
+            db->txn_next = op;
+            op = db_control_op("BEGIN");
         }
     }
     if (!op) {
@@ -341,7 +388,7 @@ static void db_send_op(eng_db *db)
     if (op->kind == OP_PREPARE) {
         db_stmt *s = &db->stmts[op->stmt];
         ok = PQsendPrepare(db->pg, s->name, s->sql, s->nparams, NULL);
-    } else if (op->kind == OP_LISTEN) {
+    } else if (op->kind == OP_LISTEN || op->kind == OP_CONTROL || op->stmt < 0) {
         ok = PQsendQuery(db->pg, op->sql);
     } else {
         ok = PQsendQueryPrepared(db->pg, db->stmts[op->stmt].name, op->nparams,
@@ -373,6 +420,19 @@ static void db_deliver_notifies(eng_db *db)
     }
 }
 
+/* The open transaction is over: the queue's queries may go again. rollback: a statement of it
+ * failed, so the server waits for a ROLLBACK, which goes before anything else. */
+static void db_end_txn(eng_db *db, bool rollback)
+{
+    db->txn = false;
+    db->txn_next = NULL;
+    if (rollback) {
+        db_op *op = db_control_op("ROLLBACK");
+        op->next = db->setup;
+        db->setup = op;
+    }
+}
+
 /* Completes the operation in flight. The user callback is the last thing done. */
 static void db_finish_op(eng_db *db)
 {
@@ -389,11 +449,16 @@ static void db_finish_op(eng_db *db)
         else
             db->stmts[op->stmt].prepared = true;
         if (failed) {
-            /* A statement that cannot be prepared fails the query waiting for it. */
-            db_op *q = db->head;
-            db->head = q->next;
-            if (!db->head)
-                db->tail = NULL;
+            /* A statement that cannot be prepared fails the query waiting for it (and its
+             * transaction). */
+            db_op *q = db_next_query(db);
+            if (db->txn) {
+                db_end_txn(db, true);
+            } else {
+                db->head = q->next;
+                if (!db->head)
+                    db->tail = NULL;
+            }
             PQclear(res);
             db_op_free(op);
             db->nqueries--;
@@ -405,10 +470,27 @@ static void db_finish_op(eng_db *db)
         }
     } else if (op->kind == OP_LISTEN && failed) {
         log_error("listen failed", LOG_S("error", err.msg));
+    } else if (op->kind == OP_CONTROL && failed) {
+        log_error("transaction control failed", LOG_S("sql", op->sql), LOG_S("error", err.msg));
+        if (db->txn && db->txn_next) {
+            /* the BEGIN: its statement is not sent, and fails with it */
+            db_op *q = db->txn_next;
+            db_end_txn(db, false);
+            PQclear(res);
+            db_op_free(op);
+            db->nqueries--;
+            db_send_next(db);
+            if (q->cb)
+                q->cb(q->arg, &err, NULL);
+            db_op_free(q);
+            return;
+        }
     }
     if (op->kind == OP_QUERY) {
         db->nqueries--;
         eng_metrics_db_round_trip((ev_time() - op->sent_at) * 1000.0);
+        if (op->txn == TXN_COMMIT || (op->txn != TXN_NONE && failed))
+            db_end_txn(db, op->txn != TXN_COMMIT);
     }
     db_send_next(db);
     if (op->kind == OP_QUERY && op->cb)
@@ -529,6 +611,7 @@ void eng_db_free(eng_db *db)
         eng_metrics_db_connections(-1);
     PQclear(db->last);
     db_op_free(db->inflight);
+    db_op_free(db->txn_next);
     for (db_op *op = db->head; op;) {
         db_op *n = op->next;
         db_op_free(op);
@@ -596,19 +679,36 @@ static int db_find_stmt(eng_db *db, const char *stmt)
     return db->nstmts - 1;
 }
 
-eng_db_op *eng_db_query(eng_db *db, const char *stmt, int nparams, const char *const *params,
-                        eng_db_cb *cb, void *arg)
+static db_op *db_op_new(eng_db *db, const char *stmt, int nparams, const char *const *params,
+                        eng_db_cb *cb, void *arg, enum db_txn_role txn)
 {
     db_op *op = eng_xcalloc(1, sizeof *op);
     op->kind = OP_QUERY;
-    op->stmt = db_find_stmt(db, stmt);
+    if (txn == TXN_COMMIT) {
+        /* in the simple protocol the server answers a COMMIT before it reads anything else, so a
+         * session ended (pg_terminate_backend) while the commit waits for its WAL flush does not
+         * take the answer of a transaction that did commit (in the extended protocol the Sync read
+         * after the Execute would end the session first) */
+        op->stmt = -1;
+        op->sql = eng_xstrdup("COMMIT");
+    } else {
+        op->stmt = db_find_stmt(db, stmt);
+    }
     op->nparams = nparams;
     op->params = eng_xcalloc((size_t)(nparams ? nparams : 1), sizeof *op->params);
     for (int i = 0; i < nparams; i++)
         op->params[i] = params[i] ? eng_xstrdup(params[i]) : NULL;
     op->cb = cb;
     op->arg = arg;
+    op->txn = txn;
     db->nqueries++;
+    return op;
+}
+
+static eng_db_op *db_queue(eng_db *db, const char *stmt, int nparams, const char *const *params,
+                           eng_db_cb *cb, void *arg, enum db_txn_role txn)
+{
+    db_op *op = db_op_new(db, stmt, nparams, params, cb, arg, txn);
     if (db->tail)
         db->tail->next = op;
     else
@@ -619,6 +719,41 @@ eng_db_op *eng_db_query(eng_db *db, const char *stmt, int nparams, const char *c
     else if (db->down && db->opts.fail_when_down)
         ev_feed_event(db->loop, &db->fail_now, EV_TIMER);
     return op;
+}
+
+eng_db_op *eng_db_query(eng_db *db, const char *stmt, int nparams, const char *const *params,
+                        eng_db_cb *cb, void *arg)
+{
+    return db_queue(db, stmt, nparams, params, cb, arg, TXN_NONE);
+}
+
+eng_db_op *eng_db_begin(eng_db *db, const char *stmt, int nparams, const char *const *params,
+                        eng_db_cb *cb, void *arg)
+{
+    return db_queue(db, stmt, nparams, params, cb, arg, TXN_FIRST);
+}
+
+static void db_txn_continue(eng_db *db, const char *stmt, int nparams, const char *const *params,
+                            eng_db_cb *cb, void *arg, enum db_txn_role txn)
+{
+    if (!db->txn || db->txn_next) {
+        log_error("no open transaction waits for a statement", LOG_S("app", db->appname));
+        abort();
+    }
+    db->txn_next = db_op_new(db, stmt, nparams, params, cb, arg, txn);
+    if (db->st == DB_IDLE)
+        db_send_next(db);
+}
+
+void eng_db_txn_query(eng_db *db, const char *stmt, int nparams, const char *const *params,
+                      eng_db_cb *cb, void *arg)
+{
+    db_txn_continue(db, stmt, nparams, params, cb, arg, TXN_NEXT);
+}
+
+void eng_db_commit(eng_db *db, eng_db_cb *cb, void *arg)
+{
+    db_txn_continue(db, NULL, 0, NULL, cb, arg, TXN_COMMIT);
 }
 
 void eng_db_cancel(eng_db_op *op)

@@ -57,6 +57,19 @@ void eng_db_listen(eng_db *db, const char *channel);
  * values, NULL for SQL NULL. Returns a handle for eng_db_cancel, valid until cb runs. */
 eng_db_op *eng_db_query(eng_db *db, const char *stmt, int nparams, const char *const *params,
                         eng_db_cb *cb, void *arg);
+/* Transactions. eng_db_begin queues stmt like eng_db_query, with BEGIN sent just before it; from
+ * then until the transaction ends the connection runs only the transaction's statements, and
+ * other queries wait. The callback of each statement that succeeded must at once (before it
+ * returns) queue the next one with eng_db_txn_query or end the transaction with eng_db_commit.
+ * A statement that fails ends the transaction (db.c rolls it back before anything else is sent),
+ * and so does a lost connection: its callback gets the error and queues nothing more for it.
+ * COMMIT's callback says whether the transaction committed (after a lost connection it is not
+ * known). Only eng_db_begin's query may be withdrawn (eng_db_cancel), before its BEGIN is sent. */
+eng_db_op *eng_db_begin(eng_db *db, const char *stmt, int nparams, const char *const *params,
+                        eng_db_cb *cb, void *arg);
+void eng_db_txn_query(eng_db *db, const char *stmt, int nparams, const char *const *params,
+                      eng_db_cb *cb, void *arg);
+void eng_db_commit(eng_db *db, eng_db_cb *cb, void *arg);
 /* Withdraws a query that was not sent yet: it never runs, and its callback runs in its turn with
  * ENG_ECANCELED. One already sent completes as usual (its outcome is the server's). */
 void eng_db_cancel(eng_db_op *op);

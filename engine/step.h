@@ -33,6 +33,11 @@ typedef struct eng_step_kind {
     /* The engine does not render this kind's input: the kind renders parts of it itself with
      * eng_step_template_ctx (map renders its child inputs once per item). */
     bool raw_input;
+    /* An attempt has no effect outside the database and start always reports its outcome before
+     * returning (transform): the claim only locks such a step, and the worker computes it and
+     * writes its outcome in the claim's own transaction, before it commits (a transaction that
+     * does not commit leaves the step ready, with nothing done twice). */
+    bool pure;
 } eng_step_kind;
 
 /* Registers a kind (the struct must outlive the process; registration is not thread-safe and
@@ -40,6 +45,8 @@ typedef struct eng_step_kind {
 void eng_step_register(const eng_step_kind *kind);
 /* The kind named name, or NULL. */
 const eng_step_kind *eng_step_kind_find(const char *name);
+/* The names of the pure kinds as a PostgreSQL text[] literal ("{transform}"), a new string. */
+char *eng_step_pure_kinds(void);
 /* Registers the engine's built-in kinds (transform, delay, wait_event, map). Idempotent. */
 void eng_step_register_builtins(void);
 

@@ -15,6 +15,9 @@
  * A context's state:
  *   PREPARING  claimed; its kind has not started (an outcome may still come from the preparation)
  *   STARTED    its kind's start was called: stopping it calls the kind's cancel
+ * A pure step (a claim row whose step the claim only locked: engine/step.h) is dispatched while the
+ * claim's transaction is open and reports before its dispatch returns; its outcome goes to the
+ * set's pure_results, which the worker writes in that transaction (eng_steps_take_pure).
  * Loop thread only. */
 #pragma once
 
@@ -45,6 +48,9 @@ typedef struct eng_steps {
     eng_step_ctx *inflight;  /* newest first */
     int ninflight;
     json_t *results;         /* outcomes not yet sent (an array, owned) */
+    json_t *pure_results;    /* outcomes of the pure steps dispatched since the last
+                                eng_steps_take_pure (an array, owned) */
+    int npure;               /* pure contexts alive: none outside eng_steps_dispatch */
     struct eng_steps_def {
         char *text;          /* as claimed */
         size_t len;
@@ -76,6 +82,13 @@ void eng_steps_claim_deinit(eng_steps_claim *claim);
  * (engine/lease.h), wall_ms the wall clock at the answer. The context may be gone on return. */
 void eng_steps_dispatch(eng_steps *s, eng_steps_claim *claim, const PGresult *res, int row,
                         const eng_lease_hold *hold, int64_t wall_ms);
+
+/* True when row of a claim's answer is a pure step: the claim only locked it, and its outcome must
+ * be written before the claim's transaction commits. */
+bool eng_steps_row_pure(const PGresult *res, int row);
+/* The outcomes of the pure steps dispatched since the last call (a new reference; the set starts
+ * a new array). */
+json_t *eng_steps_take_pure(eng_steps *s);
 
 /* Stops (without an outcome) the steps of run_id in flight: the run was cancelled. */
 void eng_steps_cancel_run(eng_steps *s, int64_t run_id);

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "engine/mem.h"
 #include "engine/log.h"
 #include "engine/step.h"
 
@@ -41,4 +42,23 @@ const eng_step_kind *eng_step_kind_find(const char *name)
         if (strcmp(step_kinds[i]->name, name) == 0)
             return step_kinds[i];
     return NULL;
+}
+
+char *eng_step_pure_kinds(void)
+{
+    size_t len = 3;
+    for (size_t i = 0; i < step_kinds_n; i++)
+        if (step_kinds[i]->pure)
+            len += strlen(step_kinds[i]->name) + 3;
+    char *out = eng_xmalloc(len), *p = out;
+    *p++ = '{';
+    for (size_t i = 0; i < step_kinds_n; i++) {
+        /* the names are the registering code's constants (plain words), quoted all the same */
+        if (!step_kinds[i]->pure || strpbrk(step_kinds[i]->name, "\\\""))
+            continue;
+        p += sprintf(p, "%s\"%s\"", p - out > 1 ? "," : "", step_kinds[i]->name);
+    }
+    *p++ = '}';
+    *p = '\0';
+    return out;
 }

@@ -14,8 +14,16 @@
  * worker_kick(), which the loop's prepare watcher calls before every poll so that all outcomes
  * reported in one loop iteration travel in one trip, sends a round trip (flowd_work(): report the
  * outcomes, docs/internals/outcomes.md, and claim as many steps as there are free slots, answered
- * by rows of docs/internals/claim-row.md) when none is on the wire (work_inflight) and there is
- * something to report or a reason to claim:
+ * by rows of docs/internals/claim-row.md) when none is on the wire (trip) and there is
+ * something to report or a reason to claim. A trip that claims is a transaction, so that the pure
+ * steps it claims (engine/step.h: transform) are computed here and written finished before it
+ * commits, one write of their row instead of the claim's and then the outcome's (enum
+ * worker_trip):
+ *   NONE -> CLAIM -> FINISH -> COMMIT -> NONE   (FINISH only when the claim had pure steps)
+ *   NONE -> REPORT -> NONE                      (outcomes only, nothing to claim: no transaction)
+ * The claim's other steps start only once it committed: a claim that did not commit (a crash, a
+ * lost connection) leaves every step it took ready and nothing started; its outcomes are sent
+ * again.
  *   maybe_work    claimable steps may exist (NOTIFY, poll timer, full batch, new connection,
  *                 failed trip): claim on the next trip; every trip sent clears it
  * After a claim that came back short the worker asks when the next step is due (due_inflight:
@@ -51,6 +59,16 @@ enum worker_state {
     WORKER_FLUSHING,
 };
 
+/* The round trip on the wire (see the file comment). */
+enum worker_trip {
+    TRIP_NONE,   /* nothing on the wire: worker_kick may send one */
+    TRIP_REPORT, /* flowd_work() reporting outcomes, claiming nothing, on its own */
+    TRIP_CLAIM,  /* BEGIN, flowd_work(): outcomes reported and steps claimed; the transaction
+                    stays open */
+    TRIP_FINISH, /* flowd_finish_pure(): the outcomes of the claim's pure steps, computed here */
+    TRIP_COMMIT, /* COMMIT: then the claim's other steps start */
+};
+
 struct eng_worker {
     eng_worker_opts opts;
     char *owner;
@@ -68,12 +86,16 @@ struct eng_worker {
     ev_timer prune;     /* retention: finished runs past opts.retention_ms */
     ev_timer grace;     /* ends DRAINING, then FLUSHING */
     enum worker_state state;
+    enum worker_trip trip;
+    char *pure_kinds;   /* eng_step_pure_kinds(): the kinds the claim only locks */
+    PGresult *claimed;  /* FINISH, COMMIT: a copy of the claim's answer, whose steps that are not
+                           pure start once it committed (NULL: it had none) */
+    int nclaimed;       /* FINISH, COMMIT: rows of the claim's answer, pure ones included */
     eng_steps steps;    /* the steps in flight and the outcomes not yet sent */
     eng_lease lease;    /* this worker's hold on its claimed steps */
-    json_t *sent;       /* outcomes on the wire, re-queued if the trip fails */
+    json_t *sent;       /* outcomes on the wire, re-queued if the trip fails (until it committed) */
     int want;           /* claim size of the trip on the wire */
     double work_sent;   /* loop time the trip on the wire left (its claims' leases start later) */
-    bool work_inflight; /* a flowd_work() on the wire: nothing else is sent until it returns */
     bool maybe_work;    /* see the file comment */
     bool due_inflight;  /* a flowd_next_due() on the wire */
     bool due_now_seen;  /* see the file comment */
@@ -123,36 +145,73 @@ static void worker_due_cb(void *arg, const eng_err *err, const PGresult *res)
     ev_timer_start(w->loop, &w->poll);
 }
 
-static void worker_work_cb(void *arg, const eng_err *err, const PGresult *res)
+/* The trip failed, and the transaction with it: the outcomes it carried go out again, the pure
+ * steps' are dropped (their steps stay ready) and the claimed steps never start (those of a claim
+ * that did commit after all, its answer lost with the connection, wait out their lease). */
+static void worker_trip_failed(eng_worker *w, const eng_err *err)
 {
-    eng_worker *w = arg;
-    w->work_inflight = false;
-    if (err) {
-        log_warn("worker round trip failed", LOG_S("owner", w->owner), LOG_S("error", err->msg),
-                 LOG_S("sqlstate", err->sqlstate));
-        worker_requeue_sent(w);
-        w->maybe_work = true;
-        /* retry soon; a lost connection reconnects by itself and on_connect kicks us */
-        ev_timer_stop(w->loop, &w->poll);
-        ev_timer_set(&w->poll, 0.1, 0.);
-        ev_timer_start(w->loop, &w->poll);
-        return;
-    }
-    json_decref(w->sent);
-    w->sent = NULL;
-    int n = PQntuples(res);
-    if (n > 0)
-        w->due_now_seen = false;
+    log_warn("worker round trip failed", LOG_S("owner", w->owner), LOG_S("error", err->msg),
+             LOG_S("sqlstate", err->sqlstate));
+    w->trip = TRIP_NONE;
+    PQclear(w->claimed);
+    w->claimed = NULL;
+    worker_requeue_sent(w);
+    w->maybe_work = true;
+    /* retry soon; a lost connection reconnects by itself and on_connect kicks us */
+    ev_timer_stop(w->loop, &w->poll);
+    ev_timer_set(&w->poll, 0.1, 0.);
+    ev_timer_start(w->loop, &w->poll);
+}
+
+/* Runs the rows of a claim's answer that are (pure) or are not pure. */
+static void worker_dispatch(eng_worker *w, const PGresult *res, bool pure)
+{
     int64_t wall = eng_clock_wall_ms();
+    int n = PQntuples(res);
     eng_steps_claim claim;
     eng_steps_claim_init(&claim, n);
     for (int i = 0; i < n; i++) {
+        if (eng_steps_row_pure(res, i) != pure)
+            continue;
         eng_lease_hold hold;
         eng_lease_hold_claimed(&w->lease, &hold, w->work_sent);
         eng_steps_dispatch(&w->steps, &claim, res, i, &hold, wall);
     }
     eng_steps_claim_deinit(&claim);
-    if (w->want > 0 && n == w->want) {
+}
+
+static void worker_report_cb(void *arg, const eng_err *err, const PGresult *res)
+{
+    (void)res;
+    eng_worker *w = arg;
+    if (err) {
+        worker_trip_failed(w, err);
+        return;
+    }
+    w->trip = TRIP_NONE;
+    json_decref(w->sent);
+    w->sent = NULL;
+}
+
+/* COMMIT landed: the claim is the worker's, and its steps that are not pure start. */
+static void worker_commit_cb(void *arg, const eng_err *err, const PGresult *res)
+{
+    (void)res;
+    eng_worker *w = arg;
+    if (err) {
+        worker_trip_failed(w, err);
+        return;
+    }
+    w->trip = TRIP_NONE;
+    json_decref(w->sent);
+    w->sent = NULL;
+    PGresult *claimed = w->claimed;
+    w->claimed = NULL;
+    if (claimed) {
+        worker_dispatch(w, claimed, false);
+        PQclear(claimed);
+    }
+    if (w->want > 0 && w->nclaimed == w->want) {
         w->maybe_work = true;
     } else if (w->want > 0 && !w->due_inflight && w->state == WORKER_RUNNING) {
         w->due_inflight = true;
@@ -160,9 +219,58 @@ static void worker_work_cb(void *arg, const eng_err *err, const PGresult *res)
     }
 }
 
+static void worker_finish_cb(void *arg, const eng_err *err, const PGresult *res)
+{
+    (void)res;
+    eng_worker *w = arg;
+    if (err) {
+        worker_trip_failed(w, err);
+        return;
+    }
+    w->trip = TRIP_COMMIT;
+    eng_db_commit(w->db, worker_commit_cb, w);
+}
+
+/* The claim's answer, in its open transaction: the pure steps run now and their outcomes are
+ * written before COMMIT; the others wait for it. */
+static void worker_claim_cb(void *arg, const eng_err *err, const PGresult *res)
+{
+    eng_worker *w = arg;
+    if (err) {
+        worker_trip_failed(w, err);
+        return;
+    }
+    w->nclaimed = PQntuples(res);
+    if (w->nclaimed > 0)
+        w->due_now_seen = false;
+    bool others = false;
+    for (int i = 0; i < w->nclaimed && !others; i++)
+        others = !eng_steps_row_pure(res, i);
+    if (others) {
+        w->claimed = PQcopyResult(res, PG_COPYRES_ATTRS | PG_COPYRES_TUPLES);
+        if (!w->claimed) {
+            log_error("out of memory", LOG_S("owner", w->owner));
+            abort();
+        }
+    }
+    worker_dispatch(w, res, true);
+    json_t *pure = eng_steps_take_pure(&w->steps);
+    if (json_array_size(pure) == 0) {
+        w->trip = TRIP_COMMIT;
+        eng_db_commit(w->db, worker_commit_cb, w);
+    } else {
+        char *outcomes = json_dumps(pure, JSON_COMPACT);
+        const char *params[] = {w->owner, outcomes};
+        w->trip = TRIP_FINISH;
+        eng_db_txn_query(w->db, "flowd_finish_pure", 2, params, worker_finish_cb, w);
+        free(outcomes);
+    }
+    json_decref(pure);
+}
+
 static void worker_kick(eng_worker *w)
 {
-    if (w->work_inflight || !eng_db_connected(w->db))
+    if (w->trip != TRIP_NONE || !eng_db_connected(w->db))
         return;
     int free_slots = w->opts.max_inflight - w->steps.ninflight;
     size_t nresults = json_array_size(w->steps.results);
@@ -178,14 +286,19 @@ static void worker_kick(eng_worker *w)
     char want_s[16], lease_s[16];
     snprintf(want_s, sizeof want_s, "%d", want);
     snprintf(lease_s, sizeof lease_s, "%d", w->opts.lease_ms);
-    const char *params[] = {w->owner, results, want_s, lease_s};
+    const char *params[] = {w->owner, results, want_s, lease_s, w->pure_kinds};
     w->sent = w->steps.results;
     w->steps.results = json_array();
     w->want = want;
     w->maybe_work = false;
     w->work_sent = ev_now(w->loop);
-    w->work_inflight = true;
-    eng_db_query(w->db, "flowd_work", 4, params, worker_work_cb, w);
+    if (want > 0) {
+        w->trip = TRIP_CLAIM;
+        eng_db_begin(w->db, "flowd_work", 5, params, worker_claim_cb, w);
+    } else {
+        w->trip = TRIP_REPORT;
+        eng_db_query(w->db, "flowd_work", 5, params, worker_report_cb, w);
+    }
     free(results);
 }
 
@@ -195,7 +308,7 @@ static void worker_prepare_cb(struct ev_loop *loop, ev_prepare *p, int revents)
     eng_worker *w = ENG_CONTAINER_OF(p, eng_worker, prepare);
     worker_kick(w);
     if (w->state != WORKER_RUNNING && w->steps.ninflight == 0 &&
-        json_array_size(w->steps.results) == 0 && !w->work_inflight)
+        json_array_size(w->steps.results) == 0 && w->trip == TRIP_NONE)
         ev_break(loop, EVBREAK_ALL);
 }
 
@@ -396,7 +509,8 @@ static void *worker_main(void *arg)
     w->httpc = eng_httpc_new(w->loop);
     w->steps.db = w->db;
     w->steps.httpc = w->httpc;
-    eng_db_prepare(w->db, "flowd_work", "SELECT * FROM flowd_work($1, $2::jsonb, $3, $4)", 4);
+    eng_db_prepare(w->db, "flowd_work", "SELECT * FROM flowd_work($1, $2::jsonb, $3, $4, $5)", 5);
+    eng_db_prepare(w->db, "flowd_finish_pure", "SELECT flowd_finish_pure($1, $2::jsonb)", 2);
     eng_db_prepare(w->db, "flowd_next_due", "SELECT flowd_next_due_ms()", 0);
     eng_db_prepare(w->db, "flowd_worker_leases",
                    "SELECT * FROM flowd_worker_leases($1, $2, $3::bigint[], $4::bigint[], "
@@ -430,6 +544,7 @@ eng_worker *eng_worker_start(const eng_worker_opts *opts)
         w->opts.lease_ms = 30000;
     w->owner = eng_xstrdup(opts->owner);
     w->conninfo = eng_xstrdup(opts->conninfo);
+    w->pure_kinds = eng_step_pure_kinds();
     w->state = WORKER_RUNNING;
     w->maybe_work = true;
     w->loop = ev_loop_new(EVFLAG_AUTO);
@@ -469,6 +584,8 @@ void eng_worker_stop(eng_worker *w, double grace_s)
     eng_steps_deinit(&w->steps);
     eng_lease_deinit(&w->lease);
     json_decref(w->sent);
+    PQclear(w->claimed);
+    free(w->pure_kinds);
     free(w->owner);
     free(w->conninfo);
     free(w);

@@ -33,7 +33,8 @@ CREATE TYPE flowd_work_item AS (
     def jsonb,
     input jsonb,
     workflow text,
-    steps jsonb
+    steps jsonb,
+    pure boolean
 );
 
 -- Tables

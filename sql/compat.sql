@@ -21,6 +21,20 @@ LANGUAGE sql AS $$
     SELECT o.* FROM flowd_work(p_owner, p_results, p_want, p_lease_ms) c, flowd_claimed_of(c) o
 $$;
 
+-- The previous release's worker round trip and claim (flowd_work_item rows; they never ask for
+-- pure steps), for its workers during a rolling upgrade.
+CREATE OR REPLACE FUNCTION flowd_work(p_owner text, p_results jsonb, p_want integer, p_lease_ms integer)
+RETURNS SETOF flowd_work_item
+LANGUAGE sql AS $$
+    SELECT * FROM flowd_work(p_owner, p_results, p_want, p_lease_ms, NULL::text[])
+$$;
+
+CREATE OR REPLACE FUNCTION flowd_claim_work(p_owner text, p_want integer, p_lease_ms integer)
+RETURNS SETOF flowd_work_item
+LANGUAGE sql AS $$
+    SELECT * FROM flowd_claim_work(p_owner, p_want, p_lease_ms, NULL::text[])
+$$;
+
 -- The previous version's renewal, for its processes during a rolling upgrade: it renews their
 -- worker's lease too, so that the reaper leaves their steps alone.
 CREATE OR REPLACE FUNCTION flowd_heartbeat(p_owner text, p_lease_ms integer, p_ids bigint[]) RETURNS integer

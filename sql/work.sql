@@ -468,12 +468,17 @@ END $$;
 -- Claims up to p_want due steps for p_owner, choosing fairly between tenants and oldest first
 -- within priority, skipping rows other claimers hold. A claim updates and answers in one
 -- statement: what a worker needs to run each step (flowd_work_item). Its step.started and
--- run.started are read from the rows (start_seq, the view run_log), not logged.
-CREATE OR REPLACE FUNCTION flowd_claim_work(p_owner text, p_want integer, p_lease_ms integer)
+-- run.started are read from the rows (start_seq, the view run_log), not logged. Steps of the kinds
+-- in p_pure are only locked, not written: their row says pure, and the worker computes them inside
+-- this transaction and reports them with flowd_finish_pure before it commits (a transaction that
+-- does not commit leaves them ready, as they were).
+CREATE OR REPLACE FUNCTION flowd_claim_work(p_owner text, p_want integer, p_lease_ms integer,
+                                            p_pure text[])
 RETURNS SETOF flowd_work_item
 LANGUAGE plpgsql AS $$
 DECLARE
     v_now  timestamptz := flowd_now();
+    v_pure text[] := coalesce(p_pure, '{}');
     v_caps jsonb;        -- {tenant: steps it may still start} for tenants with max_running
     v_ids  bigint[];
     v_runs bigint[];     -- the run of each of v_ids
@@ -612,49 +617,119 @@ BEGIN
      WHERE r.id = ANY (v_runs) AND r.state = 'queued';
 
     -- Claim and answer in one statement: the answer comes from the update's RETURNING instead of
-    -- reading every claimed step again.
+    -- reading every claimed step again. Pure steps are answered as they are, with the attempt
+    -- they will count; flowd_finish_pure writes their start with their outcome.
     RETURN QUERY
     WITH u AS (
         UPDATE steps s
            SET state = 'running', attempts = s.attempts + 1, lease_owner = p_owner,
                lease_expires_at = now() + p_lease_ms * interval '1 millisecond', started_at = v_now,
                start_seq = nextval('run_events_id_seq'), start_attempt = s.attempts + 1
-         WHERE s.id = ANY (v_ids)
+         WHERE s.id = ANY (v_ids) AND s.kind <> ALL (v_pure)
         RETURNING s.id, s.run_id, s.tenant_id, s.idx, s.key, s.kind, s.attempts, s.ready_at,
-                  s.scheduled)
-    SELECT u.id, u.run_id, u.tenant_id, u.key, u.kind, u.attempts,
-           (extract(epoch FROM coalesce(u.ready_at, v_now)) * 1000)::bigint,
+                  s.scheduled),
+    a AS (
+        SELECT u.*, false AS pure FROM u
+        UNION ALL
+        SELECT s.id, s.run_id, s.tenant_id, s.idx, s.key, s.kind, s.attempts + 1, s.ready_at,
+               s.scheduled, true
+          FROM steps s WHERE s.id = ANY (v_ids) AND s.kind = ANY (v_pure))
+    SELECT a.id, a.run_id, a.tenant_id, a.key, a.kind, a.attempts,
+           (extract(epoch FROM coalesce(a.ready_at, v_now)) * 1000)::bigint,
            (extract(epoch FROM v_now) * 1000)::bigint,
-           u.scheduled, ru.workflow_id, u.idx,
-           CASE WHEN row_number() OVER (PARTITION BY ru.workflow_id, u.idx ORDER BY u.id) = 1
+           a.scheduled, ru.workflow_id, a.idx,
+           CASE WHEN row_number() OVER (PARTITION BY ru.workflow_id, a.idx ORDER BY a.id) = 1
                 THEN sd.d END,
            ru.input, w.name,
            CASE WHEN jsonb_array_length(sd.d->'deps') > 0 THEN (
                SELECT coalesce(jsonb_object_agg(d.key, jsonb_build_object('output', d.output)), '{}')
                  FROM steps d
-                WHERE d.run_id = u.run_id AND d.state IN ('succeeded', 'failed')
-                  AND d.key IN (SELECT jsonb_array_elements_text(sd.d->'deps'))) END
-      FROM u JOIN runs ru ON ru.id = u.run_id JOIN workflows w ON w.id = ru.workflow_id
-      CROSS JOIN LATERAL (SELECT w.def->'steps'->u.idx AS d) sd
-     ORDER BY u.id;
+                WHERE d.run_id = a.run_id AND d.state IN ('succeeded', 'failed')
+                  AND d.key IN (SELECT jsonb_array_elements_text(sd.d->'deps'))) END,
+           a.pure
+      FROM a JOIN runs ru ON ru.id = a.run_id JOIN workflows w ON w.id = ru.workflow_id
+      CROSS JOIN LATERAL (SELECT w.def->'steps'->a.idx AS d) sd
+     ORDER BY a.id;
 END $$;
 
 -- The worker's round trip: applies the outcomes it reports (flowd_apply), expires waits, makes
 -- sure its worker holds a lease before a step runs in its name (the row may be new, or gone after
 -- a long stall; it is extended when less than half is left), and claims up to p_want steps
--- (flowd_claim_work). The answer's rows: docs/internals/claim-row.md.
-CREATE OR REPLACE FUNCTION flowd_work(p_owner text, p_results jsonb, p_want integer, p_lease_ms integer)
+-- (flowd_claim_work), those of the kinds in p_pure only locked. The answer's rows:
+-- docs/internals/claim-row.md.
+CREATE OR REPLACE FUNCTION flowd_work(p_owner text, p_results jsonb, p_want integer, p_lease_ms integer,
+                                      p_pure text[])
 RETURNS SETOF flowd_work_item
 LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM flowd_apply(p_owner, p_results);
     PERFORM flowd_expire_waits(100);
+    IF p_want > 0 AND p_pure IS NOT NULL THEN
+        -- the worker keeps this transaction open while it computes the pure steps: one cut off
+        -- from the server meanwhile must not hold their rows for longer than a lease
+        PERFORM set_config('idle_in_transaction_session_timeout', p_lease_ms::text, true);
+    END IF;
     IF p_want > 0 THEN
         INSERT INTO worker_leases AS w (owner, expires_at)
         VALUES (p_owner, clock_timestamp() + p_lease_ms * interval '1 millisecond')
         ON CONFLICT (owner) DO UPDATE SET expires_at = EXCLUDED.expires_at
          WHERE w.expires_at < clock_timestamp() + p_lease_ms * interval '1 millisecond' / 2;
-        RETURN QUERY SELECT * FROM flowd_claim_work(p_owner, p_want, p_lease_ms);
+        RETURN QUERY SELECT * FROM flowd_claim_work(p_owner, p_want, p_lease_ms, p_pure);
+    END IF;
+END $$;
+
+-- Finishes the pure steps this transaction's claim locked (flowd_claim_work, p_pure), with the
+-- outcomes the worker computed for them (p_results, as for flowd_apply), before the transaction
+-- commits: a step that succeeds or is skipped is written once, from ready to finished, with its
+-- attempt counted and its start and outcome placed in the log (start_seq, finish_seq: the view
+-- run_log); any other outcome (a failure, a window, a snooze) first takes the claim's running
+-- write and then goes the usual way (flowd_apply). Only rows this transaction holds are changed:
+-- the claim locked the steps, and the runs of the steps it chose.
+CREATE OR REPLACE FUNCTION flowd_finish_pure(p_owner text, p_results jsonb) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_now      timestamptz := flowd_now();
+    v_other    jsonb;      -- the outcomes that take the usual way
+    v_finished bigint[];
+    v_fin_parents bigint[];
+    v_fin_runs bigint[];
+BEGIN
+    IF p_results IS NULL OR jsonb_array_length(p_results) = 0 THEN
+        RETURN;
+    END IF;
+    -- the row lock this transaction's claim took is what says the step is still ours: its xmax;
+    -- the start takes its position before the outcome
+    WITH r AS MATERIALIZED (
+        SELECT x.*, nextval('run_events_id_seq') AS start_seq
+          FROM jsonb_to_recordset(p_results) AS x(id bigint, s text, o jsonb)
+         WHERE x.s IN ('ok', 'skip')),
+    fin AS (
+        UPDATE steps st
+           SET state = CASE WHEN r.s = 'ok' THEN 'succeeded' ELSE 'skipped' END,
+               output = coalesce(r.o, '{}'), error = NULL, attempts = st.attempts + 1,
+               started_at = v_now, finished_at = v_now, start_seq = r.start_seq,
+               start_attempt = st.attempts + 1, finish_seq = nextval('run_events_id_seq')
+          FROM r
+         WHERE st.id = r.id
+           AND (st.state = 'ready' AND st.xmax = pg_current_xact_id()::xid) IS TRUE
+        RETURNING st.id, st.run_id, st.dependents)
+    SELECT array_agg(fin.id), array_agg(fin.id) FILTER (WHERE cardinality(fin.dependents) > 0),
+           array_agg(fin.run_id)
+      INTO v_finished, v_fin_parents, v_fin_runs FROM fin;
+    IF v_finished IS NOT NULL THEN
+        PERFORM flowd_steps_finished(v_fin_parents, v_fin_runs);
+    END IF;
+
+    SELECT jsonb_agg(x) INTO v_other FROM jsonb_array_elements(p_results) x
+     WHERE x->>'s' NOT IN ('ok', 'skip');
+    IF v_other IS NOT NULL THEN
+        UPDATE steps st
+           SET state = 'running', attempts = st.attempts + 1, lease_owner = p_owner,
+               lease_expires_at = now(), started_at = v_now,
+               start_seq = nextval('run_events_id_seq'), start_attempt = st.attempts + 1
+         WHERE st.id IN (SELECT (x->>'id')::bigint FROM jsonb_array_elements(v_other) x)
+           AND (st.state = 'ready' AND st.xmax = pg_current_xact_id()::xid) IS TRUE;
+        PERFORM flowd_apply(p_owner, v_other);
     END IF;
 END $$;
 

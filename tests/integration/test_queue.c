@@ -6,7 +6,8 @@
  *
  * Two kinds are this binary's own: "flaky" (input {"fail_times": N} fails the first N attempts,
  * {"permanent": true} fails for good) and a "transform" that replaces the built-in one with the same
- * behaviour plus a counter, so a test can tell the steps run here from those run by children. */
+ * behaviour (pure, engine/step.h) plus a counter, so a test can tell the steps run here from those
+ * run by children. */
 // clang-format off
 #include <stdarg.h>
 #include <stddef.h>
@@ -43,6 +44,7 @@ static const eng_step_kind counting_transform = {
     .name = "transform",
     .default_max_attempts = 1,
     .start = counting_transform_start,
+    .pure = true,
 };
 
 static void flaky_start(eng_step_ctx *ctx)
@@ -217,14 +219,17 @@ static void test_exactly_once_threads_and_processes(void **state)
 
 /* ------------------------------------------------------------------------------- kill -9 -- */
 
-/* Default retry settings: a transform has one attempt, which a kill must not use up. */
+/* A transform has one attempt, which a kill must not use up. Transforms are pure (engine/step.h):
+ * the claim only locks them and they finish in its transaction, so they are never held by a
+ * process; the delay of no time between them is claimed running like any other step, and is what
+ * a killed process holds. */
 static const char chain_def[] =
     "{\"name\": \"chain3\", \"steps\": ["
     " {\"key\": \"s1\", \"kind\": \"transform\", \"input\": {\"n\": \"{{input.n}}\"}},"
-    " {\"key\": \"s2\", \"kind\": \"transform\", \"needs\": [\"s1\"],"
-    "  \"input\": {\"n\": \"{{steps.s1.output.n}}\"}},"
+    " {\"key\": \"s2\", \"kind\": \"delay\", \"needs\": [\"s1\"], \"input\": {\"for\": \"0s\"},"
+    "  \"retry\": {\"max_attempts\": 1}},"
     " {\"key\": \"s3\", \"kind\": \"transform\", \"needs\": [\"s2\"],"
-    "  \"input\": {\"n\": \"{{steps.s2.output.n}}\"}}]}";
+    "  \"input\": {\"n\": \"{{steps.s1.output.n}}\"}}]}";
 
 static void test_kill9_loses_nothing(void **state)
 {
@@ -235,7 +240,9 @@ static void test_kill9_loses_nothing(void **state)
     long long wf = th_engine_register(db, tenant, chain_def);
     th_engine_enqueue(db, tenant, wf, RUNS, "{\"n\": 5}", 1000);
     pid_t victim = th_serve_spawn(db, 2, 2000);
-    assert_true(th_engine_wait(db, "SELECT count(*) >= 1500 FROM steps WHERE state = 'succeeded'", 60));
+    /* the delays come after every run's first step: wait until they are being worked */
+    assert_true(th_engine_wait(
+        db, "SELECT count(*) >= 1000 FROM steps WHERE key = 's2' AND state = 'succeeded'", 60));
     int st = th_serve_kill(victim, SIGKILL);
     assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
 
@@ -672,6 +679,152 @@ static void test_one_step_path(void **state)
     free(db);
 }
 
+/* Pure steps (transform) are claimed with a row lock only and written once, finished, in the
+ * claim's transaction: this transaction's own counts show one update per step, and the steps stay
+ * ready to everyone else until it commits. */
+static void test_pure_step_written_once(void **state)
+{
+    (void)state;
+    long long tenant;
+    char *db = th_engine_db("q_pure", &tenant);
+    long long wf = th_engine_register(
+        db, tenant,
+        "{\"name\": \"one\", \"steps\": [{\"key\": \"a\", \"kind\": \"transform\","
+        " \"input\": {\"n\": \"{{input.n}}\"}}]}");
+    th_engine_enqueue(db, tenant, wf, 3, "{\"n\": 4}", 0);
+    PGconn *c = th_pgc_open(db);
+    free(th_pgc_str(c, "BEGIN", 0, NULL));
+    th_pgc_expect(c, "3 pure, attempt 1, 0 updated",
+                  "SELECT format('%s pure, attempt %s, %s updated', count(*) FILTER (WHERE pure),"
+                  " max(attempts), pg_stat_get_xact_tuples_updated('steps'::regclass))"
+                  " FROM flowd_work('w', NULL, 10, 60000, '{transform}')",
+                  0, NULL);
+    /* another claimer skips the locked steps; they are still ready, no attempt counted */
+    assert_int_equal(th_pg_long(db, "SELECT count(*) FROM flowd_work('x', NULL, 10, 60000)"), 0);
+    assert_int_equal(
+        th_pg_long(db, "SELECT count(*) FROM steps WHERE state = 'ready' AND attempts = 0"), 3);
+    free(th_pgc_str(c, "SELECT flowd_finish_pure('w', (SELECT jsonb_agg(jsonb_build_object('id',"
+                       " id, 'r', run_id, 's', 'ok', 'o', '{\"n\": \"4\"}'::jsonb)) FROM steps))",
+                    0, NULL));
+    th_pgc_expect(c, "3", "SELECT pg_stat_get_xact_tuples_updated('steps'::regclass)", 0, NULL);
+    free(th_pgc_str(c, "COMMIT", 0, NULL));
+    PQfinish(c);
+    assert_int_equal(th_pg_long(db, "SELECT count(*) FROM steps WHERE state = 'succeeded'"
+                                    " AND attempts = 1 AND output = '{\"n\": \"4\"}'"
+                                    " AND lease_owner IS NULL AND started_at IS NOT NULL"),
+                     3);
+    /* the log reads in order, every event from the rows but run.created */
+    char *got = th_pg_value(db, "SELECT string_agg(DISTINCT type, ',') || ' ' || count(*) FROM run_events");
+    assert_string_equal(got, "run.created 3");
+    free(got);
+    long long run = th_pg_long(db, "SELECT min(id) FROM runs");
+    got = log_types(db, tenant, run);
+    assert_string_equal(got, "run.created,run.started,step.started:1,step.succeeded,run.succeeded");
+    free(got);
+    assert_int_equal(log_cursor_faults(db, tenant, run), 0);
+    assert_int_equal(th_pg_long(db, "SELECT count(*) FROM runs WHERE state = 'succeeded'"
+                                    " AND steps_done = 1 AND started_at IS NOT NULL"),
+                     3);
+    free(db);
+}
+
+/* A claim of pure steps that never commits (its worker died between the claim and the COMMIT,
+ * before or after writing the outcomes) leaves the steps ready with no attempt counted: the next
+ * worker runs each once. */
+static void test_pure_claim_lost(void **state)
+{
+    (void)state;
+    long long tenant;
+    char *db = th_engine_db("q_pure_lost", &tenant);
+    long long wf = th_engine_register(
+        db, tenant,
+        "{\"name\": \"two\", \"steps\": [{\"key\": \"a\", \"kind\": \"transform\"},"
+        " {\"key\": \"b\", \"kind\": \"transform\", \"needs\": [\"a\"]}]}");
+    th_engine_enqueue(db, tenant, wf, 4, "{}", 0);
+    PGconn *c = th_pgc_open(db);
+    free(th_pgc_str(c, "BEGIN", 0, NULL));
+    assert_int_equal(th_pgc_ll(c, "SELECT count(*) FROM flowd_work('w', NULL, 2, 60000,"
+                                  " '{transform}') WHERE pure",
+                               0, NULL),
+                     2);
+    PQfinish(c); /* the connection goes: the server rolls the claim back */
+    c = th_pgc_open(db);
+    free(th_pgc_str(c, "BEGIN", 0, NULL));
+    long long pid = th_pgc_ll(c, "SELECT pg_backend_pid()", 0, NULL);
+    free(th_pgc_str(c, "SELECT flowd_finish_pure('w', (SELECT jsonb_agg(jsonb_build_object('id', id,"
+                       " 'r', run_id, 's', 'ok', 'o', '{}'::jsonb)) FROM flowd_work('w', NULL, 4,"
+                       " 60000, '{transform}')))",
+                    0, NULL));
+    /* killed with the outcomes written, before COMMIT */
+    assert_int_equal(th_pg_longf(db, "SELECT count(*) FROM (SELECT pg_terminate_backend(%lld)) x",
+                                 pid),
+                     1);
+    PQfinish(c);
+    /* a worker that goes silent mid-way (cut off from the server) holds the rows for a lease at
+     * most: the server ends its session */
+    c = th_pgc_open(db);
+    free(th_pgc_str(c, "BEGIN", 0, NULL));
+    pid = th_pgc_ll(c, "SELECT pg_backend_pid()", 0, NULL);
+    assert_int_equal(th_pgc_ll(c, "SELECT count(*) FROM flowd_work('w', NULL, 4, 300,"
+                                  " '{transform}') WHERE pure",
+                               0, NULL),
+                     4);
+    char sql[160];
+    snprintf(sql, sizeof sql, "SELECT count(*) = 0 FROM pg_stat_activity WHERE pid = %lld", pid);
+    assert_true(th_engine_wait(db, sql, 10));
+    PQfinish(c);
+    assert_int_equal(th_pg_long(db, "SELECT count(*) FROM steps WHERE attempts = 0"
+                                    " AND state IN ('ready', 'pending')"),
+                     8);
+    assert_int_equal(th_pg_long(db, "SELECT count(*) FROM run_log WHERE type <> 'run.created'"), 0);
+
+    long before = atomic_load(&transforms_here);
+    th_workers *ws = th_workers_start(db, 2, "pl", 0, 0, 0);
+    bool done = th_engine_wait(db, "SELECT count(*) = 4 FROM runs WHERE state = 'succeeded'", 30);
+    th_workers_stop(ws);
+    assert_true(done);
+    assert_int_equal(atomic_load(&transforms_here) - before, 8);
+    assert_int_equal(th_pg_long(db, "SELECT count(*) FROM steps WHERE state = 'succeeded'"
+                                    " AND attempts = 1 AND interruptions = 0"),
+                     8);
+    assert_int_equal(th_pg_long(db, "SELECT count(*) FROM (SELECT run_id, step_key, type"
+                                    " FROM run_log WHERE type LIKE 'step.%'"
+                                    " GROUP BY 1, 2, 3 HAVING count(*) = 1) x"),
+                     16);
+    free(db);
+}
+
+/* Workers write a pure step's row once: an update counter on steps (a statement trigger over the
+ * updated rows) sees every step updated exactly once, by the update that finished it. */
+static void test_pure_step_workers_write_once(void **state)
+{
+    (void)state;
+    enum { RUNS = 300 };
+    long long tenant;
+    char *db = th_engine_db("q_pure_once", &tenant);
+    long long wf = th_engine_register(
+        db, tenant,
+        "{\"name\": \"one\", \"steps\": [{\"key\": \"a\", \"kind\": \"transform\","
+        " \"input\": {\"n\": \"{{input.n}}\"}}]}");
+    free(th_pg_value(db, "CREATE TABLE step_updates (id bigint, state text)"));
+    free(th_pg_value(db, "CREATE FUNCTION test_step_updates() RETURNS trigger LANGUAGE plpgsql AS"
+                         " $$ BEGIN INSERT INTO step_updates SELECT id, state FROM n; RETURN NULL;"
+                         " END $$"));
+    free(th_pg_value(db, "CREATE TRIGGER step_updates AFTER UPDATE ON steps REFERENCING NEW TABLE"
+                         " AS n FOR EACH STATEMENT EXECUTE FUNCTION test_step_updates()"));
+    th_engine_enqueue(db, tenant, wf, RUNS, "{\"n\": 1}", 100);
+    th_workers *ws = th_workers_start(db, 2, "po", 50, 0, 0);
+    bool done = th_engine_wait(
+        db, "SELECT count(*) = 300 FROM runs WHERE state = 'succeeded'", 60);
+    th_workers_stop(ws);
+    assert_true(done);
+    assert_int_equal(th_pg_long(db, "SELECT count(*) FROM step_updates"), RUNS);
+    assert_int_equal(th_pg_long(db, "SELECT count(DISTINCT id) FROM step_updates"
+                                    " WHERE state = 'succeeded'"),
+                     RUNS);
+    free(db);
+}
+
 /* A reader's cursor neither skips nor repeats an event while claims of one run's steps commit out
  * of order: b and c become ready together; one worker's claim of b is still open when another
  * claims, and a reader reads in between. A claim takes the run's positions only while it holds the
@@ -742,6 +895,9 @@ int main(void)
         cmocka_unit_test(test_diamond_order),
         cmocka_unit_test(test_claim_answers),
         cmocka_unit_test(test_one_step_path),
+        cmocka_unit_test(test_pure_step_written_once),
+        cmocka_unit_test(test_pure_claim_lost),
+        cmocka_unit_test(test_pure_step_workers_write_once),
         cmocka_unit_test(test_claims_keep_log_order),
         cmocka_unit_test(test_exactly_once_threads_and_processes),
         cmocka_unit_test(test_kill9_loses_nothing),
