@@ -209,14 +209,17 @@ BEGIN
     ev AS (
         INSERT INTO run_events (run_id, tenant_id, at, type, step_key, data)
         SELECT x.run_id, p_tenant, v_now, x.type, x.step_key, x.data
-          FROM (SELECT 0 AS part, st.run_id, st.idx, 'step.scheduled' AS type, st.key AS step_key,
+          FROM (SELECT 0 AS part, ins.id AS run_id, 0 AS idx, 'run.created' AS type,
+                       NULL AS step_key, NULL::jsonb AS data
+                  FROM ins
+                UNION ALL
+                -- after its run's run.created: a reader meets the run before its steps
+                SELECT 1, st.run_id, st.idx, 'step.scheduled', st.key,
                        jsonb_build_object('run_at', flowd_ms(st.run_at),
-                                          'tz', st.send_window->>'tz') AS data
+                                          'tz', st.send_window->>'tz')
                   FROM st
                  WHERE st.scheduled
-                   AND st.run_at > v_now + st.delay_ms * interval '1 millisecond'
-                UNION ALL
-                SELECT 1, ins.id, 0, 'run.created', NULL, NULL FROM ins) x
+                   AND st.run_at > v_now + st.delay_ms * interval '1 millisecond') x
          ORDER BY x.part, x.run_id, x.idx)
     SELECT array_agg(ins.id ORDER BY ins.id), (SELECT bool_or(sd.ckey IS NOT NULL) FROM sd)
       INTO v_ids, v_keyed FROM ins;

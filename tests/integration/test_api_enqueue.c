@@ -1,9 +1,9 @@
 /* tests/integration/test_api_enqueue.c: what one enqueue writes (flowd_create_runs, 0012), through
  * POST /v1/runs and POST /v1/batches: runs in input order, every step with its needs, dependents,
  * delay, rendered concurrency key and sending-window placement, rendered cancel_on entries, and the
- * event log in its order (the step.scheduled rows of the call, then its run.created rows). The
- * expectations are what 0002's flowd_create_runs wrote, row order included (step ids break ties
- * in the claim order). */
+ * event log in its order (the run.created rows of the call, then its step.scheduled rows, so a
+ * reader meets a run before its steps). The other expectations are what 0002's flowd_create_runs
+ * wrote, row order included (step ids break ties in the claim order). */
 // clang-format off
 #include <stdarg.h>
 #include <stddef.h>
@@ -94,9 +94,9 @@ static void test_batch_rows(void **state)
                 "SELECT string_agg(c.event || ':' || c.key, ',' ORDER BY c.run_id) FROM run_cancel_on c"
                 " JOIN runs r ON r.id = c.run_id WHERE r.batch_id = $1",
                 batch);
-    /* the call's events: a step.scheduled per run (run order), then a run.created per run */
-    expect_rows("step.scheduled:1:w,step.scheduled:2:w,step.scheduled:3:w,"
-                "run.created:1:-,run.created:2:-,run.created:3:-",
+    /* the call's events: a run.created per run (run order), then a step.scheduled per run */
+    expect_rows("run.created:1:-,run.created:2:-,run.created:3:-,"
+                "step.scheduled:1:w,step.scheduled:2:w,step.scheduled:3:w",
                 "SELECT string_agg(e.type || ':' || (r.input->>'n') || ':' || coalesce(e.step_key, '-'),"
                 "       ',' ORDER BY e.id)"
                 "  FROM run_log e JOIN runs r ON r.id = e.run_id WHERE r.batch_id = $1",
@@ -125,7 +125,7 @@ static void test_single_run_rows(void **state)
                 " scheduled::text ELSE coalesce(ckey, '-') END), '|' ORDER BY idx)"
                 " FROM steps WHERE run_id = $1",
                 id);
-    expect_rows("step.scheduled,run.created",
+    expect_rows("run.created,step.scheduled",
                 "SELECT string_agg(type, ',' ORDER BY id) FROM run_log WHERE run_id = $1", id);
     expect_rows("s", "SELECT key FROM run_cancel_on WHERE run_id = $1", id);
 }
