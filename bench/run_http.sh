@@ -17,6 +17,7 @@
 # (fsync on). Build dir: FLOWD_BUILD_DIR, else ./build, else <repo>/build.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+. "$root/bench/lib_http.sh"
 
 duration=10 conns=64 threads=2 batch=1000 batch_conns=8
 while [ $# -gt 0 ]; do
@@ -59,20 +60,8 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); p
 base=http://127.0.0.1:$port
 env -u FLOWD_API_KEY "$flowd" --database "$db" serve --role api --listen "127.0.0.1:$port" >"$work/serve.out" 2>"$work/serve.err" &
 server=$!
-for _ in $(seq 1 300); do
-  curl -fsS "$base/healthz" >/dev/null 2>&1 && break
-  kill -0 "$server" 2>/dev/null || { cat "$work/serve.err" >&2; exit 1; }
-  sleep 0.1
-done
-
-# A tenant of our own: the default one's key is not ours to know, and its rate limit is the
-# default (1000/s), which the benchmark would measure instead of the server.
-key=fd_benchkey_$$_$RANDOM tenant=bench-http-$$-$RANDOM
-psql -X -q -v ON_ERROR_STOP=1 -d "$db" >/dev/null <<SQL
-INSERT INTO tenants (name, rate_per_s, rate_burst) VALUES ('$tenant', 1e9, 1000000000);
-INSERT INTO api_keys (tenant_id, key_hash, prefix, role)
-SELECT id, sha256(convert_to('$key', 'UTF8')), left('$key', 8), 'member' FROM tenants WHERE name = '$tenant';
-SQL
+bench_wait_healthy "$base" "$server" "$work/serve.err"
+key=$(bench_tenant "$db" bench-http)
 auth="Authorization: Bearer $key"
 curl -fsS -X PUT -H "$auth" -H 'Content-Type: application/json' "$base/v1/workflows/bench_http" \
   -d '{"steps": [{"key": "a", "kind": "transform", "input": {"n": "{{input.n}}"}}]}' >/dev/null

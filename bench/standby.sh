@@ -12,6 +12,7 @@
 # that carries over to two machines is the primary's CPU per poll.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+. "$root/bench/lib_http.sh"
 
 duration=10 conns=64 rounds=2 runs=100
 while [ $# -gt 0 ]; do
@@ -67,23 +68,12 @@ start_server() { # extra serve options...
   env -u FLOWD_API_KEY FLOWD_METRICS_TOKEN="$token" "$flowd" --database "$db_p" serve --role api \
     --listen "127.0.0.1:$port" "$@" >"$work/serve.out" 2>>"$work/serve.err" &
   server=$!
-  for _ in $(seq 1 300); do
-    curl -fsS "$base/healthz" >/dev/null 2>&1 && return 0
-    kill -0 "$server" 2>/dev/null || { cat "$work/serve.err" >&2; exit 1; }
-    sleep 0.1
-  done
-  echo "bench/run standby: flowd did not start" >&2; exit 1
+  bench_wait_healthy "$base" "$server" "$work/serve.err"
 }
 stop_server() { kill "$server"; wait "$server" 2>/dev/null || true; server=""; }
 
 start_server
-# a tenant of our own, with a rate limit the benchmark cannot reach (as bench/run http)
-key=fd_benchkey_$$_$RANDOM tenant=bench-standby-$$-$RANDOM
-psql -X -q -v ON_ERROR_STOP=1 -d "$db_p" >/dev/null <<SQL
-INSERT INTO tenants (name, rate_per_s, rate_burst) VALUES ('$tenant', 1e9, 1000000000);
-INSERT INTO api_keys (tenant_id, key_hash, prefix, role)
-SELECT id, sha256(convert_to('$key', 'UTF8')), left('$key', 8), 'member' FROM tenants WHERE name = '$tenant';
-SQL
+key=$(bench_tenant "$db_p" bench-standby)
 auth="Authorization: Bearer $key"
 curl -fsS -X PUT -H "$auth" -H 'Content-Type: application/json' "$base/v1/workflows/bench_standby" \
   -d '{"steps": [{"key": "a", "kind": "transform", "input": {"n": "{{input.n}}"}}]}' >/dev/null

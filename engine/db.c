@@ -433,6 +433,19 @@ static void db_end_txn(eng_db *db, bool rollback)
     }
 }
 
+/* Ends op, a prepare or a BEGIN that failed, and fails q, the query that waited for it, with
+ * err. q is already off the queue. The user callback is the last thing done. */
+static void db_fail_waiting(eng_db *db, db_op *op, PGresult *res, db_op *q, const eng_err *err)
+{
+    PQclear(res);
+    db_op_free(op);
+    db->nqueries--;
+    db_send_next(db);
+    if (q->cb)
+        q->cb(q->arg, err, NULL);
+    db_op_free(q);
+}
+
 /* Completes the operation in flight. The user callback is the last thing done. */
 static void db_finish_op(eng_db *db)
 {
@@ -459,13 +472,7 @@ static void db_finish_op(eng_db *db)
                 if (!db->head)
                     db->tail = NULL;
             }
-            PQclear(res);
-            db_op_free(op);
-            db->nqueries--;
-            db_send_next(db);
-            if (q->cb)
-                q->cb(q->arg, &err, NULL);
-            db_op_free(q);
+            db_fail_waiting(db, op, res, q, &err);
             return;
         }
     } else if (op->kind == OP_LISTEN && failed) {
@@ -476,13 +483,7 @@ static void db_finish_op(eng_db *db)
             /* the BEGIN: its statement is not sent, and fails with it */
             db_op *q = db->txn_next;
             db_end_txn(db, false);
-            PQclear(res);
-            db_op_free(op);
-            db->nqueries--;
-            db_send_next(db);
-            if (q->cb)
-                q->cb(q->arg, &err, NULL);
-            db_op_free(q);
+            db_fail_waiting(db, op, res, q, &err);
             return;
         }
     }

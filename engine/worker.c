@@ -180,17 +180,24 @@ static void worker_dispatch(eng_worker *w, const PGresult *res, bool pure)
     eng_steps_claim_deinit(&claim);
 }
 
-static void worker_report_cb(void *arg, const eng_err *err, const PGresult *res)
+/* Ends the round trip in flight: false (after worker_trip_failed) when its last statement failed,
+ * true when the results it sent are recorded. */
+static bool worker_trip_landed(eng_worker *w, const eng_err *err)
 {
-    (void)res;
-    eng_worker *w = arg;
     if (err) {
         worker_trip_failed(w, err);
-        return;
+        return false;
     }
     w->trip = TRIP_NONE;
     json_decref(w->sent);
     w->sent = NULL;
+    return true;
+}
+
+static void worker_report_cb(void *arg, const eng_err *err, const PGresult *res)
+{
+    (void)res;
+    worker_trip_landed(arg, err);
 }
 
 /* COMMIT landed: the claim is the worker's, and its steps that are not pure start. */
@@ -198,13 +205,8 @@ static void worker_commit_cb(void *arg, const eng_err *err, const PGresult *res)
 {
     (void)res;
     eng_worker *w = arg;
-    if (err) {
-        worker_trip_failed(w, err);
+    if (!worker_trip_landed(w, err))
         return;
-    }
-    w->trip = TRIP_NONE;
-    json_decref(w->sent);
-    w->sent = NULL;
     PGresult *claimed = w->claimed;
     w->claimed = NULL;
     if (claimed) {

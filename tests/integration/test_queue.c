@@ -330,6 +330,21 @@ static long log_cursor_faults(const char *db, long long tenant, long long run)
         tenant, run, tenant, run);
 }
 
+/* Three one-step runs that succeeded: only their run.created rows are in run_events, and the
+ * first run's log, the rest read from its rows, answers every cursor in order. */
+static void assert_three_runs_logged_from_rows(const char *db, long long tenant)
+{
+    char *got = th_pg_value(db, "SELECT string_agg(DISTINCT type, ',') || ' ' || count(*)"
+                                " FROM run_events");
+    assert_string_equal(got, "run.created 3");
+    free(got);
+    long long run = th_pg_long(db, "SELECT min(id) FROM runs");
+    got = log_types(db, tenant, run);
+    assert_string_equal(got, "run.created,run.started,step.started:1,step.succeeded,run.succeeded");
+    free(got);
+    assert_int_equal(log_cursor_faults(db, tenant, run), 0);
+}
+
 static void test_retry_backoff(void **state)
 {
     (void)state;
@@ -666,14 +681,7 @@ static void test_one_step_path(void **state)
     free(got);
     /* Routine transitions are read from the rows they changed: the log keeps only what the rows
      * cannot tell (here each run's run.created), and readers see every event in order. */
-    got = th_pg_value(db, "SELECT string_agg(DISTINCT type, ',') || ' ' || count(*) FROM run_events");
-    assert_string_equal(got, "run.created 3");
-    free(got);
-    long long run = th_pg_long(db, "SELECT min(id) FROM runs");
-    got = log_types(db, tenant, run);
-    assert_string_equal(got, "run.created,run.started,step.started:1,step.succeeded,run.succeeded");
-    free(got);
-    assert_int_equal(log_cursor_faults(db, tenant, run), 0);
+    assert_three_runs_logged_from_rows(db, tenant);
     PQfinish(c);
     free(results);
     free(db);
@@ -714,14 +722,7 @@ static void test_pure_step_written_once(void **state)
                                     " AND lease_owner IS NULL AND started_at IS NOT NULL"),
                      3);
     /* the log reads in order, every event from the rows but run.created */
-    char *got = th_pg_value(db, "SELECT string_agg(DISTINCT type, ',') || ' ' || count(*) FROM run_events");
-    assert_string_equal(got, "run.created 3");
-    free(got);
-    long long run = th_pg_long(db, "SELECT min(id) FROM runs");
-    got = log_types(db, tenant, run);
-    assert_string_equal(got, "run.created,run.started,step.started:1,step.succeeded,run.succeeded");
-    free(got);
-    assert_int_equal(log_cursor_faults(db, tenant, run), 0);
+    assert_three_runs_logged_from_rows(db, tenant);
     assert_int_equal(th_pg_long(db, "SELECT count(*) FROM runs WHERE state = 'succeeded'"
                                     " AND steps_done = 1 AND started_at IS NOT NULL"),
                      3);
