@@ -239,6 +239,16 @@ CREATE TABLE provider_settings (
     CONSTRAINT provider_settings_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES tenants(id)
 );
 
+CREATE TABLE queue_minutes (
+    tenant_id bigint NOT NULL,
+    minute timestamp with time zone NOT NULL,
+    shard integer NOT NULL,
+    succeeded bigint DEFAULT 0 NOT NULL,
+    failed bigint DEFAULT 0 NOT NULL,
+    cancelled bigint DEFAULT 0 NOT NULL,
+    CONSTRAINT queue_minutes_pkey PRIMARY KEY (tenant_id, minute, shard)
+);
+
 CREATE TABLE quota_blocked_steps (
     step_id bigint NOT NULL,
     tenant_id bigint NOT NULL,

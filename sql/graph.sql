@@ -46,6 +46,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_now      timestamptz := flowd_now();
     v_ids      bigint[];
+    v_tenants  bigint[];
     v_children bigint[];
     v_run      bigint;
 BEGIN
@@ -57,10 +58,11 @@ BEGIN
     ev AS (
         INSERT INTO run_events (run_id, tenant_id, at, type, data)
         SELECT u.id, u.tenant_id, v_now, 'run.cancelled', p_reason FROM u)
-    SELECT array_agg(u.id) INTO v_ids FROM u;
+    SELECT array_agg(u.id), array_agg(u.tenant_id) INTO v_ids, v_tenants FROM u;
     IF v_ids IS NULL THEN
         RETURN 0;
     END IF;
+    PERFORM flowd_count_run_ends(v_tenants, 'cancelled');
     FOR v_run IN SELECT DISTINCT s.run_id FROM steps s
                   WHERE s.run_id = ANY (v_ids) AND s.state = 'running' LOOP
         PERFORM pg_notify('flowd_cancel', v_run::text);

@@ -13,6 +13,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_now      timestamptz := flowd_now();
     v_children bigint[];
+    v_tenants  bigint[];
 BEGIN
     WITH f AS (
         UPDATE runs SET state = 'failed', finished_at = v_now,
@@ -20,9 +21,14 @@ BEGIN
                                      THEN coalesce(flowd_step_failure(id), p_error)
                                      ELSE p_error END
          WHERE id = ANY (p_runs) AND state IN ('queued', 'running')
-        RETURNING id, tenant_id, error)
-    INSERT INTO run_events (run_id, tenant_id, at, type, data)
-    SELECT f.id, f.tenant_id, v_now, 'run.failed', f.error FROM f;
+        RETURNING id, tenant_id, error),
+    ev AS (
+        INSERT INTO run_events (run_id, tenant_id, at, type, data)
+        SELECT f.id, f.tenant_id, v_now, 'run.failed', f.error FROM f)
+    SELECT array_agg(f.tenant_id) INTO v_tenants FROM f;
+    IF v_tenants IS NOT NULL THEN
+        PERFORM flowd_count_run_ends(v_tenants, 'failed');
+    END IF;
     WITH c AS (
         UPDATE steps SET state = 'cancelled', finished_at = v_now
          WHERE run_id = ANY (p_runs) AND state IN ('pending', 'ready', 'waiting', 'blocked')
@@ -66,6 +72,7 @@ DECLARE
     v_ids  bigint[] := p_parents;
     v_runs bigint[] := p_runs;  -- the run of every step finished here, skipped dependents included
     v_more bigint[];
+    v_tenants bigint[];
 BEGIN
     WHILE v_ids IS NOT NULL AND cardinality(v_ids) > 0 LOOP
         WITH grouped AS (
@@ -136,9 +143,12 @@ BEGIN
           FROM counts c
          WHERE r.id = c.run_id
         RETURNING r.id, r.tenant_id, r.state, r.finished_at)
-    SELECT array_agg(upd.id) FILTER (WHERE upd.state = 'succeeded' AND upd.finished_at = v_now)
-      INTO v_ids FROM upd;
+    SELECT array_agg(upd.id) FILTER (WHERE upd.state = 'succeeded' AND upd.finished_at = v_now),
+           array_agg(upd.tenant_id) FILTER (WHERE upd.state = 'succeeded'
+                                              AND upd.finished_at = v_now)
+      INTO v_ids, v_tenants FROM upd;
     IF v_ids IS NOT NULL THEN
+        PERFORM flowd_count_run_ends(v_tenants, 'succeeded');
         DELETE FROM run_cancel_on WHERE run_id = ANY (v_ids);
         PERFORM flowd_map_children_done(v_ids);
     END IF;

@@ -178,22 +178,48 @@ static void test_queue(void **state)
 
     /* finished runs count in the minute they finished; an hour later the runs are out of the
      * window */
-    free(th_pg_valuef(db, "UPDATE runs SET state = 'succeeded', finished_at = flowd_now()"
+    free(th_pg_valuef(db, "SELECT flowd_cancel_runs(array_agg(id), '{}') FROM runs"
                           " WHERE workflow_id = %lld", later_wf));
     q = json_of(db, "SELECT flowd_queue_json(%lld)", tenant);
     json_t *last = json_array_get(json_object_get(q, "minutes"), 59);
-    assert_int_equal(json_integer_value(json_object_get(last, "succeeded")), 3);
+    assert_int_equal(json_integer_value(json_object_get(last, "cancelled")), 3);
     json_decref(q);
     free(th_pg_value(db, "UPDATE flowd_clock SET offset_ms = offset_ms + 3700000"));
     q = json_of(db, "SELECT flowd_queue_json(%lld)", tenant);
     created = 0;
     json_array_foreach(json_object_get(q, "minutes"), i, m) {
         created += json_integer_value(json_object_get(m, "created")) +
-                   json_integer_value(json_object_get(m, "succeeded"));
+                   json_integer_value(json_object_get(m, "cancelled"));
     }
     assert_int_equal(created, 0);
-    /* the delayed steps are due by now */
-    assert_int_equal(json_integer_value(json_object_get(q, "due")), 3 + 3);
+    /* the cancelled runs' delayed steps were cancelled with them: the others are still due */
+    assert_int_equal(json_integer_value(json_object_get(q, "due")), 3);
+    json_decref(q);
+    /* runs created over an hour ago that finish now count in this minute, each once, however
+     * they end: the other tenant's succeed (their steps finish), this one's are cancelled or fail */
+    free(th_pg_valuef(db, "WITH f AS (UPDATE steps SET state = 'succeeded', finished_at = flowd_now()"
+                          " WHERE tenant_id = %s RETURNING id)"
+                          " SELECT flowd_finish_steps(array_agg(id)) FROM f", other));
+    long long cancelled = th_pg_longf(db, "SELECT flowd_cancel_runs(array_agg(id), '{}') FROM runs"
+                                          " WHERE tenant_id = %lld AND finished_at IS NULL"
+                                          " AND id %% 2 = 0", tenant);
+    long long failed = th_pg_longf(db, "SELECT count(*) FROM runs WHERE tenant_id = %lld"
+                                       " AND finished_at IS NULL", tenant);
+    free(th_pg_valuef(db, "SELECT flowd_fail_runs(array_agg(id), '{\"code\": \"x\"}') FROM runs"
+                          " WHERE tenant_id = %lld AND finished_at IS NULL", tenant));
+    assert_true(cancelled > 0 && failed > 0);
+    /* finished runs met again count nothing */
+    assert_int_equal(th_pg_longf(db, "SELECT flowd_cancel_runs(array_agg(id), '{}') FROM runs"), 0);
+    q = json_of(db, "SELECT flowd_queue_json(%lld)", tenant);
+    last = json_array_get(json_object_get(q, "minutes"), 59);
+    assert_int_equal(json_integer_value(json_object_get(last, "cancelled")), cancelled);
+    assert_int_equal(json_integer_value(json_object_get(last, "failed")), failed);
+    assert_int_equal(json_integer_value(json_object_get(last, "succeeded")), 0);
+    json_decref(q);
+    q = json_of(db, "SELECT flowd_queue_json(%lld)", atoll(other));
+    last = json_array_get(json_object_get(q, "minutes"), 59);
+    assert_int_equal(json_integer_value(json_object_get(last, "succeeded")), 2);
+    assert_int_equal(json_integer_value(json_object_get(last, "failed")), 0);
     json_decref(q);
     free(other);
     free(db);
