@@ -253,6 +253,21 @@ expect(await call('GET', `/v1/runs/${run}`), 200, 'run');
   if (!ck || ck.key !== 'greet-ada' || !ck.queued_behind || ck.queued_behind.run !== run || ck.queued_behind.step !== 'greet')
     fail(`the greet step of run ${second.id} does not queue behind run ${run}'s: ${JSON.stringify(ck)}`);
 }
+{ // a map step's answer carries its items' progress
+  const shout = {
+    name: 'shout_all',
+    steps: [{ key: 'each', kind: 'map', input: { items: '{{input.names}}', concurrency: 2,
+      step: { kind: 'transform', input: { loud: '{{item}}!' } } } }],
+  };
+  expect(await call('PUT', '/v1/workflows/shout_all', { body: shout }), 201, 'register a map');
+  const mapped = expect(await call('POST', '/v1/runs', { body: { workflow: 'shout_all', input: { names: ['ada', 'grace'] } } }),
+    201, 'enqueue a map').body;
+  await waitRun(mapped.id, ['succeeded']);
+  const got = expect(await call('GET', `/v1/runs/${mapped.id}`), 200, 'run with a map step').body;
+  const items = got && got.steps[0].items;
+  if (!items || items.total !== 2 || items.done !== 2 || items.succeeded !== 2)
+    fail(`the map step of run ${mapped.id} reports its items as ${JSON.stringify(items)}`);
+}
 expect(await call('GET', '/v1/runs/99999999'), 404, 'no run');
 expect(await call('GET', '/v1/runs/99999999999999999999'), 404, 'id out of range');
 expect(await call('GET', `/v1/runs/${run}/sequencer.csv`), 409, 'export of a running run');
