@@ -21,7 +21,6 @@
 #include "engine/httpc.h"
 #include "engine/log.h"
 #include "engine/mem.h"
-#include "engine/secret.h"
 #include "engine/step.h"
 #include "steps/provider.h"
 #include "steps/steps.h"
@@ -47,15 +46,7 @@ static const char sms_def[] =
 
 static void use_keys(const char *current, const char *previous)
 {
-    if (current)
-        setenv("FLOWD_SECRET_KEY", current, 1);
-    else
-        unsetenv("FLOWD_SECRET_KEY");
-    if (previous)
-        setenv("FLOWD_SECRET_KEY_PREVIOUS", previous, 1);
-    else
-        unsetenv("FLOWD_SECRET_KEY_PREVIOUS");
-    assert_int_equal(sec_reload(NULL), ENG_OK);
+    th_api_use_secret_keys(current, previous);
     prov_config_cache_clear();
 }
 

@@ -634,19 +634,12 @@ static void test_rotation(void **state)
     endpoint_delete(w, e);
 }
 
-static void use_seal_key(const char *key)
-{
-    if (key)
-        setenv("FLOWD_SECRET_KEY", key, 1);
-    else
-        unsetenv("FLOWD_SECRET_KEY");
-    assert_int_equal(sec_reload(NULL), ENG_OK);
-}
+#define SEAL_KEY "6a0c2e4f81a3b5c7d9e0f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6"
 
 static void test_sealed_secrets(void **state)
 {
     world *w = *state;
-    use_seal_key("6a0c2e4f81a3b5c7d9e0f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6");
+    th_api_use_secret_keys(SEAL_KEY, NULL);
     json_t *e = endpoint_new(w, "/sealed", "");
     long long id = (long long)json_integer_value(json_object_get(e, "id"));
     const char *first = json_string_value(json_object_get(e, "secret"));
@@ -678,7 +671,7 @@ static void test_sealed_secrets(void **state)
     json_decref(log);
 
     /* the key gone: the attempt fails without a request, and goes out once the key is back */
-    use_seal_key(NULL);
+    th_api_use_secret_keys(NULL, NULL);
     long long b = th_api_start_run(w->api, "wh_ok", "{\"x\": 21}");
     json_t *d = wait_delivery_state(w, b, "pending", 1);
     const char *why = json_string_value(json_object_get(
@@ -688,11 +681,11 @@ static void test_sealed_secrets(void **state)
     assert_non_null(strstr(why, "FLOWD_SECRET_KEY"));
     json_decref(d);
     assert_int_equal(rx_count(&w->rx, NULL, b), 0);
-    use_seal_key("6a0c2e4f81a3b5c7d9e0f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6");
+    th_api_use_secret_keys(SEAL_KEY, NULL);
     advance(w, "6s");
     json_decref(wait_delivery_state(w, b, "succeeded", 2));
     assert_int_equal(rx_count(&w->rx, "run.succeeded", b), 1);
-    use_seal_key(NULL);
+    th_api_use_secret_keys(NULL, NULL);
     json_decref(r);
     endpoint_delete(w, e);
 }

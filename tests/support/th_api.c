@@ -13,6 +13,7 @@
 #include "api/api.h"
 #include "engine/log.h"
 #include "engine/mem.h"
+#include "engine/secret.h"
 #include "engine/step.h"
 #include "tests/support/th.h"
 #include "tests/support/th_engine.h"
@@ -397,4 +398,18 @@ bad:
     json_decref(rows);
     free(field);
     return NULL;
+}
+
+void th_api_use_secret_keys(const char *current, const char *previous)
+{
+    if (current)
+        setenv("FLOWD_SECRET_KEY", current, 1);
+    else
+        unsetenv("FLOWD_SECRET_KEY");
+    if (previous)
+        setenv("FLOWD_SECRET_KEY_PREVIOUS", previous, 1);
+    else
+        unsetenv("FLOWD_SECRET_KEY_PREVIOUS");
+    if (sec_reload(NULL) != ENG_OK)
+        abort(); /* a test's own key is malformed */
 }

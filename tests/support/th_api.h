@@ -100,3 +100,7 @@ char *th_api_prompt_text(const json_t *body);
  * an array of rows, each an array of strings (new reference); NULL when malformed (a quote
  * inside an unquoted field, an unterminated quoted field, text after a closing quote). */
 json_t *th_api_csv_parse(const char *text);
+
+/* Sets (or, for NULL, unsets) FLOWD_SECRET_KEY and FLOWD_SECRET_KEY_PREVIOUS and has this process
+ * read them again (engine/secret.h): the in-process server and workers seal and open with them. */
+void th_api_use_secret_keys(const char *current, const char *previous);
